@@ -1,0 +1,42 @@
+"""The few errors mailer raises on purpose; the CLI turns each into one line and an exit code."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitStatus(IntEnum):
+    """Exit codes that mean something to a cron job."""
+
+    OK = 0
+    ERROR = 1  # bad input or configuration: nothing was sent
+    INCOMPLETE = 2  # the send ran but some deliverable messages were not delivered
+    INTERRUPTED = 130  # Ctrl-C
+
+
+class MailerError(Exception):
+    """An error a user can fix; its text names the file, line or address and what is wrong."""
+
+    exit_code: int = ExitStatus.ERROR
+
+
+class ConfigError(MailerError):
+    """The configuration file or a MAILER_* variable is wrong."""
+
+
+class PostError(MailerError):
+    """The post cannot be read or rendered."""
+
+
+class SubscriberError(MailerError):
+    """The subscriber list as a whole cannot be read (a single bad row is not an error)."""
+
+
+class TransportError(MailerError):
+    """The mail server cannot be reached or refuses us as a whole (not a single recipient)."""
+
+
+class SendAborted(MailerError):
+    """A send stopped early; rerunning the same command resumes it."""
+
+    exit_code = ExitStatus.INCOMPLETE
