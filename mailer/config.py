@@ -31,6 +31,7 @@ class Settings:
     # where links point
     base_url: str = ""
     web_url: str = "http://127.0.0.1:8080"
+    view_url: str = ""
     unsubscribe_mailto: str = ""
     # where mailer keeps its state
     data_dir: Path = Path(".mailer")
@@ -144,9 +145,7 @@ def _coerce(name: str, kind: str, value: object, where: str) -> object:
 _KINDS = {f.name: str(f.type) for f in fields(Settings)}
 
 
-def load_settings(
-    path: Path | None = None, env: Mapping[str, str] | None = None
-) -> Settings:
+def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
     """Read mailer.toml (if present, or the given path) and apply MAILER_* overrides, once."""
     env = os.environ if env is None else env
     explicit = path is not None or "MAILER_CONFIG" in env
@@ -185,19 +184,19 @@ def _check(s: Settings) -> None:
     if "@" not in s.from_email or any(c in s.from_email for c in " \r\n<>"):
         raise ConfigError(f"from_email: {s.from_email!r} is not an email address")
     if s.smtp_security not in ("starttls", "tls", "none"):
-        raise ConfigError(
-            f"smtp_security: {s.smtp_security!r} must be one of starttls, tls, none"
-        )
+        raise ConfigError(f"smtp_security: {s.smtp_security!r} must be one of starttls, tls, none")
     if s.connections < 1 or s.connections > 64:
         raise ConfigError(f"connections: {s.connections} must be between 1 and 64")
     if s.rate < 0:
         raise ConfigError(f"rate: {s.rate} must not be negative")
     if s.max_attempts < 1:
         raise ConfigError(f"max_attempts: {s.max_attempts} must be at least 1")
-    for name in ("base_url", "web_url"):
+    for name in ("base_url", "web_url", "view_url"):
         url = getattr(s, name)
-        if url and not url.startswith(("http://", "https://")):
+        if url and not url.startswith(("http://", "https://", "{web_url}")):
             raise ConfigError(f"{name}: {url!r} must start with http:// or https://")
+        if len(url) > 200 or any(c in url for c in ' \r\n\t"<>'):
+            raise ConfigError(f"{name}: {url[:60]!r} is not a usable URL")
     if s.smtp_user and not s.smtp_password:
         raise ConfigError("smtp_user is set but smtp_password is not (set MAILER_SMTP_PASSWORD)")
     try:

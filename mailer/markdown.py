@@ -1,0 +1,307 @@
+"""markdown-it set up for newsletters: CommonMark, tables, CJK-friendly emphasis, and a text renderer."""
+
+from __future__ import annotations
+
+import re
+import types
+import unicodedata
+from collections.abc import Sequence
+from functools import lru_cache
+from typing import Any
+
+from markdown_it import MarkdownIt
+from markdown_it.common.utils import isMdAsciiPunct, isPunctChar, isWhiteSpace
+from markdown_it.rules_inline.state_inline import Scanned, StateInline
+from markdown_it.token import Token
+
+_CJK_RANGES = (
+    (0x2E80, 0x2FDF),  # radicals
+    (0x3000, 0x303F),  # CJK symbols and punctuation
+    (0x3040, 0x30FF),  # kana
+    (0x3100, 0x31FF),
+    (0x3400, 0x4DBF),
+    (0x4E00, 0x9FFF),
+    (0xAC00, 0xD7AF),  # hangul
+    (0xF900, 0xFAFF),
+    (0xFF00, 0xFFEF),  # full-width forms
+    (0x20000, 0x3FFFF),
+)
+
+
+def is_cjk(char: str) -> bool:
+    """True for CJK ideographs, kana, hangul and full-width punctuation."""
+    if not char:
+        return False
+    code = ord(char)
+    return any(lo <= code <= hi for lo, hi in _CJK_RANGES)
+
+
+class _CJKStateInline(StateInline):
+    """CommonMark's flanking rules, relaxed next to CJK text.
+
+    CommonMark only lets `**` close after punctuation when whitespace or punctuation follows, so
+    `**BiPS（双向感知塑形）**新方法` would print its asterisks: Chinese has no spaces to give.
+    As in the markdown-cjk-friendly proposal, a CJK neighbour counts as a word boundary.
+    """
+
+    def scanDelims(self, start: int, canSplitWord: bool) -> Scanned:  # noqa: N802 (upstream name)
+        pos = start
+        maximum = self.posMax
+        marker = self.src[start]
+        last = self.src[start - 1] if start > 0 else " "
+        while pos < maximum and self.src[pos] == marker:
+            pos += 1
+        count = pos - start
+        nxt = self.src[pos] if pos < maximum else " "
+
+        last_punct = isMdAsciiPunct(ord(last)) or isPunctChar(last)
+        next_punct = isMdAsciiPunct(ord(nxt)) or isPunctChar(nxt)
+        last_space = isWhiteSpace(ord(last))
+        next_space = isWhiteSpace(ord(nxt))
+        last_cjk = is_cjk(last)
+        next_cjk = is_cjk(nxt)
+
+        left = not next_space and (not next_punct or last_space or last_punct or last_cjk)
+        right = not last_space and (not last_punct or next_space or next_punct or next_cjk)
+        can_open = left and (canSplitWord or not right or last_punct)
+        can_close = right and (canSplitWord or not left or next_punct)
+        return Scanned(can_open, can_close, count)
+
+
+def _inline_parse(self: Any, src: str, md: MarkdownIt, env: Any, tokens: list[Token]) -> list[Token]:
+    state = _CJKStateInline(src, md, env, tokens)
+    self.tokenize(state)
+    for rule in self.ruler2.getRules(""):
+        rule(state)
+    return state.tokens
+
+
+def _join_cjk_lines(state: Any) -> None:
+    """Drop a soft line break between two CJK characters: browsers would show it as a space."""
+    for block in state.tokens:
+        children = block.children or []
+        for i, tok in enumerate(children):
+            if tok.type != "softbreak" or i == 0 or i + 1 >= len(children):
+                continue
+            before, after = children[i - 1], children[i + 1]
+            if before.type == "text" and after.type == "text":
+                if (
+                    before.content
+                    and after.content
+                    and is_cjk(before.content[-1])
+                    and is_cjk(after.content[0])
+                ):
+                    tok.type = "text"
+                    tok.content = ""
+
+
+@lru_cache(maxsize=1)
+def parser() -> MarkdownIt:
+    """The one markdown-it instance: CommonMark, raw HTML allowed (sanitised later), tables, strikethrough."""
+    md = MarkdownIt("commonmark", {"html": True, "linkify": False, "typographer": False})
+    md.enable(["table", "strikethrough"])
+    md.inline.parse = types.MethodType(_inline_parse, md.inline)  # type: ignore[method-assign]
+    md.core.ruler.push("join_cjk_lines", _join_cjk_lines)
+    return md
+
+
+def parse(body: str) -> list[Token]:
+    """Tokenise a post body."""
+    return parser().parse(body)
+
+
+def to_html(tokens: Sequence[Token]) -> str:
+    """Render tokens to HTML (unsanitised: raw HTML blocks pass through)."""
+    md = parser()
+    return str(md.renderer.render(list(tokens), md.options, {}))
+
+
+# --- plain text ------------------------------------------------------------------------------
+
+WIDTH = 76
+_CLOSING = set("，。、；：？！）」』》】〉〕”’,.;:?!)]}…%")
+_OPENING = set("（「『《【〈〔“‘([{")
+
+
+def char_width(char: str) -> int:
+    """Columns a character takes in a monospace terminal or mail reader."""
+    return 2 if unicodedata.east_asian_width(char) in "WF" else 1
+
+
+def text_width(text: str) -> int:
+    """Columns a string takes."""
+    return sum(char_width(c) for c in text)
+
+
+def _atoms(text: str) -> list[str]:
+    """Split text into unbreakable pieces: words and URLs whole, CJK one character at a time."""
+    atoms: list[str] = []
+    for piece in re.findall(r"\s+|[^\s]+", text):
+        if piece.isspace():
+            atoms.append(" ")
+            continue
+        word = ""
+        for ch in piece:
+            if is_cjk(ch) and ch not in _CLOSING:
+                if word and word[-1] not in _OPENING:
+                    atoms.append(word)
+                    word = ""
+                word += ch
+            elif ch in _CLOSING or not word or not is_cjk(word[-1]) or word[-1] in _OPENING:
+                word += ch
+            else:
+                atoms.append(word)
+                word = ch
+        if word:
+            atoms.append(word)
+    return atoms
+
+
+def wrap(text: str, width: int = WIDTH, indent: str = "", first: str | None = None) -> list[str]:
+    """Wrap text by display width, breaking at spaces or between CJK characters, never inside a URL."""
+    lines: list[str] = []
+    prefix = indent if first is None else first
+    line, used = prefix, text_width(prefix)
+    for atom in _atoms(text):
+        w = text_width(atom)
+        if atom == " ":
+            if used > text_width(prefix):
+                line, used = line + " ", used + 1
+            continue
+        if used + w > width and line.strip() and line != prefix:
+            lines.append(line.rstrip())
+            prefix = indent
+            line, used = prefix, text_width(prefix)
+        line, used = line + atom, used + w
+    if line.strip():
+        lines.append(line.rstrip())
+    return lines
+
+
+def inline_text(tokens: Sequence[Token] | None) -> str:
+    """Flatten inline tokens: links as `text (url)`, images as `[alt]`, markup dropped."""
+    out: list[str] = []
+    link_stack: list[tuple[str, int]] = []
+    for tok in tokens or ():
+        kind = tok.type
+        if kind in ("text", "code_inline"):
+            out.append(tok.content)
+        elif kind == "softbreak":
+            out.append(" ")
+        elif kind == "hardbreak":
+            out.append("\n")
+        elif kind == "link_open":
+            link_stack.append((str(tok.attrGet("href") or ""), len(out)))
+        elif kind == "link_close" and link_stack:
+            href, start = link_stack.pop()
+            label = "".join(out[start:]).strip()
+            if href and href != label and not href.startswith("#"):
+                out.append(f" ({href})" if label else href)
+        elif kind == "image":
+            alt = tok.content or "image"
+            out.append(f"[{alt}]")
+        elif kind == "html_inline":
+            if tok.content.lower().startswith("<br"):
+                out.append("\n")
+    return "".join(out)
+
+
+_ITEM = "\x00"  # marks a list item's block, so items of one list sit on consecutive lines
+
+
+def to_text(tokens: Sequence[Token], html_to_text: Any) -> str:
+    """Render a post body as readable plain text (not a tag-strip of the HTML)."""
+    blocks: list[str] = []
+    lists: list[list[int]] = []  # stack of [ordered?, counter]
+    quote = 0
+    table_rows: list[list[str]] = []
+    row: list[str] = []
+    pending_item = False
+    heading_level = 0
+    in_cell = False
+    previous_item = False
+    for tok in tokens:
+        kind = tok.type
+        prefix = "> " * quote
+        if kind == "heading_open":
+            heading_level = int(tok.tag[1])
+        elif kind == "bullet_list_open":
+            lists.append([0, 0])
+        elif kind == "ordered_list_open":
+            lists.append([1, int(str(tok.attrGet("start") or 1)) - 1])
+        elif kind in ("bullet_list_close", "ordered_list_close"):
+            lists.pop()
+        elif kind == "list_item_open":
+            lists[-1][1] += 1
+            pending_item = True
+        elif kind == "blockquote_open":
+            quote += 1
+        elif kind == "blockquote_close":
+            quote -= 1
+        elif kind in ("th_open", "td_open"):
+            in_cell = True
+        elif kind in ("th_close", "td_close"):
+            in_cell = False
+        elif kind == "inline" and in_cell:
+            row.append(inline_text(tok.children).strip())
+        elif kind == "inline":
+            text = inline_text(tok.children).strip()
+            if heading_level:
+                lines = [text]
+                if heading_level <= 2:
+                    lines.append(("=" if heading_level == 1 else "-") * min(text_width(text), WIDTH))
+                else:
+                    lines = [f"{'#' * heading_level} {text}"]
+                blocks.append("\n".join(prefix + line for line in lines))
+                heading_level = 0
+                continue
+            depth = len(lists)
+            if depth and pending_item:
+                ordered, n = lists[-1]
+                marker = f"{n}. " if ordered else "- "
+                pad = "   " * (depth - 1)
+                first = prefix + pad + marker
+                lines = []
+                for k, para in enumerate(text.split("\n")):
+                    lines += wrap(
+                        para,
+                        indent=prefix + pad + " " * len(marker),
+                        first=first if k == 0 else None,
+                    )
+                blocks.append(_ITEM + "\n".join(lines))
+                pending_item = False
+            else:
+                pad = prefix + "   " * depth
+                lines = []
+                for para in text.split("\n"):
+                    lines += wrap(para, indent=pad)
+                blocks.append((_ITEM if depth else "") + "\n".join(lines))
+        elif kind in ("fence", "code_block"):
+            code = tok.content.rstrip("\n")
+            blocks.append("\n".join(prefix + "    " + line for line in code.split("\n")))
+        elif kind == "hr":
+            blocks.append(prefix + "-" * 24)
+        elif kind == "html_block":
+            text = html_to_text(tok.content)
+            if text.strip():
+                lines = []
+                for para in text.split("\n"):
+                    lines += wrap(para, indent=prefix) if para.strip() else []
+                blocks.append("\n".join(lines))
+        elif kind == "tr_open":
+            row = []
+        elif kind == "tr_close":
+            table_rows.append(row)
+        elif kind == "table_close":
+            blocks.append("\n".join(prefix + " | ".join(r) for r in table_rows))
+            table_rows = []
+    out = ""
+    for block in blocks:
+        if not block.strip(_ITEM + " \n"):
+            continue
+        if out:
+            tight = block.startswith(_ITEM) and previous_item
+            out += "\n" if tight else "\n\n"
+        out += block.removeprefix(_ITEM)
+        previous_item = block.startswith(_ITEM)
+    return out + "\n"

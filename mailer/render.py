@@ -1,0 +1,343 @@
+"""Post -> Issue: markdown-it, jinja2 and premailer run once per issue; per-subscriber values are slots."""
+
+from __future__ import annotations
+
+import html as htmlmod
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import jinja2
+from markupsafe import Markup
+
+from . import markdown
+from .config import Settings
+from .errors import PostError
+from .post import Post
+from .sanitize import Findings, html_to_text, sanitize
+
+WORDS = {
+    "en": {
+        "summary": "In this issue",
+        "unsubscribe": "Unsubscribe",
+        "view_in_browser": "View in browser",
+        "why": "You are receiving this because you subscribed to",
+        "open": "Open",
+    },
+    "zh": {
+        "summary": "本期要点",
+        "unsubscribe": "退订",
+        "view_in_browser": "在浏览器中查看",
+        "why": "你收到这封邮件，是因为你订阅了",
+        "open": "打开",
+    },
+}
+SLOT_VALUE_MAX_BYTES = 600  # the wrap budget for one personalised value (URL or name)
+LINE_LIMIT = 990  # RFC 5322 allows 998 octets per line; 8bit parts must stay under it
+_SLOT = "zqmailerslot{}zq"
+_SLOT_RE = re.compile(r"zqmailerslot(\d+)zq")
+PREHEADER_PAD = "\u034f\u200c\u00a0" * 60  # keeps the body's first words out of the inbox preview
+
+
+@dataclass(frozen=True)
+class Part:
+    """One body part split at its personalised slots: chunks[0] + v0 + chunks[1] + v1 + ..."""
+
+    chunks: tuple[bytes, ...]
+    slots: tuple[str, ...]
+    html: bool
+    eight_bit: bool  # False when some line could not be kept under 998 octets: quoted-printable then
+
+    def fill(self, values: Mapping[str, str]) -> bytes:
+        """The part's bytes for one subscriber (CRLF line endings, not yet transfer-encoded)."""
+        chunks = self.chunks
+        if not self.slots:
+            return chunks[0]
+        out = [chunks[0]]
+        escape = htmlmod.escape if self.html else str
+        for i, slot in enumerate(self.slots, 1):
+            value = values.get(slot, "")
+            out.append(escape(value).encode("utf-8")[:SLOT_VALUE_MAX_BYTES])
+            out.append(chunks[i])
+        return b"".join(out)
+
+
+@dataclass(frozen=True)
+class Issue:
+    """A rendered issue: everything but the per-subscriber values is final."""
+
+    post: Post
+    issue_id: str
+    subject: str
+    preheader: str
+    view_url: str
+    html: Part
+    text: Part
+    findings: Findings
+    lang: str
+
+    def sample_values(self, settings: Settings) -> dict[str, str]:
+        """Slot values for the sample subscriber (preview, `render`)."""
+        return {"name": settings.sample_name, "email": settings.sample_email}
+
+    def html_size(self) -> int:
+        """Bytes of the HTML part (with empty slots), the figure Gmail's clipping goes by."""
+        return sum(len(c) for c in self.html.chunks) + 60 * len(self.html.slots)
+
+
+class _Slots:
+    """Hands out slot markers to the templates; `subscriber.city` becomes a slot named `city`."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def marker(self, name: str) -> Markup:
+        if name not in self.names:
+            self.names.append(name)
+        return Markup(_SLOT.format(self.names.index(name)))
+
+    def __getattr__(self, name: str) -> Markup:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return self.marker(name.lower())
+
+    def __getitem__(self, name: str) -> Markup:
+        return self.marker(str(name).lower())
+
+
+@lru_cache(maxsize=4)
+def _environment(templates_dir: Path) -> jinja2.Environment:
+    if not (templates_dir / "email.html").exists():
+        raise PostError(f"{templates_dir}: no email.html template there (check templates_dir)")
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(templates_dir)),
+        autoescape=jinja2.select_autoescape(["html"]),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+    )
+
+
+def words_for(lang: str) -> dict[str, str]:
+    """The footer and label words for the post's language (Chinese or English)."""
+    return WORDS["zh" if lang.startswith("zh") else "en"]
+
+
+def render_issue(post: Post, settings: Settings) -> Issue:
+    """Render a post once: HTML with all CSS inlined, and the plain-text part, both with slots."""
+    words = words_for(post.lang)
+    findings = Findings()
+    tokens = markdown.parse(post.body)
+    body_html = sanitize(
+        markdown.to_html(tokens),
+        base_url=settings.base_url,
+        embed_label=lambda label: f"▶ {words['open']}: {label}",
+        findings=findings,
+    )
+    body_text = markdown.to_text(tokens, html_to_text)
+    view_url = _view_url(settings, post)
+    preheader = post.summary[0] if post.summary else _first_words(body_text)
+    cover = ""
+    if post.cover_image:
+        from .sanitize import safe_url
+
+        cover = safe_url(post.cover_image, settings.base_url, findings, image=True) or ""
+    meta_line = " · ".join(x for x in (_date_text(post), post.category) if x)
+    from_name = _one_line(settings.list_name or settings.from_name)
+    slots = _Slots()
+    common = {
+        "lang": post.lang,
+        "title": post.title,
+        "meta_line": meta_line,
+        "summary": post.summary,
+        "cover_image": cover,
+        "view_url": view_url,
+        "words": words,
+        "from_name": from_name,
+        "postal_address": _one_line(settings.postal_address),
+        "unsubscribe_url": slots.marker("unsubscribe_url"),
+        "subscriber": slots,
+    }
+    env = _environment(settings.templates_dir)
+    css = (settings.templates_dir / "email.css").read_text(encoding="utf-8")
+    media_css = (settings.templates_dir / "email-media.css").read_text(encoding="utf-8")
+    try:
+        page = env.get_template("email.html").render(
+            common, body=Markup(body_html), css=Markup(css), media_css=Markup(media_css),
+            preheader=preheader, preheader_pad=PREHEADER_PAD,
+        )  # fmt: skip
+        summary_lines = [
+            line for item in post.summary for line in markdown.wrap(item, indent="  ", first="- ")
+        ]
+        text = jinja2.Environment(
+            loader=env.loader, autoescape=False, undefined=jinja2.StrictUndefined,
+            keep_trailing_newline=True,
+        ).get_template("email.txt").render(
+            common, body=body_text, summary=summary_lines,
+            title_rule="=" * min(markdown.text_width(post.title), markdown.WIDTH),
+        )  # fmt: skip
+    except jinja2.TemplateError as exc:
+        where = f"{getattr(exc, 'filename', None) or settings.templates_dir}"
+        line = getattr(exc, "lineno", None)
+        raise PostError(f"{where}{':' + str(line) if line else ''}: template error: {exc}") from None
+    inlined = inline_css(page, extra_css=findings.styles)
+    return Issue(
+        post=post,
+        issue_id=post.issue_id,
+        subject=post.title,
+        preheader=preheader,
+        view_url=view_url,
+        html=_split(inlined, slots.names, html=True),
+        text=_split(_tidy_text(text), slots.names, html=False),
+        findings=findings,
+        lang=post.lang,
+    )
+
+
+def inline_css(page: str, *, extra_css: list[str]) -> str:
+    """Move every CSS rule into style attributes with premailer; @media rules stay in <style>."""
+    from premailer import Premailer
+
+    try:
+        result = Premailer(
+            page,
+            css_text=extra_css or None,
+            disable_link_rewrites=True,
+            remove_classes=False,
+            keep_style_tags=False,
+            strip_important=False,
+            allow_network=False,
+            allow_loading_external_files=False,
+            cssutils_logging_level=logging.CRITICAL,
+            disable_validation=True,
+            exclude_pseudoclasses=True,
+        ).transform()
+    except Exception as exc:  # premailer raises bare lxml/cssutils errors
+        raise PostError(f"inlining CSS failed: {exc}") from None
+    return str(result)
+
+
+def _split(content: str, names: list[str], *, html: bool) -> Part:
+    content = content.replace("\r\n", "\n")
+    wrapped = wrap_lines(content, html=html)
+    eight_bit = wrapped is not None
+    content = (wrapped if wrapped is not None else content).replace("\n", "\r\n")
+    pieces = _SLOT_RE.split(content)
+    chunks = tuple(p.encode("utf-8") for p in pieces[0::2])
+    slots = tuple(names[int(i)] for i in pieces[1::2])
+    return Part(chunks=chunks, slots=slots, html=html, eight_bit=eight_bit)
+
+
+def _cost(text: str) -> int:
+    plain = _SLOT_RE.sub("", text)
+    return len(plain.encode("utf-8")) + SLOT_VALUE_MAX_BYTES * len(_SLOT_RE.findall(text))
+
+
+def wrap_lines(content: str, *, html: bool, limit: int = LINE_LIMIT) -> str | None:
+    """Break over-long lines where a newline changes nothing; None if some line cannot be broken.
+
+    In HTML that is whitespace between attributes, inside a style value, before a tag's `>`, or
+    a space in text outside <pre>. In plain text, a space.
+    """
+    out: list[str] = []
+    in_pre = False
+    for line in content.split("\n"):
+        if _cost(line) <= limit:
+            out.append(line)
+            in_pre = _pre_state(line, in_pre) if html else False
+            continue
+        breaks: list[tuple[int, bool]] = []  # (index, replaces a space)
+        in_tag = False
+        quote = ""
+        i = 0
+        while i < len(line):
+            ch = line[i]
+            if html and not in_tag and ch == "<":
+                in_tag = True
+                if line.startswith("<pre", i):
+                    in_pre = True
+                elif line.startswith("</pre", i):
+                    in_pre = False
+            elif in_tag:
+                if quote:
+                    if ch == quote:
+                        quote = ""
+                elif ch in "\"'":
+                    quote = ch
+                elif ch == ">":
+                    breaks.append((i, False))
+                    in_tag = False
+                elif ch == " ":
+                    breaks.append((i, True))
+                if quote and ch == " " and line[i - 1] == ";":
+                    breaks.append((i, True))
+            elif ch == " " and not in_pre:
+                breaks.append((i, True))
+            i += 1
+        start = 0
+        last: tuple[int, bool] | None = None
+        pieces: list[str] = []
+        for pos, replaces in breaks:
+            if _cost(line[start:pos]) > limit:
+                if last is None:
+                    return None
+                pieces.append(line[start : last[0]])
+                start = last[0] + (1 if last[1] else 0)
+                last = None
+                if _cost(line[start:pos]) > limit:
+                    return None
+            last = (pos, replaces)
+        if _cost(line[start:]) > limit:
+            if last is None:
+                return None
+            pieces.append(line[start : last[0]])
+            start = last[0] + (1 if last[1] else 0)
+            if _cost(line[start:]) > limit:
+                return None
+        pieces.append(line[start:])
+        out.extend(pieces)
+    return "\n".join(out)
+
+
+def _pre_state(line: str, in_pre: bool) -> bool:
+    opened = line.rfind("<pre")
+    closed = line.rfind("</pre")
+    if opened == -1 and closed == -1:
+        return in_pre
+    return opened > closed
+
+
+def _tidy_text(text: str) -> str:
+    lines = [line.rstrip() for line in text.split("\n")]
+    tidy = re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip("\n")
+    return tidy + "\n"
+
+
+def _one_line(value: str) -> str:
+    return " ".join(re.sub(r"[\x00-\x1f\x7f]", " ", value).split())
+
+
+def _first_words(text: str, limit: int = 140) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1].rstrip() + "…"
+
+
+def _date_text(post: Post) -> str:
+    if post.date is None:
+        return ""
+    d = post.date
+    if post.lang.startswith(("zh", "ja")):
+        return f"{d.year}年{d.month}月{d.day}日"
+    return f"{d.strftime('%B')} {d.day}, {d.year}"
+
+
+def _view_url(settings: Settings, post: Post) -> str:
+    if not settings.view_url:
+        return ""
+    return settings.view_url.format(
+        web_url=settings.web_url.rstrip("/"),
+        issue_id=post.issue_id,
+        date=post.date.isoformat() if post.date else "",
+    )

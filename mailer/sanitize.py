@@ -1,0 +1,213 @@
+"""Make a post's HTML safe for email: what no mail client runs is removed or turned into a link."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from urllib.parse import urljoin, urlsplit
+
+from lxml import etree
+from lxml import html as lhtml
+
+DROP = {
+    "script", "noscript", "style", "meta", "link", "base", "head", "title", "template", "svg", "math",
+    "input", "button", "select", "textarea", "option", "optgroup", "datalist", "output", "applet",
+    "frame", "frameset", "param", "source", "track", "canvas", "dialog", "portal",
+}  # fmt: skip
+EMBEDS = {"iframe", "embed", "object", "video", "audio"}
+UNWRAP = {"form", "fieldset", "label", "html", "body", "picture", "main", "article", "section",
+          "header", "footer", "nav", "aside", "figure", "details", "summary", "font", "center"}  # fmt: skip
+ALLOWED_ATTRS = {
+    "href", "src", "alt", "title", "width", "height", "class", "style", "align", "valign", "colspan",
+    "rowspan", "border", "cellpadding", "cellspacing", "bgcolor", "role", "dir", "lang", "start",
+    "type", "id", "name", "target", "rel", "scope", "headers", "abbr", "datetime", "cite",
+}  # fmt: skip
+SAFE_SCHEMES = {"http", "https", "mailto", "tel"}
+_CSS_DANGER = re.compile(r"expression\s*\(|javascript:|vbscript:|behavio(u)?r\s*:|-moz-binding|@import", re.I)
+_URL_JUNK = re.compile(r"[\x00-\x20\x7f]+")
+
+
+@dataclass
+class Findings:
+    """What sanitising changed or noticed, for `mailer check` and the preview's check panel."""
+
+    removed: list[str] = field(default_factory=list)
+    images_without_alt: list[str] = field(default_factory=list)
+    relative_urls: list[str] = field(default_factory=list)
+    bad_links: list[str] = field(default_factory=list)
+    styles: list[str] = field(default_factory=list)
+
+
+def safe_url(url: str, base_url: str, findings: Findings, *, image: bool = False) -> str | None:
+    """Return an absolute, safe URL, or None when the URL must go (javascript:, data:, ...)."""
+    cleaned = _URL_JUNK.sub("", url)
+    if not cleaned:
+        return None
+    if cleaned.startswith("#") and not image:
+        return cleaned
+    scheme = urlsplit(cleaned).scheme.lower()
+    if not scheme:
+        if base_url:
+            cleaned = urljoin(base_url, cleaned)
+            scheme = urlsplit(cleaned).scheme.lower()
+        else:
+            findings.relative_urls.append(url)
+            return url.strip()
+    allowed = {"http", "https"} if image else SAFE_SCHEMES
+    if scheme not in allowed:
+        findings.bad_links.append(url[:80])
+        return None
+    return cleaned
+
+
+def clean_css(css: str) -> str:
+    """Drop CSS declarations and rules that run code in old clients (expression(), behavior, @import)."""
+    if not _CSS_DANGER.search(css):
+        return css
+    parts = re.split(r"([;{}])", css)
+    return "".join(p for p in parts if not _CSS_DANGER.search(p))
+
+
+def sanitize(
+    fragment_html: str,
+    *,
+    base_url: str,
+    embed_label: Callable[[str], str],
+    findings: Findings,
+) -> str:
+    """Clean one HTML fragment (the rendered body); post <style> blocks are returned in findings.styles."""
+    root = lhtml.fragment_fromstring(fragment_html, create_parent="div")
+    for el in list(root.iter()):
+        if not isinstance(el.tag, str):  # comments and processing instructions
+            _remove(el)
+            continue
+        tag = el.tag.lower()
+        if tag == "style":
+            findings.styles.append(clean_css(el.text or ""))
+            _remove(el)
+        elif tag in DROP:
+            findings.removed.append(tag)
+            _remove(el)
+        elif tag in EMBEDS:
+            _embed_to_link(el, tag, base_url, embed_label, findings)
+    for el in list(root.iter()):
+        if not isinstance(el.tag, str):
+            continue
+        tag = el.tag.lower()
+        if el is not root and (tag in UNWRAP or ":" in tag or "-" in tag):
+            el.drop_tag()
+            continue
+        for name in list(el.attrib):
+            lname = name.lower()
+            if lname not in ALLOWED_ATTRS:
+                del el.attrib[name]
+                if lname.startswith("on"):
+                    findings.removed.append(f"{tag} {lname}=")
+        style = el.get("style")
+        if style is not None and _CSS_DANGER.search(style):
+            el.set("style", clean_css(style))
+        if "href" in el.attrib:
+            url = safe_url(el.get("href", ""), base_url, findings)
+            if url is None:
+                del el.attrib["href"]
+            else:
+                el.set("href", url)
+                if tag == "a":
+                    el.set("target", "_blank")
+                    el.attrib.pop("rel", None)
+        if tag == "img":
+            url = safe_url(el.get("src", ""), base_url, findings, image=True)
+            if url is None:
+                findings.removed.append("img with unsafe src")
+                _remove(el)
+                continue
+            el.set("src", url)
+            if el.get("alt") is None:
+                findings.images_without_alt.append(url)
+                el.set("alt", "")
+            if not el.get("width") and _alone_in_paragraph(el):
+                el.set("width", "552")
+                el.set("class", ((el.get("class") or "") + " md-image").strip())
+        elif tag == "table" and el.getparent() is root:
+            wrapper = lhtml.Element("div")
+            wrapper.set("class", "table-wrap")
+            el.addprevious(wrapper)
+            wrapper.tail, el.tail = el.tail, None
+            wrapper.append(el)
+    out = (root.text or "") + "".join(lhtml.tostring(child, encoding="unicode") for child in root)
+    return out
+
+
+def _alone_in_paragraph(img: lhtml.HtmlElement) -> bool:
+    parent = img.getparent()
+    if parent is None or parent.tag not in ("p", "a"):
+        return False
+    if parent.tag == "a":
+        parent = parent.getparent()
+        if parent is None or parent.tag != "p":
+            return False
+    return not (parent.text_content() or "").strip() and len(parent.findall(".//img")) == 1
+
+
+def _remove(el: etree._Element) -> None:
+    """Remove an element but keep the text that follows it."""
+    parent = el.getparent()
+    if parent is None:
+        return
+    tail = el.tail or ""
+    prev = el.getprevious()
+    if tail:
+        if prev is not None:
+            prev.tail = (prev.tail or "") + tail
+        else:
+            parent.text = (parent.text or "") + tail
+    parent.remove(el)
+
+
+def _embed_to_link(
+    el: lhtml.HtmlElement,
+    tag: str,
+    base_url: str,
+    embed_label: Callable[[str], str],
+    findings: Findings,
+) -> None:
+    src = el.get("src") or el.get("data") or ""
+    if not src:
+        source = el.find(".//source")
+        src = source.get("src", "") if source is not None else ""
+    url = safe_url(src, base_url, findings) if src else None
+    findings.removed.append(tag)
+    if not url or url.startswith(("#", "mailto:", "tel:")):
+        _remove(el)
+        return
+    link = lhtml.Element("a", href=url, target="_blank")
+    link.set("class", "embed-link")
+    link.text = embed_label(el.get("title") or url)
+    para = lhtml.Element("p")
+    para.append(link)
+    para.tail = el.tail
+    el.getparent().replace(el, para)
+
+
+def html_to_text(fragment_html: str) -> str:
+    """Plain text of a raw HTML block for the text part: block elements on their own lines, links as URLs."""
+    try:
+        root = lhtml.fragment_fromstring(fragment_html, create_parent="div")
+    except etree.ParserError:
+        return ""
+    for el in root.iter("script", "style", "noscript", "template"):
+        el.text = ""
+    for el in root.iter("a"):
+        href = el.get("href") or ""
+        label = el.text_content().strip()
+        if href.startswith(("http://", "https://")) and href != label:
+            el.tail = f" ({href})" + (el.tail or "")
+    for el in root.iter("img"):
+        alt = el.get("alt")
+        if alt:
+            el.tail = f"[{alt}]" + (el.tail or "")
+    for el in root.iter("p", "div", "li", "tr", "h1", "h2", "h3", "h4", "br", "blockquote"):
+        el.tail = "\n" + (el.tail or "")
+    lines = (re.sub(r"[ \t\r\f\v]+", " ", line).strip() for line in root.text_content().split("\n"))
+    return "\n".join(line for line in lines if line)
