@@ -16,6 +16,7 @@ from email.utils import formatdate
 
 from .config import Settings
 from .render import Issue, Part
+from .tokens import load_keyring, unsubscribe_mailto, unsubscribe_url
 
 _SPECIALS = re.compile(r'[\x00-\x1f\x7f()<>@,;:\\".\[\]]')
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
@@ -65,8 +66,6 @@ class MessageFactory:
         self.sign = sign
         self.dkim = dkim
         self.domain = settings.sender_domain
-        self.web_url = settings.web_url.rstrip("/")
-        self.mailto = settings.effective_mailto
         self._date_cache: tuple[int, bytes] = (0, b"")
         boundary = "==mailer-" + secrets.token_hex(12)
         self.boundary = boundary
@@ -93,20 +92,17 @@ class MessageFactory:
         ).hexdigest()
         return f"<{self.issue.issue_id}.{digest}@{self.domain}>"
 
-    def values(self, email: str, fields: Mapping[str, str]) -> dict[str, str]:
-        """The slot values for one subscriber: unsubscribe URL plus the subscriber's own columns."""
-        values = {k: one_line(v)[:200] for k, v in fields.items()}
-        values["email"] = email
-        values["unsubscribe_url"] = f"{self.web_url}/unsubscribe?t={self.sign(email)}"
-        return values
+    def unsubscribe_url(self, email: str) -> str:
+        """The subscriber's own unsubscribe link."""
+        return unsubscribe_url(self.settings, self.sign(email))
 
     def build(self, email: str, name: str = "", fields: Mapping[str, str] | None = None) -> bytes:
         """The whole message for one subscriber, CRLF line endings, ready for SMTP DATA."""
-        values = self.values(email, fields or {"name": name})
-        if name:
-            values["name"] = one_line(name)[:NAME_MAX]
-        token_url = values["unsubscribe_url"]
-        token = token_url.rpartition("t=")[2]
+        token = self.sign(email)
+        values = {k: one_line(v)[:200] for k, v in (fields or {}).items()}
+        values["name"] = one_line(name)[:NAME_MAX]
+        values["email"] = email
+        values["unsubscribe_url"] = url = unsubscribe_url(self.settings, token)
         display = encode_display_name(name)
         to = f"{display} <{email}>" if display else email
         head = b"".join(
@@ -116,8 +112,7 @@ class MessageFactory:
                 b"Date: ",
                 self._date(),
                 f"\r\nMessage-ID: {self.message_id(email)}\r\n".encode(),
-                f"List-Unsubscribe: <{token_url}>,\r\n"
-                f" <mailto:{self.mailto}?subject=unsubscribe%20{token}>\r\n".encode(),
+                f"List-Unsubscribe: <{url}>,\r\n <{unsubscribe_mailto(self.settings, token)}>\r\n".encode(),
                 b"\r\n",
             )
         )
@@ -188,3 +183,14 @@ def dkim_signer(settings: Settings) -> Callable[[bytes], bytes] | None:
         return signature.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") + message
 
     return sign
+
+
+def make_factory(
+    issue: Issue, settings: Settings, *, notify: Callable[[str], None] | None = None
+) -> MessageFactory:
+    """The factory with the shared unsubscribe key (made on first use) and DKIM when configured."""
+    keyring = load_keyring(settings, notify=notify)
+    list_id = settings.effective_list_id
+    return MessageFactory(
+        issue, settings, sign=lambda email: keyring.sign(email, list_id), dkim=dkim_signer(settings)
+    )

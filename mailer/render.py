@@ -24,14 +24,14 @@ WORDS = {
         "summary": "In this issue",
         "unsubscribe": "Unsubscribe",
         "view_in_browser": "View in browser",
-        "why": "You are receiving this because you subscribed to",
+        "why": "You are receiving this because you subscribed to {name}.",
         "open": "Open",
     },
     "zh": {
         "summary": "本期要点",
         "unsubscribe": "退订",
         "view_in_browser": "在浏览器中查看",
-        "why": "你收到这封邮件，是因为你订阅了",
+        "why": "你收到这封邮件，是因为你订阅了 {name}。",
         "open": "打开",
     },
 }
