@@ -1,0 +1,190 @@
+"""Sign and verify unsubscribe tokens, so only mailer can make a working unsubscribe link.
+
+A token is `base64url(address) "." base64url(mac)`, where mac is the first 16 bytes of an HMAC-SHA256
+over the list id and the lower-cased address, keyed by the secret key mixed with a per-purpose salt.
+Tokens do not expire: links in old issues keep working. Old keys (`old_secret_keys`) still verify, so
+the key can be rotated.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+import re
+import secrets
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .config import Settings
+
+SALT = b"mailer.unsubscribe"
+KEY_FILE = "secret.key"
+MIN_KEY_LENGTH = 16
+MAC_BYTES = 16
+MAX_TOKEN_LENGTH = 1024  # far above any real address; stops work on garbage early
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]{22}")
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+class _Signer:
+    """One key, with its keyed HMAC prepared once so signing costs a copy, an update and a digest."""
+
+    __slots__ = ("_base", "_per_list")
+
+    def __init__(self, key: bytes) -> None:
+        derived = hmac.new(key, SALT, hashlib.sha256).digest()
+        self._base = hmac.new(derived, digestmod=hashlib.sha256)
+        self._per_list: dict[str, hmac.HMAC] = {}
+
+    def mac(self, address: str, list_id: str) -> str:
+        prepared = self._per_list.get(list_id)
+        if prepared is None:
+            prepared = self._base.copy()
+            prepared.update(list_id.encode("utf-8") + b"\x00")
+            self._per_list[list_id] = prepared
+        h = prepared.copy()
+        h.update(address.encode("utf-8"))
+        return _b64(h.digest()[:MAC_BYTES])
+
+
+class Keyring:
+    """The current signing key and the old ones that still verify."""
+
+    __slots__ = ("_signers",)
+
+    def __init__(self, current: str | bytes, old: Iterable[str | bytes] = ()) -> None:
+        keys = [current, *old]
+        for key in keys:
+            if len(key) < MIN_KEY_LENGTH:
+                raise ConfigError(
+                    f"secret key too short ({len(key)} characters): use at least {MIN_KEY_LENGTH}"
+                )
+        self._signers = [_Signer(k.encode("utf-8") if isinstance(k, str) else bytes(k)) for k in keys]
+
+    def __repr__(self) -> str:
+        return f"<Keyring with {len(self._signers)} key(s)>"
+
+    def sign(self, email: str, list_id: str) -> str:
+        """Make the unsubscribe token of one subscriber of one list, with the current key."""
+        address = email.strip().lower()
+        return _b64(address.encode("utf-8")) + "." + self._signers[0].mac(address, list_id)
+
+    def verify(self, token: str, list_id: str) -> str | None:
+        """Return the (lower-cased) address a token was made for, or None if it is not genuine."""
+        if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH:
+            return None
+        if not _TOKEN.fullmatch(token):
+            return None
+        encoded, _, mac = token.partition(".")
+        try:
+            raw = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
+            address = raw.decode("utf-8")
+        except (binascii.Error, ValueError):
+            return None
+        # Only the canonical spelling verifies: no re-padding, case or trailing-bit variants.
+        if _b64(raw) != encoded or address != address.strip().lower():
+            return None
+        found = False
+        for signer in self._signers:  # no early exit: every key costs the same
+            found |= hmac.compare_digest(signer.mac(address, list_id), mac)
+        return address if found else None
+
+
+def _key_file_path(settings: Settings) -> Path:
+    return settings.data_dir / KEY_FILE
+
+
+def _read_key_file(path: Path, notify: Callable[[str], None] | None) -> str:
+    try:
+        key = path.read_text(encoding="utf-8").strip()
+        mode = path.stat().st_mode
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a mailer key file (not UTF-8 text)") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the signing key: {exc.strerror}") from None
+    if len(key) < MIN_KEY_LENGTH:
+        raise ConfigError(
+            f"{path}: signing key too short or empty; delete the file to make a new one"
+            " (links already sent would stop working)"
+        )
+    if mode & 0o077 and notify is not None:
+        notify(f"warning: {path} can be read by other users; run: chmod 600 {path}")
+    return key
+
+
+def _create_key_file(path: Path) -> bool:
+    """Write a new random key to path atomically; False if another process made one first."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".secret-", dir=path.parent)  # mode 0600
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot create the signing key: {exc.strerror}") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(secrets.token_urlsafe(32) + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, 0o600)
+        try:
+            os.link(tmp, path)  # atomic, and never replaces a key that links were made with
+        except FileExistsError:
+            return False
+        return True
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot create the signing key: {exc.strerror}") from None
+    finally:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
+def load_keyring(
+    settings: Settings,
+    *,
+    create: bool = True,
+    notify: Callable[[str], None] | None = None,
+) -> Keyring:
+    """Return the keys from the settings, else from the data folder, making one there on first use."""
+    old = [k.strip() for k in settings.old_secret_keys.split(",") if k.strip()]
+    for name, key in [("secret_key", settings.secret_key), *(("old_secret_keys", k) for k in old)]:
+        if key and len(key) < MIN_KEY_LENGTH:
+            raise ConfigError(
+                f"{name}: a key is too short ({len(key)} characters);"
+                f" use at least {MIN_KEY_LENGTH} random characters"
+            )
+    if settings.secret_key:
+        return Keyring(settings.secret_key, old)
+    path = _key_file_path(settings)
+    if not path.exists():
+        if not create:
+            raise ConfigError(
+                f"no signing key: set MAILER_SECRET_KEY or run `mailer serve` once to create {path}"
+            )
+        if _create_key_file(path) and notify is not None:
+            notify(
+                f"Made a new signing key for unsubscribe links in {path} (readable by you only);"
+                " keep it, and back it up with the database."
+            )
+    return Keyring(_read_key_file(path, notify), old)
+
+
+def unsubscribe_url(settings: Settings, token: str) -> str:
+    """The one-click (RFC 8058) and browser unsubscribe URL of a token."""
+    return f"{settings.web_url.rstrip('/')}/unsubscribe?t={token}"
+
+
+def unsubscribe_mailto(settings: Settings, token: str) -> str:
+    """The mailto: unsubscribe address of a token, for the List-Unsubscribe header."""
+    return f"mailto:{settings.effective_mailto}?subject=unsubscribe%20{token}"
