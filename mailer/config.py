@@ -33,6 +33,8 @@ class Settings:
     web_url: str = "http://127.0.0.1:8080"
     view_url: str = ""
     unsubscribe_mailto: str = ""
+    # the subscriber list `send` reads when --to is not given
+    subscribers: str = ""
     # where mailer keeps its state
     data_dir: Path = Path(".mailer")
     database: Path | None = None

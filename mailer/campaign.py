@@ -1,0 +1,376 @@
+"""The send loop: skip delivered and suppressed, build, send on N connections, record, retry, report.
+
+Each worker thread records its own outcome in the delivery record before it takes the next message, so a
+crash can repeat at most the one message per connection that was sent but not yet recorded.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import queue
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import SendAborted, TransportError
+from .ledger import Ledger
+from .message import MessageFactory
+from .subscribers import Subscriber
+from .transport import Outcome, Transport
+
+
+@dataclass(frozen=True)
+class SendOptions:
+    """How one send behaves; from Settings, overridden by command-line options."""
+
+    connections: int = 1
+    rate: float = 0.0  # messages per second across all connections; 0 = no limit
+    max_attempts: int = 5
+    retry_delay: float = 30.0  # first retry after a 4xx; doubles with each attempt
+    max_consecutive_failures: int = 50
+    dry_run: bool = False
+    retry_failed: bool = False
+    allow_changed: bool = False
+
+
+@dataclass
+class Report:
+    """What a send did; the final report and the progress bar read it."""
+
+    issue_id: str
+    sent: int = 0
+    already_sent: int = 0
+    suppressed: int = 0
+    failed_before: int = 0  # permanently failed in an earlier run (use --retry-failed)
+    would_send: int = 0  # dry run
+    failed_temporary: int = 0  # still deferred after max_attempts
+    failed_permanent: int = 0
+    retries: int = 0
+    reset: int = 0
+    pending: int = 0  # not sent because the run stopped early
+    seen: int = 0
+    started: float = field(default_factory=time.monotonic)
+    stopped_because: str = ""
+    failures: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> int:
+        """Messages of this run that were not delivered."""
+        return self.failed_temporary + self.failed_permanent
+
+    @property
+    def complete(self) -> bool:
+        """Every deliverable message of this run went out."""
+        return self.failed == 0 and self.pending == 0 and not self.stopped_because
+
+    def rate(self) -> float:
+        """Messages sent per second so far."""
+        elapsed = time.monotonic() - self.started
+        return self.sent / elapsed if elapsed > 0 else 0.0
+
+
+class Feedback:
+    """What the send loop tells its user; the CLI overrides these (progress bar, log lines)."""
+
+    def progress(self, report: Report) -> None:
+        """Called after each outcome and each skipped subscriber."""
+
+    def problem(self, line: str) -> None:
+        """A failed address or a reply worth a line of its own."""
+
+    def would_send(self, subscriber: Subscriber) -> None:
+        """Dry run: this subscriber would get the issue."""
+
+
+class RateLimiter:
+    """A start-time schedule shared by all connections: message k starts no sooner than k / rate."""
+
+    def __init__(self, rate: float) -> None:
+        self.interval = 1.0 / rate if rate > 0 else 0.0
+        self.next = time.monotonic()
+        self.lock = threading.Lock()
+
+    def wait(self, stop: threading.Event) -> None:
+        """Block until this caller may start a message (or the send is stopping)."""
+        if not self.interval:
+            return
+        with self.lock:
+            now = time.monotonic()
+            slot = max(now, self.next)
+            self.next = slot + self.interval
+        delay = slot - now
+        if delay > 0:
+            stop.wait(delay)
+
+
+@dataclass(order=True)
+class _Job:
+    due: float
+    seq: int
+    sub: Subscriber = field(compare=False)
+    attempt: int = field(compare=False, default=1)
+    data: bytes = field(compare=False, default=b"")
+
+
+class _Pool:
+    """N worker threads, each with its own connection and its own handle on the delivery record."""
+
+    def __init__(
+        self, transport: Transport, db_path: Path, issue_id: str, sender: str, connections: int, rate: float
+    ) -> None:
+        self.jobs: queue.Queue[_Job | None] = queue.Queue(maxsize=connections)
+        self.outcomes: queue.Queue[tuple[_Job, Outcome | None, str]] = queue.Queue()
+        self.stop = threading.Event()
+        self.limiter = RateLimiter(rate)
+        self.transport = transport
+        self.db_path = db_path
+        self.issue_id = issue_id
+        self.sender = sender
+        self.in_flight = 0
+        self.threads = [
+            threading.Thread(target=self._work, name=f"mailer-conn-{i}", daemon=True)
+            for i in range(connections)
+        ]
+        for thread in self.threads:
+            thread.start()
+
+    def _work(self) -> None:
+        ledger = Ledger(self.db_path)
+        conn = self.transport.connect()
+        try:
+            while True:
+                job = self.jobs.get()
+                if job is None:
+                    return
+                self.limiter.wait(self.stop)
+                if self.stop.is_set():
+                    self.outcomes.put((job, None, ""))
+                    continue
+                try:
+                    outcome = conn.send(self.sender, job.sub.email, job.data)
+                except TransportError as exc:
+                    self.outcomes.put((job, None, str(exc)))
+                    continue
+                if outcome.ok:
+                    ledger.mark_sent(self.issue_id, job.sub.email, outcome.code, outcome.text)
+                else:
+                    ledger.mark_failed(
+                        self.issue_id, job.sub.email, outcome.code, outcome.text, permanent=outcome.permanent
+                    )
+                self.outcomes.put((job, outcome, ""))
+        except BaseException as exc:  # never let a worker die silently: the main loop must hear of it
+            self.outcomes.put((job, None, f"internal error: {exc!r}"))  # type: ignore[arg-type]
+            raise
+        finally:
+            conn.close()
+            ledger.close()
+
+    def submit(self, job: _Job, timeout: float) -> bool:
+        """Queue a job; False when the queue stayed full for `timeout` seconds."""
+        try:
+            self.jobs.put(job, timeout=timeout)
+        except queue.Full:
+            return False
+        self.in_flight += 1
+        return True
+
+    def shutdown(self) -> list[_Job]:
+        """Stop after the messages in flight; return the jobs that were queued but never sent."""
+        unsent: list[_Job] = []
+        while True:
+            try:
+                job = self.jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                unsent.append(job)
+                self.in_flight -= 1
+        for _ in self.threads:
+            self.jobs.put(None)
+        for thread in self.threads:
+            thread.join()
+        return unsent
+
+
+def run_send(
+    *,
+    issue_id: str,
+    content_hash: str,
+    subject: str,
+    factory: MessageFactory,
+    transport: Transport,
+    subscribers: Iterable[Subscriber],
+    db_path: Path,
+    sender: str,
+    options: SendOptions,
+    feedback: Feedback,
+) -> Report:
+    """Send (or dry-run) one issue to a subscriber stream; resumable, never mailing anyone twice."""
+    report = Report(issue_id)
+    ledger = Ledger(db_path)
+    try:
+        ledger.start_issue(issue_id, content_hash, subject, allow_changed=options.allow_changed)
+        if options.retry_failed and not options.dry_run:
+            report.reset = ledger.reset_failed(issue_id)
+        if options.dry_run:
+            for sub in subscribers:
+                if _skip(ledger, issue_id, sub, report, retry_failed=options.retry_failed):
+                    continue
+                report.would_send += 1
+                feedback.would_send(sub)
+            return report
+        _Loop(ledger, issue_id, factory, transport, db_path, sender, options, feedback, report).run(
+            subscribers
+        )
+        return report
+    finally:
+        ledger.close()
+
+
+def _skip(ledger: Ledger, issue_id: str, sub: Subscriber, report: Report, *, retry_failed: bool) -> bool:
+    report.seen += 1
+    if ledger.is_suppressed(sub.email):
+        report.suppressed += 1
+        return True
+    delivery = ledger.delivery(issue_id, sub.email)
+    if delivery is not None:
+        if delivery.state == "sent":
+            report.already_sent += 1
+            return True
+        if delivery.state == "failed" and not retry_failed:
+            report.failed_before += 1
+            return True
+    return False
+
+
+class _Loop:
+    def __init__(
+        self,
+        ledger: Ledger,
+        issue_id: str,
+        factory: MessageFactory,
+        transport: Transport,
+        db_path: Path,
+        sender: str,
+        options: SendOptions,
+        feedback: Feedback,
+        report: Report,
+    ) -> None:
+        self.ledger = ledger
+        self.issue_id = issue_id
+        self.factory = factory
+        self.options = options
+        self.feedback = feedback
+        self.report = report
+        self.retries: list[_Job] = []
+        self.seq = itertools.count()
+        self.consecutive_failures = 0
+        self.fatal = ""
+        self.pool = _Pool(transport, db_path, issue_id, sender, options.connections, options.rate)
+
+    def run(self, subscribers: Iterable[Subscriber]) -> None:
+        try:
+            for sub in subscribers:
+                if self.fatal:
+                    break
+                retry_failed = self.options.retry_failed
+                if _skip(self.ledger, self.issue_id, sub, self.report, retry_failed=retry_failed):
+                    self.feedback.progress(self.report)
+                    continue
+                self._submit(_Job(0.0, next(self.seq), sub))
+            while not self.fatal and (self.pool.in_flight or self.retries):
+                self._submit_due_retries()
+                self._collect(self._wait_time())
+        except KeyboardInterrupt:
+            self.report.stopped_because = "interrupted"
+        finally:
+            unsent = self.pool.shutdown()
+            self._collect(0.0, drain=True)
+            self.report.pending += len(unsent) + len(self.retries)
+        if self.fatal and not self.report.stopped_because:
+            self.report.stopped_because = self.fatal
+        if self.report.stopped_because == "interrupted":
+            raise KeyboardInterrupt
+        if self.report.stopped_because:
+            raise SendAborted(self.report.stopped_because)
+
+    def _wait_time(self) -> float:
+        if self.pool.in_flight:
+            return 0.2
+        if self.retries:
+            return max(0.0, min(1.0, self.retries[0].due - time.monotonic()))
+        return 0.0
+
+    def _submit(self, job: _Job) -> None:
+        sub = job.sub
+        job.data = self.factory.build(sub.email, sub.name, sub.fields)
+        while not self.pool.submit(job, timeout=0.05):
+            self._collect(0.0)
+            self._submit_due_retries()
+            if self.fatal:
+                self.report.pending += 1
+                return
+        self._collect(0.0)
+
+    def _submit_due_retries(self) -> None:
+        now = time.monotonic()
+        while self.retries and self.retries[0].due <= now and not self.fatal:
+            job = heapq.heappop(self.retries)
+            self.report.retries += 1
+            self._submit(job)
+
+    def _collect(self, timeout: float, *, drain: bool = False) -> None:
+        block = timeout > 0
+        while True:
+            try:
+                job, outcome, error = self.pool.outcomes.get(block=block, timeout=timeout if block else None)
+            except queue.Empty:
+                return
+            block = False
+            self.pool.in_flight -= 1
+            self._handle(job, outcome, error, drain=drain)
+
+    def _handle(self, job: _Job, outcome: Outcome | None, error: str, *, drain: bool) -> None:
+        report = self.report
+        if outcome is None:
+            if error:  # authentication refused and the like: no message can get through
+                self.fatal = error
+            report.pending += 1
+            return
+        if outcome.ok:
+            report.sent += 1
+            self.consecutive_failures = 0
+        else:
+            self.consecutive_failures += 1
+            key = str(outcome)[:120]
+            if outcome.permanent:
+                report.failed_permanent += 1
+                report.failures[key] = report.failures.get(key, 0) + 1
+                self.feedback.problem(f"{job.sub.email}: {outcome}")
+            elif job.attempt >= self.options.max_attempts or drain or self.fatal:
+                if drain or self.fatal:
+                    report.pending += 1
+                else:
+                    report.failed_temporary += 1
+                    report.failures[key] = report.failures.get(key, 0) + 1
+                    gave_up = f"gave up after {job.attempt} attempts"
+                    self.feedback.problem(f"{job.sub.email}: {outcome} ({gave_up})")
+            else:
+                heapq.heappush(self.retries, self._retry(job, outcome))
+            limit = self.options.max_consecutive_failures
+            if limit and self.consecutive_failures >= limit and not self.fatal:
+                self.fatal = (
+                    f"stopped after {self.consecutive_failures} failures in a row "
+                    f"(last: {outcome}); is the server up and the configuration right?"
+                )
+        self.feedback.progress(report)
+
+    def _retry(self, job: _Job, outcome: Outcome) -> _Job:
+        if outcome.code in (0, 421):  # the connection, not the recipient: try again soon on a new one
+            delay = min(self.options.retry_delay, 1.0 * job.attempt)
+        else:
+            delay = self.options.retry_delay * 2 ** (job.attempt - 1)
+        return _Job(time.monotonic() + delay, next(self.seq), job.sub, job.attempt + 1)
