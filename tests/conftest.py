@@ -1,0 +1,51 @@
+"""Shared fixtures: a real SMTP server (tests/smtpd.py) on 127.0.0.1 and settings that point at it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mailer.config import Settings
+from tests.smtpd import SMTPServer, TLSFiles, make_tls_files
+
+
+@pytest.fixture
+def smtp_servers() -> Iterator[Callable[..., SMTPServer]]:
+    """A factory: smtp_servers(tls=..., users=...) starts another server, stopped after the test."""
+    started: list[SMTPServer] = []
+
+    def start(**options: Any) -> SMTPServer:
+        server = SMTPServer(**options).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in reversed(started):
+        server.stop()
+
+
+@pytest.fixture
+def smtp_server(smtp_servers: Callable[..., SMTPServer]) -> SMTPServer:
+    """A plain-text SMTP server on 127.0.0.1 that records every message."""
+    return smtp_servers()
+
+
+@pytest.fixture
+def smtp_settings(smtp_server: SMTPServer, tmp_path: Path) -> Settings:
+    """Settings that send to `smtp_server` in plain text, with state under tmp_path."""
+    return Settings(
+        smtp_host=smtp_server.host,
+        smtp_port=smtp_server.port,
+        smtp_security="none",
+        smtp_timeout=5.0,
+        data_dir=tmp_path / "state",
+    )
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
+    """A throwaway CA and a server certificate for 127.0.0.1, made once per test run."""
+    return make_tls_files(tmp_path_factory.mktemp("tls"))

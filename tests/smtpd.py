@@ -1,0 +1,458 @@
+"""A real SMTP server for tests: aiosmtpd on 127.0.0.1, recording what it gets and misbehaving on request.
+
+    server = SMTPServer().start()          # or the `smtp_server` fixture from conftest.py
+    server.fail("a@example.com", 451, times=2)     # 451 at RCPT for the first two tries
+    server.fail("b@example.com", 550)              # 550 at RCPT, always
+    server.limit_per_connection(10)                # 421 + hang-up at the 11th MAIL of every session
+    server.hang_up_after(5)                        # 421 + hang-up instead of accepting the 6th message
+    server.reset_on("c@example.com")               # TCP reset instead of the reply to DATA
+    server.delay(0.3)                              # wait before answering end of DATA
+    server.wait_for(3)                             # the first 3 messages, waiting with a deadline
+    server.messages, server.connections            # what arrived, how many sessions said EHLO/HELO
+
+All server state lives on the server's event-loop thread; every read and write from a test goes through
+one lock, so tests may inspect it from any thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import ipaddress
+import socket
+import ssl
+import struct
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+
+HOST = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class Received:
+    """One message as the server got it: envelope and the exact bytes after un-dot-stuffing."""
+
+    mail_from: str
+    rcpt_tos: tuple[str, ...]
+    data: bytes
+    session: int  # which connection (1, 2, ...) carried it
+    mail_options: tuple[str, ...] = ()
+
+
+@dataclass
+class _Fault:
+    code: int
+    text: str
+    times: int | None  # None: every time
+    stage: str  # "RCPT" or "DATA"
+
+
+@dataclass
+class _State:
+    messages: list[Received] = field(default_factory=list)
+    sessions: int = 0
+    faults: dict[str, _Fault] = field(default_factory=dict)
+    resets: dict[str, int] = field(default_factory=dict)
+    per_connection: int | None = None
+    hang_up_after: int | None = None
+    delay: float = 0.0
+    auth_attempts: list[tuple[str, bool]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """A private CA and a server certificate it signed for 127.0.0.1 and localhost (PEM files)."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+    def server_context(self) -> ssl.SSLContext:
+        """The server side of TLS with this certificate."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(self.cert, self.key)
+        return context
+
+
+def make_tls_files(directory: Path) -> TLSFiles:
+    """Generate a throwaway CA and a server certificate for 127.0.0.1/localhost into `directory`."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    start, end = now - datetime.timedelta(hours=1), now + datetime.timedelta(days=2)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mailer test CA")])
+    ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(ca_ski, critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address(HOST))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    files = TLSFiles(directory / "ca.pem", directory / "server.pem", directory / "server.key")
+    files.ca.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    files.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    files.key.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return files
+
+
+class _Handler:
+    """aiosmtpd hooks: record messages and apply the faults configured on the owning server."""
+
+    def __init__(self, owner: SMTPServer) -> None:
+        self.owner = owner
+
+    async def handle_MAIL(
+        self,
+        server: _FaultySMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        mail_options: list[str],
+    ) -> str:
+        with self.owner._lock:
+            limit = self.owner._state.per_connection
+        if limit is not None and server.accepted >= limit:
+            server.hang_up_after_reply = True
+            return "421 4.7.0 too many messages in this connection, closing"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
+    async def handle_RCPT(
+        self,
+        server: _FaultySMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        reply = self.owner._take_fault(address, "RCPT")
+        if reply:
+            return reply
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: _FaultySMTP, session: Session, envelope: Envelope) -> str:
+        owner = self.owner
+        with owner._lock:
+            delay = owner._state.delay
+        if delay:
+            await asyncio.sleep(delay)
+        recipients = tuple(envelope.rcpt_tos)
+        with owner._cond:
+            state = owner._state
+            for address in recipients:
+                left = state.resets.get(address, 0)
+                if left:
+                    state.resets[address] = left - 1
+                    server.reset_instead_of_reply = True
+                    return "451 never sent: the connection is reset instead"
+            if state.hang_up_after is not None:
+                if state.hang_up_after <= 0:
+                    state.hang_up_after = None
+                    server.hang_up_after_reply = True
+                    return "421 4.3.2 shutting down, closing connection"
+                state.hang_up_after -= 1
+        for address in recipients:
+            reply = owner._take_fault(address, "DATA")
+            if reply:
+                return reply
+        content = envelope.original_content or b""
+        with owner._cond:
+            owner._state.messages.append(
+                Received(
+                    mail_from=envelope.mail_from or "",
+                    rcpt_tos=recipients,
+                    data=bytes(content),
+                    session=server.number,
+                    mail_options=tuple(envelope.mail_options),
+                )
+            )
+            owner._cond.notify_all()
+        server.accepted += 1
+        return "250 2.0.0 OK queued"
+
+
+class _FaultySMTP(SMTP):
+    """aiosmtpd's SMTP that counts sessions and can hang up or reset instead of replying."""
+
+    def __init__(self, handler: _Handler, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self.owner = handler.owner
+        self.number = 0
+        self.accepted = 0
+        self.hang_up_after_reply = False
+        self.reset_instead_of_reply = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.owner._live.add(self)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self.owner._live.discard(self)
+        super().connection_lost(error)
+
+    def _count_session(self) -> None:
+        if not self.number:
+            with self.owner._lock:
+                self.owner._state.sessions += 1
+                self.number = self.owner._state.sessions
+
+    async def smtp_HELO(self, hostname: str) -> None:
+        self._count_session()
+        await super().smtp_HELO(hostname)
+
+    async def smtp_EHLO(self, hostname: str) -> None:
+        self._count_session()
+        await super().smtp_EHLO(hostname)
+
+    async def push(self, status: Any) -> None:
+        if self.reset_instead_of_reply:
+            self.reset_instead_of_reply = False
+            transport = self.transport
+            if transport is not None:
+                sock = transport.get_extra_info("socket")
+                if sock is not None:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                transport.abort()  # type: ignore[attr-defined]
+            return
+        await super().push(status)
+        if self.hang_up_after_reply:
+            self.hang_up_after_reply = False
+            if self.transport is not None:
+                self.transport.close()
+
+
+class _Controller(Controller):
+    """aiosmtpd's threaded Controller on a port the OS picks."""
+
+    def __init__(self, owner: SMTPServer, **kwargs: Any) -> None:
+        super().__init__(_Handler(owner), hostname=HOST, port=0, **kwargs)
+
+    def factory(self) -> SMTP:
+        return _FaultySMTP(self.handler, **self.SMTP_kwargs)
+
+    def _trigger_server(self) -> None:
+        assert self.server is not None
+        self.port = self.server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        super()._trigger_server()
+
+
+class SMTPServer:
+    """A controllable SMTP server on 127.0.0.1 for one test (use it as a context manager or fixture)."""
+
+    def __init__(
+        self,
+        *,
+        tls: TLSFiles | None = None,
+        implicit_tls: bool = False,
+        require_starttls: bool = False,
+        users: dict[str, str] | None = None,
+        smtputf8: bool = True,
+    ) -> None:
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._state = _State()
+        self._live: set[_FaultySMTP] = set()
+        self.users = dict(users or {})
+        kwargs: dict[str, Any] = {
+            "server_hostname": "mx.test",
+            "enable_SMTPUTF8": smtputf8,
+            "decode_data": False,
+        }
+        if tls is not None and not implicit_tls:
+            kwargs["tls_context"] = tls.server_context()
+            kwargs["require_starttls"] = require_starttls
+        if users is not None:
+            kwargs["authenticator"] = self._authenticate
+            kwargs["auth_require_tls"] = tls is not None
+            kwargs["auth_required"] = tls is not None
+        ssl_context = tls.server_context() if tls is not None and implicit_tls else None
+        self._controller = _Controller(self, ssl_context=ssl_context, **kwargs)
+        self.host = HOST
+        self.port = 0
+
+    def start(self) -> SMTPServer:
+        """Listen on a free port of 127.0.0.1."""
+        self._controller.start()
+        self.port = self._controller.port
+        return self
+
+    def stop(self) -> None:
+        """Close every client session, then the listener and its thread."""
+        loop = self._controller.loop
+        if loop.is_running():
+
+            async def close_all() -> None:
+                for protocol in list(self._live):
+                    if protocol.transport is not None:
+                        protocol.transport.close()
+                await asyncio.sleep(0.01)
+
+            asyncio.run_coroutine_threadsafe(close_all(), loop).result(timeout=5)
+        self._controller.stop()
+
+    def __enter__(self) -> SMTPServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # what arrived
+
+    @property
+    def messages(self) -> list[Received]:
+        """Every accepted message so far, in order."""
+        with self._lock:
+            return list(self._state.messages)
+
+    @property
+    def connections(self) -> int:
+        """How many sessions said EHLO or HELO."""
+        with self._lock:
+            return self._state.sessions
+
+    @property
+    def auth_attempts(self) -> list[tuple[str, bool]]:
+        """(user, accepted) for every AUTH the server checked."""
+        with self._lock:
+            return list(self._state.auth_attempts)
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> list[Received]:
+        """The first `count` messages, once they arrived; AssertionError at the deadline."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while len(self._state.messages) < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(
+                        f"expected {count} messages within {timeout}s, got {len(self._state.messages)}"
+                    )
+                self._cond.wait(left)
+            return list(self._state.messages[:count])
+
+    def clear(self) -> None:
+        """Forget the recorded messages (faults and session count stay)."""
+        with self._lock:
+            self._state.messages.clear()
+
+    # faults
+
+    def fail(self, address: str, code: int = 451, *, times: int | None = None, at: str = "RCPT") -> None:
+        """Answer `code` for `address` at RCPT (or at end of DATA), `times` times or always."""
+        if at not in ("RCPT", "DATA"):
+            raise ValueError(f"at must be RCPT or DATA, not {at!r}")
+        text = {4: "4.2.0 try again later", 5: "5.1.1 no such user here"}.get(code // 100, "odd")
+        with self._lock:
+            self._state.faults[address] = _Fault(code, f"{text} <{address}>", times, at)
+
+    def reject(self, address: str, code: int = 550) -> None:
+        """Refuse `address` at RCPT for good."""
+        self.fail(address, code)
+
+    def reset_on(self, address: str, times: int = 1) -> None:
+        """Reset the TCP connection instead of answering the end of DATA for `address`."""
+        with self._lock:
+            self._state.resets[address] = times
+
+    def limit_per_connection(self, count: int | None) -> None:
+        """Answer 421 and hang up at MAIL once a session has had `count` messages accepted."""
+        with self._lock:
+            self._state.per_connection = count
+
+    def hang_up_after(self, count: int) -> None:
+        """Accept `count` more messages, then answer the next end of DATA with 421 and hang up, once."""
+        with self._lock:
+            self._state.hang_up_after = count
+
+    def delay(self, seconds: float) -> None:
+        """Wait this long before answering each end of DATA."""
+        with self._lock:
+            self._state.delay = seconds
+
+    def _take_fault(self, address: str, stage: str) -> str:
+        with self._lock:
+            fault = self._state.faults.get(address)
+            if fault is None or fault.stage != stage:
+                return ""
+            if fault.times is not None:
+                if fault.times <= 0:
+                    return ""
+                fault.times -= 1
+            return f"{fault.code} {fault.text}"
+
+    def _authenticate(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        mechanism: str,
+        auth_data: Any,
+    ) -> AuthResult:
+        if not isinstance(auth_data, LoginPassword):
+            return AuthResult(success=False, handled=False)
+        user = auth_data.login.decode("utf-8", "replace")
+        ok = self.users.get(user) == auth_data.password.decode("utf-8", "replace")
+        with self._lock:
+            self._state.auth_attempts.append((user, ok))
+        return AuthResult(success=ok, handled=False)

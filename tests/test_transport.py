@@ -1,0 +1,391 @@
+"""The SMTP transport against a real aiosmtpd server on 127.0.0.1, and the local outbox."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from mailer.config import Settings
+from mailer.errors import ConfigError, TransportError
+from mailer.transport import (
+    OutboxTransport,
+    Outcome,
+    SMTPConnection,
+    SMTPTransport,
+    make_transport,
+    stuff,
+)
+from tests.smtpd import SMTPServer, TLSFiles
+
+SENDER = "news@example.com"
+PASSWORD = "pa55-w0rd-never-shown"
+
+
+def message(subject: str = "Hello", body: str = "Hi there.\r\n") -> bytes:
+    """A small 8-bit UTF-8 message with CRLF line ends, as the message builder makes them."""
+    head = (
+        f"From: News <{SENDER}>\r\nTo: reader@example.com\r\nSubject: {subject}\r\n"
+        "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        "Content-Transfer-Encoding: 8bit\r\n\r\n"
+    )
+    return (head + body).encode("utf-8")
+
+
+def settings_for(server: SMTPServer, **changes: object) -> Settings:
+    """Settings that reach `server`; plain text unless changed."""
+    values: dict[str, object] = {
+        "smtp_host": server.host,
+        "smtp_port": server.port,
+        "smtp_security": "none",
+        "smtp_timeout": 5.0,
+    }
+    values.update(changes)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def connect(smtp_server: SMTPServer) -> Iterator[Callable[..., SMTPConnection]]:
+    """Open connections to `smtp_server` (or another server) and close them after the test."""
+    opened: list[SMTPConnection] = []
+
+    def make(server: SMTPServer | None = None, **changes: object) -> SMTPConnection:
+        conn = SMTPTransport(settings_for(server or smtp_server, **changes)).connect()
+        opened.append(conn)
+        return conn
+
+    yield make
+    for conn in opened:
+        conn.close()
+
+
+def test_outcome_classes_are_exclusive() -> None:
+    for code, kind in [
+        (250, "ok"),
+        (251, "ok"),
+        (421, "temporary"),
+        (451, "temporary"),
+        (0, "temporary"),
+        (550, "permanent"),
+        (554, "permanent"),
+    ]:
+        outcome = Outcome(code, "x")
+        assert [outcome.ok, outcome.temporary, outcome.permanent].count(True) == 1
+        assert getattr(outcome, kind)
+
+
+def test_delivers_8bit_utf8_byte_for_byte(smtp_server: SMTPServer, connect) -> None:
+    body = "你好，世界！这是一封测试邮件。\r\n.starts with a dot\r\n.\r\n..two dots\r\nlast line 完\r\n"
+    data = message("中文 subject", body)
+    outcome = connect().send(SENDER, "reader@example.com", data)
+    assert outcome.ok and outcome.code == 250, outcome
+    (got,) = smtp_server.wait_for(1)
+    assert got.data == data
+    assert got.mail_from == SENDER
+    assert got.rcpt_tos == ("reader@example.com",)
+    assert "BODY=8BITMIME" in got.mail_options
+    parsed = email.message_from_bytes(got.data, policy=email.policy.default)
+    assert "你好" in parsed.get_content()
+
+
+def test_normalises_bare_line_ends_and_adds_the_final_crlf(smtp_server: SMTPServer, connect) -> None:
+    conn = connect()
+    assert conn.send(SENDER, "a@example.com", b"Subject: lf\n\nline one\nline two\rthree").ok
+    assert conn.send(SENDER, "b@example.com", b".Subject: odd\r\n\r\nno final newline").ok
+    first, second = smtp_server.wait_for(2)
+    assert first.data == b"Subject: lf\r\n\r\nline one\r\nline two\r\nthree\r\n"
+    assert second.data == b".Subject: odd\r\n\r\nno final newline\r\n"
+
+
+def test_stuff_doubles_leading_dots_only() -> None:
+    assert stuff(b".a\r\nb.c\r\n.\r\n") == b"..a\r\nb.c\r\n..\r\n.\r\n"
+    assert stuff(b"x") == b"x\r\n.\r\n"
+
+
+def test_reuses_one_connection_for_many_messages(smtp_server: SMTPServer, connect) -> None:
+    conn = connect()
+    outcomes = [conn.send(SENDER, f"r{i}@example.com", message(f"n{i}")) for i in range(40)]
+    assert all(o.ok for o in outcomes)
+    got = smtp_server.wait_for(40)
+    assert smtp_server.connections == 1
+    assert {m.session for m in got} == {1}
+    assert [m.rcpt_tos[0] for m in got] == [f"r{i}@example.com" for i in range(40)]
+    assert conn.sessions == 1
+
+
+def test_refused_recipient_affects_only_its_message(smtp_server: SMTPServer, connect) -> None:
+    smtp_server.reject("gone@example.com")
+    conn = connect()
+    first = conn.send(SENDER, "a@example.com", message())
+    refused = conn.send(SENDER, "gone@example.com", message())
+    after = conn.send(SENDER, "c@example.com", message())
+    assert first.ok and after.ok
+    assert refused.code == 550 and refused.permanent and not refused.temporary
+    assert "no such user" in refused.text and "\n" not in refused.text
+    got = smtp_server.wait_for(2)
+    assert [m.rcpt_tos for m in got] == [("a@example.com",), ("c@example.com",)]
+    assert smtp_server.connections == 1
+
+
+def test_451_is_temporary_and_a_retry_succeeds(smtp_server: SMTPServer, connect) -> None:
+    smtp_server.fail("busy@example.com", 451, times=2)
+    conn = connect()
+    tries = [conn.send(SENDER, "busy@example.com", message()) for _ in range(3)]
+    assert [o.code for o in tries[:2]] == [451, 451]
+    assert all(o.temporary and not o.permanent for o in tries[:2])
+    assert tries[2].ok
+    assert len(smtp_server.wait_for(1)) == 1
+    assert smtp_server.connections == 1
+
+
+def test_rejection_after_data_is_permanent_and_session_goes_on(smtp_server: SMTPServer, connect) -> None:
+    smtp_server.fail("spamtrap@example.com", 554, at="DATA")
+    conn = connect()
+    assert conn.send(SENDER, "spamtrap@example.com", message()).permanent
+    assert conn.send(SENDER, "ok@example.com", message()).ok
+    assert [m.rcpt_tos for m in smtp_server.wait_for(1)] == [("ok@example.com",)]
+    assert smtp_server.connections == 1
+
+
+def test_421_and_hang_up_then_next_send_reconnects(smtp_server: SMTPServer, connect) -> None:
+    smtp_server.hang_up_after(1)
+    conn = connect()
+    assert conn.send(SENDER, "a@example.com", message()).ok
+    dropped = conn.send(SENDER, "b@example.com", message())
+    assert dropped.code == 421 and dropped.temporary
+    assert not conn.connected
+    assert conn.send(SENDER, "c@example.com", message()).ok
+    got = smtp_server.wait_for(2)
+    assert [(m.rcpt_tos[0], m.session) for m in got] == [("a@example.com", 1), ("c@example.com", 2)]
+    assert smtp_server.connections == 2 and conn.sessions == 2
+
+
+def test_per_connection_limit_is_absorbed_by_reconnecting(smtp_server: SMTPServer, connect) -> None:
+    smtp_server.limit_per_connection(3)
+    conn = connect()
+    outcomes = [conn.send(SENDER, f"r{i}@example.com", message()) for i in range(7)]
+    assert all(o.ok for o in outcomes), outcomes
+    got = smtp_server.wait_for(7)
+    assert [m.session for m in got] == [1, 1, 1, 2, 2, 2, 3]
+
+
+def test_reset_during_data_is_temporary_then_next_send_works(smtp_server: SMTPServer, connect) -> None:
+    smtp_server.reset_on("victim@example.com")
+    conn = connect()
+    lost = conn.send(SENDER, "victim@example.com", message())
+    assert lost.code == 0 and lost.temporary
+    assert lost.text.startswith("connection lost: ")
+    assert conn.send(SENDER, "next@example.com", message()).ok
+    assert [m.rcpt_tos for m in smtp_server.wait_for(1)] == [("next@example.com",)]
+    assert smtp_server.connections == 2
+
+
+def test_slow_reply_within_timeout_is_fine(smtp_server: SMTPServer, connect) -> None:
+    smtp_server.delay(0.3)
+    start = time.monotonic()
+    assert connect(smtp_timeout=2.0).send(SENDER, "a@example.com", message()).ok
+    assert time.monotonic() - start >= 0.3
+
+
+def test_reply_slower_than_timeout_is_temporary(smtp_server: SMTPServer, connect) -> None:
+    smtp_server.delay(1.5)
+    conn = connect(smtp_timeout=0.3)
+    slow = conn.send(SENDER, "a@example.com", message())
+    assert slow.code == 0 and slow.temporary and "timed out" in slow.text
+    smtp_server.delay(0)
+    assert conn.send(SENDER, "b@example.com", message()).ok
+
+
+def test_connection_refused_is_temporary_and_names_the_server() -> None:
+    with socket.socket() as blocker:  # bound but not listening: connections are refused
+        blocker.bind(("127.0.0.1", 0))
+        port = blocker.getsockname()[1]
+        settings = Settings(smtp_host="127.0.0.1", smtp_port=port, smtp_security="none")
+        with make_transport(settings).connect() as conn:  # type: ignore[attr-defined]
+            outcome = conn.send(SENDER, "a@example.com", message())
+    assert outcome.code == 0 and outcome.temporary
+    assert outcome.text == f"127.0.0.1:{port}: connection refused"
+
+
+def test_starttls_certificate_is_verified_by_default(
+    smtp_servers: Callable[..., SMTPServer], tls_files: TLSFiles, connect
+) -> None:
+    server = smtp_servers(tls=tls_files, require_starttls=True)
+    outcome = connect(server, smtp_security="starttls").send(SENDER, "a@example.com", message())
+    assert outcome.temporary and outcome.code == 0
+    assert outcome.text.startswith(f"127.0.0.1:{server.port}: ")
+    assert "certificate" in outcome.text
+    transport = SMTPTransport(settings_for(server, smtp_security="starttls"))
+    with pytest.raises(TransportError, match="certificate"):
+        transport.check()
+    assert server.messages == []
+
+
+def test_starttls_with_private_ca_delivers(
+    smtp_servers: Callable[..., SMTPServer], tls_files: TLSFiles, connect
+) -> None:
+    server = smtp_servers(tls=tls_files, require_starttls=True)
+    conn = connect(server, smtp_security="starttls", smtp_cafile=str(tls_files.ca))
+    data = message(body="over TLS 加密\r\n")
+    assert conn.send(SENDER, "a@example.com", data).ok
+    assert conn.send(SENDER, "b@example.com", data).ok
+    assert [m.data for m in server.wait_for(2)] == [data, data]
+    assert server.connections == 1
+
+
+def test_starttls_without_verification_works_and_says_so(
+    smtp_servers: Callable[..., SMTPServer], tls_files: TLSFiles, connect
+) -> None:
+    server = smtp_servers(tls=tls_files, require_starttls=True)
+    settings = settings_for(server, smtp_security="starttls", smtp_verify=False)
+    assert "NOT verified" in make_transport(settings).description
+    assert (
+        connect(server, smtp_security="starttls", smtp_verify=False)
+        .send(SENDER, "a@example.com", message())
+        .ok
+    )
+
+
+def test_implicit_tls(smtp_servers: Callable[..., SMTPServer], tls_files: TLSFiles, connect) -> None:
+    server = smtp_servers(tls=tls_files, implicit_tls=True)
+    conn = connect(server, smtp_security="tls", smtp_cafile=str(tls_files.ca))
+    assert conn.send(SENDER, "a@example.com", message()).ok
+    assert len(server.wait_for(1)) == 1
+
+
+def test_missing_starttls_stops_the_send(smtp_server: SMTPServer, connect) -> None:
+    conn = connect(smtp_security="starttls")
+    with pytest.raises(TransportError, match=f"127.0.0.1:{smtp_server.port}: .*STARTTLS"):
+        conn.send(SENDER, "a@example.com", message())
+    assert smtp_server.messages == []
+
+
+def test_unreadable_cafile_is_a_config_error(smtp_server: SMTPServer, tmp_path: Path) -> None:
+    missing = tmp_path / "nope.pem"
+    with pytest.raises(ConfigError, match="smtp_cafile"):
+        make_transport(settings_for(smtp_server, smtp_security="starttls", smtp_cafile=str(missing)))
+
+
+def test_auth_over_starttls(smtp_servers: Callable[..., SMTPServer], tls_files: TLSFiles, connect) -> None:
+    server = smtp_servers(tls=tls_files, users={"news": PASSWORD})
+    changes = {
+        "smtp_security": "starttls",
+        "smtp_cafile": str(tls_files.ca),
+        "smtp_user": "news",
+        "smtp_password": PASSWORD,
+    }
+    description = make_transport(settings_for(server, **changes)).description
+    assert description == f"127.0.0.1:{server.port} (STARTTLS, user news)"
+    outcome = connect(server, **changes).send(SENDER, "a@example.com", message())
+    assert outcome.ok and PASSWORD not in outcome.text
+    assert server.auth_attempts == [("news", True)]
+    assert len(server.wait_for(1)) == 1
+
+
+def test_wrong_password_raises_and_never_shows_it(
+    smtp_servers: Callable[..., SMTPServer], tls_files: TLSFiles, connect
+) -> None:
+    server = smtp_servers(tls=tls_files, users={"news": "the-right-one"})
+    conn = connect(
+        server,
+        smtp_security="starttls",
+        smtp_cafile=str(tls_files.ca),
+        smtp_user="news",
+        smtp_password=PASSWORD,
+    )
+    with pytest.raises(TransportError) as caught:
+        conn.send(SENDER, "a@example.com", message())
+    text = str(caught.value)
+    assert text.startswith(f"127.0.0.1:{server.port}: authentication failed")
+    assert "535" in text
+    assert PASSWORD not in text and PASSWORD not in repr(caught.value)
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
+    assert server.auth_attempts and not any(ok for _, ok in server.auth_attempts)
+    assert server.messages == []
+
+
+def test_auth_in_plain_text_for_a_local_relay(smtp_servers: Callable[..., SMTPServer], connect) -> None:
+    server = smtp_servers(users={"relay": PASSWORD})
+    conn = connect(server, smtp_user="relay", smtp_password=PASSWORD)
+    assert conn.send(SENDER, "a@example.com", message()).ok
+    assert server.auth_attempts == [("relay", True)]
+
+
+def test_non_ascii_addresses_need_smtputf8(smtp_servers: Callable[..., SMTPServer], connect) -> None:
+    modern = smtp_servers(smtputf8=True)
+    assert connect(modern).send(SENDER, "用户@例子.测试", message()).ok
+    assert modern.wait_for(1)[0].rcpt_tos == ("用户@例子.测试",)
+    old = smtp_servers(smtputf8=False)
+    refused = connect(old).send(SENDER, "用户@例子.测试", message())
+    assert refused.permanent and "SMTPUTF8" in refused.text
+    assert old.messages == []
+
+
+def test_line_breaks_in_addresses_are_refused(smtp_server: SMTPServer, connect) -> None:
+    outcome = connect().send(SENDER, "a@example.com>\r\nRCPT TO:<b@example.com", message())
+    assert outcome.permanent
+    assert smtp_server.connections == 0
+
+
+def test_close_then_send_reconnects(smtp_server: SMTPServer, connect) -> None:
+    conn = connect()
+    assert conn.send(SENDER, "a@example.com", message()).ok
+    conn.close()
+    conn.close()
+    assert conn.send(SENDER, "b@example.com", message()).ok
+    assert smtp_server.connections == 2
+
+
+def test_throughput_of_30kb_messages_on_one_connection(
+    smtp_server: SMTPServer, connect, capsys: pytest.CaptureFixture[str]
+) -> None:
+    line = "这是一行新闻通讯的正文 with some ASCII text too.\r\n"
+    data = message(body=line * (30_000 // len(line.encode())))
+    assert 29_000 < len(data) < 31_000
+    conn = connect()
+    count = 150
+    start = time.perf_counter()
+    outcomes = [conn.send(SENDER, f"r{i}@example.com", data) for i in range(count)]
+    elapsed = time.perf_counter() - start
+    assert all(o.ok for o in outcomes)
+    got = smtp_server.wait_for(count)
+    assert all(m.data == data for m in got) and smtp_server.connections == 1
+    with capsys.disabled():
+        print(f"\n  transport: {count / elapsed:.0f} msg/s of {len(data)} bytes to aiosmtpd")
+
+
+def test_outbox_writes_a_maildir_message(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "state")
+    transport = make_transport(settings)
+    assert isinstance(transport, OutboxTransport)
+    assert transport.description == f"outbox {tmp_path / 'state' / 'outbox'}"
+    data = message("中文", "正文\r\n.dot line\r\n")
+    with transport.connect() as conn:
+        outcome = conn.send(SENDER, "reader@example.com", data)
+        second = conn.send(SENDER, "other@example.com", data)
+    box = tmp_path / "state" / "outbox"
+    files = sorted((box / "new").iterdir())
+    assert len(files) == 2 and outcome.ok and outcome.code == 250
+    assert outcome.text.startswith("queued in outbox as ")
+    assert {outcome.text.rsplit(" ", 1)[1], second.text.rsplit(" ", 1)[1]} == {str(f) for f in files}
+    assert list((box / "tmp").iterdir()) == [] and (box / "cur").is_dir()
+    raw = Path(outcome.text.rsplit(" ", 1)[1]).read_bytes()
+    assert raw.endswith(data)
+    parsed = email.message_from_bytes(raw, policy=email.policy.default)
+    assert parsed["Delivered-To"] == "reader@example.com"
+    assert parsed["Return-Path"] == f"<{SENDER}>"
+    assert parsed["Subject"] == "中文"
+    assert "正文" in parsed.get_content()
+
+
+def test_outbox_that_cannot_be_written_stops_the_send(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with OutboxTransport(blocker / "outbox").connect() as conn:
+        with pytest.raises(TransportError, match=str(blocker / "outbox")):
+            conn.send(SENDER, "a@example.com", message())
