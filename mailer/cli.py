@@ -122,3 +122,192 @@ def render(ctx: click.Context, post: Path, output: Path | None, form: str) -> No
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="mailer")
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port", default=8080, show_default=True, type=click.IntRange(0, 65535), help="Port (0: any free one)."
+)
+@click.option("--threads", default=4, show_default=True, type=click.IntRange(1, 64), help="Worker threads.")
+@click.pass_context
+def serve(ctx: click.Context, host: str, port: int, threads: int) -> None:
+    """Serve the unsubscribe pages (and the issue archive) for a reverse proxy to forward to."""
+    import logging
+
+    settings = settings_from(ctx)
+    with reported():
+        from waitress.server import create_server
+
+        from .tokens import load_keyring
+        from .web import MAX_BODY, make_app
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        keyring = load_keyring(settings, notify=lambda line: click.echo(line, err=True))
+        app = make_app(settings, keyring=keyring)
+        try:
+            server = create_server(
+                app, host=host, port=port, threads=threads, max_request_body_size=MAX_BODY, ident="mailer"
+            )
+        except OSError as exc:
+            raise MailerError(f"{host}:{port}: cannot listen: {exc.strerror}") from None
+        shown = f"[{host}]" if ":" in host else host
+        click.echo(f"Serving on http://{shown}:{server.effective_port}/ (links point to {settings.web_url})")
+        click.echo("Press Ctrl-C to stop.")
+        try:
+            server.run()  # returns on Ctrl-C, after stopping the worker threads
+        finally:
+            server.close()
+        click.echo("Stopped.")
+
+
+def _address_key(raw: str) -> str:
+    """The address as the send loop and the tokens know it (ASCII domain, lower-cased); ValueError if bad."""
+    from .subscribers import dedupe_key, normalize_email
+
+    return dedupe_key(normalize_email(raw.strip()))
+
+
+def _check_addresses(addresses: tuple[str, ...]) -> list[str]:
+    """The addresses in their stored form, or a MailerError naming every one that is not an address."""
+    good, bad = [], []
+    for address in addresses:
+        try:
+            good.append(_address_key(address))
+        except ValueError as exc:
+            bad.append(f"{address!r}: {exc}")
+    if bad:
+        raise MailerError("not an email address: " + "; ".join(bad))
+    return good
+
+
+@cli.command()
+@click.argument("addresses", nargs=-1, required=True, metavar="ADDRESS...")
+@click.option("--reason", default="", help="Why, for the record (e.g. 'replied STOP').")
+@click.option("--undo", is_flag=True, help="Resubscribe the addresses instead.")
+@click.pass_context
+def unsubscribe(ctx: click.Context, addresses: tuple[str, ...], reason: str, undo: bool) -> None:
+    """Add ADDRESS... to the suppression list by hand (or take them off with --undo)."""
+    settings = settings_from(ctx)
+    with reported():
+        from .ledger import Ledger
+
+        emails = _check_addresses(addresses)
+        with Ledger(settings.db_path) as ledger:
+            for email in emails:
+                if undo:
+                    changed = ledger.unsuppress(email)
+                    click.echo(f"resubscribed {email}" if changed else f"{email} was not suppressed")
+                else:
+                    changed = ledger.suppress(email, source="manual", reason=reason)
+                    click.echo(f"suppressed {email}" if changed else f"{email} was already suppressed")
+
+
+@cli.group()
+def suppressions() -> None:
+    """The addresses mailer never sends to: list, import or export them."""
+
+
+def _when(value: object) -> str:
+    from datetime import UTC, datetime
+
+    if isinstance(value, int | float):
+        value = datetime.fromtimestamp(value, UTC)
+    if isinstance(value, datetime):
+        return value.isoformat(sep=" ", timespec="seconds")
+    return str(value)
+
+
+@suppressions.command("list")
+@click.pass_context
+def suppressions_list(ctx: click.Context) -> None:
+    """Show every suppressed address with where it came from and when."""
+    settings = settings_from(ctx)
+    with reported():
+        from .ledger import Ledger
+
+        with Ledger(settings.db_path) as ledger:
+            rows = [(s.email, s.source, _when(s.created_at)) for s in ledger.suppressions()]
+        if not rows:
+            click.echo("No suppressed addresses.")
+            return
+        width = max(len(r[0]) for r in rows)
+        source_width = max(len(r[1]) for r in rows)
+        for email, source, when in rows:
+            click.echo(f"{email:<{width}}  {source:<{source_width}}  {when}")
+        click.echo(f"{len(rows)} suppressed address(es)", err=True)
+
+
+def _read_import(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, address) from a list with one address a line, or a CSV with an email column."""
+    import csv
+    import io
+
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise MailerError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise MailerError(f"{path}: cannot read: {exc.strerror}") from None
+    lines = text.splitlines()
+    first = next((line for line in lines if line.strip()), "")
+    header = [h.strip().lower() for h in next(csv.reader([first]), [])]
+    if "email" in header:
+        reader = csv.reader(io.StringIO(text))
+        column = -1
+        for row in reader:
+            if column < 0:
+                if any(cell.strip() for cell in row):
+                    column = [h.strip().lower() for h in row].index("email")
+                continue
+            if not any(cell.strip() for cell in row):
+                continue
+            yield reader.line_num, row[column].strip() if column < len(row) else ""
+        return
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if line and not line.startswith("#"):
+            yield number, line
+
+
+@suppressions.command("import")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--reason", default="", help="Why, for the record (e.g. 'complaints from ESP').")
+@click.pass_context
+def suppressions_import(ctx: click.Context, file: Path, reason: str) -> None:
+    """Suppress every address in FILE (one a line, or a CSV with an email column)."""
+    settings = settings_from(ctx)
+    with reported():
+        from .ledger import Ledger
+
+        added = already = bad = 0
+        with Ledger(settings.db_path) as ledger:
+            for number, address in _read_import(file):
+                try:
+                    email = _address_key(address)
+                except ValueError as exc:
+                    click.echo(f"{file}:{number}: {address!r} skipped: {exc}", err=True)
+                    bad += 1
+                    continue
+                if ledger.suppress(email, source="import", reason=reason or f"imported from {file.name}"):
+                    added += 1
+                else:
+                    already += 1
+        click.echo(f"{added} newly suppressed, {already} already suppressed, {bad} bad line(s) skipped")
+
+
+@suppressions.command("export")
+@click.pass_context
+def suppressions_export(ctx: click.Context) -> None:
+    """Write the suppression list as CSV (email, source, reason, created_at) to stdout."""
+    settings = settings_from(ctx)
+    with reported():
+        import csv
+
+        from .ledger import Ledger
+
+        out = csv.writer(sys.stdout, lineterminator="\n")
+        out.writerow(["email", "source", "reason", "created_at"])
+        with Ledger(settings.db_path) as ledger:
+            for s in ledger.suppressions():
+                out.writerow([s.email, s.source, s.reason, _when(s.created_at)])

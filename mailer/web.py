@@ -1,0 +1,294 @@
+"""The WSGI app behind every unsubscribe link: confirm page, RFC 8058 one-click POST, undo, and the archive.
+
+A GET never changes anything (mail scanners fetch links); only a POST with a genuine token does. Run it with
+`mailer serve`, or under any WSGI server: `waitress-serve --call mailer.web:app_from_env`.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import re
+from collections.abc import Iterable
+from email.message import Message
+from email.parser import BytesParser
+from email.policy import HTTP
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qs
+
+from .errors import MailerError
+from .tokens import Keyring, load_keyring
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
+    from .config import Settings
+
+log = logging.getLogger("mailer.web")
+
+MAX_BODY = 64 * 1024
+ISSUE_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}")
+SECURITY_HEADERS = [
+    (
+        "Content-Security-Policy",
+        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self';"
+        " frame-ancestors 'none'; base-uri 'none'",
+    ),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "no-referrer"),
+    ("X-Frame-Options", "DENY"),
+    ("Cache-Control", "no-store"),
+]
+# An archived issue shows its images and inline styles, but still runs no script and submits nowhere else.
+ARCHIVE_CSP = (
+    "default-src 'none'; img-src https: http: data:; style-src 'unsafe-inline'; font-src https: data:;"
+    " form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+STATUS = {
+    200: "200 OK",
+    400: "400 Bad Request",
+    404: "404 Not Found",
+    405: "405 Method Not Allowed",
+    413: "413 Content Too Large",
+    500: "500 Internal Server Error",
+    503: "503 Service Unavailable",
+}
+STYLE = (
+    "body{font:16px/1.5 system-ui,-apple-system,'Segoe UI',Roboto,'Noto Sans',sans-serif;"
+    "margin:0;background:#f4f4f5;color:#18181b}"
+    "main{max-width:32rem;margin:10vh auto;padding:2rem;background:#fff;border-radius:12px;"
+    "box-shadow:0 1px 3px rgba(0,0,0,.1)}"
+    "h1{font-size:1.4rem;margin:0 0 1rem}p{margin:0 0 1rem;overflow-wrap:anywhere}"
+    "button{font:inherit;padding:.6rem 1.2rem;border:0;border-radius:8px;background:#18181b;"
+    "color:#fff;cursor:pointer}button.secondary{background:#e4e4e7;color:#18181b}"
+    "@media (prefers-color-scheme:dark){body{background:#18181b;color:#f4f4f5}"
+    "main{background:#27272a}button.secondary{background:#3f3f46;color:#f4f4f5}}"
+)
+
+
+class HTTPError(Exception):
+    """An answer other than 200, raised anywhere while handling a request."""
+
+    def __init__(self, status: int, title: str, text: str, headers: Iterable[tuple[str, str]] = ()):
+        super().__init__(title)
+        self.status = status
+        self.title = title
+        self.text = text
+        self.headers = list(headers)
+
+
+def _e(text: str) -> str:
+    return html.escape(text, quote=True)
+
+
+def page(title: str, body_html: str) -> bytes:
+    """A small, self-contained UTF-8 page; body_html must already be escaped."""
+    return (
+        "<!doctype html>\n"
+        '<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width,initial-scale=1">'
+        '<meta name="robots" content="noindex">'
+        f"<title>{_e(title)}</title><style>{STYLE}</style></head>"
+        f'<body><main><h1 dir="auto">{_e(title)}</h1>{body_html}</main></body></html>\n'
+    ).encode()
+
+
+def _form(token: str, action: str, label: str, css: str = "") -> str:
+    # A relative action keeps working when a proxy serves the app under a path prefix.
+    cls = f' class="{css}"' if css else ""
+    return (
+        '<form method="post" action="unsubscribe">'
+        f'<input type="hidden" name="t" value="{_e(token)}">'
+        f'<button type="submit" name="action" value="{_e(action)}"{cls}>{_e(label)}</button>'
+        "</form>"
+    )
+
+
+def _parse_form(environ: WSGIEnvironment) -> dict[str, str]:
+    """Read a urlencoded or multipart body of at most MAX_BODY bytes into its simple fields."""
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        raise HTTPError(400, "Bad request", "The request has an invalid Content-Length.") from None
+    if length > MAX_BODY:
+        raise HTTPError(413, "Request too large", "The request body is too large.")
+    body = environ["wsgi.input"].read(length) if length > 0 else b""
+    ctype = environ.get("CONTENT_TYPE", "")
+    kind = ctype.partition(";")[0].strip().lower()
+    fields: dict[str, str] = {}
+    if kind == "application/x-www-form-urlencoded":
+        text = body.decode("utf-8", errors="replace")
+        for name, values in parse_qs(text, keep_blank_values=True).items():
+            fields[name] = values[0]
+    elif kind == "multipart/form-data":
+        head = f"Content-Type: {ctype}\r\nMIME-Version: 1.0\r\n\r\n".encode("latin-1", "replace")
+        message = BytesParser(policy=HTTP).parsebytes(head + body)
+        if message.is_multipart():
+            for part in message.iter_parts():
+                _add_part(fields, part)
+    return fields
+
+
+def _add_part(fields: dict[str, str], part: Message) -> None:
+    name = part.get_param("name", header="content-disposition")
+    if not isinstance(name, str) or part.get_filename() is not None or name in fields:
+        return
+    payload = part.get_payload(decode=True)
+    if isinstance(payload, bytes):
+        fields[name] = payload.decode(part.get_content_charset() or "utf-8", errors="replace")
+
+
+class UnsubscribeApp:
+    """The WSGI application; one instance serves every thread."""
+
+    def __init__(self, settings: Settings, keyring: Keyring) -> None:
+        self.settings = settings
+        self.keyring = keyring
+        self.list_id = settings.effective_list_id
+        self.list_name = settings.list_name or settings.from_name
+        self.archive = (settings.data_dir / "archive").resolve()
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        method = environ.get("REQUEST_METHOD", "GET").upper()
+        path = environ.get("PATH_INFO", "") or "/"
+        extra: list[tuple[str, str]] = []
+        try:
+            status, ctype, body, extra = self.dispatch(method, path, environ)
+        except HTTPError as exc:
+            status, ctype = exc.status, "text/html; charset=utf-8"
+            body, extra = page(exc.title, f'<p dir="auto">{_e(exc.text)}</p>'), exc.headers
+        except MailerError as exc:
+            log.error("%s %s: %s", method, path, exc)
+            status, ctype = 503, "text/html; charset=utf-8"
+            body = page("Please try again", "<p>Something is busy here. Please try again soon.</p>")
+            extra = [("Retry-After", "60")]
+        except Exception:
+            log.exception("%s %s failed", method, path)
+            status, ctype = 500, "text/html; charset=utf-8"
+            body = page("Something went wrong", "<p>Sorry, that did not work. Please try again.</p>")
+        headers = [("Content-Type", ctype), ("Content-Length", str(len(body)))]
+        csp_given = any(name == "Content-Security-Policy" for name, _ in extra)
+        headers += [h for h in SECURITY_HEADERS if not (csp_given and h[0] == "Content-Security-Policy")]
+        headers += extra
+        start_response(STATUS[status], headers)
+        return [b""] if method == "HEAD" else [body]
+
+    def dispatch(
+        self, method: str, path: str, environ: WSGIEnvironment
+    ) -> tuple[int, str, bytes, list[tuple[str, str]]]:
+        """Route one request; return status, content type, body and extra headers."""
+        html_type = "text/html; charset=utf-8"
+        if path == "/":
+            _allow(method, "GET, HEAD")
+            text = f"<p>This address handles unsubscribe links for {_e(self.list_name)}.</p>"
+            return 200, html_type, page(self.list_name, text), []
+        if path == "/healthz":
+            _allow(method, "GET, HEAD")
+            return 200, "text/plain; charset=utf-8", b"ok\n", []
+        if path == "/unsubscribe":
+            _allow(method, "GET, HEAD, POST")
+            query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+            if method == "POST":
+                return self.post(query, _parse_form(environ))
+            return 200, html_type, self.confirm(_first(query, "t")), []
+        if path.startswith("/issues/"):
+            _allow(method, "GET, HEAD")
+            return (
+                200,
+                html_type,
+                self.issue(path.removeprefix("/issues/")),
+                [("Content-Security-Policy", ARCHIVE_CSP)],
+            )
+        raise HTTPError(404, "Not found", "There is nothing at this address.")
+
+    def _address(self, token: str) -> str:
+        address = self.keyring.verify(token, self.list_id)
+        if address is None:
+            raise HTTPError(
+                400,
+                "This link does not work",
+                "The unsubscribe link is incomplete or not valid. Please copy the whole link from"
+                " the email, or reply to the email and ask to be removed.",
+            )
+        return address
+
+    def confirm(self, token: str) -> bytes:
+        """The page behind the link: one button, nothing changed yet."""
+        address = self._address(token)
+        text = (
+            f'<p dir="auto">Stop sending <strong>{_e(self.list_name)}</strong> to'
+            f" <strong>{_e(address)}</strong>?</p>{_form(token, 'unsubscribe', 'Unsubscribe')}"
+        )
+        return page("Unsubscribe", text)
+
+    def post(
+        self, query: dict[str, list[str]], form: dict[str, str]
+    ) -> tuple[int, str, bytes, list[tuple[str, str]]]:
+        """Unsubscribe (form button or RFC 8058 one-click) or undo it."""
+        token = form.get("t") or _first(query, "t")
+        one_click = form.get("List-Unsubscribe", "").strip().lower() == "one-click"
+        action = "unsubscribe" if one_click else form.get("action", "unsubscribe")
+        if action not in ("unsubscribe", "resubscribe"):
+            raise HTTPError(400, "Bad request", "Unknown action.")
+        address = self._address(token)
+        from .ledger import Ledger
+
+        with Ledger(self.settings.db_path) as ledger:
+            if action == "unsubscribe":
+                source = "one-click" if one_click else "web"
+                if ledger.suppress(address, source=source, reason=f"unsubscribed via {source}"):
+                    log.info("unsubscribed %s (%s)", address, source)
+            elif ledger.unsuppress(address):
+                log.info("resubscribed %s (web)", address)
+        html_type = "text/html; charset=utf-8"
+        if action == "unsubscribe":
+            text = (
+                f'<p dir="auto"><strong>{_e(address)}</strong> will get no more'
+                f" <strong>{_e(self.list_name)}</strong>.</p><p>Changed your mind?</p>"
+                f"{_form(token, 'resubscribe', 'Resubscribe', 'secondary')}"
+            )
+            return 200, html_type, page("You are unsubscribed", text), []
+        text = (
+            f'<p dir="auto"><strong>{_e(address)}</strong> will get'
+            f" <strong>{_e(self.list_name)}</strong> again.</p>"
+            f"{_form(token, 'unsubscribe', 'Unsubscribe', 'secondary')}"
+        )
+        return 200, html_type, page("You are subscribed again", text), []
+
+    def issue(self, issue_id: str) -> bytes:
+        """An archived issue (the web version the send loop writes), if there is one."""
+        not_found = HTTPError(404, "Not found", "There is no such issue.")
+        if not ISSUE_ID.fullmatch(issue_id):
+            raise not_found
+        path = (self.archive / f"{issue_id}.html").resolve()
+        if path.parent != self.archive or not path.is_file():
+            raise not_found
+        try:
+            return path.read_bytes()
+        except OSError:
+            raise not_found from None
+
+
+def _first(query: dict[str, list[str]], name: str) -> str:
+    values = query.get(name)
+    return values[0] if values else ""
+
+
+def _allow(method: str, allowed: str) -> None:
+    if method not in allowed.split(", "):
+        raise HTTPError(
+            405, "Method not allowed", "This address does not take that method.", [("Allow", allowed)]
+        )
+
+
+def make_app(settings: Settings, *, keyring: Keyring | None = None) -> UnsubscribeApp:
+    """Build the WSGI app, loading (or making) the same signing key that `mailer send` uses."""
+    return UnsubscribeApp(settings, keyring or load_keyring(settings, notify=log.warning))
+
+
+def app_from_env() -> UnsubscribeApp:
+    """Build the app from mailer.toml and MAILER_* for a WSGI server (waitress-serve --call)."""
+    from .config import load_settings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return make_app(load_settings())
