@@ -153,6 +153,12 @@ def serve(ctx: click.Context, host: str, port: int, threads: int) -> None:
             raise MailerError(f"{host}:{port}: cannot listen: {exc.strerror}") from None
         shown = f"[{host}]" if ":" in host else host
         click.echo(f"Serving on http://{shown}:{server.effective_port}/ (links point to {settings.web_url})")
+        if not settings.web_url.startswith("https://"):
+            click.echo(
+                f"Note: web_url is {settings.web_url}; set it to the public https:// address of this"
+                " server so the links in messages reach it (mail clients need https for one-click).",
+                err=True,
+            )
         click.echo("Press Ctrl-C to stop.")
         try:
             server.run()  # returns on Ctrl-C, after stopping the worker threads
