@@ -205,6 +205,8 @@ class SMTPConnection:
         self._fresh = False  # no message sent yet on the current session
         self._mail_suffix = b""
         self._smtputf8 = False
+        self._pipelining = False
+        self._mail_answered = False
         self._sender = ""
         self._sender_bytes = b""
         self.sessions = 0  # how many times this connection was (re)opened
@@ -335,6 +337,7 @@ class SMTPConnection:
             suffix += b" BODY=8BITMIME"
         self._mail_suffix = suffix
         self._smtputf8 = smtp.has_extn("smtputf8")
+        self._pipelining = smtp.has_extn("pipelining")
         return None
 
     def _hello(self, smtp: smtplib.SMTP) -> Outcome | None:
@@ -387,28 +390,59 @@ class SMTPConnection:
         if sender != self._sender:
             self._sender = sender
             self._sender_bytes = sender.encode("utf-8")
+        mail = b"MAIL FROM:<" + self._sender_bytes + b">" + suffix + b"\r\n"
+        rcpt = b"RCPT TO:<" + recipient.encode(encoding) + b">\r\n"
         stage = "MAIL"
+        self._mail_answered = False
         try:
-            sock.sendall(b"MAIL FROM:<" + self._sender_bytes + b">" + suffix + b"\r\n")
-            code, msg = smtp.getreply()
-            if code != 250:
-                return self._rejected(code, msg, reset=True), code == 421
-            stage = "RCPT"
-            sock.sendall(b"RCPT TO:<" + recipient.encode(encoding) + b">\r\n")
-            code, msg = smtp.getreply()
-            if not 200 <= code < 300:
-                return self._rejected(code, msg, reset=True), False
-            sock.sendall(b"DATA\r\n")
-            code, msg = smtp.getreply()
-            if code != 354:
-                return self._rejected(code, msg, reset=True), False
+            if self._pipelining:
+                refused = self._pipelined(smtp, mail + rcpt + b"DATA\r\n")
+                if refused is not None:
+                    return refused
+            else:
+                sock.sendall(mail)
+                code, msg = smtp.getreply()
+                if code != 250:
+                    return self._rejected(code, msg, reset=True), code == 421
+                stage = "RCPT"
+                sock.sendall(rcpt)
+                code, msg = smtp.getreply()
+                if not 200 <= code < 300:
+                    return self._rejected(code, msg, reset=True), False
+                sock.sendall(b"DATA\r\n")
+                code, msg = smtp.getreply()
+                if code != 354:
+                    return self._rejected(code, msg, reset=True), False
             stage = "DATA"
             sock.sendall(payload)
             code, msg = smtp.getreply()
             return self._rejected(code, msg, reset=False), False
         except OSError as exc:
             self._drop()
-            return self._fail(0, f"connection lost: {_describe(exc)}"), stage == "MAIL"
+            lost = self._fail(0, f"connection lost: {_describe(exc)}")
+            return lost, stage == "MAIL" and not self._mail_answered
+
+    def _pipelined(self, smtp: smtplib.SMTP, commands: bytes) -> tuple[Outcome, bool] | None:
+        """Send MAIL, RCPT and DATA at once (RFC 2920); None once the server says 354."""
+        assert smtp.sock is not None
+        smtp.sock.sendall(commands)
+        code, msg = smtp.getreply()
+        self._mail_answered = True
+        if code == 421:
+            return self._rejected(code, msg, reset=False), True
+        first_refusal = None if code == 250 else (code, msg)
+        for wanted in (range(200, 300), range(354, 355)):
+            code, msg = smtp.getreply()
+            if code == 421:
+                return self._rejected(code, msg, reset=False), False
+            if first_refusal is None and code not in wanted:
+                first_refusal = (code, msg)
+        if first_refusal is None:
+            return None
+        if code == 354:  # the server wants data we will not send: hang up so nothing is delivered
+            self._drop()
+            return self._fail(first_refusal[0], _one_line(first_refusal[1])), False
+        return self._rejected(*first_refusal, reset=True), False
 
     def _rejected(self, code: int, msg: bytes, *, reset: bool) -> Outcome:
         """Turn a reply into an Outcome; forget the session on 421, reset the transaction after a refusal."""

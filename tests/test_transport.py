@@ -49,13 +49,22 @@ def settings_for(server: SMTPServer, **changes: object) -> Settings:
     return Settings(**values)  # type: ignore[arg-type]
 
 
+@pytest.fixture(params=[False, True], ids=["lockstep", "pipelining"])
+def server(request: pytest.FixtureRequest, smtp_servers: Callable[..., SMTPServer]) -> SMTPServer:
+    """The recording server, once without and once with PIPELINING (as Postfix offers it)."""
+    return smtp_servers(pipelining=request.param)
+
+
 @pytest.fixture
-def connect(smtp_server: SMTPServer) -> Iterator[Callable[..., SMTPConnection]]:
-    """Open connections to `smtp_server` (or another server) and close them after the test."""
+def connect(request: pytest.FixtureRequest) -> Iterator[Callable[..., SMTPConnection]]:
+    """Open connections (to the test's `server` or `smtp_server` by default); close them after."""
     opened: list[SMTPConnection] = []
 
     def make(server: SMTPServer | None = None, **changes: object) -> SMTPConnection:
-        conn = SMTPTransport(settings_for(server or smtp_server, **changes)).connect()
+        if server is None:
+            name = "server" if "server" in request.fixturenames else "smtp_server"
+            server = request.getfixturevalue(name)
+        conn = SMTPTransport(settings_for(server, **changes)).connect()
         opened.append(conn)
         return conn
 
@@ -79,25 +88,26 @@ def test_outcome_classes_are_exclusive() -> None:
         assert getattr(outcome, kind)
 
 
-def test_delivers_8bit_utf8_byte_for_byte(smtp_server: SMTPServer, connect) -> None:
+def test_delivers_8bit_utf8_byte_for_byte(server: SMTPServer, connect) -> None:
     body = "你好，世界！这是一封测试邮件。\r\n.starts with a dot\r\n.\r\n..two dots\r\nlast line 完\r\n"
     data = message("中文 subject", body)
     outcome = connect().send(SENDER, "reader@example.com", data)
     assert outcome.ok and outcome.code == 250, outcome
-    (got,) = smtp_server.wait_for(1)
+    (got,) = server.wait_for(1)
     assert got.data == data
     assert got.mail_from == SENDER
     assert got.rcpt_tos == ("reader@example.com",)
     assert "BODY=8BITMIME" in got.mail_options
+    assert got.pipelined == server.pipelining  # MAIL, RCPT and DATA in one write only when offered
     parsed = email.message_from_bytes(got.data, policy=email.policy.default)
     assert "你好" in parsed.get_content()
 
 
-def test_normalises_bare_line_ends_and_adds_the_final_crlf(smtp_server: SMTPServer, connect) -> None:
+def test_normalises_bare_line_ends_and_adds_the_final_crlf(server: SMTPServer, connect) -> None:
     conn = connect()
     assert conn.send(SENDER, "a@example.com", b"Subject: lf\n\nline one\nline two\rthree").ok
     assert conn.send(SENDER, "b@example.com", b".Subject: odd\r\n\r\nno final newline").ok
-    first, second = smtp_server.wait_for(2)
+    first, second = server.wait_for(2)
     assert first.data == b"Subject: lf\r\n\r\nline one\r\nline two\r\nthree\r\n"
     assert second.data == b".Subject: odd\r\n\r\nno final newline\r\n"
 
@@ -107,19 +117,19 @@ def test_stuff_doubles_leading_dots_only() -> None:
     assert stuff(b"x") == b"x\r\n.\r\n"
 
 
-def test_reuses_one_connection_for_many_messages(smtp_server: SMTPServer, connect) -> None:
+def test_reuses_one_connection_for_many_messages(server: SMTPServer, connect) -> None:
     conn = connect()
     outcomes = [conn.send(SENDER, f"r{i}@example.com", message(f"n{i}")) for i in range(40)]
     assert all(o.ok for o in outcomes)
-    got = smtp_server.wait_for(40)
-    assert smtp_server.connections == 1
+    got = server.wait_for(40)
+    assert server.connections == 1
     assert {m.session for m in got} == {1}
     assert [m.rcpt_tos[0] for m in got] == [f"r{i}@example.com" for i in range(40)]
     assert conn.sessions == 1
 
 
-def test_refused_recipient_affects_only_its_message(smtp_server: SMTPServer, connect) -> None:
-    smtp_server.reject("gone@example.com")
+def test_refused_recipient_affects_only_its_message(server: SMTPServer, connect) -> None:
+    server.reject("gone@example.com")
     conn = connect()
     first = conn.send(SENDER, "a@example.com", message())
     refused = conn.send(SENDER, "gone@example.com", message())
@@ -127,62 +137,62 @@ def test_refused_recipient_affects_only_its_message(smtp_server: SMTPServer, con
     assert first.ok and after.ok
     assert refused.code == 550 and refused.permanent and not refused.temporary
     assert "no such user" in refused.text and "\n" not in refused.text
-    got = smtp_server.wait_for(2)
+    got = server.wait_for(2)
     assert [m.rcpt_tos for m in got] == [("a@example.com",), ("c@example.com",)]
-    assert smtp_server.connections == 1
+    assert server.connections == 1
 
 
-def test_451_is_temporary_and_a_retry_succeeds(smtp_server: SMTPServer, connect) -> None:
-    smtp_server.fail("busy@example.com", 451, times=2)
+def test_451_is_temporary_and_a_retry_succeeds(server: SMTPServer, connect) -> None:
+    server.fail("busy@example.com", 451, times=2)
     conn = connect()
     tries = [conn.send(SENDER, "busy@example.com", message()) for _ in range(3)]
     assert [o.code for o in tries[:2]] == [451, 451]
     assert all(o.temporary and not o.permanent for o in tries[:2])
     assert tries[2].ok
-    assert len(smtp_server.wait_for(1)) == 1
-    assert smtp_server.connections == 1
+    assert len(server.wait_for(1)) == 1
+    assert server.connections == 1
 
 
-def test_rejection_after_data_is_permanent_and_session_goes_on(smtp_server: SMTPServer, connect) -> None:
-    smtp_server.fail("spamtrap@example.com", 554, at="DATA")
+def test_rejection_after_data_is_permanent_and_session_goes_on(server: SMTPServer, connect) -> None:
+    server.fail("spamtrap@example.com", 554, at="DATA")
     conn = connect()
     assert conn.send(SENDER, "spamtrap@example.com", message()).permanent
     assert conn.send(SENDER, "ok@example.com", message()).ok
-    assert [m.rcpt_tos for m in smtp_server.wait_for(1)] == [("ok@example.com",)]
-    assert smtp_server.connections == 1
+    assert [m.rcpt_tos for m in server.wait_for(1)] == [("ok@example.com",)]
+    assert server.connections == 1
 
 
-def test_421_and_hang_up_then_next_send_reconnects(smtp_server: SMTPServer, connect) -> None:
-    smtp_server.hang_up_after(1)
+def test_421_and_hang_up_then_next_send_reconnects(server: SMTPServer, connect) -> None:
+    server.hang_up_after(1)
     conn = connect()
     assert conn.send(SENDER, "a@example.com", message()).ok
     dropped = conn.send(SENDER, "b@example.com", message())
     assert dropped.code == 421 and dropped.temporary
     assert not conn.connected
     assert conn.send(SENDER, "c@example.com", message()).ok
-    got = smtp_server.wait_for(2)
+    got = server.wait_for(2)
     assert [(m.rcpt_tos[0], m.session) for m in got] == [("a@example.com", 1), ("c@example.com", 2)]
-    assert smtp_server.connections == 2 and conn.sessions == 2
+    assert server.connections == 2 and conn.sessions == 2
 
 
-def test_per_connection_limit_is_absorbed_by_reconnecting(smtp_server: SMTPServer, connect) -> None:
-    smtp_server.limit_per_connection(3)
+def test_per_connection_limit_is_absorbed_by_reconnecting(server: SMTPServer, connect) -> None:
+    server.limit_per_connection(3)
     conn = connect()
     outcomes = [conn.send(SENDER, f"r{i}@example.com", message()) for i in range(7)]
     assert all(o.ok for o in outcomes), outcomes
-    got = smtp_server.wait_for(7)
+    got = server.wait_for(7)
     assert [m.session for m in got] == [1, 1, 1, 2, 2, 2, 3]
 
 
-def test_reset_during_data_is_temporary_then_next_send_works(smtp_server: SMTPServer, connect) -> None:
-    smtp_server.reset_on("victim@example.com")
+def test_reset_during_data_is_temporary_then_next_send_works(server: SMTPServer, connect) -> None:
+    server.reset_on("victim@example.com")
     conn = connect()
     lost = conn.send(SENDER, "victim@example.com", message())
     assert lost.code == 0 and lost.temporary
     assert lost.text.startswith("connection lost: ")
     assert conn.send(SENDER, "next@example.com", message()).ok
-    assert [m.rcpt_tos for m in smtp_server.wait_for(1)] == [("next@example.com",)]
-    assert smtp_server.connections == 2
+    assert [m.rcpt_tos for m in server.wait_for(1)] == [("next@example.com",)]
+    assert server.connections == 2
 
 
 def test_slow_reply_within_timeout_is_fine(smtp_server: SMTPServer, connect) -> None:
@@ -341,22 +351,38 @@ def test_close_then_send_reconnects(smtp_server: SMTPServer, connect) -> None:
     assert smtp_server.connections == 2
 
 
+def test_fast_data_server_reads_what_aiosmtpd_reads(smtp_servers: Callable[..., SMTPServer], connect) -> None:
+    data = message(body="..x\r\n.\r\n.y\r\n\r\n.\r\nz 中\r\n")
+    servers = [smtp_servers(), smtp_servers(fast_data=True)]
+    for srv in servers:
+        assert connect(srv).send(SENDER, "a@example.com", data).ok
+    assert [srv.wait_for(1)[0].data for srv in servers] == [data, data]
+
+
+@pytest.mark.parametrize(
+    "options", [{}, {"pipelining": True, "fast_data": True}], ids=["aiosmtpd", "fast-server"]
+)
 def test_throughput_of_30kb_messages_on_one_connection(
-    smtp_server: SMTPServer, connect, capsys: pytest.CaptureFixture[str]
+    smtp_servers: Callable[..., SMTPServer],
+    connect,
+    capsys: pytest.CaptureFixture[str],
+    options: dict[str, bool],
 ) -> None:
+    server = smtp_servers(**options)
     line = "这是一行新闻通讯的正文 with some ASCII text too.\r\n"
     data = message(body=line * (30_000 // len(line.encode())))
     assert 29_000 < len(data) < 31_000
-    conn = connect()
-    count = 150
+    conn = connect(server)
+    count = 200
     start = time.perf_counter()
     outcomes = [conn.send(SENDER, f"r{i}@example.com", data) for i in range(count)]
     elapsed = time.perf_counter() - start
     assert all(o.ok for o in outcomes)
-    got = smtp_server.wait_for(count)
-    assert all(m.data == data for m in got) and smtp_server.connections == 1
+    got = server.wait_for(count)
+    assert all(m.data == data for m in got) and server.connections == 1
     with capsys.disabled():
-        print(f"\n  transport: {count / elapsed:.0f} msg/s of {len(data)} bytes to aiosmtpd")
+        rate = count / elapsed
+        print(f"\n  transport: {rate:.0f} msg/s of {len(data)} bytes to {options or 'aiosmtpd'}")
 
 
 def test_outbox_writes_a_maildir_message(tmp_path: Path) -> None:
