@@ -5,6 +5,8 @@
     server.fail("b@example.com", 550)              # 550 at RCPT, always
     server.limit_per_connection(10)                # 421 + hang-up at the 11th MAIL of every session
     server.hang_up_after(5)                        # 421 + hang-up instead of accepting the 6th message
+    server.hang_up_all()                           # close every session silently (idle timeout)
+    server.heal("a@example.com")                   # forget faults for one address (None: all)
     server.reset_on("c@example.com")               # TCP reset instead of the reply to DATA
     server.delay(0.3)                              # wait before answering end of DATA
     server.wait_for(3)                             # the first 3 messages, waiting with a deadline
@@ -486,6 +488,29 @@ class SMTPServer:
         """Accept `count` more messages, then answer the next end of DATA with 421 and hang up, once."""
         with self._lock:
             self._state.hang_up_after = count
+
+    def heal(self, address: str | None = None) -> None:
+        """Forget the faults configured for `address` (or every fault and limit when None)."""
+        with self._lock:
+            state = self._state
+            if address is None:
+                state.faults.clear()
+                state.resets.clear()
+                state.per_connection = state.hang_up_after = None
+                state.delay = 0.0
+            else:
+                state.faults.pop(address, None)
+                state.resets.pop(address, None)
+
+    def hang_up_all(self) -> None:
+        """Close every open session without a word, as a server does to idle clients."""
+
+        async def close_all() -> None:
+            for protocol in list(self._live):
+                if protocol.transport is not None:
+                    protocol.transport.close()
+
+        asyncio.run_coroutine_threadsafe(close_all(), self._controller.loop).result(timeout=5)
 
     def delay(self, seconds: float) -> None:
         """Wait this long before answering each end of DATA."""

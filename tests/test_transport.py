@@ -184,6 +184,23 @@ def test_per_connection_limit_is_absorbed_by_reconnecting(server: SMTPServer, co
     assert [m.session for m in got] == [1, 1, 1, 2, 2, 2, 3]
 
 
+def test_session_closed_while_idle_is_reopened_transparently(server: SMTPServer, connect) -> None:
+    conn = connect()
+    assert conn.send(SENDER, "a@example.com", message()).ok
+    server.hang_up_all()
+    assert conn.send(SENDER, "b@example.com", message()).ok
+    got = server.wait_for(2)
+    assert [m.session for m in got] == [1, 2]
+
+
+def test_heal_forgets_a_fault(server: SMTPServer, connect) -> None:
+    server.reject("x@example.com")
+    conn = connect()
+    assert conn.send(SENDER, "x@example.com", message()).permanent
+    server.heal("x@example.com")
+    assert conn.send(SENDER, "x@example.com", message()).ok
+
+
 def test_reset_during_data_is_temporary_then_next_send_works(server: SMTPServer, connect) -> None:
     server.reset_on("victim@example.com")
     conn = connect()
