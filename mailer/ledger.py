@@ -1,0 +1,444 @@
+"""The delivery record and the suppression list, in one SQLite file shared by every mailer process.
+
+WAL lets the web app and the CLI write unsubscribes while a send runs in another process; every write
+takes the write lock up front (BEGIN IMMEDIATE) and waits for it up to the busy timeout.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .errors import MailerError
+from .subscribers import dedupe_key
+
+SCHEMA_VERSION = 1
+STATES = ("sending", "sent", "deferred", "failed")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS issues (
+    issue_id TEXT PRIMARY KEY,
+    content_hash TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    completed_at TEXT
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    issue_id TEXT NOT NULL REFERENCES issues(issue_id),
+    email TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('sending', 'sent', 'deferred', 'failed')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_code INTEGER,
+    last_reply TEXT NOT NULL DEFAULT '',
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (issue_id, email)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS deliveries_by_state ON deliveries(issue_id, state);
+CREATE TABLE IF NOT EXISTS suppressions (
+    email TEXT PRIMARY KEY,
+    source TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    created_at TEXT NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """Where one subscriber stands for one issue."""
+
+    state: str  # 'sending' (claimed, in flight), 'sent', 'deferred' (will retry), 'failed' (permanent)
+    attempts: int
+    last_code: int | None  # the last SMTP reply code, None before any reply
+    last_reply: str
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class FailureGroup:
+    """Deliveries that did not go out for the same reason."""
+
+    state: str
+    code: int | None
+    reply: str
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class IssueSummary:
+    """One issue and how many deliveries are in each state."""
+
+    issue_id: str
+    subject: str
+    content_hash: str
+    created_at: datetime
+    completed_at: datetime | None
+    counts: dict[str, int]
+
+    @property
+    def total(self) -> int:
+        """Every subscriber the issue was attempted for."""
+        return sum(self.counts.values())
+
+    def count(self, state: str) -> int:
+        """The number of deliveries in one state (0 when none)."""
+        return self.counts.get(state, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class IssueStatus(IssueSummary):
+    """An issue's counts plus its failures grouped by (state, code, reply), commonest first."""
+
+    failures: list[FailureGroup] = field(default_factory=list)
+
+    def format(self) -> str:
+        """Render the status as a few lines for the terminal."""
+        counts = ", ".join(f"{self.count(s)} {s}" for s in STATES if self.count(s)) or "nothing yet"
+        lines = [f"{self.issue_id}: {self.subject}", f"  {counts} ({self.total} in all)"]
+        if self.completed_at is not None:
+            lines.append(f"  complete since {self.completed_at.isoformat(sep=' ', timespec='seconds')}")
+        for group in self.failures:
+            code = "no reply" if group.code is None else str(group.code)
+            lines.append(f"  {group.count} {group.state}: {code} {group.reply}".rstrip())
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True, slots=True)
+class Suppression:
+    """An address that must not be mailed again, and who said so."""
+
+    email: str
+    source: str  # e.g. 'web', 'one-click', 'manual', 'import', 'bounce'
+    reason: str
+    created_at: datetime
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def _time(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+class Ledger:
+    """One connection to the ledger file; use one instance per thread or process."""
+
+    def __init__(self, path: Path, *, timeout: float = 30.0) -> None:
+        self.path = Path(path)
+        self._depth = 0
+        self._conn: sqlite3.Connection | None = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise MailerError(f"{self.path}: cannot create the folder: {exc.strerror}") from None
+        with self._errors():
+            # isolation_level=None: no implicit transactions; this class issues BEGIN IMMEDIATE itself
+            self._conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
+        try:
+            with self._errors():
+                self._conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+                self._conn.execute("PRAGMA journal_mode = WAL")
+                self._conn.execute("PRAGMA synchronous = FULL")
+                self._conn.execute("PRAGMA foreign_keys = ON")
+                self._migrate()
+        except BaseException:
+            self.close()
+            raise
+
+    def _migrate(self) -> None:
+        # Read first, lock only to create: opening must not wait for a send's open transaction.
+        if self._one("PRAGMA user_version")[0] == SCHEMA_VERSION:
+            return
+        with self.transaction():
+            version = self._one("PRAGMA user_version")[0]
+            if version > SCHEMA_VERSION:
+                raise MailerError(
+                    f"{self.path}: written by a newer mailer (schema {version}, this one knows"
+                    f" {SCHEMA_VERSION}); upgrade mailer"
+                )
+            if version < SCHEMA_VERSION:
+                # statement by statement: executescript() would commit the open transaction first
+                for statement in filter(str.strip, _SCHEMA.split(";")):
+                    self._db.execute(statement)
+                self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        """Close the connection (an open transaction() is rolled back)."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- plumbing ---------------------------------------------------------------------------------
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise MailerError(f"{self.path}: the ledger is closed")
+        return self._conn
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise MailerError(f"{self.path}: {_explain(exc)}") from None
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Group several calls into one commit; an exception rolls all of them back."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        with self._errors():
+            self._db.execute("BEGIN IMMEDIATE")
+        self._depth = 1
+        try:
+            yield
+        except BaseException:
+            self._depth = 0
+            if self._conn is not None and self._conn.in_transaction:
+                self._conn.rollback()
+            raise
+        self._depth = 0
+        with self._errors():
+            try:
+                self._db.execute("COMMIT")
+            except sqlite3.Error:
+                if self._db.in_transaction:
+                    self._db.rollback()
+                raise
+
+    def _write(self, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Cursor:
+        with self.transaction(), self._errors():
+            return self._db.execute(sql, params)
+
+    def _one(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
+        with self._errors():
+            return self._db.execute(sql, params).fetchone()
+
+    def _all(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        with self._errors():
+            return self._db.execute(sql, params).fetchall()
+
+    # --- issues -----------------------------------------------------------------------------------
+
+    def start_issue(
+        self, issue_id: str, content_hash: str, subject: str, *, allow_changed: bool = False
+    ) -> None:
+        """Record an issue before sending it; refuse a changed post that some subscribers already got."""
+        with self.transaction():
+            row = self._one("SELECT content_hash FROM issues WHERE issue_id = ?", (issue_id,))
+            if row is None:
+                self._write(
+                    "INSERT INTO issues (issue_id, content_hash, subject, created_at) VALUES (?, ?, ?, ?)",
+                    (issue_id, content_hash, subject, _now()),
+                )
+                return
+            if row[0] == content_hash:
+                return
+            if not allow_changed:
+                mailed = self._one(
+                    "SELECT count(*) FROM deliveries WHERE issue_id = ? AND state IN ('sent', 'sending')",
+                    (issue_id,),
+                )[0]
+                if mailed:
+                    raise MailerError(
+                        f"issue {issue_id}: the post changed since it was first sent to {mailed}"
+                        " subscribers; pass --changed to send the new version to those not yet mailed"
+                    )
+            self._write(
+                "UPDATE issues SET content_hash = ?, subject = ?, completed_at = NULL WHERE issue_id = ?",
+                (content_hash, subject, issue_id),
+            )
+
+    def mark_complete(self, issue_id: str) -> None:
+        """Note that a send reached everyone it could, so the daily run need not look again."""
+        self._write(
+            "UPDATE issues SET completed_at = ? WHERE issue_id = ? AND completed_at IS NULL",
+            (_now(), issue_id),
+        )
+
+    def is_complete(self, issue_id: str) -> bool:
+        """Whether mark_complete was called for the issue's current version."""
+        row = self._one("SELECT completed_at FROM issues WHERE issue_id = ?", (issue_id,))
+        return row is not None and row[0] is not None
+
+    def status(self, issue_id: str) -> IssueStatus:
+        """Count the issue's deliveries per state and group what did not go out by reply."""
+        summaries = self._summaries("WHERE i.issue_id = ?", (issue_id,))
+        if not summaries:
+            raise MailerError(f"{self.path}: no issue {issue_id!r} has been sent yet")
+        groups = self._all(
+            "SELECT state, last_code, last_reply, count(*) AS n FROM deliveries"
+            " WHERE issue_id = ? AND state IN ('deferred', 'failed')"
+            " GROUP BY state, last_code, last_reply ORDER BY n DESC, state, last_code",
+            (issue_id,),
+        )
+        s = summaries[0]
+        return IssueStatus(
+            s.issue_id,
+            s.subject,
+            s.content_hash,
+            s.created_at,
+            s.completed_at,
+            s.counts,
+            [FailureGroup(state, code, reply, n) for state, code, reply, n in groups],
+        )
+
+    def issues(self) -> list[IssueSummary]:
+        """Every issue with its delivery counts, newest first."""
+        return self._summaries("", ())
+
+    def _summaries(self, where: str, params: tuple[Any, ...]) -> list[IssueSummary]:
+        rows = self._all(
+            "SELECT i.issue_id, i.subject, i.content_hash, i.created_at, i.completed_at, d.state,"
+            " count(d.state) FROM issues AS i LEFT JOIN deliveries AS d USING (issue_id)"
+            f" {where} GROUP BY i.issue_id, d.state ORDER BY i.created_at DESC, i.issue_id DESC",
+            params,
+        )
+        out: list[IssueSummary] = []
+        for issue_id, subject, content_hash, created, completed, state, n in rows:
+            if not out or out[-1].issue_id != issue_id:
+                out.append(
+                    IssueSummary(
+                        issue_id,
+                        subject,
+                        content_hash,
+                        _time(created),
+                        _time(completed) if completed else None,
+                        {},
+                    )
+                )
+            if state is not None:
+                out[-1].counts[state] = n
+        return out
+
+    # --- deliveries -------------------------------------------------------------------------------
+
+    def delivery(self, issue_id: str, email: str) -> Delivery | None:
+        """Where one subscriber stands for one issue, or None if never attempted."""
+        row = self._one(
+            "SELECT state, attempts, last_code, last_reply, updated_at FROM deliveries"
+            " WHERE issue_id = ? AND email = ?",
+            (issue_id, dedupe_key(email)),
+        )
+        if row is None:
+            return None
+        return Delivery(row[0], row[1], row[2], row[3], _time(row[4]))
+
+    def mark_sending(self, issue_id: str, email: str) -> int:
+        """Claim a delivery just before handing it to the server; return its attempt number."""
+        with self.transaction():
+            row = self._write(
+                "INSERT INTO deliveries (issue_id, email, state, attempts, updated_at)"
+                " VALUES (?, ?, 'sending', 1, ?)"
+                " ON CONFLICT (issue_id, email) DO UPDATE SET state = 'sending',"
+                " attempts = attempts + 1, updated_at = excluded.updated_at"
+                " WHERE deliveries.state != 'sent' RETURNING attempts",
+                (issue_id, dedupe_key(email), _now()),
+            ).fetchone()
+            if row is None:
+                raise MailerError(f"issue {issue_id}: {email} was already sent; not sending again")
+            return int(row[0])
+
+    def mark_sent(self, issue_id: str, email: str, code: int, reply: str) -> None:
+        """Record that the server accepted the message."""
+        self._outcome(issue_id, email, "sent", code, reply)
+
+    def mark_failed(self, issue_id: str, email: str, code: int, reply: str, *, permanent: bool) -> None:
+        """Record a refusal: permanent ('failed') or temporary ('deferred', to retry)."""
+        self._outcome(issue_id, email, "failed" if permanent else "deferred", code, reply)
+
+    def _outcome(self, issue_id: str, email: str, state: str, code: int, reply: str) -> None:
+        # An outcome without a mark_sending claim before it still counts as an attempt.
+        with self.transaction():
+            row = self._write(
+                "INSERT INTO deliveries"
+                " (issue_id, email, state, attempts, last_code, last_reply, updated_at)"
+                " VALUES (?, ?, ?, 1, ?, ?, ?)"
+                " ON CONFLICT (issue_id, email) DO UPDATE SET state = excluded.state,"
+                " attempts = attempts + (deliveries.state != 'sending'),"
+                " last_code = excluded.last_code, last_reply = excluded.last_reply,"
+                " updated_at = excluded.updated_at"
+                " WHERE deliveries.state != 'sent' RETURNING state",
+                (issue_id, dedupe_key(email), state, code, reply, _now()),
+            ).fetchone()
+            if row is None:
+                raise MailerError(f"issue {issue_id}: {email} is already recorded as sent")
+
+    def reset_failed(self, issue_id: str) -> int:
+        """Turn permanent failures back into retries with a fresh attempt count; return how many."""
+        cursor = self._write(
+            "UPDATE deliveries SET state = 'deferred', attempts = 0, updated_at = ?"
+            " WHERE issue_id = ? AND state = 'failed'",
+            (_now(), issue_id),
+        )
+        return cursor.rowcount
+
+    # --- suppression list -------------------------------------------------------------------------
+
+    def suppress(self, email: str, *, source: str, reason: str = "") -> bool:
+        """Never mail this address again; True if it was not suppressed before."""
+        cursor = self._write(
+            "INSERT INTO suppressions (email, source, reason, created_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (email) DO NOTHING",
+            (dedupe_key(email), source, reason, _now()),
+        )
+        return cursor.rowcount == 1
+
+    def unsuppress(self, email: str) -> bool:
+        """Allow mail to this address again; True if it was suppressed."""
+        cursor = self._write("DELETE FROM suppressions WHERE email = ?", (dedupe_key(email),))
+        return cursor.rowcount == 1
+
+    def is_suppressed(self, email: str) -> bool:
+        """Whether the address is on the suppression list (case-insensitive)."""
+        row = self._one("SELECT 1 FROM suppressions WHERE email = ?", (dedupe_key(email),))
+        return row is not None
+
+    def suppressions(self, *, page: int = 1000) -> Iterator[Suppression]:
+        """Every suppressed address in address order, read a page at a time."""
+        after = ""
+        while True:
+            rows = self._all(
+                "SELECT email, source, reason, created_at FROM suppressions WHERE email > ?"
+                " ORDER BY email LIMIT ?",
+                (after, page),
+            )
+            for email, source, reason, created in rows:
+                yield Suppression(email, source, reason, _time(created))
+            if len(rows) < page:
+                return
+            after = rows[-1][0]
+
+
+def _explain(exc: sqlite3.Error) -> str:
+    """Say what a SQLite error means for the user."""
+    text = str(exc)
+    if "locked" in text or "busy" in text:
+        return "the database is locked by another mailer process; try again when it has finished"
+    if "not a database" in text or "malformed" in text:
+        return f"not a mailer database ({text})"
+    if "readonly" in text:
+        return "the database is read-only; mailer needs to write to it and to its folder"
+    if "unable to open" in text:
+        return "cannot open the database file (check the path and permissions)"
+    if "FOREIGN KEY" in text:
+        return "no such issue: call start_issue before recording deliveries"
+    return text

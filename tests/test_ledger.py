@@ -1,0 +1,279 @@
+"""The SQLite ledger: delivery states, the changed-post rule, transactions, suppressions, processes."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from mailer.errors import MailerError
+from mailer.ledger import SCHEMA_VERSION, Ledger
+
+ISSUE = "2026-02-09"
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "mailer.db"
+
+
+@pytest.fixture
+def ledger(db: Path) -> Iterator[Ledger]:
+    with Ledger(db) as led:
+        led.start_issue(ISSUE, "hash-1", "Monday's post")
+        yield led
+
+
+def test_creates_folder_wal_file_and_schema_version(db: Path) -> None:
+    with Ledger(db):
+        pass
+    assert db.is_file()
+    with closing(sqlite3.connect(db)) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"issues", "deliveries", "suppressions"} <= tables
+    with Ledger(db) as again:  # reopening an existing file keeps working
+        assert again.issues() == []
+
+
+def test_delivery_states_and_attempts(ledger: Ledger) -> None:
+    assert ledger.delivery(ISSUE, "ann@example.com") is None
+    assert ledger.mark_sending(ISSUE, "Ann@Example.com") == 1
+    d = ledger.delivery(ISSUE, "ann@example.com")
+    assert d is not None and (d.state, d.attempts, d.last_code) == ("sending", 1, None)
+
+    ledger.mark_failed(ISSUE, "ann@example.com", 451, "4.7.1 try later", permanent=False)
+    d = ledger.delivery(ISSUE, "ANN@EXAMPLE.COM")
+    assert d is not None
+    assert (d.state, d.attempts, d.last_code, d.last_reply) == (
+        "deferred",
+        1,
+        451,
+        "4.7.1 try later",
+    )
+
+    assert ledger.mark_sending(ISSUE, "ann@example.com") == 2
+    ledger.mark_sent(ISSUE, "ann@example.com", 250, "2.0.0 queued as 1234")
+    d = ledger.delivery(ISSUE, "ann@example.com")
+    assert d is not None and (d.state, d.attempts, d.last_code) == ("sent", 2, 250)
+    assert d.updated_at.tzinfo is not None
+
+    with pytest.raises(MailerError, match="already sent"):
+        ledger.mark_sending(ISSUE, "ann@example.com")
+    with pytest.raises(MailerError, match="already recorded as sent"):
+        ledger.mark_failed(ISSUE, "ann@example.com", 550, "no", permanent=True)
+    d = ledger.delivery(ISSUE, "ann@example.com")
+    assert d is not None and (d.state, d.attempts) == ("sent", 2)
+
+
+def test_outcomes_without_a_claim_still_count_attempts(ledger: Ledger) -> None:
+    ledger.mark_failed(ISSUE, "bo@example.com", 421, "busy", permanent=False)
+    ledger.mark_failed(ISSUE, "bo@example.com", 451, "later", permanent=False)
+    ledger.mark_sent(ISSUE, "bo@example.com", 250, "ok")
+    d = ledger.delivery(ISSUE, "bo@example.com")
+    assert d is not None and (d.state, d.attempts, d.last_code) == ("sent", 3, 250)
+
+
+def test_reset_failed_turns_permanent_failures_into_fresh_retries(ledger: Ledger) -> None:
+    for who in ("a", "b"):
+        ledger.mark_sending(ISSUE, f"{who}@example.com")
+        ledger.mark_failed(ISSUE, f"{who}@example.com", 550, "no such user", permanent=True)
+    ledger.mark_failed(ISSUE, "c@example.com", 451, "later", permanent=False)
+    ledger.mark_sent(ISSUE, "d@example.com", 250, "ok")
+    assert ledger.reset_failed(ISSUE) == 2
+    a = ledger.delivery(ISSUE, "a@example.com")
+    assert a is not None and (a.state, a.attempts, a.last_code) == ("deferred", 0, 550)
+    c = ledger.delivery(ISSUE, "c@example.com")
+    assert c is not None and (c.state, c.attempts) == ("deferred", 1)
+    assert ledger.reset_failed(ISSUE) == 0
+    assert ledger.status(ISSUE).counts == {"deferred": 3, "sent": 1}
+
+
+def test_deliveries_need_a_started_issue(ledger: Ledger) -> None:
+    with pytest.raises(MailerError, match="start_issue"):
+        ledger.mark_sending("never-started", "a@example.com")
+
+
+def test_start_issue_changed_post_rule(ledger: Ledger) -> None:
+    ledger.start_issue(ISSUE, "hash-1", "Monday's post")  # same version: nothing happens
+    ledger.start_issue(ISSUE, "hash-2", "Monday's post, fixed")  # nobody mailed yet: accepted
+    assert ledger.status(ISSUE).content_hash == "hash-2"
+
+    for who in ("a", "b", "c"):
+        ledger.mark_sent(ISSUE, f"{who}@example.com", 250, "ok")
+    ledger.mark_failed(ISSUE, "d@example.com", 550, "no", permanent=True)
+    with pytest.raises(MailerError) as info:
+        ledger.start_issue(ISSUE, "hash-3", "Monday's post, fixed again")
+    assert str(info.value) == (
+        f"issue {ISSUE}: the post changed since it was first sent to 3 subscribers;"
+        " pass --changed to send the new version to those not yet mailed"
+    )
+    assert ledger.status(ISSUE).content_hash == "hash-2"
+
+    ledger.mark_complete(ISSUE)
+    assert ledger.is_complete(ISSUE)
+    ledger.start_issue(ISSUE, "hash-3", "Monday's post, fixed again", allow_changed=True)
+    status = ledger.status(ISSUE)
+    assert (status.content_hash, status.subject) == ("hash-3", "Monday's post, fixed again")
+    assert not ledger.is_complete(ISSUE)  # the new version has not reached everyone yet
+    assert status.counts == {"sent": 3, "failed": 1}  # what was sent stays sent
+
+
+def test_status_groups_failures_and_issues_lists_newest_first(ledger: Ledger) -> None:
+    ledger.mark_sent(ISSUE, "a@example.com", 250, "ok")
+    for i in range(3):
+        ledger.mark_failed(ISSUE, f"gone{i}@example.com", 550, "5.1.1 no such user", permanent=True)
+    ledger.mark_failed(ISSUE, "full@example.com", 452, "4.2.2 mailbox full", permanent=False)
+    ledger.mark_sending(ISSUE, "flight@example.com")
+    status = ledger.status(ISSUE)
+    assert status.counts == {"sent": 1, "failed": 3, "deferred": 1, "sending": 1}
+    assert status.total == 6
+    assert [(g.state, g.code, g.reply, g.count) for g in status.failures] == [
+        ("failed", 550, "5.1.1 no such user", 3),
+        ("deferred", 452, "4.2.2 mailbox full", 1),
+    ]
+    text = status.format()
+    assert "3 failed: 550 5.1.1 no such user" in text and "6 in all" in text
+
+    ledger.start_issue("2026-02-10", "hash-x", "Tuesday's post")
+    summaries = ledger.issues()
+    assert [s.issue_id for s in summaries] == ["2026-02-10", ISSUE]
+    assert summaries[0].counts == {} and summaries[0].total == 0
+    assert summaries[1].count("failed") == 3 and summaries[1].count("bounced") == 0
+    with pytest.raises(MailerError, match="no issue 'nope'"):
+        ledger.status("nope")
+
+
+def test_transaction_commits_once_and_rolls_back_on_error(ledger: Ledger, db: Path) -> None:
+    with Ledger(db) as other:
+        with ledger.transaction():
+            for i in range(10):
+                ledger.mark_sending(ISSUE, f"u{i}@example.com")
+                ledger.mark_sent(ISSUE, f"u{i}@example.com", 250, "ok")
+            with ledger.transaction():  # a nested block joins the outer one
+                ledger.suppress("nested@example.com", source="test")
+            # nothing is visible to another connection before the one commit at the end
+            assert other.status(ISSUE).counts == {}
+            assert not other.is_suppressed("nested@example.com")
+        assert other.status(ISSUE).counts == {"sent": 10}
+        assert other.is_suppressed("nested@example.com")
+
+        with pytest.raises(RuntimeError), ledger.transaction():
+            ledger.mark_sending(ISSUE, "lost@example.com")
+            ledger.suppress("lost@example.com", source="test")
+            raise RuntimeError("crash mid-batch")
+        assert ledger.delivery(ISSUE, "lost@example.com") is None
+        assert not other.is_suppressed("lost@example.com")
+        ledger.mark_sending(ISSUE, "after@example.com")  # the ledger is usable afterwards
+        assert other.delivery(ISSUE, "after@example.com") is not None
+
+
+def test_suppressions_are_shared_and_case_insensitive(ledger: Ledger, db: Path) -> None:
+    with Ledger(db) as web:
+        assert web.suppress("Zed@Example.COM", source="web", reason="clicked")
+        assert ledger.is_suppressed("zed@example.com")  # the sender's connection sees it at once
+        assert not web.suppress("zed@example.com", source="manual")  # already there
+        assert ledger.is_suppressed("ZED@example.com")
+        entry = next(ledger.suppressions())
+        assert (entry.email, entry.source, entry.reason) == ("zed@example.com", "web", "clicked")
+        assert web.unsuppress("ZED@EXAMPLE.COM")
+        assert not web.unsuppress("zed@example.com")
+        assert not ledger.is_suppressed("zed@example.com")
+
+
+def test_suppressions_iterates_every_page_in_order(ledger: Ledger) -> None:
+    emails = [f"user{i}@example.com" for i in range(7)]
+    for email in reversed(emails):
+        ledger.suppress(email, source="import")
+    assert [s.email for s in ledger.suppressions(page=3)] == sorted(emails)
+    assert [s.email for s in ledger.suppressions(page=7)] == sorted(emails)
+
+
+WRITER = """
+import sys, time
+from pathlib import Path
+from mailer.ledger import Ledger
+with Ledger(Path(sys.argv[1])) as ledger:
+    print("ready", flush=True)
+    added = ledger.suppress("late@example.com", source="web")
+    print("done", added, time.time(), flush=True)
+"""
+
+
+def test_a_second_process_waits_for_an_open_transaction_then_writes(ledger: Ledger, db: Path) -> None:
+    with ledger.transaction():
+        ledger.mark_sending(ISSUE, "a@example.com")
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(db)], stdout=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == "ready"  # opened without waiting for the lock
+            with pytest.raises(subprocess.TimeoutExpired):
+                proc.wait(timeout=0.5)  # blocked on the write lock, not failed or finished
+            released_at = time.time()
+        except BaseException:
+            proc.kill()
+            proc.communicate()  # reaps it and closes the pipe
+            raise
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    word, added, finished_at = out.split()
+    assert (word, added) == ("done", "True")
+    assert float(finished_at) >= released_at
+    assert ledger.is_suppressed("late@example.com")
+    assert ledger.delivery(ISSUE, "a@example.com") is not None
+
+
+def test_lock_held_past_the_timeout_is_a_mailer_error(ledger: Ledger, db: Path) -> None:
+    with Ledger(db, timeout=0.1) as impatient, ledger.transaction():
+        ledger.suppress("first@example.com", source="test")
+        with pytest.raises(MailerError) as info:
+            impatient.suppress("second@example.com", source="test")
+    assert str(db) in str(info.value) and "locked" in str(info.value)
+
+
+def test_a_file_that_is_not_a_database_is_a_mailer_error(tmp_path: Path) -> None:
+    bogus = tmp_path / "mailer.db"
+    bogus.write_bytes(b"this is a text file, not SQLite\n" * 100)
+    with pytest.raises(MailerError) as info:
+        Ledger(bogus)
+    assert str(bogus) in str(info.value) and "not a mailer database" in str(info.value)
+
+
+def test_a_database_from_a_newer_mailer_is_refused(db: Path) -> None:
+    with Ledger(db):
+        pass
+    with closing(sqlite3.connect(db)) as conn:
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+        conn.commit()
+    with pytest.raises(MailerError, match="newer mailer"):
+        Ledger(db)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes to read-only files anyway")
+def test_a_read_only_database_is_a_mailer_error(db: Path) -> None:
+    with Ledger(db):
+        pass
+    db.chmod(0o444)
+    db.parent.chmod(0o555)
+    try:
+        with pytest.raises(MailerError, match=str(db)), Ledger(db) as led:
+            led.suppress("a@example.com", source="test")
+    finally:
+        db.parent.chmod(0o755)
+        db.chmod(0o644)
+
+
+def test_a_closed_ledger_says_so(db: Path) -> None:
+    led = Ledger(db)
+    led.close()
+    led.close()  # twice is fine
+    with pytest.raises(MailerError, match="closed"):
+        led.is_suppressed("a@example.com")
