@@ -228,7 +228,12 @@ def _read_header(path: Path, lines: _Lines) -> tuple[_Lines, Iterator[list[str]]
         raise SubscriberError(f"{path}:1: header line is {problem}")
     names = [cell.strip().lower() for cell in header or []]
     if "email" not in names:
-        raise SubscriberError(f"{path}: no 'email' column in the header line")
+        hint = ""
+        if any(sep in cell for cell in names for sep in ";\t"):
+            hint = " (it looks separated by ';' or tabs: save the file as comma-separated CSV)"
+        elif any(cell in ("e-mail", "email address", "e-mail address", "mail") for cell in names):
+            hint = " (rename the address column to 'email')"
+        raise SubscriberError(f"{path}: no 'email' column in the header line{hint}")
     seen: set[str] = set()
     for name in names:
         if name and name in seen:

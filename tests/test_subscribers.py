@@ -207,6 +207,18 @@ def test_no_email_column_is_a_subscriber_error(tmp_path: Path, data: bytes) -> N
     assert str(info.value) == f"{path}: no 'email' column in the header line"
 
 
+@pytest.mark.parametrize(
+    ("header", "hint"),
+    [("email;name", "comma-separated"), ("E-Mail,Name", "rename the address column to 'email'")],
+)
+def test_a_near_miss_header_gets_a_hint(tmp_path: Path, header: str, hint: str) -> None:
+    path = write(tmp_path, f"{header}\na@example.com;Ann\n")
+    with pytest.raises(SubscriberError) as info:
+        read_subscribers(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: no 'email' column in the header line") and hint in message
+
+
 def test_duplicate_header_column_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(SubscriberError, match="'email' appears twice"):
         read_subscribers(write(tmp_path, "email,Email\na@example.com,b@example.com\n"))
