@@ -207,6 +207,7 @@ def inline_text(tokens: Sequence[Token] | None) -> str:
 
 
 _ITEM = "\x00"  # marks a list item's block, so items of one list sit on consecutive lines
+_LIST_END = "\x01"  # a list ended: whatever follows, even another list, gets a blank line
 
 
 def to_text(tokens: Sequence[Token], html_to_text: Any) -> str:
@@ -231,6 +232,8 @@ def to_text(tokens: Sequence[Token], html_to_text: Any) -> str:
             lists.append([1, int(str(tok.attrGet("start") or 1)) - 1])
         elif kind in ("bullet_list_close", "ordered_list_close"):
             lists.pop()
+            if not lists:
+                blocks.append(_LIST_END)
         elif kind == "list_item_open":
             lists[-1][1] += 1
             pending_item = True
@@ -297,6 +300,9 @@ def to_text(tokens: Sequence[Token], html_to_text: Any) -> str:
             table_rows = []
     out = ""
     for block in blocks:
+        if block == _LIST_END:
+            previous_item = False
+            continue
         if not block.strip(_ITEM + " \n"):
             continue
         if out:

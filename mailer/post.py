@@ -85,8 +85,10 @@ def parse_post(raw: bytes, path: Path) -> Post:
         raise PostError(f"{path}: no title (add `title:` to the front matter or start with a `# ` heading)")
 
     summary = _summary(meta.get("summary"), path, text)
-    tags_value = meta.get("tags") or ()
-    if isinstance(tags_value, str):
+    tags_value = meta.get("tags")
+    if tags_value is None:
+        tags: tuple[str, ...] = ()
+    elif isinstance(tags_value, str):
         tags = tuple(t.strip() for t in tags_value.split(",") if t.strip())
     elif isinstance(tags_value, list):
         tags = tuple(_clean(str(t)) for t in tags_value if str(t).strip())
@@ -112,20 +114,31 @@ def parse_post(raw: bytes, path: Path) -> Post:
 def _split_front_matter(text: str, path: Path) -> tuple[dict[str, object], str, int]:
     if not text.startswith("---"):
         return {}, text, 1
+    handler = frontmatter.YAMLHandler()
     try:
-        meta, body = frontmatter.parse(text)
+        front, body = handler.split(text)
+    except ValueError:  # no closing ---: a leading rule, not front matter
+        return {}, text, 1
+    try:
+        meta = handler.load(front)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 2 if mark is not None else 1  # +1 for 0-based, +1 for the opening ---
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        # the YAML text starts with the newline after the opening ---, so its 0-based line is the file's
+        line = mark.line + 1 if mark is not None else 1
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise PostError(f"{path}:{line}: front matter is not valid YAML: {problem}") from None
-    except ValueError as exc:  # python-frontmatter: the YAML is not a mapping
-        raise PostError(f"{path}:2: front matter must be `key: value` lines ({exc})") from None
+    except ValueError as exc:  # PyYAML builds dates itself: 2026-02-30 raises here
+        raise PostError(
+            f"{path}:{_key_line(text, 'date')}: front matter holds a date that is no date ({exc})"
+        ) from None
+    if meta is None:
+        meta = {}
     if not isinstance(meta, dict):
-        raise PostError(f"{path}:2: front matter must be `key: value` lines")
+        kind = "a list" if isinstance(meta, list) else f"a {type(meta).__name__}"
+        raise PostError(f"{path}:2: front matter must be `key: value` lines, not {kind}")
     end = text.find("\n---", 3)
     body_line = text.count("\n", 0, end) + 3 if end != -1 else 1
-    return meta, body, body_line
+    return meta, body.strip("\n"), body_line
 
 
 def _key_line(text: str, key: str) -> int:

@@ -9,8 +9,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
+from urllib.parse import urljoin, urlsplit
 
 import jinja2
+from markdown_it.token import Token
 from markupsafe import Markup
 
 from . import markdown
@@ -136,6 +139,7 @@ def render_issue(post: Post, settings: Settings) -> Issue:
         embed_label=lambda label: f"▶ {words['open']}: {label}",
         findings=findings,
     )
+    _absolute_links(tokens, settings.base_url)
     body_text = markdown.to_text(tokens, html_to_text)
     view_url = _view_url(settings, post)
     preheader = post.summary[0] if post.summary else _first_words(body_text)
@@ -196,12 +200,42 @@ def render_issue(post: Post, settings: Settings) -> Issue:
     )
 
 
-def inline_css(page: str, *, extra_css: list[str]) -> str:
-    """Move every CSS rule into style attributes with premailer; @media rules stay in <style>."""
+_SIZE_TAGS = {"img", "table", "td", "th"}
+_SIZE_VALUE = re.compile(r"\d+%?")
+
+
+@lru_cache(maxsize=1)
+def _premailer_class() -> type:
     from premailer import Premailer
 
+    class _Premailer(Premailer):
+        """Premailer that keeps the template's width/height attributes (Outlook goes by them).
+
+        Premailer copies CSS width/height into attributes and overwrites what is there, so
+        `width: 100%` in a rule turned the cover's width="600" into width="100%" and added
+        height="auto", which is not a valid attribute. New ones are only added where they are valid.
+        """
+
+        def _style_to_basic_html_attributes(
+            self, element: Any, style_content: Any, force: bool = False
+        ) -> None:
+            before = {key: element.attrib.get(key) for key in ("width", "height")}
+            super()._style_to_basic_html_attributes(element, style_content, force=force)
+            for key, old in before.items():
+                new = element.attrib.get(key)
+                if old is not None:
+                    element.attrib[key] = old
+                elif new is not None and (element.tag not in _SIZE_TAGS or not _SIZE_VALUE.fullmatch(new)):
+                    del element.attrib[key]
+
+    return _Premailer
+
+
+def inline_css(page: str, *, extra_css: list[str]) -> str:
+    """Move every CSS rule into style attributes with premailer; @media rules stay in <style>."""
+    premailer = _premailer_class()
     try:
-        result = Premailer(
+        result = premailer(
             page,
             css_text=extra_css or None,
             disable_link_rewrites=True,
@@ -307,6 +341,18 @@ def _pre_state(line: str, in_pre: bool) -> bool:
     if opened == -1 and closed == -1:
         return in_pre
     return opened > closed
+
+
+def _absolute_links(tokens: list[Token], base_url: str) -> None:
+    """Resolve relative link and image URLs in the tokens too, so the text part's URLs work."""
+    if not base_url:
+        return
+    for block in tokens:
+        for tok in block.children or ():
+            attr = {"link_open": "href", "image": "src"}.get(tok.type)
+            url = str(tok.attrGet(attr) or "") if attr else ""
+            if attr and url and not url.startswith("#") and not urlsplit(url).scheme:
+                tok.attrSet(attr, urljoin(base_url, url))
 
 
 def _tidy_text(text: str) -> str:

@@ -24,6 +24,8 @@ ALLOWED_ATTRS = {
     "type", "id", "name", "target", "rel", "scope", "headers", "abbr", "datetime", "cite",
 }  # fmt: skip
 SAFE_SCHEMES = {"http", "https", "mailto", "tel"}
+# void in HTML5, but libxml2's HTML 4 parser nests everything that follows inside them
+NESTING_VOIDS = ("embed", "source", "track", "wbr", "keygen")
 _CSS_DANGER = re.compile(r"expression\s*\(|javascript:|vbscript:|behavio(u)?r\s*:|-moz-binding|@import", re.I)
 _URL_JUNK = re.compile(r"[\x00-\x20\x7f]+")
 
@@ -78,6 +80,8 @@ def sanitize(
 ) -> str:
     """Clean one HTML fragment (the rendered body); post <style> blocks are returned in findings.styles."""
     root = lhtml.fragment_fromstring(fragment_html, create_parent="div")
+    for el in list(root.iter(*NESTING_VOIDS)):
+        _unnest(el)
     for el in list(root.iter()):
         if not isinstance(el.tag, str):  # comments and processing instructions
             _remove(el)
@@ -123,7 +127,7 @@ def sanitize(
                 _remove(el)
                 continue
             el.set("src", url)
-            if el.get("alt") is None:
+            if not (el.get("alt") or "").strip():  # markdown's ![](x) gives alt="": the writer forgot it
                 findings.images_without_alt.append(url)
                 el.set("alt", "")
             if not el.get("width") and _alone_in_paragraph(el):
@@ -148,6 +152,19 @@ def _alone_in_paragraph(img: lhtml.HtmlElement) -> bool:
         if parent is None or parent.tag != "p":
             return False
     return not (parent.text_content() or "").strip() and len(parent.findall(".//img")) == 1
+
+
+def _unnest(el: etree._Element) -> None:
+    """Move what the parser put inside a void element back after it, so removing it loses nothing."""
+    text, tail = el.text or "", el.tail or ""
+    children = list(el)
+    el.text = None
+    el.tail = text
+    last = el
+    for child in children:
+        last.addnext(child)
+        last = child
+    last.tail = (last.tail or "") + tail if last is not el else text + tail
 
 
 def _remove(el: etree._Element) -> None:
@@ -184,10 +201,15 @@ def _embed_to_link(
     link = lhtml.Element("a", href=url, target="_blank")
     link.set("class", "embed-link")
     link.text = embed_label(el.get("title") or url)
+    parent = el.getparent()
+    if parent.tag == "p":  # a <p> in a <p> would leave an empty paragraph behind
+        link.tail = el.tail
+        parent.replace(el, link)
+        return
     para = lhtml.Element("p")
     para.append(link)
     para.tail = el.tail
-    el.getparent().replace(el, para)
+    parent.replace(el, para)
 
 
 def html_to_text(fragment_html: str) -> str:
@@ -196,8 +218,14 @@ def html_to_text(fragment_html: str) -> str:
         root = lhtml.fragment_fromstring(fragment_html, create_parent="div")
     except etree.ParserError:
         return ""
-    for el in root.iter("script", "style", "noscript", "template"):
-        el.text = ""
+    for el in list(root.iter(*NESTING_VOIDS)):
+        _unnest(el)
+    for el in list(root.iter(*DROP, *EMBEDS)):
+        src = el.get("src") or el.get("data") or ""
+        if el.tag in EMBEDS and src.startswith(("http://", "https://")):
+            title = el.get("title")
+            el.tail = (f" {title} ({src}) " if title else f" {src} ") + (el.tail or "")
+        _remove(el)
     for el in root.iter("a"):
         href = el.get("href") or ""
         label = el.text_content().strip()
