@@ -72,9 +72,8 @@ def render_warnings(issue: Any, settings: Settings) -> list[str]:
         )
     findings = issue.findings
     if findings.removed:
-        warnings.append(
-            f"{issue.post.path}: removed what email clients do not run: {', '.join(sorted(set(findings.removed)))}"
-        )
+        removed = ", ".join(sorted(set(findings.removed)))
+        warnings.append(f"{issue.post.path}: removed what email clients do not run: {removed}")
     if findings.images_without_alt:
         warnings.append(f"{issue.post.path}: {len(findings.images_without_alt)} image(s) without alt text")
     return warnings
@@ -117,6 +116,133 @@ def render(ctx: click.Context, post: Path, output: Path | None, form: str) -> No
             except OSError as exc:
                 raise MailerError(f"{output}: cannot write: {exc.strerror}") from None
             click.echo(f"Wrote {output} ({len(data) // 1024} KB)", err=True)
+
+
+@cli.command()
+@click.argument("post", type=click.Path(path_type=Path))
+@click.option(
+    "--to", "to", type=click.Path(dir_okay=False, path_type=Path), help="The subscriber list (CSV)."
+)
+@click.option("--yes", "-y", is_flag=True, help="Do not ask before mailing the list (cron).")
+@click.option("--dry-run", is_flag=True, help="List who would get the issue; send nothing.")
+@click.option("--test", "test_address", metavar="ADDRESS", help="Send one message, built as the real ones.")
+@click.option("--retry-failed", is_flag=True, help="Try the permanently failed addresses again.")
+@click.option("--changed", is_flag=True, help="The post changed since the first send: send the new version.")
+@click.option("--force", is_flag=True, help="Send a post dated in the past or the future.")
+@click.option("--connections", type=click.IntRange(1, 64), help="SMTP connections in parallel.")
+@click.option(
+    "--rate", type=click.FloatRange(min=0), help="At most this many messages per second (all connections)."
+)
+@click.pass_context
+def send(
+    ctx: click.Context,
+    post: Path,
+    to: Path | None,
+    yes: bool,
+    dry_run: bool,
+    test_address: str | None,
+    retry_failed: bool,
+    changed: bool,
+    force: bool,
+    connections: int | None,
+    rate: float | None,
+) -> None:
+    """Deliver POST (or today's post in a folder) to every subscriber, once; rerun to resume."""
+    settings = settings_from(ctx)
+
+    def say(line: str) -> None:
+        click.echo(line, err=True)
+
+    with reported():
+        from . import send as sending
+        from .campaign import SendOptions
+        from .progress import ConsoleFeedback, count_rows
+
+        if test_address:
+            click.echo(sending.send_test(settings, post, test_address, say))
+            return
+        options = SendOptions(
+            connections=connections or settings.connections,
+            rate=settings.rate if rate is None else rate,
+            max_attempts=settings.max_attempts,
+            retry_delay=settings.retry_delay,
+            max_consecutive_failures=settings.max_consecutive_failures,
+            dry_run=dry_run,
+            retry_failed=retry_failed,
+            allow_changed=changed,
+        )
+
+        def confirm(question: str) -> bool:
+            if yes or not settings.smtp_host:  # the local outbox mails no one
+                return True
+            if not sys.stdin.isatty():
+                raise MailerError("not on a terminal: pass --yes to send without asking")
+            return click.confirm(question, default=False, err=True)
+
+        feedback: list[ConsoleFeedback] = []
+
+        def feedback_for(path: Path) -> ConsoleFeedback:
+            feedback.append(ConsoleFeedback(count_rows(str(path))))
+            return feedback[0]
+
+        try:
+            result = sending.send(
+                settings, post, to=to, options=options, force=force, confirm=confirm, say=say,
+                feedback_for=feedback_for,
+            )  # fmt: skip
+        except (KeyboardInterrupt, MailerError) as exc:
+            for bar in feedback:
+                bar.close()
+            if isinstance(exc, KeyboardInterrupt):
+                say("Interrupted after the messages in flight; run the same command again to resume.")
+            raise
+        if result.report is None:
+            click.echo(result.note, err=True)
+            return
+        if feedback:
+            feedback[0].finish(result.report)
+        _print_report(result, dry_run=dry_run)
+        if not dry_run and not result.report.complete:
+            sys.exit(ExitStatus.INCOMPLETE)
+
+
+def _print_report(result: Any, *, dry_run: bool) -> None:
+    report, stats = result.report, result.stats
+    rows = [
+        ("would send" if dry_run else "sent", report.would_send if dry_run else report.sent),
+        ("already sent before", report.already_sent),
+        ("suppressed (unsubscribed)", report.suppressed),
+        ("invalid rows", stats.invalid),
+        ("duplicates", stats.duplicates),
+        ("failed, temporary (will retry on rerun)", report.failed_temporary),
+        ("failed, permanent", report.failed_permanent),
+        ("failed permanently before (--retry-failed)", report.failed_before),
+        ("not sent (stopped early)", report.pending),
+    ]
+    click.echo(f"{result.issue.issue_id}: {result.issue.subject}", err=True)
+    for label, value in rows:
+        if value or label in ("sent", "would send"):
+            click.echo(f"  {label:<44}{value:>9}", err=True)
+    for reason, count in sorted(report.failures.items(), key=lambda kv: -kv[1])[:10]:
+        click.echo(f"    {count:>6} x {reason}", err=True)
+    if not dry_run and report.sent:
+        click.echo(f"  {report.rate():,.0f} msg/s", err=True)
+
+
+@cli.command()
+@click.argument("post", type=click.Path(path_type=Path))
+@click.pass_context
+def status(ctx: click.Context, post: Path) -> None:
+    """Show what became of POST's issue: sent, pending, failed per reason."""
+    settings = settings_from(ctx)
+    with reported():
+        from .ledger import Ledger
+        from .post import load_post
+
+        issue_id = load_post(post).issue_id if post.exists() else post.stem
+        with Ledger(settings.db_path) as ledger:
+            st = ledger.status(issue_id)
+        click.echo(st.format())
 
 
 def main() -> None:

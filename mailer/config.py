@@ -150,8 +150,8 @@ _KINDS = {f.name: str(f.type) for f in fields(Settings)}
 def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
     """Read mailer.toml (if present, or the given path) and apply MAILER_* overrides, once."""
     env = os.environ if env is None else env
-    explicit = path is not None or "MAILER_CONFIG" in env
-    path = path or Path(env.get("MAILER_CONFIG", DEFAULT_CONFIG))
+    explicit = path is not None or bool(env.get("MAILER_CONFIG"))
+    path = path or Path(env.get("MAILER_CONFIG") or DEFAULT_CONFIG)
     values: dict[str, object] = {}
     if path.exists():
         try:

@@ -1,0 +1,5 @@
+"""`python -m mailer` runs the CLI."""
+
+from .cli import main
+
+main()

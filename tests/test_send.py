@@ -1,0 +1,343 @@
+"""`mailer send` against a real SMTP server on 127.0.0.1: each subscriber once, across faults and crashes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import email
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from email import policy
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from mailer.cli import cli
+from mailer.ledger import Ledger
+from tests.smtpd import SMTPServer
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "2026-02-09.md"
+
+
+def write_list(path: Path, emails: list[str], extra: str = "") -> Path:
+    lines = ["email,name"] + [f"{e},Reader {i}" for i, e in enumerate(emails)]
+    path.write_text("\n".join(lines) + "\n" + extra, encoding="utf-8")
+    return path
+
+
+def env_for(server: SMTPServer, tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {
+        "MAILER_SMTP_HOST": server.host,
+        "MAILER_SMTP_PORT": str(server.port),
+        "MAILER_SMTP_SECURITY": "none",
+        "MAILER_SMTP_TIMEOUT": "5",
+        "MAILER_DATA_DIR": str(tmp_path / "state"),
+        "MAILER_RETRY_DELAY": "0.05",
+    }
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def post(tmp_path: Path) -> Path:
+    """The example post, copied so that tests may change it."""
+    target = tmp_path / "posts" / "2026-02-09.md"
+    target.parent.mkdir()
+    shutil.copy(EXAMPLE, target)
+    return target
+
+
+def run(args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, args, env=env, catch_exceptions=False)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def recipients(server: SMTPServer) -> Counter[str]:
+    return Counter(r for m in server.messages for r in m.rcpt_tos)
+
+
+def send_args(post: Path, csv: Path, *more: str) -> list[str]:
+    return ["send", str(post), "--to", str(csv), "--yes", "--force", *more]
+
+
+@pytest.fixture(autouse=True)
+def _no_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+
+
+def test_each_subscriber_gets_their_own_message_once(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path
+) -> None:
+    emails = [f"user{i}@example.com" for i in range(12)]
+    csv = write_list(tmp_path / "subs.csv", emails + ["USER3@example.com"])
+    env = env_for(smtp_server, tmp_path)
+    code, _, err = run(send_args(post, csv), env)
+    assert code == 0, err
+    assert recipients(smtp_server) == Counter({e: 1 for e in emails})
+    for received in smtp_server.messages:
+        msg = email.message_from_bytes(received.data, policy=policy.default)
+        assert msg["To"].addresses[0].addr_spec == received.rcpt_tos[0]
+        body = msg.get_body(("html",)).get_content()
+        assert msg["List-Unsubscribe"].split(",")[0].strip("<> ") in body
+    assert "duplicates" in err
+
+    code, _, err = run(send_args(post, csv), env)  # the same command again mails no one
+    assert code == 0, err
+    assert len(smtp_server.messages) == len(emails)
+    assert "already sent before" in err
+
+
+def test_dry_run_lists_recipients_and_sends_nothing(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path
+) -> None:
+    csv = write_list(tmp_path / "subs.csv", ["a@example.com", "b@example.com", "c@example.com"])
+    env = env_for(smtp_server, tmp_path)
+    with Ledger(tmp_path / "state" / "mailer.db") as ledger:
+        ledger.suppress("b@example.com", source="test")
+    code, out, err = run(["send", str(post), "--to", str(csv), "--dry-run"], env)
+    assert code == 0, err
+    assert out.split() == ["a@example.com", "c@example.com"]
+    assert smtp_server.messages == []
+    assert "suppressed" in err
+
+
+def test_suppressed_address_is_never_mailed(smtp_server: SMTPServer, tmp_path: Path, post: Path) -> None:
+    csv = write_list(tmp_path / "subs.csv", ["a@example.com", "gone@example.com"])
+    env = env_for(smtp_server, tmp_path)
+    with Ledger(tmp_path / "state" / "mailer.db") as ledger:
+        ledger.suppress("Gone@Example.com", source="test")
+    code, _, err = run(send_args(post, csv), env)
+    assert code == 0, err
+    assert set(recipients(smtp_server)) == {"a@example.com"}
+
+
+def test_temporary_failures_are_retried_and_permanent_ones_recorded(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path
+) -> None:
+    emails = [f"user{i}@example.com" for i in range(8)]
+    csv = write_list(tmp_path / "subs.csv", emails)
+    smtp_server.fail("user1@example.com", 451, times=2)
+    smtp_server.reject("user2@example.com", 550)
+    smtp_server.reset_on("user3@example.com", times=1)
+    smtp_server.fail("user4@example.com", 452, times=1, at="DATA")
+    env = env_for(smtp_server, tmp_path)
+    code, _, err = run(send_args(post, csv), env)
+    assert code == 2, err  # one address failed for good
+    got = recipients(smtp_server)
+    assert got == Counter({e: 1 for e in emails if e != "user2@example.com"})
+    assert "user2@example.com: 550" in err
+    with Ledger(tmp_path / "state" / "mailer.db") as ledger:
+        failed = ledger.delivery("2026-02-09", "user2@example.com")
+        assert failed is not None and failed.state == "failed" and failed.last_code == 550
+        retried = ledger.delivery("2026-02-09", "user1@example.com")
+        assert retried is not None and retried.state == "sent" and retried.attempts == 3
+
+    code, out, err = run(["status", str(post)], env)
+    assert code == 0
+    assert "550" in out
+
+    smtp_server.fail("user2@example.com", 250, times=0)  # the server now takes it
+    code, _, err = run(send_args(post, csv, "--retry-failed"), env)
+    assert code == 0, err
+    assert recipients(smtp_server)["user2@example.com"] == 1
+    assert sum(recipients(smtp_server).values()) == len(emails)
+
+
+def test_421_hang_up_reconnects_and_loses_nothing(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path
+) -> None:
+    emails = [f"user{i}@example.com" for i in range(20)]
+    csv = write_list(tmp_path / "subs.csv", emails)
+    smtp_server.limit_per_connection(6)
+    code, _, err = run(send_args(post, csv), env_for(smtp_server, tmp_path))
+    assert code == 0, err
+    assert recipients(smtp_server) == Counter({e: 1 for e in emails})
+    assert smtp_server.connections >= 4
+
+
+def test_several_connections_share_the_list(smtp_server: SMTPServer, tmp_path: Path, post: Path) -> None:
+    emails = [f"user{i}@example.com" for i in range(40)]
+    csv = write_list(tmp_path / "subs.csv", emails)
+    smtp_server.delay(0.01)
+    code, _, err = run(send_args(post, csv, "--connections", "4"), env_for(smtp_server, tmp_path))
+    assert code == 0, err
+    assert recipients(smtp_server) == Counter({e: 1 for e in emails})
+    assert smtp_server.connections == 4
+    assert len({m.session for m in smtp_server.messages}) == 4
+
+
+def test_rate_limit_holds_across_connections(smtp_server: SMTPServer, tmp_path: Path, post: Path) -> None:
+    emails = [f"user{i}@example.com" for i in range(11)]
+    csv = write_list(tmp_path / "subs.csv", emails)
+    started = time.monotonic()
+    code, _, err = run(
+        send_args(post, csv, "--connections", "4", "--rate", "20"), env_for(smtp_server, tmp_path)
+    )
+    elapsed = time.monotonic() - started
+    assert code == 0, err
+    assert len(smtp_server.messages) == 11
+    assert elapsed >= 10 / 20 * 0.95  # 11 starts at 20/s cannot take less than 0.5 s
+
+
+def test_server_down_stops_early_with_a_clear_message(tmp_path: Path, post: Path) -> None:
+    server = SMTPServer().start()
+    port = server.port
+    server.stop()  # nothing listens there now
+    emails = [f"user{i}@example.com" for i in range(200)]
+    csv = write_list(tmp_path / "subs.csv", emails)
+    env = env_for(server, tmp_path, MAILER_SMTP_PORT=str(port), MAILER_MAX_CONSECUTIVE_FAILURES="5")
+    code, _, err = run(send_args(post, csv), env)
+    assert code == 2
+    assert "failures in a row" in err
+    assert "Traceback" not in err
+    with Ledger(tmp_path / "state" / "mailer.db") as ledger:
+        status = ledger.status("2026-02-09")
+    assert status.counts.get("sent", 0) == 0
+
+
+def test_bad_rows_are_reported_and_do_not_stop_the_send(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path
+) -> None:
+    csv = write_list(tmp_path / "subs.csv", ["a@example.com", "not-an-address", "b@example.com"])
+    code, _, err = run(send_args(post, csv), env_for(smtp_server, tmp_path))
+    assert code == 0, err
+    assert set(recipients(smtp_server)) == {"a@example.com", "b@example.com"}
+    assert f"{csv}:3:" in err
+
+
+def test_changed_post_needs_a_flag(smtp_server: SMTPServer, tmp_path: Path, post: Path) -> None:
+    csv = write_list(tmp_path / "subs.csv", ["a@example.com"])
+    env = env_for(smtp_server, tmp_path)
+    assert run(send_args(post, csv), env)[0] == 0
+    post.write_text(post.read_text(encoding="utf-8") + "\n\nP.S. a correction.\n", encoding="utf-8")
+    write_list(csv, ["a@example.com", "b@example.com"])
+    code, _, err = run(send_args(post, csv), env)
+    assert code == 1
+    assert "--changed" in err
+    code, _, err = run(send_args(post, csv, "--changed"), env)
+    assert code == 0, err
+    assert recipients(smtp_server) == Counter({"a@example.com": 1, "b@example.com": 1})
+
+
+def test_test_send_goes_to_one_address_and_records_nothing(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path
+) -> None:
+    env = env_for(smtp_server, tmp_path)
+    code, out, err = run(["send", str(post), "--test", "me@example.org"], env)
+    assert code == 0, err
+    assert [m.rcpt_tos for m in smtp_server.messages] == [("me@example.org",)]
+    msg = email.message_from_bytes(smtp_server.messages[0].data, policy=policy.default)
+    assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    with Ledger(tmp_path / "state" / "mailer.db") as ledger:
+        assert ledger.delivery("2026-02-09", "me@example.org") is None
+
+
+def test_smtp_send_asks_first_and_refuses_without_a_terminal(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path
+) -> None:
+    csv = write_list(tmp_path / "subs.csv", ["a@example.com"])
+    code, _, err = run(["send", str(post), "--to", str(csv), "--force"], env_for(smtp_server, tmp_path))
+    assert code == 1
+    assert "--yes" in err
+    assert smtp_server.messages == []
+
+
+def _dated_copy(post: Path, day: dt.date) -> Path:
+    text = post.read_text(encoding="utf-8").replace("date: 2026-02-09", f"date: {day.isoformat()}")
+    target = post.parent / f"{day.isoformat()}.md"
+    target.write_text(text, encoding="utf-8")
+    return target
+
+
+def test_daily_run_picks_todays_post_and_refuses_old_news(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path
+) -> None:
+    csv = write_list(tmp_path / "subs.csv", ["a@example.com"])
+    env = env_for(smtp_server, tmp_path, MAILER_TIMEZONE="UTC")
+    folder = post.parent
+    code, _, err = run(["send", str(folder), "--to", str(csv), "--yes"], env)
+    if dt.datetime.now(dt.UTC).date() != dt.date(2026, 2, 9):
+        assert code == 0 and "nothing to send" in err
+        assert smtp_server.messages == []
+    today = dt.datetime.now(dt.UTC).date()
+    todays = _dated_copy(post, today)
+    code, _, err = run(["send", str(folder), "--to", str(csv), "--yes"], env)
+    assert code == 0, err
+    assert str(todays) in err
+    assert len(smtp_server.messages) == 1
+    code, _, err = run(["send", str(folder), "--to", str(csv), "--yes"], env)
+    assert code == 0 and "already sent" in err
+    assert len(smtp_server.messages) == 1
+
+    old = _dated_copy(post, today - dt.timedelta(days=3))
+    code, _, err = run(["send", str(old), "--to", str(csv), "--yes"], env)
+    assert code == 1 and "--force" in err
+    future = _dated_copy(post, today + dt.timedelta(days=2))
+    code, _, err = run(["send", str(future), "--to", str(csv), "--yes"], env)
+    assert code == 1 and "future" in err
+    assert len(smtp_server.messages) == 1
+
+
+def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    full = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "mailer", *args], env=full, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("connections", [1, 3])
+def test_kill_9_mid_send_then_rerun_mails_everyone_once(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path, connections: int
+) -> None:
+    emails = [f"user{i}@example.com" for i in range(120)]
+    csv = write_list(tmp_path / "subs.csv", emails)
+    env = env_for(smtp_server, tmp_path)
+    smtp_server.delay(0.01)
+    args = send_args(post, csv, "--connections", str(connections))
+    proc = _spawn(args, env)
+    try:
+        smtp_server.wait_for(30, timeout=60)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    before = len(smtp_server.messages)
+    assert before < len(emails)
+    smtp_server.delay(0)
+    done = _spawn(args, env)
+    _, err = done.communicate(timeout=120)
+    assert done.returncode == 0, err.decode()
+    got = recipients(smtp_server)
+    assert set(got) == set(emails)  # no one skipped
+    duplicates = sum(n - 1 for n in got.values())
+    assert duplicates <= connections  # at most the one message in flight per connection
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_cleanly_and_says_how_to_resume(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path
+) -> None:
+    emails = [f"user{i}@example.com" for i in range(80)]
+    csv = write_list(tmp_path / "subs.csv", emails)
+    env = env_for(smtp_server, tmp_path)
+    smtp_server.delay(0.02)
+    args = send_args(post, csv)
+    proc = _spawn(args, env)
+    smtp_server.wait_for(10, timeout=60)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err.decode()
+    assert b"run the same command again" in err
+    assert b"Traceback" not in err
+    smtp_server.delay(0)
+    done = _spawn(args, env)
+    _, err = done.communicate(timeout=120)
+    assert done.returncode == 0, err.decode()
+    assert recipients(smtp_server) == Counter({e: 1 for e in emails})  # clean stop: no duplicate at all
