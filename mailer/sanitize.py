@@ -27,6 +27,7 @@ SAFE_SCHEMES = {"http", "https", "mailto", "tel"}
 # void in HTML5, but libxml2's HTML 4 parser nests everything that follows inside them
 NESTING_VOIDS = ("embed", "source", "track", "wbr", "keygen")
 _CSS_DANGER = re.compile(r"expression\s*\(|javascript:|vbscript:|behavio(u)?r\s*:|-moz-binding|@import", re.I)
+_CSS_COMMENT = re.compile(r"/\*.*?(?:\*/|$)", re.S)
 _URL_JUNK = re.compile(r"[\x00-\x20\x7f]+")
 
 
@@ -63,12 +64,29 @@ def safe_url(url: str, base_url: str, findings: Findings, *, image: bool = False
     return cleaned
 
 
+def _css_plain(css: str) -> str:
+    """CSS as a client reads it: comments gone, escapes decoded (`\\65 xpression(` is `expression(`)."""
+
+    def char(match: re.Match[str]) -> str:
+        code = int(match.group(1), 16)
+        return chr(code) if 0 < code < 0x110000 and not 0xD800 <= code <= 0xDFFF else "\ufffd"
+
+    css = _CSS_COMMENT.sub("", css)
+    css = re.sub(r"\\([0-9a-fA-F]{1,6})[ \t\r\n\f]?", char, css)
+    return re.sub(r"\\(.)", r"\1", css)
+
+
+def _css_dangerous(css: str) -> bool:
+    return bool(_CSS_DANGER.search(_css_plain(css)))
+
+
 def clean_css(css: str) -> str:
     """Drop CSS declarations and rules that run code in old clients (expression(), behavior, @import)."""
-    if not _CSS_DANGER.search(css):
+    css = _CSS_COMMENT.sub("", css)  # `expr/**/ession(` is `expression(` to old IE
+    if not _css_dangerous(css):
         return css
     parts = re.split(r"([;{}])", css)
-    return "".join(p for p in parts if not _CSS_DANGER.search(p))
+    return "".join(p for p in parts if not _css_dangerous(p))
 
 
 def sanitize(
@@ -109,7 +127,7 @@ def sanitize(
                 if lname.startswith("on"):
                     findings.removed.append(f"{tag} {lname}=")
         style = el.get("style")
-        if style is not None and _CSS_DANGER.search(style):
+        if style is not None and _css_dangerous(style):
             el.set("style", clean_css(style))
         if "href" in el.attrib:
             url = safe_url(el.get("href", ""), base_url, findings)
