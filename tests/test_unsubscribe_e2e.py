@@ -1,4 +1,4 @@
-"""One-click unsubscribe end to end: the URL from a message a real SMTP server received, POSTed to the real app."""
+"""One-click unsubscribe end to end: the URL from a message a real SMTP server got, POSTed to the app."""
 
 from __future__ import annotations
 
