@@ -289,6 +289,9 @@ class SMTPConnection:
         except _Fatal as exc:
             smtp.close()
             raise TransportError(t.scrub(f"{t.where}: {exc}")) from None
+        except ssl.SSLCertVerificationError as exc:  # no retry can fix a certificate: stop the send
+            smtp.close()
+            raise TransportError(f"{t.where}: {_describe(exc)} (see smtp_cafile)") from None
         except (OSError, ValueError) as exc:
             smtp.close()
             return self._fail(0, f"{t.where}: {_describe(exc)}")
