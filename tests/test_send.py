@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from email import policy
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from click.testing import CliRunner
 
 from mailer.cli import cli
 from mailer.ledger import Ledger
-from tests.smtpd import SMTPServer
+from tests.smtpd import SMTPServer, TLSFiles
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "2026-02-09.md"
@@ -341,3 +342,21 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(
     _, err = done.communicate(timeout=120)
     assert done.returncode == 0, err.decode()
     assert recipients(smtp_server) == Counter({e: 1 for e in emails})  # clean stop: no duplicate at all
+
+
+def test_starttls_with_a_self_signed_certificate(
+    smtp_servers: Callable[..., SMTPServer], tls_files: TLSFiles, tmp_path: Path, post: Path
+) -> None:
+    server = smtp_servers(tls=tls_files, require_starttls=True, users={"news": "s3cret-pass"})
+    csv = write_list(tmp_path / "subs.csv", ["a@example.com", "b@example.com"])
+    env = env_for(server, tmp_path, MAILER_SMTP_SECURITY="starttls", MAILER_SMTP_USER="news")
+    env["MAILER_SMTP_PASSWORD"] = "s3cret-pass"
+    code, out, err = run(send_args(post, csv), env)  # the test CA is not trusted by default
+    assert code == 2 and "certificate" in err
+    assert "s3cret-pass" not in out + err
+    assert server.messages == []
+    code, out, err = run(send_args(post, csv), {**env, "MAILER_SMTP_CAFILE": str(tls_files.ca)})
+    assert code == 0, err
+    assert recipients(server) == Counter({"a@example.com": 1, "b@example.com": 1})
+    assert server.auth_attempts == [("news", True)]
+    assert "s3cret-pass" not in out + err
