@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import fcntl
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,22 +106,54 @@ def send(
     def bad_row(row: BadRow) -> None:
         say(f"skipped: {row}")
 
-    report = run_send(
-        issue_id=issue.issue_id,
-        content_hash=issue.post.content_hash,
-        subject=issue.subject,
-        factory=factory,
-        transport=transport,
-        subscribers=read_subscribers(subscribers_path, on_bad=bad_row, stats=stats),
-        db_path=settings.db_path,
-        sender=settings.from_email,
-        options=options,
-        feedback=feedback_for(subscribers_path),
-    )
+    with issue_lock(settings, issue.issue_id, dry_run=options.dry_run):
+        report = run_send(
+            issue_id=issue.issue_id,
+            content_hash=issue.post.content_hash,
+            subject=issue.subject,
+            factory=factory,
+            transport=transport,
+            subscribers=read_subscribers(subscribers_path, on_bad=bad_row, stats=stats),
+            db_path=settings.db_path,
+            sender=settings.from_email,
+            options=options,
+            feedback=feedback_for(subscribers_path),
+        )
     if report.complete and not options.dry_run:
         with Ledger(settings.db_path) as ledger:
             ledger.mark_complete(issue.issue_id)
     return SendResult(issue, report, stats)
+
+
+@contextmanager
+def issue_lock(settings: Settings, issue_id: str, *, dry_run: bool) -> Iterator[None]:
+    """Hold an exclusive lock on the issue for the whole send: two sends of one issue would mail people twice.
+
+    The lock is an flock on a file in the data folder, so the kernel releases it when a send dies (kill -9).
+    """
+    if dry_run:
+        yield
+        return
+    folder = settings.data_dir / "locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{issue_id}.lock"
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise MailerError(
+                f"{issue_id}: another send of this issue is running ({holder}); wait for it"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def send_test(settings: Settings, target: Path, address: str, say: Callable[[str], None]) -> str:

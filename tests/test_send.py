@@ -360,3 +360,22 @@ def test_starttls_with_a_self_signed_certificate(
     assert recipients(server) == Counter({"a@example.com": 1, "b@example.com": 1})
     assert server.auth_attempts == [("news", True)]
     assert "s3cret-pass" not in out + err
+
+
+def test_a_second_send_of_the_same_issue_waits_its_turn(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path
+) -> None:
+    emails = [f"user{i}@example.com" for i in range(40)]
+    csv = write_list(tmp_path / "subs.csv", emails)
+    env = env_for(smtp_server, tmp_path)
+    smtp_server.delay(0.02)
+    first = _spawn(send_args(post, csv), env)
+    try:
+        smtp_server.wait_for(3, timeout=60)
+        code, _, err = run(send_args(post, csv), env)
+        assert code == 1 and "another send of this issue is running" in err
+    finally:
+        smtp_server.delay(0)
+        _, first_err = first.communicate(timeout=120)
+    assert first.returncode == 0, first_err.decode()
+    assert recipients(smtp_server) == Counter({e: 1 for e in emails})
