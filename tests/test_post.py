@@ -1,0 +1,178 @@
+"""Reading posts: every front matter field, the title from an H1, and one clear line for each broken post."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from mailer.cli import cli
+from mailer.errors import PostError
+from mailer.post import load_post, parse_post
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "2026-02-09.md"
+POSTS = Path(__file__).resolve().parent / "posts"
+BROKEN = POSTS / "broken"
+
+
+def test_example_post_every_field() -> None:
+    post = load_post(EXAMPLE)
+    assert post.title == "四巨头6100亿美元豪赌AI 市场泼冷水蒸发9500亿市值"
+    assert post.date == dt.date(2026, 2, 9)
+    assert post.category == "AI 日报"
+    assert post.tags == ("AI", "AI 日报")
+    assert post.cover_image == "https://ssl.aicode.cc/n8n/2026/02-08/23-31-44-hOrghSfV.png"
+    # the summary is one YAML string of "- " lines: eight bullets, markers stripped
+    assert len(post.summary) == 8
+    assert post.summary[0] == "四巨头豪掷6100亿美元AI投资，市值却蒸发9500亿美元"
+    assert post.summary[-1] == "三分之一美国消费者不需要设备端AI功能，隐私是最大担忧"
+    assert not any(item.startswith(("-", " ")) for item in post.summary)
+    assert post.lang == "zh"
+    assert post.issue_id == "2026-02-09"
+    assert len(post.content_hash) == 64
+    # the leading H1 repeats the title: it is removed from the body, the H2s stay
+    assert "# 四巨头6100亿美元豪赌AI" not in post.body
+    assert post.body.lstrip().startswith("## 四巨头AI豪赌6100亿美元")
+    assert 'class="telegram-card"' in post.body
+    # the body starts after the closing --- of the front matter
+    lines = EXAMPLE.read_text(encoding="utf-8").splitlines()
+    assert lines[post.body_line - 2] == "---"
+
+
+def test_english_post_summary_as_yaml_list() -> None:
+    post = load_post(POSTS / "english.md")
+    assert post.title == "Weekly Notes: Small Models, Big Wins"
+    assert post.date == dt.date(2026, 2, 10)
+    assert post.category == "Engineering"
+    assert post.tags == ("AI", "Open source")
+    assert post.cover_image == "https://images.example.com/covers/2026-02-10.png"
+    assert post.summary == (
+        "Small language models now beat last year's giants on coding tasks",
+        "A new open benchmark measures energy per answer",
+        "Tip of the week: pin your dependencies",
+    )
+    assert post.lang == "en"
+    assert "# Weekly Notes" not in post.body
+    assert "## Small models catch up" in post.body
+
+
+def test_summary_string_and_list_give_the_same_bullets(tmp_path: Path) -> None:
+    as_string = b'---\ntitle: T\nsummary: "- one\\n- two\\n\\n* three"\n---\nBody\n'
+    as_list = b"---\ntitle: T\nsummary:\n  - one\n  - two\n  - three\n---\nBody\n"
+    as_block = b"---\ntitle: T\nsummary: |\n  - one\n  - two\n  - three\n---\nBody\n"
+    summaries = {parse_post(raw, tmp_path / "p.md").summary for raw in (as_string, as_list, as_block)}
+    assert summaries == {("one", "two", "three")}
+
+
+def test_title_from_first_h1_without_front_matter() -> None:
+    post = load_post(POSTS / "no_front_matter.md")
+    assert post.title == "A post without front matter"
+    assert post.date is None
+    assert post.tags == () and post.summary == () and post.category == "" and post.cover_image == ""
+    assert "A post without front matter" not in post.body  # not shown twice
+    assert "## A section" in post.body
+
+
+def test_h1_that_differs_from_the_title_is_kept(tmp_path: Path) -> None:
+    post = parse_post(b"---\ntitle: The title\n---\n# Another heading\n\nText\n", tmp_path / "p.md")
+    assert post.title == "The title"
+    assert "# Another heading" in post.body
+
+
+def test_h1_repeating_the_title_with_markup_is_removed(tmp_path: Path) -> None:
+    post = parse_post(b"---\ntitle: The **big** title\n---\n\n# The big title\n\nText\n", tmp_path / "p.md")
+    assert "big title" not in post.body
+    assert "Text" in post.body
+
+
+def test_title_fields_cannot_hold_line_breaks(tmp_path: Path) -> None:
+    raw = b'---\ntitle: "Hello\\r\\nBcc: evil@example.com\\u0000"\ncategory: "a\\nb"\n---\nBody\n'
+    post = parse_post(raw, tmp_path / "p.md")
+    assert post.title == "Hello Bcc: evil@example.com"
+    assert post.category == "a b"
+
+
+def test_bom_and_crlf_are_accepted(tmp_path: Path) -> None:
+    raw = "\ufeff---\r\ntitle: 标题\r\ndate: 2026-02-09\r\n---\r\n正文\r\n".encode()
+    post = parse_post(raw, tmp_path / "p.md")
+    assert post.title == "标题"
+    assert post.date == dt.date(2026, 2, 9)
+    assert "\r" not in post.body
+
+
+def test_datetime_and_quoted_dates(tmp_path: Path) -> None:
+    for value in ("2026-02-09 08:30:00", '"2026-02-09"', "2026-02-09T08:30:00+08:00"):
+        raw = f"---\ntitle: T\ndate: {value}\n---\nBody\n".encode()
+        assert parse_post(raw, tmp_path / "p.md").date == dt.date(2026, 2, 9), value
+
+
+BROKEN_CASES = [
+    # file, line named in the message (None: no line applies), words the message must contain
+    ("invalid_yaml.md", 5, "not valid YAML"),
+    ("front_matter_list.md", 2, "key: value"),
+    ("bad_date.md", 4, "not a date"),
+    ("no_title.md", None, "no title"),
+    ("empty.md", None, "empty"),
+    ("binary.md", None, "binary"),
+    ("latin1.md", 2, "not UTF-8"),
+]
+
+
+@pytest.mark.parametrize(("name", "line", "words"), BROKEN_CASES)
+def test_broken_post_is_one_clear_line(name: str, line: int | None, words: str) -> None:
+    path = BROKEN / name
+    with pytest.raises(PostError) as info:
+        load_post(path)
+    message = str(info.value)
+    assert "\n" not in message
+    prefix = f"{path}:{line}: " if line else f"{path}: "
+    assert message.startswith(prefix), message
+    assert words in message
+
+
+def test_impossible_calendar_date_names_the_date_line(tmp_path: Path) -> None:
+    path = tmp_path / "p.md"
+    with pytest.raises(PostError) as info:
+        parse_post(b"---\ntitle: T\ncategory: c\ndate: 2026-02-30\n---\nBody\n", path)
+    assert str(info.value).startswith(f"{path}:4: ")
+    assert "date" in str(info.value)
+
+
+def test_missing_file_and_folder(tmp_path: Path) -> None:
+    with pytest.raises(PostError, match="no such file"):
+        load_post(tmp_path / "missing.md")
+    with pytest.raises(PostError, match="folder"):
+        load_post(tmp_path)
+
+
+def test_wrong_field_types_name_their_line(tmp_path: Path) -> None:
+    path = tmp_path / "p.md"
+    cases = {
+        b"---\ntitle: T\ncategory: c\ntags: {a: 1}\n---\nB\n": (4, "tags"),
+        b"---\ntitle: T\nsummary: {a: 1}\n---\nB\n": (3, "summary"),
+        b"---\ntitle: [a, b]\n---\nB\n": (2, "title"),
+    }
+    for raw, (line, field) in cases.items():
+        with pytest.raises(PostError) as info:
+            parse_post(raw, path)
+        assert str(info.value).startswith(f"{path}:{line}: {field}"), str(info.value)
+
+
+@pytest.mark.parametrize(("name", "line", "words"), BROKEN_CASES)
+def test_render_command_on_broken_post_exits_1_without_traceback(
+    name: str, line: int | None, words: str, tmp_path: Path
+) -> None:
+    path = BROKEN / name
+    result = CliRunner().invoke(
+        cli, ["render", str(path)], env={"MAILER_DATA_DIR": str(tmp_path / "state")}, catch_exceptions=False
+    )
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    error_lines = [row for row in result.stderr.splitlines() if row.strip()]
+    assert len(error_lines) == 1, result.stderr
+    assert error_lines[0].startswith(f"Error: {path}")
+    assert words in error_lines[0]
+    assert "Traceback" not in result.output
