@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import email
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -379,3 +380,45 @@ def test_a_second_send_of_the_same_issue_waits_its_turn(
         _, first_err = first.communicate(timeout=120)
     assert first.returncode == 0, first_err.decode()
     assert recipients(smtp_server) == Counter({e: 1 for e in emails})
+
+
+def test_progress_bar_on_a_terminal_and_log_lines_otherwise(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path
+) -> None:
+    import pty
+
+    emails = [f"user{i}@example.com" for i in range(30)]
+    csv = write_list(tmp_path / "subs.csv", emails)
+    env = {**os.environ, **env_for(smtp_server, tmp_path)}
+    smtp_server.delay(0.02)
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mailer", *send_args(post, csv)],
+        env=env,
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+    )
+    os.close(slave)
+    screen = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        screen += chunk
+    os.close(master)
+    assert proc.wait(timeout=60) == 0, screen.decode()
+    text = screen.decode()
+    bars = re.findall(r"\r\[[#.]+\] (\d+)/30 .*?msg/s\s+ETA", text)
+    assert bars and bars[-1] == "30", text  # redrawn in place, ending full
+    assert "progress:" not in text
+
+    smtp_server.clear()
+    post2 = _dated_copy(post, dt.date(2026, 2, 10))
+    code, _, err = run(send_args(post2, csv), env_for(smtp_server, tmp_path))  # not a terminal
+    assert code == 0
+    assert re.search(r"^progress: 30/30 subscribers, 30 sent, .* msg/s", err, re.MULTILINE)
+    assert "\r" not in err
