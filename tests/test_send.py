@@ -422,3 +422,37 @@ def test_progress_bar_on_a_terminal_and_log_lines_otherwise(
     assert code == 0
     assert re.search(r"^progress: 30/30 subscribers, 30 sent, .* msg/s", err, re.MULTILINE)
     assert "\r" not in err
+
+
+def test_421_instead_of_a_reply_to_data_is_retried_on_a_new_connection(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path
+) -> None:
+    emails = [f"user{i}@example.com" for i in range(10)]
+    csv = write_list(tmp_path / "subs.csv", emails)
+    smtp_server.hang_up_after(4)
+    code, _, err = run(send_args(post, csv), env_for(smtp_server, tmp_path))
+    assert code == 0, err
+    assert recipients(smtp_server) == Counter({e: 1 for e in emails})
+    assert smtp_server.connections == 2
+    with Ledger(tmp_path / "state" / "mailer.db") as ledger:
+        attempts = [ledger.delivery("2026-02-09", e).attempts for e in emails]  # type: ignore[union-attr]
+    assert sorted(attempts) == [1] * 9 + [2]
+
+
+def test_a_server_slower_than_the_timeout_is_a_temporary_failure(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path
+) -> None:
+    emails = ["a@example.com", "b@example.com"]
+    csv = write_list(tmp_path / "subs.csv", emails)
+    env = env_for(smtp_server, tmp_path, MAILER_SMTP_TIMEOUT="0.3", MAILER_MAX_ATTEMPTS="2")
+    smtp_server.delay(1.0)
+    code, _, err = run(send_args(post, csv), env)
+    assert code == 2, err
+    assert "gave up after 2 attempts" in err
+    with Ledger(tmp_path / "state" / "mailer.db") as ledger:
+        states = {e: ledger.delivery("2026-02-09", e).state for e in emails}  # type: ignore[union-attr]
+    assert states == {"a@example.com": "deferred", "b@example.com": "deferred"}
+    smtp_server.delay(0)
+    code, _, err = run(send_args(post, csv), env)  # the rerun delivers what was deferred
+    assert code == 0, err
+    assert set(recipients(smtp_server)) == set(emails)
