@@ -62,21 +62,14 @@ def cli(ctx: click.Context, config_path: Path | None) -> None:
 
 
 def render_warnings(issue: Any, settings: Settings) -> list[str]:
-    """What a writer should know before sending: clipping, scripts removed, images without alt."""
-    warnings = []
-    size = issue.html_size()
-    if size > settings.clip_warn_bytes:
-        warnings.append(
-            f"{issue.post.path}: the HTML is {size // 1024} KB; Gmail clips messages over "
-            f"{settings.clip_warn_bytes // 1024} KB"
-        )
-    findings = issue.findings
-    if findings.removed:
-        removed = ", ".join(sorted(set(findings.removed)))
-        warnings.append(f"{issue.post.path}: removed what email clients do not run: {removed}")
-    if findings.images_without_alt:
-        warnings.append(f"{issue.post.path}: {len(findings.images_without_alt)} image(s) without alt text")
-    return warnings
+    """What a writer should know about the post before sending: the pre-send checks that did not pass."""
+    from .checks import SETTINGS_CODES, check_issue
+
+    return [
+        f"{issue.post.path}: {c.message}"
+        for c in check_issue(issue, settings)
+        if c.level != "ok" and c.code not in SETTINGS_CODES
+    ]
 
 
 @cli.command()
@@ -443,3 +436,55 @@ def suppressions_export(ctx: click.Context) -> None:
         with Ledger(settings.db_path) as ledger:
             for s in ledger.suppressions():
                 out.writerow([s.email, s.source, s.reason, _when(s.created_at)])
+
+
+@cli.command()
+@click.argument("post", type=click.Path(path_type=Path))
+@click.option("-q", "--quiet", is_flag=True, help="Print only what failed, not the checks that passed.")
+@click.pass_context
+def check(ctx: click.Context, post: Path, quiet: bool) -> None:
+    """Run the pre-send checks on POST; exit 1 when something would hurt delivery (cron: before send)."""
+    settings = settings_from(ctx)
+    with reported():
+        from .checks import check_issue, has_errors
+        from .post import load_post
+        from .render import render_issue
+
+        checks = check_issue(render_issue(load_post(post), settings), settings)
+    for c in checks:
+        if not (quiet and c.level == "ok"):
+            click.echo(f"{post}: {c.level}: {c.code}: {c.message}")
+    errors = sum(c.level == "error" for c in checks)
+    warnings = sum(c.level == "warning" for c in checks)
+    click.echo(f"{post}: {errors} error(s), {warnings} warning(s)", err=True)
+    if has_errors(checks):
+        sys.exit(ExitStatus.ERROR)
+
+
+@cli.command()
+@click.argument("target", metavar="POST_OR_FOLDER", type=click.Path(path_type=Path))
+@click.option("--port", default=0, type=click.IntRange(0, 65535), help="Port (default: any free one).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on; keep it local.")
+@click.option("--no-open", is_flag=True, help="Do not open a browser; just print the address.")
+@click.pass_context
+def preview(ctx: click.Context, target: Path, port: int, host: str, no_open: bool) -> None:
+    """Show a post (or a folder's posts) in the browser as subscribers get it; reloads on every save."""
+    settings = settings_from(ctx)
+    with reported():
+        import webbrowser
+
+        from .preview import make_server
+
+        server = make_server(
+            target, settings, host=host, port=port, notify=lambda line: click.echo(line, err=True)
+        )
+        click.echo(f"Previewing {target} at {server.url}")
+        click.echo("Press Ctrl-C to stop.")
+        if not no_open:
+            webbrowser.open(server.url)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            click.echo("Stopped.")
+        finally:
+            server.server_close()

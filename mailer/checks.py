@@ -1,0 +1,261 @@
+"""Pre-send checks of a rendered issue (what would clip, break or hurt delivery), for `check` and preview."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import urlsplit
+
+from lxml import etree
+from lxml import html as lhtml
+
+from .config import Settings
+from .markdown import text_width
+from .render import Issue
+
+Level = Literal["error", "warning", "ok"]
+SUBJECT_MAX_WIDTH = 78  # columns; inboxes cut subjects off around here (CJK characters count two)
+NEAR_CLIP = 0.9  # warn when the HTML is within 10% of Gmail's clipping size
+RESERVED_DOMAINS = ("example.com", "example.net", "example.org", "localhost")
+RESERVED_TLDS = (".example", ".test", ".invalid", ".localhost", ".local")
+DEFAULT_POSTAL_ADDRESS = Settings().postal_address
+# checks about the configuration rather than the post: `mailer render` does not repeat them
+SETTINGS_CODES = frozenset({"from-address", "unsubscribe-url", "postal-address", "dkim"})
+
+
+@dataclass(frozen=True)
+class Check:
+    """One finding: `error` would hurt delivery (check exits 1), `warning` deserves a look, `ok` passed."""
+
+    level: Level
+    code: str
+    message: str
+
+
+def check_issue(issue: Issue, settings: Settings) -> list[Check]:
+    """Run every pre-send check on a rendered issue, in a stable order, passed checks included."""
+    live = bool(settings.smtp_host)  # else mail goes to the local outbox: setup problems are only warnings
+    page = _parse(issue)  # the per-subscriber slots (the unsubscribe URL) are left empty here
+    checks = [
+        _subject(issue),
+        _size(issue, settings),
+        _summary(issue),
+        *_removed(issue),
+        _images(issue, page),
+        *_cover(issue, page),
+        _relative(issue),
+        _links(issue, page),
+        _from_address(settings, live),
+        _unsubscribe_url(settings, live),
+        _postal_address(settings),
+        *_dkim(settings, live),
+    ]
+    return checks
+
+
+def has_errors(checks: list[Check]) -> bool:
+    """Whether any check failed badly enough that sending should wait."""
+    return any(c.level == "error" for c in checks)
+
+
+def _parse(issue: Issue) -> lhtml.HtmlElement | None:
+    raw = b"".join(issue.html.chunks)
+    try:
+        return lhtml.document_fromstring(raw.decode("utf-8", "replace"))
+    except (etree.ParserError, ValueError):
+        return None
+
+
+def _short(items: list[str], limit: int = 3) -> str:
+    shown = ", ".join(item[:80] for item in items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def _subject(issue: Issue) -> Check:
+    subject = issue.subject.strip()
+    if not subject:
+        return Check("error", "subject", "the subject is empty (give the post a title)")
+    width = text_width(subject)
+    if width > SUBJECT_MAX_WIDTH:
+        return Check(
+            "warning",
+            "subject",
+            f"the subject is {width} columns wide; inboxes cut it off after about {SUBJECT_MAX_WIDTH} "
+            "(CJK characters count two)",
+        )
+    return Check("ok", "subject", f"the subject is {width} columns wide")
+
+
+def _size(issue: Issue, settings: Settings) -> Check:
+    size, limit = issue.html_size(), settings.clip_warn_bytes
+    shown = f"the HTML is {size / 1024:.0f} KB"
+    if size > limit:
+        return Check(
+            "error",
+            "html-size",
+            f"{shown}; Gmail clips messages over {limit // 1024} KB and hides the rest, "
+            "the unsubscribe link included",
+        )
+    if size > limit * NEAR_CLIP:
+        return Check("warning", "html-size", f"{shown}, close to Gmail's {limit // 1024} KB clipping size")
+    return Check("ok", "html-size", f"{shown} (Gmail clips at {limit // 1024} KB)")
+
+
+def _summary(issue: Issue) -> Check:
+    if not issue.post.summary:
+        return Check(
+            "warning",
+            "summary",
+            "no summary in the front matter: the inbox preview shows the first words of the body",
+        )
+    return Check("ok", "summary", f"summary of {len(issue.post.summary)} point(s), also the inbox preview")
+
+
+def _removed(issue: Issue) -> list[Check]:
+    removed = sorted(set(issue.findings.removed))
+    if not removed:
+        return []
+    return [Check("warning", "removed", f"removed what email clients do not run: {', '.join(removed)}")]
+
+
+def _images(issue: Issue, page: lhtml.HtmlElement | None) -> Check:
+    missing = list(issue.findings.images_without_alt)
+    if page is not None:
+        for img in page.iter("img"):
+            if img.get("alt") is None:
+                missing.append(img.get("src") or "(no src)")
+    if missing:
+        return Check(
+            "warning",
+            "image-alt",
+            f"{len(missing)} image(s) without alt text (shown when images are blocked): {_short(missing)}",
+        )
+    return Check("ok", "image-alt", "every image has alt text")
+
+
+def _cover(issue: Issue, page: lhtml.HtmlElement | None) -> list[Check]:
+    if not issue.post.cover_image or page is None:
+        return []
+    covers = [img for img in page.iter("img") if "cover" in (img.get("class") or "").split()]
+    if not covers:
+        return []
+    if not (covers[0].get("alt") or "").strip():
+        return [Check("warning", "cover-alt", "the cover image has no alt text")]
+    return [Check("ok", "cover-alt", "the cover image has alt text")]
+
+
+def _relative(issue: Issue) -> Check:
+    relative = issue.findings.relative_urls
+    if relative:
+        return Check(
+            "error",
+            "relative-urls",
+            f"{len(relative)} relative link(s) or image(s) that no inbox can open (set base_url): "
+            f"{_short(relative)}",
+        )
+    return Check("ok", "relative-urls", "no relative links or images")
+
+
+def _links(issue: Issue, page: lhtml.HtmlElement | None) -> Check:
+    odd = [f"removed {url}" for url in issue.findings.bad_links]
+    relative = set(issue.findings.relative_urls)
+    count = 0
+    if page is not None:
+        for a in page.iter("a"):
+            href = (a.get("href") or "").strip()
+            if not href or href in relative:
+                continue
+            count += 1
+            scheme = urlsplit(href).scheme.lower()
+            if href.startswith("#"):
+                odd.append(f"{href} (in-page links do not work in most inboxes)")
+            elif scheme not in ("http", "https", "mailto"):
+                odd.append(href)
+    if odd:
+        return Check("warning", "links", f"{len(odd)} link(s) that are not http(s) or mailto: {_short(odd)}")
+    return Check("ok", "links", f"all {count} link(s) are http(s) or mailto")
+
+
+def _reserved(host: str) -> bool:
+    host = host.lower().rstrip(".")
+    return (
+        host in RESERVED_DOMAINS
+        or host.endswith(RESERVED_TLDS)
+        or any(host.endswith("." + d) for d in RESERVED_DOMAINS)
+    )
+
+
+def _from_address(settings: Settings, live: bool) -> Check:
+    domain = settings.sender_domain
+    level: Level = "error" if live else "warning"
+    problem = ""
+    if domain.startswith("[") or _is_ip(domain):
+        problem = "is an IP address; receiving servers reject or junk mail from it"
+    elif "." not in domain:
+        problem = "has no top-level domain"
+    elif _reserved(domain):
+        problem = "is a reserved example domain: no one can receive mail from it (set from_email)"
+    if problem:
+        suffix = "" if live else " (fine for the local outbox)"
+        return Check(level, "from-address", f"from_email {settings.from_email}: {domain} {problem}{suffix}")
+    return Check("ok", "from-address", f"sending as {settings.from_email}")
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def _unsubscribe_url(settings: Settings, live: bool) -> Check:
+    parts = urlsplit(settings.web_url)
+    host = (parts.hostname or "").lower()
+    level: Level = "error" if live else "warning"
+    suffix = "" if live else " (fine for the local outbox)"
+    private = host in ("localhost", "") or _reserved(host)
+    if _is_ip(host):
+        address = ipaddress.ip_address(host)
+        private = address.is_private or address.is_loopback or address.is_link_local
+    if private:
+        return Check(
+            level,
+            "unsubscribe-url",
+            f"web_url {settings.web_url} is not reachable by subscribers: their unsubscribe links "
+            f"will not work{suffix}",
+        )
+    if parts.scheme != "https":
+        return Check(
+            "warning",
+            "unsubscribe-url",
+            f"web_url {settings.web_url} is not https; Gmail and Yahoo expect https one-click unsubscribe",
+        )
+    return Check("ok", "unsubscribe-url", f"unsubscribe links point to {settings.web_url}")
+
+
+def _postal_address(settings: Settings) -> Check:
+    if not settings.postal_address.strip() or settings.postal_address == DEFAULT_POSTAL_ADDRESS:
+        return Check(
+            "warning", "postal-address", "postal_address is not set: the footer needs a real one (CAN-SPAM)"
+        )
+    return Check("ok", "postal-address", "the footer has a postal address")
+
+
+def _dkim(settings: Settings, live: bool) -> list[Check]:
+    if not settings.dkim_key_file:
+        if not live:
+            return []
+        return [Check("warning", "dkim", "no DKIM signing (set dkim_key_file): inboxes junk unsigned mail")]
+    domain = (settings.dkim_domain or settings.sender_domain).lower()
+    sender = settings.sender_domain
+    if sender != domain and not sender.endswith("." + domain):
+        return [
+            Check(
+                "warning",
+                "dkim",
+                f"DKIM signs for {domain} but mail is from {sender}: DMARC alignment fails",
+            )
+        ]
+    return [Check("ok", "dkim", f"DKIM-signed for {domain}")]
