@@ -9,10 +9,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Mapping
-from email.headerregistry import Address
-from email.message import EmailMessage
-from email.policy import SMTP
-from email.utils import formatdate
+from email.utils import formatdate, parseaddr
 
 from .config import Settings
 from .render import Issue, Part
@@ -20,6 +17,7 @@ from .tokens import load_keyring, unsubscribe_mailto, unsubscribe_url
 
 _SPECIALS = re.compile(r'[\x00-\x1f\x7f()<>@,;:\\".\[\]]')
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
+_ADDRESS = re.compile(r"[^\s<>()\[\]\\,;:\"@]+@[A-Za-z0-9.-]+")
 NAME_MAX = 100
 
 
@@ -28,18 +26,11 @@ def one_line(value: str) -> str:
     return " ".join(_CONTROL.sub(" ", value).split())
 
 
-def encode_display_name(name: str) -> str:
-    """A display name as RFC 5322 allows it: quoted ASCII, or RFC 2047 encoded words (each <= 75 chars)."""
-    name = one_line(name)[:NAME_MAX]
-    if not name:
-        return ""
-    if name.isascii():
-        if not _SPECIALS.search(name):
-            return name
-        return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+def _encoded_words(text: str) -> list[str]:
+    """RFC 2047 base64 words of at most 75 characters, never splitting a character."""
     words: list[str] = []
     raw = b""
-    for ch in name:
+    for ch in text:
         b = ch.encode("utf-8")
         if len(raw) + len(b) > 45:
             words.append("=?utf-8?b?" + base64.b64encode(raw).decode("ascii") + "?=")
@@ -47,7 +38,44 @@ def encode_display_name(name: str) -> str:
         raw += b
     if raw:
         words.append("=?utf-8?b?" + base64.b64encode(raw).decode("ascii") + "?=")
-    return "\r\n ".join(words)
+    return words
+
+
+def _needs_encoding(text: str) -> bool:
+    # "=?" would be decoded by the reader as an encoded word (and by Python 3.11's own folder,
+    # which then wrote a decoded CR LF into the header): such text is encoded like non-ASCII
+    return not text.isascii() or "=?" in text or any(len(word) > 70 for word in text.split(" "))
+
+
+def encode_display_name(name: str) -> str:
+    """A display name as RFC 5322 allows it: quoted ASCII, or RFC 2047 encoded words (each <= 75 chars)."""
+    name = one_line(name)[:NAME_MAX]
+    if not name:
+        return ""
+    if not _needs_encoding(name):
+        if not _SPECIALS.search(name):
+            return name
+        return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return "\r\n ".join(_encoded_words(name))
+
+
+def encode_text(value: str) -> str:
+    """An unstructured header value (Subject): one line, folded at spaces, encoded words when needed."""
+    value = one_line(value)
+    if _needs_encoding(value):
+        return "\r\n ".join(_encoded_words(value))
+    lines = [""]
+    for word in value.split(" "):
+        if lines[-1] and len(lines[-1]) + 1 + len(word) > 70:
+            lines.append(word)
+        else:
+            lines[-1] = f"{lines[-1]} {word}" if lines[-1] else word
+    return "\r\n ".join(lines)
+
+
+def _mailbox(name: str, address: str) -> str:
+    display = encode_display_name(name)
+    return f"{display} <{address}>" if display else address
 
 
 class MessageFactory:
@@ -69,18 +97,20 @@ class MessageFactory:
         self._date_cache: tuple[int, bytes] = (0, b"")
         boundary = "==mailer-" + secrets.token_hex(12)
         self.boundary = boundary
-        static = EmailMessage(policy=SMTP)
-        static["From"] = Address(one_line(settings.from_name), addr_spec=settings.from_email)
-        if settings.reply_to:
-            static["Reply-To"] = one_line(settings.reply_to)
-        static["Subject"] = one_line(issue.subject)
-        list_label = one_line(settings.list_name or settings.from_name)
-        static["List-Id"] = f"{list_label} <{settings.effective_list_id}>"
-        static["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-        static["MIME-Version"] = "1.0"
-        static["Content-Type"] = f'multipart/alternative; boundary="{boundary}"'
-        head = static.as_bytes()
-        self._static_headers = head[: head.index(b"\r\n\r\n") + 2]
+        # written by hand, not with email.message: Python 3.11's folder turns a value such as
+        # "=?utf-8?q?=0D=0ABcc:_x?=" into a real CR LF and so an extra header
+        static = [f"From: {_mailbox(settings.from_name, settings.from_email)}"]
+        reply_name, reply_address = parseaddr(one_line(settings.reply_to))
+        if reply_address and _ADDRESS.fullmatch(reply_address):
+            static.append(f"Reply-To: {_mailbox(reply_name, reply_address)}")
+        static += [
+            f"Subject: {encode_text(issue.subject)}",
+            f"List-Id: {_mailbox(settings.list_name or settings.from_name, settings.effective_list_id)}",
+            "List-Unsubscribe-Post: List-Unsubscribe=One-Click",
+            "MIME-Version: 1.0",
+            f'Content-Type: multipart/alternative; boundary="{boundary}"',
+        ]
+        self._static_headers = "".join(line + "\r\n" for line in static).encode("ascii")
         self._text_head = _part_head("text/plain", issue.text, boundary)
         self._html_head = _part_head("text/html", issue.html, boundary)
         self._tail = f"\r\n--{boundary}--\r\n".encode("ascii")
@@ -103,8 +133,7 @@ class MessageFactory:
         values["name"] = one_line(name)[:NAME_MAX]
         values["email"] = email
         values["unsubscribe_url"] = url = unsubscribe_url(self.settings, token)
-        display = encode_display_name(name)
-        to = f"{display} <{email}>" if display else email
+        to = _mailbox(name, email)
         head = b"".join(
             (
                 self._static_headers,
