@@ -479,6 +479,8 @@ def preview(ctx: click.Context, target: Path, port: int, host: str, no_open: boo
             target, settings, host=host, port=port, notify=lambda line: click.echo(line, err=True)
         )
         click.echo(f"Previewing {target} at {server.url}")
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            click.echo(f"Warning: listening on {host}: anyone who can reach it can read the post", err=True)
         click.echo("Press Ctrl-C to stop.")
         if not no_open:
             webbrowser.open(server.url)

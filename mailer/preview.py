@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote, urlsplit
 
 from lxml import etree
@@ -27,6 +27,9 @@ from lxml import html as lhtml
 from .checks import Check, check_issue
 from .config import Settings
 from .errors import MailerError
+
+if TYPE_CHECKING:
+    from .render import Issue
 
 POLL_MS = 500
 # The desktop pane is a little wider than the 600 px email: a desktop reading pane is, and an email's
@@ -61,7 +64,7 @@ class Rendered:
 
     version: str
     path: Path
-    issue: Any  # mailer.render.Issue
+    issue: Issue
     eml: bytes
     html: str
     text: str
@@ -161,7 +164,9 @@ class Preview:
     def version(self, name: str | None = None) -> str:
         """The live-reload value: the post and the templates (or, for the index, the folder's posts)."""
         if name is None:
-            return files_version([self.target]) if self.folder else self.version(self.target.name)
+            if not self.folder:
+                return self.version(self.target.name)
+            return files_version(sorted(self.target.glob("*.md")))  # not the images beside the posts
         return files_version(
             [self.target / name if self.folder else self.target, self.settings.templates_dir]
         )
