@@ -459,3 +459,33 @@ def test_preview_command_prints_the_url_and_stops_on_ctrl_c(config: Path, post: 
         if process.poll() is None:
             process.kill()
             process.communicate()
+
+
+def test_template_errors_and_missing_files_are_pages_not_crashes(
+    serve: Any, post: Path, settings: Settings, tmp_path: Path
+) -> None:
+    templates = tmp_path / "templates"
+    shutil.copytree(settings.templates_dir, templates)
+    running = serve(post, templates_dir=templates)
+    page = f"/p/{post.name}/"
+    assert running.get(page)[0] == 200
+    html = (templates / "email.html").read_text(encoding="utf-8")
+    lines = html.split("\n")
+    lines[4] += "{% if %}"  # a Jinja syntax error on line 5
+    (templates / "email.html").write_text("\n".join(lines), encoding="utf-8")
+    status, _, body = running.get(page)
+    text = body.decode()
+    assert status == 200 and "cannot be rendered" in text
+    assert re.search(
+        r'<dd id="error-file">[^<]*email\.html</dd><dt>Line</dt><dd id="error-line">5</dd>', text
+    )
+    assert "Traceback" not in text
+
+    (templates / "email.html").write_text(html, encoding="utf-8")
+    (templates / "email.css").unlink()
+    status, _, body = running.get(page)
+    assert status == 200 and "email.css" in body.decode() and "Traceback" not in body.decode()
+    assert running.get(f"/p/{post.name}/message.eml")[0] == 500
+    shutil.copy(settings.templates_dir / "email.css", templates / "email.css")
+    status, _, body = running.get(page)
+    assert status == 200 and TITLE in body.decode() and "cannot be rendered" not in body.decode()
