@@ -1,0 +1,265 @@
+"""The rendered example email in headless Chromium at 375 and 600 px: layout, summary box, CJK font.
+
+Needs Debian's chromium (and fonts-noto-cjk); Playwright drives it and never downloads a browser.
+Set MAILER_DOCS_SCREENSHOTS=1 to also refresh the README's screenshots in docs/.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mailer.config import Settings
+from mailer.post import load_post
+from mailer.render import render_issue
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "2026-02-09.md"
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+UNSUBSCRIBE = "https://news.example.com/mailer/unsubscribe?t=sample"
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI is set, so the browser test must run)")
+    pytest.skip(reason)
+
+
+def placeholder(width: int, height: int, label: str) -> bytes:
+    """An SVG stand-in for a remote image, with its real size, so no test touches the network."""
+    return f"""<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}">
+<defs><linearGradient id="g" x1="0" y1="0" x2="1" y2="1">
+<stop offset="0" stop-color="#1e3a8a"/><stop offset="1" stop-color="#0ea5e9"/></linearGradient></defs>
+<rect width="100%" height="100%" fill="url(#g)"/>
+<text x="50%" y="50%" fill="#ffffff" font-family="sans-serif" font-size="{height // 10}"
+ text-anchor="middle" dominant-baseline="middle">{label}</text></svg>""".encode()
+
+
+@pytest.fixture(scope="module")
+def email_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The example's HTML part as a subscriber gets it, and the same with every <style> removed."""
+    folder = tmp_path_factory.mktemp("browser")
+    settings = Settings(
+        from_name="AI 日报",
+        postal_address="Example Media, 1 Example Street, Shanghai",
+        web_url="https://news.example.com/mailer",
+        view_url="{web_url}/issues/{issue_id}",
+        data_dir=folder,
+    )
+    issue = render_issue(load_post(EXAMPLE), settings)
+    html = issue.html.fill({"unsubscribe_url": UNSUBSCRIBE, "name": "", "email": ""}).decode("utf-8")
+    plain = re.sub(r"<style[^>]*>.*?</style>", "", html, flags=re.S)
+    assert plain != html and "<style" not in plain
+    files = {"email": folder / "email.html", "no-style": folder / "no-style.html"}
+    files["email"].write_text(html, encoding="utf-8")
+    files["no-style"].write_text(plain, encoding="utf-8")
+    return files
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """One Chromium for the whole module."""
+    if not CHROMIUM.exists():
+        _unavailable(f"{CHROMIUM} is missing (apt-get install chromium fonts-noto-cjk)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _unavailable("playwright is not installed (pip install -e '.[test]')")
+    os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture(scope="module")
+def open_page(browser: Any, email_files: dict[str, Path]) -> Iterator[Any]:
+    """open_page(width, which) -> a page showing the email at that width; remote images are local."""
+    images = {"cover": placeholder(1200, 630, "cover image"), "other": placeholder(240, 240, "QR")}
+    pages: dict[str, Any] = {}
+    requested: list[str] = []
+
+    def route(request_route: Any) -> None:
+        url = request_route.request.url
+        if url.startswith("file://"):
+            request_route.continue_()
+            return
+        requested.append(url)
+        body = images["cover"] if "n8n" in url else images["other"]
+        request_route.fulfill(status=200, content_type="image/svg+xml", body=body)
+
+    def open_(width: int, which: str = "email") -> Any:
+        page = pages.get(which)
+        if page is None:
+            page = pages[which] = browser.new_page(viewport={"width": width, "height": 900})
+            page.route("**/*", route)
+            page.goto(email_files[which].as_uri(), wait_until="load")
+        elif page.viewport_size["width"] != width:
+            page.set_viewport_size({"width": width, "height": 900})  # media queries re-apply
+        page.wait_for_function(f"window.innerWidth === {width} && document.fonts.status === 'loaded'")
+        return page
+
+    yield open_
+    for page in pages.values():
+        page.close()
+    assert all(u.startswith("https://ssl.aicode.cc/") for u in requested), requested
+
+
+def box(page: Any, selector: str) -> dict[str, float]:
+    found = page.query_selector(selector)
+    assert found is not None, selector
+    rect: dict[str, float] = found.bounding_box()
+    assert rect is not None, f"{selector} is not rendered"
+    return rect
+
+
+@pytest.mark.parametrize("width", [375, 600])
+def test_layout_fits_the_screen(open_page: Any, width: int) -> None:
+    page = open_page(width)
+    assert page.evaluate("document.scrollingElement.scrollWidth") <= width
+    container = box(page, "table.container")
+    assert container["width"] <= 600
+    assert container["x"] >= 0 and container["x"] + container["width"] <= width
+    if width == 375:
+        assert container["width"] == pytest.approx(375, abs=1)  # fills a phone's width
+    cover = box(page, "img.cover")
+    assert cover["width"] == pytest.approx(container["width"], abs=1)
+    assert cover["height"] == pytest.approx(cover["width"] * 630 / 1200, abs=2)  # height:auto keeps the ratio
+    # no element of the body sticks out of the container
+    overflow = page.evaluate(
+        """(right) => [...document.querySelectorAll('td.body-cell *')]
+            .filter(e => e.getBoundingClientRect().right > right + 0.5).map(e => e.tagName)""",
+        container["x"] + container["width"],
+    )
+    assert overflow == []
+
+
+def test_wide_screen_container_is_600(open_page: Any) -> None:
+    page = open_page(1024)
+    container = box(page, "table.container")
+    assert container["width"] == pytest.approx(600, abs=1)
+    assert container["x"] == pytest.approx((1024 - 600) / 2, abs=2)  # centred
+
+
+@pytest.mark.parametrize("width", [375, 600])
+def test_summary_box_visible_above_the_first_heading(open_page: Any, width: int) -> None:
+    page = open_page(width)
+    summary = page.locator("table.summary")
+    assert summary.is_visible()
+    rect = box(page, "table.summary")
+    first_h2 = box(page, "td.body-cell h2")
+    assert rect["height"] > 100 and rect["width"] > width / 2
+    assert rect["y"] + rect["height"] <= first_h2["y"]
+    items = page.locator("table.summary li")
+    assert items.count() == 8
+    for i in range(items.count()):
+        assert items.nth(i).is_visible()
+    background = page.evaluate("getComputedStyle(document.querySelector('table.summary')).backgroundColor")
+    assert background == "rgb(239, 246, 255)"
+    # the preheader is in the DOM but takes no space and is not shown
+    assert not page.locator("div.preheader").is_visible()
+
+
+def test_cjk_text_uses_a_real_cjk_font(open_page: Any) -> None:
+    page = open_page(600)
+    sample = "人工智能日报测试文字"
+    widths = page.evaluate(
+        """(sample) => {
+            const cell = document.querySelector('td.body-cell');
+            const measure = (text) => {
+                const span = document.createElement('span');
+                span.textContent = text;
+                span.style.whiteSpace = 'nowrap';
+                cell.appendChild(span);
+                const width = span.getBoundingClientRect().width;
+                span.remove();
+                return width;
+            };
+            return {cjk: measure(sample), latin: measure('0'.repeat(sample.length)),
+                    size: parseFloat(getComputedStyle(cell).fontSize)};
+        }""",
+        sample,
+    )
+    # a CJK font draws every ideograph one em wide, about twice a Latin digit
+    assert widths["cjk"] == pytest.approx(len(sample) * widths["size"], rel=0.05)
+    assert 1.6 <= widths["cjk"] / widths["latin"] <= 2.3
+    # and Chromium says which font it used for the first heading's glyphs
+    session = page.context.new_cdp_session(page)
+    session.send("DOM.enable")
+    session.send("CSS.enable")
+    root = session.send("DOM.getDocument")["root"]["nodeId"]
+    node = session.send("DOM.querySelector", {"nodeId": root, "selector": "td.body-cell h2"})["nodeId"]
+    fonts = session.send("CSS.getPlatformFontsForNode", {"nodeId": node})["fonts"]
+    families = {font["familyName"]: font["glyphCount"] for font in fonts}
+    cjk = [name for name in families if re.search(r"CJK|Han|PingFang|YaHei|Hei|Song|Ming", name)]
+    assert cjk, families
+    assert families[cjk[0]] >= 10
+    session.detach()
+
+
+def test_still_styled_without_style_element(open_page: Any) -> None:
+    page = open_page(600, "no-style")
+    style = page.evaluate(
+        """() => {
+            const get = (s) => getComputedStyle(document.querySelector(s));
+            return {
+                summary: get('table.summary').backgroundColor,
+                container: get('table.container').backgroundColor,
+                page: get('table.wrapper').backgroundColor,
+                padding: get('td.body-cell').paddingLeft,
+                card: get('div.telegram-card').backgroundColor,
+                cta: get('a.telegram-card__cta').backgroundColor,
+                title: get('h1.title').fontSize,
+            };
+        }"""
+    )
+    assert style == {
+        "summary": "rgb(239, 246, 255)",
+        "container": "rgb(255, 255, 255)",
+        "page": "rgb(243, 244, 246)",
+        "padding": "24px",
+        "card": "rgb(238, 246, 252)",
+        "cta": "rgb(34, 158, 217)",
+        "title": "26px",
+    }
+    assert 580 <= box(page, "table.container")["width"] <= 600  # the page keeps its 8 px gutter
+
+
+def test_screenshots_for_the_readme(open_page: Any, tmp_path: Path) -> None:
+    """Take the top at 600 and 375 px and the end at 600; MAILER_DOCS_SCREENSHOTS=1 puts them in docs/."""
+    shots = []
+    for name, width, top, height in (
+        ("600", 600, 0, 1300),
+        ("375", 375, 0, 1100),
+        ("600-end", 600, -760, 760),
+    ):
+        page = open_page(width)
+        if top < 0:
+            top = page.evaluate("document.scrollingElement.scrollHeight") + top
+        path = tmp_path / f"email-{name}.png"
+        page.screenshot(
+            path=str(path), full_page=True, clip={"x": 0, "y": top, "width": width, "height": height}
+        )
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+        shots.append(path)
+    if os.environ.get("MAILER_DOCS_SCREENSHOTS"):
+        for path in shots:
+            shutil.copyfile(path, ROOT / "docs" / path.name)
