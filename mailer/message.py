@@ -9,7 +9,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Mapping
-from email.utils import formatdate, parseaddr
+from email.utils import formatdate
 
 from .config import Settings
 from .render import Issue, Part
@@ -17,7 +17,8 @@ from .tokens import load_keyring, unsubscribe_mailto, unsubscribe_url
 
 _SPECIALS = re.compile(r'[\x00-\x1f\x7f()<>@,;:\\".\[\]]')
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
-_ADDRESS = re.compile(r"[^\s<>()\[\]\\,;:\"@]+@[A-Za-z0-9.-]+")
+_ADDRESS = r"[^\s<>()\[\]\\,;:\"@]+@[A-Za-z0-9.-]+"
+_REPLY_TO = re.compile(rf"(?P<name>[^<>]*?) ?<(?P<bracketed>{_ADDRESS})>|(?P<bare>{_ADDRESS})")
 NAME_MAX = 100
 
 
@@ -100,9 +101,10 @@ class MessageFactory:
         # written by hand, not with email.message: Python 3.11's folder turns a value such as
         # "=?utf-8?q?=0D=0ABcc:_x?=" into a real CR LF and so an extra header
         static = [f"From: {_mailbox(settings.from_name, settings.from_email)}"]
-        reply_name, reply_address = parseaddr(one_line(settings.reply_to))
-        if reply_address and _ADDRESS.fullmatch(reply_address):
-            static.append(f"Reply-To: {_mailbox(reply_name, reply_address)}")
+        reply_to = _REPLY_TO.fullmatch(one_line(settings.reply_to))
+        if reply_to:  # "address" or "Name <address>"; anything else is left out, not guessed at
+            name = (reply_to["name"] or "").strip().strip('"')
+            static.append(f"Reply-To: {_mailbox(name, reply_to['bracketed'] or reply_to['bare'])}")
         static += [
             f"Subject: {encode_text(issue.subject)}",
             f"List-Id: {_mailbox(settings.list_name or settings.from_name, settings.effective_list_id)}",

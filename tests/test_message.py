@@ -329,3 +329,24 @@ def test_post_title_that_looks_like_an_encoded_word_stays_in_the_subject(
     data = make_factory(render_issue(load_post(path), settings), settings).build("ada@example.com")
     assert header_names(data) == HEADERS
     assert parse(data)["Subject"] == "=?utf-8?q?=0D=0ABcc:_victim@example.com?="
+
+
+@pytest.mark.parametrize(
+    ("reply_to", "expected"),
+    [
+        ("editor@example.org", ("", "editor@example.org")),
+        ("编辑部 <editor@example.org>", ("编辑部", "editor@example.org")),
+        ("Ed <editor@example.org>\r\nBcc: victim@example.com", None),
+        ('"Ed, the editor" <editor@example.org>', ("Ed, the editor", "editor@example.org")),
+        ("not an address\r\nBcc: victim@example.com", None),
+    ],
+)
+def test_reply_to(issue: Issue, settings: Settings, reply_to: str, expected: tuple[str, str] | None) -> None:
+    data = make_factory(issue, settings.replace(reply_to=reply_to)).build("ada@example.com")
+    names = header_names(data)
+    if expected is None:
+        assert names == HEADERS
+        return
+    assert names == HEADERS[:1] + ["Reply-To"] + HEADERS[1:]
+    address = parse(data)["Reply-To"].addresses[0]
+    assert (address.display_name, address.addr_spec) == expected
