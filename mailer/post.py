@@ -117,8 +117,10 @@ def _split_front_matter(text: str, path: Path) -> tuple[dict[str, object], str, 
     handler = frontmatter.YAMLHandler()
     try:
         front, body = handler.split(text)
-    except ValueError:  # no closing ---: a leading rule, not front matter
-        return {}, text, 1
+    except ValueError:
+        if re.match(r"---[ \t]*\n[ \t]*[A-Za-z_][\w-]*[ \t]*:", text):  # `---` then `key:`: not closed
+            raise PostError(f"{path}:1: the front matter has no closing `---` line") from None
+        return {}, text, 1  # a leading rule, not front matter
     try:
         meta = handler.load(front)
     except yaml.YAMLError as exc:

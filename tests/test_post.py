@@ -113,6 +113,7 @@ BROKEN_CASES = [
     # file, line named in the message (None: no line applies), words the message must contain
     ("invalid_yaml.md", 5, "not valid YAML"),
     ("front_matter_list.md", 2, "key: value"),
+    ("unclosed.md", 1, "no closing `---`"),
     ("bad_date.md", 4, "not a date"),
     ("no_title.md", None, "no title"),
     ("empty.md", None, "empty"),
