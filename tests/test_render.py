@@ -537,3 +537,13 @@ def test_text_part_of_tables_code_and_raw_html(rich: Rendered, raw: Rendered) ->
     assert "Limited offer" in text and "Text after the raw HTML." in text
     assert "Launch video (https://www.youtube.com/embed/dQw4w9WgXcQ)" in text
     assert "alert" not in text and "Send" not in text and "password" not in text
+
+
+def test_preheader_without_summary_is_the_first_words(settings: Settings) -> None:
+    rendered = render(POSTS / "no_front_matter.md", settings)
+    assert rendered.issue.preheader.startswith("The title comes from the heading above")
+    preheader = one(rendered.doc, "div.preheader")
+    assert preheader.text_content().startswith(rendered.issue.preheader)
+    assert not CSSSelector("table.summary")(rendered.doc)
+    assert one(rendered.doc, "h1.title").text_content() == "A post without front matter"
+    assert "A post without front matter" not in one(rendered.doc, "td.body-cell").text_content()

@@ -262,3 +262,17 @@ def test_screenshots_for_the_readme(open_page: Any, tmp_path: Path) -> None:
     if os.environ.get("MAILER_DOCS_SCREENSHOTS"):
         for path in shots:
             shutil.copyfile(path, ROOT / "docs" / path.name)
+
+
+def test_dark_mode_rules_win_over_inline_styles(open_page: Any) -> None:
+    page = open_page(600)
+    colours = (
+        "() => [getComputedStyle(document.querySelector('table.container')).backgroundColor,"
+        " getComputedStyle(document.querySelector('table.summary')).backgroundColor]"
+    )
+    try:
+        page.emulate_media(color_scheme="dark")
+        assert page.evaluate(colours) == ["rgb(27, 30, 36)", "rgb(30, 42, 61)"]
+    finally:
+        page.emulate_media(color_scheme="light")
+    assert page.evaluate(colours) == ["rgb(255, 255, 255)", "rgb(239, 246, 255)"]
