@@ -122,9 +122,25 @@ BROKEN_CASES = [
 ]
 
 
+# made at test time: ruff (which formats markdown) refuses non-UTF-8 .md files in the tree
+NOT_TEXT = {
+    "binary.md": b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01",
+    "latin1.md": b"---\ntitle: Caf\xe9 cr\xe8me\n---\nLatin-1 text\n",
+}
+
+
+def broken(name: str, tmp_path: Path) -> Path:
+    """The broken post's path: a file in tests/posts/broken, or the bytes above written to tmp_path."""
+    if name not in NOT_TEXT:
+        return BROKEN / name
+    path = tmp_path / name
+    path.write_bytes(NOT_TEXT[name])
+    return path
+
+
 @pytest.mark.parametrize(("name", "line", "words"), BROKEN_CASES)
-def test_broken_post_is_one_clear_line(name: str, line: int | None, words: str) -> None:
-    path = BROKEN / name
+def test_broken_post_is_one_clear_line(name: str, line: int | None, words: str, tmp_path: Path) -> None:
+    path = broken(name, tmp_path)
     with pytest.raises(PostError) as info:
         load_post(path)
     message = str(info.value)
@@ -166,7 +182,7 @@ def test_wrong_field_types_name_their_line(tmp_path: Path) -> None:
 def test_render_command_on_broken_post_exits_1_without_traceback(
     name: str, line: int | None, words: str, tmp_path: Path
 ) -> None:
-    path = BROKEN / name
+    path = broken(name, tmp_path)
     result = CliRunner().invoke(
         cli, ["render", str(path)], env={"MAILER_DATA_DIR": str(tmp_path / "state")}, catch_exceptions=False
     )
