@@ -63,7 +63,10 @@ class Part:
         escape = htmlmod.escape if self.html else str
         for i, slot in enumerate(self.slots, 1):
             value = values.get(slot, "")
-            out.append(escape(value).encode("utf-8")[:SLOT_VALUE_MAX_BYTES])
+            data = escape(value).encode("utf-8")
+            if len(data) > SLOT_VALUE_MAX_BYTES:  # cut at a character boundary, never inside one
+                data = data[:SLOT_VALUE_MAX_BYTES].decode("utf-8", "ignore").encode("utf-8")
+            out.append(data)
             out.append(chunks[i])
         return b"".join(out)
 

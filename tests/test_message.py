@@ -233,6 +233,13 @@ def test_name_and_fields_fill_template_slots_escaped(tmp_path: Path, settings: S
     assert "Hi Ada &lt;b&gt;&amp; Bcc: x@example.com from Zürich</p>" in html
     assert text_part.get_content().startswith("Hi Ada <b>& Bcc: x@example.com\r\n")
     assert "Bcc" not in header_names(factory.build("ada@example.com", "Ada\r\nBcc: x@example.com"))
+    # a long value is cut to the slot's budget at a character boundary: the part stays valid UTF-8
+    data = factory.build("ada@example.com", "Ada", {"city": "&" * 98 + "中" * 101})
+    html = body_parts(parse(data))[1].get_payload(decode=True)
+    assert isinstance(html, bytes)
+    city = re.search(rb"from\s+(&amp;)+(\xe4\xb8\xad)+<", html)
+    assert city is not None
+    assert html.decode("utf-8")
 
 
 def test_personalising_does_not_rerun_markdown_or_premailer(issue: Issue, settings: Settings) -> None:
