@@ -61,8 +61,9 @@ class _CJKStateInline(StateInline):
         last_cjk = is_cjk(last)
         next_cjk = is_cjk(nxt)
 
-        left = not next_space and (not next_punct or last_space or last_punct or last_cjk)
-        right = not last_space and (not last_punct or next_space or next_punct or next_cjk)
+        # full-width punctuation is CJK too, so `A**（括号）**B` opens and closes like `A**括号**B`
+        left = not next_space and (not next_punct or next_cjk or last_space or last_punct or last_cjk)
+        right = not last_space and (not last_punct or last_cjk or next_space or next_punct or next_cjk)
         can_open = left and (canSplitWord or not right or last_punct)
         can_close = right and (canSplitWord or not left or next_punct)
         return Scanned(can_open, can_close, count)
