@@ -31,7 +31,7 @@ class Settings:
     # where links point
     base_url: str = ""
     web_url: str = "http://127.0.0.1:8080"
-    view_url: str = ""
+    view_url: str = "{web_url}/issues/{issue_id}"
     unsubscribe_mailto: str = ""
     # the subscriber list `send` reads when --to is not given
     subscribers: str = ""

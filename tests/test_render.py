@@ -314,8 +314,14 @@ def test_footer_unsubscribe_view_in_browser_and_postal_address(example: Rendered
     assert "AI 日报" in footer.text_content()
 
 
-def test_no_view_in_browser_link_without_a_view_url(tmp_path: Path) -> None:
-    rendered = render(EXAMPLE, make_settings(tmp_path))
+def test_view_in_browser_defaults_to_mailers_own_archive(tmp_path: Path) -> None:
+    rendered = render(EXAMPLE, make_settings(tmp_path).replace(view_url=Settings().view_url))
+    web_url = make_settings(tmp_path).web_url.rstrip("/")
+    assert one(rendered.doc, "td.topbar a").get("href") == f"{web_url}/issues/2026-02-09"
+
+
+def test_no_view_in_browser_link_when_view_url_is_empty(tmp_path: Path) -> None:
+    rendered = render(EXAMPLE, make_settings(tmp_path).replace(view_url=""))
     assert not CSSSelector("td.topbar")(rendered.doc)
     assert "在浏览器中查看" not in visible_text(rendered.doc)
     assert "在浏览器中查看" not in rendered.text
