@@ -11,11 +11,11 @@ import itertools
 import queue
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import SendAborted, TransportError
+from .errors import MailerError, SendAborted, TransportError
 from .ledger import Ledger
 from .message import MessageFactory
 from .subscribers import Subscriber
@@ -115,8 +115,99 @@ class _Job:
     data: bytes = field(compare=False, default=b"")
 
 
+class _Unrecorded(Exception):
+    """The delivery record could not be written: no further message may be delivered."""
+
+
+_Record = tuple[_Job, Outcome, threading.Event]
+
+
+class _Recorder:
+    """One thread that writes every connection's outcomes to the delivery record, many per commit.
+
+    A worker hands its outcome over and goes on with its next message up to the final "." of DATA;
+    there it waits until the outcome before is committed (Transport `ready`). So no message is
+    delivered while the one before it on the same connection is unrecorded, and a crash still
+    repeats at most one message per connection, while the fsync overlaps the next message's
+    transfer and the outcomes of all connections share one commit.
+    """
+
+    BATCH = 1000
+
+    def __init__(self, db_path: Path, issue_id: str, outcomes: queue.Queue[tuple[_Job, Outcome | None, str]]):
+        self.db_path = db_path
+        self.issue_id = issue_id
+        self.outcomes = outcomes
+        self.inbox: queue.SimpleQueue[_Record | None] = queue.SimpleQueue()
+        self.error = ""
+        self.thread = threading.Thread(target=self._run, name="mailer-record", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        """Commit what was handed over, then end the thread."""
+        self.inbox.put(None)
+        self.thread.join()
+
+    def _run(self) -> None:
+        ledger: Ledger | None = None
+        try:
+            ledger = Ledger(self.db_path)
+            stopping = False
+            while not stopping:
+                item = self.inbox.get()
+                if item is None:
+                    break
+                batch = [item]
+                while len(batch) < self.BATCH:
+                    try:
+                        item = self.inbox.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is None:
+                        stopping = True
+                        break
+                    batch.append(item)
+                self._write(ledger, batch)
+        except BaseException as exc:  # never leave a worker waiting for a commit that will not come
+            self.error = self.error or f"cannot record deliveries: {exc}"
+            raise
+        finally:
+            self._fail_rest()
+            if ledger is not None:
+                ledger.close()
+
+    def _write(self, ledger: Ledger, batch: list[_Record]) -> None:
+        if not self.error:
+            rows = [(job.sub.email, _state(outcome), outcome.code, outcome.text) for job, outcome, _ in batch]
+            try:
+                ledger.record_outcomes(self.issue_id, rows)
+            except MailerError as exc:
+                self.error = f"cannot record deliveries: {exc}"
+        for job, outcome, recorded in batch:
+            recorded.set()
+            self.outcomes.put((job, outcome, self.error))
+
+    def _fail_rest(self) -> None:
+        self.error = self.error or "the delivery record was closed"
+        while True:
+            try:
+                item = self.inbox.get_nowait()
+            except queue.Empty:
+                return
+            if item is not None:
+                job, outcome, recorded = item
+                recorded.set()
+                self.outcomes.put((job, outcome, self.error))
+
+
+def _state(outcome: Outcome) -> str:
+    if outcome.ok:
+        return "sent"
+    return "failed" if outcome.permanent else "deferred"
+
+
 class _Pool:
-    """N worker threads, each with its own connection and its own handle on the delivery record."""
+    """N worker threads, each with its own connection; one recorder thread writes their outcomes."""
 
     def __init__(
         self, transport: Transport, db_path: Path, issue_id: str, sender: str, connections: int, rate: float
@@ -126,10 +217,9 @@ class _Pool:
         self.stop = threading.Event()
         self.limiter = RateLimiter(rate)
         self.transport = transport
-        self.db_path = db_path
-        self.issue_id = issue_id
         self.sender = sender
         self.in_flight = 0
+        self.recorder = _Recorder(db_path, issue_id, self.outcomes)
         self.threads = [
             threading.Thread(target=self._work, name=f"mailer-conn-{i}", daemon=True)
             for i in range(connections)
@@ -138,8 +228,17 @@ class _Pool:
             thread.start()
 
     def _work(self) -> None:
-        ledger = Ledger(self.db_path)
         conn = self.transport.connect()
+        recorded = threading.Event()  # the outcome this connection handed over last is committed
+        recorded.set()
+        recorder = self.recorder
+
+        def ready() -> None:
+            recorded.wait()
+            if recorder.error:
+                raise _Unrecorded(recorder.error)
+
+        job: _Job | None = None
         try:
             while True:
                 job = self.jobs.get()
@@ -150,23 +249,21 @@ class _Pool:
                     self.outcomes.put((job, None, ""))
                     continue
                 try:
-                    outcome = conn.send(self.sender, job.sub.email, job.data)
+                    outcome = conn.send(self.sender, job.sub.email, job.data, ready)
                 except TransportError as exc:
                     self.outcomes.put((job, None, str(exc)))
                     continue
-                if outcome.ok:
-                    ledger.mark_sent(self.issue_id, job.sub.email, outcome.code, outcome.text)
-                else:
-                    ledger.mark_failed(
-                        self.issue_id, job.sub.email, outcome.code, outcome.text, permanent=outcome.permanent
-                    )
-                self.outcomes.put((job, outcome, ""))
+                except _Unrecorded as exc:
+                    self.outcomes.put((job, None, str(exc)))
+                    return
+                recorded.wait()  # one outcome of this connection in the recorder at a time
+                recorded.clear()
+                recorder.inbox.put((job, outcome, recorded))
         except BaseException as exc:  # never let a worker die silently: the main loop must hear of it
             self.outcomes.put((job, None, f"internal error: {exc!r}"))  # type: ignore[arg-type]
             raise
         finally:
             conn.close()
-            ledger.close()
 
     def submit(self, job: _Job, timeout: float) -> bool:
         """Queue a job; False when the queue stayed full for `timeout` seconds."""
@@ -192,6 +289,7 @@ class _Pool:
             self.jobs.put(None)
         for thread in self.threads:
             thread.join()
+        self.recorder.stop()
         return unsent
 
 
@@ -216,11 +314,10 @@ def run_send(
         if options.retry_failed and not options.dry_run:
             report.reset = ledger.reset_failed(issue_id)
         if options.dry_run:
-            for sub in subscribers:
-                if _skip(ledger, issue_id, sub, report, retry_failed=options.retry_failed):
-                    continue
-                report.would_send += 1
-                feedback.would_send(sub)
+            for sub in _unsent(ledger, issue_id, subscribers, report, retry_failed=options.retry_failed):
+                if sub is not None:
+                    report.would_send += 1
+                    feedback.would_send(sub)
             return report
         _Loop(ledger, issue_id, factory, transport, db_path, sender, options, feedback, report).run(
             subscribers
@@ -230,20 +327,34 @@ def run_send(
         ledger.close()
 
 
-def _skip(ledger: Ledger, issue_id: str, sub: Subscriber, report: Report, *, retry_failed: bool) -> bool:
-    report.seen += 1
-    if ledger.is_suppressed(sub.email):
-        report.suppressed += 1
-        return True
-    delivery = ledger.delivery(issue_id, sub.email)
-    if delivery is not None:
-        if delivery.state == "sent":
-            report.already_sent += 1
-            return True
-        if delivery.state == "failed" and not retry_failed:
-            report.failed_before += 1
-            return True
-    return False
+LOOKUP_BATCH = 256  # subscribers looked up in the record per query: a fraction of a second of sending
+
+
+def _unsent(
+    ledger: Ledger, issue_id: str, subscribers: Iterable[Subscriber], report: Report, *, retry_failed: bool
+) -> Iterator[Subscriber | None]:
+    """The subscribers to mail, in order; None for each one skipped (suppressed, sent, failed before).
+
+    The record is asked about a batch of subscribers at a time (two queries per batch, not two per
+    subscriber), just before the batch is sent, so an unsubscribe made during the send still counts.
+    """
+    it = iter(subscribers)
+    while batch := list(itertools.islice(it, LOOKUP_BATCH)):
+        suppressed, states = ledger.states(issue_id, [sub.email for sub in batch])
+        for sub in batch:
+            report.seen += 1
+            key = sub.key
+            state = states.get(key)
+            if key in suppressed:
+                report.suppressed += 1
+            elif state == "sent":
+                report.already_sent += 1
+            elif state == "failed" and not retry_failed:
+                report.failed_before += 1
+            else:
+                yield sub
+                continue
+            yield None
 
 
 class _Loop:
@@ -273,11 +384,13 @@ class _Loop:
 
     def run(self, subscribers: Iterable[Subscriber]) -> None:
         try:
-            for sub in subscribers:
+            retry_failed = self.options.retry_failed
+            for sub in _unsent(
+                self.ledger, self.issue_id, subscribers, self.report, retry_failed=retry_failed
+            ):
                 if self.fatal:
                     break
-                retry_failed = self.options.retry_failed
-                if _skip(self.ledger, self.issue_id, sub, self.report, retry_failed=retry_failed):
+                if sub is None:
                     self.feedback.progress(self.report)
                     continue
                 self._submit(_Job(0.0, next(self.seq), sub))
@@ -335,9 +448,9 @@ class _Loop:
 
     def _handle(self, job: _Job, outcome: Outcome | None, error: str, *, drain: bool) -> None:
         report = self.report
+        if error and not self.fatal:  # authentication refused, the record unwritable: nothing can go on
+            self.fatal = error
         if outcome is None:
-            if error:  # authentication refused and the like: no message can get through
-                self.fatal = error
             report.pending += 1
             return
         if outcome.ok:

@@ -7,7 +7,7 @@ takes the write lock up front (BEGIN IMMEDIATE) and waits for it up to the busy 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -19,6 +19,7 @@ from .subscribers import dedupe_key
 
 SCHEMA_VERSION = 1
 STATES = ("sending", "sent", "deferred", "failed")
+_IN_BATCH = 500  # addresses per IN (...) query, well under SQLite's limit on bound parameters
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS issues (
@@ -381,6 +382,55 @@ class Ledger:
             ).fetchone()
             if row is None:
                 raise MailerError(f"issue {issue_id}: {email} is already recorded as sent")
+
+    def record_outcomes(self, issue_id: str, outcomes: Sequence[tuple[str, str, int, str]]) -> None:
+        """Record many (email, state, code, reply) outcomes in one commit: one fsync for a whole batch.
+
+        Like mark_sent/mark_failed, except that a delivery already recorded as sent is left as it is
+        instead of raising, so one odd row cannot roll back the records of messages that went out.
+        """
+        for _, state, _, _ in outcomes:
+            if state not in ("sent", "deferred", "failed"):
+                raise ValueError(f"not an outcome state: {state!r}")
+        now = _now()
+        with self.transaction(), self._errors():
+            self._db.executemany(
+                "INSERT INTO deliveries"
+                " (issue_id, email, state, attempts, last_code, last_reply, updated_at)"
+                " VALUES (?, ?, ?, 1, ?, ?, ?)"
+                " ON CONFLICT (issue_id, email) DO UPDATE SET state = excluded.state,"
+                " attempts = attempts + (deliveries.state != 'sending'),"
+                " last_code = excluded.last_code, last_reply = excluded.last_reply,"
+                " updated_at = excluded.updated_at"
+                " WHERE deliveries.state != 'sent'",
+                [
+                    (issue_id, dedupe_key(email), state, code, reply, now)
+                    for email, state, code, reply in outcomes
+                ],
+            )
+
+    def states(self, issue_id: str, emails: Iterable[str]) -> tuple[set[str], dict[str, str]]:
+        """For many addresses at once: the suppressed ones, and the delivery state of those attempted.
+
+        Both are keyed by dedupe_key(email); one query each per call instead of two per address.
+        """
+        keys = list(dict.fromkeys(dedupe_key(e) for e in emails))
+        suppressed: set[str] = set()
+        states: dict[str, str] = {}
+        for start in range(0, len(keys), _IN_BATCH):
+            part = keys[start : start + _IN_BATCH]
+            marks = ",".join("?" * len(part))
+            suppressed.update(
+                row[0]
+                for row in self._all(f"SELECT email FROM suppressions WHERE email IN ({marks})", tuple(part))
+            )
+            states.update(
+                self._all(
+                    f"SELECT email, state FROM deliveries WHERE issue_id = ? AND email IN ({marks})",
+                    (issue_id, *part),
+                )
+            )
+        return suppressed, states
 
     def reset_failed(self, issue_id: str) -> int:
         """Turn permanent failures back into retries with a fresh attempt count; return how many."""

@@ -15,6 +15,7 @@ import smtplib
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -58,8 +59,15 @@ class Outcome:
 class Connection(Protocol):
     """One session with the mail server (or the outbox), used by one thread for many messages."""
 
-    def send(self, sender: str, recipient: str, data: bytes) -> Outcome:
-        """Deliver one message to one recipient; never raises for per-message problems."""
+    def send(
+        self, sender: str, recipient: str, data: bytes, ready: Callable[[], None] | None = None
+    ) -> Outcome:
+        """Deliver one message to one recipient; never raises for per-message problems.
+
+        `ready`, if given, is called just before the point of no return (SMTP: the final "." of
+        DATA; outbox: the rename into new/). If it raises, the message is not delivered (the SMTP
+        session is dropped, so the server discards it) and the exception propagates.
+        """
         ...
 
     def close(self) -> None:
@@ -84,8 +92,16 @@ def make_transport(settings: Settings) -> Transport:
     return OutboxTransport(settings.outbox_path)
 
 
+_END = b".\r\n"
+
+
 def stuff(data: bytes) -> bytes:
     """The DATA payload for a message: CRLF line ends, leading dots doubled, ending in CRLF.CRLF."""
+    return _stuffed_body(data) + _END
+
+
+def _stuffed_body(data: bytes) -> bytes:
+    """The DATA payload without its final ".CRLF" (sent apart, once the message may be delivered)."""
     lines = data.count(b"\n")
     if lines != data.count(b"\r\n") or data.count(b"\r") != lines:
         data = _BARE_EOL.sub(b"\r\n", data)
@@ -94,7 +110,7 @@ def stuff(data: bytes) -> bytes:
         data = b"." + data
     if not data.endswith(b"\r\n"):
         data += b"\r\n"
-    return data + b".\r\n"
+    return data
 
 
 def _one_line(raw: bytes | str) -> str:
@@ -233,12 +249,19 @@ class SMTPConnection:
             return Outcome(250, f"connected to {self._t.where}")
         return self._connect() or Outcome(250, f"connected to {self._t.where}")
 
-    def send(self, sender: str, recipient: str, data: bytes) -> Outcome:
-        """Deliver one message; reconnect once if a reused session turns out to be dead."""
+    def send(
+        self, sender: str, recipient: str, data: bytes, ready: Callable[[], None] | None = None
+    ) -> Outcome:
+        """Deliver one message; reconnect once if a reused session turns out to be dead.
+
+        `ready` is called after the message's body went out and before the "." that ends it: a
+        caller can finish recording the previous message meanwhile, and a server delivers nothing
+        it has not seen the "." of.
+        """
         bad = _bad_address(sender) or _bad_address(recipient)
         if bad:
             return Outcome(553, f"not sent: {bad}")
-        payload = stuff(data)
+        payload = _stuffed_body(data)
         for _ in range(2):
             if self._smtp is None:
                 failure = self._connect()
@@ -246,7 +269,7 @@ class SMTPConnection:
                     return failure
             reused = not self._fresh
             self._fresh = False
-            outcome, stale = self._transaction(sender, recipient, payload)
+            outcome, stale = self._transaction(sender, recipient, payload, ready)
             if not (stale and reused):
                 return outcome
         return outcome
@@ -378,7 +401,9 @@ class SMTPConnection:
             raise _Fatal(text.split(": ", 1)[1])
         return self._fail(code if 400 <= code < 500 else 0, text)
 
-    def _transaction(self, sender: str, recipient: str, payload: bytes) -> tuple[Outcome, bool]:
+    def _transaction(
+        self, sender: str, recipient: str, payload: bytes, ready: Callable[[], None] | None
+    ) -> tuple[Outcome, bool]:
         """MAIL, RCPT, DATA for one message; also say if the session was dead or closing at MAIL."""
         smtp = self._smtp
         assert smtp is not None and smtp.sock is not None
@@ -418,6 +443,13 @@ class SMTPConnection:
                     return self._rejected(code, msg, reset=True), False
             stage = "DATA"
             sock.sendall(payload)
+            if ready is not None:
+                try:
+                    ready()
+                except BaseException:
+                    self._drop()  # no "." was sent: the server discards the message
+                    raise
+            sock.sendall(_END)
             code, msg = smtp.getreply()
             return self._rejected(code, msg, reset=False), False
         except OSError as exc:
@@ -510,7 +542,9 @@ class OutboxConnection:
     ) -> None:
         self.close()
 
-    def send(self, sender: str, recipient: str, data: bytes) -> Outcome:
+    def send(
+        self, sender: str, recipient: str, data: bytes, ready: Callable[[], None] | None = None
+    ) -> Outcome:
         """Store the message with Return-Path and Delivered-To so the envelope stays visible."""
         bad = _bad_address(sender) or _bad_address(recipient)
         if bad:
@@ -528,6 +562,12 @@ class OutboxConnection:
                 fh.write(trace)
                 fh.write(data)
             final = self.path / "new" / name
+            if ready is not None:
+                try:
+                    ready()
+                except BaseException:
+                    tmp.unlink(missing_ok=True)
+                    raise
             os.replace(tmp, final)
         except OSError as exc:
             raise TransportError(f"{self.path}: cannot write to the outbox: {exc.strerror or exc}") from None
