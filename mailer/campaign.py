@@ -419,7 +419,7 @@ class _Loop:
 
     def _submit(self, job: _Job) -> None:
         sub = job.sub
-        job.data = self.factory.build(sub.email, sub.name, sub.fields)
+        job.data = self.factory.build_stuffed(sub.email, sub.name, sub.fields)
         while not self.pool.submit(job, timeout=0.05):
             self._collect(0.0)
             self._submit_due_retries()

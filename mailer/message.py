@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hashlib
 import re
 import secrets
@@ -14,6 +15,7 @@ from email.utils import formatdate
 from .config import Settings
 from .render import Issue, Part
 from .tokens import load_keyring, unsubscribe_mailto, unsubscribe_url
+from .transport import Stuffed, stuffed_body
 
 _SPECIALS = re.compile(r'[\x00-\x1f\x7f()<>@,;:\\".\[\]]')
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
@@ -116,6 +118,8 @@ class MessageFactory:
         self._text_head = _part_head("text/plain", issue.text, boundary)
         self._html_head = _part_head("text/html", issue.html, boundary)
         self._tail = f"\r\n--{boundary}--\r\n".encode("ascii")
+        text, html = _stuffed_twin(issue.text), _stuffed_twin(issue.html)
+        self._stuffed = (text, html) if text is not None and html is not None else None
 
     def message_id(self, email: str) -> str:
         """A Message-ID that is the same every time this issue goes to this subscriber."""
@@ -130,6 +134,39 @@ class MessageFactory:
 
     def build(self, email: str, name: str = "", fields: Mapping[str, str] | None = None) -> bytes:
         """The whole message for one subscriber, CRLF line endings, ready for SMTP DATA."""
+        head, values = self._head(email, name, fields)
+        message = b"".join(
+            (
+                head,
+                self._text_head,
+                _encode(self.issue.text, values),
+                self._html_head,
+                _encode(self.issue.html, values),
+                self._tail,
+            )
+        )
+        if self.dkim is not None:
+            message = self.dkim(message)
+        return message
+
+    def build_stuffed(self, email: str, name: str = "", fields: Mapping[str, str] | None = None) -> Stuffed:
+        """build() as SMTP DATA carries it (dot-stuffed), from body parts stuffed once per issue.
+
+        Equal to transport.stuffed_body(build(...)), without scanning the whole message each time.
+        """
+        if self._stuffed is None or self.dkim is not None:
+            return stuffed_body(self.build(email, name, fields))
+        head, values = self._head(email, name, fields)
+        if b"\n." in head or any("\r" in v or "\n" in v for v in values.values()):
+            return stuffed_body(self.build(email, name, fields))
+        text, html = self._stuffed
+        return Stuffed(
+            b"".join(
+                (head, self._text_head, text.fill(values), self._html_head, html.fill(values), self._tail)
+            )
+        )
+
+    def _head(self, email: str, name: str, fields: Mapping[str, str] | None) -> tuple[bytes, dict[str, str]]:
         token = self.sign(email)
         values = {k: one_line(v)[:200] for k, v in (fields or {}).items()}
         values["name"] = one_line(name)[:NAME_MAX]
@@ -147,19 +184,7 @@ class MessageFactory:
                 b"\r\n",
             )
         )
-        message = b"".join(
-            (
-                head,
-                self._text_head,
-                _encode(self.issue.text, values),
-                self._html_head,
-                _encode(self.issue.html, values),
-                self._tail,
-            )
-        )
-        if self.dkim is not None:
-            message = self.dkim(message)
-        return message
+        return head, values
 
     def _date(self) -> bytes:
         now = int(time.time())
@@ -174,6 +199,27 @@ def _part_head(content_type: str, part: Part, boundary: str) -> bytes:
         f'\r\n--{boundary}\r\nContent-Type: {content_type}; charset="utf-8"\r\n'
         f"Content-Transfer-Encoding: {cte}\r\n\r\n"
     ).encode("ascii")
+
+
+def _stuffed_twin(part: Part) -> Part | None:
+    """The part with every line-initial "." doubled, if no personal value can ever begin a line.
+
+    Values hold no line break, so a value begins a line only right after a chunk that ends one (or
+    is empty); where none does, stuffing the chunks once is stuffing every subscriber's part.
+    """
+    if not part.eight_bit:  # quoted-printable is encoded per subscriber: stuffed per message
+        return None
+    chunks = part.chunks
+    for chunk in chunks:
+        lines = chunk.count(b"\n")
+        if lines != chunk.count(b"\r\n") or chunk.count(b"\r") != lines:
+            return None
+    if any(not chunks[i] or chunks[i].endswith(b"\n") for i in range(len(part.slots))):
+        return None
+    stuffed = [c.replace(b"\r\n.", b"\r\n..") for c in chunks]
+    if stuffed[0].startswith(b"."):  # the part's first line follows its header's blank line
+        stuffed[0] = b"." + stuffed[0]
+    return dataclasses.replace(part, chunks=tuple(stuffed))
 
 
 def _encode(part: Part, values: Mapping[str, str]) -> bytes:

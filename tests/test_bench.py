@@ -9,9 +9,16 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+
+from tests.smtpd import SMTPServer
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "bench" / "run.py"
@@ -113,3 +120,172 @@ def test_ctrl_c_stops_servers_and_removes_files(tmp_path: Path) -> None:
         time.sleep(0.05)
     assert _group_members(proc.pid) == []
     assert list((tmp_path / "tmp").iterdir()) == []
+
+
+# --- the fast paths the benchmark measures, against the plain ones they replace ------------------------
+
+FAST_POST = """---
+title: Dots at line starts
+date: 2026-02-09
+summary: "- .first item starts with a dot"
+---
+# Dots at line starts
+
+.NET and .env files: this paragraph's first line starts with a dot.
+
+```
+.hidden
+..two dots
+.
+```
+
+- .item
+"""
+
+
+@pytest.fixture(scope="module")
+def factory(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from mailer.config import Settings
+    from mailer.message import make_factory
+    from mailer.post import load_post
+    from mailer.render import render_issue
+
+    folder = tmp_path_factory.mktemp("fast")
+    post = folder / "2026-02-09.md"
+    post.write_text(FAST_POST, encoding="utf-8")
+    settings = Settings(data_dir=folder / "state", secret_key="fast-path-secret-key-123")
+    return make_factory(render_issue(load_post(post), settings), settings)
+
+
+def _same_second(make: Callable[[], bytes], other: Callable[[], bytes]) -> tuple[bytes, bytes]:
+    """Two builds in the same second (the Date header), retried once across a second boundary."""
+    a, b = make(), other()
+    if a != b:
+        a, b = make(), other()
+    return a, b
+
+
+@given(
+    name=st.text(st.characters(blacklist_categories=("Cs",)), max_size=30)
+    | st.sampled_from([".", "..dot", " .x", "a\r\n.b", "王芳"]),
+    city=st.text(max_size=20) | st.just(".Oxford"),
+)
+@hypothesis_settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+def test_stuffed_build_is_the_stuffed_message(factory: Any, name: str, city: str) -> None:
+    from mailer.transport import Stuffed, stuffed_body, unstuff
+
+    assert factory._stuffed is not None, "the example parts should take the fast path"
+    email = "ann@example.com"
+    fast, slow = _same_second(
+        lambda: factory.build_stuffed(email, name, {"city": city}),
+        lambda: stuffed_body(factory.build(email, name, {"city": city})),
+    )
+    assert isinstance(fast, Stuffed)
+    assert fast == slow
+    assert b"\r\n.\r\n" not in fast and not fast.startswith(b".\r\n")  # nothing ends DATA early
+    plain, back = _same_second(lambda: factory.build(email, name, {"city": city}), lambda: unstuff(fast))
+    assert back == plain
+
+
+def test_a_line_starting_with_a_dot_is_doubled_on_the_wire(factory: Any) -> None:
+    data = factory.build_stuffed("ann@example.com", "Ann")
+    assert b"\r\n..NET and .env" in data and b"\r\n..\r\n" in data and b"\r\n...two dots" in data
+    lines = data.split(b"\r\n")
+    assert all(line.startswith(b"..") for line in lines if line.startswith(b"."))
+
+
+@pytest.mark.parametrize("pipelining", [False, True], ids=["lockstep", "pipelining"])
+def test_ready_runs_before_the_final_dot_and_can_call_the_message_off(
+    smtp_servers: Callable[..., SMTPServer], pipelining: bool
+) -> None:
+    from mailer.config import Settings
+    from mailer.transport import SMTPTransport
+
+    server = smtp_servers(pipelining=pipelining)
+    settings = Settings(smtp_host=server.host, smtp_port=server.port, smtp_security="none", smtp_timeout=5.0)
+    data = b"From: a@example.com\r\nTo: b@example.com\r\nSubject: hi\r\n\r\n.dot\r\nbody\r\n"
+    seen: list[int] = []
+    conn = SMTPTransport(settings).connect()
+    try:
+        outcome = conn.send(
+            "a@example.com", "b@example.com", data, ready=lambda: seen.append(len(server.messages))
+        )
+        assert outcome.ok and seen == [0]  # called once, while the server still had nothing
+        assert server.wait_for(1)[0].data.endswith(b"\r\n.dot\r\nbody\r\n")
+
+        def refuse() -> None:
+            raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            conn.send("a@example.com", "c@example.com", data, ready=refuse)
+        assert not conn.connected  # the session was dropped before the "."
+        again = conn.send("a@example.com", "d@example.com", data)
+        assert again.ok
+        got = [r.rcpt_tos for r in server.wait_for(2)]
+        assert got == [("b@example.com",), ("d@example.com",)]  # c's message was never delivered
+    finally:
+        conn.close()
+
+
+def test_outbox_ready_that_raises_leaves_no_message(tmp_path: Path) -> None:
+    from mailer.transport import OutboxTransport
+
+    box = tmp_path / "outbox"
+
+    def refuse() -> None:
+        raise RuntimeError("record failed")
+
+    with OutboxTransport(box).connect() as conn:
+        with pytest.raises(RuntimeError):
+            conn.send("a@example.com", "b@example.com", b"Subject: x\r\n\r\nhi\r\n", ready=refuse)
+        assert conn.send("a@example.com", "c@example.com", b"Subject: x\r\n\r\n.hi\r\n").ok
+    assert list((box / "tmp").iterdir()) == []
+    files = list((box / "new").iterdir())
+    assert len(files) == 1 and files[0].read_bytes().endswith(b"\r\n\r\n.hi\r\n")
+
+
+def test_batched_records_match_the_one_by_one_ones(tmp_path: Path) -> None:
+    from mailer.ledger import Ledger
+
+    with Ledger(tmp_path / "one.db") as one, Ledger(tmp_path / "many.db") as many:
+        for ledger in (one, many):
+            ledger.start_issue("i1", "h", "subject")
+            ledger.mark_sent("i1", "done@example.com", 250, "ok")
+            ledger.suppress("Gone@Example.com", source="manual")
+        outcomes = [
+            ("Ann@Example.com", "sent", 250, "2.0.0 queued"),
+            ("bo@example.com", "deferred", 451, "later"),
+            ("cy@example.com", "failed", 550, "no such user"),
+            ("done@example.com", "failed", 550, "too late: already sent"),
+        ]
+        for email, state, code, reply in outcomes:
+            if email.startswith("done"):
+                continue  # mark_failed raises here; record_outcomes keeps the 'sent' row as it is
+            if state == "sent":
+                one.mark_sent("i1", email, code, reply)
+            else:
+                one.mark_failed("i1", email, code, reply, permanent=state == "failed")
+        many.record_outcomes("i1", outcomes)
+        emails = [o[0] for o in outcomes] + ["new@example.com", "gone@example.com"]
+        for email in emails:
+            a, b = one.delivery("i1", email), many.delivery("i1", email)
+            assert (a is None) == (b is None), email
+            if a is not None and b is not None:
+                assert (a.state, a.attempts, a.last_code, a.last_reply) == (
+                    b.state,
+                    b.attempts,
+                    b.last_code,
+                    b.last_reply,
+                ), email
+        suppressed, states = many.states("i1", emails)
+        assert suppressed == {"gone@example.com"}
+        assert states == {
+            "ann@example.com": "sent",
+            "bo@example.com": "deferred",
+            "cy@example.com": "failed",
+            "done@example.com": "sent",
+        }
+        with pytest.raises(ValueError):
+            many.record_outcomes("i1", [("x@example.com", "sending", 0, "")])
