@@ -1,0 +1,370 @@
+"""A throwaway Postfix + Dovecot pair on loopback ports for end-to-end tests; nothing can leave the machine.
+
+    with MailSystem.start(root, "inbox.example.net", ["alice", "bob"]) as mta:
+        ...send to mta.smtp_port...
+        mta.wait_for("alice", 1)           # poll IMAP until alice has 1 message (deadline)
+        mta.fetch("alice")                 # every message in alice's INBOX, as bytes, over IMAP
+
+Postfix runs from its own config folder (`postfix -c DIR`) with its own queue and data folders, one smtpd
+on a free 127.0.0.1 port and no other listener; it accepts mail for the test's domain only and delivers it
+with virtual(8) into one Maildir per mailbox (owned by `nobody`); every other destination is refused at RCPT
+and default_transport is error(8). Dovecot runs from its own config file (`dovecot -c FILE`) with a static
+passdb, listening for IMAP on another free 127.0.0.1 port. Both need root (Postfix's master does) and the
+Debian packages postfix and dovecot-imapd; no system daemon or hand-made configuration is used.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import os
+import pty
+import pwd
+import select
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+HOST = "127.0.0.1"
+POSTFIX = Path("/usr/sbin/postfix")
+POSTCONF = Path("/usr/sbin/postconf")
+DOVECOT = Path("/usr/sbin/dovecot")
+PASSWORD = "imap-test-password"
+
+
+def missing() -> str:
+    """Why this machine cannot run the MTA tests ("" when it can)."""
+    for program in (POSTFIX, POSTCONF, DOVECOT):
+        if not os.access(program, os.X_OK):
+            return f"{program} is not installed (Debian packages postfix and dovecot-imapd)"
+    if os.geteuid() != 0:
+        return "Postfix's master process must start as root"
+    for user in ("postfix", "dovecot", "dovenull", "nobody"):
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            return f"no system user {user!r} (made by the postfix and dovecot packages)"
+    return ""
+
+
+def free_port() -> int:
+    """A port nothing listens on right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_listening(port: int, deadline: float, what: str, log: Path) -> None:
+    while True:
+        try:
+            with socket.create_connection((HOST, port), timeout=1):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                tail = log.read_text(errors="replace")[-3000:] if log.exists() else "(no log)"
+                raise RuntimeError(f"{what} did not listen on {HOST}:{port}; log:\n{tail}") from None
+            time.sleep(0.05)
+
+
+def run_on_tty(args: list[str], timeout: float = 60.0) -> tuple[int, str]:
+    """Run a command with a terminal as stderr: Postfix's commands say why they fail only to a terminal.
+
+    Reads until the command exits, not until the terminal closes: the daemons it starts inherit it.
+    """
+    main, side = pty.openpty()
+    try:
+        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=side, stderr=side)
+    finally:
+        os.close(side)
+    chunks = []
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            exited = proc.poll() is not None
+            ready, _, _ = select.select([main], [], [], 0 if exited else 0.05)
+            if ready:
+                try:
+                    chunks.append(os.read(main, 4096))
+                    continue
+                except OSError:  # EIO: no writer left
+                    pass
+            if exited:
+                break
+            if time.monotonic() > deadline:
+                proc.kill()
+                proc.wait()
+                break
+    finally:
+        os.close(main)
+    return proc.returncode, b"".join(chunks).decode("utf-8", "replace").strip()
+
+
+def _postfix_main_cf(root: Path, domain: str, owner: pwd.struct_passwd) -> str:
+    return f"""\
+compatibility_level = 3.6
+queue_directory = {root}/postfix-queue
+data_directory = {root}/postfix-data
+maillog_file = {root}/postfix.log
+maillog_file_prefixes = {root}
+mail_owner = postfix
+myhostname = mx.{domain}
+mydomain = {domain}
+myorigin = $myhostname
+inet_interfaces = {HOST}
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+# nothing but the test's domain is accepted, and nothing can leave
+mydestination =
+local_recipient_maps =
+alias_maps =
+alias_database =
+relayhost =
+relay_domains =
+smtpd_relay_restrictions = reject_unauth_destination
+default_transport = error:this test server sends nothing out
+relay_transport = error:this test server relays nothing
+local_transport = error:no local delivery here
+virtual_mailbox_domains = {domain}
+virtual_mailbox_base = {root}/mail
+virtual_mailbox_maps = texthash:{root}/postfix-mailboxes
+virtual_uid_maps = static:{owner.pw_uid}
+virtual_gid_maps = static:{owner.pw_gid}
+virtual_minimum_uid = 1
+smtpd_banner = $myhostname ESMTP mailer-test
+biff = no
+smtputf8_enable = yes
+"""
+
+
+def _postfix_master_cf(smtp_port: int) -> str:
+    services = [
+        f"{HOST}:{smtp_port} inet n - n - - smtpd",
+        "cleanup unix n - n - 0 cleanup",
+        "qmgr unix n - n 300 1 qmgr",
+        "rewrite unix - - n - - trivial-rewrite",
+        "bounce unix - - n - 0 bounce",
+        "defer unix - - n - 0 bounce",
+        "trace unix - - n - 0 bounce",
+        "verify unix - - n - 1 verify",
+        "flush unix n - n 1000? 0 flush",
+        "proxymap unix - - n - - proxymap",
+        "showq unix n - n - - showq",
+        "error unix - - n - - error",
+        "retry unix - - n - - error",
+        "discard unix - - n - - discard",
+        "virtual unix - n n - - virtual",
+        "anvil unix - - n - 1 anvil",
+        "scache unix - - n - 1 scache",
+        "postlog unix-dgram n - n - 1 postlogd",
+    ]
+    return "\n".join(services) + "\n"
+
+
+def _dovecot_conf(root: Path, imap_port: int, owner: pwd.struct_passwd) -> str:
+    return f"""\
+base_dir = {root}/dovecot-run
+state_dir = {root}/dovecot-state
+log_path = {root}/dovecot.log
+instance_name = mailer-test-{imap_port}
+listen = {HOST}
+protocols = imap
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+first_valid_uid = 1
+mail_location = maildir:{root}/mail/%d/%n
+passdb {{
+  driver = static
+  args = password={PASSWORD}
+}}
+userdb {{
+  driver = static
+  args = uid={owner.pw_uid} gid={owner.pw_gid} home={root}/mail/%d/%n
+}}
+service imap-login {{
+  inet_listener imap {{
+    address = {HOST}
+    port = {imap_port}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+"""
+
+
+class MailSystem:
+    """Postfix (SMTP in) and Dovecot (IMAP out) for one test; stop() always cleans up."""
+
+    def __init__(self, root: Path, domain: str, smtp_port: int, imap_port: int) -> None:
+        self.root = root
+        self.domain = domain
+        self.smtp_port = smtp_port
+        self.imap_port = imap_port
+        self.postfix_dir = root / "postfix-etc"
+        self.dovecot_conf = root / "dovecot.conf"
+        self.postfix_log = root / "postfix.log"
+        self.dovecot_log = root / "dovecot.log"
+        self._postfix_started = False
+        self._dovecot_started = False
+
+    @classmethod
+    def start(cls, domain: str, mailboxes: Iterable[str], *, timeout: float = 20.0) -> MailSystem:
+        """Configure and start both servers in a new folder; each mailbox is local@domain."""
+        # not under pytest's tmp_path: its folders are 0700, and virtual(8) delivers as `nobody`
+        root = Path(tempfile.mkdtemp(prefix="mailer-mta-"))
+        root.chmod(0o755)
+        system = cls(root, domain, free_port(), free_port())
+        try:
+            system._configure(list(mailboxes))
+            system._start(time.monotonic() + timeout)
+        except BaseException:
+            system.stop()
+            raise
+        return system
+
+    def __enter__(self) -> MailSystem:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def address(self, mailbox: str) -> str:
+        """The address of a mailbox (local part) at the test's domain."""
+        return f"{mailbox}@{self.domain}"
+
+    def _configure(self, mailboxes: list[str]) -> None:
+        owner = pwd.getpwnam("nobody")
+        self.postfix_dir.mkdir()
+        (self.postfix_dir / "main.cf").write_text(_postfix_main_cf(self.root, self.domain, owner))
+        (self.postfix_dir / "master.cf").write_text(_postfix_master_cf(self.smtp_port))
+        for name in ("postfix-queue", "postfix-data"):
+            (self.root / name).mkdir()
+        shutil.chown(self.root / "postfix-data", "postfix")
+        mail = self.root / "mail"
+        mail.mkdir()
+        shutil.chown(mail, owner.pw_uid, owner.pw_gid)
+        # virtual(8) delivers to virtual_mailbox_base/<value>; a trailing / means Maildir
+        (self.root / "postfix-mailboxes").write_text(
+            "".join(f"{self.address(m)} {self.domain}/{m}/\n" for m in mailboxes)
+        )
+        self.dovecot_conf.write_text(_dovecot_conf(self.root, self.imap_port, owner))
+
+    def _start(self, deadline: float) -> None:
+        self._run([str(POSTFIX), "-c", str(self.postfix_dir), "start"], "postfix start")
+        self._postfix_started = True
+        self._run([str(DOVECOT), "-c", str(self.dovecot_conf)], "dovecot")
+        self._dovecot_started = True
+        _wait_listening(self.smtp_port, deadline, "Postfix", self.postfix_log)
+        _wait_listening(self.imap_port, deadline, "Dovecot", self.dovecot_log)
+
+    def _run(self, args: list[str], what: str) -> None:
+        code, output = run_on_tty(args)
+        if code != 0:
+            raise RuntimeError(f"{what} failed ({code}): {output}")
+
+    def stop(self) -> None:
+        """Stop Postfix and Dovecot and remove the folder; safe to call more than once."""
+        problems: list[str] = []
+        if self._postfix_started:
+            self._postfix_started = False
+            code, output = run_on_tty([str(POSTFIX), "-c", str(self.postfix_dir), "stop"])
+            if code != 0:
+                problems.append(f"postfix stop ({code}): {output}")
+        if self._dovecot_started:
+            self._dovecot_started = False
+            self._stop_dovecot(problems)
+        shutil.rmtree(self.root, ignore_errors=True)
+        if problems:
+            raise RuntimeError("; ".join(problems))
+
+    def _stop_dovecot(self, problems: list[str]) -> None:
+        pid_file = self.root / "dovecot-run" / "master.pid"
+        try:
+            pid = int(pid_file.read_text().strip())
+        except (OSError, ValueError):
+            problems.append(f"dovecot: no pid in {pid_file}")
+            return
+        subprocess.run([str(DOVECOT), "-c", str(self.dovecot_conf), "stop"], capture_output=True)
+        deadline = time.monotonic() + 10
+        while _alive(pid):
+            if time.monotonic() > deadline:
+                os.kill(pid, 9)
+                problems.append(f"dovecot {pid} did not stop; killed")
+                return
+            time.sleep(0.05)
+
+    # --- reading mail, as a mail client does ----------------------------------------------------------
+
+    def fetch(self, mailbox: str) -> list[bytes]:
+        """Every message in the mailbox's INBOX, oldest first, read over IMAP (LOGIN, SELECT, FETCH)."""
+        with imaplib.IMAP4(HOST, self.imap_port, timeout=10) as imap:
+            imap.login(self.address(mailbox), PASSWORD)
+            imap.select("INBOX", readonly=True)
+            _, data = imap.uid("SEARCH", "ALL")
+            uids = data[0].split() if data and data[0] else []
+            messages = []
+            for uid in uids:
+                _, parts = imap.uid("FETCH", uid, "(BODY.PEEK[])")
+                messages.append(next(p[1] for p in parts if isinstance(p, tuple)))
+            imap.logout()
+        return messages
+
+    def count(self, mailbox: str) -> int:
+        """How many messages the mailbox's INBOX holds, asked over IMAP (STATUS)."""
+        with imaplib.IMAP4(HOST, self.imap_port, timeout=10) as imap:
+            imap.login(self.address(mailbox), PASSWORD)
+            _, data = imap.status("INBOX", "(MESSAGES)")
+            imap.logout()
+        text = data[0].decode() if data and isinstance(data[0], bytes) else ""
+        return int(text.rsplit("MESSAGES", 1)[1].strip(" )")) if "MESSAGES" in text else 0
+
+    def wait_for(self, counts: dict[str, int], timeout: float = 30.0) -> None:
+        """Poll IMAP until every mailbox holds its count of messages; AssertionError at the deadline."""
+        deadline = time.monotonic() + timeout
+        while True:
+            got = {m: self.count(m) for m in counts}
+            if got == counts:
+                return
+            if any(got[m] > counts[m] for m in counts) or time.monotonic() > deadline:
+                raise AssertionError(f"mailboxes hold {got}, expected {counts}; {self.log_tail()}")
+            time.sleep(0.1)
+
+    def queue_is_empty(self) -> bool:
+        """Whether Postfix holds no message in any queue (all delivered, or bounced)."""
+        queue = self.root / "postfix-queue"
+        for name in ("maildrop", "incoming", "active", "deferred", "hold"):
+            folder = queue / name
+            if folder.is_dir() and any(p.is_file() for p in folder.rglob("*")):
+                return False
+        return True
+
+    def deliveries(self) -> list[str]:
+        """The Postfix log lines of completed deliveries (status=sent)."""
+        text = self.postfix_log.read_text(errors="replace") if self.postfix_log.exists() else ""
+        return [line for line in text.splitlines() if "status=sent" in line]
+
+    def log_tail(self) -> str:
+        """The end of both logs, for a failure message."""
+        out = []
+        for log in (self.postfix_log, self.dovecot_log):
+            text = log.read_text(errors="replace") if log.exists() else "(none)"
+            out.append(f"--- {log.name}:\n{text[-2000:]}")
+        return "\n".join(out)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child of ours still answers kill(0)
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ", 1)[1][:1] != "Z"
+    except OSError:
+        return False
