@@ -9,6 +9,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import queue
+import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -327,6 +328,7 @@ def run_send(
         ledger.close()
 
 
+SWITCH_INTERVAL = 0.0005  # seconds, while a send runs (see _Loop.run)
 LOOKUP_BATCH = 256  # subscribers looked up in the record per query: a fraction of a second of sending
 
 
@@ -383,6 +385,16 @@ class _Loop:
         self.pool = _Pool(transport, db_path, issue_id, sender, options.connections, options.rate)
 
     def run(self, subscribers: Iterable[Subscriber]) -> None:
+        # Python's 5 ms switch interval lets a thread busy building keep the GIL from a connection
+        # whose reply has arrived (or the recorder whose fsync returned) for that long
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(interval, SWITCH_INTERVAL))
+        try:
+            self._run(subscribers)
+        finally:
+            sys.setswitchinterval(interval)
+
+    def _run(self, subscribers: Iterable[Subscriber]) -> None:
         try:
             retry_failed = self.options.retry_failed
             for sub in _unsent(
