@@ -17,7 +17,7 @@ MAX_POST_BYTES = 5 * 1024 * 1024
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 _H1 = re.compile(r"^ {0,3}# +(.*?)(?: +#+)? *$")
 _SPACES = re.compile(r"\s+")
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u2028\u2029]")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,9 @@ def parse_post(raw: bytes, path: Path) -> Post:
     elif isinstance(tags_value, str):
         tags = tuple(t.strip() for t in tags_value.split(",") if t.strip())
     elif isinstance(tags_value, list):
+        # str() of a nested list would expand YAML aliases: a few lines of `&a [*b, *b]` make gigabytes
+        if any(isinstance(t, dict | list) for t in tags_value):
+            raise PostError(f"{path}:{_key_line(text, 'tags')}: tags must be words, not lists or mappings")
         tags = tuple(_clean(str(t)) for t in tags_value if str(t).strip())
     else:
         raise PostError(f"{path}:{_key_line(text, 'tags')}: tags must be a list or a comma-separated string")
@@ -169,6 +172,10 @@ def _date(value: object, path: Path, text: str) -> dt.date | None:
         return value.date()
     if isinstance(value, dt.date):
         return value
+    if not isinstance(value, str | int | float):  # str() of a list would expand its YAML aliases
+        raise PostError(
+            f"{path}:{_key_line(text, 'date')}: date must be YYYY-MM-DD, not a {type(value).__name__}"
+        )
     try:
         return dt.datetime.fromisoformat(str(value).strip()).date()
     except ValueError:
