@@ -96,15 +96,18 @@ def send(
     if not subscribers_path.is_file():
         raise MailerError(f"{subscribers_path}: no such subscriber list")
     transport = make_transport(settings)
+
+    def bad_row(row: BadRow) -> None:
+        say(f"skipped: {row}")
+
+    # reads the header now: a list without an email column stops the send before anything is said or written
+    subscribers = read_subscribers(subscribers_path, on_bad=bad_row, stats=stats)
     if not options.dry_run:
         question = f"Send “{issue.subject}” to {subscribers_path} via {transport.description}?"
         if not confirm(question):
             return SendResult(issue, None, stats, "Nothing sent.")
         write_archive(issue, factory, settings)
         say(f"Sending {issue.issue_id} via {transport.description}")
-
-    def bad_row(row: BadRow) -> None:
-        say(f"skipped: {row}")
 
     with issue_lock(settings, issue.issue_id, dry_run=options.dry_run):
         report = run_send(
@@ -113,7 +116,7 @@ def send(
             subject=issue.subject,
             factory=factory,
             transport=transport,
-            subscribers=read_subscribers(subscribers_path, on_bad=bad_row, stats=stats),
+            subscribers=subscribers,
             db_path=settings.db_path,
             sender=settings.from_email,
             options=options,
