@@ -31,9 +31,11 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
+from mailer.campaign import LOOKUP_BATCH
 from mailer.config import Settings
 from mailer.ledger import Ledger
 from mailer.tokens import Keyring, load_keyring
+from tests.smtpd import SMTPServer
 
 HOST = "127.0.0.1"
 LIST_ID = "news.example.org"
@@ -465,4 +467,49 @@ def test_a_thousand_concurrent_one_clicks(server: Server) -> None:
     assert statuses == Counter({(200, 200): 900, (400, 400): 100})
     rows = server.suppressed("flood%")
     assert rows == Counter({(a, "one-click"): 1 for a in genuine})
+    server.assert_healthy()
+
+
+# --- an unsubscribe while a send is running -----------------------------------------------------------
+
+
+def test_a_one_click_during_a_running_send_stops_that_readers_message(
+    server: Server, smtp_server: SMTPServer, tmp_path: Path
+) -> None:
+    """The send looks subscribers up a batch at a time, just before mailing them: a later batch sees it."""
+    readers = [f"during{i:04d}@example.com" for i in range(LOOKUP_BATCH + 44)]
+    victim = readers[LOOKUP_BATCH + 34]  # in the second lookup batch
+    post = tmp_path / "2026-03-01.md"
+    post.write_text("---\ntitle: During\ndate: 2026-03-01\n---\nHello.\n", encoding="utf-8")
+    csv = tmp_path / "subscribers.csv"
+    csv.write_text("email\n" + "\n".join(readers) + "\n", encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}
+    env.update(
+        MAILER_DATA_DIR=str(server.settings.data_dir),
+        MAILER_LIST_ID=LIST_ID,
+        MAILER_FROM_EMAIL="news@example.org",
+        MAILER_SMTP_HOST=smtp_server.host,
+        MAILER_SMTP_PORT=str(smtp_server.port),
+        MAILER_SMTP_SECURITY="none",
+    )
+    smtp_server.delay(0.01)  # about 3 s for the list: the unsubscribe lands while the first batch goes out
+    send = subprocess.Popen(
+        [sys.executable, "-m", "mailer", "send", str(post), "--to", str(csv), "--yes", "--force"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        smtp_server.wait_for(5, timeout=60)
+        assert server.one_click(server.token(victim)) == 200
+        _, err = send.communicate(timeout=120)
+    finally:
+        if send.poll() is None:
+            send.kill()
+            send.communicate()
+    assert send.returncode == 0, err.decode()
+    got = Counter(r for m in smtp_server.messages for r in m.rcpt_tos)
+    assert got == Counter({r: 1 for r in readers if r != victim})
+    assert re.search(rb"suppressed \(unsubscribed\)\s+1\n", err), err.decode()
     server.assert_healthy()
