@@ -872,7 +872,7 @@ def parse(argv: Sequence[str] | None) -> Config:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
     )
     p.add_argument("--quick", action="store_true", help="small counts, seconds in all (smoke test)")
-    p.add_argument("--runs", type=int, help="runs per figure, the median is reported (default 3)")
+    p.add_argument("--runs", type=int, help="runs per figure, the median is reported (default 5)")
     p.add_argument("--messages", type=int, help="messages per send (default 10,000)")
     p.add_argument("--connections", default="1,4,8", help="connection counts to send with (default 1,4,8)")
     p.add_argument("--skip-send", action="store_true", help="no SMTP sends (no smtp-sink needed)")
@@ -895,7 +895,7 @@ def parse(argv: Sequence[str] | None) -> Config:
         p.error(f"--only: unknown part(s) {', '.join(sorted(only - set(PARTS)))}")
     return Config(
         quick=a.quick,
-        runs=a.runs or 3,
+        runs=a.runs or (3 if a.quick else 5),
         messages=a.messages or (300 if a.quick else 10_000),
         connections=tuple(int(c) for c in a.connections.split(",")) if not a.quick else (1, 8),
         build_messages=500 if a.quick else 5000,
