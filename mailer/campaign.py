@@ -444,6 +444,9 @@ class _Loop:
         now = time.monotonic()
         while self.retries and self.retries[0].due <= now and not self.fatal:
             job = heapq.heappop(self.retries)
+            if self.ledger.is_suppressed(job.sub.email):  # unsubscribed while waiting for its retry
+                self.report.suppressed += 1
+                continue
             self.report.retries += 1
             self._submit(job)
 

@@ -456,3 +456,20 @@ def test_a_server_slower_than_the_timeout_is_a_temporary_failure(
     code, _, err = run(send_args(post, csv), env)  # the rerun delivers what was deferred
     assert code == 0, err
     assert set(recipients(smtp_server)) == set(emails)
+
+
+def test_an_unsubscribe_while_a_retry_waits_cancels_the_retry(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path
+) -> None:
+    csv = write_list(tmp_path / "subs.csv", ["a@example.com", "leaving@example.com"])
+    smtp_server.fail("leaving@example.com", 451, times=1)
+    env = env_for(smtp_server, tmp_path, MAILER_RETRY_DELAY="6")
+    proc = _spawn(send_args(post, csv), env)
+    try:
+        smtp_server.wait_for(1, timeout=60)  # a@ is in; leaving@ got its 451 and waits 6 s
+        code, _, err = run(["unsubscribe", "leaving@example.com"], env)
+        assert code == 0, err
+    finally:
+        _, err_bytes = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err_bytes.decode()
+    assert recipients(smtp_server) == Counter({"a@example.com": 1})
