@@ -589,6 +589,8 @@ def bench_send(cfg: Config, tmp: Path) -> dict[int, SendRun]:
                 1: ("≥ 0.55x", rate / ref_rate >= 0.55),
                 8: ("≥ 0.35x (0.5x)", rate / ref_rate >= 0.35),
             }.get(conns, ("", None))
+            if n < 10_000:  # start-up weighs too much in a small send: the targets are for 10,000
+                target, met = "", None
             cfg.rows.append(
                 Row(
                     "send",
@@ -711,8 +713,8 @@ def bench_mailmerge(cfg: Config, tmp: Path, sends: dict[int, SendRun]) -> None:
             "mailmerge 2.x",
             ref_rate,
             rate / ref_rate,
-            "≥ 5x",
-            rate / ref_rate >= 5,
+            "≥ 5x" if n >= 10_000 else "",
+            rate / ref_rate >= 5 if n >= 10_000 else None,
             f"mailmerge: {'median of ' + str(runs) + ' runs' if runs > 1 else 'one run'}; it opens a"
             " connection per message",
         )
