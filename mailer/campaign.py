@@ -141,8 +141,20 @@ class _Recorder:
         self.outcomes = outcomes
         self.inbox: queue.SimpleQueue[_Record | None] = queue.SimpleQueue()
         self.error = ""
+        self._closed = False
+        self._lock = threading.Lock()
         self.thread = threading.Thread(target=self._run, name="mailer-record", daemon=True)
         self.thread.start()
+
+    def submit(self, job: _Job, outcome: Outcome, recorded: threading.Event) -> None:
+        """Hand an outcome over; `recorded` is set once it is committed (or can no longer be)."""
+        with self._lock:
+            if not self._closed:
+                self.inbox.put((job, outcome, recorded))
+                return
+        self.error = self.error or _CLOSED
+        recorded.set()  # the recorder is gone: the worker's next ready() raises, nothing more is sent
+        self.outcomes.put((job, outcome, self.error))
 
     def stop(self) -> None:
         """Commit what was handed over, then end the thread."""
@@ -169,8 +181,10 @@ class _Recorder:
                         break
                     batch.append(item)
                 self._write(ledger, batch)
-        except BaseException as exc:  # never leave a worker waiting for a commit that will not come
+        except MailerError as exc:  # the record cannot be opened: said once, by the main loop
             self.error = self.error or f"cannot record deliveries: {exc}"
+        except BaseException as exc:  # never leave a worker waiting for a commit that will not come
+            self.error = self.error or f"cannot record deliveries: {exc!r}"
             raise
         finally:
             self._fail_rest()
@@ -189,16 +203,21 @@ class _Recorder:
             self.outcomes.put((job, outcome, self.error))
 
     def _fail_rest(self) -> None:
-        self.error = self.error or "the delivery record was closed"
+        with self._lock:
+            self._closed = True
         while True:
             try:
                 item = self.inbox.get_nowait()
             except queue.Empty:
                 return
             if item is not None:
+                self.error = self.error or _CLOSED
                 job, outcome, recorded = item
                 recorded.set()
                 self.outcomes.put((job, outcome, self.error))
+
+
+_CLOSED = "cannot record deliveries: the delivery record was closed"
 
 
 def _state(outcome: Outcome) -> str:
@@ -259,7 +278,7 @@ class _Pool:
                     return
                 recorded.wait()  # one outcome of this connection in the recorder at a time
                 recorded.clear()
-                recorder.inbox.put((job, outcome, recorded))
+                recorder.submit(job, outcome, recorded)
         except BaseException as exc:  # never let a worker die silently: the main loop must hear of it
             self.outcomes.put((job, None, f"internal error: {exc!r}"))  # type: ignore[arg-type]
             raise

@@ -303,3 +303,30 @@ def test_the_compact_duplicate_table_is_a_set(digests: list[int]) -> None:
         assert seen.add(digest) == (key not in reference)
         reference.add(key)
     assert all(not seen.add(d) for d in digests)
+
+
+def test_when_the_record_cannot_be_written_nothing_is_delivered(
+    smtp_servers: Callable[..., SMTPServer], tmp_path: Path
+) -> None:
+    from types import MappingProxyType
+
+    from mailer.campaign import _Job, _Pool
+    from mailer.config import Settings
+    from mailer.subscribers import Subscriber
+    from mailer.transport import SMTPTransport
+
+    server = smtp_servers(pipelining=True)
+    settings = Settings(smtp_host=server.host, smtp_port=server.port, smtp_security="none", smtp_timeout=5.0)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    pool = _Pool(SMTPTransport(settings), blocker / "state" / "mailer.db", "i1", "a@example.com", 2, 0.0)
+    try:
+        for i in range(3):
+            sub = Subscriber(f"r{i}@example.com", "", MappingProxyType({}), i + 2)
+            assert pool.submit(_Job(0.0, i, sub, data=b"Subject: x\r\n\r\nhi\r\n"), timeout=5)
+        results = [pool.outcomes.get(timeout=10) for _ in range(2)]  # each connection stops at its first
+    finally:
+        unsent = pool.shutdown()
+    assert all(outcome is None and "cannot record deliveries" in error for _, outcome, error in results)
+    assert len(unsent) == 1 and pool.outcomes.empty()
+    assert server.messages == []  # no "." was ever sent: the server discarded every message
