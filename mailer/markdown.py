@@ -28,12 +28,12 @@ _CJK_RANGES = (
 )
 
 
+_CJK_CHAR = re.compile("[" + "".join(f"\\U{lo:08x}-\\U{hi:08x}" for lo, hi in _CJK_RANGES) + "]")
+
+
 def is_cjk(char: str) -> bool:
     """True for CJK ideographs, kana, hangul and full-width punctuation."""
-    if not char:
-        return False
-    code = ord(char)
-    return any(lo <= code <= hi for lo, hi in _CJK_RANGES)
+    return _CJK_CHAR.match(char) is not None
 
 
 class _CJKStateInline(StateInline):
@@ -131,6 +131,8 @@ def char_width(char: str) -> int:
 
 def text_width(text: str) -> int:
     """Columns a string takes."""
+    if text.isascii():
+        return len(text)
     return sum(char_width(c) for c in text)
 
 
@@ -140,6 +142,9 @@ def _atoms(text: str) -> list[str]:
     for piece in re.findall(r"\s+|[^\s]+", text):
         if piece.isspace():
             atoms.append(" ")
+            continue
+        if not _CJK_CHAR.search(piece):  # a plain word or URL: one atom
+            atoms.append(piece)
             continue
         word = ""
         for ch in piece:
