@@ -149,7 +149,7 @@ class UnsubscribeApp:
         self.archive = (settings.data_dir / "archive").resolve()
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        method = environ.get("REQUEST_METHOD", "GET").upper()
+        method = environ.get("REQUEST_METHOD", "GET")  # case-sensitive (RFC 9110 9.1)
         path = environ.get("PATH_INFO", "") or "/"
         extra: list[tuple[str, str]] = []
         try:

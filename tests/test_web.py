@@ -327,6 +327,19 @@ def test_wrong_method_gets_405_with_allow(site: Site) -> None:
     assert status == 405 and headers["allow"] == "GET, HEAD"
     status, headers, _ = site.request("POST", "/issues/2026-02-09", b"")
     assert status == 405 and headers["allow"] == "GET, HEAD"
+    environ = {
+        "REQUEST_METHOD": "post",  # methods are case-sensitive: "post" is not POST
+        "PATH_INFO": "/unsubscribe",
+        "QUERY_STRING": f"t={site.token('alice@example.com')}",
+        "wsgi.input": io.BytesIO(b"List-Unsubscribe=One-Click"),
+        "CONTENT_LENGTH": "26",
+        "CONTENT_TYPE": "application/x-www-form-urlencoded",
+    }
+    answers: list[str] = []
+    make_app(site.settings, keyring=site.keyring)(environ, lambda status, headers: answers.append(status))
+    assert answers[0].startswith("405")
+    with Ledger(site.settings.db_path) as ledger:
+        assert not ledger.is_suppressed("alice@example.com")
 
 
 def test_big_body_gets_413_without_being_read(site: Site) -> None:
