@@ -101,8 +101,18 @@ def _ascii_domain(domain: str) -> str:
         return domain
 
 
+MAX_LOCAL = 64  # octets before the @ (RFC 5321 4.5.3.1.1); servers refuse longer ones
+
+
 def normalize_email(raw: str) -> str:
     """Check an address's syntax (no DNS) and return the form to send to; raise ValueError if bad."""
+    address = _normalize(raw)
+    if len(address.rpartition("@")[0].encode("utf-8")) > MAX_LOCAL:
+        raise ValueError(f"the part before the @ is longer than {MAX_LOCAL} characters")
+    return address
+
+
+def _normalize(raw: str) -> str:
     match = _SIMPLE.fullmatch(raw)
     if match and match[1].lower() not in _ROLE_NAMES:
         domains = _domain_forms(match[2])

@@ -319,3 +319,12 @@ def test_fast_path_agrees_on_edge_cases(raw: str) -> None:
             normalize_email(raw)
         return
     assert normalize_email(raw) == (result.ascii_email or f"{result.local_part}@{result.ascii_domain}")
+
+
+def test_a_local_part_over_64_octets_is_a_bad_row(tmp_path: Path) -> None:
+    path = tmp_path / "subs.csv"
+    path.write_text(f"email\n{'a' * 64}@example.com\n{'b' * 65}@example.com\n", encoding="utf-8")
+    bad: list[str] = []
+    got = [s.email for s in read_subscribers(path, on_bad=lambda row: bad.append(str(row)))]
+    assert got == [f"{'a' * 64}@example.com"]
+    assert len(bad) == 1 and bad[0].startswith(f"{path}:3:") and "64" in bad[0]
