@@ -1,7 +1,8 @@
 """The send loop: skip delivered and suppressed, build, send on N connections, record, retry, report.
 
-Each worker thread records its own outcome in the delivery record before it takes the next message, so a
-crash can repeat at most the one message per connection that was sent but not yet recorded.
+One recorder thread commits the outcomes of all connections, many per fsync. A connection sends the final
+"." of a message only once the outcome of its previous message is committed, so a crash can repeat at most
+the one message per connection that the server took but the record does not show yet.
 """
 
 from __future__ import annotations
