@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol
+from typing import Protocol, Self
 
 from .config import Settings, smtp_port
 from .errors import ConfigError, TransportError
@@ -226,7 +226,25 @@ class _Fatal(Exception):
     """Raised inside a session setup step to turn into TransportError after cleanup."""
 
 
-class SMTPConnection:
+class _ClosedOnExit:
+    """`with transport.connect() as conn:` closes the connection however the block ends."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class SMTPConnection(_ClosedOnExit):
     """One SMTP session reused for many messages; reconnects after the server hangs up."""
 
     def __init__(self, transport: SMTPTransport) -> None:
@@ -240,17 +258,6 @@ class SMTPConnection:
         self._sender = ""
         self._sender_bytes = b""
         self.sessions = 0  # how many times this connection was (re)opened
-
-    def __enter__(self) -> SMTPConnection:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     @property
     def connected(self) -> bool:
@@ -535,7 +542,7 @@ class OutboxTransport:
         return OutboxConnection(self.path)
 
 
-class OutboxConnection:
+class OutboxConnection(_ClosedOnExit):
     """Write each message to tmp/ and rename it into new/, as a local delivery agent does."""
 
     _counter = itertools.count()
@@ -544,17 +551,6 @@ class OutboxConnection:
         self.path = path
         self._ready = False
         self._host = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
-
-    def __enter__(self) -> OutboxConnection:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def send(
         self, sender: str, recipient: str, data: bytes, ready: Callable[[], None] | None = None
