@@ -92,13 +92,12 @@ def render(ctx: click.Context, post: Path, output: Path | None, form: str) -> No
         issue = render_issue(load_post(post), settings)
         for warning in render_warnings(issue, settings):
             click.echo(f"Warning: {warning}", err=True)
-        values = issue.sample_values(settings)
+        factory = make_factory(issue, settings, notify=lambda line: click.echo(line, err=True))
         if form == "eml":
-            factory = make_factory(issue, settings, notify=lambda line: click.echo(line, err=True))
             data = factory.build(settings.sample_email, settings.sample_name)
         else:
             part = issue.text if form == "text" else issue.html
-            factory = make_factory(issue, settings, notify=lambda line: click.echo(line, err=True))
+            values = issue.sample_values(settings)
             values["unsubscribe_url"] = factory.unsubscribe_url(settings.sample_email)
             data = part.fill(values).replace(b"\r\n", b"\n")
         if output is None:
