@@ -1,7 +1,7 @@
 """The rendered example email in headless Chromium at 375 and 600 px: layout, summary box, CJK font.
 
 Needs Debian's chromium (and fonts-noto-cjk); Playwright drives it and never downloads a browser.
-Set MAILER_DOCS_SCREENSHOTS=1 to also refresh the README's screenshots in docs/.
+Set MAILER_DOCS_SCREENSHOTS=1 to also refresh the screenshots in docs/.
 """
 
 from __future__ import annotations
