@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,7 +27,8 @@ ALLOWED_ATTRS = {
 SAFE_SCHEMES = {"http", "https", "mailto", "tel"}
 # void in HTML5, but libxml2's HTML 4 parser nests everything that follows inside them
 NESTING_VOIDS = ("embed", "source", "track", "wbr", "keygen")
-_CSS_DANGER = re.compile(r"expression\s*\(|javascript:|vbscript:|behavio(u)?r\s*:|-moz-binding|@import", re.I)
+_CSS_DANGER = re.compile(r"expression\(|javascript:|vbscript:|behaviou?r:|-moz-binding|@import", re.I)
+_CSS_SPACE = re.compile(r"[\s\x00-\x1f\x7f]+")
 _CSS_COMMENT = re.compile(r"/\*.*?(?:\*/|$)", re.S)
 _URL_JUNK = re.compile(r"[\x00-\x20\x7f]+")
 
@@ -65,15 +67,18 @@ def safe_url(url: str, base_url: str, findings: Findings, *, image: bool = False
 
 
 def _css_plain(css: str) -> str:
-    """CSS as a client reads it: comments gone, escapes decoded (`\\65 xpression(` is `expression(`)."""
+    """CSS as a client may read it, squeezed: entities decoded (a <style> rule can end up in an attribute),
+    comments gone, escapes decoded (`\\65 xpression(` is `expression(`), then every space and control
+    character dropped, since a URL parser drops tabs and newlines (`java\\9 script:` is `javascript:`)."""
 
     def char(match: re.Match[str]) -> str:
         code = int(match.group(1), 16)
         return chr(code) if 0 < code < 0x110000 and not 0xD800 <= code <= 0xDFFF else "\ufffd"
 
-    css = _CSS_COMMENT.sub("", css)
+    css = _CSS_COMMENT.sub("", html.unescape(css))
     css = re.sub(r"\\([0-9a-fA-F]{1,6})[ \t\r\n\f]?", char, css)
-    return re.sub(r"\\(.)", r"\1", css)
+    css = re.sub(r"\\(.)", r"\1", css, flags=re.S)  # a backslash before a newline continues the line
+    return _CSS_SPACE.sub("", css)
 
 
 def _css_dangerous(css: str) -> bool:
@@ -86,7 +91,8 @@ def clean_css(css: str) -> str:
     if not _css_dangerous(css):
         return css
     parts = re.split(r"([;{}])", css)
-    return "".join(p for p in parts if not _css_dangerous(p))
+    kept = "".join(p for p in parts if not _css_dangerous(p))
+    return "" if _css_dangerous(kept) else kept  # `url(java&#9;script:..)`: the `;` split the danger
 
 
 def sanitize(

@@ -1,15 +1,35 @@
-"""Shared fixtures: a real SMTP server (tests/smtpd.py) on 127.0.0.1 and settings that point at it."""
+"""Shared fixtures: a real SMTP server (tests/smtpd.py) on 127.0.0.1 and settings that point at it.
+
+Hypothesis runs derandomized (profile `ci`): the same examples on every run, so a run passes or fails on the
+code, not on luck. `HYPOTHESIS_PROFILE=deep` (ignored when CI=true) draws fresh random examples, ten times as
+many; run it on purpose to hunt for new failures, then add each one found as an @example.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from mailer.config import Settings
 from tests.smtpd import SMTPServer, TLSFiles, make_tls_files
+
+# deadline=None: a shared 2-core machine can take seconds over one example; timing belongs in bench/
+settings.register_profile(
+    "ci", derandomize=True, database=None, print_blob=True, max_examples=100, deadline=None
+)
+settings.register_profile("deep", max_examples=1000, deadline=None, print_blob=True)
+PROFILE = "ci" if os.environ.get("CI") == "true" else os.environ.get("HYPOTHESIS_PROFILE", "ci")
+settings.load_profile(PROFILE)
+
+
+def examples(count: int) -> int:
+    """A property test's own example count (set low where each example is slow): ten times it when deep."""
+    return count * 10 if PROFILE == "deep" else count
 
 
 @pytest.fixture

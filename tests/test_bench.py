@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
+from tests.conftest import examples
 from tests.smtpd import SMTPServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -170,9 +171,7 @@ def _same_second(make: Callable[[], bytes], other: Callable[[], bytes]) -> tuple
     | st.sampled_from([".", "..dot", " .x", "a\r\n.b", "王芳"]),
     city=st.text(max_size=20) | st.just(".Oxford"),
 )
-@hypothesis_settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@hypothesis_settings(max_examples=examples(60), suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_stuffed_build_is_the_stuffed_message(factory: Any, name: str, city: str) -> None:
     from mailer.transport import Stuffed, stuffed_body, unstuff
 
@@ -292,7 +291,7 @@ def test_batched_records_match_the_one_by_one_ones(tmp_path: Path) -> None:
 
 
 @given(st.lists(st.integers(0, 2**64 - 1) | st.sampled_from([0, 1, 2, 2**64 - 1]), max_size=3000))
-@hypothesis_settings(max_examples=40, deadline=None)
+@hypothesis_settings(max_examples=examples(40))
 def test_the_compact_duplicate_table_is_a_set(digests: list[int]) -> None:
     from mailer.subscribers import _Seen
 

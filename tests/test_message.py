@@ -24,6 +24,7 @@ from mailer.message import MessageFactory, make_factory
 from mailer.post import load_post
 from mailer.render import Issue, render_issue
 from mailer.tokens import Keyring
+from tests.conftest import examples
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "2026-02-09.md"
@@ -272,7 +273,7 @@ def flat(value: str) -> str:
     return " ".join(re.sub(r"[\x00-\x1f\x7f\u2028\u2029]", " ", value).split())
 
 
-@hypothesis_settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@hypothesis_settings(max_examples=examples(150), suppress_health_check=[HealthCheck.too_slow])
 @given(title=NASTY_TEXT, name=NASTY_TEXT, from_name=NASTY_TEXT)
 # Python 3.11's own header folder decoded these into a real CR LF: "Bcc: x" became a header
 @example(title="=?utf-8?q?=0D=0ABcc:_x?=", name="", from_name="")

@@ -21,6 +21,7 @@ from mailer.subscribers import (
     normalize_email,
     read_subscribers,
 )
+from tests.conftest import examples
 
 
 def write(tmp_path: Path, data: bytes | str, name: str = "list.csv") -> Path:
@@ -287,7 +288,7 @@ PLAUSIBLE = st.builds(lambda local, domain: f"{local}@{domain}", LOCAL, DOMAIN)
 ADDRESSES = st.one_of(PLAUSIBLE, PLAUSIBLE, st.text(alphabet="ab.@-\u00fc ", max_size=12))
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=examples(500))
 @given(ADDRESSES)
 def test_fast_path_agrees_with_email_validator(raw: str) -> None:
     try:

@@ -35,6 +35,7 @@ from mailer.campaign import LOOKUP_BATCH
 from mailer.config import Settings
 from mailer.ledger import Ledger
 from mailer.tokens import Keyring, load_keyring
+from tests.conftest import examples
 from tests.smtpd import SMTPServer
 
 HOST = "127.0.0.1"
@@ -43,7 +44,7 @@ ONE_CLICK = b"List-Unsubscribe=One-Click"
 FORM = "application/x-www-form-urlencoded"
 ISSUE_TEXT = "The ninth issue, archived 九"
 PROPERTY = hypothesis_settings(
-    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=examples(40), suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 
 
