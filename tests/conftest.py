@@ -1,8 +1,8 @@
 """Shared fixtures: a real SMTP server (tests/smtpd.py) on 127.0.0.1 and settings that point at it.
 
 Hypothesis runs derandomized (profile `ci`): the same examples on every run, so a run passes or fails on the
-code, not on luck. `HYPOTHESIS_PROFILE=deep` (ignored when CI=true) draws fresh random examples, ten times as
-many; run it on purpose to hunt for new failures, then add each one found as an @example.
+code, not on luck. `HYPOTHESIS_PROFILE=deep` (ignored when CI is set) draws fresh random examples, ten times
+as many; run it on purpose to hunt for new failures, then add each one found as an @example.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ settings.register_profile(
     "ci", derandomize=True, database=None, print_blob=True, max_examples=100, deadline=None
 )
 settings.register_profile("deep", max_examples=1000, deadline=None, print_blob=True)
-PROFILE = "ci" if os.environ.get("CI") == "true" else os.environ.get("HYPOTHESIS_PROFILE", "ci")
+PROFILE = "ci" if os.environ.get("CI") else os.environ.get("HYPOTHESIS_PROFILE", "ci")
 settings.load_profile(PROFILE)
 
 
