@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -52,22 +53,62 @@ def _group_members(pgid: int) -> list[int]:
     return found
 
 
-def test_quick_run_prints_every_section(tmp_path: Path) -> None:
-    out = tmp_path / "rows.json"
-    proc = subprocess.Popen(
-        [sys.executable, str(SCRIPT), "--quick", "--skip-mailmerge", "--json", str(out)],
+def _wait_for_group(pgid: int, done: Callable[[list[int]], bool], timeout: float) -> list[int]:
+    """The group's members once `done` holds for them, or at the deadline: the one read the caller checks.
+
+    Reading the group again to assert would race: a sender may end between two reads.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        members = _group_members(pgid)
+        if done(members) or time.monotonic() > deadline:
+            return members
+        time.sleep(0.05)
+
+
+def _read_until(proc: subprocess.Popen[bytes], text: bytes, timeout: float) -> bytes:
+    """What the process printed on stdout up to `text`, read as it comes, never past the deadline."""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while text not in seen:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            break
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        seen += chunk
+    return seen
+
+
+def _bench(tmp_path: Path, *args: str) -> subprocess.Popen[bytes]:
+    """bench/run.py in a session of its own (its process group is what a terminal's Ctrl-C reaches)."""
+    return subprocess.Popen(
+        [sys.executable, str(SCRIPT), "--quick", "--skip-mailmerge", *args],
         env=_env(tmp_path),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        text=True,
         start_new_session=True,
     )
-    try:
-        table, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    """On the way out of a failed test: nothing of the bench's group outlives it."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def test_quick_run_prints_every_section(tmp_path: Path) -> None:
+    out = tmp_path / "rows.json"
+    with _bench(tmp_path, "--json", str(out)) as proc:  # `with` closes the pipes, however the test ends
+        try:
+            stdout, stderr = proc.communicate(timeout=600)
+        finally:
+            _kill(proc)
+    table, err = stdout.decode(), stderr.decode(errors="replace")
     assert proc.returncode == 0, err[-3000:]
     rows = json.loads(out.read_text())["rows"]
     sections = {r["section"] for r in rows}
@@ -90,36 +131,18 @@ def test_quick_run_prints_every_section(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not HAS_POSTFIX_TOOLS, reason="needs Debian postfix (smtp-sink, smtp-source)")
 def test_ctrl_c_stops_servers_and_removes_files(tmp_path: Path) -> None:
-    proc = subprocess.Popen(
-        [sys.executable, str(SCRIPT), "--quick", "--skip-mailmerge", "--messages", "20000"],
-        env=_env(tmp_path),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        assert proc.stdout is not None
-        seen = ""
-        deadline = time.monotonic() + 60
-        while "... send" not in seen and time.monotonic() < deadline:
-            seen += proc.stdout.read(1)
-        assert "... send" in seen, seen
-        deadline = time.monotonic() + 30
-        while len(_group_members(proc.pid)) < 3 and time.monotonic() < deadline:  # bench, sink, a sender
-            time.sleep(0.05)
-        assert len(_group_members(proc.pid)) >= 3
-        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole group
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    assert proc.returncode == 130, err[-2000:]
-    deadline = time.monotonic() + 10
-    while _group_members(proc.pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert _group_members(proc.pid) == []
+    with _bench(tmp_path, "--messages", "20000") as proc:
+        try:
+            seen = _read_until(proc, b"... send", timeout=300)
+            assert b"... send" in seen, seen
+            running = _wait_for_group(proc.pid, lambda m: len(m) >= 3, timeout=60)
+            assert len(running) >= 3, running  # bench, sink, a sender
+            os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole group
+            _, stderr = proc.communicate(timeout=120)
+        finally:
+            _kill(proc)
+    assert proc.returncode == 130, stderr.decode(errors="replace")[-2000:]
+    assert _wait_for_group(proc.pid, lambda m: not m, timeout=30) == []
     assert list((tmp_path / "tmp").iterdir()) == []
 
 
