@@ -36,6 +36,7 @@ class SendOptions:
     dry_run: bool = False
     retry_failed: bool = False
     allow_changed: bool = False
+    allow_resend: bool = False  # the same post was already sent under another issue id
 
 
 @dataclass
@@ -326,12 +327,24 @@ def run_send(
     sender: str,
     options: SendOptions,
     feedback: Feedback,
+    list_key: str = "",
+    list_path: str = "",
 ) -> Report:
-    """Send (or dry-run) one issue to a subscriber stream; resumable, never mailing anyone twice."""
+    """Send (or dry-run) one issue to a subscriber stream; resumable, never mailing anyone twice.
+
+    `list_key` names the list (a fingerprint of its contents): a run that reaches everyone on it is
+    recorded as complete for that list only.
+    """
     report = Report(issue_id)
     ledger = Ledger(db_path)
     try:
-        ledger.start_issue(issue_id, content_hash, subject, allow_changed=options.allow_changed)
+        ledger.start_issue(
+            issue_id,
+            content_hash,
+            subject,
+            allow_changed=options.allow_changed,
+            allow_resend=options.allow_resend,
+        )
         if options.retry_failed and not options.dry_run:
             report.reset = ledger.reset_failed(issue_id)
         if options.dry_run:
@@ -340,9 +353,12 @@ def run_send(
                     report.would_send += 1
                     feedback.would_send(sub)
             return report
+        run_id = ledger.start_run(issue_id, list_key, list_path)  # fails on a full disk: nothing sent yet
         _Loop(ledger, issue_id, factory, transport, db_path, sender, options, feedback, report).run(
             subscribers
         )
+        if report.complete:
+            ledger.finish_run(run_id)
         return report
     finally:
         ledger.close()

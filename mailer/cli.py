@@ -121,6 +121,7 @@ def render(ctx: click.Context, post: Path, output: Path | None, form: str) -> No
 @click.option("--retry-failed", is_flag=True, help="Try the permanently failed addresses again.")
 @click.option("--changed", is_flag=True, help="The post changed since the first send: send the new version.")
 @click.option("--force", is_flag=True, help="Send a post dated in the past or the future.")
+@click.option("--resend", is_flag=True, help="Send a post already sent under another name (renamed file).")
 @click.option("--connections", type=click.IntRange(1, 64), help="SMTP connections in parallel.")
 @click.option(
     "--rate", type=click.FloatRange(min=0), help="At most this many messages per second (all connections)."
@@ -136,6 +137,7 @@ def send(
     retry_failed: bool,
     changed: bool,
     force: bool,
+    resend: bool,
     connections: int | None,
     rate: float | None,
 ) -> None:
@@ -162,6 +164,7 @@ def send(
             dry_run=dry_run,
             retry_failed=retry_failed,
             allow_changed=changed,
+            allow_resend=resend,
         )
 
         def confirm(question: str) -> bool:

@@ -6,6 +6,8 @@ takes the write lock up front (BEGIN IMMEDIATE) and waits for it up to the busy 
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -15,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from .errors import MailerError
+from .private import FILE_MODE, make_folder, open_new, restrict
 from .subscribers import dedupe_key
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 STATES = ("sending", "sent", "deferred", "failed")
 _IN_BATCH = 500  # addresses per IN (...) query, well under SQLite's limit on bound parameters
 
@@ -26,9 +29,19 @@ CREATE TABLE IF NOT EXISTS issues (
     issue_id TEXT PRIMARY KEY,
     content_hash TEXT NOT NULL,
     subject TEXT NOT NULL,
-    created_at TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id INTEGER PRIMARY KEY,
+    issue_id TEXT NOT NULL REFERENCES issues(issue_id),
+    content_hash TEXT NOT NULL,
+    list_key TEXT NOT NULL,
+    list_path TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    started_at TEXT NOT NULL,
     completed_at TEXT
 );
+CREATE INDEX IF NOT EXISTS runs_by_list ON runs(issue_id, list_key);
 CREATE TABLE IF NOT EXISTS deliveries (
     issue_id TEXT NOT NULL REFERENCES issues(issue_id),
     email TEXT NOT NULL,
@@ -78,7 +91,7 @@ class IssueSummary:
     subject: str
     content_hash: str
     created_at: datetime
-    completed_at: datetime | None
+    completed_at: datetime | None  # the last send of this version that reached a whole list
     counts: dict[str, int]
 
     @property
@@ -145,9 +158,10 @@ class Ledger:
         self._depth = 0
         self._conn: sqlite3.Connection | None = None
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            make_folder(self.path.parent)
         except OSError as exc:
             raise MailerError(f"{self.path}: cannot create the folder: {exc.strerror}") from None
+        _private_database(self.path)
         with self._errors():
             # isolation_level=None: no implicit transactions; this class issues BEGIN IMMEDIATE itself
             self._conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
@@ -177,7 +191,20 @@ class Ledger:
                 # statement by statement: executescript() would commit the open transaction first
                 for statement in filter(str.strip, _SCHEMA.split(";")):
                     self._db.execute(statement)
+                if version == 1:
+                    self._from_v1()
                 self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _from_v1(self) -> None:
+        # Version 1 marked a whole issue complete, whatever list it went to. Which list that was is not
+        # known, so the mark becomes a run of an unknown list: shown by `status`, never matching a list
+        # (the next send of the issue reads its list again and skips whoever is recorded as sent).
+        self._db.execute(
+            "INSERT INTO runs (issue_id, content_hash, list_key, list_path, pid, started_at, completed_at)"
+            " SELECT issue_id, content_hash, '', '(before schema 2)', 0, completed_at, completed_at"
+            " FROM issues WHERE completed_at IS NOT NULL"
+        )
+        self._db.execute("ALTER TABLE issues DROP COLUMN completed_at")
 
     def close(self) -> None:
         """Close the connection (an open transaction() is rolled back)."""
@@ -204,7 +231,7 @@ class Ledger:
         try:
             yield
         except sqlite3.Error as exc:
-            raise MailerError(f"{self.path}: {_explain(exc)}") from None
+            raise MailerError(f"{self.path}: {_explain(exc, self.path)}") from None
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -250,12 +277,24 @@ class Ledger:
     # --- issues -----------------------------------------------------------------------------------
 
     def start_issue(
-        self, issue_id: str, content_hash: str, subject: str, *, allow_changed: bool = False
+        self,
+        issue_id: str,
+        content_hash: str,
+        subject: str,
+        *,
+        allow_changed: bool = False,
+        allow_resend: bool = False,
     ) -> None:
-        """Record an issue before sending it; refuse a changed post that some subscribers already got."""
+        """Record an issue before sending it; refuse a changed post that some subscribers already got.
+
+        A new issue id whose post has the exact content of one already mailed under another id (the
+        file was renamed) is refused too, unless allow_resend: its readers would get it twice.
+        """
         with self.transaction():
             row = self._one("SELECT content_hash FROM issues WHERE issue_id = ?", (issue_id,))
             if row is None:
+                if not allow_resend:
+                    self._refuse_renamed(issue_id, content_hash)
                 self._write(
                     "INSERT INTO issues (issue_id, content_hash, subject, created_at) VALUES (?, ?, ?, ?)",
                     (issue_id, content_hash, subject, _now()),
@@ -274,21 +313,51 @@ class Ledger:
                         " subscribers; pass --changed to send the new version to those not yet mailed"
                     )
             self._write(
-                "UPDATE issues SET content_hash = ?, subject = ?, completed_at = NULL WHERE issue_id = ?",
+                "UPDATE issues SET content_hash = ?, subject = ? WHERE issue_id = ?",
                 (content_hash, subject, issue_id),
             )
 
-    def mark_complete(self, issue_id: str) -> None:
-        """Note that a send reached everyone it could, so the daily run need not look again."""
-        self._write(
-            "UPDATE issues SET completed_at = ? WHERE issue_id = ? AND completed_at IS NULL",
-            (_now(), issue_id),
+    def _refuse_renamed(self, issue_id: str, content_hash: str) -> None:
+        row = self._one(
+            "SELECT i.issue_id, count(*) FROM issues AS i JOIN deliveries AS d USING (issue_id)"
+            " WHERE i.content_hash = ? AND i.issue_id != ? AND d.state IN ('sent', 'sending')"
+            " GROUP BY i.issue_id ORDER BY count(*) DESC LIMIT 1",
+            (content_hash, issue_id),
         )
+        if row is not None:
+            raise MailerError(
+                f"issue {issue_id}: this exact post was already sent as issue {row[0]} to {row[1]}"
+                " subscribers (was the file renamed?); pass --resend to mail it again under the new name"
+            )
 
-    def is_complete(self, issue_id: str) -> bool:
-        """Whether mark_complete was called for the issue's current version."""
-        row = self._one("SELECT completed_at FROM issues WHERE issue_id = ?", (issue_id,))
-        return row is not None and row[0] is not None
+    def start_run(self, issue_id: str, list_key: str, list_path: str) -> int:
+        """Record that a send of the issue to one list starts; return the run's id.
+
+        A real write and commit before the first message goes: a database that cannot take one (a full
+        disk, a read-only file) stops the send here rather than after a message the record cannot show.
+        """
+        with self.transaction():
+            row = self._write(
+                "INSERT INTO runs (issue_id, content_hash, list_key, list_path, pid, started_at)"
+                " SELECT issue_id, content_hash, ?, ?, ?, ? FROM issues WHERE issue_id = ? RETURNING run_id",
+                (list_key, list_path, os.getpid(), _now(), issue_id),
+            ).fetchone()
+            if row is None:
+                raise MailerError(f"no issue {issue_id!r}: call start_issue before start_run")
+            return int(row[0])
+
+    def finish_run(self, run_id: int) -> None:
+        """Note that a run reached everyone on its list it could, so the daily run need not look again."""
+        self._write("UPDATE runs SET completed_at = ? WHERE run_id = ?", (_now(), run_id))
+
+    def is_complete(self, issue_id: str, list_key: str) -> bool:
+        """Whether a run of the issue's current version finished for this list (the same list key)."""
+        row = self._one(
+            "SELECT 1 FROM runs JOIN issues USING (issue_id, content_hash)"
+            " WHERE issue_id = ? AND list_key = ? AND completed_at IS NOT NULL LIMIT 1",
+            (issue_id, list_key),
+        )
+        return row is not None
 
     def status(self, issue_id: str) -> IssueStatus:
         """Count the issue's deliveries per state and group what did not go out by reply."""
@@ -318,7 +387,9 @@ class Ledger:
 
     def _summaries(self, where: str, params: tuple[Any, ...]) -> list[IssueSummary]:
         rows = self._all(
-            "SELECT i.issue_id, i.subject, i.content_hash, i.created_at, i.completed_at, d.state,"
+            "SELECT i.issue_id, i.subject, i.content_hash, i.created_at,"
+            " (SELECT max(r.completed_at) FROM runs AS r"
+            "  WHERE r.issue_id = i.issue_id AND r.content_hash = i.content_hash), d.state,"
             " count(d.state) FROM issues AS i LEFT JOIN deliveries AS d USING (issue_id)"
             f" {where} GROUP BY i.issue_id, d.state ORDER BY i.created_at DESC, i.issue_id DESC",
             params,
@@ -485,9 +556,62 @@ class Ledger:
             after = rows[-1][0]
 
 
-def _explain(exc: sqlite3.Error) -> str:
+def _private_database(path: Path) -> None:
+    """Create the database file 0600 before SQLite does (its WAL and SHM files copy that mode)."""
+    try:
+        os.close(open_new(path))
+    except FileExistsError:
+        for suffix in ("", "-wal", "-shm"):
+            restrict(Path(f"{path}{suffix}"))
+    except OSError:
+        pass  # SQLite's own open says what is wrong, in the usual words
+
+
+def _no_space(path: Path) -> bool:
+    try:
+        fs = os.statvfs(path.parent)
+    except OSError:
+        return False
+    return fs.f_bavail * fs.f_frsize < 64 * 1024
+
+
+@contextmanager
+def issue_lock(db_path: Path, issue_id: str) -> Iterator[None]:
+    """Hold an exclusive lock on one issue of one database for a whole send.
+
+    Two sends of one issue would mail people twice, so the lock sits next to the database it guards (not in
+    a data folder: two data folders may share a database) and is taken on the resolved path. It is an flock,
+    so the kernel releases it when a send dies (kill -9).
+    """
+    folder = Path(os.path.realpath(db_path) + "-locks")
+    try:
+        make_folder(folder)
+        fd = os.open(folder / f"{issue_id}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+    except OSError as exc:
+        raise MailerError(f"{folder}: cannot create the send lock: {exc.strerror}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 100, 0).decode("utf-8", "replace").strip() or "another process"
+            raise MailerError(
+                f"{issue_id}: another send of this issue is running ({holder}); wait for it"
+            ) from None
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
+        except OSError as exc:
+            raise MailerError(f"{folder}: cannot write the send lock: {exc.strerror}") from None
+        yield
+    finally:
+        os.close(fd)  # releases the flock
+
+
+def _explain(exc: sqlite3.Error, path: Path) -> str:
     """Say what a SQLite error means for the user."""
     text = str(exc)
+    if "full" in text or ("disk I/O" in text and _no_space(path)):
+        return "no space left on the file system that holds it; free some and run the same command again"
     if "locked" in text or "busy" in text:
         return "the database is locked by another mailer process; try again when it has finished"
     if "not a database" in text or "malformed" in text:

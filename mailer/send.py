@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import fcntl
-import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+import hashlib
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 from .campaign import Feedback, Report, SendOptions, run_send
 from .config import Settings
 from .errors import MailerError
-from .ledger import Ledger
+from .ledger import Ledger, issue_lock
 from .message import MessageFactory, make_factory
 from .post import load_post
+from .private import make_folder, write_file
 from .render import Issue, render_issue
 from .schedule import check_age, pick_post, today
 from .subscribers import BadRow, ReadStats, read_subscribers
@@ -53,12 +53,21 @@ def prepare(post_path: Path, settings: Settings, say: Callable[[str], None]) -> 
 
 
 def write_archive(issue: Issue, factory: MessageFactory, settings: Settings) -> Path:
-    """The web version of the issue ("view in browser"), with no one's personal unsubscribe link."""
+    """The web version of the issue ("view in browser"), with no one's personal unsubscribe link.
+
+    Written before the first message goes: a data folder that cannot take it (full, read-only, a file)
+    stops the send here, with one line and nothing mailed.
+    """
     folder = settings.data_dir / "archive"
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{issue.issue_id}.html"
     values = {"unsubscribe_url": f"mailto:{settings.effective_mailto}?subject=unsubscribe"}
-    path.write_bytes(issue.html.fill(values).replace(b"\r\n", b"\n"))
+    try:
+        make_folder(folder)
+        write_file(path, issue.html.fill(values).replace(b"\r\n", b"\n"))
+    except OSError as exc:
+        raise MailerError(
+            f"{path}: cannot write the issue's web copy: {exc.strerror or exc}; nothing was sent"
+        ) from None
     return path
 
 
@@ -86,15 +95,17 @@ def send(
             if settings.smtp_host:
                 raise
             say(f"Note: {exc}; the local outbox mails no one, so going ahead")
-    if target.is_dir() and not options.dry_run and not options.retry_failed:
-        with Ledger(settings.db_path) as ledger:
-            if ledger.is_complete(issue.issue_id):
-                return SendResult(issue, None, stats, f"{post_path}: already sent; nothing to do.")
     subscribers_path = to or (Path(settings.subscribers) if settings.subscribers else None)
     if subscribers_path is None:
         raise MailerError("no subscriber list: pass --to FILE or set `subscribers` in mailer.toml")
     if not subscribers_path.is_file():
         raise MailerError(f"{subscribers_path}: no such subscriber list")
+    list_key = list_fingerprint(subscribers_path)
+    if target.is_dir() and not options.dry_run and not options.retry_failed:
+        with Ledger(settings.db_path) as ledger:
+            if ledger.is_complete(issue.issue_id, list_key):
+                note = f"{post_path}: already sent to {subscribers_path}; nothing to do."
+                return SendResult(issue, None, stats, note)
     transport = make_transport(settings)
 
     def bad_row(row: BadRow) -> None:
@@ -109,7 +120,7 @@ def send(
         write_archive(issue, factory, settings)
         say(f"Sending {issue.issue_id} via {transport.description}")
 
-    with issue_lock(settings, issue.issue_id, dry_run=options.dry_run):
+    with nullcontext() if options.dry_run else issue_lock(settings.db_path, issue.issue_id):
         report = run_send(
             issue_id=issue.issue_id,
             content_hash=issue.post.content_hash,
@@ -121,42 +132,25 @@ def send(
             sender=settings.from_email,
             options=options,
             feedback=feedback_for(subscribers_path),
+            list_key=list_key,
+            list_path=str(subscribers_path.resolve()),
         )
-    if report.complete and not options.dry_run:
-        with Ledger(settings.db_path) as ledger:
-            ledger.mark_complete(issue.issue_id)
     return SendResult(issue, report, stats)
 
 
-@contextmanager
-def issue_lock(settings: Settings, issue_id: str, *, dry_run: bool) -> Iterator[None]:
-    """Hold an exclusive lock on the issue for the whole send: two sends of one issue would mail people twice.
+def list_fingerprint(path: Path) -> str:
+    """What makes two subscriber lists the same list for the record: the same bytes (SHA-256).
 
-    The lock is an flock on a file in the data folder, so the kernel releases it when a send dies (kill -9).
+    A send is complete per issue and list: another list, or this one with a reader added, is not done.
     """
-    if dry_run:
-        yield
-        return
-    folder = settings.data_dir / "locks"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{issue_id}.lock"
-    with open(path, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise MailerError(
-                f"{issue_id}: another send of this issue is running ({holder}); wait for it"
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()}")
-        handle.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+    except OSError as exc:
+        raise MailerError(f"{path}: cannot read the subscriber list: {exc.strerror}") from None
+    return digest.hexdigest()
 
 
 def send_test(settings: Settings, target: Path, address: str, say: Callable[[str], None]) -> str:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import ConfigError
+from .private import make_folder
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -126,7 +127,7 @@ def _read_key_file(path: Path, notify: Callable[[str], None] | None) -> str:
 def _create_key_file(path: Path) -> bool:
     """Write a new random key to path atomically; False if another process made one first."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_folder(path.parent)
         fd, tmp = tempfile.mkstemp(prefix=".secret-", dir=path.parent)  # mode 0600
     except OSError as exc:
         raise ConfigError(f"{path}: cannot create the signing key: {exc.strerror}") from None

@@ -23,6 +23,7 @@ from typing import Protocol, Self
 
 from .config import Settings, smtp_port
 from .errors import ConfigError, TransportError
+from .private import make_folder, open_new
 
 log = logging.getLogger(__name__)
 
@@ -564,13 +565,13 @@ class OutboxConnection(_ClosedOnExit):
         try:
             if not self._ready:
                 for sub in ("tmp", "new", "cur"):
-                    (self.path / sub).mkdir(parents=True, exist_ok=True)
+                    make_folder(self.path / sub)
                 self._ready = True
             now = time.time()
             name = f"{int(now)}.M{int(now % 1 * 1e6):06d}P{os.getpid()}Q{next(self._counter)}.{self._host}"
             tmp = self.path / "tmp" / name
             trace = f"Return-Path: <{sender}>\r\nDelivered-To: {recipient}\r\n".encode()
-            with open(tmp, "xb") as fh:
+            with os.fdopen(open_new(tmp), "wb") as fh:
                 fh.write(trace)
                 fh.write(data)
             final = self.path / "new" / name

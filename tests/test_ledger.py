@@ -44,6 +44,59 @@ def test_creates_folder_wal_file_and_schema_version(db: Path) -> None:
         assert again.issues() == []
 
 
+# The schema of mailer's first release, as it wrote it (PRAGMA user_version = 1): an issue was complete
+# as a whole, whatever list it went to.
+SCHEMA_V1 = """
+CREATE TABLE issues (issue_id TEXT PRIMARY KEY, content_hash TEXT NOT NULL, subject TEXT NOT NULL,
+    created_at TEXT NOT NULL, completed_at TEXT);
+CREATE TABLE deliveries (issue_id TEXT NOT NULL REFERENCES issues(issue_id), email TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('sending', 'sent', 'deferred', 'failed')),
+    attempts INTEGER NOT NULL DEFAULT 0, last_code INTEGER, last_reply TEXT NOT NULL DEFAULT '',
+    updated_at TEXT NOT NULL, PRIMARY KEY (issue_id, email)) WITHOUT ROWID;
+CREATE INDEX deliveries_by_state ON deliveries(issue_id, state);
+CREATE TABLE suppressions (email TEXT PRIMARY KEY, source TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '',
+    created_at TEXT NOT NULL);
+INSERT INTO issues VALUES ('2026-02-09', 'hash-1', 'Monday', '2026-02-09T06:00:00+00:00',
+    '2026-02-09T06:05:00+00:00');
+INSERT INTO issues VALUES ('2026-02-10', 'hash-2', 'Tuesday', '2026-02-10T06:00:00+00:00', NULL);
+INSERT INTO deliveries VALUES ('2026-02-09', 'a@example.com', 'sent', 1, 250, 'ok', '2026-02-09T06:01:00+00:00');
+INSERT INTO deliveries VALUES ('2026-02-10', 'a@example.com', 'deferred', 2, 451, 'later',
+    '2026-02-10T06:01:00+00:00');
+INSERT INTO suppressions VALUES ('gone@example.com', 'web', '', '2026-02-01T00:00:00+00:00');
+PRAGMA user_version = 1;
+"""
+
+
+def test_a_version_1_database_is_migrated_to_version_2(db: Path) -> None:
+    db.parent.mkdir(parents=True)
+    with closing(sqlite3.connect(db)) as conn:
+        conn.executescript(SCHEMA_V1)
+    with Ledger(db) as ledger:
+        monday = ledger.status(ISSUE)
+        assert monday.counts == {"sent": 1}
+        assert (
+            monday.completed_at is not None and monday.completed_at.isoformat() == "2026-02-09T06:05:00+00:00"
+        )
+        # the old mark named no list: no list counts as done, so the next send reads its list again
+        assert not ledger.is_complete(ISSUE, "any-list")
+        tuesday = ledger.delivery("2026-02-10", "a@example.com")
+        assert tuesday is not None and (tuesday.state, tuesday.attempts, tuesday.last_code) == (
+            "deferred",
+            2,
+            451,
+        )
+        assert ledger.is_suppressed("gone@example.com")
+        run = ledger.start_run(ISSUE, "list-a", "a.csv")  # the new table takes runs
+        ledger.finish_run(run)
+        assert ledger.is_complete(ISSUE, "list-a") and not ledger.is_complete(ISSUE, "list-b")
+    with closing(sqlite3.connect(db)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        columns = [r[1] for r in conn.execute("PRAGMA table_info(issues)")]
+        assert "completed_at" not in columns
+    with Ledger(db) as again:  # a migrated file opens as it is
+        assert again.is_complete(ISSUE, "list-a")
+
+
 def test_delivery_states_and_attempts(ledger: Ledger) -> None:
     assert ledger.delivery(ISSUE, "ann@example.com") is None
     assert ledger.mark_sending(ISSUE, "Ann@Example.com") == 1
@@ -118,12 +171,12 @@ def test_start_issue_changed_post_rule(ledger: Ledger) -> None:
     )
     assert ledger.status(ISSUE).content_hash == "hash-2"
 
-    ledger.mark_complete(ISSUE)
-    assert ledger.is_complete(ISSUE)
+    ledger.finish_run(ledger.start_run(ISSUE, "list-a", "a.csv"))
+    assert ledger.is_complete(ISSUE, "list-a")
     ledger.start_issue(ISSUE, "hash-3", "Monday's post, fixed again", allow_changed=True)
     status = ledger.status(ISSUE)
     assert (status.content_hash, status.subject) == ("hash-3", "Monday's post, fixed again")
-    assert not ledger.is_complete(ISSUE)  # the new version has not reached everyone yet
+    assert not ledger.is_complete(ISSUE, "list-a")  # the new version has not reached everyone yet
     assert status.counts == {"sent": 3, "failed": 1}  # what was sent stays sent
 
 

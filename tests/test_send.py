@@ -473,3 +473,81 @@ def test_an_unsubscribe_while_a_retry_waits_cancels_the_retry(
         _, err_bytes = proc.communicate(timeout=60)
     assert proc.returncode == 0, err_bytes.decode()
     assert recipients(smtp_server) == Counter({"a@example.com": 1})
+
+
+@pytest.mark.slow
+def test_two_data_folders_sharing_one_database_never_send_at_once(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path
+) -> None:
+    emails = [f"user{i}@example.com" for i in range(40)]
+    csv = write_list(tmp_path / "subs.csv", emails)
+    shared = str(tmp_path / "shared" / "mailer.db")
+    env_a = env_for(smtp_server, tmp_path, MAILER_DATA_DIR=str(tmp_path / "a"), MAILER_DATABASE=shared)
+    env_b = env_for(smtp_server, tmp_path, MAILER_DATA_DIR=str(tmp_path / "b"), MAILER_DATABASE=shared)
+    smtp_server.delay(0.02)
+    first = _spawn(send_args(post, csv), env_a)
+    try:
+        smtp_server.wait_for(3, timeout=60)
+        second = _spawn(send_args(post, csv), env_b)  # a real second process, its own data folder
+        _, second_err = second.communicate(timeout=120)
+    finally:
+        smtp_server.delay(0)
+        _, first_err = first.communicate(timeout=120)
+    assert second.returncode == 1, second_err.decode()
+    assert b"another send of this issue is running" in second_err
+    assert first.returncode == 0, first_err.decode()
+    assert recipients(smtp_server) == Counter({e: 1 for e in emails})
+    code, _, err = run(send_args(post, csv), env_b)  # the second folder's rerun sees the shared record
+    assert code == 0, err
+    assert recipients(smtp_server) == Counter({e: 1 for e in emails})
+
+
+def test_a_second_list_gets_the_issue_the_first_list_already_got(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path
+) -> None:
+    _dated_copy(post, dt.datetime.now(dt.UTC).date())
+    post.unlink()  # the folder holds today's post only
+    list_a = write_list(tmp_path / "list-a.csv", ["a1@example.com", "both@example.com"])
+    list_b = write_list(tmp_path / "list-b.csv", ["b1@example.com", "b2@example.com", "BOTH@example.com"])
+    env = env_for(smtp_server, tmp_path, MAILER_TIMEZONE="UTC")
+
+    def daily(csv: Path) -> tuple[int, str]:
+        code, _, err = run(["send", str(post.parent), "--to", str(csv), "--yes"], env)
+        return code, err
+
+    assert daily(list_a)[0] == 0
+    code, err = daily(list_b)  # the same issue, another list: not "already sent"
+    assert code == 0, err
+    assert "already sent;" not in err
+    everyone = ["a1@example.com", "both@example.com", "b1@example.com", "b2@example.com"]
+    assert recipients(smtp_server) == Counter({e: 1 for e in everyone})
+    code, err = daily(list_a)  # list A again: done, nothing read or sent
+    assert code == 0 and f"already sent to {list_a}; nothing to do" in err
+    write_list(list_a, ["a1@example.com", "both@example.com", "late@example.com"])
+    code, err = daily(list_a)  # list A with a reader added is not done: the newcomer gets it
+    assert code == 0, err
+    assert recipients(smtp_server) == Counter({e: 1 for e in [*everyone, "late@example.com"]})
+
+
+def test_a_renamed_post_is_refused_unless_resend_is_given(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path
+) -> None:
+    emails = ["a@example.com", "b@example.com"]
+    csv = write_list(tmp_path / "subs.csv", emails)
+    env = env_for(smtp_server, tmp_path)
+    assert run(send_args(post, csv), env)[0] == 0
+    renamed = post.rename(post.with_name("2026-02-09-ai-bets.md"))  # a new issue id, the same bytes
+    code, out, err = run(send_args(renamed, csv), env)
+    assert code == 1
+    lines = [line for line in err.splitlines() if line.startswith("Error:")]
+    assert lines == [
+        "Error: issue 2026-02-09-ai-bets: this exact post was already sent as issue 2026-02-09 to 2"
+        " subscribers (was the file renamed?); pass --resend to mail it again under the new name"
+    ]
+    assert "Traceback" not in out + err
+    assert recipients(smtp_server) == Counter({e: 1 for e in emails})
+    code, _, err = run(send_args(renamed, csv, "--dry-run"), env)  # a dry run says so too
+    assert code == 1 and "--resend" in err
+    code, _, err = run(send_args(renamed, csv, "--resend"), env)  # asked for by name: sent again
+    assert code == 0, err
+    assert recipients(smtp_server) == Counter({e: 2 for e in emails})
