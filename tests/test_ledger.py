@@ -59,7 +59,8 @@ CREATE TABLE suppressions (email TEXT PRIMARY KEY, source TEXT NOT NULL, reason 
 INSERT INTO issues VALUES ('2026-02-09', 'hash-1', 'Monday', '2026-02-09T06:00:00+00:00',
     '2026-02-09T06:05:00+00:00');
 INSERT INTO issues VALUES ('2026-02-10', 'hash-2', 'Tuesday', '2026-02-10T06:00:00+00:00', NULL);
-INSERT INTO deliveries VALUES ('2026-02-09', 'a@example.com', 'sent', 1, 250, 'ok', '2026-02-09T06:01:00+00:00');
+INSERT INTO deliveries VALUES ('2026-02-09', 'a@example.com', 'sent', 1, 250, 'ok',
+    '2026-02-09T06:01:00+00:00');
 INSERT INTO deliveries VALUES ('2026-02-10', 'a@example.com', 'deferred', 2, 451, 'later',
     '2026-02-10T06:01:00+00:00');
 INSERT INTO suppressions VALUES ('gone@example.com', 'web', '', '2026-02-01T00:00:00+00:00');
