@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from . import __version__
 from .errors import ExitStatus, MailerError
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ def settings_from(ctx: click.Context) -> Settings:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="mailer")
+@click.version_option(__version__, prog_name="mailer")
 @click.option(
     "--config",
     "config_path",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import os
 import tomllib
 from collections.abc import Mapping
@@ -13,7 +14,9 @@ from typing import Any
 from .errors import ConfigError
 
 DEFAULT_CONFIG = Path("mailer.toml")
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+# The repository's templates/, shipped in the wheel as the package mailer.templates (pyproject.toml maps it).
+# Installs are unpacked on disk, so the resource is a real folder that jinja2 and the preview can watch.
+SHIPPED_TEMPLATES = Path(str(importlib.resources.files("mailer.templates")))
 SECRET_SETTINGS = frozenset({"smtp_password", "secret_key", "old_secret_keys"})
 
 
@@ -39,7 +42,7 @@ class Settings:
     data_dir: Path = Path(".mailer")
     database: Path | None = None
     outbox: Path | None = None
-    templates_dir: Path = PACKAGE_ROOT / "templates"
+    templates_dir: Path = SHIPPED_TEMPLATES
     # signing of unsubscribe links
     secret_key: str = ""
     old_secret_keys: str = ""
