@@ -9,6 +9,7 @@
     server.heal("a@example.com")                   # forget faults for one address (None: all)
     server.reset_on("c@example.com")               # TCP reset instead of the reply to DATA
     server.delay(0.3)                              # wait before answering end of DATA
+    held = server.hold("d@example.com")           # keep the next RCPT's reply until held.release.set()
     server.wait_for(3)                             # the first 3 messages, waiting with a deadline
     server.messages, server.connections            # what arrived, how many sessions said EHLO/HELO
 
@@ -57,6 +58,14 @@ class _Fault:
 
 
 @dataclass
+class Hold:
+    """One RCPT reply kept back: `reached` is set when the RCPT arrives, the reply goes once `release` is."""
+
+    reached: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
 class _State:
     messages: list[Received] = field(default_factory=list)
     sessions: int = 0
@@ -66,6 +75,7 @@ class _State:
     hang_up_after: int | None = None
     delay: float = 0.0
     auth_attempts: list[tuple[str, bool]] = field(default_factory=list)
+    holds: dict[str, Hold] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -202,6 +212,11 @@ class _Handler:
         address: str,
         rcpt_options: list[str],
     ) -> str:
+        with self.owner._lock:
+            hold = self.owner._state.holds.pop(address, None)
+        if hold is not None:
+            hold.reached.set()
+            await asyncio.get_running_loop().run_in_executor(None, hold.release.wait)
         reply = self.owner._take_fault(address, "RCPT")
         if reply:
             return reply
@@ -376,6 +391,7 @@ class SMTPServer:
         self._cond = threading.Condition(self._lock)
         self._state = _State()
         self._live: set[_FaultySMTP] = set()
+        self._holds: list[Hold] = []
         self.users = dict(users or {})
         self.pipelining = pipelining  # advertise PIPELINING, as Postfix and Exim do
         self.fast_data = fast_data  # read DATA in chunks, for benchmarks; default is aiosmtpd's own
@@ -404,6 +420,8 @@ class SMTPServer:
 
     def stop(self) -> None:
         """Close every client session, then the listener and its thread."""
+        for hold in self._holds:
+            hold.release.set()
         loop = self._controller.loop
         if loop.is_running():
 
@@ -511,6 +529,15 @@ class SMTPServer:
                     protocol.transport.close()
 
         asyncio.run_coroutine_threadsafe(close_all(), self._controller.loop).result(timeout=5)
+
+    def hold(self, address: str) -> Hold:
+        """Keep back the reply to the next RCPT for `address` (a fault then applies) until it is released:
+        a test can act while the client is known to wait there. stop() releases what is still held."""
+        hold = Hold()
+        self._holds.append(hold)
+        with self._lock:
+            self._state.holds[address] = hold
+        return hold
 
     def delay(self, seconds: float) -> None:
         """Wait this long before answering each end of DATA."""

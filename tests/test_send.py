@@ -463,14 +463,17 @@ def test_an_unsubscribe_while_a_retry_waits_cancels_the_retry(
 ) -> None:
     csv = write_list(tmp_path / "subs.csv", ["a@example.com", "leaving@example.com"])
     smtp_server.fail("leaving@example.com", 451, times=1)
-    env = env_for(smtp_server, tmp_path, MAILER_RETRY_DELAY="6")
+    held = smtp_server.hold("leaving@example.com")  # its 451 goes only once the unsubscribe is recorded
+    env = env_for(smtp_server, tmp_path, MAILER_SMTP_TIMEOUT="120")  # the client waits for the held reply
     proc = _spawn(send_args(post, csv), env)
     try:
-        smtp_server.wait_for(1, timeout=60)  # a@ is in; leaving@ got its 451 and waits 6 s
+        assert held.reached.wait(timeout=60), "the send never asked for leaving@"
         code, _, err = run(["unsubscribe", "leaving@example.com"], env)
         assert code == 0, err
+        held.release.set()  # 451 now: the retry, due in 0.05 s, finds leaving@ unsubscribed
     finally:
-        _, err_bytes = proc.communicate(timeout=60)
+        held.release.set()
+        _, err_bytes = proc.communicate(timeout=120)
     assert proc.returncode == 0, err_bytes.decode()
     assert recipients(smtp_server) == Counter({"a@example.com": 1})
 
