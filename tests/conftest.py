@@ -8,6 +8,7 @@ as many; run it on purpose to hunt for new failures, then add each one found as 
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,9 @@ from hypothesis import settings
 
 from mailer.config import Settings
 from tests.smtpd import SMTPServer, TLSFiles, make_tls_files
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "2026-02-09.md"  # the example post: read it, or copy it to change it
 
 # deadline=None: a shared 2-core machine can take seconds over one example; timing belongs in bench/
 settings.register_profile(
@@ -30,6 +34,14 @@ settings.load_profile(PROFILE)
 def examples(count: int) -> int:
     """A property test's own example count (set low where each example is slow): ten times it when deep."""
     return count * 10 if PROFILE == "deep" else count
+
+
+@pytest.fixture
+def post(tmp_path: Path) -> Path:
+    """A copy of the example post, tmp_path/posts/2026-02-09.md, that a test may edit."""
+    folder = tmp_path / "posts"
+    folder.mkdir()
+    return Path(shutil.copy(EXAMPLE, folder / EXAMPLE.name))
 
 
 @pytest.fixture

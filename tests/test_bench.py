@@ -19,10 +19,9 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from tests.conftest import examples
+from tests.conftest import ROOT, examples
 from tests.smtpd import SMTPServer
 
-ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "bench" / "run.py"
 HAS_POSTFIX_TOOLS = all(
     os.access(shutil.which(name) or f"/usr/sbin/{name}", os.X_OK) for name in ("smtp-sink", "smtp-source")

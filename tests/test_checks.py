@@ -14,8 +14,8 @@ from mailer.checks import Check, check_issue, has_errors
 from mailer.config import Settings, load_settings
 from mailer.post import load_post
 from mailer.render import render_issue
+from tests.conftest import EXAMPLE
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "2026-02-09.md"
 GOOD = {
     "from_name": "AI Daily",
     "from_email": "news@aidaily.news",

@@ -15,9 +15,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from mailer.cli import cli
+from tests.conftest import EXAMPLE
 from tests.smtpd import SMTPServer
-
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "2026-02-09.md"
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ from click.testing import CliRunner
 
 from mailer.cli import cli
 from mailer.config import Settings
+from tests.conftest import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 DOCS = {path.name: path.read_text(encoding="utf-8") for path in sorted((ROOT / "docs").glob("*.md"))}
 PAGES = {"README.md": README, **{f"docs/{name}": text for name, text in DOCS.items()}}

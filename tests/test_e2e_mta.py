@@ -34,11 +34,10 @@ from mailer.config import load_settings
 from mailer.ledger import Ledger
 from mailer.tokens import load_keyring
 from tests import mta
+from tests.conftest import EXAMPLE
 
 pytestmark = pytest.mark.mta
 
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE = ROOT / "examples" / "2026-02-09.md"
 TITLE = "四巨头6100亿美元豪赌AI 市场泼冷水蒸发9500亿市值"
 DOMAIN = "inbox.example.net"
 READERS = {"alice": "Alice Liddell", "bob": "王小明", "carol": "Carol O'Neil"}

@@ -24,9 +24,10 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from tests.conftest import ROOT
+
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
 BUILD_OUTPUT = shutil.ignore_patterns(
     ".git", ".venv", "build", "*.egg-info", "__pycache__", ".mailer", ".*_cache", "out"
 )

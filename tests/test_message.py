@@ -24,10 +24,8 @@ from mailer.message import MessageFactory, make_factory
 from mailer.post import load_post
 from mailer.render import Issue, render_issue
 from mailer.tokens import Keyring
-from tests.conftest import examples
+from tests.conftest import EXAMPLE, ROOT, examples
 
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE = ROOT / "examples" / "2026-02-09.md"
 POSTS = Path(__file__).resolve().parent / "posts"
 TITLE = "四巨头6100亿美元豪赌AI 市场泼冷水蒸发9500亿市值"
 HEADERS = [

@@ -11,9 +11,8 @@ from click.testing import CliRunner
 from mailer.cli import cli
 from mailer.errors import PostError
 from mailer.post import load_post, parse_post
+from tests.conftest import EXAMPLE
 
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE = ROOT / "examples" / "2026-02-09.md"
 POSTS = Path(__file__).resolve().parent / "posts"
 BROKEN = POSTS / "broken"
 

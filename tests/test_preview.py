@@ -33,7 +33,6 @@ CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
     "--disable-sync", "--no-first-run",
 ]  # fmt: skip
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "2026-02-09.md"
 TITLE = "四巨头6100亿美元豪赌AI 市场泼冷水蒸发9500亿市值"  # the example's front-matter title
 CONFIG = {
     "from_name": "AI Daily",
@@ -88,14 +87,6 @@ def config(tmp_path: Path) -> Path:
 @pytest.fixture
 def settings(config: Path) -> Settings:
     return load_settings(config, env={})
-
-
-@pytest.fixture
-def post(tmp_path: Path) -> Path:
-    """A copy of the example post that a test may edit."""
-    folder = tmp_path / "posts"
-    folder.mkdir()
-    return Path(shutil.copy(EXAMPLE, folder / EXAMPLE.name))
 
 
 class Running:

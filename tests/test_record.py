@@ -20,10 +20,8 @@ from click.testing import CliRunner
 
 from mailer.cli import cli
 from mailer.ledger import Ledger
+from tests.conftest import EXAMPLE
 from tests.smtpd import SMTPServer
-
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE = ROOT / "examples" / "2026-02-09.md"
 
 
 class Disk:

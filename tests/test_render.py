@@ -16,9 +16,8 @@ from mailer.cli import cli
 from mailer.config import Settings
 from mailer.post import Post, load_post
 from mailer.render import LINE_LIMIT, Issue, render_issue
+from tests.conftest import EXAMPLE, ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE = ROOT / "examples" / "2026-02-09.md"
 POSTS = Path(__file__).resolve().parent / "posts"
 TEMPLATES = ROOT / "templates"
 UNSUBSCRIBE = "https://news.example.com/mailer/unsubscribe?t=TOKEN-of-the-sample"

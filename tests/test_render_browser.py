@@ -18,11 +18,10 @@ import pytest
 from mailer.config import Settings
 from mailer.post import load_post
 from mailer.render import render_issue
+from tests.conftest import EXAMPLE, ROOT
 
 pytestmark = pytest.mark.browser
 
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE = ROOT / "examples" / "2026-02-09.md"
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = [
     "--no-sandbox",

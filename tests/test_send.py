@@ -6,7 +6,6 @@ import datetime as dt
 import email
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,9 +21,6 @@ from click.testing import CliRunner
 from mailer.cli import cli
 from mailer.ledger import Ledger
 from tests.smtpd import SMTPServer, TLSFiles
-
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE = ROOT / "examples" / "2026-02-09.md"
 
 
 def write_list(path: Path, emails: list[str], extra: str = "") -> Path:
@@ -44,15 +40,6 @@ def env_for(server: SMTPServer, tmp_path: Path, **extra: str) -> dict[str, str]:
     }
     env.update(extra)
     return env
-
-
-@pytest.fixture
-def post(tmp_path: Path) -> Path:
-    """The example post, copied so that tests may change it."""
-    target = tmp_path / "posts" / "2026-02-09.md"
-    target.parent.mkdir()
-    shutil.copy(EXAMPLE, target)
-    return target
 
 
 def run(args: list[str], env: dict[str, str]) -> tuple[int, str, str]:

@@ -19,9 +19,8 @@ from mailer.cli import cli
 from mailer.config import load_settings
 from mailer.ledger import Ledger
 from mailer.web import make_app
+from tests.conftest import EXAMPLE
 from tests.smtpd import SMTPServer
-
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "2026-02-09.md"
 
 
 class _Quiet(WSGIRequestHandler):
