@@ -493,3 +493,13 @@ def preview(ctx: click.Context, target: Path, port: int, host: str, no_open: boo
             click.echo("Stopped.")
         finally:
             server.server_close()
+
+
+@cli.command()
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path), default=Path("."))
+def init(folder: Path) -> None:
+    """Make a newsletter site in FOLDER (default: here): settings, a sample post, a list; never overwrites."""
+    with reported():
+        from .scaffold import init_site
+
+        click.echo("\n".join(init_site(folder).report()))

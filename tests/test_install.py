@@ -2,7 +2,7 @@
 
 CI only ever ran mailer from its own repository with an editable install, so a wheel without its templates
 went unnoticed. This builds the wheel from a copy of the source tree, installs it into a new virtualenv and
-drives every command as a publisher would, from a temporary folder with its own post and list.
+drives every command as a publisher would, from an empty temporary folder: `mailer init` and on from there.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ pytestmark = pytest.mark.slow
 BUILD_OUTPUT = shutil.ignore_patterns(
     ".git", ".venv", "build", "*.egg-info", "__pycache__", ".mailer", ".*_cache", "out"
 )
-TITLE = "Installed anywhere"
+TITLE = "Welcome to my newsletter"  # the sample post of `mailer init`
 READERS = ["ann@example.com", "bob@example.org", "cai@example.net"]
 
 
@@ -146,24 +146,27 @@ def test_the_wheel_is_mailer_newsletter_with_the_templates_inside(site: Site) ->
 
 
 def test_every_command_works_from_an_empty_folder(site: Site) -> None:
-    post = site.folder / "post.md"
-    post.write_text(f"---\ntitle: {TITLE}\nsummary: one line\n---\nHello from a wheel.\n", encoding="utf-8")
-    (site.folder / "subscribers.csv").write_text("email,name\n" + "".join(f"{a},\n" for a in READERS))
+    made = site.mailer("init", "news").stdout
+    assert "Next steps:" in made
+    site.folder = site.folder / "news"
+    [post] = [f"posts/{p.name}" for p in (site.folder / "posts").iterdir()]  # the sample, dated today
+    with open(site.folder / "subscribers.csv", "a", encoding="utf-8") as out:
+        out.writelines(f"{a},\n" for a in READERS)
 
-    site.mailer("render", "post.md", "-o", "issue.html")
+    site.mailer("render", post, "-o", "issue.html")
     html = (site.folder / "issue.html").read_text(encoding="utf-8")
     assert TITLE in html and 'role="presentation"' in html  # the shipped email.html, inlined
-    assert "Hello from a wheel." in site.mailer("render", "post.md", "--text").stdout
-    site.mailer("check", "post.md")
+    assert "This is a sample post" in site.mailer("render", post, "--text").stdout
+    site.mailer("check", post)
 
-    site.mailer("send", "post.md", "--to", "subscribers.csv", "--dry-run")
+    site.mailer("send", "posts/", "--dry-run")
     assert not (site.folder / ".mailer" / "outbox" / "new").exists()
-    site.mailer("send", "post.md", "--to", "subscribers.csv", "--yes")
+    site.mailer("send", "posts/", "--yes")  # today's post, to the list that mailer.toml names
     messages = [
         email.message_from_bytes(p.read_bytes()) for p in (site.folder / ".mailer/outbox/new").iterdir()
     ]
     assert sorted(str(m["To"]) for m in messages) == sorted(READERS)
-    assert re.search(r"\b3 sent\b", site.mailer("status", "post.md").stdout)
+    assert re.search(r"\b3 sent\b", site.mailer("status", post).stdout)
 
     # a user's own templates_dir still wins over the shipped templates
     own = site.folder / "my-templates"
@@ -171,7 +174,7 @@ def test_every_command_works_from_an_empty_folder(site: Site) -> None:
     (own / "email.txt").write_text("OWN TEMPLATE {{ title }}\n{{ unsubscribe_url }}\n", encoding="utf-8")
     site.env["MAILER_TEMPLATES_DIR"] = str(own)
     try:
-        assert site.mailer("render", "post.md", "--text").stdout.startswith(f"OWN TEMPLATE {TITLE}")
+        assert site.mailer("render", post, "--text").stdout.startswith(f"OWN TEMPLATE {TITLE}")
     finally:
         del site.env["MAILER_TEMPLATES_DIR"]
 
@@ -183,8 +186,8 @@ def test_every_command_works_from_an_empty_folder(site: Site) -> None:
         reader = messages[0]
         link = re.search(r"<(https?://[^>]+/unsubscribe\?t=[^>]+)>", str(reader["List-Unsubscribe"]))
         assert link, reader["List-Unsubscribe"]
-        path = urlsplit(link[1])
-        status, _ = _request(f"{match[1]}{path.path}?{path.query}", "POST", "List-Unsubscribe=One-Click")
+        query = link[1].split("/unsubscribe?", 1)[1]  # web_url's /mailer prefix is the proxy's to strip
+        status, _ = _request(f"{match[1]}/unsubscribe?{query}", "POST", "List-Unsubscribe=One-Click")
         assert status == 200
         assert _request(f"{match[1]}/healthz")[0] == 200
     finally:
@@ -192,11 +195,11 @@ def test_every_command_works_from_an_empty_folder(site: Site) -> None:
     assert str(reader["To"]) in site.mailer("suppressions", "list").stdout
 
     # preview: starts, prints its address and serves the post's page
-    preview, first = site.start("preview", "--no-open", "post.md")
+    preview, first = site.start("preview", "--no-open", post)
     try:
-        match = re.match(r"Previewing post\.md at (http://127\.0\.0\.1:\d+/)", first)
+        match = re.match(rf"Previewing {post} at (http://127\.0\.0\.1:\d+/)", first)
         assert match, first
-        status, page = _request(f"{match[1]}p/post.md/")
+        status, page = _request(f"{match[1]}p/{post.removeprefix('posts/')}/")
         assert status == 200 and TITLE in page
     finally:
         _stop(preview)
