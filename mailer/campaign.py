@@ -20,6 +20,7 @@ from pathlib import Path
 from .errors import MailerError, SendAborted, TransportError
 from .ledger import Ledger
 from .message import MessageFactory
+from .stopping import StopSignals
 from .subscribers import Subscriber
 from .transport import Outcome, Transport
 
@@ -120,6 +121,10 @@ class _Job:
 
 class _Unrecorded(Exception):
     """The delivery record could not be written: no further message may be delivered."""
+
+
+class _CalledOff(Exception):
+    """A second signal hurries the stop: a message not yet past its final "." is not delivered."""
 
 
 _Record = tuple[_Job, Outcome, threading.Event]
@@ -232,11 +237,18 @@ class _Pool:
     """N worker threads, each with its own connection; one recorder thread writes their outcomes."""
 
     def __init__(
-        self, transport: Transport, db_path: Path, issue_id: str, sender: str, connections: int, rate: float
+        self,
+        transport: Transport,
+        db_path: Path,
+        issue_id: str,
+        sender: str,
+        connections: int,
+        rate: float,
+        stop: threading.Event | None = None,
     ) -> None:
         self.jobs: queue.Queue[_Job | None] = queue.Queue(maxsize=connections)
         self.outcomes: queue.Queue[tuple[_Job, Outcome | None, str]] = queue.Queue()
-        self.stop = threading.Event()
+        self.stop = stop or threading.Event()  # set: stop now, calling off messages short of their "."
         self.limiter = RateLimiter(rate)
         self.transport = transport
         self.sender = sender
@@ -259,6 +271,8 @@ class _Pool:
             recorded.wait()
             if recorder.error:
                 raise _Unrecorded(recorder.error)
+            if self.stop.is_set():
+                raise _CalledOff
 
         job: _Job | None = None
         try:
@@ -277,6 +291,9 @@ class _Pool:
                     continue
                 except _Unrecorded as exc:
                     self.outcomes.put((job, None, str(exc)))
+                    return
+                except _CalledOff:
+                    self.outcomes.put((job, None, ""))
                     return
                 recorded.wait()  # one outcome of this connection in the recorder at a time
                 recorded.clear()
@@ -310,7 +327,10 @@ class _Pool:
         for _ in self.threads:
             self.jobs.put(None)
         for thread in self.threads:
-            thread.join()
+            # a hurried stop (self.stop) does not wait for replies still out: those messages are in doubt,
+            # the crash window; every outcome already handed to the recorder is still committed below
+            while thread.is_alive() and not self.stop.is_set():
+                thread.join(0.05)
         self.recorder.stop()
         return unsent
 
@@ -327,6 +347,7 @@ def run_send(
     sender: str,
     options: SendOptions,
     feedback: Feedback,
+    signals: StopSignals,
     list_key: str = "",
     list_path: str = "",
 ) -> Report:
@@ -354,9 +375,10 @@ def run_send(
                     feedback.would_send(sub)
             return report
         run_id = ledger.start_run(issue_id, list_key, list_path)  # fails on a full disk: nothing sent yet
-        _Loop(ledger, issue_id, factory, transport, db_path, sender, options, feedback, report).run(
-            subscribers
+        loop = _Loop(
+            ledger, issue_id, factory, transport, db_path, sender, options, feedback, report, signals
         )
+        loop.run(subscribers)
         if report.complete:
             ledger.finish_run(run_id)
         return report
@@ -407,8 +429,10 @@ class _Loop:
         options: SendOptions,
         feedback: Feedback,
         report: Report,
+        signals: StopSignals,
     ) -> None:
         self.ledger = ledger
+        self.signals = signals
         self.issue_id = issue_id
         self.factory = factory
         self.options = options
@@ -418,7 +442,9 @@ class _Loop:
         self.seq = itertools.count()
         self.consecutive_failures = 0
         self.fatal = ""
-        self.pool = _Pool(transport, db_path, issue_id, sender, options.connections, options.rate)
+        self.pool = _Pool(
+            transport, db_path, issue_id, sender, options.connections, options.rate, signals.hurry
+        )
 
     def run(self, subscribers: Iterable[Subscriber]) -> None:
         # Python's 5 ms switch interval lets a thread busy building keep the GIL from a connection
@@ -431,6 +457,7 @@ class _Loop:
             sys.setswitchinterval(interval)
 
     def _run(self, subscribers: Iterable[Subscriber]) -> None:
+        interrupted: KeyboardInterrupt | None = None
         try:
             retry_failed = self.options.retry_failed
             for sub in _unsent(
@@ -445,16 +472,19 @@ class _Loop:
             while not self.fatal and (self.pool.in_flight or self.retries):
                 self._submit_due_retries()
                 self._collect(self._wait_time())
-        except KeyboardInterrupt:
+            self.signals.stopping = True  # from here a signal must not raise: it would abandon the pool
+        except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM (StopSignals), or Ctrl-C outside the main thread
+            interrupted = exc
             self.report.stopped_because = "interrupted"
         finally:
+            self.signals.stopping = True
             unsent = self.pool.shutdown()
             self._collect(0.0, drain=True)
             self.report.pending += len(unsent) + len(self.retries)
         if self.fatal and not self.report.stopped_because:
             self.report.stopped_because = self.fatal
-        if self.report.stopped_because == "interrupted":
-            raise KeyboardInterrupt
+        if interrupted is not None:
+            raise interrupted
         if self.report.stopped_because:
             raise SendAborted(self.report.stopped_because)
 

@@ -24,15 +24,15 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 @contextmanager
 def reported() -> Iterator[None]:
-    """Turn a MailerError into one line on stderr and its exit code; Ctrl-C into 130."""
+    """Turn a MailerError into one line on stderr and its exit code; Ctrl-C into 130, SIGTERM into 143."""
     try:
         yield
     except MailerError as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        click.echo("Interrupted.", err=True)
-        sys.exit(ExitStatus.INTERRUPTED)
+    except KeyboardInterrupt as exc:
+        click.echo(f"{getattr(exc, 'what', 'Interrupted')}.", err=True)
+        sys.exit(getattr(exc, "exit_code", ExitStatus.INTERRUPTED))
 
 
 def settings_from(ctx: click.Context) -> Settings:
@@ -190,7 +190,8 @@ def send(
             for bar in feedback:
                 bar.close()
             if isinstance(exc, KeyboardInterrupt):
-                say("Interrupted after the messages in flight; run the same command again to resume.")
+                what = getattr(exc, "what", "Interrupted")
+                say(f"{what} after the messages in flight; run the same command again to resume.")
             raise
         if result.report is None:
             click.echo(result.note, err=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from enum import IntEnum
 
 
@@ -11,7 +12,26 @@ class ExitStatus(IntEnum):
     OK = 0
     ERROR = 1  # bad input or configuration: nothing was sent
     INCOMPLETE = 2  # the send ran but some deliverable messages were not delivered
-    INTERRUPTED = 130  # Ctrl-C
+    INTERRUPTED = 130  # Ctrl-C (SIGINT)
+    TERMINATED = 143  # SIGTERM (systemd, docker): 128 + 15, as a shell reports it
+
+
+class Interrupted(KeyboardInterrupt):
+    """A signal stopped the command; `send` stops after the messages in flight and records them."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        """130 after SIGINT (Ctrl-C), 143 after SIGTERM."""
+        return ExitStatus.TERMINATED if self.signum == signal.SIGTERM else ExitStatus.INTERRUPTED
+
+    @property
+    def what(self) -> str:
+        """How the stop is named to the user."""
+        return "Terminated (SIGTERM)" if self.signum == signal.SIGTERM else "Interrupted"
 
 
 class MailerError(Exception):

@@ -17,6 +17,7 @@ from .post import load_post
 from .private import make_folder, write_file
 from .render import Issue, render_issue
 from .schedule import check_age, pick_post, today
+from .stopping import StopSignals
 from .subscribers import BadRow, ReadStats, read_subscribers
 from .transport import make_transport
 
@@ -82,7 +83,27 @@ def send(
     say: Callable[[str], None],
     feedback_for: Callable[[Path], Feedback],
 ) -> SendResult:
-    """Send the issue in `target` (a post, or a folder holding today's post) to the list in `to`."""
+    """Send the issue in `target` (a post, or a folder holding today's post) to the list in `to`.
+
+    SIGTERM is handled like Ctrl-C for the whole command (see stopping.py): what systemd or docker send to
+    stop a service ends the send after the messages in flight, recorded, never like a kill -9.
+    """
+    signals = StopSignals()
+    with signals.install():
+        return _send(settings, target, to, options, force, confirm, say, feedback_for, signals)
+
+
+def _send(
+    settings: Settings,
+    target: Path,
+    to: Path | None,
+    options: SendOptions,
+    force: bool,
+    confirm: Callable[[str], bool],
+    say: Callable[[str], None],
+    feedback_for: Callable[[Path], Feedback],
+    signals: StopSignals,
+) -> SendResult:
     stats = ReadStats()
     post_path = resolve_post(target, settings, say)
     if post_path is None:
@@ -132,6 +153,7 @@ def send(
             sender=settings.from_email,
             options=options,
             feedback=feedback_for(subscribers_path),
+            signals=signals,
             list_key=list_key,
             list_path=str(subscribers_path.resolve()),
         )
