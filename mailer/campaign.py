@@ -88,6 +88,9 @@ class Feedback:
     def would_send(self, subscriber: Subscriber) -> None:
         """Dry run: this subscriber would get the issue."""
 
+    def stopping(self, line: str) -> None:
+        """A signal stops the send: said at once, since the messages in flight may take a while."""
+
 
 class RateLimiter:
     """A start-time schedule shared by all connections: message k starts no sooner than k / rate."""
@@ -476,6 +479,10 @@ class _Loop:
         except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM (StopSignals), or Ctrl-C outside the main thread
             interrupted = exc
             self.report.stopped_because = "interrupted"
+            self.feedback.stopping(
+                f"{getattr(exc, 'what', 'Interrupted')}: stopping after the messages in flight"
+                " (a second Ctrl-C or SIGTERM stops without waiting for their replies)"
+            )
         finally:
             self.signals.stopping = True
             unsent = self.pool.shutdown()

@@ -87,6 +87,10 @@ class ConsoleFeedback(Feedback):
     def would_send(self, subscriber: Subscriber) -> None:
         click.echo(subscriber.email)
 
+    def stopping(self, line: str) -> None:
+        self.close()
+        click.echo(line, err=True)
+
 
 def _clock(seconds: float) -> str:
     seconds = int(seconds)

@@ -6,6 +6,7 @@ import datetime as dt
 import email
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -273,6 +274,20 @@ def test_daily_run_picks_todays_post_and_refuses_old_news(
     assert len(smtp_server.messages) == 1
 
 
+def _read_until(proc: subprocess.Popen[bytes], text: bytes, timeout: float) -> bytes:
+    """What the process wrote to stderr up to and including `text`; AssertionError at the deadline."""
+    assert proc.stderr is not None
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while text not in seen:
+        left = deadline - time.monotonic()
+        ready, _, _ = select.select([proc.stderr], [], [], max(left, 0))
+        chunk = os.read(proc.stderr.fileno(), 4096) if ready else b""
+        assert chunk, f"no {text!r} on stderr within {timeout}s: {seen.decode(errors='replace')}"
+        seen += chunk
+    return seen
+
+
 def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     full = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
@@ -474,14 +489,14 @@ def test_two_data_folders_sharing_one_database_never_send_at_once(
     shared = str(tmp_path / "shared" / "mailer.db")
     env_a = env_for(smtp_server, tmp_path, MAILER_DATA_DIR=str(tmp_path / "a"), MAILER_DATABASE=shared)
     env_b = env_for(smtp_server, tmp_path, MAILER_DATA_DIR=str(tmp_path / "b"), MAILER_DATABASE=shared)
-    smtp_server.delay(0.02)
+    held = smtp_server.hold("user3@example.com")  # the first send is mid-way until the second has run
     first = _spawn(send_args(post, csv), env_a)
     try:
-        smtp_server.wait_for(3, timeout=60)
+        assert held.reached.wait(timeout=60), "the first send never reached user3"
         second = _spawn(send_args(post, csv), env_b)  # a real second process, its own data folder
         _, second_err = second.communicate(timeout=120)
     finally:
-        smtp_server.delay(0)
+        held.release.set()
         _, first_err = first.communicate(timeout=120)
     assert second.returncode == 1, second_err.decode()
     assert b"another send of this issue is running" in second_err
@@ -550,14 +565,20 @@ def test_sigterm_stops_like_ctrl_c_and_the_rerun_mails_everyone_once(
 ) -> None:
     emails = [f"user{i}@example.com" for i in range(80)]
     csv = write_list(tmp_path / "subs.csv", emails)
-    env = env_for(smtp_server, tmp_path)
-    smtp_server.delay(0.02)
+    env = env_for(smtp_server, tmp_path, MAILER_SMTP_TIMEOUT="120")
     args = send_args(post, csv, "--connections", str(connections))
+    held = smtp_server.hold("user30@example.com")  # one message in flight, kept there until the stop began
     proc = _spawn(args, env)
-    smtp_server.wait_for(10, timeout=60)
-    proc.send_signal(signal.SIGTERM)  # what systemd and docker send
-    _, err = proc.communicate(timeout=60)
+    try:
+        assert held.reached.wait(timeout=60), "the send never reached user30"
+        proc.send_signal(signal.SIGTERM)  # what systemd and docker send
+        said = _read_until(proc, b"stopping after the messages in flight", timeout=60)
+    finally:
+        held.release.set()
+        _, rest = proc.communicate(timeout=60)
+    err = said + rest
     assert proc.returncode == 143, err.decode()
+    assert recipients(smtp_server)["user30@example.com"] == 1  # the message in flight was finished
     assert b"Terminated (SIGTERM) after the messages in flight; run the same command again" in err
     assert b"Traceback" not in err
     assert len(smtp_server.messages) < len(emails)
