@@ -245,14 +245,14 @@ def test_personalising_does_not_rerun_markdown_or_premailer(issue: Issue, settin
     post = load_post(EXAMPLE)
     render_times, build_times = [], []
     factory = make_factory(issue, settings)
-    for _ in range(3):
-        start = time.perf_counter()
+    for _ in range(3):  # CPU time of this thread: other processes on a busy machine do not count
+        start = time.thread_time()
         render_issue(post, settings)
-        render_times.append(time.perf_counter() - start)
-        start = time.perf_counter()
+        render_times.append(time.thread_time() - start)
+        start = time.thread_time()
         for i in range(1000):
             factory.build(f"user{i}@example.com", f"User {i}")
-        build_times.append(time.perf_counter() - start)
+        build_times.append(time.thread_time() - start)
     # re-rendering per subscriber would make 1,000 messages cost ~1,000 renders
     assert min(build_times) < 0.75 * min(render_times), (build_times, render_times)
 

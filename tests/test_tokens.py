@@ -196,8 +196,8 @@ def test_sign_is_fast() -> None:
     """sign() runs once per subscriber: it must stay in the microseconds."""
     ring = Keyring(KEY)
     n = 20_000
-    start = time.perf_counter()
+    start = time.thread_time()  # CPU time of this thread: a busy machine's other processes do not count
     for i in range(n):
         ring.sign(f"subscriber{i}@example.com", LIST)
-    per_call = (time.perf_counter() - start) / n
-    assert per_call < 50e-6  # measured ~5 µs; generous for a busy shared machine
+    per_call = (time.thread_time() - start) / n
+    assert per_call < 50e-6  # measured ~5 µs
