@@ -17,7 +17,7 @@ from . import __version__
 from .errors import ExitStatus, MailerError
 
 if TYPE_CHECKING:
-    from .config import Settings
+    from .config import Loaded, Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -35,26 +35,57 @@ def reported() -> Iterator[None]:
         sys.exit(getattr(exc, "exit_code", ExitStatus.INTERRUPTED))
 
 
-def settings_from(ctx: click.Context) -> Settings:
-    """Load the configuration once per command, from --config or mailer.toml and MAILER_*."""
-    from .config import load_settings
+def loaded_from(ctx: click.Context) -> Loaded:
+    """Load the configuration once per command, from --config or mailer.toml and MAILER_*; warn once."""
+    from .config import load_config
 
     obj = ctx.ensure_object(dict)
-    if "settings" not in obj:
+    if "loaded" not in obj:
         with reported():
-            obj["settings"] = load_settings(obj.get("config_path"))
-    settings: Settings = obj["settings"]
-    return settings
+            obj["loaded"] = load_config(obj.get("config_path"))
+        for line in obj["loaded"].warnings:
+            click.echo(line, err=True)
+    loaded: Loaded = obj["loaded"]
+    return loaded
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def settings_from(ctx: click.Context) -> Settings:
+    """The checked settings of this command."""
+    return loaded_from(ctx).settings
+
+
+def _take_config(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    if value is not None:
+        ctx.ensure_object(dict)["config_path"] = value
+    return value
+
+
+CONFIG_HELP = "Configuration file (default: ./mailer.toml if it exists)."
+
+
+class SiteGroup(click.Group):
+    """A group whose every command takes --config too, so it works before or after the command name."""
+
+    group_class = type  # subgroups (suppressions) are SiteGroups as well
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        """Add the command with its own --config option."""
+        kind = click.Path(dir_okay=False, path_type=Path)
+        option = ["--config", "config_path"]
+        cmd.params.append(
+            click.Option(option, type=kind, expose_value=False, callback=_take_config, help=CONFIG_HELP)
+        )
+        super().add_command(cmd, name)
+
+
+@click.group(cls=SiteGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mailer")
 @click.option(
     "--config",
     "config_path",
     type=click.Path(dir_okay=False, path_type=Path),
     envvar="MAILER_CONFIG",
-    help="Configuration file (default: ./mailer.toml if it exists).",
+    help=CONFIG_HELP,
 )
 @click.pass_context
 def cli(ctx: click.Context, config_path: Path | None) -> None:
@@ -260,20 +291,16 @@ def serve(ctx: click.Context, host: str, port: int, threads: int) -> None:
 
     settings = settings_from(ctx)
     with reported():
-        from waitress.server import create_server
-
         from .tokens import load_keyring
-        from .web import MAX_BODY, make_app
+        from .web import make_app, make_server
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-        keyring = load_keyring(settings, notify=lambda line: click.echo(line, err=True))
-        app = make_app(settings, keyring=keyring)
-        try:
-            server = create_server(
-                app, host=host, port=port, threads=threads, max_request_body_size=MAX_BODY, ident="mailer"
-            )
-        except OSError as exc:
-            raise MailerError(f"{host}:{port}: cannot listen: {exc.strerror}") from None
+
+        def build() -> Any:
+            keyring = load_keyring(settings, notify=lambda line: click.echo(line, err=True))
+            return make_app(settings, keyring=keyring)
+
+        server = make_server(build, host, port, threads)
         shown = f"[{host}]" if ":" in host else host
         click.echo(f"Serving on http://{shown}:{server.effective_port}/ (links point to {settings.web_url})")
         if not settings.web_url.startswith("https://"):
@@ -288,6 +315,16 @@ def serve(ctx: click.Context, host: str, port: int, threads: int) -> None:
         finally:
             server.close()
         click.echo("Stopped.")
+
+
+@cli.command("config")
+@click.pass_context
+def show_config(ctx: click.Context) -> None:
+    """Print the settings in effect and where each came from (default, file, variable); secrets masked."""
+    from .config import describe
+
+    for line in describe(loaded_from(ctx)):
+        click.echo(line)
 
 
 def _address_key(raw: str) -> str:

@@ -1,13 +1,22 @@
-"""One frozen Settings object from mailer.toml and MAILER_* variables, checked once at start-up."""
+"""One frozen Settings object from mailer.toml and MAILER_* variables, checked once at start-up.
+
+Relative paths in mailer.toml (and the default state folder when a file is used) are relative to the folder
+of that file, so a cron job started anywhere finds the same site; paths from MAILER_* variables and command
+options stay relative to the current folder, as a shell user expects.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib.resources
+import json
+import math
 import os
+import re
 import tomllib
-from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +27,10 @@ DEFAULT_CONFIG = Path("mailer.toml")
 # Installs are unpacked on disk, so the resource is a real folder that jinja2 and the preview can watch.
 SHIPPED_TEMPLATES = Path(str(importlib.resources.files("mailer.templates")))
 SECRET_SETTINGS = frozenset({"smtp_password", "secret_key", "old_secret_keys"})
+PATH_SETTINGS = frozenset(
+    {"data_dir", "database", "outbox", "templates_dir", "subscribers", "dkim_key_file", "smtp_cafile"}
+)
+OTHER_VARIABLES = frozenset({"MAILER_CONFIG"})  # MAILER_* names that are not settings
 
 
 @dataclass(frozen=True)
@@ -30,6 +43,7 @@ class Settings:
     reply_to: str = ""
     list_name: str = ""
     list_id: str = ""
+    old_list_ids: str = ""
     postal_address: str = "mailer, 1 Example Street, Example City"
     # where links point
     base_url: str = ""
@@ -95,6 +109,20 @@ class Settings:
         return f"{local}.{self.sender_domain}"
 
     @property
+    def token_scope(self) -> str:
+        """What new unsubscribe tokens are bound to: the list_id when one is set, never the From address.
+
+        A token bound to a value derived from from_email would stop working when the sender changes.
+        """
+        return self.list_id
+
+    @property
+    def accepted_token_scopes(self) -> tuple[str, ...]:
+        """Every scope a genuine link may carry: today's, none, the derived id (older mailer), old ids."""
+        old = [s.strip() for s in self.old_list_ids.split(",") if s.strip()]
+        return tuple(dict.fromkeys([self.token_scope, "", self.effective_list_id, *old]))
+
+    @property
     def effective_mailto(self) -> str:
         """The address that takes unsubscribe requests by mail."""
         if self.unsubscribe_mailto:
@@ -116,17 +144,45 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
 
+_KINDS = {f.name: str(f.type) for f in fields(Settings)}
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """The settings, where each value came from, and what deserves a warning but not a refusal."""
+
+    settings: Settings
+    file: Path | None
+    sources: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+def _suggest(name: str, known: list[str], wrap: Callable[[str], str] = str) -> str:
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    return f" (did you mean `{wrap(close[0])}`?)" if close else ""
+
+
+def _line_of(text: str, key: str) -> int | None:
+    pattern = re.compile(rf"^\s*[\"']?{re.escape(key)}[\"']?\s*=", re.MULTILINE)
+    match = pattern.search(text)
+    return text.count("\n", 0, match.start()) + 1 if match else None
+
+
 def _coerce(name: str, kind: str, value: object, where: str) -> object:
-    if kind in ("str",):
-        if not isinstance(value, str | int | float):
+    if kind == "str":
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
             raise ConfigError(f"{where}: {name} must be a string")
         return str(value)
     if kind == "int":
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ConfigError(f"{where}: {name} must be a whole number, not {value!r}")
         try:
             return int(value)  # type: ignore[call-overload]
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise ConfigError(f"{where}: {name} must be a whole number, not {value!r}") from None
     if kind == "float":
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: {name} must be a number, not {value!r}")
         try:
             return float(value)  # type: ignore[arg-type]
         except (TypeError, ValueError):
@@ -141,67 +197,197 @@ def _coerce(name: str, kind: str, value: object, where: str) -> object:
             return False
         raise ConfigError(f"{where}: {name} must be true or false, not {value!r}")
     if kind.startswith("Path"):
-        if value in ("", None):
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: {name} must be a path (a string)")
+        if value == "":
             return None if "None" in kind else Path(".")
-        return Path(str(value)).expanduser()
+        return Path(value).expanduser()
     raise ConfigError(f"{where}: {name} has an unsupported type")
 
 
-_KINDS = {f.name: str(f.type) for f in fields(Settings)}
+def _flatten(raw: dict[str, Any], path: Path, text: str) -> dict[str, tuple[object, str]]:
+    """{setting: (value, "file:line")}; `[smtp] host` is smtp_host; misplaced or unknown keys are errors."""
+    known = list(_KINDS)
+    flat: dict[str, tuple[object, str]] = {}
+    for key, value in raw.items():
+        pairs = [(f"{key}_{sub}", sub, v) for sub, v in value.items()] if isinstance(value, dict) else []
+        if not isinstance(value, dict):
+            pairs = [(key, key, value)]
+        for name, written, item in pairs:
+            line = _line_of(text, written)
+            where = f"{path}:{line}" if line else str(path)
+            if isinstance(item, dict):
+                raise ConfigError(f"{where}: [{key}.{written}]: mailer's tables are one level deep")
+            if name not in _KINDS:
+                if isinstance(value, dict) and written in _KINDS:
+                    raise ConfigError(
+                        f"{where}: `{written}` belongs at the top level of the file, not under [{key}]"
+                    )
+                hint = _suggest(name, known)
+                owner = next((k for k in known if k in (f"smtp_{name}", f"dkim_{name}")), None)
+                if owner and not isinstance(value, dict):
+                    hint = f" (did you mean `{owner}`, or `{name}` under [{owner.partition('_')[0]}]?)"
+                raise ConfigError(f"{where}: unknown setting {name!r}{hint}")
+            if name in flat:
+                raise ConfigError(f"{where}: {name} is set twice")
+            flat[name] = (item, where)
+    return flat
 
 
-def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
+def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) -> Loaded:
     """Read mailer.toml (if present, or the given path) and apply MAILER_* overrides, once."""
     env = os.environ if env is None else env
     explicit = path is not None or bool(env.get("MAILER_CONFIG"))
     path = path or Path(env.get("MAILER_CONFIG") or DEFAULT_CONFIG)
     values: dict[str, object] = {}
-    if path.exists():
+    sources = dict.fromkeys(_KINDS, "default")
+    warnings: list[str] = []
+    found: Path | None = None
+    if path.is_file() or (path.exists() and not path.is_dir()):
+        found = path
         try:
-            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+            text = path.read_text(encoding="utf-8")
+            raw = tomllib.loads(text)
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-        flat: dict[str, object] = {}
-        for key, value in raw.items():
-            if isinstance(value, dict):  # [smtp] host = ... is smtp_host
-                for sub, subvalue in value.items():
-                    flat[f"{key}_{sub}"] = subvalue
-            else:
-                flat[key] = value
-        for key, value in flat.items():
-            if key not in _KINDS:
-                raise ConfigError(f"{path}: unknown setting {key!r}")
-            values[key] = _coerce(key, _KINDS[key], value, str(path))
+        for name, (value, where) in _flatten(raw, path, text).items():
+            values[name] = _coerce(name, _KINDS[name], value, where)
+            sources[name] = where
+        base = Path(os.path.abspath(path)).parent
+        for name in PATH_SETTINGS:
+            value = values.get(name, getattr(Settings, name, None))
+            if isinstance(value, Path) and not value.is_absolute():
+                values[name] = base / value
+            elif isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+                values[name] = str(base / Path(value).expanduser())
+    elif path.is_dir():
+        raise ConfigError(f"{path}: is a folder, not a configuration file")
     elif explicit:
         raise ConfigError(f"{path}: configuration file not found")
-    for key, kind in _KINDS.items():
-        var = f"MAILER_{key.upper()}"
+    variables = {f"MAILER_{key.upper()}": key for key in _KINDS}
+    for var in sorted(env):
+        if var.startswith("MAILER_") and var not in variables and var not in OTHER_VARIABLES:
+            hint = _suggest(var, [*variables, *OTHER_VARIABLES])
+            warnings.append(f"warning: {var} is not a mailer setting and is ignored{hint}")
+    for var, key in variables.items():
         if var in env:
-            values[key] = _coerce(key, kind, env[var], var)
+            values[key] = _coerce(key, _KINDS[key], env[var], var)
+            sources[key] = var
     settings = Settings(**values)  # type: ignore[arg-type]
-    _check(settings)
-    return settings
+    return Loaded(_check(settings, sources), found, sources, warnings)
 
 
-def _check(s: Settings) -> None:
-    if "@" not in s.from_email or any(c in s.from_email for c in " \r\n<>"):
-        raise ConfigError(f"from_email: {s.from_email!r} is not an email address")
+def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """The checked settings alone, for callers that show no warnings."""
+    return load_config(path, env).settings
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps("" if value is None else str(value), ensure_ascii=False)
+
+
+def describe(loaded: Loaded) -> list[str]:
+    """The effective settings as mailer.toml lines, each with where it came from; secrets masked."""
+    s = loaded.settings
+    lines = [f"# file: {os.path.abspath(loaded.file)}" if loaded.file else "# no configuration file"]
+    shown = [(f"{name} = {_toml_value(value)}", loaded.sources[name]) for name, value in s.public().items()]
+    width = max(len(text) for text, _ in shown)
+    lines += [f"{text:<{width}}  # {source}" for text, source in shown]
+    lines += [
+        f"# in use: database {s.db_path}, outbox {s.outbox_path}, List-Id {s.effective_list_id},"
+        f" SMTP port {smtp_port(s)}"
+    ]
+    return lines
+
+
+# --- checks ------------------------------------------------------------------------------------------------
+
+RANGES: dict[str, tuple[float, float, str]] = {
+    "smtp_port": (0, 65535, "0 (the usual port of smtp_security) to 65535"),
+    "smtp_timeout": (0.1, 3600, "0.1 to 3600 seconds"),
+    "connections": (1, 64, "1 to 64"),
+    "rate": (0, 100_000, "0 (no limit) to 100000 messages a second"),
+    "max_attempts": (1, 100, "1 to 100"),
+    "retry_delay": (0, 86_400, "0 to 86400 seconds"),
+    "max_consecutive_failures": (0, 1_000_000, "0 (never stop) to 1000000"),
+    "max_age_days": (0, 36_500, "0 to 36500 days"),
+    "clip_warn_bytes": (0, 100_000_000, "0 to 100000000 bytes"),
+}
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_LIST_ID = re.compile(rf"{_ATOM}(?:\.{_ATOM})+")
+_SELECTOR = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62})(?:\.[A-Za-z0-9_][A-Za-z0-9_-]{0,62})*")
+_MAILBOX = re.compile(r"\s*(?:(?P<name>[^<>]*?)\s*<(?P<bracketed>[^<>]*)>|(?P<bare>[^<>]*?))\s*")
+_NOT_IN_MAILTO = set("?&#%/")
+
+
+def _address(name: str, value: str, where: str) -> str:
+    """An address setting in the form mailer sends (ASCII); the same check as a subscriber's address."""
+    from .subscribers import normalize_email
+
+    try:
+        address = normalize_email(value)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {value!r} is not an email address: {exc}") from None
+    if not address.isascii():
+        raise ConfigError(f"{where}: {value!r} must be an ASCII address (mailer does not use SMTPUTF8)")
+    return address
+
+
+def _check(s: Settings, sources: Mapping[str, str]) -> Settings:
+    """Refuse, in one line naming the setting, any value that could break a header or a send."""
+
+    def where(name: str) -> str:
+        source = sources.get(name, "default")
+        return name if source == "default" else f"{name} ({source})"
+
+    for name, (low, high, allowed) in RANGES.items():
+        value = getattr(s, name)
+        if not (math.isfinite(value) and low <= value <= high):
+            raise ConfigError(f"{where(name)}: {value} is out of range; allowed: {allowed}")
+    for f in fields(s):
+        value = getattr(s, f.name)
+        if isinstance(value, str) and f.name not in SECRET_SETTINGS and (bad := _CONTROL.search(value)):
+            raise ConfigError(
+                f"{where(f.name)}: contains the control character {bad.group()!r}; settings are one line"
+            )
+    changes: dict[str, str] = {"from_email": _address("from_email", s.from_email, where("from_email"))}
+    changes["sample_email"] = _address("sample_email", s.sample_email, where("sample_email"))
+    if s.unsubscribe_mailto:
+        mailto = _address("unsubscribe_mailto", s.unsubscribe_mailto, where("unsubscribe_mailto"))
+        if _NOT_IN_MAILTO & set(mailto):
+            raise ConfigError(f"{where('unsubscribe_mailto')}: {mailto!r} cannot be put in a mailto: link")
+        changes["unsubscribe_mailto"] = mailto
+    if s.reply_to:
+        match = _MAILBOX.fullmatch(s.reply_to)
+        if not match or '"' in (match["name"] or ""):
+            raise ConfigError(f"{where('reply_to')}: {s.reply_to!r} must be `address` or `Name <address>`")
+        address = _address("reply_to", match["bracketed"] or match["bare"] or "", where("reply_to"))
+        changes["reply_to"] = f"{match['name']} <{address}>" if match["name"] else address
+    for name in ("list_id", "old_list_ids"):
+        for list_id in filter(None, (v.strip() for v in getattr(s, name).split(","))):
+            if len(list_id) > 200 or not _LIST_ID.fullmatch(list_id):
+                raise ConfigError(
+                    f"{where(name)}: {list_id!r} is not a list id (dotted words: news.example.org)"
+                )
+    if s.dkim_selector and not _SELECTOR.fullmatch(s.dkim_selector):
+        raise ConfigError(f"{where('dkim_selector')}: {s.dkim_selector!r} is not a DNS label")
+    if s.dkim_domain:
+        changes["dkim_domain"] = _address("dkim_domain", f"dkim@{s.dkim_domain}", where("dkim_domain"))[5:]
     if s.smtp_security not in ("starttls", "tls", "none"):
-        raise ConfigError(f"smtp_security: {s.smtp_security!r} must be one of starttls, tls, none")
-    if s.connections < 1 or s.connections > 64:
-        raise ConfigError(f"connections: {s.connections} must be between 1 and 64")
-    if s.rate < 0:
-        raise ConfigError(f"rate: {s.rate} must not be negative")
-    if s.max_attempts < 1:
-        raise ConfigError(f"max_attempts: {s.max_attempts} must be at least 1")
+        raise ConfigError(f"{where('smtp_security')}: {s.smtp_security!r} must be one of starttls, tls, none")
     for name in ("base_url", "web_url", "view_url"):
         url = getattr(s, name)
         if url and not url.startswith(("http://", "https://", "{web_url}")):
-            raise ConfigError(f"{name}: {url!r} must start with http:// or https://")
-        if len(url) > 200 or any(c in url for c in ' \r\n\t"<>'):
-            raise ConfigError(f"{name}: {url[:60]!r} is not a usable URL")
+            raise ConfigError(f"{where(name)}: {url!r} must start with http:// or https://")
+        if len(url) > 200 or any(c in url for c in ' \t"<>'):
+            raise ConfigError(f"{where(name)}: {url[:60]!r} is not a usable URL")
     if s.smtp_user and not s.smtp_password:
         raise ConfigError("smtp_user is set but smtp_password is not (set MAILER_SMTP_PASSWORD)")
     try:
@@ -209,7 +395,8 @@ def _check(s: Settings) -> None:
 
         ZoneInfo(s.timezone)
     except Exception:
-        raise ConfigError(f"timezone: {s.timezone!r} is not a known time zone") from None
+        raise ConfigError(f"{where('timezone')}: {s.timezone!r} is not a known time zone") from None
+    return s.replace(**changes)
 
 
 def smtp_port(s: Settings) -> int:

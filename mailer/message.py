@@ -267,7 +267,7 @@ def make_factory(
 ) -> MessageFactory:
     """The factory with the shared unsubscribe key (made on first use) and DKIM when configured."""
     keyring = load_keyring(settings, notify=notify)
-    list_id = settings.effective_list_id
+    list_id = settings.token_scope
     return MessageFactory(
         issue, settings, sign=lambda email: keyring.sign(email, list_id), dkim=dkim_signer(settings)
     )

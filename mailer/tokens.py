@@ -1,9 +1,11 @@
 """Sign and verify unsubscribe tokens, so only mailer can make a working unsubscribe link.
 
 A token is `base64url(address) "." base64url(mac)`, where mac is the first 16 bytes of an HMAC-SHA256
-over the list id and the lower-cased address, keyed by the secret key mixed with a per-purpose salt.
-Tokens do not expire: links in old issues keep working. Old keys (`old_secret_keys`) still verify, so
-the key can be rotated.
+over a scope and the lower-cased address, keyed by the secret key mixed with a per-purpose salt. The scope
+is the configured list_id (empty when none is set), never a value derived from from_email, so changing the
+sender leaves every link working. Tokens do not expire: links in old issues keep working. Old keys
+(`old_secret_keys`) and old scopes (`old_list_ids`, and the derived list id older versions used) still
+verify, so both can change.
 """
 
 from __future__ import annotations
@@ -81,8 +83,11 @@ class Keyring:
         address = email.strip().lower()
         return _b64(address.encode("utf-8")) + "." + self._signers[0].mac(address, list_id)
 
-    def verify(self, token: str, list_id: str) -> str | None:
-        """Return the (lower-cased) address a token was made for, or None if it is not genuine."""
+    def verify(self, token: str, list_id: str, *older: str) -> str | None:
+        """Return the (lower-cased) address a token was made for, or None if it is not genuine.
+
+        `older` are scopes that links already sent may carry (list ids used before).
+        """
         if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH:
             return None
         if not _TOKEN.fullmatch(token):
@@ -97,8 +102,9 @@ class Keyring:
         if _b64(raw) != encoded or address != address.strip().lower():
             return None
         found = False
-        for signer in self._signers:  # no early exit: every key costs the same
-            found |= hmac.compare_digest(signer.mac(address, list_id), mac)
+        for signer in self._signers:  # no early exit: every key and scope costs the same
+            for scope in (list_id, *older):
+                found |= hmac.compare_digest(signer.mac(address, scope), mac)
         return address if found else None
 
 

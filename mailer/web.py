@@ -9,11 +9,11 @@ from __future__ import annotations
 import html
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from email.message import Message
 from email.parser import BytesParser
 from email.policy import HTTP
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 from .errors import MailerError
@@ -144,7 +144,7 @@ class UnsubscribeApp:
     def __init__(self, settings: Settings, keyring: Keyring) -> None:
         self.settings = settings
         self.keyring = keyring
-        self.list_id = settings.effective_list_id
+        self.scopes = settings.accepted_token_scopes
         self.list_name = settings.list_name or settings.from_name
         self.archive = (settings.data_dir / "archive").resolve()
 
@@ -202,7 +202,7 @@ class UnsubscribeApp:
         raise HTTPError(404, "Not found", "There is nothing at this address.")
 
     def _address(self, token: str) -> str:
-        address = self.keyring.verify(token, self.list_id)
+        address = self.keyring.verify(token, *self.scopes)
         if address is None:
             raise HTTPError(
                 400,
@@ -286,9 +286,74 @@ def make_app(settings: Settings, *, keyring: Keyring | None = None) -> Unsubscri
     return UnsubscribeApp(settings, keyring or load_keyring(settings, notify=log.warning))
 
 
+# Limits for facing the open internet through a reverse proxy (docs/configuration.md says what it must add).
+# Waitress stops accepting at connection_limit, so a low limit let 100 idle sockets lock out every reader;
+# a stalled client is cut off after CHANNEL_TIMEOUT seconds without a byte, checked every CLEANUP_INTERVAL.
+MAX_CONNECTIONS = 1000
+CHANNEL_TIMEOUT = 15
+CLEANUP_INTERVAL = 5
+MAX_HEADER_BYTES = 16 * 1024
+
+
+def _connection_limit() -> int:
+    """MAX_CONNECTIONS, or fewer when the open-file limit is lower (each connection holds a descriptor)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = MAX_CONNECTIONS + 100  # the database, the key, the log and the listening sockets
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        soft = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    return MAX_CONNECTIONS if soft == resource.RLIM_INFINITY else max(10, min(MAX_CONNECTIONS, soft - 100))
+
+
+def make_server(build: Callable[[], UnsubscribeApp], host: str, port: int, threads: int) -> Any:
+    """A listening waitress server with limits fit for the internet; MailerError if it cannot listen.
+
+    It listens before `build` runs, so a bad address fails before a signing key is made.
+    """
+    import socket
+
+    from waitress.server import create_server
+
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as exc:
+        reason = exc.strerror if isinstance(exc, socket.gaierror) else "not a host name"
+        raise MailerError(f"--host {host}: not an address to listen on ({reason})") from None
+    built: list[UnsubscribeApp] = []
+    try:
+        server = create_server(
+            lambda environ, start_response: built[0](environ, start_response),
+            host=host,
+            port=port,
+            threads=threads,
+            ident="mailer",
+            max_request_body_size=MAX_BODY,
+            max_request_header_size=MAX_HEADER_BYTES,
+            connection_limit=_connection_limit(),
+            channel_timeout=CHANNEL_TIMEOUT,
+            cleanup_interval=CLEANUP_INTERVAL,
+            asyncore_use_poll=True,  # select() cannot watch descriptors above 1024
+        )
+    except OSError as exc:
+        raise MailerError(f"{host}:{port}: cannot listen: {exc.strerror}") from None
+    except ValueError:
+        raise MailerError(f"--host {host}: not an address to listen on") from None
+    try:
+        built.append(build())
+    except BaseException:
+        server.close()
+        raise
+    return server
+
+
 def app_from_env() -> UnsubscribeApp:
     """Build the app from mailer.toml and MAILER_* for a WSGI server (waitress-serve --call)."""
-    from .config import load_settings
+    from .config import load_config
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    return make_app(load_settings())
+    loaded = load_config()
+    for line in loaded.warnings:
+        log.warning("%s", line)
+    return make_app(loaded.settings)

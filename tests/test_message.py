@@ -160,7 +160,7 @@ def test_list_headers(factory: MessageFactory, settings: Settings) -> None:
     assert mailto.startswith("mailto:unsubscribe@example.org?subject=")
     token = url.split("t=", 1)[1]
     assert token in mailto
-    assert Keyring(settings.secret_key).verify(token, settings.effective_list_id) == "ada@example.com"
+    assert Keyring(settings.secret_key).verify(token, settings.token_scope) == "ada@example.com"
 
 
 def test_unsubscribe_url_in_the_header_equals_the_one_in_both_bodies(factory: MessageFactory) -> None:

@@ -201,3 +201,28 @@ def test_sign_is_fast() -> None:
         ring.sign(f"subscriber{i}@example.com", LIST)
     per_call = (time.thread_time() - start) / n
     assert per_call < 50e-6  # measured ~5 µs
+
+
+def test_links_stay_genuine_when_the_sender_changes() -> None:
+    before = Settings(from_email="news@old.example", secret_key=KEY)
+    after = before.replace(from_email="letters@new.example")
+    token = Keyring(KEY).sign("alice@example.com", before.token_scope)
+    assert Keyring(KEY).verify(token, *after.accepted_token_scopes) == "alice@example.com"
+
+
+def test_links_bound_to_an_old_list_id_work_once_it_is_listed() -> None:
+    # older mailer bound tokens to the list id derived from from_email: news.old.example
+    legacy = Keyring(KEY).sign("alice@example.com", "news.old.example")
+    moved = Settings(from_email="letters@new.example", secret_key=KEY)
+    assert Keyring(KEY).verify(legacy, *moved.accepted_token_scopes) is None
+    listed = moved.replace(old_list_ids="other.example, news.old.example")
+    assert Keyring(KEY).verify(legacy, *listed.accepted_token_scopes) == "alice@example.com"
+    # and while from_email has not changed, the derived id still verifies without any setting
+    same = Settings(from_email="news@old.example", secret_key=KEY)
+    assert Keyring(KEY).verify(legacy, *same.accepted_token_scopes) == "alice@example.com"
+
+
+def test_a_token_of_another_named_list_stays_refused() -> None:
+    ours = Settings(from_email="news@example.org", list_id="news.example.org", secret_key=KEY)
+    theirs = Keyring(KEY).sign("alice@example.com", "other.example.org")
+    assert Keyring(KEY).verify(theirs, *ours.accepted_token_scopes) is None

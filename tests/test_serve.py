@@ -1,0 +1,177 @@
+"""`mailer serve` as a process: bad listen addresses, slow clients, links that outlive a new sender."""
+
+from __future__ import annotations
+
+import email
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from email import policy
+from http.client import HTTPConnection
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "2026-02-09.md"
+HOST = "127.0.0.1"
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}
+    return {**env, "PYTHONUNBUFFERED": "1", **extra}
+
+
+def _mailer(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mailer", *args],
+        cwd=cwd,
+        env=env or _env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@contextmanager
+def serving(cwd: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[int]:
+    """`mailer serve` on a free port; yields the port once it listens, stops it with Ctrl-C."""
+    log = cwd / "serve.log"
+    with open(log, "wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mailer", *args, "serve", "--host", HOST, "--port", "0"],
+            cwd=cwd,
+            env=env or _env(),
+            stdout=subprocess.PIPE,
+            stderr=err,
+        )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline().decode()  # "Serving on http://127.0.0.1:PORT/ ..." once it listens
+        found = re.search(rf"http://{HOST}:(\d+)/", first)
+        assert found, first + log.read_text()
+        yield int(found[1])
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, log.read_text()
+    assert "Traceback" not in log.read_text()
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "message"),
+    [
+        ("256.1.1.1", "0", "--host 256.1.1.1: not an address to listen on"),
+        ("no-such-host.invalid", "0", "--host no-such-host.invalid: not an address to listen on"),
+        ("127.0.0.1", "BUSY", "cannot listen: Address already in use"),
+    ],
+)
+def test_a_bad_listen_address_is_one_line_and_exit_1(
+    tmp_path: Path, host: str, port: str, message: str
+) -> None:
+    with socket.socket() as busy:
+        busy.bind((HOST, 0))
+        busy.listen()
+        if port == "BUSY":
+            port = str(busy.getsockname()[1])
+        result = _mailer("serve", "--host", host, "--port", port, cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], result.stderr
+    assert not result.stdout
+
+
+def _healthz(port: int, timeout: float) -> tuple[int, bytes]:
+    conn = HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        conn.request("GET", "/healthz")
+        answer = conn.getresponse()
+        return answer.status, answer.read()
+    finally:
+        conn.close()
+
+
+SLOW_CLIENTS = 150  # more than waitress's default connection_limit of 100
+
+
+def test_healthz_answers_while_150_clients_send_their_headers_slowly(tmp_path: Path) -> None:
+    """Each slow client sent half a request line and stalls; under the old limit of 100 /healthz hung."""
+    with serving(tmp_path, env=_env(MAILER_DATA_DIR=str(tmp_path / "state"))) as port:
+        slow = []
+        try:
+            for _ in range(SLOW_CLIENTS):
+                sock = socket.create_connection((HOST, port), timeout=10)
+                sock.sendall(b"GET /unsubscribe?t=")
+                slow.append(sock)
+            started = time.monotonic()
+            assert _healthz(port, timeout=20) == (200, b"ok\n")
+            waited = time.monotonic() - started
+            assert waited < 20  # a bound far above the few milliseconds it takes, far below the 120 s cut-off
+        finally:
+            for sock in slow:
+                sock.close()
+
+
+def test_a_client_that_stops_sending_is_cut_off(tmp_path: Path) -> None:
+    """A stalled half request is closed by the server (channel timeout), not held for ever."""
+    with serving(tmp_path, env=_env(MAILER_DATA_DIR=str(tmp_path / "state"))) as port:
+        with socket.create_connection((HOST, port), timeout=90) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # no blank line: the headers never end
+            started = time.monotonic()
+            assert sock.recv(1024) == b""  # the server closed it
+            assert time.monotonic() - started < 60
+
+
+def _one_click_link(outbox: Path) -> str:
+    files = sorted((outbox / "new").iterdir())
+    assert len(files) == 1
+    msg = email.message_from_bytes(files[0].read_bytes(), policy=policy.default)
+    links = re.findall(r"<(https?://[^>]+)>", str(msg["List-Unsubscribe"]))
+    assert len(links) == 1
+    return links[0]
+
+
+def _one_click(port: int, link: str) -> int:
+    path = link.split("://", 1)[1].partition("/")[2]
+    conn = HTTPConnection(HOST, port, timeout=30)
+    try:
+        conn.request(
+            "POST",
+            "/" + path,
+            body=b"List-Unsubscribe=One-Click",
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def test_an_old_link_still_unsubscribes_after_from_email_changes(tmp_path: Path) -> None:
+    """Send as news@old.example, switch the site to letters@new.example, then one-click the old link."""
+    site = tmp_path / "site"
+    site.mkdir()
+    config = site / "mailer.toml"
+    shutil.copy(EXAMPLE, site / "2026-02-09.md")
+    (site / "subs.csv").write_text("email,name\nreader@example.net,Reader\n", encoding="utf-8")
+    settings = 'data_dir = "state"\nweb_url = "https://news.example.org"\nsubscribers = "subs.csv"\n'
+    config.write_text(f'from_email = "news@old.example"\n{settings}', encoding="utf-8")
+    sent = _mailer("send", "2026-02-09.md", "--yes", "--force", cwd=site)
+    assert sent.returncode == 0, sent.stderr
+    link = _one_click_link(site / "state" / "outbox")
+
+    config.write_text(f'from_email = "letters@new.example"\n{settings}', encoding="utf-8")
+    with serving(site) as port:
+        assert _one_click(port, link) == 200
+    listed = _mailer("suppressions", "list", cwd=site)
+    assert listed.returncode == 0 and "reader@example.net" in listed.stdout, listed.stdout + listed.stderr
