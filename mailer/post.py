@@ -1,21 +1,42 @@
-"""A markdown file with YAML front matter, read into a Post; every problem names the file and line."""
+"""A markdown file with front matter, read into a Post; every problem names the file and line.
+
+Front matter is YAML between `---` lines, TOML between `+++` lines (Hugo, Zola) or Pelican /
+MultiMarkdown `Key: value` header lines, so posts from static-site generators need no rewriting.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
 import re
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 import frontmatter
 import yaml
+from markdown_it.token import Token
 
+from . import markdown
 from .errors import PostError
 
 MAX_POST_BYTES = 5 * 1024 * 1024
-_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
-_H1 = re.compile(r"^ {0,3}# +(.*?)(?: +#+)? *$")
+_H1_TEXT = re.compile(r"^ {0,3}# +(.*?)(?: +#+)? *$")
+_TOML_FENCE = re.compile(r"^\+\+\+[ \t]*$", re.MULTILINE)
+_TOML_LINE = re.compile(r"\(at line (\d+), column \d+\)")
+_HEADER_LINE = re.compile(r"^([A-Za-z][A-Za-z0-9 _-]{0,40}):[ \t]*(.*)$")
+# Pelican / MultiMarkdown keys: a first block of `Key: value` lines is a header only with a title or these
+_HEADER_KEYS = {
+    "title", "date", "modified", "tags", "category", "categories", "slug", "author", "authors", "summary",
+    "description", "lang", "status", "image", "cover", "keywords", "subtitle",
+}  # fmt: skip
+_FILE_DATE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})(?!\d)")
+# what static-site generators call a field, in the order they are tried
+_ALIASES = {
+    "summary": ("summary", "description"),
+    "cover": ("coverimage", "cover_image", "cover", "image", "images", "featured_image"),
+    "category": ("category", "categories"),
+}
 _SPACES = re.compile(r"\s+")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029]")
 
@@ -82,9 +103,11 @@ def parse_post(raw: bytes, path: Path) -> Post:
     body, h1 = _take_leading_h1(body, title)
     title = title or h1
     if not title:
-        raise PostError(f"{path}: no title (add `title:` to the front matter or start with a `# ` heading)")
+        raise PostError(
+            f"{path}: no title (add `title:` to the front matter or a `# ` heading before the first text)"
+        )
 
-    summary = _summary(meta.get("summary"), path, text)
+    summary = _summary(_alias(meta, "summary"), path, text)
     tags_value = meta.get("tags")
     if tags_value is None:
         tags: tuple[str, ...] = ()
@@ -97,15 +120,18 @@ def parse_post(raw: bytes, path: Path) -> Post:
         tags = tuple(_clean(str(t)) for t in tags_value if str(t).strip())
     else:
         raise PostError(f"{path}:{_key_line(text, 'tags')}: tags must be a list or a comma-separated string")
-    cover = _text_field(meta, "coverImage", path, text) or _text_field(meta, "cover_image", path, text)
+    cover = _alias(meta, "cover")
+    if isinstance(cover, dict):  # Hugo themes: `cover: {image: ..., alt: ...}`
+        cover = cover.get("image")
     lang = _text_field(meta, "lang", path, text) or guess_lang(title + body[:2000])
+    date = _date(meta.get("date"), path, text)
     return Post(
         path=path,
         title=title,
-        date=_date(meta.get("date"), path, text),
-        category=_text_field(meta, "category", path, text),
+        date=date or _file_date(path),
+        category=_text_field({"category": _alias(meta, "category")}, "category", path, text),
         tags=tags,
-        cover_image=cover,
+        cover_image=_text_field({"cover": cover}, "cover", path, text),
         summary=summary,
         body=body,
         body_line=body_line,
@@ -115,8 +141,58 @@ def parse_post(raw: bytes, path: Path) -> Post:
 
 
 def _split_front_matter(text: str, path: Path) -> tuple[dict[str, object], str, int]:
-    if not text.startswith("---"):
+    """(fields with lower-case names, body, line the body starts on) for any of the three formats."""
+    if text.startswith("+++"):
+        meta, body, body_line = _toml_front_matter(text, path)
+    elif text.startswith("---"):
+        meta, body, body_line = _yaml_front_matter(text, path)
+    else:
+        meta, body, body_line = _header_lines(text)
+    return {str(k).lower(): v for k, v in meta.items()}, body, body_line
+
+
+def _toml_front_matter(text: str, path: Path) -> tuple[dict[str, object], str, int]:
+    end = _TOML_FENCE.search(text, text.find("\n") + 1 if "\n" in text else len(text))
+    if not _TOML_FENCE.match(text) or end is None:
+        raise PostError(f"{path}:1: the front matter has no closing `+++` line")
+    front = text[text.find("\n") + 1 : end.start()]
+    try:
+        meta: dict[str, object] = tomllib.loads(front)
+    except tomllib.TOMLDecodeError as exc:
+        found = _TOML_LINE.search(str(exc))
+        # the TOML starts on the file's line 2; "at end of document" is the last line that holds something
+        line = int(found.group(1)) + 1 if found else len(front.rstrip().split("\n")) + 1
+        problem = _TOML_LINE.sub("", str(exc)).replace("(at end of document)", "").strip()
+        raise PostError(f"{path}:{line}: front matter is not valid TOML: {problem}") from None
+    for table in ("params", "extra", "taxonomies"):  # Hugo's and Zola's own fields live in tables
+        nested = meta.get(table)
+        if isinstance(nested, dict):
+            meta = {**{str(k).lower(): v for k, v in nested.items()}, **meta}
+    body_line = text.count("\n", 0, end.start()) + 2
+    return meta, text[end.end() :].strip("\n"), body_line
+
+
+def _header_lines(text: str) -> tuple[dict[str, object], str, int]:
+    """Pelican / MultiMarkdown metadata: `Key: value` lines up to the first blank line."""
+    meta: dict[str, object] = {}
+    lines = text.split("\n")
+    end = next((i for i, line in enumerate(lines) if not line.strip()), len(lines))
+    key = ""
+    for line in lines[:end]:
+        match = _HEADER_LINE.match(line)
+        if match:
+            key = match.group(1).strip().lower()
+            meta[key] = match.group(2).strip()
+        elif key and line[:1] in " \t":  # MultiMarkdown continues a value on indented lines
+            meta[key] = f"{meta[key]}\n{line.strip()}"
+        else:
+            return {}, text, 1
+    if not meta or ("title" not in meta and not set(meta) <= _HEADER_KEYS):
         return {}, text, 1
+    return meta, "\n".join(lines[end + 1 :]).strip("\n"), end + 2
+
+
+def _yaml_front_matter(text: str, path: Path) -> tuple[dict[str, object], str, int]:
     handler = frontmatter.YAMLHandler()
     try:
         front, body = handler.split(text)
@@ -147,13 +223,36 @@ def _split_front_matter(text: str, path: Path) -> tuple[dict[str, object], str, 
 
 
 def _key_line(text: str, key: str) -> int:
-    match = re.search(rf"^{re.escape(key)}\s*:", text, re.MULTILINE)
+    names = "|".join(re.escape(name) for name in _ALIASES.get(key, (key,)))
+    match = re.search(rf"^\s*(?:{names})\s*[:=]", text, re.MULTILINE | re.IGNORECASE)
     return text.count("\n", 0, match.start()) + 1 if match else 1
 
 
 def _clean(value: str) -> str:
     """Collapse whitespace and drop control characters, so no field can add a header line."""
     return _SPACES.sub(" ", _CONTROL.sub("", value)).strip()
+
+
+def _alias(meta: dict[str, object], field: str) -> object:
+    """The first of a field's names that the front matter sets; of a list (`images`), its first item."""
+    for name in _ALIASES[field]:
+        value = meta.get(name)
+        if field != "summary" and isinstance(value, list) and value and not isinstance(value[0], dict | list):
+            return value[0]
+        if value is not None and value != []:
+            return value
+    return None
+
+
+def _file_date(path: Path) -> dt.date | None:
+    """The date a file name starts with (`2024-10-02-this-week-in-rust.md`), if it is a real date."""
+    match = _FILE_DATE.match(path.name)
+    if not match:
+        return None
+    try:
+        return dt.date(*(int(part) for part in match.groups()))
+    except ValueError:
+        return None
 
 
 def _text_field(meta: dict[str, object], key: str, path: Path, text: str) -> str:
@@ -200,23 +299,38 @@ def _summary(value: object, path: Path, text: str) -> tuple[str, ...]:
 
 
 def _take_leading_h1(body: str, title: str) -> tuple[str, str]:
-    """Remove a first-line H1 that repeats the title (or supplies one); return (body, its text)."""
-    lines = body.split("\n")
-    in_fence = False
-    for i, line in enumerate(lines):
-        if _FENCE.match(line):
-            in_fence = not in_fence
-        if in_fence or not line.strip():
+    """Find the first H1 before the first paragraph (badges, comments and rules may come first).
+
+    It supplies a missing title and is removed when it repeats the title; return (body, its text).
+    """
+    tokens = markdown.parse(body)
+    for i, tok in enumerate(tokens):
+        if tok.level != 0 or tok.type in ("html_block", "hr") or tok.type.endswith("_close"):
             continue
-        match = _H1.match(line)
-        if not match:
+        if tok.type == "heading_open" and tok.tag != "h1":
+            continue
+        if tok.type == "paragraph_open" and _only_images(tokens[i + 1]):
+            continue
+        if tok.type != "heading_open" or tok.map is None:
             return body, ""
-        heading = _clean(match.group(1))
-        if not title or _same(heading, title):
-            lines[i] = ""
-            return "\n".join(lines), heading
-        return body, ""
+        lines = body.split("\n")
+        start, end = tok.map
+        match = _H1_TEXT.match(lines[start]) if end - start == 1 else None
+        heading = _clean(match.group(1) if match else lines[start])
+        if title and not _same(heading, title):
+            return body, ""
+        lines[start:end] = [""] * (end - start)
+        return "\n".join(lines), heading
     return body, ""
+
+
+def _only_images(inline: Token) -> bool:
+    """A paragraph of badges or a lone picture is not the first paragraph of text."""
+    children = inline.children or []
+    kinds = {tok.type for tok in children}
+    if "image" not in kinds or not kinds <= {"image", "link_open", "link_close", "softbreak", "text"}:
+        return False
+    return not any(tok.type == "text" and tok.content.strip() for tok in children)
 
 
 def _same(a: str, b: str) -> bool:

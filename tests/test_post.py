@@ -108,6 +108,70 @@ def test_datetime_and_quoted_dates(tmp_path: Path) -> None:
         assert parse_post(raw, tmp_path / "p.md").date == dt.date(2026, 2, 9), value
 
 
+def test_hugo_post_with_toml_front_matter() -> None:
+    post = load_post(POSTS / "hugo_toml.md")
+    assert post.title == "Announcing Rust 1.82.0"
+    assert post.date == dt.date(2024, 10, 17)
+    # description: is the summary, images[0] the cover
+    assert post.summary == ("The Rust team is happy to announce a new version of Rust, 1.82.0.",)
+    assert post.cover_image == "https://blog.example.org/images/2024-10-17-rust-1.82.png"
+    assert post.tags == ("release", "rust")
+    assert post.category == "Releases"
+    assert post.lang == "en"
+    assert "+++" not in post.body and "[extra]" not in post.body
+    assert post.body.startswith("The Rust team is happy")
+    assert load_post(POSTS / "hugo_toml.md").body_line == 13
+
+
+def test_toml_post_titled_by_its_first_h1_dated_by_its_file_name() -> None:
+    post = load_post(POSTS / "2024-10-02-toml-h1.md")
+    assert post.title == "Zola weekly: week 40"
+    assert post.date == dt.date(2024, 10, 2)
+    assert post.tags == ("zola", "weekly")  # [taxonomies]
+    assert post.cover_image == "https://zola.example.org/covers/week-40.png"  # [extra] cover
+    assert "# Zola weekly" not in post.body
+    assert "## Releases" in post.body
+
+
+def test_pelican_header_lines() -> None:
+    post = load_post(POSTS / "pelican.md")
+    assert post.title == "This Week in Rust 567"
+    assert post.date == dt.date(2024, 10, 2)
+    assert post.category == "This Week in Rust"
+    assert post.tags == ("rust", "weekly")
+    assert post.summary == ("Hello and welcome to another issue of This Week in Rust!",)
+    assert post.cover_image == "https://this-week-in-rust.example.org/images/twir.png"
+    assert post.body.startswith("Hello and welcome") and "Title:" not in post.body
+    assert post.body_line == 9
+
+
+def test_first_line_with_a_colon_is_text_not_a_header(tmp_path: Path) -> None:
+    post = parse_post(b"# Title\n\nNote: this is the first paragraph.\n", tmp_path / "p.md")
+    assert post.title == "Title"
+    assert "Note: this is the first paragraph." in post.body
+    raw = b"Note: read this first.\nIt is a paragraph.\n\n# Title\n"
+    with pytest.raises(PostError, match="no title"):
+        parse_post(raw, tmp_path / "p.md")
+
+
+def test_title_from_an_h1_after_badges_and_comments(tmp_path: Path) -> None:
+    raw = (
+        b"---\ndate: 2026-01-05\n---\n<!-- generated -->\n\n"
+        b"[![build](https://ci.example.org/badge.svg)](https://ci.example.org)\n\n"
+        b"Title\n=====\n\nFirst paragraph.\n"
+    )
+    post = parse_post(raw, tmp_path / "p.md")
+    assert post.title == "Title"
+    assert "=====" not in post.body and "badge.svg" in post.body and "First paragraph." in post.body
+
+
+def test_date_from_the_file_name_only_when_the_front_matter_has_none(tmp_path: Path) -> None:
+    named = tmp_path / "2024-10-02-this-week-in-rust.md"
+    assert parse_post(b"# T\n\nBody\n", named).date == dt.date(2024, 10, 2)
+    assert parse_post(b"---\ndate: 2025-01-01\n---\n# T\n", named).date == dt.date(2025, 1, 1)
+    assert parse_post(b"# T\n", tmp_path / "2024-13-45-not-a-date.md").date is None
+
+
 BROKEN_CASES = [
     # file, line named in the message (None: no line applies), words the message must contain
     ("invalid_yaml.md", 5, "not valid YAML"),
@@ -118,6 +182,8 @@ BROKEN_CASES = [
     ("empty.md", None, "empty"),
     ("binary.md", None, "binary"),
     ("latin1.md", 2, "not UTF-8"),
+    ("invalid_toml.md", 4, "not valid TOML"),
+    ("no_title_anywhere.md", None, "no title"),
 ]
 
 
