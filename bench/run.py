@@ -37,7 +37,9 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_POST = ROOT / "examples" / "2026-02-09.md"
 SMTP_SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
 SMTP_SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
-SENDER = "news@example.com"
+SENDER = "news@aidaily.news"  # a sender and links the pre-send checks accept, as a real send has
+WEB_URL = "https://aidaily.news/mailer"
+POSTAL_ADDRESS = "AI Daily, 9 Harbour Road, Hong Kong"
 PARTS = ("startup", "render", "build", "send", "mailmerge", "scale")
 
 
@@ -275,7 +277,8 @@ def bench_settings(data_dir: Path, **extra: Any) -> Any:
         secret_key="bench-secret-key-0123456789",
         from_name="AI 日报",
         from_email=SENDER,
-        web_url="https://news.example.com/mailer",
+        web_url=WEB_URL,
+        postal_address=POSTAL_ADDRESS,
         **extra,
     )
 
@@ -457,7 +460,8 @@ def mailer_env(port: int, data_dir: Path) -> dict[str, str]:
         MAILER_SECRET_KEY="bench-secret-key-0123456789",
         MAILER_FROM_EMAIL=SENDER,
         MAILER_FROM_NAME="AI 日报",
-        MAILER_WEB_URL="https://news.example.com/mailer",
+        MAILER_WEB_URL=WEB_URL,
+        MAILER_POSTAL_ADDRESS=POSTAL_ADDRESS,
         MAILER_MAX_CONSECUTIVE_FAILURES="5",
     )
     return env

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from dataclasses import dataclass
 from typing import Literal
@@ -11,6 +12,7 @@ from lxml import etree
 from lxml import html as lhtml
 
 from .config import Settings
+from .errors import MailerError
 from .markdown import text_width
 from .render import Issue
 
@@ -22,6 +24,15 @@ RESERVED_TLDS = (".example", ".test", ".invalid", ".localhost", ".local")
 DEFAULT_POSTAL_ADDRESS = Settings().postal_address
 # checks about the configuration rather than the post: `mailer render` does not repeat them
 SETTINGS_CODES = frozenset({"from-address", "unsubscribe-url", "postal-address", "dkim"})
+# the checks that can be errors, so stop a send; `send --skip-check NAME` lets one of them through on purpose
+BLOCKING_CODES = (
+    "subject",
+    "html-size",
+    "relative-urls",
+    "from-address",
+    "unsubscribe-url",
+    "postal-address",
+)
 
 
 @dataclass(frozen=True)
@@ -31,6 +42,30 @@ class Check:
     level: Level
     code: str
     message: str
+    fix: str = ""  # how to put an error right, for the list that stops a send
+
+
+class ChecksFailed(MailerError):
+    """A send refused before its first message: each failed check with its fix, and how to skip it."""
+
+    def __init__(self, post: object, failed: list[Check]) -> None:
+        self.failed = failed
+        lines = [f"{post}: not sending: {len(failed)} pre-send check(s) failed"]
+        for c in failed:
+            lines.append(f"  {c.code}: {c.message}")
+            if c.fix:
+                lines.append(f"    fix: {c.fix}")
+        names = " ".join(f"--skip-check {c.code}" for c in failed)
+        lines.append(f"  To send anyway, skip each on purpose: {names}")
+        super().__init__("\n".join(lines))
+
+    def details(self) -> dict[str, object]:
+        return {"failed_checks": [dataclasses.asdict(c) for c in self.failed]}
+
+
+def blocking(checks: list[Check], skip: frozenset[str] | set[str] = frozenset()) -> list[Check]:
+    """The errors that stop a send: every error but those skipped by name."""
+    return [c for c in checks if c.level == "error" and c.code not in skip]
 
 
 def check_issue(issue: Issue, settings: Settings) -> list[Check]:
@@ -48,7 +83,7 @@ def check_issue(issue: Issue, settings: Settings) -> list[Check]:
         _links(issue, page),
         _from_address(settings, live),
         _unsubscribe_url(settings, live),
-        _postal_address(settings),
+        _postal_address(settings, live),
         *_dkim(settings, live),
     ]
     return checks
@@ -75,7 +110,12 @@ def _short(items: list[str], limit: int = 3) -> str:
 def _subject(issue: Issue) -> Check:
     subject = issue.subject.strip()
     if not subject:
-        return Check("error", "subject", "the subject is empty (give the post a title)")
+        return Check(
+            "error",
+            "subject",
+            "the subject is empty",
+            "give the post a `title:` or start it with `# A heading`",
+        )
     width = text_width(subject)
     if width > SUBJECT_MAX_WIDTH:
         return Check(
@@ -96,6 +136,7 @@ def _size(issue: Issue, settings: Settings) -> Check:
             "html-size",
             f"{shown}; Gmail clips messages over {limit // 1024} KB and hides the rest, "
             "the unsubscribe link included",
+            "shorten the post (or move long parts to the web and link to them)",
         )
     if size > limit * NEAR_CLIP:
         return Check("warning", "html-size", f"{shown}, close to Gmail's {limit // 1024} KB clipping size")
@@ -153,6 +194,7 @@ def _relative(issue: Issue) -> Check:
             "relative-urls",
             f"{len(relative)} relative link(s) or image(s) that no inbox can open (set base_url): "
             f"{_short(relative)}",
+            "set base_url to the site the post's links are relative to, or make them absolute",
         )
     return Check("ok", "relative-urls", "no relative links or images")
 
@@ -198,7 +240,12 @@ def _from_address(settings: Settings, live: bool) -> Check:
         problem = "is a reserved example domain: no one can receive mail from it (set from_email)"
     if problem:
         suffix = "" if live else " (fine for the local outbox)"
-        return Check(level, "from-address", f"from_email {settings.from_email}: {domain} {problem}{suffix}")
+        return Check(
+            level,
+            "from-address",
+            f"from_email {settings.from_email}: {domain} {problem}{suffix}",
+            "set from_email (mailer.toml or MAILER_FROM_EMAIL) to an address at a domain you send mail from",
+        )
     return Check("ok", "from-address", f"sending as {settings.from_email}")
 
 
@@ -225,6 +272,7 @@ def _unsubscribe_url(settings: Settings, live: bool) -> Check:
             "unsubscribe-url",
             f"web_url {settings.web_url} is not reachable by subscribers: their unsubscribe links "
             f"will not work{suffix}",
+            "set web_url to the public https:// address where `mailer serve` answers",
         )
     if parts.scheme != "https":
         return Check(
@@ -235,10 +283,14 @@ def _unsubscribe_url(settings: Settings, live: bool) -> Check:
     return Check("ok", "unsubscribe-url", f"unsubscribe links point to {settings.web_url}")
 
 
-def _postal_address(settings: Settings) -> Check:
+def _postal_address(settings: Settings, live: bool) -> Check:
     if not settings.postal_address.strip() or settings.postal_address == DEFAULT_POSTAL_ADDRESS:
+        suffix = "" if live else " (fine for the local outbox)"
         return Check(
-            "warning", "postal-address", "postal_address is not set: the footer needs a real one (CAN-SPAM)"
+            "error" if live else "warning",
+            "postal-address",
+            f"postal_address is not set: the footer needs a real one (CAN-SPAM){suffix}",
+            "set postal_address to the sender's real postal address",
         )
     return Check("ok", "postal-address", "the footer has a postal address")
 

@@ -5,6 +5,7 @@ Heavy modules (premailer, lxml, smtplib) are imported inside the commands so `ma
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from . import __version__
+from .console import Console
 from .errors import ExitStatus, MailerError
 
 if TYPE_CHECKING:
@@ -23,35 +25,81 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 @contextmanager
-def reported() -> Iterator[None]:
-    """Turn a MailerError into one line on stderr and its exit code; Ctrl-C into 130, SIGTERM into 143."""
+def reported(console: Console | None = None, fields: dict[str, Any] | None = None) -> Iterator[None]:
+    """Turn a MailerError into its message on stderr and its exit code; Ctrl-C into 130, SIGTERM into 143.
+
+    With a --json console the same goes into the one JSON object, with the `fields` known so far.
+    """
+    console = console or Console()
     try:
         yield
     except MailerError as exc:
-        click.echo(f"Error: {exc}", err=True)
+        console.error(f"Error: {exc}")
+        console.emit(_outcome(fields, exc.exit_code, error=str(exc), **exc.details()))
         sys.exit(exc.exit_code)
     except KeyboardInterrupt as exc:
-        click.echo(f"{getattr(exc, 'what', 'Interrupted')}.", err=True)
-        sys.exit(getattr(exc, "exit_code", ExitStatus.INTERRUPTED))
+        what = getattr(exc, "what", "Interrupted")
+        code = getattr(exc, "exit_code", ExitStatus.INTERRUPTED)
+        console.error(f"{what}.")
+        console.emit(_outcome(fields, code, error=what))
+        sys.exit(code)
 
 
-def loaded_from(ctx: click.Context) -> Loaded:
+STATUS = {
+    ExitStatus.OK: "done",
+    ExitStatus.ERROR: "refused",
+    ExitStatus.INCOMPLETE: "incomplete",
+    ExitStatus.STOPPED: "stopped",
+    ExitStatus.INTERRUPTED: "interrupted",
+    ExitStatus.TERMINATED: "interrupted",
+}
+
+
+def _outcome(fields: dict[str, Any] | None, code: int, **more: Any) -> dict[str, Any]:
+    """The --json object: what the command knows, its exit code and that code's name."""
+    return {"status": STATUS.get(ExitStatus(code), "error"), **(fields or {}), **more, "exit": int(code)}
+
+
+def _skip_names(ctx: click.Context, param: click.Parameter, names: tuple[str, ...]) -> frozenset[str]:
+    from .checks import BLOCKING_CODES
+
+    for name in names:
+        if name not in BLOCKING_CODES:
+            raise click.BadParameter(
+                f"{name!r} is not a check that stops a send; one of {', '.join(BLOCKING_CODES)}"
+            )
+    return frozenset(names)
+
+
+def output_options(f: F) -> F:
+    """--json and -q, for the commands a script or cron runs."""
+    f = click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")(f)
+    return click.option(
+        "--json",
+        "json_mode",
+        is_flag=True,
+        help="Print one JSON object on stdout (counts, exit status, failures).",
+    )(f)
+
+
+def loaded_from(ctx: click.Context, console: Console | None = None) -> Loaded:
     """Load the configuration once per command, from --config or mailer.toml and MAILER_*; warn once."""
     from .config import load_config
 
+    console = console or Console()
     obj = ctx.ensure_object(dict)
     if "loaded" not in obj:
-        with reported():
+        with reported(console):
             obj["loaded"] = load_config(obj.get("config_path"))
         for line in obj["loaded"].warnings:
-            click.echo(line, err=True)
+            console.say(line)
     loaded: Loaded = obj["loaded"]
     return loaded
 
 
-def settings_from(ctx: click.Context) -> Settings:
-    """The checked settings of this command."""
-    return loaded_from(ctx).settings
+def settings_from(ctx: click.Context, console: Console | None = None) -> Settings:
+    """The checked settings of this command (errors and warnings through `console`, when given)."""
+    return loaded_from(ctx, console).settings
 
 
 def _take_config(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
@@ -149,7 +197,7 @@ def render(ctx: click.Context, post: Path, output: Path | None, form: str) -> No
 )
 @click.option("--yes", "-y", is_flag=True, help="Do not ask before mailing the list (cron).")
 @click.option("--dry-run", is_flag=True, help="List who would get the issue; send nothing.")
-@click.option("--test", "test_address", metavar="ADDRESS", help="Send one message, built as the real ones.")
+@click.option("--test", "test_address", metavar="ADDRESS", help="Send one test copy (marked, not recorded).")
 @click.option("--retry-failed", is_flag=True, help="Try the permanently failed addresses again.")
 @click.option("--changed", is_flag=True, help="The post changed since the first send: send the new version.")
 @click.option("--force", is_flag=True, help="Send a post dated in the past or the future.")
@@ -158,6 +206,15 @@ def render(ctx: click.Context, post: Path, output: Path | None, form: str) -> No
 @click.option(
     "--rate", type=click.FloatRange(min=0), help="At most this many messages per second (all connections)."
 )
+@click.option(
+    "--skip-check",
+    "skip_checks",
+    multiple=True,
+    metavar="NAME",
+    callback=_skip_names,
+    help="Send although this pre-send check fails (repeatable; one name each, as the refusal lists them).",
+)
+@output_options
 @click.pass_context
 def send(
     ctx: click.Context,
@@ -172,20 +229,32 @@ def send(
     resend: bool,
     connections: int | None,
     rate: float | None,
+    skip_checks: frozenset[str],
+    json_mode: bool,
+    quiet: bool,
 ) -> None:
-    """Deliver POST (or today's post in a folder) to every subscriber, once; rerun to resume."""
-    settings = settings_from(ctx)
+    """Deliver POST (or today's post in a folder) to every subscriber, once; rerun to resume.
 
-    def say(line: str) -> None:
-        click.echo(line, err=True)
-
-    with reported():
+    Exit status: 0 done, 1 refused before sending, 2 usage error, 3 finished but some recipients failed,
+    4 stopped early (rerun to resume), 130 interrupted.
+    """
+    console = Console(json_mode=json_mode, quiet=quiet)
+    settings = settings_from(ctx, console)
+    fields: dict[str, Any] = {"command": "send", "post": str(post)}
+    with reported(console, fields):
         from . import send as sending
         from .campaign import SendOptions
-        from .progress import ConsoleFeedback, count_rows
+        from .progress import ConsoleFeedback, report_counts, report_lines
 
         if test_address:
-            click.echo(sending.send_test(settings, post, test_address, say))
+            sent = sending.send_test(settings, post, test_address, console=console, skip_checks=skip_checks)
+            console.result(f"Test message sent to {sent.email} via {sent.via}: {sent.reply}")
+            console.emit(
+                _outcome(
+                    fields, 0, status="test", to=sent.email, via=sent.via, reply=sent.reply,
+                    message_id=sent.message_id, warnings=console.warnings,
+                )
+            )  # fmt: skip
             return
         options = SendOptions(
             connections=connections or settings.connections,
@@ -198,84 +267,85 @@ def send(
             allow_changed=changed,
             allow_resend=resend,
         )
-
-        def confirm(question: str) -> bool:
-            if yes or not settings.smtp_host:  # the local outbox mails no one
-                return True
-            if not sys.stdin.isatty():
-                raise MailerError("not on a terminal: pass --yes to send without asking")
-            return click.confirm(question, default=False, err=True)
-
-        feedback: list[ConsoleFeedback] = []
-
-        def feedback_for(path: Path) -> ConsoleFeedback:
-            feedback.append(ConsoleFeedback(count_rows(str(path))))
-            return feedback[0]
-
+        feedback = ConsoleFeedback(console)
         try:
             result = sending.send(
-                settings, post, to=to, options=options, force=force, confirm=confirm, say=say,
-                feedback_for=feedback_for,
+                settings, post, to=to, options=options, force=force, yes=yes, skip_checks=skip_checks,
+                console=console, feedback=feedback,
             )  # fmt: skip
         except (KeyboardInterrupt, MailerError) as exc:
-            for bar in feedback:
-                bar.close()
+            feedback.close()
+            if feedback.report is not None:
+                fields.update(counts=report_counts(feedback.report), failures=feedback.report.failures)
+            fields["warnings"] = console.warnings
             if isinstance(exc, KeyboardInterrupt):
                 what = getattr(exc, "what", "Interrupted")
-                say(f"{what} after the messages in flight; run the same command again to resume.")
+                console.error(f"{what} after the messages in flight; run the same command again to resume.")
             raise
-        if result.report is None:
-            click.echo(result.note, err=True)
+        fields.update(via=result.via, warnings=console.warnings)
+        if result.issue is not None:
+            fields.update(issue=result.issue.issue_id, subject=result.issue.subject)
+        report = result.report
+        if report is None:
+            console.note(result.note)
+            console.emit(_outcome(fields, 0, status="nothing sent", note=result.note))
             return
-        if feedback:
-            feedback[0].finish(result.report)
-        _print_report(result, dry_run=dry_run)
-        if not dry_run and not result.report.complete:
-            sys.exit(ExitStatus.INCOMPLETE)
+        if not dry_run:
+            feedback.finish(report)
+        fields.update(
+            counts=report_counts(report, result.stats),
+            failures=report.failures,
+            deliverable=result.deliverable,
+        )
+        code = ExitStatus.OK if dry_run or report.complete else ExitStatus.INCOMPLETE
+        heading = f"{fields['issue']}: {fields['subject']}"
+        lines = report_lines(heading, report, result.stats, dry_run=dry_run)
+        if quiet and code:  # what did not go out is an error worth a line even in a quiet run
+            for line in lines:
+                console.error(line)
+        else:
+            console.note(lines[0])
+            for line in lines[1:]:
+                console.say(line)
+        if result.refused:  # a dry run: list who would get it, then say that a real send would stop
+            from .checks import ChecksFailed
 
-
-def _print_report(result: Any, *, dry_run: bool) -> None:
-    report, stats = result.report, result.stats
-    rows = [
-        ("would send" if dry_run else "sent", report.would_send if dry_run else report.sent),
-        ("already sent before", report.already_sent),
-        ("suppressed (unsubscribed)", report.suppressed),
-        ("invalid rows", stats.invalid),
-        ("duplicates", stats.duplicates),
-        ("failed, temporary (will retry on rerun)", report.failed_temporary),
-        ("failed, permanent", report.failed_permanent),
-        ("failed permanently before (--retry-failed)", report.failed_before),
-        ("not sent (stopped early)", report.pending),
-    ]
-    click.echo(f"{result.issue.issue_id}: {result.issue.subject}", err=True)
-    for label, value in rows:
-        if value or label in ("sent", "would send"):
-            click.echo(f"  {label:<44}{value:>9}", err=True)
-    for reason, count in sorted(report.failures.items(), key=lambda kv: -kv[1])[:10]:
-        click.echo(f"    {count:>6} x {reason}", err=True)
-    if not dry_run and report.sent:
-        click.echo(f"  {report.rate():,.0f} msg/s", err=True)
+            raise ChecksFailed(post, result.refused)
+        console.emit(_outcome(fields, code, **({"status": "dry run"} if dry_run else {})))
+        if code:
+            sys.exit(code)
 
 
 @cli.command()
-@click.argument("post", type=click.Path(path_type=Path))
+@click.argument("post", type=click.Path(path_type=Path), required=False)
+@output_options
 @click.pass_context
-def status(ctx: click.Context, post: Path) -> None:
-    """Show what became of POST's issue: sent, pending, failed per reason."""
-    settings = settings_from(ctx)
-    with reported():
+def status(ctx: click.Context, post: Path | None, json_mode: bool, quiet: bool) -> None:
+    """Show what became of POST's issue (sent, pending, failed per reason); with no POST, every issue sent."""
+    console = Console(json_mode=json_mode, quiet=quiet)
+    settings = settings_from(ctx, console)
+    fields: dict[str, Any] = {"command": "status"}
+    with reported(console, fields):
         from .ledger import Ledger
         from .post import load_post
+        from .progress import issue_fields, issue_table
 
-        issue_id = load_post(post).issue_id if post.exists() else post.stem
         with Ledger(settings.db_path) as ledger:
+            if post is None:
+                issues = ledger.issues()
+                if not quiet:
+                    for line in issue_table(issues):
+                        console.result(line)
+                console.emit(_outcome(fields, 0, issues=[issue_fields(i) for i in issues]))
+                return
+            issue_id = load_post(post).issue_id if post.exists() else post.stem
             st = ledger.status(issue_id)
-        click.echo(st.format())
-
-
-def main() -> None:
-    """Console-script entry point."""
-    cli(prog_name="mailer")
+        if not quiet:
+            console.result(st.format())
+        failures = [
+            {"state": g.state, "code": g.code, "reply": g.reply, "count": g.count} for g in st.failures
+        ]
+        console.emit(_outcome(fields, 0, **issue_fields(st), failure_groups=failures))
 
 
 @cli.command()
@@ -482,11 +552,19 @@ def suppressions_export(ctx: click.Context) -> None:
 @cli.command()
 @click.argument("post", type=click.Path(path_type=Path))
 @click.option("-q", "--quiet", is_flag=True, help="Print only what failed, not the checks that passed.")
+@click.option(
+    "--json", "json_mode", is_flag=True, help="Print one JSON object on stdout (every check, exit status)."
+)
 @click.pass_context
-def check(ctx: click.Context, post: Path, quiet: bool) -> None:
-    """Run the pre-send checks on POST; exit 1 when something would hurt delivery (cron: before send)."""
-    settings = settings_from(ctx)
-    with reported():
+def check(ctx: click.Context, post: Path, quiet: bool, json_mode: bool) -> None:
+    """Run the pre-send checks on POST; exit 1 when something would hurt delivery (cron: before send).
+
+    `send` runs the same checks and refuses to mail on an error.
+    """
+    console = Console(json_mode=json_mode)
+    settings = settings_from(ctx, console)
+    fields: dict[str, Any] = {"command": "check", "post": str(post)}
+    with reported(console, fields):
         from .checks import check_issue, has_errors
         from .post import load_post
         from .render import render_issue
@@ -494,12 +572,19 @@ def check(ctx: click.Context, post: Path, quiet: bool) -> None:
         checks = check_issue(render_issue(load_post(post), settings), settings)
     for c in checks:
         if not (quiet and c.level == "ok"):
-            click.echo(f"{post}: {c.level}: {c.code}: {c.message}")
+            fix = f" (fix: {c.fix})" if c.fix and c.level == "error" else ""
+            console.result(f"{post}: {c.level}: {c.code}: {c.message}{fix}")
     errors = sum(c.level == "error" for c in checks)
     warnings = sum(c.level == "warning" for c in checks)
-    click.echo(f"{post}: {errors} error(s), {warnings} warning(s)", err=True)
-    if has_errors(checks):
-        sys.exit(ExitStatus.ERROR)
+    console.say(f"{post}: {errors} error(s), {warnings} warning(s)")
+    code = ExitStatus.ERROR if has_errors(checks) else ExitStatus.OK
+    console.emit(
+        _outcome(
+            fields, code, errors=errors, warnings=warnings, checks=[dataclasses.asdict(c) for c in checks]
+        )
+    )
+    if code:
+        sys.exit(code)
 
 
 @cli.command()
@@ -541,3 +626,8 @@ def init(folder: Path) -> None:
         from .scaffold import init_site
 
         click.echo("\n".join(init_site(folder).report()))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="mailer")

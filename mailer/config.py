@@ -83,6 +83,7 @@ class Settings:
     max_age_days: int = 1
     sample_name: str = "Sample Subscriber"
     sample_email: str = "subscriber@example.com"
+    test_subject_prefix: str = "[TEST] "  # marks the subject of `send --test` messages
     clip_warn_bytes: int = 102_000
 
     @property

@@ -10,8 +10,10 @@ class ExitStatus(IntEnum):
     """Exit codes that mean something to a cron job."""
 
     OK = 0
-    ERROR = 1  # bad input or configuration: nothing was sent
-    INCOMPLETE = 2  # the send ran but some deliverable messages were not delivered
+    ERROR = 1  # refused or failed before sending: bad input, configuration, a failed pre-send check
+    USAGE = 2  # click's own code for a wrong option or argument
+    INCOMPLETE = 3  # the send finished but some recipients failed (rerun retries the temporary ones)
+    STOPPED = 4  # the send stopped early (server down, record unwritable); rerun to resume
     INTERRUPTED = 130  # Ctrl-C (SIGINT)
     TERMINATED = 143  # SIGTERM (systemd, docker): 128 + 15, as a shell reports it
 
@@ -39,6 +41,10 @@ class MailerError(Exception):
 
     exit_code: int = ExitStatus.ERROR
 
+    def details(self) -> dict[str, object]:
+        """What a --json run adds to its object besides the one-line message."""
+        return {}
+
 
 class ConfigError(MailerError):
     """The configuration file or a MAILER_* variable is wrong."""
@@ -59,4 +65,4 @@ class TransportError(MailerError):
 class SendAborted(MailerError):
     """A send stopped early; rerunning the same command resumes it."""
 
-    exit_code = ExitStatus.INCOMPLETE
+    exit_code = ExitStatus.STOPPED

@@ -1,42 +1,40 @@
-"""How a send reports itself: a progress bar with rate and ETA on a terminal, plain log lines otherwise."""
+"""How a send reports itself: a progress bar on a terminal, timestamped log lines otherwise, the report."""
 
 from __future__ import annotations
 
-import sys
+import os
 import time
-from typing import TextIO
-
-import click
 
 from .campaign import Feedback, Report
-from .subscribers import Subscriber
+from .console import Console
+from .ledger import IssueSummary
+from .subscribers import ReadStats, Subscriber
 
-
-def count_rows(path: str) -> int:
-    """Data rows in a CSV file, roughly (newlines minus the header), for the bar's total; cheap even at 1M."""
-    lines = 0
-    last = b"\n"
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            lines += chunk.count(b"\n")
-            last = chunk[-1:]
-    if last != b"\n":
-        lines += 1
-    return max(lines - 1, 0)
+MIN_BAR = 10  # columns; on a narrower terminal the bar is left out and only the figures are shown
 
 
 class ConsoleFeedback(Feedback):
-    """Progress on stderr: redrawn in place on a tty, a line every few seconds when logging to a file."""
+    """Progress on the console's stderr: redrawn in place on a tty, a log line every few seconds otherwise.
 
-    def __init__(self, total: int, *, stream: TextIO | None = None, interval: float | None = None) -> None:
-        self.total = total
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
+    `total` is the deliverable count found before sending (0: unknown); the bar counts messages dealt with
+    (sent or failed) out of it.
+    """
+
+    def __init__(self, console: Console, *, interval: float | None = None) -> None:
+        self.console = console
+        self.total = 0
+        self.tty = console.tty and not console.quiet
         self.interval = interval if interval is not None else (0.2 if self.tty else 5.0)
         self.last = 0.0
         self.drawn = False
+        self.report: Report | None = None  # the last state seen: what a send that stopped got done
+
+    def start(self, total: int) -> None:
+        """The deliverable count, known once the list was read through before the first message."""
+        self.total = total
 
     def progress(self, report: Report) -> None:
+        self.report = report
         now = time.monotonic()
         if now - self.last < self.interval:
             return
@@ -44,54 +42,143 @@ class ConsoleFeedback(Feedback):
         self._draw(report)
 
     def finish(self, report: Report) -> None:
-        """Draw the final state and end the bar's line."""
+        """Draw the final state and end the bar's line; a run that went through the list ends at 100%."""
+        self.report = report
+        if not report.pending and not report.stopped_because:
+            self.total = _done(report)  # the count made before sending may be off by readers who left since
         self._draw(report)
         self.close()
 
     def close(self) -> None:
         """End the bar's line so that what follows starts on a line of its own."""
         if self.tty and self.drawn:
-            self.stream.write("\n")
-            self.stream.flush()
+            self.console.err.write("\n")
+            self.console.err.flush()
             self.drawn = False
 
     def _draw(self, report: Report) -> None:
-        done = report.seen
+        if self.console.quiet:
+            return
+        done = _done(report)
         rate = report.rate()
-        left = max(self.total - done, 0)
+        total = max(self.total, done)
+        left = total - done
         eta = _clock(left / rate) if rate > 0 and left else "-"
         failed = f", {report.failed} failed" if report.failed else ""
         if self.tty:
-            width = 28
-            frac = min(done / self.total, 1.0) if self.total else 1.0
-            bar = "#" * int(frac * width) + "." * (width - int(frac * width))
-            line = (
-                f"\r[{bar}] {done}/{self.total} {frac:4.0%}  {report.sent} sent{failed}  "
-                f"{rate:,.0f} msg/s  ETA {eta} "
-            )
-            self.stream.write(line)
+            self.console.err.write("\r" + self._bar_line(done, total, failed, rate, eta))
+            self.console.err.flush()
             self.drawn = True
         else:
-            self.stream.write(
-                f"progress: {done}/{self.total} subscribers, {report.sent} sent{failed}, "
-                f"{rate:,.0f} msg/s, ETA {eta}\n"
+            self.console.note(
+                f"progress: {done}/{total} messages, {report.sent} sent{failed}, {rate:,.0f} msg/s, ETA {eta}"
             )
-        self.stream.flush()
+
+    def _bar_line(self, done: int, total: int, failed: str, rate: float, eta: str) -> str:
+        frac = done / total if total else 1.0
+        figures = f" {done}/{total} {frac:4.0%}  {rate:,.0f} msg/s  ETA {eta}{failed}"
+        width = _columns(self.console) - 1  # the last column would wrap the line on some terminals
+        room = width - len(figures) - 2
+        if room < MIN_BAR:
+            return figures.strip()[:width]
+        filled = int(frac * room)
+        return f"[{'#' * filled}{'.' * (room - filled)}]{figures}"
 
     def problem(self, line: str) -> None:
         if self.tty and self.drawn:
-            self.stream.write("\n")
+            self.console.err.write("\n")
             self.drawn = False
-        click.echo(f"failed: {line}", err=True)
+        self.console.error(self.console.stamp(f"failed: {line}"))
 
     def would_send(self, subscriber: Subscriber) -> None:
-        click.echo(subscriber.email)
+        self.console.result(subscriber.email)
 
     def stopping(self, line: str) -> None:
         self.close()
-        click.echo(line, err=True)
+        self.console.error(self.console.stamp(line))
+
+
+def _done(report: Report) -> int:
+    return report.sent + report.failed
+
+
+def _columns(console: Console) -> int:
+    try:
+        return os.get_terminal_size(console.err.fileno()).columns or 80
+    except (AttributeError, OSError, ValueError):
+        return 80
 
 
 def _clock(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+# the final report's rows: (key in the JSON counts, label on the console)
+REPORT_ROWS = (
+    ("sent", "sent"),
+    ("would_send", "would send"),
+    ("already_sent", "already sent before"),
+    ("suppressed", "suppressed (unsubscribed)"),
+    ("invalid", "invalid rows"),
+    ("duplicates", "duplicates"),
+    ("failed_temporary", "failed, temporary (will retry on rerun)"),
+    ("failed_permanent", "failed, permanent"),
+    ("failed_before", "failed permanently before (--retry-failed)"),
+    ("pending", "not sent (stopped early)"),
+)
+
+
+def report_counts(report: Report, stats: ReadStats | None = None) -> dict[str, int]:
+    """What a send did, by kind: the numbers of the final report and of the --json object."""
+    counts = {key: getattr(report, key) for key, _ in REPORT_ROWS if key not in ("invalid", "duplicates")}
+    counts["invalid"] = stats.invalid if stats else 0
+    counts["duplicates"] = stats.duplicates if stats else 0
+    return counts
+
+
+def report_lines(heading: str, report: Report, stats: ReadStats, *, dry_run: bool) -> list[str]:
+    """The final report for a person: the counts that are not zero and the commonest failure reasons."""
+    counts = report_counts(report, stats)
+    first = "would_send" if dry_run else "sent"
+    lines = [heading]
+    for key, label in REPORT_ROWS:
+        if key in ("sent", "would_send") and key != first:
+            continue
+        if counts[key] or key == first:
+            lines.append(f"  {label:<44}{counts[key]:>9}")
+    for reason, count in sorted(report.failures.items(), key=lambda kv: -kv[1])[:10]:
+        lines.append(f"    {count:>6} x {reason}")
+    if not dry_run and report.sent:
+        lines.append(f"  {report.rate():,.0f} msg/s")
+    return lines
+
+
+def issue_table(issues: list[IssueSummary]) -> list[str]:
+    """`mailer status` without a post: every issue sent, newest first, one line each."""
+    if not issues:
+        return ["No issue has been sent yet."]
+    width = max(len(i.issue_id) for i in issues)
+    lines = [f"{'first sent':<16}  {'issue':<{width}}  {'sent':>7}  {'failed':>7}  {'complete':<8}  title"]
+    for i in issues:
+        when = i.created_at.astimezone().strftime("%Y-%m-%d %H:%M")
+        failed = i.count("failed") + i.count("deferred")
+        done = "yes" if i.completed_at else "no"
+        lines.append(
+            f"{when:<16}  {i.issue_id:<{width}}  {i.count('sent'):>7}  {failed:>7}  {done:<8}  {i.subject}"
+        )
+    return lines
+
+
+def issue_fields(summary: IssueSummary) -> dict[str, object]:
+    """One issue's record as the --json object of `mailer status` gives it."""
+    return {
+        "issue": summary.issue_id,
+        "subject": summary.subject,
+        "first_sent": summary.created_at.isoformat(timespec="seconds"),
+        "completed_at": summary.completed_at.isoformat(timespec="seconds") if summary.completed_at else None,
+        "complete": summary.completed_at is not None,
+        "counts": dict(summary.counts),
+        "sent": summary.count("sent"),
+        "failed": summary.count("failed") + summary.count("deferred"),
+    }

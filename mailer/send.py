@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-from collections.abc import Callable
+import itertools
+import secrets
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from .campaign import Feedback, Report, SendOptions, run_send
+from .campaign import Report, SendOptions, run_send
+from .checks import Check, ChecksFailed, blocking, check_issue
 from .config import Settings
+from .console import Console
 from .errors import MailerError
 from .ledger import Ledger, issue_lock
 from .message import MessageFactory, make_factory
 from .post import load_post
 from .private import make_folder, write_file
+from .progress import ConsoleFeedback
 from .render import Issue, render_issue
 from .schedule import check_age, pick_post, today
 from .stopping import StopSignals
@@ -30,27 +35,67 @@ class SendResult:
     report: Report | None
     stats: ReadStats
     note: str = ""  # the one line to print when nothing was done
+    via: str = ""  # the transport's description
+    deliverable: int = 0  # subscribers this run set out to mail, counted before the first message
+    refused: list[Check] = field(default_factory=list)  # dry run: the errors that would stop a real send
 
 
-def resolve_post(target: Path, settings: Settings, say: Callable[[str], None]) -> Path | None:
+@dataclass(frozen=True)
+class TestSend:
+    """The one message of `send --test`, for the CLI to report."""
+
+    email: str
+    via: str
+    reply: str
+    message_id: str
+
+
+def resolve_post(target: Path, settings: Settings, console: Console) -> Path | None:
     """A post path as given, or today's post when `target` is a folder (None: nothing to send today)."""
     if not target.is_dir():
         return target
     day = today(settings)
     path, problems = pick_post(target, day)
     for problem in problems:
-        say(f"Warning: {problem}")
+        console.warn(problem)
     if path is None:
         return None
-    say(f"Today's post ({day}, {settings.timezone}): {path}")
+    console.note(f"Today's post ({day}, {settings.timezone}): {path}")
     return path
 
 
-def prepare(post_path: Path, settings: Settings, say: Callable[[str], None]) -> tuple[Issue, MessageFactory]:
+def prepare(post_path: Path, settings: Settings, console: Console) -> tuple[Issue, MessageFactory]:
     """Render the issue once and make the per-subscriber message factory."""
     issue = render_issue(load_post(post_path), settings)
-    factory = make_factory(issue, settings, notify=say)
+    factory = make_factory(issue, settings, notify=console.note)
     return issue, factory
+
+
+def warn_checks(issue: Issue, checks: list[Check], console: Console, skip: frozenset[str]) -> None:
+    """Say what deserves a look: the warnings, and the errors skipped by name."""
+    for c in checks:
+        if c.level == "warning":
+            console.warn(f"{issue.post.path}: {c.code}: {c.message}")
+        elif c.level == "error" and c.code in skip:
+            console.warn(
+                f"{issue.post.path}: {c.code}: {c.message} (skipped on purpose: --skip-check {c.code})"
+            )
+
+
+def count_deliverable(db_path: Path, issue_id: str, path: Path, *, retry_failed: bool) -> int:
+    """Readers of the list this run will mail: valid, first seen, not suppressed, not already mailed.
+
+    One pass over the list before the first message, for the question asked and the progress bar's total;
+    the send itself reads the list again and decides each reader afresh (an unsubscribe in between counts).
+    """
+    done = {"sent"} if retry_failed else {"sent", "failed"}
+    count = 0
+    rows = read_subscribers(path)  # the send's own read reports bad rows; this one only counts
+    with Ledger(db_path) as ledger:
+        while batch := list(itertools.islice(rows, 1000)):
+            suppressed, states = ledger.states(issue_id, [sub.email for sub in batch])
+            count += sum(sub.key not in suppressed and states.get(sub.key) not in done for sub in batch)
+    return count
 
 
 def write_archive(issue: Issue, factory: MessageFactory, settings: Settings) -> Path:
@@ -79,9 +124,10 @@ def send(
     to: Path | None,
     options: SendOptions,
     force: bool,
-    confirm: Callable[[str], bool],
-    say: Callable[[str], None],
-    feedback_for: Callable[[Path], Feedback],
+    yes: bool,
+    skip_checks: frozenset[str],
+    console: Console,
+    feedback: ConsoleFeedback,
 ) -> SendResult:
     """Send the issue in `target` (a post, or a folder holding today's post) to the list in `to`.
 
@@ -90,7 +136,7 @@ def send(
     """
     signals = StopSignals()
     with signals.install():
-        return _send(settings, target, to, options, force, confirm, say, feedback_for, signals)
+        return _send(settings, target, to, options, force, yes, skip_checks, console, feedback, signals)
 
 
 def _send(
@@ -99,23 +145,28 @@ def _send(
     to: Path | None,
     options: SendOptions,
     force: bool,
-    confirm: Callable[[str], bool],
-    say: Callable[[str], None],
-    feedback_for: Callable[[Path], Feedback],
+    yes: bool,
+    skip_checks: frozenset[str],
+    console: Console,
+    feedback: ConsoleFeedback,
     signals: StopSignals,
 ) -> SendResult:
     stats = ReadStats()
-    post_path = resolve_post(target, settings, say)
+    post_path = resolve_post(target, settings, console)
     if post_path is None:
         return SendResult(None, None, stats, f"No post dated {today(settings)} in {target}; nothing to send.")
-    issue, factory = prepare(post_path, settings, say)
+    issue, factory = prepare(post_path, settings, console)
+    checks = check_issue(issue, settings)  # `mailer check`'s own checks
+    refused = blocking(checks, skip_checks)
+    if refused and not options.dry_run:
+        raise ChecksFailed(post_path, refused)
     if not options.dry_run and not force:
         try:
             check_age(issue.post, settings, today(settings))
         except MailerError as exc:
             if settings.smtp_host:
                 raise
-            say(f"Note: {exc}; the local outbox mails no one, so going ahead")
+            console.note(f"Note: {exc}; the local outbox mails no one, so going ahead")
     subscribers_path = to or (Path(settings.subscribers) if settings.subscribers else None)
     if subscribers_path is None:
         raise MailerError("no subscriber list: pass --to FILE or set `subscribers` in mailer.toml")
@@ -130,16 +181,26 @@ def _send(
     transport = make_transport(settings)
 
     def bad_row(row: BadRow) -> None:
-        say(f"skipped: {row}")
+        console.error(f"skipped: {row}")  # a reader not mailed: said even in a quiet run
 
     # reads the header now: a list without an email column stops the send before anything is said or written
     subscribers = read_subscribers(subscribers_path, on_bad=bad_row, stats=stats)
+    warn_checks(issue, checks, console, skip_checks)
+    deliverable = 0
     if not options.dry_run:
-        question = f"Send “{issue.subject}” to {subscribers_path} via {transport.description}?"
-        if not confirm(question):
-            return SendResult(issue, None, stats, "Nothing sent.")
+        deliverable = count_deliverable(
+            settings.db_path, issue.issue_id, subscribers_path, retry_failed=options.retry_failed
+        )
+        question = (
+            f"Send “{issue.subject}” to {deliverable:,} subscriber(s) of {subscribers_path}"
+            f" via {transport.description}?"
+        )
+        # the local outbox mails no one, so it needs no yes
+        if not (yes or not settings.smtp_host or console.ask(question)):
+            return SendResult(issue, None, stats, "Nothing sent.", transport.description, deliverable)
         write_archive(issue, factory, settings)
-        say(f"Sending {issue.issue_id} via {transport.description}")
+        console.note(f"Sending {issue.issue_id} to {deliverable:,} subscriber(s) via {transport.description}")
+        feedback.start(deliverable)
 
     with nullcontext() if options.dry_run else issue_lock(settings.db_path, issue.issue_id):
         report = run_send(
@@ -152,12 +213,12 @@ def _send(
             db_path=settings.db_path,
             sender=settings.from_email,
             options=options,
-            feedback=feedback_for(subscribers_path),
+            feedback=feedback,
             signals=signals,
             list_key=list_key,
             list_path=str(subscribers_path.resolve()),
         )
-    return SendResult(issue, report, stats)
+    return SendResult(issue, report, stats, "", transport.description, deliverable, refused)
 
 
 def list_fingerprint(path: Path) -> str:
@@ -175,18 +236,36 @@ def list_fingerprint(path: Path) -> str:
     return digest.hexdigest()
 
 
-def send_test(settings: Settings, target: Path, address: str, say: Callable[[str], None]) -> str:
-    """Send one message, built exactly as the real ones, to `address`; nothing is recorded."""
+def send_test(
+    settings: Settings, target: Path, address: str, *, console: Console, skip_checks: frozenset[str]
+) -> TestSend:
+    """Send one test copy to `address`: built as the real ones, but marked, with its own Message-ID.
+
+    The subject carries `test_subject_prefix`, the Message-ID is new each time (never the one the real
+    issue will have, which a mail provider would then drop as a duplicate), the unsubscribe link is the
+    test address's own, and nothing is recorded: a later real send still mails that address.
+    """
     from email_validator import EmailNotValidError, validate_email
 
     try:
         email = validate_email(address, check_deliverability=False).ascii_email or address
     except EmailNotValidError as exc:
         raise MailerError(f"{address}: not a valid address: {exc}") from None
-    post_path = resolve_post(target, settings, say)
+    post_path = resolve_post(target, settings, console)
     if post_path is None:
         raise MailerError(f"No post dated {today(settings)} in {target}")
-    issue, factory = prepare(post_path, settings, say)
+    issue = render_issue(load_post(post_path), settings)
+    checks = check_issue(issue, settings)
+    warn_checks(issue, checks, console, skip_checks)
+    for c in blocking(checks, skip_checks):
+        fix = f"; fix: {c.fix}" if c.fix else ""
+        console.warn(f"{post_path}: {c.code}: {c.message} (a real send stops here{fix})")
+    test_issue = dataclasses.replace(
+        issue,
+        issue_id=f"{issue.issue_id}.test-{secrets.token_hex(4)}",
+        subject=settings.test_subject_prefix + issue.subject,
+    )
+    factory = make_factory(test_issue, settings, notify=console.note)
     transport = make_transport(settings)
     conn = transport.connect()
     try:
@@ -195,4 +274,4 @@ def send_test(settings: Settings, target: Path, address: str, say: Callable[[str
         conn.close()
     if not outcome.ok:
         raise MailerError(f"{email}: not delivered via {transport.description}: {outcome}")
-    return f"Test message sent to {email} via {transport.description}: {outcome}"
+    return TestSend(email, transport.description, str(outcome), factory.message_id(email))

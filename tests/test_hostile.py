@@ -34,12 +34,12 @@ from mailer.cli import cli
 from mailer.ledger import Ledger
 from mailer.sanitize import clean_css
 from mailer.tokens import Keyring
+from tests import publisher
 from tests.conftest import examples
 from tests.smtpd import SMTPServer
 
 SECRET = "hostile-test-key-0123456789"
 LIST_ID = "news.example.org"
-WEB_URL = "https://news.example.org"
 HEADERS = Counter(
     ["From", "Subject", "List-Id", "List-Unsubscribe-Post", "MIME-Version", "Content-Type", "To", "Date"]
     + ["Message-ID", "List-Unsubscribe"]
@@ -173,8 +173,7 @@ def settings_env(data_dir: Path, server: SMTPServer | None = None) -> dict[str, 
         "MAILER_DATA_DIR": str(data_dir),
         "MAILER_SECRET_KEY": SECRET,
         "MAILER_LIST_ID": LIST_ID,
-        "MAILER_FROM_EMAIL": "news@example.org",
-        "MAILER_WEB_URL": WEB_URL,
+        **publisher.ENV,
         "MAILER_RETRY_DELAY": "0.05",
     }
     if server is not None:

@@ -21,6 +21,7 @@ from click.testing import CliRunner
 
 from mailer.cli import cli
 from mailer.ledger import Ledger
+from tests import publisher
 from tests.smtpd import SMTPServer, TLSFiles
 
 
@@ -32,6 +33,7 @@ def write_list(path: Path, emails: list[str], extra: str = "") -> Path:
 
 def env_for(server: SMTPServer, tmp_path: Path, **extra: str) -> dict[str, str]:
     env = {
+        **publisher.ENV,
         "MAILER_SMTP_HOST": server.host,
         "MAILER_SMTP_PORT": str(server.port),
         "MAILER_SMTP_SECURITY": "none",
@@ -118,7 +120,7 @@ def test_temporary_failures_are_retried_and_permanent_ones_recorded(
     smtp_server.fail("user4@example.com", 452, times=1, at="DATA")
     env = env_for(smtp_server, tmp_path)
     code, _, err = run(send_args(post, csv), env)
-    assert code == 2, err  # one address failed for good
+    assert code == 3, err  # one address failed for good: finished, some recipients failed
     got = recipients(smtp_server)
     assert got == Counter({e: 1 for e in emails if e != "user2@example.com"})
     assert "user2@example.com: 550" in err
@@ -183,7 +185,7 @@ def test_server_down_stops_early_with_a_clear_message(tmp_path: Path, post: Path
     csv = write_list(tmp_path / "subs.csv", emails)
     env = env_for(server, tmp_path, MAILER_SMTP_PORT=str(port), MAILER_MAX_CONSECUTIVE_FAILURES="5")
     code, _, err = run(send_args(post, csv), env)
-    assert code == 2
+    assert code == 4  # stopped early
     assert "failures in a row" in err
     assert "Traceback" not in err
     with Ledger(tmp_path / "state" / "mailer.db") as ledger:
@@ -355,7 +357,7 @@ def test_starttls_with_a_self_signed_certificate(
     env = env_for(server, tmp_path, MAILER_SMTP_SECURITY="starttls", MAILER_SMTP_USER="news")
     env["MAILER_SMTP_PASSWORD"] = "s3cret-pass"
     code, out, err = run(send_args(post, csv), env)  # the test CA is not trusted by default
-    assert code == 2 and "certificate" in err
+    assert code == 4 and "certificate" in err  # stopped early, nothing sent
     assert "s3cret-pass" not in out + err
     assert server.messages == []
     code, out, err = run(send_args(post, csv), {**env, "MAILER_SMTP_CAFILE": str(tls_files.ca)})
@@ -384,19 +386,21 @@ def test_a_second_send_of_the_same_issue_waits_its_turn(
     assert recipients(smtp_server) == Counter({e: 1 for e in emails})
 
 
-def test_progress_bar_on_a_terminal_and_log_lines_otherwise(
-    smtp_server: SMTPServer, tmp_path: Path, post: Path
-) -> None:
+def _on_a_terminal(
+    args: list[str], env: dict[str, str], *, columns: int, answer: bytes | None = None
+) -> tuple[int, str]:
+    """Run mailer with stdin, stdout and stderr on a pseudo-terminal `columns` wide; answer its question."""
+    import fcntl
     import pty
+    import select
+    import struct
+    import termios
 
-    emails = [f"user{i}@example.com" for i in range(30)]
-    csv = write_list(tmp_path / "subs.csv", emails)
-    env = {**os.environ, **env_for(smtp_server, tmp_path)}
-    smtp_server.delay(0.02)
     master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mailer", *send_args(post, csv)],
-        env=env,
+        [sys.executable, "-m", "mailer", *args],
+        env={**os.environ, **env},
         stdin=slave,
         stdout=slave,
         stderr=slave,
@@ -404,6 +408,8 @@ def test_progress_bar_on_a_terminal_and_log_lines_otherwise(
     os.close(slave)
     screen = b""
     while True:
+        ready, _, _ = select.select([master], [], [], 60)
+        assert ready, f"no output for 60 s: {screen.decode(errors='replace')}"
         try:
             chunk = os.read(master, 4096)
         except OSError:  # the child closed the terminal
@@ -411,18 +417,69 @@ def test_progress_bar_on_a_terminal_and_log_lines_otherwise(
         if not chunk:
             break
         screen += chunk
+        if answer is not None and b"[y/N]" in screen:
+            os.write(master, answer)
+            answer = None
     os.close(master)
-    assert proc.wait(timeout=60) == 0, screen.decode()
-    text = screen.decode()
-    bars = re.findall(r"\r\[[#.]+\] (\d+)/30 .*?msg/s\s+ETA", text)
-    assert bars and bars[-1] == "30", text  # redrawn in place, ending full
+    return proc.wait(timeout=60), screen.decode()
+
+
+def _redrawn(screen: str) -> list[str]:
+    """The lines drawn over in place (each starts with a carriage return that is not the terminal's CR LF)."""
+    return [part.split("\n")[0] for part in screen.replace("\r\n", "\n").split("\r")[1:]]
+
+
+def test_the_question_and_the_progress_bar_count_the_deliverable_readers(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path
+) -> None:
+    emails = [f"user{i}@example.com" for i in range(30)]
+    csv = write_list(tmp_path / "subs.csv", emails, extra="USER1@example.com,again\nnot-an-address,x\n")
+    env = env_for(smtp_server, tmp_path)
+    with Ledger(tmp_path / "state" / "mailer.db") as ledger:
+        ledger.suppress("user5@example.com", source="test")
+        ledger.suppress("user6@example.com", source="test")
+    smtp_server.delay(0.02)
+    args = ["send", str(post), "--to", str(csv), "--force"]  # no --yes: it asks
+    code, text = _on_a_terminal(args, env, columns=60, answer=b"y\n")
+    assert code == 0, text
+    question = next(line for line in text.splitlines() if "[y/N]" in line)
+    # 32 rows: 1 duplicate, 1 invalid, 2 unsubscribed: 28 people get it, and the question says through what
+    assert "to 28 subscriber(s)" in question and f"via 127.0.0.1:{smtp_server.port}" in question, question
+    assert len(smtp_server.messages) == 28
+    bars = _redrawn(text)
+    assert bars, text
+    assert all(len(bar) <= 59 for bar in bars), [b for b in bars if len(b) > 59]  # fits in 60 columns
+    counts = [re.match(r"\[[#.]+\] (\d+)/(\d+) +(\d+)%", bar) for bar in bars]
+    assert all(counts), bars
+    assert {m[2] for m in counts if m} == {"28"}  # out of the deliverable total, not the 32 rows
+    last = counts[-1]
+    assert last is not None and (last[1], last[3]) == ("28", "100"), bars[-1]  # ends full
+    assert bars[-1].startswith("[" + "#" * (bars[-1].index("]") - 1) + "]")
     assert "progress:" not in text
 
     smtp_server.clear()
     post2 = _dated_copy(post, dt.date(2026, 2, 10))
-    code, _, err = run(send_args(post2, csv), env_for(smtp_server, tmp_path))  # not a terminal
-    assert code == 0
-    assert re.search(r"^progress: 30/30 subscribers, 30 sent, .* msg/s", err, re.MULTILINE)
+    code, text = _on_a_terminal(args[:1] + [str(post2)] + args[2:], env, columns=60, answer=b"n\n")
+    assert code == 0 and "Nothing sent." in text, text
+    assert smtp_server.messages == []
+    _, narrow = _on_a_terminal([*args[:1], str(post2), *args[2:], "--yes"], env, columns=30)
+    bars = _redrawn(narrow)
+    assert bars and all(len(bar) <= 29 for bar in bars), bars  # too narrow for a bar: the figures, cut
+
+
+def test_log_lines_carry_a_timestamp_when_not_on_a_terminal(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path
+) -> None:
+    csv = write_list(tmp_path / "subs.csv", [f"user{i}@example.com" for i in range(5)])
+    code, _, err = run(send_args(post, csv), env_for(smtp_server, tmp_path))
+    assert code == 0, err
+    stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d"
+    assert re.search(
+        rf"^{stamp} Sending 2026-02-09 to 5 subscriber\(s\) via 127\.0\.0\.1:", err, re.MULTILINE
+    )
+    assert re.search(rf"^{stamp} progress: 5/5 messages, 5 sent, .* msg/s", err, re.MULTILINE), err
+    when = dt.datetime.fromisoformat(re.search(stamp, err)[0])  # type: ignore[index]
+    assert abs((dt.datetime.now(dt.UTC) - when).total_seconds()) < 600  # the time of the send, not a constant
     assert "\r" not in err
 
 
@@ -449,7 +506,7 @@ def test_a_server_slower_than_the_timeout_is_a_temporary_failure(
     env = env_for(smtp_server, tmp_path, MAILER_SMTP_TIMEOUT="0.3", MAILER_MAX_ATTEMPTS="2")
     smtp_server.delay(1.0)
     code, _, err = run(send_args(post, csv), env)
-    assert code == 2, err
+    assert code == 3, err
     assert "gave up after 2 attempts" in err
     with Ledger(tmp_path / "state" / "mailer.db") as ledger:
         states = {e: ledger.delivery("2026-02-09", e).state for e in emails}  # type: ignore[union-attr]

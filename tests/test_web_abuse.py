@@ -35,6 +35,7 @@ from mailer.campaign import LOOKUP_BATCH
 from mailer.config import Settings
 from mailer.ledger import Ledger
 from mailer.tokens import Keyring, load_keyring
+from tests import publisher
 from tests.conftest import examples
 from tests.smtpd import SMTPServer
 
@@ -484,7 +485,7 @@ def test_a_one_click_during_a_running_send_stops_that_readers_message(
     env.update(
         MAILER_DATA_DIR=str(server.settings.data_dir),
         MAILER_LIST_ID=LIST_ID,
-        MAILER_FROM_EMAIL="news@example.org",
+        **publisher.ENV,
         MAILER_SMTP_HOST=smtp_server.host,
         MAILER_SMTP_PORT=str(smtp_server.port),
         MAILER_SMTP_SECURITY="none",

@@ -1,0 +1,98 @@
+"""The one voice of a command: lines for a person, one JSON object for a script, or nothing but errors.
+
+The core never prints: it is handed a Console and says what happened through it. Whether that becomes a
+line on stderr, a timestamped log line, nothing (`-q`) or a field of the final JSON object (`--json`) is
+decided here, once.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime
+from typing import Any, TextIO
+
+import click
+
+from .errors import MailerError
+
+
+class Console:
+    """Where a command's words go.
+
+    stdout carries the command's result (a list of addresses, check lines, a status table) or, with
+    `json`, exactly one JSON object; stderr carries notes, warnings and errors. `quiet` keeps only errors.
+    """
+
+    def __init__(
+        self,
+        *,
+        json_mode: bool = False,
+        quiet: bool = False,
+        out: TextIO | None = None,
+        err: TextIO | None = None,
+    ) -> None:
+        self.json_mode = json_mode
+        self.quiet = quiet
+        self.out = out or sys.stdout
+        self.err = err or sys.stderr
+        self.warnings: list[str] = []  # kept for the JSON object
+
+    @property
+    def tty(self) -> bool:
+        """Whether a person watches stderr (progress is then redrawn in place, without timestamps)."""
+        return _isatty(self.err)
+
+    def note(self, line: str) -> None:
+        """What is happening; a timestamped log line when stderr is not a terminal."""
+        self.say(self.stamp(line))
+
+    def say(self, line: str) -> None:
+        """A line for the person on stderr, as it is (the rows of a report under its timestamped heading)."""
+        if not self.quiet:
+            self._err(line)
+
+    def warn(self, line: str) -> None:
+        """Something worth a look that does not stop the command."""
+        self.warnings.append(line)
+        if not self.quiet:
+            self._err(f"Warning: {line}")
+
+    def error(self, line: str) -> None:
+        """What went wrong; printed even when quiet."""
+        self._err(line)
+
+    def ask(self, question: str) -> bool:
+        """A yes/no question on the terminal (default no); refused when no one is there to answer."""
+        if not _isatty(sys.stdin):
+            raise MailerError("not on a terminal: pass --yes to send without asking")
+        return click.confirm(question, default=False, err=True)
+
+    def result(self, line: str) -> None:
+        """A line of the command's own output on stdout (not in JSON mode, where `emit` carries it)."""
+        if not self.json_mode:
+            self.out.write(line + "\n")
+            self.out.flush()
+
+    def emit(self, obj: dict[str, Any]) -> None:
+        """The one JSON object a --json run prints on stdout."""
+        if self.json_mode:
+            self.out.write(json.dumps(obj, ensure_ascii=False, sort_keys=True) + "\n")
+            self.out.flush()
+
+    def stamp(self, line: str) -> str:
+        """The line with the local time in front when it goes to a log file rather than a terminal."""
+        if self.tty:
+            return line
+        return f"{datetime.now().astimezone().isoformat(timespec='seconds')} {line}"
+
+    def _err(self, line: str) -> None:
+        self.err.write(line + "\n")
+        self.err.flush()
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
