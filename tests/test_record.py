@@ -20,6 +20,7 @@ from click.testing import CliRunner
 
 from mailer.cli import cli
 from mailer.ledger import Ledger
+from tests import publisher
 from tests.conftest import EXAMPLE
 from tests.smtpd import SMTPServer
 
@@ -80,6 +81,7 @@ def post_named(tmp_path: Path, name: str) -> Path:
 
 def smtp_env(server: SMTPServer, data_dir: Path, **extra: str) -> dict[str, str]:
     return {
+        **publisher.ENV,
         "MAILER_SMTP_HOST": server.host,
         "MAILER_SMTP_PORT": str(server.port),
         "MAILER_SMTP_SECURITY": "none",
