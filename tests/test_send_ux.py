@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import email
 import json
-import shutil
 from email import policy
 from email.message import EmailMessage
 from pathlib import Path
@@ -20,22 +19,12 @@ from mailer.ledger import Ledger
 from tests import publisher
 from tests.smtpd import SMTPServer
 
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE = ROOT / "examples" / "2026-02-09.md"
 SETUP_CHECKS = ("from-address", "unsubscribe-url", "postal-address")
 
 
 @pytest.fixture(autouse=True)
 def _in_tmp(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)  # no mailer.toml but the test's own
-
-
-@pytest.fixture
-def post(tmp_path: Path) -> Path:
-    target = tmp_path / "posts" / "2026-02-09.md"
-    target.parent.mkdir()
-    shutil.copy(EXAMPLE, target)
-    return target
 
 
 def write_list(path: Path, emails: list[str]) -> Path:
