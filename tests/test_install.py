@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import threading
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.client import HTTPConnection
@@ -39,6 +40,7 @@ READERS = ["ann@example.com", "bob@example.org", "cai@example.net"]
 class Site:
     """A fresh install of the wheel and an empty folder outside the repository to run it in."""
 
+    wheel: Path
     venv: Path
     folder: Path
     env: dict[str, str]
@@ -122,7 +124,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     folder = work / "site"
     folder.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MAILER_", "PYTHON", "VIRTUAL_ENV"))}
-    yield Site(venv, folder, env)
+    yield Site(wheel, venv, folder, env)
 
 
 def test_the_wheel_is_mailer_newsletter_with_the_templates_inside(site: Site) -> None:
@@ -143,6 +145,16 @@ def test_the_wheel_is_mailer_newsletter_with_the_templates_inside(site: Site) ->
     assert where[1].startswith(str(site.venv)), where  # the installed copy, not the repository
     assert where[2].strip() == str(["__init__.py", "email-media.css", "email.css", "email.html", "email.txt"])
     assert site.mailer("--version").stdout == f"mailer, version {where[0]}\n"
+
+
+def test_every_file_of_the_package_and_the_templates_is_in_the_wheel(site: Site) -> None:
+    """A page, style or skeleton file added under mailer/ without package-data fails here, not for a user."""
+    package = [p for p in (ROOT / "mailer").rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    wanted = {f"mailer/{p.relative_to(ROOT / 'mailer')}" for p in package}
+    wanted |= {f"mailer/templates/{p.name}" for p in (ROOT / "templates").iterdir() if p.is_file()}
+    with zipfile.ZipFile(site.wheel) as wheel:
+        missing = wanted - set(wheel.namelist())
+    assert not missing, sorted(missing)
 
 
 def test_every_command_works_from_an_empty_folder(site: Site) -> None:
