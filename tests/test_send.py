@@ -304,15 +304,17 @@ def test_kill_9_mid_send_then_rerun_mails_everyone_once(
 ) -> None:
     emails = [f"user{i}@example.com" for i in range(120)]
     csv = write_list(tmp_path / "subs.csv", emails)
-    env = env_for(smtp_server, tmp_path)
+    env = env_for(smtp_server, tmp_path, MAILER_SMTP_TIMEOUT="120")
     smtp_server.delay(0.01)
     args = send_args(post, csv, "--connections", str(connections))
+    held = smtp_server.hold(emails[-1])  # however late the kill comes, the send cannot have finished
     proc = _spawn(args, env)
     try:
         smtp_server.wait_for(30, timeout=60)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=30)
+        held.release.set()
     assert proc.returncode == -signal.SIGKILL
     before = len(smtp_server.messages)
     assert before < len(emails)
@@ -332,17 +334,21 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(
 ) -> None:
     emails = [f"user{i}@example.com" for i in range(80)]
     csv = write_list(tmp_path / "subs.csv", emails)
-    env = env_for(smtp_server, tmp_path)
-    smtp_server.delay(0.02)
+    env = env_for(smtp_server, tmp_path, MAILER_SMTP_TIMEOUT="120")
     args = send_args(post, csv)
+    held = smtp_server.hold("user30@example.com")  # mid-send, however slow the machine, until Ctrl-C is seen
     proc = _spawn(args, env)
-    smtp_server.wait_for(10, timeout=60)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    try:
+        assert held.reached.wait(timeout=60), "the send never reached user30"
+        proc.send_signal(signal.SIGINT)
+        said = _read_until(proc, b"stopping after the messages in flight", timeout=60)
+    finally:
+        held.release.set()
+        _, rest = proc.communicate(timeout=60)
+    err = said + rest
     assert proc.returncode == 130, err.decode()
     assert b"run the same command again" in err
     assert b"Traceback" not in err
-    smtp_server.delay(0)
     done = _spawn(args, env)
     _, err = done.communicate(timeout=120)
     assert done.returncode == 0, err.decode()
@@ -656,14 +662,17 @@ def test_a_second_signal_stops_without_waiting_for_replies_and_keeps_the_record(
     env = env_for(smtp_server, tmp_path, MAILER_SMTP_TIMEOUT="300")
     args = send_args(post, csv, "--connections", str(connections))
     smtp_server.delay(0.02)
+    held = smtp_server.hold("user30@example.com")  # the send cannot end before the replies are held
     proc = _spawn(args, env)
     try:
-        smtp_server.wait_for(10, timeout=60)
+        assert held.reached.wait(timeout=60), "the send never reached user30"
         smtp_server.delay(600)  # from now on every reply to the final "." is held for ten minutes
+        held.release.set()  # user30's included
         proc.send_signal(signal.SIGTERM)  # a clean stop would wait for those replies ...
         proc.send_signal(signal.SIGINT)  # ... a second signal does not
         _, err = proc.communicate(timeout=60)  # far less than the held replies
     finally:
+        held.release.set()
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
