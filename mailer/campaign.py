@@ -206,6 +206,11 @@ class _Recorder:
             rows = [(job.sub.email, _state(outcome), outcome.code, outcome.text) for job, outcome, _ in batch]
             try:
                 ledger.record_outcomes(self.issue_id, rows)
+                if not ledger.in_place():  # one stat per commit: the record must be the file at the path
+                    ledger.let_go_of_replaced()
+                    raise MailerError(
+                        f"{ledger.path}: the database file was replaced or deleted during the send"
+                    )
             except MailerError as exc:
                 self.error = f"cannot record deliveries: {exc}"
         for job, outcome, recorded in batch:

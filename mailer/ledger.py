@@ -9,17 +9,19 @@ from __future__ import annotations
 import fcntl
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+import urllib.parse
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .errors import MailerError
 from .private import FILE_MODE, make_folder, open_new, restrict
 from .subscribers import dedupe_key
 
+T = TypeVar("T")
 SCHEMA_VERSION = 2
 STATES = ("sending", "sent", "deferred", "failed")
 _IN_BATCH = 500  # addresses per IN (...) query, well under SQLite's limit on bound parameters
@@ -153,18 +155,25 @@ def _time(text: str) -> datetime:
 class Ledger:
     """One connection to the ledger file; use one instance per thread or process."""
 
-    def __init__(self, path: Path, *, timeout: float = 30.0) -> None:
+    def __init__(self, path: Path, *, timeout: float = 30.0, create: bool = True) -> None:
+        """Open (with `create`, make) the database; create=False refuses a missing file instead."""
         self.path = Path(path)
         self._depth = 0
         self._conn: sqlite3.Connection | None = None
-        try:
-            make_folder(self.path.parent)
-        except OSError as exc:
-            raise MailerError(f"{self.path}: cannot create the folder: {exc.strerror}") from None
-        _private_database(self.path)
+        if create:
+            try:
+                make_folder(self.path.parent)
+            except OSError as exc:
+                raise MailerError(f"{self.path}: cannot create the folder: {exc.strerror}") from None
+            _private_database(self.path)
+        self._identity = _identity(self.path)  # taken before SQLite opens the file: see in_place()
+        if self._identity is None and not create:
+            raise MailerError(f"{self.path}: the database is missing (deleted or moved?)")
+        # mode=rw: never create a file here (create=False, or one deleted since _private_database)
+        uri = f"file:{urllib.parse.quote(str(self.path.absolute()))}?mode={'rwc' if create else 'rw'}"
         with self._errors():
             # isolation_level=None: no implicit transactions; this class issues BEGIN IMMEDIATE itself
-            self._conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
+            self._conn = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None)
         try:
             with self._errors():
                 self._conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
@@ -205,6 +214,31 @@ class Ledger:
             " FROM issues WHERE completed_at IS NOT NULL"
         )
         self._db.execute("ALTER TABLE issues DROP COLUMN completed_at")
+
+    def in_place(self) -> bool:
+        """Whether the file at the path is still the one this connection opened.
+
+        A database deleted, or replaced by another file renamed over it, while open keeps taking writes
+        into the old file, which no one will read again; a writer that must not lose its write (an
+        unsubscribe) checks this after committing.
+        """
+        return self._identity is not None and _identity(self.path) == self._identity
+
+    def let_go_of_replaced(self) -> None:
+        """Empty the WAL of a database file that was replaced while open (in_place() is False).
+
+        SQLite finds the WAL by name and keeps it when the file it belongs to was unlinked; whatever opens
+        the new file next would replay the old file's last writes into it. A TRUNCATE checkpoint copies them
+        into the old file and leaves the WAL empty. If another process still has the old file open, the
+        WAL cannot be emptied: an error, and the new file is not touched.
+        """
+        with self._errors():
+            busy = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        if busy:
+            raise MailerError(
+                f"{self.path}: the database file was replaced while another mailer process had it open;"
+                " stop every mailer process, then start them again"
+            )
 
     def close(self) -> None:
         """Close the connection (an open transaction() is rolled back)."""
@@ -554,6 +588,30 @@ class Ledger:
             if len(rows) < page:
                 return
             after = rows[-1][0]
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def write_in_place(path: Path, write: Callable[[Ledger], T]) -> T:
+    """Run `write` on the database at `path` (which must exist) so that it lands in the file there now.
+
+    If the file was deleted or replaced while the write ran, the write went to a file no one will read:
+    it is done again on the file now at the path (the writes given here are idempotent), or, with no file
+    there, refused with a MailerError rather than reported as done.
+    """
+    for _ in range(3):
+        with Ledger(path, create=False) as ledger:
+            result = write(ledger)
+            if ledger.in_place():
+                return result
+            ledger.let_go_of_replaced()
+    raise MailerError(f"{path}: the database keeps being replaced; the write was not kept")
 
 
 def _private_database(path: Path) -> None:

@@ -147,6 +147,9 @@ class UnsubscribeApp:
         self.scopes = settings.accepted_token_scopes
         self.list_name = settings.list_name or settings.from_name
         self.archive = (settings.data_dir / "archive").resolve()
+        from .ledger import Ledger
+
+        Ledger(settings.db_path).close()  # made (or checked) now: later a missing database is an error
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")  # case-sensitive (RFC 9110 9.1)
@@ -231,15 +234,18 @@ class UnsubscribeApp:
         if action not in ("unsubscribe", "resubscribe"):
             raise HTTPError(400, "Bad request", "Unknown action.")
         address = self._address(token)
-        from .ledger import Ledger
+        from .ledger import Ledger, write_in_place
 
-        with Ledger(self.settings.db_path) as ledger:
+        def record(ledger: Ledger) -> bool:
             if action == "unsubscribe":
                 source = "one-click" if one_click else "web"
-                if ledger.suppress(address, source=source, reason=f"unsubscribed via {source}"):
-                    log.info("unsubscribed %s (%s)", address, source)
-            elif ledger.unsuppress(address):
-                log.info("resubscribed %s (web)", address)
+                return ledger.suppress(address, source=source, reason=f"unsubscribed via {source}")
+            return ledger.unsuppress(address)
+
+        # the database must exist (made at start-up): a deleted one is a 503, never a new empty record, and
+        # a write that went into a file deleted or replaced meanwhile is made again in the one there now
+        if write_in_place(self.settings.db_path, record):
+            log.info("%s %s (%s)", f"{action}d", address, "one-click" if one_click else "web")
         html_type = "text/html; charset=utf-8"
         if action == "unsubscribe":
             text = (

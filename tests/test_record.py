@@ -6,20 +6,29 @@ tests run as root, skipped otherwise), the real CLI, a real SMTP server.
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import signal
 import sqlite3
 import stat
 import subprocess
+import sys
+import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import closing
+from http.client import HTTPConnection
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from click.testing import CliRunner
 
 from mailer.cli import cli
+from mailer.config import Settings
 from mailer.ledger import Ledger
+from mailer.tokens import load_keyring
 from tests import publisher
 from tests.conftest import EXAMPLE
 from tests.smtpd import SMTPServer
@@ -208,3 +217,149 @@ def test_files_that_name_readers_are_private_under_umask_022(tmp_path: Path) -> 
         assert _mode(old_db) == "0o600"  # an older mailer's world-readable database is closed up
     finally:
         os.umask(previous)
+
+
+# --- the database replaced under a running `mailer serve` ----------------------------------------------
+
+
+class Serve:
+    """A real `mailer serve` process on a free port."""
+
+    def __init__(self, tmp_path: Path, settings: Settings) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}
+        env.update(
+            PYTHONUNBUFFERED="1",
+            MAILER_DATA_DIR=str(settings.data_dir),
+            MAILER_SECRET_KEY=settings.secret_key,
+        )
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mailer", "serve", "--port", "0"],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        match = re.search(r"http://127\.0\.0\.1:(\d+)/", self.proc.stdout.readline())
+        assert match, self.stop()
+        self.port = int(match.group(1))
+        self.keyring = load_keyring(settings)
+        self.list_id = settings.effective_list_id
+
+    def one_click(self, email: str) -> int:
+        conn = HTTPConnection("127.0.0.1", self.port, timeout=60)
+        try:
+            token = quote(self.keyring.sign(email, self.list_id))
+            body, kind = b"List-Unsubscribe=One-Click", "application/x-www-form-urlencoded"
+            conn.request("POST", f"/unsubscribe?t={token}", body=body, headers={"Content-Type": kind})
+            response = conn.getresponse()
+            response.read()
+            return response.status
+        finally:
+            conn.close()
+
+    def holds_open(self, path: Path) -> bool:
+        """Whether the server process has `path` open (its SQLite connection of a request)."""
+        fds = Path(f"/proc/{self.proc.pid}/fd")
+        return any(os.readlink(fd) == str(path) for fd in fds.iterdir() if fd.is_symlink())
+
+    def stop(self) -> str:
+        self.proc.send_signal(signal.SIGINT)
+        _, err = self.proc.communicate(timeout=30)
+        return err
+
+
+def suppressed(db: Path) -> set[str]:
+    with Ledger(db) as ledger:
+        return {s.email for s in ledger.suppressions()}
+
+
+def test_a_database_replaced_under_serve_never_swallows_an_unsubscribe(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "state", secret_key="k" * 40)
+    db = settings.db_path
+    server = Serve(tmp_path, settings)
+    try:
+        assert server.one_click("a@example.com") == 200
+        assert suppressed(db) == {"a@example.com"}
+
+        # 1. a restored copy renamed over it between requests: the next unsubscribe lands in the new file
+        restored = tmp_path / "restored.db"
+        with Ledger(restored) as ledger:
+            ledger.suppress("kept@example.com", source="import")
+        os.replace(restored, db)
+        assert server.one_click("b@example.com") == 200
+        assert suppressed(db) == {"kept@example.com", "b@example.com"}
+
+        # 2. replaced while a request has the old file open (it waits for a send's write lock): the write
+        # that went into the old, unlinked file is made again in the new one before the answer
+        replacement = tmp_path / "replacement.db"
+        with Ledger(replacement) as ledger:
+            ledger.suppress("new@example.com", source="import")
+        holder = sqlite3.connect(db, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")  # like a send committing: the request's write must wait
+        answer: list[int] = []
+        request = threading.Thread(target=lambda: answer.append(server.one_click("c@example.com")))
+        request.start()
+        deadline = time.monotonic() + 30
+        while not server.holds_open(db) and time.monotonic() < deadline:
+            time.sleep(0.01)  # polling /proc for the request's open file: an event, not a guess
+        assert server.holds_open(db), "the request never opened the database"
+        os.replace(replacement, db)
+        holder.close()  # rolls back and lets the request's write go on, into the old file
+        request.join(timeout=60)
+        assert answer == [200]
+        assert suppressed(db) == {"new@example.com", "c@example.com"}
+
+        # 3. deleted: no new empty record appears; the unsubscribe is refused (503) until it is back
+        for leftover in db.parent.glob("mailer.db*"):
+            if leftover.is_file():
+                leftover.unlink()
+        assert server.one_click("d@example.com") == 503
+        assert not db.exists()
+        backup = tmp_path / "backup.db"
+        with Ledger(backup) as ledger:
+            ledger.suppress("backup@example.com", source="import")
+        os.replace(backup, db)
+        assert server.one_click("d@example.com") == 200
+        assert suppressed(db) == {"backup@example.com", "d@example.com"}
+    finally:
+        err = server.stop()
+    assert "the database is missing (deleted or moved?)" in err
+    assert "Traceback" not in err
+
+
+def test_a_database_replaced_during_a_send_stops_it_and_leaves_the_new_file_alone(
+    smtp_server: SMTPServer, tmp_path: Path
+) -> None:
+    post = post_named(tmp_path, "2026-02-09.md")
+    emails = [f"user{i}@example.com" for i in range(10)]
+    csv = write_list(tmp_path / "subs.csv", emails)
+    env = smtp_env(smtp_server, tmp_path / "state", MAILER_SMTP_TIMEOUT="120")
+    db = tmp_path / "state" / "mailer.db"
+    restored = tmp_path / "restored.db"
+    with Ledger(restored) as ledger:
+        ledger.suppress("kept@example.com", source="import")
+    held = smtp_server.hold("user5@example.com")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mailer", "send", str(post), "--to", str(csv), "--yes", "--force"],
+        env={**os.environ, **env},
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert held.reached.wait(timeout=60), "the send never reached user5"
+        os.replace(restored, db)  # a backup restored by renaming it over the live file, mid-send
+    finally:
+        held.release.set()
+        _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err.decode()
+    assert b"the database file was replaced or deleted during the send" in err
+    assert b"Traceback" not in err
+    # the commit that finds the new file is user4's (if it was still in flight when user5 was held) or
+    # user5's: no message goes after it
+    assert len(smtp_server.messages) in (5, 6)
+    with Ledger(db) as ledger:  # the restored file got none of the old file's writes
+        assert [s.email for s in ledger.suppressions()] == ["kept@example.com"]
+        assert ledger.issues() == []

@@ -417,10 +417,12 @@ def test_archive_serves_issues_and_nothing_else(site: Site) -> None:
 
 def test_unexpected_error_is_a_page_and_a_log_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     blocked = tmp_path / "not-a-database"
-    blocked.mkdir()  # a directory where the database file should be
     settings = _settings(tmp_path, database=blocked)
     keyring = load_keyring(settings)
-    with _serve(settings, keyring) as port:
+    with _serve(settings, keyring) as port:  # the app makes the database as it starts ...
+        for leftover in tmp_path.glob("not-a-database*"):
+            leftover.unlink()
+        blocked.mkdir()  # ... and a directory takes its place while it runs
         site = Site(settings, keyring, port)
         status, headers, body = site.post_form("/unsubscribe", {"t": site.token("a@example.com")})
     assert status in (500, 503)
