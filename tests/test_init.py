@@ -18,6 +18,7 @@ from click.testing import CliRunner, Result
 
 from mailer.cli import cli
 from mailer.config import Settings
+from tests.smtpd import SMTPServer
 
 READERS = ["ann@example.com", "bob@example.org"]
 # what a real send through an SMTP server needs; the file has each, set or commented with its explanation
@@ -143,3 +144,29 @@ def test_a_folder_that_cannot_be_a_site_is_one_line_and_exit_1(tmp_path: Path) -
     assert result.exit_code == 1
     assert result.output == f"Error: {tmp_path / 'posts'}: exists and is not a folder\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["posts"]  # nothing half-made
+
+
+def test_a_new_site_mails_no_one_until_its_placeholders_are_replaced(
+    site: Path, smtp_server: SMTPServer
+) -> None:
+    with open(site / "subscribers.csv", "a", encoding="utf-8") as out:
+        out.writelines(f"{a},Reader\n" for a in READERS)
+    live = {"MAILER_SMTP_HOST": smtp_server.host, "MAILER_SMTP_PORT": str(smtp_server.port)}
+    live["MAILER_SMTP_SECURITY"] = "none"
+    refused = run("send", "posts/", "--yes", env=live)
+    assert refused.exit_code == 1 and smtp_server.messages == [], refused.output
+    config = site / "mailer.toml"
+    text = config.read_text(encoding="utf-8")
+    marked = [line.split("=", 1)[0].strip() for line in text.splitlines() if "# PLACEHOLDER" in line]
+    assert marked == ["from_email", "postal_address", "web_url"]
+    mine = {
+        "from_email": "news@mynews.net",
+        "postal_address": "My News, 2 Real Road",
+        "web_url": "https://mynews.net",
+    }
+    for name, value in mine.items():
+        text = re.sub(rf'^{name} = "[^"]*"', f'{name} = "{value}"', text, flags=re.MULTILINE)
+    config.write_text(text, encoding="utf-8")
+    sent = run("send", "posts/", "--yes", env=live)
+    assert sent.exit_code == 0, sent.output
+    assert sorted(r for m in smtp_server.messages for r in m.rcpt_tos) == sorted(READERS)
