@@ -299,6 +299,7 @@ MAX_CONNECTIONS = 1000
 CHANNEL_TIMEOUT = 15
 CLEANUP_INTERVAL = 5
 MAX_HEADER_BYTES = 16 * 1024
+HEADER_DEADLINE = 10  # seconds from a request's first byte to the end of its headers (slowloris)
 
 
 def _connection_limit() -> int:
@@ -311,6 +312,30 @@ def _connection_limit() -> int:
         soft = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     return MAX_CONNECTIONS if soft == resource.RLIM_INFINITY else max(10, min(MAX_CONNECTIONS, soft - 100))
+
+
+def _deadline_channel() -> type:
+    """Waitress's channel, closing a connection whose headers are unfinished HEADER_DEADLINE s after their
+    first byte: a client trickling a byte at a time never looks idle to channel_timeout."""
+    import time
+
+    from waitress.channel import HTTPChannel
+
+    class DeadlineChannel(HTTPChannel):
+        headers_since: float | None = None
+
+        def received(self, data: bytes) -> bool:
+            now = time.monotonic()
+            if self.headers_since is not None and now - self.headers_since > HEADER_DEADLINE:
+                log.info("closed a connection from %s: its request headers took too long", self.addr[0])
+                self.will_close = True
+                return False
+            done: bool = super().received(data)
+            pending = self.request is not None and not self.request.headers_finished
+            self.headers_since = (self.headers_since or now) if pending else None
+            return done
+
+    return DeadlineChannel
 
 
 def make_server(build: Callable[[], UnsubscribeApp], host: str, port: int, threads: int) -> Any:
@@ -346,6 +371,12 @@ def make_server(build: Callable[[], UnsubscribeApp], host: str, port: int, threa
         raise MailerError(f"{host}:{port}: cannot listen: {exc.strerror}") from None
     except ValueError:
         raise MailerError(f"--host {host}: not an address to listen on") from None
+    from waitress.server import BaseWSGIServer
+
+    channel = _deadline_channel()
+    for listener in [server, *getattr(server, "map", {}).values()]:  # one, or one per address of the host
+        if isinstance(listener, BaseWSGIServer):
+            listener.channel_class = channel
     try:
         built.append(build())
     except BaseException:

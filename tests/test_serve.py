@@ -5,6 +5,7 @@ from __future__ import annotations
 import email
 import os
 import re
+import select
 import shutil
 import signal
 import socket
@@ -131,6 +132,31 @@ def test_a_client_that_stops_sending_is_cut_off(tmp_path: Path) -> None:
             started = time.monotonic()
             assert sock.recv(1024) == b""  # the server closed it
             assert time.monotonic() - started < 60
+
+
+def test_a_client_that_trickles_its_headers_is_cut_off(tmp_path: Path) -> None:
+    """One header byte every 0.5 s never looks idle; the server closes it once the headers take too long."""
+    with serving(tmp_path, env=_env(MAILER_DATA_DIR=str(tmp_path / "state"))) as port:
+        with socket.create_connection((HOST, port), timeout=30) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            started = time.monotonic()
+            closed = False
+            for byte in b"X-Slow: " + b"a" * 200:  # 100 s of trickling if nobody stops it
+                readable, _, _ = select.select([sock], [], [], 0.5)
+                if readable:
+                    try:
+                        closed = sock.recv(1024) == b""
+                    except ConnectionResetError:
+                        closed = True
+                    break
+                try:
+                    sock.sendall(bytes([byte]))
+                except (BrokenPipeError, ConnectionResetError):
+                    closed = True
+                    break
+            assert closed
+            assert time.monotonic() - started < 60
+        assert _healthz(port, timeout=20) == (200, b"ok\n")
 
 
 def _one_click_link(outbox: Path) -> str:
