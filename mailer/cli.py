@@ -236,7 +236,7 @@ def send(
     """Deliver POST (or today's post in a folder) to every subscriber, once; rerun to resume.
 
     Exit status: 0 done, 1 refused before sending, 2 usage error, 3 finished but some recipients failed,
-    4 stopped early (rerun to resume), 130 interrupted.
+    4 stopped early (rerun to resume), 130 Ctrl-C, 143 SIGTERM.
     """
     console = Console(json_mode=json_mode, quiet=quiet)
     settings = settings_from(ctx, console)
@@ -244,7 +244,7 @@ def send(
     with reported(console, fields):
         from . import send as sending
         from .campaign import SendOptions
-        from .progress import ConsoleFeedback, report_counts, report_lines
+        from .progress import ConsoleFeedback, report_counts, say_report
 
         if test_address:
             sent = sending.send_test(settings, post, test_address, console=console, skip_checks=skip_checks)
@@ -298,15 +298,7 @@ def send(
             deliverable=result.deliverable,
         )
         code = ExitStatus.OK if dry_run or report.complete else ExitStatus.INCOMPLETE
-        heading = f"{fields['issue']}: {fields['subject']}"
-        lines = report_lines(heading, report, result.stats, dry_run=dry_run)
-        if quiet and code:  # what did not go out is an error worth a line even in a quiet run
-            for line in lines:
-                console.error(line)
-        else:
-            console.note(lines[0])
-            for line in lines[1:]:
-                console.say(line)
+        say_report(console, f"{fields['issue']}: {fields['subject']}", report, result.stats, dry_run=dry_run)
         if result.refused:  # a dry run: list who would get it, then say that a real send would stop
             from .checks import ChecksFailed
 

@@ -154,6 +154,19 @@ def report_lines(heading: str, report: Report, stats: ReadStats, *, dry_run: boo
     return lines
 
 
+def say_report(console: Console, heading: str, report: Report, stats: ReadStats, *, dry_run: bool) -> None:
+    """The final report on stderr; in a quiet run only when something was not delivered, as errors."""
+    lines = report_lines(heading, report, stats, dry_run=dry_run)
+    if console.quiet:
+        if not dry_run and not report.complete:
+            for line in lines:
+                console.error(line)
+        return
+    console.note(lines[0])
+    for line in lines[1:]:
+        console.say(line)
+
+
 def issue_table(issues: list[IssueSummary]) -> list[str]:
     """`mailer status` without a post: every issue sent, newest first, one line each."""
     if not issues:

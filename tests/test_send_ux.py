@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import email
 import json
+import os
+import signal
+import subprocess
+import sys
 from email import policy
 from email.message import EmailMessage
 from pathlib import Path
@@ -299,3 +303,29 @@ def test_status_without_a_post_lists_every_issue_sent(
 
     code, out, _ = run(["status"], {"MAILER_DATA_DIR": str(tmp_path / "empty")})
     assert code == 0 and out == "No issue has been sent yet.\n"
+
+
+def test_json_after_ctrl_c_still_says_what_was_sent(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path
+) -> None:
+    emails = [f"user{i}@example.com" for i in range(20)]
+    csv = write_list(tmp_path / "subs.csv", emails)
+    env = {**os.environ, **smtp_env(smtp_server, tmp_path), "PYTHONUNBUFFERED": "1"}
+    held = smtp_server.hold("user5@example.com")  # the send is mid-way, at a known place, when Ctrl-C comes
+    with subprocess.Popen(
+        [sys.executable, "-m", "mailer", *real_send(post, csv, "--json")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as proc:
+        try:
+            assert held.reached.wait(60), "the send never reached user5"
+            proc.send_signal(signal.SIGINT)
+        finally:
+            held.release.set()
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err.decode()
+    obj = json.loads(out)  # still one object on stdout, and only that
+    assert obj["exit"] == 130 and obj["status"] == "interrupted"
+    assert obj["counts"]["sent"] == len(smtp_server.messages)
+    assert 5 <= obj["counts"]["sent"] < len(emails)
