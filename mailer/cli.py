@@ -269,7 +269,7 @@ def send(
         )
         feedback = ConsoleFeedback(console)
         try:
-            result = sending.send(
+            result = sending.send_issue(
                 settings, post, to=to, options=options, force=force, yes=yes, skip_checks=skip_checks,
                 console=console, feedback=feedback,
             )  # fmt: skip

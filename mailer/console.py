@@ -24,18 +24,11 @@ class Console:
     `json`, exactly one JSON object; stderr carries notes, warnings and errors. `quiet` keeps only errors.
     """
 
-    def __init__(
-        self,
-        *,
-        json_mode: bool = False,
-        quiet: bool = False,
-        out: TextIO | None = None,
-        err: TextIO | None = None,
-    ) -> None:
+    def __init__(self, *, json_mode: bool = False, quiet: bool = False) -> None:
         self.json_mode = json_mode
         self.quiet = quiet
-        self.out = out or sys.stdout
-        self.err = err or sys.stderr
+        self.out: TextIO = sys.stdout  # looked up now: click's test runner swaps them per command
+        self.err: TextIO = sys.stderr
         self.warnings: list[str] = []  # kept for the JSON object
 
     @property

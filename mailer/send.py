@@ -117,7 +117,7 @@ def write_archive(issue: Issue, factory: MessageFactory, settings: Settings) -> 
     return path
 
 
-def send(
+def send_issue(
     settings: Settings,
     target: Path,
     *,
