@@ -378,15 +378,15 @@ def test_a_second_send_of_the_same_issue_waits_its_turn(
 ) -> None:
     emails = [f"user{i}@example.com" for i in range(40)]
     csv = write_list(tmp_path / "subs.csv", emails)
-    env = env_for(smtp_server, tmp_path)
-    smtp_server.delay(0.02)
+    env = env_for(smtp_server, tmp_path, MAILER_SMTP_TIMEOUT="120")
+    held = smtp_server.hold("user3@example.com")  # the first send is mid-way until the second has run
     first = _spawn(send_args(post, csv), env)
     try:
-        smtp_server.wait_for(3, timeout=60)
+        assert held.reached.wait(timeout=60), "the first send never reached user3"
         code, _, err = run(send_args(post, csv), env)
         assert code == 1 and "another send of this issue is running" in err
     finally:
-        smtp_server.delay(0)
+        held.release.set()
         _, first_err = first.communicate(timeout=120)
     assert first.returncode == 0, first_err.decode()
     assert recipients(smtp_server) == Counter({e: 1 for e in emails})

@@ -489,8 +489,10 @@ def test_a_one_click_during_a_running_send_stops_that_readers_message(
         MAILER_SMTP_HOST=smtp_server.host,
         MAILER_SMTP_PORT=str(smtp_server.port),
         MAILER_SMTP_SECURITY="none",
+        MAILER_SMTP_TIMEOUT="120",  # the send waits for the held reply below
     )
-    smtp_server.delay(0.01)  # about 3 s for the list: the unsubscribe lands while the first batch goes out
+    # one connection, held at a reader of the first batch: the second batch cannot be looked up yet
+    held = smtp_server.hold(readers[100])
     send = subprocess.Popen(
         [sys.executable, "-m", "mailer", "send", str(post), "--to", str(csv), "--yes", "--force"],
         cwd=tmp_path,
@@ -499,10 +501,12 @@ def test_a_one_click_during_a_running_send_stops_that_readers_message(
         stderr=subprocess.PIPE,
     )
     try:
-        smtp_server.wait_for(5, timeout=60)
+        assert held.reached.wait(timeout=60), "the send never reached the held reader"
         assert server.one_click(server.token(victim)) == 200
+        held.release.set()
         _, err = send.communicate(timeout=120)
     finally:
+        held.release.set()
         if send.poll() is None:
             send.kill()
             send.communicate()
