@@ -132,8 +132,7 @@ class SiteGroup(click.Group):
     "--config",
     "config_path",
     type=click.Path(dir_okay=False, path_type=Path),
-    envvar="MAILER_CONFIG",
-    help=CONFIG_HELP,
+    help=CONFIG_HELP,  # MAILER_CONFIG is read by load_config, which says which of the two named the file
 )
 @click.pass_context
 def cli(ctx: click.Context, config_path: Path | None) -> None:

@@ -154,6 +154,7 @@ class Loaded:
 
     settings: Settings
     file: Path | None
+    file_from: str = ""  # "--config", "MAILER_CONFIG" or "the current folder"
     sources: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
@@ -239,6 +240,7 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
     """Read mailer.toml (if present, or the given path) and apply MAILER_* overrides, once."""
     env = os.environ if env is None else env
     explicit = path is not None or bool(env.get("MAILER_CONFIG"))
+    file_from = "--config" if path is not None else "MAILER_CONFIG" if explicit else "the current folder"
     path = path or Path(env.get("MAILER_CONFIG") or DEFAULT_CONFIG)
     values: dict[str, object] = {}
     sources = dict.fromkeys(_KINDS, "default")
@@ -277,7 +279,7 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
             values[key] = _coerce(key, _KINDS[key], env[var], var)
             sources[key] = var
     settings = Settings(**values)  # type: ignore[arg-type]
-    return Loaded(_check(settings, sources), found, sources, warnings)
+    return Loaded(_check(settings, sources), found, file_from, sources, warnings)
 
 
 def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
@@ -296,7 +298,9 @@ def _toml_value(value: object) -> str:
 def describe(loaded: Loaded) -> list[str]:
     """The effective settings as mailer.toml lines, each with where it came from; secrets masked."""
     s = loaded.settings
-    lines = [f"# file: {os.path.abspath(loaded.file)}" if loaded.file else "# no configuration file"]
+    lines = ["# no configuration file: defaults and MAILER_* variables"]
+    if loaded.file:
+        lines = [f"# file: {os.path.abspath(loaded.file)} (from {loaded.file_from})"]
     shown = [(f"{name} = {_toml_value(value)}", loaded.sources[name]) for name, value in s.public().items()]
     width = max(len(text) for text, _ in shown)
     lines += [f"{text:<{width}}  # {source}" for text, source in shown]
