@@ -156,9 +156,18 @@ def test_421_hang_up_reconnects_and_loses_nothing(
 def test_several_connections_share_the_list(smtp_server: SMTPServer, tmp_path: Path, post: Path) -> None:
     emails = [f"user{i}@example.com" for i in range(40)]
     csv = write_list(tmp_path / "subs.csv", emails)
-    smtp_server.delay(0.01)
-    code, _, err = run(send_args(post, csv, "--connections", "4"), env_for(smtp_server, tmp_path))
-    assert code == 0, err
+    # three connections held at their first message: the first message through comes from a fourth
+    held = [smtp_server.hold(e) for e in emails[:3]]
+    env = env_for(smtp_server, tmp_path, MAILER_SMTP_TIMEOUT="120")
+    proc = _spawn(send_args(post, csv, "--connections", "4"), env)
+    try:
+        assert all(h.reached.wait(timeout=60) for h in held), "three connections did not each take one"
+        smtp_server.wait_for(1, timeout=60)
+    finally:
+        for h in held:
+            h.release.set()
+        _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err.decode()
     assert recipients(smtp_server) == Counter({e: 1 for e in emails})
     assert smtp_server.connections == 4
     assert len({m.session for m in smtp_server.messages}) == 4
