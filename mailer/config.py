@@ -212,22 +212,21 @@ def _flatten(raw: dict[str, Any], path: Path, text: str) -> dict[str, tuple[obje
     known = list(_KINDS)
     flat: dict[str, tuple[object, str]] = {}
     for key, value in raw.items():
-        pairs = [(f"{key}_{sub}", sub, v) for sub, v in value.items()] if isinstance(value, dict) else []
-        if not isinstance(value, dict):
-            pairs = [(key, key, value)]
+        table = isinstance(value, dict)
+        pairs = [(f"{key}_{sub}", sub, v) for sub, v in value.items()] if table else [(key, key, value)]
         for name, written, item in pairs:
             line = _line_of(text, written)
             where = f"{path}:{line}" if line else str(path)
             if isinstance(item, dict):
                 raise ConfigError(f"{where}: [{key}.{written}]: mailer's tables are one level deep")
             if name not in _KINDS:
-                if isinstance(value, dict) and written in _KINDS:
+                if table and written in _KINDS:
                     raise ConfigError(
                         f"{where}: `{written}` belongs at the top level of the file, not under [{key}]"
                     )
                 hint = _suggest(name, known)
                 owner = next((k for k in known if k in (f"smtp_{name}", f"dkim_{name}")), None)
-                if owner and not isinstance(value, dict):
+                if owner and not table:
                     hint = f" (did you mean `{owner}`, or `{name}` under [{owner.partition('_')[0]}]?)"
                 raise ConfigError(f"{where}: unknown setting {name!r}{hint}")
             if name in flat:
@@ -358,7 +357,8 @@ def _check(s: Settings, sources: Mapping[str, str]) -> Settings:
             raise ConfigError(f"{where(name)}: {value} is out of range; allowed: {allowed}")
     for f in fields(s):
         value = getattr(s, f.name)
-        if isinstance(value, str) and f.name not in SECRET_SETTINGS and (bad := _CONTROL.search(value)):
+        free = f.name in SECRET_SETTINGS or f.name == "postal_address"  # the footer joins its lines itself
+        if isinstance(value, str) and not free and (bad := _CONTROL.search(value)):
             raise ConfigError(
                 f"{where(f.name)}: contains the control character {bad.group()!r}; settings are one line"
             )

@@ -189,6 +189,12 @@ def test_a_from_email_that_is_not_one_address_is_refused(value: str) -> None:
         load_settings(EMPTY, env={"MAILER_FROM_EMAIL": value})
 
 
+def test_a_postal_address_may_span_lines(tmp_path: Path) -> None:
+    config = tmp_path / "mailer.toml"
+    config.write_text('postal_address = """Example Media\n1 Example Street"""\n', encoding="utf-8")
+    assert load_settings(config, env={}).postal_address == "Example Media\n1 Example Street"
+
+
 def test_the_header_settings_that_pass_are_the_ones_written() -> None:
     env = {f"MAILER_{k.upper()}": v for k, v in HEADER_SETTINGS.items()}
     settings = load_settings(EMPTY, env=env)
