@@ -145,8 +145,15 @@ class _Recorder:
 
     BATCH = 1000
 
-    def __init__(self, db_path: Path, issue_id: str, outcomes: queue.Queue[tuple[_Job, Outcome | None, str]]):
+    def __init__(
+        self,
+        db_path: Path,
+        destination: str,
+        issue_id: str,
+        outcomes: queue.Queue[tuple[_Job, Outcome | None, str]],
+    ):
         self.db_path = db_path
+        self.destination = destination
         self.issue_id = issue_id
         self.outcomes = outcomes
         self.inbox: queue.SimpleQueue[_Record | None] = queue.SimpleQueue()
@@ -174,7 +181,7 @@ class _Recorder:
     def _run(self) -> None:
         ledger: Ledger | None = None
         try:
-            ledger = Ledger(self.db_path)
+            ledger = Ledger(self.db_path, destination=self.destination)
             stopping = False
             while not stopping:
                 item = self.inbox.get()
@@ -261,7 +268,7 @@ class _Pool:
         self.transport = transport
         self.sender = sender
         self.in_flight = 0
-        self.recorder = _Recorder(db_path, issue_id, self.outcomes)
+        self.recorder = _Recorder(db_path, transport.destination, issue_id, self.outcomes)
         self.threads = [
             threading.Thread(target=self._work, name=f"mailer-conn-{i}", daemon=True)
             for i in range(connections)
@@ -362,10 +369,10 @@ def run_send(
     """Send (or dry-run) one issue to a subscriber stream; resumable, never mailing anyone twice.
 
     `list_key` names the list (a fingerprint of its contents): a run that reaches everyone on it is
-    recorded as complete for that list only.
+    recorded as complete for that list only. Everything is recorded for the transport's destination.
     """
     report = Report(issue_id)
-    ledger = Ledger(db_path)
+    ledger = Ledger(db_path, destination=transport.destination)
     try:
         ledger.start_issue(
             issue_id,

@@ -330,13 +330,22 @@ def status(ctx: click.Context, post: Path | None, json_mode: bool, quiet: bool) 
                 console.emit(_outcome(fields, 0, issues=[issue_fields(i) for i in issues]))
                 return
             issue_id = load_post(post).issue_id if post.exists() else post.stem
-            st = ledger.status(issue_id)
+            statuses = ledger.statuses(issue_id)
         if not quiet:
-            console.result(st.format())
-        failures = [
-            {"state": g.state, "code": g.code, "reply": g.reply, "count": g.count} for g in st.failures
+            console.result("\n".join(st.format() for st in statuses))
+        records = [
+            {
+                **issue_fields(st),
+                "failure_groups": [
+                    {"state": g.state, "code": g.code, "reply": g.reply, "count": g.count}
+                    for g in st.failures
+                ],
+            }
+            for st in statuses
         ]
-        console.emit(_outcome(fields, 0, **issue_fields(st), failure_groups=failures))
+        # at the top: the real send's record when there is one (a try-out's only when there is not)
+        main = next((r for r in records if r["destination"] == "smtp"), records[0])
+        console.emit(_outcome(fields, 0, **main, destinations=records))
 
 
 @cli.command()

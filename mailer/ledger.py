@@ -22,39 +22,54 @@ from .private import FILE_MODE, make_folder, open_new, restrict
 from .subscribers import dedupe_key
 
 T = TypeVar("T")
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 STATES = ("sending", "sent", "deferred", "failed")
+# Where a send's messages went. The record is kept apart per destination: a try-out in the local outbox
+# mails no one, so it must never make a send over SMTP skip a reader (nor the other way round).
+SMTP = "smtp"
+OUTBOX = "outbox"
+DESTINATIONS = (SMTP, OUTBOX)
 _IN_BATCH = 500  # addresses per IN (...) query, well under SQLite's limit on bound parameters
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS issues (
-    issue_id TEXT PRIMARY KEY,
+# Issues, runs and deliveries are keyed by destination too; suppressions hold for every destination.
+_RECORD_TABLES = """
+CREATE TABLE issues (
+    issue_id TEXT NOT NULL,
+    destination TEXT NOT NULL CHECK (destination IN ('smtp', 'outbox')),
     content_hash TEXT NOT NULL,
     subject TEXT NOT NULL,
-    created_at TEXT NOT NULL
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (issue_id, destination)
 );
-CREATE TABLE IF NOT EXISTS runs (
+CREATE TABLE runs (
     run_id INTEGER PRIMARY KEY,
-    issue_id TEXT NOT NULL REFERENCES issues(issue_id),
+    issue_id TEXT NOT NULL,
+    destination TEXT NOT NULL,
     content_hash TEXT NOT NULL,
     list_key TEXT NOT NULL,
     list_path TEXT NOT NULL,
     pid INTEGER NOT NULL,
     started_at TEXT NOT NULL,
-    completed_at TEXT
+    completed_at TEXT,
+    FOREIGN KEY (issue_id, destination) REFERENCES issues(issue_id, destination)
 );
-CREATE INDEX IF NOT EXISTS runs_by_list ON runs(issue_id, list_key);
-CREATE TABLE IF NOT EXISTS deliveries (
-    issue_id TEXT NOT NULL REFERENCES issues(issue_id),
+CREATE INDEX runs_by_list ON runs(issue_id, destination, list_key);
+CREATE TABLE deliveries (
+    issue_id TEXT NOT NULL,
+    destination TEXT NOT NULL,
     email TEXT NOT NULL,
     state TEXT NOT NULL CHECK (state IN ('sending', 'sent', 'deferred', 'failed')),
     attempts INTEGER NOT NULL DEFAULT 0,
     last_code INTEGER,
     last_reply TEXT NOT NULL DEFAULT '',
     updated_at TEXT NOT NULL,
-    PRIMARY KEY (issue_id, email)
+    PRIMARY KEY (issue_id, destination, email),
+    FOREIGN KEY (issue_id, destination) REFERENCES issues(issue_id, destination)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS deliveries_by_state ON deliveries(issue_id, state);
+CREATE INDEX deliveries_by_state ON deliveries(issue_id, destination, state);
+"""
+
+_SUPPRESSIONS = """
 CREATE TABLE IF NOT EXISTS suppressions (
     email TEXT PRIMARY KEY,
     source TEXT NOT NULL,
@@ -87,9 +102,10 @@ class FailureGroup:
 
 @dataclass(frozen=True, slots=True)
 class IssueSummary:
-    """One issue and how many deliveries are in each state."""
+    """One issue sent to one destination, and how many deliveries are in each state."""
 
     issue_id: str
+    destination: str  # SMTP or OUTBOX: the counts are for this destination only
     subject: str
     content_hash: str
     created_at: datetime
@@ -115,7 +131,10 @@ class IssueStatus(IssueSummary):
     def format(self) -> str:
         """Render the status as a few lines for the terminal."""
         counts = ", ".join(f"{self.count(s)} {s}" for s in STATES if self.count(s)) or "nothing yet"
-        lines = [f"{self.issue_id}: {self.subject}", f"  {counts} ({self.total} in all)"]
+        lines = [
+            f"{self.issue_id}: {self.subject}",
+            f"  {_WHERE[self.destination]}: {counts} ({self.total} in all)",
+        ]
         if self.completed_at is not None:
             lines.append(f"  complete since {self.completed_at.isoformat(sep=' ', timespec='seconds')}")
         for group in self.failures:
@@ -134,10 +153,13 @@ class Suppression:
     created_at: datetime
 
 
+_WHERE = {SMTP: "over SMTP", OUTBOX: "to the local outbox (no one mailed)"}
+
 _RECORD = (
-    "INSERT INTO deliveries (issue_id, email, state, attempts, last_code, last_reply, updated_at)"
-    " VALUES (?, ?, ?, 1, ?, ?, ?)"
-    " ON CONFLICT (issue_id, email) DO UPDATE SET state = excluded.state,"
+    "INSERT INTO deliveries"
+    " (issue_id, destination, email, state, attempts, last_code, last_reply, updated_at)"
+    " VALUES (?, ?, ?, ?, 1, ?, ?, ?)"
+    " ON CONFLICT (issue_id, destination, email) DO UPDATE SET state = excluded.state,"
     " attempts = attempts + (deliveries.state != 'sending'),"
     " last_code = excluded.last_code, last_reply = excluded.last_reply, updated_at = excluded.updated_at"
     " WHERE deliveries.state != 'sent'"
@@ -153,11 +175,20 @@ def _time(text: str) -> datetime:
 
 
 class Ledger:
-    """One connection to the ledger file; use one instance per thread or process."""
+    """One connection to the ledger file; use one instance per thread or process.
 
-    def __init__(self, path: Path, *, timeout: float = 30.0, create: bool = True) -> None:
+    Issues, runs and deliveries are read and written for one destination, SMTP unless told: a send opens
+    the ledger for its transport's destination, so the outbox's record never answers for SMTP's.
+    """
+
+    def __init__(
+        self, path: Path, *, timeout: float = 30.0, create: bool = True, destination: str = SMTP
+    ) -> None:
         """Open (with `create`, make) the database; create=False refuses a missing file instead."""
+        if destination not in DESTINATIONS:
+            raise ValueError(f"not a destination: {destination!r}")
         self.path = Path(path)
+        self.destination = destination
         self._depth = 0
         self._conn: sqlite3.Connection | None = None
         if create:
@@ -197,23 +228,79 @@ class Ledger:
                     f" {SCHEMA_VERSION}); upgrade mailer"
                 )
             if version < SCHEMA_VERSION:
-                # statement by statement: executescript() would commit the open transaction first
-                for statement in filter(str.strip, _SCHEMA.split(";")):
-                    self._db.execute(statement)
+                self._script(_SUPPRESSIONS)
+                if version == 0:
+                    self._script(_RECORD_TABLES)
                 if version == 1:
                     self._from_v1()
+                if version in (1, 2):
+                    self._from_v2()
                 self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _script(self, script: str) -> None:
+        # statement by statement: executescript() would commit the open transaction first
+        for statement in filter(str.strip, script.split(";")):
+            self._db.execute(statement)
 
     def _from_v1(self) -> None:
         # Version 1 marked a whole issue complete, whatever list it went to. Which list that was is not
         # known, so the mark becomes a run of an unknown list: shown by `status`, never matching a list
         # (the next send of the issue reads its list again and skips whoever is recorded as sent).
         self._db.execute(
+            "CREATE TABLE runs (run_id INTEGER PRIMARY KEY,"
+            " issue_id TEXT NOT NULL REFERENCES issues(issue_id), content_hash TEXT NOT NULL,"
+            " list_key TEXT NOT NULL, list_path TEXT NOT NULL,"
+            " pid INTEGER NOT NULL, started_at TEXT NOT NULL, completed_at TEXT)"
+        )
+        self._db.execute(
             "INSERT INTO runs (issue_id, content_hash, list_key, list_path, pid, started_at, completed_at)"
             " SELECT issue_id, content_hash, '', '(before schema 2)', 0, completed_at, completed_at"
             " FROM issues WHERE completed_at IS NOT NULL"
         )
         self._db.execute("ALTER TABLE issues DROP COLUMN completed_at")
+
+    def _from_v2(self) -> None:
+        # Version 2 kept one record for every destination, so a try-out in the outbox counted as sent for
+        # a later send over SMTP. Outbox deliveries are told apart by the outbox's own replies (it has
+        # answered "queued in outbox as ..." and "not queued: ..." since the first release); everything
+        # else stays SMTP's, so no one mailed over SMTP can be mailed again. A run is kept for the one
+        # destination its issue's deliveries went to; a run of an issue that went to both is not known
+        # to be either's, so it is kept as the outbox's (which mails no one) and as a run of no list: the
+        # next send to either destination reads its list again and skips whoever is recorded as sent.
+        for table in ("deliveries", "runs", "issues"):
+            self._db.execute(f"ALTER TABLE {table} RENAME TO {table}_v2")
+        for index in ("runs_by_list", "deliveries_by_state"):
+            self._db.execute(f"DROP INDEX IF EXISTS {index}")
+        self._script(_RECORD_TABLES)
+        self._db.execute(
+            "CREATE TEMP VIEW v2_destinations AS SELECT issue_id, email, CASE"
+            " WHEN last_reply LIKE 'queued in outbox as %' OR last_reply LIKE 'not queued: %' THEN 'outbox'"
+            " ELSE 'smtp' END AS destination FROM deliveries_v2"
+        )
+        self._db.execute(
+            "INSERT INTO issues (issue_id, destination, content_hash, subject, created_at)"
+            " SELECT i.issue_id, w.destination, i.content_hash, i.subject, i.created_at FROM issues_v2 AS i"
+            " JOIN (SELECT DISTINCT issue_id, destination FROM v2_destinations"
+            "  UNION SELECT issue_id, 'smtp' FROM issues_v2"
+            "  WHERE issue_id NOT IN (SELECT issue_id FROM deliveries_v2)) AS w USING (issue_id)"
+        )
+        self._db.execute(
+            "INSERT INTO deliveries (issue_id, destination, email, state, attempts, last_code, last_reply,"
+            " updated_at) SELECT d.issue_id, w.destination, d.email, d.state, d.attempts, d.last_code,"
+            " d.last_reply, d.updated_at FROM deliveries_v2 AS d JOIN v2_destinations AS w"
+            " USING (issue_id, email)"
+        )
+        self._db.execute(
+            "INSERT INTO runs (run_id, issue_id, destination, content_hash, list_key, list_path, pid,"
+            " started_at, completed_at)"
+            " SELECT r.run_id, r.issue_id, min(i.destination),"
+            " r.content_hash, CASE WHEN count(*) > 1 THEN '' ELSE r.list_key END, r.list_path, r.pid,"
+            " r.started_at, r.completed_at FROM runs_v2 AS r JOIN issues AS i USING (issue_id)"
+            " GROUP BY r.run_id"
+        )
+        self._db.execute("DROP VIEW v2_destinations")
+        for table in ("deliveries", "runs", "issues"):
+            self._db.execute(f"DROP TABLE {table}_v2")
 
     def in_place(self) -> bool:
         """Whether the file at the path is still the one this connection opened.
@@ -325,21 +412,26 @@ class Ledger:
         file was renamed) is refused too, unless allow_resend: its readers would get it twice.
         """
         with self.transaction():
-            row = self._one("SELECT content_hash FROM issues WHERE issue_id = ?", (issue_id,))
+            row = self._one(
+                "SELECT content_hash FROM issues WHERE issue_id = ? AND destination = ?",
+                (issue_id, self.destination),
+            )
             if row is None:
                 if not allow_resend:
                     self._refuse_renamed(issue_id, content_hash)
                 self._write(
-                    "INSERT INTO issues (issue_id, content_hash, subject, created_at) VALUES (?, ?, ?, ?)",
-                    (issue_id, content_hash, subject, _now()),
+                    "INSERT INTO issues (issue_id, destination, content_hash, subject, created_at)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (issue_id, self.destination, content_hash, subject, _now()),
                 )
                 return
             if row[0] == content_hash:
                 return
             if not allow_changed:
                 mailed = self._one(
-                    "SELECT count(*) FROM deliveries WHERE issue_id = ? AND state IN ('sent', 'sending')",
-                    (issue_id,),
+                    "SELECT count(*) FROM deliveries WHERE issue_id = ? AND destination = ?"
+                    " AND state IN ('sent', 'sending')",
+                    (issue_id, self.destination),
                 )[0]
                 if mailed:
                     raise MailerError(
@@ -347,16 +439,16 @@ class Ledger:
                         " subscribers; pass --changed to send the new version to those not yet mailed"
                     )
             self._write(
-                "UPDATE issues SET content_hash = ?, subject = ? WHERE issue_id = ?",
-                (content_hash, subject, issue_id),
+                "UPDATE issues SET content_hash = ?, subject = ? WHERE issue_id = ? AND destination = ?",
+                (content_hash, subject, issue_id, self.destination),
             )
 
     def _refuse_renamed(self, issue_id: str, content_hash: str) -> None:
         row = self._one(
-            "SELECT i.issue_id, count(*) FROM issues AS i JOIN deliveries AS d USING (issue_id)"
-            " WHERE i.content_hash = ? AND i.issue_id != ? AND d.state IN ('sent', 'sending')"
-            " GROUP BY i.issue_id ORDER BY count(*) DESC LIMIT 1",
-            (content_hash, issue_id),
+            "SELECT i.issue_id, count(*) FROM issues AS i JOIN deliveries AS d USING (issue_id, destination)"
+            " WHERE i.content_hash = ? AND i.issue_id != ? AND i.destination = ?"
+            " AND d.state IN ('sent', 'sending') GROUP BY i.issue_id ORDER BY count(*) DESC LIMIT 1",
+            (content_hash, issue_id, self.destination),
         )
         if row is not None:
             raise MailerError(
@@ -372,9 +464,10 @@ class Ledger:
         """
         with self.transaction():
             row = self._write(
-                "INSERT INTO runs (issue_id, content_hash, list_key, list_path, pid, started_at)"
-                " SELECT issue_id, content_hash, ?, ?, ?, ? FROM issues WHERE issue_id = ? RETURNING run_id",
-                (list_key, list_path, os.getpid(), _now(), issue_id),
+                "INSERT INTO runs (issue_id, destination, content_hash, list_key, list_path, pid, started_at)"
+                " SELECT issue_id, destination, content_hash, ?, ?, ?, ? FROM issues"
+                " WHERE issue_id = ? AND destination = ? RETURNING run_id",
+                (list_key, list_path, os.getpid(), _now(), issue_id, self.destination),
             ).fetchone()
             if row is None:
                 raise MailerError(f"no issue {issue_id!r}: call start_issue before start_run")
@@ -387,53 +480,67 @@ class Ledger:
     def is_complete(self, issue_id: str, list_key: str) -> bool:
         """Whether a run of the issue's current version finished for this list (the same list key)."""
         row = self._one(
-            "SELECT 1 FROM runs JOIN issues USING (issue_id, content_hash)"
-            " WHERE issue_id = ? AND list_key = ? AND completed_at IS NOT NULL LIMIT 1",
-            (issue_id, list_key),
+            "SELECT 1 FROM runs JOIN issues USING (issue_id, destination, content_hash)"
+            " WHERE issue_id = ? AND destination = ? AND list_key = ? AND completed_at IS NOT NULL LIMIT 1",
+            (issue_id, self.destination, list_key),
         )
         return row is not None
 
     def status(self, issue_id: str) -> IssueStatus:
-        """Count the issue's deliveries per state and group what did not go out by reply."""
+        """The issue's record for this ledger's destination (see statuses())."""
+        for status in self.statuses(issue_id):
+            if status.destination == self.destination:
+                return status
+        raise MailerError(f"{self.path}: no issue {issue_id!r} has been sent {_WHERE[self.destination]} yet")
+
+    def statuses(self, issue_id: str) -> list[IssueStatus]:
+        """Per destination the issue went to: its deliveries per state, what did not go out by reply."""
         summaries = self._summaries("WHERE i.issue_id = ?", (issue_id,))
         if not summaries:
             raise MailerError(f"{self.path}: no issue {issue_id!r} has been sent yet")
-        groups = self._all(
-            "SELECT state, last_code, last_reply, count(*) AS n FROM deliveries"
-            " WHERE issue_id = ? AND state IN ('deferred', 'failed')"
-            " GROUP BY state, last_code, last_reply ORDER BY n DESC, state, last_code",
-            (issue_id,),
-        )
-        s = summaries[0]
-        return IssueStatus(
-            s.issue_id,
-            s.subject,
-            s.content_hash,
-            s.created_at,
-            s.completed_at,
-            s.counts,
-            [FailureGroup(state, code, reply, n) for state, code, reply, n in groups],
-        )
+        out = []
+        for s in summaries:
+            groups = self._all(
+                "SELECT state, last_code, last_reply, count(*) AS n FROM deliveries"
+                " WHERE issue_id = ? AND destination = ? AND state IN ('deferred', 'failed')"
+                " GROUP BY state, last_code, last_reply ORDER BY n DESC, state, last_code",
+                (issue_id, s.destination),
+            )
+            out.append(
+                IssueStatus(
+                    s.issue_id,
+                    s.destination,
+                    s.subject,
+                    s.content_hash,
+                    s.created_at,
+                    s.completed_at,
+                    s.counts,
+                    [FailureGroup(state, code, reply, n) for state, code, reply, n in groups],
+                )
+            )
+        return out
 
     def issues(self) -> list[IssueSummary]:
-        """Every issue with its delivery counts, newest first."""
+        """Every issue with its delivery counts, one per destination it went to, newest first."""
         return self._summaries("", ())
 
     def _summaries(self, where: str, params: tuple[Any, ...]) -> list[IssueSummary]:
         rows = self._all(
-            "SELECT i.issue_id, i.subject, i.content_hash, i.created_at,"
-            " (SELECT max(r.completed_at) FROM runs AS r"
-            "  WHERE r.issue_id = i.issue_id AND r.content_hash = i.content_hash), d.state,"
-            " count(d.state) FROM issues AS i LEFT JOIN deliveries AS d USING (issue_id)"
-            f" {where} GROUP BY i.issue_id, d.state ORDER BY i.created_at DESC, i.issue_id DESC",
+            "SELECT i.issue_id, i.destination, i.subject, i.content_hash, i.created_at,"
+            " (SELECT max(r.completed_at) FROM runs AS r WHERE r.issue_id = i.issue_id"
+            "  AND r.destination = i.destination AND r.content_hash = i.content_hash), d.state,"
+            " count(d.state) FROM issues AS i LEFT JOIN deliveries AS d USING (issue_id, destination)"
+            f" {where} GROUP BY i.issue_id, i.destination, d.state"
+            " ORDER BY i.created_at DESC, i.issue_id DESC, i.destination DESC",
             params,
         )
         out: list[IssueSummary] = []
-        for issue_id, subject, content_hash, created, completed, state, n in rows:
-            if not out or out[-1].issue_id != issue_id:
+        for issue_id, destination, subject, content_hash, created, completed, state, n in rows:
+            if not out or (out[-1].issue_id, out[-1].destination) != (issue_id, destination):
                 out.append(
                     IssueSummary(
                         issue_id,
+                        destination,
                         subject,
                         content_hash,
                         _time(created),
@@ -451,8 +558,8 @@ class Ledger:
         """Where one subscriber stands for one issue, or None if never attempted."""
         row = self._one(
             "SELECT state, attempts, last_code, last_reply, updated_at FROM deliveries"
-            " WHERE issue_id = ? AND email = ?",
-            (issue_id, dedupe_key(email)),
+            " WHERE issue_id = ? AND destination = ? AND email = ?",
+            (issue_id, self.destination, dedupe_key(email)),
         )
         if row is None:
             return None
@@ -462,12 +569,12 @@ class Ledger:
         """Claim a delivery just before handing it to the server; return its attempt number."""
         with self.transaction():
             row = self._write(
-                "INSERT INTO deliveries (issue_id, email, state, attempts, updated_at)"
-                " VALUES (?, ?, 'sending', 1, ?)"
-                " ON CONFLICT (issue_id, email) DO UPDATE SET state = 'sending',"
+                "INSERT INTO deliveries (issue_id, destination, email, state, attempts, updated_at)"
+                " VALUES (?, ?, ?, 'sending', 1, ?)"
+                " ON CONFLICT (issue_id, destination, email) DO UPDATE SET state = 'sending',"
                 " attempts = attempts + 1, updated_at = excluded.updated_at"
                 " WHERE deliveries.state != 'sent' RETURNING attempts",
-                (issue_id, dedupe_key(email), _now()),
+                (issue_id, self.destination, dedupe_key(email), _now()),
             ).fetchone()
             if row is None:
                 raise MailerError(f"issue {issue_id}: {email} was already sent; not sending again")
@@ -486,14 +593,14 @@ class Ledger:
         with self.transaction():
             row = self._write(
                 "INSERT INTO deliveries"
-                " (issue_id, email, state, attempts, last_code, last_reply, updated_at)"
-                " VALUES (?, ?, ?, 1, ?, ?, ?)"
-                " ON CONFLICT (issue_id, email) DO UPDATE SET state = excluded.state,"
+                " (issue_id, destination, email, state, attempts, last_code, last_reply, updated_at)"
+                " VALUES (?, ?, ?, ?, 1, ?, ?, ?)"
+                " ON CONFLICT (issue_id, destination, email) DO UPDATE SET state = excluded.state,"
                 " attempts = attempts + (deliveries.state != 'sending'),"
                 " last_code = excluded.last_code, last_reply = excluded.last_reply,"
                 " updated_at = excluded.updated_at"
                 " WHERE deliveries.state != 'sent' RETURNING state",
-                (issue_id, dedupe_key(email), state, code, reply, _now()),
+                (issue_id, self.destination, dedupe_key(email), state, code, reply, _now()),
             ).fetchone()
             if row is None:
                 raise MailerError(f"issue {issue_id}: {email} is already recorded as sent")
@@ -509,7 +616,8 @@ class Ledger:
                 raise ValueError(f"not an outcome state: {state!r}")
         now = _now()
         rows = [
-            (issue_id, dedupe_key(email), state, code, reply, now) for email, state, code, reply in outcomes
+            (issue_id, self.destination, dedupe_key(email), state, code, reply, now)
+            for email, state, code, reply in outcomes
         ]
         if len(rows) == 1 and not self._depth:
             # one statement is its own transaction, locked for writing from its start like BEGIN
@@ -522,7 +630,8 @@ class Ledger:
             self._db.executemany(_RECORD, rows)
 
     def states(self, issue_id: str, emails: Iterable[str]) -> tuple[set[str], dict[str, str]]:
-        """For many addresses at once: the suppressed ones, and the delivery state of those attempted.
+        """For many addresses at once: the suppressed ones, and the delivery state of those attempted
+        (to this ledger's destination; a suppression holds for every destination).
 
         Both are keyed by dedupe_key(email); one query each per call instead of two per address.
         """
@@ -538,8 +647,9 @@ class Ledger:
             )
             states.update(
                 self._all(
-                    f"SELECT email, state FROM deliveries WHERE issue_id = ? AND email IN ({marks})",
-                    (issue_id, *part),
+                    "SELECT email, state FROM deliveries WHERE issue_id = ? AND destination = ?"
+                    f" AND email IN ({marks})",
+                    (issue_id, self.destination, *part),
                 )
             )
         return suppressed, states
@@ -548,8 +658,8 @@ class Ledger:
         """Turn permanent failures back into retries with a fresh attempt count; return how many."""
         cursor = self._write(
             "UPDATE deliveries SET state = 'deferred', attempts = 0, updated_at = ?"
-            " WHERE issue_id = ? AND state = 'failed'",
-            (_now(), issue_id),
+            " WHERE issue_id = ? AND destination = ? AND state = 'failed'",
+            (_now(), issue_id, self.destination),
         )
         return cursor.rowcount
 

@@ -7,7 +7,7 @@ import time
 
 from .campaign import Feedback, Report
 from .console import Console
-from .ledger import IssueSummary
+from .ledger import OUTBOX, IssueSummary
 from .subscribers import ReadStats, Subscriber
 
 MIN_BAR = 10  # columns; on a narrower terminal the bar is left out and only the figures are shown
@@ -172,14 +172,18 @@ def issue_table(issues: list[IssueSummary]) -> list[str]:
     if not issues:
         return ["No issue has been sent yet."]
     width = max(len(i.issue_id) for i in issues)
-    lines = [f"{'first sent':<16}  {'issue':<{width}}  {'sent':>7}  {'failed':>7}  {'complete':<8}  title"]
+    head = f"{'first sent':<16}  {'issue':<{width}}  {'to':<6}"
+    lines = [f"{head}  {'sent':>7}  {'failed':>7}  {'complete':<8}  title"]
     for i in issues:
         when = i.created_at.astimezone().strftime("%Y-%m-%d %H:%M")
         failed = i.count("failed") + i.count("deferred")
         done = "yes" if i.completed_at else "no"
         lines.append(
-            f"{when:<16}  {i.issue_id:<{width}}  {i.count('sent'):>7}  {failed:>7}  {done:<8}  {i.subject}"
+            f"{when:<16}  {i.issue_id:<{width}}  {i.destination:<6}  {i.count('sent'):>7}  {failed:>7}"
+            f"  {done:<8}  {i.subject}"
         )
+    if any(i.destination == OUTBOX for i in issues):
+        lines.append("(to outbox: a try-out in the local outbox, no one was mailed; smtp: real sends)")
     return lines
 
 
@@ -187,6 +191,7 @@ def issue_fields(summary: IssueSummary) -> dict[str, object]:
     """One issue's record as the --json object of `mailer status` gives it."""
     return {
         "issue": summary.issue_id,
+        "destination": summary.destination,
         "subject": summary.subject,
         "first_sent": summary.created_at.isoformat(timespec="seconds"),
         "completed_at": summary.completed_at.isoformat(timespec="seconds") if summary.completed_at else None,

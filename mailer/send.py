@@ -15,7 +15,7 @@ from .checks import Check, ChecksFailed, blocking, check_issue
 from .config import Settings
 from .console import Console
 from .errors import MailerError
-from .ledger import Ledger, issue_lock
+from .ledger import SMTP, Ledger, issue_lock
 from .message import MessageFactory, make_factory
 from .post import load_post
 from .private import make_folder, write_file
@@ -82,7 +82,9 @@ def warn_checks(issue: Issue, checks: list[Check], console: Console, skip: froze
             )
 
 
-def count_deliverable(db_path: Path, issue_id: str, path: Path, *, retry_failed: bool) -> int:
+def count_deliverable(
+    db_path: Path, destination: str, issue_id: str, path: Path, *, retry_failed: bool
+) -> int:
     """Readers of the list this run will mail: valid, first seen, not suppressed, not already mailed.
 
     One pass over the list before the first message, for the question asked and the progress bar's total;
@@ -91,7 +93,7 @@ def count_deliverable(db_path: Path, issue_id: str, path: Path, *, retry_failed:
     done = {"sent"} if retry_failed else {"sent", "failed"}
     count = 0
     rows = read_subscribers(path)  # the send's own read reports bad rows; this one only counts
-    with Ledger(db_path) as ledger:
+    with Ledger(db_path, destination=destination) as ledger:
         while batch := list(itertools.islice(rows, 1000)):
             suppressed, states = ledger.states(issue_id, [sub.email for sub in batch])
             count += sum(sub.key not in suppressed and states.get(sub.key) not in done for sub in batch)
@@ -173,12 +175,13 @@ def _send(
     if not subscribers_path.is_file():
         raise MailerError(f"{subscribers_path}: no such subscriber list")
     list_key = list_fingerprint(subscribers_path)
-    if target.is_dir() and not options.dry_run and not options.retry_failed:
-        with Ledger(settings.db_path) as ledger:
-            if ledger.is_complete(issue.issue_id, list_key):
-                note = f"{post_path}: already sent to {subscribers_path}; nothing to do."
-                return SendResult(issue, None, stats, note)
     transport = make_transport(settings)
+    if target.is_dir() and not options.dry_run and not options.retry_failed:
+        with Ledger(settings.db_path, destination=transport.destination) as ledger:
+            if ledger.is_complete(issue.issue_id, list_key):
+                where = "" if transport.destination == SMTP else " (to the local outbox)"
+                note = f"{post_path}: already sent to {subscribers_path}{where}; nothing to do."
+                return SendResult(issue, None, stats, note)
 
     def bad_row(row: BadRow) -> None:
         console.error(f"skipped: {row}")  # a reader not mailed: said even in a quiet run
@@ -189,7 +192,11 @@ def _send(
     deliverable = 0
     if not options.dry_run:
         deliverable = count_deliverable(
-            settings.db_path, issue.issue_id, subscribers_path, retry_failed=options.retry_failed
+            settings.db_path,
+            transport.destination,
+            issue.issue_id,
+            subscribers_path,
+            retry_failed=options.retry_failed,
         )
         question = (
             f"Send “{issue.subject}” to {deliverable:,} subscriber(s) of {subscribers_path}"

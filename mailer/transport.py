@@ -23,6 +23,7 @@ from typing import Protocol, Self
 
 from .config import Settings, smtp_port
 from .errors import ConfigError, TransportError
+from .ledger import OUTBOX, SMTP
 from .private import make_folder, open_new
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ class Transport(Protocol):
     """A destination for mail that hands out connections."""
 
     description: str
+    destination: str  # the delivery record's name for it (ledger.SMTP or ledger.OUTBOX): kept apart
 
     def connect(self) -> Connection:
         """A new connection, opened lazily on its first send()."""
@@ -184,6 +186,7 @@ class SMTPTransport:
         if self.user:
             details.append(f"user {self.user}")
         self.description = f"{self.where} ({', '.join(details)})"
+        self.destination = SMTP
 
     def connect(self) -> SMTPConnection:
         """A new connection, opened on its first send() or open()."""
@@ -537,6 +540,7 @@ class OutboxTransport:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.description = f"outbox {self.path}"
+        self.destination = OUTBOX  # mails no one: what it records never counts for SMTP
 
     def connect(self) -> OutboxConnection:
         """A writer into the Maildir (created on first use)."""

@@ -68,7 +68,7 @@ PRAGMA user_version = 1;
 """
 
 
-def test_a_version_1_database_is_migrated_to_version_2(db: Path) -> None:
+def test_a_version_1_database_is_migrated(db: Path) -> None:
     db.parent.mkdir(parents=True)
     with closing(sqlite3.connect(db)) as conn:
         conn.executescript(SCHEMA_V1)
@@ -91,7 +91,7 @@ def test_a_version_1_database_is_migrated_to_version_2(db: Path) -> None:
         ledger.finish_run(run)
         assert ledger.is_complete(ISSUE, "list-a") and not ledger.is_complete(ISSUE, "list-b")
     with closing(sqlite3.connect(db)) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         columns = [r[1] for r in conn.execute("PRAGMA table_info(issues)")]
         assert "completed_at" not in columns
     with Ledger(db) as again:  # a migrated file opens as it is

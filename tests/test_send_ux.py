@@ -287,11 +287,13 @@ def test_status_without_a_post_lists_every_issue_sent(
     code, out, err = run(["status"], env)
     assert code == 0, err
     header, *rows = out.splitlines()
-    assert header.split() == ["first", "sent", "issue", "sent", "failed", "complete", "title"]
+    assert header.split() == ["first", "sent", "issue", "to", "sent", "failed", "complete", "title"]
     assert len(rows) == 2
     newest, oldest = (row.split() for row in rows)
-    assert newest[2:7] == ["2026-02-10", "2", "1", "no", "The"] and rows[0].endswith("The second issue")
-    assert oldest[2:6] == ["2026-02-09", "3", "0", "yes"]
+    assert newest[2:8] == ["2026-02-10", "smtp", "2", "1", "no", "The"] and rows[0].endswith(
+        "The second issue"
+    )
+    assert oldest[2:7] == ["2026-02-09", "smtp", "3", "0", "yes"]
     assert newest[0] == oldest[0] and len(newest[0]) == 10  # the date both were sent (today)
 
     code, out, _ = run(["status", "--json"], env)
