@@ -134,8 +134,8 @@ def _size(issue: Issue, settings: Settings) -> Check:
         return Check(
             "error",
             "html-size",
-            f"{shown}; Gmail clips messages over {limit // 1024} KB and hides the rest, "
-            "the unsubscribe link included",
+            f"{shown}, {-(-(size - limit) // 1024)} KB too many: Gmail clips messages over "
+            f"{limit // 1024} KB and hides the rest, the unsubscribe link included",
             "shorten the post (or move long parts to the web and link to them)",
         )
     if size > limit * NEAR_CLIP:

@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import jinja2
+from lxml import etree
 from markdown_it.token import Token
 from markupsafe import Markup
 
@@ -21,6 +22,7 @@ from .config import Settings
 from .errors import PostError
 from .post import Post
 from .sanitize import Findings, html_to_text, sanitize
+from .slim import class_names, drop_unused_classes, minify_css, slim_styles
 
 WORDS = {
     "en": {
@@ -42,7 +44,7 @@ SLOT_VALUE_MAX_BYTES = 600  # the wrap budget for one personalised value (URL or
 LINE_LIMIT = 990  # RFC 5322 allows 998 octets per line; 8bit parts must stay under it
 _SLOT = "zqmailerslot{}zq"
 _SLOT_RE = re.compile(r"zqmailerslot(\d+)zq")
-PREHEADER_PAD = "\u034f\u200c\u00a0" * 60  # keeps the body's first words out of the inbox preview
+PREHEADER_PAD = "\u034f\u200c\u00a0" * 40  # keeps the body's first words out of the inbox preview
 
 
 @dataclass(frozen=True)
@@ -189,7 +191,7 @@ def render_issue(post: Post, settings: Settings) -> Issue:
         where = f"{getattr(exc, 'filename', None) or settings.templates_dir}"
         line = getattr(exc, "lineno", None)
         raise PostError(f"{where}{':' + str(line) if line else ''}: template error: {exc}") from None
-    inlined = inline_css(page, extra_css=findings.styles)
+    inlined = inline_css(page, extra_css=findings.styles, keep_classes=class_names(css + media_css))
     return Issue(
         post=post,
         issue_id=post.issue_id,
@@ -234,12 +236,16 @@ def _premailer_class() -> type:
     return _Premailer
 
 
-def inline_css(page: str, *, extra_css: list[str]) -> str:
-    """Move every CSS rule into style attributes with premailer; @media rules stay in <style>."""
+def inline_css(page: str, *, extra_css: list[str], keep_classes: frozenset[str] = frozenset()) -> str:
+    """Move every CSS rule into style attributes with premailer; @media rules stay in <style>.
+
+    Then what an element inherits anyway is dropped again (mailer.slim), and so are the post's class names
+    that no rule left in <style> uses (the template's are kept): the size is Gmail's clipping budget.
+    """
     premailer = _premailer_class()
     try:
-        result = premailer(
-            page,
+        tree = etree.fromstring(page.strip(), etree.HTMLParser()).getroottree()
+        premailer(
             css_text=extra_css or None,
             disable_link_rewrites=True,
             remove_classes=False,
@@ -250,10 +256,14 @@ def inline_css(page: str, *, extra_css: list[str]) -> str:
             cssutils_logging_level=logging.CRITICAL,
             disable_validation=True,
             exclude_pseudoclasses=True,
-        ).transform()
+        ).transform(tree.getroot())
     except Exception as exc:  # premailer raises bare lxml/cssutils errors
         raise PostError(f"inlining CSS failed: {exc}") from None
-    return str(result)
+    slim_styles(tree.getroot())
+    for style in tree.getroot().iter("style"):
+        style.text = minify_css(style.text or "")
+    drop_unused_classes(tree.getroot(), keep_classes)
+    return etree.tostring(tree, method="html", pretty_print=True, encoding="unicode")
 
 
 def _split(content: str, names: list[str], *, html: bool) -> Part:

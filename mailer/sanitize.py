@@ -21,7 +21,7 @@ UNWRAP = {"form", "fieldset", "label", "html", "body", "picture", "main", "artic
           "header", "footer", "nav", "aside", "figure", "details", "summary", "font", "center"}  # fmt: skip
 ALLOWED_ATTRS = {
     "href", "src", "alt", "title", "width", "height", "class", "style", "align", "valign", "colspan",
-    "rowspan", "border", "cellpadding", "cellspacing", "bgcolor", "role", "dir", "lang", "start",
+    "rowspan", "border", "cellpadding", "rules", "cellspacing", "bgcolor", "role", "dir", "lang", "start",
     "type", "id", "name", "target", "rel", "scope", "headers", "abbr", "datetime", "cite",
 }  # fmt: skip
 SAFE_SCHEMES = {"http", "https", "mailto", "tel"}
@@ -161,6 +161,9 @@ def sanitize(
                 el.set("width", "552")
                 el.set("class", ((el.get("class") or "") + " md-image").strip())
         elif tag == "table" and el.getparent() is root:
+            if el.get("cellpadding") is None and el.get("rules") is None:  # see email.css
+                el.set("cellpadding", "7")
+                el.set("rules", "rows")
             wrapper = lhtml.Element("div")
             wrapper.set("class", "table-wrap")
             el.addprevious(wrapper)

@@ -128,13 +128,29 @@ def css_rules(css: str) -> list[tuple[str, list[str]]]:
     return rules
 
 
+# CSS passes these from parent to child, and a link is underlined anyway: mailer may leave them to the
+# browser where the element would get the same value (test_render_browser compares the computed styles)
+INHERITED = {
+    "color", "font-family", "font-size", "font-style", "font-weight", "line-height", "letter-spacing",
+    "text-align", "word-break", "overflow-wrap", "word-wrap", "white-space",
+}  # fmt: skip
+
+
 def assert_inlined(doc: lhtml.HtmlElement, css: str) -> int:
-    """Every element a rule matches carries each of the rule's properties inline; returns how many."""
+    """Every element a rule matches carries each of the rule's own (not inherited) properties inline."""
     checked = 0
     for selector, props in css_rules(css):
         for element in CSSSelector(selector)(doc):
             inline = style_of(element)
-            missing = [p for p in props if p not in inline]
+            missing = [
+                p
+                for p in props
+                if p not in inline
+                and p not in INHERITED
+                and (element.tag, p) != ("a", "text-decoration")
+                and not (p == "vertical-align" and element.get("valign"))
+                and not (p == "background-color" and element.get("bgcolor"))
+            ]
             assert not missing, f"<{element.tag} class={element.get('class')!r}> ({selector}): {missing}"
             checked += 1
     return checked
@@ -247,7 +263,7 @@ def test_layout_tables_are_presentation_and_600_wide(example: Rendered) -> None:
 
 
 def test_cjk_friendly_font_stack(example: Rendered) -> None:
-    family = style_of(one(example.doc, "td.body-cell"))["font-family"]
+    family = style_of(one(example.doc, "td.wrapper-cell"))["font-family"]
     for font in ("pingfangsc", "microsoftyahei", "notosanscjksc", "sans-serif"):
         assert font in family.replace('"', ""), font
 
@@ -283,8 +299,8 @@ def test_still_styled_when_a_client_strips_style(example: Rendered) -> None:
     expect = {
         "table.container": {"background-color": "#fff", "max-width": "600px"},
         "table.summary": {"background-color": "#eff6ff"},
-        "td.summary-inner": {"padding": "14px16px6px16px"},
-        "td.body-cell": {"padding": "8px24px24px24px", "color": "#1f2328"},
+        "td.summary-inner": {"padding": "14px16px6px"},
+        "td.body-cell": {"padding": "8px24px24px", "color": "#1f2328"},
         "td.footer-cell": {"color": "#6b7280", "text-align": "center"},
         "h1.title": {"font-size": "26px", "color": "#111827"},
         "div.telegram-card": {"background-color": "#eef6fc", "padding": "18px20px"},
@@ -300,6 +316,25 @@ def test_still_styled_when_a_client_strips_style(example: Rendered) -> None:
 def test_html_part_is_well_under_gmail_clipping(example: Rendered, settings: Settings) -> None:
     assert len(example.html.encode("utf-8")) < 102_000
     assert example.issue.html_size() < settings.clip_warn_bytes
+    # mailer's markup no more than doubles the post: it was 3.8 times the markdown's bytes
+    assert example.issue.html_size() <= 2 * EXAMPLE.stat().st_size
+
+
+def test_a_table_heavy_weekly_is_not_clipped(tmp_path: Path) -> None:
+    """24 tables of 8 rows, a link in every row: each cell used to carry its own style (18.6 times the md)."""
+    source = POSTS / "weekly_tables.md"
+    rendered = render(source, make_settings(tmp_path))
+    size = rendered.issue.html_size()
+    assert size < Settings().clip_warn_bytes
+    assert size <= 4.1 * source.stat().st_size  # 4.0 times the markdown; it was 18.6 times
+    cells = CSSSelector("td.body-cell td")(rendered.doc)
+    assert len(cells) == 24 * 8 * 5
+    assert not [td for td in cells if "padding" in style_of(td) or "border" in style_of(td)]
+
+
+def test_the_font_stack_is_not_repeated_on_every_element(example: Rendered) -> None:
+    stacks = [el for el in example.doc.iter() if "font-family" in style_of(el)]
+    assert [el.get("class") for el in stacks] == ["wrapper-cell"]
 
 
 def test_footer_unsubscribe_view_in_browser_and_postal_address(example: Rendered) -> None:
@@ -368,8 +403,8 @@ def test_table_code_quote_and_images(rich: Rendered) -> None:
     rows = [[td.text_content() for td in tr.iter("td")] for tr in CSSSelector("tbody tr")(table)]
     assert rows == [["Alpha", "91.2", "best overall"], ["Beta", "88.0", "fastest"]]
     assert table.get("role") is None  # a data table, not layout
-    for cell in CSSSelector("th, td")(table):
-        assert "border" in style_of(cell) and "padding" in style_of(cell)
+    # lines and padding come from the table's attributes, not a style on every cell (Gmail's clipping size)
+    assert (table.get("cellpadding"), table.get("rules")) == ("7", "rows") and "border" in style_of(table)
     code = one(body, "pre > code")
     assert code.text_content() == 'def greet(name: str) -> str:\n    return f"Hello, {name} <3"\n'
     assert "white-space" in style_of(one(body, "pre"))
@@ -448,9 +483,10 @@ def test_raw_html_safe_parts_kept_and_styled(raw: Rendered) -> None:
     promo = one(body, "div.promo")
     assert style_of(promo)["background-color"] == "#fff7ed"
     assert style_of(promo)["padding"] == "12px16px"
-    assert style_of(one(body, "p.promo-title"))["color"] == "#9a3412"
+    # (the classes went: no rule left in <style> uses them)
+    assert style_of(one(body, "div.promo > p:first-child"))["color"] == "#9a3412"
     assert "max-width: 620px" in "".join(s.text or "" for s in raw.doc.iter("style"))
-    sneaky = one(body, "p.sneaky")
+    (sneaky,) = [p for p in body.iter("p") if p.text_content() == "Styled with an expression."]
     assert style_of(sneaky)["color"] == "red"
 
 

@@ -275,3 +275,40 @@ def test_dark_mode_rules_win_over_inline_styles(open_page: Any) -> None:
     finally:
         page.emulate_media(color_scheme="light")
     assert page.evaluate(colours) == ["rgb(255, 255, 255)", "rgb(239, 246, 255)"]
+
+
+COMPUTED = """() => [...document.querySelectorAll('body, body *')].map(e => {
+    const s = getComputedStyle(e), r = e.getBoundingClientRect();
+    return [e.tagName, s.color, s.fontFamily, s.fontSize, s.fontWeight, s.fontStyle, s.lineHeight,
+            s.letterSpacing, s.textAlign, s.textDecorationLine, s.margin, s.padding, s.backgroundColor,
+            s.borderTop, s.borderLeft, Math.round(r.x), Math.round(r.y), Math.round(r.width),
+            Math.round(r.height)].join(' | ');
+})"""
+
+
+@pytest.mark.parametrize("name", ["example", "english.md", "rich.md", "hugo_toml.md", "weekly_tables.md"])
+def test_inline_styles_look_like_the_css_rules(browser: Any, tmp_path: Path, name: str) -> None:
+    """Dropping inherited inline CSS (to stay under Gmail's clipping size) changes no computed style or box.
+
+    The reference is the email with email.css applied as rules (as a browser would apply it); the candidate
+    is the email as a client without <style> support shows it: inline styles only.
+    """
+    path = EXAMPLE if name == "example" else ROOT / "tests" / "posts" / name
+    settings = Settings(web_url="https://news.example.com/mailer", base_url="https://blog.example.org/",
+                        data_dir=tmp_path)  # fmt: skip
+    issue = render_issue(load_post(path), settings)
+    html = issue.html.fill({"unsubscribe_url": UNSUBSCRIBE, "name": "", "email": ""}).decode("utf-8")
+    inline_only = re.sub(r"<style[^>]*>.*?</style>", "", html, flags=re.S)
+    css = (ROOT / "templates" / "email.css").read_text(encoding="utf-8")
+    with_rules = inline_only.replace("</head>", f"<style>{css}</style></head>")
+    computed = []
+    for variant in (with_rules, inline_only):
+        page = browser.new_page(viewport={"width": 600, "height": 900})
+        page.route("**/*", lambda route: route.fulfill(status=200, content_type="image/svg+xml",
+                                                       body=placeholder(240, 120, "img")))  # fmt: skip
+        page.set_content(variant, wait_until="load")
+        computed.append(page.evaluate(COMPUTED))
+        page.close()
+    assert len(computed[0]) > 20
+    differ = [(a, b) for a, b in zip(*computed, strict=True) if a != b]
+    assert not differ, differ[:1]
