@@ -735,6 +735,13 @@ def _private_database(path: Path) -> None:
         pass  # SQLite's own open says what is wrong, in the usual words
 
 
+def _read_only_fs(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path.parent).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
 def _no_space(path: Path) -> bool:
     try:
         fs = os.statvfs(path.parent)
@@ -780,6 +787,8 @@ def _explain(exc: sqlite3.Error, path: Path) -> str:
     text = str(exc)
     if "full" in text or ("disk I/O" in text and _no_space(path)):
         return "no space left on the file system that holds it; free some and run the same command again"
+    if _read_only_fs(path):
+        return "the file system that holds it is mounted read-only; mailer needs to write to it"
     if "locked" in text or "busy" in text:
         return "the database is locked by another mailer process; try again when it has finished"
     if "not a database" in text or "malformed" in text:

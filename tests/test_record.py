@@ -17,7 +17,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import closing
+from contextlib import closing, nullcontext
 from http.client import HTTPConnection
 from pathlib import Path
 from urllib.parse import quote
@@ -52,6 +52,9 @@ class Disk:
 
     def read_only(self) -> None:
         subprocess.run(["mount", "-o", "remount,ro", str(self.path)], check=True)
+
+    def read_write(self) -> None:
+        subprocess.run(["mount", "-o", "remount,rw", str(self.path)], check=True)
 
 
 @pytest.fixture
@@ -116,9 +119,9 @@ def recipients(server: SMTPServer) -> Counter[str]:
     return Counter(r for m in server.messages for r in m.rcpt_tos)
 
 
-@pytest.mark.parametrize("other_process", [False, True], ids=["alone", "database-held-open"])
+@pytest.mark.parametrize("fault", ["full", "full, held open", "read-only"])
 def test_a_full_disk_under_the_record_stops_the_send_before_any_message(
-    disk: Disk, smtp_server: SMTPServer, tmp_path: Path, other_process: bool
+    disk: Disk, smtp_server: SMTPServer, tmp_path: Path, fault: str
 ) -> None:
     post = post_named(tmp_path, "2026-02-09.md")
     first = ["a@example.com", "b@example.com"]
@@ -127,23 +130,31 @@ def test_a_full_disk_under_the_record_stops_the_send_before_any_message(
     env = smtp_env(smtp_server, tmp_path / "state", MAILER_DATABASE=str(db))
     code, out = send(post, csv, env)
     assert code == 0, out
-    with closing(sqlite3.connect(db)) as held:
-        if other_process:  # e.g. `mailer serve` answering a click: the WAL and SHM files stay
+    expected = {
+        "full": "no space left on the file system that holds it; free some and run the same command again",
+        "read-only": "the file system that holds it is mounted read-only; mailer needs to write to it",
+    }[fault.partition(",")[0]]
+    # "held open": another connection, e.g. `mailer serve` answering a click: the WAL and SHM files stay
+    with closing(sqlite3.connect(db)) if fault == "full, held open" else nullcontext() as held:
+        if held is not None:
             held.execute("SELECT count(*) FROM suppressions").fetchone()
-        disk.fill()
+        if fault == "read-only":
+            disk.read_only()
+        else:
+            disk.fill()
         newcomers = [f"new{i}@example.com" for i in range(6)]
         write_list(csv, first + newcomers)
         for connections in ("1", "3"):  # each rerun: still nothing sent, nothing half-recorded
             code, out = send(post, csv, env, "--connections", connections)
             assert code == 1, out
-            assert error_lines(out) == [
-                f"Error: {db}: no space left on the file system that holds it;"
-                " free some and run the same command again"
-            ], out
+            assert error_lines(out) == [f"Error: {db}: {expected}"], out
             assert "Traceback" not in out
             assert recipients(smtp_server) == Counter({e: 1 for e in first})
-    (disk.path / "filler").unlink()
-    code, out = send(post, csv, env, "--connections", "3")  # space again: the newcomers, once each
+    if fault == "read-only":
+        disk.read_write()
+    else:
+        (disk.path / "filler").unlink()
+    code, out = send(post, csv, env, "--connections", "3")  # writable again: the newcomers, once each
     assert code == 0, out
     assert recipients(smtp_server) == Counter({e: 1 for e in first + newcomers})
 
