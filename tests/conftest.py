@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,12 @@ settings.register_profile(
 settings.register_profile("deep", max_examples=1000, deadline=None, print_blob=True)
 PROFILE = "ci" if os.environ.get("CI") else os.environ.get("HYPOTHESIS_PROFILE", "ci")
 settings.load_profile(PROFILE)
+
+# A suite started in the background of a non-interactive shell inherits SIGINT ignored, and so would every
+# `mailer` process the tests start: the Ctrl-C tests would then test nothing but the shell. Take SIGINT back,
+# so children start with the default disposition, as under a terminal or a CI runner.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def examples(count: int) -> int:
