@@ -161,13 +161,15 @@ def render_warnings(issue: Any, settings: Settings) -> list[str]:
 @click.option("--html", "form", flag_value="html", default=True, help="The HTML part, CSS inlined (default).")
 @click.pass_context
 def render(ctx: click.Context, post: Path, output: Path | None, form: str) -> None:
-    """Render POST as the HTML email (default), its plain-text part, or a whole .eml message."""
+    """Render POST (a folder: today's post in it) as the HTML email, its plain-text part, or a whole .eml."""
     settings = settings_from(ctx)
     with reported():
         from .message import make_factory
         from .post import load_post
         from .render import render_issue
+        from .schedule import require_post
 
+        post = require_post(post, settings, Console())
         issue = render_issue(load_post(post), settings)
         for warning in render_warnings(issue, settings):
             click.echo(f"Warning: {warning}", err=True)
@@ -557,9 +559,9 @@ def suppressions_export(ctx: click.Context) -> None:
 )
 @click.pass_context
 def check(ctx: click.Context, post: Path, quiet: bool, json_mode: bool) -> None:
-    """Run the pre-send checks on POST; exit 1 when something would hurt delivery (cron: before send).
+    """Run the pre-send checks on POST (a folder: today's post); exit 1 on what would hurt delivery.
 
-    `send` runs the same checks and refuses to mail on an error.
+    `send` runs the same checks and refuses to mail on an error; cron can run this one before it.
     """
     console = Console(json_mode=json_mode)
     settings = settings_from(ctx, console)
@@ -568,7 +570,10 @@ def check(ctx: click.Context, post: Path, quiet: bool, json_mode: bool) -> None:
         from .checks import check_issue, has_errors
         from .post import load_post
         from .render import render_issue
+        from .schedule import require_post
 
+        post = require_post(post, settings, console)
+        fields["post"] = str(post)
         checks = check_issue(render_issue(load_post(post), settings), settings)
     for c in checks:
         if not (quiet and c.level == "ok"):

@@ -7,6 +7,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from .config import Settings
+from .console import Console
 from .errors import MailerError, PostError
 from .post import Post, load_post
 
@@ -34,6 +35,33 @@ def pick_post(folder: Path, day: dt.date) -> tuple[Path | None, list[str]]:
         names = ", ".join(str(p) for p in matches)
         raise MailerError(f"{folder}: {len(matches)} posts are dated {day}: {names}; send one by name")
     return (matches[0] if matches else None), problems
+
+
+def resolve_post(target: Path, settings: Settings, console: Console) -> Path | None:
+    """A post path as given, or today's post when `target` is a folder (None: no post dated today).
+
+    What every command that takes a post does with a folder: send, check, render (preview shows them all).
+    """
+    if not target.is_dir():
+        return target
+    day = today(settings)
+    path, problems = pick_post(target, day)
+    for problem in problems:
+        console.warn(problem)
+    if path is None:
+        return None
+    console.note(f"Today's post ({day}, {settings.timezone}): {path}")
+    return path
+
+
+def require_post(target: Path, settings: Settings, console: Console) -> Path:
+    """resolve_post() for a command that needs a post: a folder with none dated today is an error."""
+    path = resolve_post(target, settings, console)
+    if path is None:
+        raise MailerError(
+            f"{target}: no post dated {today(settings)} (today in {settings.timezone}) in it; name the post"
+        )
+    return path
 
 
 def _date_from_name(path: Path) -> dt.date | None:

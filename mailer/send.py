@@ -21,7 +21,7 @@ from .post import load_post
 from .private import make_folder, write_file
 from .progress import ConsoleFeedback
 from .render import Issue, render_issue
-from .schedule import check_age, pick_post, today
+from .schedule import check_age, require_post, resolve_post, today
 from .stopping import StopSignals
 from .subscribers import BadRow, ReadStats, read_subscribers
 from .transport import make_transport
@@ -48,20 +48,6 @@ class TestSend:
     via: str
     reply: str
     message_id: str
-
-
-def resolve_post(target: Path, settings: Settings, console: Console) -> Path | None:
-    """A post path as given, or today's post when `target` is a folder (None: nothing to send today)."""
-    if not target.is_dir():
-        return target
-    day = today(settings)
-    path, problems = pick_post(target, day)
-    for problem in problems:
-        console.warn(problem)
-    if path is None:
-        return None
-    console.note(f"Today's post ({day}, {settings.timezone}): {path}")
-    return path
 
 
 def prepare(post_path: Path, settings: Settings, console: Console) -> tuple[Issue, MessageFactory]:
@@ -258,9 +244,7 @@ def send_test(
         email = validate_email(address, check_deliverability=False).ascii_email or address
     except EmailNotValidError as exc:
         raise MailerError(f"{address}: not a valid address: {exc}") from None
-    post_path = resolve_post(target, settings, console)
-    if post_path is None:
-        raise MailerError(f"No post dated {today(settings)} in {target}")
+    post_path = require_post(target, settings, console)
     issue = render_issue(load_post(post_path), settings)
     checks = check_issue(issue, settings)
     warn_checks(issue, checks, console, skip_checks)
