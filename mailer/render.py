@@ -19,6 +19,7 @@ from markupsafe import Markup
 
 from . import markdown
 from .config import Settings
+from .dark import keep_own_colours
 from .errors import PostError
 from .post import Post
 from .sanitize import Findings, html_to_text, sanitize
@@ -241,6 +242,7 @@ def inline_css(page: str, *, extra_css: list[str], keep_classes: frozenset[str] 
 
     Then what an element inherits anyway is dropped again (mailer.slim), and so are the post's class names
     that no rule left in <style> uses (the template's are kept): the size is Gmail's clipping budget.
+    Boxes the post paints itself keep their colours in dark mode (mailer.dark).
     """
     premailer = _premailer_class()
     try:
@@ -260,6 +262,7 @@ def inline_css(page: str, *, extra_css: list[str], keep_classes: frozenset[str] 
     except Exception as exc:  # premailer raises bare lxml/cssutils errors
         raise PostError(f"inlining CSS failed: {exc}") from None
     slim_styles(tree.getroot())
+    keep_own_colours(tree.getroot())
     for style in tree.getroot().iter("style"):
         style.text = minify_css(style.text or "")
     drop_unused_classes(tree.getroot(), keep_classes)

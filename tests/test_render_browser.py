@@ -312,3 +312,65 @@ def test_inline_styles_look_like_the_css_rules(browser: Any, tmp_path: Path, nam
     assert len(computed[0]) > 20
     differ = [(a, b) for a, b in zip(*computed, strict=True) if a != b]
     assert not differ, differ[:1]
+
+
+CONTRAST = """() => {
+  const parse = (c) => {
+    const m = c.match(/rgba?\\(([^)]+)\\)/);
+    const p = m ? m[1].split(/[ ,\\/]+/).filter(Boolean).map(Number) : [0, 0, 0, 0];
+    return {r: p[0], g: p[1], b: p[2], a: p.length > 3 ? p[3] : 1};
+  };
+  const lum = (c) => {
+    const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); };
+    return 0.2126 * f(c.r) + 0.7152 * f(c.g) + 0.0722 * f(c.b);
+  };
+  const ratio = (a, b) => (Math.max(lum(a), lum(b)) + 0.05) / (Math.min(lum(a), lum(b)) + 0.05);
+  const shown = (e) => {
+    for (let n = e; n; n = n.parentElement) {
+      const s = getComputedStyle(n);
+      if (s.display === 'none' || parseFloat(s.opacity) === 0) return false;
+    }
+    const r = e.getBoundingClientRect();
+    return r.width > 0 && r.height > 1;
+  };
+  const out = [];
+  for (const e of document.querySelectorAll('body *')) {
+    if (![...e.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim()) || !shown(e)) continue;
+    let holder = e;  // the nearest element that paints a background: what the text is actually on
+    while (holder.parentElement && parse(getComputedStyle(holder).backgroundColor).a === 0) {
+      holder = holder.parentElement;
+    }
+    const button = holder.tagName === 'A' && getComputedStyle(holder).display !== 'inline';
+    const on = parse(getComputedStyle(holder).backgroundColor);
+    out.push({text: e.textContent.trim().slice(0, 40), tag: e.tagName, button,
+              ratio: ratio(parse(getComputedStyle(e).color), on)});
+  }
+  return out;
+}"""
+CONTRAST_POSTS = ["example", "raw_html.md", "rich.md", "english.md", "hugo_toml.md", "pelican.md",
+                  "2024-10-02-toml-h1.md", "weekly_tables.md"]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", CONTRAST_POSTS)
+def test_dark_mode_text_is_readable_on_its_actual_background(browser: Any, tmp_path: Path, name: str) -> None:
+    """WCAG contrast of every piece of text against the background it is drawn on, in dark mode:
+    4.5:1 for text and links, 3:1 for a button's label (the Telegram "join" button was 1.67:1)."""
+    path = EXAMPLE if name == "example" else ROOT / "tests" / "posts" / name
+    settings = Settings(base_url="https://blog.example.org/", data_dir=tmp_path)
+    issue = render_issue(load_post(path), settings)
+    html = issue.html.fill({"unsubscribe_url": UNSUBSCRIBE, "name": "", "email": ""}).decode("utf-8")
+    page = browser.new_page(viewport={"width": 600, "height": 900})
+    try:
+        page.emulate_media(color_scheme="dark")
+        page.route("**/*", lambda route: route.fulfill(status=404, body=""))  # images stay away: text only
+        page.set_content(html, wait_until="load")
+        texts = page.evaluate(CONTRAST)
+        buttons = [t for t in texts if t["button"]]
+    finally:
+        page.close()
+    assert len(texts) >= 9  # title, date, footer, ... at least
+    low = [t for t in texts if t["ratio"] < (3 if t["button"] else 4.5)]
+    assert not low, low[:5]
+    if name == "example":
+        (join,) = buttons
+        assert join["text"] == "立即加入群组" and join["ratio"] >= 3
