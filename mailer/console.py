@@ -48,8 +48,7 @@ class Console:
     def warn(self, line: str) -> None:
         """Something worth a look that does not stop the command."""
         self.warnings.append(line)
-        if not self.quiet:
-            self._err(f"Warning: {line}")
+        self.say(self.stamp(f"Warning: {line}"))
 
     def error(self, line: str) -> None:
         """What went wrong; printed even when quiet."""

@@ -493,6 +493,7 @@ def test_log_lines_carry_a_timestamp_when_not_on_a_terminal(
         rf"^{stamp} Sending 2026-02-09 to 5 subscriber\(s\) via 127\.0\.0\.1:", err, re.MULTILINE
     )
     assert re.search(rf"^{stamp} progress: 5/5 messages, 5 sent, .* msg/s", err, re.MULTILINE), err
+    assert re.search(rf"^{stamp} Warning: .*: dkim: no DKIM signing", err, re.MULTILINE), err
     when = dt.datetime.fromisoformat(re.search(stamp, err)[0])  # type: ignore[index]
     assert abs((dt.datetime.now(dt.UTC) - when).total_seconds()) < 600  # the time of the send, not a constant
     assert "\r" not in err
