@@ -20,6 +20,7 @@ from .errors import ExitStatus, MailerError
 
 if TYPE_CHECKING:
     from .config import Loaded, Settings
+    from .subscribers import BadRow
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -476,62 +477,30 @@ def suppressions_list(ctx: click.Context) -> None:
         click.echo(f"{len(rows)} suppressed address(es)", err=True)
 
 
-def _read_import(path: Path) -> Iterator[tuple[int, str]]:
-    """(line number, address) from a list with one address a line, or a CSV with an email column."""
-    import csv
-    import io
-
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise MailerError(f"{path}: not UTF-8 text (byte {exc.start})") from None
-    except OSError as exc:
-        raise MailerError(f"{path}: cannot read: {exc.strerror}") from None
-    lines = text.splitlines()
-    first = next((line for line in lines if line.strip()), "")
-    header = [h.strip().lower() for h in next(csv.reader([first]), [])]
-    if "email" in header:
-        reader = csv.reader(io.StringIO(text))
-        column = -1
-        for row in reader:
-            if column < 0:
-                if any(cell.strip() for cell in row):
-                    column = [h.strip().lower() for h in row].index("email")
-                continue
-            if not any(cell.strip() for cell in row):
-                continue
-            yield reader.line_num, row[column].strip() if column < len(row) else ""
-        return
-    for number, line in enumerate(lines, 1):
-        line = line.strip()
-        if line and not line.startswith("#"):
-            yield number, line
-
-
 @suppressions.command("import")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--reason", default="", help="Why, for the record (e.g. 'complaints from ESP').")
 @click.pass_context
 def suppressions_import(ctx: click.Context, file: Path, reason: str) -> None:
-    """Suppress every address in FILE (one a line, or a CSV with an email column)."""
+    """Suppress every address in FILE: a CSV with an email column (Mailchimp, Mailgun ... exports), or one
+    address a line. A file that cannot be read whole is refused; exit 1 if any line was not an address."""
     settings = settings_from(ctx)
     with reported():
         from .ledger import Ledger
+        from .suppressions import import_suppressions
 
-        added = already = bad = 0
+        def bad(row: BadRow) -> None:
+            click.echo(f"{row.path}:{row.line}: skipped: {row.reason}", err=True)
+
         with Ledger(settings.db_path) as ledger:
-            for number, address in _read_import(file):
-                try:
-                    email = _address_key(address)
-                except ValueError as exc:
-                    click.echo(f"{file}:{number}: {address!r} skipped: {exc}", err=True)
-                    bad += 1
-                    continue
-                if ledger.suppress(email, source="import", reason=reason or f"imported from {file.name}"):
-                    added += 1
-                else:
-                    already += 1
-        click.echo(f"{added} newly suppressed, {already} already suppressed, {bad} bad line(s) skipped")
+            why = reason or f"imported from {file.name}"
+            report = import_suppressions(file, ledger, reason=why, on_bad=bad)
+        click.echo(
+            f"{report.added} newly suppressed, {report.already} already suppressed,"
+            f" {report.bad} bad line(s) skipped"
+        )
+        if report.bad:
+            sys.exit(ExitStatus.ERROR)
 
 
 @suppressions.command("export")

@@ -55,7 +55,13 @@ class PostError(MailerError):
 
 
 class SubscriberError(MailerError):
-    """The subscriber list as a whole cannot be read (a single bad row is not an error)."""
+    """A subscriber list or suppression file as a whole cannot be read (a single bad row is not an error)."""
+
+
+class FileChanged(MailerError):
+    """A list changed on disk while it was being read: stopped there; rerunning reads it again and resumes."""
+
+    exit_code = ExitStatus.STOPPED
 
 
 class TransportError(MailerError):

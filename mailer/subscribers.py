@@ -1,12 +1,12 @@
-"""Read the subscriber CSV as a stream of validated, de-duplicated Subscribers; bad rows never stop it.
+"""Read the subscriber CSV as a stream of validated, de-duplicated Subscribers.
 
-The file is read as bytes and decoded line by line, so one row saved in Latin-1 costs only that row, and
-every record knows the physical line it starts on even when a quoted field spans several lines.
+The file as a whole is checked first (csvfile: a quote that swallows rows, a file not saved as UTF-8 text),
+so a broken file stops the send before anyone is mailed; after that a bad row costs only that row, named
+with the physical line it starts on.
 """
 
 from __future__ import annotations
 
-import csv
 import re
 from array import array
 from collections.abc import Callable, Iterator, Mapping
@@ -15,15 +15,13 @@ from functools import lru_cache
 from hashlib import blake2b
 from pathlib import Path
 from types import MappingProxyType
-from typing import BinaryIO, cast
+from typing import cast
 
+from .csvfile import CsvFile
 from .errors import SubscriberError
 
 MAX_EMAIL = 254
 MAX_FIELD = 200
-MAX_LINE = 1 << 20  # a longer physical line is a bad row, so one broken line cannot fill memory
-
-_BOM = b"\xef\xbb\xbf"
 # C0 and C1 controls (tab allowed outside the address), DEL and the Unicode line separators: all of
 # them break a header line or a plain-text body, and none belongs in a name or an address.
 _CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
@@ -74,6 +72,7 @@ class BadRow:
 class ReadStats:
     """Counts filled in while iterating; rows == valid + invalid + duplicates."""
 
+    expected: int = 0  # rows the check before reading found (blank lines not counted)
     rows: int = 0
     valid: int = 0
     invalid: int = 0
@@ -208,85 +207,45 @@ def read_subscribers(
 ) -> Iterator[Subscriber]:
     """Stream the valid, first-seen subscribers of a CSV file, reporting skipped rows as they pass.
 
-    The header is checked now (SubscriberError if the file cannot be read or has no `email`
-    column); rows are read lazily from one open of the file, so a pipe works too. Duplicates go
-    to on_duplicate, never to on_bad.
+    The whole file is checked now, before the first row is used (SubscriberError if it cannot be read,
+    has no `email` column, no rows, or a quote that swallows lines: see csvfile); then rows are read
+    lazily, at a flat memory cost. Duplicates go to on_duplicate, never to on_bad. The iterator raises
+    FileChanged if the file changes under it, and SubscriberError at the end if no row was valid.
     """
-    rows = _rows(Path(path), on_bad, stats if stats is not None else ReadStats(), on_duplicate)
-    next(rows)  # runs up to the header check, so a bad file fails here and is opened only once
+    path = Path(path)
+    source = CsvFile(path, "subscriber list")
+    try:
+        names = _read_header(source)
+        expected = source.scan(",", after=1, consequence="nothing was sent")
+        if not expected:
+            raise SubscriberError(
+                f"{path}: no subscribers in it, only the header line (add one reader a line)"
+            )
+    except BaseException:
+        source.close()
+        raise
+    stats = stats if stats is not None else ReadStats()
+    stats.expected = expected
+    rows = _rows(source, names, on_bad, stats, on_duplicate)
+    next(rows)  # enters the generator's `with`, so the file is closed even if no row is ever asked for
     return cast(Iterator[Subscriber], rows)
 
 
-def _open(path: Path) -> BinaryIO:
-    try:
-        return path.open("rb")
-    except FileNotFoundError:
-        raise SubscriberError(f"{path}: subscriber list not found") from None
-    except IsADirectoryError:
-        raise SubscriberError(f"{path}: is a directory, not a subscriber list") from None
-    except OSError as exc:
-        raise SubscriberError(f"{path}: cannot read: {exc.strerror}") from None
-
-
-class _Lines:
-    """Decoded physical lines for csv.reader; remembers which lines were not UTF-8 or too long."""
-
-    def __init__(self, path: Path, handle: BinaryIO) -> None:
-        self.path = path
-        self.handle = handle
-        self.number = 0
-        self.problems: dict[int, str] = {}
-
-    def __iter__(self) -> Iterator[str]:
-        return self
-
-    def __next__(self) -> str:
-        try:
-            raw = self.handle.readline(MAX_LINE)
-            if not raw:
-                raise StopIteration
-            self.number += 1
-            if len(raw) == MAX_LINE and not raw.endswith(b"\n"):
-                while (more := self.handle.readline(MAX_LINE)) and not more.endswith(b"\n"):
-                    pass
-                self.problems[self.number] = f"line {self.number} is longer than {MAX_LINE} bytes"
-                return "\n"
-        except OSError as exc:
-            raise SubscriberError(f"{self.path}: cannot read: {exc.strerror}") from None
-        if self.number == 1 and raw.startswith(_BOM):
-            raw = raw[len(_BOM) :]
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            byte = raw[exc.start]
-            self.problems[self.number] = (
-                f"not UTF-8 (byte 0x{byte:02x} on line {self.number}, column {exc.start + 1}):"
-                " save the file as UTF-8"
-            )
-            return raw.decode("utf-8", "replace")
-
-    def problem(self, first: int, last: int) -> str | None:
-        """Return (and forget) the first problem of lines first..last, if any."""
-        found = None
-        for number in range(first, last + 1):
-            reason = self.problems.pop(number, None)
-            found = found or reason
-        return found
-
-
-def _read_header(path: Path, lines: _Lines) -> tuple[_Lines, Iterator[list[str]], list[str]]:
-    reader = csv.reader(lines)
-    try:
-        header = next(reader, None)
-    except csv.Error as exc:
-        raise SubscriberError(f"{path}:1: cannot read the header line: {exc}") from None
-    problem = lines.problem(1, 1)
-    if problem:
-        raise SubscriberError(f"{path}:1: header line is {problem}")
-    names = [cell.strip().lower() for cell in header or []]
+def _read_header(source: CsvFile) -> list[str]:
+    path = source.path
+    header = next(source.records(","), None)
+    if header is None:
+        raise SubscriberError(f"{path}: the file is empty (a subscriber list starts with a header line)")
+    if header.error:
+        raise SubscriberError(f"{path}:1: header line: {header.error}")
+    if header.last > 1:
+        raise SubscriberError(f"{path}:1: a quoted field in the header line is not closed on that line")
+    names = [cell.strip().lower() for cell in header.cells]
     if "email" not in names:
         hint = ""
-        if any(sep in cell for cell in names for sep in ";\t"):
+        if any("\0" in cell for cell in names):
+            hint = " (it holds NUL bytes: UTF-16 or not text at all? save the file as UTF-8 CSV)"
+        elif any(sep in cell for cell in names for sep in ";\t"):
             hint = " (it looks separated by ';' or tabs: save the file as comma-separated CSV)"
         elif any(cell in ("e-mail", "email address", "e-mail address", "mail") for cell in names):
             hint = " (rename the address column to 'email')"
@@ -296,60 +255,55 @@ def _read_header(path: Path, lines: _Lines) -> tuple[_Lines, Iterator[list[str]]
         if name and name in seen:
             raise SubscriberError(f"{path}:1: column {name!r} appears twice in the header line")
         seen.add(name)
-    return lines, reader, names
+    return names
 
 
 def _rows(
-    path: Path,
+    source: CsvFile,
+    names: list[str],
     on_bad: Callable[[BadRow], None] | None,
     stats: ReadStats,
     on_duplicate: Callable[[BadRow], None] | None,
 ) -> Iterator[Subscriber | None]:
+    path = source.path
     seen = _Seen()
-    with _open(path) as handle:
-        lines, reader, names = _read_header(path, _Lines(path, handle))
+    email_at = names.index("email")
+    columns = [(i, name) for i, name in enumerate(names) if name]
+    first_bad: BadRow | None = None
+    with source:
         yield None
-        email_at = names.index("email")
-        columns = [(i, name) for i, name in enumerate(names) if name]
-        previous = lines.number
-        while True:
-            first = previous + 1
-            record: list[str] | None = None
-            error: str | None = None
-            subscriber: Subscriber | None = None
-            try:
-                record = next(reader)
-            except StopIteration:
-                return
-            except csv.Error as exc:
-                error = f"cannot read this row as CSV: {exc}"
-            last = previous = lines.number
-            error = lines.problem(first, last) or error
-            if record is not None and error is None:
-                if not any(cell.strip() for cell in record):
-                    continue  # blank line: nothing to lose
-                try:
-                    subscriber = _subscriber(record, columns, email_at, first, last)
-                except _BadValue as exc:
-                    error = str(exc)
+        for record in source.records(","):
+            if record.first == 1 or record.blank:
+                continue  # the header; a blank line: nothing to lose
             stats.rows += 1
-            if subscriber is None:
+            try:
+                if record.error:
+                    raise _BadValue(record.error)
+                subscriber = _subscriber(record.cells, columns, email_at, record.first)
+            except _BadValue as exc:
                 stats.invalid += 1
+                bad = BadRow(path, record.first, str(exc))
+                first_bad = first_bad or bad
                 if on_bad is not None:
-                    on_bad(BadRow(path, first, error or "unreadable row"))
+                    on_bad(bad)
                 continue
             if not seen.add(_digest(dedupe_key(subscriber.email))):
                 stats.duplicates += 1
                 if on_duplicate is not None:
-                    on_duplicate(BadRow(path, first, f"{subscriber.email}: duplicate of an earlier row"))
+                    reason = f"{subscriber.email}: duplicate of an earlier row"
+                    on_duplicate(BadRow(path, record.first, reason))
                 continue
             stats.valid += 1
             yield subscriber
+    if not stats.valid:
+        assert first_bad is not None  # the scan found a row, and it was not valid
+        raise SubscriberError(
+            f"{path}: none of its {stats.rows:,} row(s) has a valid address (line {first_bad.line}:"
+            f" {first_bad.reason}); nothing was sent"
+        )
 
 
-def _subscriber(
-    record: list[str], columns: list[tuple[int, str]], email_at: int, first: int, last: int
-) -> Subscriber:
+def _subscriber(record: list[str], columns: list[tuple[int, str]], email_at: int, line: int) -> Subscriber:
     raw_email = record[email_at].strip() if email_at < len(record) else ""
     who = f"{raw_email!r}: " if raw_email and not _CONTROL.search(raw_email) else ""
     values: dict[str, str] = {}
@@ -357,11 +311,6 @@ def _subscriber(
         value = record[i].strip() if i < len(record) else ""
         bad = _CONTROL.search(value.replace("\t", " ") if i != email_at else value)
         if bad:
-            if bad[0] in "\r\n" and last > first:
-                raise _BadValue(
-                    f"{who}line break inside the {name!r} field, a quoted field that runs from"
-                    f" line {first} to line {last} (unbalanced quote?)"
-                )
             raise _BadValue(f"{who}control character U+{ord(bad[0]):04X} in the {name!r} field")
         limit = MAX_EMAIL if i == email_at else MAX_FIELD
         if len(value) > limit:
@@ -375,4 +324,4 @@ def _subscriber(
     except ValueError as exc:
         raise _BadValue(f"invalid address {raw_email!r}: {exc}") from None
     values["email"] = email
-    return Subscriber(email, values.get("name", ""), MappingProxyType(values), first)
+    return Subscriber(email, values.get("name", ""), MappingProxyType(values), line)

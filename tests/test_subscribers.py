@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import threading
 from pathlib import Path
 
 import pytest
@@ -11,9 +10,9 @@ from email_validator import EmailNotValidError, validate_email
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mailer.csvfile import MAX_LINE
 from mailer.errors import SubscriberError
 from mailer.subscribers import (
-    MAX_LINE,
     BadRow,
     ReadStats,
     Subscriber,
@@ -135,43 +134,87 @@ def test_bad_rows_are_reported_with_line_and_reason_and_skipped(tmp_path: Path) 
     assert str(bad[0]) == f"{tmp_path / 'list.csv'}:3: {by_line[3]}"
 
 
-def test_quoted_newlines_keep_physical_line_numbers(tmp_path: Path) -> None:
+def test_quotes_and_blank_lines_keep_physical_line_numbers(tmp_path: Path) -> None:
     data = (
         'email,name\r\na@example.com,"Ann ""The Ace"" Smith"\r\n'
-        'b@example.com,"two\r\nline\r\nname"\r\n'
-        "c@example.com,Cee\r\n"
+        '"b@example.com","Lovelace, Ada"\r\n'
         "\r\n"
+        ",\r\n"
         "d@example.com,Dee\r\n"
     )
     subs, bad, _, stats = read_all(write(tmp_path, data))
-    assert [(s.email, s.line) for s in subs] == [("a@example.com", 2), ("c@example.com", 6)] + [
-        ("d@example.com", 8)
+    assert [(s.email, s.line) for s in subs] == [("a@example.com", 2), ("b@example.com", 3)] + [
+        ("d@example.com", 6)
     ]
-    assert subs[0].name == 'Ann "The Ace" Smith'
-    assert [b.line for b in bad] == [3]
-    assert "line 3 to line 5" in bad[0].reason and "'b@example.com'" in bad[0].reason
-    assert stats.rows == 4  # the blank line 7 is not a row
+    assert [s.name for s in subs] == ['Ann "The Ace" Smith', "Lovelace, Ada", "Dee"]
+    assert bad == [] and stats.rows == 3  # lines 4 and 5 hold nothing: not rows
 
 
-def test_unterminated_quote_is_one_bad_row_and_names_its_span(tmp_path: Path) -> None:
-    data = 'email,name\na@example.com,A\nb@example.com,"oops\nc@example.com,C\n'
-    subs, bad, _, _ = read_all(write(tmp_path, data))
-    assert [s.line for s in subs] == [2]
-    assert [b.line for b in bad] == [3]
-    assert "line 3 to line 4" in bad[0].reason
+def refusal(path: Path) -> str:
+    with pytest.raises(SubscriberError) as info:
+        read_subscribers(path)  # before the first row is asked for
+    return str(info.value)
 
 
-def test_a_non_utf8_row_is_bad_and_the_rest_still_reads(tmp_path: Path) -> None:
+def test_a_quoted_field_over_several_lines_refuses_the_list_naming_where_it_opens(tmp_path: Path) -> None:
+    # a quote closed two lines later and one never closed look the same to a reader: both hide rows
+    closed = write(
+        tmp_path, 'email,name\r\na@example.com,A\r\nb@example.com,"two\r\nline\r\nname"\r\n', "a.csv"
+    )
+    assert refusal(closed) == (
+        f"{closed}:3: a quoted field opens on this line and runs to line 5 (the end of the file): the 2"
+        " line(s) after it are read as part of one field (an unbalanced quote?); nothing was sent"
+    )
+    unclosed = write(
+        tmp_path, 'email,name\na@example.com,A\nb@example.com,"oops\nc@example.com,C\nd@x.org\n', "b.csv"
+    )
+    assert refusal(unclosed).startswith(f"{unclosed}:3: a quoted field opens on this line and runs to line 5")
+
+
+def test_a_quote_opened_on_the_last_line_refuses_the_list(tmp_path: Path) -> None:
+    path = write(tmp_path, 'email,name\na@example.com,A\nb@example.com,"oops\n')
+    assert refusal(path).startswith(f"{path}:3: a quoted field opens on this line and is never closed")
+
+
+def test_several_broken_quotes_are_all_named_in_the_one_line(tmp_path: Path) -> None:
+    quote = ['"' if i % 3 == 0 else "" for i in range(31)]  # rows 3, 6, 9, ... (lines 4, 7, 10, ...)
+    rows = ["email,name"] + [f"r{i}@example.com,{quote[i]}R{i}" for i in range(1, 31)]
+    path = write(tmp_path, "\n".join(rows) + "\n")
+    message = refusal(path)
+    assert message.startswith(f"{path}:4: a quoted field opens on this line and runs to line 7:")
+    assert "(also line(s) 10, 16, 22, 28)" in message  # each quote closes at the next one
+
+
+def test_a_list_not_saved_as_utf8_is_refused_naming_the_first_line(tmp_path: Path) -> None:
     data = (
         b"email,name\n"
-        + "jose@example.com,Jos\u00e9\n".encode("latin-1")
         + "ana@example.com,Ana \u00c1lvarez\n".encode()
+        + "jose@example.com,Jos\u00e9\n".encode("latin-1")
+        + "rene@example.com,Ren\u00e9\n".encode("latin-1")
     )
-    subs, bad, _, stats = read_all(write(tmp_path, data))
-    assert [(s.email, s.name, s.line) for s in subs] == [("ana@example.com", "Ana \u00c1lvarez", 3)]
-    assert [b.line for b in bad] == [2]
-    assert "not UTF-8" in bad[0].reason and "0xe9" in bad[0].reason
-    assert stats.invalid == 1
+    path = write(tmp_path, data)
+    column = len("jose@example.com,Jos") + 1
+    assert refusal(path) == (
+        f"{path}:3: not UTF-8 (byte 0xe9 at column {column}): save the file as UTF-8 (also line(s) 4);"
+        " nothing was sent"
+    )
+
+
+def test_a_header_only_list_and_a_list_without_one_good_row_are_refused(tmp_path: Path) -> None:
+    header_only = write(tmp_path, "email,name\n\n,\n", "a.csv")
+    assert (
+        refusal(header_only)
+        == f"{header_only}: no subscribers in it, only the header line (add one reader a line)"
+    )
+    no_good = write(tmp_path, "email,name\nnope,A\nno@pe@example.com,B\n", "b.csv")
+    bad: list[BadRow] = []
+    rows = read_subscribers(no_good, on_bad=bad.append)
+    with pytest.raises(SubscriberError) as info:
+        list(rows)  # the rows are only judged as they are read
+    assert str(info.value) == (
+        f"{no_good}: none of its 2 row(s) has a valid address (line 2: {bad[0].reason}); nothing was sent"
+    )
+    assert [b.line for b in bad] == [2, 3]
 
 
 def test_a_stray_carriage_return_is_a_bad_row(tmp_path: Path) -> None:
@@ -196,10 +239,15 @@ def test_on_bad_is_optional_and_stats_still_count(tmp_path: Path) -> None:
     assert (stats.rows, stats.valid, stats.invalid) == (2, 1, 1)
 
 
+def test_an_empty_file_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, b"")
+    assert refusal(path) == f"{path}: the file is empty (a subscriber list starts with a header line)"
+
+
 @pytest.mark.parametrize(
     "data",
-    [b"", b"name,city\nAnn,Rome\n", b"a@example.com,Ann\n", b"\n\nemail\n"],
-    ids=["empty", "no-email-column", "no-header", "blank-first-line"],
+    [b"name,city\nAnn,Rome\n", b"a@example.com,Ann\n", b"\n\nemail\n"],
+    ids=["no-email-column", "no-header", "blank-first-line"],
 )
 def test_no_email_column_is_a_subscriber_error(tmp_path: Path, data: bytes) -> None:
     path = write(tmp_path, data)
@@ -238,30 +286,13 @@ def test_missing_file_and_directory_are_errors_naming_the_path(tmp_path: Path) -
         read_subscribers(tmp_path)
 
 
-def test_rows_are_streamed_not_read_up_front(tmp_path: Path) -> None:
+def test_a_pipe_is_refused_before_anyone_opens_it(tmp_path: Path) -> None:
+    # the list is read twice (checked whole, then streamed), which a pipe cannot do; opening the FIFO
+    # for reading would block until a writer came, so it is refused by its type, unopened
     fifo = tmp_path / "pipe.csv"
     os.mkfifo(fifo)
-    second_row = threading.Event()
-
-    def writer() -> None:
-        with fifo.open("w", encoding="utf-8") as out:
-            out.write("email\nfirst@example.com\n")
-            out.flush()
-            second_row.wait(10)
-            out.write("second@example.com\n")
-
-    thread = threading.Thread(target=writer)
-    thread.start()
-    try:
-        rows = read_subscribers(fifo)
-        # the writer has not finished the file, yet the first row is already here
-        assert next(rows).email == "first@example.com"
-        assert not second_row.is_set()
-        second_row.set()
-        assert [s.email for s in rows] == ["second@example.com"]
-    finally:
-        second_row.set()
-        thread.join(10)
+    with pytest.raises(SubscriberError, match="not a regular file"):
+        read_subscribers(fifo)
 
 
 def test_an_abandoned_iterator_closes_its_file(tmp_path: Path) -> None:

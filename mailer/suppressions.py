@@ -1,0 +1,129 @@
+"""Read a file of addresses to suppress and add them to the record: all of them, or none.
+
+A suppression file comes from an email provider's export (Mailchimp's `Email Address`, Mailgun's `address`,
+...), a spreadsheet, or a hand-kept list. Accepted: a CSV whose header line names an address column,
+separated by commas, semicolons or tabs (found from the header line), or one address a line with `#`
+comments. The file is checked whole first (csvfile), so a quote that swallows lines refuses it before
+anything is imported: these are people who asked not to be mailed, and a file that hides some of them
+is worse than no import.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from .csvfile import CsvFile
+from .errors import SubscriberError
+from .ledger import Ledger
+from .subscribers import BadRow, dedupe_key, normalize_email
+
+# Header names of an address column, compared without case, spaces, '-', '_' or '.'; earlier names win
+# (Mailchimp has both "Email Address" and a postal "Address").
+ADDRESS_COLUMNS = ("email", "emailaddress", "mail", "mailaddress", "address")
+DELIMITERS = (",", ";", "\t")
+_NOISE = re.compile(r"[\s_.\-]+")
+
+
+@dataclass
+class ImportReport:
+    """What an import did; bad lines were passed to on_bad as they were found."""
+
+    added: int = 0
+    already: int = 0
+    bad: int = 0
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """How the file is laid out: CSV (header line, delimiter, address column) or one address a line."""
+
+    header_line: int = 0  # 0: no header, one address a line
+    delimiter: str | None = None
+    column: int = 0
+
+
+def import_suppressions(
+    path: Path, ledger: Ledger, *, reason: str, on_bad: Callable[[BadRow], None]
+) -> ImportReport:
+    """Suppress every address of the file in one transaction.
+
+    SubscriberError, with nothing imported, if the file cannot be read whole (csvfile) or holds no
+    address at all; a line that is not an address goes to on_bad and the others are imported.
+    """
+    report = ImportReport()
+    rows = 0
+    with CsvFile(path, "suppression file") as source:
+        layout = _layout(source)
+        source.scan(layout.delimiter, after=layout.header_line, consequence="nothing was imported")
+        with ledger.transaction():
+            for line, raw, error in _addresses(source, layout):
+                rows += 1
+                try:
+                    if error:
+                        raise ValueError(error)
+                    key = dedupe_key(normalize_email(raw))
+                except ValueError as exc:
+                    report.bad += 1
+                    on_bad(BadRow(path, line, f"{raw!r}: {exc}" if raw else str(exc)))
+                    continue
+                if ledger.suppress(key, source="import", reason=reason):
+                    report.added += 1
+                else:
+                    report.already += 1
+            if not report.added + report.already:
+                raise SubscriberError(_nothing_found(path, layout, rows))
+    return report
+
+
+def _layout(source: CsvFile) -> _Layout:
+    """Find the header line (the first line neither blank nor a # comment) and how it is separated."""
+    for record in source.records(None):
+        text = record.cells[0].strip()
+        if record.error:
+            break  # the scan names the problem
+        if not text or text.startswith("#"):
+            continue
+        found: list[tuple[int, int, str]] = []  # (cells, address column, delimiter)
+        for delimiter in DELIMITERS:
+            cells = next(csv.reader([text], delimiter=delimiter), [])
+            keys = [_NOISE.sub("", cell.lower()) for cell in cells]
+            columns = [keys.index(name) for name in ADDRESS_COLUMNS if name in keys]
+            if columns:
+                found.append((len(cells), columns[0], delimiter))
+        if found:
+            _, column, delimiter = max(found, key=lambda f: f[0])  # the split into most cells; "," on a tie
+            return _Layout(record.first, delimiter, column)
+        break
+    return _Layout()
+
+
+def _addresses(source: CsvFile, layout: _Layout) -> Iterator[tuple[int, str, str]]:
+    """(line, address as written, why the line is unreadable) for every row after the header."""
+    for record in source.records(layout.delimiter):
+        if record.first <= layout.header_line or record.blank:
+            continue
+        if layout.delimiter is None:
+            text = record.cells[0].strip()
+            if text.startswith("#"):
+                continue
+        else:
+            cells = record.cells
+            text = cells[layout.column].strip() if layout.column < len(cells) else ""
+        yield record.first, text, record.error or ("" if text else "no address")
+
+
+def _nothing_found(path: Path, layout: _Layout, rows: int) -> str:
+    if not rows:
+        return f"{path}: no addresses in it; nothing was imported"
+    if layout.delimiter is None:
+        hint = (
+            "no header line names an address column (email, Email Address, E-mail, email_address,"
+            " address), so each line should be one address"
+        )
+    else:
+        hint = f"the address column is column {layout.column + 1} of line {layout.header_line}"
+    return f"{path}: none of its {rows:,} line(s) is an address ({hint}); nothing was imported"
