@@ -374,3 +374,68 @@ def test_dark_mode_text_is_readable_on_its_actual_background(browser: Any, tmp_p
     if name == "example":
         (join,) = buttons
         assert join["text"] == "立即加入群组" and join["ratio"] >= 3
+
+
+BROKEN_WORDS = """() => {
+  const rects = (node, start, end) => {
+    const range = document.createRange();
+    range.setStart(node, start);
+    range.setEnd(node, end);
+    return [...range.getClientRects()].filter((r) => r.width > 0);
+  };
+  const broken = [];
+  for (const el of document.querySelectorAll('td.body-cell td, td.body-cell th, td.body-cell code')) {
+    const block = el.parentElement.closest('p, li, td, th, pre, div') || el;
+    const room = block.clientWidth - parseFloat(getComputedStyle(block).paddingLeft)
+      - parseFloat(getComputedStyle(block).paddingRight);
+    const walker = document.createTreeWalker(el, NodeFilter.SHOW_TEXT);
+    for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+      for (const m of node.textContent.matchAll(/\\S+/g)) {
+        const cjk = /[\\u3400-\\u9fff]/.test(m[0]);
+        if (cjk ? m[0].length > 4 : m[0].length < 2) continue;  // a Latin word or identifier, a CJK label
+        const boxes = rects(node, m.index, m.index + m[0].length);
+        const lines = new Set(boxes.map((r) => Math.round(r.top))).size;
+        const width = boxes.reduce((sum, r) => sum + r.width, 0);
+        // cut across two lines although it fits on one: the text could have wrapped elsewhere
+        if (lines > 1 && width <= room) broken.push(el.tagName + ': ' + m[0]);
+      }
+    }
+  }
+  return broken;
+}"""
+
+
+@pytest.mark.parametrize("name", ["phone.md", "weekly_tables.md", "rich.md", "example", "raw_html.md"])
+def test_phone_width_breaks_no_word_and_nothing_sticks_out(browser: Any, tmp_path: Path, name: str) -> None:
+    """At 375 px: no word cut inside a table cell or identifier, no sideways scrolling of the page; a table
+    too wide for the screen scrolls inside its own box."""
+    path = EXAMPLE if name == "example" else ROOT / "tests" / "posts" / name
+    issue = render_issue(load_post(path), Settings(base_url="https://blog.example.org/", data_dir=tmp_path))
+    html = issue.html.fill({"unsubscribe_url": UNSUBSCRIBE, "name": "", "email": ""}).decode("utf-8")
+    page = browser.new_page(viewport={"width": 375, "height": 800})
+    try:
+        page.route("**/*", lambda route: route.fulfill(status=200, content_type="image/svg+xml",
+                                                       body=placeholder(1200, 630, "img")))  # fmt: skip
+        page.set_content(html, wait_until="load")
+        assert page.evaluate("document.scrollingElement.scrollWidth") <= 375
+        broken = page.evaluate(BROKEN_WORDS)
+        assert broken == [], broken
+        cell = box(page, "td.body-cell")
+        right = cell["x"] + cell["width"]
+        # nothing but the inside of a scrolling table box reaches past the body's right edge
+        out = page.evaluate(
+            """(right) => [...document.querySelectorAll('td.body-cell *')]
+                .filter(e => !e.closest('.table-wrap') || e.classList.contains('table-wrap'))
+                .filter(e => e.getBoundingClientRect().right > right + 0.5).map(e => e.tagName)""",
+            right,
+        )
+        assert out == []
+        wide = page.evaluate(
+            """() => [...document.querySelectorAll('.table-wrap')].filter(w => w.scrollWidth > w.clientWidth)
+                .map(w => getComputedStyle(w).overflowX)"""
+        )
+        assert set(wide) <= {"auto", "scroll"}
+        if name == "phone.md":
+            assert wide  # the seven-column table is wider than a phone and scrolls
+    finally:
+        page.close()
