@@ -6,7 +6,6 @@ import base64
 import hashlib
 import hmac
 import stat
-import time
 from pathlib import Path
 
 import pytest
@@ -190,17 +189,6 @@ def test_urls() -> None:
         unsubscribe_mailto(settings, "abc.def")
         == "mailto:unsubscribe@example.org?subject=unsubscribe%20abc.def"
     )
-
-
-def test_sign_is_fast() -> None:
-    """sign() runs once per subscriber: it must stay in the microseconds."""
-    ring = Keyring(KEY)
-    n = 20_000
-    start = time.thread_time()  # CPU time of this thread: a busy machine's other processes do not count
-    for i in range(n):
-        ring.sign(f"subscriber{i}@example.com", LIST)
-    per_call = (time.thread_time() - start) / n
-    assert per_call < 50e-6  # measured ~5 µs
 
 
 def test_links_stay_genuine_when_the_sender_changes() -> None:
