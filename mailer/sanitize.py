@@ -25,6 +25,7 @@ ALLOWED_ATTRS = {
     "type", "id", "name", "target", "rel", "scope", "headers", "abbr", "datetime", "cite",
 }  # fmt: skip
 SAFE_SCHEMES = {"http", "https", "mailto", "tel"}
+COLUMN = 552  # px: the body column of email.html (600 minus 24 px padding each side)
 # void in HTML5, but libxml2's HTML 4 parser nests everything that follows inside them
 NESTING_VOIDS = ("embed", "source", "track", "wbr", "keygen")
 _CSS_DANGER = re.compile(r"expression\(|javascript:|vbscript:|behaviou?r:|-moz-binding|@import", re.I)
@@ -157,8 +158,8 @@ def sanitize(
             if not (el.get("alt") or "").strip():  # markdown's ![](x) gives alt="": the writer forgot it
                 findings.images_without_alt.append(url)
                 el.set("alt", "")
-            if not el.get("width") and _alone_in_paragraph(el):
-                el.set("width", "552")
+            _clamp(el)
+            if _alone_in_paragraph(el):
                 el.set("class", ((el.get("class") or "") + " md-image").strip())
         elif tag == "table" and el.getparent() is root:
             if el.get("cellpadding") is None and el.get("rules") is None:  # see email.css
@@ -171,6 +172,31 @@ def sanitize(
             wrapper.append(el)
     out = (root.text or "") + "".join(lhtml.tostring(child, encoding="unicode") for child in root)
     return out
+
+
+def _pixels(value: str | None) -> int | None:
+    match = re.fullmatch(r"\s*(\d{1,5})\s*(?:px)?\s*", value or "")
+    return int(match.group(1)) if match and int(match.group(1)) > 0 else None
+
+
+def _clamp(img: lhtml.HtmlElement) -> None:
+    """Keep the post's own width/height, but never wider than the column (Outlook goes by the attributes).
+
+    An image without them shows at its natural size up to the column (max-width: 100% in email.css).
+    """
+    width, height = _pixels(img.get("width")), _pixels(img.get("height"))
+    if width is None:
+        if img.get("width") is not None:  # "100%", "auto": not a size an email client can rely on
+            del img.attrib["width"]
+        return
+    if width > COLUMN:
+        height = round(height * COLUMN / width) if height else None
+        width = COLUMN
+    img.set("width", str(width))
+    if height:
+        img.set("height", str(height))
+    elif img.get("height") is not None:
+        del img.attrib["height"]
 
 
 def _alone_in_paragraph(img: lhtml.HtmlElement) -> bool:

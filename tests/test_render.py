@@ -419,7 +419,7 @@ def test_table_code_quote_and_images(rich: Rendered) -> None:
         "https://cdn.example.com/logo.png",
     }
     chart = images[BASE + "images/chart.png"]
-    assert chart.get("alt") == "" and chart.get("width") == "552"
+    assert chart.get("alt") == "" and chart.get("width") is None  # its natural size, up to the column
     assert style_of(chart)["height"] == "auto"
     assert images["https://cdn.example.com/logo.png"].get("alt") == "Logo"
     for img in images.values():
@@ -589,3 +589,13 @@ def test_preheader_without_summary_is_the_first_words(settings: Settings) -> Non
     assert not CSSSelector("table.summary")(rendered.doc)
     assert one(rendered.doc, "h1.title").text_content() == "A post without front matter"
     assert "A post without front matter" not in one(rendered.doc, "td.body-cell").text_content()
+
+
+def test_image_sizes_for_outlook_are_the_posts_own_clamped_to_the_column(tmp_path: Path) -> None:
+    """Outlook on Windows goes by width/height attributes: a raw <img width="800"> broke the layout."""
+    rendered = render(POSTS / "images.md", make_settings(tmp_path))
+    images = {img.get("alt"): img for img in one(rendered.doc, "td.body-cell").iter("img")}
+    wide = images["A wide diagram"]
+    assert (wide.get("width"), wide.get("height")) == ("552", "276")  # 800x400, scaled to the column
+    for name in ("build", "The settings dialog", "The office at night"):  # no size given: natural, no width
+        assert images[name].get("width") is None and style_of(images[name])["max-width"] == "100%"

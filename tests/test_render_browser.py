@@ -439,3 +439,40 @@ def test_phone_width_breaks_no_word_and_nothing_sticks_out(browser: Any, tmp_pat
             assert wide  # the seven-column table is wider than a phone and scrolls
     finally:
         page.close()
+
+
+def test_images_keep_their_size_up_to_the_column(browser: Any, tmp_path: Path) -> None:
+    """Badges and small screenshots are not blown up to the column; wide ones are clamped to it."""
+    issue = render_issue(load_post(ROOT / "tests" / "posts" / "images.md"), Settings(data_dir=tmp_path))
+    html = issue.html.fill({"unsubscribe_url": UNSUBSCRIBE, "name": "", "email": ""}).decode("utf-8")
+    sizes = {
+        "build": (90, 20),
+        "licence": (78, 20),
+        "dialog": (300, 200),
+        "wide": (800, 400),
+        "office": (1200, 630),
+    }
+
+    def route(request_route: Any) -> None:
+        name = next(key for key in sizes if key in request_route.request.url)
+        body = placeholder(*sizes[name], name)
+        request_route.fulfill(status=200, content_type="image/svg+xml", body=body)
+
+    page = browser.new_page(viewport={"width": 700, "height": 900})  # wider than the phone rules
+    try:
+        page.route("**/*", route)
+        page.set_content(html, wait_until="load")
+        shown = page.evaluate(
+            """() => Object.fromEntries([...document.querySelectorAll('td.body-cell img')].map(i => {
+                const r = i.getBoundingClientRect();
+                return [i.alt, [Math.round(r.width), Math.round(r.height)]];
+            }))"""
+        )
+        column = page.evaluate("document.querySelector('td.body-cell').clientWidth - 48")
+    finally:
+        page.close()
+    assert column == 552
+    assert shown["build"] == [90, 20] and shown["licence"] == [78, 20]
+    assert shown["The settings dialog"] == [300, 200]
+    assert shown["A wide diagram"] == [552, 276]
+    assert shown["The office at night"] == [552, 290]
