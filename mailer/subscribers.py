@@ -152,7 +152,7 @@ def _digest(key: str) -> int:
     return int.from_bytes(blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest())
 
 
-class _Seen:
+class DigestSet:
     """A set of 64-bit digests in one flat array (open addressing, linear probing).
 
     A Python set of ints costs ~70 bytes an address (the int object plus a 16-byte slot at most
@@ -266,7 +266,7 @@ def _rows(
     on_duplicate: Callable[[BadRow], None] | None,
 ) -> Iterator[Subscriber | None]:
     path = source.path
-    seen = _Seen()
+    seen = DigestSet()
     email_at = names.index("email")
     columns = [(i, name) for i, name in enumerate(names) if name]
     first_bad: BadRow | None = None

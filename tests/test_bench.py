@@ -315,9 +315,9 @@ def test_batched_records_match_the_one_by_one_ones(tmp_path: Path) -> None:
 @given(st.lists(st.integers(0, 2**64 - 1) | st.sampled_from([0, 1, 2, 2**64 - 1]), max_size=3000))
 @hypothesis_settings(max_examples=examples(40))
 def test_the_compact_duplicate_table_is_a_set(digests: list[int]) -> None:
-    from mailer.subscribers import _Seen
+    from mailer.subscribers import DigestSet
 
-    seen = _Seen(size=8)  # tiny, so it grows many times
+    seen = DigestSet(size=8)  # tiny, so it grows many times
     reference: set[int] = set()
     for digest in digests:
         key = digest or 1  # 0 marks an empty slot: it is stored as 1
