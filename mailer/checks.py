@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import re
 from dataclasses import dataclass
 from typing import Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from lxml import etree
 from lxml import html as lhtml
 
 from .config import Settings
 from .errors import MailerError
-from .markdown import text_width
+from .markdown import parse, text_width
 from .render import Issue
 
 Level = Literal["error", "warning", "ok"]
@@ -81,6 +82,9 @@ def check_issue(issue: Issue, settings: Settings) -> list[Check]:
         *_cover(issue, page),
         _relative(issue),
         _links(issue, page),
+        _literal_markdown(page),
+        _template_syntax(page),
+        _unclosed_html(issue),
         _from_address(settings, live),
         _unsubscribe_url(settings, live),
         _postal_address(settings, live),
@@ -217,6 +221,87 @@ def _links(issue: Issue, page: lhtml.HtmlElement | None) -> Check:
     if odd:
         return Check("warning", "links", f"{len(odd)} link(s) that are not http(s) or mailto: {_short(odd)}")
     return Check("ok", "links", f"all {count} link(s) are http(s) or mailto")
+
+
+_LITERAL = re.compile(r"\*\*(?=\S)|\]\(|\[\^")
+_TEMPLATE = re.compile(r"\{\{.*?\}\}|\{%.*?%\}", re.S)
+_TAG = re.compile(r"<!--.*?-->|<(/?)([A-Za-z][\w-]*)\b[^>]*?(/?)>", re.S)
+# void, or closed by whatever comes next: leaving them open swallows nothing
+_SELF_CLOSING = {
+    "area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr",
+    "p", "li", "td", "th", "tr", "option", "dt", "dd",
+}  # fmt: skip
+
+
+def _body_text(page: lhtml.HtmlElement | None) -> str:
+    cells = page.xpath("//td[contains(concat(' ', @class, ' '), ' body-cell ')]") if page is not None else []
+    return " ".join(cells[0].text_content().split()) if cells else ""
+
+
+def _around(text: str, match: re.Match[str]) -> str:
+    return text[max(0, match.start() - 20) : match.end() + 20].strip()
+
+
+def _literal_markdown(page: lhtml.HtmlElement | None) -> Check:
+    """Markdown shown as typed: inside raw HTML, a link the parser did not take, a footnote with no note."""
+    text = _body_text(page)
+    found = [_around(text, m) for m in _LITERAL.finditer(text)]
+    if found:
+        return Check(
+            "warning",
+            "literal-markdown",
+            f"{len(found)} piece(s) of markdown shown as typed (`**`, `](`, `[^`; markdown inside raw HTML "
+            f"is not rendered): {_short(found)}",
+        )
+    return Check("ok", "literal-markdown", "no markdown left as typed")
+
+
+def _template_syntax(page: lhtml.HtmlElement | None) -> Check:
+    """Template tags of the site generator the post came from ({{ ... | url }}, {% ... %}): shown or used
+    as a URL as they are."""
+    found: list[str] = []
+    if page is not None:
+        found += [m.group() for m in _TEMPLATE.finditer(_body_text(page))]
+        for el in page.iter("a", "img"):
+            url = unquote(el.get("href") or el.get("src") or "")
+            found += [m.group() for m in _TEMPLATE.finditer(url)]
+    if found:
+        return Check(
+            "warning",
+            "template-syntax",
+            f"{len(found)} template tag(s) of another site generator, shown or used as a URL as they are: "
+            f"{_short(list(dict.fromkeys(found)))}",
+        )
+    return Check("ok", "template-syntax", "no template tags of other site generators")
+
+
+def _unclosed_html(issue: Issue) -> Check:
+    """Raw HTML opened and never closed: everything after it, footer styles included, ends up inside it."""
+    raw = "".join(t.content for t in parse(issue.post.body) if t.type == "html_block") + "".join(
+        c.content
+        for t in parse(issue.post.body)
+        if t.type == "inline"
+        for c in t.children or ()
+        if c.type == "html_inline"
+    )
+    open_tags: list[str] = []
+    for m in _TAG.finditer(raw):
+        closing, name, self_closed = m.group(1), (m.group(2) or "").lower(), m.group(3)
+        if not name or name in _SELF_CLOSING or self_closed:
+            continue
+        if not closing:
+            open_tags.append(name)
+        elif name in open_tags:
+            del open_tags[len(open_tags) - 1 - open_tags[::-1].index(name) :]
+    if open_tags:
+        shown = ", ".join(f"<{name}>" for name in open_tags)
+        return Check(
+            "warning",
+            "unclosed-html",
+            f"raw HTML left open: {shown}; everything after it is inside it (close it, or end the block "
+            "with a blank line and its closing tag)",
+        )
+    return Check("ok", "unclosed-html", "every raw HTML tag is closed")
 
 
 def _reserved(host: str) -> bool:

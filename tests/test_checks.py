@@ -211,3 +211,31 @@ def test_render_warns_about_the_post_but_not_the_setup(tmp_path: Path) -> None:
     assert "https://cdn.aidaily.news/a.png" in warning
     check = run("--config", str(config), "check", "--quiet", str(post))
     assert "from-address" in check.stdout  # `check` does report the setup
+
+
+def test_markdown_left_literal_is_a_warning(tmp_path: Path, settings: Settings) -> None:
+    body = (
+        "<div>\n**Bold inside raw HTML** stays literal, as does [a link](https://example.org).\n</div>\n\n"
+        "A footnote reference[^1] with no note.\n"
+    )
+    check = checks_for(write_post(tmp_path, body), settings)["literal-markdown"]
+    assert check.level == "warning"
+    assert "**" in check.message and "](" in check.message and "[^" in check.message
+    clean = checks_for(write_post(tmp_path, "**Bold** and [a link](https://example.org)."), settings)
+    assert clean["literal-markdown"].level == "ok"
+
+
+def test_other_generators_template_syntax_is_a_warning(tmp_path: Path, settings: Settings) -> None:
+    body = "![Chart]({{ '/img/chart.png' | url }})\n\n{% include 'footer.html' %}\n\nText.\n"
+    check = checks_for(write_post(tmp_path, body), settings)["template-syntax"]
+    assert check.level == "warning"
+    assert "{{ '/img/chart.png' | url }}" in check.message and "{% include 'footer.html' %}" in check.message
+    assert checks_for(write_post(tmp_path, "Plain text."), settings)["template-syntax"].level == "ok"
+
+
+def test_unclosed_raw_html_is_a_warning(tmp_path: Path, settings: Settings) -> None:
+    body = '<div class="card">\n<p>Join us</p>\n\n## The next section\n\nIs swallowed by the open div.\n'
+    check = checks_for(write_post(tmp_path, body), settings)["unclosed-html"]
+    assert check.level == "warning" and "<div>" in check.message
+    # the example's own raw HTML (the Telegram card) is closed
+    assert checks_for(EXAMPLE, settings)["unclosed-html"].level == "ok"
