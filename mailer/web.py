@@ -6,7 +6,6 @@ A GET never changes anything (mail scanners fetch links); only a POST with a gen
 
 from __future__ import annotations
 
-import html
 import logging
 import re
 from collections.abc import Callable, Iterable
@@ -16,8 +15,11 @@ from email.policy import HTTP
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
+from markupsafe import Markup
+
 from .errors import MailerError
 from .tokens import Keyring, load_keyring
+from .wsgi import HTML, TEXT, listen, render_page, respond, security_headers, static
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -28,41 +30,15 @@ log = logging.getLogger("mailer.web")
 
 MAX_BODY = 64 * 1024
 ISSUE_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}")
-SECURITY_HEADERS = [
-    (
-        "Content-Security-Policy",
-        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self';"
-        " frame-ancestors 'none'; base-uri 'none'",
-    ),
-    ("X-Content-Type-Options", "nosniff"),
-    ("Referrer-Policy", "no-referrer"),
-    ("X-Frame-Options", "DENY"),
-    ("Cache-Control", "no-store"),
-]
+# Pages carry no script and submit only to this app; their style is inline (web.css, one request per page).
+PAGE_CSP = (
+    "default-src 'none'; style-src 'unsafe-inline'; form-action 'self';"
+    " frame-ancestors 'none'; base-uri 'none'"
+)
 # An archived issue shows its images and inline styles, but still runs no script and submits nowhere else.
 ARCHIVE_CSP = (
     "default-src 'none'; img-src https: http: data:; style-src 'unsafe-inline'; font-src https: data:;"
     " form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
-)
-STATUS = {
-    200: "200 OK",
-    400: "400 Bad Request",
-    404: "404 Not Found",
-    405: "405 Method Not Allowed",
-    413: "413 Content Too Large",
-    500: "500 Internal Server Error",
-    503: "503 Service Unavailable",
-}
-STYLE = (
-    "body{font:16px/1.5 system-ui,-apple-system,'Segoe UI',Roboto,'Noto Sans',sans-serif;"
-    "margin:0;background:#f4f4f5;color:#18181b}"
-    "main{max-width:32rem;margin:10vh auto;padding:2rem;background:#fff;border-radius:12px;"
-    "box-shadow:0 1px 3px rgba(0,0,0,.1)}"
-    "h1{font-size:1.4rem;margin:0 0 1rem}p{margin:0 0 1rem;overflow-wrap:anywhere}"
-    "button{font:inherit;padding:.6rem 1.2rem;border:0;border-radius:8px;background:#18181b;"
-    "color:#fff;cursor:pointer}button.secondary{background:#e4e4e7;color:#18181b}"
-    "@media (prefers-color-scheme:dark){body{background:#18181b;color:#f4f4f5}"
-    "main{background:#27272a}button.secondary{background:#3f3f46;color:#f4f4f5}}"
 )
 
 
@@ -77,31 +53,10 @@ class HTTPError(Exception):
         self.headers = list(headers)
 
 
-def _e(text: str) -> str:
-    return html.escape(text, quote=True)
-
-
-def page(title: str, body_html: str) -> bytes:
-    """A small, self-contained UTF-8 page; body_html must already be escaped."""
-    return (
-        "<!doctype html>\n"
-        '<html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width,initial-scale=1">'
-        '<meta name="robots" content="noindex">'
-        f"<title>{_e(title)}</title><style>{STYLE}</style></head>"
-        f'<body><main><h1 dir="auto">{_e(title)}</h1>{body_html}</main></body></html>\n'
-    ).encode()
-
-
-def _form(token: str, action: str, label: str, css: str = "") -> str:
-    # A relative action keeps working when a proxy serves the app under a path prefix.
-    cls = f' class="{css}"' if css else ""
-    return (
-        '<form method="post" action="unsubscribe">'
-        f'<input type="hidden" name="t" value="{_e(token)}">'
-        f'<button type="submit" name="action" value="{_e(action)}"{cls}>{_e(label)}</button>'
-        "</form>"
-    )
+def page(title: str, text: str = "", template: str = "web.html", **context: str) -> bytes:
+    """A small, self-contained page of the app: a heading and a paragraph, or one of mailer/pages."""
+    style = Markup(static("web.css").decode())
+    return render_page(template, title=title, text=text, style=style, **context)
 
 
 def _parse_form(environ: WSGIEnvironment) -> dict[str, str]:
@@ -158,47 +113,42 @@ class UnsubscribeApp:
         try:
             status, ctype, body, extra = self.dispatch(method, path, environ)
         except HTTPError as exc:
-            status, ctype = exc.status, "text/html; charset=utf-8"
-            body, extra = page(exc.title, f'<p dir="auto">{_e(exc.text)}</p>'), exc.headers
+            status, ctype, body, extra = exc.status, HTML, page(exc.title, exc.text), exc.headers
         except MailerError as exc:
             log.error("%s %s: %s", method, path, exc)
-            status, ctype = 503, "text/html; charset=utf-8"
-            body = page("Please try again", "<p>Something is busy here. Please try again soon.</p>")
+            status, ctype = 503, HTML
+            body = page("Please try again", "Something is busy here. Please try again soon.")
             extra = [("Retry-After", "60")]
         except Exception:
             log.exception("%s %s failed", method, path)
-            status, ctype = 500, "text/html; charset=utf-8"
-            body = page("Something went wrong", "<p>Sorry, that did not work. Please try again.</p>")
-        headers = [("Content-Type", ctype), ("Content-Length", str(len(body)))]
-        csp_given = any(name == "Content-Security-Policy" for name, _ in extra)
-        headers += [h for h in SECURITY_HEADERS if not (csp_given and h[0] == "Content-Security-Policy")]
-        headers += extra
-        start_response(STATUS[status], headers)
-        return [b""] if method == "HEAD" else [body]
+            status, ctype = 500, HTML
+            body = page("Something went wrong", "Sorry, that did not work. Please try again.")
+        csp = next((value for name, value in extra if name == "Content-Security-Policy"), PAGE_CSP)
+        headers = security_headers(csp) + [h for h in extra if h[0] != "Content-Security-Policy"]
+        return respond(environ, start_response, status, body, ctype, headers)
 
     def dispatch(
         self, method: str, path: str, environ: WSGIEnvironment
     ) -> tuple[int, str, bytes, list[tuple[str, str]]]:
         """Route one request; return status, content type, body and extra headers."""
-        html_type = "text/html; charset=utf-8"
         if path == "/":
             _allow(method, "GET, HEAD")
-            text = f"<p>This address handles unsubscribe links for {_e(self.list_name)}.</p>"
-            return 200, html_type, page(self.list_name, text), []
+            text = f"This address handles unsubscribe links for {self.list_name}."
+            return 200, HTML, page(self.list_name, text), []
         if path == "/healthz":
             _allow(method, "GET, HEAD")
-            return 200, "text/plain; charset=utf-8", b"ok\n", []
+            return 200, TEXT, b"ok\n", []
         if path == "/unsubscribe":
             _allow(method, "GET, HEAD, POST")
             query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
             if method == "POST":
                 return self.post(query, _parse_form(environ))
-            return 200, html_type, self.confirm(_first(query, "t")), []
+            return 200, HTML, self.confirm(_first(query, "t")), []
         if path.startswith("/issues/"):
             _allow(method, "GET, HEAD")
             return (
                 200,
-                html_type,
+                HTML,
                 self.issue(path.removeprefix("/issues/")),
                 [("Content-Security-Policy", ARCHIVE_CSP)],
             )
@@ -218,11 +168,11 @@ class UnsubscribeApp:
     def confirm(self, token: str) -> bytes:
         """The page behind the link: one button, nothing changed yet."""
         address = self._address(token)
-        text = (
-            f'<p dir="auto">Stop sending <strong>{_e(self.list_name)}</strong> to'
-            f" <strong>{_e(address)}</strong>?</p>{_form(token, 'unsubscribe', 'Unsubscribe')}"
-        )
-        return page("Unsubscribe", text)
+        return self._page("Unsubscribe", "confirm", token, address)
+
+    def _page(self, title: str, state: str, token: str, address: str) -> bytes:
+        context = {"state": state, "token": token, "address": address, "list_name": self.list_name}
+        return page(title, template="unsubscribe.html", **context)
 
     def post(
         self, query: dict[str, list[str]], form: dict[str, str]
@@ -246,20 +196,9 @@ class UnsubscribeApp:
         # a write that went into a file deleted or replaced meanwhile is made again in the one there now
         if write_in_place(self.settings.db_path, record):
             log.info("%s %s (%s)", f"{action}d", address, "one-click" if one_click else "web")
-        html_type = "text/html; charset=utf-8"
         if action == "unsubscribe":
-            text = (
-                f'<p dir="auto"><strong>{_e(address)}</strong> will get no more'
-                f" <strong>{_e(self.list_name)}</strong>.</p><p>Changed your mind?</p>"
-                f"{_form(token, 'resubscribe', 'Resubscribe', 'secondary')}"
-            )
-            return 200, html_type, page("You are unsubscribed", text), []
-        text = (
-            f'<p dir="auto"><strong>{_e(address)}</strong> will get'
-            f" <strong>{_e(self.list_name)}</strong> again.</p>"
-            f"{_form(token, 'unsubscribe', 'Unsubscribe', 'secondary')}"
-        )
-        return 200, html_type, page("You are subscribed again", text), []
+            return 200, HTML, self._page("You are unsubscribed", "unsubscribed", token, address), []
+        return 200, HTML, self._page("You are subscribed again", "resubscribed", token, address), []
 
     def issue(self, issue_id: str) -> bytes:
         """An archived issue (the web version the send loop writes), if there is one."""
@@ -343,34 +282,19 @@ def make_server(build: Callable[[], UnsubscribeApp], host: str, port: int, threa
 
     It listens before `build` runs, so a bad address fails before a signing key is made.
     """
-    import socket
-
-    from waitress.server import create_server
-
-    try:
-        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except (socket.gaierror, UnicodeError) as exc:
-        reason = exc.strerror if isinstance(exc, socket.gaierror) else "not a host name"
-        raise MailerError(f"--host {host}: not an address to listen on ({reason})") from None
     built: list[UnsubscribeApp] = []
-    try:
-        server = create_server(
-            lambda environ, start_response: built[0](environ, start_response),
-            host=host,
-            port=port,
-            threads=threads,
-            ident="mailer",
-            max_request_body_size=MAX_BODY,
-            max_request_header_size=MAX_HEADER_BYTES,
-            connection_limit=_connection_limit(),
-            channel_timeout=CHANNEL_TIMEOUT,
-            cleanup_interval=CLEANUP_INTERVAL,
-            asyncore_use_poll=True,  # select() cannot watch descriptors above 1024
-        )
-    except OSError as exc:
-        raise MailerError(f"{host}:{port}: cannot listen: {exc.strerror}") from None
-    except ValueError:
-        raise MailerError(f"--host {host}: not an address to listen on") from None
+    server = listen(
+        lambda environ, start_response: built[0](environ, start_response),
+        host,
+        port,
+        threads=threads,
+        ident="mailer",
+        max_request_body_size=MAX_BODY,
+        max_request_header_size=MAX_HEADER_BYTES,
+        connection_limit=_connection_limit(),
+        channel_timeout=CHANNEL_TIMEOUT,
+        cleanup_interval=CLEANUP_INTERVAL,
+    )
     from waitress.server import BaseWSGIServer
 
     channel = _deadline_channel()
