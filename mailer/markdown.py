@@ -13,6 +13,7 @@ from markdown_it import MarkdownIt
 from markdown_it.common.utils import isMdAsciiPunct, isPunctChar, isWhiteSpace
 from markdown_it.rules_inline.state_inline import Scanned, StateInline
 from markdown_it.token import Token
+from mdit_py_plugins.footnote import footnote_plugin
 
 _CJK_RANGES = (
     (0x2E80, 0x2FDF),  # radicals
@@ -96,11 +97,31 @@ def _join_cjk_lines(state: Any) -> None:
                     tok.content = ""
 
 
+def _note_number(tokens: Sequence[Token], idx: int) -> int:
+    return int(tokens[idx].meta["id"]) + 1
+
+
+# Footnotes as numbered notes at the end, without the plugin's in-page links (#fn1 and the ↩ back links):
+# most inboxes do not follow them, and `mailer check` warns about them.
+_FOOTNOTE_HTML: dict[str, Any] = {
+    "footnote_ref": lambda self, tokens, idx, options, env: f"<sup>[{_note_number(tokens, idx)}]</sup>",
+    "footnote_block_open": lambda self, tokens, idx, options, env: '<hr>\n<ol class="footnotes">\n',
+    "footnote_block_close": lambda self, tokens, idx, options, env: "</ol>\n",
+    "footnote_open": lambda self, tokens, idx, options, env: "<li>",
+    "footnote_close": lambda self, tokens, idx, options, env: "</li>\n",
+    "footnote_anchor": lambda self, tokens, idx, options, env: "",
+}
+
+
 @lru_cache(maxsize=1)
 def parser() -> MarkdownIt:
-    """The one markdown-it instance: CommonMark, raw HTML allowed (sanitised later), tables, strikethrough."""
+    """The one markdown-it instance: CommonMark, raw HTML allowed (sanitised later), tables, strikethrough,
+    footnotes."""
     md = MarkdownIt("commonmark", {"html": True, "linkify": False, "typographer": False})
     md.enable(["table", "strikethrough"])
+    md.use(footnote_plugin)
+    for name, html in _FOOTNOTE_HTML.items():
+        md.add_render_rule(name, html)
     md.inline.parse = types.MethodType(_inline_parse, md.inline)  # type: ignore[method-assign]
     md.core.ruler.push("join_cjk_lines", _join_cjk_lines)
     return md
@@ -203,6 +224,8 @@ def inline_text(tokens: Sequence[Token] | None) -> str:
             label = "".join(out[start:]).strip()
             if href and href != label and not href.startswith("#"):
                 out.append(f" ({href})" if label else href)
+        elif kind == "footnote_ref":
+            out.append(f"[{int(tok.meta['id']) + 1}]")
         elif kind == "image":
             alt = tok.content or "image"
             out.append(f"[{alt}]")
@@ -227,6 +250,7 @@ def to_text(tokens: Sequence[Token], html_to_text: Any) -> str:
     heading_level = 0
     in_cell = False
     previous_item = False
+    note = ""  # the number of the footnote whose text comes next
     for tok in tokens:
         kind = tok.type
         prefix = "> " * quote
@@ -253,14 +277,21 @@ def to_text(tokens: Sequence[Token], html_to_text: Any) -> str:
             in_cell = False
         elif kind == "inline" and in_cell:
             row.append(inline_text(tok.children).strip())
+        elif kind == "footnote_block_open":
+            blocks.append(prefix + "-" * 24)
+        elif kind == "footnote_open":
+            note = f"[{int(tok.meta['id']) + 1}] "
         elif kind == "inline":
             text = inline_text(tok.children).strip()
-            if heading_level:
+            if note:
+                lines = wrap(text, indent=" " * len(note), first=note)
+                blocks.append("\n".join(lines))
+                note = ""
+                continue
+            if heading_level:  # underlined by level (= - ~); smaller headings stand on their own line
                 lines = [text]
-                if heading_level <= 2:
-                    lines.append(("=" if heading_level == 1 else "-") * min(text_width(text), WIDTH))
-                else:
-                    lines = [f"{'#' * heading_level} {text}"]
+                if heading_level <= 3:
+                    lines.append("=-~"[heading_level - 1] * min(text_width(text), WIDTH))
                 blocks.append("\n".join(prefix + line for line in lines))
                 heading_level = 0
                 continue

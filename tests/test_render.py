@@ -564,7 +564,7 @@ def test_english_text_part_links_as_urls(english: Rendered) -> None:
     lines = text.split("\n")
     assert "In this issue" in lines
     assert "- Tip of the week: pin your dependencies" in lines
-    assert "Small models catch up" in lines and "### Tip of the week" in lines
+    assert "Small models catch up" in lines and "Tip of the week" in lines  # an H3, underlined with ~
     assert "- Faster inference on a laptop" in lines and "1. Download the weights" in lines
     assert f"Unsubscribe: {UNSUBSCRIBE}" in lines
     assert "*" not in text
@@ -599,3 +599,25 @@ def test_image_sizes_for_outlook_are_the_posts_own_clamped_to_the_column(tmp_pat
     assert (wide.get("width"), wide.get("height")) == ("552", "276")  # 800x400, scaled to the column
     for name in ("build", "The settings dialog", "The office at night"):  # no size given: natural, no width
         assert images[name].get("width") is None and style_of(images[name])["max-width"] == "100%"
+
+
+def test_footnotes_are_numbered_notes_at_the_end(tmp_path: Path) -> None:
+    rendered = render(POSTS / "footnotes.md", make_settings(tmp_path))
+    body = one(rendered.doc, "td.body-cell")
+    assert "[^" not in body.text_content()
+    assert [sup.text_content() for sup in body.iter("sup")] == ["[1]", "[2]", "[1]"]
+    notes = [li.text_content().strip() for li in one(body, "ol.footnotes").iter("li")]
+    assert notes == ["See the cargo book.", "The full list is on the blog."]
+    assert not [a for a in body.iter("a") if (a.get("href") or "").startswith("#")]  # no in-page links
+    text = rendered.text
+    assert "cargo info[1], and the release notes say more[2]." in " ".join(text.split())
+    assert "[1] See the cargo book" in text and "[2] The full list is on the blog." in text
+    assert "[^" not in text
+
+
+def test_text_part_has_every_heading_level_without_markup(tmp_path: Path) -> None:
+    lines = render(POSTS / "footnotes.md", make_settings(tmp_path)).text.split("\n")
+    assert not [line for line in lines if line.startswith("#")]
+    why = lines.index("Why it matters")
+    assert lines[why + 1] == "~" * len("Why it matters")
+    assert "Smaller heading" in lines

@@ -348,7 +348,8 @@ CONTRAST = """() => {
   return out;
 }"""
 CONTRAST_POSTS = ["example", "raw_html.md", "rich.md", "english.md", "hugo_toml.md", "pelican.md",
-                  "2024-10-02-toml-h1.md", "weekly_tables.md"]  # fmt: skip
+                  "2024-10-02-toml-h1.md", "weekly_tables.md", "footnotes.md", "images.md",
+                  "phone.md"]  # fmt: skip
 
 
 @pytest.mark.parametrize("name", CONTRAST_POSTS)
