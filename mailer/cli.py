@@ -402,7 +402,8 @@ def show_config(ctx: click.Context) -> None:
 
 def _address_key(raw: str) -> str:
     """The address as the send loop and the tokens know it (ASCII domain, lower-cased); ValueError if bad."""
-    from .subscribers import dedupe_key, normalize_email
+    from .headers import normalize_email
+    from .subscribers import dedupe_key
 
     return dedupe_key(normalize_email(raw.strip()))
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .headers import CONTROL, normalize_email, split_mailbox
 
 DEFAULT_CONFIG = Path("mailer.toml")
 # The repository's templates/, shipped in the wheel as the package mailer.templates (pyproject.toml maps it).
@@ -323,18 +324,14 @@ RANGES: dict[str, tuple[float, float, str]] = {
     "max_age_days": (0, 36_500, "0 to 36500 days"),
     "clip_warn_bytes": (0, 100_000_000, "0 to 100000000 bytes"),
 }
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _LIST_ID = re.compile(rf"{_ATOM}(?:\.{_ATOM})+")
 _SELECTOR = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62})(?:\.[A-Za-z0-9_][A-Za-z0-9_-]{0,62})*")
-_MAILBOX = re.compile(r"\s*(?:(?P<name>[^<>]*?)\s*<(?P<bracketed>[^<>]*)>|(?P<bare>[^<>]*?))\s*")
 _NOT_IN_MAILTO = set("?&#%/")
 
 
 def _address(name: str, value: str, where: str) -> str:
     """An address setting in the form mailer sends (ASCII); the same check as a subscriber's address."""
-    from .subscribers import normalize_email
-
     try:
         address = normalize_email(value)
     except ValueError as exc:
@@ -358,7 +355,7 @@ def _check(s: Settings, sources: Mapping[str, str]) -> Settings:
     for f in fields(s):
         value = getattr(s, f.name)
         free = f.name in SECRET_SETTINGS or f.name == "postal_address"  # the footer joins its lines itself
-        if isinstance(value, str) and not free and (bad := _CONTROL.search(value)):
+        if isinstance(value, str) and not free and (bad := CONTROL.search(value)):
             raise ConfigError(
                 f"{where(f.name)}: contains the control character {bad.group()!r}; settings are one line"
             )
@@ -370,11 +367,11 @@ def _check(s: Settings, sources: Mapping[str, str]) -> Settings:
             raise ConfigError(f"{where('unsubscribe_mailto')}: {mailto!r} cannot be put in a mailto: link")
         changes["unsubscribe_mailto"] = mailto
     if s.reply_to:
-        match = _MAILBOX.fullmatch(s.reply_to)
-        if not match or '"' in (match["name"] or ""):
+        parts = split_mailbox(s.reply_to)
+        if parts is None:
             raise ConfigError(f"{where('reply_to')}: {s.reply_to!r} must be `address` or `Name <address>`")
-        address = _address("reply_to", match["bracketed"] or match["bare"] or "", where("reply_to"))
-        changes["reply_to"] = f"{match['name']} <{address}>" if match["name"] else address
+        address = _address("reply_to", parts[1], where("reply_to"))
+        changes["reply_to"] = f"{parts[0]} <{address}>" if parts[0] else address
     for name in ("list_id", "old_list_ids"):
         for list_id in filter(None, (v.strip() for v in getattr(s, name).split(","))):
             if len(list_id) > 200 or not _LIST_ID.fullmatch(list_id):

@@ -2,83 +2,19 @@
 
 from __future__ import annotations
 
-import base64
 import binascii
 import dataclasses
 import hashlib
-import re
 import secrets
 import time
 from collections.abc import Callable, Mapping
 from email.utils import formatdate
 
 from .config import Settings
+from .headers import NAME_MAX, encode_text, mailbox, normalize_email, one_line, split_mailbox
 from .render import Issue, Part
 from .tokens import load_keyring, unsubscribe_mailto, unsubscribe_url
 from .transport import Stuffed, stuffed_body
-
-_SPECIALS = re.compile(r'[\x00-\x1f\x7f()<>@,;:\\".\[\]]')
-_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
-_ADDRESS = r"[^\s<>()\[\]\\,;:\"@]+@[A-Za-z0-9.-]+"
-_REPLY_TO = re.compile(rf"(?P<name>[^<>]*?) ?<(?P<bracketed>{_ADDRESS})>|(?P<bare>{_ADDRESS})")
-NAME_MAX = 100
-
-
-def one_line(value: str) -> str:
-    """Remove CR, LF, NUL and other controls, so no value can start a header of its own."""
-    return " ".join(_CONTROL.sub(" ", value).split())
-
-
-def _encoded_words(text: str) -> list[str]:
-    """RFC 2047 base64 words of at most 75 characters, never splitting a character."""
-    words: list[str] = []
-    raw = b""
-    for ch in text:
-        b = ch.encode("utf-8")
-        if len(raw) + len(b) > 45:
-            words.append("=?utf-8?b?" + base64.b64encode(raw).decode("ascii") + "?=")
-            raw = b""
-        raw += b
-    if raw:
-        words.append("=?utf-8?b?" + base64.b64encode(raw).decode("ascii") + "?=")
-    return words
-
-
-def _needs_encoding(text: str) -> bool:
-    # "=?" would be decoded by the reader as an encoded word (and by Python 3.11's own folder,
-    # which then wrote a decoded CR LF into the header): such text is encoded like non-ASCII
-    return not text.isascii() or "=?" in text or any(len(word) > 70 for word in text.split(" "))
-
-
-def encode_display_name(name: str) -> str:
-    """A display name as RFC 5322 allows it: quoted ASCII, or RFC 2047 encoded words (each <= 75 chars)."""
-    name = one_line(name)[:NAME_MAX]
-    if not name:
-        return ""
-    if not _needs_encoding(name):
-        if not _SPECIALS.search(name):
-            return name
-        return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return "\r\n ".join(_encoded_words(name))
-
-
-def encode_text(value: str) -> str:
-    """An unstructured header value (Subject): one line, folded at spaces, encoded words when needed."""
-    value = one_line(value)
-    if _needs_encoding(value):
-        return "\r\n ".join(_encoded_words(value))
-    lines = [""]
-    for word in value.split(" "):
-        if lines[-1] and len(lines[-1]) + 1 + len(word) > 70:
-            lines.append(word)
-        else:
-            lines[-1] = f"{lines[-1]} {word}" if lines[-1] else word
-    return "\r\n ".join(lines)
-
-
-def _mailbox(name: str, address: str) -> str:
-    display = encode_display_name(name)
-    return f"{display} <{address}>" if display else address
 
 
 class MessageFactory:
@@ -102,14 +38,13 @@ class MessageFactory:
         self.boundary = boundary
         # written by hand, not with email.message: Python 3.11's folder turns a value such as
         # "=?utf-8?q?=0D=0ABcc:_x?=" into a real CR LF and so an extra header
-        static = [f"From: {_mailbox(settings.from_name, settings.from_email)}"]
-        reply_to = _REPLY_TO.fullmatch(one_line(settings.reply_to))
-        if reply_to:  # "address" or "Name <address>"; anything else is left out, not guessed at
-            name = (reply_to["name"] or "").strip().strip('"')
-            static.append(f"Reply-To: {_mailbox(name, reply_to['bracketed'] or reply_to['bare'])}")
+        static = [f"From: {mailbox(settings.from_name, settings.from_email)}"]
+        reply_to = _reply_to(settings.reply_to)
+        if reply_to:
+            static.append(f"Reply-To: {mailbox(*reply_to)}")
         static += [
             f"Subject: {encode_text(issue.subject)}",
-            f"List-Id: {_mailbox(settings.list_name or settings.from_name, settings.effective_list_id)}",
+            f"List-Id: {mailbox(settings.list_name or settings.from_name, settings.effective_list_id)}",
             "List-Unsubscribe-Post: List-Unsubscribe=One-Click",
             "MIME-Version: 1.0",
             f'Content-Type: multipart/alternative; boundary="{boundary}"',
@@ -172,7 +107,7 @@ class MessageFactory:
         values["name"] = one_line(name)[:NAME_MAX]
         values["email"] = email
         values["unsubscribe_url"] = url = unsubscribe_url(self.settings, token)
-        to = _mailbox(name, email)
+        to = mailbox(values["name"], email)
         head = b"".join(
             (
                 self._static_headers,
@@ -191,6 +126,21 @@ class MessageFactory:
         if self._date_cache[0] != now:
             self._date_cache = (now, formatdate(now, localtime=True).encode("ascii"))
         return self._date_cache[1]
+
+
+def _reply_to(value: str) -> tuple[str, str] | None:
+    """`address` or `Name <address>` as (name, ASCII address); anything else is left out, not guessed at.
+
+    config.py refuses such a value with a message; this is for settings made in code.
+    """
+    parts = split_mailbox(one_line(value))
+    if parts is None:
+        return None
+    try:
+        address = normalize_email(parts[1])
+    except ValueError:
+        return None
+    return (parts[0], address) if address.isascii() else None
 
 
 def _part_head(content_type: str, part: Part, boundary: str) -> bytes:

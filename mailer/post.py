@@ -19,6 +19,7 @@ from markdown_it.token import Token
 
 from . import markdown
 from .errors import PostError
+from .headers import one_line
 
 MAX_POST_BYTES = 5 * 1024 * 1024
 _H1_TEXT = re.compile(r"^ {0,3}# +(.*?)(?: +#+)? *$")
@@ -37,8 +38,6 @@ _ALIASES = {
     "cover": ("coverimage", "cover_image", "cover", "image", "images", "featured_image"),
     "category": ("category", "categories"),
 }
-_SPACES = re.compile(r"\s+")
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 @dataclass(frozen=True)
@@ -117,7 +116,7 @@ def parse_post(raw: bytes, path: Path) -> Post:
         # str() of a nested list would expand YAML aliases: a few lines of `&a [*b, *b]` make gigabytes
         if any(isinstance(t, dict | list) for t in tags_value):
             raise PostError(f"{path}:{_key_line(text, 'tags')}: tags must be words, not lists or mappings")
-        tags = tuple(_clean(str(t)) for t in tags_value if str(t).strip())
+        tags = tuple(one_line(str(t)) for t in tags_value if str(t).strip())
     else:
         raise PostError(f"{path}:{_key_line(text, 'tags')}: tags must be a list or a comma-separated string")
     cover = _alias(meta, "cover")
@@ -228,11 +227,6 @@ def _key_line(text: str, key: str) -> int:
     return text.count("\n", 0, match.start()) + 1 if match else 1
 
 
-def _clean(value: str) -> str:
-    """Collapse whitespace and drop control characters, so no field can add a header line."""
-    return _SPACES.sub(" ", _CONTROL.sub("", value)).strip()
-
-
 def _alias(meta: dict[str, object], field: str) -> object:
     """The first of a field's names that the front matter sets; of a list (`images`), its first item."""
     for name in _ALIASES[field]:
@@ -261,7 +255,7 @@ def _text_field(meta: dict[str, object], key: str, path: Path, text: str) -> str
         return ""
     if isinstance(value, dict | list):
         raise PostError(f"{path}:{_key_line(text, key)}: {key} must be text, not a {type(value).__name__}")
-    return _clean(str(value))
+    return one_line(str(value))
 
 
 def _date(value: object, path: Path, text: str) -> dt.date | None:
@@ -294,7 +288,7 @@ def _summary(value: object, path: Path, text: str) -> tuple[str, ...]:
             raise PostError(f"{path}:{_key_line(text, 'summary')}: summary items must be text")
     else:
         raise PostError(f"{path}:{_key_line(text, 'summary')}: summary must be text or a list")
-    bullets = (_clean(re.sub(r"^\s*[-*•]\s+", "", line)) for line in lines)
+    bullets = (one_line(re.sub(r"^\s*[-*•]\s+", "", line)) for line in lines)
     return tuple(b for b in bullets if b)
 
 
@@ -316,7 +310,7 @@ def _take_leading_h1(body: str, title: str) -> tuple[str, str]:
         lines = body.split("\n")
         start, end = tok.map
         match = _H1_TEXT.match(lines[start]) if end - start == 1 else None
-        heading = _clean(match.group(1) if match else lines[start])
+        heading = one_line(match.group(1) if match else lines[start])
         if title and not _same(heading, title):
             return body, ""
         lines[start:end] = [""] * (end - start)

@@ -21,6 +21,7 @@ from . import markdown
 from .config import Settings
 from .dark import keep_own_colours
 from .errors import PostError
+from .headers import one_line
 from .post import Post
 from .sanitize import Findings, html_to_text, sanitize
 from .slim import class_names, drop_unused_classes, minify_css, slim_styles
@@ -155,7 +156,7 @@ def render_issue(post: Post, settings: Settings) -> Issue:
 
         cover = safe_url(post.cover_image, settings.base_url, findings, image=True) or ""
     meta_line = " · ".join(x for x in (_date_text(post), post.category) if x)
-    from_name = _one_line(settings.list_name or settings.from_name)
+    from_name = one_line(settings.list_name or settings.from_name)
     slots = _Slots()
     common = {
         "lang": post.lang,
@@ -166,7 +167,7 @@ def render_issue(post: Post, settings: Settings) -> Issue:
         "view_url": view_url,
         "words": words,
         "from_name": from_name,
-        "postal_address": _one_line(settings.postal_address),
+        "postal_address": one_line(settings.postal_address),
         "unsubscribe_url": slots.marker("unsubscribe_url"),
         "subscriber": slots,
     }
@@ -375,10 +376,6 @@ def _tidy_text(text: str) -> str:
     lines = [line.rstrip() for line in text.split("\n")]
     tidy = re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip("\n")
     return tidy + "\n"
-
-
-def _one_line(value: str) -> str:
-    return " ".join(re.sub(r"[\x00-\x1f\x7f]", " ", value).split())
 
 
 def _first_words(text: str, limit: int = 140) -> str:

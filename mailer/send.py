@@ -238,11 +238,11 @@ def send_test(
     issue will have, which a mail provider would then drop as a duplicate), the unsubscribe link is the
     test address's own, and nothing is recorded: a later real send still mails that address.
     """
-    from email_validator import EmailNotValidError, validate_email
+    from .headers import normalize_email
 
     try:
-        email = validate_email(address, check_deliverability=False).ascii_email or address
-    except EmailNotValidError as exc:
+        email = normalize_email(address)
+    except ValueError as exc:
         raise MailerError(f"{address}: not a valid address: {exc}") from None
     post_path = require_post(target, settings, console)
     issue = render_issue(load_post(post_path), settings)

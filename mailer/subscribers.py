@@ -7,11 +7,9 @@ with the physical line it starts on.
 
 from __future__ import annotations
 
-import re
 from array import array
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 from hashlib import blake2b
 from pathlib import Path
 from types import MappingProxyType
@@ -19,21 +17,9 @@ from typing import cast
 
 from .csvfile import CsvFile
 from .errors import SubscriberError
+from .headers import CONTROL_BUT_TAB, MAX_EMAIL, normalize_email
 
-MAX_EMAIL = 254
 MAX_FIELD = 200
-# C0 and C1 controls (tab allowed outside the address), DEL and the Unicode line separators: all of
-# them break a header line or a plain-text body, and none belongs in a name or an address.
-_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
-# The common address shape: an ASCII dot-atom local part and a domain without quotes or brackets.
-# Only these take the fast path; the domain half is still checked by email-validator (cached).
-_ATEXT = r"A-Za-z0-9_!#$%&'*+\-/=?^`{|}~"
-_SIMPLE = re.compile(rf"([{_ATEXT}]+(?:\.[{_ATEXT}]+)*)@([^@\"<>()\[\]\\\s,;:]+)")
-# RFC 2142 mailbox names that email-validator lower-cases; they go through the full check.
-_ROLE_NAMES = frozenset(
-    "info marketing sales support abuse noc security postmaster hostmaster usenet news webmaster"
-    " www uucp ftp".split()
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,52 +84,6 @@ def _ascii_domain(domain: str) -> str:
         return validate_email(f"a@{domain}", check_deliverability=False).ascii_domain
     except EmailNotValidError:
         return domain
-
-
-MAX_LOCAL = 64  # octets before the @ (RFC 5321 4.5.3.1.1); servers refuse longer ones
-
-
-def normalize_email(raw: str) -> str:
-    """Check an address's syntax (no DNS) and return the form to send to; raise ValueError if bad."""
-    address = _normalize(raw)
-    if len(address.rpartition("@")[0].encode("utf-8")) > MAX_LOCAL:
-        raise ValueError(f"the part before the @ is longer than {MAX_LOCAL} characters")
-    return address
-
-
-def _normalize(raw: str) -> str:
-    match = _SIMPLE.fullmatch(raw)
-    if match and match[1].lower() not in _ROLE_NAMES:
-        domains = _domain_forms(match[2])
-        if domains is not None:
-            local = match[1]
-            unicode_domain, ascii_domain = domains
-            longest = max(len(raw.encode()), len(local) + 1 + len(unicode_domain.encode()))
-            if longest <= MAX_EMAIL and len(local) + 1 + len(ascii_domain) <= MAX_EMAIL:
-                return f"{local}@{ascii_domain}"
-    return _full_check(raw)
-
-
-def _full_check(raw: str) -> str:
-    from email_validator import EmailNotValidError, validate_email
-
-    try:
-        result = validate_email(raw, check_deliverability=False)
-    except EmailNotValidError as exc:
-        raise ValueError(str(exc)) from None
-    return result.ascii_email or f"{result.local_part}@{result.ascii_domain}"
-
-
-@lru_cache(maxsize=65536)
-def _domain_forms(domain: str) -> tuple[str, str] | None:
-    """Return (unicode, ascii) forms of a valid domain, or None to take the slow path."""
-    from email_validator import EmailNotValidError, validate_email
-
-    try:
-        result = validate_email(f"a@{domain}", check_deliverability=False)
-    except EmailNotValidError:
-        return None
-    return result.domain, result.ascii_domain
 
 
 def _digest(key: str) -> int:
@@ -305,11 +245,11 @@ def _rows(
 
 def _subscriber(record: list[str], columns: list[tuple[int, str]], email_at: int, line: int) -> Subscriber:
     raw_email = record[email_at].strip() if email_at < len(record) else ""
-    who = f"{raw_email!r}: " if raw_email and not _CONTROL.search(raw_email) else ""
+    who = f"{raw_email!r}: " if raw_email and not CONTROL_BUT_TAB.search(raw_email) else ""
     values: dict[str, str] = {}
     for i, name in columns:
         value = record[i].strip() if i < len(record) else ""
-        bad = _CONTROL.search(value.replace("\t", " ") if i != email_at else value)
+        bad = CONTROL_BUT_TAB.search(value)
         if bad:
             raise _BadValue(f"{who}control character U+{ord(bad[0]):04X} in the {name!r} field")
         limit = MAX_EMAIL if i == email_at else MAX_FIELD

@@ -18,8 +18,9 @@ from pathlib import Path
 
 from .csvfile import CsvFile
 from .errors import SubscriberError
+from .headers import normalize_email
 from .ledger import Ledger
-from .subscribers import BadRow, dedupe_key, normalize_email
+from .subscribers import BadRow, dedupe_key
 
 # Header names of an address column, compared without case, spaces, '-', '_' or '.'; earlier names win
 # (Mailchimp has both "Email Address" and a postal "Address").

@@ -7,6 +7,7 @@ import email
 import re
 import shutil
 import time
+import unicodedata
 from email import policy
 from email.message import EmailMessage
 from email.utils import parsedate_to_datetime
@@ -268,7 +269,10 @@ NASTY_TEXT = st.lists(st.one_of(NASTY, st.text(max_size=6)), max_size=12).map(""
 
 
 def flat(value: str) -> str:
-    return " ".join(re.sub(r"[\x00-\x1f\x7f\u2028\u2029]", " ", value).split())
+    """The value as one header line: every Cc, Zl or Zp character a space (C1 too, such as U+0080)."""
+    return " ".join(
+        "".join(" " if unicodedata.category(ch) in ("Cc", "Zl", "Zp") else ch for ch in value).split()
+    )
 
 
 @hypothesis_settings(max_examples=examples(150), suppress_health_check=[HealthCheck.too_slow])
