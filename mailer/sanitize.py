@@ -17,8 +17,15 @@ DROP = {
     "frame", "frameset", "param", "source", "track", "canvas", "dialog", "portal",
 }  # fmt: skip
 EMBEDS = {"iframe", "embed", "object", "video", "audio"}
-UNWRAP = {"form", "fieldset", "label", "html", "body", "picture", "main", "article", "section",
-          "header", "footer", "nav", "aside", "figure", "details", "summary", "font", "center"}  # fmt: skip
+# An allow-list: any other tag (<form>, <section>, <font>, custom elements, and <plaintext>, <xmp>,
+# <noembed>, <listing>, which switch a browser to raw text up to the end of the page, footer included)
+# goes, and its content stays as text.
+ALLOWED_TAGS = {
+    "a", "abbr", "b", "big", "blockquote", "br", "caption", "cite", "code", "col", "colgroup", "dd", "del",
+    "dfn", "div", "dl", "dt", "em", "h1", "h2", "h3", "h4", "h5", "h6", "hr", "i", "img", "ins", "kbd", "li",
+    "mark", "ol", "p", "pre", "q", "s", "samp", "small", "span", "strike", "strong", "sub", "sup", "table",
+    "tbody", "td", "tfoot", "th", "thead", "time", "tr", "tt", "u", "ul", "var",
+}  # fmt: skip
 ALLOWED_ATTRS = {
     "href", "src", "alt", "title", "width", "height", "class", "style", "align", "valign", "colspan",
     "rowspan", "border", "cellpadding", "rules", "cellspacing", "bgcolor", "role", "dir", "lang", "start",
@@ -124,7 +131,7 @@ def sanitize(
         if not isinstance(el.tag, str):
             continue
         tag = el.tag.lower()
-        if el is not root and (tag in UNWRAP or ":" in tag or "-" in tag):
+        if el is not root and tag not in ALLOWED_TAGS:
             el.drop_tag()
             continue
         for name in list(el.attrib):
@@ -170,7 +177,9 @@ def sanitize(
             el.addprevious(wrapper)
             wrapper.tail, el.tail = el.tail, None
             wrapper.append(el)
-    out = (root.text or "") + "".join(lhtml.tostring(child, encoding="unicode") for child in root)
+    # the wrapper's own text is decoded: `&lt;script&gt;` after a removed comment must not come back as a tag
+    out = html.escape(root.text or "", quote=False)
+    out += "".join(lhtml.tostring(child, encoding="unicode") for child in root)
     return out
 
 
