@@ -92,6 +92,12 @@ def _full_check(raw: str) -> str:
     return result.ascii_email or f"{result.local_part}@{result.ascii_domain}"
 
 
+def ascii_domain(domain: str) -> str:
+    """The domain in its ASCII (IDNA) form, as it is when it is not a valid domain (for keys, not checks)."""
+    forms = _domain_forms(domain)
+    return forms[1] if forms is not None else domain
+
+
 @lru_cache(maxsize=65536)
 def _domain_forms(domain: str) -> tuple[str, str] | None:
     """Return (unicode, ascii) forms of a valid domain, or None to take the slow path."""

@@ -17,7 +17,7 @@ from typing import cast
 
 from .csvfile import CsvFile
 from .errors import SubscriberError
-from .headers import CONTROL_BUT_TAB, MAX_EMAIL, normalize_email
+from .headers import CONTROL_BUT_TAB, MAX_EMAIL, ascii_domain, normalize_email
 
 MAX_FIELD = 200
 
@@ -73,17 +73,8 @@ def dedupe_key(email: str) -> str:
     """Return the case-insensitive identity of an address (lower-cased, IDNA domain)."""
     local, at, domain = email.strip().rpartition("@")
     if at and not domain.isascii():
-        domain = _ascii_domain(domain)
+        domain = ascii_domain(domain)
     return f"{local}{at}{domain}".lower()
-
-
-def _ascii_domain(domain: str) -> str:
-    from email_validator import EmailNotValidError, validate_email
-
-    try:
-        return validate_email(f"a@{domain}", check_deliverability=False).ascii_domain
-    except EmailNotValidError:
-        return domain
 
 
 def _digest(key: str) -> int:

@@ -23,6 +23,7 @@ from typing import Protocol, Self
 
 from .config import Settings, smtp_port
 from .errors import ConfigError, TransportError
+from .headers import one_line
 from .ledger import OUTBOX, SMTP
 from .private import make_folder, open_new
 
@@ -131,8 +132,8 @@ def stuffed_body(data: bytes) -> Stuffed:
 
 
 def _one_line(raw: bytes | str) -> str:
-    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-    return " ".join(text.split())
+    """A server's reply as one clean line: it reaches the delivery record and the terminal (no ESC or NUL)."""
+    return one_line(raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw)
 
 
 def _describe(exc: BaseException) -> str:

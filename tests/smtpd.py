@@ -480,11 +480,13 @@ class SMTPServer:
 
     # faults
 
-    def fail(self, address: str, code: int = 451, *, times: int | None = None, at: str = "RCPT") -> None:
-        """Answer `code` for `address` at RCPT (or at end of DATA), `times` times or always."""
+    def fail(
+        self, address: str, code: int = 451, *, times: int | None = None, at: str = "RCPT", text: str = ""
+    ) -> None:
+        """Answer `code` (and `text`, or a usual one) for `address` at RCPT or end of DATA, `times` times."""
         if at not in ("RCPT", "DATA"):
             raise ValueError(f"at must be RCPT or DATA, not {at!r}")
-        text = {4: "4.2.0 try again later", 5: "5.1.1 no such user here"}.get(code // 100, "odd")
+        text = text or {4: "4.2.0 try again later", 5: "5.1.1 no such user here"}.get(code // 100, "odd")
         with self._lock:
             self._state.faults[address] = _Fault(code, f"{text} <{address}>", times, at)
 

@@ -13,6 +13,7 @@ import pytest
 
 from mailer.config import Settings
 from mailer.errors import ConfigError, TransportError
+from mailer.headers import CONTROL
 from mailer.transport import (
     OutboxTransport,
     Outcome,
@@ -140,6 +141,15 @@ def test_refused_recipient_affects_only_its_message(server: SMTPServer, connect)
     got = server.wait_for(2)
     assert [m.rcpt_tos for m in got] == [("a@example.com",), ("c@example.com",)]
     assert server.connections == 1
+
+
+def test_a_reply_with_control_characters_is_recorded_as_one_clean_line(server: SMTPServer, connect) -> None:
+    # what a server says ends up in the delivery record and on the terminal: no escape, bell or NUL
+    server.fail("gone@example.com", 550, text="5.1.1 \x1b[2J\x1b]0;pwned\x07no\x00such\x9buser\u2028here")
+    refused = connect().send(SENDER, "gone@example.com", message())
+    assert refused.code == 550 and refused.permanent
+    assert not CONTROL.search(refused.text)
+    assert "[2J" in refused.text and "no such" in refused.text and "user here" in refused.text
 
 
 def test_451_is_temporary_and_a_retry_succeeds(server: SMTPServer, connect) -> None:
