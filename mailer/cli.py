@@ -575,22 +575,23 @@ def preview(ctx: click.Context, target: Path, port: int, host: str, no_open: boo
         import webbrowser
 
         from .preview import make_server
+        from .wsgi import url
 
         server = make_server(
             target, settings, host=host, port=port, notify=lambda line: click.echo(line, err=True)
         )
-        click.echo(f"Previewing {target} at {server.url}")
+        address = url(server)
+        click.echo(f"Previewing {target} at {address}")
         if host not in ("127.0.0.1", "localhost", "::1"):
             click.echo(f"Warning: listening on {host}: anyone who can reach it can read the post", err=True)
         click.echo("Press Ctrl-C to stop.")
         if not no_open:
-            webbrowser.open(server.url)
+            webbrowser.open(address)
         try:
-            server.serve_forever()
-        except KeyboardInterrupt:
-            click.echo("Stopped.")
+            server.run()  # returns on Ctrl-C, after stopping the worker threads
         finally:
-            server.server_close()
+            server.close()
+        click.echo("Stopped.")
 
 
 @cli.command()

@@ -58,9 +58,9 @@ def _environment() -> Environment:
     )
 
 
-def render_page(name: str, **context: Any) -> bytes:
+def render_page(template: str, **context: Any) -> bytes:
     """A page of mailer/pages as UTF-8; every value is escaped unless marked safe."""
-    return _environment().get_template(name).render(**context).encode()
+    return _environment().get_template(template).render(**context).encode()
 
 
 @functools.cache

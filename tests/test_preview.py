@@ -26,7 +26,8 @@ from click.testing import CliRunner
 
 from mailer.config import Settings, load_settings
 from mailer.errors import MailerError
-from mailer.preview import PreviewServer, gmail_view, make_server
+from mailer.preview import gmail_view, make_server
+from mailer.wsgi import url
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -90,16 +91,25 @@ def settings(config: Path) -> Settings:
 
 
 class Running:
-    def __init__(self, server: PreviewServer) -> None:
+    """A preview's waitress server, run by a thread of the test."""
+
+    def __init__(self, server: Any) -> None:
         self.server = server
-        self.url = server.url
-        self.thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
+        self.url = url(server)
+        self.port = int(server.effective_port)
+        self.thread = threading.Thread(target=server.run, daemon=True)
+
+    def stop(self) -> None:
+        """Close every socket from the server's own loop (run() returns when none is left), then stop its
+        worker threads."""
+        from waitress import wasyncore
+
+        self.server.trigger.pull_trigger(lambda: wasyncore.close_all(self.server._map))
+        self.thread.join(timeout=5)
+        self.server.task_dispatcher.shutdown()
 
     def get(self, path: str, host: str | None = None) -> tuple[int, dict[str, str], bytes]:
-        port = self.server.server_address[1]
-        conn = HTTPConnection("127.0.0.1", port, timeout=10)
+        conn = HTTPConnection("127.0.0.1", self.port, timeout=10)
         try:
             conn.request("GET", path, headers={"Host": host} if host else {})
             response = conn.getresponse()
@@ -121,9 +131,7 @@ def serve(settings: Settings) -> Iterator[Any]:
 
     yield start
     for running in started:
-        running.server.shutdown()
-        running.server.server_close()
-        running.thread.join(timeout=5)
+        running.stop()
 
 
 def png_size(path: Path) -> tuple[int, int]:
@@ -135,6 +143,31 @@ def png_size(path: Path) -> tuple[int, int]:
 
 def visible(page: Any, selector: str) -> bool:
     return bool(page.locator(selector).is_visible())
+
+
+@pytest.mark.browser
+def test_the_page_and_every_view_run_under_their_csp_without_a_violation(
+    page: Any, serve: Any, post: Path
+) -> None:
+    """The preview's Content-Security-Policy allows what the page uses (its script, style, frames, poll)."""
+    from playwright.sync_api import expect
+
+    violations: list[str] = []
+    page.on("console", lambda m: violations.append(m.text) if "Content Security Policy" in m.text else None)
+    running = serve(post)
+    page.goto(f"{running.url}p/{post.name}/")
+    page.evaluate(
+        "() => document.addEventListener('securitypolicyviolation',"
+        " (e) => console.error('Content Security Policy: ' + e.violatedDirective))"
+    )
+    for key in ("both", "dark", "text", "gmail", "headers"):
+        page.click(f"#tab-{key}")
+        expect(page.locator(f"#tab-{key}")).to_have_attribute("aria-selected", "true")
+    expect(page.frame_locator("#frame-gmail").locator("h1")).to_have_text(TITLE)
+    with page.expect_response(lambda r: r.url.endswith("/__version"), timeout=WAIT_MS):  # a poll got through
+        pass
+    assert page.evaluate("() => getComputedStyle(document.querySelector('.bar')).position") == "sticky"
+    assert violations == []
 
 
 @pytest.mark.browser
@@ -397,7 +430,7 @@ def test_server_answers_only_its_own_names_and_posts(serve: Any, post: Path) -> 
     status, headers, _ = running.get(f"/p/{post.name}/html")
     assert status == 200 and "script-src 'none'" in headers["Content-Security-Policy"]
     assert running.get("/", host="attacker.example:80")[0] == 421  # DNS rebinding
-    assert running.get("/", host=f"localhost:{running.server.server_address[1]}")[0] == 302
+    assert running.get("/", host=f"localhost:{running.port}")[0] == 302
     assert running.get("/p/other.md/")[0] == 404
     assert running.get("/p/..%2F..%2Fetc%2Fpasswd/html")[0] == 404
     assert running.get(f"/p/{post.name}/nope")[0] == 404
