@@ -205,8 +205,9 @@ def wrap(text: str, width: int = WIDTH, indent: str = "", first: str | None = No
     return lines
 
 
-def inline_text(tokens: Sequence[Token] | None) -> str:
-    """Flatten inline tokens: links as `text (url)`, images as `[alt]`, markup dropped."""
+def inline_text(tokens: Sequence[Token] | None, refs: list[str | None] | None = None) -> str:
+    """Flatten inline tokens: links as `text[n]` with the URL appended to `refs` (as `text (url)` without
+    it), images as `[alt]`, markup dropped."""
     out: list[str] = []
     link_stack: list[tuple[str, int]] = []
     for tok in tokens or ():
@@ -223,7 +224,11 @@ def inline_text(tokens: Sequence[Token] | None) -> str:
             href, start = link_stack.pop()
             label = "".join(out[start:]).strip()
             if href and href != label and not href.startswith("#"):
-                out.append(f" ({href})" if label else href)
+                if label and refs is not None:
+                    refs.append(href)
+                    out.append(f"[{len(refs)}]")
+                else:
+                    out.append(f" ({href})" if label else href)
         elif kind == "footnote_ref":
             out.append(f"[{int(tok.meta['id']) + 1}]")
         elif kind == "image":
@@ -251,6 +256,10 @@ def to_text(tokens: Sequence[Token], html_to_text: Any) -> str:
     in_cell = False
     previous_item = False
     note = ""  # the number of the footnote whose text comes next
+    # links' URLs, numbered after the footnotes and listed at the end: a URL in the middle of a sentence
+    # (a Chinese one above all) breaks it up
+    refs: list[str | None] = [None] * sum(tok.type == "footnote_open" for tok in tokens)
+    notes = len(refs)
     for tok in tokens:
         kind = tok.type
         prefix = "> " * quote
@@ -276,13 +285,13 @@ def to_text(tokens: Sequence[Token], html_to_text: Any) -> str:
         elif kind in ("th_close", "td_close"):
             in_cell = False
         elif kind == "inline" and in_cell:
-            row.append(inline_text(tok.children).strip())
+            row.append(inline_text(tok.children, refs).strip())
         elif kind == "footnote_block_open":
             blocks.append(prefix + "-" * 24)
         elif kind == "footnote_open":
             note = f"[{int(tok.meta['id']) + 1}] "
         elif kind == "inline":
-            text = inline_text(tok.children).strip()
+            text = inline_text(tok.children, refs).strip()
             if note:
                 lines = wrap(text, indent=" " * len(note), first=note)
                 blocks.append("\n".join(lines))
@@ -335,6 +344,10 @@ def to_text(tokens: Sequence[Token], html_to_text: Any) -> str:
         elif kind == "table_close":
             blocks.append("\n".join(prefix + " | ".join(r) for r in table_rows))
             table_rows = []
+    if len(refs) > notes:
+        if not notes:
+            blocks.append("-" * 24)
+        blocks.append("\n".join(f"[{n}] {url}" for n, url in enumerate(refs, 1) if url))
     out = ""
     for block in blocks:
         if block == _LIST_END:

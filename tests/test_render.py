@@ -432,8 +432,8 @@ def test_relative_links_and_images_become_absolute_with_base_url(rich: Rendered)
     hrefs = [a.get("href") for a in one(rich.doc, "td.body-cell").iter("a")]
     assert hrefs == [BASE + "archive/2026-02.html", "https://news.example.com/about", "#results"]
     assert one(rich.doc, "img.cover").get("src") == BASE + "images/cover.png"
-    assert f"({BASE}archive/2026-02.html)" in rich.text
-    assert "(https://news.example.com/about)" in rich.text
+    lines = rich.text.split("\n")
+    assert f"[1] {BASE}archive/2026-02.html" in lines and "[2] https://news.example.com/about" in lines
 
 
 def test_relative_links_stay_and_are_reported_without_base_url(tmp_path: Path) -> None:
@@ -560,7 +560,7 @@ def test_text_part_has_no_html_and_wrapped_lines(
 
 def test_english_text_part_links_as_urls(english: Rendered) -> None:
     text = english.text
-    assert "benchmark announcement (https://bench.example.org/energy)" in text.replace("\n", " ")
+    assert "benchmark announcement[1]" in text and "\n[1] https://bench.example.org/energy\n" in text
     lines = text.split("\n")
     assert "In this issue" in lines
     assert "- Tip of the week: pin your dependencies" in lines
@@ -621,3 +621,20 @@ def test_text_part_has_every_heading_level_without_markup(tmp_path: Path) -> Non
     why = lines.index("Why it matters")
     assert lines[why + 1] == "~" * len("Why it matters")
     assert "Smaller heading" in lines
+
+
+def test_text_part_links_are_numbered_references_at_the_end(tmp_path: Path) -> None:
+    """Not `text (https://...)` in the middle of a Chinese sentence: `text[n]`, and the URLs at the end."""
+    post = tmp_path / "links.md"
+    post.write_text(
+        "---\ntitle: 链接\n---\n这是[一个链接](https://example.org/a)的例子，还有[另一个](https://example.org/b)。\n\n"
+        "A note[^1] and the [same page](https://example.org/a) again.\n\n[^1]: The note.\n",
+        encoding="utf-8",
+    )
+    text = render(post, make_settings(tmp_path)).text
+    assert "这是一个链接[2]的例子，还有另一个[3]。" in text  # [1] is the footnote
+    assert "A note[1] and the same page[4] again." in text
+    lines = text.split("\n")
+    assert lines.index("[1] The note.") < lines.index("[2] https://example.org/a")
+    assert "[3] https://example.org/b" in lines and "[4] https://example.org/a" in lines
+    assert "(https://" not in text.split("------------------------")[0]  # no URL inside the body's text
