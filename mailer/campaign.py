@@ -52,6 +52,8 @@ class Report:
     would_send: int = 0  # dry run
     failed_temporary: int = 0  # still deferred after max_attempts
     failed_permanent: int = 0
+    in_doubt: int = 0  # no reply to the end of the message, twice (or once when the run stopped)
+    in_doubt_before: int = 0  # left in doubt by an earlier run (use --retry-failed)
     retries: int = 0
     reset: int = 0
     pending: int = 0  # not sent because the run stopped early
@@ -68,7 +70,7 @@ class Report:
     @property
     def complete(self) -> bool:
         """Every deliverable message of this run went out."""
-        return self.failed == 0 and self.pending == 0 and not self.stopped_because
+        return self.failed == 0 and self.pending == 0 and self.in_doubt == 0 and not self.stopped_because
 
     def rate(self) -> float:
         """Messages sent per second so far."""
@@ -120,6 +122,7 @@ class _Job:
     sub: Subscriber = field(compare=False)
     attempt: int = field(compare=False, default=1)
     data: bytes = field(compare=False, default=b"")
+    doubted: bool = field(compare=False, default=False)  # an earlier attempt was in doubt
 
 
 class _Unrecorded(Exception):
@@ -245,6 +248,8 @@ _CLOSED = "cannot record deliveries: the delivery record was closed"
 def _state(outcome: Outcome) -> str:
     if outcome.ok:
         return "sent"
+    if outcome.in_doubt:  # handed over, fate unknown: the record's 'sending', neither sent nor failed
+        return "sending"
     return "failed" if outcome.permanent else "deferred"
 
 
@@ -301,9 +306,9 @@ class _Pool:
                     continue
                 try:
                     outcome = conn.send(self.sender, job.sub.email, job.data, ready)
-                except TransportError as exc:
+                except TransportError as exc:  # the server refuses us as a whole: this connection is done
                     self.outcomes.put((job, None, str(exc)))
-                    continue
+                    return
                 except _Unrecorded as exc:
                     self.outcomes.put((job, None, str(exc)))
                     return
@@ -426,6 +431,8 @@ def _unsent(
                 report.already_sent += 1
             elif state == "failed" and not retry_failed:
                 report.failed_before += 1
+            elif state == "sending" and not retry_failed:  # in doubt: it may have arrived already
+                report.in_doubt_before += 1
             else:
                 yield sub
                 continue
@@ -563,6 +570,12 @@ class _Loop:
                 report.failed_permanent += 1
                 report.failures[key] = report.failures.get(key, 0) + 1
                 self.feedback.problem(f"{job.sub.email}: {outcome}")
+            elif outcome.in_doubt and (
+                job.doubted or drain or self.fatal or job.attempt >= self.options.max_attempts
+            ):  # a message in doubt is sent again at most once: each try may be a copy in the inbox
+                report.in_doubt += 1
+                report.failures[key] = report.failures.get(key, 0) + 1
+                self.feedback.problem(f"{job.sub.email}: {outcome}; not sent again")
             elif job.attempt >= self.options.max_attempts or drain or self.fatal:
                 if drain or self.fatal:
                     report.pending += 1
@@ -586,4 +599,5 @@ class _Loop:
             delay = min(self.options.retry_delay, 1.0 * job.attempt)
         else:
             delay = self.options.retry_delay * 2 ** (job.attempt - 1)
-        return _Job(time.monotonic() + delay, next(self.seq), job.sub, job.attempt + 1)
+        doubted = job.doubted or outcome.in_doubt
+        return _Job(time.monotonic() + delay, next(self.seq), job.sub, job.attempt + 1, doubted=doubted)

@@ -68,6 +68,7 @@ class Settings:
     smtp_user: str = ""
     smtp_password: str = ""
     smtp_timeout: float = 30.0
+    smtp_data_timeout: float = 600.0  # the wait for the reply to a message's end (RFC 5321 4.5.3.2.6)
     smtp_verify: bool = True
     smtp_cafile: str = ""
     connections: int = 1
@@ -316,6 +317,7 @@ def describe(loaded: Loaded) -> list[str]:
 RANGES: dict[str, tuple[float, float, str]] = {
     "smtp_port": (0, 65535, "0 (the usual port of smtp_security) to 65535"),
     "smtp_timeout": (0.1, 3600, "0.1 to 3600 seconds"),
+    "smtp_data_timeout": (0.1, 86_400, "0.1 to 86400 seconds"),
     "connections": (1, 64, "1 to 64"),
     "rate": (0, 100_000, "0 (no limit) to 100000 messages a second"),
     "max_attempts": (1, 100, "1 to 100"),

@@ -83,7 +83,8 @@ CREATE TABLE IF NOT EXISTS suppressions (
 class Delivery:
     """Where one subscriber stands for one issue."""
 
-    state: str  # 'sending' (claimed, in flight), 'sent', 'deferred' (will retry), 'failed' (permanent)
+    # 'sending' (handed to the server, fate unknown: in doubt), 'sent', 'deferred' (will retry), 'failed'
+    state: str
     attempts: int
     last_code: int | None  # the last SMTP reply code, None before any reply
     last_reply: str
@@ -612,7 +613,7 @@ class Ledger:
         instead of raising, so one odd row cannot roll back the records of messages that went out.
         """
         for _, state, _, _ in outcomes:
-            if state not in ("sent", "deferred", "failed"):
+            if state not in ("sent", "deferred", "failed", "sending"):
                 raise ValueError(f"not an outcome state: {state!r}")
         now = _now()
         rows = [
@@ -655,10 +656,10 @@ class Ledger:
         return suppressed, states
 
     def reset_failed(self, issue_id: str) -> int:
-        """Turn permanent failures back into retries with a fresh attempt count; return how many."""
+        """Turn permanent failures (and messages in doubt) into retries with a fresh attempt count."""
         cursor = self._write(
             "UPDATE deliveries SET state = 'deferred', attempts = 0, updated_at = ?"
-            " WHERE issue_id = ? AND destination = ? AND state = 'failed'",
+            " WHERE issue_id = ? AND destination = ? AND state IN ('failed', 'sending')",
             (_now(), issue_id, self.destination),
         )
         return cursor.rowcount

@@ -55,6 +55,7 @@ class MessageFactory:
         self._tail = f"\r\n--{boundary}--\r\n".encode("ascii")
         text, html = _stuffed_twin(issue.text), _stuffed_twin(issue.html)
         self._stuffed = (text, html) if text is not None and html is not None else None
+        self._seven: tuple[bytes, bytes, tuple[bytes, ...], tuple[bytes, ...]] | None = None
 
     def message_id(self, email: str) -> str:
         """A Message-ID that is the same every time this issue goes to this subscriber."""
@@ -88,7 +89,13 @@ class MessageFactory:
         """build() as SMTP DATA carries it (dot-stuffed), from body parts stuffed once per issue.
 
         Equal to transport.stuffed_body(build(...)), without scanning the whole message each time.
+        Its `seven_bit` builds the same message with 7-bit parts, for a server without 8BITMIME.
         """
+        message = self._build_stuffed(email, name, fields)
+        message.seven_bit = lambda: self.build_seven_bit(email, name, fields)
+        return message
+
+    def _build_stuffed(self, email: str, name: str, fields: Mapping[str, str] | None) -> Stuffed:
         if self._stuffed is None or self.dkim is not None:
             return stuffed_body(self.build(email, name, fields))
         head, values = self._head(email, name, fields)
@@ -100,6 +107,35 @@ class MessageFactory:
                 (head, self._text_head, text.fill(values), self._html_head, html.fill(values), self._tail)
             )
         )
+
+    def build_seven_bit(self, email: str, name: str = "", fields: Mapping[str, str] | None = None) -> Stuffed:
+        """The message with both parts quoted-printable (every line ASCII), dot-stuffed; RFC 6152.
+
+        The parts' fixed chunks are encoded once per issue, on first use, each ending in a line break
+        or a soft one ("=" CRLF); per message only the personal values are encoded, each followed by a
+        soft break. A reader's program decodes exactly the text of the 8-bit message.
+        """
+        if self._seven is None:
+            issue, boundary = self.issue, self.boundary
+            self._seven = (
+                _part_head("text/plain", issue.text, boundary, seven_bit=True),
+                _part_head("text/html", issue.html, boundary, seven_bit=True),
+                tuple(_soft_end(_qp(c)) for c in issue.text.chunks),
+                tuple(_soft_end(_qp(c)) for c in issue.html.chunks),
+            )
+        text_head, html_head, text_chunks, html_chunks = self._seven
+        head, values = self._head(email, name, fields)
+        out = [head]
+        for part_head, part, chunks in ((text_head, self.issue.text, text_chunks),
+                                        (html_head, self.issue.html, html_chunks)):  # fmt: skip
+            out += (part_head, chunks[0])
+            for value, chunk in zip(part.values(values), chunks[1:], strict=True):
+                out += (_soft_end(_qp(value)), chunk)
+        out.append(self._tail)
+        message = b"".join(out)
+        if self.dkim is not None:
+            message = self.dkim(message)
+        return stuffed_body(message)
 
     def _head(self, email: str, name: str, fields: Mapping[str, str] | None) -> tuple[bytes, dict[str, str]]:
         token = self.sign(email)
@@ -143,8 +179,8 @@ def _reply_to(value: str) -> tuple[str, str] | None:
     return (parts[0], address) if address.isascii() else None
 
 
-def _part_head(content_type: str, part: Part, boundary: str) -> bytes:
-    cte = "8bit" if part.eight_bit else "quoted-printable"
+def _part_head(content_type: str, part: Part, boundary: str, *, seven_bit: bool = False) -> bytes:
+    cte = "8bit" if part.eight_bit and not seven_bit else "quoted-printable"
     return (
         f'\r\n--{boundary}\r\nContent-Type: {content_type}; charset="utf-8"\r\n'
         f"Content-Transfer-Encoding: {cte}\r\n\r\n"
@@ -176,7 +212,25 @@ def _encode(part: Part, values: Mapping[str, str]) -> bytes:
     data = part.fill(values)
     if part.eight_bit:
         return data
+    return _qp(data)
+
+
+def _qp(data: bytes) -> bytes:
+    """Quoted-printable with CRLF line ends; whitespace at the end of `data` is encoded, so it survives."""
     return binascii.b2a_qp(data.replace(b"\r\n", b"\n"), header=False).replace(b"\n", b"\r\n")
+
+
+def _soft_end(encoded: bytes) -> bytes:
+    """Quoted-printable text ending in a line break, or else in a soft one; lines of <= 76 characters."""
+    if not encoded or encoded.endswith(b"\r\n"):
+        return encoded
+    last = encoded.rfind(b"\n") + 1
+    if len(encoded) - last > 75:  # no room for the "=": break the last line earlier, not inside an =XX
+        cut = last + 73
+        while b"=" in encoded[cut - 2 : cut]:
+            cut -= 1
+        encoded = encoded[:cut] + b"=\r\n" + encoded[cut:]
+    return encoded + b"=\r\n"
 
 
 def dkim_signer(settings: Settings) -> Callable[[bytes], bytes] | None:

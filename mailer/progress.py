@@ -125,6 +125,8 @@ REPORT_ROWS = (
     ("failed_temporary", "failed, temporary (will retry on rerun)"),
     ("failed_permanent", "failed, permanent"),
     ("failed_before", "failed permanently before (--retry-failed)"),
+    ("in_doubt", "in doubt: no reply to the end, not sent again"),
+    ("in_doubt_before", "in doubt before (--retry-failed)"),
     ("pending", "not sent (stopped early)"),
 )
 

@@ -64,15 +64,21 @@ class Part:
         if not self.slots:
             return chunks[0]
         out = [chunks[0]]
-        escape = htmlmod.escape if self.html else str
-        for i, slot in enumerate(self.slots, 1):
-            value = values.get(slot, "")
-            data = escape(value).encode("utf-8")
-            if len(data) > SLOT_VALUE_MAX_BYTES:  # cut at a character boundary, never inside one
-                data = data[:SLOT_VALUE_MAX_BYTES].decode("utf-8", "ignore").encode("utf-8")
+        for i, data in enumerate(self.values(values), 1):
             out.append(data)
             out.append(chunks[i])
         return b"".join(out)
+
+    def values(self, values: Mapping[str, str]) -> list[bytes]:
+        """The bytes that go into the slots for one subscriber: escaped for HTML, cut to the wrap budget."""
+        escape = htmlmod.escape if self.html else str
+        out = []
+        for slot in self.slots:
+            data = escape(values.get(slot, "")).encode("utf-8")
+            if len(data) > SLOT_VALUE_MAX_BYTES:  # cut at a character boundary, never inside one
+                data = data[:SLOT_VALUE_MAX_BYTES].decode("utf-8", "ignore").encode("utf-8")
+            out.append(data)
+        return out
 
 
 @dataclass(frozen=True)

@@ -260,7 +260,7 @@ def send_test(
     transport = make_transport(settings)
     conn = transport.connect()
     try:
-        outcome = conn.send(settings.from_email, email, factory.build(email, settings.sample_name))
+        outcome = conn.send(settings.from_email, email, factory.build_stuffed(email, settings.sample_name))
     finally:
         conn.close()
     if not outcome.ok:

@@ -1,12 +1,16 @@
 """Deliver finished messages: over SMTP on reused connections, or into the local outbox (a Maildir).
 
-Every reply is classified by its code, never by exception type: 2xx ok, 4xx (or no reply at all) temporary,
-5xx permanent. Only problems that no retry of a single message can fix (authentication refused, STARTTLS
-missing, a server that refuses us outright) raise TransportError.
+Every reply is classified by its code and the stage it answers, never by exception type: 2xx ok, 4xx (or no
+reply at all) temporary, 5xx permanent for the one recipient when it is about that recipient. A 5xx about the
+session (sender, login, policy, protocol, the message itself) and the problems that no retry of a single
+message can fix (authentication refused, STARTTLS missing) raise TransportError: they stop the send instead
+of failing every reader in turn. No reply to the end of a message leaves it in doubt (Outcome.in_doubt).
 """
 
 from __future__ import annotations
 
+import base64
+import hmac
 import itertools
 import logging
 import os
@@ -39,6 +43,7 @@ class Outcome:
 
     code: int
     text: str
+    in_doubt: bool = False  # the whole message went out but no reply to its end came: it may have arrived
 
     @property
     def ok(self) -> bool:
@@ -102,7 +107,14 @@ _END = b".\r\n"
 class Stuffed(bytes):
     """A message already in the form DATA carries it: CRLF line ends, line-initial dots doubled,
     ending in CRLF, without the final ".CRLF". MessageFactory.build_stuffed makes these from parts
-    stuffed once per issue, so the send loop need not scan every 45 KB message again."""
+    stuffed once per issue, so the send loop need not scan every 45 KB message again.
+
+    `seven_bit`, when set, builds the same message with 7-bit parts (quoted-printable): what a server
+    without 8BITMIME gets (RFC 6152). The builder makes it, not the transport, so that a DKIM signature
+    covers the bytes that are sent; it is called only for such a server, so others pay nothing.
+    """
+
+    seven_bit: Callable[[], Stuffed] | None = None
 
 
 def stuff(data: bytes) -> bytes:
@@ -166,6 +178,89 @@ def _helo_name(settings: Settings) -> str:
     return name if "." in name else settings.sender_domain
 
 
+_MAX_LINE = 8192  # octets in one reply line (smtplib's limit; RFC 5321 asks for 512)
+_MAX_REPLY = 64 * 1024  # octets in one whole reply
+_REPLY_LINE = re.compile(rb"[2-5][0-9][0-9](?:[ -]|\r?\n)")
+
+
+class _WholeReplies:
+    """Read each SMTP reply with one deadline for the whole reply.
+
+    smtplib reads a reply line by line, each read with its own timeout, so a server that trickles one
+    continuation line every few seconds holds it forever. Here every reply (the greeting, EHLO, AUTH and
+    all the rest, since smtplib reads them all through getreply) must be complete within `reply_timeout`
+    of its first read, however it is split into packets; a reply that is not SMTP (no three-digit code,
+    a line or reply too long) is returned as code -1, which the caller treats as no reply at all.
+    """
+
+    sock: socket.socket | None
+    timeout: float
+    reply_timeout: float = 30.0
+    _buffer: bytearray | None = None
+    _buffer_of: socket.socket | None = None
+
+    close: Callable[[], None]
+
+    def getreply(self) -> tuple[int, bytes]:
+        """The next reply as (code, text); OSError (TimeoutError at the deadline) if it does not come."""
+        sock = self.sock
+        if sock is None:
+            raise smtplib.SMTPServerDisconnected("please run connect() first")
+        buf = self._buffer
+        if buf is None or self._buffer_of is not sock:  # a new connection or a new TLS layer
+            buf = self._buffer = bytearray()
+            self._buffer_of = sock
+        deadline = 0.0
+        start = 0
+        lines: list[bytes] = []
+        try:
+            while True:
+                end = buf.find(b"\n", start)
+                if end < 0:
+                    if len(buf) - start > _MAX_LINE or len(buf) > _MAX_REPLY:
+                        return self._unreadable(buf)
+                    if not deadline:
+                        deadline = time.monotonic() + self.reply_timeout
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise TimeoutError("timed out")
+                    sock.settimeout(left)
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        raise smtplib.SMTPServerDisconnected("Connection unexpectedly closed")
+                    buf += chunk
+                    continue
+                line = bytes(buf[start : end + 1])
+                start = end + 1
+                if not _REPLY_LINE.match(line):
+                    return self._unreadable(line)
+                lines.append(line[4:].strip(b" \t\r\n"))
+                if line[3:4] != b"-":
+                    del buf[:start]
+                    return int(line[:3]), b"\n".join(lines)
+        except OSError:
+            self.close()
+            raise
+        finally:
+            if deadline and self.sock is not None:
+                sock.settimeout(self.timeout)
+
+    def _unreadable(self, text: bytes | bytearray) -> tuple[int, bytes]:
+        self.close()  # what follows cannot be trusted to line up with our commands
+        return -1, bytes(text[:200]).strip()
+
+
+class _SMTP(_WholeReplies, smtplib.SMTP):
+    """smtplib.SMTP with whole-reply deadlines."""
+
+
+class _SMTP_SSL(_WholeReplies, smtplib.SMTP_SSL):
+    """smtplib.SMTP_SSL (implicit TLS) with whole-reply deadlines."""
+
+
+_Session = _SMTP | _SMTP_SSL
+
+
 class SMTPTransport:
     """An SMTP server reached with STARTTLS, implicit TLS or in plain text, optionally with AUTH."""
 
@@ -177,6 +272,7 @@ class SMTPTransport:
         self.user = settings.smtp_user
         self._password = settings.smtp_password
         self.timeout = settings.smtp_timeout
+        self.data_timeout = settings.smtp_data_timeout
         self.helo = _helo_name(settings)
         self.context: ssl.SSLContext | None = None
         if self.security in ("starttls", "tls"):
@@ -254,9 +350,10 @@ class SMTPConnection(_ClosedOnExit):
 
     def __init__(self, transport: SMTPTransport) -> None:
         self._t = transport
-        self._smtp: smtplib.SMTP | None = None
+        self._smtp: _Session | None = None
         self._fresh = False  # no message sent yet on the current session
         self._mail_suffix = b""
+        self._eight_bit = False
         self._smtputf8 = False
         self._pipelining = False
         self._mail_answered = False
@@ -307,7 +404,8 @@ class SMTPConnection(_ClosedOnExit):
             return
         try:
             if smtp.sock is not None:
-                smtp.sock.settimeout(min(self._t.timeout, 5.0))
+                smtp.timeout = smtp.reply_timeout = min(self._t.timeout, 5.0)
+                smtp.sock.settimeout(smtp.timeout)
                 smtp.sock.sendall(b"QUIT\r\n")
                 smtp.getreply()
         except OSError:
@@ -326,13 +424,14 @@ class SMTPConnection(_ClosedOnExit):
     def _connect(self) -> Outcome | None:
         """Open, secure and authenticate a session; None on success, else why not."""
         t = self._t
-        smtp: smtplib.SMTP
+        smtp: _SMTP | _SMTP_SSL
         if t.security == "tls":
-            smtp = smtplib.SMTP_SSL(local_hostname=t.helo, timeout=t.timeout, context=t.context)
+            smtp = _SMTP_SSL(local_hostname=t.helo, timeout=t.timeout, context=t.context)
         else:
-            smtp = smtplib.SMTP(local_hostname=t.helo, timeout=t.timeout)
+            smtp = _SMTP(local_hostname=t.helo, timeout=t.timeout)
+        smtp.reply_timeout = t.timeout
         # SMTP_SSL checks the certificate against _host, which only the constructor sets
-        smtp._host = t.host  # type: ignore[attr-defined]
+        smtp._host = t.host  # type: ignore[union-attr]
         try:
             failure = self._setup(smtp)
         except _Fatal as exc:
@@ -352,7 +451,7 @@ class SMTPConnection(_ClosedOnExit):
         self.sessions += 1
         return None
 
-    def _setup(self, smtp: smtplib.SMTP) -> Outcome | None:
+    def _setup(self, smtp: _Session) -> Outcome | None:
         t = self._t
         code, msg = smtp.connect(t.host, t.port)
         if code != 220:
@@ -372,6 +471,8 @@ class SMTPConnection(_ClosedOnExit):
             if code != 220:
                 return self._refused_session("STARTTLS", code, msg)
             assert t.context is not None and smtp.sock is not None
+            if smtp._buffer:  # RFC 3207 5: nothing may follow the 220 before the TLS handshake
+                raise _Fatal("server sent more after its STARTTLS reply, in plain text; refusing the session")
             smtp.sock = t.context.wrap_socket(smtp.sock, server_hostname=t.host)
             smtp.file = None
             smtp.ehlo_resp = smtp.helo_resp = None
@@ -384,15 +485,13 @@ class SMTPConnection(_ClosedOnExit):
             failure = self._login(smtp)
             if failure is not None:
                 return failure
-        suffix = b""
-        if smtp.has_extn("8bitmime"):
-            suffix += b" BODY=8BITMIME"
-        self._mail_suffix = suffix
+        self._eight_bit = smtp.has_extn("8bitmime")
+        self._mail_suffix = b" BODY=8BITMIME" if self._eight_bit else b""
         self._smtputf8 = smtp.has_extn("smtputf8")
         self._pipelining = smtp.has_extn("pipelining")
         return None
 
-    def _hello(self, smtp: smtplib.SMTP) -> Outcome | None:
+    def _hello(self, smtp: _Session) -> Outcome | None:
         code, msg = smtp.ehlo()
         if not 200 <= code < 300:
             code, msg = smtp.helo()
@@ -400,35 +499,65 @@ class SMTPConnection(_ClosedOnExit):
                 return self._refused_session("EHLO", code, msg)
         return None
 
-    def _login(self, smtp: smtplib.SMTP) -> Outcome | None:
+    def _login(self, smtp: _Session) -> Outcome | None:
+        """AUTH PLAIN, LOGIN or CRAM-MD5 with the user and password in UTF-8 (RFC 4954, RFC 4616).
+
+        Done here rather than with smtplib.login, which encodes the password as ASCII: a password
+        with "é" raised UnicodeEncodeError (quoting the character) and was retried as a network error.
+        """
         t = self._t
         if not smtp.has_extn("auth"):
             hint = " before STARTTLS" if t.security == "none" else ""
             raise _Fatal(f"server does not offer AUTH{hint}, but smtp_user is set")
-        try:
-            smtp.login(t.user, t._password)
-        except smtplib.SMTPAuthenticationError as exc:
-            reply = f"{exc.smtp_code} {_one_line(exc.smtp_error)}"
-            if 400 <= exc.smtp_code < 500:
-                return self._fail(exc.smtp_code, f"{t.where}: authentication: {reply}")
-            raise _Fatal(f"authentication failed for user {t.user}: {reply}") from None
-        except smtplib.SMTPNotSupportedError:
-            raise _Fatal("server does not offer AUTH, but smtp_user is set") from None
-        except smtplib.SMTPServerDisconnected:
-            raise
-        except smtplib.SMTPException as exc:
-            raise _Fatal(f"authentication failed for user {t.user}: {_one_line(str(exc))}") from None
-        return None
+        offered = smtp.esmtp_features.get("auth", "").upper().split()
+        user, password = t.user.encode("utf-8"), t._password.encode("utf-8")
+        secrets = [t._password]
+        if "PLAIN" in offered:
+            token = _b64(b"\0" + user + b"\0" + password)
+            secrets.append(token)
+            code, msg = smtp.docmd("AUTH", "PLAIN " + token)
+        elif "LOGIN" in offered:
+            code, msg = smtp.docmd("AUTH", "LOGIN " + _b64(user))
+            if code == 334:
+                secrets.append(_b64(password))
+                code, msg = smtp.docmd(secrets[-1])
+        elif "CRAM-MD5" in offered:
+            code, msg = smtp.docmd("AUTH", "CRAM-MD5")
+            if code == 334:
+                try:
+                    challenge = base64.b64decode(msg, validate=True)
+                except ValueError:
+                    challenge = b""
+                digest = hmac.new(password, challenge, "md5").hexdigest().encode("ascii")
+                code, msg = smtp.docmd(_b64(user + b" " + digest))
+        else:
+            mechanisms = " ".join(offered) or "nothing"
+            raise _Fatal(f"server offers AUTH {mechanisms}; mailer speaks PLAIN, LOGIN and CRAM-MD5")
+        if code == 235:
+            return None
+        text = _one_line(msg)
+        for secret in secrets:
+            text = text.replace(secret, "********")
+        reply = f"{code} {text}"
+        if code == 334:  # still asking: cancel the exchange (RFC 4954 4)
+            smtp.docmd("*")
+        elif 400 <= code < 500:
+            return self._fail(code, f"{t.where}: authentication: {reply}")
+        elif code < 0:
+            return self._fail(0, f"{t.where}: authentication: unreadable reply: {text}")
+        raise _Fatal(f"authentication failed for user {t.user}: {reply}")
 
     def _refused_session(self, stage: str, code: int, msg: bytes) -> Outcome:
         """A server that says 5xx before any message refuses us as a whole; 4xx is worth a retry."""
+        if code < 100:
+            return self._fail(0, f"{self._t.where}: {stage}: unreadable reply: {_one_line(msg)}")
         text = f"{self._t.where}: {stage}: {code} {_one_line(msg)}"
         if 500 <= code < 600:
             raise _Fatal(text.split(": ", 1)[1])
         return self._fail(code if 400 <= code < 500 else 0, text)
 
     def _transaction(
-        self, sender: str, recipient: str, payload: bytes, ready: Callable[[], None] | None
+        self, sender: str, recipient: str, payload: Stuffed, ready: Callable[[], None] | None
     ) -> tuple[Outcome, bool]:
         """MAIL, RCPT, DATA for one message; also say if the session was dead or closing at MAIL."""
         smtp = self._smtp
@@ -441,6 +570,8 @@ class SMTPConnection(_ClosedOnExit):
                 return Outcome(553, "not sent: address is not ASCII and the server lacks SMTPUTF8"), False
             suffix += b" SMTPUTF8"
             encoding = "utf-8"
+        if not self._eight_bit and not payload.isascii():
+            payload = self._seven_bit(payload)
         if sender != self._sender:
             self._sender = sender
             self._sender_bytes = sender.encode("utf-8")
@@ -457,16 +588,16 @@ class SMTPConnection(_ClosedOnExit):
                 sock.sendall(mail)
                 code, msg = smtp.getreply()
                 if code != 250:
-                    return self._rejected(code, msg, reset=True), code == 421
+                    return self._rejected("MAIL", code, msg, reset=True), code == 421
                 stage = "RCPT"
                 sock.sendall(rcpt)
                 code, msg = smtp.getreply()
                 if not 200 <= code < 300:
-                    return self._rejected(code, msg, reset=True), False
+                    return self._rejected("RCPT", code, msg, reset=True), False
                 sock.sendall(b"DATA\r\n")
                 code, msg = smtp.getreply()
                 if code != 354:
-                    return self._rejected(code, msg, reset=True), False
+                    return self._rejected("DATA", code, msg, reset=True), False
             stage = "DATA"
             sock.sendall(payload)
             if ready is not None:
@@ -476,46 +607,80 @@ class SMTPConnection(_ClosedOnExit):
                     self._drop()  # no "." was sent: the server discards the message
                     raise
             sock.sendall(_END)
-            code, msg = smtp.getreply()
-            return self._rejected(code, msg, reset=False), False
+            stage = "END"
+            smtp.reply_timeout = self._t.data_timeout  # RFC 5321 4.5.3.2.6: 10 minutes
+            try:
+                code, msg = smtp.getreply()
+            finally:
+                smtp.reply_timeout = self._t.timeout
+            return self._rejected("END", code, msg, reset=False), False
         except OSError as exc:
             self._drop()
+            if stage == "END" and isinstance(exc, TimeoutError):
+                # the server has the whole message and said nothing: it may have kept it (RFC 1047)
+                wait = f"{self._t.data_timeout:g} s waiting for the reply to the end of the message"
+                text = f"in doubt: timed out after {wait} (it may have been delivered)"
+                return Outcome(0, text, in_doubt=True), False
             lost = self._fail(0, f"connection lost: {_describe(exc)}")
             return lost, stage == "MAIL" and not self._mail_answered
 
-    def _pipelined(self, smtp: smtplib.SMTP, commands: bytes) -> tuple[Outcome, bool] | None:
+    def _seven_bit(self, payload: Stuffed) -> Stuffed:
+        """The message with 7-bit parts, for a server without 8BITMIME (RFC 6152 forbids 8-bit data there)."""
+        build = payload.seven_bit
+        if build is None:
+            raise TransportError(
+                f"{self._t.where}: the server does not offer 8BITMIME and this message is 8-bit"
+            )
+        return build()
+
+    def _pipelined(self, smtp: _Session, commands: bytes) -> tuple[Outcome, bool] | None:
         """Send MAIL, RCPT and DATA at once (RFC 2920); None once the server says 354."""
         assert smtp.sock is not None
         smtp.sock.sendall(commands)
         code, msg = smtp.getreply()
         self._mail_answered = True
         if code == 421:
-            return self._rejected(code, msg, reset=False), True
-        first_refusal = None if code == 250 else (code, msg)
-        for wanted in (range(200, 300), range(354, 355)):
+            return self._rejected("MAIL", code, msg, reset=False), True
+        first_refusal = None if code == 250 else ("MAIL", code, msg)
+        for stage, wanted in (("RCPT", range(200, 300)), ("DATA", range(354, 355))):
             code, msg = smtp.getreply()
             if code == 421:
-                return self._rejected(code, msg, reset=False), False
+                return self._rejected(stage, code, msg, reset=False), False
             if first_refusal is None and code not in wanted:
-                first_refusal = (code, msg)
+                first_refusal = (stage, code, msg)
         if first_refusal is None:
             return None
         if code == 354:  # the server wants data we will not send: hang up so nothing is delivered
             self._drop()
-            return self._fail(first_refusal[0], _one_line(first_refusal[1])), False
+            stage, code, msg = first_refusal
+            self._refuses_session(stage, code, msg)
+            return self._fail(code, _one_line(msg)), False
         return self._rejected(*first_refusal, reset=True), False
 
-    def _rejected(self, code: int, msg: bytes, *, reset: bool) -> Outcome:
+    def _rejected(self, stage: str, code: int, msg: bytes, *, reset: bool) -> Outcome:
         """Turn a reply into an Outcome; forget the session on 421, reset the transaction after a refusal."""
         if code < 100:
             self._drop()
             return self._fail(0, f"unreadable reply: {_one_line(msg)}")
+        self._refuses_session(stage, code, msg)
         outcome = self._fail(code, _one_line(msg))
         if code == 421 or code < 200:
             self._drop()
         elif reset and not outcome.ok:
             self._reset()
         return outcome
+
+    def _refuses_session(self, stage: str, code: int, msg: bytes) -> None:
+        """Hang up and raise TransportError if a 5xx reply refuses the session, not the recipient."""
+        if refuses_session(stage, code, msg):
+            self._drop()
+            said = {"MAIL": "MAIL FROM", "END": "the end of the message"}.get(stage, stage)
+            raise TransportError(
+                self._t.scrub(
+                    f"{self._t.where}: the server refuses this session, not one reader: {code} "
+                    f"{_one_line(msg)} (in answer to {said}); no reader was marked failed for it"
+                )
+            )
 
     def _reset(self) -> None:
         smtp = self._smtp
@@ -527,6 +692,53 @@ class SMTPConnection(_ClosedOnExit):
             code = 0
         if code != 250:
             self._drop()
+
+
+_ENHANCED = re.compile(rb"\s*5\.(\d{1,3})\.(\d{1,3})(?!\d)")
+_SESSION_CODES = frozenset({500, 501, 502, 503, 504, 530, 534, 535, 538})
+_RECIPIENT_POLICY = frozenset({1, 2, 17, 18})  # 5.7.1 not authorised, 5.7.2 list expansion, 5.7.17/18
+
+
+def refuses_session(stage: str, code: int, msg: bytes) -> bool:
+    """Whether a 5xx reply refuses the whole session (every reader) rather than this one recipient.
+
+    A refusal that is not about the recipient would, if recorded as that reader's permanent failure,
+    fail reader after reader until max_consecutive_failures (52 of 100 readers "failed" behind a 530 to
+    MAIL FROM, left unmailed by every rerun). So the stage of the reply comes first, then its enhanced
+    status code (RFC 3463), then the basic code:
+
+    - MAIL FROM carries only the sender, the same for every message: any 5xx refuses the session. So
+      does a 5xx to the DATA command: the recipient was accepted, the transaction is refused.
+    - 500-504 (our command), 530/534/535/538 (log in first, mechanism too weak, bad credentials,
+      encryption needed) refuse the session at any stage.
+    - 5.1.x (the address) and 5.2.x (the mailbox), 5.4.x (routing to the recipient's domain) and the
+      recipient's own policy 5.7.1/5.7.2/5.7.17/5.7.18 refuse the recipient; but 5.1.7/5.1.8 are the
+      sender's address.
+    - 5.3.x (the mail system: full, not accepting, message too big for it), 5.5.x (protocol), 5.6.x
+      (content the server cannot take, the same message for all) and every other 5.7.x (login, TLS,
+      sender authentication such as SPF/DKIM/DMARC) refuse the session.
+    - Without a telling enhanced code (or with 5.0.x), a 5xx to RCPT or to the end of the message refuses
+      that recipient or this reader's message, as RFC 5321 uses 550/551/552/553/554 there.
+    """
+    if not 500 <= code < 600:
+        return False
+    if stage in ("MAIL", "DATA") or code in _SESSION_CODES:
+        return True
+    enhanced = _ENHANCED.match(msg)
+    if enhanced is not None:
+        subject, detail = int(enhanced[1]), int(enhanced[2])
+        if subject == 1:
+            return detail in (7, 8)
+        if subject in (2, 4):
+            return False
+        if subject == 7:
+            return detail not in _RECIPIENT_POLICY
+        return subject != 0
+    return False
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
 
 
 def _bad_address(address: str) -> str:

@@ -202,6 +202,8 @@ class _Handler:
         session.host_name = hostname
         if self.owner.pipelining:
             responses.insert(-1, "250-PIPELINING")
+        if not self.owner.eightbitmime:
+            responses = [r for r in responses if r[4:] != "8BITMIME"]
         return responses
 
     async def handle_RCPT(
@@ -386,6 +388,7 @@ class SMTPServer:
         smtputf8: bool = True,
         pipelining: bool = False,
         fast_data: bool = False,
+        eightbitmime: bool = True,
     ) -> None:
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
@@ -394,6 +397,7 @@ class SMTPServer:
         self._holds: list[Hold] = []
         self.users = dict(users or {})
         self.pipelining = pipelining  # advertise PIPELINING, as Postfix and Exim do
+        self.eightbitmime = eightbitmime  # offer 8BITMIME (RFC 6152), as aiosmtpd always does
         self.fast_data = fast_data  # read DATA in chunks, for benchmarks; default is aiosmtpd's own
         kwargs: dict[str, Any] = {
             "server_hostname": "mx.test",
@@ -572,3 +576,179 @@ class SMTPServer:
         with self._lock:
             self._state.auth_attempts.append((user, ok))
         return AuthResult(success=ok, handled=False)
+
+
+@dataclass
+class Script:
+    """What a RawSMTPServer answers at each step; change its fields while the server runs."""
+
+    greeting: bytes = b"220 raw.test ESMTP\r\n"
+    ehlo: bytes = b"250-raw.test\r\n250 HELP\r\n"  # no 8BITMIME, no PIPELINING
+    mail: bytes = b"250 2.1.0 OK\r\n"
+    rcpt: bytes = b"250 2.1.5 OK\r\n"
+    data: bytes = b"354 go ahead\r\n"
+    end: bytes = b"250 2.0.0 queued\r\n"
+    end_delay: float = 0.0  # seconds to wait before answering the end of a message (it is kept at once)
+    close_after_message: bool = False  # hang up after answering each message, without a word
+    trickle: float | None = None  # EHLO answered one continuation line per `trickle` seconds, forever
+    byte_by_byte: bool = False  # every reply written one byte per TCP packet
+    starttls_then: bytes | None = None  # offer STARTTLS, answer 220, then answer the ClientHello with these
+    starttls_injected: bytes = b""  # written with the 220 to STARTTLS, in the same packet (RFC 3207 5)
+
+
+class RawSMTPServer:
+    """SMTP spoken by hand over a plain socket on 127.0.0.1, for faults aiosmtpd cannot make: replies
+    split into single bytes or trickled, a reply to the end of a message that comes late, garbage.
+
+    A message counts as received (and is in `messages`) once its final "." arrived, before any reply,
+    as a real server that commits first and answers second.
+    """
+
+    def __init__(self, script: Script | None = None) -> None:
+        self.script = script or Script()
+        self.host = HOST
+        self._listener = socket.create_server((HOST, 0))
+        self.port = self._listener.getsockname()[1]
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._messages: list[Received] = []
+        self._sessions = 0
+        self._socks: set[socket.socket] = set()
+        self._closed = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> RawSMTPServer:
+        """Accept connections on a thread of its own."""
+        thread = threading.Thread(target=self._accept, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+        return self
+
+    def stop(self) -> None:
+        """Close the listener and every session (waking any server-side wait), and join the threads."""
+        self._closed.set()
+        self._listener.close()
+        with self._lock:
+            socks = list(self._socks)
+        for sock in socks:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        for thread in self._threads:
+            thread.join(timeout=10)
+
+    def __enter__(self) -> RawSMTPServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def messages(self) -> list[Received]:
+        """Every message whose final "." arrived, in order."""
+        with self._lock:
+            return list(self._messages)
+
+    @property
+    def connections(self) -> int:
+        """How many sessions were accepted."""
+        with self._lock:
+            return self._sessions
+
+    def wait_for(self, count: int, timeout: float = 30.0) -> list[Received]:
+        """The first `count` messages, once they arrived; AssertionError at the deadline."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while len(self._messages) < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(
+                        f"expected {count} messages within {timeout}s, got {len(self._messages)}"
+                    )
+                self._cond.wait(left)
+            return list(self._messages[:count])
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                sock, _ = self._listener.accept()
+            except OSError:
+                return
+            with self._lock:
+                self._sessions += 1
+                number = self._sessions
+                self._socks.add(sock)
+            thread = threading.Thread(target=self._session, args=(sock, number), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _write(self, sock: socket.socket, reply: bytes) -> None:
+        if self.script.byte_by_byte:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for i in range(len(reply)):
+                sock.sendall(reply[i : i + 1])
+        else:
+            sock.sendall(reply)
+
+    def _session(self, sock: socket.socket, number: int) -> None:
+        try:
+            with sock, sock.makefile("rb") as reader:
+                self._converse(sock, reader, number)
+        except OSError:
+            pass
+        finally:
+            with self._lock:
+                self._socks.discard(sock)
+
+    def _converse(self, sock: socket.socket, reader: Any, number: int) -> None:
+        script = self.script
+        self._write(sock, script.greeting)
+        mail_from, rcpts = "", []
+        while not self._closed.is_set():
+            line = reader.readline()
+            if not line:
+                return
+            verb = line[:4].upper()
+            if verb in (b"EHLO", b"HELO"):
+                if script.trickle is not None:
+                    while not self._closed.wait(script.trickle):
+                        sock.sendall(b"250-still thinking\r\n")
+                    return
+                ehlo = script.ehlo
+                if script.starttls_then is not None:
+                    ehlo = b"250-raw.test\r\n250 STARTTLS\r\n"
+                self._write(sock, ehlo)
+            elif verb == b"STAR" and script.starttls_then is not None:
+                self._write(sock, b"220 2.0.0 ready to start TLS\r\n" + script.starttls_injected)
+                if sock.recv(4096):  # the client's TLS hello
+                    sock.sendall(script.starttls_then)
+                return
+            elif verb == b"MAIL":
+                mail_from, rcpts = line[10:].split(b">")[0].lstrip(b"<").decode(), []
+                self._write(sock, script.mail)
+            elif verb == b"RCPT":
+                rcpts.append(line[8:].split(b">")[0].lstrip(b"<").decode())
+                self._write(sock, script.rcpt)
+            elif verb == b"DATA":
+                self._write(sock, script.data)
+                if not script.data.startswith(b"354"):
+                    continue
+                body = bytearray()
+                while (chunk := reader.readline()) not in (b".\r\n", b""):
+                    body += chunk[1:] if chunk.startswith(b".") else chunk
+                with self._cond:
+                    self._messages.append(Received(mail_from, tuple(rcpts), bytes(body), number))
+                    self._cond.notify_all()
+                if script.end_delay and self._closed.wait(script.end_delay):
+                    return
+                self._write(sock, script.end)
+                if script.close_after_message:
+                    return
+            elif verb == b"RSET" or verb == b"NOOP":
+                self._write(sock, b"250 2.0.0 OK\r\n")
+            elif verb == b"QUIT":
+                self._write(sock, b"221 2.0.0 bye\r\n")
+                return
+            else:
+                self._write(sock, b"502 5.5.2 not implemented\r\n")
