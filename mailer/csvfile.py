@@ -3,20 +3,23 @@
 A file is opened once and read in two passes. The first (`scan`) checks what no single row can show: a quote
 that is never closed turns every line after it into one field, so the rows it swallows are not bad rows but
 missing ones; a line that is not UTF-8 means the file as a whole was saved in another encoding. Either
-refuses the file before any row is used. The first pass also keeps a digest of every 64 KB block; the second
-pass (`records`) checks each block against it before parsing a line of it and stops at the size that was
-checked, so what is used is exactly what was checked, even when the file is edited meanwhile (`FileChanged`).
-Every record knows the physical lines it spans.
+refuses the file before any row is used. The first pass also keeps a digest of every 64 KB block and the
+SHA-256 of the whole (the file's identity, from the same bytes: no pass of its own), and can hand each row to
+the caller (to count what it will use); the second pass (`records`) checks each block against its digest
+before parsing a line of it and stops at the size that was checked, so what is used is exactly what was
+checked, even when the file is edited meanwhile (`FileChanged`). Every record knows the physical lines it
+spans.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 import re
 import stat
 from array import array
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from hashlib import blake2b
 from pathlib import Path
 from typing import NamedTuple
@@ -70,6 +73,7 @@ class CsvFile:
         self.digests = array("Q")  # one per block, in order, recorded by the first pass
         self.size: int | None = None  # bytes the scan read; later passes stop there
         self.mtime = 0
+        self.sha256 = ""  # hex SHA-256 of the bytes the scan read
 
     def close(self) -> None:
         """Close the file (safe to call twice)."""
@@ -95,26 +99,37 @@ class CsvFile:
         if checked:
             self._check_unchanged()
 
-    def scan(self, delimiter: str | None, *, after: int, consequence: str) -> int:
+    def scan(
+        self,
+        delimiter: str | None,
+        *,
+        after: int,
+        consequence: str,
+        each: Callable[[int, list[str]], None] | None = None,
+    ) -> int:
         """Read the whole file once; return how many non-blank records follow line `after` (the header).
 
         Raises SubscriberError naming the first problem line when a quote swallows lines or a line is not
-        UTF-8 text; `consequence` ends the message ("nothing was sent").
+        UTF-8 text; `consequence` ends the message ("nothing was sent"). With a delimiter, `each` gets (line,
+        cells) of every non-blank record after `after` that reads as CSV, as the scan passes it (a record
+        that spans lines is one the scan refuses at its end). Sets `sha256` from the bytes read.
         """
         self.mtime = os.fstat(self.fd).st_mtime_ns
-        lines = _Lines(self)
+        whole = hashlib.sha256()
+        lines = _Lines(self, whole)
         if delimiter is None:  # one record a line: nothing can span lines
             count = sum(1 for r in _parse(lines, None) if r.first > after and not r.blank)
             spans: list[tuple[int, int, bool]] = []
             last: list[str] = []
         else:
-            count, spans, last = _structure(lines, delimiter, after)
+            count, spans, last = _structure(lines, delimiter, after, each)
         problems = [(first, _quote_problem(first, end, limit, lines.number)) for first, end, limit in spans]
         spanned_to_end = bool(spans) and spans[-1][1] == lines.number
         if not spanned_to_end and any("\n" in cell for cell in last):  # a quote opened on the last line
             problems.append((lines.number, "a quoted field opens on this line and is never closed"))
         problems.extend(lines.fatal.items())
         self.size = lines.offset
+        self.sha256 = whole.hexdigest()
         if problems:
             raise SubscriberError(_refusal(self.path, sorted(problems), consequence))
         return count
@@ -195,12 +210,12 @@ def _refusal(path: Path, problems: list[tuple[int, str]], consequence: str) -> s
 
 
 def _structure(
-    lines: _Lines, delimiter: str, after: int
+    lines: _Lines, delimiter: str, after: int, each: Callable[[int, list[str]], None] | None
 ) -> tuple[int, list[tuple[int, int, bool]], list[str]]:
     """The scan's own loop over the records, without making them (the check costs ~0.5 µs a row).
 
     Returns the non-blank records after line `after`, the (first, last, past the field limit) lines of each
-    record that spans lines, and the last record's cells.
+    record that spans lines, and the last record's cells; hands each counted record to `each`.
     """
     reader = csv.reader(lines, delimiter=delimiter)
     count = 0
@@ -215,6 +230,8 @@ def _structure(
                     spans.append((previous + 1, line, False))
                 if previous >= after and cells and (cells[0].strip() or any(c.strip() for c in cells)):
                     count += 1
+                    if each is not None:
+                        each(line, cells)
                 previous = line
             return count, spans, cells
         except csv.Error as exc:
@@ -260,8 +277,9 @@ class _Lines:
     be too long.
     """
 
-    def __init__(self, source: CsvFile) -> None:
+    def __init__(self, source: CsvFile, whole: hashlib._Hash | None = None) -> None:
         self.source = source
+        self.whole = whole  # updated with every block read
         self.number = 0  # lines handed out so far
         self.offset = 0  # bytes of the file read
         self.problems: dict[int, str] = {}
@@ -339,6 +357,8 @@ class _Lines:
         except SubscriberError as exc:
             raise SubscriberError(f"{self.source.path}: {exc}") from None
         self.offset += len(block)
+        if self.whole is not None:
+            self.whole.update(block)
         return block
 
     def problem(self, first: int, last: int) -> str:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import itertools
 import secrets
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -23,7 +21,7 @@ from .progress import ConsoleFeedback
 from .render import Issue, render_issue
 from .schedule import check_age, require_post, resolve_post, today
 from .stopping import StopSignals
-from .subscribers import BadRow, ReadStats, read_subscribers
+from .subscribers import BadRow, ReadStats, Subscriber, read_subscribers
 from .transport import make_transport
 
 
@@ -68,22 +66,38 @@ def warn_checks(issue: Issue, checks: list[Check], console: Console, skip: froze
             )
 
 
-def count_deliverable(
-    db_path: Path, destination: str, issue_id: str, path: Path, *, retry_failed: bool
-) -> int:
+class DeliverableCount:
     """Readers of the list this run will mail: valid, first seen, not suppressed, not already mailed.
 
-    One pass over the list before the first message, for the question asked and the progress bar's total;
-    the send itself reads the list again and decides each reader afresh (an unsubscribe in between counts).
+    Fed by the list's check (the one read before the first message), asked of the record 1,000 at a time,
+    for the question asked and the progress bar's total; the send itself decides each reader afresh as it
+    streams the list (an unsubscribe in between counts).
     """
-    done = {"sent"} if retry_failed else {"sent", "failed"}
-    count = 0
-    rows = read_subscribers(path)  # the send's own read reports bad rows; this one only counts
-    with Ledger(db_path, destination=destination) as ledger:
-        while batch := list(itertools.islice(rows, 1000)):
-            suppressed, states = ledger.states(issue_id, [sub.email for sub in batch])
-            count += sum(sub.key not in suppressed and states.get(sub.key) not in done for sub in batch)
-    return count
+
+    def __init__(self, ledger: Ledger, issue_id: str, *, retry_failed: bool) -> None:
+        self.ledger = ledger
+        self.issue_id = issue_id
+        self.done = {"sent"} if retry_failed else {"sent", "failed"}
+        self.batch: list[Subscriber] = []
+        self.count = 0
+
+    def add(self, subscriber: Subscriber) -> None:
+        """Count one reader the send will come to (once the batch is asked of the record)."""
+        self.batch.append(subscriber)
+        if len(self.batch) == 1000:
+            self._flush()
+
+    def total(self) -> int:
+        """The count, once the check has passed every reader."""
+        self._flush()
+        return self.count
+
+    def _flush(self) -> None:
+        suppressed, states = self.ledger.states(self.issue_id, [sub.email for sub in self.batch])
+        self.count += sum(
+            sub.key not in suppressed and states.get(sub.key) not in self.done for sub in self.batch
+        )
+        self.batch.clear()
 
 
 def write_archive(issue: Issue, factory: MessageFactory, settings: Settings) -> Path:
@@ -160,30 +174,33 @@ def _send(
         raise MailerError("no subscriber list: pass --to FILE or set `subscribers` in mailer.toml")
     if not subscribers_path.is_file():
         raise MailerError(f"{subscribers_path}: no such subscriber list")
-    list_key = list_fingerprint(subscribers_path)
     transport = make_transport(settings)
-    if target.is_dir() and not options.dry_run and not options.retry_failed:
-        with Ledger(settings.db_path, destination=transport.destination) as ledger:
-            if ledger.is_complete(issue.issue_id, list_key):
-                where = "" if transport.destination == SMTP else " (to the local outbox)"
-                note = f"{post_path}: already sent to {subscribers_path}{where}; nothing to do."
-                return SendResult(issue, None, stats, note)
 
     def bad_row(row: BadRow) -> None:
         console.error(f"skipped: {row}")  # a reader not mailed: said even in a quiet run
 
-    # reads the header now: a list without an email column stops the send before anything is said or written
-    subscribers = read_subscribers(subscribers_path, on_bad=bad_row, stats=stats)
-    warn_checks(issue, checks, console, skip_checks)
+    # The one read before the first message: the check (a broken list stops the send before the question, the
+    # web copy or any message), the list's SHA-256 for the record and, for a real send, the count to mail.
     deliverable = 0
+    if options.dry_run:
+        subscribers = read_subscribers(subscribers_path, on_bad=bad_row, stats=stats)
+    else:
+        with Ledger(settings.db_path, destination=transport.destination) as ledger:
+            count = DeliverableCount(ledger, issue.issue_id, retry_failed=options.retry_failed)
+            subscribers = read_subscribers(
+                subscribers_path, on_bad=bad_row, stats=stats, on_checked=count.add
+            )
+            deliverable = count.total()
+            if (
+                target.is_dir()
+                and not options.retry_failed
+                and ledger.is_complete(issue.issue_id, stats.sha256)
+            ):
+                where = "" if transport.destination == SMTP else " (to the local outbox)"
+                note = f"{post_path}: already sent to {subscribers_path}{where}; nothing to do."
+                return SendResult(issue, None, stats, note)
+    warn_checks(issue, checks, console, skip_checks)
     if not options.dry_run:
-        deliverable = count_deliverable(
-            settings.db_path,
-            transport.destination,
-            issue.issue_id,
-            subscribers_path,
-            retry_failed=options.retry_failed,
-        )
         question = (
             f"Send “{issue.subject}” to {deliverable:,} subscriber(s) of {subscribers_path}"
             f" via {transport.description}?"
@@ -208,25 +225,10 @@ def _send(
             options=options,
             feedback=feedback,
             signals=signals,
-            list_key=list_key,
+            list_key=stats.sha256,
             list_path=str(subscribers_path.resolve()),
         )
     return SendResult(issue, report, stats, "", transport.description, deliverable, refused)
-
-
-def list_fingerprint(path: Path) -> str:
-    """What makes two subscriber lists the same list for the record: the same bytes (SHA-256).
-
-    A send is complete per issue and list: another list, or this one with a reader added, is not done.
-    """
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as handle:
-            while chunk := handle.read(1 << 20):
-                digest.update(chunk)
-    except OSError as exc:
-        raise MailerError(f"{path}: cannot read the subscriber list: {exc.strerror}") from None
-    return digest.hexdigest()
 
 
 def send_test(

@@ -2,7 +2,8 @@
 
 The file as a whole is checked first (csvfile: a quote that swallows rows, a file not saved as UTF-8 text),
 so a broken file stops the send before anyone is mailed; after that a bad row costs only that row, named
-with the physical line it starts on.
+with the physical line it starts on. The check is the one pre-pass: it also takes the list's SHA-256 and,
+when asked, hands on every reader the stream will yield, so a send can count them without another read.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class ReadStats:
     """Counts filled in while iterating; rows == valid + invalid + duplicates."""
 
     expected: int = 0  # rows the check before reading found (blank lines not counted)
+    sha256: str = ""  # of the bytes the check read: the list's identity in the delivery record
     rows: int = 0
     valid: int = 0
     invalid: int = 0
@@ -135,19 +137,23 @@ def read_subscribers(
     on_bad: Callable[[BadRow], None] | None = None,
     stats: ReadStats | None = None,
     on_duplicate: Callable[[BadRow], None] | None = None,
+    on_checked: Callable[[Subscriber], None] | None = None,
 ) -> Iterator[Subscriber]:
     """Stream the valid, first-seen subscribers of a CSV file, reporting skipped rows as they pass.
 
     The whole file is checked now, before the first row is used (SubscriberError if it cannot be read,
     has no `email` column, no rows, or a quote that swallows lines: see csvfile); then rows are read
-    lazily, at a flat memory cost. Duplicates go to on_duplicate, never to on_bad. The iterator raises
-    FileChanged if the file changes under it, and SubscriberError at the end if no row was valid.
+    lazily, at a flat memory cost. The check hands on_checked the subscribers the stream will yield, in
+    order (before it knows the file is sound: count them, do not mail them). Duplicates go to
+    on_duplicate, never to on_bad. The iterator raises FileChanged if the file changes under it, and
+    SubscriberError at the end if no row was valid.
     """
     path = Path(path)
     source = CsvFile(path, "subscriber list")
     try:
         names = _read_header(source)
-        expected = source.scan(",", after=1, consequence="nothing was sent")
+        each = None if on_checked is None else _checked_rows(names, on_checked)
+        expected = source.scan(",", after=1, consequence="nothing was sent", each=each)
         if not expected:
             raise SubscriberError(
                 f"{path}: no subscribers in it, only the header line (add one reader a line)"
@@ -157,9 +163,27 @@ def read_subscribers(
         raise
     stats = stats if stats is not None else ReadStats()
     stats.expected = expected
+    stats.sha256 = source.sha256
     rows = _rows(source, names, on_bad, stats, on_duplicate)
     next(rows)  # enters the generator's `with`, so the file is closed even if no row is ever asked for
     return cast(Iterator[Subscriber], rows)
+
+
+def _checked_rows(names: list[str], use: Callable[[Subscriber], None]) -> Callable[[int, list[str]], None]:
+    """The scan's per-row hook: the rows `_rows` would yield, decided by the same rules, passed to `use`."""
+    seen = DigestSet()
+    email_at = names.index("email")
+    columns = [(i, name) for i, name in enumerate(names) if name]
+
+    def each(line: int, cells: list[str]) -> None:
+        try:
+            subscriber = _subscriber(cells, columns, email_at, line)
+        except _BadValue:
+            return  # the stream names it
+        if seen.add(_digest(dedupe_key(subscriber.email))):
+            use(subscriber)
+
+    return each
 
 
 def _read_header(source: CsvFile) -> list[str]:

@@ -601,7 +601,7 @@ def test_a_second_list_gets_the_issue_the_first_list_already_got(
     assert "already sent;" not in err
     everyone = ["a1@example.com", "both@example.com", "b1@example.com", "b2@example.com"]
     assert recipients(smtp_server) == Counter({e: 1 for e in everyone})
-    code, err = daily(list_a)  # list A again: done, nothing read or sent
+    code, err = daily(list_a)  # list A again: done: checked once, nothing sent
     assert code == 0 and f"already sent to {list_a}; nothing to do" in err
     write_list(list_a, ["a1@example.com", "both@example.com", "late@example.com"])
     code, err = daily(list_a)  # list A with a reader added is not done: the newcomer gets it
