@@ -566,51 +566,13 @@ class Ledger:
             return None
         return Delivery(row[0], row[1], row[2], row[3], _time(row[4]))
 
-    def mark_sending(self, issue_id: str, email: str) -> int:
-        """Claim a delivery just before handing it to the server; return its attempt number."""
-        with self.transaction():
-            row = self._write(
-                "INSERT INTO deliveries (issue_id, destination, email, state, attempts, updated_at)"
-                " VALUES (?, ?, ?, 'sending', 1, ?)"
-                " ON CONFLICT (issue_id, destination, email) DO UPDATE SET state = 'sending',"
-                " attempts = attempts + 1, updated_at = excluded.updated_at"
-                " WHERE deliveries.state != 'sent' RETURNING attempts",
-                (issue_id, self.destination, dedupe_key(email), _now()),
-            ).fetchone()
-            if row is None:
-                raise MailerError(f"issue {issue_id}: {email} was already sent; not sending again")
-            return int(row[0])
-
-    def mark_sent(self, issue_id: str, email: str, code: int, reply: str) -> None:
-        """Record that the server accepted the message."""
-        self._outcome(issue_id, email, "sent", code, reply)
-
-    def mark_failed(self, issue_id: str, email: str, code: int, reply: str, *, permanent: bool) -> None:
-        """Record a refusal: permanent ('failed') or temporary ('deferred', to retry)."""
-        self._outcome(issue_id, email, "failed" if permanent else "deferred", code, reply)
-
-    def _outcome(self, issue_id: str, email: str, state: str, code: int, reply: str) -> None:
-        # An outcome without a mark_sending claim before it still counts as an attempt.
-        with self.transaction():
-            row = self._write(
-                "INSERT INTO deliveries"
-                " (issue_id, destination, email, state, attempts, last_code, last_reply, updated_at)"
-                " VALUES (?, ?, ?, ?, 1, ?, ?, ?)"
-                " ON CONFLICT (issue_id, destination, email) DO UPDATE SET state = excluded.state,"
-                " attempts = attempts + (deliveries.state != 'sending'),"
-                " last_code = excluded.last_code, last_reply = excluded.last_reply,"
-                " updated_at = excluded.updated_at"
-                " WHERE deliveries.state != 'sent' RETURNING state",
-                (issue_id, self.destination, dedupe_key(email), state, code, reply, _now()),
-            ).fetchone()
-            if row is None:
-                raise MailerError(f"issue {issue_id}: {email} is already recorded as sent")
-
     def record_outcomes(self, issue_id: str, outcomes: Sequence[tuple[str, str, int, str]]) -> None:
         """Record many (email, state, code, reply) outcomes in one commit: one fsync for a whole batch.
 
-        Like mark_sent/mark_failed, except that a delivery already recorded as sent is left as it is
-        instead of raising, so one odd row cannot roll back the records of messages that went out.
+        The one way deliveries are written. Each outcome is an attempt, except one that settles a message
+        in doubt ('sending': handed to the server, fate unknown), which was counted when it was handed
+        over. A delivery already recorded as sent is left as it is, so one odd row cannot roll back the
+        records of messages that went out, nor anyone be recorded as not mailed who was.
         """
         for _, state, _, _ in outcomes:
             if state not in ("sent", "deferred", "failed", "sending"):

@@ -31,6 +31,13 @@ def ledger(db: Path) -> Iterator[Ledger]:
         yield led
 
 
+def record(
+    ledger: Ledger, email: str, state: str, code: int = 250, reply: str = "ok", issue: str = ISSUE
+) -> None:
+    """One outcome, written as the send loop writes it."""
+    ledger.record_outcomes(issue, [(email, state, code, reply)])
+
+
 def test_creates_folder_wal_file_and_schema_version(db: Path) -> None:
     with Ledger(db):
         pass
@@ -100,11 +107,12 @@ def test_a_version_1_database_is_migrated(db: Path) -> None:
 
 def test_delivery_states_and_attempts(ledger: Ledger) -> None:
     assert ledger.delivery(ISSUE, "ann@example.com") is None
-    assert ledger.mark_sending(ISSUE, "Ann@Example.com") == 1
+    record(ledger, "Ann@Example.com", "sending", 0, "connection lost after the message")  # in doubt
     d = ledger.delivery(ISSUE, "ann@example.com")
-    assert d is not None and (d.state, d.attempts, d.last_code) == ("sending", 1, None)
+    assert d is not None and (d.state, d.attempts, d.last_code) == ("sending", 1, 0)
 
-    ledger.mark_failed(ISSUE, "ann@example.com", 451, "4.7.1 try later", permanent=False)
+    # settling the message in doubt is not another attempt
+    record(ledger, "ann@example.com", "deferred", 451, "4.7.1 try later")
     d = ledger.delivery(ISSUE, "ANN@EXAMPLE.COM")
     assert d is not None
     assert (d.state, d.attempts, d.last_code, d.last_reply) == (
@@ -114,34 +122,40 @@ def test_delivery_states_and_attempts(ledger: Ledger) -> None:
         "4.7.1 try later",
     )
 
-    assert ledger.mark_sending(ISSUE, "ann@example.com") == 2
-    ledger.mark_sent(ISSUE, "ann@example.com", 250, "2.0.0 queued as 1234")
+    record(ledger, "ann@example.com", "sending", 0, "lost again")  # the second attempt, in doubt
+    d = ledger.delivery(ISSUE, "ann@example.com")
+    assert d is not None and (d.state, d.attempts) == ("sending", 2)
+    record(ledger, "ann@example.com", "sent", 250, "2.0.0 queued as 1234")
     d = ledger.delivery(ISSUE, "ann@example.com")
     assert d is not None and (d.state, d.attempts, d.last_code) == ("sent", 2, 250)
     assert d.updated_at.tzinfo is not None
 
-    with pytest.raises(MailerError, match="already sent"):
-        ledger.mark_sending(ISSUE, "ann@example.com")
-    with pytest.raises(MailerError, match="already recorded as sent"):
-        ledger.mark_failed(ISSUE, "ann@example.com", 550, "no", permanent=True)
+    # a delivery recorded as sent stays sent, whatever is recorded for it later
+    record(ledger, "ann@example.com", "sending", 0, "in doubt")
+    record(ledger, "ann@example.com", "failed", 550, "no")
     d = ledger.delivery(ISSUE, "ann@example.com")
-    assert d is not None and (d.state, d.attempts) == ("sent", 2)
+    assert d is not None and (d.state, d.attempts, d.last_code, d.last_reply) == (
+        "sent",
+        2,
+        250,
+        "2.0.0 queued as 1234",
+    )
 
 
 def test_outcomes_without_a_claim_still_count_attempts(ledger: Ledger) -> None:
-    ledger.mark_failed(ISSUE, "bo@example.com", 421, "busy", permanent=False)
-    ledger.mark_failed(ISSUE, "bo@example.com", 451, "later", permanent=False)
-    ledger.mark_sent(ISSUE, "bo@example.com", 250, "ok")
+    record(ledger, "bo@example.com", "deferred", 421, "busy")
+    record(ledger, "bo@example.com", "deferred", 451, "later")
+    record(ledger, "bo@example.com", "sent", 250, "ok")
     d = ledger.delivery(ISSUE, "bo@example.com")
     assert d is not None and (d.state, d.attempts, d.last_code) == ("sent", 3, 250)
 
 
 def test_reset_failed_turns_permanent_failures_into_fresh_retries(ledger: Ledger) -> None:
     for who in ("a", "b"):
-        ledger.mark_sending(ISSUE, f"{who}@example.com")
-        ledger.mark_failed(ISSUE, f"{who}@example.com", 550, "no such user", permanent=True)
-    ledger.mark_failed(ISSUE, "c@example.com", 451, "later", permanent=False)
-    ledger.mark_sent(ISSUE, "d@example.com", 250, "ok")
+        record(ledger, f"{who}@example.com", "sending", 0, "in doubt")
+        record(ledger, f"{who}@example.com", "failed", 550, "no such user")
+    record(ledger, "c@example.com", "deferred", 451, "later")
+    record(ledger, "d@example.com", "sent", 250, "ok")
     assert ledger.reset_failed(ISSUE) == 2
     a = ledger.delivery(ISSUE, "a@example.com")
     assert a is not None and (a.state, a.attempts, a.last_code) == ("deferred", 0, 550)
@@ -153,7 +167,9 @@ def test_reset_failed_turns_permanent_failures_into_fresh_retries(ledger: Ledger
 
 def test_deliveries_need_a_started_issue(ledger: Ledger) -> None:
     with pytest.raises(MailerError, match="start_issue"):
-        ledger.mark_sending("never-started", "a@example.com")
+        record(ledger, "a@example.com", "sent", issue="never-started")
+    with pytest.raises(MailerError, match="start_issue"):
+        ledger.record_outcomes("never-started", [("a@example.com", "sent", 250, "ok")] * 2)
 
 
 def test_start_issue_changed_post_rule(ledger: Ledger) -> None:
@@ -162,8 +178,8 @@ def test_start_issue_changed_post_rule(ledger: Ledger) -> None:
     assert ledger.status(ISSUE).content_hash == "hash-2"
 
     for who in ("a", "b", "c"):
-        ledger.mark_sent(ISSUE, f"{who}@example.com", 250, "ok")
-    ledger.mark_failed(ISSUE, "d@example.com", 550, "no", permanent=True)
+        record(ledger, f"{who}@example.com", "sent")
+    record(ledger, "d@example.com", "failed", 550, "no")
     with pytest.raises(MailerError) as info:
         ledger.start_issue(ISSUE, "hash-3", "Monday's post, fixed again")
     assert str(info.value) == (
@@ -182,11 +198,11 @@ def test_start_issue_changed_post_rule(ledger: Ledger) -> None:
 
 
 def test_status_groups_failures_and_issues_lists_newest_first(ledger: Ledger) -> None:
-    ledger.mark_sent(ISSUE, "a@example.com", 250, "ok")
+    record(ledger, "a@example.com", "sent")
     for i in range(3):
-        ledger.mark_failed(ISSUE, f"gone{i}@example.com", 550, "5.1.1 no such user", permanent=True)
-    ledger.mark_failed(ISSUE, "full@example.com", 452, "4.2.2 mailbox full", permanent=False)
-    ledger.mark_sending(ISSUE, "flight@example.com")
+        record(ledger, f"gone{i}@example.com", "failed", 550, "5.1.1 no such user")
+    record(ledger, "full@example.com", "deferred", 452, "4.2.2 mailbox full")
+    record(ledger, "flight@example.com", "sending", 0, "in doubt")
     status = ledger.status(ISSUE)
     assert status.counts == {"sent": 1, "failed": 3, "deferred": 1, "sending": 1}
     assert status.total == 6
@@ -210,8 +226,8 @@ def test_transaction_commits_once_and_rolls_back_on_error(ledger: Ledger, db: Pa
     with Ledger(db) as other:
         with ledger.transaction():
             for i in range(10):
-                ledger.mark_sending(ISSUE, f"u{i}@example.com")
-                ledger.mark_sent(ISSUE, f"u{i}@example.com", 250, "ok")
+                record(ledger, f"u{i}@example.com", "sending", 0, "in doubt")
+                record(ledger, f"u{i}@example.com", "sent")
             with ledger.transaction():  # a nested block joins the outer one
                 ledger.suppress("nested@example.com", source="test")
             # nothing is visible to another connection before the one commit at the end
@@ -221,12 +237,12 @@ def test_transaction_commits_once_and_rolls_back_on_error(ledger: Ledger, db: Pa
         assert other.is_suppressed("nested@example.com")
 
         with pytest.raises(RuntimeError), ledger.transaction():
-            ledger.mark_sending(ISSUE, "lost@example.com")
+            record(ledger, "lost@example.com", "sent")
             ledger.suppress("lost@example.com", source="test")
             raise RuntimeError("crash mid-batch")
         assert ledger.delivery(ISSUE, "lost@example.com") is None
         assert not other.is_suppressed("lost@example.com")
-        ledger.mark_sending(ISSUE, "after@example.com")  # the ledger is usable afterwards
+        record(ledger, "after@example.com", "sent")  # the ledger is usable afterwards
         assert other.delivery(ISSUE, "after@example.com") is not None
 
 
@@ -264,7 +280,7 @@ with Ledger(Path(sys.argv[1])) as ledger:
 
 def test_a_second_process_waits_for_an_open_transaction_then_writes(ledger: Ledger, db: Path) -> None:
     with ledger.transaction():
-        ledger.mark_sending(ISSUE, "a@example.com")
+        record(ledger, "a@example.com", "sent")
         proc = subprocess.Popen([sys.executable, "-c", WRITER, str(db)], stdout=subprocess.PIPE, text=True)
         try:
             assert proc.stdout is not None
