@@ -15,7 +15,6 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from .errors import MailerError, SendAborted, TransportError
 from .ledger import Ledger
@@ -94,12 +93,28 @@ class Feedback:
         """A signal stops the send: said at once, since the messages in flight may take a while."""
 
 
+class Clock:
+    """The send loop's time: when a retry falls due, when the rate limit lets a message start.
+
+    Passed in, so a test can give the loop a clock whose waits pass at once (a 30 s retry delay in no time).
+    """
+
+    def now(self) -> float:
+        """Seconds on a clock that never goes back."""
+        return time.monotonic()
+
+    def wait(self, seconds: float, stop: threading.Event) -> None:
+        """Let `seconds` pass, fewer if `stop` is set meanwhile."""
+        stop.wait(seconds)
+
+
 class RateLimiter:
     """A start-time schedule shared by all connections: message k starts no sooner than k / rate."""
 
-    def __init__(self, rate: float) -> None:
+    def __init__(self, rate: float, clock: Clock) -> None:
         self.interval = 1.0 / rate if rate > 0 else 0.0
-        self.next = time.monotonic()
+        self.clock = clock
+        self.next = clock.now()
         self.lock = threading.Lock()
 
     def wait(self, stop: threading.Event) -> None:
@@ -107,12 +122,12 @@ class RateLimiter:
         if not self.interval:
             return
         with self.lock:
-            now = time.monotonic()
+            now = self.clock.now()
             slot = max(now, self.next)
             self.next = slot + self.interval
         delay = slot - now
         if delay > 0:
-            stop.wait(delay)
+            self.clock.wait(delay, stop)
 
 
 @dataclass(order=True)
@@ -149,14 +164,9 @@ class _Recorder:
     BATCH = 1000
 
     def __init__(
-        self,
-        db_path: Path,
-        destination: str,
-        issue_id: str,
-        outcomes: queue.Queue[tuple[_Job, Outcome | None, str]],
+        self, ledger: Ledger, issue_id: str, outcomes: queue.Queue[tuple[_Job, Outcome | None, str]]
     ):
-        self.db_path = db_path
-        self.destination = destination
+        self.ledger = ledger  # the loop's; this thread writes through a connection of its own to its file
         self.issue_id = issue_id
         self.outcomes = outcomes
         self.inbox: queue.SimpleQueue[_Record | None] = queue.SimpleQueue()
@@ -184,7 +194,7 @@ class _Recorder:
     def _run(self) -> None:
         ledger: Ledger | None = None
         try:
-            ledger = Ledger(self.db_path, destination=self.destination)
+            ledger = self.ledger.reopen()
             stopping = False
             while not stopping:
                 item = self.inbox.get()
@@ -259,21 +269,22 @@ class _Pool:
     def __init__(
         self,
         transport: Transport,
-        db_path: Path,
+        ledger: Ledger,
         issue_id: str,
         sender: str,
         connections: int,
         rate: float,
+        clock: Clock,
         stop: threading.Event | None = None,
     ) -> None:
         self.jobs: queue.Queue[_Job | None] = queue.Queue(maxsize=connections)
         self.outcomes: queue.Queue[tuple[_Job, Outcome | None, str]] = queue.Queue()
         self.stop = stop or threading.Event()  # set: stop now, calling off messages short of their "."
-        self.limiter = RateLimiter(rate)
+        self.limiter = RateLimiter(rate, clock)
         self.transport = transport
         self.sender = sender
         self.in_flight = 0
-        self.recorder = _Recorder(db_path, transport.destination, issue_id, self.outcomes)
+        self.recorder = _Recorder(ledger, issue_id, self.outcomes)
         self.threads = [
             threading.Thread(target=self._work, name=f"mailer-conn-{i}", daemon=True)
             for i in range(connections)
@@ -363,47 +374,46 @@ def run_send(
     factory: MessageFactory,
     transport: Transport,
     subscribers: Iterable[Subscriber],
-    db_path: Path,
+    ledger: Ledger,
     sender: str,
     options: SendOptions,
     feedback: Feedback,
     signals: StopSignals,
+    clock: Clock | None = None,
     list_key: str = "",
     list_path: str = "",
 ) -> Report:
     """Send (or dry-run) one issue to a subscriber stream; resumable, never mailing anyone twice.
 
-    `list_key` names the list (a fingerprint of its contents): a run that reaches everyone on it is
-    recorded as complete for that list only. Everything is recorded for the transport's destination.
+    `ledger` is the delivery record, opened for the transport's destination by the caller (who closes
+    it); the loop reads it in this thread, and a recorder thread writes it through a connection of its
+    own. `list_key` names the list (a fingerprint of its contents): a run that reaches everyone on it is
+    recorded as complete for that list only.
     """
     report = Report(issue_id)
-    ledger = Ledger(db_path, destination=transport.destination)
-    try:
-        ledger.start_issue(
-            issue_id,
-            content_hash,
-            subject,
-            allow_changed=options.allow_changed,
-            allow_resend=options.allow_resend,
-        )
-        if options.retry_failed and not options.dry_run:
-            report.reset = ledger.reset_failed(issue_id)
-        if options.dry_run:
-            for sub in _unsent(ledger, issue_id, subscribers, report, retry_failed=options.retry_failed):
-                if sub is not None:
-                    report.would_send += 1
-                    feedback.would_send(sub)
-            return report
-        run_id = ledger.start_run(issue_id, list_key, list_path)  # fails on a full disk: nothing sent yet
-        loop = _Loop(
-            ledger, issue_id, factory, transport, db_path, sender, options, feedback, report, signals
-        )
-        loop.run(subscribers)
-        if report.complete:
-            ledger.finish_run(run_id)
+    ledger.start_issue(
+        issue_id,
+        content_hash,
+        subject,
+        allow_changed=options.allow_changed,
+        allow_resend=options.allow_resend,
+    )
+    if options.retry_failed and not options.dry_run:
+        report.reset = ledger.reset_failed(issue_id)
+    if options.dry_run:
+        for sub in _unsent(ledger, issue_id, subscribers, report, retry_failed=options.retry_failed):
+            if sub is not None:
+                report.would_send += 1
+                feedback.would_send(sub)
         return report
-    finally:
-        ledger.close()
+    run_id = ledger.start_run(issue_id, list_key, list_path)  # fails on a full disk: nothing sent yet
+    loop = _Loop(
+        ledger, issue_id, factory, transport, sender, options, feedback, report, signals, clock or Clock()
+    )
+    loop.run(subscribers)
+    if report.complete:
+        ledger.finish_run(run_id)
+    return report
 
 
 SWITCH_INTERVAL = 0.0005  # seconds, while a send runs (see _Loop.run)
@@ -446,14 +456,15 @@ class _Loop:
         issue_id: str,
         factory: MessageFactory,
         transport: Transport,
-        db_path: Path,
         sender: str,
         options: SendOptions,
         feedback: Feedback,
         report: Report,
         signals: StopSignals,
+        clock: Clock,
     ) -> None:
         self.ledger = ledger
+        self.clock = clock
         self.signals = signals
         self.issue_id = issue_id
         self.factory = factory
@@ -465,7 +476,7 @@ class _Loop:
         self.consecutive_failures = 0
         self.fatal = ""
         self.pool = _Pool(
-            transport, db_path, issue_id, sender, options.connections, options.rate, signals.hurry
+            transport, ledger, issue_id, sender, options.connections, options.rate, clock, signals.hurry
         )
 
     def run(self, subscribers: Iterable[Subscriber]) -> None:
@@ -493,7 +504,12 @@ class _Loop:
                 self._submit(_Job(0.0, next(self.seq), sub))
             while not self.fatal and (self.pool.in_flight or self.retries):
                 self._submit_due_retries()
-                self._collect(self._wait_time())
+                if self.pool.in_flight:
+                    self._collect(0.2)
+                elif self.retries:  # nothing out: only the clock can bring the next retry
+                    self.clock.wait(
+                        max(0.0, min(1.0, self.retries[0].due - self.clock.now())), self.pool.stop
+                    )
             self.signals.stopping = True  # from here a signal must not raise: it would abandon the pool
         except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM (StopSignals), or Ctrl-C outside the main thread
             interrupted = exc
@@ -514,13 +530,6 @@ class _Loop:
         if self.report.stopped_because:
             raise SendAborted(self.report.stopped_because)
 
-    def _wait_time(self) -> float:
-        if self.pool.in_flight:
-            return 0.2
-        if self.retries:
-            return max(0.0, min(1.0, self.retries[0].due - time.monotonic()))
-        return 0.0
-
     def _submit(self, job: _Job) -> None:
         sub = job.sub
         job.data = self.factory.build_stuffed(sub.email, sub.name, sub.fields)
@@ -533,7 +542,7 @@ class _Loop:
         self._collect(0.0)
 
     def _submit_due_retries(self) -> None:
-        now = time.monotonic()
+        now = self.clock.now()
         while self.retries and self.retries[0].due <= now and not self.fatal:
             job = heapq.heappop(self.retries)
             if self.ledger.is_suppressed(job.sub.email):  # unsubscribed while waiting for its retry
@@ -600,4 +609,4 @@ class _Loop:
         else:
             delay = self.options.retry_delay * 2 ** (job.attempt - 1)
         doubted = job.doubted or outcome.in_doubt
-        return _Job(time.monotonic() + delay, next(self.seq), job.sub, job.attempt + 1, doubted=doubted)
+        return _Job(self.clock.now() + delay, next(self.seq), job.sub, job.attempt + 1, doubted=doubted)

@@ -190,6 +190,7 @@ class Ledger:
             raise ValueError(f"not a destination: {destination!r}")
         self.path = Path(path)
         self.destination = destination
+        self.timeout = timeout
         self._depth = 0
         self._conn: sqlite3.Connection | None = None
         if create:
@@ -302,6 +303,10 @@ class Ledger:
         self._db.execute("DROP VIEW v2_destinations")
         for table in ("deliveries", "runs", "issues"):
             self._db.execute(f"DROP TABLE {table}_v2")
+
+    def reopen(self) -> Ledger:
+        """Another connection to this file and destination, for another thread (one connection per thread)."""
+        return Ledger(self.path, timeout=self.timeout, destination=self.destination)
 
     def in_place(self) -> bool:
         """Whether the file at the path is still the one this connection opened.

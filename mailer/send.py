@@ -212,7 +212,10 @@ def _send(
         console.note(f"Sending {issue.issue_id} to {deliverable:,} subscriber(s) via {transport.description}")
         feedback.start(deliverable)
 
-    with nullcontext() if options.dry_run else issue_lock(settings.db_path, issue.issue_id):
+    with (
+        nullcontext() if options.dry_run else issue_lock(settings.db_path, issue.issue_id),
+        Ledger(settings.db_path, destination=transport.destination) as ledger,
+    ):
         report = run_send(
             issue_id=issue.issue_id,
             content_hash=issue.post.content_hash,
@@ -220,7 +223,7 @@ def _send(
             factory=factory,
             transport=transport,
             subscribers=subscribers,
-            db_path=settings.db_path,
+            ledger=ledger,
             sender=settings.from_email,
             options=options,
             feedback=feedback,

@@ -55,11 +55,6 @@ class Outcome:
         """The server refused the message for good (5xx); do not retry it."""
         return 500 <= self.code < 600
 
-    @property
-    def temporary(self) -> bool:
-        """Neither delivered nor refused for good (4xx, no reply, anything odd): retry later."""
-        return not (self.ok or self.permanent)
-
     def __str__(self) -> str:
         return f"{self.code} {self.text}" if self.code else self.text
 
@@ -115,11 +110,6 @@ class Stuffed(bytes):
     """
 
     seven_bit: Callable[[], Stuffed] | None = None
-
-
-def stuff(data: bytes) -> bytes:
-    """The DATA payload for a message: CRLF line ends, leading dots doubled, ending in CRLF.CRLF."""
-    return stuffed_body(data) + _END
 
 
 def unstuff(data: Stuffed) -> bytes:
@@ -289,14 +279,6 @@ class SMTPTransport:
         """A new connection, opened on its first send() or open()."""
         return SMTPConnection(self)
 
-    def check(self) -> str:
-        """Open one session (TLS, AUTH) and close it; raise TransportError if that fails."""
-        with self.connect() as conn:
-            outcome = conn.open()
-            if not outcome.ok:
-                raise TransportError(outcome.text if outcome.code == 0 else str(outcome))
-            return outcome.text
-
     def scrub(self, text: str) -> str:
         """The text with the password masked, should a server ever echo it."""
         if self._password and self._password in text:
@@ -365,12 +347,6 @@ class SMTPConnection(_ClosedOnExit):
     def connected(self) -> bool:
         """Whether a session is open right now."""
         return self._smtp is not None
-
-    def open(self) -> Outcome:
-        """Connect, secure and log in now unless already connected; Outcome(0, ...) if that fails."""
-        if self._smtp is not None:
-            return Outcome(250, f"connected to {self._t.where}")
-        return self._connect() or Outcome(250, f"connected to {self._t.where}")
 
     def send(
         self, sender: str, recipient: str, data: bytes, ready: Callable[[], None] | None = None

@@ -326,16 +326,20 @@ def test_when_the_record_cannot_be_written_nothing_is_delivered(
 ) -> None:
     from types import MappingProxyType
 
-    from mailer.campaign import _Job, _Pool
+    from mailer.campaign import Clock, _Job, _Pool
     from mailer.config import Settings
+    from mailer.ledger import Ledger
     from mailer.subscribers import Subscriber
     from mailer.transport import SMTPTransport
 
     server = smtp_servers(pipelining=True)
     settings = Settings(smtp_host=server.host, smtp_port=server.port, smtp_security="none", smtp_timeout=5.0)
-    blocker = tmp_path / "a-file"
-    blocker.write_text("not a folder")
-    pool = _Pool(SMTPTransport(settings), blocker / "state" / "mailer.db", "i1", "a@example.com", 2, 0.0)
+    state = tmp_path / "state"
+    ledger = Ledger(state / "mailer.db")
+    # the loop's record is open, but the recorder's own connection cannot be: its folder is now a file
+    shutil.rmtree(state)
+    state.write_text("not a folder")
+    pool = _Pool(SMTPTransport(settings), ledger, "i1", "a@example.com", 2, 0.0, Clock())
     try:
         for i in range(3):
             sub = Subscriber(f"r{i}@example.com", "", MappingProxyType({}), i + 2)
@@ -343,6 +347,7 @@ def test_when_the_record_cannot_be_written_nothing_is_delivered(
         results = [pool.outcomes.get(timeout=10) for _ in range(2)]  # each connection stops at its first
     finally:
         unsent = pool.shutdown()
+        ledger.close()
     assert all(outcome is None and "cannot record deliveries" in error for _, outcome, error in results)
     assert len(unsent) == 1 and pool.outcomes.empty()
     assert server.messages == []  # no "." was ever sent: the server discarded every message

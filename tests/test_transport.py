@@ -20,7 +20,7 @@ from mailer.transport import (
     SMTPConnection,
     SMTPTransport,
     make_transport,
-    stuff,
+    stuffed_body,
 )
 from tests.smtpd import SMTPServer, TLSFiles
 
@@ -85,8 +85,8 @@ def test_outcome_classes_are_exclusive() -> None:
         (554, "permanent"),
     ]:
         outcome = Outcome(code, "x")
-        assert [outcome.ok, outcome.temporary, outcome.permanent].count(True) == 1
-        assert getattr(outcome, kind)
+        # temporary is what is neither: retried later
+        assert (outcome.ok, outcome.permanent) == (kind == "ok", kind == "permanent")
 
 
 def test_delivers_8bit_utf8_byte_for_byte(server: SMTPServer, connect) -> None:
@@ -114,8 +114,9 @@ def test_normalises_bare_line_ends_and_adds_the_final_crlf(server: SMTPServer, c
 
 
 def test_stuff_doubles_leading_dots_only() -> None:
-    assert stuff(b".a\r\nb.c\r\n.\r\n") == b"..a\r\nb.c\r\n..\r\n.\r\n"
-    assert stuff(b"x") == b"x\r\n.\r\n"
+    # the final ".CRLF" goes apart, once the message may be delivered
+    assert stuffed_body(b".a\r\nb.c\r\n.\r\n") == b"..a\r\nb.c\r\n..\r\n"
+    assert stuffed_body(b"x") == b"x\r\n"
 
 
 def test_reuses_one_connection_for_many_messages(server: SMTPServer, connect) -> None:
@@ -136,7 +137,7 @@ def test_refused_recipient_affects_only_its_message(server: SMTPServer, connect)
     refused = conn.send(SENDER, "gone@example.com", message())
     after = conn.send(SENDER, "c@example.com", message())
     assert first.ok and after.ok
-    assert refused.code == 550 and refused.permanent and not refused.temporary
+    assert refused.code == 550 and refused.permanent and not refused.ok
     assert "no such user" in refused.text and "\n" not in refused.text
     got = server.wait_for(2)
     assert [m.rcpt_tos for m in got] == [("a@example.com",), ("c@example.com",)]
@@ -157,7 +158,7 @@ def test_451_is_temporary_and_a_retry_succeeds(server: SMTPServer, connect) -> N
     conn = connect()
     tries = [conn.send(SENDER, "busy@example.com", message()) for _ in range(3)]
     assert [o.code for o in tries[:2]] == [451, 451]
-    assert all(o.temporary and not o.permanent for o in tries[:2])
+    assert all(not o.ok and not o.permanent for o in tries[:2])
     assert tries[2].ok
     assert len(server.wait_for(1)) == 1
     assert server.connections == 1
@@ -177,7 +178,7 @@ def test_421_and_hang_up_then_next_send_reconnects(server: SMTPServer, connect) 
     conn = connect()
     assert conn.send(SENDER, "a@example.com", message()).ok
     dropped = conn.send(SENDER, "b@example.com", message())
-    assert dropped.code == 421 and dropped.temporary
+    assert dropped.code == 421 and not dropped.ok and not dropped.permanent
     assert not conn.connected
     assert conn.send(SENDER, "c@example.com", message()).ok
     got = server.wait_for(2)
@@ -215,7 +216,7 @@ def test_reset_during_data_is_temporary_then_next_send_works(server: SMTPServer,
     server.reset_on("victim@example.com")
     conn = connect()
     lost = conn.send(SENDER, "victim@example.com", message())
-    assert lost.code == 0 and lost.temporary
+    assert lost.code == 0 and not lost.ok and not lost.permanent
     assert lost.text.startswith("connection lost: ")
     assert conn.send(SENDER, "next@example.com", message()).ok
     assert [m.rcpt_tos for m in server.wait_for(1)] == [("next@example.com",)]
@@ -233,7 +234,7 @@ def test_reply_slower_than_timeout_is_temporary(smtp_server: SMTPServer, connect
     smtp_server.delay(1.5)
     conn = connect(smtp_timeout=0.3, smtp_data_timeout=0.3)  # the reply to "." has its own timeout
     slow = conn.send(SENDER, "a@example.com", message())
-    assert slow.code == 0 and slow.temporary and "timed out" in slow.text
+    assert slow.code == 0 and not slow.ok and not slow.permanent and "timed out" in slow.text
     assert slow.in_doubt  # the server had the whole message: it may have kept it
     smtp_server.delay(0)
     assert conn.send(SENDER, "b@example.com", message()).ok
@@ -246,7 +247,7 @@ def test_connection_refused_is_temporary_and_names_the_server() -> None:
         settings = Settings(smtp_host="127.0.0.1", smtp_port=port, smtp_security="none")
         with make_transport(settings).connect() as conn:  # type: ignore[attr-defined]
             outcome = conn.send(SENDER, "a@example.com", message())
-    assert outcome.code == 0 and outcome.temporary
+    assert outcome.code == 0 and not outcome.ok and not outcome.permanent
     assert outcome.text == f"127.0.0.1:{port}: connection refused"
 
 
@@ -257,8 +258,8 @@ def test_starttls_certificate_is_verified_by_default(
     with pytest.raises(TransportError, match=f"^127.0.0.1:{server.port}: .*certificate"):
         connect(server, smtp_security="starttls").send(SENDER, "a@example.com", message())
     transport = SMTPTransport(settings_for(server, smtp_security="starttls"))
-    with pytest.raises(TransportError, match="certificate"):
-        transport.check()
+    with transport.connect() as conn, pytest.raises(TransportError, match="certificate"):
+        conn.send(SENDER, "b@example.com", message())  # a second connection, refused the same way
     assert server.messages == []
 
 

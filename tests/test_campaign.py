@@ -1,0 +1,79 @@
+"""The send loop driven directly: a real delivery record on tmp_path, a real SMTP server, its own clock."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from types import MappingProxyType
+
+from mailer.campaign import Clock, Feedback, SendOptions, run_send
+from mailer.config import Settings
+from mailer.ledger import Ledger
+from mailer.message import make_factory
+from mailer.post import load_post
+from mailer.render import render_issue
+from mailer.stopping import StopSignals
+from mailer.subscribers import Subscriber
+from mailer.transport import make_transport
+from tests.smtpd import SMTPServer
+
+ISSUE = "2026-02-09"
+
+
+class FakeClock(Clock):
+    """A clock whose waits pass at once: time moves only when the loop waits on it."""
+
+    def __init__(self) -> None:
+        self.time = 1e9  # far from time.monotonic(): a mix-up of the two clocks shows
+        self.waits: list[float] = []
+        self._lock = threading.Lock()
+
+    def now(self) -> float:
+        with self._lock:
+            return self.time
+
+    def wait(self, seconds: float, stop: threading.Event) -> None:
+        with self._lock:
+            self.waits.append(seconds)
+            self.time += seconds
+
+
+def subscriber(email: str, line: int) -> Subscriber:
+    return Subscriber(email, "", MappingProxyType({"email": email}), line)
+
+
+def test_the_loop_sends_records_and_retries_on_its_own_clock(
+    smtp_server: SMTPServer, smtp_settings: Settings, post: Path, tmp_path: Path
+) -> None:
+    smtp_server.fail("bo@example.com", 451, times=1)  # deferred once, then taken
+    smtp_server.fail("cy@example.com", 550)  # refused for good
+    issue = render_issue(load_post(post), smtp_settings)
+    clock = FakeClock()
+    subscribers = [subscriber(f"{who}@example.com", n) for n, who in enumerate(("ann", "bo", "cy"), 2)]
+    with Ledger(tmp_path / "record.db") as ledger:
+        report = run_send(
+            issue_id=ISSUE,
+            content_hash=issue.post.content_hash,
+            subject=issue.subject,
+            factory=make_factory(issue, smtp_settings),
+            transport=make_transport(smtp_settings),
+            subscribers=subscribers,
+            ledger=ledger,
+            sender=smtp_settings.from_email,
+            options=SendOptions(connections=2, retry_delay=3600.0, max_attempts=3),
+            feedback=Feedback(),
+            signals=StopSignals(),
+            clock=clock,
+        )
+        assert (report.sent, report.retries, report.failed_permanent, report.pending) == (2, 1, 1, 0)
+        # the hour's retry delay went by on the loop's clock, not in real time
+        assert clock.now() - 1e9 >= 3600.0 and sum(clock.waits) >= 3600.0
+        received = sorted(rcpt for m in smtp_server.messages for rcpt in m.rcpt_tos)
+        assert received == ["ann@example.com", "bo@example.com"]  # one copy each
+        # the recorder thread wrote through its own connection; the loop's ledger reads it
+        bo = ledger.delivery(ISSUE, "bo@example.com")
+        assert bo is not None and (bo.state, bo.attempts, bo.last_code) == ("sent", 2, 250)
+        cy = ledger.delivery(ISSUE, "cy@example.com")
+        assert cy is not None and (cy.state, cy.attempts, cy.last_code) == ("failed", 1, 550)
+        assert ledger.status(ISSUE).counts == {"sent": 2, "failed": 1}
+        assert not ledger.is_complete(ISSUE, "")  # one reader failed: the run is not complete
