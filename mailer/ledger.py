@@ -24,6 +24,8 @@ from .subscribers import dedupe_key
 T = TypeVar("T")
 SCHEMA_VERSION = 3
 STATES = ("sending", "sent", "deferred", "failed")
+# what a person reads for each state: 'sending' is the record's name for a message whose fate is unknown
+LABELS = {"sending": "in doubt", "sent": "sent", "deferred": "deferred", "failed": "failed"}
 # Where a send's messages went. The record is kept apart per destination: a try-out in the local outbox
 # mails no one, so it must never make a send over SMTP skip a reader (nor the other way round).
 SMTP = "smtp"
@@ -131,7 +133,7 @@ class IssueStatus(IssueSummary):
 
     def format(self) -> str:
         """Render the status as a few lines for the terminal."""
-        counts = ", ".join(f"{self.count(s)} {s}" for s in STATES if self.count(s)) or "nothing yet"
+        counts = ", ".join(f"{self.count(s)} {LABELS[s]}" for s in STATES if self.count(s)) or "nothing yet"
         lines = [
             f"{self.issue_id}: {self.subject}",
             f"  {_WHERE[self.destination]}: {counts} ({self.total} in all)",
@@ -140,7 +142,7 @@ class IssueStatus(IssueSummary):
             lines.append(f"  complete since {self.completed_at.isoformat(sep=' ', timespec='seconds')}")
         for group in self.failures:
             code = "no reply" if group.code is None else str(group.code)
-            lines.append(f"  {group.count} {group.state}: {code} {group.reply}".rstrip())
+            lines.append(f"  {group.count} {LABELS[group.state]}: {code} {group.reply}".rstrip())
         return "\n".join(lines)
 
 

@@ -212,6 +212,7 @@ def test_status_groups_failures_and_issues_lists_newest_first(ledger: Ledger) ->
     ]
     text = status.format()
     assert "3 failed: 550 5.1.1 no such user" in text and "6 in all" in text
+    assert "1 in doubt" in text and "sending" not in text  # the record's word is not the reader's
 
     ledger.start_issue("2026-02-10", "hash-x", "Tuesday's post")
     summaries = ledger.issues()
