@@ -627,6 +627,10 @@ class RawSMTPServer:
     def stop(self) -> None:
         """Close the listener and every session (waking any server-side wait), and join the threads."""
         self._closed.set()
+        try:  # close() alone leaves a thread blocked in accept() asleep (Linux): shutdown wakes it
+            self._listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self._listener.close()
         with self._lock:
             socks = list(self._socks)
