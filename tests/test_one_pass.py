@@ -9,8 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.publisher import env_for
 from tests.smtpd import SMTPServer
-from tests.test_send import env_for, recipients, run, send_args, write_list
+from tests.test_send import recipients, run, send_args, write_list
 
 
 def _bytes_read_by_the_question(args: list[str], env: dict[str, str]) -> tuple[int, str]:

@@ -21,7 +21,7 @@ from click.testing import CliRunner
 
 from mailer.cli import cli
 from mailer.ledger import Ledger
-from tests import publisher
+from tests.publisher import env_for
 from tests.smtpd import SMTPServer, TLSFiles
 
 
@@ -29,20 +29,6 @@ def write_list(path: Path, emails: list[str], extra: str = "") -> Path:
     lines = ["email,name"] + [f"{e},Reader {i}" for i, e in enumerate(emails)]
     path.write_text("\n".join(lines) + "\n" + extra, encoding="utf-8")
     return path
-
-
-def env_for(server: SMTPServer, tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {
-        **publisher.ENV,
-        "MAILER_SMTP_HOST": server.host,
-        "MAILER_SMTP_PORT": str(server.port),
-        "MAILER_SMTP_SECURITY": "none",
-        "MAILER_SMTP_TIMEOUT": "5",
-        "MAILER_DATA_DIR": str(tmp_path / "state"),
-        "MAILER_RETRY_DELAY": "0.05",
-    }
-    env.update(extra)
-    return env
 
 
 def run(args: list[str], env: dict[str, str]) -> tuple[int, str, str]:

@@ -19,7 +19,7 @@ from mailer.config import Settings
 from mailer.errors import ExitStatus, TransportError
 from mailer.ledger import Ledger
 from mailer.transport import Outcome, SMTPTransport, refuses_session
-from tests import publisher
+from tests.publisher import env_for
 from tests.smtpd import RawSMTPServer, Script, SMTPServer, TLSFiles
 from tests.test_send import _spawn, run, send_args, write_list
 
@@ -45,20 +45,6 @@ def raw_servers() -> Iterator[Callable[..., RawSMTPServer]]:
     yield start
     for server in started:
         server.stop()
-
-
-def env_for(server: RawSMTPServer | SMTPServer, tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {
-        **publisher.ENV,
-        "MAILER_SMTP_HOST": server.host,
-        "MAILER_SMTP_PORT": str(server.port),
-        "MAILER_SMTP_SECURITY": "none",
-        "MAILER_SMTP_TIMEOUT": "5",
-        "MAILER_DATA_DIR": str(tmp_path / "state"),
-        "MAILER_RETRY_DELAY": "0.05",
-    }
-    env.update(extra)
-    return env
 
 
 def states(tmp_path: Path, emails: list[str]) -> Counter[str]:
