@@ -235,10 +235,10 @@ class Ledger:
                 self._script(_SUPPRESSIONS)
                 if version == 0:
                     self._script(_RECORD_TABLES)
-                if version == 1:
-                    self._from_v1()
-                if version in (1, 2):
-                    self._from_v2()
+                    version = 3  # _RECORD_TABLES is schema 3; every later schema is a step from it
+                upgrades = {1: self._from_v1, 2: self._from_v2}
+                for step in range(version, SCHEMA_VERSION):
+                    upgrades[step]()  # from schema `step` to `step + 1`, in one transaction with the rest
                 self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _script(self, script: str) -> None:
