@@ -14,7 +14,6 @@ import struct
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from http.client import HTTPConnection
 from pathlib import Path
@@ -271,14 +270,11 @@ def test_editing_the_post_or_a_template_refreshes_the_page(
     post.write_text(
         text.replace(f"title: {TITLE}", "title: Edited while the preview is open"), encoding="utf-8"
     )
-    started = time.monotonic()
     expect(page.locator("#subject")).to_have_text("Edited while the preview is open", timeout=WAIT_MS)
-    elapsed = time.monotonic() - started
     phone_title = page.frame_locator("#frame-phone").locator("h1").first
     expect(phone_title).to_have_text("Edited while the preview is open")
     assert page.evaluate("window.__before_edit") is None  # the page reloaded; nobody restarted anything
     assert visible(page, "#frame-phone") and not visible(page, "#frame-desktop")  # still the phone view
-    assert elapsed < 5, elapsed
 
     html = (templates / "email.html").read_text(encoding="utf-8")
     (templates / "email.html").write_text(
