@@ -3,6 +3,18 @@
 Delivery status notifications and complaint (ARF) reports read from a mailbox, ESP webhooks received by
 `mailer serve`, and recipients refused for good during a send all become `Bounce` values, so one policy
 decides who is suppressed, and every suppression can say which report, issue and server reply caused it.
+
+The calls every source uses:
+
+- `policy.record_bounces(ledger, bounces, settings) -> policy.Recorded`: keeps each report (idempotent by
+  (report_id, address): a report read twice counts once) and suppresses by the policy; one transaction.
+- `envelope.from_return_path(ledger, settings, keyring, address) -> Recipient | None`: the (issue_id, email)
+  a VERP address `bounce+TOKEN@domain` names; None when the token's signature is wrong (a forged bounce) or
+  no bounce_address is set. `keyring = tokens.load_keyring(settings, create=False)`.
+- `envelope.from_message_id(ledger, message_id) -> Recipient | None`: the same from a Message-ID a DSN
+  quotes, for sites without a bounce address (unsigned: anyone who saw the message can quote it).
+- `envelope.ReturnPaths(bounce_address, keyring).address(issue_id, email)`: the encoder the send uses
+  (MessageFactory.envelope_sender).
 """
 
 from __future__ import annotations

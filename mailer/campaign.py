@@ -137,6 +137,7 @@ class _Job:
     sub: Subscriber = field(compare=False)
     attempt: int = field(compare=False, default=1)
     data: bytes = field(compare=False, default=b"")
+    sender: str = field(compare=False, default="")  # MAIL FROM: its own signed bounce address (VERP)
     doubted: bool = field(compare=False, default=False)  # an earlier attempt was in doubt
 
 
@@ -271,7 +272,6 @@ class _Pool:
         transport: Transport,
         ledger: Ledger,
         issue_id: str,
-        sender: str,
         connections: int,
         rate: float,
         clock: Clock,
@@ -282,7 +282,6 @@ class _Pool:
         self.stop = stop or threading.Event()  # set: stop now, calling off messages short of their "."
         self.limiter = RateLimiter(rate, clock)
         self.transport = transport
-        self.sender = sender
         self.in_flight = 0
         self.recorder = _Recorder(ledger, issue_id, self.outcomes)
         self.threads = [
@@ -316,7 +315,7 @@ class _Pool:
                     self.outcomes.put((job, None, ""))
                     continue
                 try:
-                    outcome = conn.send(self.sender, job.sub.email, job.data, ready)
+                    outcome = conn.send(job.sender, job.sub.email, job.data, ready)
                 except TransportError as exc:  # the server refuses us as a whole: this connection is done
                     self.outcomes.put((job, None, str(exc)))
                     return
@@ -375,7 +374,6 @@ def run_send(
     transport: Transport,
     subscribers: Iterable[Subscriber],
     ledger: Ledger,
-    sender: str,
     options: SendOptions,
     feedback: Feedback,
     signals: StopSignals,
@@ -407,9 +405,7 @@ def run_send(
                 feedback.would_send(sub)
         return report
     run_id = ledger.start_run(issue_id, list_key, list_path)  # fails on a full disk: nothing sent yet
-    loop = _Loop(
-        ledger, issue_id, factory, transport, sender, options, feedback, report, signals, clock or Clock()
-    )
+    loop = _Loop(ledger, issue_id, factory, transport, options, feedback, report, signals, clock or Clock())
     loop.run(subscribers)
     if report.complete:
         ledger.finish_run(run_id)
@@ -456,7 +452,6 @@ class _Loop:
         issue_id: str,
         factory: MessageFactory,
         transport: Transport,
-        sender: str,
         options: SendOptions,
         feedback: Feedback,
         report: Report,
@@ -476,7 +471,7 @@ class _Loop:
         self.consecutive_failures = 0
         self.fatal = ""
         self.pool = _Pool(
-            transport, ledger, issue_id, sender, options.connections, options.rate, clock, signals.hurry
+            transport, ledger, issue_id, options.connections, options.rate, clock, signals.hurry
         )
 
     def run(self, subscribers: Iterable[Subscriber]) -> None:
@@ -533,6 +528,7 @@ class _Loop:
     def _submit(self, job: _Job) -> None:
         sub = job.sub
         job.data = self.factory.build_stuffed(sub.email, sub.name, sub.fields)
+        job.sender = self.factory.envelope_sender(sub.email)
         while not self.pool.submit(job, timeout=0.05):
             self._collect(0.0)
             self._submit_due_retries()

@@ -87,6 +87,10 @@ class Settings:
     sample_email: str = "subscriber@example.com"
     test_subject_prefix: str = "[TEST] "  # marks the subject of `send --test` messages
     clip_warn_bytes: int = 102_000
+    # bounces and complaints (docs/bounces.md)
+    bounce_address: str = ""  # set: each message's envelope sender is bounce+TOKEN@domain (VERP)
+    soft_bounce_limit: int = 3  # soft bounces (4.x.x) of different messages that suppress an address...
+    soft_bounce_days: int = 14  # ...when they fall within this many days
 
     @property
     def db_path(self) -> Path:
@@ -325,6 +329,8 @@ RANGES: dict[str, tuple[float, float, str]] = {
     "max_consecutive_failures": (0, 1_000_000, "0 (never stop) to 1000000"),
     "max_age_days": (0, 36_500, "0 to 36500 days"),
     "clip_warn_bytes": (0, 100_000_000, "0 to 100000000 bytes"),
+    "soft_bounce_limit": (1, 1000, "1 to 1000"),
+    "soft_bounce_days": (1, 3650, "1 to 3650 days"),
 }
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _LIST_ID = re.compile(rf"{_ATOM}(?:\.{_ATOM})+")
@@ -340,6 +346,24 @@ def _address(name: str, value: str, where: str) -> str:
         raise ConfigError(f"{where}: {value!r} is not an email address: {exc}") from None
     if not address.isascii():
         raise ConfigError(f"{where}: {value!r} must be an ASCII address (mailer does not use SMTPUTF8)")
+    return address
+
+
+def _bounce_address(value: str, where: str) -> str:
+    """The VERP base: an address whose local part leaves room for "+TOKEN" within 64 octets."""
+    from .envelope import MAX_BOUNCE_LOCAL
+
+    address = _address("bounce_address", value, where)
+    local = address.rpartition("@")[0]
+    if "+" in local:
+        raise ConfigError(
+            f"{where}: {address!r}: no '+' before the @ (mailer adds '+TOKEN' to it for each message)"
+        )
+    if len(local) > MAX_BOUNCE_LOCAL:
+        raise ConfigError(
+            f"{where}: {address!r}: the part before the @ may have at most {MAX_BOUNCE_LOCAL} characters"
+            " (mailer adds a 33-character '+TOKEN' to it, and servers refuse more than 64)"
+        )
     return address
 
 
@@ -374,6 +398,8 @@ def _check(s: Settings, sources: Mapping[str, str]) -> Settings:
             raise ConfigError(f"{where('reply_to')}: {s.reply_to!r} must be `address` or `Name <address>`")
         address = _address("reply_to", parts[1], where("reply_to"))
         changes["reply_to"] = f"{parts[0]} <{address}>" if parts[0] else address
+    if s.bounce_address:
+        changes["bounce_address"] = _bounce_address(s.bounce_address, where("bounce_address"))
     for name in ("list_id", "old_list_ids"):
         for list_id in filter(None, (v.strip() for v in getattr(s, name).split(","))):
             if len(list_id) > 200 or not _LIST_ID.fullmatch(list_id):

@@ -17,12 +17,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .bounces import Bounce
+from .envelope import Recipient, message_tag
 from .errors import MailerError
 from .private import FILE_MODE, make_folder, open_new, restrict
 from .subscribers import dedupe_key
 
 T = TypeVar("T")
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 STATES = ("sending", "sent", "deferred", "failed")
 # what a person reads for each state: 'sending' is the record's name for a message whose fate is unknown
 LABELS = {"sending": "in doubt", "sent": "sent", "deferred": "deferred", "failed": "failed"}
@@ -78,6 +80,26 @@ CREATE TABLE IF NOT EXISTS suppressions (
     reason TEXT NOT NULL DEFAULT '',
     created_at TEXT NOT NULL
 );
+"""
+
+
+# One row per report and address (a DSN may name several); report_id is the report's own id, so a report
+# read twice (a mailbox read again, a webhook delivered twice) is one row.
+_BOUNCES = """
+CREATE TABLE bounces (
+    report_id TEXT NOT NULL,
+    email TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('hard', 'soft', 'complaint')),
+    status TEXT NOT NULL,
+    diagnostic TEXT NOT NULL,
+    issue_id TEXT,
+    source TEXT NOT NULL,
+    at TEXT NOT NULL,
+    recorded_at TEXT NOT NULL,
+    PRIMARY KEY (report_id, email)
+) WITHOUT ROWID;
+CREATE INDEX bounces_by_issue ON bounces(issue_id, kind);
+CREATE INDEX bounces_by_email ON bounces(email, kind, at);
 """
 
 
@@ -148,20 +170,25 @@ class IssueStatus(IssueSummary):
 
 @dataclass(frozen=True, slots=True)
 class Suppression:
-    """An address that must not be mailed again, and who said so."""
+    """An address that must not be mailed again, who said so and why."""
 
     email: str
-    source: str  # e.g. 'web', 'one-click', 'manual', 'import', 'bounce'
-    reason: str
+    source: (
+        str  # 'web', 'one-click', 'manual', 'import'; for a bounce, its Bounce.source ('smtp', 'dsn', ...)
+    )
+    reason: str  # free text; a bounce's is one of policy.REASONS
     created_at: datetime
+    issue_id: str | None = None  # the issue whose bounce or complaint caused it
+    status: str = ""  # the report's enhanced status code
+    diagnostic: str = ""  # the reporting server's words
 
 
 _WHERE = {SMTP: "over SMTP", OUTBOX: "to the local outbox (no one mailed)"}
 
 _RECORD = (
     "INSERT INTO deliveries"
-    " (issue_id, destination, email, state, attempts, last_code, last_reply, updated_at)"
-    " VALUES (?, ?, ?, ?, 1, ?, ?, ?)"
+    " (issue_id, destination, email, state, attempts, last_code, last_reply, updated_at, tag)"
+    " VALUES (?, ?, ?, ?, 1, ?, ?, ?, ?)"
     " ON CONFLICT (issue_id, destination, email) DO UPDATE SET state = excluded.state,"
     " attempts = attempts + (deliveries.state != 'sending'),"
     " last_code = excluded.last_code, last_reply = excluded.last_reply, updated_at = excluded.updated_at"
@@ -175,6 +202,13 @@ def _now() -> str:
 
 def _time(text: str) -> datetime:
     return datetime.fromisoformat(text)
+
+
+def _utc(when: datetime) -> str:
+    """A moment as the record writes it (UTC, ISO 8601), so text order is time order."""
+    if when.tzinfo is None:
+        raise ValueError("a naive datetime: give the time zone")
+    return when.astimezone(UTC).isoformat(timespec="microseconds")
 
 
 class Ledger:
@@ -236,7 +270,7 @@ class Ledger:
                 if version == 0:
                     self._script(_RECORD_TABLES)
                     version = 3  # _RECORD_TABLES is schema 3; every later schema is a step from it
-                upgrades = {1: self._from_v1, 2: self._from_v2}
+                upgrades = {1: self._from_v1, 2: self._from_v2, 3: self._from_v3}
                 for step in range(version, SCHEMA_VERSION):
                     upgrades[step]()  # from schema `step` to `step + 1`, in one transaction with the rest
                 self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -305,6 +339,24 @@ class Ledger:
         self._db.execute("DROP VIEW v2_destinations")
         for table in ("deliveries", "runs", "issues"):
             self._db.execute(f"DROP TABLE {table}_v2")
+
+    def _from_v3(self) -> None:
+        # Bounces (issue 14): each delivery keeps its message's tag, which the Message-ID and the signed
+        # envelope sender carry, so a bounce names its reader; reports are kept, counted once each; a
+        # suppression says which issue, status and diagnostic caused it. Deliveries recorded before keep
+        # the tag of their key: the Message-IDs mailer sent them with, for all but addresses whose domain
+        # was not ASCII.
+        self._db.create_function("mailer_tag", 2, message_tag, deterministic=True)
+        self._db.execute("ALTER TABLE deliveries ADD COLUMN tag BLOB")
+        self._db.execute("UPDATE deliveries SET tag = mailer_tag(issue_id, email)")
+        self._db.execute("CREATE INDEX deliveries_by_tag ON deliveries(tag)")
+        for column in (
+            "issue_id TEXT",
+            "status TEXT NOT NULL DEFAULT ''",
+            "diagnostic TEXT NOT NULL DEFAULT ''",
+        ):
+            self._db.execute(f"ALTER TABLE suppressions ADD COLUMN {column}")
+        self._script(_BOUNCES)
 
     def reopen(self) -> Ledger:
         """Another connection to this file and destination, for another thread (one connection per thread)."""
@@ -586,7 +638,16 @@ class Ledger:
                 raise ValueError(f"not an outcome state: {state!r}")
         now = _now()
         rows = [
-            (issue_id, self.destination, dedupe_key(email), state, code, reply, now)
+            (
+                issue_id,
+                self.destination,
+                key := dedupe_key(email),
+                state,
+                code,
+                reply,
+                now,
+                message_tag(issue_id, key),
+            )
             for email, state, code, reply in outcomes
         ]
         if len(rows) == 1 and not self._depth:
@@ -633,14 +694,57 @@ class Ledger:
         )
         return cursor.rowcount
 
+    def tagged(self, tag: bytes) -> Recipient | None:
+        """The (issue, reader) of the message with this tag (envelope.message_tag), over SMTP first."""
+        row = self._one(
+            "SELECT issue_id, email FROM deliveries WHERE tag = ? ORDER BY destination = 'smtp' DESC LIMIT 1",
+            (tag,),
+        )
+        return None if row is None else Recipient(row[0], row[1])
+
+    # --- bounces ----------------------------------------------------------------------------------
+
+    def add_bounce(self, bounce: Bounce) -> bool:
+        """Keep one report about one address; False if this report about it was kept before."""
+        b = bounce
+        cursor = self._write(
+            "INSERT INTO bounces"
+            " (report_id, email, kind, status, diagnostic, issue_id, source, at, recorded_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (report_id, email) DO NOTHING",
+            (b.report_id, dedupe_key(b.email), b.kind, b.status, b.diagnostic, b.issue_id, b.source,
+             _utc(b.at), _now()),
+        )  # fmt: skip
+        return cursor.rowcount == 1
+
+    def soft_bounces(self, email: str, since: datetime, until: datetime) -> list[tuple[datetime, str]]:
+        """(when, which message) of the address's soft bounces in a span, oldest first.
+
+        The message is its issue, or the report itself when the report did not say which issue.
+        """
+        rows = self._all(
+            "SELECT at, coalesce('issue ' || issue_id, 'report ' || report_id) FROM bounces"
+            " WHERE email = ? AND kind = 'soft' AND at >= ? AND at <= ? ORDER BY at",
+            (dedupe_key(email), _utc(since), _utc(until)),
+        )
+        return [(_time(at), message) for at, message in rows]
+
     # --- suppression list -------------------------------------------------------------------------
 
-    def suppress(self, email: str, *, source: str, reason: str = "") -> bool:
-        """Never mail this address again; True if it was not suppressed before."""
+    def suppress(
+        self,
+        email: str,
+        *,
+        source: str,
+        reason: str = "",
+        issue_id: str | None = None,
+        status: str = "",
+        diagnostic: str = "",
+    ) -> bool:
+        """Never mail this address again; True if it was not suppressed before (the first reason stays)."""
         cursor = self._write(
-            "INSERT INTO suppressions (email, source, reason, created_at) VALUES (?, ?, ?, ?)"
-            " ON CONFLICT (email) DO NOTHING",
-            (dedupe_key(email), source, reason, _now()),
+            "INSERT INTO suppressions (email, source, reason, created_at, issue_id, status, diagnostic)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (email) DO NOTHING",
+            (dedupe_key(email), source, reason, _now(), issue_id, status, diagnostic),
         )
         return cursor.rowcount == 1
 
@@ -659,12 +763,12 @@ class Ledger:
         after = ""
         while True:
             rows = self._all(
-                "SELECT email, source, reason, created_at FROM suppressions WHERE email > ?"
-                " ORDER BY email LIMIT ?",
+                "SELECT email, source, reason, created_at, issue_id, status, diagnostic FROM suppressions"
+                " WHERE email > ? ORDER BY email LIMIT ?",
                 (after, page),
             )
-            for email, source, reason, created in rows:
-                yield Suppression(email, source, reason, _time(created))
+            for email, source, reason, created, issue_id, status, diagnostic in rows:
+                yield Suppression(email, source, reason, _time(created), issue_id, status, diagnostic)
             if len(rows) < page:
                 return
             after = rows[-1][0]

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import binascii
 import dataclasses
-import hashlib
 import secrets
 import time
 from collections.abc import Callable, Mapping
 from email.utils import formatdate
 
 from .config import Settings
+from .envelope import ReturnPaths, message_tag
 from .headers import NAME_MAX, encode_text, mailbox, normalize_email, one_line, split_mailbox
 from .render import Issue, Part
 from .tokens import load_keyring, unsubscribe_mailto, unsubscribe_url
@@ -27,11 +27,13 @@ class MessageFactory:
         *,
         sign: Callable[[str], str],
         dkim: Callable[[bytes], bytes] | None = None,
+        return_paths: ReturnPaths | None = None,
     ) -> None:
         self.issue = issue
         self.settings = settings
         self.sign = sign
         self.dkim = dkim
+        self.return_paths = return_paths
         self.domain = settings.sender_domain
         self._date_cache: tuple[int, bytes] = (0, b"")
         boundary = "==mailer-" + secrets.token_hex(12)
@@ -58,11 +60,17 @@ class MessageFactory:
         self._seven: tuple[bytes, bytes, tuple[bytes, ...], tuple[bytes, ...]] | None = None
 
     def message_id(self, email: str) -> str:
-        """A Message-ID that is the same every time this issue goes to this subscriber."""
-        digest = hashlib.blake2b(
-            f"{self.issue.issue_id}\0{email.lower()}".encode(), digest_size=10
-        ).hexdigest()
-        return f"<{self.issue.issue_id}.{digest}@{self.domain}>"
+        """A Message-ID that is the same every time this issue goes to this subscriber.
+
+        It carries the message's tag (envelope.message_tag), so a bounce that quotes it names the reader.
+        """
+        return f"<{self.issue.issue_id}.{message_tag(self.issue.issue_id, email).hex()}@{self.domain}>"
+
+    def envelope_sender(self, email: str) -> str:
+        """MAIL FROM for this subscriber's message: its own signed bounce address, else from_email."""
+        if self.return_paths is None:
+            return self.settings.from_email
+        return self.return_paths.address(self.issue.issue_id, email)
 
     def unsubscribe_url(self, email: str) -> str:
         """The subscriber's own unsubscribe link."""
@@ -272,6 +280,11 @@ def make_factory(
     """The factory with the shared unsubscribe key (made on first use) and DKIM when configured."""
     keyring = load_keyring(settings, notify=notify)
     list_id = settings.token_scope
+    return_paths = ReturnPaths(settings.bounce_address, keyring) if settings.bounce_address else None
     return MessageFactory(
-        issue, settings, sign=lambda email: keyring.sign(email, list_id), dkim=dkim_signer(settings)
+        issue,
+        settings,
+        sign=lambda email: keyring.sign(email, list_id),
+        dkim=dkim_signer(settings),
+        return_paths=return_paths,
     )

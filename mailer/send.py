@@ -224,7 +224,6 @@ def _send(
             transport=transport,
             subscribers=subscribers,
             ledger=ledger,
-            sender=settings.from_email,
             options=options,
             feedback=feedback,
             signals=signals,
@@ -265,7 +264,9 @@ def send_test(
     transport = make_transport(settings)
     conn = transport.connect()
     try:
-        outcome = conn.send(settings.from_email, email, factory.build_stuffed(email, settings.sample_name))
+        outcome = conn.send(
+            factory.envelope_sender(email), email, factory.build_stuffed(email, settings.sample_name)
+        )
     finally:
         conn.close()
     if not outcome.ok:

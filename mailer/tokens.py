@@ -64,7 +64,7 @@ class _Signer:
 class Keyring:
     """The current signing key and the old ones that still verify."""
 
-    __slots__ = ("_signers",)
+    __slots__ = ("_signers", "_keys", "_sealers")
 
     def __init__(self, current: str | bytes, old: Iterable[str | bytes] = ()) -> None:
         keys = [current, *old]
@@ -73,7 +73,9 @@ class Keyring:
                 raise ConfigError(
                     f"secret key too short ({len(key)} characters): use at least {MIN_KEY_LENGTH}"
                 )
-        self._signers = [_Signer(k.encode("utf-8") if isinstance(k, str) else bytes(k)) for k in keys]
+        self._keys = [k.encode("utf-8") if isinstance(k, str) else bytes(k) for k in keys]
+        self._signers = [_Signer(k) for k in self._keys]
+        self._sealers: dict[bytes, list[hmac.HMAC]] = {}
 
     def __repr__(self) -> str:
         return f"<Keyring with {len(self._signers)} key(s)>"
@@ -106,6 +108,37 @@ class Keyring:
             for scope in (list_id, *older):
                 found |= hmac.compare_digest(signer.mac(address, scope), mac)
         return address if found else None
+
+    def seal(self, data: bytes, purpose: bytes) -> bytes:
+        """A MAC of `data` for one purpose (a salt other than the unsubscribe links'), with the current key.
+
+        Each purpose gets keys of its own (HMAC of the purpose under the secret), so a value sealed for
+        one use never verifies for another.
+        """
+        h = self._prepared(purpose)[0].copy()
+        h.update(data)
+        return h.digest()
+
+    def opens(self, data: bytes, mac: bytes, purpose: bytes) -> bool:
+        """Whether `mac` (possibly cut short, at least 8 bytes) seals `data` for `purpose` under any key."""
+        if len(mac) < 8:
+            return False
+        found = False
+        for prepared in self._prepared(purpose):  # no early exit: every key costs the same
+            h = prepared.copy()
+            h.update(data)
+            found |= hmac.compare_digest(h.digest()[: len(mac)], mac)
+        return found
+
+    def _prepared(self, purpose: bytes) -> list[hmac.HMAC]:
+        prepared = self._sealers.get(purpose)
+        if prepared is None:
+            prepared = [
+                hmac.new(hmac.new(key, purpose, hashlib.sha256).digest(), digestmod=hashlib.sha256)
+                for key in self._keys
+            ]
+            self._sealers[purpose] = prepared
+        return prepared
 
 
 def _key_file_path(settings: Settings) -> Path:

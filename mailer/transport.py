@@ -339,8 +339,6 @@ class SMTPConnection(_ClosedOnExit):
         self._smtputf8 = False
         self._pipelining = False
         self._mail_answered = False
-        self._sender = ""
-        self._sender_bytes = b""
         self.sessions = 0  # how many times this connection was (re)opened
 
     @property
@@ -548,10 +546,7 @@ class SMTPConnection(_ClosedOnExit):
             encoding = "utf-8"
         if not self._eight_bit and not payload.isascii():
             payload = self._seven_bit(payload)
-        if sender != self._sender:
-            self._sender = sender
-            self._sender_bytes = sender.encode("utf-8")
-        mail = b"MAIL FROM:<" + self._sender_bytes + b">" + suffix + b"\r\n"
+        mail = b"MAIL FROM:<" + sender.encode(encoding) + b">" + suffix + b"\r\n"
         rcpt = b"RCPT TO:<" + recipient.encode(encoding) + b">\r\n"
         stage = "MAIL"
         self._mail_answered = False

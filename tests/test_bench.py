@@ -339,11 +339,11 @@ def test_when_the_record_cannot_be_written_nothing_is_delivered(
     # the loop's record is open, but the recorder's own connection cannot be: its folder is now a file
     shutil.rmtree(state)
     state.write_text("not a folder")
-    pool = _Pool(SMTPTransport(settings), ledger, "i1", "a@example.com", 2, 0.0, Clock())
+    pool = _Pool(SMTPTransport(settings), ledger, "i1", 2, 0.0, Clock())
     try:
         for i in range(3):
             sub = Subscriber(f"r{i}@example.com", "", MappingProxyType({}), i + 2)
-            assert pool.submit(_Job(0.0, i, sub, data=b"Subject: x\r\n\r\nhi\r\n"), timeout=5)
+            assert pool.submit(_Job(0.0, i, sub, data=b"Subject: x\r\n\r\nhi\r\n", sender="a@example.com"), timeout=5)
         results = [pool.outcomes.get(timeout=10) for _ in range(2)]  # each connection stops at its first
     finally:
         unsent = pool.shutdown()

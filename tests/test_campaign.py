@@ -59,7 +59,6 @@ def test_the_loop_sends_records_and_retries_on_its_own_clock(
             transport=make_transport(smtp_settings),
             subscribers=subscribers,
             ledger=ledger,
-            sender=smtp_settings.from_email,
             options=SendOptions(connections=2, retry_delay=3600.0, max_attempts=3),
             feedback=Feedback(),
             signals=StopSignals(),
