@@ -13,6 +13,7 @@ spans.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import os
@@ -290,10 +291,14 @@ class _Lines:
         return self._lines
 
     def _generate(self) -> Iterator[str]:
+        first = self._block(0)
+        if first.startswith(_UTF16_BOMS):
+            yield from self._utf16(first)
+            return
         carry = b""  # the start of a line whose end is in a later block
         skipping = False  # inside an overlong line: drop bytes up to its end
         index = 0
-        while block := self._block(index):
+        while block := (first if index == 0 else self._block(index)):
             index += 1
             if skipping:
                 end = block.find(b"\n") + 1
@@ -318,12 +323,63 @@ class _Lines:
         elif carry:
             yield from self._decoded(carry)
 
+    def _utf16(self, block: bytes) -> Iterator[str]:
+        """The lines of a UTF-16 file (Excel's "Unicode text"), decoded as they come; the BOM says the order.
+
+        Split after decoding, since a \\n byte of UTF-16 can belong to another character; a line is too long
+        past MAX_LINE characters. Bytes that are not UTF-16 (a lone surrogate, an odd last byte) make the
+        line they fall in fatal, as a line not UTF-8 does in a UTF-8 file.
+        """
+        decoder = codecs.getincrementaldecoder("utf-16")()
+        carry = ""  # the start of a line whose end is in a later block
+        skipping = False
+        index = 1
+        while True:
+            final = not block
+            text = self._decode_utf16(decoder, block, final, carry)
+            block = b"" if final else self._block(index)
+            index += 1
+            if skipping:
+                end = text.find("\n") + 1
+                if not end and not final:
+                    continue
+                yield self._too_long()
+                text, skipping = text[end:] if end else "", False
+            data = carry + text
+            cut = len(data) if final else data.rfind("\n") + 1
+            carry = data[cut:]
+            if len(carry) > MAX_LINE:
+                carry, skipping = "", True
+            for line in _LINE.findall(data[:cut]):
+                if len(line) > MAX_LINE:
+                    yield self._too_long()
+                else:
+                    self.number += 1
+                    yield line
+            if final:
+                if skipping:
+                    yield self._too_long()
+                return
+
+    def _decode_utf16(self, decoder: codecs.IncrementalDecoder, block: bytes, final: bool, carry: str) -> str:
+        try:
+            return decoder.decode(block, final)
+        except UnicodeDecodeError as exc:
+            decoder.errors = "replace"
+            text = decoder.decode(block, final)
+            bad = text.find("\ufffd")
+            line = self.number + 1 + (carry + text[: max(bad, 0)]).count("\n")
+            what = (
+                "ends in the middle of a character"
+                if final
+                else f"has bytes that are not UTF-16 ({exc.reason})"
+            )
+            self.fatal.setdefault(line, f"the file is UTF-16 but this line {what}: save the file as UTF-8")
+            return text
+
     def _decoded(self, chunk: bytes) -> Iterator[str]:
-        if not self.number:
-            if chunk.startswith(_BOM):
-                chunk = chunk[len(_BOM) :]
-            elif chunk.startswith(_UTF16_BOMS):
-                self.fatal[1] = "the file is UTF-16 (byte-order mark): save it as UTF-8"
+        if not self.number and chunk.startswith(_BOM):
+            chunk = chunk[len(_BOM) :]
         try:
             lines = _LINE.findall(chunk.decode("utf-8"))
         except UnicodeDecodeError:

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from hashlib import blake2b
 from pathlib import Path
 from types import MappingProxyType
 from typing import cast
 
+from . import listformat
 from .csvfile import CsvFile
 from .errors import SubscriberError
 from .headers import CONTROL_BUT_TAB, MAX_EMAIL, ascii_domain, normalize_email
+from .listformat import BadValue, Layout
 
 MAX_FIELD = 200
 
@@ -56,6 +58,16 @@ class BadRow:
 
 
 @dataclass
+class Tally:
+    """What the check found in a list before its first row is used (rows that read as CSV only)."""
+
+    valid: int = 0  # to mail: a good address, first seen
+    invalid: int = 0
+    duplicates: int = 0  # of an earlier row, or of a row of an earlier list
+    first_bad: BadRow | None = None
+
+
+@dataclass
 class ReadStats:
     """Counts filled in while iterating; rows == valid + invalid + duplicates."""
 
@@ -65,10 +77,8 @@ class ReadStats:
     valid: int = 0
     invalid: int = 0
     duplicates: int = 0
-
-
-class _BadValue(Exception):
-    """A field of one row is unusable; the text is the BadRow reason."""
+    tool: str = ""  # the tool that exported the list, when its columns tell ("Mailchimp", ...)
+    check: Tally = field(default_factory=Tally)
 
 
 def dedupe_key(email: str) -> str:
@@ -131,6 +141,15 @@ class DigestSet:
                 table[i] = digest
 
 
+class Seen:
+    """The addresses met so far, when several lists are read as one: an address is mailed once, from the
+    first list that has it. The check and the stream of each list keep their own set, in the same order."""
+
+    def __init__(self) -> None:
+        self.checked = DigestSet()
+        self.streamed = DigestSet()
+
+
 def read_subscribers(
     path: Path,
     *,
@@ -138,22 +157,26 @@ def read_subscribers(
     stats: ReadStats | None = None,
     on_duplicate: Callable[[BadRow], None] | None = None,
     on_checked: Callable[[Subscriber], None] | None = None,
+    seen: Seen | None = None,
 ) -> Iterator[Subscriber]:
     """Stream the valid, first-seen subscribers of a CSV file, reporting skipped rows as they pass.
 
     The whole file is checked now, before the first row is used (SubscriberError if it cannot be read,
-    has no `email` column, no rows, or a quote that swallows lines: see csvfile); then rows are read
-    lazily, at a flat memory cost. The check hands on_checked the subscribers the stream will yield, in
-    order (before it knows the file is sound: count them, do not mail them). Duplicates go to
-    on_duplicate, never to on_bad. The iterator raises FileChanged if the file changes under it, and
-    SubscriberError at the end if no row was valid.
+    has no address column, no rows, or a quote that swallows lines: see csvfile and listformat); then rows
+    are read lazily, at a flat memory cost. The check fills `stats.check` and hands on_checked the
+    subscribers the stream will yield, in order (before it knows the file is sound: count them, do not
+    mail them). Duplicates go to on_duplicate, never to on_bad; `seen` carries the addresses of earlier
+    lists. The iterator raises FileChanged if the file changes under it, and SubscriberError at the end
+    if no row had a valid address.
     """
     path = Path(path)
     source = CsvFile(path, "subscriber list")
+    stats = stats if stats is not None else ReadStats()
+    seen = seen or Seen()
     try:
-        names = _read_header(source)
-        each = None if on_checked is None else _checked_rows(names, on_checked)
-        expected = source.scan(",", after=1, consequence="nothing was sent", each=each)
+        form = _read_header(source)
+        each = _checked_rows(path, form, seen.checked, stats.check, on_checked)
+        expected = source.scan(form.delimiter, after=1, consequence="nothing was sent", each=each)
         if not expected:
             raise SubscriberError(
                 f"{path}: no subscribers in it, only the header line (add one reader a line)"
@@ -161,81 +184,83 @@ def read_subscribers(
     except BaseException:
         source.close()
         raise
-    stats = stats if stats is not None else ReadStats()
     stats.expected = expected
     stats.sha256 = source.sha256
-    rows = _rows(source, names, on_bad, stats, on_duplicate)
+    stats.tool = form.tool
+    rows = _rows(source, form, on_bad, stats, on_duplicate, seen.streamed)
     next(rows)  # enters the generator's `with`, so the file is closed even if no row is ever asked for
     return cast(Iterator[Subscriber], rows)
 
 
-def _checked_rows(names: list[str], use: Callable[[Subscriber], None]) -> Callable[[int, list[str]], None]:
+def no_valid_row(path: Path, rows: int, first_bad: BadRow | None) -> str:
+    """The refusal of a list none of whose rows has a valid address."""
+    where = f" (line {first_bad.line}: {first_bad.reason})" if first_bad else ""
+    return f"{path}: none of its {rows:,} row(s) has a valid address{where}; nothing was sent"
+
+
+def _checked_rows(
+    path: Path,
+    form: Layout,
+    seen: DigestSet,
+    tally: Tally,
+    use: Callable[[Subscriber], None] | None,
+) -> Callable[[int, list[str]], None]:
     """The scan's per-row hook: the rows `_rows` would yield, decided by the same rules, passed to `use`."""
-    seen = DigestSet()
-    email_at = names.index("email")
-    columns = [(i, name) for i, name in enumerate(names) if name]
 
     def each(line: int, cells: list[str]) -> None:
         try:
-            subscriber = _subscriber(cells, columns, email_at, line)
-        except _BadValue:
+            subscriber = _subscriber(cells, form, line)
+        except BadValue as exc:
+            tally.invalid += 1
+            tally.first_bad = tally.first_bad or BadRow(path, line, str(exc))
             return  # the stream names it
-        if seen.add(_digest(dedupe_key(subscriber.email))):
-            use(subscriber)
+        if not seen.add(_digest(dedupe_key(subscriber.email))):
+            tally.duplicates += 1
+        else:
+            tally.valid += 1
+            if use is not None:
+                use(subscriber)
 
     return each
 
 
-def _read_header(source: CsvFile) -> list[str]:
+def _read_header(source: CsvFile) -> Layout:
     path = source.path
-    header = next(source.records(","), None)
-    if header is None:
+    line = next(source.records(None), None)
+    if line is None:
         raise SubscriberError(f"{path}: the file is empty (a subscriber list starts with a header line)")
+    if line.error:
+        raise SubscriberError(f"{path}:1: header line: {line.error}")
+    delimiter, _ = listformat.sniff(line.cells[0])
+    header = next(source.records(delimiter))
     if header.error:
         raise SubscriberError(f"{path}:1: header line: {header.error}")
     if header.last > 1:
         raise SubscriberError(f"{path}:1: a quoted field in the header line is not closed on that line")
-    names = [cell.strip().lower() for cell in header.cells]
-    if "email" not in names:
-        hint = ""
-        if any("\0" in cell for cell in names):
-            hint = " (it holds NUL bytes: UTF-16 or not text at all? save the file as UTF-8 CSV)"
-        elif any(sep in cell for cell in names for sep in ";\t"):
-            hint = " (it looks separated by ';' or tabs: save the file as comma-separated CSV)"
-        elif any(cell in ("e-mail", "email address", "e-mail address", "mail") for cell in names):
-            hint = " (rename the address column to 'email')"
-        raise SubscriberError(f"{path}: no 'email' column in the header line{hint}")
-    seen: set[str] = set()
-    for name in names:
-        if name and name in seen:
-            raise SubscriberError(f"{path}:1: column {name!r} appears twice in the header line")
-        seen.add(name)
-    return names
+    return listformat.layout(path, delimiter, header.cells)
 
 
 def _rows(
     source: CsvFile,
-    names: list[str],
+    form: Layout,
     on_bad: Callable[[BadRow], None] | None,
     stats: ReadStats,
     on_duplicate: Callable[[BadRow], None] | None,
+    seen: DigestSet,
 ) -> Iterator[Subscriber | None]:
     path = source.path
-    seen = DigestSet()
-    email_at = names.index("email")
-    columns = [(i, name) for i, name in enumerate(names) if name]
     first_bad: BadRow | None = None
     with source:
         yield None
-        for record in source.records(","):
+        for record in source.records(form.delimiter):
             if record.first == 1 or record.blank:
                 continue  # the header; a blank line: nothing to lose
             stats.rows += 1
             try:
                 if record.error:
-                    raise _BadValue(record.error)
-                subscriber = _subscriber(record.cells, columns, email_at, record.first)
-            except _BadValue as exc:
+                    raise BadValue(record.error)
+                subscriber = _subscriber(record.cells, form, record.first)
+            except BadValue as exc:
                 stats.invalid += 1
                 bad = BadRow(path, record.first, str(exc))
                 first_bad = first_bad or bad
@@ -250,33 +275,47 @@ def _rows(
                 continue
             stats.valid += 1
             yield subscriber
-    if not stats.valid:
-        assert first_bad is not None  # the scan found a row, and it was not valid
-        raise SubscriberError(
-            f"{path}: none of its {stats.rows:,} row(s) has a valid address (line {first_bad.line}:"
-            f" {first_bad.reason}); nothing was sent"
-        )
+    if stats.invalid == stats.rows:
+        raise SubscriberError(no_valid_row(path, stats.rows, first_bad))
 
 
-def _subscriber(record: list[str], columns: list[tuple[int, str]], email_at: int, line: int) -> Subscriber:
+def _subscriber(record: list[str], form: Layout, line: int) -> Subscriber:
+    """The row's subscriber; BadValue if it is unusable."""
+    email_at = form.email
     raw_email = record[email_at].strip() if email_at < len(record) else ""
     who = f"{raw_email!r}: " if raw_email and not CONTROL_BUT_TAB.search(raw_email) else ""
     values: dict[str, str] = {}
-    for i, name in columns:
+    for i, name in enumerate(form.names):
+        if not name or i == form.attributes:
+            continue
         value = record[i].strip() if i < len(record) else ""
-        bad = CONTROL_BUT_TAB.search(value)
-        if bad:
-            raise _BadValue(f"{who}control character U+{ord(bad[0]):04X} in the {name!r} field")
-        limit = MAX_EMAIL if i == email_at else MAX_FIELD
-        if len(value) > limit:
-            shown = who or f"{value[:40]!r}...: "
-            raise _BadValue(f"{shown}the {name!r} field is longer than {limit} characters")
-        values[name] = value
+        values[name] = _checked(who, name, value, MAX_EMAIL if i == email_at else MAX_FIELD)
     if not raw_email:
-        raise _BadValue("empty email")
+        raise BadValue("empty email")
     try:
         email = normalize_email(raw_email)
     except ValueError as exc:
-        raise _BadValue(f"invalid address {raw_email!r}: {exc}") from None
+        raise BadValue(f"invalid address {raw_email!r}: {exc}") from None
+    if form.attributes is not None and form.attributes < len(record):
+        try:
+            extra = listformat.attributes(record[form.attributes])
+        except BadValue as exc:
+            raise BadValue(f"{who}{exc}") from None
+        for name, value in extra.items():
+            if name not in values:  # a column of the list wins over an attribute of the same name
+                values[name] = _checked(who, name, value.strip(), MAX_FIELD)
+    if "name" not in values and (form.first is not None or form.last is not None):
+        parts = [values.get(form.names[i], "") for i in (form.first, form.last) if i is not None]
+        values["name"] = " ".join(part for part in parts if part)
     values["email"] = email
     return Subscriber(email, values.get("name", ""), MappingProxyType(values), line)
+
+
+def _checked(who: str, name: str, value: str, limit: int) -> str:
+    bad = CONTROL_BUT_TAB.search(value)
+    if bad:
+        raise BadValue(f"{who}control character U+{ord(bad[0]):04X} in the {name!r} field")
+    if len(value) > limit:
+        shown = who or f"{value[:40]!r}...: "
+        raise BadValue(f"{shown}the {name!r} field is longer than {limit} characters")
+    return value
