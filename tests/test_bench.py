@@ -343,7 +343,9 @@ def test_when_the_record_cannot_be_written_nothing_is_delivered(
     try:
         for i in range(3):
             sub = Subscriber(f"r{i}@example.com", "", MappingProxyType({}), i + 2)
-            assert pool.submit(_Job(0.0, i, sub, data=b"Subject: x\r\n\r\nhi\r\n", sender="a@example.com"), timeout=5)
+            assert pool.submit(
+                _Job(0.0, i, sub, data=b"Subject: x\r\n\r\nhi\r\n", sender="a@example.com"), timeout=5
+            )
         results = [pool.outcomes.get(timeout=10) for _ in range(2)]  # each connection stops at its first
     finally:
         unsent = pool.shutdown()
