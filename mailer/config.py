@@ -91,6 +91,9 @@ class Settings:
     bounce_address: str = ""  # set: each message's envelope sender is bounce+TOKEN@domain (VERP)
     soft_bounce_limit: int = 3  # soft bounces (4.x.x) of different messages that suppress an address...
     soft_bounce_days: int = 14  # ...when they fall within this many days
+    # ESP bounce webhooks in `mailer serve` (docs/bounces.md); an ESP left unset has no endpoint
+    ses_topic_arns: str = ""  # the SNS topics SES publishes this list's bounces and complaints to
+    sns_hosts: str = "sns.*.amazonaws.com, sns.*.amazonaws.com.cn"  # where SNS certificates may come from
 
     @property
     def db_path(self) -> Path:
@@ -336,6 +339,8 @@ _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _LIST_ID = re.compile(rf"{_ATOM}(?:\.{_ATOM})+")
 _SELECTOR = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62})(?:\.[A-Za-z0-9_][A-Za-z0-9_-]{0,62})*")
 _NOT_IN_MAILTO = set("?&#%/")
+_TOPIC_ARN = re.compile(r"arn:aws[a-z-]*:sns:[a-z0-9-]+:[0-9]{12}:[A-Za-z0-9_.-]{1,256}")
+_HOST_PATTERN = re.compile(r"(?:(?:[a-z0-9-]+|\*)\.)*(?:[a-z0-9-]+|\*)(?::[0-9]{1,5})?", re.IGNORECASE)
 
 
 def _address(name: str, value: str, where: str) -> str:
@@ -418,6 +423,12 @@ def _check(s: Settings, sources: Mapping[str, str]) -> Settings:
             raise ConfigError(f"{where(name)}: {url!r} must start with http:// or https://")
         if len(url) > 200 or any(c in url for c in ' \t"<>'):
             raise ConfigError(f"{where(name)}: {url[:60]!r} is not a usable URL")
+    for arn in filter(None, (v.strip() for v in s.ses_topic_arns.split(","))):
+        if not _TOPIC_ARN.fullmatch(arn):
+            raise ConfigError(f"{where('ses_topic_arns')}: {arn[:80]!r} is not an SNS topic ARN")
+    for host in filter(None, (v.strip() for v in s.sns_hosts.split(","))):
+        if not _HOST_PATTERN.fullmatch(host):
+            raise ConfigError(f"{where('sns_hosts')}: {host[:80]!r} is not a host name (`*` for one label)")
     if s.smtp_user and not s.smtp_password:
         raise ConfigError("smtp_user is set but smtp_password is not (set MAILER_SMTP_PASSWORD)")
     try:

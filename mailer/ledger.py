@@ -702,6 +702,15 @@ class Ledger:
         )
         return None if row is None else Recipient(row[0], row[1])
 
+    def mailed(self, email: str) -> bool:
+        """Whether any issue was ever handed to the SMTP server for this address (a webhook's test)."""
+        row = self._one(
+            "SELECT 1 FROM deliveries WHERE email = ? AND destination = 'smtp'"
+            " AND state IN ('sent', 'sending') LIMIT 1",
+            (dedupe_key(email),),
+        )
+        return row is not None
+
     # --- bounces ----------------------------------------------------------------------------------
 
     def add_bounce(self, bounce: Bounce) -> bool:

@@ -1,4 +1,5 @@
-"""The WSGI app behind every unsubscribe link: confirm page, RFC 8058 one-click POST, undo, and the archive.
+"""The WSGI app behind every unsubscribe link: confirm page, RFC 8058 one-click POST, undo, and the archive;
+and the ESPs' bounce and complaint webhooks (mailer/webhooks.py).
 
 A GET never changes anything (mail scanners fetch links); only a POST with a genuine token does. Run it with
 `mailer serve`, or under any WSGI server: `waitress-serve --call mailer.web:app_from_env`.
@@ -103,6 +104,9 @@ class UnsubscribeApp:
         self.list_name = settings.list_name or settings.from_name
         self.archive = (settings.data_dir / "archive").resolve()
         from .ledger import Ledger
+        from .webhooks import Webhooks
+
+        self.webhooks = Webhooks(settings, keyring)
 
         Ledger(settings.db_path).close()  # made (or checked) now: later a missing database is an error
 
@@ -144,6 +148,9 @@ class UnsubscribeApp:
             if method == "POST":
                 return self.post(query, _parse_form(environ))
             return 200, HTML, self.confirm(_first(query, "t")), []
+        if path.startswith("/webhooks/"):
+            _allow(method, "POST")
+            return self.webhooks.handle(path.removeprefix("/webhooks/"), environ, MAX_BODY)
         if path.startswith("/issues/"):
             _allow(method, "GET, HEAD")
             return (

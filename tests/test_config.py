@@ -58,6 +58,13 @@ def test_environment_wins_over_the_file(tmp_path: Path) -> None:
         ("", {"MAILER_FROM_EMAIL": "news\r\nBcc: x@y"}, "from_email"),
         ("", {"MAILER_SMTP_USER": "u"}, "smtp_password"),
         ("title = [unclosed\n", {}, "not valid TOML"),
+        ("", {"MAILER_SES_TOPIC_ARNS": "mailer-bounces"}, "'mailer-bounces' is not an SNS topic ARN"),
+        (
+            "ses_topic_arns = 'arn:aws:sns:us-east-1:12345:x'\n",
+            {},
+            "'arn:aws:sns:us-east-1:12345:x' is not an SNS topic ARN",
+        ),
+        ("", {"MAILER_SNS_HOSTS": "https://sns.*.amazonaws.com/"}, "is not a host name"),
     ],
 )
 def test_bad_settings_are_one_line_errors(

@@ -1,0 +1,139 @@
+"""An issue really sent to the test's SMTP server, then `mailer serve` running on the same state.
+
+For the webhook tests: the ESP reports they post quote the messages this send made (each with its own signed
+envelope sender, as `bounce_address` is set), and what serve records is read straight from SQLite.
+"""
+
+from __future__ import annotations
+
+import email
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from email import policy
+from http.client import HTTPConnection
+from pathlib import Path
+from typing import Any
+
+from click.testing import CliRunner
+
+from mailer.cli import cli
+from tests.conftest import EXAMPLE
+from tests.publisher import env_for
+from tests.smtpd import HOST, SMTPServer
+
+BOUNCE_ADDRESS = "bounces@aidaily.news"
+ISSUE = EXAMPLE.stem
+
+
+@dataclass
+class Sent:
+    """What the SMTP server got for one reader: the envelope sender and the Message-ID."""
+
+    return_path: str
+    message_id: str
+
+
+@dataclass
+class Served:
+    """The running `mailer serve` and the issue it mailed."""
+
+    port: int
+    db: Path
+    log: Path
+    sent: dict[str, Sent]
+    proc: subprocess.Popen[bytes]
+
+    def post(
+        self, path: str, body: bytes, content_type: str, headers: dict[str, str] | None = None
+    ) -> tuple[int, bytes]:
+        conn = HTTPConnection(HOST, self.port, timeout=60)
+        try:
+            conn.request("POST", path, body=body, headers={"Content-Type": content_type, **(headers or {})})
+            answer = conn.getresponse()
+            return answer.status, answer.read()
+        finally:
+            conn.close()
+
+    def request(self, method: str, path: str) -> int:
+        conn = HTTPConnection(HOST, self.port, timeout=60)
+        try:
+            conn.request(method, path)
+            return conn.getresponse().status
+        finally:
+            conn.close()
+
+    def rows(self, table: str) -> list[tuple[Any, ...]]:
+        conn = sqlite3.connect(self.db)
+        try:
+            return sorted(conn.execute(f"SELECT * FROM {table}").fetchall(), key=repr)
+        finally:
+            conn.close()
+
+    def state(self) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        """Everything a report can change: the kept reports and the suppression list."""
+        return self.rows("bounces"), self.rows("suppressions")
+
+    def suppressed(self, reader: str) -> tuple[Any, ...] | None:
+        return next((row for row in self.rows("suppressions") if row[0] == reader), None)
+
+    def bounces(self, reader: str) -> list[tuple[Any, ...]]:
+        return [row for row in self.rows("bounces") if reader in row]
+
+    def log_lines(self) -> list[str]:
+        return self.log.read_text(encoding="utf-8", errors="replace").splitlines()
+
+
+@contextmanager
+def sent_and_served(root: Path, readers: list[str], **env: str) -> Iterator[Served]:
+    """Send the example post to readers, then run `mailer serve` (with env) on that state until exit."""
+    smtp = SMTPServer().start()
+    try:
+        send_env = env_for(smtp, root, MAILER_BOUNCE_ADDRESS=BOUNCE_ADDRESS)
+        subscribers = root / "subscribers.csv"
+        subscribers.write_text("email\n" + "\n".join(readers) + "\n", encoding="utf-8")
+        args = ["send", str(EXAMPLE), "--to", str(subscribers), "--yes", "--force"]
+        result = CliRunner().invoke(cli, args, env=send_env, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        sent = {}
+        for received in smtp.messages:
+            parsed = email.message_from_bytes(received.data, policy=policy.default)
+            sent[received.rcpt_tos[0]] = Sent(received.mail_from, str(parsed["Message-ID"]))
+    finally:
+        smtp.stop()
+    assert sorted(sent) == sorted(readers)
+    serve_env = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}
+    serve_env.update(
+        {k: v for k, v in send_env.items() if k.startswith("MAILER_")}, PYTHONUNBUFFERED="1", **env
+    )
+    log = root / "serve.log"
+    with open(log, "wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mailer", "serve", "--host", HOST, "--port", "0"],
+            cwd=root,
+            env=serve_env,
+            stdout=subprocess.PIPE,
+            stderr=err,
+        )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline().decode()  # "Serving on http://127.0.0.1:PORT/ ..." once it listens
+        match = re.search(rf"http://{re.escape(HOST)}:(\d+)/", first)
+        assert match, first + log.read_text()
+        yield Served(int(match[1]), root / "state" / "mailer.db", log, sent, proc)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+    text = log.read_text()
+    assert proc.returncode == 0, text
+    assert "Traceback" not in text, text
