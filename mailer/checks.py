@@ -14,7 +14,8 @@ from lxml import html as lhtml
 
 from .config import Settings
 from .errors import MailerError
-from .markdown import parse, text_width
+from .linebreak import text_width
+from .markdown import parse
 from .render import Issue
 
 Level = Literal["error", "warning", "ok"]

@@ -21,7 +21,10 @@ from . import markdown
 from .config import Settings
 from .dark import keep_own_colours
 from .errors import PostError
+from .fold import fold
 from .headers import one_line
+from .linebreak import WIDTH, text_width, wrap
+from .plaintext import to_text
 from .post import Post
 from .sanitize import Findings, html_to_text, sanitize
 from .slim import class_names, drop_unused_classes, minify_css, slim_styles
@@ -153,7 +156,7 @@ def render_issue(post: Post, settings: Settings) -> Issue:
         findings=findings,
     )
     _absolute_links(tokens, settings.base_url)
-    body_text = markdown.to_text(tokens, html_to_text)
+    body_text = to_text(tokens, html_to_text)
     view_url = _view_url(settings, post)
     preheader = post.summary[0] if post.summary else _first_words(body_text)
     cover = ""
@@ -185,15 +188,13 @@ def render_issue(post: Post, settings: Settings) -> Issue:
             common, body=Markup(body_html), css=Markup(css), media_css=Markup(media_css),
             preheader=preheader, preheader_pad=PREHEADER_PAD,
         )  # fmt: skip
-        summary_lines = [
-            line for item in post.summary for line in markdown.wrap(item, indent="  ", first="- ")
-        ]
+        summary_lines = [line for item in post.summary for line in wrap(item, indent="  ", first="- ")]
         text = jinja2.Environment(
             loader=env.loader, autoescape=False, undefined=jinja2.StrictUndefined,
             keep_trailing_newline=True,
         ).get_template("email.txt").render(
             common, body=body_text, summary=summary_lines,
-            title_rule="=" * min(markdown.text_width(post.title), markdown.WIDTH),
+            title_rule="=" * min(text_width(post.title), WIDTH),
         )  # fmt: skip
     except jinja2.TemplateError as exc:
         where = f"{getattr(exc, 'filename', None) or settings.templates_dir}"
@@ -278,7 +279,7 @@ def inline_css(page: str, *, extra_css: list[str], keep_classes: frozenset[str] 
 
 def _split(content: str, names: list[str], *, html: bool) -> Part:
     content = content.replace("\r\n", "\n")
-    wrapped = wrap_lines(content, html=html)
+    wrapped = fold(content, html=html, cost=_cost, limit=LINE_LIMIT)
     eight_bit = wrapped is not None
     content = (wrapped if wrapped is not None else content).replace("\n", "\r\n")
     pieces = _SLOT_RE.split(content)
@@ -290,80 +291,6 @@ def _split(content: str, names: list[str], *, html: bool) -> Part:
 def _cost(text: str) -> int:
     plain = _SLOT_RE.sub("", text)
     return len(plain.encode("utf-8")) + SLOT_VALUE_MAX_BYTES * len(_SLOT_RE.findall(text))
-
-
-def wrap_lines(content: str, *, html: bool, limit: int = LINE_LIMIT) -> str | None:
-    """Break over-long lines where a newline changes nothing; None if some line cannot be broken.
-
-    In HTML that is whitespace between attributes, inside a style value, before a tag's `>`, or
-    a space in text outside <pre>. In plain text, a space.
-    """
-    out: list[str] = []
-    in_pre = False
-    for line in content.split("\n"):
-        if _cost(line) <= limit:
-            out.append(line)
-            in_pre = _pre_state(line, in_pre) if html else False
-            continue
-        breaks: list[tuple[int, bool]] = []  # (index, replaces a space)
-        in_tag = False
-        quote = ""
-        i = 0
-        while i < len(line):
-            ch = line[i]
-            if html and not in_tag and ch == "<":
-                in_tag = True
-                if line.startswith("<pre", i):
-                    in_pre = True
-                elif line.startswith("</pre", i):
-                    in_pre = False
-            elif in_tag:
-                if quote:
-                    if ch == quote:
-                        quote = ""
-                elif ch in "\"'":
-                    quote = ch
-                elif ch == ">":
-                    breaks.append((i, False))
-                    in_tag = False
-                elif ch == " ":
-                    breaks.append((i, True))
-                if quote and ch == " " and line[i - 1] == ";":
-                    breaks.append((i, True))
-            elif ch == " " and not in_pre:
-                breaks.append((i, True))
-            i += 1
-        start = 0
-        last: tuple[int, bool] | None = None
-        pieces: list[str] = []
-        for pos, replaces in breaks:
-            if _cost(line[start:pos]) > limit:
-                if last is None:
-                    return None
-                pieces.append(line[start : last[0]])
-                start = last[0] + (1 if last[1] else 0)
-                last = None
-                if _cost(line[start:pos]) > limit:
-                    return None
-            last = (pos, replaces)
-        if _cost(line[start:]) > limit:
-            if last is None:
-                return None
-            pieces.append(line[start : last[0]])
-            start = last[0] + (1 if last[1] else 0)
-            if _cost(line[start:]) > limit:
-                return None
-        pieces.append(line[start:])
-        out.extend(pieces)
-    return "\n".join(out)
-
-
-def _pre_state(line: str, in_pre: bool) -> bool:
-    opened = line.rfind("<pre")
-    closed = line.rfind("</pre")
-    if opened == -1 and closed == -1:
-        return in_pre
-    return opened > closed
 
 
 def _absolute_links(tokens: list[Token], base_url: str) -> None:

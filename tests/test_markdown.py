@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from markdown_it import MarkdownIt
 
-from mailer.markdown import parse, to_html, to_text
+from mailer.markdown import parse, to_html
+from mailer.plaintext import to_text
 
 
 @pytest.mark.parametrize(
