@@ -496,9 +496,14 @@ def suppressions_import(ctx: click.Context, file: Path, reason: str) -> None:
         with Ledger(settings.db_path) as ledger:
             why = reason or f"imported from {file.name}"
             report = import_suppressions(file, ledger, reason=why, on_bad=bad)
+        kept = (
+            f"; {report.kept} still subscribed in the {report.tool} export, not imported"
+            if report.kept
+            else ""
+        )
         click.echo(
             f"{report.added} newly suppressed, {report.already} already suppressed,"
-            f" {report.bad} bad line(s) skipped"
+            f" {report.bad} bad line(s) skipped{kept}"
         )
         if report.bad:
             sys.exit(ExitStatus.ERROR)

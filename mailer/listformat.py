@@ -14,7 +14,8 @@ from __future__ import annotations
 import csv
 import json
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import SubscriberError
@@ -29,6 +30,9 @@ FIRST = ("firstname", "fname", "givenname")
 LAST = ("lastname", "lname", "surname", "familyname")
 ATTRIBUTES = "attributes"  # listmonk: the reader's attributes as one JSON object
 
+_TRUE = frozenset({"true", "t", "yes", "y", "1"})
+_FALSE = frozenset({"false", "f", "no", "n", "0"})
+
 
 def key(name: str) -> str:
     """A header name as it is compared: lower case, without spaces, '-', '_' or '.'."""
@@ -37,6 +41,10 @@ def key(name: str) -> str:
 
 class BadValue(Exception):
     """A field of one row is unusable; the text is the bad row's reason."""
+
+
+# a row's status: "" to mail it, else why not ("unsubscribed (Mailchimp)")
+StatusRule = Callable[[list[str]], str]
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,18 @@ class Layout:
     last: int | None = None
     attributes: int | None = None  # listmonk's JSON column: its keys become fields
     tool: str = ""  # "Mailchimp", "Substack", "listmonk", "Ghost"; "" for a plain list
+    rules: list[StatusRule] = field(default_factory=list)
+
+    def status(self, cells: list[str]) -> str:
+        """Why the list says not to mail this row ("unsubscribed (Mailchimp)"), "" to mail it.
+
+        BadValue when the row's status cannot be read (a flag neither true nor false).
+        """
+        for rule in self.rules:
+            reason = rule(cells)
+            if reason:
+                return reason
+        return ""
 
 
 def sniff(text: str) -> tuple[str, list[str]]:
@@ -86,7 +106,8 @@ def layout(path: Path, delimiter: str, header: list[str]) -> Layout:
         first = _one(path, header, keys, FIRST, "the first name")
         last = _one(path, header, keys, LAST, "the last name")
     attributes = keys.index(ATTRIBUTES) if ATTRIBUTES in keys else None
-    return Layout(delimiter, names, email, first, last, attributes, _tool(keys))
+    tool_name, rules = tool(keys)
+    return Layout(delimiter, names, email, first, last, attributes, tool_name, rules)
 
 
 def _one(path: Path, header: list[str], keys: list[str], aliases: tuple[str, ...], what: str) -> int | None:
@@ -107,18 +128,51 @@ def _hint(names: list[str]) -> str:
     return ""
 
 
-def _tool(keys: list[str]) -> str:
-    """Which tool exported the list, told by its own columns."""
-    names = set(keys)
-    if names & {"unsubtime", "cleantime", "memberrating", "optintime", "leid", "euid"}:
-        return "Mailchimp"
-    if names & {"emaildisabled", "activesubscription"}:
-        return "Substack"
-    if "subscribedtoemails" in names:
-        return "Ghost"
-    if ATTRIBUTES in names:
-        return "listmonk"
-    return ""
+def tool(keys: list[str]) -> tuple[str, list[StatusRule]]:
+    """Which tool exported a list, told by its columns (`key`s), and its rules for who is not to be mailed."""
+    at = {k: i for i, k in enumerate(keys)}
+    if at.keys() & {"unsubtime", "cleantime", "memberrating", "optintime", "leid", "euid"}:
+        if "cleantime" in at:
+            return "Mailchimp", [lambda cells: "cleaned (Mailchimp: bounced)"]
+        if "unsubtime" in at:
+            return "Mailchimp", [lambda cells: "unsubscribed (Mailchimp)"]
+        return "Mailchimp", []
+    if at.keys() & {"emaildisabled", "activesubscription"}:
+        rules = []
+        if "emaildisabled" in at:
+            rules.append(_flag(at["emaildisabled"], "email_disabled", True, "email disabled (Substack)"))
+        if "activesubscription" in at:
+            rules.append(_flag(at["activesubscription"], "active_subscription", False, "inactive (Substack)"))
+        return "Substack", rules
+    if "subscribedtoemails" in at:
+        return "Ghost", [
+            _flag(at["subscribedtoemails"], "subscribed_to_emails", False, "not subscribed to emails (Ghost)")
+        ]
+    if ATTRIBUTES in at:
+        return "listmonk", [_listmonk(at["status"])] if "status" in at else []
+    return "", []
+
+
+def _flag(column: int, name: str, when: bool, reason: str) -> StatusRule:
+    """A true/false column: the row is not mailed when it reads `when`; empty says nothing."""
+
+    def rule(cells: list[str]) -> str:
+        value = cells[column].strip().lower() if column < len(cells) else ""
+        if not value:
+            return ""
+        if value not in _TRUE and value not in _FALSE:
+            raise BadValue(f"the {name!r} field is {value!r}, neither true nor false")
+        return reason if (value in _TRUE) == when else ""
+
+    return rule
+
+
+def _listmonk(column: int) -> StatusRule:
+    def rule(cells: list[str]) -> str:
+        value = cells[column].strip().lower() if column < len(cells) else ""
+        return "blocklisted (listmonk)" if value == "blocklisted" else ""
+
+    return rule
 
 
 def attributes(raw: str) -> dict[str, str]:

@@ -122,6 +122,7 @@ REPORT_ROWS = (
     ("suppressed", "suppressed (unsubscribed)"),
     ("invalid", "invalid rows"),
     ("duplicates", "duplicates"),
+    ("skipped", "not to be mailed, as the list says"),
     ("failed_temporary", "failed, temporary (will retry on rerun)"),
     ("failed_permanent", "failed, permanent"),
     ("failed_before", "failed permanently before (--retry-failed)"),
@@ -133,9 +134,10 @@ REPORT_ROWS = (
 
 def report_counts(report: Report, stats: ReadStats | None = None) -> dict[str, int]:
     """What a send did, by kind: the numbers of the final report and of the --json object."""
-    counts = {key: getattr(report, key) for key, _ in REPORT_ROWS if key not in ("invalid", "duplicates")}
-    counts["invalid"] = stats.invalid if stats else 0
-    counts["duplicates"] = stats.duplicates if stats else 0
+    read = ("invalid", "duplicates", "skipped")  # counted by the list's reader, not the send
+    counts = {key: getattr(report, key) for key, _ in REPORT_ROWS if key not in read}
+    for key in read:
+        counts[key] = getattr(stats, key) if stats else 0
     return counts
 
 

@@ -61,15 +61,17 @@ class BadRow:
 class Tally:
     """What the check found in a list before its first row is used (rows that read as CSV only)."""
 
-    valid: int = 0  # to mail: a good address, first seen
+    valid: int = 0  # to mail: a good address, first seen, not marked by the list itself
     invalid: int = 0
     duplicates: int = 0  # of an earlier row, or of a row of an earlier list
+    skipped: int = 0  # marked by the list as not to be mailed (unsubscribed, cleaned, blocklisted ...)
+    reasons: dict[str, int] = field(default_factory=dict)  # the skipped rows by reason
     first_bad: BadRow | None = None
 
 
 @dataclass
 class ReadStats:
-    """Counts filled in while iterating; rows == valid + invalid + duplicates."""
+    """Counts filled in while iterating; rows == valid + invalid + duplicates + skipped."""
 
     expected: int = 0  # rows the check before reading found (blank lines not counted)
     sha256: str = ""  # of the bytes the check read: the list's identity in the delivery record
@@ -77,6 +79,7 @@ class ReadStats:
     valid: int = 0
     invalid: int = 0
     duplicates: int = 0
+    skipped: int = 0  # marked by the list itself as not to be mailed (see listformat)
     tool: str = ""  # the tool that exported the list, when its columns tell ("Mailchimp", ...)
     check: Tally = field(default_factory=Tally)
 
@@ -162,12 +165,13 @@ def read_subscribers(
     """Stream the valid, first-seen subscribers of a CSV file, reporting skipped rows as they pass.
 
     The whole file is checked now, before the first row is used (SubscriberError if it cannot be read,
-    has no address column, no rows, or a quote that swallows lines: see csvfile and listformat); then rows
-    are read lazily, at a flat memory cost. The check fills `stats.check` and hands on_checked the
-    subscribers the stream will yield, in order (before it knows the file is sound: count them, do not
-    mail them). Duplicates go to on_duplicate, never to on_bad; `seen` carries the addresses of earlier
-    lists. The iterator raises FileChanged if the file changes under it, and SubscriberError at the end
-    if no row had a valid address.
+    has no address column, no rows, a quote that swallows lines, or only rows it marks as not to be
+    mailed: see csvfile and listformat); then rows are read lazily, at a flat memory cost. The check fills
+    `stats.check` and hands on_checked the subscribers the stream will yield, in order (before it knows
+    the file is sound: count them, do not mail them). Duplicates go to on_duplicate, never to on_bad;
+    rows the list marks (an unsubscribed export, `email_disabled`) are only counted. `seen` carries the
+    addresses of earlier lists. The iterator raises FileChanged if the file changes under it, and
+    SubscriberError at the end if no row had a valid address.
     """
     path = Path(path)
     source = CsvFile(path, "subscriber list")
@@ -181,6 +185,12 @@ def read_subscribers(
             raise SubscriberError(
                 f"{path}: no subscribers in it, only the header line (add one reader a line)"
             )
+        check = stats.check
+        if check.skipped and not check.valid + check.duplicates:
+            raise SubscriberError(
+                f"{path}: none of its {expected:,} row(s) is to be mailed ({_reasons(check.reasons)});"
+                f" nothing was sent (to suppress these addresses: mailer suppressions import {path})"
+            )
     except BaseException:
         source.close()
         raise
@@ -190,6 +200,10 @@ def read_subscribers(
     rows = _rows(source, form, on_bad, stats, on_duplicate, seen.streamed)
     next(rows)  # enters the generator's `with`, so the file is closed even if no row is ever asked for
     return cast(Iterator[Subscriber], rows)
+
+
+def _reasons(reasons: dict[str, int]) -> str:
+    return ", ".join(f"{count:,} {reason}" for reason, count in reasons.items())
 
 
 def no_valid_row(path: Path, rows: int, first_bad: BadRow | None) -> str:
@@ -209,12 +223,15 @@ def _checked_rows(
 
     def each(line: int, cells: list[str]) -> None:
         try:
-            subscriber = _subscriber(cells, form, line)
+            subscriber, why = _subscriber(cells, form, line)
         except BadValue as exc:
             tally.invalid += 1
             tally.first_bad = tally.first_bad or BadRow(path, line, str(exc))
             return  # the stream names it
-        if not seen.add(_digest(dedupe_key(subscriber.email))):
+        if why:
+            tally.skipped += 1
+            tally.reasons[why] = tally.reasons.get(why, 0) + 1
+        elif not seen.add(_digest(dedupe_key(subscriber.email))):
             tally.duplicates += 1
         else:
             tally.valid += 1
@@ -259,13 +276,16 @@ def _rows(
             try:
                 if record.error:
                     raise BadValue(record.error)
-                subscriber = _subscriber(record.cells, form, record.first)
+                subscriber, why = _subscriber(record.cells, form, record.first)
             except BadValue as exc:
                 stats.invalid += 1
                 bad = BadRow(path, record.first, str(exc))
                 first_bad = first_bad or bad
                 if on_bad is not None:
                     on_bad(bad)
+                continue
+            if why:
+                stats.skipped += 1
                 continue
             if not seen.add(_digest(dedupe_key(subscriber.email))):
                 stats.duplicates += 1
@@ -279,8 +299,8 @@ def _rows(
         raise SubscriberError(no_valid_row(path, stats.rows, first_bad))
 
 
-def _subscriber(record: list[str], form: Layout, line: int) -> Subscriber:
-    """The row's subscriber; BadValue if it is unusable."""
+def _subscriber(record: list[str], form: Layout, line: int) -> tuple[Subscriber, str]:
+    """The row's subscriber and why the list says not to mail it ("" to mail it); BadValue if unusable."""
     email_at = form.email
     raw_email = record[email_at].strip() if email_at < len(record) else ""
     who = f"{raw_email!r}: " if raw_email and not CONTROL_BUT_TAB.search(raw_email) else ""
@@ -308,7 +328,11 @@ def _subscriber(record: list[str], form: Layout, line: int) -> Subscriber:
         parts = [values.get(form.names[i], "") for i in (form.first, form.last) if i is not None]
         values["name"] = " ".join(part for part in parts if part)
     values["email"] = email
-    return Subscriber(email, values.get("name", ""), MappingProxyType(values), line)
+    try:
+        why = form.status(record)
+    except BadValue as exc:
+        raise BadValue(f"{who}{exc}") from None
+    return Subscriber(email, values.get("name", ""), MappingProxyType(values), line), why
 
 
 def _checked(who: str, name: str, value: str, limit: int) -> str:

@@ -5,7 +5,9 @@ A suppression file comes from an email provider's export (Mailchimp's `Email Add
 separated by commas, semicolons or tabs (found from the header line), or one address a line with `#`
 comments. The file is checked whole first (csvfile), so a quote that swallows lines refuses it before
 anything is imported: these are people who asked not to be mailed, and a file that hides some of them
-is worse than no import.
+is worse than no import. An export that says per row who is not to be mailed (Mailchimp's unsubscribed or
+cleaned export, Substack's `email_disabled`, listmonk's `blocklisted`, Ghost's `subscribed_to_emails`:
+see listformat) imports exactly those rows, each with the tool's reason.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import listformat
 from .csvfile import CsvFile
 from .errors import SubscriberError
 from .headers import normalize_email
@@ -36,6 +39,8 @@ class ImportReport:
     added: int = 0
     already: int = 0
     bad: int = 0
+    kept: int = 0  # rows the export says are still to be mailed: not imported
+    tool: str = ""  # the exporting tool, when the file says who is not to be mailed
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,8 @@ class _Layout:
     header_line: int = 0  # 0: no header, one address a line
     delimiter: str | None = None
     column: int = 0
+    tool: str = ""
+    rules: tuple[listformat.StatusRule, ...] = ()  # who the export says is not to be mailed
 
 
 def import_suppressions(
@@ -53,31 +60,47 @@ def import_suppressions(
     """Suppress every address of the file in one transaction.
 
     SubscriberError, with nothing imported, if the file cannot be read whole (csvfile) or holds no
-    address at all; a line that is not an address goes to on_bad and the others are imported.
+    address at all; a line that is not an address goes to on_bad and the others are imported. From an
+    export with status columns only the rows it marks are imported, the reason saying why ("reason:
+    unsubscribed (Mailchimp)"); the others are counted as kept.
     """
     report = ImportReport()
     rows = 0
     with CsvFile(path, "suppression file") as source:
         layout = _layout(source)
+        report.tool = layout.tool if layout.rules else ""
         source.scan(layout.delimiter, after=layout.header_line, consequence="nothing was imported")
         with ledger.transaction():
-            for line, raw, error in _addresses(source, layout):
+            for line, raw, error, cells in _addresses(source, layout):
                 rows += 1
                 try:
                     if error:
                         raise ValueError(error)
                     key = dedupe_key(normalize_email(raw))
-                except ValueError as exc:
+                    status = _status(layout, cells)
+                except (ValueError, listformat.BadValue) as exc:
                     report.bad += 1
                     on_bad(BadRow(path, line, f"{raw!r}: {exc}" if raw else str(exc)))
                     continue
-                if ledger.suppress(key, source="import", reason=reason):
+                if layout.rules and not status:
+                    report.kept += 1
+                    continue
+                why = f"{reason}: {status}" if status else reason
+                if ledger.suppress(key, source="import", reason=why):
                     report.added += 1
                 else:
                     report.already += 1
             if not report.added + report.already:
-                raise SubscriberError(_nothing_found(path, layout, rows))
+                raise SubscriberError(_nothing_found(path, layout, rows, report.kept))
     return report
+
+
+def _status(layout: _Layout, cells: list[str]) -> str:
+    for rule in layout.rules:
+        status = rule(cells)
+        if status:
+            return status
+    return ""
 
 
 def _layout(source: CsvFile) -> _Layout:
@@ -97,13 +120,15 @@ def _layout(source: CsvFile) -> _Layout:
                 found.append((len(cells), columns[0], delimiter))
         if found:
             _, column, delimiter = max(found, key=lambda f: f[0])  # the split into most cells; "," on a tie
-            return _Layout(record.first, delimiter, column)
+            cells = next(csv.reader([text], delimiter=delimiter), [])
+            tool, rules = listformat.tool([listformat.key(cell) for cell in cells])
+            return _Layout(record.first, delimiter, column, tool, tuple(rules))
         break
     return _Layout()
 
 
-def _addresses(source: CsvFile, layout: _Layout) -> Iterator[tuple[int, str, str]]:
-    """(line, address as written, why the line is unreadable) for every row after the header."""
+def _addresses(source: CsvFile, layout: _Layout) -> Iterator[tuple[int, str, str, list[str]]]:
+    """(line, address as written, why the line is unreadable, cells) for every row after the header."""
     for record in source.records(layout.delimiter):
         if record.first <= layout.header_line or record.blank:
             continue
@@ -114,12 +139,17 @@ def _addresses(source: CsvFile, layout: _Layout) -> Iterator[tuple[int, str, str
         else:
             cells = record.cells
             text = cells[layout.column].strip() if layout.column < len(cells) else ""
-        yield record.first, text, record.error or ("" if text else "no address")
+        yield record.first, text, record.error or ("" if text else "no address"), record.cells
 
 
-def _nothing_found(path: Path, layout: _Layout, rows: int) -> str:
+def _nothing_found(path: Path, layout: _Layout, rows: int, kept: int) -> str:
     if not rows:
         return f"{path}: no addresses in it; nothing was imported"
+    if kept:
+        return (
+            f"{path}: none of its {rows:,} row(s) is marked as not to be mailed ({layout.tool} export:"
+            f" {kept:,} still subscribed); nothing was imported"
+        )
     if layout.delimiter is None:
         hint = (
             "no header line names an address column (email, Email Address, E-mail, email_address,"

@@ -318,3 +318,127 @@ def test_a_utf8_row_of_even_length_appended_to_a_utf16_file_is_one_named_bad_row
     subs, bad, _ = read(path)
     assert [s.email for s in subs] == ["ann@example.com"]
     assert [b.line for b in bad] == [3] and "invalid address" in bad[0].reason
+
+
+# --- item 3: status columns -------------------------------------------------------------------------------
+
+SENT_FROM = {
+    # export: (mailed, (skipped count, reason))
+    "substack.csv": (
+        ["gus@example.com", "hal@example.com"], {"email disabled (Substack)": 1, "inactive (Substack)": 1}
+    ),
+    "listmonk.csv": (["kim@example.com", "lea@example.com"], {"blocklisted (listmonk)": 1}),
+    "ghost.csv": (["ned@example.com", "pia@example.com"], {"not subscribed to emails (Ghost)": 1}),
+    "mailchimp_subscribed.csv": (["ann@example.com", "bob@example.com", "cy@example.com"], {}),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("export", list(SENT_FROM))
+def test_rows_an_export_marks_are_not_mailed_and_are_counted(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path, export: str
+) -> None:
+    import json
+
+    mailed, reasons = SENT_FROM[export]
+    result = run(
+        ["send", str(post), "--to", str(LISTS / export), "--yes", "--force", "--json"],
+        publisher.env_for(smtp_server, tmp_path),
+    )
+    assert result.exit_code == 0, result.output
+    assert received(smtp_server) == mailed
+    out = json.loads(result.stdout)
+    assert out["counts"]["sent"] == len(mailed) and out["counts"]["skipped"] == sum(reasons.values())
+    _, _, stats = read(LISTS / export)
+    assert stats.check.reasons == reasons and stats.skipped == sum(reasons.values())
+
+
+def test_a_flag_neither_true_nor_false_is_a_bad_row_never_mailed(tmp_path: Path) -> None:
+    path = tmp_path / "substack.csv"
+    path.write_text("email,active_subscription,email_disabled\na@example.com,true,maybe\nb@example.com,,\n")
+    subs, bad, _ = read(path)
+    assert [s.email for s in subs] == ["b@example.com"]  # empty flags say nothing: mailed
+    assert [str(b) for b in bad] == [
+        f"{path}:2: 'a@example.com': the 'email_disabled' field is 'maybe', neither true nor false"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("export", "reason"),
+    [
+        ("mailchimp_unsubscribed.csv", "2 unsubscribed (Mailchimp)"),
+        ("mailchimp_cleaned.csv", "1 cleaned (Mailchimp: bounced)"),
+    ],
+)  # fmt: skip
+def test_sending_to_an_unsubscribed_export_is_refused_pointing_to_the_import(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path, export: str, reason: str
+) -> None:
+    path = LISTS / export
+    result = run(
+        ["send", str(post), "--to", str(path), "--yes", "--force"], publisher.env_for(smtp_server, tmp_path)
+    )
+    assert result.exit_code == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert errors == [
+        f"Error: {path}: none of its {reason.split()[0]} row(s) is to be mailed ({reason}); nothing was sent"
+        f" (to suppress these addresses: mailer suppressions import {path})"
+    ]
+    assert smtp_server.messages == []
+
+
+IMPORTED = {
+    "mailchimp_unsubscribed.csv": (
+        {"dan@example.com": "unsubscribed (Mailchimp)", "eve@example.com": "unsubscribed (Mailchimp)"}, 0
+    ),
+    "mailchimp_cleaned.csv": ({"fay@example.com": "cleaned (Mailchimp: bounced)"}, 0),
+    "substack.csv": (
+        {"ivy@example.com": "email disabled (Substack)", "jon@example.com": "inactive (Substack)"}, 2
+    ),
+    "listmonk.csv": ({"max@example.com": "blocklisted (listmonk)"}, 2),
+    "ghost.csv": ({"ola@example.com": "not subscribed to emails (Ghost)"}, 2),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("export", list(IMPORTED))
+def test_importing_an_export_as_suppressions_takes_exactly_the_rows_it_marks(
+    tmp_path: Path, export: str
+) -> None:
+    from mailer.ledger import Ledger
+
+    wanted, kept = IMPORTED[export]
+    result = run(
+        ["suppressions", "import", str(LISTS / export)], {"MAILER_DATA_DIR": str(tmp_path / "state")}
+    )
+    assert result.exit_code == 0, result.output
+    line = f"{len(wanted)} newly suppressed, 0 already suppressed, 0 bad line(s) skipped"
+    if kept:
+        line += f"; {kept} still subscribed in the {export.split('.')[0].split('_')[0].title()} export"
+    assert line.lower() in result.stdout.lower()
+    with Ledger(tmp_path / "state" / "mailer.db") as ledger:
+        got = {s.email: s.reason for s in ledger.suppressions()}
+    assert got == {email: f"imported from {export}: {why}" for email, why in wanted.items()}
+
+
+def test_importing_an_export_where_no_one_is_marked_imports_nothing_exit_1(tmp_path: Path) -> None:
+    path = tmp_path / "ghost.csv"
+    path.write_text("id,email,name,subscribed_to_emails\n1,a@example.com,A,true\n2,b@example.com,B,true\n")
+    result = run(["suppressions", "import", str(path)], {"MAILER_DATA_DIR": str(tmp_path / "state")})
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        f"Error: {path}: none of its 2 row(s) is marked as not to be mailed (Ghost export: 2 still"
+        " subscribed); nothing was imported"
+    )
+
+
+def test_a_utf16_unsubscribed_export_with_tabs_is_imported(tmp_path: Path) -> None:
+    path = tmp_path / "unsubscribed.txt"
+    text = (LISTS / "mailchimp_unsubscribed.csv").read_text()
+    import csv
+    import io
+
+    rows = list(csv.reader(io.StringIO(text)))
+    out = io.StringIO()
+    csv.writer(out, delimiter="\t").writerows(rows)
+    path.write_bytes(out.getvalue().encode("utf-16"))
+    result = run(["suppressions", "import", str(path)], {"MAILER_DATA_DIR": str(tmp_path / "state")})
+    assert result.exit_code == 0, result.output
+    assert "2 newly suppressed" in result.stdout
