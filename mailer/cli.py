@@ -433,19 +433,32 @@ def unsubscribe(ctx: click.Context, addresses: tuple[str, ...], reason: str, und
         from .ledger import Ledger
 
         emails = _check_addresses(addresses)
+        if undo:
+            _resubscribe(settings, emails)
+            return
         with Ledger(settings.db_path) as ledger:
             for email in emails:
-                if undo:
-                    changed = ledger.unsuppress(email)
-                    click.echo(f"resubscribed {email}" if changed else f"{email} was not suppressed")
-                else:
-                    changed = ledger.suppress(email, source="manual", reason=reason)
-                    click.echo(f"suppressed {email}" if changed else f"{email} was already suppressed")
+                changed = ledger.suppress(email, source="manual", reason=reason)
+                click.echo(f"suppressed {email}" if changed else f"{email} was already suppressed")
+
+
+def _resubscribe(settings: Settings, emails: list[str]) -> None:
+    """Take addresses off the suppression list, saying what each suppression was (`remove`, `--undo`)."""
+    from .ledger import Ledger
+
+    with Ledger(settings.db_path) as ledger:
+        for email in emails:
+            was = ledger.suppression(email)
+            if was is None or not ledger.unsuppress(email):
+                click.echo(f"{email} was not suppressed")
+                continue
+            why = ", ".join(filter(None, [was.reason or was.source, was.issue_id, was.status]))
+            click.echo(f"resubscribed {email} (suppressed {_when(was.created_at)}: {why})")
 
 
 @cli.group()
 def suppressions() -> None:
-    """The addresses mailer never sends to: list, import or export them."""
+    """The addresses mailer never sends to: list, remove, import or export them."""
 
 
 def _when(value: object) -> str:
@@ -461,21 +474,37 @@ def _when(value: object) -> str:
 @suppressions.command("list")
 @click.pass_context
 def suppressions_list(ctx: click.Context) -> None:
-    """Show every suppressed address with where it came from and when."""
+    """Show every suppressed address: source, when, reason, issue, status code and the server's words."""
     settings = settings_from(ctx)
     with reported():
         from .ledger import Ledger
 
         with Ledger(settings.db_path) as ledger:
-            rows = [(s.email, s.source, _when(s.created_at)) for s in ledger.suppressions()]
+            rows = [
+                (s.email, s.source, _when(s.created_at), s.reason or "-", s.issue_id or "-", s.status or "-",
+                 s.diagnostic[:100])
+                for s in ledger.suppressions()
+            ]  # fmt: skip
         if not rows:
             click.echo("No suppressed addresses.")
             return
-        width = max(len(r[0]) for r in rows)
-        source_width = max(len(r[1]) for r in rows)
-        for email, source, when in rows:
-            click.echo(f"{email:<{width}}  {source:<{source_width}}  {when}")
+        widths = [max(len(r[i]) for r in rows) for i in range(6)]
+        for row in rows:
+            click.echo(
+                "  ".join([*(f"{c:<{w}}" for c, w in zip(row, widths, strict=False)), row[6]]).rstrip()
+            )
         click.echo(f"{len(rows)} suppressed address(es)", err=True)
+
+
+@suppressions.command("remove")
+@click.argument("addresses", nargs=-1, required=True, metavar="ADDRESS...")
+@click.pass_context
+def suppressions_remove(ctx: click.Context, addresses: tuple[str, ...]) -> None:
+    """Take ADDRESS... off the suppression list (a bounce or complaint judged wrong); the same as
+    `mailer unsubscribe --undo`."""
+    settings = settings_from(ctx)
+    with reported():
+        _resubscribe(settings, _check_addresses(addresses))
 
 
 @suppressions.command("import")
@@ -512,7 +541,7 @@ def suppressions_import(ctx: click.Context, file: Path, reason: str) -> None:
 @suppressions.command("export")
 @click.pass_context
 def suppressions_export(ctx: click.Context) -> None:
-    """Write the suppression list as CSV (email, source, reason, created_at) to stdout."""
+    """Write the suppression list as CSV (email, source, reason, created_at, issue, status, diagnostic)."""
     settings = settings_from(ctx)
     with reported():
         import csv
@@ -520,10 +549,20 @@ def suppressions_export(ctx: click.Context) -> None:
         from .ledger import Ledger
 
         out = csv.writer(sys.stdout, lineterminator="\n")
-        out.writerow(["email", "source", "reason", "created_at"])
+        out.writerow(["email", "source", "reason", "created_at", "issue", "status", "diagnostic"])
         with Ledger(settings.db_path) as ledger:
             for s in ledger.suppressions():
-                out.writerow([s.email, s.source, s.reason, _when(s.created_at)])
+                out.writerow(
+                    [
+                        s.email,
+                        s.source,
+                        s.reason,
+                        _when(s.created_at),
+                        s.issue_id or "",
+                        s.status,
+                        s.diagnostic,
+                    ]
+                )
 
 
 @cli.command()

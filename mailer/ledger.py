@@ -762,6 +762,15 @@ class Ledger:
         cursor = self._write("DELETE FROM suppressions WHERE email = ?", (dedupe_key(email),))
         return cursor.rowcount == 1
 
+    def suppression(self, email: str) -> Suppression | None:
+        """The address's suppression (who, why, when), or None if it is not suppressed."""
+        row = self._one(
+            "SELECT email, source, reason, created_at, issue_id, status, diagnostic FROM suppressions"
+            " WHERE email = ?",
+            (dedupe_key(email),),
+        )
+        return None if row is None else _suppression(row)
+
     def is_suppressed(self, email: str) -> bool:
         """Whether the address is on the suppression list (case-insensitive)."""
         row = self._one("SELECT 1 FROM suppressions WHERE email = ?", (dedupe_key(email),))
@@ -776,11 +785,16 @@ class Ledger:
                 " WHERE email > ? ORDER BY email LIMIT ?",
                 (after, page),
             )
-            for email, source, reason, created, issue_id, status, diagnostic in rows:
-                yield Suppression(email, source, reason, _time(created), issue_id, status, diagnostic)
+            for row in rows:
+                yield _suppression(row)
             if len(rows) < page:
                 return
             after = rows[-1][0]
+
+
+def _suppression(row: Sequence[Any]) -> Suppression:
+    email, source, reason, created, issue_id, status, diagnostic = row
+    return Suppression(email, source, reason, _time(created), issue_id, status, diagnostic)
 
 
 def _identity(path: Path) -> tuple[int, int] | None:
