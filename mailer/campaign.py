@@ -16,9 +16,12 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+from .bounces import HARD
 from .errors import MailerError, SendAborted, TransportError
 from .ledger import Ledger
 from .message import MessageFactory
+from .policy import record_bounces
+from .refusals import POLICY, judge, refusal_bounce
 from .stopping import StopSignals
 from .subscribers import Subscriber
 from .transport import Outcome, Transport
@@ -53,6 +56,7 @@ class Report:
     failed_permanent: int = 0
     in_doubt: int = 0  # no reply to the end of the message, twice (or once when the run stopped)
     in_doubt_before: int = 0  # left in doubt by an earlier run (use --retry-failed)
+    bounced: int = 0  # refused for good as readers (refusals.py) and so suppressed by this run
     retries: int = 0
     reset: int = 0
     pending: int = 0  # not sent because the run stopped early
@@ -139,6 +143,8 @@ class _Job:
     data: bytes = field(compare=False, default=b"")
     sender: str = field(compare=False, default="")  # MAIL FROM: its own signed bounce address (VERP)
     doubted: bool = field(compare=False, default=False)  # an earlier attempt was in doubt
+    # refused by policy (5.7.x) before any recipient of this send was accepted: not recorded, held
+    held: Outcome | None = field(compare=False, default=None)
 
 
 class _Unrecorded(Exception):
@@ -282,6 +288,7 @@ class _Pool:
         self.stop = stop or threading.Event()  # set: stop now, calling off messages short of their "."
         self.limiter = RateLimiter(rate, clock)
         self.transport = transport
+        self.accepted = threading.Event()  # some recipient of this send was accepted: see refusals.py
         self.in_flight = 0
         self.recorder = _Recorder(ledger, issue_id, self.outcomes)
         self.threads = [
@@ -325,6 +332,12 @@ class _Pool:
                 except _CalledOff:
                     self.outcomes.put((job, None, ""))
                     return
+                if outcome.ok:
+                    self.accepted.set()
+                elif not self.accepted.is_set() and judge(outcome) == POLICY:
+                    job.held = outcome  # the sender's problem, or the reader's: not known yet
+                    self.outcomes.put((job, None, ""))
+                    continue
                 recorded.wait()  # one outcome of this connection in the recorder at a time
                 recorded.clear()
                 recorder.submit(job, outcome, recorded)
@@ -412,6 +425,7 @@ def run_send(
     return report
 
 
+HELD_LIMIT = 5  # policy refusals (5.7.x) with no one accepted that stop the send: see refusals.py
 SWITCH_INTERVAL = 0.0005  # seconds, while a send runs (see _Loop.run)
 LOOKUP_BATCH = 256  # subscribers looked up in the record per query: a fraction of a second of sending
 
@@ -470,6 +484,7 @@ class _Loop:
         self.seq = itertools.count()
         self.consecutive_failures = 0
         self.fatal = ""
+        self.held: list[_Job] = []  # refused by policy before anyone was accepted (see refusals.py)
         self.pool = _Pool(
             transport, ledger, issue_id, options.connections, options.rate, clock, signals.hurry
         )
@@ -505,6 +520,8 @@ class _Loop:
                     self.clock.wait(
                         max(0.0, min(1.0, self.retries[0].due - self.clock.now())), self.pool.stop
                     )
+            if self.held and not self.fatal:
+                self.fatal = self._refused_all()
             self.signals.stopping = True  # from here a signal must not raise: it would abandon the pool
         except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM (StopSignals), or Ctrl-C outside the main thread
             interrupted = exc
@@ -517,7 +534,7 @@ class _Loop:
             self.signals.stopping = True
             unsent = self.pool.shutdown()
             self._collect(0.0, drain=True)
-            self.report.pending += len(unsent) + len(self.retries)
+            self.report.pending += len(unsent) + len(self.retries) + len(self.held)
         if self.fatal and not self.report.stopped_because:
             self.report.stopped_because = self.fatal
         if interrupted is not None:
@@ -562,19 +579,24 @@ class _Loop:
         report = self.report
         if error and not self.fatal:  # authentication refused, the record unwritable: nothing can go on
             self.fatal = error
+        if job.held is not None:
+            self._hold(job, drain=drain)
+            return
         if outcome is None:
             report.pending += 1
             return
         if outcome.ok:
             report.sent += 1
             self.consecutive_failures = 0
+            self._release_held(drain=drain)
         else:
             self.consecutive_failures += 1
             key = str(outcome)[:120]
             if outcome.permanent:
                 report.failed_permanent += 1
                 report.failures[key] = report.failures.get(key, 0) + 1
-                self.feedback.problem(f"{job.sub.email}: {outcome}")
+                suppressed = self._bounce(job, outcome)
+                self.feedback.problem(f"{job.sub.email}: {outcome}{'; suppressed' if suppressed else ''}")
             elif outcome.in_doubt and (
                 job.doubted or drain or self.fatal or job.attempt >= self.options.max_attempts
             ):  # a message in doubt is sent again at most once: each try may be a copy in the inbox
@@ -598,6 +620,46 @@ class _Loop:
                     f"(last: {outcome}); is the server up and the configuration right?"
                 )
         self.feedback.progress(report)
+
+    def _bounce(self, job: _Job, outcome: Outcome) -> bool:
+        """Record a refusal that is about the reader (refusals.py) as a bounce; True if it suppressed them."""
+        kind = judge(outcome)
+        if not kind:
+            return False
+        bounce = refusal_bounce(self.issue_id, job.sub.email, outcome, HARD if kind == POLICY else kind)
+        try:
+            done = record_bounces(self.ledger, [bounce], self.factory.settings)
+        except MailerError as exc:
+            self.fatal = self.fatal or f"cannot record a bounce: {exc}"
+            return False
+        self.report.bounced += len(done.suppressed)
+        return bool(done.suppressed)
+
+    def _hold(self, job: _Job, *, drain: bool) -> None:
+        """A policy refusal before anyone was accepted: try again once someone is, else stop."""
+        assert job.held is not None
+        self.held.append(job)
+        if self.pool.accepted.is_set():
+            self._release_held(drain=drain)
+        elif len(self.held) >= HELD_LIMIT and not self.fatal:
+            self.fatal = self._refused_all()
+        self.feedback.progress(self.report)
+
+    def _release_held(self, *, drain: bool) -> None:
+        """Someone was accepted: the held readers' refusals may be theirs after all; ask again now."""
+        if drain or self.fatal:
+            return
+        for job in self.held:
+            heapq.heappush(self.retries, _Job(self.clock.now(), next(self.seq), job.sub, job.attempt))
+        self.held.clear()
+
+    def _refused_all(self) -> str:
+        held = self.held[-1].held
+        return (
+            f"stopped: the server refused the first {len(self.held)} recipient(s) ({held}) and accepted"
+            " none, so it refuses this sender or client, not the readers (a relay that does not relay"
+            " for you?); no reader was marked failed or suppressed"
+        )
 
     def _retry(self, job: _Job, outcome: Outcome) -> _Job:
         if outcome.code in (0, 421):  # the connection, not the recipient: try again soon on a new one

@@ -125,6 +125,7 @@ REPORT_ROWS = (
     ("skipped", "not to be mailed, as the list says"),
     ("failed_temporary", "failed, temporary (will retry on rerun)"),
     ("failed_permanent", "failed, permanent"),
+    ("bounced", "  of which suppressed (refused as readers)"),
     ("failed_before", "failed permanently before (--retry-failed)"),
     ("in_doubt", "in doubt: no reply to the end, not sent again"),
     ("in_doubt_before", "in doubt before (--retry-failed)"),

@@ -44,6 +44,7 @@ class Outcome:
     code: int
     text: str
     in_doubt: bool = False  # the whole message went out but no reply to its end came: it may have arrived
+    stage: str = ""  # the command the reply answers ('RCPT', 'END' ...); '' when no server replied
 
     @property
     def ok(self) -> bool:
@@ -392,8 +393,8 @@ class SMTPConnection(_ClosedOnExit):
         if smtp is not None:
             smtp.close()
 
-    def _fail(self, code: int, text: str) -> Outcome:
-        return Outcome(code, self._t.scrub(text))
+    def _fail(self, code: int, text: str, stage: str = "") -> Outcome:
+        return Outcome(code, self._t.scrub(text), stage=stage)
 
     def _connect(self) -> Outcome | None:
         """Open, secure and authenticate a session; None on success, else why not."""
@@ -625,7 +626,7 @@ class SMTPConnection(_ClosedOnExit):
             self._drop()
             stage, code, msg = first_refusal
             self._refuses_session(stage, code, msg)
-            return self._fail(code, _one_line(msg)), False
+            return self._fail(code, _one_line(msg), stage), False
         return self._rejected(*first_refusal, reset=True), False
 
     def _rejected(self, stage: str, code: int, msg: bytes, *, reset: bool) -> Outcome:
@@ -634,7 +635,7 @@ class SMTPConnection(_ClosedOnExit):
             self._drop()
             return self._fail(0, f"unreadable reply: {_one_line(msg)}")
         self._refuses_session(stage, code, msg)
-        outcome = self._fail(code, _one_line(msg))
+        outcome = self._fail(code, _one_line(msg), stage)
         if code == 421 or code < 200:
             self._drop()
         elif reset and not outcome.ok:

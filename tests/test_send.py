@@ -109,7 +109,7 @@ def test_temporary_failures_are_retried_and_permanent_ones_recorded(
     assert code == 3, err  # one address failed for good: finished, some recipients failed
     got = recipients(smtp_server)
     assert got == Counter({e: 1 for e in emails if e != "user2@example.com"})
-    assert "user2@example.com: 550" in err
+    assert "user2@example.com: 550" in err and "; suppressed" in err
     with Ledger(tmp_path / "state" / "mailer.db") as ledger:
         failed = ledger.delivery("2026-02-09", "user2@example.com")
         assert failed is not None and failed.state == "failed" and failed.last_code == 550
@@ -120,7 +120,12 @@ def test_temporary_failures_are_retried_and_permanent_ones_recorded(
     assert code == 0
     assert "550" in out
 
+    # 550 5.1.1 (no such user) is a hard bounce: the reader is suppressed, so a retry skips them...
     smtp_server.fail("user2@example.com", 250, times=0)  # the server now takes it
+    code, _, err = run(send_args(post, csv, "--retry-failed"), env)
+    assert code == 0 and recipients(smtp_server)["user2@example.com"] == 0, err
+    # ...until the suppression is removed
+    assert run(["suppressions", "remove", "user2@example.com"], env)[0] == 0
     code, _, err = run(send_args(post, csv, "--retry-failed"), env)
     assert code == 0, err
     assert recipients(smtp_server)["user2@example.com"] == 1
