@@ -38,6 +38,7 @@ EXAMPLE_POST = ROOT / "examples" / "2026-02-09.md"
 SMTP_SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
 SMTP_SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
 SENDER = "news@aidaily.news"  # a sender and links the pre-send checks accept, as a real send has
+BOUNCE_ADDRESS = "bounce@bounces.aidaily.news"
 WEB_URL = "https://aidaily.news/mailer"
 POSTAL_ADDRESS = "AI Daily, 9 Harbour Road, Hong Kong"
 PARTS = ("startup", "render", "build", "send", "mailmerge", "scale")
@@ -459,6 +460,7 @@ def mailer_env(port: int, data_dir: Path) -> dict[str, str]:
         MAILER_DATA_DIR=str(data_dir),
         MAILER_SECRET_KEY="bench-secret-key-0123456789",
         MAILER_FROM_EMAIL=SENDER,
+        MAILER_BOUNCE_ADDRESS=BOUNCE_ADDRESS,  # each message its own signed MAIL FROM (VERP), as a real list
         MAILER_FROM_NAME="AI 日报",
         MAILER_WEB_URL=WEB_URL,
         MAILER_POSTAL_ADDRESS=POSTAL_ADDRESS,

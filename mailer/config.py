@@ -356,7 +356,7 @@ def _address(name: str, value: str, where: str) -> str:
 
 def _bounce_address(value: str, where: str) -> str:
     """The VERP base: an address whose local part leaves room for "+TOKEN" within 64 octets."""
-    from .envelope import MAX_BOUNCE_LOCAL
+    from .envelope import MAX_BOUNCE_LOCAL, TOKEN_LENGTH
 
     address = _address("bounce_address", value, where)
     local = address.rpartition("@")[0]
@@ -367,7 +367,7 @@ def _bounce_address(value: str, where: str) -> str:
     if len(local) > MAX_BOUNCE_LOCAL:
         raise ConfigError(
             f"{where}: {address!r}: the part before the @ may have at most {MAX_BOUNCE_LOCAL} characters"
-            " (mailer adds a 33-character '+TOKEN' to it, and servers refuse more than 64)"
+            f" (mailer adds a {TOKEN_LENGTH + 1}-character '+TOKEN' to it, and servers refuse more than 64)"
         )
     return address
 

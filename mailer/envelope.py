@@ -5,17 +5,16 @@ with its delivery in the record. The Message-ID carries it in hex; with `bounce_
 sender (MAIL FROM, which becomes the Return-Path, where bounces are mailed) carries it too, sealed with
 the site's signing keys:
 
-    bounce+<32 characters of lowercase base32: the tag, then 10 bytes of HMAC>@bounces.example.com
+    bounce+<36 lowercase hex digits: the tag, then 8 bytes of HMAC>@bounces.example.com
 
-The local part stays under 64 octets (a bounce local part of at most 31), uses only lowercase letters and
-digits 2-7 (an MTA that lowercases local parts changes nothing), and a token whose seal is wrong names no
-one: a forged bounce cannot suppress a reader. Old keys (`old_secret_keys`) still open old tokens.
+The local part stays within 64 octets (a bounce local part of at most 27), uses only digits and lowercase
+a-f (an MTA that lowercases local parts changes nothing), and a token whose seal is wrong names no one: a
+forged bounce cannot suppress a reader (one guess in 2**64 would). Old keys (`old_secret_keys`) still open
+old tokens. Hex rather than base32: Python's base32 encoder costs ~8 µs a message, hex ~0.3 µs.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import re
 from typing import TYPE_CHECKING, NamedTuple
@@ -28,11 +27,11 @@ if TYPE_CHECKING:
     from .ledger import Ledger
 
 TAG_BYTES = 10
-SEAL_BYTES = 10
-TOKEN_LENGTH = 32  # base32 of TAG_BYTES + SEAL_BYTES, no padding
+SEAL_BYTES = 8
+TOKEN_LENGTH = 2 * (TAG_BYTES + SEAL_BYTES)  # hex
 MAX_BOUNCE_LOCAL = 64 - 1 - TOKEN_LENGTH  # room left before the "+" in a 64-octet local part
 PURPOSE = b"mailer.return-path"
-_TOKEN = re.compile(r"[a-z2-7]{32}")
+_TOKEN = re.compile(r"[0-9a-f]{36}")
 _MESSAGE_ID = re.compile(r"\s*<?([^<>@\s]+)\.([0-9a-fA-F]{20})@[^<>@\s]+>?\s*")
 
 
@@ -66,9 +65,8 @@ class ReturnPaths:
 
 
 def encode_token(tag: bytes, keyring: Keyring) -> str:
-    """The tag and its seal as 32 lowercase base32 characters."""
-    sealed = tag + keyring.seal(tag, PURPOSE)[:SEAL_BYTES]
-    return base64.b32encode(sealed).decode("ascii").lower()
+    """The tag and its seal as lowercase hex."""
+    return (tag + keyring.seal(tag, PURPOSE)[:SEAL_BYTES]).hex()
 
 
 def decode_token(token: str, keyring: Keyring) -> bytes | None:
@@ -76,10 +74,7 @@ def decode_token(token: str, keyring: Keyring) -> bytes | None:
     token = token.lower()
     if not _TOKEN.fullmatch(token):
         return None
-    try:
-        raw = base64.b32decode(token.upper())
-    except binascii.Error:
-        return None
+    raw = bytes.fromhex(token)
     tag, seal = raw[:TAG_BYTES], raw[TAG_BYTES:]
     return tag if keyring.opens(tag, seal, PURPOSE) else None
 

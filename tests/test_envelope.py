@@ -6,7 +6,6 @@ Message-ID is read back through the real record.
 
 from __future__ import annotations
 
-import base64
 import email
 import re
 from collections.abc import Callable
@@ -35,7 +34,7 @@ from tests.smtpd import SMTPServer
 BOUNCE = "bounce@bounces.aidaily.news"
 KEY = "current-key-0123456789abcdef"
 OLD_KEY = "older-key-0123456789abcdef"
-VERP = re.compile(r"bounce\+([a-z2-7]{32})@bounces\.aidaily\.news")
+VERP = re.compile(r"bounce\+([0-9a-f]{36})@bounces\.aidaily\.news")
 
 
 def _send(server: SMTPServer, tmp_path: Path, post: Path, readers: list[str], **env: str) -> dict[str, str]:
@@ -105,9 +104,9 @@ def test_a_forged_or_altered_token_names_no_one() -> None:
         assert decode_token(_flip(token, at), keyring) is None
     assert decode_token(encode_token(tag, Keyring("someone-elses-key-0123456789")), keyring) is None
     # a tag with a seal made for another purpose (an unsubscribe link's key) does not open
-    other = base64.b32encode(tag + keyring.seal(tag, b"mailer.unsubscribe")[:10]).decode().lower()
+    other = (tag + keyring.seal(tag, b"mailer.unsubscribe")[:8]).hex()
     assert decode_token(other, keyring) is None
-    for junk in ("", token[:-1], token + "a", token.replace(token[0], "1"), "=" * 32, "ä" * 32):
+    for junk in ("", token[:-1], token + "a", "g" + token[1:], "=" * 36, "ä" * 36, " " + token[1:]):
         assert decode_token(junk, keyring) is None
 
 
@@ -133,7 +132,7 @@ def test_old_keys_still_open_tokens_and_only_the_bounce_address_is_read() -> Non
     ("value", "problem"),
     [
         ("bounce+x@bounces.example.com", r"no '\+'"),
-        ("b" * 32 + "@bounces.example.com", "at most 31"),
+        ("b" * 28 + "@bounces.example.com", "at most 27"),
         ("not an address", "not an email address"),
     ],
 )
@@ -141,5 +140,5 @@ def test_a_bounce_address_without_room_for_the_token_is_refused(value: str, prob
     with pytest.raises(ConfigError, match=problem) as caught:
         load_settings(env={"MAILER_BOUNCE_ADDRESS": value})
     assert "bounce_address" in str(caught.value)
-    ok = load_settings(env={"MAILER_BOUNCE_ADDRESS": "B" * 31 + "@Bounces.Example.com"})
+    ok = load_settings(env={"MAILER_BOUNCE_ADDRESS": "B" * 27 + "@Bounces.Example.com"})
     assert len(ReturnPaths(ok.bounce_address, Keyring(KEY)).address("i", "a@b.c").partition("@")[0]) == 64
