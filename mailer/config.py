@@ -15,6 +15,7 @@ import math
 import os
 import re
 import tomllib
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -154,7 +155,68 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
 
-_KINDS = {f.name: str(f.type) for f in fields(Settings)}
+# A setting's value as read (TOML's str/int/float/bool, or a variable's text) -> the value Settings holds
+Converter = Callable[[str, object, str], object]  # (setting name, value, where it was set)
+
+
+def _text(name: str, value: object, where: str) -> str:
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ConfigError(f"{where}: {name} must be a string")
+    return str(value)
+
+
+def _whole(name: str, value: object, where: str) -> int:
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ConfigError(f"{where}: {name} must be a whole number, not {value!r}")
+    try:
+        return int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigError(f"{where}: {name} must be a whole number, not {value!r}") from None
+
+
+def _number(name: str, value: object, where: str) -> float:
+    if isinstance(value, bool):
+        raise ConfigError(f"{where}: {name} must be a number, not {value!r}")
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: {name} must be a number, not {value!r}") from None
+
+
+def _flag(name: str, value: object, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{where}: {name} must be true or false, not {value!r}")
+
+
+def _path(name: str, value: object, where: str) -> Path:
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: {name} must be a path (a string)")
+    return Path(value).expanduser() if value else Path(".")
+
+
+def _path_or_none(name: str, value: object, where: str) -> Path | None:
+    """An optional path: empty means "not set" (the default derived from data_dir), not the current folder."""
+    return None if value == "" else _path(name, value, where)
+
+
+CONVERTERS: dict[object, Converter] = {
+    str: _text,
+    int: _whole,
+    float: _number,
+    bool: _flag,
+    Path: _path,
+    Path | None: _path_or_none,
+}
+# each setting's converter, by the type its field is annotated with (a new type needs its converter here)
+_CONVERT: dict[str, Converter] = {
+    name: CONVERTERS[kind] for name, kind in typing.get_type_hints(Settings).items()
+}
 
 
 @dataclass(frozen=True)
@@ -179,46 +241,9 @@ def _line_of(text: str, key: str) -> int | None:
     return text.count("\n", 0, match.start()) + 1 if match else None
 
 
-def _coerce(name: str, kind: str, value: object, where: str) -> object:
-    if kind == "str":
-        if isinstance(value, bool) or not isinstance(value, str | int | float):
-            raise ConfigError(f"{where}: {name} must be a string")
-        return str(value)
-    if kind == "int":
-        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-            raise ConfigError(f"{where}: {name} must be a whole number, not {value!r}")
-        try:
-            return int(value)  # type: ignore[call-overload]
-        except (TypeError, ValueError, OverflowError):
-            raise ConfigError(f"{where}: {name} must be a whole number, not {value!r}") from None
-    if kind == "float":
-        if isinstance(value, bool):
-            raise ConfigError(f"{where}: {name} must be a number, not {value!r}")
-        try:
-            return float(value)  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where}: {name} must be a number, not {value!r}") from None
-    if kind == "bool":
-        if isinstance(value, bool):
-            return value
-        text = str(value).strip().lower()
-        if text in ("1", "true", "yes", "on"):
-            return True
-        if text in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"{where}: {name} must be true or false, not {value!r}")
-    if kind.startswith("Path"):
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: {name} must be a path (a string)")
-        if value == "":
-            return None if "None" in kind else Path(".")
-        return Path(value).expanduser()
-    raise ConfigError(f"{where}: {name} has an unsupported type")
-
-
 def _flatten(raw: dict[str, Any], path: Path, text: str) -> dict[str, tuple[object, str]]:
     """{setting: (value, "file:line")}; `[smtp] host` is smtp_host; misplaced or unknown keys are errors."""
-    known = list(_KINDS)
+    known = list(_CONVERT)
     flat: dict[str, tuple[object, str]] = {}
     for key, value in raw.items():
         table = isinstance(value, dict)
@@ -228,8 +253,8 @@ def _flatten(raw: dict[str, Any], path: Path, text: str) -> dict[str, tuple[obje
             where = f"{path}:{line}" if line else str(path)
             if isinstance(item, dict):
                 raise ConfigError(f"{where}: [{key}.{written}]: mailer's tables are one level deep")
-            if name not in _KINDS:
-                if table and written in _KINDS:
+            if name not in _CONVERT:
+                if table and written in _CONVERT:
                     raise ConfigError(
                         f"{where}: `{written}` belongs at the top level of the file, not under [{key}]"
                     )
@@ -251,7 +276,7 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
     file_from = "--config" if path is not None else "MAILER_CONFIG" if explicit else "the current folder"
     path = path or Path(env.get("MAILER_CONFIG") or DEFAULT_CONFIG)
     values: dict[str, object] = {}
-    sources = dict.fromkeys(_KINDS, "default")
+    sources = dict.fromkeys(_CONVERT, "default")
     warnings: list[str] = []
     found: Path | None = None
     if path.is_file() or (path.exists() and not path.is_dir()):
@@ -264,7 +289,7 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
         for name, (value, where) in _flatten(raw, path, text).items():
-            values[name] = _coerce(name, _KINDS[name], value, where)
+            values[name] = _CONVERT[name](name, value, where)
             sources[name] = where
         base = Path(os.path.abspath(path)).parent
         for name in PATH_SETTINGS:
@@ -277,14 +302,14 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
         raise ConfigError(f"{path}: is a folder, not a configuration file")
     elif explicit:
         raise ConfigError(f"{path}: configuration file not found")
-    variables = {f"MAILER_{key.upper()}": key for key in _KINDS}
+    variables = {f"MAILER_{key.upper()}": key for key in _CONVERT}
     for var in sorted(env):
         if var.startswith("MAILER_") and var not in variables and var not in OTHER_VARIABLES:
             hint = _suggest(var, [*variables, *OTHER_VARIABLES])
             warnings.append(f"warning: {var} is not a mailer setting and is ignored{hint}")
     for var, key in variables.items():
         if var in env:
-            values[key] = _coerce(key, _KINDS[key], env[var], var)
+            values[key] = _CONVERT[key](key, env[var], var)
             sources[key] = var
     settings = Settings(**values)  # type: ignore[arg-type]
     return Loaded(_check(settings, sources), found, file_from, sources, warnings)

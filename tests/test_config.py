@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -80,6 +81,32 @@ def test_bad_settings_are_one_line_errors(
     assert result.exit_code == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ("from_name = [1]\n", "from_name must be a string"),
+        ("connections = 1.5\n", "connections must be a whole number, not 1.5"),
+        ("rate = true\n", "rate must be a number, not True"),
+        ("smtp_verify = 'maybe'\n", "smtp_verify must be true or false, not 'maybe'"),
+        ("data_dir = 3\n", "data_dir must be a path (a string)"),
+        ("database = 3\n", "database must be a path (a string)"),
+    ],
+)
+def test_each_kind_of_setting_names_the_kind_it_wants(tmp_path: Path, toml: str, message: str) -> None:
+    config = tmp_path / "mailer.toml"
+    config.write_text(toml, encoding="utf-8")
+    with pytest.raises(ConfigError, match=f"^{config}:1: {re.escape(message)}$"):
+        load_settings(config, env={})
+
+
+def test_an_empty_optional_path_is_unset_and_an_empty_path_is_here(tmp_path: Path) -> None:
+    env = {"MAILER_DATABASE": "", "MAILER_DATA_DIR": "", "MAILER_SMTP_PORT": "2525", "MAILER_RATE": "2.5"}
+    settings = load_settings(None, env=env)
+    assert settings.database is None and settings.data_dir == Path(".")
+    assert settings.db_path == Path(".") / "mailer.db"
+    assert (settings.smtp_port, settings.rate) == (2525, 2.5)
 
 
 def test_missing_explicit_config_file_is_an_error(tmp_path: Path) -> None:
