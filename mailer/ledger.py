@@ -104,18 +104,6 @@ CREATE INDEX bounces_by_email ON bounces(email, kind, at);
 
 
 @dataclass(frozen=True, slots=True)
-class Delivery:
-    """Where one subscriber stands for one issue."""
-
-    # 'sending' (handed to the server, fate unknown: in doubt), 'sent', 'deferred' (will retry), 'failed'
-    state: str
-    attempts: int
-    last_code: int | None  # the last SMTP reply code, None before any reply
-    last_reply: str
-    updated_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
 class FailureGroup:
     """Deliveries that did not go out for the same reason."""
 
@@ -613,17 +601,6 @@ class Ledger:
         return out
 
     # --- deliveries -------------------------------------------------------------------------------
-
-    def delivery(self, issue_id: str, email: str) -> Delivery | None:
-        """Where one subscriber stands for one issue, or None if never attempted."""
-        row = self._one(
-            "SELECT state, attempts, last_code, last_reply, updated_at FROM deliveries"
-            " WHERE issue_id = ? AND destination = ? AND email = ?",
-            (issue_id, self.destination, dedupe_key(email)),
-        )
-        if row is None:
-            return None
-        return Delivery(row[0], row[1], row[2], row[3], _time(row[4]))
 
     def record_outcomes(self, issue_id: str, outcomes: Sequence[tuple[str, str, int, str]]) -> None:
         """Record many (email, state, code, reply) outcomes in one commit: one fsync for a whole batch.

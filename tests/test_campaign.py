@@ -15,6 +15,7 @@ from mailer.render import render_issue
 from mailer.stopping import StopSignals
 from mailer.subscribers import Subscriber
 from mailer.transport import make_transport
+from tests.record import delivery
 from tests.smtpd import SMTPServer
 
 ISSUE = "2026-02-09"
@@ -70,9 +71,9 @@ def test_the_loop_sends_records_and_retries_on_its_own_clock(
         received = sorted(rcpt for m in smtp_server.messages for rcpt in m.rcpt_tos)
         assert received == ["ann@example.com", "bo@example.com"]  # one copy each
         # the recorder thread wrote through its own connection; the loop's ledger reads it
-        bo = ledger.delivery(ISSUE, "bo@example.com")
+        bo = delivery(ledger, ISSUE, "bo@example.com")
         assert bo is not None and (bo.state, bo.attempts, bo.last_code) == ("sent", 2, 250)
-        cy = ledger.delivery(ISSUE, "cy@example.com")
+        cy = delivery(ledger, ISSUE, "cy@example.com")
         assert cy is not None and (cy.state, cy.attempts, cy.last_code) == ("failed", 1, 550)
         assert ledger.status(ISSUE).counts == {"sent": 2, "failed": 1}
         assert not ledger.is_complete(ISSUE, "")  # one reader failed: the run is not complete

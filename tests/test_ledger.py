@@ -15,6 +15,7 @@ import pytest
 
 from mailer.errors import MailerError
 from mailer.ledger import SCHEMA_VERSION, Ledger
+from tests.record import delivery
 
 ISSUE = "2026-02-09"
 
@@ -87,7 +88,7 @@ def test_a_version_1_database_is_migrated(db: Path) -> None:
         )
         # the old mark named no list: no list counts as done, so the next send reads its list again
         assert not ledger.is_complete(ISSUE, "any-list")
-        tuesday = ledger.delivery("2026-02-10", "a@example.com")
+        tuesday = delivery(ledger, "2026-02-10", "a@example.com")
         assert tuesday is not None and (tuesday.state, tuesday.attempts, tuesday.last_code) == (
             "deferred",
             2,
@@ -166,14 +167,14 @@ def test_a_version_3_database_is_migrated_and_its_message_ids_still_name_their_r
 
 
 def test_delivery_states_and_attempts(ledger: Ledger) -> None:
-    assert ledger.delivery(ISSUE, "ann@example.com") is None
+    assert delivery(ledger, ISSUE, "ann@example.com") is None
     record(ledger, "Ann@Example.com", "sending", 0, "connection lost after the message")  # in doubt
-    d = ledger.delivery(ISSUE, "ann@example.com")
+    d = delivery(ledger, ISSUE, "ann@example.com")
     assert d is not None and (d.state, d.attempts, d.last_code) == ("sending", 1, 0)
 
     # settling the message in doubt is not another attempt
     record(ledger, "ann@example.com", "deferred", 451, "4.7.1 try later")
-    d = ledger.delivery(ISSUE, "ANN@EXAMPLE.COM")
+    d = delivery(ledger, ISSUE, "ANN@EXAMPLE.COM")
     assert d is not None
     assert (d.state, d.attempts, d.last_code, d.last_reply) == (
         "deferred",
@@ -183,17 +184,17 @@ def test_delivery_states_and_attempts(ledger: Ledger) -> None:
     )
 
     record(ledger, "ann@example.com", "sending", 0, "lost again")  # the second attempt, in doubt
-    d = ledger.delivery(ISSUE, "ann@example.com")
+    d = delivery(ledger, ISSUE, "ann@example.com")
     assert d is not None and (d.state, d.attempts) == ("sending", 2)
     record(ledger, "ann@example.com", "sent", 250, "2.0.0 queued as 1234")
-    d = ledger.delivery(ISSUE, "ann@example.com")
+    d = delivery(ledger, ISSUE, "ann@example.com")
     assert d is not None and (d.state, d.attempts, d.last_code) == ("sent", 2, 250)
     assert d.updated_at.tzinfo is not None
 
     # a delivery recorded as sent stays sent, whatever is recorded for it later
     record(ledger, "ann@example.com", "sending", 0, "in doubt")
     record(ledger, "ann@example.com", "failed", 550, "no")
-    d = ledger.delivery(ISSUE, "ann@example.com")
+    d = delivery(ledger, ISSUE, "ann@example.com")
     assert d is not None and (d.state, d.attempts, d.last_code, d.last_reply) == (
         "sent",
         2,
@@ -206,7 +207,7 @@ def test_outcomes_without_a_claim_still_count_attempts(ledger: Ledger) -> None:
     record(ledger, "bo@example.com", "deferred", 421, "busy")
     record(ledger, "bo@example.com", "deferred", 451, "later")
     record(ledger, "bo@example.com", "sent", 250, "ok")
-    d = ledger.delivery(ISSUE, "bo@example.com")
+    d = delivery(ledger, ISSUE, "bo@example.com")
     assert d is not None and (d.state, d.attempts, d.last_code) == ("sent", 3, 250)
 
 
@@ -217,9 +218,9 @@ def test_reset_failed_turns_permanent_failures_into_fresh_retries(ledger: Ledger
     record(ledger, "c@example.com", "deferred", 451, "later")
     record(ledger, "d@example.com", "sent", 250, "ok")
     assert ledger.reset_failed(ISSUE) == 2
-    a = ledger.delivery(ISSUE, "a@example.com")
+    a = delivery(ledger, ISSUE, "a@example.com")
     assert a is not None and (a.state, a.attempts, a.last_code) == ("deferred", 0, 550)
-    c = ledger.delivery(ISSUE, "c@example.com")
+    c = delivery(ledger, ISSUE, "c@example.com")
     assert c is not None and (c.state, c.attempts) == ("deferred", 1)
     assert ledger.reset_failed(ISSUE) == 0
     assert ledger.status(ISSUE).counts == {"deferred": 3, "sent": 1}
@@ -301,10 +302,10 @@ def test_transaction_commits_once_and_rolls_back_on_error(ledger: Ledger, db: Pa
             record(ledger, "lost@example.com", "sent")
             ledger.suppress("lost@example.com", source="test")
             raise RuntimeError("crash mid-batch")
-        assert ledger.delivery(ISSUE, "lost@example.com") is None
+        assert delivery(ledger, ISSUE, "lost@example.com") is None
         assert not other.is_suppressed("lost@example.com")
         record(ledger, "after@example.com", "sent")  # the ledger is usable afterwards
-        assert other.delivery(ISSUE, "after@example.com") is not None
+        assert delivery(other, ISSUE, "after@example.com") is not None
 
 
 def test_suppressions_are_shared_and_case_insensitive(ledger: Ledger, db: Path) -> None:
@@ -359,7 +360,7 @@ def test_a_second_process_waits_for_an_open_transaction_then_writes(ledger: Ledg
     assert (word, added) == ("done", "True")
     assert float(finished_at) >= released_at
     assert ledger.is_suppressed("late@example.com")
-    assert ledger.delivery(ISSUE, "a@example.com") is not None
+    assert delivery(ledger, ISSUE, "a@example.com") is not None
 
 
 def test_lock_held_past_the_timeout_is_a_mailer_error(ledger: Ledger, db: Path) -> None:

@@ -22,6 +22,7 @@ from mailer.ledger import OUTBOX, SCHEMA_VERSION, Ledger
 from mailer.post import load_post
 from mailer.transport import OutboxTransport
 from tests import publisher
+from tests.record import delivery
 from tests.smtpd import SMTPServer
 
 READERS = ["ann@example.com", "bo@example.com", "cy@example.com"]
@@ -199,19 +200,19 @@ def test_a_try_out_recorded_by_schema_2_no_longer_keeps_readers_from_the_real_se
         conn.execute("INSERT INTO suppressions VALUES ('gone@example.com', 'web', '', ?)", (T,))
 
     with Ledger(db) as smtp, Ledger(db, destination=OUTBOX) as outbox:
-        assert smtp.delivery(day, "ann@example.com") is None and not smtp.is_complete(day, list_key)
-        assert outbox.delivery(day, "ann@example.com").state == "sent"  # type: ignore[union-attr]
-        assert outbox.delivery(day, "bad@example.com").last_code == 553  # type: ignore[union-attr]
+        assert delivery(smtp, day, "ann@example.com") is None and not smtp.is_complete(day, list_key)
+        assert delivery(outbox, day, "ann@example.com").state == "sent"  # type: ignore[union-attr]
+        assert delivery(outbox, day, "bad@example.com").last_code == 553  # type: ignore[union-attr]
         assert outbox.is_complete(day, list_key)
-        assert smtp.delivery("2026-02-10", "bo@example.com").last_reply == "5.1.1 no such user"  # type: ignore[union-attr]
+        assert delivery(smtp, "2026-02-10", "bo@example.com").last_reply == "5.1.1 no such user"  # type: ignore[union-attr]
         assert (
             smtp.is_complete("2026-02-10", list_key)
-            and outbox.delivery("2026-02-10", "ann@example.com") is None
+            and delivery(outbox, "2026-02-10", "ann@example.com") is None
         )
         # an issue that went to both: each keeps its own readers, and neither claims the whole list
-        assert smtp.delivery("2026-02-11", "bo@example.com").state == "sent"  # type: ignore[union-attr]
-        assert smtp.delivery("2026-02-11", "ann@example.com") is None
-        assert outbox.delivery("2026-02-11", "ann@example.com").state == "sent"  # type: ignore[union-attr]
+        assert delivery(smtp, "2026-02-11", "bo@example.com").state == "sent"  # type: ignore[union-attr]
+        assert delivery(smtp, "2026-02-11", "ann@example.com") is None
+        assert delivery(outbox, "2026-02-11", "ann@example.com").state == "sent"  # type: ignore[union-attr]
         assert not smtp.is_complete("2026-02-11", list_key) and not outbox.is_complete("2026-02-11", list_key)
         assert smtp.is_complete("2026-02-12", list_key)  # no deliveries at all: SMTP's, as before
         assert smtp.is_suppressed("gone@example.com")

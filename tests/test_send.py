@@ -22,6 +22,7 @@ from click.testing import CliRunner
 from mailer.cli import cli
 from mailer.ledger import Ledger
 from tests.publisher import env_for
+from tests.record import delivery
 from tests.smtpd import SMTPServer, TLSFiles
 
 
@@ -111,9 +112,9 @@ def test_temporary_failures_are_retried_and_permanent_ones_recorded(
     assert got == Counter({e: 1 for e in emails if e != "user2@example.com"})
     assert "user2@example.com: 550" in err and "; suppressed" in err
     with Ledger(tmp_path / "state" / "mailer.db") as ledger:
-        failed = ledger.delivery("2026-02-09", "user2@example.com")
+        failed = delivery(ledger, "2026-02-09", "user2@example.com")
         assert failed is not None and failed.state == "failed" and failed.last_code == 550
-        retried = ledger.delivery("2026-02-09", "user1@example.com")
+        retried = delivery(ledger, "2026-02-09", "user1@example.com")
         assert retried is not None and retried.state == "sent" and retried.attempts == 3
 
     code, out, err = run(["status", str(post)], env)
@@ -227,7 +228,7 @@ def test_test_send_goes_to_one_address_and_records_nothing(
     msg = email.message_from_bytes(smtp_server.messages[0].data, policy=policy.default)
     assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     with Ledger(tmp_path / "state" / "mailer.db") as ledger:
-        assert ledger.delivery("2026-02-09", "me@example.org") is None
+        assert delivery(ledger, "2026-02-09", "me@example.org") is None
 
 
 def test_smtp_send_asks_first_and_refuses_without_a_terminal(
@@ -501,7 +502,7 @@ def test_421_instead_of_a_reply_to_data_is_retried_on_a_new_connection(
     assert recipients(smtp_server) == Counter({e: 1 for e in emails})
     assert smtp_server.connections == 2
     with Ledger(tmp_path / "state" / "mailer.db") as ledger:
-        attempts = [ledger.delivery("2026-02-09", e).attempts for e in emails]  # type: ignore[union-attr]
+        attempts = [delivery(ledger, "2026-02-09", e).attempts for e in emails]  # type: ignore[union-attr]
     assert sorted(attempts) == [1] * 9 + [2]
 
 
@@ -517,7 +518,7 @@ def test_a_server_slower_than_the_timeout_is_a_temporary_failure(
     assert code == 3, err
     assert "in doubt" in err and "not sent again" in err
     with Ledger(tmp_path / "state" / "mailer.db") as ledger:
-        states = {e: ledger.delivery("2026-02-09", e).state for e in emails}  # type: ignore[union-attr]
+        states = {e: delivery(ledger, "2026-02-09", e).state for e in emails}  # type: ignore[union-attr]
     assert states == {"a@example.com": "sending", "b@example.com": "sending"}  # in doubt, not failed
     assert err.count("; not sent again") == 2  # each tried twice, not max_attempts times
     smtp_server.delay(0)
@@ -684,7 +685,7 @@ def test_a_second_signal_stops_without_waiting_for_replies_and_keeps_the_record(
     assert b"run the same command again" in err and b"Traceback" not in err
     before = recipients(smtp_server)
     with Ledger(tmp_path / "state" / "mailer.db") as ledger:
-        recorded = {e for e in emails if (d := ledger.delivery("2026-02-09", e)) and d.state == "sent"}
+        recorded = {e for e in emails if (d := delivery(ledger, "2026-02-09", e)) and d.state == "sent"}
     assert recorded <= set(before)  # nothing recorded as sent that the server did not take
     # what the server took but the record does not show: only replies that came after the hurried stop,
     # at most one per connection (the crash window); every outcome handed to the record was committed

@@ -20,6 +20,7 @@ from mailer.errors import ExitStatus, TransportError
 from mailer.ledger import Ledger
 from mailer.transport import Outcome, SMTPTransport, refuses_session
 from tests.publisher import env_for
+from tests.record import delivery
 from tests.smtpd import RawSMTPServer, Script, SMTPServer, TLSFiles
 from tests.test_send import _spawn, run, send_args, write_list
 
@@ -50,7 +51,7 @@ def raw_servers() -> Iterator[Callable[..., RawSMTPServer]]:
 def states(tmp_path: Path, emails: list[str]) -> Counter[str]:
     """How many of `emails` the record holds in each state ('none' for never recorded)."""
     with Ledger(tmp_path / "state" / "mailer.db") as ledger:
-        found = [ledger.delivery(ISSUE, e) for e in emails]
+        found = [delivery(ledger, ISSUE, e) for e in emails]
     return Counter(d.state if d is not None else "none" for d in found)
 
 

@@ -1,0 +1,39 @@
+"""Read one delivery of the record with plain SQL, as a person with sqlite3 would: the tests' own view.
+
+Production reads the record per batch (`Ledger.states`) and per issue (`Ledger.statuses`); a test that wants
+one row's attempts, code and reply asks the file itself rather than keeping a method in mailer for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from dataclasses import dataclass
+from datetime import datetime
+
+from mailer.ledger import Ledger
+from mailer.subscribers import dedupe_key
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """Where one subscriber stands for one issue, as the deliveries table has it."""
+
+    state: str
+    attempts: int
+    last_code: int | None
+    last_reply: str
+    updated_at: datetime
+
+
+def delivery(ledger: Ledger, issue_id: str, email: str) -> Delivery | None:
+    """The row of `email` (in its stored form) for `issue_id` at the ledger's destination; None if none."""
+    with contextlib.closing(sqlite3.connect(f"file:{ledger.path}?mode=ro", uri=True)) as db:
+        row = db.execute(
+            "SELECT state, attempts, last_code, last_reply, updated_at FROM deliveries"
+            " WHERE issue_id = ? AND destination = ? AND email = ?",
+            (issue_id, ledger.destination, dedupe_key(email)),
+        ).fetchone()
+    if row is None:
+        return None
+    return Delivery(row[0], row[1], row[2], row[3], datetime.fromisoformat(row[4]))
