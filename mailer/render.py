@@ -154,6 +154,7 @@ def render_issue(post: Post, settings: Settings) -> Issue:
         base_url=settings.base_url,
         embed_label=lambda label: f"▶ {words['open']}: {label}",
         findings=findings,
+        style_scope=".body-cell",  # email.html's cell around the post: its <style> rules reach nothing else
     )
     _absolute_links(tokens, settings.base_url)
     body_text = to_text(tokens, html_to_text)
