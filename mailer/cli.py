@@ -390,6 +390,61 @@ def serve(ctx: click.Context, host: str, port: int, threads: int) -> None:
         click.echo("Stopped.")
 
 
+@cli.command()
+@click.option("--maildir", type=click.Path(file_okay=False, path_type=Path), help="Read this Maildir.")
+@click.option("--mbox", type=click.Path(dir_okay=False, path_type=Path), help="Read this mbox file.")
+@click.option(
+    "--imap",
+    "imap_url",
+    is_flag=False,
+    flag_value="",
+    metavar="[URL]",
+    help="Read the IMAP mailbox of the imap_* settings, or imaps://user@host[:port]/folder (no password).",
+)
+@click.option(
+    "--every", type=click.FloatRange(min=1), metavar="SECONDS", help="Read again every SECONDS until stopped."
+)
+@output_options
+@click.pass_context
+def bounces(
+    ctx: click.Context,
+    maildir: Path | None,
+    mbox: Path | None,
+    imap_url: str | None,
+    every: float | None,
+    json_mode: bool,
+    quiet: bool,
+) -> None:
+    """Read bounces and complaints from the bounce mailbox, suppress who they say; mark what was read.
+
+    Exit status: 0 done, 1 refused (no mailbox, bad settings), 3 done but some messages were unreadable
+    (left flagged for a person), 4 the mailbox went away mid-way (rerun), 130 Ctrl-C, 143 SIGTERM.
+    """
+    console = Console(json_mode=json_mode, quiet=quiet)
+    settings = settings_from(ctx, console)
+    fields: dict[str, Any] = {"command": "bounces"}
+    with reported(console, fields):
+        from .bouncebox import open_source, run
+
+        def opener() -> Any:
+            source = open_source(settings, maildir=maildir, mbox=mbox, imap=imap_url)
+            fields["mailbox"] = source.name
+            return source
+
+        messages: list[str] = []
+        fields["messages"] = messages
+        try:
+            tally = run(settings, opener, console, every=every, messages=messages)
+        except KeyboardInterrupt:
+            fields["warnings"] = console.warnings
+            raise
+        code = ExitStatus.INCOMPLETE if tally.unreadable else ExitStatus.OK
+        fields.update(counts=tally.counts(), suppressed=tally.suppressed, unreadable=tally.unreadable)
+        console.emit(_outcome(fields, code, warnings=console.warnings))
+        if code:
+            sys.exit(code)
+
+
 @cli.command("config")
 @click.pass_context
 def show_config(ctx: click.Context) -> None:

@@ -28,9 +28,20 @@ DEFAULT_CONFIG = Path("mailer.toml")
 # The repository's templates/, shipped in the wheel as the package mailer.templates (pyproject.toml maps it).
 # Installs are unpacked on disk, so the resource is a real folder that jinja2 and the preview can watch.
 SHIPPED_TEMPLATES = Path(str(importlib.resources.files("mailer.templates")))
-SECRET_SETTINGS = frozenset({"smtp_password", "secret_key", "old_secret_keys"})
+SECRET_SETTINGS = frozenset({"smtp_password", "secret_key", "old_secret_keys", "imap_password"})
 PATH_SETTINGS = frozenset(
-    {"data_dir", "database", "outbox", "templates_dir", "subscribers", "dkim_key_file", "smtp_cafile"}
+    {
+        "data_dir",
+        "database",
+        "outbox",
+        "templates_dir",
+        "subscribers",
+        "dkim_key_file",
+        "smtp_cafile",
+        "bounce_maildir",
+        "bounce_mbox",
+        "imap_cafile",
+    }
 )
 OTHER_VARIABLES = frozenset({"MAILER_CONFIG"})  # MAILER_* names that are not settings
 
@@ -95,6 +106,17 @@ class Settings:
     # ESP bounce webhooks in `mailer serve` (docs/bounces.md); an ESP left unset has no endpoint
     ses_topic_arns: str = ""  # the SNS topics SES publishes this list's bounces and complaints to
     sns_hosts: str = "sns.*.amazonaws.com, sns.*.amazonaws.com.cn"  # where SNS certificates may come from
+    # the mailbox `mailer bounces` reads (one of the three)
+    bounce_maildir: str = ""
+    bounce_mbox: str = ""
+    imap_host: str = ""
+    imap_port: int = 0  # 0: 993 with imap_security tls, else 143
+    imap_security: str = "tls"
+    imap_user: str = ""
+    imap_password: str = ""
+    imap_folder: str = "INBOX"
+    imap_done_folder: str = ""  # set: read messages are moved there (else only marked \Seen)
+    imap_cafile: str = ""
 
     @property
     def db_path(self) -> Path:
@@ -348,6 +370,7 @@ def describe(loaded: Loaded) -> list[str]:
 
 RANGES: dict[str, tuple[float, float, str]] = {
     "smtp_port": (0, 65535, "0 (the usual port of smtp_security) to 65535"),
+    "imap_port": (0, 65535, "0 (the usual port of imap_security) to 65535"),
     "smtp_timeout": (0.1, 3600, "0.1 to 3600 seconds"),
     "smtp_data_timeout": (0.1, 86_400, "0.1 to 86400 seconds"),
     "connections": (1, 64, "1 to 64"),
@@ -440,6 +463,8 @@ def _check(s: Settings, sources: Mapping[str, str]) -> Settings:
         raise ConfigError(f"{where('dkim_selector')}: {s.dkim_selector!r} is not a DNS label")
     if s.dkim_domain:
         changes["dkim_domain"] = _address("dkim_domain", f"dkim@{s.dkim_domain}", where("dkim_domain"))[5:]
+    if s.imap_security not in ("starttls", "tls", "none"):
+        raise ConfigError(f"{where('imap_security')}: {s.imap_security!r} must be one of tls, starttls, none")
     if s.smtp_security not in ("starttls", "tls", "none"):
         raise ConfigError(f"{where('smtp_security')}: {s.smtp_security!r} must be one of starttls, tls, none")
     for name in ("base_url", "web_url", "view_url"):

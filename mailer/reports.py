@@ -81,6 +81,7 @@ class Report:
     at: datetime  # its Date, else when it was read
     sent_to: tuple[str, ...]  # where it was delivered (Delivered-To, X-Original-To, To): the VERP address
     original_ids: tuple[str, ...]  # Message-IDs of the message it is about (quoted, In-Reply-To, References)
+    return_paths: tuple[str, ...]  # that message's envelope sender, as the report quotes it
     recognised_by: str  # "mailer" (the standard formats) or "flufl.bounce"; "" when nothing was recognised
 
 
@@ -104,9 +105,10 @@ def read_report(raw: bytes, *, now: datetime | None = None) -> Report:
     report_id = _message_id(msg.get("Message-ID")) or "sha256:" + hashlib.sha256(raw[:65536]).hexdigest()[:32]
     sent_to = _sent_to(msg)
     originals = _original_ids(msg, parts)
+    return_paths = _return_paths(parts)
 
     def report(what: str, failures: Iterable[Failure] = (), by: str = "mailer") -> Report:
-        return Report(what, tuple(failures), report_id, at, sent_to, originals, by)
+        return Report(what, tuple(failures), report_id, at, sent_to, originals, return_paths, by)
 
     feedback = [p for p in parts if p.get_content_type() == "message/feedback-report"]
     if feedback:
@@ -314,6 +316,25 @@ def _original_ids(msg: Message, parts: list[Message]) -> tuple[str, ...]:
     for name in ("In-Reply-To", "References"):
         ids += re.findall(r"<[^<>\s]{3,250}>", _text(msg.get(name)))
     return tuple(dict.fromkeys(i for i in ids if i))
+
+
+def _return_paths(parts: list[Message]) -> tuple[str, ...]:
+    """The reported message's envelope sender: ARF's Original-Mail-From, Postfix's X-Postfix-Sender, the
+    quoted copy's Return-Path."""
+    found: list[str] = []
+    for part in parts:
+        kind = part.get_content_type()
+        if kind in ("message/feedback-report", "message/delivery-status"):
+            for block in _field_blocks(part)[:1]:
+                found += [
+                    _bare(block.get("Original-Mail-From")),
+                    _typed_address(block.get("X-Postfix-Sender")),
+                ]
+        elif kind in ("message/rfc822", "text/rfc822-headers"):
+            inner = _inner(part)
+            if inner is not None:
+                found.append(_bare(inner.get("Return-Path")))
+    return tuple(dict.fromkeys(a for a in found if a))
 
 
 def _sent_to(msg: Message) -> tuple[str, ...]:

@@ -28,6 +28,8 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from tests.smtpd import TLSFiles
+
 HOST = "127.0.0.1"
 POSTFIX = Path("/usr/sbin/postfix")
 POSTCONF = Path("/usr/sbin/postconf")
@@ -109,7 +111,9 @@ def run_on_tty(args: list[str], timeout: float = 60.0) -> tuple[int, str]:
     return proc.returncode, b"".join(chunks).decode("utf-8", "replace").strip()
 
 
-def _postfix_main_cf(root: Path, domain: str, owner: pwd.struct_passwd) -> str:
+def _postfix_main_cf(root: Path, domain: str, owner: pwd.struct_passwd, accept_unknown: bool) -> str:
+    # accept_unknown: an unknown mailbox of the domain is accepted at RCPT and bounced by virtual(8), so
+    # Postfix mails a DSN to the envelope sender (as a relay that accepts first and delivers later does)
     return f"""\
 compatibility_level = 3.6
 queue_directory = {root}/postfix-queue
@@ -143,6 +147,9 @@ virtual_minimum_uid = 1
 smtpd_banner = $myhostname ESMTP mailer-test
 biff = no
 smtputf8_enable = yes
+# bounce+TOKEN@domain is delivered to the mailbox bounce@domain
+recipient_delimiter = +
+smtpd_reject_unlisted_recipient = {"no" if accept_unknown else "yes"}
 """
 
 
@@ -170,7 +177,10 @@ def _postfix_master_cf(smtp_port: int) -> str:
     return "\n".join(services) + "\n"
 
 
-def _dovecot_conf(root: Path, imap_port: int, owner: pwd.struct_passwd) -> str:
+def _dovecot_conf(
+    root: Path, imap_port: int, owner: pwd.struct_passwd, tls: TLSFiles | None, imaps_port: int
+) -> str:
+    ssl = f"ssl = yes\nssl_cert = <{tls.cert}\nssl_key = <{tls.key}" if tls else "ssl = no"
     return f"""\
 base_dir = {root}/dovecot-run
 state_dir = {root}/dovecot-state
@@ -178,7 +188,7 @@ log_path = {root}/dovecot.log
 instance_name = mailer-test-{imap_port}
 listen = {HOST}
 protocols = imap
-ssl = no
+{ssl}
 disable_plaintext_auth = no
 auth_mechanisms = plain login
 first_valid_uid = 1
@@ -197,7 +207,8 @@ service imap-login {{
     port = {imap_port}
   }}
   inet_listener imaps {{
-    port = 0
+    address = {HOST}
+    port = {imaps_port if tls else 0}
   }}
 }}
 """
@@ -206,11 +217,23 @@ service imap-login {{
 class MailSystem:
     """Postfix (SMTP in) and Dovecot (IMAP out) for one test; stop() always cleans up."""
 
-    def __init__(self, root: Path, domain: str, smtp_port: int, imap_port: int) -> None:
+    def __init__(
+        self,
+        root: Path,
+        domain: str,
+        smtp_port: int,
+        imap_port: int,
+        *,
+        tls: TLSFiles | None = None,
+        accept_unknown: bool = False,
+    ) -> None:
         self.root = root
         self.domain = domain
         self.smtp_port = smtp_port
-        self.imap_port = imap_port
+        self.imap_port = imap_port  # IMAP, with STARTTLS when tls is given
+        self.imaps_port = free_port() if tls else 0  # implicit TLS, when tls is given
+        self.tls = tls
+        self.accept_unknown = accept_unknown
         self.postfix_dir = root / "postfix-etc"
         self.dovecot_conf = root / "dovecot.conf"
         self.postfix_log = root / "postfix.log"
@@ -219,12 +242,24 @@ class MailSystem:
         self._dovecot_started = False
 
     @classmethod
-    def start(cls, domain: str, mailboxes: Iterable[str], *, timeout: float = 20.0) -> MailSystem:
-        """Configure and start both servers in a new folder; each mailbox is local@domain."""
+    def start(
+        cls,
+        domain: str,
+        mailboxes: Iterable[str],
+        *,
+        timeout: float = 20.0,
+        tls: TLSFiles | None = None,
+        accept_unknown: bool = False,
+    ) -> MailSystem:
+        """Configure and start both servers in a new folder; each mailbox is local@domain.
+
+        With `tls`, Dovecot offers STARTTLS on imap_port and implicit TLS on imaps_port with that
+        certificate; with `accept_unknown`, Postfix bounces mail for unknown mailboxes with a DSN.
+        """
         # not under pytest's tmp_path: its folders are 0700, and virtual(8) delivers as `nobody`
         root = Path(tempfile.mkdtemp(prefix="mailer-mta-"))
         root.chmod(0o755)
-        system = cls(root, domain, free_port(), free_port())
+        system = cls(root, domain, free_port(), free_port(), tls=tls, accept_unknown=accept_unknown)
         try:
             system._configure(list(mailboxes))
             system._start(time.monotonic() + timeout)
@@ -246,7 +281,9 @@ class MailSystem:
     def _configure(self, mailboxes: list[str]) -> None:
         owner = pwd.getpwnam("nobody")
         self.postfix_dir.mkdir()
-        (self.postfix_dir / "main.cf").write_text(_postfix_main_cf(self.root, self.domain, owner))
+        (self.postfix_dir / "main.cf").write_text(
+            _postfix_main_cf(self.root, self.domain, owner, self.accept_unknown)
+        )
         (self.postfix_dir / "master.cf").write_text(_postfix_master_cf(self.smtp_port))
         for name in ("postfix-queue", "postfix-data"):
             (self.root / name).mkdir()
@@ -258,7 +295,9 @@ class MailSystem:
         (self.root / "postfix-mailboxes").write_text(
             "".join(f"{self.address(m)} {self.domain}/{m}/\n" for m in mailboxes)
         )
-        self.dovecot_conf.write_text(_dovecot_conf(self.root, self.imap_port, owner))
+        self.dovecot_conf.write_text(
+            _dovecot_conf(self.root, self.imap_port, owner, self.tls, self.imaps_port)
+        )
 
     def _start(self, deadline: float) -> None:
         self._run([str(POSTFIX), "-c", str(self.postfix_dir), "start"], "postfix start")
@@ -267,6 +306,8 @@ class MailSystem:
         self._dovecot_started = True
         _wait_listening(self.smtp_port, deadline, "Postfix", self.postfix_log)
         _wait_listening(self.imap_port, deadline, "Dovecot", self.dovecot_log)
+        if self.imaps_port:
+            _wait_listening(self.imaps_port, deadline, "Dovecot (imaps)", self.dovecot_log)
 
     def _run(self, args: list[str], what: str) -> None:
         code, output = run_on_tty(args)

@@ -1,0 +1,266 @@
+"""`mailer bounces` on a real Maildir and a real mbox file, through the real CLI and a real record: who is
+suppressed, which issue each report is attributed to, what is marked read, and that a second run changes
+nothing. (IMAP, and the whole path through Postfix and Dovecot: tests/test_e2e_bounces.py.)"""
+
+from __future__ import annotations
+
+import json
+import mailbox
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from mailer.cli import cli
+from mailer.envelope import ReturnPaths
+from mailer.ledger import Ledger
+from mailer.tokens import Keyring
+
+FIXTURES = Path(__file__).parent / "bounces"
+ISSUE = "2026-02-09"
+SECRET = "bounce-reading-test-secret-key-0123456789"
+BOUNCE_ADDRESS = "bounce@bounces.example.org"
+# everyone the fixtures are about, as if the issue had been sent to them
+READERS = [
+    "gone@example.net", "nobody@example.com", "left.company@example.com", "jane.doe@contoso.example",
+    "lost.reader@example.com", "old.account@example.com", "bounced.reader@example.com", "ghost@example.net",
+    "first.gone@example.net", "second.full@example.net", "third.ok@example.net", "slow.server@example.net",
+    "on.holiday@example.com", "away.reader@example.net", "annoyed@example.com", "redacted.reader@example.com",
+    "parti@example.fr", "broken.tree@example.net", "still.here@example.com",
+]  # fmt: skip
+# written by hand from the fixtures: a hard bounce or a complaint suppresses at once, a soft one does not
+SUPPRESSED = {
+    "gone@example.net": ("dsn", "hard bounce", "5.1.1"),
+    "nobody@example.com": ("dsn", "hard bounce", "5.1.1"),
+    "left.company@example.com": ("dsn", "hard bounce", "5.1.1"),
+    "jane.doe@contoso.example": ("dsn", "hard bounce", "5.1.10"),
+    "lost.reader@example.com": ("dsn", "hard bounce", "5.1.1"),
+    "old.account@example.com": ("dsn", "hard bounce", ""),
+    "bounced.reader@example.com": ("dsn", "hard bounce", "5.1.1"),
+    "ghost@example.net": ("dsn", "hard bounce", "5.1.1"),
+    "first.gone@example.net": ("dsn", "hard bounce", "5.1.1"),
+    "annoyed@example.com": ("arf", "complaint", ""),
+    "redacted.reader@example.com": ("arf", "complaint", ""),  # named by the quoted Message-ID alone
+    "parti@example.fr": ("dsn", "hard bounce", "5.1.1"),
+    "broken.tree@example.net": ("dsn", "hard bounce", "5.1.1"),
+}
+
+
+@pytest.fixture
+def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """A data folder whose record holds issue 2026-02-09 sent to every reader; the env to run mailer in it."""
+    monkeypatch.chdir(tmp_path)
+    for name in list(os.environ):
+        if name.startswith("MAILER_"):
+            monkeypatch.delenv(name)
+    env = {"MAILER_DATA_DIR": str(tmp_path / "state"), "MAILER_SECRET_KEY": SECRET}
+    with Ledger(tmp_path / "state" / "mailer.db") as ledger:
+        ledger.start_issue(ISSUE, "hash", "AI")
+        ledger.record_outcomes(ISSUE, [(r, "sent", 250, "250 2.0.0 Ok") for r in READERS])
+    return env
+
+
+def _maildir(root: Path, names: list[str] | None = None) -> Path:
+    folder = root / "bounces"
+    for sub in ("new", "cur", "tmp"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    for path in sorted(FIXTURES.glob("*.eml")):
+        if names is None or path.stem in names:
+            shutil.copy(path, folder / "new" / f"{path.stem}.host")
+    return folder
+
+
+def _mailer(args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, args, env=env, catch_exceptions=False)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def _suppressed(site: dict[str, str]) -> dict[str, tuple[str, str, str]]:
+    with Ledger(Path(site["MAILER_DATA_DIR"]) / "mailer.db") as ledger:
+        return {s.email: (s.source, s.reason, s.status) for s in ledger.suppressions()}
+
+
+def _bounce_rows(site: dict[str, str]) -> list[tuple[str, str, str | None]]:
+    with sqlite3.connect(Path(site["MAILER_DATA_DIR"]) / "mailer.db") as db:
+        return sorted(db.execute("SELECT email, kind, issue_id FROM bounces"))
+
+
+def test_a_maildir_of_every_format_suppresses_who_it_should_once(
+    site: dict[str, str], tmp_path: Path
+) -> None:
+    folder = _maildir(tmp_path)
+    code, out, err = _mailer(["bounces", "--maildir", str(folder)], site)
+    assert code == 0, err
+    assert _suppressed(site) == SUPPRESSED
+    rows = _bounce_rows(site)
+    soft = [("second.full@example.net", "soft", ISSUE), ("slow.server@example.net", "soft", ISSUE)]
+    assert set(soft) <= set(rows) and len(rows) == len(SUPPRESSED) + 2
+    # every report is attributed to its issue, but the two that quote no message at all
+    unknown = {email for email, _, issue in rows if issue != ISSUE}
+    assert unknown == {"parti@example.fr", "broken.tree@example.net"}
+    assert "new/autoreply.host: an auto-reply, not a bounce" in out
+    assert "16 message(s) read, 11 hard, 2 soft bounce(s), 2 complaint(s), 13 address(es) suppressed" in err
+    # every message was marked read in place: moved to cur/ with the S flag, as a mail program does
+    assert not os.listdir(folder / "new")
+    assert sorted(os.listdir(folder / "cur")) == sorted(f"{p.stem}.host:2,S" for p in FIXTURES.glob("*.eml"))
+
+    code, out, err = _mailer(["bounces", "--maildir", str(folder)], site)
+    assert (code, out) == (0, "") and "no unread message" in err
+    assert _bounce_rows(site) == rows
+
+
+def test_a_run_stopped_before_marking_counts_nothing_twice(site: dict[str, str], tmp_path: Path) -> None:
+    """Recorded, then killed before the marks: the next run reads the messages again and changes nothing."""
+    folder = _maildir(tmp_path, ["postfix", "multi", "arf"])
+    assert _mailer(["bounces", "--maildir", str(folder)], site)[0] == 0
+    before = (_suppressed(site), _bounce_rows(site))
+    for name in os.listdir(folder / "cur"):
+        os.rename(folder / "cur" / name, folder / "new" / name.split(":")[0])
+    code, out, err = _mailer(["bounces", "--maildir", str(folder), "--json"], site)
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["counts"]["messages"] == 3 and result["counts"]["new_reports"] == 0
+    assert result["suppressed"] == []
+    assert (_suppressed(site), _bounce_rows(site)) == before
+
+
+def _dsn_to(sent_to: str, recipient: str, message_id: str) -> bytes:
+    text = (FIXTURES / "postfix.eml").read_text(encoding="utf-8")
+    return (
+        text.replace("bounces@example.org", sent_to)
+        .replace("gone@example.net", recipient)
+        .replace("<20260208230006.4Zx1Yq3N0Rz9sR@mx.example.net>", message_id)
+        .encode()
+    )
+
+
+def test_verp_names_the_reader_and_a_forged_signature_changes_nothing(
+    site: dict[str, str], tmp_path: Path
+) -> None:
+    env = {**site, "MAILER_BOUNCE_ADDRESS": BOUNCE_ADDRESS}
+    genuine = ReturnPaths(BOUNCE_ADDRESS, Keyring(SECRET)).address(ISSUE, "still.here@example.com")
+    forged = ReturnPaths(BOUNCE_ADDRESS, Keyring("an-attackers-guess-of-the-key-000")).address(
+        ISSUE, "gone@example.net"
+    )
+    folder = _maildir(tmp_path, [])
+    # the reader forwards to another address, which bounced: the VERP address still names the reader
+    (folder / "new" / "1.genuine").write_bytes(_dsn_to(genuine, "forwarded@elsewhere.example", "<g@mx>"))
+    (folder / "new" / "2.forged").write_bytes(_dsn_to(forged, "gone@example.net", "<f@mx>"))
+    unsigned = _dsn_to(BOUNCE_ADDRESS, "ghost@example.net", "<u@mx>")
+    (folder / "new" / "3.unsigned").write_bytes(
+        unsigned.replace(b"bounces@example.org", BOUNCE_ADDRESS.encode())
+    )
+    code, out, err = _mailer(["bounces", "--maildir", str(folder)], env)
+    assert code == 0, err
+    assert _suppressed(env) == {"still.here@example.com": ("dsn", "hard bounce", "5.1.1")}
+    assert _bounce_rows(env) == [("still.here@example.com", "hard", ISSUE)]
+    assert "new/2.forged: forged: its VERP address's signature is wrong; nothing changed" in out
+    assert "new/3.unsigned: a bounce not sent to a signed bounce address" in out
+    assert len(os.listdir(folder / "cur")) == 3  # read and marked: a forged report is not read again
+
+
+def test_an_unreadable_message_is_named_once_and_left_flagged(site: dict[str, str], tmp_path: Path) -> None:
+    folder = _maildir(tmp_path, ["postfix"])
+    (folder / "new" / "0.empty").write_bytes(b"")
+    code, out, err = _mailer(["bounces", "--maildir", str(folder), "-q"], site)
+    assert code == 3
+    [line] = [line for line in err.splitlines() if "0.empty" in line]
+    why = "unreadable: no header lines: not a mail message; left flagged for a person"
+    assert line.endswith(f"Warning: {folder}: message new/0.empty: {why}")
+    assert sorted(os.listdir(folder / "cur")) == ["0.empty:2,F", "postfix.host:2,S"]
+    assert _suppressed(site) == {"gone@example.net": SUPPRESSED["gone@example.net"]}
+    code, out, err = _mailer(["bounces", "--maildir", str(folder)], site)
+    assert code == 0 and "0.empty" not in out + err  # not tried again
+
+
+def test_an_mbox_file_is_read_and_marked_under_its_lock(site: dict[str, str], tmp_path: Path) -> None:
+    path = tmp_path / "bounces.mbox"
+    box = mailbox.mbox(path)
+    for name in ("gmail", "qmail", "autoreply", "delayed"):
+        box.add((FIXTURES / f"{name}.eml").read_bytes())
+    box.add(b"From: a person <someone@example.com>\nSubject: hello\nStatus: RO\n\nalready read by a person\n")
+    box.close()
+    code, out, err = _mailer(["bounces", "--mbox", str(path), "--json"], site)
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["counts"] | {} == {
+        "messages": 4, "hard": 2, "soft": 1, "complaints": 0, "new_reports": 3, "suppressed": 2,
+        "unreadable": 0, "ignored_auto_reply": 1,
+    }  # fmt: skip
+    assert sorted(result["suppressed"]) == ["ghost@example.net", "lost.reader@example.com"]
+    box = mailbox.mbox(path)
+    assert [m.get_flags() for m in box] == ["RO", "RO", "RO", "RO", "RO"]
+    assert len(box) == 5 and "qmail-send program" in box[1].get_payload()  # the messages themselves kept
+    box.close()
+    code, out, err = _mailer(["bounces", "--mbox", str(path), "--json"], site)
+    assert json.loads(out)["counts"]["messages"] == 0
+
+
+@pytest.mark.parametrize(
+    "args, env, message",
+    [
+        (["--maildir", "nowhere"], {}, "nowhere: does not exist"),
+        (["--mbox", "nowhere.mbox"], {}, "nowhere.mbox: does not exist"),
+        ([], {}, "no bounce mailbox is set: pass --maildir DIR, --mbox FILE or --imap"),
+        (["--maildir", ".", "--mbox", "x"], {}, "--maildir and --mbox: read one mailbox at a time"),
+        (["--imap", "imaps://news:hunter2-secret@127.0.0.1/INBOX"], {}, "--imap: the URL holds a password"),
+        (["--imap"], {}, "no IMAP server: set imap_host"),
+        (["--imap", "imaps://news@127.0.0.1/INBOX"], {}, "needs imap_user and imap_password"),
+        (
+            ["--imap"],
+            {"MAILER_IMAP_SECURITY": "ssl"},
+            "imap_security (MAILER_IMAP_SECURITY): 'ssl' must be one",
+        ),
+    ],
+)
+def test_a_bad_mailbox_is_refused_in_one_line(
+    site: dict[str, str], args: list[str], env: dict[str, str], message: str
+) -> None:
+    code, out, err = _mailer(["bounces", *args], {**site, **env})
+    assert code == 1
+    assert err.startswith("Error: ") and message in err and len(err.strip().splitlines()) == 1, err
+    assert "hunter2" not in out + err and "Traceback" not in err
+
+
+def test_every_seconds_reads_until_sigterm(site: dict[str, str], tmp_path: Path) -> None:
+    """A loop: the first pass, a bounce that arrives later is read by a later pass, SIGTERM ends it (143)."""
+    folder = _maildir(tmp_path, ["postfix"])
+    full = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mailer", "bounces", "--maildir", str(folder), "--every", "1"],
+        env={**full, **site, "PYTHONUNBUFFERED": "1"},
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith("new/postfix.host: dsn: gone@example.net hard 5.1.1")
+        shutil.copy(FIXTURES / "qmail.eml", folder / "tmp" / "later")
+        os.rename(folder / "tmp" / "later", folder / "new" / "later")  # delivered as an MDA does
+        assert proc.stdout.readline().startswith("new/later: bounce: ghost@example.net hard 5.1.1")
+        _wait_for(lambda: "later:2,S" in os.listdir(folder / "cur"))
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 143, err
+    assert err.rstrip().endswith("Terminated (SIGTERM).") and "Traceback" not in err
+    assert set(_suppressed(site)) == {"gone@example.net", "ghost@example.net"}
+
+
+def _wait_for(condition: object, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "condition not met before the deadline"
+        time.sleep(0.05)

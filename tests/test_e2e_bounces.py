@@ -1,0 +1,171 @@
+"""`mailer bounces` against a real Dovecot: implicit TLS and STARTTLS, \\Seen, \\Flagged, a done folder, a
+wrong password, an untrusted server.
+
+Postfix and Dovecot run on free loopback ports (tests/mta.py); Postfix accepts mail for the test's domain
+only, and bounces what it cannot deliver there to the envelope sender. Every wait polls the mailbox with a
+deadline.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import os
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from mailer.cli import cli
+from mailer.ledger import Ledger
+from tests import mta, publisher
+from tests.smtpd import TLSFiles, make_tls_files
+
+pytestmark = pytest.mark.mta
+
+DOMAIN = "inbox.example.net"
+FIXTURES = Path(__file__).parent / "bounces"
+MAILBOXES = ["alice", "carol", "bounce", "tlsbox", "starttlsbox"]
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
+    return make_tls_files(tmp_path_factory.mktemp("imap-tls"))
+
+
+@pytest.fixture(scope="module")
+def mail_system(tls: TLSFiles) -> Iterator[mta.MailSystem]:
+    """Postfix (bouncing unknown mailboxes with a DSN) and Dovecot (IMAP with TLS) for this module."""
+    why = mta.missing()
+    if why:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the MTA tests, but {why}")
+        pytest.skip(why)
+    system = mta.MailSystem.start(DOMAIN, MAILBOXES, tls=tls, accept_unknown=True)
+    try:
+        yield system
+    finally:
+        system.stop()
+
+
+@pytest.fixture
+def env(
+    mail_system: mta.MailSystem, tls: TLSFiles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, str]:
+    monkeypatch.chdir(tmp_path)
+    for name in list(os.environ):
+        if name.startswith("MAILER_"):
+            monkeypatch.delenv(name)
+    return {
+        "MAILER_DATA_DIR": str(tmp_path / "state"),
+        "MAILER_SMTP_HOST": mta.HOST,
+        "MAILER_SMTP_PORT": str(mail_system.smtp_port),
+        "MAILER_SMTP_SECURITY": "none",
+        "MAILER_SMTP_TIMEOUT": "10",
+        "MAILER_FROM_EMAIL": "news@example.org",
+        "MAILER_WEB_URL": f"http://{mta.HOST}:{mta.free_port()}",
+        "MAILER_POSTAL_ADDRESS": publisher.POSTAL_ADDRESS,
+        "MAILER_IMAP_HOST": mta.HOST,
+        "MAILER_IMAP_CAFILE": str(tls.ca),
+        "MAILER_IMAP_PASSWORD": mta.PASSWORD,
+    }
+
+
+def _mailer(args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, args, env=env, catch_exceptions=False)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def _imap(system: mta.MailSystem, mailbox: str) -> imaplib.IMAP4:
+    imap = imaplib.IMAP4(mta.HOST, system.imap_port, timeout=10)
+    imap.starttls(ssl.create_default_context(cafile=str(system.tls.ca)) if system.tls else None)
+    imap.login(system.address(mailbox), mta.PASSWORD)
+    return imap
+
+
+def _append(system: mta.MailSystem, mailbox: str, messages: list[bytes]) -> None:
+    with _imap(system, mailbox) as imap:
+        for raw in messages:
+            typ, data = imap.append("INBOX", "", None, raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"))
+            assert typ == "OK", data
+
+
+def _search(system: mta.MailSystem, mailbox: str, criteria: str, folder: str = "INBOX") -> int:
+    with _imap(system, mailbox) as imap:
+        imap.select(folder, readonly=True)
+        _, data = imap.search(None, criteria)
+        return len(data[0].split()) if data and data[0] else 0
+
+
+def _suppressions(env: dict[str, str]) -> dict[str, tuple[str, str, str | None, str]]:
+    with Ledger(Path(env["MAILER_DATA_DIR"]) / "mailer.db") as ledger:
+        return {s.email: (s.source, s.reason, s.issue_id, s.status) for s in ledger.suppressions()}
+
+
+def test_imap_over_implicit_tls_marks_seen_and_flags_the_unreadable(
+    mail_system: mta.MailSystem, env: dict[str, str]
+) -> None:
+    _append(
+        mail_system,
+        "tlsbox",
+        [(FIXTURES / f"{n}.eml").read_bytes() for n in ("postfix", "qmail", "autoreply")]
+        + [b"\n\nno header\n"],
+    )
+    imap_env = {
+        **env,
+        "MAILER_IMAP_PORT": str(mail_system.imaps_port),
+        "MAILER_IMAP_USER": mail_system.address("tlsbox"),
+    }
+    code, out, err = _mailer(["bounces", "--imap"], imap_env)
+    assert code == 3, err  # done, but one message was left for a person
+    assert set(_suppressions(env)) == {"gone@example.net", "ghost@example.net"}
+    assert "2: an auto-reply, not a bounce" not in out and "3: an auto-reply, not a bounce" in out
+    [line] = [line for line in err.splitlines() if "Warning:" in line]
+    assert (
+        f"imaps://{mail_system.address('tlsbox')}@{mta.HOST}:{mail_system.imaps_port}/INBOX: message 4:"
+        in line
+    )
+    assert _search(mail_system, "tlsbox", "SEEN") == 3
+    assert _search(mail_system, "tlsbox", "FLAGGED UNSEEN") == 1
+    code, out, err = _mailer(["bounces", "--imap"], imap_env)
+    assert (code, out) == (0, "") and "no unread message" in err
+    assert mta.PASSWORD not in out + err
+
+
+def test_imap_starttls_url_moves_what_it_read_to_the_done_folder(
+    mail_system: mta.MailSystem, env: dict[str, str]
+) -> None:
+    user = mail_system.address("starttlsbox")
+    with _imap(mail_system, "starttlsbox") as imap:
+        assert imap.create("Done")[0] == "OK"
+    _append(mail_system, "starttlsbox", [(FIXTURES / "gmail.eml").read_bytes()])
+    url = f"imap://{user.replace('@', '%40')}@{mta.HOST}:{mail_system.imap_port}/INBOX"
+    code, out, err = _mailer(["bounces", "--imap", url], {**env, "MAILER_IMAP_DONE_FOLDER": "Done"})
+    assert code == 0, err
+    assert out.startswith("1: dsn: lost.reader@example.com hard 5.1.1")
+    assert (
+        _search(mail_system, "starttlsbox", "ALL"),
+        _search(mail_system, "starttlsbox", "SEEN", "Done"),
+    ) == (0, 1)
+
+
+@pytest.mark.parametrize("problem", ["password", "certificate"])
+def test_imap_refusals_are_one_line_without_the_password(
+    mail_system: mta.MailSystem, env: dict[str, str], problem: str
+) -> None:
+    bad = {
+        **env,
+        "MAILER_IMAP_PORT": str(mail_system.imaps_port),
+        "MAILER_IMAP_USER": mail_system.address("tlsbox"),
+    }
+    if problem == "password":
+        bad["MAILER_IMAP_PASSWORD"] = "wrong-password-5ecret"
+        expected = "cannot log in: [AUTHENTICATIONFAILED]"
+    else:
+        del bad["MAILER_IMAP_CAFILE"]
+        expected = "cannot connect: the server's certificate is not trusted"
+    code, out, err = _mailer(["bounces", "--imap"], bad)
+    assert code == 1
+    assert err.startswith("Error: imaps://") and expected in err and len(err.strip().splitlines()) == 1, err
+    assert bad["MAILER_IMAP_PASSWORD"] not in out + err
