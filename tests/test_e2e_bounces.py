@@ -1,5 +1,7 @@
-"""`mailer bounces` against a real Dovecot: implicit TLS and STARTTLS, \\Seen, \\Flagged, a done folder, a
-wrong password, an untrusted server.
+"""Bounces through real mail software: `mailer send` with a bounce address through Postfix, Postfix's own DSN
+for an address it does not have, read back over Dovecot IMAP (TLS) by `mailer bounces`; a complaint fed the
+same way; the next send skips both readers and still mails the others. And `mailer bounces` against Dovecot
+alone: implicit TLS and STARTTLS, \\Seen, \\Flagged, a done folder, a wrong password, an untrusted server.
 
 Postfix and Dovecot run on free loopback ports (tests/mta.py); Postfix accepts mail for the test's domain
 only, and bounces what it cannot deliver there to the envelope sender. Every wait polls the mailbox with a
@@ -8,18 +10,26 @@ deadline.
 
 from __future__ import annotations
 
+import email
 import imaplib
 import os
+import re
+import shutil
+import smtplib
 import ssl
+import time
 from collections.abc import Iterator
+from email import policy
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from mailer.cli import cli
+from mailer.config import load_settings
 from mailer.ledger import Ledger
-from tests import mta, publisher
+from tests import mta, publisher, record
+from tests.conftest import EXAMPLE
 from tests.smtpd import TLSFiles, make_tls_files
 
 pytestmark = pytest.mark.mta
@@ -169,3 +179,105 @@ def test_imap_refusals_are_one_line_without_the_password(
     assert code == 1
     assert err.startswith("Error: imaps://") and expected in err and len(err.strip().splitlines()) == 1, err
     assert bad["MAILER_IMAP_PASSWORD"] not in out + err
+
+
+def _send(post: Path, subscribers: Path, env: dict[str, str]) -> str:
+    skip = ["--skip-check", "from-address", "--skip-check", "unsubscribe-url"]
+    code, _, err = _mailer(["send", str(post), "--to", str(subscribers), "--yes", "--force", *skip], env)
+    assert code == 0, err
+    return err
+
+
+def _report(err: str, label: str) -> int:
+    match = re.search(rf"^\s*{re.escape(label)}\s+(\d+)$", err, re.MULTILINE)
+    return int(match.group(1)) if match else 0
+
+
+def _complaint_about(received: bytes, reader: str) -> bytes:
+    """An ARF report (tests/bounces/arf.eml's layout) returning the message the reader got, as a feedback
+    loop sends it: to the site's fixed report address, the whole message attached."""
+    text = (FIXTURES / "arf.eml").read_text(encoding="utf-8")
+    head, _, _ = text.partition("Content-Type: message/rfc822\nContent-Disposition: inline\n\n")
+    head = head.replace("annoyed@example.com", reader)
+    head = head.replace(
+        "Original-Mail-From: <bounces@example.org>", f"Original-Mail-From: <{_return_path(received)}>"
+    )
+    body = received.replace(b"\r\n", b"\n").decode("utf-8")
+    arf = (
+        head
+        + "Content-Type: message/rfc822\nContent-Disposition: inline\n\n"
+        + body
+        + "\n--part1_13d.2e68ed54_boundary--\n"
+    )
+    return arf.replace("To: bounces@example.org", f"To: bounce@{DOMAIN}").encode("utf-8")
+
+
+def _return_path(raw: bytes) -> str:
+    msg = email.message_from_bytes(raw, policy=policy.default)
+    return str(msg["Return-Path"]).strip("<>")
+
+
+def _wait_for_bounces(system: mta.MailSystem, count: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while system.count("bounce") < count:
+        assert time.monotonic() < deadline, f"no DSN in the bounce mailbox; {system.log_tail()}"
+        time.sleep(0.1)
+
+
+def test_postfix_dsn_and_a_complaint_read_over_imap_suppress_and_the_next_send_skips(
+    mail_system: mta.MailSystem, env: dict[str, str], tmp_path: Path
+) -> None:
+    env = {
+        **env,
+        "MAILER_BOUNCE_ADDRESS": f"bounce@{DOMAIN}",
+        "MAILER_IMAP_USER": mail_system.address("bounce"),
+        "MAILER_IMAP_SECURITY": "starttls",
+        "MAILER_IMAP_PORT": str(mail_system.imap_port),
+    }
+    gone = mail_system.address("gone")  # no such mailbox: Postfix accepts it, then bounces
+    first = tmp_path / "2026-02-09.md"
+    shutil.copy(EXAMPLE, first)
+    subscribers = tmp_path / "subscribers.csv"
+    subscribers.write_text(
+        f"email\n{mail_system.address('alice')}\n{gone}\n{mail_system.address('carol')}\n", encoding="utf-8"
+    )
+    err = _send(first, subscribers, env)
+    assert _report(err, "sent") == 3, err  # the relay took all three: the failure comes later, by mail
+
+    mail_system.wait_for({"alice": 1, "carol": 1})
+    _wait_for_bounces(mail_system, 1)
+    [dsn] = mail_system.fetch("bounce")
+    dsn_msg = email.message_from_bytes(dsn, policy=policy.default)
+    assert dsn_msg.get_content_type() == "multipart/report"
+    assert str(dsn_msg["Delivered-To"]).startswith("bounce+")  # the signed VERP address it was mailed to
+
+    code, out, err = _mailer(["bounces", "--json"], env)
+    assert code == 0, err
+    assert '"suppressed": ["' + gone + '"]' in out
+    source, reason, issue, status = _suppressions(env)[gone]
+    assert (source, reason, issue, status) == ("dsn", "hard bounce", "2026-02-09", "5.1.1")
+    assert _search(mail_system, "bounce", "UNSEEN") == 0
+
+    # carol reports the issue as spam: her provider's feedback loop mails an ARF report to the bounce mailbox
+    [carols] = mail_system.fetch("carol")
+    with smtplib.SMTP(mta.HOST, mail_system.smtp_port, timeout=10) as smtp:
+        smtp.sendmail("", [f"bounce@{DOMAIN}"], _complaint_about(carols, mail_system.address("carol")))
+    _wait_for_bounces(mail_system, 2)
+    code, out, err = _mailer(["bounces"], env)
+    assert code == 0, err
+    assert f"arf: {mail_system.address('carol')} complaint, issue 2026-02-09: suppressed" in out
+    assert _suppressions(env)[mail_system.address("carol")][:3] == ("arf", "complaint", "2026-02-09")
+    code, out, err = _mailer(["bounces"], env)
+    assert (code, out) == (0, "")  # read once: a second run changes nothing
+
+    second = tmp_path / "2026-02-10.md"
+    second.write_text(
+        EXAMPLE.read_text(encoding="utf-8").replace("date: 2026-02-09", "date: 2026-02-10"), encoding="utf-8"
+    )
+    err = _send(second, subscribers, env)
+    assert (_report(err, "sent"), _report(err, "suppressed (unsubscribed)")) == (1, 2), err
+    mail_system.wait_for({"alice": 2, "carol": 1})
+    assert _search(mail_system, "bounce", "ALL") == 2  # no new bounce: gone was not mailed again
+    settings = load_settings(env=env)
+    with Ledger(settings.db_path) as ledger:
+        assert record.delivery(ledger, "2026-02-10", gone) is None
