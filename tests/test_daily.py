@@ -3,6 +3,7 @@ and the commands in them, run as systemd or cron would run them, send today's po
 
 from __future__ import annotations
 
+import os
 import queue
 import re
 import shlex
@@ -20,6 +21,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 UNITS = ROOT / "examples" / "systemd"
 UNIT_NAMES = ["mailer-send.service", "mailer-send.timer", "mailer-serve.service"]
+BOUNCE_UNITS = ["mailer-bounces.service", "mailer-bounces.timer"]
 SITE_PATH, MAILER_PATH = "/srv/newsletter", "/opt/mailer/bin/mailer"  # as the files and docs name them
 MAILER = Path(sys.executable).parent / "mailer"  # the command this test run installed
 READERS = ["ann@example.com", "bob@example.org"]
@@ -96,12 +98,12 @@ def _run_service(name: str, site: Path) -> subprocess.CompletedProcess[str]:
 def test_the_unit_files_pass_systemd_analyze_verify(site: Path, tmp_path: Path) -> None:
     installed = tmp_path / "units"
     installed.mkdir()
-    for name in UNIT_NAMES:
+    for name in UNIT_NAMES + BOUNCE_UNITS:
         (installed / name).write_text(
             _here((UNITS / name).read_text(encoding="utf-8"), site), encoding="utf-8"
         )
     verify = subprocess.run(
-        ["systemd-analyze", "verify", "--man=no", *(str(installed / n) for n in UNIT_NAMES)],
+        ["systemd-analyze", "verify", "--man=no", *(str(installed / n) for n in UNIT_NAMES + BOUNCE_UNITS)],
         capture_output=True,
         text=True,
     )
@@ -113,6 +115,12 @@ def test_the_unit_files_pass_systemd_analyze_verify(site: Path, tmp_path: Path) 
         text=True,
     )
     assert calendar.returncode == 0 and _zone() in calendar.stdout, calendar.stderr
+    every = _unit("mailer-bounces.timer")["Timer.OnCalendar"]
+    calendar = subprocess.run(
+        ["systemd-analyze", "calendar", "--iterations=2", every], capture_output=True, text=True
+    )
+    assert calendar.returncode == 0, calendar.stderr
+    assert re.search(r"Next elapse: .* \d\d:\d[05]:00", calendar.stdout), calendar.stdout  # every 15 minutes
 
 
 def test_the_units_are_a_daily_oneshot_send_and_a_served_app_stopped_like_ctrl_c() -> None:
@@ -173,6 +181,64 @@ def test_the_serve_service_answers_the_sends_links_and_stops_on_its_kill_signal(
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+
+
+def test_the_bounces_service_reads_the_sites_maildir_once(site: Path) -> None:
+    """The service with the mailbox set as docs/bounces.md says: in mailer.toml, before any table."""
+    bounces = site / "bounces"
+    for sub in ("new", "cur", "tmp"):
+        (bounces / sub).mkdir(parents=True)
+    shutil.copy(ROOT / "tests" / "bounces" / "postfix.eml", bounces / "new" / "1.dsn")
+    toml = site / "mailer.toml"
+    toml.write_text('bounce_maildir = "bounces"\n' + toml.read_text(encoding="utf-8"), encoding="utf-8")
+    unit = _unit("mailer-bounces.service")
+    assert (
+        unit["Service.Type"] == "oneshot"
+        and unit["Service.User"] == _unit("mailer-send.service")["Service.User"]
+    )
+    assert unit["Service.EnvironmentFile"] == _unit("mailer-send.service")["Service.EnvironmentFile"]
+    first = _run_service("mailer-bounces.service", site)
+    assert first.returncode == 0, first.stderr
+    assert "new/1.dsn: dsn: gone@example.net hard 5.1.1" in first.stdout
+    assert os.listdir(bounces / "cur") == ["1.dsn:2,S"]
+    again = _run_service("mailer-bounces.service", site)
+    assert again.returncode == 0 and again.stdout == "", again.stderr
+    listed = subprocess.run(
+        [str(MAILER), "suppressions", "list"],
+        cwd=site,
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    assert listed.stdout.startswith("gone@example.net"), listed.stdout + listed.stderr
+
+
+def test_the_cron_line_for_bounces_in_the_docs_reads_the_mailbox(site: Path) -> None:
+    docs = (ROOT / "docs" / "bounces.md").read_text(encoding="utf-8")
+    [block] = re.findall(r"```cron\n(.*?)```", docs, re.DOTALL)
+    [job] = [
+        line for line in block.splitlines() if line and not line.startswith("#") and "=" not in line[:12]
+    ]
+    minute, hour, *_, command = job.split(maxsplit=5)
+    assert (minute, hour) == ("*/15", "*") and "%" not in command
+    bounces = site / "bounces"
+    for sub in ("new", "cur", "tmp"):
+        (bounces / sub).mkdir(parents=True)
+    shutil.copy(ROOT / "tests" / "bounces" / "qmail.eml", bounces / "new" / "1.qmail")
+    toml = site / "mailer.toml"
+    toml.write_text('bounce_maildir = "bounces"\n' + toml.read_text(encoding="utf-8"), encoding="utf-8")
+    home = site.parent.parent
+    env = {"HOME": str(home), "LOGNAME": "newsletter", "SHELL": "/bin/sh", "PATH": "/usr/bin:/bin"}
+    ran = subprocess.run(
+        ["/bin/sh", "-c", _here(command, site)],
+        cwd=home,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert os.listdir(bounces / "cur") == ["1.qmail:2,S"]
 
 
 def test_the_cron_line_in_the_docs_sends_todays_post(site: Path) -> None:
