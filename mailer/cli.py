@@ -195,7 +195,11 @@ def render(ctx: click.Context, post: Path, output: Path | None, form: str) -> No
 @cli.command()
 @click.argument("post", type=click.Path(path_type=Path))
 @click.option(
-    "--to", "to", type=click.Path(dir_okay=False, path_type=Path), help="The subscriber list (CSV)."
+    "--to",
+    "to",
+    multiple=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="A subscriber list (CSV, or another tool's export); repeat for several: one message per reader.",
 )
 @click.option("--yes", "-y", is_flag=True, help="Do not ask before mailing the list (cron).")
 @click.option("--dry-run", is_flag=True, help="List who would get the issue; send nothing.")
@@ -221,7 +225,7 @@ def render(ctx: click.Context, post: Path, output: Path | None, form: str) -> No
 def send(
     ctx: click.Context,
     post: Path,
-    to: Path | None,
+    to: tuple[Path, ...],
     yes: bool,
     dry_run: bool,
     test_address: str | None,
@@ -272,7 +276,7 @@ def send(
         feedback = ConsoleFeedback(console)
         try:
             result = sending.send_issue(
-                settings, post, to=to, options=options, force=force, yes=yes, skip_checks=skip_checks,
+                settings, post, to=list(to), options=options, force=force, yes=yes, skip_checks=skip_checks,
                 console=console, feedback=feedback,
             )  # fmt: skip
         except (KeyboardInterrupt, MailerError) as exc:
@@ -284,7 +288,7 @@ def send(
                 what = getattr(exc, "what", "Interrupted")
                 console.error(f"{what} after the messages in flight; run the same command again to resume.")
             raise
-        fields.update(via=result.via, warnings=console.warnings)
+        fields.update(via=result.via, warnings=console.warnings, lists=[f.fields() for f in result.lists])
         if result.issue is not None:
             fields.update(issue=result.issue.issue_id, subject=result.issue.subject)
         report = result.report

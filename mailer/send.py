@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ from .config import Settings
 from .console import Console
 from .errors import MailerError
 from .ledger import SMTP, Ledger, issue_lock
+from .lists import ListFile, read_lists
 from .message import MessageFactory, make_factory
 from .post import load_post
 from .private import make_folder, write_file
@@ -21,7 +23,7 @@ from .progress import ConsoleFeedback
 from .render import Issue, render_issue
 from .schedule import check_age, require_post, resolve_post, today
 from .stopping import StopSignals
-from .subscribers import BadRow, ReadStats, Subscriber, read_subscribers
+from .subscribers import BadRow, ReadStats, Subscriber
 from .transport import make_transport
 
 
@@ -36,6 +38,7 @@ class SendResult:
     via: str = ""  # the transport's description
     deliverable: int = 0  # subscribers this run set out to mail, counted before the first message
     refused: list[Check] = field(default_factory=list)  # dry run: the errors that would stop a real send
+    lists: list[ListFile] = field(default_factory=list)  # what was read from each list
 
 
 @dataclass(frozen=True)
@@ -67,36 +70,36 @@ def warn_checks(issue: Issue, checks: list[Check], console: Console, skip: froze
 
 
 class DeliverableCount:
-    """Readers of the list this run will mail: valid, first seen, not suppressed, not already mailed.
+    """Readers of one list this run will mail: valid, first seen, not suppressed, not already mailed.
 
     Fed by the list's check (the one read before the first message), asked of the record 1,000 at a time,
-    for the question asked and the progress bar's total; the send itself decides each reader afresh as it
-    streams the list (an unsubscribe in between counts).
+    for the question asked, the progress bar's total and the list's report; the send itself decides each
+    reader afresh as it streams the list (an unsubscribe in between counts).
     """
 
-    def __init__(self, ledger: Ledger, issue_id: str, *, retry_failed: bool) -> None:
+    def __init__(self, ledger: Ledger, issue_id: str, one: ListFile, *, retry_failed: bool) -> None:
         self.ledger = ledger
         self.issue_id = issue_id
+        self.list = one
         self.done = {"sent"} if retry_failed else {"sent", "failed"}
         self.batch: list[Subscriber] = []
-        self.count = 0
 
     def add(self, subscriber: Subscriber) -> None:
         """Count one reader the send will come to (once the batch is asked of the record)."""
         self.batch.append(subscriber)
         if len(self.batch) == 1000:
-            self._flush()
+            self.flush()
 
-    def total(self) -> int:
-        """The count, once the check has passed every reader."""
-        self._flush()
-        return self.count
-
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Ask the record about the readers counted since the last flush."""
         suppressed, states = self.ledger.states(self.issue_id, [sub.email for sub in self.batch])
-        self.count += sum(
-            sub.key not in suppressed and states.get(sub.key) not in self.done for sub in self.batch
-        )
+        for sub in self.batch:
+            if sub.key in suppressed:
+                self.list.suppressed += 1
+            elif states.get(sub.key) in self.done:
+                self.list.already_sent += 1
+            else:
+                self.list.to_mail += 1
         self.batch.clear()
 
 
@@ -123,7 +126,7 @@ def send_issue(
     settings: Settings,
     target: Path,
     *,
-    to: Path | None,
+    to: list[Path],
     options: SendOptions,
     force: bool,
     yes: bool,
@@ -131,7 +134,7 @@ def send_issue(
     console: Console,
     feedback: ConsoleFeedback,
 ) -> SendResult:
-    """Send the issue in `target` (a post, or a folder holding today's post) to the list in `to`.
+    """Send the issue in `target` (a post, or a folder holding today's post) to the lists in `to`.
 
     SIGTERM is handled like Ctrl-C for the whole command (see stopping.py): what systemd or docker send to
     stop a service ends the send after the messages in flight, recorded, never like a kill -9.
@@ -144,7 +147,7 @@ def send_issue(
 def _send(
     settings: Settings,
     target: Path,
-    to: Path | None,
+    to: list[Path],
     options: SendOptions,
     force: bool,
     yes: bool,
@@ -153,10 +156,11 @@ def _send(
     feedback: ConsoleFeedback,
     signals: StopSignals,
 ) -> SendResult:
-    stats = ReadStats()
     post_path = resolve_post(target, settings, console)
     if post_path is None:
-        return SendResult(None, None, stats, f"No post dated {today(settings)} in {target}; nothing to send.")
+        return SendResult(
+            None, None, ReadStats(), f"No post dated {today(settings)} in {target}; nothing to send."
+        )
     issue, factory = prepare(post_path, settings, console)
     checks = check_issue(issue, settings)  # `mailer check`'s own checks
     refused = blocking(checks, skip_checks)
@@ -169,45 +173,59 @@ def _send(
             if settings.smtp_host:
                 raise
             console.note(f"Note: {exc}; the local outbox mails no one, so going ahead")
-    subscribers_path = to or (Path(settings.subscribers) if settings.subscribers else None)
-    if subscribers_path is None:
+    paths = to or ([Path(settings.subscribers)] if settings.subscribers else [])
+    if not paths:
         raise MailerError("no subscriber list: pass --to FILE or set `subscribers` in mailer.toml")
-    if not subscribers_path.is_file():
-        raise MailerError(f"{subscribers_path}: no such subscriber list")
+    for path in paths:
+        if not path.is_file():
+            raise MailerError(f"{path}: no such subscriber list")
     transport = make_transport(settings)
 
     def bad_row(row: BadRow) -> None:
         console.error(f"skipped: {row}")  # a reader not mailed: said even in a quiet run
 
     # The one read before the first message: the check (a broken list stops the send before the question, the
-    # web copy or any message), the list's SHA-256 for the record and, for a real send, the count to mail.
-    deliverable = 0
-    if options.dry_run:
-        subscribers = read_subscribers(subscribers_path, on_bad=bad_row, stats=stats)
-    else:
-        with Ledger(settings.db_path, destination=transport.destination) as ledger:
-            count = DeliverableCount(ledger, issue.issue_id, retry_failed=options.retry_failed)
-            subscribers = read_subscribers(
-                subscribers_path, on_bad=bad_row, stats=stats, on_checked=count.add
-            )
-            deliverable = count.total()
-            if (
-                target.is_dir()
-                and not options.retry_failed
-                and ledger.is_complete(issue.issue_id, stats.sha256)
-            ):
-                where = "" if transport.destination == SMTP else " (to the local outbox)"
-                note = f"{post_path}: already sent to {subscribers_path}{where}; nothing to do."
-                return SendResult(issue, None, stats, note)
+    # web copy or any message), each list's SHA-256 for the record and the count to mail from each.
+    with Ledger(settings.db_path, destination=transport.destination) as ledger:
+        counts: list[DeliverableCount] = []
+
+        def count(one: ListFile) -> Callable[[Subscriber], None]:
+            counts.append(DeliverableCount(ledger, issue.issue_id, one, retry_failed=options.retry_failed))
+            return counts[-1].add
+
+        lists = read_lists(paths, on_bad=bad_row, count=count)
+        for counted in counts:
+            counted.flush()
+        if (
+            not options.dry_run
+            and target.is_dir()
+            and not options.retry_failed
+            and ledger.is_complete(issue.issue_id, lists.key)
+        ):
+            where = "" if transport.destination == SMTP else " (to the local outbox)"
+            note = f"{post_path}: already sent to {lists.named}{where}; nothing to do."
+            return SendResult(issue, None, lists.totals(), note, lists=lists.files)
+    deliverable = sum(f.to_mail for f in lists.files)
+    if len(lists.files) > 1 or any(f.stats.check.skipped for f in lists.files):
+        for one in lists.files:
+            console.say(one.line())
     warn_checks(issue, checks, console, skip_checks)
     if not options.dry_run:
         question = (
-            f"Send “{issue.subject}” to {deliverable:,} subscriber(s) of {subscribers_path}"
+            f"Send “{issue.subject}” to {deliverable:,} subscriber(s) of {lists.named}"
             f" via {transport.description}?"
         )
         # the local outbox mails no one, so it needs no yes
         if not (yes or not settings.smtp_host or console.ask(question)):
-            return SendResult(issue, None, stats, "Nothing sent.", transport.description, deliverable)
+            return SendResult(
+                issue,
+                None,
+                lists.totals(),
+                "Nothing sent.",
+                transport.description,
+                deliverable,
+                lists=lists.files,
+            )
         write_archive(issue, factory, settings)
         console.note(f"Sending {issue.issue_id} to {deliverable:,} subscriber(s) via {transport.description}")
         feedback.start(deliverable)
@@ -222,15 +240,17 @@ def _send(
             subject=issue.subject,
             factory=factory,
             transport=transport,
-            subscribers=subscribers,
+            subscribers=lists.subscribers,
             ledger=ledger,
             options=options,
             feedback=feedback,
             signals=signals,
-            list_key=stats.sha256,
-            list_path=str(subscribers_path.resolve()),
+            list_key=lists.key,
+            list_path=lists.resolved,
         )
-    return SendResult(issue, report, stats, "", transport.description, deliverable, refused)
+    return SendResult(
+        issue, report, lists.totals(), "", transport.description, deliverable, refused, lists.files
+    )
 
 
 def send_test(
