@@ -10,6 +10,9 @@ import hashlib
 import json
 import os
 import sqlite3
+import subprocess
+import sys
+import tracemalloc
 from collections import Counter
 from email import message_from_bytes
 from pathlib import Path
@@ -17,7 +20,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
+from mailer.campaign import LOOKUP_BATCH
 from mailer.cli import cli
+from mailer.csvfile import BLOCK, CsvFile
 from tests import publisher
 from tests.smtpd import SMTPServer
 
@@ -196,3 +201,95 @@ def test_one_plain_list_reports_as_before(smtp_server: SMTPServer, tmp_path: Pat
     assert result.exit_code == 0, result.output
     assert "row(s):" not in result.stderr  # no per-list report for one plain list
     assert list_keys(tmp_path) == [hashlib.sha256(a.read_bytes()).hexdigest()]
+
+
+# --- item 5: a list edited during a send with several files; a 100 MB list ----------------------------------
+
+ROWS = 600
+EDIT_AT = 480
+FILLER = ",".join(["x" * 200] * 3)  # ~640 bytes a row: a block is ~100 rows
+
+
+def row(i: int, who: str = "reader") -> str:
+    return f"{who}{i:04d}@example.com,Reader {i},{FILLER}"
+
+
+def test_a_second_list_edited_during_the_send_stops_it_and_a_rerun_mails_everyone_once(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path
+) -> None:
+    assert (LOOKUP_BATCH + 3) * len(row(0)) + BLOCK < EDIT_AT * len(row(0)), (
+        "the send must not reach the edit"
+    )
+    a = write(tmp_path / "a.csv", "email,name\nfirst@example.com,F\nsecond@example.com,S\n")
+    lines = ["email,name,a,b,c", *[row(i) for i in range(ROWS)]]
+    b = write(tmp_path / "b.csv", "\n".join(lines) + "\n")
+    env = {**os.environ, **publisher.env_for(smtp_server, tmp_path)}
+    args = [
+        sys.executable,
+        "-m",
+        "mailer",
+        "send",
+        str(post),
+        "--to",
+        str(a),
+        "--to",
+        str(b),
+        "--yes",
+        "--force",
+    ]
+    hold = smtp_server.hold("first@example.com")  # the send waits here while b.csv is edited
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert hold.reached.wait(60), "the first message never arrived"
+        edited = list(lines)
+        edited[EDIT_AT] = row(EDIT_AT - 1, "writer")  # the same length, in place: only the content tells
+        with b.open("r+b") as out:
+            out.write(("\n".join(edited) + "\n").encode())
+    finally:
+        hold.release.set()
+        _, err = proc.communicate(timeout=120)
+    assert "Traceback" not in err
+    assert proc.returncode == 4, err
+    [error] = [line for line in err.splitlines() if line.startswith("Error: ")]
+    assert error.startswith(f"Error: {b}:") and "run the same command again" in error
+    first = received(smtp_server)
+    assert set(first.values()) == {1}
+    assert {"first@example.com", "second@example.com"} <= set(first)
+    assert lines[EDIT_AT].split(",")[0] not in first  # the old row that changed on disk was never mailed
+    rerun = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    wanted = {"first@example.com", "second@example.com", *(line.split(",")[0] for line in edited[1:])}
+    total = received(smtp_server)
+    assert set(total) == wanted and set(total.values()) == {1}  # everyone once, across both runs
+
+
+def _big_list(path: Path, encoding: str, size: int) -> int:
+    """A list of about `size` bytes written a row at a time (never held whole); returns its rows."""
+    filler = "y" * 1000
+    rows = 0
+    with path.open("w", encoding=encoding, newline="") as out:
+        out.write("email,name,notes\n")
+        written = 0
+        while written < size:
+            line = f"r{rows:07d}@example.com,Reader {rows},{filler}\n"
+            out.write(line)
+            written += len(line) * (2 if encoding.startswith("utf-16") else 1)
+            rows += 1
+    return rows
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-16"])
+def test_a_100_mb_list_is_checked_and_read_in_blocks_not_whole(tmp_path: Path, encoding: str) -> None:
+    path = tmp_path / "big.csv"
+    rows = _big_list(path, encoding, 100 * 1024 * 1024)
+    assert path.stat().st_size >= 100 * 1024 * 1024
+    tracemalloc.start()
+    try:
+        with CsvFile(path, "subscriber list") as source:
+            assert source.scan(",", after=1, consequence="-") == rows
+            read = sum(1 for r in source.records(",") if not r.error)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert read == rows + 1  # and the header
+    assert peak < 4 * 1024 * 1024, f"peak {peak:,} bytes for a {path.stat().st_size:,}-byte file"
