@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -121,7 +121,7 @@ def read_lists(
     """
     seen = Seen()
     files: list[ListFile] = []
-    streams: list[Iterator[Subscriber]] = []
+    streams: list[Generator[Subscriber, None, None]] = []
     try:
         for path in paths:
             one = ListFile(path)
@@ -134,6 +134,6 @@ def read_lists(
             files.append(one)
     except BaseException:
         for stream in streams:
-            stream.close()  # type: ignore[attr-defined]  # a generator: closes its file
+            stream.close()  # closes its file
         raise
     return Lists(files, itertools.chain.from_iterable(streams))

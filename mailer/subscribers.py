@@ -9,7 +9,7 @@ when asked, hands on every reader the stream will yield, so a send can count the
 from __future__ import annotations
 
 from array import array
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 from hashlib import blake2b
 from pathlib import Path
@@ -161,7 +161,7 @@ def read_subscribers(
     on_duplicate: Callable[[BadRow], None] | None = None,
     on_checked: Callable[[Subscriber], None] | None = None,
     seen: Seen | None = None,
-) -> Iterator[Subscriber]:
+) -> Generator[Subscriber, None, None]:
     """Stream the valid, first-seen subscribers of a CSV file, reporting skipped rows as they pass.
 
     The whole file is checked now, before the first row is used (SubscriberError if it cannot be read,
@@ -199,7 +199,7 @@ def read_subscribers(
     stats.tool = form.tool
     rows = _rows(source, form, on_bad, stats, on_duplicate, seen.streamed)
     next(rows)  # enters the generator's `with`, so the file is closed even if no row is ever asked for
-    return cast(Iterator[Subscriber], rows)
+    return cast(Generator[Subscriber, None, None], rows)
 
 
 def _reasons(reasons: dict[str, int]) -> str:
