@@ -250,7 +250,7 @@ def send(
     with reported(console, fields):
         from . import send as sending
         from .campaign import SendOptions
-        from .progress import ConsoleFeedback, report_counts, say_report
+        from .progress import ConsoleFeedback, report_counts, say_report, warn_rates
 
         if test_address:
             sent = sending.send_test(settings, post, test_address, console=console, skip_checks=skip_checks)
@@ -305,6 +305,10 @@ def send(
         )
         code = ExitStatus.OK if dry_run or report.complete else ExitStatus.INCOMPLETE
         say_report(console, f"{fields['issue']}: {fields['subject']}", report, result.stats, dry_run=dry_run)
+        if result.rates is not None:
+            console.say(f"  {result.rates.line()}")
+            warn_rates(console, settings, [result.rates])
+            fields["bounces"] = result.rates.fields()
         if result.refused:  # a dry run: list who would get it, then say that a real send would stop
             from .checks import ChecksFailed
 
@@ -326,23 +330,25 @@ def status(ctx: click.Context, post: Path | None, json_mode: bool, quiet: bool) 
     with reported(console, fields):
         from .ledger import Ledger
         from .post import load_post
-        from .progress import issue_fields, issue_table
+        from .progress import all_rates, issue_fields, issue_table, status_text, warn_rates
 
         with Ledger(settings.db_path) as ledger:
             if post is None:
-                issues = ledger.issues()
+                issues, bounces = ledger.issues(), ledger.bounce_counts()
                 if not quiet:
-                    for line in issue_table(issues):
+                    for line in issue_table(issues, bounces):
                         console.result(line)
-                console.emit(_outcome(fields, 0, issues=[issue_fields(i) for i in issues]))
+                warn_rates(console, settings, all_rates(issues, bounces))
+                console.emit(_outcome(fields, 0, issues=[issue_fields(i, bounces) for i in issues]))
                 return
             issue_id = load_post(post).issue_id if post.exists() else post.stem
-            statuses = ledger.statuses(issue_id)
+            statuses, bounces = ledger.statuses(issue_id), ledger.bounce_counts(issue_id)
         if not quiet:
-            console.result("\n".join(st.format() for st in statuses))
+            console.result(status_text(statuses, bounces))
+        warn_rates(console, settings, all_rates(statuses, bounces))
         records = [
             {
-                **issue_fields(st),
+                **issue_fields(st, bounces),
                 "failure_groups": [
                     {"state": g.state, "code": g.code, "reply": g.reply, "count": g.count}
                     for g in st.failures

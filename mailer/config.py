@@ -103,6 +103,8 @@ class Settings:
     bounce_address: str = ""  # set: each message's envelope sender is bounce+TOKEN@domain (VERP)
     soft_bounce_limit: int = 3  # soft bounces (4.x.x) of different messages that suppress an address...
     soft_bounce_days: int = 14  # ...when they fall within this many days
+    bounce_rate_warn: float = 2.0  # percent of an issue's messages: warn above it (Amazon SES reviews at 5)
+    complaint_rate_warn: float = 0.1  # percent: warn above it (Gmail and Yahoo block above 0.3)
     # ESP bounce webhooks in `mailer serve` (docs/bounces.md); an ESP left unset has no endpoint
     ses_topic_arns: str = ""  # the SNS topics SES publishes this list's bounces and complaints to
     sns_hosts: str = "sns.*.amazonaws.com, sns.*.amazonaws.com.cn"  # where SNS certificates may come from
@@ -382,6 +384,8 @@ RANGES: dict[str, tuple[float, float, str]] = {
     "clip_warn_bytes": (0, 100_000_000, "0 to 100000000 bytes"),
     "soft_bounce_limit": (1, 1000, "1 to 1000"),
     "soft_bounce_days": (1, 3650, "1 to 3650 days"),
+    "bounce_rate_warn": (0, 100, "0 (never warn) to 100 percent"),
+    "complaint_rate_warn": (0, 100, "0 (never warn) to 100 percent"),
 }
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _LIST_ID = re.compile(rf"{_ATOM}(?:\.{_ATOM})+")

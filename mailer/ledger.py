@@ -702,6 +702,19 @@ class Ledger:
         )  # fmt: skip
         return cursor.rowcount == 1
 
+    def bounce_counts(self, issue_id: str | None = None) -> dict[str, dict[str, int]]:
+        """{issue: {kind: addresses}} of the bounces kept (one issue's, or every issue's)."""
+        where, params = ("WHERE issue_id = ?", (issue_id,)) if issue_id is not None else ("", ())
+        rows = self._all(
+            f"SELECT issue_id, kind, count(DISTINCT email) FROM bounces {where} GROUP BY issue_id, kind",
+            params,
+        )
+        out: dict[str, dict[str, int]] = {}
+        for issue, kind, n in rows:
+            if issue is not None:
+                out.setdefault(issue, {})[kind] = n
+        return out
+
     def soft_bounces(self, email: str, since: datetime, until: datetime) -> list[tuple[datetime, str]]:
         """(when, which message) of the address's soft bounces in a span, oldest first.
 

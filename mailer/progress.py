@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterable, Mapping
 
 from .campaign import Feedback, Report
+from .config import Settings
 from .console import Console
-from .ledger import OUTBOX, IssueSummary
+from .ledger import OUTBOX, SMTP, IssueStatus, IssueSummary
+from .rates import Rates, issue_rates
 from .subscribers import ReadStats, Subscriber
 
 MIN_BAR = 10  # columns; on a narrower terminal the bar is left out and only the figures are shown
@@ -172,27 +175,36 @@ def say_report(console: Console, heading: str, report: Report, stats: ReadStats,
         console.say(line)
 
 
-def issue_table(issues: list[IssueSummary]) -> list[str]:
-    """`mailer status` without a post: every issue sent, newest first, one line each."""
+def issue_table(issues: list[IssueSummary], bounces: Mapping[str, Mapping[str, int]]) -> list[str]:
+    """`mailer status` without a post: every issue sent, newest first, one line each.
+
+    `bounces` are the bounce counts by issue and kind (Ledger.bounce_counts): hard bounces and complaints are
+    shown with their rates (rates.py).
+    """
     if not issues:
         return ["No issue has been sent yet."]
     width = max(len(i.issue_id) for i in issues)
     head = f"{'first sent':<16}  {'issue':<{width}}  {'to':<6}"
-    lines = [f"{head}  {'sent':>7}  {'failed':>7}  {'complete':<8}  title"]
+    lines = [
+        f"{head}  {'sent':>7}  {'failed':>7}  {'bounced':>13}  {'complaints':>13}  {'complete':<8}  title"
+    ]
     for i in issues:
         when = i.created_at.astimezone().strftime("%Y-%m-%d %H:%M")
         failed = i.count("failed") + i.count("deferred")
         done = "yes" if i.completed_at else "no"
+        r = issue_rates(i, bounces.get(i.issue_id, {}))
+        bounced = f"{r.hard} {r.bounce_rate:5.2f}%" if r.mailed else "-"
+        complained = f"{r.complaints} {r.complaint_rate:5.2f}%" if r.mailed else "-"
         lines.append(
             f"{when:<16}  {i.issue_id:<{width}}  {i.destination:<6}  {i.count('sent'):>7}  {failed:>7}"
-            f"  {done:<8}  {i.subject}"
+            f"  {bounced:>13}  {complained:>13}  {done:<8}  {i.subject}"
         )
     if any(i.destination == OUTBOX for i in issues):
         lines.append("(to outbox: a try-out in the local outbox, no one was mailed; smtp: real sends)")
     return lines
 
 
-def issue_fields(summary: IssueSummary) -> dict[str, object]:
+def issue_fields(summary: IssueSummary, bounces: Mapping[str, Mapping[str, int]]) -> dict[str, object]:
     """One issue's record as the --json object of `mailer status` gives it."""
     return {
         "issue": summary.issue_id,
@@ -204,4 +216,28 @@ def issue_fields(summary: IssueSummary) -> dict[str, object]:
         "counts": dict(summary.counts),
         "sent": summary.count("sent"),
         "failed": summary.count("failed") + summary.count("deferred"),
+        "bounces": issue_rates(summary, bounces.get(summary.issue_id, {})).fields(),
     }
+
+
+def all_rates(issues: Iterable[IssueSummary], bounces: Mapping[str, Mapping[str, int]]) -> list[Rates]:
+    """The bounce and complaint rates of each issue sent over SMTP."""
+    return [issue_rates(i, bounces.get(i.issue_id, {})) for i in issues if i.destination == SMTP]
+
+
+def status_text(statuses: list[IssueStatus], bounces: Mapping[str, Mapping[str, int]]) -> str:
+    """`mailer status POST`: each destination's record, and over SMTP the issue's bounces and complaints."""
+    blocks = []
+    for st in statuses:
+        block = st.format()
+        if st.destination == SMTP:
+            block += "\n  " + issue_rates(st, bounces.get(st.issue_id, {})).line()
+        blocks.append(block)
+    return "\n".join(blocks)
+
+
+def warn_rates(console: Console, settings: Settings, rates: Iterable[Rates]) -> None:
+    """A warning for each rate above the level its setting names (rates.py)."""
+    for r in rates:
+        for line in r.warnings(settings):
+            console.warn(line)

@@ -20,6 +20,7 @@ from .message import MessageFactory, make_factory
 from .post import load_post
 from .private import make_folder, write_file
 from .progress import ConsoleFeedback
+from .rates import Rates, issue_rates
 from .render import Issue, render_issue
 from .schedule import check_age, require_post, resolve_post, today
 from .stopping import StopSignals
@@ -39,6 +40,7 @@ class SendResult:
     deliverable: int = 0  # subscribers this run set out to mail, counted before the first message
     refused: list[Check] = field(default_factory=list)  # dry run: the errors that would stop a real send
     lists: list[ListFile] = field(default_factory=list)  # what was read from each list
+    rates: Rates | None = None  # after a send over SMTP: the issue's bounces and complaints so far
 
 
 @dataclass(frozen=True)
@@ -248,8 +250,12 @@ def _send(
             list_key=lists.key,
             list_path=lists.resolved,
         )
+        rates = None
+        if not options.dry_run and transport.destination == SMTP:
+            bounced = ledger.bounce_counts(issue.issue_id).get(issue.issue_id, {})
+            rates = issue_rates(ledger.status(issue.issue_id), bounced)
     return SendResult(
-        issue, report, lists.totals(), "", transport.description, deliverable, refused, lists.files
+        issue, report, lists.totals(), "", transport.description, deliverable, refused, lists.files, rates
     )
 
 

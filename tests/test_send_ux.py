@@ -287,13 +287,15 @@ def test_status_without_a_post_lists_every_issue_sent(
     code, out, err = run(["status"], env)
     assert code == 0, err
     header, *rows = out.splitlines()
-    assert header.split() == ["first", "sent", "issue", "to", "sent", "failed", "complete", "title"]
+    assert header.split() == [
+        "first", "sent", "issue", "to", "sent", "failed", "bounced", "complaints", "complete", "title"
+    ]  # fmt: skip
     assert len(rows) == 2
     newest, oldest = (row.split() for row in rows)
-    assert newest[2:8] == ["2026-02-10", "smtp", "2", "1", "no", "The"] and rows[0].endswith(
-        "The second issue"
-    )
-    assert oldest[2:7] == ["2026-02-09", "smtp", "3", "0", "yes"]
+    # c@ refused with 550 5.1.1: a hard bounce, 1 of 3 messages
+    assert newest[2:12] == ["2026-02-10", "smtp", "2", "1", "1", "33.33%", "0", "0.00%", "no", "The"]
+    assert rows[0].endswith("The second issue")
+    assert oldest[2:11] == ["2026-02-09", "smtp", "3", "0", "0", "0.00%", "0", "0.00%", "yes"]
     assert newest[0] == oldest[0] and len(newest[0]) == 10  # the date both were sent (today)
 
     code, out, _ = run(["status", "--json"], env)
