@@ -17,6 +17,7 @@ from mailer.ledger import Ledger
 from mailer.refusals import POLICY, judge
 from mailer.transport import Outcome
 from tests.publisher import env_for
+from tests.record import delivery
 from tests.smtpd import SMTPServer
 
 _EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
@@ -102,7 +103,7 @@ def test_a_policy_refusal_before_anyone_was_accepted_is_asked_again_and_then_cou
     assert result.exit_code == ExitStatus.INCOMPLETE, result.output
     with Ledger(tmp_path / "state" / "mailer.db") as ledger:
         assert [s.email for s in ledger.suppressions()] == ["first@example.org"]
-        first = ledger.delivery("2026-02-09", "first@example.org")
+        first = delivery(ledger, "2026-02-09", "first@example.org")
         assert first is not None and (first.state, first.last_code) == ("failed", 550)
 
 
