@@ -28,7 +28,16 @@ DEFAULT_CONFIG = Path("mailer.toml")
 # The repository's templates/, shipped in the wheel as the package mailer.templates (pyproject.toml maps it).
 # Installs are unpacked on disk, so the resource is a real folder that jinja2 and the preview can watch.
 SHIPPED_TEMPLATES = Path(str(importlib.resources.files("mailer.templates")))
-SECRET_SETTINGS = frozenset({"smtp_password", "secret_key", "old_secret_keys", "imap_password"})
+SECRET_SETTINGS = frozenset(
+    {
+        "smtp_password",
+        "secret_key",
+        "old_secret_keys",
+        "imap_password",
+        "postmark_webhook_password",
+        "mailgun_webhook_key",
+    }
+)
 PATH_SETTINGS = frozenset(
     {
         "data_dir",
@@ -119,6 +128,9 @@ class Settings:
     imap_folder: str = "INBOX"
     imap_done_folder: str = ""  # set: read messages are moved there (else only marked \Seen)
     imap_cafile: str = ""
+    postmark_webhook_user: str = ""
+    postmark_webhook_password: str = ""
+    mailgun_webhook_key: str = ""
 
     @property
     def db_path(self) -> Path:
@@ -483,6 +495,10 @@ def _check(s: Settings, sources: Mapping[str, str]) -> Settings:
     for host in filter(None, (v.strip() for v in s.sns_hosts.split(","))):
         if not _HOST_PATTERN.fullmatch(host):
             raise ConfigError(f"{where('sns_hosts')}: {host[:80]!r} is not a host name (`*` for one label)")
+    if bool(s.postmark_webhook_user) != bool(s.postmark_webhook_password):
+        raise ConfigError(
+            "postmark_webhook_user and postmark_webhook_password go together: set both or neither"
+        )
     if s.smtp_user and not s.smtp_password:
         raise ConfigError("smtp_user is set but smtp_password is not (set MAILER_SMTP_PASSWORD)")
     try:

@@ -1,4 +1,4 @@
-"""ESP bounce and complaint webhooks in `mailer serve`: Amazon SES (via SNS).
+"""ESP bounce and complaint webhooks in `mailer serve`: Amazon SES (via SNS), Postmark and Mailgun.
 
 Each ESP proves itself its own way (an SNS signature, HTTP basic auth in the URL, an HMAC); a request that
 does not is refused with a 4xx and one log line and changes nothing. What a genuine one reports becomes
@@ -7,9 +7,15 @@ does not is refused with a 4xx and one log line and changes nothing. What a genu
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+import hmac
 import json
 import logging
 import re
+import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -30,9 +36,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mailer.webhooks")
 
-ESPS = ("ses",)
-JSON_TYPES = {"ses": ("text/plain", "application/json")}
-MAX_RECIPIENTS = 100  # SES mails at most 50 recipients a message
+ESPS = ("ses", "postmark", "mailgun")
+JSON_TYPES = {"ses": ("text/plain", "application/json"), "postmark": ("application/json",)}
+JSON_TYPES["mailgun"] = JSON_TYPES["postmark"]
+MAX_RECIPIENTS = 100  # SES mails at most 50 recipients a message; Postmark and Mailgun report one at a time
+MAILGUN_MAX_AGE = 15 * 60  # seconds a Mailgun signature stays good; a token is taken once within it
 STATUS = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
 
 Answer = tuple[int, str, bytes, list[tuple[str, str]]]
@@ -84,21 +92,35 @@ class Webhooks:
         self.keyring = keyring  # opens the signed envelope senders (VERP) that ESPs quote
         topics = frozenset(filter(None, (t.strip() for t in settings.ses_topic_arns.split(","))))
         self.sns = sns.Verifier(topics, settings.sns_hosts) if topics else None
+        auth = f"{settings.postmark_webhook_user}:{settings.postmark_webhook_password}"
+        self.postmark_auth = auth.encode() if settings.postmark_webhook_password else None
+        self.mailgun_key = settings.mailgun_webhook_key.encode() or None
+        self._tokens: dict[str, float] = {}  # Mailgun tokens seen within MAILGUN_MAX_AGE, and when
+        self._tokens_lock = threading.Lock()
 
     def handle(self, esp: str, environ: WSGIEnvironment, max_body: int) -> Answer:
         """Answer one POST to /webhooks/<esp>; refusals are logged here, in one line each."""
         try:
             if esp not in ESPS or not self._enabled(esp):
                 raise Refused(404, "no such webhook (not configured)")
+            if esp == "postmark":
+                self._check_basic_auth(environ)  # before the body is read: a stranger's costs nothing
             body = _read_json(environ, max_body, JSON_TYPES[esp])
-            done = self._ses(body, environ)
+            if esp == "ses":
+                done = self._ses(body, environ)
+            elif esp == "postmark":
+                done = self._recorded(_postmark(body))
+            else:
+                token = self._check_mailgun(body)
+                done = self._recorded(_mailgun(body))
+                self._used(token)  # only once recorded: a retry after a failure must still be taken
         except Refused as exc:
             log.warning("webhook %s from %s refused (%d): %s", esp, _client(environ), exc.status, exc.reason)
             return exc.status, TEXT, f"{exc.reason}\n".encode(), exc.headers
         return 200, TEXT, f"{done}\n".encode(), []
 
     def _enabled(self, esp: str) -> bool:
-        return bool({"ses": self.sns}[esp])
+        return bool({"ses": self.sns, "postmark": self.postmark_auth, "mailgun": self.mailgun_key}[esp])
 
     def _recorded(self, reports: list[Report]) -> str:
         """Record the reports about addresses mailer mailed; one log line says what changed."""
@@ -161,6 +183,52 @@ class Webhooks:
             log.warning("SNS ended the subscription to %s: no more SES reports arrive", message.topic_arn)
             return "unsubscribe noted"
         return self._recorded(_ses(message))
+
+    # --- Postmark ---------------------------------------------------------------------------------
+
+    def _check_basic_auth(self, environ: WSGIEnvironment) -> None:
+        assert self.postmark_auth is not None  # _enabled
+        scheme, _, value = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
+        try:
+            given = base64.b64decode(value.strip(), validate=True) if scheme.lower() == "basic" else b""
+        except (binascii.Error, ValueError):
+            given = b""
+        if not hmac.compare_digest(given, self.postmark_auth):
+            challenge = [("WWW-Authenticate", 'Basic realm="mailer webhooks"')]
+            raise Refused(401, "wrong or missing credentials", challenge)
+
+    # --- Mailgun ----------------------------------------------------------------------------------
+
+    def _check_mailgun(self, body: Any) -> str:
+        """The token of a genuine, fresh, unused Mailgun signature; Refused for anything else.
+
+        The signature covers only the timestamp and token, not the event: a token is taken once, and
+        only within MAILGUN_MAX_AGE of its timestamp, so a signature seen in transit cannot carry
+        another event later.
+        """
+        assert self.mailgun_key is not None  # _enabled
+        signed = body.get("signature") if isinstance(body, dict) else None
+        if not isinstance(signed, dict) or not all(
+            isinstance(signed.get(k), str) for k in ("timestamp", "token", "signature")
+        ):
+            raise Refused(403, "no signature {timestamp, token, signature}")
+        stamp, token = signed["timestamp"], signed["token"]
+        expected = hmac.new(self.mailgun_key, (stamp + token).encode(), hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(expected.encode(), signed["signature"].encode()):
+            raise Refused(403, "the signature does not verify")
+        if not stamp.isdigit() or abs(time.time() - int(stamp)) > MAILGUN_MAX_AGE:
+            raise Refused(403, f"the signature's timestamp {stamp[:20]!r} is not within 15 minutes of now")
+        with self._tokens_lock:
+            if token in self._tokens:
+                raise Refused(403, "the signature's token was used before (a replay)")
+        return token
+
+    def _used(self, token: str) -> None:
+        now = time.time()
+        with self._tokens_lock:
+            for old in [t for t, at in self._tokens.items() if now - at > 2 * MAILGUN_MAX_AGE]:
+                del self._tokens[old]
+            self._tokens[token] = now
 
 
 # --- payloads -> Bounce ---------------------------------------------------------------------------
@@ -280,3 +348,76 @@ def _ses(message: sns.Message) -> list[Report]:
             Report(email, bounce_kind, status, diagnostic, "ses", report_id, at, return_path, message_id)
         )
     return reports
+
+
+# Postmark's bounce types (https://postmarkapp.com/developer/api/bounce-api#bounce-types); the rest
+# (auto-replies, address changes, challenge mails, virus and spam notices) say nothing about the address.
+POSTMARK_KINDS = {
+    "HardBounce": HARD,
+    "BadEmailAddress": HARD,
+    "SoftBounce": SOFT,
+    "Transient": SOFT,
+    "DnsError": SOFT,
+    "Blocked": SOFT,  # the receiver blocked the sender or the content: not this address's fault
+    "DMARCPolicy": SOFT,
+    "SpamComplaint": COMPLAINT,
+}
+
+
+def _postmark(body: Any) -> list[Report]:
+    """The bounce or spam complaint of a Postmark webhook (RecordType Bounce or SpamComplaint)."""
+    if not isinstance(body, dict):
+        raise Refused(400, "the body is not a JSON object")
+    if body.get("RecordType") not in ("Bounce", "SpamComplaint"):
+        return []  # deliveries, opens, clicks, subscription changes
+    kind = POSTMARK_KINDS.get(_text(body.get("Type")))
+    email = _address(body.get("Email"))
+    if email is None:
+        raise Refused(400, "Email is not an address")
+    if kind is None or body.get("ID") is None:
+        return []
+    details = _text(body.get("Details"))
+    status = _status(details, _text(body.get("Description")))
+    diagnostic = details or _text(body.get("Description"))
+    report_id = f"postmark:{_text(body.get('ID'), 100)}"
+    # Postmark quotes neither the envelope sender nor the Message-ID: the address alone names the reader
+    return [Report(email, kind, status, diagnostic, "postmark", report_id, _when(body.get("BouncedAt")))]
+
+
+def _mailgun(body: dict[str, Any]) -> list[Report]:
+    """The failure or complaint of a Mailgun webhook (event failed permanent/temporary, or complained)."""
+    event = body.get("event-data")
+    if not isinstance(event, dict):
+        raise Refused(400, "event-data is missing")
+    name, severity = _text(event.get("event")), _text(event.get("severity"))
+    if name == "complained":
+        kind = COMPLAINT
+    elif name == "failed" and severity in ("permanent", "temporary"):
+        kind = HARD if severity == "permanent" else SOFT
+    else:
+        return []
+    email = _address(event.get("recipient"))
+    if email is None:
+        raise Refused(400, "event-data.recipient is not an address")
+    status_of = _object(event.get("delivery-status"))
+    message = _object(event.get("message"))
+    headers = _object(message.get("headers"))
+    diagnostic = _text(status_of.get("message")) or _text(status_of.get("description"))
+    diagnostic = diagnostic or _text(event.get("reason"))
+    code = _text(status_of.get("code"), 10)
+    if code and not diagnostic.startswith(code):
+        diagnostic = f"{code} {diagnostic}".strip()
+    envelope = _object(event.get("envelope"))
+    return [
+        Report(
+            email,
+            kind,
+            _status(_text(status_of.get("enhanced-code"), 20), diagnostic),
+            diagnostic,
+            "mailgun",
+            f"mailgun:{_text(event.get('id'), 200) or _text(body['signature']['token'], 200)}",
+            _when(event.get("timestamp")),
+            _text(envelope.get("sender"), 400),
+            _text(headers.get("message-id"), 400),
+        )
+    ]

@@ -66,6 +66,7 @@ def test_environment_wins_over_the_file(tmp_path: Path) -> None:
             "'arn:aws:sns:us-east-1:12345:x' is not an SNS topic ARN",
         ),
         ("", {"MAILER_SNS_HOSTS": "https://sns.*.amazonaws.com/"}, "is not a host name"),
+        ("", {"MAILER_POSTMARK_WEBHOOK_USER": "postmark"}, "postmark_webhook_password go together"),
     ],
 )
 def test_bad_settings_are_one_line_errors(
@@ -115,9 +116,15 @@ def test_missing_explicit_config_file_is_an_error(tmp_path: Path) -> None:
 
 
 def test_public_view_masks_secrets() -> None:
-    settings = Settings(smtp_password="hunter2-long-pass", secret_key="k" * 32)
+    settings = Settings(
+        smtp_password="hunter2-long-pass",
+        secret_key="k" * 32,
+        postmark_webhook_password="postmark-pass-77",
+        mailgun_webhook_key="mailgun-key-88",
+    )
     shown = str(settings.public())
     assert "hunter2-long-pass" not in shown and "k" * 32 not in shown
+    assert "postmark-pass-77" not in shown and "mailgun-key-88" not in shown
     assert "smtp_password" in shown
 
 
