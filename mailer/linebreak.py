@@ -1,9 +1,21 @@
-"""Lines of the plain-text part: display width (CJK counts two columns) and where a line may break."""
+"""Lines of the plain-text part: display width, and where a line may break (UAX #14, with kinsoku).
+
+Latin words and URLs are never broken; CJK text may break between any two characters, but never before
+closing punctuation (，。、）」 and the like) nor after opening punctuation (（「“), as kinsoku shori and
+Unicode's line-breaking rules (UAX #14: classes CL, CP, EX, IS, NS, IN and OP, QU) have it.
+
+The text part is sent format=flowed; delsp=yes (RFC 3676): a wrapped paragraph's line ends in a space that
+says "this line goes on". Apple Mail, Thunderbird, mutt and K-9/FairEmail join such lines and wrap the
+paragraph to the screen, so a phone does not cut every 76-column line into a long and a short one (the
+jagged pairs); delsp=yes has them drop that space again, so Chinese text joins without one. Clients without
+format=flowed show the lines as they are, at most 76 columns wide.
+"""
 
 from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Iterator
 
 WIDTH = 76
 _CJK_RANGES = (
@@ -19,8 +31,15 @@ _CJK_RANGES = (
     (0x20000, 0x3FFFF),
 )
 _CJK_CHAR = re.compile("[" + "".join(f"\\U{lo:08x}-\\U{hi:08x}" for lo, hi in _CJK_RANGES) + "]")
-_CLOSING = set("，。、；：？！）」』》】〉〕”’,.;:?!)]}…%")
-_OPENING = set("（「『《【〈〔“‘([{")
+# no line starts with these (UAX #14 CL, CP, EX, IS, NS, IN, PO; closing brackets and quotes by category)
+_CLOSING = frozenset(
+    "，。、；：？！…‥・ー々〻ゝゞヽヾ〜～％‰℃°¢,.;:?!%)]}"
+    "ぁぃぅぇぉっゃゅょゎゕゖァィゥェォッャュョヮヵヶㇰㇱㇲㇳㇴㇵㇶㇷㇸㇹㇺㇻㇼㇽㇾㇿ"
+)
+_OPENING = frozenset("([{$£¥￥＄€")  # no line ends with these (OP, PR; and Ps, Pi by category)
+_DASHES = frozenset("—―")  # a "——" pair stays together (UAX #14 B2 × B2)
+_FLOW = " "  # RFC 3676: a line that ends in a space goes on in the next one
+_SPACE_RUN = re.compile(r"\s+")
 
 
 def is_cjk(char: str) -> bool:
@@ -29,8 +48,11 @@ def is_cjk(char: str) -> bool:
 
 
 def char_width(char: str) -> int:
-    """Columns a character takes in a monospace terminal or mail reader."""
-    return 2 if unicodedata.east_asian_width(char) in "WF" else 1
+    """Columns a character takes in a monospace terminal or mail reader: East Asian wide ones two, combining
+    marks and format characters none."""
+    if unicodedata.east_asian_width(char) in "WF":
+        return 2
+    return 0 if unicodedata.category(char) in ("Mn", "Me", "Cf") else 1
 
 
 def text_width(text: str) -> int:
@@ -40,49 +62,77 @@ def text_width(text: str) -> int:
     return sum(char_width(c) for c in text)
 
 
-def _atoms(text: str) -> list[str]:
-    """Split text into unbreakable pieces: words and URLs whole, CJK one character at a time."""
-    atoms: list[str] = []
-    for piece in re.findall(r"\s+|[^\s]+", text):
-        if piece.isspace():
-            atoms.append(" ")
-            continue
-        if not _CJK_CHAR.search(piece):  # a plain word or URL: one atom
-            atoms.append(piece)
-            continue
-        word = ""
-        for ch in piece:
-            if is_cjk(ch) and ch not in _CLOSING:
-                if word and word[-1] not in _OPENING:
-                    atoms.append(word)
-                    word = ""
-                word += ch
-            elif ch in _CLOSING or not word or not is_cjk(word[-1]) or word[-1] in _OPENING:
-                word += ch
-            else:
-                atoms.append(word)
-                word = ch
-        if word:
-            atoms.append(word)
-    return atoms
+def closes(char: str) -> bool:
+    """No line may start with this character (closing punctuation, small kana, iteration marks)."""
+    return char in _CLOSING or unicodedata.category(char) in ("Pe", "Pf")
 
 
-def wrap(text: str, width: int = WIDTH, indent: str = "", first: str | None = None) -> list[str]:
-    """Wrap text by display width, breaking at spaces or between CJK characters, never inside a URL."""
+def opens(char: str) -> bool:
+    """No line may end with this character (opening punctuation, currency signs before a number)."""
+    return char in _OPENING or unicodedata.category(char) in ("Ps", "Pi")
+
+
+def _wide(char: str) -> bool:
+    """CJK ideographs, kana, hangul, full-width forms and punctuation: a line may break next to them."""
+    return unicodedata.east_asian_width(char) in "WF"
+
+
+def can_break(before: str, after: str) -> bool:
+    """May a line break between these two characters (no space between them)?"""
+    if closes(after) or opens(before) or (before in _DASHES and after in _DASHES):
+        return False
+    return _wide(before) or _wide(after)
+
+
+def _pieces(text: str) -> Iterator[tuple[str, bool]]:
+    """The unbreakable pieces of a text, each with whether a space stood before it."""
+    spaced = False
+    for word in _SPACE_RUN.split(text):
+        if not word:
+            spaced = True
+            continue
+        start = 0
+        for i in range(1, len(word)):
+            if can_break(word[i - 1], word[i]):
+                yield word[start:i], spaced
+                start, spaced = i, False
+        yield word[start:], spaced
+        spaced = True
+
+
+def wrap(
+    text: str, width: int = WIDTH, indent: str = "", first: str | None = None, *, flowed: bool = False
+) -> list[str]:
+    """Wrap text by display width at spaces and between CJK characters (never inside a URL or word).
+
+    `flowed`: every line but the last ends in a space (format=flowed; a space the text had at the break
+    stays before it), counted within `width`. Only for lines without a hanging indent: a reader that joins
+    them would keep the indent as spaces inside the paragraph.
+    """
     lines: list[str] = []
     prefix = indent if first is None else first
-    line, used = prefix, text_width(prefix)
-    for atom in _atoms(text):
-        w = text_width(atom)
-        if atom == " ":
-            if used > text_width(prefix):
-                line, used = line + " ", used + 1
-            continue
-        if used + w > width and line.strip() and line != prefix:
-            lines.append(line.rstrip())
-            prefix = indent
-            line, used = prefix, text_width(prefix)
-        line, used = line + atom, used + w
-    if line.strip():
-        lines.append(line.rstrip())
+    line, used, empty = prefix, text_width(prefix), True
+    room = width - (2 if flowed else 0)  # a flowed line may end in the text's space and the flow mark
+    for piece, spaced in _pieces(text):
+        gap = " " if spaced and not empty else ""
+        w = text_width(piece)
+        if not empty and used + len(gap) + w > room:
+            lines.append(line + gap + _FLOW if flowed else line)
+            line, used, gap = indent, text_width(indent), ""
+        line, used, empty = line + gap + piece, used + len(gap) + w, False
+    if not empty:
+        lines.append(line)
     return lines
+
+
+def flowed_part(text: str) -> str:
+    """A text part as format=flowed sends it: lines of spaces emptied (they would flow into the next), and
+    lines that start with "From " space-stuffed (RFC 3676 4.4; a reader drops that first space again)."""
+    lines = []
+    for line in text.split("\n"):
+        if not line.strip():
+            line = ""
+        elif line.startswith("From "):
+            line = " " + line
+        lines.append(line)
+    return "\n".join(lines)

@@ -52,7 +52,7 @@ class MessageFactory:
             f'Content-Type: multipart/alternative; boundary="{boundary}"',
         ]
         self._static_headers = "".join(line + "\r\n" for line in static).encode("ascii")
-        self._text_head = _part_head("text/plain", issue.text, boundary)
+        self._text_head = _part_head(TEXT_PLAIN, issue.text, boundary)
         self._html_head = _part_head("text/html", issue.html, boundary)
         self._tail = f"\r\n--{boundary}--\r\n".encode("ascii")
         text, html = _stuffed_twin(issue.text), _stuffed_twin(issue.html)
@@ -126,7 +126,7 @@ class MessageFactory:
         if self._seven is None:
             issue, boundary = self.issue, self.boundary
             self._seven = (
-                _part_head("text/plain", issue.text, boundary, seven_bit=True),
+                _part_head(TEXT_PLAIN, issue.text, boundary, seven_bit=True),
                 _part_head("text/html", issue.html, boundary, seven_bit=True),
                 tuple(_soft_end(_qp(c)) for c in issue.text.chunks),
                 tuple(_soft_end(_qp(c)) for c in issue.html.chunks),
@@ -185,6 +185,10 @@ def _reply_to(value: str) -> tuple[str, str] | None:
     except ValueError:
         return None
     return (parts[0], address) if address.isascii() else None
+
+
+# the text part's lines are wrapped for format=flowed, delsp=yes (see mailer/linebreak.py)
+TEXT_PLAIN = "text/plain; format=flowed; delsp=yes"
 
 
 def _part_head(content_type: str, part: Part, boundary: str, *, seven_bit: bool = False) -> bytes:

@@ -178,8 +178,8 @@ class _TextRenderer:
         text = self.inline(node)
         if self.note:
             return [self.noted(text)]
-        if not place.lists:
-            return [Block(_wrap_lines(text, place.pad))]
+        if not place.lists:  # no hanging indent: lines a format=flowed reader may join
+            return [Block(_wrap_lines(text, place.pad, flowed=True))]
         if not self.item_opened:
             return [Block(_wrap_lines(text, place.pad), item=True)]
         self.item_opened = False
@@ -222,7 +222,8 @@ class _TextRenderer:
 
     def code(self, node: _Node, place: _Place) -> list[Block]:
         code = node.token.content.rstrip("\n")
-        return [Block("\n".join(place.prefix + "    " + line for line in code.split("\n")))]
+        # no line ends in a space: a format=flowed reader would join it with the next
+        return [Block("\n".join((place.prefix + "    " + line).rstrip() for line in code.split("\n")))]
 
     def rule(self, node: _Node, place: _Place) -> list[Block]:
         return [Block(place.prefix + RULE)]
@@ -236,7 +237,8 @@ class _TextRenderer:
 
     def html_block(self, node: _Node, place: _Place) -> list[Block]:
         paras = [para for para in self.html_to_text(node.token.content).split("\n") if para.strip()]
-        return [Block("\n".join(line for para in paras for line in wrap(para, indent=place.prefix)))]
+        lines = [line for para in paras for line in wrap(para, indent=place.prefix, flowed=True)]
+        return [Block("\n".join(lines))]
 
     def table(self, node: _Node, place: _Place) -> list[Block]:
         rows = [
@@ -244,14 +246,14 @@ class _TextRenderer:
             for section in node.children
             for row in section.children
         ]
-        return [Block("\n".join(place.prefix + " | ".join(row) for row in rows))]
+        return [Block("\n".join((place.prefix + " | ".join(row)).rstrip() for row in rows))]
 
 
-def _wrap_lines(text: str, indent: str, first: str | None = None) -> str:
+def _wrap_lines(text: str, indent: str, first: str | None = None, *, flowed: bool = False) -> str:
     """Wrap each hard line of a paragraph; only the first line of the first takes `first`."""
     lines: list[str] = []
     for k, para in enumerate(text.split("\n")):
-        lines += wrap(para, indent=indent, first=first if k == 0 else None)
+        lines += wrap(para, indent=indent, first=first if k == 0 else None, flowed=flowed)
     return "\n".join(lines)
 
 

@@ -23,7 +23,7 @@ from .dark import keep_own_colours
 from .errors import PostError
 from .fold import fold
 from .headers import one_line
-from .linebreak import WIDTH, text_width, wrap
+from .linebreak import WIDTH, flowed_part, text_width, wrap
 from .plaintext import to_text
 from .post import Post
 from .sanitize import Findings, html_to_text, sanitize
@@ -307,8 +307,8 @@ def _absolute_links(tokens: list[Token], base_url: str) -> None:
 
 
 def _tidy_text(text: str) -> str:
-    lines = [line.rstrip() for line in text.split("\n")]
-    tidy = re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip("\n")
+    """One blank line at most between blocks; a line's trailing space stays: format=flowed reads it."""
+    tidy = re.sub(r"\n{3,}", "\n\n", flowed_part(text)).strip("\n")
     return tidy + "\n"
 
 

@@ -17,6 +17,7 @@ from mailer.config import Settings
 from mailer.post import Post, load_post
 from mailer.render import LINE_LIMIT, Issue, render_issue
 from tests.conftest import EXAMPLE, ROOT
+from tests.flowed import unflow
 
 POSTS = Path(__file__).resolve().parent / "posts"
 TEMPLATES = ROOT / "templates"
@@ -542,7 +543,7 @@ def test_text_part_is_readable_on_its_own(example: Rendered) -> None:
     assert "https://t.me/ai_news_plus" in text  # the telegram card's link, as a URL
     assert "在浏览器中查看: https://news.example.com/mailer/issues/2026-02-09" in lines
     # a paragraph's sentences are all there, without the bold markers
-    assert "合计投入6100亿美元用于数据中心" in text.replace("\n", "")
+    assert "合计投入6100亿美元用于数据中心" in unflow(text)  # format=flowed: as a reader joins the lines
 
 
 def test_text_part_has_no_html_and_wrapped_lines(
