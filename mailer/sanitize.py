@@ -278,8 +278,30 @@ def _style_rule(prelude: str, body: str, scope: str, base_url: str, findings: Fi
 # --- tag and attribute rules --------------------------------------------------------------------------------
 
 
-def _tag_rule(el: lhtml.HtmlElement) -> str:
-    """What becomes of a tag: 'keep' it, 'unwrap' it (its content stays) and report it, or 'unwrap quietly'"""
+def _remove_unshown(
+    el: etree._Element, base_url: str, embed_label: Callable[[str], str], findings: Findings, style_scope: str
+) -> None:
+    """First pass: what no email shows goes (comments, DROP), embeds become links, <style> sheets are
+    cleaned into findings.styles."""
+    if not isinstance(el.tag, str):  # comments and processing instructions
+        _remove(el)
+        return
+    tag = el.tag.lower()
+    if tag == "style":
+        findings.styles.append(
+            clean_css(el.text or "", scope=style_scope, base_url=base_url, findings=findings)
+        )
+        _remove(el)
+    elif tag in DROP:
+        findings.removed.append(tag)
+        _remove(el)
+    elif tag in EMBEDS:
+        _embed_to_link(el, tag, base_url, embed_label, findings)
+
+
+def _keep_tag(el: lhtml.HtmlElement, findings: Findings) -> bool:
+    """Tag rule: a tag on the list, in a place a browser keeps it, stays; any other is unwrapped (its
+    content stays) and reported, unless it is a QUIET container or a table part out of place."""
     tag = el.tag.lower()
     parent = el.getparent()
     if (
@@ -287,18 +309,33 @@ def _tag_rule(el: lhtml.HtmlElement) -> str:
         and parent.tag in PARENTS.get(tag, {parent.tag})
         and tag in CHILDREN.get(parent.tag, {tag})
     ):
-        return "keep"
-    return "unwrap quietly" if tag in QUIET or tag in TAGS else "unwrap"
+        return True
+    if tag not in QUIET and tag not in TAGS:
+        findings.removed.append(tag[:40])
+    el.drop_tag()
+    return False
 
 
 def _clean_attributes(el: lhtml.HtmlElement, tag: str, base_url: str, findings: Findings) -> None:
-    """Keep the tag's own and the global attributes, with safe URLs and styles; report event handlers."""
+    """Attribute rule: the tag's own and the global attributes stay, event handlers are reported."""
     for name in list(el.attrib):
         lname = name.lower()
         if lname not in TAGS[tag] and lname not in GLOBAL_ATTRIBUTES:
             del el.attrib[name]
             if lname.startswith("on"):
                 findings.removed.append(f"{tag} {lname}=")
+    _clean_links(el, tag, base_url, findings)
+    style = el.get("style")
+    if style is not None:
+        cleaned = clean_style(style, base_url, findings)
+        if cleaned:
+            el.set("style", cleaned)
+        else:
+            del el.attrib["style"]
+
+
+def _clean_links(el: lhtml.HtmlElement, tag: str, base_url: str, findings: Findings) -> None:
+    """URL rule on href and cite; a link opens in a new tab (no target= elsewhere)."""
     for name in URL_ATTRIBUTES:
         if name in el.attrib:
             url = safe_url(el.get(name, ""), base_url, findings)
@@ -310,13 +347,34 @@ def _clean_attributes(el: lhtml.HtmlElement, tag: str, base_url: str, findings: 
         el.set("target", "_blank")
     elif "target" in el.attrib:
         del el.attrib["target"]
-    style = el.get("style")
-    if style is not None:
-        cleaned = clean_style(style, base_url, findings)
-        if cleaned:
-            el.set("style", cleaned)
-        else:
-            del el.attrib["style"]
+
+
+def _image(img: lhtml.HtmlElement, base_url: str, findings: Findings) -> None:
+    """An image from the web, with alt text (empty if the post gave none: reported), its size clamped."""
+    url = safe_url(img.get("src", ""), base_url, findings, image=True)
+    if url is None:
+        findings.removed.append("img with unsafe src")
+        _remove(img)
+        return
+    img.set("src", url)
+    if not (img.get("alt") or "").strip():  # markdown's ![](x) gives alt="": the writer forgot it
+        findings.images_without_alt.append(url)
+        img.set("alt", "")
+    _clamp(img)
+    if _alone_in_paragraph(img):
+        img.set("class", ((img.get("class") or "") + " md-image").strip())
+
+
+def _wrap_table(table: lhtml.HtmlElement) -> None:
+    """A top-level table gets row lines and padding (see email.css) and a wrapper that scrolls on phones."""
+    if table.get("cellpadding") is None and table.get("rules") is None:
+        table.set("cellpadding", "7")
+        table.set("rules", "rows")
+    wrapper = lhtml.Element("div")
+    wrapper.set("class", "table-wrap")
+    table.addprevious(wrapper)
+    wrapper.tail, table.tail = table.tail, None
+    wrapper.append(table)
 
 
 def sanitize(
@@ -332,57 +390,19 @@ def sanitize(
     # no control character: a browser shows none, and lxml refuses to move one (`<plaintext>\x01` crashed)
     root = _fragment(_TEXT_CONTROL.sub("", fragment_html))
     for el in list(root.iter()):
-        if not isinstance(el.tag, str):  # comments and processing instructions
-            _remove(el)
-            continue
-        tag = el.tag.lower()
-        if tag == "style":
-            findings.styles.append(
-                clean_css(el.text or "", scope=style_scope, base_url=base_url, findings=findings)
-            )
-            _remove(el)
-        elif tag in DROP:
-            findings.removed.append(tag)
-            _remove(el)
-        elif tag in EMBEDS:
-            _embed_to_link(el, tag, base_url, embed_label, findings)
+        _remove_unshown(el, base_url, embed_label, findings, style_scope)
     for el in list(root.iter()):
-        if el is root or not isinstance(el.tag, str):
-            continue
-        rule = _tag_rule(el)
-        if rule != "keep":
-            if rule == "unwrap":
-                findings.removed.append(el.tag.lower()[:40])
-            el.drop_tag()
+        if el is root or not isinstance(el.tag, str) or not _keep_tag(el, findings):
             continue
         tag = el.tag.lower()
         _clean_attributes(el, tag, base_url, findings)
         if tag == "img":
-            url = safe_url(el.get("src", ""), base_url, findings, image=True)
-            if url is None:
-                findings.removed.append("img with unsafe src")
-                _remove(el)
-                continue
-            el.set("src", url)
-            if not (el.get("alt") or "").strip():  # markdown's ![](x) gives alt="": the writer forgot it
-                findings.images_without_alt.append(url)
-                el.set("alt", "")
-            _clamp(el)
-            if _alone_in_paragraph(el):
-                el.set("class", ((el.get("class") or "") + " md-image").strip())
+            _image(el, base_url, findings)
         elif tag == "table" and el.getparent() is root:
-            if el.get("cellpadding") is None and el.get("rules") is None:  # see email.css
-                el.set("cellpadding", "7")
-                el.set("rules", "rows")
-            wrapper = lhtml.Element("div")
-            wrapper.set("class", "table-wrap")
-            el.addprevious(wrapper)
-            wrapper.tail, el.tail = el.tail, None
-            wrapper.append(el)
+            _wrap_table(el)
     # the wrapper's own text is decoded: `&lt;script&gt;` after a removed comment must not come back as a tag
     out = html.escape(root.text or "", quote=False)
-    out += "".join(lhtml.tostring(child, encoding="unicode") for child in root)
-    return out
+    return out + "".join(lhtml.tostring(child, encoding="unicode") for child in root)
 
 
 def _fragment(fragment_html: str) -> lhtml.HtmlElement:
