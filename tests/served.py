@@ -90,16 +90,15 @@ class Served:
         return self.log.read_text(encoding="utf-8", errors="replace").splitlines()
 
 
-@contextmanager
-def sent_and_served(root: Path, readers: list[str], **env: str) -> Iterator[Served]:
-    """Send the example post to readers, then run `mailer serve` (with env) on that state until exit."""
+def send_issue(root: Path, readers: list[str]) -> tuple[dict[str, str], dict[str, Sent]]:
+    """Send the example post to readers (state under root); the MAILER_* settings used, and what went out."""
     smtp = SMTPServer().start()
     try:
-        send_env = env_for(smtp, root, MAILER_BOUNCE_ADDRESS=BOUNCE_ADDRESS)
+        env = env_for(smtp, root, MAILER_BOUNCE_ADDRESS=BOUNCE_ADDRESS)
         subscribers = root / "subscribers.csv"
         subscribers.write_text("email\n" + "\n".join(readers) + "\n", encoding="utf-8")
         args = ["send", str(EXAMPLE), "--to", str(subscribers), "--yes", "--force"]
-        result = CliRunner().invoke(cli, args, env=send_env, catch_exceptions=False)
+        result = CliRunner().invoke(cli, args, env=env, catch_exceptions=False)
         assert result.exit_code == 0, result.output
         sent = {}
         for received in smtp.messages:
@@ -108,10 +107,14 @@ def sent_and_served(root: Path, readers: list[str], **env: str) -> Iterator[Serv
     finally:
         smtp.stop()
     assert sorted(sent) == sorted(readers)
+    return {k: v for k, v in env.items() if k.startswith("MAILER_")}, sent
+
+
+@contextmanager
+def serving(root: Path, sent: dict[str, Sent], **env: str) -> Iterator[Served]:
+    """`mailer serve` with env (and no other MAILER_* variable) on a free port, stopped with Ctrl-C."""
     serve_env = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}
-    serve_env.update(
-        {k: v for k, v in send_env.items() if k.startswith("MAILER_")}, PYTHONUNBUFFERED="1", **env
-    )
+    serve_env.update(PYTHONUNBUFFERED="1", **env)
     log = root / "serve.log"
     with open(log, "wb") as err:
         proc = subprocess.Popen(
@@ -137,3 +140,11 @@ def sent_and_served(root: Path, readers: list[str], **env: str) -> Iterator[Serv
     text = log.read_text()
     assert proc.returncode == 0, text
     assert "Traceback" not in text, text
+
+
+@contextmanager
+def sent_and_served(root: Path, readers: list[str], **env: str) -> Iterator[Served]:
+    """Send the example post to readers, then run `mailer serve` (with env) on that state until exit."""
+    settings, sent = send_issue(root, readers)
+    with serving(root, sent, **settings, **env) as served:
+        yield served
