@@ -68,13 +68,14 @@ def test_a_reader_refused_for_good_is_suppressed_and_the_next_days_send_skips_th
     assert received == ["ann@example.org", "bo@example.org"]  # the suppressed reader was not tried again
 
 
+@pytest.mark.parametrize("connections", [1, 4])
 def test_a_relay_that_refuses_every_recipient_stops_early_and_fails_and_suppresses_no_one(
-    smtp_server: SMTPServer, tmp_path: Path, post: Path
+    smtp_server: SMTPServer, tmp_path: Path, post: Path, connections: int
 ) -> None:
     readers = [f"reader{n}@example.org" for n in range(30)]
     for reader in readers:
         smtp_server.fail(reader, 554, text="5.7.1 Relay access denied")
-    env = env_for(smtp_server, tmp_path)
+    env = env_for(smtp_server, tmp_path, MAILER_CONNECTIONS=str(connections))
     to = _list(tmp_path, readers)
 
     result = _send(env, post, to)
