@@ -35,6 +35,7 @@ from .tokens import Keyring, load_keyring
 SOURCES = {DSN: "dsn", BOUNCE: "dsn", ARF: "arf"}  # Bounce.source of each kind of report
 FORGED = "forged"
 UNSIGNED = "unsigned"
+NEVER_MAILED = "never-mailed"
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class Verdict:
 
     bounces: tuple[Bounce, ...]
     why_none: str = ""
+    never_mailed: tuple[str, ...] = ()  # addresses the report names that no issue was sent to: ignored
 
 
 @dataclass
@@ -95,15 +97,26 @@ def attribute(report: Report, ledger: Ledger, settings: Settings, keyring: Calla
         return Bounce(email, f.kind, f.status, f.diagnostic, issue_id, source, report.report_id, report.at)
 
     if recipient is None:
-        return Verdict(tuple(bounce(f, f.email, None) for f in report.failures if f.email))
+        return _mailed_only(ledger, [bounce(f, f.email, None) for f in report.failures if f.email])
     # the report is about one message to one reader: the failure naming the reader is theirs; with a single
     # failure it is theirs whatever address it names (a forward, a redacted complaint)
     failures = report.failures
     mine = [f for f in failures if f.email.lower() == recipient.email.lower()] or [failures[0]]
     found = [bounce(mine[0], recipient.email, recipient.issue_id)]
     if not signed:  # a DSN about several recipients, matched by its quoted Message-ID: the others as named
-        found += [bounce(f, f.email, recipient.issue_id) for f in failures if f is not mine[0] and f.email]
+        others = [bounce(f, f.email, recipient.issue_id) for f in failures if f is not mine[0] and f.email]
+        rest = _mailed_only(ledger, others)
+        return Verdict((*found, *rest.bounces), never_mailed=rest.never_mailed)
     return Verdict(tuple(found))
+
+
+def _mailed_only(ledger: Ledger, bounces: list[Bounce]) -> Verdict:
+    """The bounces about addresses mailer mailed; the others are ignored, as the webhooks ignore them: the
+    bounce mailbox may get other mail's bounces, and a report naming a stranger is not this list's business.
+    """
+    ignored = tuple(b.email for b in bounces if not ledger.mailed(b.email))
+    kept = tuple(b for b in bounces if b.email not in ignored)
+    return Verdict(kept, "" if kept else NEVER_MAILED, ignored)
 
 
 def _is_verp(address: str, bounce_address: str) -> bool:
@@ -170,7 +183,10 @@ def _one(
             say(f"{item.key}: {report.what}: {b.email} {b.kind}{status}{issue}: {effect}")
     else:
         tally.ignored[verdict.why_none] += 1
-        say(f"{item.key}: {_EXPLAINED.get(verdict.why_none, verdict.why_none)}")
+        if verdict.why_none != NEVER_MAILED:
+            say(f"{item.key}: {_EXPLAINED.get(verdict.why_none, verdict.why_none)}")
+    for email in verdict.never_mailed:
+        say(f"{item.key}: {report.what}: {email}: ignored: never mailed by mailer")
     source.done(item)
 
 
@@ -250,7 +266,8 @@ def run(
 
     def say(line: str) -> None:
         messages.append(line)
-        console.result(line)
+        if not console.quiet:
+            console.result(line)
 
     def warn(line: str) -> None:
         console.warnings.append(line)
@@ -313,5 +330,11 @@ def _summary(t: Tally) -> str:
     return ", ".join(parts)
 
 
-_LABELS = {FORGED: "forged", UNSIGNED: "unsigned", AUTO_REPLY: "auto-reply(s)", NOTICE: "delivery notice(s)",
-           "other": "not a report"}  # fmt: skip
+_LABELS = {
+    NEVER_MAILED: "about addresses never mailed",
+    FORGED: "forged",
+    UNSIGNED: "unsigned",
+    AUTO_REPLY: "auto-reply(s)",
+    NOTICE: "delivery notice(s)",
+    "other": "not a report",
+}

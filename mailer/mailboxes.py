@@ -354,7 +354,11 @@ def _reason(exc: BaseException, password: str) -> str:
 
 
 def _shut(imap: imaplib.IMAP4) -> None:
+    """Log out, and close the socket even when the connection is already gone (logout alone would not)."""
     try:
         imap.logout()
     except (OSError, imaplib.IMAP4.error, ssl.SSLError):
-        pass
+        try:
+            imap.shutdown()
+        except OSError:
+            pass

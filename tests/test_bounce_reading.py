@@ -9,9 +9,12 @@ import mailbox
 import os
 import shutil
 import signal
+import socket
+import socketserver
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -166,11 +169,26 @@ def test_verp_names_the_reader_and_a_forged_signature_changes_nothing(
     assert len(os.listdir(folder / "cur")) == 3  # read and marked: a forged report is not read again
 
 
+def test_a_bounce_about_an_address_never_mailed_changes_nothing(site: dict[str, str], tmp_path: Path) -> None:
+    """The bounce mailbox may also get other mail's bounces: a stranger is not suppressed (a reader is)."""
+    folder = _maildir(tmp_path, [])
+    stranger = _dsn_to("bounces@example.org", "stranger@example.com", "<s@mx>")
+    (folder / "new" / "1.stranger").write_bytes(stranger.replace(b"<2026-02-09.", b"<2026-01-01."))
+    multi = (FIXTURES / "multi.eml").read_bytes().replace(b"second.full@example.net", b"other@example.com")
+    (folder / "new" / "2.multi").write_bytes(multi)
+    code, out, err = _mailer(["bounces", "--maildir", str(folder)], site)
+    assert code == 0, err
+    assert "new/1.stranger: dsn: stranger@example.com: ignored: never mailed by mailer" in out
+    assert "new/2.multi: dsn: other@example.com: ignored: never mailed by mailer" in out
+    assert _bounce_rows(site) == [("first.gone@example.net", "hard", ISSUE)]
+    assert "1 about addresses never mailed" in err
+
+
 def test_an_unreadable_message_is_named_once_and_left_flagged(site: dict[str, str], tmp_path: Path) -> None:
     folder = _maildir(tmp_path, ["postfix"])
     (folder / "new" / "0.empty").write_bytes(b"")
     code, out, err = _mailer(["bounces", "--maildir", str(folder), "-q"], site)
-    assert code == 3
+    assert (code, out) == (3, "")  # -q: nothing but what needs a person
     [line] = [line for line in err.splitlines() if "0.empty" in line]
     why = "unreadable: no header lines: not a mail message; left flagged for a person"
     assert line.endswith(f"Warning: {folder}: message new/0.empty: {why}")
@@ -264,3 +282,48 @@ def _wait_for(condition: object, timeout: float = 30.0) -> None:
     while not condition():  # type: ignore[operator]
         assert time.monotonic() < deadline, "condition not met before the deadline"
         time.sleep(0.05)
+
+
+class _DroppingImap(socketserver.BaseRequestHandler):
+    """An IMAP server that lets a client in, lists two unread messages, and hangs up on the first FETCH."""
+
+    def handle(self) -> None:
+        sock = self.request
+        sock.sendall(b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] fault server ready\r\n")
+        reader = sock.makefile("rb")
+        for line in reader:
+            tag, _, command = line.decode("ascii", "replace").strip().partition(" ")
+            verb = command.split(" ", 2)[:2]
+            if verb[0] == "CAPABILITY":
+                sock.sendall(b"* CAPABILITY IMAP4rev1 AUTH=PLAIN\r\n" + tag.encode() + b" OK done\r\n")
+            elif verb[0] == "LOGIN":
+                sock.sendall(tag.encode() + b" OK logged in\r\n")
+            elif verb[0] == "SELECT":
+                sock.sendall(b"* 2 EXISTS\r\n" + tag.encode() + b" OK [READ-WRITE] selected\r\n")
+            elif verb == ["UID", "SEARCH"]:
+                sock.sendall(b"* SEARCH 1 2\r\n" + tag.encode() + b" OK searched\r\n")
+            else:  # FETCH, and anything else: the connection is lost
+                sock.shutdown(socket.SHUT_RDWR)
+                return
+
+
+def test_an_imap_connection_lost_mid_pass_stops_with_exit_4(site: dict[str, str]) -> None:
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _DroppingImap)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    env = {
+        **site,
+        "MAILER_IMAP_HOST": "127.0.0.1",
+        "MAILER_IMAP_PORT": str(server.server_address[1]),
+        "MAILER_IMAP_SECURITY": "none",
+        "MAILER_IMAP_USER": "bounce",
+        "MAILER_IMAP_PASSWORD": "a-secret-password",
+    }
+    try:
+        code, out, err = _mailer(["bounces", "--imap"], env)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert code == 4, err
+    [line] = err.strip().splitlines()
+    assert line.startswith(f"Error: imap://bounce@127.0.0.1:{server.server_address[1]}/INBOX: fetch failed:")
+    assert line.endswith("stopped there: run again to go on") and "a-secret-password" not in out + err

@@ -199,18 +199,11 @@ def test_the_bounces_service_reads_the_sites_maildir_once(site: Path) -> None:
     assert unit["Service.EnvironmentFile"] == _unit("mailer-send.service")["Service.EnvironmentFile"]
     first = _run_service("mailer-bounces.service", site)
     assert first.returncode == 0, first.stderr
-    assert "new/1.dsn: dsn: gone@example.net hard 5.1.1" in first.stdout
+    # the site's sends went to its outbox, so the DSN's reader was never mailed: read, marked, and ignored
+    assert first.stdout == "new/1.dsn: dsn: gone@example.net: ignored: never mailed by mailer\n"
     assert os.listdir(bounces / "cur") == ["1.dsn:2,S"]
     again = _run_service("mailer-bounces.service", site)
     assert again.returncode == 0 and again.stdout == "", again.stderr
-    listed = subprocess.run(
-        [str(MAILER), "suppressions", "list"],
-        cwd=site,
-        capture_output=True,
-        text=True,
-        env={"PATH": "/usr/bin:/bin"},
-    )
-    assert listed.stdout.startswith("gone@example.net"), listed.stdout + listed.stderr
 
 
 def test_the_cron_line_for_bounces_in_the_docs_reads_the_mailbox(site: Path) -> None:
