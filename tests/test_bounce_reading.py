@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import mailbox
 import os
+import queue
 import shutil
 import signal
 import socket
@@ -259,20 +260,29 @@ def test_every_seconds_reads_until_sigterm(site: dict[str, str], tmp_path: Path)
         stderr=subprocess.PIPE,
         text=True,
     )
+    lines: queue.Queue[str] = queue.Queue()
+    stdout = proc.stdout
+    assert stdout is not None
+    reader = threading.Thread(target=lambda: [lines.put(x) for x in iter(stdout.readline, "")], daemon=True)
+    reader.start()
     try:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().startswith("new/postfix.host: dsn: gone@example.net hard 5.1.1")
+        assert lines.get(timeout=60).startswith("new/postfix.host: dsn: gone@example.net hard 5.1.1")
         shutil.copy(FIXTURES / "qmail.eml", folder / "tmp" / "later")
         os.rename(folder / "tmp" / "later", folder / "new" / "later")  # delivered as an MDA does
-        assert proc.stdout.readline().startswith("new/later: bounce: ghost@example.net hard 5.1.1")
+        assert lines.get(timeout=60).startswith("new/later: bounce: ghost@example.net hard 5.1.1")
         _wait_for(lambda: "later:2,S" in os.listdir(folder / "cur"))
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=30)
+        assert proc.wait(timeout=30) == 143
+        assert proc.stderr is not None
+        err = proc.stderr.read()
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.communicate()
-    assert proc.returncode == 143, err
+            proc.wait()
+        reader.join(timeout=30)
+        stdout.close()
+        if proc.stderr is not None:
+            proc.stderr.close()
     assert err.rstrip().endswith("Terminated (SIGTERM).") and "Traceback" not in err
     assert set(_suppressed(site)) == {"gone@example.net", "ghost@example.net"}
 

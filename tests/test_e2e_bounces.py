@@ -113,9 +113,17 @@ def _suppressions(env: dict[str, str]) -> dict[str, tuple[str, str, str | None, 
         return {s.email: (s.source, s.reason, s.issue_id, s.status) for s in ledger.suppressions()}
 
 
+def _mailed(env: dict[str, str], readers: list[str]) -> None:
+    """The record says issue 2026-02-09 went to these readers (the fixtures' bounces are about them)."""
+    with Ledger(Path(env["MAILER_DATA_DIR"]) / "mailer.db") as ledger:
+        ledger.start_issue("2026-02-09", "hash", "AI")
+        ledger.record_outcomes("2026-02-09", [(r, "sent", 250, "250 2.0.0 Ok") for r in readers])
+
+
 def test_imap_over_implicit_tls_marks_seen_and_flags_the_unreadable(
     mail_system: mta.MailSystem, env: dict[str, str]
 ) -> None:
+    _mailed(env, ["gone@example.net", "ghost@example.net"])
     _append(
         mail_system,
         "tlsbox",
@@ -149,6 +157,7 @@ def test_imap_starttls_url_moves_what_it_read_to_the_done_folder(
     user = mail_system.address("starttlsbox")
     with _imap(mail_system, "starttlsbox") as imap:
         assert imap.create("Done")[0] == "OK"
+    _mailed(env, ["lost.reader@example.com"])
     _append(mail_system, "starttlsbox", [(FIXTURES / "gmail.eml").read_bytes()])
     url = f"imap://{user.replace('@', '%40')}@{mta.HOST}:{mail_system.imap_port}/INBOX"
     code, out, err = _mailer(["bounces", "--imap", url], {**env, "MAILER_IMAP_DONE_FOLDER": "Done"})
