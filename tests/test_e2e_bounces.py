@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from flufl.bounce import all_failures
 
 from mailer.cli import cli
 from mailer.config import load_settings
@@ -259,6 +260,7 @@ def test_postfix_dsn_and_a_complaint_read_over_imap_suppress_and_the_next_send_s
     dsn_msg = email.message_from_bytes(dsn, policy=policy.default)
     assert dsn_msg.get_content_type() == "multipart/report"
     assert str(dsn_msg["Delivered-To"]).startswith("bounce+")  # the signed VERP address it was mailed to
+    assert all_failures(email.message_from_bytes(dsn)) == (set(), {gone.encode()})  # flufl.bounce agrees
 
     code, out, err = _mailer(["bounces", "--json"], env)
     assert code == 0, err
