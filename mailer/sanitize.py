@@ -100,7 +100,8 @@ CSS_URL_PROPERTIES = {"background", "background-image"}  # where url() may stand
 CSS_FUNCTIONS = {"rgb", "rgba", "hsl", "hsla"}
 # a value, once escapes are decoded: words (any script: CJK font names), numbers, colours, quoted names
 _CSS_VALUE = re.compile(r"[\w\s#%.,+\-/!'\"()]*")
-_CSS_SELECTOR = re.compile(r"[\w\s.#*>+~:\-\[\]=\"']+")  # no function (:not(), :has()), no escape
+# no function (:not(), :has()), no escape, no leading combinator (`~ td` would reach the cell's siblings)
+_CSS_SELECTOR = re.compile(r"[\w.#*:\[][\w\s.#*>+~:\-\[\]=\"']*")
 _CSS_MEDIA = re.compile(r"@media[\w\s():,.\-]*", re.I)
 _CSS_NEGATIVE = re.compile(r"(?<![\w.])-[\d.]")
 

@@ -248,6 +248,7 @@ def test_sheet_rules_reach_only_into_the_post() -> None:
         "a:not(.x) { display: none }",
         ":is(a) { display: none }",
         "\\61 { display: none }",
+        "~ td, + td { display: none }",
         "p { position: fixed }",
         "p { color: red\\3b position: fixed }",
     ],

@@ -81,7 +81,8 @@ ATTRIBUTES = [
 ]  # fmt: skip
 # selectors and declarations a post's <style> could aim at the footer and its unsubscribe link
 STYLE_SELECTORS = ["a", "td", "*", ".footer-cell", ".footer-cell a", "table", "tr", "p", "body", ":root",
-                   ".container", "a:not(.x)", "td ~ td", "a[href]", "\\61", "html body a"]  # fmt: skip
+                   ".container", "a:not(.x)", "td ~ td", "a[href]", "\\61", "html body a", "~ td",
+                   "+ tr td"]  # fmt: skip
 STYLE_DECLARATIONS = [
     "display:none", "visibility:hidden", "font-size:0", "color:#fff!important", "position:fixed",
     "height:0;overflow:hidden", "opacity:0", "pointer-events:none", "line-height:0", "transform:scale(0)",
@@ -225,6 +226,11 @@ def selectors(sheet: str) -> list[str]:
     return [" ".join(s.split()) for p in preludes if not p.strip().startswith("@") for s in p.split(",")]
 
 
+def inside_the_post(selector: str) -> bool:
+    """A selector that matches only elements inside the post's cell: `.body-cell X`, not `.body-cell ~ X`."""
+    return selector.startswith(".body-cell ") and selector.split()[1] not in ("~", "+")
+
+
 @cache
 def plain_post() -> tuple[bytes, list[str]]:
     with tempfile.TemporaryDirectory() as folder:
@@ -237,7 +243,7 @@ def assert_as_a_browser_reads_it(html: str) -> None:
     plain, plain_sheets = plain_post()
     assert outside == plain
     for sheet in sheets:  # the template's own, or the post's, whose rules reach only into the post's cell
-        assert sheet in plain_sheets or all(s.startswith(".body-cell ") for s in selectors(sheet)), sheet
+        assert sheet in plain_sheets or all(inside_the_post(s) for s in selectors(sheet)), sheet
     doc = parse5(html)
     [footer] = cells(doc, "footer-cell")
     assert UNSUBSCRIBE in [a.get("href") for a in footer.iter("a")]
@@ -302,6 +308,7 @@ def test_tag_soup_never_reaches_the_footer(soup: str) -> None:
 )
 @example("<style>a { display: none } .footer-cell { visibility: hidden }</style>")
 @example("<style>@media screen { td { display: none } }</style>")
+@example("<style>@media screen { ~ td, + tr td { display: none } }</style>")
 @example("<div><td>a cell out of place</td></div><table><tr><td>in</td></tr></table>")
 @example("<p><tr><td>row</td></tr><table><tr><td>x</td></tr></table></p>")
 @example('<a href="jav&#x09;ascript:alert(1)">x</a><a href="&#x6A;avascript:alert(1)">y</a>')
