@@ -15,6 +15,7 @@ import logging
 import re
 import ssl
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -43,6 +44,8 @@ MAX_SKEW = timedelta(minutes=5)
 FETCH_TIMEOUT = 5.0  # seconds, for the certificate and the confirmation
 MAX_CERT_BYTES = 16 * 1024
 CACHED_CERTS = 32  # SNS rotates its signing certificate rarely; a few URLs cover every region in use
+CACHED_FAILURES = 256
+FAILED_FOR = 600.0  # seconds a URL that served no certificate is refused without asking again
 
 
 class Invalid(Exception):
@@ -91,7 +94,9 @@ class Verifier:
         self.topics = topics
         self.hosts = host_patterns(hosts)
         self._certs: OrderedDict[str, Certificate] = OrderedDict()
-        self._lock = threading.Lock()  # one fetch per URL, even when a burst of messages names it at once
+        self._failed: OrderedDict[str, tuple[float, Invalid]] = OrderedDict()  # when, and why
+        self._fetching: dict[str, threading.Lock] = {}  # one fetch per URL, even when a burst names it
+        self._lock = threading.Lock()  # guards the three
 
     def verify(self, body: Any, claimed_type: str = "") -> Message:
         """The message, once every check passed; Invalid naming the first that failed."""
@@ -153,23 +158,53 @@ class Verifier:
             raise Invalid(f"{name} is not on an SNS host (sns_hosts): {parts.netloc[:100]!r}")
 
     def certificate(self, url: str) -> Certificate:
-        """The signing certificate SNS serves at url, fetched once and kept."""
-        from cryptography.x509 import load_pem_x509_certificate
+        """The signing certificate SNS serves at url, fetched once and kept.
 
+        A URL that served no certificate is not asked again for FAILED_FOR seconds, and a slow fetch holds
+        up only the messages naming the same URL: a forger cannot make every message wait on a dead URL.
+        """
         with self._lock:
-            cached = self._certs.get(url)
-            if cached is not None:
-                self._certs.move_to_end(url)
-                return cached
-            pem = _get(url, MAX_CERT_BYTES)
-            try:
-                certificate = load_pem_x509_certificate(pem)
-            except ValueError:
-                raise Invalid(f"SigningCertURL {url[:100]!r} did not serve a PEM certificate") from None
-            self._certs[url] = certificate
-            if len(self._certs) > CACHED_CERTS:
-                self._certs.popitem(last=False)
-            return certificate
+            known = self._known(url)
+            fetching = self._fetching.setdefault(url, threading.Lock()) if known is None else None
+        if fetching is not None:
+            with fetching:
+                with self._lock:
+                    known = self._known(url)  # fetched by another thread meanwhile
+                if known is None:
+                    try:
+                        known = _certificate(url)
+                    except Unreachable:
+                        raise  # SNS may answer the next try: nothing kept
+                    except Invalid as exc:
+                        known = exc
+                    self._keep(url, known)
+        if isinstance(known, Invalid):
+            raise Invalid(str(known))
+        assert known is not None  # kept, or fetched just now
+        return known
+
+    def _known(self, url: str) -> Certificate | Invalid | None:
+        """What a fetch of url gave before, if it is still kept (the caller holds the lock)."""
+        if url in self._certs:
+            self._certs.move_to_end(url)
+            return self._certs[url]
+        failed = self._failed.get(url)
+        if failed is not None and time.monotonic() - failed[0] < FAILED_FOR:
+            return failed[1]
+        return None
+
+    def _keep(self, url: str, known: Certificate | Invalid) -> None:
+        with self._lock:
+            if isinstance(known, Invalid):
+                self._failed[url] = (time.monotonic(), known)
+                self._failed.move_to_end(url)
+                if len(self._failed) > CACHED_FAILURES:
+                    self._failed.popitem(last=False)
+            else:
+                self._certs[url] = known
+                if len(self._certs) > CACHED_CERTS:
+                    self._certs.popitem(last=False)
+            self._fetching.pop(url, None)
 
     def confirm(self, message: Message) -> None:
         """Confirm a verified subscription by visiting its SubscribeURL (checked by verify)."""
@@ -201,6 +236,15 @@ def _check_signature(
         raise Invalid("the signature does not verify") from None
 
 
+def _certificate(url: str) -> Certificate:
+    from cryptography.x509 import load_pem_x509_certificate
+
+    try:
+        return load_pem_x509_certificate(_get(url, MAX_CERT_BYTES))
+    except ValueError:
+        raise Invalid(f"SigningCertURL {url[:100]!r} did not serve a PEM certificate") from None
+
+
 def _get(url: str, limit: int) -> bytes:
     """The body of a GET over verified TLS, at most limit bytes; no redirects, no proxies."""
     parts = urlsplit(url)
@@ -219,6 +263,8 @@ def _get(url: str, limit: int) -> bytes:
         raise Unreachable(f"could not fetch {parts.netloc}{parts.path[:100]}: {exc}") from None
     finally:
         conn.close()
+    if answer.status >= 500:
+        raise Unreachable(f"{parts.netloc}{parts.path[:100]} answered {answer.status}")
     if answer.status != 200:
         raise Invalid(f"{parts.netloc}{parts.path[:100]} answered {answer.status}")
     if len(body) > limit:

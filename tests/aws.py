@@ -88,6 +88,13 @@ class FakeSNS:
     files: dict[str, bytes] = field(default_factory=dict)
     requests: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    stalls: dict[str, tuple[threading.Event, threading.Event]] = field(default_factory=dict)
+
+    def stall(self, path: str) -> tuple[threading.Event, threading.Event]:
+        """Make requests for path wait: (set when one arrives, set it to let them go on to a 404)."""
+        events = threading.Event(), threading.Event()
+        self.stalls[path] = events
+        return events
 
     @property
     def host(self) -> str:
@@ -115,6 +122,10 @@ def fake_sns(directory: Path, files: dict[str, bytes]) -> Iterator[FakeSNS]:
             with fake.lock:
                 fake.requests.append(self.path)
             path, _, query = self.path.partition("?")
+            if path in fake.stalls:
+                arrived, release = fake.stalls[path]
+                arrived.set()
+                release.wait(60)
             if path == "/" and "Action=ConfirmSubscription" in query:
                 body = b"<ConfirmSubscriptionResponse/>"
             elif path in fake.files:

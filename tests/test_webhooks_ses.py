@@ -208,6 +208,35 @@ def _forgeries(ses: SES, reader: str) -> dict[str, Callable[[], dict[str, Any]]]
     }
 
 
+def _naming_certificate(ses: SES, path: str, reader: str) -> dict[str, Any]:
+    """A notification signed with the genuine key, naming another certificate URL on the SNS host."""
+    payload = aws.ses_bounce([{"emailAddress": reader, "status": "5.1.1"}])
+    return ses.signer.sign(aws.notification(payload, ses.sns.url(path)))
+
+
+def test_a_certificate_url_that_failed_is_not_fetched_again(ses: SES) -> None:
+    path = "/SimpleNotificationService-gone.pem"
+    statuses = [ses.send(_naming_certificate(ses, path, READERS[7]))[0] for _ in range(5)]
+    assert statuses == [403] * 5
+    assert ses.sns.fetched(path) == 1
+    assert ses.served.suppressed(READERS[7]) is None
+
+
+def test_a_stalled_certificate_host_holds_up_no_other_message(ses: SES) -> None:
+    path = "/SimpleNotificationService-slow.pem"
+    arrived, release = ses.sns.stall(path)
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(ses.send, _naming_certificate(ses, path, READERS[8]))
+        try:
+            assert arrived.wait(60)  # serve is now fetching the slow certificate
+            assert ses.send(ses.signed_bounce(READERS[9]))[0] == 200
+            assert not pending.done()  # the genuine message did not wait for the slow fetch
+        finally:
+            release.set()
+        assert pending.result()[0] in (403, 503)
+    assert ses.served.suppressed(READERS[9]) is not None and ses.served.suppressed(READERS[8]) is None
+
+
 def test_every_forged_notification_is_refused_and_changes_nothing(ses: SES) -> None:
     reader = READERS[35]
     forgeries = _forgeries(ses, reader)
