@@ -65,6 +65,7 @@ def one_run(mode: str, connections: int, readers: int, delay: float, rng: random
             "MAILER_SMTP_SECURITY": "none",
             "MAILER_DATA_DIR": str(folder / "state"),
             "MAILER_RETRY_DELAY": "0.05",
+            "MAILER_OFFLINE": "1",
             "MAILER_SECRET_KEY": "crash-bench-key-0123456789abcdef",
             **publisher.ENV,  # settings that pass the pre-send checks
         }

@@ -275,6 +275,7 @@ def bench_settings(data_dir: Path, **extra: Any) -> Any:
 
     return Settings(
         data_dir=data_dir,
+        offline=True,  # the figures are mailer's, not a remote image server's
         secret_key="bench-secret-key-0123456789",
         from_name="AI 日报",
         from_email=SENDER,
@@ -319,7 +320,7 @@ def bench_render(cfg: Config, tmp: Path) -> None:
     spent: list[float] = []
     original = render.inline_css
 
-    def timed_inline(page: str, **options: Any) -> str:
+    def timed_inline(page: str, **options: Any) -> Any:
         t = time.perf_counter()
         try:
             return original(page, **options)
@@ -465,6 +466,7 @@ def mailer_env(port: int, data_dir: Path) -> dict[str, str]:
         MAILER_WEB_URL=WEB_URL,
         MAILER_POSTAL_ADDRESS=POSTAL_ADDRESS,
         MAILER_MAX_CONSECUTIVE_FAILURES="5",
+        MAILER_OFFLINE="1",
     )
     return env
 

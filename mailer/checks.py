@@ -80,6 +80,7 @@ def check_issue(issue: Issue, settings: Settings) -> list[Check]:
         _summary(issue),
         *_removed(issue),
         _images(issue, page),
+        *_image_sizes(issue),
         *_cover(issue, page),
         _relative(issue),
         _links(issue, page),
@@ -178,6 +179,20 @@ def _images(issue: Issue, page: lhtml.HtmlElement | None) -> Check:
             f"{len(missing)} image(s) without alt text (shown when images are blocked): {_short(missing)}",
         )
     return Check("ok", "image-alt", "every image has alt text")
+
+
+def _image_sizes(issue: Issue) -> list[Check]:
+    """One line per image left without width and height, and why: Outlook shows it at its full size."""
+    report = issue.images
+    checks = [
+        Check("warning", "image-size", f"{src[:120]}: size unknown ({why}); Outlook may show it full size")
+        for src, why in report.unknown.items()
+    ]
+    if report.cache_problem:
+        checks.append(Check("warning", "image-size", report.cache_problem))
+    if not checks:
+        checks.append(Check("ok", "image-size", f"all {report.sized} image(s) have a width and height"))
+    return checks
 
 
 def _cover(issue: Issue, page: lhtml.HtmlElement | None) -> list[Check]:

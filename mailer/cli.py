@@ -100,7 +100,24 @@ def loaded_from(ctx: click.Context, console: Console | None = None) -> Loaded:
 
 def settings_from(ctx: click.Context, console: Console | None = None) -> Settings:
     """The checked settings of this command (errors and warnings through `console`, when given)."""
-    return loaded_from(ctx, console).settings
+    settings = loaded_from(ctx, console).settings
+    return settings.replace(offline=True) if ctx.ensure_object(dict).get("offline") else settings
+
+
+def _take_offline(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.ensure_object(dict)["offline"] = True
+
+
+def offline_option(f: F) -> F:
+    """--offline, for the commands that render a post."""
+    return click.option(
+        "--offline",
+        is_flag=True,
+        expose_value=False,
+        callback=_take_offline,
+        help="Fetch no image to learn its size (the sizes cached in the data folder are used).",
+    )(f)
 
 
 def _take_config(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
@@ -160,6 +177,7 @@ def render_warnings(issue: Any, settings: Settings) -> list[str]:
 @click.option("--text", "form", flag_value="text", help="The plain-text part.")
 @click.option("--eml", "form", flag_value="eml", help="The whole MIME message for the sample subscriber.")
 @click.option("--html", "form", flag_value="html", default=True, help="The HTML part, CSS inlined (default).")
+@offline_option
 @click.pass_context
 def render(ctx: click.Context, post: Path, output: Path | None, form: str) -> None:
     """Render POST (a folder: today's post in it) as the HTML email, its plain-text part, or a whole .eml."""
@@ -221,6 +239,7 @@ def render(ctx: click.Context, post: Path, output: Path | None, form: str) -> No
     help="Send although this pre-send check fails (repeatable; one name each, as the refusal lists them).",
 )
 @output_options
+@offline_option
 @click.pass_context
 def send(
     ctx: click.Context,
@@ -636,6 +655,7 @@ def suppressions_export(ctx: click.Context) -> None:
 @click.option(
     "--json", "json_mode", is_flag=True, help="Print one JSON object on stdout (every check, exit status)."
 )
+@offline_option
 @click.pass_context
 def check(ctx: click.Context, post: Path, quiet: bool, json_mode: bool) -> None:
     """Run the pre-send checks on POST (a folder: today's post); exit 1 on what would hurt delivery.
@@ -676,6 +696,7 @@ def check(ctx: click.Context, post: Path, quiet: bool, json_mode: bool) -> None:
 @click.option("--port", default=0, type=click.IntRange(0, 65535), help="Port (default: any free one).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on; keep it local.")
 @click.option("--no-open", is_flag=True, help="Do not open a browser; just print the address.")
+@offline_option
 @click.pass_context
 def preview(ctx: click.Context, target: Path, port: int, host: str, no_open: bool) -> None:
     """Show a post (or a folder's posts) in the browser as subscribers get it; reloads on every save."""

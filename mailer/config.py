@@ -131,6 +131,8 @@ class Settings:
     postmark_webhook_user: str = ""
     postmark_webhook_password: str = ""
     mailgun_webhook_key: str = ""
+    # images the post gives no size for are fetched once to learn it (cached in data_dir); not when offline
+    offline: bool = False
 
     @property
     def db_path(self) -> Path:

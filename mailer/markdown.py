@@ -14,6 +14,7 @@ from markdown_it import MarkdownIt
 from markdown_it.common.utils import isMdAsciiPunct, isPunctChar, isWhiteSpace
 from markdown_it.rules_inline.state_inline import Scanned, StateInline
 from markdown_it.token import Token
+from mdit_py_plugins.attrs import attrs_plugin
 from mdit_py_plugins.footnote import footnote_plugin
 
 from .linebreak import is_cjk
@@ -98,10 +99,11 @@ _FOOTNOTE_HTML: dict[str, Any] = {
 @lru_cache(maxsize=1)
 def parser() -> MarkdownIt:
     """The one markdown-it instance: CommonMark, raw HTML allowed (sanitised later), tables, strikethrough,
-    footnotes."""
+    footnotes, an image's size in braces."""
     md = MarkdownIt("commonmark", {"html": True, "linkify": False, "typographer": False})
     md.enable(["table", "strikethrough"])
     md.use(footnote_plugin)
+    md.use(attrs_plugin, after=("image",), allowed=("width", "height"))  # ![alt](src){width=300 height=200}
     for name, html in _FOOTNOTE_HTML.items():
         md.add_render_rule(name, html)
     md.inline.parse = types.MethodType(_inline_parse, md.inline)  # type: ignore[method-assign]

@@ -23,6 +23,8 @@ from .dark import keep_own_colours
 from .errors import PostError
 from .fold import fold
 from .headers import one_line
+from .imagefetch import look_up
+from .images import ImageReport, fit_images
 from .linebreak import WIDTH, flowed_part, text_width, wrap
 from .plaintext import to_text
 from .post import Post
@@ -97,6 +99,7 @@ class Issue:
     text: Part
     findings: Findings
     lang: str
+    images: ImageReport
 
     def sample_values(self, settings: Settings) -> dict[str, str]:
         """Slot values for the sample subscriber (preview, `render`)."""
@@ -201,7 +204,9 @@ def render_issue(post: Post, settings: Settings) -> Issue:
         where = f"{getattr(exc, 'filename', None) or settings.templates_dir}"
         line = getattr(exc, "lineno", None)
         raise PostError(f"{where}{':' + str(line) if line else ''}: template error: {exc}") from None
-    inlined = inline_css(page, extra_css=findings.styles, keep_classes=class_names(css + media_css))
+    root = inline_css(page, extra_css=findings.styles, keep_classes=class_names(css + media_css))
+    images = fit_images(root, lambda urls: look_up(urls, settings.data_dir, offline=settings.offline))
+    inlined = etree.tostring(root.getroottree(), method="html", pretty_print=True, encoding="unicode")
     return Issue(
         post=post,
         issue_id=post.issue_id,
@@ -212,6 +217,7 @@ def render_issue(post: Post, settings: Settings) -> Issue:
         text=_split(_tidy_text(text), slots.names, html=False),
         findings=findings,
         lang=post.lang,
+        images=images,
     )
 
 
@@ -246,7 +252,9 @@ def _premailer_class() -> type:
     return _Premailer
 
 
-def inline_css(page: str, *, extra_css: list[str], keep_classes: frozenset[str] = frozenset()) -> str:
+def inline_css(
+    page: str, *, extra_css: list[str], keep_classes: frozenset[str] = frozenset()
+) -> etree._Element:
     """Move every CSS rule into style attributes with premailer; @media rules stay in <style>.
 
     Then what an element inherits anyway is dropped again (mailer.slim), and so are the post's class names
@@ -275,7 +283,7 @@ def inline_css(page: str, *, extra_css: list[str], keep_classes: frozenset[str] 
     for style in tree.getroot().iter("style"):
         style.text = minify_css(style.text or "")
     drop_unused_classes(tree.getroot(), keep_classes)
-    return etree.tostring(tree, method="html", pretty_print=True, encoding="unicode")
+    return tree.getroot()
 
 
 def _split(content: str, names: list[str], *, html: bool) -> Part:

@@ -105,7 +105,6 @@ _CSS_SELECTOR = re.compile(r"[\w.#*:\[][\w\s.#*>+~:\-\[\]=\"']*")
 _CSS_MEDIA = re.compile(r"@media[\w\s():,.\-]*", re.I)
 _CSS_NEGATIVE = re.compile(r"(?<![\w.])-[\d.]")
 
-COLUMN = 552  # px: the body column of email.html (600 minus 24 px padding each side)
 # void in HTML5, but libxml2's HTML 4 parser nests everything that follows inside them
 NESTING_VOIDS = ("embed", "source", "track", "wbr", "keygen")
 _URL_JUNK = re.compile(r"[\x00-\x20\x7f]+")  # what a browser drops or stops at before it reads a scheme
@@ -351,7 +350,7 @@ def _clean_links(el: lhtml.HtmlElement, tag: str, base_url: str, findings: Findi
 
 
 def _image(img: lhtml.HtmlElement, base_url: str, findings: Findings) -> None:
-    """An image from the web, with alt text (empty if the post gave none: reported), its size clamped."""
+    """An image from the web, with alt text (empty if the post gave none: reported); images.py sizes it."""
     url = safe_url(img.get("src", ""), base_url, findings, image=True)
     if url is None:
         findings.removed.append("img with unsafe src")
@@ -361,7 +360,6 @@ def _image(img: lhtml.HtmlElement, base_url: str, findings: Findings) -> None:
     if not (img.get("alt") or "").strip():  # markdown's ![](x) gives alt="": the writer forgot it
         findings.images_without_alt.append(url)
         img.set("alt", "")
-    _clamp(img)
     if _alone_in_paragraph(img):
         img.set("class", ((img.get("class") or "") + " md-image").strip())
 
@@ -413,31 +411,6 @@ def _fragment(fragment_html: str) -> lhtml.HtmlElement:
     for el in list(root.iter(*NESTING_VOIDS)):
         _unnest(el)
     return root
-
-
-def _pixels(value: str | None) -> int | None:
-    match = re.fullmatch(r"\s*(\d{1,5})\s*(?:px)?\s*", value or "")
-    return int(match.group(1)) if match and int(match.group(1)) > 0 else None
-
-
-def _clamp(img: lhtml.HtmlElement) -> None:
-    """Keep the post's own width/height, but never wider than the column (Outlook goes by the attributes).
-
-    An image without them shows at its natural size up to the column (max-width: 100% in email.css).
-    """
-    width, height = _pixels(img.get("width")), _pixels(img.get("height"))
-    if width is None:
-        if img.get("width") is not None:  # "100%", "auto": not a size an email client can rely on
-            del img.attrib["width"]
-        return
-    if width > COLUMN:
-        height = round(height * COLUMN / width) if height else None
-        width = COLUMN
-    img.set("width", str(width))
-    if height:
-        img.set("height", str(height))
-    elif img.get("height") is not None:
-        del img.attrib["height"]
 
 
 def _alone_in_paragraph(img: lhtml.HtmlElement) -> bool:
