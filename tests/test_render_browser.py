@@ -18,19 +18,11 @@ import pytest
 from mailer.config import Settings
 from mailer.post import load_post
 from mailer.render import render_issue
+from tests.chromium import ARGS, CHROMIUM, text_contrasts
 from tests.conftest import EXAMPLE, ROOT
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 UNSUBSCRIBE = "https://news.example.com/mailer/unsubscribe?t=sample"
 
 
@@ -360,15 +352,8 @@ def test_dark_mode_text_is_readable_on_its_actual_background(browser: Any, tmp_p
     settings = Settings(base_url="https://blog.example.org/", data_dir=tmp_path)
     issue = render_issue(load_post(path), settings)
     html = issue.html.fill({"unsubscribe_url": UNSUBSCRIBE, "name": "", "email": ""}).decode("utf-8")
-    page = browser.new_page(viewport={"width": 600, "height": 900})
-    try:
-        page.emulate_media(color_scheme="dark")
-        page.route("**/*", lambda route: route.fulfill(status=404, body=""))  # images stay away: text only
-        page.set_content(html, wait_until="load")
-        texts = page.evaluate(CONTRAST)
-        buttons = [t for t in texts if t["button"]]
-    finally:
-        page.close()
+    texts = text_contrasts(browser, html, dark=True)
+    buttons = [t for t in texts if t["button"]]
     assert len(texts) >= 9  # title, date, footer, ... at least
     low = [t for t in texts if t["ratio"] < (3 if t["button"] else 4.5)]
     assert not low, low[:5]
