@@ -14,11 +14,10 @@ import re
 from lxml import etree
 from lxml.cssselect import CSSSelector, SelectorError
 
-from .slim import declarations
+from .slim import declarations, paints_itself
 
 _DARK = re.compile(r"@media[^{]*prefers-color-scheme:\s*dark[^{]*\{((?:[^{}]*\{[^{}]*\})*)[^{}]*\}")
 _RULE = re.compile(r"([^{}]+)\{([^{}]*)\}")
-_CLEAR = {"transparent", "none", "inherit", "initial", "unset", "rgba(0,0,0,0)"}
 
 
 def keep_own_colours(root: etree._Element) -> None:
@@ -27,7 +26,7 @@ def keep_own_colours(root: etree._Element) -> None:
     repainted = _repainted(root, css)
     body = root.find(".//body")
     for el in (body if body is not None else root).iter():
-        if isinstance(el.tag, str) and el not in repainted and _paints_itself(el):
+        if isinstance(el.tag, str) and el not in repainted and paints_itself(el):
             if not any(_pinned(a) for a in el.iterancestors()):
                 _pin(el, repainted)
 
@@ -45,13 +44,6 @@ def _repainted(root: etree._Element, css: str) -> set[etree._Element]:
                 except (SelectorError, SyntaxError):  # a selector lxml cannot evaluate: nothing pinned for it
                     continue
     return found
-
-
-def _paints_itself(el: etree._Element) -> bool:
-    for name, value in declarations(el.get("style") or ""):
-        if name in ("background-color", "background") and value.lower().replace(" ", "") not in _CLEAR:
-            return True
-    return False
 
 
 def _pinned(el: etree._Element) -> bool:

@@ -26,6 +26,7 @@ from .headers import one_line
 from .imagefetch import look_up
 from .images import ImageReport, fit_images
 from .linebreak import WIDTH, flowed_part, text_width, wrap
+from .links import links_look_like_links
 from .plaintext import to_text
 from .post import Post
 from .sanitize import Findings, html_to_text, sanitize
@@ -278,6 +279,7 @@ def inline_css(
         ).transform(tree.getroot())
     except Exception as exc:  # premailer raises bare lxml/cssutils errors
         raise PostError(f"inlining CSS failed: {exc}") from None
+    links_look_like_links(tree.getroot())
     slim_styles(tree.getroot())
     keep_own_colours(tree.getroot())
     for style in tree.getroot().iter("style"):

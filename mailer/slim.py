@@ -46,6 +46,8 @@ _TABLE_RESETS = {"font-size", "font-weight", "font-style", "line-height", "text-
 _CLASS = re.compile(r"\.(-?[_a-zA-Z][\w-]*)")
 _DECLARATION = re.compile(r"""((?:[^;"'(]|"[^"]*"|'[^']*'|\([^)]*\))+)""")
 
+_CLEAR = {"transparent", "none", "inherit", "initial", "unset", "rgba(0,0,0,0)"}
+
 
 def declarations(style: str) -> list[tuple[str, str]]:
     """(property, value) pairs of a style attribute, in order; `;` inside quotes or url() does not split."""
@@ -55,6 +57,14 @@ def declarations(style: str) -> list[tuple[str, str]]:
         if colon and name.strip():
             out.append((name.strip().lower(), value.strip()))
     return out
+
+
+def paints_itself(el: etree._Element) -> bool:
+    """True if the element's inline style gives it a background of its own (a button, a badge, a box)."""
+    for name, value in declarations(el.get("style") or ""):
+        if name in ("background-color", "background") and value.lower().replace(" ", "") not in _CLEAR:
+            return True
+    return False
 
 
 def slim_styles(root: etree._Element) -> None:
@@ -142,6 +152,8 @@ def _short(value: str) -> str:
 
 
 def minify_css(css: str) -> str:
-    """A <style> block without the indentation premailer's serializer adds: its bytes count for Gmail too."""
-    css = re.sub(r"\s+", " ", css)
+    """A <style> block without comments and the indentation premailer's serializer adds: its bytes count for
+    Gmail too."""
+    css = re.sub(r"\s+", " ", re.sub(r"/\*.*?\*/", "", css, flags=re.S))
+    css = re.sub(r"\s*!\s*important", "!important", css)
     return re.sub(r"\s*([{};,>])\s*", r"\1", css).replace(";}", "}").strip()

@@ -341,7 +341,7 @@ CONTRAST = """() => {
 }"""
 CONTRAST_POSTS = ["example", "raw_html.md", "rich.md", "english.md", "hugo_toml.md", "pelican.md",
                   "2024-10-02-toml-h1.md", "weekly_tables.md", "footnotes.md", "images.md",
-                  "phone.md"]  # fmt: skip
+                  "phone.md", "styled_links.md"]  # fmt: skip
 
 
 @pytest.mark.parametrize("name", CONTRAST_POSTS)
@@ -462,3 +462,53 @@ def test_images_keep_their_size_up_to_the_column(browser: Any, tmp_path: Path) -
     assert shown["The settings dialog"] == [300, 200]
     assert shown["A wide diagram"] == [552, 276]
     assert shown["The office at night"] == [552, 290]
+
+
+LINK_TEXT = """() => {
+  const painted = (e) => !/rgba\\(0, 0, 0, 0\\)|transparent/.test(getComputedStyle(e).backgroundColor);
+  const out = [];
+  for (const a of document.querySelectorAll('td.body-cell a[href]')) {
+    if (painted(a)) continue;  // a button: its own colours (the dark-mode contrast test reads those)
+    for (const e of [a, ...a.querySelectorAll('*')]) {
+      if (![...e.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim())) continue;
+      let box = null;  // a badge with a background of its own between the text and the link
+      for (let n = e; n !== a; n = n.parentElement) if (painted(n)) box = n;
+      const own = [...e.childNodes].filter((n) => n.nodeType === 3).map((n) => n.textContent).join('');
+      out.push({text: own.trim().slice(0, 30), color: getComputedStyle(e).color,
+                link: getComputedStyle(a).color, own: box !== null,
+                underline: getComputedStyle(a).textDecorationLine});
+    }
+  }
+  return out;
+}"""
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_links_look_like_links_whatever_colour_is_set_inside(
+    browser: Any, tmp_path: Path, scheme: str
+) -> None:
+    """`<a><strong style="color:#111827">` showed a link as black bold text: the text inside a link has the
+    link's colour and underline in light and dark mode; a badge with its own background keeps its colours."""
+    issue = render_issue(load_post(ROOT / "tests" / "posts" / "styled_links.md"), Settings(data_dir=tmp_path))
+    html = issue.html.fill({"unsubscribe_url": UNSUBSCRIBE, "name": "", "email": ""}).decode("utf-8")
+    page = browser.new_page(viewport={"width": 600, "height": 900})
+    try:
+        page.emulate_media(color_scheme=scheme)
+        page.set_content(html, wait_until="load")
+        texts = page.evaluate(LINK_TEXT)
+    finally:
+        page.close()
+    link = {"light": "rgb(29, 78, 216)", "dark": "rgb(147, 197, 253)"}[scheme]
+    shown = {t["text"]: t for t in texts}
+    words = [
+        "这是一个加粗的链接",
+        "a bold link",
+        "code in a link",
+        "emphasis",
+        "quiet words",
+        "an old font tag",
+    ]
+    for text in [*words, "a new release"]:
+        assert shown[text]["link"] == link and shown[text]["color"] == link, shown[text]
+        assert shown[text]["underline"] == "underline", shown[text]
+    assert shown["新"]["own"] and shown["新"]["color"] == "rgb(146, 64, 14)"  # #92400e on its #fef3c7
