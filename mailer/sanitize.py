@@ -197,7 +197,7 @@ def clean_declaration(declaration: str, base_url: str, findings: Findings) -> st
         or not functions <= CSS_FUNCTIONS
         or (name.startswith("margin") and _CSS_NEGATIVE.search(squeezed))
     ):
-        findings.removed.append(f"style {name[:40]}")
+        findings.removed.append(f"style {name[:40]}" + (" value" if name in CSS_PROPERTIES else ""))
         return None
     kept = iter(urls)
     return f"{name}: {_CSS_URL.sub(lambda _: next(kept), value)}"
