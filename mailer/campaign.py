@@ -24,7 +24,7 @@ from .policy import record_bounces
 from .refusals import POLICY, judge, refusal_bounce
 from .stopping import StopSignals
 from .subscribers import Subscriber
-from .transport import Outcome, Transport
+from .transport import Message, Outcome, Transport
 
 
 @dataclass(frozen=True)
@@ -140,7 +140,7 @@ class _Job:
     seq: int
     sub: Subscriber = field(compare=False)
     attempt: int = field(compare=False, default=1)
-    data: bytes = field(compare=False, default=b"")
+    data: Message = field(compare=False, default=b"")
     sender: str = field(compare=False, default="")  # MAIL FROM: its own signed bounce address (VERP)
     doubted: bool = field(compare=False, default=False)  # an earlier attempt was in doubt
     # refused by policy (5.7.x) before any recipient of this send was accepted: not recorded, held
@@ -178,6 +178,7 @@ class _Recorder:
         self.outcomes = outcomes
         self.inbox: queue.SimpleQueue[_Record | None] = queue.SimpleQueue()
         self.error = ""
+        self.opened = threading.Event()  # set once the record is open here, or cannot be: no "." before
         self._closed = False
         self._lock = threading.Lock()
         self.thread = threading.Thread(target=self._run, name="mailer-record", daemon=True)
@@ -202,6 +203,7 @@ class _Recorder:
         ledger: Ledger | None = None
         try:
             ledger = self.ledger.reopen()
+            self.opened.set()
             stopping = False
             while not stopping:
                 item = self.inbox.get()
@@ -224,6 +226,7 @@ class _Recorder:
             self.error = self.error or f"cannot record deliveries: {exc!r}"
             raise
         finally:
+            self.opened.set()  # after the error, if any, is set: a worker waiting to send sees it
             self._fail_rest()
             if ledger is not None:
                 ledger.close()
@@ -305,6 +308,7 @@ class _Pool:
         recorder = self.recorder
 
         def ready() -> None:
+            recorder.opened.wait()  # a first message waits for the record to be open: it may not be
             recorded.wait()
             if recorder.error:
                 raise _Unrecorded(recorder.error)
@@ -544,7 +548,7 @@ class _Loop:
 
     def _submit(self, job: _Job) -> None:
         sub = job.sub
-        job.data = self.factory.build_stuffed(sub.email, sub.name, sub.fields)
+        job.data = self.factory.build_pieces(sub.email, sub.name, sub.fields)
         job.sender = self.factory.envelope_sender(sub.email)
         while not self.pool.submit(job, timeout=0.05):
             self._collect(0.0)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import binascii
-import dataclasses
 import secrets
 import time
 from collections.abc import Callable, Mapping
@@ -14,7 +13,7 @@ from .envelope import ReturnPaths, message_tag
 from .headers import NAME_MAX, encode_text, mailbox, normalize_email, one_line, split_mailbox
 from .render import Issue, Part
 from .tokens import load_keyring, unsubscribe_mailto, unsubscribe_url
-from .transport import Stuffed, stuffed_body
+from .transport import Pieces
 
 
 class MessageFactory:
@@ -55,8 +54,9 @@ class MessageFactory:
         self._text_head = _part_head(TEXT_PLAIN, issue.text, boundary)
         self._html_head = _part_head("text/html", issue.html, boundary)
         self._tail = f"\r\n--{boundary}--\r\n".encode("ascii")
-        text, html = _stuffed_twin(issue.text), _stuffed_twin(issue.html)
-        self._stuffed = (text, html) if text is not None and html is not None else None
+        self._shared = _shared_pieces(
+            (self._text_head, issue.text), (self._html_head, issue.html), self._tail
+        )
         self._seven: tuple[bytes, bytes, tuple[bytes, ...], tuple[bytes, ...]] | None = None
 
     def message_id(self, email: str) -> str:
@@ -78,46 +78,38 @@ class MessageFactory:
 
     def build(self, email: str, name: str = "", fields: Mapping[str, str] | None = None) -> bytes:
         """The whole message for one subscriber, CRLF line endings, ready for SMTP DATA."""
-        head, values = self._head(email, name, fields)
-        message = b"".join(
-            (
-                head,
-                self._text_head,
-                _encode(self.issue.text, values),
-                self._html_head,
-                _encode(self.issue.html, values),
-                self._tail,
-            )
-        )
+        message = bytes(Pieces(self._personal(email, name, fields), self._shared))
         if self.dkim is not None:
             message = self.dkim(message)
         return message
 
-    def build_stuffed(self, email: str, name: str = "", fields: Mapping[str, str] | None = None) -> Stuffed:
-        """build() as SMTP DATA carries it (dot-stuffed), from body parts stuffed once per issue.
+    def build_pieces(self, email: str, name: str = "", fields: Mapping[str, str] | None = None) -> Pieces:
+        """build() in the pieces the send hands the transport: the parts' text, the same objects for every
+        reader, between this reader's head and values, so SMTP's encoding of the text is done once per issue.
 
-        Equal to transport.stuffed_body(build(...)), without scanning the whole message each time.
         Its `seven_bit` builds the same message with 7-bit parts, for a server without 8BITMIME.
         """
-        message = self._build_stuffed(email, name, fields)
-        message.seven_bit = lambda: self.build_seven_bit(email, name, fields)
-        return message
 
-    def _build_stuffed(self, email: str, name: str, fields: Mapping[str, str] | None) -> Stuffed:
-        if self._stuffed is None or self.dkim is not None:
-            return stuffed_body(self.build(email, name, fields))
+        def seven_bit() -> bytes:
+            return self.build_seven_bit(email, name, fields)
+
+        if self.dkim is not None:  # the signature covers the whole message: one piece, encoded whole
+            return Pieces((self.build(email, name, fields),), (b"",), seven_bit)
+        return Pieces(self._personal(email, name, fields), self._shared, seven_bit)
+
+    def _personal(self, email: str, name: str, fields: Mapping[str, str] | None) -> tuple[bytes, ...]:
+        """The head and the personal values, in the order _shared_pieces pairs them with the shared text."""
         head, values = self._head(email, name, fields)
-        if b"\n." in head or any("\r" in v or "\n" in v for v in values.values()):
-            return stuffed_body(self.build(email, name, fields))
-        text, html = self._stuffed
-        return Stuffed(
-            b"".join(
-                (head, self._text_head, text.fill(values), self._html_head, html.fill(values), self._tail)
-            )
-        )
+        personal = [head]
+        for part in (self.issue.text, self.issue.html):
+            if part.eight_bit:
+                personal += part.values(values)
+            else:  # quoted-printable: encoded whole, per subscriber
+                personal.append(_qp(part.fill(values)))
+        return tuple(personal)
 
-    def build_seven_bit(self, email: str, name: str = "", fields: Mapping[str, str] | None = None) -> Stuffed:
-        """The message with both parts quoted-printable (every line ASCII), dot-stuffed; RFC 6152.
+    def build_seven_bit(self, email: str, name: str = "", fields: Mapping[str, str] | None = None) -> bytes:
+        """The message with both parts quoted-printable (every line ASCII); RFC 6152.
 
         The parts' fixed chunks are encoded once per issue, on first use, each ending in a line break
         or a soft one ("=" CRLF); per message only the personal values are encoded, each followed by a
@@ -143,7 +135,7 @@ class MessageFactory:
         message = b"".join(out)
         if self.dkim is not None:
             message = self.dkim(message)
-        return stuffed_body(message)
+        return message
 
     def _head(self, email: str, name: str, fields: Mapping[str, str] | None) -> tuple[bytes, dict[str, str]]:
         token = self.sign(email)
@@ -199,32 +191,29 @@ def _part_head(content_type: str, part: Part, boundary: str, *, seven_bit: bool 
     ).encode("ascii")
 
 
-def _stuffed_twin(part: Part) -> Part | None:
-    """The part with every line-initial "." doubled, if no personal value can ever begin a line.
-
-    Values hold no line break, so a value begins a line only right after a chunk that ends one (or
-    is empty); where none does, stuffing the chunks once is stuffing every subscriber's part.
+def _shared_pieces(*layout: tuple[bytes, Part] | bytes) -> tuple[bytes, ...]:
+    """The text every reader's message shares, one piece after each personal one (the head, then each value;
+    a quoted-printable part is one personal piece, encoded per reader): what MessageFactory._personal's
+    pieces are paired with.
     """
-    if not part.eight_bit:  # quoted-printable is encoded per subscriber: stuffed per message
-        return None
-    chunks = part.chunks
-    for chunk in chunks:
-        lines = chunk.count(b"\n")
-        if lines != chunk.count(b"\r\n") or chunk.count(b"\r") != lines:
-            return None
-    if any(not chunks[i] or chunks[i].endswith(b"\n") for i in range(len(part.slots))):
-        return None
-    stuffed = [c.replace(b"\r\n.", b"\r\n..") for c in chunks]
-    if stuffed[0].startswith(b"."):  # the part's first line follows its header's blank line
-        stuffed[0] = b"." + stuffed[0]
-    return dataclasses.replace(part, chunks=tuple(stuffed))
-
-
-def _encode(part: Part, values: Mapping[str, str]) -> bytes:
-    data = part.fill(values)
-    if part.eight_bit:
-        return data
-    return _qp(data)
+    shared: list[bytes] = []
+    run = b""  # the shared text since the last personal piece (the head, before the first of them)
+    for item in layout:
+        if isinstance(item, bytes):
+            run += item
+            continue
+        part_head, part = item
+        run += part_head
+        if not part.eight_bit:
+            shared.append(run)
+            run = b""
+            continue
+        run += part.chunks[0]
+        for chunk in part.chunks[1:]:
+            shared.append(run)
+            run = chunk
+    shared.append(run)
+    return tuple(shared)
 
 
 def _qp(data: bytes) -> bytes:

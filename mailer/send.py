@@ -291,7 +291,7 @@ def send_test(
     conn = transport.connect()
     try:
         outcome = conn.send(
-            factory.envelope_sender(email), email, factory.build_stuffed(email, settings.sample_name)
+            factory.envelope_sender(email), email, factory.build_pieces(email, settings.sample_name)
         )
     finally:
         conn.close()

@@ -64,7 +64,7 @@ class Connection(Protocol):
     """One session with the mail server (or the outbox), used by one thread for many messages."""
 
     def send(
-        self, sender: str, recipient: str, data: bytes, ready: Callable[[], None] | None = None
+        self, sender: str, recipient: str, data: Message, ready: Callable[[], None] | None = None
     ) -> Outcome:
         """Deliver one message to one recipient; never raises for per-message problems.
 
@@ -100,29 +100,86 @@ def make_transport(settings: Settings) -> Transport:
 _END = b".\r\n"
 
 
-class Stuffed(bytes):
-    """A message already in the form DATA carries it: CRLF line ends, line-initial dots doubled,
-    ending in CRLF, without the final ".CRLF". MessageFactory.build_stuffed makes these from parts
-    stuffed once per issue, so the send loop need not scan every 45 KB message again.
+@dataclass(slots=True)
+class Pieces:
+    """A message as its builder hands it over: pieces that, joined, are its bytes (CRLF line ends).
 
+    `personal[i]` comes before `shared[i]`. The shared pieces (the parts' text between the personal values)
+    are the same objects in every message of an issue, so the transport encodes each once for SMTP DATA
+    (DotStuffer) and per message only the personal ones: the head and the values, a few hundred bytes.
     `seven_bit`, when set, builds the same message with 7-bit parts (quoted-printable): what a server
     without 8BITMIME gets (RFC 6152). The builder makes it, not the transport, so that a DKIM signature
     covers the bytes that are sent; it is called only for such a server, so others pay nothing.
     """
 
-    seven_bit: Callable[[], Stuffed] | None = None
+    personal: tuple[bytes, ...]
+    shared: tuple[bytes, ...]
+    seven_bit: Callable[[], bytes] | None = None
+
+    def __bytes__(self) -> bytes:
+        return b"".join(itertools.chain.from_iterable(zip(self.personal, self.shared, strict=True)))
 
 
-def unstuff(data: Stuffed) -> bytes:
-    """The message a Stuffed payload carries (what the recipient's server stores)."""
-    body = data.replace(b"\r\n..", b"\r\n.")
-    return body[1:] if body.startswith(b"..") else bytes(body)
+Message = bytes | Pieces  # what a connection sends: the bytes, or the builder's pieces of them
 
 
-def stuffed_body(data: bytes) -> Stuffed:
-    """The DATA payload without its final ".CRLF" (sent apart, once the message may be delivered)."""
-    if isinstance(data, Stuffed):
-        return data
+def _stuffed_piece(piece: bytes) -> bytes | None:
+    """The piece with each "." that follows a CRLF doubled; None if a CR or LF in it is not part of a CRLF."""
+    if b"\n" not in piece:  # a personal value: one line
+        return None if b"\r" in piece else piece
+    lines = piece.count(b"\n")
+    if lines != piece.count(b"\r\n") or piece.count(b"\r") != lines:
+        return None
+    return piece.replace(b"\r\n.", b"\r\n..")
+
+
+class DotStuffer:
+    """SMTP DATA's form of a message (RFC 5321 4.5.2): CRLF line ends, a line-initial "." doubled, a final
+    CRLF, without the ".CRLF" that ends DATA.
+
+    Scanning a 45 KB message costs several times what building it does, so the shared pieces of Pieces
+    are stuffed once and kept (by their tuple, the same object in every message of an issue); per message
+    only the personal pieces are scanned. Bytes, or pieces with a stray CR or LF, are encoded whole.
+    """
+
+    def __init__(self) -> None:
+        # per shared tuple: each piece stuffed (None: a stray CR or LF), whether it starts with "." and
+        # whether it ends a line
+        self._shared: dict[tuple[bytes, ...], tuple[tuple[bytes | None, bool, bool], ...]] = {}
+
+    def __call__(self, message: Message) -> bytes:
+        """The DATA payload of the message."""
+        if isinstance(message, bytes):
+            return _stuffed_whole(message)
+        shared = self._shared.get(message.shared)
+        if shared is None:
+            shared = tuple((_stuffed_piece(p), p.startswith(b"."), p.endswith(b"\n")) for p in message.shared)
+            self._shared[message.shared] = shared
+        out: list[bytes] = []
+        line_start = True  # a piece that begins a line and starts with "." gets the extra dot here
+        for personal, (fixed, fixed_dot, fixed_ends_line) in zip(message.personal, shared, strict=True):
+            if personal:
+                stuffed = _stuffed_piece(personal)
+                if stuffed is None:  # a bare CR or LF: the whole message, normalised
+                    return _stuffed_whole(bytes(message))
+                if line_start and personal.startswith(b"."):
+                    out.append(b".")
+                out.append(stuffed)
+                line_start = personal.endswith(b"\n")
+            if fixed is None:
+                return _stuffed_whole(bytes(message))
+            if fixed:
+                if line_start and fixed_dot:
+                    out.append(b".")
+                out.append(fixed)
+                line_start = fixed_ends_line
+        if not (out and line_start):
+            out.append(b"\r\n")
+        return b"".join(out)
+
+
+def _stuffed_whole(data: bytes) -> bytes:
+    """The DATA payload of whole message bytes: bare CR or LF made CRLF, line-initial dots doubled."""
     lines = data.count(b"\n")
     if lines != data.count(b"\r\n") or data.count(b"\r") != lines:
         data = _BARE_EOL.sub(b"\r\n", data)
@@ -131,7 +188,7 @@ def stuffed_body(data: bytes) -> Stuffed:
         data = b"." + data
     if not data.endswith(b"\r\n"):
         data += b"\r\n"
-    return Stuffed(data)
+    return data
 
 
 def _one_line(raw: bytes | str) -> str:
@@ -275,6 +332,7 @@ class SMTPTransport:
             details.append(f"user {self.user}")
         self.description = f"{self.where} ({', '.join(details)})"
         self.destination = SMTP
+        self.stuff = DotStuffer()  # shared by the connections: an issue's shared pieces are stuffed once
 
     def connect(self) -> SMTPConnection:
         """A new connection, opened on its first send() or open()."""
@@ -348,7 +406,7 @@ class SMTPConnection(_ClosedOnExit):
         return self._smtp is not None
 
     def send(
-        self, sender: str, recipient: str, data: bytes, ready: Callable[[], None] | None = None
+        self, sender: str, recipient: str, data: Message, ready: Callable[[], None] | None = None
     ) -> Outcome:
         """Deliver one message; reconnect once if a reused session turns out to be dead.
 
@@ -359,7 +417,7 @@ class SMTPConnection(_ClosedOnExit):
         bad = _bad_address(sender) or _bad_address(recipient)
         if bad:
             return Outcome(553, f"not sent: {bad}")
-        payload = stuffed_body(data)
+        payload = self._t.stuff(data)
         for _ in range(2):
             if self._smtp is None:
                 failure = self._connect()
@@ -367,7 +425,7 @@ class SMTPConnection(_ClosedOnExit):
                     return failure
             reused = not self._fresh
             self._fresh = False
-            outcome, stale = self._transaction(sender, recipient, payload, ready)
+            outcome, stale = self._transaction(sender, recipient, data, payload, ready)
             if not (stale and reused):
                 return outcome
         return outcome
@@ -532,7 +590,7 @@ class SMTPConnection(_ClosedOnExit):
         return self._fail(code if 400 <= code < 500 else 0, text)
 
     def _transaction(
-        self, sender: str, recipient: str, payload: Stuffed, ready: Callable[[], None] | None
+        self, sender: str, recipient: str, data: Message, payload: bytes, ready: Callable[[], None] | None
     ) -> tuple[Outcome, bool]:
         """MAIL, RCPT, DATA for one message; also say if the session was dead or closing at MAIL."""
         smtp = self._smtp
@@ -546,7 +604,7 @@ class SMTPConnection(_ClosedOnExit):
             suffix += b" SMTPUTF8"
             encoding = "utf-8"
         if not self._eight_bit and not payload.isascii():
-            payload = self._seven_bit(payload)
+            payload = self._seven_bit(data)
         mail = b"MAIL FROM:<" + sender.encode(encoding) + b">" + suffix + b"\r\n"
         rcpt = b"RCPT TO:<" + recipient.encode(encoding) + b">\r\n"
         stage = "MAIL"
@@ -596,14 +654,14 @@ class SMTPConnection(_ClosedOnExit):
             lost = self._fail(0, f"connection lost: {_describe(exc)}")
             return lost, stage == "MAIL" and not self._mail_answered
 
-    def _seven_bit(self, payload: Stuffed) -> Stuffed:
+    def _seven_bit(self, data: Message) -> bytes:
         """The message with 7-bit parts, for a server without 8BITMIME (RFC 6152 forbids 8-bit data there)."""
-        build = payload.seven_bit
+        build = data.seven_bit if isinstance(data, Pieces) else None
         if build is None:
             raise TransportError(
                 f"{self._t.where}: the server does not offer 8BITMIME and this message is 8-bit"
             )
-        return build()
+        return self._t.stuff(build())
 
     def _pipelined(self, smtp: _Session, commands: bytes) -> tuple[Outcome, bool] | None:
         """Send MAIL, RCPT and DATA at once (RFC 2920); None once the server says 354."""
@@ -743,14 +801,14 @@ class OutboxConnection(_ClosedOnExit):
         self._host = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
 
     def send(
-        self, sender: str, recipient: str, data: bytes, ready: Callable[[], None] | None = None
+        self, sender: str, recipient: str, data: Message, ready: Callable[[], None] | None = None
     ) -> Outcome:
         """Store the message with Return-Path and Delivered-To so the envelope stays visible."""
         bad = _bad_address(sender) or _bad_address(recipient)
         if bad:
             return Outcome(553, f"not queued: {bad}")
-        if isinstance(data, Stuffed):
-            data = unstuff(data)
+        if isinstance(data, Pieces):
+            data = bytes(data)
         try:
             if not self._ready:
                 for sub in ("tmp", "new", "cur"):

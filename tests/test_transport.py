@@ -10,18 +10,23 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from mailer.config import Settings
 from mailer.errors import ConfigError, TransportError
 from mailer.headers import CONTROL
 from mailer.transport import (
+    DotStuffer,
     OutboxTransport,
     Outcome,
+    Pieces,
     SMTPConnection,
     SMTPTransport,
     make_transport,
-    stuffed_body,
 )
+from tests.conftest import examples
 from tests.smtpd import SMTPServer, TLSFiles
 
 SENDER = "news@example.com"
@@ -115,8 +120,42 @@ def test_normalises_bare_line_ends_and_adds_the_final_crlf(server: SMTPServer, c
 
 def test_stuff_doubles_leading_dots_only() -> None:
     # the final ".CRLF" goes apart, once the message may be delivered
-    assert stuffed_body(b".a\r\nb.c\r\n.\r\n") == b"..a\r\nb.c\r\n..\r\n"
-    assert stuffed_body(b"x") == b"x\r\n"
+    stuff = DotStuffer()
+    assert stuff(b".a\r\nb.c\r\n.\r\n") == b"..a\r\nb.c\r\n..\r\n"
+    assert stuff(b"x") == b"x\r\n"
+
+
+def test_pieces_are_stuffed_as_the_message_they_join_to() -> None:
+    stuff = DotStuffer()
+    shared = (b"\r\n.text after the head\r\n", b" and\r\n", b".\r\nend")
+    pieces = Pieces((b"Subject: x\r\n", b".dot at a line start", b""), shared)
+    assert (
+        stuff(pieces)
+        == stuff(bytes(pieces))
+        == (b"Subject: x\r\n\r\n..text after the head\r\n..dot at a line start and\r\n..\r\nend\r\n")
+    )
+    again = Pieces((b"Subject: y\r\n", b"plain", b"\r\n"), shared)  # the shared pieces' encoding is kept
+    assert stuff(again) == b"Subject: y\r\n\r\n..text after the head\r\nplain and\r\n\r\n..\r\nend\r\n"
+    bare = Pieces((b"Subject: lf\n", b"x\ry"), (b"\n.body\r", b"\n"))  # bare line ends: normalised whole
+    assert stuff(bare) == b"Subject: lf\r\n\r\n..body\r\nx\r\ny\r\n"
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.lists(st.sampled_from([b".", b"\r\n", b"\r", b"\n", b"a", b".."]), max_size=6).map(b"".join),
+            st.lists(st.sampled_from([b".", b"\r\n", b"b", b"\r\n.", b"\n"]), max_size=6).map(b"".join),
+        ),
+        min_size=1,
+        max_size=6,
+    )
+)
+@hypothesis_settings(max_examples=examples(200))
+def test_any_pieces_are_stuffed_as_their_bytes(pairs: list[tuple[bytes, bytes]]) -> None:
+    stuff = DotStuffer()
+    pieces = Pieces(tuple(p for p, _ in pairs), tuple(s for _, s in pairs))
+    assert stuff(pieces) == stuff(bytes(pieces))
+    assert stuff(pieces) == stuff(pieces)  # and again, from the kept shared pieces
 
 
 def test_reuses_one_connection_for_many_messages(server: SMTPServer, connect) -> None:
