@@ -26,12 +26,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 @contextmanager
-def reported(console: Console | None = None, fields: dict[str, Any] | None = None) -> Iterator[None]:
+def reported(console: Console, fields: dict[str, Any] | None = None) -> Iterator[None]:
     """Turn a MailerError into its message on stderr and its exit code; Ctrl-C into 130, SIGTERM into 143.
 
     With a --json console the same goes into the one JSON object, with the `fields` known so far.
     """
-    console = console or Console()
     try:
         yield
     except MailerError as exc:
@@ -83,11 +82,10 @@ def output_options(f: F) -> F:
     )(f)
 
 
-def loaded_from(ctx: click.Context, console: Console | None = None) -> Loaded:
+def loaded_from(ctx: click.Context, console: Console) -> Loaded:
     """Load the configuration once per command, from --config or mailer.toml and MAILER_*; warn once."""
     from .config import load_config
 
-    console = console or Console()
     obj = ctx.ensure_object(dict)
     if "loaded" not in obj:
         with reported(console):
@@ -98,8 +96,8 @@ def loaded_from(ctx: click.Context, console: Console | None = None) -> Loaded:
     return loaded
 
 
-def settings_from(ctx: click.Context, console: Console | None = None) -> Settings:
-    """The checked settings of this command (errors and warnings through `console`, when given)."""
+def settings_from(ctx: click.Context, console: Console) -> Settings:
+    """The checked settings of this command (errors and warnings through `console`)."""
     settings = loaded_from(ctx, console).settings
     return settings.replace(offline=True) if ctx.ensure_object(dict).get("offline") else settings
 
@@ -181,18 +179,19 @@ def render_warnings(issue: Any, settings: Settings) -> list[str]:
 @click.pass_context
 def render(ctx: click.Context, post: Path, output: Path | None, form: str) -> None:
     """Render POST (a folder: today's post in it) as the HTML email, its plain-text part, or a whole .eml."""
-    settings = settings_from(ctx)
-    with reported():
+    console = Console(stamped=False)
+    settings = settings_from(ctx, console)
+    with reported(console):
         from .message import make_factory
         from .post import load_post
         from .render import render_issue
         from .schedule import require_post
 
-        post = require_post(post, settings, Console())
+        post = require_post(post, settings, console)
         issue = render_issue(load_post(post), settings)
         for warning in render_warnings(issue, settings):
-            click.echo(f"Warning: {warning}", err=True)
-        factory = make_factory(issue, settings, notify=lambda line: click.echo(line, err=True))
+            console.warn(warning)
+        factory = make_factory(issue, settings, console=console)
         if form == "eml":
             data = factory.build(settings.sample_email, settings.sample_name)
         else:
@@ -201,13 +200,13 @@ def render(ctx: click.Context, post: Path, output: Path | None, form: str) -> No
             values["unsubscribe_url"] = factory.unsubscribe_url(settings.sample_email)
             data = part.fill(values).replace(b"\r\n", b"\n")
         if output is None:
-            click.echo(data.decode("utf-8"), nl=False)
+            console.result(data.decode("utf-8"), end="")
         else:
             try:
                 output.write_bytes(data)
             except OSError as exc:
                 raise MailerError(f"{output}: cannot write: {exc.strerror}") from None
-            click.echo(f"Wrote {output} ({len(data) // 1024} KB)", err=True)
+            console.note(f"Wrote {output} ({len(data) // 1024} KB)")
 
 
 @cli.command()
@@ -391,32 +390,34 @@ def serve(ctx: click.Context, host: str, port: int, threads: int) -> None:
     """Serve the unsubscribe pages (and the issue archive) for a reverse proxy to forward to."""
     import logging
 
-    settings = settings_from(ctx)
-    with reported():
+    console = Console(stamped=False)
+    settings = settings_from(ctx, console)
+    with reported(console):
         from .tokens import load_keyring
         from .web import make_app, make_server
 
+        # the running server's requests go to its log
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
         def build() -> Any:
-            keyring = load_keyring(settings, notify=lambda line: click.echo(line, err=True))
-            return make_app(settings, keyring=keyring)
+            return make_app(settings, keyring=load_keyring(settings, console=console))
 
         server = make_server(build, host, port, threads)
         shown = f"[{host}]" if ":" in host else host
-        click.echo(f"Serving on http://{shown}:{server.effective_port}/ (links point to {settings.web_url})")
+        console.result(
+            f"Serving on http://{shown}:{server.effective_port}/ (links point to {settings.web_url})"
+        )
         if not settings.web_url.startswith("https://"):
-            click.echo(
+            console.note(
                 f"Note: web_url is {settings.web_url}; set it to the public https:// address of this"
-                " server so the links in messages reach it (mail clients need https for one-click).",
-                err=True,
+                " server so the links in messages reach it (mail clients need https for one-click)."
             )
-        click.echo("Press Ctrl-C to stop.")
+        console.result("Press Ctrl-C to stop.")
         try:
             server.run()  # returns on Ctrl-C, after stopping the worker threads
         finally:
             server.close()
-        click.echo("Stopped.")
+        console.result("Stopped.")
 
 
 @cli.command()
@@ -480,8 +481,9 @@ def show_config(ctx: click.Context) -> None:
     """Print the settings in effect and where each came from (default, file, variable); secrets masked."""
     from .config import describe
 
-    for line in describe(loaded_from(ctx)):
-        click.echo(line)
+    console = Console(stamped=False)
+    for line in describe(loaded_from(ctx, console)):
+        console.result(line)
 
 
 def _address_key(raw: str) -> str:
@@ -512,21 +514,22 @@ def _check_addresses(addresses: tuple[str, ...]) -> list[str]:
 @click.pass_context
 def unsubscribe(ctx: click.Context, addresses: tuple[str, ...], reason: str, undo: bool) -> None:
     """Add ADDRESS... to the suppression list by hand (or take them off with --undo)."""
-    settings = settings_from(ctx)
-    with reported():
+    console = Console(stamped=False)
+    settings = settings_from(ctx, console)
+    with reported(console):
         from .ledger import Ledger
 
         emails = _check_addresses(addresses)
         if undo:
-            _resubscribe(settings, emails)
+            _resubscribe(settings, emails, console)
             return
         with Ledger(settings.db_path) as ledger:
             for email in emails:
                 changed = ledger.suppress(email, source="manual", reason=reason)
-                click.echo(f"suppressed {email}" if changed else f"{email} was already suppressed")
+                console.result(f"suppressed {email}" if changed else f"{email} was already suppressed")
 
 
-def _resubscribe(settings: Settings, emails: list[str]) -> None:
+def _resubscribe(settings: Settings, emails: list[str], console: Console) -> None:
     """Take addresses off the suppression list, saying what each suppression was (`remove`, `--undo`)."""
     from .ledger import Ledger
 
@@ -534,10 +537,10 @@ def _resubscribe(settings: Settings, emails: list[str]) -> None:
         for email in emails:
             was = ledger.suppression(email)
             if was is None or not ledger.unsuppress(email):
-                click.echo(f"{email} was not suppressed")
+                console.result(f"{email} was not suppressed")
                 continue
             why = ", ".join(filter(None, [was.reason or was.source, was.issue_id, was.status]))
-            click.echo(f"resubscribed {email} (suppressed {_when(was.created_at)}: {why})")
+            console.result(f"resubscribed {email} (suppressed {_when(was.created_at)}: {why})")
 
 
 @cli.group()
@@ -559,8 +562,9 @@ def _when(value: object) -> str:
 @click.pass_context
 def suppressions_list(ctx: click.Context) -> None:
     """Show every suppressed address: source, when, reason, issue, status code and the server's words."""
-    settings = settings_from(ctx)
-    with reported():
+    console = Console(stamped=False)
+    settings = settings_from(ctx, console)
+    with reported(console):
         from .ledger import Ledger
 
         with Ledger(settings.db_path) as ledger:
@@ -570,14 +574,14 @@ def suppressions_list(ctx: click.Context) -> None:
                 for s in ledger.suppressions()
             ]  # fmt: skip
         if not rows:
-            click.echo("No suppressed addresses.")
+            console.result("No suppressed addresses.")
             return
         widths = [max(len(r[i]) for r in rows) for i in range(6)]
         for row in rows:
-            click.echo(
+            console.result(
                 "  ".join([*(f"{c:<{w}}" for c, w in zip(row, widths, strict=False)), row[6]]).rstrip()
             )
-        click.echo(f"{len(rows)} suppressed address(es)", err=True)
+        console.say(f"{len(rows)} suppressed address(es)")
 
 
 @suppressions.command("remove")
@@ -586,9 +590,10 @@ def suppressions_list(ctx: click.Context) -> None:
 def suppressions_remove(ctx: click.Context, addresses: tuple[str, ...]) -> None:
     """Take ADDRESS... off the suppression list (a bounce or complaint judged wrong); the same as
     `mailer unsubscribe --undo`."""
-    settings = settings_from(ctx)
-    with reported():
-        _resubscribe(settings, _check_addresses(addresses))
+    console = Console(stamped=False)
+    settings = settings_from(ctx, console)
+    with reported(console):
+        _resubscribe(settings, _check_addresses(addresses), console)
 
 
 @suppressions.command("import")
@@ -598,13 +603,14 @@ def suppressions_remove(ctx: click.Context, addresses: tuple[str, ...]) -> None:
 def suppressions_import(ctx: click.Context, file: Path, reason: str) -> None:
     """Suppress every address in FILE: a CSV with an email column (Mailchimp, Mailgun ... exports), or one
     address a line. A file that cannot be read whole is refused; exit 1 if any line was not an address."""
-    settings = settings_from(ctx)
-    with reported():
+    console = Console(stamped=False)
+    settings = settings_from(ctx, console)
+    with reported(console):
         from .ledger import Ledger
         from .suppressions import import_suppressions
 
         def bad(row: BadRow) -> None:
-            click.echo(f"{row.path}:{row.line}: skipped: {row.reason}", err=True)
+            console.error(f"{row.path}:{row.line}: skipped: {row.reason}")
 
         with Ledger(settings.db_path) as ledger:
             why = reason or f"imported from {file.name}"
@@ -614,7 +620,7 @@ def suppressions_import(ctx: click.Context, file: Path, reason: str) -> None:
             if report.kept
             else ""
         )
-        click.echo(
+        console.result(
             f"{report.added} newly suppressed, {report.already} already suppressed,"
             f" {report.bad} bad line(s) skipped{kept}"
         )
@@ -626,13 +632,14 @@ def suppressions_import(ctx: click.Context, file: Path, reason: str) -> None:
 @click.pass_context
 def suppressions_export(ctx: click.Context) -> None:
     """Write the suppression list as CSV (email, source, reason, created_at, issue, status, diagnostic)."""
-    settings = settings_from(ctx)
-    with reported():
+    console = Console(stamped=False)
+    settings = settings_from(ctx, console)
+    with reported(console):
         import csv
 
         from .ledger import Ledger
 
-        out = csv.writer(sys.stdout, lineterminator="\n")
+        out = csv.writer(console.out, lineterminator="\n")
         out.writerow(["email", "source", "reason", "created_at", "issue", "status", "diagnostic"])
         with Ledger(settings.db_path) as ledger:
             for s in ledger.suppressions():
@@ -700,38 +707,38 @@ def check(ctx: click.Context, post: Path, quiet: bool, json_mode: bool) -> None:
 @click.pass_context
 def preview(ctx: click.Context, target: Path, port: int, host: str, no_open: bool) -> None:
     """Show a post (or a folder's posts) in the browser as subscribers get it; reloads on every save."""
-    settings = settings_from(ctx)
-    with reported():
+    console = Console(stamped=False)
+    settings = settings_from(ctx, console)
+    with reported(console):
         import webbrowser
 
         from .preview import make_server
         from .wsgi import url
 
-        server = make_server(
-            target, settings, host=host, port=port, notify=lambda line: click.echo(line, err=True)
-        )
+        server = make_server(target, settings, host=host, port=port, console=console)
         address = url(server)
-        click.echo(f"Previewing {target} at {address}")
+        console.result(f"Previewing {target} at {address}")
         if host not in ("127.0.0.1", "localhost", "::1"):
-            click.echo(f"Warning: listening on {host}: anyone who can reach it can read the post", err=True)
-        click.echo("Press Ctrl-C to stop.")
+            console.warn(f"listening on {host}: anyone who can reach it can read the post")
+        console.result("Press Ctrl-C to stop.")
         if not no_open:
             webbrowser.open(address)
         try:
             server.run()  # returns on Ctrl-C, after stopping the worker threads
         finally:
             server.close()
-        click.echo("Stopped.")
+        console.result("Stopped.")
 
 
 @cli.command()
 @click.argument("folder", type=click.Path(file_okay=False, path_type=Path), default=Path("."))
 def init(folder: Path) -> None:
     """Make a newsletter site in FOLDER (default: here): settings, a sample post, a list; never overwrites."""
-    with reported():
+    console = Console(stamped=False)
+    with reported(console):
         from .scaffold import init_site
 
-        click.echo("\n".join(init_site(folder).report()))
+        console.result("\n".join(init_site(folder).report()))
 
 
 def main() -> None:

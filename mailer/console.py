@@ -10,11 +10,40 @@ from __future__ import annotations
 import json
 import sys
 from datetime import datetime
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 import click
 
 from .errors import MailerError
+
+
+class Voice(Protocol):
+    """What the core says through: a Console, the log of a server under another WSGI server, or nothing."""
+
+    def note(self, line: str) -> None:
+        """What is happening."""
+
+    def warn(self, line: str) -> None:
+        """Something worth a look that does not stop the work."""
+
+    def error(self, line: str) -> None:
+        """What went wrong (and was dealt with: the work goes on)."""
+
+
+class Silent:
+    """The voice of a caller that wants no lines (the benchmark, a library user): says nothing."""
+
+    def note(self, line: str) -> None:
+        """Nothing."""
+
+    def warn(self, line: str) -> None:
+        """Nothing."""
+
+    def error(self, line: str) -> None:
+        """Nothing."""
+
+
+SILENT = Silent()
 
 
 class Console:
@@ -22,11 +51,14 @@ class Console:
 
     stdout carries the command's result (a list of addresses, check lines, a status table) or, with
     `json`, exactly one JSON object; stderr carries notes, warnings and errors. `quiet` keeps only errors.
+    `stamped` puts the time in front of notes and warnings that go to a log file rather than a terminal (the
+    commands cron runs); the interactive ones (render, preview, serve, ...) print their lines as they are.
     """
 
-    def __init__(self, *, json_mode: bool = False, quiet: bool = False) -> None:
+    def __init__(self, *, json_mode: bool = False, quiet: bool = False, stamped: bool = True) -> None:
         self.json_mode = json_mode
         self.quiet = quiet
+        self.stamped = stamped
         self.out: TextIO = sys.stdout  # looked up now: click's test runner swaps them per command
         self.err: TextIO = sys.stderr
         self.warnings: list[str] = []  # kept for the JSON object
@@ -60,10 +92,10 @@ class Console:
             raise MailerError("not on a terminal: pass --yes to send without asking")
         return click.confirm(question, default=False, err=True)
 
-    def result(self, line: str) -> None:
+    def result(self, line: str, end: str = "\n") -> None:
         """A line of the command's own output on stdout (not in JSON mode, where `emit` carries it)."""
         if not self.json_mode:
-            self.out.write(line + "\n")
+            self.out.write(line + end)
             self.out.flush()
 
     def emit(self, obj: dict[str, Any]) -> None:
@@ -74,7 +106,7 @@ class Console:
 
     def stamp(self, line: str) -> str:
         """The line with the local time in front when it goes to a log file rather than a terminal."""
-        if self.tty:
+        if self.tty or not self.stamped:
             return line
         return f"{datetime.now().astimezone().isoformat(timespec='seconds')} {line}"
 

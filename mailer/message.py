@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 from email.utils import formatdate
 
 from .config import Settings
+from .console import SILENT, Voice
 from .envelope import ReturnPaths, message_tag
 from .headers import NAME_MAX, encode_text, mailbox, normalize_email, one_line, split_mailbox
 from .render import Issue, Part
@@ -267,11 +268,9 @@ def dkim_signer(settings: Settings) -> Callable[[bytes], bytes] | None:
     return sign
 
 
-def make_factory(
-    issue: Issue, settings: Settings, *, notify: Callable[[str], None] | None = None
-) -> MessageFactory:
-    """The factory with the shared unsubscribe key (made on first use) and DKIM when configured."""
-    keyring = load_keyring(settings, notify=notify)
+def make_factory(issue: Issue, settings: Settings, *, console: Voice = SILENT) -> MessageFactory:
+    """The factory with the shared unsubscribe key (made on first use, said through `console`) and DKIM."""
+    keyring = load_keyring(settings, console=console)
     list_id = settings.token_scope
     return_paths = ReturnPaths(settings.bounce_address, keyring) if settings.bounce_address else None
     return MessageFactory(

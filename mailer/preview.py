@@ -11,7 +11,7 @@ import email.policy
 import hashlib
 import re
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +22,7 @@ from lxml import html as lhtml
 
 from .checks import Check, check_issue
 from .config import Settings
+from .console import SILENT, Voice
 from .errors import MailerError
 from .wsgi import HTML, TEXT, listen, render_page, request_path, respond, security_headers, static
 
@@ -146,10 +147,10 @@ def list_posts(folder: Path) -> list[PostEntry]:
 class Preview:
     """What the server shows: one post or a folder of them, rendered on request and kept until they change."""
 
-    def __init__(self, target: Path, settings: Settings, *, notify: Callable[[str], None] | None = None):
+    def __init__(self, target: Path, settings: Settings, *, console: Voice = SILENT):
         self.target = target
         self.settings = settings
-        self.notify = notify
+        self.console = console  # a key made on first render, a post that fails on a bug
         self.folder = target.is_dir()
         self._lock = threading.Lock()
         self._cache: dict[str, Rendered | Broken] = {}
@@ -191,8 +192,7 @@ class Preview:
             return Broken(version, path, f"{exc.filename or path}: {exc.strerror or exc}")
         except Exception as exc:  # a bug must not stop the preview; the page says what happened
             message = f"{path}: cannot render ({type(exc).__name__}: {exc})"
-            if self.notify is not None:
-                self.notify(message)
+            self.console.error(message)
             return Broken(version, path, message)
 
     def _build(self, path: Path, version: str) -> Rendered:
@@ -202,7 +202,7 @@ class Preview:
 
         settings = self.settings
         issue = render_issue(load_post(path), settings)
-        factory = make_factory(issue, settings, notify=self.notify)
+        factory = make_factory(issue, settings, console=self.console)
         eml = factory.build(settings.sample_email, settings.sample_name)  # the path of `render --eml`
         message = email.message_from_bytes(eml, policy=email.policy.default)
         parts = {}
@@ -230,10 +230,9 @@ Answer = tuple[int, bytes, str, list[tuple[str, str]]]
 class PreviewApp:
     """The WSGI application of one preview: the pages of mailer/pages, the views of the rendered message."""
 
-    def __init__(self, preview: Preview, host: str, notify: Callable[[str], None] | None = None) -> None:
+    def __init__(self, preview: Preview, host: str) -> None:
         self.preview = preview
         self.check_host = host in LOOPBACK
-        self.notify = notify
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         """Route one request; any failure becomes a friendly page, never a traceback."""
@@ -247,8 +246,7 @@ class PreviewApp:
             else:
                 status, body, ctype, extra = self.route(request_path(environ))
         except Exception as exc:
-            if self.notify is not None:
-                self.notify(f"preview: {environ.get('PATH_INFO')}: {type(exc).__name__}: {exc}")
+            self.preview.console.error(f"preview: {environ.get('PATH_INFO')}: {type(exc).__name__}: {exc}")
             status, body, ctype, extra = _error(500, "Something went wrong", str(exc))
         csp = next((value for name, value in extra if name == "Content-Security-Policy"), PAGE_CSP)
         headers = security_headers(csp, "SAMEORIGIN" if csp == EMAIL_CSP else "DENY")  # views are framed
@@ -320,12 +318,12 @@ def make_server(
     *,
     host: str = "127.0.0.1",
     port: int = 0,
-    notify: Callable[[str], None] | None = None,
+    console: Voice = SILENT,
 ) -> Any:
     """A waitress server for a post or a folder of posts, bound (port 0: any free one), not serving yet."""
     if not target.exists():
         raise MailerError(f"{target}: no such file or folder")
-    app = PreviewApp(Preview(target, settings, notify=notify), host, notify)
+    app = PreviewApp(Preview(target, settings, console=console), host)
     # the page, its frames and its reload poll; local only, so waitress's own limits are enough
     return listen(app, host, port, threads=8, ident="mailer-preview")
 

@@ -56,7 +56,7 @@ class TestSend:
 def prepare(post_path: Path, settings: Settings, console: Console) -> tuple[Issue, MessageFactory]:
     """Render the issue once and make the per-subscriber message factory."""
     issue = render_issue(load_post(post_path), settings)
-    factory = make_factory(issue, settings, notify=console.note)
+    factory = make_factory(issue, settings, console=console)
     return issue, factory
 
 
@@ -181,7 +181,7 @@ def _send(
     for path in paths:
         if not path.is_file():
             raise MailerError(f"{path}: no such subscriber list")
-    transport = make_transport(settings)
+    transport = make_transport(settings, console)
 
     def bad_row(row: BadRow) -> None:
         console.error(f"skipped: {row}")  # a reader not mailed: said even in a quiet run
@@ -286,8 +286,8 @@ def send_test(
         issue_id=f"{issue.issue_id}.test-{secrets.token_hex(4)}",
         subject=settings.test_subject_prefix + issue.subject,
     )
-    factory = make_factory(test_issue, settings, notify=console.note)
-    transport = make_transport(settings)
+    factory = make_factory(test_issue, settings, console=console)
+    transport = make_transport(settings, console)
     conn = transport.connect()
     try:
         outcome = conn.send(

@@ -18,10 +18,11 @@ import os
 import re
 import secrets
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .console import SILENT, Voice
 from .errors import ConfigError
 from .private import make_folder
 
@@ -145,7 +146,7 @@ def _key_file_path(settings: Settings) -> Path:
     return settings.data_dir / KEY_FILE
 
 
-def _read_key_file(path: Path, notify: Callable[[str], None] | None) -> str:
+def _read_key_file(path: Path, console: Voice) -> str:
     try:
         key = path.read_text(encoding="utf-8").strip()
         mode = path.stat().st_mode
@@ -158,8 +159,8 @@ def _read_key_file(path: Path, notify: Callable[[str], None] | None) -> str:
             f"{path}: signing key too short or empty; delete the file to make a new one"
             " (links already sent would stop working)"
         )
-    if mode & 0o077 and notify is not None:
-        notify(f"warning: {path} can be read by other users; run: chmod 600 {path}")
+    if mode & 0o077:
+        console.warn(f"{path} can be read by other users; run: chmod 600 {path}")
     return key
 
 
@@ -194,9 +195,12 @@ def load_keyring(
     settings: Settings,
     *,
     create: bool = True,
-    notify: Callable[[str], None] | None = None,
+    console: Voice = SILENT,
 ) -> Keyring:
-    """Return the keys from the settings, else from the data folder, making one there on first use."""
+    """Return the keys from the settings, else from the data folder, making one there on first use.
+
+    A key made, or a key file others can read, is said through `console`.
+    """
     old = [k.strip() for k in settings.old_secret_keys.split(",") if k.strip()]
     for name, key in [("secret_key", settings.secret_key), *(("old_secret_keys", k) for k in old)]:
         if key and len(key) < MIN_KEY_LENGTH:
@@ -212,12 +216,12 @@ def load_keyring(
             raise ConfigError(
                 f"no signing key: set MAILER_SECRET_KEY or run `mailer serve` once to create {path}"
             )
-        if _create_key_file(path) and notify is not None:
-            notify(
+        if _create_key_file(path):
+            console.note(
                 f"Made a new signing key for unsubscribe links in {path} (readable by you only);"
                 " keep it, and back it up with the database."
             )
-    return Keyring(_read_key_file(path, notify), old)
+    return Keyring(_read_key_file(path, console), old)
 
 
 def unsubscribe_url(settings: Settings, token: str) -> str:

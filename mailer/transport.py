@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import hmac
 import itertools
-import logging
 import os
 import re
 import smtplib
@@ -26,12 +25,11 @@ from types import TracebackType
 from typing import Protocol, Self
 
 from .config import Settings, smtp_port
+from .console import SILENT, Voice
 from .errors import ConfigError, TransportError
 from .headers import one_line
 from .ledger import OUTBOX, SMTP
 from .private import make_folder, open_new
-
-log = logging.getLogger(__name__)
 
 _BARE_EOL = re.compile(rb"\r\n|\r|\n")
 _SECURITY_NAMES = {"starttls": "STARTTLS", "tls": "TLS", "none": "plain"}
@@ -90,10 +88,10 @@ class Transport(Protocol):
         ...
 
 
-def make_transport(settings: Settings) -> Transport:
-    """The SMTP server when smtp_host is set, else the local outbox."""
+def make_transport(settings: Settings, console: Voice = SILENT) -> Transport:
+    """The SMTP server when smtp_host is set, else the local outbox; a certificate not checked is said."""
     if settings.smtp_host:
-        return SMTPTransport(settings)
+        return SMTPTransport(settings, console)
     return OutboxTransport(settings.outbox_path)
 
 
@@ -312,7 +310,7 @@ _Session = _SMTP | _SMTP_SSL
 class SMTPTransport:
     """An SMTP server reached with STARTTLS, implicit TLS or in plain text, optionally with AUTH."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, console: Voice = SILENT) -> None:
         self.host = settings.smtp_host
         self.port = smtp_port(settings)
         self.where = f"{self.host}:{self.port}"
@@ -324,7 +322,7 @@ class SMTPTransport:
         self.helo = _helo_name(settings)
         self.context: ssl.SSLContext | None = None
         if self.security in ("starttls", "tls"):
-            self.context = _tls_context(settings)
+            self.context = _tls_context(settings, console)
         details = [_SECURITY_NAMES[self.security]]
         if self.context is not None and self.context.verify_mode == ssl.CERT_NONE:
             details.append("certificate NOT verified")
@@ -345,7 +343,7 @@ class SMTPTransport:
         return text
 
 
-def _tls_context(settings: Settings) -> ssl.SSLContext:
+def _tls_context(settings: Settings, console: Voice) -> ssl.SSLContext:
     """The client TLS context: system CAs, or only smtp_cafile; no verification only on request."""
     cafile = settings.smtp_cafile or None
     try:
@@ -356,10 +354,9 @@ def _tls_context(settings: Settings) -> ssl.SSLContext:
     if not settings.smtp_verify:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
-        log.warning(
-            "smtp_verify is false: the certificate of %s is NOT checked; anyone on the path "
-            "can read the mail and the password",
-            settings.smtp_host,
+        console.warn(
+            f"smtp_verify is false: the certificate of {settings.smtp_host} is NOT checked; anyone on the"
+            " path can read the mail and the password"
         )
     return context
 

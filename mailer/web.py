@@ -233,9 +233,25 @@ def _allow(method: str, allowed: str) -> None:
         )
 
 
+class ServerLog:
+    """The voice of the app under another WSGI server (waitress-serve --call): its log, as its requests."""
+
+    def note(self, line: str) -> None:
+        """An INFO line."""
+        log.info("%s", line)
+
+    def warn(self, line: str) -> None:
+        """A WARNING line."""
+        log.warning("%s", line)
+
+    def error(self, line: str) -> None:
+        """An ERROR line."""
+        log.error("%s", line)
+
+
 def make_app(settings: Settings, *, keyring: Keyring | None = None) -> UnsubscribeApp:
     """Build the WSGI app, loading (or making) the same signing key that `mailer send` uses."""
-    return UnsubscribeApp(settings, keyring or load_keyring(settings, notify=log.warning))
+    return UnsubscribeApp(settings, keyring or load_keyring(settings, console=ServerLog()))
 
 
 # Limits for facing the open internet through a reverse proxy (docs/configuration.md says what it must add).

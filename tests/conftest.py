@@ -117,3 +117,16 @@ def smtp_settings(smtp_server: SMTPServer, tmp_path: Path) -> Settings:
 def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
     """A throwaway CA and a server certificate for 127.0.0.1, made once per test run."""
     return make_tls_files(tmp_path_factory.mktemp("tls"))
+
+
+class Heard(list[str]):
+    """A voice (mailer.console.Voice) that keeps every line it is told, for tests of what the core says."""
+
+    def note(self, line: str) -> None:
+        self.append(line)
+
+    def warn(self, line: str) -> None:
+        self.append(line)
+
+    def error(self, line: str) -> None:
+        self.append(line)

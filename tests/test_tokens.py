@@ -13,6 +13,7 @@ import pytest
 from mailer.config import Settings, load_settings
 from mailer.errors import ConfigError
 from mailer.tokens import Keyring, load_keyring, unsubscribe_mailto, unsubscribe_url
+from tests.conftest import Heard
 
 KEY = "k" * 32
 LIST = "news.example.com"
@@ -121,8 +122,8 @@ def test_repr_never_shows_the_key() -> None:
 
 def test_key_file_is_made_once_with_mode_0600_and_reused(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path / "state" / "nested")
-    said: list[str] = []
-    first = load_keyring(settings, notify=said.append)
+    said = Heard()
+    first = load_keyring(settings, console=said)
     key_file = tmp_path / "state" / "nested" / "secret.key"
     assert key_file.is_file()
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
@@ -130,8 +131,8 @@ def test_key_file_is_made_once_with_mode_0600_and_reused(tmp_path: Path) -> None
     assert len(key) >= 40
     assert len(said) == 1 and str(key_file) in said[0] and key not in said[0]
     # a second load (e.g. `mailer serve` after `mailer send`) reads the same key and says nothing
-    again: list[str] = []
-    second = load_keyring(settings, notify=again.append)
+    again = Heard()
+    second = load_keyring(settings, console=again)
     assert again == []
     token = first.sign("alice@example.com", LIST)
     assert second.verify(token, LIST) == "alice@example.com"
@@ -176,8 +177,8 @@ def test_readable_key_file_gets_a_warning(tmp_path: Path) -> None:
     key_file = tmp_path / "secret.key"
     key_file.write_text(KEY + "\n")
     key_file.chmod(0o644)
-    said: list[str] = []
-    ring = load_keyring(Settings(data_dir=tmp_path), notify=said.append)
+    said = Heard()
+    ring = load_keyring(Settings(data_dir=tmp_path), console=said)
     assert Keyring(KEY).verify(ring.sign("a@example.com", LIST), LIST) == "a@example.com"
     assert len(said) == 1 and "chmod 600" in said[0] and KEY not in said[0]
 

@@ -26,7 +26,7 @@ from mailer.transport import (
     SMTPTransport,
     make_transport,
 )
-from tests.conftest import examples
+from tests.conftest import Heard, examples
 from tests.smtpd import SMTPServer, TLSFiles
 
 SENDER = "news@example.com"
@@ -319,7 +319,9 @@ def test_starttls_without_verification_works_and_says_so(
 ) -> None:
     server = smtp_servers(tls=tls_files, require_starttls=True)
     settings = settings_for(server, smtp_security="starttls", smtp_verify=False)
-    assert "NOT verified" in make_transport(settings).description
+    said = Heard()
+    assert "NOT verified" in make_transport(settings, said).description
+    assert len(said) == 1 and f"the certificate of {server.host} is NOT checked" in said[0]
     assert (
         connect(server, smtp_security="starttls", smtp_verify=False)
         .send(SENDER, "a@example.com", message())
