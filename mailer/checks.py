@@ -6,6 +6,7 @@ import dataclasses
 import ipaddress
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 from urllib.parse import unquote, urlsplit
 
@@ -13,10 +14,13 @@ from lxml import etree
 from lxml import html as lhtml
 
 from .config import Settings
+from .console import Console
 from .errors import MailerError
 from .linebreak import text_width
 from .markdown import parse
-from .render import Issue
+from .post import load_post
+from .render import Issue, render_issue
+from .schedule import require_post
 
 Level = Literal["error", "warning", "ok"]
 SUBJECT_MAX_WIDTH = 78  # columns; inboxes cut subjects off around here (CJK characters count two)
@@ -93,6 +97,33 @@ def check_issue(issue: Issue, settings: Settings) -> list[Check]:
         *_dkim(settings, live),
     ]
     return checks
+
+
+def check_post(
+    target: Path, settings: Settings, console: Console, *, quiet: bool
+) -> tuple[Path, list[Check]]:
+    """`mailer check`: the checks of the post in `target` (a folder: today's), one line each on the console
+    (the failed ones alone when `quiet`), then the count of errors and warnings."""
+    post = require_post(target, settings, console)
+    checks = check_issue(render_issue(load_post(post), settings), settings)
+    for c in checks:
+        if not (quiet and c.level == "ok"):
+            fix = f" (fix: {c.fix})" if c.fix and c.level == "error" else ""
+            console.result(f"{post}: {c.level}: {c.code}: {c.message}{fix}")
+    errors = sum(c.level == "error" for c in checks)
+    warnings = sum(c.level == "warning" for c in checks)
+    console.say(f"{post}: {errors} error(s), {warnings} warning(s)")
+    return post, checks
+
+
+def post_warnings(issue: Issue, settings: Settings) -> list[str]:
+    """What a writer should know about the post before sending: the checks that did not pass, but not the
+    setup's (from address, links, DKIM: `mailer check` reports those)."""
+    return [
+        f"{issue.post.path}: {c.message}"
+        for c in check_issue(issue, settings)
+        if c.level != "ok" and c.code not in SETTINGS_CODES
+    ]
 
 
 def has_errors(checks: list[Check]) -> bool:

@@ -20,7 +20,6 @@ from .errors import ExitStatus, MailerError
 
 if TYPE_CHECKING:
     from .config import Loaded, Settings
-    from .subscribers import BadRow
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -156,17 +155,6 @@ def cli(ctx: click.Context, config_path: Path | None) -> None:
     ctx.ensure_object(dict)["config_path"] = config_path
 
 
-def render_warnings(issue: Any, settings: Settings) -> list[str]:
-    """What a writer should know about the post before sending: the pre-send checks that did not pass."""
-    from .checks import SETTINGS_CODES, check_issue
-
-    return [
-        f"{issue.post.path}: {c.message}"
-        for c in check_issue(issue, settings)
-        if c.level != "ok" and c.code not in SETTINGS_CODES
-    ]
-
-
 @cli.command()
 @click.argument("post", type=click.Path(path_type=Path))
 @click.option(
@@ -182,34 +170,12 @@ def render(ctx: click.Context, post: Path, output: Path | None, form: str) -> No
     console = Console(stamped=False)
     settings = settings_from(ctx, console)
     with reported(console):
-        from .message import make_factory
-        from .post import load_post
-        from .render import render_issue
-        from .schedule import require_post
+        from .sample import render_sample
 
-        post = require_post(post, settings, console)
-        issue = render_issue(load_post(post), settings)
-        for warning in render_warnings(issue, settings):
-            console.warn(warning)
-        factory = make_factory(issue, settings, console=console)
-        if form == "eml":
-            data = factory.build(settings.sample_email, settings.sample_name)
-        else:
-            part = issue.text if form == "text" else issue.html
-            values = issue.sample_values(settings)
-            values["unsubscribe_url"] = factory.unsubscribe_url(settings.sample_email)
-            data = part.fill(values).replace(b"\r\n", b"\n")
-        if output is None:
-            console.result(data.decode("utf-8"), end="")
-        else:
-            try:
-                output.write_bytes(data)
-            except OSError as exc:
-                raise MailerError(f"{output}: cannot write: {exc.strerror}") from None
-            console.note(f"Wrote {output} ({len(data) // 1024} KB)")
+        render_sample(post, settings, form, console, output)
 
 
-@cli.command()
+@cli.command("send")
 @click.argument("post", type=click.Path(path_type=Path))
 @click.option(
     "--to",
@@ -240,7 +206,7 @@ def render(ctx: click.Context, post: Path, output: Path | None, form: str) -> No
 @output_options
 @offline_option
 @click.pass_context
-def send(
+def send_command(
     ctx: click.Context,
     post: Path,
     to: tuple[Path, ...],
@@ -267,7 +233,6 @@ def send(
     fields: dict[str, Any] = {"command": "send", "post": str(post)}
     with reported(console, fields):
         from . import send as sending
-        from .campaign import SendOptions
         from .progress import ConsoleFeedback, report_counts, say_report, warn_rates
 
         if test_address:
@@ -280,17 +245,10 @@ def send(
                 )
             )  # fmt: skip
             return
-        options = SendOptions(
-            connections=connections or settings.connections,
-            rate=settings.rate if rate is None else rate,
-            max_attempts=settings.max_attempts,
-            retry_delay=settings.retry_delay,
-            max_consecutive_failures=settings.max_consecutive_failures,
-            dry_run=dry_run,
-            retry_failed=retry_failed,
-            allow_changed=changed,
-            allow_resend=resend,
-        )
+        options = sending.send_options(
+            settings, connections=connections, rate=rate, dry_run=dry_run, retry_failed=retry_failed,
+            allow_changed=changed, allow_resend=resend,
+        )  # fmt: skip
         feedback = ConsoleFeedback(console)
         try:
             result = sending.send_issue(
@@ -346,37 +304,9 @@ def status(ctx: click.Context, post: Path | None, json_mode: bool, quiet: bool) 
     settings = settings_from(ctx, console)
     fields: dict[str, Any] = {"command": "status"}
     with reported(console, fields):
-        from .ledger import Ledger
-        from .post import load_post
-        from .progress import all_rates, issue_fields, issue_table, status_text, warn_rates
+        from .progress import show_status
 
-        with Ledger(settings.db_path) as ledger:
-            if post is None:
-                issues, bounces = ledger.issues(), ledger.bounce_counts()
-                if not quiet:
-                    for line in issue_table(issues, bounces):
-                        console.result(line)
-                warn_rates(console, settings, all_rates(issues, bounces))
-                console.emit(_outcome(fields, 0, issues=[issue_fields(i, bounces) for i in issues]))
-                return
-            issue_id = load_post(post).issue_id if post.exists() else post.stem
-            statuses, bounces = ledger.statuses(issue_id), ledger.bounce_counts(issue_id)
-        if not quiet:
-            console.result(status_text(statuses, bounces))
-        warn_rates(console, settings, all_rates(statuses, bounces))
-        records = [
-            {
-                **issue_fields(st, bounces),
-                "failure_groups": [
-                    {"state": g.state, "code": g.code, "reply": g.reply, "count": g.count}
-                    for g in st.failures
-                ],
-            }
-            for st in statuses
-        ]
-        # at the top: the real send's record when there is one (a try-out's only when there is not)
-        main = next((r for r in records if r["destination"] == "smtp"), records[0])
-        console.emit(_outcome(fields, 0, **main, destinations=records))
+        console.emit(_outcome(fields, 0, **show_status(settings, post, console)))
 
 
 @cli.command()
@@ -388,36 +318,12 @@ def status(ctx: click.Context, post: Path | None, json_mode: bool, quiet: bool) 
 @click.pass_context
 def serve(ctx: click.Context, host: str, port: int, threads: int) -> None:
     """Serve the unsubscribe pages (and the issue archive) for a reverse proxy to forward to."""
-    import logging
-
     console = Console(stamped=False)
     settings = settings_from(ctx, console)
     with reported(console):
-        from .tokens import load_keyring
-        from .web import make_app, make_server
+        from .web import serve_until_stopped
 
-        # the running server's requests go to its log
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-
-        def build() -> Any:
-            return make_app(settings, keyring=load_keyring(settings, console=console))
-
-        server = make_server(build, host, port, threads)
-        shown = f"[{host}]" if ":" in host else host
-        console.result(
-            f"Serving on http://{shown}:{server.effective_port}/ (links point to {settings.web_url})"
-        )
-        if not settings.web_url.startswith("https://"):
-            console.note(
-                f"Note: web_url is {settings.web_url}; set it to the public https:// address of this"
-                " server so the links in messages reach it (mail clients need https for one-click)."
-            )
-        console.result("Press Ctrl-C to stop.")
-        try:
-            server.run()  # returns on Ctrl-C, after stopping the worker threads
-        finally:
-            server.close()
-        console.result("Stopped.")
+        serve_until_stopped(settings, host, port, threads, console)
 
 
 @cli.command()
@@ -486,27 +392,6 @@ def show_config(ctx: click.Context) -> None:
         console.result(line)
 
 
-def _address_key(raw: str) -> str:
-    """The address as the send loop and the tokens know it (ASCII domain, lower-cased); ValueError if bad."""
-    from .headers import normalize_email
-    from .subscribers import dedupe_key
-
-    return dedupe_key(normalize_email(raw.strip()))
-
-
-def _check_addresses(addresses: tuple[str, ...]) -> list[str]:
-    """The addresses in their stored form, or a MailerError naming every one that is not an address."""
-    good, bad = [], []
-    for address in addresses:
-        try:
-            good.append(_address_key(address))
-        except ValueError as exc:
-            bad.append(f"{address!r}: {exc}")
-    if bad:
-        raise MailerError("not an email address: " + "; ".join(bad))
-    return good
-
-
 @cli.command()
 @click.argument("addresses", nargs=-1, required=True, metavar="ADDRESS...")
 @click.option("--reason", default="", help="Why, for the record (e.g. 'replied STOP').")
@@ -517,45 +402,14 @@ def unsubscribe(ctx: click.Context, addresses: tuple[str, ...], reason: str, und
     console = Console(stamped=False)
     settings = settings_from(ctx, console)
     with reported(console):
-        from .ledger import Ledger
+        from .suppressions import suppress_by_hand
 
-        emails = _check_addresses(addresses)
-        if undo:
-            _resubscribe(settings, emails, console)
-            return
-        with Ledger(settings.db_path) as ledger:
-            for email in emails:
-                changed = ledger.suppress(email, source="manual", reason=reason)
-                console.result(f"suppressed {email}" if changed else f"{email} was already suppressed")
-
-
-def _resubscribe(settings: Settings, emails: list[str], console: Console) -> None:
-    """Take addresses off the suppression list, saying what each suppression was (`remove`, `--undo`)."""
-    from .ledger import Ledger
-
-    with Ledger(settings.db_path) as ledger:
-        for email in emails:
-            was = ledger.suppression(email)
-            if was is None or not ledger.unsuppress(email):
-                console.result(f"{email} was not suppressed")
-                continue
-            why = ", ".join(filter(None, [was.reason or was.source, was.issue_id, was.status]))
-            console.result(f"resubscribed {email} (suppressed {_when(was.created_at)}: {why})")
+        suppress_by_hand(settings, addresses, reason=reason, undo=undo, console=console)
 
 
 @cli.group()
 def suppressions() -> None:
     """The addresses mailer never sends to: list, remove, import or export them."""
-
-
-def _when(value: object) -> str:
-    from datetime import UTC, datetime
-
-    if isinstance(value, int | float):
-        value = datetime.fromtimestamp(value, UTC)
-    if isinstance(value, datetime):
-        return value.isoformat(sep=" ", timespec="seconds")
-    return str(value)
 
 
 @suppressions.command("list")
@@ -565,23 +419,9 @@ def suppressions_list(ctx: click.Context) -> None:
     console = Console(stamped=False)
     settings = settings_from(ctx, console)
     with reported(console):
-        from .ledger import Ledger
+        from .suppressions import list_suppressions
 
-        with Ledger(settings.db_path) as ledger:
-            rows = [
-                (s.email, s.source, _when(s.created_at), s.reason or "-", s.issue_id or "-", s.status or "-",
-                 s.diagnostic[:100])
-                for s in ledger.suppressions()
-            ]  # fmt: skip
-        if not rows:
-            console.result("No suppressed addresses.")
-            return
-        widths = [max(len(r[i]) for r in rows) for i in range(6)]
-        for row in rows:
-            console.result(
-                "  ".join([*(f"{c:<{w}}" for c, w in zip(row, widths, strict=False)), row[6]]).rstrip()
-            )
-        console.say(f"{len(rows)} suppressed address(es)")
+        list_suppressions(settings, console)
 
 
 @suppressions.command("remove")
@@ -593,7 +433,9 @@ def suppressions_remove(ctx: click.Context, addresses: tuple[str, ...]) -> None:
     console = Console(stamped=False)
     settings = settings_from(ctx, console)
     with reported(console):
-        _resubscribe(settings, _check_addresses(addresses), console)
+        from .suppressions import remove_suppressions
+
+        remove_suppressions(settings, addresses, console)
 
 
 @suppressions.command("import")
@@ -606,24 +448,9 @@ def suppressions_import(ctx: click.Context, file: Path, reason: str) -> None:
     console = Console(stamped=False)
     settings = settings_from(ctx, console)
     with reported(console):
-        from .ledger import Ledger
-        from .suppressions import import_suppressions
+        from .suppressions import import_file
 
-        def bad(row: BadRow) -> None:
-            console.error(f"{row.path}:{row.line}: skipped: {row.reason}")
-
-        with Ledger(settings.db_path) as ledger:
-            why = reason or f"imported from {file.name}"
-            report = import_suppressions(file, ledger, reason=why, on_bad=bad)
-        kept = (
-            f"; {report.kept} still subscribed in the {report.tool} export, not imported"
-            if report.kept
-            else ""
-        )
-        console.result(
-            f"{report.added} newly suppressed, {report.already} already suppressed,"
-            f" {report.bad} bad line(s) skipped{kept}"
-        )
+        report = import_file(settings, file, reason=reason, console=console)
         if report.bad:
             sys.exit(ExitStatus.ERROR)
 
@@ -635,25 +462,9 @@ def suppressions_export(ctx: click.Context) -> None:
     console = Console(stamped=False)
     settings = settings_from(ctx, console)
     with reported(console):
-        import csv
+        from .suppressions import export_suppressions
 
-        from .ledger import Ledger
-
-        out = csv.writer(console.out, lineterminator="\n")
-        out.writerow(["email", "source", "reason", "created_at", "issue", "status", "diagnostic"])
-        with Ledger(settings.db_path) as ledger:
-            for s in ledger.suppressions():
-                out.writerow(
-                    [
-                        s.email,
-                        s.source,
-                        s.reason,
-                        _when(s.created_at),
-                        s.issue_id or "",
-                        s.status,
-                        s.diagnostic,
-                    ]
-                )
+        export_suppressions(settings, console.out)
 
 
 @cli.command()
@@ -673,21 +484,12 @@ def check(ctx: click.Context, post: Path, quiet: bool, json_mode: bool) -> None:
     settings = settings_from(ctx, console)
     fields: dict[str, Any] = {"command": "check", "post": str(post)}
     with reported(console, fields):
-        from .checks import check_issue, has_errors
-        from .post import load_post
-        from .render import render_issue
-        from .schedule import require_post
+        from .checks import check_post, has_errors
 
-        post = require_post(post, settings, console)
-        fields["post"] = str(post)
-        checks = check_issue(render_issue(load_post(post), settings), settings)
-    for c in checks:
-        if not (quiet and c.level == "ok"):
-            fix = f" (fix: {c.fix})" if c.fix and c.level == "error" else ""
-            console.result(f"{post}: {c.level}: {c.code}: {c.message}{fix}")
+        checked, checks = check_post(post, settings, console, quiet=quiet)
+        fields["post"] = str(checked)
     errors = sum(c.level == "error" for c in checks)
     warnings = sum(c.level == "warning" for c in checks)
-    console.say(f"{post}: {errors} error(s), {warnings} warning(s)")
     code = ExitStatus.ERROR if has_errors(checks) else ExitStatus.OK
     console.emit(
         _outcome(
@@ -710,24 +512,9 @@ def preview(ctx: click.Context, target: Path, port: int, host: str, no_open: boo
     console = Console(stamped=False)
     settings = settings_from(ctx, console)
     with reported(console):
-        import webbrowser
+        from .preview import preview_until_stopped
 
-        from .preview import make_server
-        from .wsgi import url
-
-        server = make_server(target, settings, host=host, port=port, console=console)
-        address = url(server)
-        console.result(f"Previewing {target} at {address}")
-        if host not in ("127.0.0.1", "localhost", "::1"):
-            console.warn(f"listening on {host}: anyone who can reach it can read the post")
-        console.result("Press Ctrl-C to stop.")
-        if not no_open:
-            webbrowser.open(address)
-        try:
-            server.run()  # returns on Ctrl-C, after stopping the worker threads
-        finally:
-            server.close()
-        console.result("Stopped.")
+        preview_until_stopped(target, settings, host, port, console, open_browser=not no_open)
 
 
 @cli.command()

@@ -22,7 +22,7 @@ from lxml import html as lhtml
 
 from .checks import Check, check_issue
 from .config import Settings
-from .console import SILENT, Voice
+from .console import SILENT, Console, Voice
 from .errors import MailerError
 from .wsgi import HTML, TEXT, listen, render_page, request_path, respond, security_headers, static
 
@@ -326,6 +326,29 @@ def make_server(
     app = PreviewApp(Preview(target, settings, console=console), host)
     # the page, its frames and its reload poll; local only, so waitress's own limits are enough
     return listen(app, host, port, threads=8, ident="mailer-preview")
+
+
+def preview_until_stopped(
+    target: Path, settings: Settings, host: str, port: int, console: Console, *, open_browser: bool
+) -> None:
+    """`mailer preview`: serve the preview, open it in a browser (unless told not to), serve until Ctrl-C."""
+    import webbrowser
+
+    from .wsgi import url
+
+    server = make_server(target, settings, host=host, port=port, console=console)
+    address = url(server)
+    console.result(f"Previewing {target} at {address}")
+    if host not in LOOPBACK:
+        console.warn(f"listening on {host}: anyone who can reach it can read the post")
+    console.result("Press Ctrl-C to stop.")
+    if open_browser:
+        webbrowser.open(address)
+    try:
+        server.run()  # returns on Ctrl-C, after stopping the worker threads
+    finally:
+        server.close()
+    console.result("Stopped.")
 
 
 def post_url(name: str, view: str = "") -> str:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 from .campaign import Feedback, Report
 from .config import Settings
 from .console import Console
-from .ledger import OUTBOX, SMTP, IssueStatus, IssueSummary
+from .ledger import OUTBOX, SMTP, IssueStatus, IssueSummary, Ledger
+from .post import load_post
 from .rates import Rates, issue_rates
 from .subscribers import ReadStats, Subscriber
 
@@ -241,3 +243,34 @@ def warn_rates(console: Console, settings: Settings, rates: Iterable[Rates]) -> 
     for r in rates:
         for line in r.warnings(settings):
             console.warn(line)
+
+
+def show_status(settings: Settings, target: Path | None, console: Console) -> dict[str, object]:
+    """`mailer status`: what became of the issue of `target` (a post, or its file name), or with None of
+    every issue sent, with a warning for each bounce or complaint rate too high; printed for a person (not
+    when quiet) and returned as the --json object's fields."""
+    with Ledger(settings.db_path) as ledger:
+        if target is None:
+            issues, bounces = ledger.issues(), ledger.bounce_counts()
+            if not console.quiet:
+                for line in issue_table(issues, bounces):
+                    console.result(line)
+            warn_rates(console, settings, all_rates(issues, bounces))
+            return {"issues": [issue_fields(i, bounces) for i in issues]}
+        issue_id = load_post(target).issue_id if target.exists() else target.stem
+        statuses, bounces = ledger.statuses(issue_id), ledger.bounce_counts(issue_id)
+    if not console.quiet:
+        console.result(status_text(statuses, bounces))
+    warn_rates(console, settings, all_rates(statuses, bounces))
+    records = [
+        {
+            **issue_fields(st, bounces),
+            "failure_groups": [
+                {"state": g.state, "code": g.code, "reply": g.reply, "count": g.count} for g in st.failures
+            ],
+        }
+        for st in statuses
+    ]
+    # at the top: the real send's record when there is one (a try-out's only when there is not)
+    main = next((r for r in records if r["destination"] == "smtp"), records[0])
+    return {**main, "destinations": records}

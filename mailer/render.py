@@ -75,6 +75,10 @@ class Part:
             out.append(chunks[i])
         return b"".join(out)
 
+    def as_file(self, values: Mapping[str, str]) -> bytes:
+        """The part filled for one reader with LF line ends: as a file on disk or a terminal shows it."""
+        return self.fill(values).replace(b"\r\n", b"\n")
+
     def values(self, values: Mapping[str, str]) -> list[bytes]:
         """The bytes that go into the slots for one subscriber: escaped for HTML, cut to the wrap budget."""
         escape = htmlmod.escape if self.html else str

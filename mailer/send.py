@@ -53,6 +53,30 @@ class TestSend:
     message_id: str
 
 
+def send_options(
+    settings: Settings,
+    *,
+    connections: int | None,
+    rate: float | None,
+    dry_run: bool,
+    retry_failed: bool,
+    allow_changed: bool,
+    allow_resend: bool,
+) -> SendOptions:
+    """How this send behaves: the settings, with what the command line gave instead (None: not given)."""
+    return SendOptions(
+        connections=connections or settings.connections,
+        rate=settings.rate if rate is None else rate,
+        max_attempts=settings.max_attempts,
+        retry_delay=settings.retry_delay,
+        max_consecutive_failures=settings.max_consecutive_failures,
+        dry_run=dry_run,
+        retry_failed=retry_failed,
+        allow_changed=allow_changed,
+        allow_resend=allow_resend,
+    )
+
+
 def prepare(post_path: Path, settings: Settings, console: Console) -> tuple[Issue, MessageFactory]:
     """Render the issue once and make the per-subscriber message factory."""
     issue = render_issue(load_post(post_path), settings)
@@ -116,7 +140,7 @@ def write_archive(issue: Issue, factory: MessageFactory, settings: Settings) -> 
     values = {"unsubscribe_url": f"mailto:{settings.effective_mailto}?subject=unsubscribe"}
     try:
         make_folder(folder)
-        write_file(path, issue.html.fill(values).replace(b"\r\n", b"\n"))
+        write_file(path, issue.html.as_file(values))
     except OSError as exc:
         raise MailerError(
             f"{path}: cannot write the issue's web copy: {exc.strerror or exc}; nothing was sent"

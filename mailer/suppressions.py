@@ -16,11 +16,15 @@ import csv
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import TextIO
 
 from . import listformat
+from .config import Settings
+from .console import Console
 from .csvfile import CsvFile
-from .errors import SubscriberError
+from .errors import MailerError, SubscriberError
 from .headers import normalize_email
 from .ledger import Ledger
 from .subscribers import BadRow, dedupe_key
@@ -158,3 +162,107 @@ def _nothing_found(path: Path, layout: _Layout, rows: int, kept: int) -> str:
     else:
         hint = f"the address column is column {layout.column + 1} of line {layout.header_line}"
     return f"{path}: none of its {rows:,} line(s) is an address ({hint}); nothing was imported"
+
+
+def stored_addresses(addresses: tuple[str, ...] | list[str]) -> list[str]:
+    """The addresses as the send loop and the tokens know them (ASCII domain, lower-cased), or a MailerError
+    naming every one that is not an address."""
+    good, bad = [], []
+    for address in addresses:
+        try:
+            good.append(dedupe_key(normalize_email(address.strip())))
+        except ValueError as exc:
+            bad.append(f"{address!r}: {exc}")
+    if bad:
+        raise MailerError("not an email address: " + "; ".join(bad))
+    return good
+
+
+def suppress_by_hand(
+    settings: Settings, addresses: tuple[str, ...], *, reason: str, undo: bool, console: Console
+) -> None:
+    """`mailer unsubscribe`: suppress the addresses (source 'manual'), or take them off the list with `undo`;
+    one line each saying what changed. Nothing is changed when any of them is not an address."""
+    emails = stored_addresses(addresses)
+    if undo:
+        resubscribe(settings, emails, console)
+        return
+    with Ledger(settings.db_path) as ledger:
+        for email in emails:
+            changed = ledger.suppress(email, source="manual", reason=reason)
+            console.result(f"suppressed {email}" if changed else f"{email} was already suppressed")
+
+
+def remove_suppressions(settings: Settings, addresses: tuple[str, ...], console: Console) -> None:
+    """`mailer suppressions remove`: take the addresses off the list (a bounce or complaint judged wrong)."""
+    resubscribe(settings, stored_addresses(addresses), console)
+
+
+def resubscribe(settings: Settings, emails: list[str], console: Console) -> None:
+    """Take addresses off the suppression list, saying what each suppression was (`remove`, `--undo`)."""
+    with Ledger(settings.db_path) as ledger:
+        for email in emails:
+            was = ledger.suppression(email)
+            if was is None or not ledger.unsuppress(email):
+                console.result(f"{email} was not suppressed")
+                continue
+            why = ", ".join(filter(None, [was.reason or was.source, was.issue_id, was.status]))
+            console.result(f"resubscribed {email} (suppressed {_when(was.created_at)}: {why})")
+
+
+def _when(value: object) -> str:
+    if isinstance(value, int | float):
+        value = datetime.fromtimestamp(value, UTC)
+    if isinstance(value, datetime):
+        return value.isoformat(sep=" ", timespec="seconds")
+    return str(value)
+
+
+def list_suppressions(settings: Settings, console: Console) -> None:
+    """`mailer suppressions list`: every suppressed address with its source, when, reason, issue, status
+    code and the server's words, in aligned columns."""
+    with Ledger(settings.db_path) as ledger:
+        rows = [
+            (s.email, s.source, _when(s.created_at), s.reason or "-", s.issue_id or "-", s.status or "-",
+             s.diagnostic[:100])
+            for s in ledger.suppressions()
+        ]  # fmt: skip
+    if not rows:
+        console.result("No suppressed addresses.")
+        return
+    widths = [max(len(r[i]) for r in rows) for i in range(6)]
+    for row in rows:
+        console.result(
+            "  ".join([*(f"{c:<{w}}" for c, w in zip(row, widths, strict=False)), row[6]]).rstrip()
+        )
+    console.say(f"{len(rows)} suppressed address(es)")
+
+
+def import_file(settings: Settings, path: Path, *, reason: str, console: Console) -> ImportReport:
+    """`mailer suppressions import`: import_suppressions into the record, each bad line said as an error."""
+
+    def bad(row: BadRow) -> None:
+        console.error(f"{row.path}:{row.line}: skipped: {row.reason}")
+
+    with Ledger(settings.db_path) as ledger:
+        report = import_suppressions(path, ledger, reason=reason or f"imported from {path.name}", on_bad=bad)
+    kept = (
+        f"; {report.kept} still subscribed in the {report.tool} export, not imported" if report.kept else ""
+    )
+    console.result(
+        f"{report.added} newly suppressed, {report.already} already suppressed,"
+        f" {report.bad} bad line(s) skipped{kept}"
+    )
+    return report
+
+
+def export_suppressions(settings: Settings, out: TextIO) -> None:
+    """`mailer suppressions export`: the list as CSV (email, source, reason, created_at, issue, status,
+    diagnostic)."""
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["email", "source", "reason", "created_at", "issue", "status", "diagnostic"])
+    with Ledger(settings.db_path) as ledger:
+        for s in ledger.suppressions():
+            writer.writerow(
+                [s.email, s.source, s.reason, _when(s.created_at), s.issue_id or "", s.status, s.diagnostic]
+            )

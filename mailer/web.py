@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
     from .config import Settings
+    from .console import Console
 
 log = logging.getLogger("mailer.web")
 
@@ -330,6 +331,31 @@ def make_server(build: Callable[[], UnsubscribeApp], host: str, port: int, threa
         server.close()
         raise
     return server
+
+
+def serve_until_stopped(settings: Settings, host: str, port: int, threads: int, console: Console) -> None:
+    """`mailer serve`: listen, make the app (and the signing key, said through `console`), serve until
+    Ctrl-C; the running server's requests go to its log."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+    def build() -> UnsubscribeApp:
+        return make_app(settings, keyring=load_keyring(settings, console=console))
+
+    server = make_server(build, host, port, threads)
+    shown = f"[{host}]" if ":" in host else host
+    address = f"http://{shown}:{server.effective_port}/"
+    console.result(f"Serving on {address} (links point to {settings.web_url})")
+    if not settings.web_url.startswith("https://"):
+        console.note(
+            f"Note: web_url is {settings.web_url}; set it to the public https:// address of this"
+            " server so the links in messages reach it (mail clients need https for one-click)."
+        )
+    console.result("Press Ctrl-C to stop.")
+    try:
+        server.run()  # returns on Ctrl-C, after stopping the worker threads
+    finally:
+        server.close()
+    console.result("Stopped.")
 
 
 def app_from_env() -> UnsubscribeApp:
