@@ -99,6 +99,15 @@ def test_a_signed_permanent_bounce_suppresses_its_reader_for_that_issue(
     assert len(bounces) == 1 and "hard" in bounces[0] and ISSUE in bounces[0], bounces
 
 
+def test_a_signed_notification_with_a_subject_is_recorded(ses: SES) -> None:
+    reader = READERS[6]
+    sent = ses.served.sent[reader]
+    payload = aws.ses_bounce([{"emailAddress": reader, "status": "5.1.1"}], source=sent.return_path)
+    message = aws.notification(payload, ses.sns.url(GOOD), Subject="Amazon SES Email Event Notification")
+    assert ses.send(ses.signer.sign(message, "2"))[0] == 200
+    assert ses.served.suppressed(reader) is not None
+
+
 def test_a_transient_bounce_is_kept_but_suppresses_no_one(ses: SES) -> None:
     reader = READERS[2]
     sent = ses.served.sent[reader]
@@ -178,6 +187,14 @@ def _forgeries(ses: SES, reader: str) -> dict[str, Callable[[], dict[str, Any]]]
         "v1 signature labelled v2": lambda: {**ses.signer.sign(bounce()), "SignatureVersion": "2"},
         "unknown SignatureVersion": lambda: {**ses.signer.sign(bounce()), "SignatureVersion": "3"},
         "modified Message": modified,
+        "Subject added after signing": lambda: {
+            **ses.signer.sign(bounce()),
+            "Subject": "Amazon SES Email Event",
+        },
+        "Subject changed after signing": lambda: {
+            **ses.signer.sign(bounce(Subject="Amazon SES Email Event")),
+            "Subject": "Amazon SES Email EvenT",
+        },
         "TopicArn changed after signing": lambda: {
             **ses.signer.sign(bounce()),
             "TopicArn": "arn:aws:sns:eu-west-1:123456789012:other",
