@@ -24,7 +24,7 @@ from .private import FILE_MODE, make_folder, open_new, restrict
 from .subscribers import dedupe_key
 
 T = TypeVar("T")
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 STATES = ("sending", "sent", "deferred", "failed")
 # what a person reads for each state: 'sending' is the record's name for a message whose fate is unknown
 LABELS = {"sending": "in doubt", "sent": "sent", "deferred": "deferred", "failed": "failed"}
@@ -258,7 +258,7 @@ class Ledger:
                 if version == 0:
                     self._script(_RECORD_TABLES)
                     version = 3  # _RECORD_TABLES is schema 3; every later schema is a step from it
-                upgrades = {1: self._from_v1, 2: self._from_v2, 3: self._from_v3}
+                upgrades = {1: self._from_v1, 2: self._from_v2, 3: self._from_v3, 4: self._from_v4}
                 for step in range(version, SCHEMA_VERSION):
                     upgrades[step]()  # from schema `step` to `step + 1`, in one transaction with the rest
                 self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -345,6 +345,11 @@ class Ledger:
         ):
             self._db.execute(f"ALTER TABLE suppressions ADD COLUMN {column}")
         self._script(_BOUNCES)
+
+    def _from_v4(self) -> None:
+        # When an address was last taken off the suppression list: soft bounces before it no longer count
+        # towards soft_bounce_limit, so a removed suppression is not brought back by the next delay notice.
+        self._db.execute("CREATE TABLE resubscribed (email TEXT PRIMARY KEY, at TEXT NOT NULL) WITHOUT ROWID")
 
     def reopen(self) -> Ledger:
         """Another connection to this file and destination, for another thread (one connection per thread)."""
@@ -718,12 +723,15 @@ class Ledger:
     def soft_bounces(self, email: str, since: datetime, until: datetime) -> list[tuple[datetime, str]]:
         """(when, which message) of the address's soft bounces in a span, oldest first.
 
-        The message is its issue, or the report itself when the report did not say which issue.
+        The message is its issue, or the report itself when the report did not say which issue. Bounces
+        dated before the address was last taken off the suppression list are left out.
         """
+        key = dedupe_key(email)
         rows = self._all(
             "SELECT at, coalesce('issue ' || issue_id, 'report ' || report_id) FROM bounces"
-            " WHERE email = ? AND kind = 'soft' AND at >= ? AND at <= ? ORDER BY at",
-            (dedupe_key(email), _utc(since), _utc(until)),
+            " WHERE email = ? AND kind = 'soft' AND at >= ? AND at <= ?"
+            " AND at > coalesce((SELECT at FROM resubscribed WHERE email = ?), '') ORDER BY at",
+            (key, _utc(since), _utc(until), key),
         )
         return [(_time(at), message) for at, message in rows]
 
@@ -748,9 +756,20 @@ class Ledger:
         return cursor.rowcount == 1
 
     def unsuppress(self, email: str) -> bool:
-        """Allow mail to this address again; True if it was suppressed."""
-        cursor = self._write("DELETE FROM suppressions WHERE email = ?", (dedupe_key(email),))
-        return cursor.rowcount == 1
+        """Allow mail to this address again; True if it was suppressed.
+
+        The time is kept: the soft bounces before it no longer count (see soft_bounces).
+        """
+        key = dedupe_key(email)
+        with self.transaction():
+            if self._write("DELETE FROM suppressions WHERE email = ?", (key,)).rowcount != 1:
+                return False
+            self._write(
+                "INSERT INTO resubscribed (email, at) VALUES (?, ?)"
+                " ON CONFLICT (email) DO UPDATE SET at = excluded.at",
+                (key, _now()),
+            )
+        return True
 
     def suppression(self, email: str) -> Suppression | None:
         """The address's suppression (who, why, when), or None if it is not suppressed."""

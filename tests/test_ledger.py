@@ -166,6 +166,22 @@ def test_a_version_3_database_is_migrated_and_its_message_ids_still_name_their_r
         assert conn.execute("SELECT count(*) FROM deliveries WHERE tag IS NULL").fetchone()[0] == 0
 
 
+def test_a_version_4_database_is_migrated_and_a_removal_then_forgives_soft_bounces(db: Path) -> None:
+    # schema 4 is schema 5 without the `resubscribed` table (its one step adds only that)
+    with Ledger(db) as ledger:
+        ledger.suppress("ann@example.org", source="dsn", reason="soft bounces")
+    with closing(sqlite3.connect(db)) as conn:
+        conn.execute("DROP TABLE resubscribed")
+        conn.execute("PRAGMA user_version = 4")
+        conn.commit()
+    with Ledger(db) as ledger:
+        assert ledger.is_suppressed("ann@example.org")
+        assert ledger.unsuppress("ann@example.org") and not ledger.is_suppressed("ann@example.org")
+    with closing(sqlite3.connect(db)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert conn.execute("SELECT email FROM resubscribed").fetchall() == [("ann@example.org",)]
+
+
 def test_delivery_states_and_attempts(ledger: Ledger) -> None:
     assert delivery(ledger, ISSUE, "ann@example.com") is None
     record(ledger, "Ann@Example.com", "sending", 0, "connection lost after the message")  # in doubt

@@ -120,3 +120,20 @@ def test_a_failing_batch_records_nothing(ledger: Ledger) -> None:
         record_bounces(ledger, [bounce(HARD, report="r1"), naive], SETTINGS)
     assert suppression(ledger) is None
     assert record_bounces(ledger, [bounce(HARD, report="r1")], SETTINGS).new == 1
+
+
+def test_a_removed_suppression_starts_the_soft_bounce_count_afresh(ledger: Ledger) -> None:
+    days_ago = datetime.now(UTC) - timedelta(days=3)
+    for n, issue in enumerate(["a", "b", "c"]):
+        at = days_ago + timedelta(days=n)
+        record_bounces(ledger, [bounce(SOFT, issue=issue, report=issue, at=at)], SETTINGS)
+    assert suppression(ledger) is not None
+    assert ledger.unsuppress("ann@example.org")  # the mailbox was full; the reader says it is emptied now
+    # one more soft bounce within 14 days of the three: the three were forgiven, so this is one of one
+    fourth = bounce(SOFT, issue="d", report="d", at=datetime.now(UTC) + timedelta(minutes=1))
+    assert record_bounces(ledger, [fourth], SETTINGS).suppressed == []
+    # two more messages after the removal make three: suppressed again
+    for issue in ("e", "f"):
+        later = bounce(SOFT, issue=issue, report=issue, at=datetime.now(UTC) + timedelta(minutes=2))
+        done = record_bounces(ledger, [later], SETTINGS)
+    assert done.suppressed == ["ann@example.org"]
