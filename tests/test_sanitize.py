@@ -91,6 +91,13 @@ def test_document_tags_in_a_post_do_not_crash_it() -> None:
     assert root.text_content() == "text" and root.find(".//p") is not None
 
 
+def test_long_runs_are_read_in_one_pass() -> None:
+    """A 100 KB word in a style value, 20,000 `<html` openers: each took minutes (a regex retried from
+    every position), and `mailer render` seemed to hang."""
+    root, _ = clean(f'<p style="color: {"a" * 100_000}">x</p>' + "<html" * 20_000 + "<p>after</p>")
+    assert root.find(".//p").get("style") == "color: " + "a" * 100_000 and "after" in root.text_content()
+
+
 def test_control_characters_in_unwrapped_text_do_not_crash_it() -> None:
     root, _ = clean('<plaintext><a href=" \x01javascript:alert(1)">x\x0b</a>')
     assert "x" in root.text_content() and "\x01" not in lhtml.tostring(root, encoding="unicode")
