@@ -441,18 +441,23 @@ def suppressions_remove(ctx: click.Context, addresses: tuple[str, ...]) -> None:
 @suppressions.command("import")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--reason", default="", help="Why, for the record (e.g. 'complaints from ESP').")
+@output_options
 @click.pass_context
-def suppressions_import(ctx: click.Context, file: Path, reason: str) -> None:
+def suppressions_import(ctx: click.Context, file: Path, reason: str, json_mode: bool, quiet: bool) -> None:
     """Suppress every address in FILE: a CSV with an email column (Mailchimp, Mailgun ... exports), or one
     address a line. A file that cannot be read whole is refused; exit 1 if any line was not an address."""
-    console = Console(stamped=False)
+    console = Console(json_mode=json_mode, quiet=quiet, stamped=False)
     settings = settings_from(ctx, console)
-    with reported(console):
+    fields: dict[str, Any] = {"command": "suppressions import", "file": str(file)}
+    with reported(console, fields):
         from .suppressions import import_file
 
         report = import_file(settings, file, reason=reason, console=console)
-        if report.bad:
-            sys.exit(ExitStatus.ERROR)
+    code = ExitStatus.ERROR if report.bad else ExitStatus.OK
+    counts = {"added": report.added, "already": report.already, "bad": report.bad, "kept": report.kept}
+    console.emit(_outcome(fields, code, **counts, **({"status": "incomplete"} if code else {})))
+    if code:
+        sys.exit(code)
 
 
 @suppressions.command("export")

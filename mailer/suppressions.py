@@ -249,10 +249,11 @@ def import_file(settings: Settings, path: Path, *, reason: str, console: Console
     kept = (
         f"; {report.kept} still subscribed in the {report.tool} export, not imported" if report.kept else ""
     )
-    console.result(
-        f"{report.added} newly suppressed, {report.already} already suppressed,"
-        f" {report.bad} bad line(s) skipped{kept}"
-    )
+    if not console.quiet:
+        console.result(
+            f"{report.added} newly suppressed, {report.already} already suppressed,"
+            f" {report.bad} bad line(s) skipped{kept}"
+        )
     return report
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import re
 import signal
@@ -523,6 +524,26 @@ def test_suppressions_import_list_export(config: Path, tmp_path: Path) -> None:
     rows = list(csv.DictReader(io.StringIO(out)))
     assert {r["email"]: r["reason"] for r in rows}["cy@example.com"] == "ESP bounces"
     assert len(rows) == 3 and all(r["source"] == "import" and r["created_at"] for r in rows)
+
+
+def test_suppressions_import_as_json_and_quiet(config: Path, tmp_path: Path) -> None:
+    plain = tmp_path / "stop.txt"
+    plain.write_text("ann@example.com\nnope\nben@example.com\n", encoding="utf-8")
+    code, out, err = _run(config, "suppressions", "import", "--json", str(plain))
+    assert code == 1 and f"{plain}:2:" in err  # the bad line is still said, on stderr
+    outcome = json.loads(out)  # stdout is the one JSON object
+    assert outcome["command"] == "suppressions import" and outcome["file"] == str(plain)
+    assert (outcome["added"], outcome["already"], outcome["bad"], outcome["kept"]) == (2, 0, 1, 0)
+    assert (outcome["status"], outcome["exit"]) == ("incomplete", 1)  # imported, but not every line
+    code, out, err = _run(config, "suppressions", "import", "-q", str(plain))
+    assert code == 1 and out == "" and f"{plain}:2:" in err  # quiet: nothing but the errors
+    good = tmp_path / "good.txt"
+    good.write_text("cy@example.com\nann@example.com\n", encoding="utf-8")
+    code, out, _ = _run(config, "suppressions", "import", "--json", str(good))
+    assert code == 0
+    assert {k: json.loads(out)[k] for k in ("status", "added", "already", "exit")} == {
+        "status": "done", "added": 1, "already": 1, "exit": 0,
+    }  # fmt: skip
 
 
 def test_suppressions_import_of_a_missing_file(config: Path, tmp_path: Path) -> None:
