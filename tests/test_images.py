@@ -5,10 +5,17 @@ set as width/height on every image of the email, held to the column."""
 from __future__ import annotations
 
 import json
+import os
+import queue
 import re
+import signal
 import stat
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator
+from http.client import HTTPConnection
 from pathlib import Path
 from typing import Any
 
@@ -428,3 +435,38 @@ def test_in_chromium_small_images_stay_small_and_large_ones_fit(
             assert w == pytest.approx(cell, abs=1), alt  # fits the column
     for small in ("build", "icon", "logo"):
         assert shown[small]["attrs"] == shown[small]["natural"]
+
+
+@pytest.mark.parametrize("offline", [True, False])
+def test_preview_offline_fetches_nothing(server: ImageServer, tmp_path: Path, offline: bool) -> None:
+    """The real `mailer preview` process: with --offline its render asks the image server nothing."""
+    url = server.image("/shot.png", png(300, 200))
+    post = write_post(tmp_path / "posts", f"![A screenshot]({url})")
+    config = tmp_path / "mailer.toml"
+    config.write_text(f'data_dir = "{tmp_path / "state"}"\n', encoding="utf-8")
+    args = ["--config", str(config), "preview", "--no-open", *(["--offline"] if offline else []), str(post)]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mailer", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, **ONLINE},
+    )  # fmt: skip
+    lines: queue.Queue[str] = queue.Queue()
+    stdout = process.stdout
+    assert stdout is not None
+    threading.Thread(target=lambda: lines.put(stdout.readline()), daemon=True).start()
+    try:
+        match = re.search(r"at http://127\.0\.0\.1:(\d+)/", lines.get(timeout=30))
+        assert match
+        conn = HTTPConnection("127.0.0.1", int(match[1]), timeout=30)
+        try:
+            conn.request("GET", f"/p/{post.name}/html")
+            response = conn.getresponse()
+            html = response.read()
+        finally:
+            conn.close()
+        assert response.status == 200
+        (shot,) = body_images(html).values()
+        size = (shot.get("width"), shot.get("height"))
+        assert (server.requests, size) == (([], (None, None)) if offline else (["/shot.png"], ("300", "200")))
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=30)
