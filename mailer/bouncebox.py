@@ -245,6 +245,35 @@ def open_source(settings: Settings, *, maildir: Path | None, mbox: Path | None, 
     return ImapSource(account)
 
 
+def read_bounces(
+    settings: Settings,
+    console: Console,
+    fields: dict[str, object],
+    *,
+    maildir: Path | None,
+    mbox: Path | None,
+    imap: str | None,
+    every: float | None,
+) -> int:
+    """`mailer bounces`: read the mailbox the options or settings name (once, or every `every` seconds) and
+    return the exit code. `fields` (the --json object) gets the mailbox, each message's line and the counts
+    as they become known, so a run stopped by a signal still reports what it did."""
+    messages: list[str] = []
+    fields["messages"] = messages
+
+    def opener() -> Source:
+        source = open_source(settings, maildir=maildir, mbox=mbox, imap=imap)
+        fields["mailbox"] = source.name
+        return source
+
+    try:
+        tally = run(settings, opener, console, every=every, messages=messages)
+    finally:
+        fields["warnings"] = console.warnings
+    fields.update(counts=tally.counts(), suppressed=tally.suppressed, unreadable=tally.unreadable)
+    return ExitStatus.INCOMPLETE if tally.unreadable else ExitStatus.OK
+
+
 def run(
     settings: Settings,
     opener: Callable[[], Source],

@@ -360,22 +360,9 @@ def bounces(
     settings = settings_from(ctx, console)
     fields: dict[str, Any] = {"command": "bounces"}
     with reported(console, fields):
-        from .bouncebox import open_source, run
+        from .bouncebox import read_bounces
 
-        def opener() -> Any:
-            source = open_source(settings, maildir=maildir, mbox=mbox, imap=imap_url)
-            fields["mailbox"] = source.name
-            return source
-
-        messages: list[str] = []
-        fields["messages"] = messages
-        try:
-            tally = run(settings, opener, console, every=every, messages=messages)
-        except KeyboardInterrupt:
-            fields["warnings"] = console.warnings
-            raise
-        code = ExitStatus.INCOMPLETE if tally.unreadable else ExitStatus.OK
-        fields.update(counts=tally.counts(), suppressed=tally.suppressed, unreadable=tally.unreadable)
+        code = read_bounces(settings, console, fields, maildir=maildir, mbox=mbox, imap=imap_url, every=every)
         console.emit(_outcome(fields, code, warnings=console.warnings))
         if code:
             sys.exit(code)
