@@ -147,6 +147,8 @@ class Verifier:
 
     def check_url(self, url: str, name: str) -> None:
         """Invalid unless url is https, on an SNS host, with no credentials in it."""
+        if not all(33 <= ord(c) <= 126 for c in url):
+            raise Invalid(f"{name} is not a URL (spaces, control or non-ASCII characters)")
         try:
             parts = urlsplit(url)
             parts.port  # noqa: B018 (a bad port raises here)
@@ -260,13 +262,13 @@ def _get(url: str, limit: int) -> bytes:
         answer = conn.getresponse()
         body = answer.read(limit + 1)
     except (OSError, http.client.HTTPException) as exc:
-        raise Unreachable(f"could not fetch {parts.netloc}{parts.path[:100]}: {exc}") from None
+        raise Unreachable(f"could not fetch {ascii(parts.netloc + parts.path[:100])}: {exc}") from None
     finally:
         conn.close()
     if answer.status >= 500:
-        raise Unreachable(f"{parts.netloc}{parts.path[:100]} answered {answer.status}")
+        raise Unreachable(f"{ascii(parts.netloc + parts.path[:100])} answered {answer.status}")
     if answer.status != 200:
-        raise Invalid(f"{parts.netloc}{parts.path[:100]} answered {answer.status}")
+        raise Invalid(f"{ascii(parts.netloc + parts.path[:100])} answered {answer.status}")
     if len(body) > limit:
-        raise Invalid(f"{parts.netloc}{parts.path[:100]} answered with more than {limit} bytes")
+        raise Invalid(f"{ascii(parts.netloc + parts.path[:100])} answered with more than {limit} bytes")
     return body

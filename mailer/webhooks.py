@@ -115,7 +115,10 @@ class Webhooks:
                 done = self._recorded(_mailgun(body))
                 self._used(token)  # only once recorded: a retry after a failure must still be taken
         except Refused as exc:
-            log.warning("webhook %s from %s refused (%d): %s", esp, _client(environ), exc.status, exc.reason)
+            shown = esp if esp in ESPS else ascii(esp[:60])  # a path is the requester's: never raw in the log
+            log.warning(
+                "webhook %s from %s refused (%d): %s", shown, _client(environ), exc.status, exc.reason
+            )
             # the reason goes to the log only: a forger learns nothing about which check failed
             return exc.status, TEXT, b"refused\n", exc.headers
         return 200, TEXT, f"{done}\n".encode(), []

@@ -162,9 +162,22 @@ def test_other_content_types_get_415(every: All, ctype: str) -> None:
     assert every.served.state() == before
 
 
-def test_unknown_webhook_paths_are_404(every: All) -> None:
-    for path in ("/webhooks/sendgrid", "/webhooks/", "/webhooks/ses/x", "/webhooks/SES", "/webhooks/ses%00"):
+def test_unknown_webhook_paths_are_404_and_logged_in_one_clean_line(every: All) -> None:
+    paths = [
+        "/webhooks/sendgrid",
+        "/webhooks/",
+        "/webhooks/ses/x",
+        "/webhooks/SES",
+        "/webhooks/ses%00",
+        "/webhooks/x%0A2026-12-01%2000:00:00,000%20mailer.webhooks%20INFO%20forged%20line",
+        "/webhooks/%1B[31mred",
+    ]
+    for path in paths:
+        lines = len(every.served.log_lines())
         assert every.served.post(path, b"{}", JSON)[0] == 404, path
+        new = every.served.log_lines()[lines:]
+        assert len(new) == 1 and "refused (404)" in new[0], (path, new)
+        assert not any(ord(c) < 32 or ord(c) == 127 for c in new[0]), new[0]
 
 
 def test_a_chunked_body_is_read_whole(every: All) -> None:

@@ -214,6 +214,9 @@ def _forgeries(ses: SES, reader: str) -> dict[str, Callable[[], dict[str, Any]]]
             bounce(SigningCertURL=f"https://user@{ses.sns.host}{GOOD}")
         ),
         "certificate expired": lambda: ses.signer.sign(bounce(SigningCertURL=ses.sns.url(EXPIRED))),
+        "certificate URL with an escape and a newline": lambda: ses.signer.sign(
+            bounce(SigningCertURL=ses.sns.url("/SimpleNotificationService-\x1b[31m\nforged.pem"))
+        ),
         "certificate not served": lambda: ses.signer.sign(
             bounce(SigningCertURL=ses.sns.url("/SimpleNotificationService-missing.pem"))
         ),
@@ -266,6 +269,7 @@ def test_every_forged_notification_is_refused_and_changes_nothing(ses: SES) -> N
         new = ses.served.log_lines()[lines:]
         assert 400 <= status < 500 and body == b"refused\n", (name, status, body)  # why: in the log only
         assert len(new) == 1 and "refused" in new[0], (name, new)
+        assert not any(ord(c) < 32 or ord(c) == 127 for c in new[0]), (name, new)
     assert ses.served.state() == before
     assert ses.served.suppressed(reader) is None
     assert ses.sns.fetched("/SimpleNotificationService-missing.pem") == 1  # the only extra fetch
