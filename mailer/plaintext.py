@@ -7,6 +7,8 @@ blocks, none between the items of one list.
 
 from __future__ import annotations
 
+import html
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -63,21 +65,30 @@ class References:
         return [listing] if self.notes else [Block(RULE), listing]
 
 
-def inline_text(tokens: Sequence[Token] | None, refs: References) -> str:
-    """Flatten inline tokens: links as `text[n]` with the URL cited in `refs`, images as `[alt]`, markup
-    dropped."""
+_RAW_LINK = re.compile(r"""<a\s(?:[^>"']|"[^"]*"|'[^']*')*?\bhref\s*=\s*("[^"]*"|'[^']*'|[^\s>]+)""", re.I)
+_RAW_EMBED = re.compile(r"<(?:iframe|embed|object|video|audio)\b", re.I)
+_CITED = re.compile(r"(?:https?://|mailto:)", re.I)  # what sanitize keeps of a raw link's href
+
+
+def inline_text(tokens: Sequence[Token] | None, refs: References, html_to_text: Callable[[str], str]) -> str:
+    """Flatten inline tokens: links (markdown or raw `<a href>`) as `text[n]` with the URL cited in `refs`,
+    images as `[alt]`, a raw embed as what `html_to_text` makes of it (its link), markup dropped."""
     out: list[str] = []
     links: list[tuple[str, int]] = []  # open links: href and where their text starts in `out`
     for tok in tokens or ():
         kind = tok.type
+        if kind == "html_inline":
+            kind, href = _raw_inline(tok.content)
+        else:
+            href = str(tok.attrGet("href") or "") if kind == "link_open" else ""
         if kind in ("text", "code_inline"):
             out.append(tok.content)
         elif kind == "softbreak":
             out.append(" ")
-        elif kind == "hardbreak" or (kind == "html_inline" and tok.content.lower().startswith("<br")):
+        elif kind == "hardbreak":
             out.append("\n")
         elif kind == "link_open":
-            links.append((str(tok.attrGet("href") or ""), len(out)))
+            links.append((href, len(out)))
         elif kind == "link_close" and links:
             href, start = links.pop()
             label = "".join(out[start:]).strip()
@@ -87,7 +98,24 @@ def inline_text(tokens: Sequence[Token] | None, refs: References) -> str:
             out.append(f"[{int(tok.meta['id']) + 1}]")
         elif kind == "image":
             out.append(f"[{tok.content or 'image'}]")
+        elif kind == "embed":
+            out.append(f" {html_to_text(tok.content).strip()} ")
     return "".join(out)
+
+
+def _raw_inline(tag: str) -> tuple[str, str]:
+    """What a tag of raw HTML inside a paragraph means for the text: a line break, a link opening (with its
+    URL if sanitize keeps it) or closing, an embed, or nothing."""
+    lower = tag.lower()
+    if lower.startswith("<br"):
+        return "hardbreak", ""
+    if lower.startswith("</a"):
+        return "link_close", ""
+    link = _RAW_LINK.match(tag)
+    if link:
+        href = html.unescape(link.group(1).strip("\"'")).strip()
+        return "link_open", href if _CITED.match(href) else ""
+    return ("embed", "") if _RAW_EMBED.match(tag) else ("", "")
 
 
 @dataclass
@@ -172,7 +200,7 @@ class _TextRenderer:
     def inline(self, node: _Node) -> str:
         """The text of a paragraph, heading or cell: the inline node among its children."""
         inline = next((child for child in node.children if child.type == "inline"), None)
-        return inline_text(inline.token.children if inline else None, self.refs).strip()
+        return inline_text(inline.token.children if inline else None, self.refs, self.html_to_text).strip()
 
     def paragraph(self, node: _Node, place: _Place) -> list[Block]:
         text = self.inline(node)

@@ -20,6 +20,7 @@ from markupsafe import Markup
 from . import markdown
 from .config import Settings
 from .dark import keep_own_colours
+from .embeds import embed_label
 from .errors import PostError
 from .fold import fold
 from .headers import one_line
@@ -39,6 +40,7 @@ WORDS = {
         "view_in_browser": "View in browser",
         "why": "You are receiving this because you subscribed to {name}.",
         "open": "Open",
+        "watch": "Watch the video on {host}",
     },
     "zh": {
         "summary": "本期要点",
@@ -46,6 +48,7 @@ WORDS = {
         "view_in_browser": "在浏览器中查看",
         "why": "你收到这封邮件，是因为你订阅了 {name}。",
         "open": "打开",
+        "watch": "在 {host} 观看视频",
     },
 }
 SLOT_VALUE_MAX_BYTES = 600  # the wrap budget for one personalised value (URL or name)
@@ -157,15 +160,22 @@ def render_issue(post: Post, settings: Settings) -> Issue:
     words = words_for(post.lang)
     findings = Findings()
     tokens = markdown.parse(post.body)
+    label = embed_label(words["open"], words["watch"])
     body_html = sanitize(
         markdown.to_html(tokens),
         base_url=settings.base_url,
-        embed_label=lambda label: f"▶ {words['open']}: {label}",
+        embed_label=label,
         findings=findings,
         style_scope=".body-cell",  # email.html's cell around the post: its <style> rules reach nothing else
     )
     _absolute_links(tokens, settings.base_url)
-    body_text = to_text(tokens, html_to_text)
+
+    def raw_html_text(fragment: str) -> str:
+        """A raw HTML block as the text part shows it: what the HTML keeps of it, an embed as its link."""
+        kept = sanitize(fragment, base_url=settings.base_url, embed_label=label, findings=Findings())
+        return html_to_text(kept)
+
+    body_text = to_text(tokens, raw_html_text)
     view_url = _view_url(settings, post)
     preheader = post.summary[0] if post.summary else _first_words(body_text)
     cover = ""

@@ -18,6 +18,8 @@ from urllib.parse import quote, urljoin, urlsplit
 from lxml import etree
 from lxml import html as lhtml
 
+from .embeds import watch_url
+
 # --- the allow-lists ----------------------------------------------------------------------------------------
 
 # dropped with their content and reported: code, forms, metadata, foreign content (svg, math)
@@ -470,6 +472,7 @@ def _embed_to_link(
     if not url or url.startswith(("#", "mailto:", "tel:")):
         _remove(el)
         return
+    url = watch_url(url)  # a known video player's URL: the video's own page
     link = lhtml.Element("a", href=url, target="_blank")
     link.set("class", "embed-link")
     link.text = embed_label(el.get("title") or url)

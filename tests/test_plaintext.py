@@ -95,3 +95,13 @@ def test_folded_html_parses_to_the_same_document(pieces: list[str], limit: int) 
 
 def test_a_footnote_that_opens_with_a_heading_underlines_nothing_after_it() -> None:
     assert text_of("x[^1]\n\n[^1]: # Title\n\n    More.\n").endswith("\n[1] Title\n\nMore.\n")
+
+
+def test_raw_html_links_inside_a_paragraph_are_numbered_references_too() -> None:
+    """`<a href><strong style=...>` as an editor pastes it: the text part lost the URL."""
+    text = text_of(
+        '这是<a href="https://a.example/x?a=1&amp;b=2"><strong style="color:#111">加粗的链接</strong></a>，'
+        "还有<a href='javascript:alert(1)'>坏链接</a>和[普通链接](https://b.example)。"
+    )
+    assert text.split("\n")[0] == "这是加粗的链接[1]，还有坏链接和普通链接[2]。"
+    assert text.endswith("[1] https://a.example/x?a=1&b=2\n[2] https://b.example\n")

@@ -468,7 +468,8 @@ def test_raw_html_unsafe_parts_removed(raw: Rendered) -> None:
 
 def test_raw_html_iframe_and_embeds_become_links(raw: Rendered) -> None:
     links = {a.get("href"): a.text_content() for a in CSSSelector("a.embed-link")(raw.doc)}
-    assert links["https://www.youtube.com/embed/dQw4w9WgXcQ"] == "▶ Open: Launch video"
+    # the player's URL became the video's own page (mailer/embeds.py)
+    assert links["https://www.youtube.com/watch?v=dQw4w9WgXcQ"] == "▶ Open: Launch video"
     assert "https://media.example.com/movie.swf" in links
     assert "https://media.example.com/applet.class" in links
     for link in CSSSelector("a.embed-link")(raw.doc):
@@ -578,7 +579,7 @@ def test_text_part_of_tables_code_and_raw_html(rich: Rendered, raw: Rendered) ->
     assert any(line.startswith("> Simplicity is prerequisite") for line in lines)
     text = raw.text
     assert "Limited offer" in text and "Text after the raw HTML." in text
-    assert "Launch video (https://www.youtube.com/embed/dQw4w9WgXcQ)" in text
+    assert "Launch video (https://www.youtube.com/watch?v=dQw4w9WgXcQ)" in text
     assert "alert" not in text and "Send" not in text and "password" not in text
 
 
