@@ -30,7 +30,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mailer.web")
 
-MAX_BODY = 64 * 1024
+MAX_BODY = 64 * 1024  # forms: an unsubscribe needs a few bytes
+# An ESP's webhook may carry the bounced message's headers: SNS delivers messages of up to 256 KiB, and a
+# genuine bounce refused for its size would be retried by SNS and then lost.
+WEBHOOK_MAX_BODY = 256 * 1024
 ISSUE_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}")
 # Pages carry no script and submit only to this app; their style is inline (web.css, one request per page).
 PAGE_CSP = (
@@ -151,7 +154,7 @@ class UnsubscribeApp:
             return 200, HTML, self.confirm(_first(query, "t")), []
         if path.startswith("/webhooks/"):
             _allow(method, "POST")
-            return self.webhooks.handle(path.removeprefix("/webhooks/"), environ, MAX_BODY)
+            return self.webhooks.handle(path.removeprefix("/webhooks/"), environ, WEBHOOK_MAX_BODY)
         if path.startswith("/issues/"):
             _allow(method, "GET, HEAD")
             return (
@@ -313,7 +316,7 @@ def make_server(build: Callable[[], UnsubscribeApp], host: str, port: int, threa
         port,
         threads=threads,
         ident="mailer",
-        max_request_body_size=MAX_BODY,
+        max_request_body_size=WEBHOOK_MAX_BODY,  # and at most MAX_BODY outside /webhooks/
         max_request_header_size=MAX_HEADER_BYTES,
         connection_limit=_connection_limit(),
         channel_timeout=CHANNEL_TIMEOUT,

@@ -157,7 +157,7 @@ def test_postmark_refuses_broken_bodies(served: Served) -> None:
         (b"RecordType=Bounce", "application/x-www-form-urlencoded", 415),
         (json.dumps([postmark_bounce(READERS[6])]).encode(), JSON, 400),
         (json.dumps(postmark_bounce("not an address")).encode(), JSON, 400),
-        (b"x" * 70_000, JSON, 413),
+        (b"x" * (256 * 1024 + 1), JSON, 413),
     ]:
         assert served.post("/webhooks/postmark", body, ctype, GOOD_AUTH)[0] == want, body[:40]
     assert served.state() == before

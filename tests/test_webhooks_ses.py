@@ -20,7 +20,7 @@ from tests import aws
 from tests.aws import EXPIRED, GOOD, TOPIC, FakeSNS, Signer
 from tests.served import ISSUE, Served, sent_and_served
 
-READERS = [f"reader{i}@example.net" for i in range(40)]
+READERS = [f"reader{i}@example.net" for i in range(41)]
 
 
 @dataclass
@@ -106,6 +106,17 @@ def test_a_signed_notification_with_a_subject_is_recorded(ses: SES) -> None:
     message = aws.notification(payload, ses.sns.url(GOOD), Subject="Amazon SES Email Event Notification")
     assert ses.send(ses.signer.sign(message, "2"))[0] == 200
     assert ses.served.suppressed(reader) is not None
+
+
+def test_a_signed_notification_carrying_200_kb_of_original_headers_is_recorded(ses: SES) -> None:
+    # SES adds the bounced message's headers when asked to; SNS delivers up to 256 KiB, and a genuine
+    # report refused for its size would be retried and then lost
+    headers = [{"name": f"X-Trace-{i}", "value": "t" * 1000} for i in range(200)]
+    message = ses.signed_bounce(READERS[40], headers=headers)
+    assert 200_000 < len(aws.as_body(message)) < 256 * 1024
+    status, _ = ses.send(message)
+    assert status == 200
+    assert ses.served.suppressed(READERS[40]) is not None
 
 
 def test_a_transient_bounce_is_kept_but_suppresses_no_one(ses: SES) -> None:
@@ -325,7 +336,7 @@ def test_broken_bodies_get_a_4xx_and_change_nothing(ses: SES) -> None:
     cases: dict[str, tuple[bytes, str, int]] = {
         "not JSON": (b"Type=Notification", "text/plain", 400),
         "truncated JSON": (aws.as_body(ses.signed_bounce(READERS[36]))[:-10], "text/plain", 400),
-        "deeply nested": (b"[" * 50_000 + b"]" * 50_000, "text/plain", 413),
+        "deeply nested": (b"[" * 150_000 + b"]" * 150_000, "text/plain", 413),
         "nested within the limit": (b"[" * 30_000 + b"]" * 30_000, "text/plain", 400),
         "NaN": (b'{"Type": NaN}', "application/json", 400),
         "a JSON list": (b"[1, 2, 3]", "text/plain", 403),
