@@ -184,6 +184,12 @@ def render(ctx: click.Context, post: Path, output: Path | None, form: str) -> No
     type=click.Path(dir_okay=False, path_type=Path),
     help="A subscriber list (CSV, or another tool's export); repeat for several: one message per reader.",
 )
+@click.option(
+    "--list",
+    "list_name",
+    metavar="NAME",
+    help="Send to this list kept in mailer's database (`mailer subscribers import`), not a file.",
+)
 @click.option("--yes", "-y", is_flag=True, help="Do not ask before mailing the list (cron).")
 @click.option("--dry-run", is_flag=True, help="List who would get the issue; send nothing.")
 @click.option("--test", "test_address", metavar="ADDRESS", help="Send one test copy (marked, not recorded).")
@@ -210,6 +216,7 @@ def send_command(
     ctx: click.Context,
     post: Path,
     to: tuple[Path, ...],
+    list_name: str | None,
     yes: bool,
     dry_run: bool,
     test_address: str | None,
@@ -228,6 +235,8 @@ def send_command(
     Exit status: 0 done, 1 refused before sending, 2 usage error, 3 finished but some recipients failed,
     4 stopped early (rerun to resume), 130 Ctrl-C, 143 SIGTERM.
     """
+    if to and list_name:
+        raise click.UsageError("--to and --list cannot be combined: import the file into the list instead")
     console = Console(json_mode=json_mode, quiet=quiet)
     settings = settings_from(ctx, console)
     fields: dict[str, Any] = {"command": "send", "post": str(post)}
@@ -253,7 +262,7 @@ def send_command(
         try:
             result = sending.send_issue(
                 settings, post, to=list(to), options=options, force=force, yes=yes, skip_checks=skip_checks,
-                console=console, feedback=feedback,
+                console=console, feedback=feedback, stored=list_name or "",
             )  # fmt: skip
         except (KeyboardInterrupt, MailerError) as exc:
             feedback.close()
@@ -457,6 +466,103 @@ def suppressions_export(ctx: click.Context) -> None:
         from .suppressions import export_suppressions
 
         export_suppressions(settings, console.out)
+
+
+@cli.group()
+def subscribers() -> None:
+    """Subscriber lists kept in mailer's database: import, export, list, count or remove."""
+
+
+def list_option(f: F) -> F:
+    """--list NAME, for the commands on one stored list."""
+    from .stored import DEFAULT_LIST
+
+    return click.option(
+        "--list", "list_name", default=DEFAULT_LIST, show_default=True, metavar="NAME", help="The list."
+    )(f)
+
+
+@subscribers.command("import")
+@click.argument("files", nargs=-1, required=True, metavar="FILE...", type=click.Path(path_type=Path))
+@list_option
+@output_options
+@click.pass_context
+def subscribers_import(
+    ctx: click.Context, files: tuple[Path, ...], list_name: str, json_mode: bool, quiet: bool
+) -> None:
+    """Add the readers of FILE... (CSV, or another tool's export) to a list, with the date and source of
+    their consent; all or nothing. Exit status: 0 done, 1 refused (nothing imported), 2 usage error."""
+    console = Console(json_mode=json_mode, quiet=quiet, stamped=False)
+    settings = settings_from(ctx, console)
+    fields: dict[str, Any] = {"command": "subscribers import", "list": list_name}
+    with reported(console, fields):
+        from .stored import import_into_list
+
+        done = import_into_list(settings, list(files), list_name, console)
+        console.emit(_outcome(fields, 0, **done.fields()))
+
+
+@subscribers.command("export")
+@list_option
+@click.pass_context
+def subscribers_export(ctx: click.Context, list_name: str) -> None:
+    """Write a list as CSV on stdout: email, name, every field, consent date and source, status."""
+    console = Console(stamped=False)
+    settings = settings_from(ctx, console)
+    with reported(console):
+        from .stored import export_list
+
+        export_list(settings, list_name, console.out)
+
+
+@subscribers.command("list")
+@output_options
+@click.pass_context
+def subscribers_list(ctx: click.Context, json_mode: bool, quiet: bool) -> None:
+    """Show the lists kept: name, subscribers, how many of them are suppressed, last change."""
+    console = Console(json_mode=json_mode, quiet=quiet, stamped=False)
+    settings = settings_from(ctx, console)
+    fields: dict[str, Any] = {"command": "subscribers list"}
+    with reported(console, fields):
+        from .stored import show_lists
+
+        kept = show_lists(settings, console)
+        console.emit(_outcome(fields, 0, lists=[dataclasses.asdict(one) for one in kept]))
+
+
+@subscribers.command("count")
+@list_option
+@output_options
+@click.pass_context
+def subscribers_count(ctx: click.Context, list_name: str, json_mode: bool, quiet: bool) -> None:
+    """Print how many subscribers a list has (suppressed ones included, counted apart)."""
+    console = Console(json_mode=json_mode, quiet=quiet, stamped=False)
+    settings = settings_from(ctx, console)
+    fields: dict[str, Any] = {"command": "subscribers count", "list": list_name}
+    with reported(console, fields):
+        from .stored import count_list
+
+        one = count_list(settings, list_name, console)
+        console.emit(_outcome(fields, 0, members=one.members, suppressed=one.suppressed))
+
+
+@subscribers.command("remove")
+@click.argument("addresses", nargs=-1, required=True, metavar="ADDRESS...")
+@list_option
+@output_options
+@click.pass_context
+def subscribers_remove(
+    ctx: click.Context, addresses: tuple[str, ...], list_name: str, json_mode: bool, quiet: bool
+) -> None:
+    """Take ADDRESS... off a list (not suppressed: to stop all mail to them, `mailer unsubscribe`)."""
+    console = Console(json_mode=json_mode, quiet=quiet, stamped=False)
+    settings = settings_from(ctx, console)
+    fields: dict[str, Any] = {"command": "subscribers remove", "list": list_name}
+    with reported(console, fields):
+        from .stored import remove_from_list
+
+        removed, missing = remove_from_list(settings, list_name, addresses, console)
+        console.emit(_outcome(fields, 0, removed=removed, not_on_list=missing))
 
 
 @cli.command()

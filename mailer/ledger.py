@@ -24,7 +24,7 @@ from .private import FILE_MODE, make_folder, open_new, restrict
 from .subscribers import dedupe_key
 
 T = TypeVar("T")
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 STATES = ("sending", "sent", "deferred", "failed")
 # what a person reads for each state: 'sending' is the record's name for a message whose fate is unknown
 LABELS = {"sending": "in doubt", "sent": "sent", "deferred": "deferred", "failed": "failed"}
@@ -100,6 +100,32 @@ CREATE TABLE bounces (
 ) WITHOUT ROWID;
 CREATE INDEX bounces_by_issue ON bounces(issue_id, kind);
 CREATE INDEX bounces_by_email ON bounces(email, kind, at);
+"""
+
+
+# Subscriber lists kept in the database (issue 15; stored.py reads and writes them). A list's version goes
+# up with every change to its members: a send's record keys the list by (name, version), so a reader added
+# after a complete send makes the next run of the issue read the list again. member_id never repeats
+# (AUTOINCREMENT): a send mails the members up to the highest id it saw at its start.
+_SUBSCRIBERS = """
+CREATE TABLE lists (
+    name TEXT PRIMARY KEY,
+    version INTEGER NOT NULL DEFAULT 0,
+    created_at TEXT NOT NULL,
+    changed_at TEXT NOT NULL
+);
+CREATE TABLE members (
+    member_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    list TEXT NOT NULL REFERENCES lists(name),
+    email TEXT NOT NULL,
+    address TEXT NOT NULL,
+    name TEXT NOT NULL DEFAULT '',
+    fields TEXT NOT NULL DEFAULT '{}',
+    consent_at TEXT NOT NULL,
+    consent_source TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    UNIQUE (list, email)
+);
 """
 
 
@@ -258,7 +284,13 @@ class Ledger:
                 if version == 0:
                     self._script(_RECORD_TABLES)
                     version = 3  # _RECORD_TABLES is schema 3; every later schema is a step from it
-                upgrades = {1: self._from_v1, 2: self._from_v2, 3: self._from_v3, 4: self._from_v4}
+                upgrades = {
+                    1: self._from_v1,
+                    2: self._from_v2,
+                    3: self._from_v3,
+                    4: self._from_v4,
+                    5: self._from_v5,
+                }
                 for step in range(version, SCHEMA_VERSION):
                     upgrades[step]()  # from schema `step` to `step + 1`, in one transaction with the rest
                 self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -351,6 +383,10 @@ class Ledger:
         # towards soft_bounce_limit, so a removed suppression is not brought back by the next delay notice.
         self._db.execute("CREATE TABLE resubscribed (email TEXT PRIMARY KEY, at TEXT NOT NULL) WITHOUT ROWID")
 
+    def _from_v5(self) -> None:
+        # Subscriber lists in the database (issue 15): nothing before had them, so nothing to carry over.
+        self._script(_SUBSCRIBERS)
+
     def reopen(self) -> Ledger:
         """Another connection to this file and destination, for another thread (one connection per thread)."""
         return Ledger(self.path, timeout=self.timeout, destination=self.destination)
@@ -439,6 +475,19 @@ class Ledger:
     def _write(self, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Cursor:
         with self.transaction(), self._errors():
             return self._db.execute(sql, params)
+
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """Run a query for a module that keeps its own tables here (stored.py); errors as MailerError."""
+        return self._all(sql, tuple(params))
+
+    def write(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run one write (in the open transaction(), else its own); the rows it changed."""
+        return self._write(sql, tuple(params)).rowcount
+
+    def write_many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        """Run one write for many rows, in one transaction."""
+        with self.transaction(), self._errors():
+            self._db.executemany(sql, rows)
 
     def _one(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
         with self._errors():

@@ -5,8 +5,8 @@ way (`Email Address`, `email`, `E-mail`; `First Name` and `Last Name` or `name`)
 semicolons (a European Excel) or tabs (Excel's "Unicode text"). Some say per row that a reader is not to be
 mailed: Mailchimp's unsubscribed and cleaned exports (each a file of its own, told apart by `UNSUB_TIME` /
 `CLEAN_TIME`), Substack's `email_disabled` and `active_subscription`, listmonk's `status`, Ghost's
-`subscribed_to_emails`. This module reads the header once into a `Layout`; the readers (subscribers.py,
-suppressions.py) ask it about each row.
+`subscribed_to_emails`, mailer's own export (`subscribers export`) its `status`. This module reads the
+header once into a `Layout`; the readers (subscribers.py, suppressions.py) ask it about each row.
 """
 
 from __future__ import annotations
@@ -148,6 +148,9 @@ def tool(keys: list[str]) -> tuple[str, list[StatusRule]]:
         return "Ghost", [
             _flag(at["subscribedtoemails"], "subscribed_to_emails", False, "not subscribed to emails (Ghost)")
         ]
+    if {"consentdate", "consentsource", "status"} <= at.keys():  # `mailer subscribers export`
+        status = at["status"]
+        return "mailer", [lambda cells: "suppressed (mailer)" if _cell(cells, status) == "suppressed" else ""]
     if ATTRIBUTES in at:
         return "listmonk", [_listmonk(at["status"])] if "status" in at else []
     return "", []
@@ -165,6 +168,10 @@ def _flag(column: int, name: str, when: bool, reason: str) -> StatusRule:
         return reason if (value in _TRUE) == when else ""
 
     return rule
+
+
+def _cell(cells: list[str], column: int) -> str:
+    return cells[column].strip().lower() if column < len(cells) else ""
 
 
 def _listmonk(column: int) -> StatusRule:

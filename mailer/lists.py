@@ -25,11 +25,17 @@ from .subscribers import BadRow, ReadStats, Seen, Subscriber, no_valid_row, read
 class ListFile:
     """One list of a send: what its check found, and what the record says of its readers."""
 
-    path: Path
+    path: Path  # the file; for a list kept in the database (stored.py), the database
     stats: ReadStats = field(default_factory=ReadStats)
+    stored: str = ""  # the name of a list kept in the database
     to_mail: int = 0  # readers of this list the send will mail (not suppressed, not already sent)
     already_sent: int = 0
     suppressed: int = 0
+
+    @property
+    def named(self) -> str:
+        """The list as a person gives it: `a.csv`, or `list main`."""
+        return f"list {self.stored}" if self.stored else str(self.path)
 
     @property
     def invalid(self) -> int:
@@ -41,7 +47,7 @@ class ListFile:
         """This list's part of `send --json`."""
         check = self.stats.check
         return {
-            "file": str(self.path),
+            **({"list": self.stored} if self.stored else {"file": str(self.path)}),
             "tool": self.stats.tool,
             "rows": self.stats.expected,
             "to_mail": self.to_mail,
@@ -70,7 +76,8 @@ class ListFile:
         ):
             if count:
                 parts.append(f"{count:,} {what}")
-        return f"{self.path}{tool}: {self.stats.expected:,} row(s): {', '.join(parts)}"
+        rows = "reader(s)" if self.stored else "row(s)"
+        return f"{self.named}{tool}: {self.stats.expected:,} {rows}: {', '.join(parts)}"
 
 
 @dataclass
@@ -78,7 +85,19 @@ class Lists:
     """The lists of one send, checked; `subscribers` streams them one after the other."""
 
     files: list[ListFile]
-    subscribers: Iterator[Subscriber]
+    streams: list[Iterator[Subscriber]]  # one per list, in order
+
+    @property
+    def subscribers(self) -> Iterator[Subscriber]:
+        """Every list's readers to mail, one list after the other."""
+        return itertools.chain.from_iterable(self.streams)
+
+    def close(self) -> None:
+        """Close every list's file (a stream not read to its end)."""
+        for stream in self.streams:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
 
     @property
     def key(self) -> str:
@@ -91,12 +110,14 @@ class Lists:
     @property
     def named(self) -> str:
         """The lists as a person gives them: `a.csv, b.csv`."""
-        return ", ".join(str(f.path) for f in self.files)
+        return ", ".join(f.named for f in self.files)
 
     @property
     def resolved(self) -> str:
         """The lists' absolute paths, for the record."""
-        return ", ".join(str(f.path.resolve()) for f in self.files)
+        return ", ".join(
+            f"{f.named} in {f.path.resolve()}" if f.stored else str(f.path.resolve()) for f in self.files
+        )
 
     def totals(self) -> ReadStats:
         """The rows read so far from all the lists, as one list's counts."""
@@ -112,6 +133,7 @@ def read_lists(
     *,
     on_bad: Callable[[BadRow], None],
     count: Callable[[ListFile], Callable[[Subscriber], None]] | None = None,
+    consequence: str = "nothing was sent",
 ) -> Lists:
     """Check every list (csvfile, listformat), in order, before the first reader is mailed.
 
@@ -126,14 +148,17 @@ def read_lists(
         for path in paths:
             one = ListFile(path)
             on_checked = count(one) if count is not None else None
-            stream = read_subscribers(path, on_bad=on_bad, stats=one.stats, on_checked=on_checked, seen=seen)
+            stream = read_subscribers(
+                path, on_bad=on_bad, stats=one.stats, on_checked=on_checked, seen=seen,
+                consequence=consequence,
+            )  # fmt: skip
             streams.append(stream)
             check = one.stats.check
             if not check.valid + check.duplicates + check.skipped:
-                raise SubscriberError(no_valid_row(path, one.stats.expected, check.first_bad))
+                raise SubscriberError(no_valid_row(path, one.stats.expected, check.first_bad, consequence))
             files.append(one)
     except BaseException:
         for stream in streams:
             stream.close()  # closes its file
         raise
-    return Lists(files, itertools.chain.from_iterable(streams))
+    return Lists(files, list(streams))

@@ -24,6 +24,7 @@ from .rates import Rates, issue_rates
 from .render import Issue, render_issue
 from .schedule import check_age, require_post, resolve_post, today
 from .stopping import StopSignals
+from .stored import read_stored
 from .subscribers import BadRow, ReadStats, Subscriber
 from .transport import make_transport
 
@@ -159,21 +160,26 @@ def send_issue(
     skip_checks: frozenset[str],
     console: Console,
     feedback: ConsoleFeedback,
+    stored: str = "",
 ) -> SendResult:
-    """Send the issue in `target` (a post, or a folder holding today's post) to the lists in `to`.
+    """Send the issue in `target` (a post, or a folder holding today's post) to the lists in `to`, or to
+    the list kept in the database under the name `stored`.
 
     SIGTERM is handled like Ctrl-C for the whole command (see stopping.py): what systemd or docker send to
     stop a service ends the send after the messages in flight, recorded, never like a kill -9.
     """
     signals = StopSignals()
     with signals.install():
-        return _send(settings, target, to, options, force, yes, skip_checks, console, feedback, signals)
+        return _send(
+            settings, target, to, stored, options, force, yes, skip_checks, console, feedback, signals
+        )
 
 
 def _send(
     settings: Settings,
     target: Path,
     to: list[Path],
+    stored: str,
     options: SendOptions,
     force: bool,
     yes: bool,
@@ -199,8 +205,8 @@ def _send(
             if settings.smtp_host:
                 raise
             console.note(f"Note: {exc}; the local outbox mails no one, so going ahead")
-    paths = to or ([Path(settings.subscribers)] if settings.subscribers else [])
-    if not paths:
+    paths = to or ([Path(settings.subscribers)] if settings.subscribers and not stored else [])
+    if not paths and not stored:
         raise MailerError("no subscriber list: pass --to FILE or set `subscribers` in mailer.toml")
     for path in paths:
         if not path.is_file():
@@ -219,7 +225,10 @@ def _send(
             counts.append(DeliverableCount(ledger, issue.issue_id, one, retry_failed=options.retry_failed))
             return counts[-1].add
 
-        lists = read_lists(paths, on_bad=bad_row, count=count)
+        if stored:
+            lists = read_stored(ledger, stored, count=count)
+        else:
+            lists = read_lists(paths, on_bad=bad_row, count=count)
         for counted in counts:
             counted.flush()
         if (
@@ -232,7 +241,7 @@ def _send(
             note = f"{post_path}: already sent to {lists.named}{where}; nothing to do."
             return SendResult(issue, None, lists.totals(), note, lists=lists.files)
     deliverable = sum(f.to_mail for f in lists.files)
-    if len(lists.files) > 1 or any(f.stats.check.skipped for f in lists.files):
+    if stored or len(lists.files) > 1 or any(f.stats.check.skipped for f in lists.files):
         for one in lists.files:
             console.say(one.line())
     warn_checks(issue, checks, console, skip_checks)

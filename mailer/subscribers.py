@@ -161,6 +161,7 @@ def read_subscribers(
     on_duplicate: Callable[[BadRow], None] | None = None,
     on_checked: Callable[[Subscriber], None] | None = None,
     seen: Seen | None = None,
+    consequence: str = "nothing was sent",
 ) -> Generator[Subscriber, None, None]:
     """Stream the valid, first-seen subscribers of a CSV file, reporting skipped rows as they pass.
 
@@ -170,7 +171,8 @@ def read_subscribers(
     `stats.check` and hands on_checked the subscribers the stream will yield, in order (before it knows
     the file is sound: count them, do not mail them). Duplicates go to on_duplicate, never to on_bad;
     rows the list marks (an unsubscribed export, `email_disabled`) are only counted. `seen` carries the
-    addresses of earlier lists. The iterator raises FileChanged if the file changes under it, and
+    addresses of earlier lists; `consequence` ends a refusal (an import says "nothing was imported").
+    The iterator raises FileChanged if the file changes under it, and
     SubscriberError at the end if no row had a valid address.
     """
     path = Path(path)
@@ -180,7 +182,7 @@ def read_subscribers(
     try:
         form = _read_header(source)
         each = _checked_rows(path, form, seen.checked, stats.check, on_checked)
-        expected = source.scan(form.delimiter, after=1, consequence="nothing was sent", each=each)
+        expected = source.scan(form.delimiter, after=1, consequence=consequence, each=each)
         if not expected:
             raise SubscriberError(
                 f"{path}: no subscribers in it, only the header line (add one reader a line)"
@@ -189,7 +191,7 @@ def read_subscribers(
         if check.skipped and not check.valid + check.duplicates:
             raise SubscriberError(
                 f"{path}: none of its {expected:,} row(s) is to be mailed ({_reasons(check.reasons)});"
-                f" nothing was sent (to suppress these addresses: mailer suppressions import {path})"
+                f" {consequence} (to suppress these addresses: mailer suppressions import {path})"
             )
     except BaseException:
         source.close()
@@ -197,7 +199,7 @@ def read_subscribers(
     stats.expected = expected
     stats.sha256 = source.sha256
     stats.tool = form.tool
-    rows = _rows(source, form, on_bad, stats, on_duplicate, seen.streamed)
+    rows = _rows(source, form, on_bad, stats, on_duplicate, seen.streamed, consequence)
     next(rows)  # enters the generator's `with`, so the file is closed even if no row is ever asked for
     return cast(Generator[Subscriber, None, None], rows)
 
@@ -206,10 +208,12 @@ def _reasons(reasons: dict[str, int]) -> str:
     return ", ".join(f"{count:,} {reason}" for reason, count in reasons.items())
 
 
-def no_valid_row(path: Path, rows: int, first_bad: BadRow | None) -> str:
+def no_valid_row(
+    path: Path, rows: int, first_bad: BadRow | None, consequence: str = "nothing was sent"
+) -> str:
     """The refusal of a list none of whose rows has a valid address."""
     where = f" (line {first_bad.line}: {first_bad.reason})" if first_bad else ""
-    return f"{path}: none of its {rows:,} row(s) has a valid address{where}; nothing was sent"
+    return f"{path}: none of its {rows:,} row(s) has a valid address{where}; {consequence}"
 
 
 def _checked_rows(
@@ -264,6 +268,7 @@ def _rows(
     stats: ReadStats,
     on_duplicate: Callable[[BadRow], None] | None,
     seen: DigestSet,
+    consequence: str,
 ) -> Iterator[Subscriber | None]:
     path = source.path
     first_bad: BadRow | None = None
@@ -296,7 +301,7 @@ def _rows(
             stats.valid += 1
             yield subscriber
     if stats.invalid == stats.rows:
-        raise SubscriberError(no_valid_row(path, stats.rows, first_bad))
+        raise SubscriberError(no_valid_row(path, stats.rows, first_bad, consequence))
 
 
 def _subscriber(record: list[str], form: Layout, line: int) -> tuple[Subscriber, str]:
