@@ -161,11 +161,15 @@ def _one(
     warn: Callable[[str], None],
 ) -> None:
     tally.read += 1
-    try:
-        report = read_report(item.data)
-    except Unreadable as exc:
-        tally.unreadable.append(f"{item.key}: {exc}")
-        warn(f"{source.name}: message {item.key}: unreadable: {exc}; left flagged for a person")
+    problem = item.problem
+    if not problem:
+        try:
+            report = read_report(item.data)
+        except Unreadable as exc:
+            problem = str(exc)
+    if problem:
+        tally.unreadable.append(f"{item.key}: {problem}")
+        warn(f"{source.name}: message {item.key}: unreadable: {problem}; left flagged for a person")
         source.leave(item)
         return
     verdict = attribute(report, ledger, settings, keyring)

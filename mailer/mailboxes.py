@@ -9,11 +9,13 @@ skipped. Only the first MAX_READ bytes of a message are read.
 
 from __future__ import annotations
 
+import errno
 import imaplib
 import mailbox
 import os
 import re
 import ssl
+import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,10 +28,14 @@ from .reports import MAX_READ
 
 @dataclass(frozen=True, slots=True)
 class Item:
-    """One unread message: how its mailbox names it, and its first MAX_READ bytes."""
+    """One unread message: how its mailbox names it, and its first MAX_READ bytes; or, for an entry that could
+    not be read at all (a directory or a pipe in a Maildir, a file mailer may not open), why not: it is then
+    left flagged for a person like any unreadable message, instead of stopping every pass at the same place.
+    """
 
     key: str
     data: bytes
+    problem: str = ""
 
 
 class Source(Protocol):
@@ -79,12 +85,12 @@ class MaildirSource:
                 if name.startswith(".") or set(_flags(name)) & {"S", "F", "T"}:
                     continue
                 try:
-                    with open(self.path / folder / name, "rb") as file:
-                        data = file.read(MAX_READ)
+                    data = _read_file(self.path / folder / name)
                 except FileNotFoundError:
                     continue  # a mail program moved it meanwhile
                 except OSError as exc:
-                    raise MailerError(f"{self.path / folder / name}: cannot read: {exc.strerror}") from None
+                    yield Item(f"{folder}/{name}", b"", f"cannot read: {exc.strerror}")
+                    continue
                 yield Item(f"{folder}/{name}", data)
 
     def done(self, item: Item) -> None:
@@ -108,6 +114,16 @@ class MaildirSource:
             pass  # a mail program moved or deleted it meanwhile: it is not ours to mark any more
         except OSError as exc:
             raise MailerError(f"{self.path / folder / name}: cannot mark as read: {exc.strerror}") from None
+
+
+def _read_file(path: Path) -> bytes:
+    """The first MAX_READ bytes of a regular file; OSError for anything else (opened without blocking, so a
+    named pipe cannot hold the pass up)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with open(fd, "rb") as file:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        return file.read(MAX_READ)
 
 
 def _flags(name: str) -> str:

@@ -199,6 +199,28 @@ def test_an_unreadable_message_is_named_once_and_left_flagged(site: dict[str, st
     assert code == 0 and "0.empty" not in out + err  # not tried again
 
 
+def test_a_directory_or_a_pipe_in_the_maildir_is_named_once_and_the_rest_is_read(
+    site: dict[str, str], tmp_path: Path
+) -> None:
+    """An entry that is no message file (a directory, a named pipe) was a stop on every pass (exit 4, "run
+    again to go on", and the next run stopped at the same place) or hung the pass (a pipe); it is now named
+    and left flagged like an unreadable message, and the reports after it are read."""
+    folder = _maildir(tmp_path, ["qmail"])
+    (folder / "new" / "0.dir").mkdir()
+    os.mkfifo(folder / "new" / "1.pipe")
+    code, out, err = _mailer(["bounces", "--maildir", str(folder)], site)
+    assert code == 3, err
+    for name, why in (("0.dir", "Is a directory"), ("1.pipe", "not a regular file")):
+        [line] = [line for line in err.splitlines() if name in line]
+        said = f"unreadable: cannot read: {why}; left flagged for a person"
+        assert line.endswith(f"Warning: {folder}: message new/{name}: {said}"), line
+    assert "Traceback" not in err
+    assert sorted(os.listdir(folder / "cur")) == ["0.dir:2,F", "1.pipe:2,F", "qmail.host:2,S"]
+    assert _suppressed(site) == {"ghost@example.net": ("dsn", "hard bounce", "5.1.1")}
+    code, out, err = _mailer(["bounces", "--maildir", str(folder)], site)
+    assert code == 0 and "0.dir" not in out + err and "1.pipe" not in out + err  # not tried again
+
+
 def test_an_mbox_file_is_read_and_marked_under_its_lock(site: dict[str, str], tmp_path: Path) -> None:
     path = tmp_path / "bounces.mbox"
     box = mailbox.mbox(path)
