@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
+from lxml import html as lhtml
 from markdown_it.token import Token
 
 from .linebreak import WIDTH, text_width, wrap
@@ -70,9 +71,9 @@ _RAW_EMBED = re.compile(r"<(?:iframe|embed|object|video|audio)\b", re.I)
 _CITED = re.compile(r"(?:https?://|mailto:)", re.I)  # what sanitize keeps of a raw link's href
 
 
-def inline_text(tokens: Sequence[Token] | None, refs: References, html_to_text: Callable[[str], str]) -> str:
+def inline_text(tokens: Sequence[Token] | None, refs: References, clean: Callable[[str], str]) -> str:
     """Flatten inline tokens: links (markdown or raw `<a href>`) as `text[n]` with the URL cited in `refs`,
-    images as `[alt]`, a raw embed as what `html_to_text` makes of it (its link), markup dropped."""
+    images as `[alt]`, a raw embed as the link `clean` (the sanitiser) makes of it, markup dropped."""
     out: list[str] = []
     links: list[tuple[str, int]] = []  # open links: href and where their text starts in `out`
     for tok in tokens or ():
@@ -99,7 +100,7 @@ def inline_text(tokens: Sequence[Token] | None, refs: References, html_to_text: 
         elif kind == "image":
             out.append(f"[{tok.content or 'image'}]")
         elif kind == "embed":
-            out.append(f" {html_to_text(tok.content).strip()} ")
+            out.append(f" {html_text(clean(tok.content), refs)} ")
     return "".join(out)
 
 
@@ -116,6 +117,30 @@ def _raw_inline(tag: str) -> tuple[str, str]:
         href = html.unescape(link.group(1).strip("\"'")).strip()
         return "link_open", href if _CITED.match(href) else ""
     return ("embed", "") if _RAW_EMBED.match(tag) else ("", "")
+
+
+_BLOCKS = ("p", "div", "li", "tr", "h1", "h2", "h3", "h4", "br", "blockquote")  # each ends a line
+
+
+def html_text(clean_html: str, refs: References) -> str:
+    """Plain text of sanitised raw HTML: block elements on their own lines, links as `text[n]` with the URL
+    cited in `refs` (as markdown links are: not `(https://...)` in the middle of a sentence), images as
+    `[alt]`."""
+    if not clean_html.strip():
+        return ""
+    root = lhtml.fragment_fromstring(clean_html, create_parent="div")
+    for link in root.iter("a"):
+        href = (link.get("href") or "").strip()
+        label = link.text_content().strip()
+        if _CITED.match(href) and href != label:
+            link.tail = (f"[{refs.cite(href)}]" if label else href) + (link.tail or "")
+    for img in root.iter("img"):
+        if img.get("alt"):
+            img.tail = f"[{img.get('alt')}]" + (img.tail or "")
+    for el in root.iter(*_BLOCKS):
+        el.tail = "\n" + (el.tail or "")
+    lines = (re.sub(r"[ \t\r\f\v]+", " ", line).strip() for line in root.text_content().split("\n"))
+    return "\n".join(line for line in lines if line)
 
 
 @dataclass
@@ -169,8 +194,8 @@ class _Place:
 class _TextRenderer:
     """Renders the block tree; a paragraph takes the marker of the list item it opens, or a note's number."""
 
-    def __init__(self, html_to_text: Callable[[str], str], refs: References) -> None:
-        self.html_to_text = html_to_text
+    def __init__(self, clean: Callable[[str], str], refs: References) -> None:
+        self.clean = clean
         self.refs = refs
         self.item_opened = False  # a list item opened and no paragraph has taken its marker yet
         self.note: str | None = None  # "[2] ": the footnote whose text comes next
@@ -200,7 +225,7 @@ class _TextRenderer:
     def inline(self, node: _Node) -> str:
         """The text of a paragraph, heading or cell: the inline node among its children."""
         inline = next((child for child in node.children if child.type == "inline"), None)
-        return inline_text(inline.token.children if inline else None, self.refs, self.html_to_text).strip()
+        return inline_text(inline.token.children if inline else None, self.refs, self.clean).strip()
 
     def paragraph(self, node: _Node, place: _Place) -> list[Block]:
         text = self.inline(node)
@@ -264,8 +289,8 @@ class _TextRenderer:
         return self.children(node, place)
 
     def html_block(self, node: _Node, place: _Place) -> list[Block]:
-        paras = [para for para in self.html_to_text(node.token.content).split("\n") if para.strip()]
-        lines = [line for para in paras for line in wrap(para, indent=place.prefix, flowed=True)]
+        text = html_text(self.clean(node.token.content), self.refs)
+        lines = [line for para in text.split("\n") for line in wrap(para, indent=place.prefix, flowed=True)]
         return [Block("\n".join(lines))]
 
     def table(self, node: _Node, place: _Place) -> list[Block]:
@@ -285,9 +310,9 @@ def _wrap_lines(text: str, indent: str, first: str | None = None, *, flowed: boo
     return "\n".join(lines)
 
 
-def to_text(tokens: Sequence[Token], html_to_text: Callable[[str], str]) -> str:
-    """Render a post body as readable plain text; `html_to_text` reads the raw HTML blocks."""
+def to_text(tokens: Sequence[Token], clean: Callable[[str], str]) -> str:
+    """Render a post body as readable plain text; `clean` sanitises its raw HTML as the HTML part's is."""
     refs = References(notes=sum(tok.type == "footnote_open" for tok in tokens))
-    renderer = _TextRenderer(html_to_text, refs)
+    renderer = _TextRenderer(clean, refs)
     blocks = renderer.render(_tree(tokens), _Place())
     return join_blocks([*blocks, *refs.blocks()]) + "\n"

@@ -30,7 +30,7 @@ from .linebreak import WIDTH, flowed_part, text_width, wrap
 from .links import links_look_like_links
 from .plaintext import to_text
 from .post import Post
-from .sanitize import Findings, html_to_text, sanitize
+from .sanitize import Findings, sanitize
 from .slim import class_names, drop_unused_classes, minify_css, slim_styles
 
 WORDS = {
@@ -170,12 +170,11 @@ def render_issue(post: Post, settings: Settings) -> Issue:
     )
     _absolute_links(tokens, settings.base_url)
 
-    def raw_html_text(fragment: str) -> str:
-        """A raw HTML block as the text part shows it: what the HTML keeps of it, an embed as its link."""
-        kept = sanitize(fragment, base_url=settings.base_url, embed_label=label, findings=Findings())
-        return html_to_text(kept)
+    def clean(fragment: str) -> str:
+        """Raw HTML as the HTML part keeps it, for the text part (an embed becomes its link there too)."""
+        return sanitize(fragment, base_url=settings.base_url, embed_label=label, findings=Findings())
 
-    body_text = to_text(tokens, raw_html_text)
+    body_text = to_text(tokens, clean)
     view_url = _view_url(settings, post)
     preheader = post.summary[0] if post.summary else _first_words(body_text)
     cover = ""

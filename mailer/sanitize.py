@@ -485,30 +485,3 @@ def _embed_to_link(
     para.append(link)
     para.tail = el.tail
     parent.replace(el, para)
-
-
-def html_to_text(fragment_html: str) -> str:
-    """Plain text of a raw HTML block for the text part: block elements on their own lines, links as URLs."""
-    try:
-        root = _fragment(_TEXT_CONTROL.sub("", fragment_html))
-    except etree.ParserError:
-        return ""
-    for el in list(root.iter(*DROP, *EMBEDS)):
-        src = el.get("src") or el.get("data") or ""
-        if el.tag in EMBEDS and src.startswith(("http://", "https://")):
-            title = el.get("title")
-            el.tail = (f" {title} ({src}) " if title else f" {src} ") + (el.tail or "")
-        _remove(el)
-    for el in root.iter("a"):
-        href = el.get("href") or ""
-        label = el.text_content().strip()
-        if href.startswith(("http://", "https://")) and href != label:
-            el.tail = f" ({href})" + (el.tail or "")
-    for el in root.iter("img"):
-        alt = el.get("alt")
-        if alt:
-            el.tail = f"[{alt}]" + (el.tail or "")
-    for el in root.iter("p", "div", "li", "tr", "h1", "h2", "h3", "h4", "br", "blockquote"):
-        el.tail = "\n" + (el.tail or "")
-    lines = (re.sub(r"[ \t\r\f\v]+", " ", line).strip() for line in root.text_content().split("\n"))
-    return "\n".join(line for line in lines if line)

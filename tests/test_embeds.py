@@ -96,7 +96,8 @@ def test_embeds_read_where_the_video_plays_in_html_and_text(
     }
     assert links == expected
     text = rendered.text
-    for href, label in expected.items():
-        assert f"{label} ({href})" in " ".join(text.split()), label
+    lines = text.split("\n")
+    for n, (href, label) in enumerate(expected.items(), 1):  # in the order they stand in the post
+        assert f"{label}[{n}]" in " ".join(text.split()) and f"[{n}] {href}" in lines, label
     for part in (text, rendered.doc.text_content()):
         assert "player.html" not in part and "/embed/" not in part

@@ -105,3 +105,11 @@ def test_raw_html_links_inside_a_paragraph_are_numbered_references_too() -> None
     )
     assert text.split("\n")[0] == "这是加粗的链接[1]，还有坏链接和普通链接[2]。"
     assert text.endswith("[1] https://a.example/x?a=1&b=2\n[2] https://b.example\n")
+
+
+def test_raw_html_block_links_are_numbered_references_not_urls_in_the_sentence() -> None:
+    """The example's Telegram card read '群组 @ai_news_plus (https://t.me/ai_news_plus)，抢先获取'."""
+    body = '<div>欢迎加入群组 <a href="https://t.me/x">@x</a>，抢先获取。<a href="https://t.me/x">加入</a></div>\n'
+    text = to_text(parse(body), lambda html: html)  # the HTML as the sanitiser would keep it
+    assert text.split("\n")[0] == "欢迎加入群组 @x[1]，抢先获取。加入[2]"
+    assert text.endswith("\n[1] https://t.me/x\n[2] https://t.me/x\n")
