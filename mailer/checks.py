@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 from lxml import etree
 from lxml import html as lhtml
@@ -77,7 +77,7 @@ def blocking(checks: list[Check], skip: frozenset[str] | set[str] = frozenset())
 def check_issue(issue: Issue, settings: Settings) -> list[Check]:
     """Run every pre-send check on a rendered issue, in a stable order, passed checks included."""
     live = bool(settings.smtp_host)  # else mail goes to the local outbox: setup problems are only warnings
-    page = _parse(issue)  # the per-subscriber slots (the unsubscribe URL) are left empty here
+    page = _parse(issue)  # personal values left empty, every branch of a condition in
     checks = [
         _subject(issue),
         _size(issue, settings),
@@ -89,7 +89,6 @@ def check_issue(issue: Issue, settings: Settings) -> list[Check]:
         _relative(issue),
         _links(issue, page),
         _literal_markdown(page),
-        _template_syntax(page),
         _unclosed_html(issue),
         _from_address(settings, live),
         _unsubscribe_url(settings, live),
@@ -132,7 +131,7 @@ def has_errors(checks: list[Check]) -> bool:
 
 
 def _parse(issue: Issue) -> lhtml.HtmlElement | None:
-    raw = b"".join(issue.html.chunks)
+    raw = issue.html.every_branch()
     try:
         return lhtml.document_fromstring(raw.decode("utf-8", "replace"))
     except (etree.ParserError, ValueError):
@@ -271,7 +270,6 @@ def _links(issue: Issue, page: lhtml.HtmlElement | None) -> Check:
 
 
 _LITERAL = re.compile(r"\*\*(?=\S)|\]\(|\[\^")
-_TEMPLATE = re.compile(r"\{\{.*?\}\}|\{%.*?%\}", re.S)
 _TAG = re.compile(r"<!--.*?-->|<(/?)([A-Za-z][\w-]*)\b[^>]*?(/?)>", re.S)
 # void, or closed by whatever comes next: leaving them open swallows nothing
 _SELF_CLOSING = {
@@ -301,25 +299,6 @@ def _literal_markdown(page: lhtml.HtmlElement | None) -> Check:
             f"is not rendered): {_short(found)}",
         )
     return Check("ok", "literal-markdown", "no markdown left as typed")
-
-
-def _template_syntax(page: lhtml.HtmlElement | None) -> Check:
-    """Template tags of the site generator the post came from ({{ ... | url }}, {% ... %}): shown or used
-    as a URL as they are."""
-    found: list[str] = []
-    if page is not None:
-        found += [m.group() for m in _TEMPLATE.finditer(_body_text(page))]
-        for el in page.iter("a", "img"):
-            url = unquote(el.get("href") or el.get("src") or "")
-            found += [m.group() for m in _TEMPLATE.finditer(url)]
-    if found:
-        return Check(
-            "warning",
-            "template-syntax",
-            f"{len(found)} template tag(s) of another site generator, shown or used as a URL as they are: "
-            f"{_short(list(dict.fromkeys(found)))}",
-        )
-    return Check("ok", "template-syntax", "no template tags of other site generators")
 
 
 def _unclosed_html(issue: Issue) -> Check:

@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import jinja2
+import jinja2.ext
 from lxml import etree
 from markdown_it.token import Token
 from markupsafe import Markup
@@ -22,6 +23,7 @@ from .config import Settings
 from .dark import keep_own_colours
 from .embeds import embed_label
 from .errors import PostError
+from .fields import Expr, FieldError, Tag, mark_post, read_tag, rewrite_template, truthy
 from .fold import fold
 from .headers import one_line
 from .imagefetch import look_up
@@ -53,9 +55,57 @@ WORDS = {
 }
 SLOT_VALUE_MAX_BYTES = 600  # the wrap budget for one personalised value (URL or name)
 LINE_LIMIT = 990  # RFC 5322 allows 998 octets per line; 8bit parts must stay under it
-_SLOT = "zqmailerslot{}zq"
-_SLOT_RE = re.compile(r"zqmailerslot(\d+)zq")
+_SLOT = "zqmailerslot{}zq"  # a personal value
+_CONTROL = "zqmailerctl{}zq"  # an {% if/elif/else/endif %}
+_SLOT_RE = re.compile(r"zqmailer(?:slot|ctl)(\d+)zq")
+_VALUE_RE = re.compile(r"zqmailerslot\d+zq")
+_CONTROL_RE = re.compile(r"zqmailerctl(\d+)zq")
+# a paragraph or line holding only conditions' markers: dropped, so a block {% if %} leaves no empty <p>
+_CONTROL_PARAGRAPH = re.compile(r"<p\b[^>]*>\s*((?:zqmailerctl\d+zq\s*)+)</p>\s*")
+_CONTROL_LINE = re.compile(r"(?:\A|(?<=\n\n))[ \t]*((?:zqmailerctl\d+zq[ \t]*)+)\n(?:[ \t]*\n)?")
+# in a reflowed paragraph: no space left at a branch's start, no line of its own for a marker
+_CONTROL_SPACE = re.compile(r"(?m)((?:^|[ \t])[ \t]*zqmailerctl\d+zq)[ \t]+")
+_CONTROL_OWN_LINE = re.compile(r"\n[ \t]*((?:zqmailerctl\d+zq[ \t]*)+)(?=\n)")
 PREHEADER_PAD = "\u034f\u200c\u00a0" * 40  # keeps the body's first words out of the inbox preview
+
+
+@dataclass(frozen=True)
+class Value:
+    """A slot that is one personal value: its compiled expression, escaped for HTML, cut to the budget."""
+
+    expr: Expr
+    html: bool
+    source: str
+
+    def __call__(self, values: Mapping[str, str]) -> bytes:
+        text = self.expr(values)
+        data = (htmlmod.escape(text) if self.html else text).encode("utf-8")
+        if len(data) > SLOT_VALUE_MAX_BYTES:  # cut at a character boundary, never inside one
+            data = data[:SLOT_VALUE_MAX_BYTES].decode("utf-8", "ignore").encode("utf-8")
+        return data
+
+    def size(self) -> int:
+        return 60
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A slot that is an {% if %}: the first branch whose condition holds (None: else), rendered once per
+    issue like the rest and only picked per subscriber."""
+
+    branches: tuple[tuple[Expr | None, Part], ...]
+
+    def __call__(self, values: Mapping[str, str]) -> bytes:
+        for condition, part in self.branches:
+            if condition is None or truthy(condition(values)):
+                return part.fill(values)
+        return b""
+
+    def size(self) -> int:
+        return max(part.size() for _, part in self.branches)
+
+
+Slot = Value | Choice
 
 
 @dataclass(frozen=True)
@@ -63,7 +113,7 @@ class Part:
     """One body part split at its personalised slots: chunks[0] + v0 + chunks[1] + v1 + ..."""
 
     chunks: tuple[bytes, ...]
-    slots: tuple[str, ...]
+    slots: tuple[Slot, ...]
     html: bool
     eight_bit: bool  # False when some line could not be kept under 998 octets: quoted-printable then
 
@@ -73,8 +123,8 @@ class Part:
         if not self.slots:
             return chunks[0]
         out = [chunks[0]]
-        for i, data in enumerate(self.values(values), 1):
-            out.append(data)
+        for i, slot in enumerate(self.slots, 1):
+            out.append(slot(values))
             out.append(chunks[i])
         return b"".join(out)
 
@@ -83,15 +133,21 @@ class Part:
         return self.fill(values).replace(b"\r\n", b"\n")
 
     def values(self, values: Mapping[str, str]) -> list[bytes]:
-        """The bytes that go into the slots for one subscriber: escaped for HTML, cut to the wrap budget."""
-        escape = htmlmod.escape if self.html else str
-        out = []
-        for slot in self.slots:
-            data = escape(values.get(slot, "")).encode("utf-8")
-            if len(data) > SLOT_VALUE_MAX_BYTES:  # cut at a character boundary, never inside one
-                data = data[:SLOT_VALUE_MAX_BYTES].decode("utf-8", "ignore").encode("utf-8")
-            out.append(data)
-        return out
+        """The bytes that go into the slots for one subscriber (a condition's: its branch, filled)."""
+        return [slot(values) for slot in self.slots]
+
+    def every_branch(self) -> bytes:
+        """The part with personal values empty and every branch of each condition in: what checks read."""
+        out = [self.chunks[0]]
+        for slot, chunk in zip(self.slots, self.chunks[1:], strict=True):
+            if isinstance(slot, Choice):
+                out += (part.every_branch() for _, part in slot.branches)
+            out.append(chunk)
+        return b"".join(out)
+
+    def size(self) -> int:
+        """Bytes, allowing 60 per personal value and the longest branch of each condition."""
+        return sum(len(c) for c in self.chunks) + sum(slot.size() for slot in self.slots)
 
 
 @dataclass(frozen=True)
@@ -115,27 +171,40 @@ class Issue:
 
     def html_size(self) -> int:
         """Bytes of the HTML part, allowing 60 per personal value: the figure Gmail's clipping goes by."""
-        return sum(len(c) for c in self.html.chunks) + 60 * len(self.html.slots)
+        return self.html.size()
 
 
 class _Slots:
-    """Hands out slot markers to the templates; `subscriber.city` becomes a slot named `city`."""
+    """Hands out slot markers while an issue renders: one per personal tag of the post and templates."""
 
-    def __init__(self) -> None:
-        self.names: list[str] = []
+    def __init__(self, templates_dir: Path) -> None:
+        self.tags: list[Tag] = []
+        self.templates_dir = templates_dir
 
-    def marker(self, name: str) -> Markup:
-        if name not in self.names:
-            self.names.append(name)
-        return Markup(_SLOT.format(self.names.index(name)))
+    def marker(self, tag: Tag) -> Markup:
+        self.tags.append(tag)
+        return Markup((_SLOT if tag.kind == "value" else _CONTROL).format(len(self.tags) - 1))
 
-    def __getattr__(self, name: str) -> Markup:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return self.marker(name.lower())
+    def field(self, name: str) -> Markup:
+        """The marker of one value the message supplies (the unsubscribe URL)."""
+        return self.marker(Tag("value", lambda values: values.get(name, ""), name))
 
-    def __getitem__(self, name: str) -> Markup:
-        return self.marker(str(name).lower())
+    def mailer_tag_(self, opener: str, inner: str, line: int) -> Markup:
+        """Called by a template tag that reads subscriber (see _PersonalTags)."""
+        try:
+            return self.marker(read_tag(opener, inner, bare_names=False))
+        except FieldError as exc:
+            raise PostError(f"{self.templates_dir}:{line}: template error: {opener}{inner}: {exc}") from None
+
+
+class _PersonalTags(jinja2.ext.Extension):
+    """Rewrites a template's `{{ subscriber... }}` and `{% if subscriber... %}` into slot markers."""
+
+    def preprocess(self, source: str, name: str | None, filename: str | None = None) -> str:
+        try:
+            return rewrite_template(source, "subscriber.mailer_tag_")
+        except FieldError as exc:
+            raise jinja2.TemplateSyntaxError(exc.args[0], exc.args[1], name, filename) from None
 
 
 @lru_cache(maxsize=4)
@@ -147,6 +216,7 @@ def _environment(templates_dir: Path) -> jinja2.Environment:
         autoescape=jinja2.select_autoescape(["html"]),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
+        extensions=[_PersonalTags],
     )
 
 
@@ -159,7 +229,8 @@ def render_issue(post: Post, settings: Settings) -> Issue:
     """Render a post once: HTML with all CSS inlined, and the plain-text part, both with slots."""
     words = words_for(post.lang)
     findings = Findings()
-    tokens = markdown.parse(post.body)
+    slots = _Slots(settings.templates_dir)
+    tokens = markdown.parse(_mark_post(post, slots))
     label = embed_label(words["open"], words["watch"])
     body_html = sanitize(
         markdown.to_html(tokens),
@@ -176,7 +247,7 @@ def render_issue(post: Post, settings: Settings) -> Issue:
 
     body_text = to_text(tokens, clean)
     view_url = _view_url(settings, post)
-    preheader = post.summary[0] if post.summary else _first_words(body_text)
+    preheader = post.summary[0] if post.summary else _first_words(body_text, slots.tags)
     cover = ""
     if post.cover_image:
         from .sanitize import safe_url
@@ -184,7 +255,6 @@ def render_issue(post: Post, settings: Settings) -> Issue:
         cover = safe_url(post.cover_image, settings.base_url, findings, image=True) or ""
     meta_line = " · ".join(x for x in (_date_text(post), post.category) if x)
     from_name = one_line(settings.list_name or settings.from_name)
-    slots = _Slots()
     common = {
         "lang": post.lang,
         "title": post.title,
@@ -195,7 +265,7 @@ def render_issue(post: Post, settings: Settings) -> Issue:
         "words": words,
         "from_name": from_name,
         "postal_address": one_line(settings.postal_address),
-        "unsubscribe_url": slots.marker("unsubscribe_url"),
+        "unsubscribe_url": slots.field("unsubscribe_url"),
         "subscriber": slots,
     }
     env = _environment(settings.templates_dir)
@@ -209,7 +279,7 @@ def render_issue(post: Post, settings: Settings) -> Issue:
         summary_lines = [line for item in post.summary for line in wrap(item, indent="  ", first="- ")]
         text = jinja2.Environment(
             loader=env.loader, autoescape=False, undefined=jinja2.StrictUndefined,
-            keep_trailing_newline=True,
+            keep_trailing_newline=True, extensions=[_PersonalTags],
         ).get_template("email.txt").render(
             common, body=body_text, summary=summary_lines,
             title_rule="=" * min(text_width(post.title), WIDTH),
@@ -227,8 +297,8 @@ def render_issue(post: Post, settings: Settings) -> Issue:
         subject=post.title,
         preheader=preheader,
         view_url=view_url,
-        html=_split(inlined, slots.names, html=True),
-        text=_split(_tidy_text(text), slots.names, html=False),
+        html=_split(inlined, slots.tags, html=True),
+        text=_split(_tidy_text(text), slots.tags, html=False),
         findings=findings,
         lang=post.lang,
         images=images,
@@ -301,20 +371,73 @@ def inline_css(
     return tree.getroot()
 
 
-def _split(content: str, names: list[str], *, html: bool) -> Part:
+def _split(content: str, tags: list[Tag], *, html: bool) -> Part:
     content = content.replace("\r\n", "\n")
+    if html:
+        content = _CONTROL_PARAGRAPH.sub(r"\1", content)
+    else:
+        content = _CONTROL_LINE.sub(r"\1", content)
+        content = _CONTROL_OWN_LINE.sub(r"\1", _CONTROL_SPACE.sub(r"\1", content))
     wrapped = fold(content, html=html, cost=_cost, limit=LINE_LIMIT)
     eight_bit = wrapped is not None
     content = (wrapped if wrapped is not None else content).replace("\n", "\r\n")
     pieces = _SLOT_RE.split(content)
-    chunks = tuple(p.encode("utf-8") for p in pieces[0::2])
-    slots = tuple(names[int(i)] for i in pieces[1::2])
-    return Part(chunks=chunks, slots=slots, html=html, eight_bit=eight_bit)
+    texts = [p.encode("utf-8") for p in pieces[0::2]]
+    order = [tags[int(i)] for i in pieces[1::2]]
+    pos = 0
+
+    def block() -> tuple[Part, Tag | None]:
+        """Chunks and slots up to the next elif/else/endif (returned) or the end (None)."""
+        nonlocal pos
+        chunks, slots = [texts[pos]], list[Slot]()
+        while pos < len(order):
+            tag = order[pos]
+            pos += 1
+            if tag.kind == "value":
+                assert tag.expr is not None
+                slots.append(Value(tag.expr, html, tag.source))
+            elif tag.kind == "if":
+                branches: list[tuple[Expr | None, Part]] = []
+                condition = tag.expr
+                while True:
+                    body, stop = block()
+                    branches.append((condition, body))
+                    if stop is None or stop.kind == "endif":
+                        break
+                    condition = stop.expr if stop.kind == "elif" else None
+                slots.append(Choice(tuple(branches)))
+            else:
+                return Part(tuple(chunks), tuple(slots), html, eight_bit), tag
+            chunks.append(texts[pos])
+        return Part(tuple(chunks), tuple(slots), html, eight_bit), None
+
+    part, stray = block()
+    if stray is not None:  # mark_post and the templates pair them: only HTML moved around them gets here
+        raise PostError(f"{{% {stray.kind} %}} is out of place in the rendered issue (inside an HTML tag?)")
+    return part
 
 
 def _cost(text: str) -> int:
     plain = _SLOT_RE.sub("", text)
-    return len(plain.encode("utf-8")) + SLOT_VALUE_MAX_BYTES * len(_SLOT_RE.findall(text))
+    return len(plain.encode("utf-8")) + SLOT_VALUE_MAX_BYTES * len(_VALUE_RE.findall(text))
+
+
+def _mark_post(post: Post, slots: _Slots) -> str:
+    """The post's body with its personal tags as slot markers; PostError naming the file and line."""
+    for tag in ("{{", "{%"):
+        if tag in post.title:
+            raise PostError(
+                f"{post.path}: title: {tag} in the title: the subject is the same for every reader"
+                " (personal fields go in the body)"
+            )
+    try:
+        return mark_post(post.body, slots.marker)
+    except FieldError as exc:
+        line = post.body_line + post.body.count("\n", 0, exc.args[1])
+        raise PostError(
+            f"{post.path}:{line}: {exc.args[0]} (personal fields: docs/writing.md; to show it as typed,"
+            " put it in `backticks`)"
+        ) from None
 
 
 def _absolute_links(tokens: list[Token], base_url: str) -> None:
@@ -335,9 +458,22 @@ def _tidy_text(text: str) -> str:
     return tidy + "\n"
 
 
-def _first_words(text: str, limit: int = 140) -> str:
+def _first_words(text: str, tags: list[Tag], limit: int = 140) -> str:
+    """The preheader from the body: personal values and conditions kept, but none cut in half and no
+    condition cut before its {% endif %}."""
     flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[: limit - 1].rstrip() + "…"
+    if len(flat) <= limit:
+        return flat
+    flat = re.sub(r"zq\w*$", "", flat[: limit - 1])  # a marker cut short
+    depth, cut = 0, len(flat)
+    for m in _CONTROL_RE.finditer(flat):
+        kind = tags[int(m.group(1))].kind
+        if kind == "if":
+            cut = m.start() if depth == 0 else cut
+            depth += 1
+        elif kind == "endif":
+            depth -= 1
+    return (flat if depth == 0 else flat[:cut]).rstrip() + "…"
 
 
 def _date_text(post: Post) -> str:

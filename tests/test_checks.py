@@ -235,12 +235,20 @@ def test_markdown_left_literal_is_a_warning(tmp_path: Path, settings: Settings) 
     assert clean["literal-markdown"].level == "ok"
 
 
-def test_other_generators_template_syntax_is_a_warning(tmp_path: Path, settings: Settings) -> None:
-    body = "![Chart]({{ '/img/chart.png' | url }})\n\n{% include 'footer.html' %}\n\nText.\n"
-    check = checks_for(write_post(tmp_path, body), settings)["template-syntax"]
-    assert check.level == "warning"
-    assert "{{ '/img/chart.png' | url }}" in check.message and "{% include 'footer.html' %}" in check.message
-    assert checks_for(write_post(tmp_path, "Plain text."), settings)["template-syntax"].level == "ok"
+def test_other_generators_template_syntax_is_an_error_naming_the_line(
+    tmp_path: Path, settings: Settings
+) -> None:
+    """Before personal fields it went out as typed, with a warning; now `{{ }}` is mailer's own syntax:
+    what mailer reads passes every check, what it does not is refused with its line."""
+    from mailer.errors import PostError
+
+    ok = write_post(tmp_path, "Hello {{ name }}.\n\n`{{ '/img/chart.png' | url }}` in code is text.\n")
+    assert not [c for c in checks_for(ok, settings).values() if "{{" in c.message]
+    body = "Text.\n\n![Chart]({{ '/img/chart.png' | url }})\n\n{% include 'footer.html' %}\n"
+    with pytest.raises(PostError, match=r"post\.md:8: .*no filter 'url'"):
+        checks_for(write_post(tmp_path, body), settings)
+    with pytest.raises(PostError, match=r"post\.md:8: .*only if, elif, else and endif"):
+        checks_for(write_post(tmp_path, "Text.\n\n{% include 'footer.html' %}\n"), settings)
 
 
 def test_unclosed_raw_html_is_a_warning(tmp_path: Path, settings: Settings) -> None:
