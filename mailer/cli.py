@@ -490,8 +490,11 @@ def list_option(f: F) -> F:
 def subscribers_import(
     ctx: click.Context, files: tuple[Path, ...], list_name: str, json_mode: bool, quiet: bool
 ) -> None:
-    """Add the readers of FILE... (CSV, or another tool's export) to a list, with the date and source of
-    their consent; all or nothing. Exit status: 0 done, 1 refused (nothing imported), 2 usage error."""
+    """Import the readers of the files (CSV, or another tool's export) into a list, with the date and
+    source of their consent; all or nothing.
+
+    Exit status: 0 done, 1 refused (nothing imported), 2 usage error.
+    """
     console = Console(json_mode=json_mode, quiet=quiet, stamped=False)
     settings = settings_from(ctx, console)
     fields: dict[str, Any] = {"command": "subscribers import", "list": list_name}

@@ -13,7 +13,6 @@ see listformat) imports exactly those rows, each with the tool's reason.
 from __future__ import annotations
 
 import csv
-import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,11 +28,9 @@ from .headers import normalize_email
 from .ledger import Ledger
 from .subscribers import BadRow, dedupe_key
 
-# Header names of an address column, compared without case, spaces, '-', '_' or '.'; earlier names win
-# (Mailchimp has both "Email Address" and a postal "Address").
-ADDRESS_COLUMNS = ("email", "emailaddress", "mail", "mailaddress", "address")
-DELIMITERS = (",", ";", "\t")
-_NOISE = re.compile(r"[\s_.\-]+")
+# Header names of an address column (listformat.key), earlier names first: a subscriber list's, then
+# Mailgun's `address`, which loses to them (Mailchimp has both "Email Address" and a postal "Address").
+ADDRESS_COLUMNS = (*listformat.ADDRESS, "address")
 
 
 @dataclass
@@ -116,9 +113,9 @@ def _layout(source: CsvFile) -> _Layout:
         if not text or text.startswith("#"):
             continue
         found: list[tuple[int, int, str]] = []  # (cells, address column, delimiter)
-        for delimiter in DELIMITERS:
+        for delimiter in listformat.DELIMITERS:
             cells = next(csv.reader([text], delimiter=delimiter), [])
-            keys = [_NOISE.sub("", cell.lower()) for cell in cells]
+            keys = [listformat.key(cell) for cell in cells]
             columns = [keys.index(name) for name in ADDRESS_COLUMNS if name in keys]
             if columns:
                 found.append((len(cells), columns[0], delimiter))

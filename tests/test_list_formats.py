@@ -442,3 +442,25 @@ def test_a_utf16_unsubscribed_export_with_tabs_is_imported(tmp_path: Path) -> No
     result = run(["suppressions", "import", str(path)], {"MAILER_DATA_DIR": str(tmp_path / "state")})
     assert result.exit_code == 0, result.output
     assert "2 newly suppressed" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["email", "E-mail", "Email Address", "e-mail address", "email_address", "Mail", "Email Address;Address",
+     "Address,Email Address", "address"],
+)  # fmt: skip
+def test_a_suppression_file_finds_its_address_column_by_the_lists_own_names(
+    tmp_path: Path, header: str
+) -> None:
+    """One copy of the names (listformat's), plus Mailgun's `address`, which loses to any of them."""
+    from mailer.ledger import Ledger
+
+    sep = ";" if ";" in header else ","
+    cells = ["9 Harbour Road" if "address" == c.strip().lower() and "Email" in header else "ann@example.com"
+             for c in header.split(sep)]  # fmt: skip
+    path = tmp_path / "suppress.csv"
+    path.write_text(f"{header}\n{sep.join(cells)}\n", encoding="utf-8")
+    result = run(["suppressions", "import", str(path)], {"MAILER_DATA_DIR": str(tmp_path / "state")})
+    assert result.exit_code == 0, result.output
+    with Ledger(tmp_path / "state" / "mailer.db") as ledger:
+        assert [s.email for s in ledger.suppressions()] == ["ann@example.com"]
