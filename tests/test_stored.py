@@ -490,3 +490,22 @@ def test_a_web_one_click_unsubscribe_stops_later_sends_from_every_stored_list(
     result = send(second, full, "--list", "friends", *skip)
     assert result.exit_code == 0, result.output
     assert received(smtp_server) == {"ann@example.com": 2, "bob@example.com": 1}
+
+
+def test_a_stored_readers_fields_reach_the_post_per_reader(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path
+) -> None:
+    env = publisher.env_for(smtp_server, tmp_path)
+    a = write(tmp_path / "a.csv", "email,name,city\nann@example.com,Ann,Oslo\nbob@example.com,Bob,\n")
+    run(["subscribers", "import", str(a)], env)
+    text = post.read_text(encoding="utf-8")
+    post.write_text(text + "\n{% if subscriber.city %}Greetings to {{ subscriber.city }}.{% endif %}\n")
+    result = send(post, env, "--list", "main")
+    assert result.exit_code == 0, result.output
+    bodies = {m.rcpt_tos[0]: message_from_bytes(m.data) for m in smtp_server.messages}
+    plain = {
+        to: next(p for p in msg.walk() if p.get_content_type() == "text/plain") for to, msg in bodies.items()
+    }
+    words = {to: part.get_payload(decode=True).decode() for to, part in plain.items()}
+    assert "Greetings to Oslo." in words["ann@example.com"]
+    assert "Greetings to" not in words["bob@example.com"]
