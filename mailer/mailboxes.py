@@ -284,7 +284,7 @@ class ImapSource:
                     step = "STARTTLS"
                     imap.starttls(context)
             step = "log in"
-            imap.login(a.user, a.password)
+            _log_in(imap, a.user, a.password)
             step = f"open the folder {a.folder!r}"
             _ok(imap.select(_quote(a.folder)), "SELECT")
             return imap
@@ -336,6 +336,16 @@ class ImapSource:
         if typ != "OK":
             raise MailerError(f"{self.name}: {what} refused: {_words(data)}")
         return list(data)
+
+
+def _log_in(imap: imaplib.IMAP4, user: str, password: str) -> None:
+    """LOGIN when the user name and password are ASCII (imaplib sends LOGIN's arguments as ASCII); otherwise
+    AUTHENTICATE PLAIN, whose credentials are UTF-8 (RFC 4616), so a password with an accent logs in."""
+    if user.isascii() and password.isascii():
+        imap.login(user, password)
+        return
+    credentials = f"\0{user}\0{password}".encode()
+    imap.authenticate("PLAIN", lambda _challenge: credentials)
 
 
 def _ok(answer: tuple[str, Sequence[object]], what: str) -> None:

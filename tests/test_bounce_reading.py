@@ -4,6 +4,7 @@ nothing. (IMAP, and the whole path through Postfix and Dovecot: tests/test_e2e_b
 
 from __future__ import annotations
 
+import base64
 import json
 import mailbox
 import os
@@ -359,3 +360,62 @@ def test_an_imap_connection_lost_mid_pass_stops_with_exit_4(site: dict[str, str]
     [line] = err.strip().splitlines()
     assert line.startswith(f"Error: imap://bounce@127.0.0.1:{server.server_address[1]}/INBOX: fetch failed:")
     assert line.endswith("stopped there: run again to go on") and "a-secret-password" not in out + err
+
+
+class _Utf8Imap(socketserver.BaseRequestHandler):
+    """An IMAP server that takes a user name and password in UTF-8 through AUTHENTICATE PLAIN (RFC 4616), and
+    has an empty INBOX; `seen` gets the credentials it was given."""
+
+    seen: list[bytes] = []
+
+    def handle(self) -> None:
+        sock = self.request
+        sock.sendall(b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] ready\r\n")
+        reader = sock.makefile("rb")
+        for line in reader:
+            tag, _, command = line.decode("ascii", "replace").strip().partition(" ")
+            ok = tag.encode() + b" OK done\r\n"
+            if command == "CAPABILITY":
+                sock.sendall(b"* CAPABILITY IMAP4rev1 AUTH=PLAIN\r\n" + ok)
+            elif command == "AUTHENTICATE PLAIN":
+                sock.sendall(b"+ \r\n")
+                credentials = base64.b64decode(reader.readline().strip())
+                self.seen.append(credentials)
+                good = credentials == "\0bounce\0pässwörd-ü-secret".encode()
+                sock.sendall(ok if good else tag.encode() + b" NO [AUTHENTICATIONFAILED] no\r\n")
+            elif command.startswith("SELECT"):
+                sock.sendall(b"* 0 EXISTS\r\n" + ok)
+            elif command.startswith("UID SEARCH"):
+                sock.sendall(b"* SEARCH\r\n" + ok)
+            elif command == "LOGOUT":
+                sock.sendall(b"* BYE bye\r\n" + ok)
+                return
+            else:
+                sock.sendall(tag.encode() + b" BAD unknown\r\n")
+
+
+def test_an_imap_password_with_non_ascii_characters_logs_in(site: dict[str, str]) -> None:
+    """imaplib's LOGIN sends ASCII only: a password with an umlaut was a UnicodeEncodeError traceback; it now
+    goes as UTF-8 through AUTHENTICATE PLAIN, and the server gets exactly the user and password set."""
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Utf8Imap)
+    server.daemon_threads = True  # a client that failed without hanging up does not hold the test
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    env = {
+        **site,
+        "MAILER_IMAP_HOST": "127.0.0.1",
+        "MAILER_IMAP_PORT": str(server.server_address[1]),
+        "MAILER_IMAP_SECURITY": "none",
+        "MAILER_IMAP_USER": "bounce",
+        "MAILER_IMAP_PASSWORD": "pässwörd-ü-secret",
+    }
+    try:
+        code, out, err = _mailer(["bounces", "--imap"], env)
+        wrong, out2, err2 = _mailer(["bounces", "--imap"], {**env, "MAILER_IMAP_PASSWORD": "wröng-secret"})
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert code == 0, err
+    assert err.strip().endswith("no unread message")
+    assert _Utf8Imap.seen[0] == "\0bounce\0pässwörd-ü-secret".encode()
+    assert wrong == 1 and err2.startswith("Error: ") and len(err2.strip().splitlines()) == 1, err2
+    assert "cannot log in" in err2 and "wröng" not in out2 + err2 and "pässwörd" not in out + err
