@@ -33,7 +33,7 @@ from .links import links_look_like_links
 from .plaintext import to_text
 from .post import Post
 from .sanitize import Findings, sanitize
-from .slim import class_names, drop_unused_classes, minify_css, slim_styles
+from .slim import class_names, drop_layout_whitespace, drop_unused_classes, minify_css, slim_styles
 
 WORDS = {
     "en": {
@@ -290,7 +290,7 @@ def render_issue(post: Post, settings: Settings) -> Issue:
         raise PostError(f"{where}{':' + str(line) if line else ''}: template error: {exc}") from None
     root = inline_css(page, extra_css=findings.styles, keep_classes=class_names(css + media_css))
     images = fit_images(root, lambda urls: look_up(urls, settings.data_dir, offline=settings.offline))
-    inlined = etree.tostring(root.getroottree(), method="html", pretty_print=True, encoding="unicode")
+    inlined = etree.tostring(root.getroottree(), method="html", encoding="unicode")
     return Issue(
         post=post,
         issue_id=post.issue_id,
@@ -368,6 +368,7 @@ def inline_css(
     for style in tree.getroot().iter("style"):
         style.text = minify_css(style.text or "")
     drop_unused_classes(tree.getroot(), keep_classes)
+    drop_layout_whitespace(tree.getroot())
     return tree.getroot()
 
 
