@@ -4,11 +4,12 @@
     .venv/bin/python bench/weigh.py --mailer DIR    # rendered by the mailer in DIR (a before/after)
 
 The HTML part is taken as sent (CRLF lines, slots filled with empty values). Each byte falls in one bucket:
-`text` (visible text in <body>, whitespace collapsed), `urls` (href and src values), `style:PROP` (each
-inline declaration, `;` included), `style=""` (the attribute's own bytes), `attrs` (every other attribute),
-`tags` (`<td`, `>`, `</td>`), `space` (whitespace between tags and beyond one space inside text, line breaks
-included), `head` (everything before <body>: <style>, meta, conditional comments) and `hidden` (the
-preheader, which only the inbox list shows). `own` = text + urls: the post's share no markup choice removes.
+`text` (visible text in <body>, a run of whitespace as one space), `urls` (href and src values),
+`style:PROP` (each inline declaration, `;` included), `style=""` (the attribute's own bytes), `attrs` (every
+other attribute), `tags` (`<td`, `>`, `</td>`), `space` (whitespace between tags and beyond one space inside
+text, line breaks included), `head` (everything before <body>: <style>, meta, conditional comments) and
+`hidden` (the preheader, which only the inbox list shows). `own` = text + urls: the post's share that no
+markup choice removes.
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ def weigh(html: str) -> Counter[str]:
         body = body[: hidden.start()] + body[hidden.end() :]
     for token in _TOKEN.findall(body):
         size = len(token.encode())
-        if not token.startswith("<"):
-            words = " ".join(token.split())
+        if not token.startswith("<"):  # runs of whitespace as one space; between tags only, none
+            words = re.sub(r"\s+", " ", token) if token.strip() else ""
             out["text"] += len(words.encode())
             out["space"] += size - len(words.encode())
         elif token.startswith("<!--"):

@@ -28,3 +28,21 @@ def test_a_row_for_every_post_with_its_bytes_and_verdicts(tmp_path: Path) -> Non
         assert ("html-size" in row["refused"]) == row["clipped"]  # send refuses a clipped issue
     table = done.stdout.splitlines()
     assert table[0].startswith("| post | markdown | HTML |") and len(table) == 2 + len(posts)
+
+
+def test_weigh_puts_every_byte_in_one_bucket() -> None:
+    """bench/weigh.py: the buckets add up to the part's size, and text/urls are what a hand count gives."""
+    from bench.weigh import weigh
+
+    html = (
+        '<html><head><style>a{color:red}</style></head><body class="b">'
+        '<div class="preheader">hidden</div>\r\n<p style="margin:0;color:#111">Hello   world '
+        '<a href="https://x.example/é">link</a></p>\r\n<!--[if mso]>x<![endif]--></body></html>'
+    )
+    w = weigh(html)
+    parts = ("text", "urls", "attrs", "tags", "space", "head", "hidden")
+    styles = sum(v for k, v in w.items() if k.startswith("style"))
+    assert sum(w[k] for k in parts) + styles == w["total"] == len(html.encode())
+    assert w["text"] == len("Hello world link") and w["urls"] == len("https://x.example/é".encode())
+    assert w["style:margin"] == len("margin:0;") and w["style:color"] == len("color:#111;")
+    assert w["own"] == w["text"] + w["urls"]
