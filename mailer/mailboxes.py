@@ -145,6 +145,9 @@ class MboxSource:
         try:
             self._box = mailbox.mbox(path, create=False)
             self._box.lock()
+            # taken before the messages are listed: a size other than this at close() means someone wrote
+            # to the file while it was read, and the rewrite that writes the marks would drop their mail
+            self._length = path.stat().st_size
         except (OSError, mailbox.Error) as exc:
             raise MailerError(f"{path}: cannot open or lock the mbox file: {exc}") from None
         self._marks: dict[str, str] = {}
@@ -172,8 +175,20 @@ class MboxSource:
         self._marks[item.key] = "FO"
 
     def close(self) -> None:
-        """Write the flags (the mailbox module rewrites the file through a temporary one) and unlock."""
+        """Write the flags (the mailbox module rewrites the file through a temporary one) and unlock.
+
+        Mail delivery agents take the lock before they append; a writer that does not would lose what it
+        appended to the rewrite (the mailbox module's own check is passed once a mark is set). So the file
+        must still be the size it was: else no mark is written, and the next run reads these messages again,
+        which changes nothing (every report counts once).
+        """
         try:
+            if self._marks and self.path.stat().st_size != self._length:
+                raise MailerError(
+                    f"{self.path}: the file changed while it was read (a writer that does not lock it?);"
+                    " the read marks are not written and the next run reads these messages again, counting"
+                    " each report once"
+                )
             for name, flags in self._marks.items():
                 key = self._keys[name]
                 message = self._box.get_message(key)

@@ -25,7 +25,9 @@ from click.testing import CliRunner
 
 from mailer.cli import cli
 from mailer.envelope import ReturnPaths
+from mailer.errors import MailerError
 from mailer.ledger import Ledger
+from mailer.mailboxes import MboxSource
 from mailer.tokens import Keyring
 
 FIXTURES = Path(__file__).parent / "bounces"
@@ -220,6 +222,31 @@ def test_a_directory_or_a_pipe_in_the_maildir_is_named_once_and_the_rest_is_read
     assert _suppressed(site) == {"ghost@example.net": ("dsn", "hard bounce", "5.1.1")}
     code, out, err = _mailer(["bounces", "--maildir", str(folder)], site)
     assert code == 0 and "0.dir" not in out + err and "1.pipe" not in out + err  # not tried again
+
+
+def test_mail_appended_to_the_mbox_without_its_lock_during_a_pass_is_kept(tmp_path: Path) -> None:
+    # A writer that skips the lock (a shell `>>`) appends while the pass reads: the rewrite that writes the
+    # read marks would drop that mail (it did: 20 of 20 appended messages lost), so no mark is written.
+    path = tmp_path / "bounces.mbox"
+    box = mailbox.mbox(path)
+    for n in range(3):
+        box.add(f"From: MAILER-DAEMON@example.net\nSubject: report {n}\n\nbody {n}\n".encode())
+    box.close()
+    source = MboxSource(path)
+    items = list(source.unread())
+    with path.open("ab") as out:
+        out.write(b"From someone@example.org Tue Dec  1 10:00:00 2026\nSubject: appended\n\nhello\n\n")
+    for item in items:
+        source.done(item)
+    with pytest.raises(MailerError, match="changed while it was read"):
+        source.close()
+    after = mailbox.mbox(path)
+    subjects = [m["Subject"] for m in after]
+    assert subjects == ["report 0", "report 1", "report 2", "appended"]
+    assert all("R" not in m.get_flags() for m in after)  # nothing marked: the next run reads them again
+    after.lock()  # the pass let go of the lock
+    after.unlock()
+    after.close()
 
 
 def test_an_mbox_file_is_read_and_marked_under_its_lock(site: dict[str, str], tmp_path: Path) -> None:
