@@ -124,7 +124,7 @@ REPORT_ROWS = (
     ("sent", "sent"),
     ("would_send", "would send"),
     ("already_sent", "already sent before"),
-    ("suppressed", "suppressed (unsubscribed)"),
+    ("suppressed", "suppressed (unsubscribed, bounced or complained)"),
     ("invalid", "invalid rows"),
     ("duplicates", "duplicates"),
     ("skipped", "not to be mailed, as the list says"),
