@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from . import __version__
+from . import DEFAULT_LIST, __version__
 from .console import Console
 from .errors import ExitStatus, MailerError
 
@@ -475,8 +475,6 @@ def subscribers() -> None:
 
 def list_option(f: F) -> F:
     """--list NAME, for the commands on one stored list."""
-    from .stored import DEFAULT_LIST
-
     return click.option(
         "--list", "list_name", default=DEFAULT_LIST, show_default=True, metavar="NAME", help="The list."
     )(f)

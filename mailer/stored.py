@@ -34,7 +34,6 @@ from .lists import ListFile, Lists, read_lists
 from .subscribers import BadRow, Subscriber
 from .suppressions import stored_addresses
 
-DEFAULT_LIST = "main"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 _BATCH = 500  # addresses per query, well under SQLite's limit on bound parameters
 _PAGE = 1000  # members read per query while a send streams its list
