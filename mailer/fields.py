@@ -371,6 +371,8 @@ def _inside(spans: list[tuple[int, int]], pos: int) -> bool:
 
 def mark_post(body: str, marker: Callable[[Tag], str]) -> str:
     """The post's body with each tag outside code replaced by marker(tag); FieldError (message, offset)."""
+    if _OPEN.search(body) is None:  # most posts: no tag at all, and no second markdown parse to find code
+        return body
     spans = literal_spans(body)
     out: list[str] = []
     pos = 0
