@@ -297,7 +297,7 @@ def _take_leading_h1(body: str, title: str) -> tuple[str, str]:
 
     It supplies a missing title and is removed when it repeats the title; return (body, its text).
     """
-    tokens = markdown.parse(body)
+    tokens = markdown.parse_blocks(body)  # the whole post's inline content is not needed to see its start
     for i, tok in enumerate(tokens):
         if tok.level != 0 or tok.type in ("html_block", "hr") or tok.type.endswith("_close"):
             continue
@@ -320,7 +320,7 @@ def _take_leading_h1(body: str, title: str) -> tuple[str, str]:
 
 def _only_images(inline: Token) -> bool:
     """A paragraph of badges or a lone picture is not the first paragraph of text."""
-    children = inline.children or []
+    children = markdown.inline_children(inline)
     kinds = {tok.type for tok in children}
     if "image" not in kinds or not kinds <= {"image", "link_open", "link_close", "softbreak", "text"}:
         return False
