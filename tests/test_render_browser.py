@@ -18,7 +18,7 @@ import pytest
 from mailer.config import Settings
 from mailer.post import load_post
 from mailer.render import render_issue
-from tests.chromium import ARGS, CHROMIUM, text_contrasts
+from tests.chromium import ARGS, CHROMIUM, CONTRAST, text_contrasts
 from tests.conftest import EXAMPLE, ROOT
 
 pytestmark = pytest.mark.browser
@@ -306,39 +306,6 @@ def test_inline_styles_look_like_the_css_rules(browser: Any, tmp_path: Path, nam
     assert not differ, differ[:1]
 
 
-CONTRAST = """() => {
-  const parse = (c) => {
-    const m = c.match(/rgba?\\(([^)]+)\\)/);
-    const p = m ? m[1].split(/[ ,\\/]+/).filter(Boolean).map(Number) : [0, 0, 0, 0];
-    return {r: p[0], g: p[1], b: p[2], a: p.length > 3 ? p[3] : 1};
-  };
-  const lum = (c) => {
-    const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); };
-    return 0.2126 * f(c.r) + 0.7152 * f(c.g) + 0.0722 * f(c.b);
-  };
-  const ratio = (a, b) => (Math.max(lum(a), lum(b)) + 0.05) / (Math.min(lum(a), lum(b)) + 0.05);
-  const shown = (e) => {
-    for (let n = e; n; n = n.parentElement) {
-      const s = getComputedStyle(n);
-      if (s.display === 'none' || parseFloat(s.opacity) === 0) return false;
-    }
-    const r = e.getBoundingClientRect();
-    return r.width > 0 && r.height > 1;
-  };
-  const out = [];
-  for (const e of document.querySelectorAll('body *')) {
-    if (![...e.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim()) || !shown(e)) continue;
-    let holder = e;  // the nearest element that paints a background: what the text is actually on
-    while (holder.parentElement && parse(getComputedStyle(holder).backgroundColor).a === 0) {
-      holder = holder.parentElement;
-    }
-    const button = holder.tagName === 'A' && getComputedStyle(holder).display !== 'inline';
-    const on = parse(getComputedStyle(holder).backgroundColor);
-    out.push({text: e.textContent.trim().slice(0, 40), tag: e.tagName, button,
-              ratio: ratio(parse(getComputedStyle(e).color), on)});
-  }
-  return out;
-}"""
 CONTRAST_POSTS = ["example", "raw_html.md", "rich.md", "english.md", "hugo_toml.md", "pelican.md",
                   "2024-10-02-toml-h1.md", "weekly_tables.md", "footnotes.md", "images.md",
                   "phone.md", "styled_links.md"]  # fmt: skip
