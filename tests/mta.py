@@ -28,6 +28,8 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+import pytest
+
 from tests.smtpd import TLSFiles
 
 HOST = "127.0.0.1"
@@ -416,3 +418,24 @@ def _alive(pid: int) -> bool:
             return stat.read().split(") ", 1)[1][:1] != "Z"
     except OSError:
         return False
+
+
+def send_env(system: MailSystem, folder: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The MAILER_* settings a send through this mail system needs, none inherited, one data folder; run
+    from `folder` so no stray mailer.toml is read."""
+    from tests import publisher
+
+    monkeypatch.chdir(folder)
+    for name in list(os.environ):
+        if name.startswith("MAILER_"):
+            monkeypatch.delenv(name)
+    return {
+        "MAILER_DATA_DIR": str(folder / "state"),
+        "MAILER_SMTP_HOST": HOST,
+        "MAILER_SMTP_PORT": str(system.smtp_port),
+        "MAILER_SMTP_SECURITY": "none",
+        "MAILER_SMTP_TIMEOUT": "10",
+        "MAILER_FROM_EMAIL": "news@example.org",
+        "MAILER_WEB_URL": f"http://{HOST}:{free_port()}",
+        "MAILER_POSTAL_ADDRESS": publisher.POSTAL_ADDRESS,
+    }

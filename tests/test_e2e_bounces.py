@@ -29,7 +29,7 @@ from flufl.bounce import all_failures
 from mailer.cli import cli
 from mailer.config import load_settings
 from mailer.ledger import Ledger
-from tests import mta, publisher, record
+from tests import mta, record
 from tests.conftest import EXAMPLE
 from tests.smtpd import TLSFiles, make_tls_files
 
@@ -64,19 +64,7 @@ def mail_system(tls: TLSFiles) -> Iterator[mta.MailSystem]:
 def env(
     mail_system: mta.MailSystem, tls: TLSFiles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> dict[str, str]:
-    monkeypatch.chdir(tmp_path)
-    for name in list(os.environ):
-        if name.startswith("MAILER_"):
-            monkeypatch.delenv(name)
-    return {
-        "MAILER_DATA_DIR": str(tmp_path / "state"),
-        "MAILER_SMTP_HOST": mta.HOST,
-        "MAILER_SMTP_PORT": str(mail_system.smtp_port),
-        "MAILER_SMTP_SECURITY": "none",
-        "MAILER_SMTP_TIMEOUT": "10",
-        "MAILER_FROM_EMAIL": "news@example.org",
-        "MAILER_WEB_URL": f"http://{mta.HOST}:{mta.free_port()}",
-        "MAILER_POSTAL_ADDRESS": publisher.POSTAL_ADDRESS,
+    return mta.send_env(mail_system, tmp_path, monkeypatch) | {
         "MAILER_IMAP_HOST": mta.HOST,
         "MAILER_IMAP_CAFILE": str(tls.ca),
         "MAILER_IMAP_PASSWORD": mta.PASSWORD,

@@ -33,7 +33,7 @@ from mailer.cli import cli
 from mailer.config import load_settings
 from mailer.ledger import Ledger
 from mailer.tokens import load_keyring
-from tests import mta, publisher
+from tests import mta
 from tests.conftest import EXAMPLE
 
 pytestmark = pytest.mark.mta
@@ -61,20 +61,8 @@ def mail_system() -> Iterator[mta.MailSystem]:
 @pytest.fixture
 def env(mail_system: mta.MailSystem, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """The MAILER_* settings `send` and `serve` share: Postfix as the server, one data folder."""
-    monkeypatch.chdir(tmp_path)  # no stray mailer.toml
-    for name in list(os.environ):
-        if name.startswith("MAILER_"):
-            monkeypatch.delenv(name)
-    return {
-        "MAILER_DATA_DIR": str(tmp_path / "state"),
-        "MAILER_SMTP_HOST": mta.HOST,
-        "MAILER_SMTP_PORT": str(mail_system.smtp_port),
-        "MAILER_SMTP_SECURITY": "none",
-        "MAILER_SMTP_TIMEOUT": "10",
-        "MAILER_FROM_EMAIL": "news@example.org",
+    return mta.send_env(mail_system, tmp_path, monkeypatch) | {
         "MAILER_FROM_NAME": "AI 日报",
-        "MAILER_WEB_URL": f"http://{mta.HOST}:{mta.free_port()}",
-        "MAILER_POSTAL_ADDRESS": publisher.POSTAL_ADDRESS,
     }
 
 
