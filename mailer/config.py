@@ -67,6 +67,7 @@ class Settings:
     list_id: str = ""
     old_list_ids: str = ""
     postal_address: str = "mailer, 1 Example Street, Example City"
+    lang: str = ""  # the reader pages' language (zh: Chinese, else English); "": the newest issue's
     # where links point
     base_url: str = ""
     web_url: str = "http://127.0.0.1:8080"
@@ -405,6 +406,7 @@ _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _LIST_ID = re.compile(rf"{_ATOM}(?:\.{_ATOM})+")
 _SELECTOR = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62})(?:\.[A-Za-z0-9_][A-Za-z0-9_-]{0,62})*")
 _NOT_IN_MAILTO = set("?&#%/")
+_LANG_TAG = re.compile(r"[A-Za-z]{2,8}(?:-[A-Za-z0-9]{1,8})*")
 _TOPIC_ARN = re.compile(r"arn:aws[a-z-]*:sns:[a-z0-9-]+:[0-9]{12}:[A-Za-z0-9_.-]{1,256}")
 _HOST_PATTERN = re.compile(r"(?:(?:[a-z0-9-]+|\*)\.)*(?:[a-z0-9-]+|\*)(?::[0-9]{1,5})?", re.IGNORECASE)
 
@@ -477,6 +479,8 @@ def _check(s: Settings, sources: Mapping[str, str]) -> Settings:
                 raise ConfigError(
                     f"{where(name)}: {list_id!r} is not a list id (dotted words: news.example.org)"
                 )
+    if s.lang and not _LANG_TAG.fullmatch(s.lang):
+        raise ConfigError(f"{where('lang')}: {s.lang!r} is not a language tag (zh, en, zh-CN)")
     if s.dkim_selector and not _SELECTOR.fullmatch(s.dkim_selector):
         raise ConfigError(f"{where('dkim_selector')}: {s.dkim_selector!r} is not a DNS label")
     if s.dkim_domain:

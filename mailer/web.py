@@ -18,6 +18,8 @@ from urllib.parse import parse_qs
 
 from markupsafe import Markup
 
+from .archive import archived_lang
+from .catalog import Words, words
 from .errors import MailerError
 from .tokens import Keyring, load_keyring
 from .wsgi import HTML, TEXT, listen, render_page, respond, security_headers, static
@@ -48,7 +50,8 @@ ARCHIVE_CSP = (
 
 
 class HTTPError(Exception):
-    """An answer other than 200, raised anywhere while handling a request."""
+    """An answer other than 200, raised anywhere while handling a request; its page says the catalog's
+    `title` and `text` (mailer/catalog.py) in the reader's language."""
 
     def __init__(self, status: int, title: str, text: str, headers: Iterable[tuple[str, str]] = ()):
         super().__init__(title)
@@ -58,10 +61,11 @@ class HTTPError(Exception):
         self.headers = list(headers)
 
 
-def page(title: str, text: str = "", template: str = "web.html", **context: str) -> bytes:
-    """A small, self-contained page of the app: a heading and a paragraph, or one of mailer/pages."""
+def page(t: Words, title: str, text: str = "", template: str = "web.html", **context: Any) -> bytes:
+    """A small, self-contained page of the app in t's language: a heading and a paragraph, or one of
+    mailer/pages (which say their own words through `t`)."""
     style = Markup(static("web.css").decode())
-    return render_page(template, title=title, text=text, style=style, **context)
+    return render_page(template, lang=t.lang, t=t, title=title, text=text, style=style, **context)
 
 
 def _parse_form(environ: WSGIEnvironment) -> dict[str, str]:
@@ -69,9 +73,9 @@ def _parse_form(environ: WSGIEnvironment) -> dict[str, str]:
     try:
         length = int(environ.get("CONTENT_LENGTH") or 0)
     except ValueError:
-        raise HTTPError(400, "Bad request", "The request has an invalid Content-Length.") from None
+        raise HTTPError(400, "bad_request.title", "bad_request.length") from None
     if length > MAX_BODY:
-        raise HTTPError(413, "Request too large", "The request body is too large.")
+        raise HTTPError(413, "too_large.title", "too_large.text")
     body = environ["wsgi.input"].read(length) if length > 0 else b""
     ctype = environ.get("CONTENT_TYPE", "")
     kind = ctype.partition(";")[0].strip().lower()
@@ -121,16 +125,15 @@ class UnsubscribeApp:
         try:
             status, ctype, body, extra = self.dispatch(method, path, environ)
         except HTTPError as exc:
-            status, ctype, body, extra = exc.status, HTML, page(exc.title, exc.text), exc.headers
+            status, ctype, extra = exc.status, HTML, exc.headers
+            body = self.say(exc.title, exc.text)
         except MailerError as exc:
             log.error("%s %s: %s", method, path, exc)
-            status, ctype = 503, HTML
-            body = page("Please try again", "Something is busy here. Please try again soon.")
+            status, ctype, body = 503, HTML, self.say("busy.title", "busy.text")
             extra = [("Retry-After", "60")]
         except Exception:
             log.exception("%s %s failed", method, path)
-            status, ctype = 500, HTML
-            body = page("Something went wrong", "Sorry, that did not work. Please try again.")
+            status, ctype, body = 500, HTML, self.say("error.title", "error.text")
         csp = next((value for name, value in extra if name == "Content-Security-Policy"), PAGE_CSP)
         headers = security_headers(csp) + [h for h in extra if h[0] != "Content-Security-Policy"]
         return respond(environ, start_response, status, body, ctype, headers)
@@ -141,8 +144,8 @@ class UnsubscribeApp:
         """Route one request; return status, content type, body and extra headers."""
         if path == "/":
             _allow(method, "GET, HEAD")
-            text = f"This address handles unsubscribe links for {self.list_name}."
-            return 200, HTML, page(self.list_name, text), []
+            t = self.words()
+            return 200, HTML, page(t, self.list_name, t.text("home.text", list=self.list_name)), []
         if path == "/healthz":
             _allow(method, "GET, HEAD")
             return 200, TEXT, b"ok\n", []
@@ -163,27 +166,33 @@ class UnsubscribeApp:
                 self.issue(path.removeprefix("/issues/")),
                 [("Content-Security-Policy", ARCHIVE_CSP)],
             )
-        raise HTTPError(404, "Not found", "There is nothing at this address.")
+        raise HTTPError(404, "not_found.title", "not_found.text")
+
+    def words(self) -> Words:
+        """The reader's language: the `lang` setting, else the newest archived issue's, else English."""
+        return words(self.settings.lang or archived_lang(self.archive) or "en")
+
+    def say(self, title: str, text: str) -> bytes:
+        """A page of a heading and a paragraph, both keys of the catalog."""
+        t = self.words()
+        return page(t, t[title], t[text])
 
     def _address(self, token: str) -> str:
         address = self.keyring.verify(token, *self.scopes)
         if address is None:
-            raise HTTPError(
-                400,
-                "This link does not work",
-                "The unsubscribe link is incomplete or not valid. Please copy the whole link from"
-                " the email, or reply to the email and ask to be removed.",
-            )
+            raise HTTPError(400, "bad_link.title", "bad_link.text")
         return address
 
     def confirm(self, token: str) -> bytes:
         """The page behind the link: one button, nothing changed yet."""
         address = self._address(token)
-        return self._page("Unsubscribe", "confirm", token, address)
+        return self._page("confirm", token, address)
 
-    def _page(self, title: str, state: str, token: str, address: str) -> bytes:
+    def _page(self, state: str, token: str, address: str) -> bytes:
+        t = self.words()
+        title = t[{"confirm": "unsubscribe.title"}.get(state, f"{state}.title")]
         context = {"state": state, "token": token, "address": address, "list_name": self.list_name}
-        return page(title, template="unsubscribe.html", **context)
+        return page(t, title, template="unsubscribe.html", **context)
 
     def post(
         self, query: dict[str, list[str]], form: dict[str, str]
@@ -193,7 +202,7 @@ class UnsubscribeApp:
         one_click = form.get("List-Unsubscribe", "").strip().lower() == "one-click"
         action = "unsubscribe" if one_click else form.get("action", "unsubscribe")
         if action not in ("unsubscribe", "resubscribe"):
-            raise HTTPError(400, "Bad request", "Unknown action.")
+            raise HTTPError(400, "bad_request.title", "bad_request.action")
         address = self._address(token)
         from .ledger import Ledger, write_in_place
 
@@ -207,13 +216,12 @@ class UnsubscribeApp:
         # a write that went into a file deleted or replaced meanwhile is made again in the one there now
         if write_in_place(self.settings.db_path, record):
             log.info("%s %s (%s)", f"{action}d", address, "one-click" if one_click else "web")
-        if action == "unsubscribe":
-            return 200, HTML, self._page("You are unsubscribed", "unsubscribed", token, address), []
-        return 200, HTML, self._page("You are subscribed again", "resubscribed", token, address), []
+        state = "unsubscribed" if action == "unsubscribe" else "resubscribed"
+        return 200, HTML, self._page(state, token, address), []
 
     def issue(self, issue_id: str) -> bytes:
         """An archived issue (the web version the send loop writes), if there is one."""
-        not_found = HTTPError(404, "Not found", "There is no such issue.")
+        not_found = HTTPError(404, "not_found.title", "no_issue.text")
         if not ISSUE_ID.fullmatch(issue_id):
             raise not_found
         path = (self.archive / f"{issue_id}.html").resolve()
@@ -232,9 +240,7 @@ def _first(query: dict[str, list[str]], name: str) -> str:
 
 def _allow(method: str, allowed: str) -> None:
     if method not in allowed.split(", "):
-        raise HTTPError(
-            405, "Method not allowed", "This address does not take that method.", [("Allow", allowed)]
-        )
+        raise HTTPError(405, "method.title", "method.text", [("Allow", allowed)])
 
 
 class ServerLog:

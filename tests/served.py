@@ -90,14 +90,17 @@ class Served:
         return self.log.read_text(encoding="utf-8", errors="replace").splitlines()
 
 
-def send_issue(root: Path, readers: list[str]) -> tuple[dict[str, str], dict[str, Sent]]:
-    """Send the example post to readers (state under root); the MAILER_* settings used, and what went out."""
+def send_issue(
+    root: Path, readers: list[str], post: Path = EXAMPLE
+) -> tuple[dict[str, str], dict[str, Sent]]:
+    """Send a post (the example's unless told) to readers (state under root); the MAILER_* settings used,
+    and what went out."""
     smtp = SMTPServer().start()
     try:
         env = env_for(smtp, root, MAILER_BOUNCE_ADDRESS=BOUNCE_ADDRESS)
         subscribers = root / "subscribers.csv"
         subscribers.write_text("email\n" + "\n".join(readers) + "\n", encoding="utf-8")
-        args = ["send", str(EXAMPLE), "--to", str(subscribers), "--yes", "--force"]
+        args = ["send", str(post), "--to", str(subscribers), "--yes", "--force"]
         result = CliRunner().invoke(cli, args, env=env, catch_exceptions=False)
         assert result.exit_code == 0, result.output
         sent = {}
