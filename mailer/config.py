@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .engine import Location, Server, is_url, parse_url
 from .errors import ConfigError
 from .headers import CONTROL, normalize_email, split_mailbox
 
@@ -31,6 +32,7 @@ SHIPPED_TEMPLATES = Path(str(importlib.resources.files("mailer.templates")))
 SECRET_SETTINGS = frozenset(
     {
         "smtp_password",
+        "database_password",
         "secret_key",
         "old_secret_keys",
         "imap_password",
@@ -77,7 +79,8 @@ class Settings:
     subscribers: str = ""
     # where mailer keeps its state
     data_dir: Path = Path(".mailer")
-    database: Path | None = None
+    database: Path | Server | None = None  # a SQLite file, or postgresql://user@host:port/name
+    database_password: str = ""  # a PostgreSQL database's password (else libpq's PGPASSWORD or ~/.pgpass)
     outbox: Path | None = None
     templates_dir: Path = SHIPPED_TEMPLATES
     # signing of unsubscribe links
@@ -136,8 +139,10 @@ class Settings:
     offline: bool = False
 
     @property
-    def db_path(self) -> Path:
-        """The SQLite file holding the delivery record and the suppression list."""
+    def db_path(self) -> Location:
+        """Where the record is: a SQLite file, or a PostgreSQL database with its password."""
+        if isinstance(self.database, Server):
+            return dataclasses.replace(self.database, password=self.database_password)
         return self.database or self.data_dir / "mailer.db"
 
     @property
@@ -244,6 +249,16 @@ def _path_or_none(name: str, value: object, where: str) -> Path | None:
     return None if value == "" else _path(name, value, where)
 
 
+def _database(name: str, value: object, where: str) -> Path | Server | None:
+    """A SQLite file's path, or a PostgreSQL URL (its password, if it has one, never shown)."""
+    if isinstance(value, str) and is_url(value):
+        try:
+            return parse_url(value)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {name}: {exc}") from None
+    return _path_or_none(name, value, where)
+
+
 CONVERTERS: dict[object, Converter] = {
     str: _text,
     int: _whole,
@@ -251,6 +266,7 @@ CONVERTERS: dict[object, Converter] = {
     bool: _flag,
     Path: _path,
     Path | None: _path_or_none,
+    Path | Server | None: _database,
 }
 # each setting's converter, by the type its field is annotated with (a new type needs its converter here)
 _CONVERT: dict[str, Converter] = {

@@ -1,26 +1,24 @@
-"""The delivery record and the suppression list, in one SQLite file shared by every mailer process.
+"""The delivery record, the suppression list and the stored lists, shared by every mailer process.
 
-WAL lets the web app and the CLI write unsubscribes while a send runs in another process; every write
-takes the write lock up front (BEGIN IMMEDIATE) and waits for it up to the busy timeout.
+One SQLite file (the default) or one PostgreSQL database: the SQL here is written once for both, and what
+differs (connecting, locking, DDL types, errors) is the engine's (engine.py). Every write transaction takes
+the database's write lock up front and waits for it up to the timeout.
 """
 
 from __future__ import annotations
 
-import fcntl
 import os
-import sqlite3
-import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, TypeVar
 
 from .bounces import Bounce
+from .engine import Cursor, Engine, Location, connect
+from .engine import issue_lock as issue_lock
 from .envelope import Recipient, message_tag
 from .errors import MailerError
-from .private import FILE_MODE, make_folder, open_new, restrict
 from .subscribers import dedupe_key
 
 T = TypeVar("T")
@@ -33,7 +31,7 @@ LABELS = {"sending": "in doubt", "sent": "sent", "deferred": "deferred", "failed
 SMTP = "smtp"
 OUTBOX = "outbox"
 DESTINATIONS = (SMTP, OUTBOX)
-_IN_BATCH = 500  # addresses per IN (...) query, well under SQLite's limit on bound parameters
+_IN_BATCH = 500  # addresses per IN (...) query, well under either engine's limit on bound parameters
 
 # Issues, runs and deliveries are keyed by destination too; suppressions hold for every destination.
 _RECORD_TABLES = """
@@ -204,7 +202,7 @@ _RECORD = (
     " (issue_id, destination, email, state, attempts, last_code, last_reply, updated_at, tag)"
     " VALUES (?, ?, ?, ?, 1, ?, ?, ?, ?)"
     " ON CONFLICT (issue_id, destination, email) DO UPDATE SET state = excluded.state,"
-    " attempts = attempts + (deliveries.state != 'sending'),"
+    " attempts = deliveries.attempts + CASE WHEN deliveries.state = 'sending' THEN 0 ELSE 1 END,"
     " last_code = excluded.last_code, last_reply = excluded.last_reply, updated_at = excluded.updated_at"
     " WHERE deliveries.state != 'sent'"
 )
@@ -226,54 +224,50 @@ def _utc(when: datetime) -> str:
 
 
 class Ledger:
-    """One connection to the ledger file; use one instance per thread or process.
+    """One connection to the record (a SQLite file or a PostgreSQL database); one per thread or process.
 
     Issues, runs and deliveries are read and written for one destination, SMTP unless told: a send opens
     the ledger for its transport's destination, so the outbox's record never answers for SMTP's.
     """
 
     def __init__(
-        self, path: Path, *, timeout: float = 30.0, create: bool = True, destination: str = SMTP
+        self, path: Location, *, timeout: float = 30.0, create: bool = True, destination: str = SMTP
     ) -> None:
-        """Open (with `create`, make) the database; create=False refuses a missing file instead."""
+        """Open (with `create`, make) the database; create=False refuses a missing one instead."""
         if destination not in DESTINATIONS:
             raise ValueError(f"not a destination: {destination!r}")
-        self.path = Path(path)
+        self.path = path
         self.destination = destination
         self.timeout = timeout
+        self.create = create
         self._depth = 0
-        self._conn: sqlite3.Connection | None = None
-        if create:
-            try:
-                make_folder(self.path.parent)
-            except OSError as exc:
-                raise MailerError(f"{self.path}: cannot create the folder: {exc.strerror}") from None
-            _private_database(self.path)
-        self._identity = _identity(self.path)  # taken before SQLite opens the file: see in_place()
-        if self._identity is None and not create:
-            raise MailerError(f"{self.path}: the database is missing (deleted or moved?)")
-        # mode=rw: never create a file here (create=False, or one deleted since _private_database)
-        uri = f"file:{urllib.parse.quote(str(self.path.absolute()))}?mode={'rwc' if create else 'rw'}"
-        with self._errors():
-            # isolation_level=None: no implicit transactions; this class issues BEGIN IMMEDIATE itself
-            self._conn = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None)
+        self._engine: Engine | None = None
+        self._engine = connect(path, timeout=timeout, create=create)
         try:
-            with self._errors():
-                self._conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
-                self._conn.execute("PRAGMA journal_mode = WAL")
-                self._conn.execute("PRAGMA synchronous = FULL")
-                self._conn.execute("PRAGMA foreign_keys = ON")
-                self._migrate()
+            self._migrate()
         except BaseException:
             self.close()
             raise
 
     def _migrate(self) -> None:
         # Read first, lock only to create: opening must not wait for a send's open transaction.
-        if self._one("PRAGMA user_version")[0] == SCHEMA_VERSION:
+        if self.schema_version() == SCHEMA_VERSION:
             return
+        self.migrate()
+
+    def schema_version(self) -> int:
+        """The schema's number as the database has it (0 for an empty one; SCHEMA_VERSION once opened)."""
+        with self._errors():
+            return self._db.schema_version()
+
+    def migrate(self) -> int:
+        """Bring the schema up to SCHEMA_VERSION; the version it had before (0: none, made now).
+
+        Schemas 1 to 5 are only ever in SQLite files (a PostgreSQL record starts at 6), but each step from
+        here on is written for both engines.
+        """
         with self.transaction():
-            version = self._one("PRAGMA user_version")[0]
+            version = before = self.schema_version()
             if version > SCHEMA_VERSION:
                 raise MailerError(
                     f"{self.path}: written by a newer mailer (schema {version}, this one knows"
@@ -293,12 +287,15 @@ class Ledger:
                 }
                 for step in range(version, SCHEMA_VERSION):
                     upgrades[step]()  # from schema `step` to `step + 1`, in one transaction with the rest
-                self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                with self._errors():
+                    self._db.set_schema_version(SCHEMA_VERSION)
+        return before
 
     def _script(self, script: str) -> None:
-        # statement by statement: executescript() would commit the open transaction first
-        for statement in filter(str.strip, script.split(";")):
-            self._db.execute(statement)
+        # statement by statement, each in the engine's DDL words: executescript() would commit first
+        with self._errors():
+            for statement in filter(str.strip, script.split(";")):
+                self._db.execute(self._db.ddl(statement))
 
     def _from_v1(self) -> None:
         # Version 1 marked a whole issue complete, whatever list it went to. Which list that was is not
@@ -366,61 +363,52 @@ class Ledger:
         # suppression says which issue, status and diagnostic caused it. Deliveries recorded before keep
         # the tag of their key: the Message-IDs mailer sent them with, for all but addresses whose domain
         # was not ASCII.
-        self._db.create_function("mailer_tag", 2, message_tag, deterministic=True)
-        self._db.execute("ALTER TABLE deliveries ADD COLUMN tag BLOB")
-        self._db.execute("UPDATE deliveries SET tag = mailer_tag(issue_id, email)")
-        self._db.execute("CREATE INDEX deliveries_by_tag ON deliveries(tag)")
+        self._script("ALTER TABLE deliveries ADD COLUMN tag BLOB")
+        keys = self._all("SELECT issue_id, destination, email FROM deliveries")
+        self.write_many(
+            "UPDATE deliveries SET tag = ? WHERE issue_id = ? AND destination = ? AND email = ?",
+            [(message_tag(issue, email), issue, where, email) for issue, where, email in keys],
+        )
+        self._script("CREATE INDEX deliveries_by_tag ON deliveries(tag)")
         for column in (
             "issue_id TEXT",
             "status TEXT NOT NULL DEFAULT ''",
             "diagnostic TEXT NOT NULL DEFAULT ''",
         ):
-            self._db.execute(f"ALTER TABLE suppressions ADD COLUMN {column}")
+            self._script(f"ALTER TABLE suppressions ADD COLUMN {column}")
         self._script(_BOUNCES)
 
     def _from_v4(self) -> None:
         # When an address was last taken off the suppression list: soft bounces before it no longer count
         # towards soft_bounce_limit, so a removed suppression is not brought back by the next delay notice.
-        self._db.execute("CREATE TABLE resubscribed (email TEXT PRIMARY KEY, at TEXT NOT NULL) WITHOUT ROWID")
+        self._script("CREATE TABLE resubscribed (email TEXT PRIMARY KEY, at TEXT NOT NULL) WITHOUT ROWID")
 
     def _from_v5(self) -> None:
         # Subscriber lists in the database (issue 15): nothing before had them, so nothing to carry over.
         self._script(_SUBSCRIBERS)
 
     def reopen(self) -> Ledger:
-        """Another connection to this file and destination, for another thread (one connection per thread)."""
+        """Another connection to this record and destination, for another thread (one per thread)."""
         return Ledger(self.path, timeout=self.timeout, destination=self.destination)
 
     def in_place(self) -> bool:
-        """Whether the file at the path is still the one this connection opened.
+        """Whether this connection still writes where the next one will read.
 
-        A database deleted, or replaced by another file renamed over it, while open keeps taking writes
+        A SQLite file deleted, or replaced by another file renamed over it, while open keeps taking writes
         into the old file, which no one will read again; a writer that must not lose its write (an
-        unsubscribe) checks this after committing.
+        unsubscribe) checks this after committing. A PostgreSQL database always is in place.
         """
-        return self._identity is not None and _identity(self.path) == self._identity
+        return self._engine is not None and self._engine.in_place()
 
     def let_go_of_replaced(self) -> None:
-        """Empty the WAL of a database file that was replaced while open (in_place() is False).
-
-        SQLite finds the WAL by name and keeps it when the file it belongs to was unlinked; whatever opens
-        the new file next would replay the old file's last writes into it. A TRUNCATE checkpoint copies them
-        into the old file and leaves the WAL empty. If another process still has the old file open, the
-        WAL cannot be emptied: an error, and the new file is not touched.
-        """
-        with self._errors():
-            busy = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
-        if busy:
-            raise MailerError(
-                f"{self.path}: the database file was replaced while another mailer process had it open;"
-                " stop every mailer process, then start them again"
-            )
+        """Let go of a SQLite file that was replaced while open (in_place() is False): see the engine's."""
+        self._db.let_go_of_replaced()
 
     def close(self) -> None:
         """Close the connection (an open transaction() is rolled back)."""
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
 
     def __enter__(self) -> Ledger:
         return self
@@ -431,17 +419,13 @@ class Ledger:
     # --- plumbing ---------------------------------------------------------------------------------
 
     @property
-    def _db(self) -> sqlite3.Connection:
-        if self._conn is None:
+    def _db(self) -> Engine:
+        if self._engine is None:
             raise MailerError(f"{self.path}: the ledger is closed")
-        return self._conn
+        return self._engine
 
-    @contextmanager
-    def _errors(self) -> Iterator[None]:
-        try:
-            yield
-        except sqlite3.Error as exc:
-            raise MailerError(f"{self.path}: {_explain(exc, self.path)}") from None
+    def _errors(self) -> AbstractContextManager[None]:
+        return self._db.errors()
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -453,26 +437,33 @@ class Ledger:
             finally:
                 self._depth -= 1
             return
-        with self._errors():
-            self._db.execute("BEGIN IMMEDIATE")
+        db = self._db
+        with db.errors():
+            try:
+                db.begin()
+            except BaseException:
+                if db.in_transaction:  # PostgreSQL: BEGIN went through, its lock did not
+                    db.rollback()
+                raise
         self._depth = 1
         try:
             yield
         except BaseException:
             self._depth = 0
-            if self._conn is not None and self._conn.in_transaction:
-                self._conn.rollback()
+            if self._engine is not None and db.in_transaction:
+                with db.errors():
+                    db.rollback()
             raise
         self._depth = 0
-        with self._errors():
+        with db.errors():
             try:
-                self._db.execute("COMMIT")
-            except sqlite3.Error:
-                if self._db.in_transaction:
-                    self._db.rollback()
+                db.commit()
+            except BaseException:
+                if db.in_transaction:
+                    db.rollback()
                 raise
 
-    def _write(self, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Cursor:
+    def _write(self, sql: str, params: tuple[Any, ...] = ()) -> Cursor:
         with self.transaction(), self._errors():
             return self._db.execute(sql, params)
 
@@ -684,7 +675,7 @@ class Ledger:
         if len(rows) == 1 and not self._depth:
             # one statement is its own transaction, locked for writing from its start like BEGIN
             # IMMEDIATE, and costs one call into SQLite instead of three (each of which gives up
-            # the GIL and must win it back before the next)
+            # the GIL and must win it back before the next), one round trip to PostgreSQL instead of three
             with self._errors():
                 self._db.execute(_RECORD, rows[0])
             return
@@ -855,20 +846,12 @@ def _suppression(row: Sequence[Any]) -> Suppression:
     return Suppression(email, source, reason, _time(created), issue_id, status, diagnostic)
 
 
-def _identity(path: Path) -> tuple[int, int] | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
-
-
-def write_in_place(path: Path, write: Callable[[Ledger], T]) -> T:
+def write_in_place(path: Location, write: Callable[[Ledger], T]) -> T:
     """Run `write` on the database at `path` (which must exist) so that it lands in the file there now.
 
-    If the file was deleted or replaced while the write ran, the write went to a file no one will read:
-    it is done again on the file now at the path (the writes given here are idempotent), or, with no file
-    there, refused with a MailerError rather than reported as done.
+    If a SQLite file was deleted or replaced while the write ran, the write went to a file no one will
+    read: it is done again on the file now at the path (the writes given here are idempotent), or, with no
+    file there, refused with a MailerError rather than reported as done.
     """
     for _ in range(3):
         with Ledger(path, create=False) as ledger:
@@ -877,81 +860,3 @@ def write_in_place(path: Path, write: Callable[[Ledger], T]) -> T:
                 return result
             ledger.let_go_of_replaced()
     raise MailerError(f"{path}: the database keeps being replaced; the write was not kept")
-
-
-def _private_database(path: Path) -> None:
-    """Create the database file 0600 before SQLite does (its WAL and SHM files copy that mode)."""
-    try:
-        os.close(open_new(path))
-    except FileExistsError:
-        for suffix in ("", "-wal", "-shm"):
-            restrict(Path(f"{path}{suffix}"))
-    except OSError:
-        pass  # SQLite's own open says what is wrong, in the usual words
-
-
-def _read_only_fs(path: Path) -> bool:
-    try:
-        return bool(os.statvfs(path.parent).f_flag & os.ST_RDONLY)
-    except OSError:
-        return False
-
-
-def _no_space(path: Path) -> bool:
-    try:
-        fs = os.statvfs(path.parent)
-    except OSError:
-        return False
-    return fs.f_bavail * fs.f_frsize < 64 * 1024
-
-
-@contextmanager
-def issue_lock(db_path: Path, issue_id: str) -> Iterator[None]:
-    """Hold an exclusive lock on one issue of one database for a whole send.
-
-    Two sends of one issue would mail people twice, so the lock sits next to the database it guards (not in
-    a data folder: two data folders may share a database) and is taken on the resolved path. It is an flock,
-    so the kernel releases it when a send dies (kill -9).
-    """
-    folder = Path(os.path.realpath(db_path) + "-locks")
-    try:
-        make_folder(folder)
-        fd = os.open(folder / f"{issue_id}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
-    except OSError as exc:
-        raise MailerError(f"{folder}: cannot create the send lock: {exc.strerror}") from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 100, 0).decode("utf-8", "replace").strip() or "another process"
-            raise MailerError(
-                f"{issue_id}: another send of this issue is running ({holder}); wait for it"
-            ) from None
-        try:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
-        except OSError as exc:
-            raise MailerError(f"{folder}: cannot write the send lock: {exc.strerror}") from None
-        yield
-    finally:
-        os.close(fd)  # releases the flock
-
-
-def _explain(exc: sqlite3.Error, path: Path) -> str:
-    """Say what a SQLite error means for the user."""
-    text = str(exc)
-    if "full" in text or ("disk I/O" in text and _no_space(path)):
-        return "no space left on the file system that holds it; free some and run the same command again"
-    if _read_only_fs(path):
-        return "the file system that holds it is mounted read-only; mailer needs to write to it"
-    if "locked" in text or "busy" in text:
-        return "the database is locked by another mailer process; try again when it has finished"
-    if "not a database" in text or "malformed" in text:
-        return f"not a mailer database ({text})"
-    if "readonly" in text:
-        return "the database is read-only; mailer needs to write to it and to its folder"
-    if "unable to open" in text:
-        return "cannot open the database file (check the path and permissions)"
-    if "FOREIGN KEY" in text:
-        return "no such issue: call start_issue before recording deliveries"
-    return text

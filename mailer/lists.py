@@ -17,6 +17,7 @@ from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .engine import Location
 from .errors import SubscriberError
 from .subscribers import BadRow, ReadStats, Seen, Subscriber, no_valid_row, read_subscribers
 
@@ -25,7 +26,7 @@ from .subscribers import BadRow, ReadStats, Seen, Subscriber, no_valid_row, read
 class ListFile:
     """One list of a send: what its check found, and what the record says of its readers."""
 
-    path: Path  # the file; for a list kept in the database (stored.py), the database
+    path: Location  # the file; for a list kept in the database (stored.py), the database
     stats: ReadStats = field(default_factory=ReadStats)
     stored: str = ""  # the name of a list kept in the database
     to_mail: int = 0  # readers of this list the send will mail (not suppressed, not already sent)
@@ -116,7 +117,7 @@ class Lists:
     def resolved(self) -> str:
         """The lists' absolute paths, for the record."""
         return ", ".join(
-            f"{f.named} in {f.path.resolve()}" if f.stored else str(f.path.resolve()) for f in self.files
+            f"{f.named} in {_resolved(f.path)}" if f.stored else str(_resolved(f.path)) for f in self.files
         )
 
     def totals(self) -> ReadStats:
@@ -162,3 +163,8 @@ def read_lists(
             stream.close()  # closes its file
         raise
     return Lists(files, list(streams))
+
+
+def _resolved(where: Location) -> Location:
+    """A file by its absolute path; a database server as it is (its URL printed without a password)."""
+    return where.resolve() if isinstance(where, Path) else where

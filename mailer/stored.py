@@ -28,6 +28,7 @@ from typing import TextIO
 
 from .config import Settings
 from .console import Console
+from .engine import Location
 from .errors import MailerError, SubscriberError
 from .ledger import Ledger
 from .lists import ListFile, Lists, read_lists
@@ -57,7 +58,7 @@ def _now() -> str:
 class FileImport:
     """What one file of an import did to the list."""
 
-    path: Path
+    path: Location
     tool: str = ""
     rows: int = 0
     added: int = 0
@@ -422,7 +423,7 @@ def read_stored(
     return Lists([one], [_stream(ledger.path, name, top, one)])
 
 
-def _stream(path: Path, name: str, top: int, one: ListFile) -> Iterator[Subscriber]:
+def _stream(path: Location, name: str, top: int, one: ListFile) -> Iterator[Subscriber]:
     with Ledger(path, create=False) as own:
         for sub in _members(own, name, top):
             one.stats.rows += 1

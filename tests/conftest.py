@@ -20,6 +20,8 @@ import pytest
 from hypothesis import settings
 
 from mailer.config import Settings
+from mailer.engine import Location
+from tests.pg import Cluster, binaries
 from tests.smtpd import SMTPServer, TLSFiles, make_tls_files
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -117,6 +119,34 @@ def smtp_settings(smtp_server: SMTPServer, tmp_path: Path) -> Settings:
 def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
     """A throwaway CA and a server certificate for 127.0.0.1, made once per test run."""
     return make_tls_files(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Cluster]:
+    """A throwaway PostgreSQL cluster of the test run's own (tests/pg.py), stopped at the end."""
+    bindir = binaries()
+    if bindir is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is not installed (scripts/test installs the Debian package postgresql)")
+        pytest.skip("PostgreSQL is not installed (Debian: apt-get install postgresql)")
+    cluster = Cluster(bindir).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
+def engine(request: pytest.FixtureRequest) -> str:
+    """Each test that takes it runs twice: on SQLite and on PostgreSQL."""
+    return str(request.param)
+
+
+@pytest.fixture
+def record_at(engine: str, tmp_path: Path, request: pytest.FixtureRequest) -> Location:
+    """Where a test's record lives: a new SQLite file, or a new empty database in the test cluster."""
+    if engine == "sqlite":
+        return tmp_path / "state" / "mailer.db"
+    cluster: Cluster = request.getfixturevalue("pg_cluster")
+    return cluster.database()
 
 
 class Heard(list[str]):

@@ -1,4 +1,4 @@
-"""Read one delivery of the record with plain SQL, as a person with sqlite3 would: the tests' own view.
+"""Read one delivery of the record with plain SQL, as a person with sqlite3 or psql would: the tests' view.
 
 Production reads the record per batch (`Ledger.states`) and per issue (`Ledger.statuses`); a test that wants
 one row's attempts, code and reply asks the file itself rather than keeping a method in mailer for it.
@@ -6,13 +6,12 @@ one row's attempts, code and reply asks the file itself rather than keeping a me
 
 from __future__ import annotations
 
-import contextlib
-import sqlite3
 from dataclasses import dataclass
 from datetime import datetime
 
 from mailer.ledger import Ledger
 from mailer.subscribers import dedupe_key
+from tests.pg import rows
 
 
 @dataclass(frozen=True)
@@ -28,12 +27,13 @@ class Delivery:
 
 def delivery(ledger: Ledger, issue_id: str, email: str) -> Delivery | None:
     """The row of `email` (in its stored form) for `issue_id` at the ledger's destination; None if none."""
-    with contextlib.closing(sqlite3.connect(f"file:{ledger.path}?mode=ro", uri=True)) as db:
-        row = db.execute(
-            "SELECT state, attempts, last_code, last_reply, updated_at FROM deliveries"
-            " WHERE issue_id = ? AND destination = ? AND email = ?",
-            (issue_id, ledger.destination, dedupe_key(email)),
-        ).fetchone()
-    if row is None:
+    found = rows(
+        ledger.path,
+        "SELECT state, attempts, last_code, last_reply, updated_at FROM deliveries"
+        " WHERE issue_id = ? AND destination = ? AND email = ?",
+        (issue_id, ledger.destination, dedupe_key(email)),
+    )
+    if not found:
         return None
-    return Delivery(row[0], row[1], row[2], row[3], datetime.fromisoformat(row[4]))
+    state, attempts, code, reply, updated = found[0]
+    return Delivery(str(state), int(attempts), code, str(reply), datetime.fromisoformat(str(updated)))

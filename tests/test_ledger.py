@@ -1,4 +1,7 @@
-"""The SQLite ledger: delivery states, the changed-post rule, transactions, suppressions, processes."""
+"""The record: delivery states, the changed-post rule, transactions, suppressions, processes.
+
+Each test that takes `db` runs on both engines (SQLite and PostgreSQL); `sqlite_db` is a file's own.
+"""
 
 from __future__ import annotations
 
@@ -13,20 +16,27 @@ from pathlib import Path
 
 import pytest
 
+from mailer.engine import Location, Server
 from mailer.errors import MailerError
 from mailer.ledger import SCHEMA_VERSION, Ledger
+from tests.pg import rows
 from tests.record import delivery
 
 ISSUE = "2026-02-09"
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Path:
+def db(record_at: Location) -> Location:
+    return record_at
+
+
+@pytest.fixture
+def sqlite_db(tmp_path: Path) -> Path:
     return tmp_path / "state" / "mailer.db"
 
 
 @pytest.fixture
-def ledger(db: Path) -> Iterator[Ledger]:
+def ledger(db: Location) -> Iterator[Ledger]:
     with Ledger(db) as led:
         led.start_issue(ISSUE, "hash-1", "Monday's post")
         yield led
@@ -39,7 +49,8 @@ def record(
     ledger.record_outcomes(issue, [(email, state, code, reply)])
 
 
-def test_creates_folder_wal_file_and_schema_version(db: Path) -> None:
+def test_creates_folder_wal_file_and_schema_version(sqlite_db: Path) -> None:
+    db = sqlite_db
     with Ledger(db):
         pass
     assert db.is_file()
@@ -76,7 +87,8 @@ PRAGMA user_version = 1;
 """
 
 
-def test_a_version_1_database_is_migrated(db: Path) -> None:
+def test_a_version_1_database_is_migrated(sqlite_db: Path) -> None:
+    db = sqlite_db
     db.parent.mkdir(parents=True)
     with closing(sqlite3.connect(db)) as conn:
         conn.executescript(SCHEMA_V1)
@@ -136,7 +148,10 @@ PRAGMA user_version = 3;
 """
 
 
-def test_a_version_3_database_is_migrated_and_its_message_ids_still_name_their_readers(db: Path) -> None:
+def test_a_version_3_database_is_migrated_and_its_message_ids_still_name_their_readers(
+    sqlite_db: Path,
+) -> None:
+    db = sqlite_db
     import hashlib
     from datetime import UTC, datetime
 
@@ -166,7 +181,8 @@ def test_a_version_3_database_is_migrated_and_its_message_ids_still_name_their_r
         assert conn.execute("SELECT count(*) FROM deliveries WHERE tag IS NULL").fetchone()[0] == 0
 
 
-def test_a_version_4_database_is_migrated_and_a_removal_then_forgives_soft_bounces(db: Path) -> None:
+def test_a_version_4_database_is_migrated_and_a_removal_then_forgives_soft_bounces(sqlite_db: Path) -> None:
+    db = sqlite_db
     # schema 4 is today's without the `resubscribed` table (step 4 adds only that) and the subscriber lists
     # (step 5 adds only those)
     with Ledger(db) as ledger:
@@ -302,7 +318,7 @@ def test_status_groups_failures_and_issues_lists_newest_first(ledger: Ledger) ->
         ledger.status("nope")
 
 
-def test_transaction_commits_once_and_rolls_back_on_error(ledger: Ledger, db: Path) -> None:
+def test_transaction_commits_once_and_rolls_back_on_error(ledger: Ledger, db: Location) -> None:
     with Ledger(db) as other:
         with ledger.transaction():
             for i in range(10):
@@ -326,7 +342,7 @@ def test_transaction_commits_once_and_rolls_back_on_error(ledger: Ledger, db: Pa
         assert delivery(other, ISSUE, "after@example.com") is not None
 
 
-def test_suppressions_are_shared_and_case_insensitive(ledger: Ledger, db: Path) -> None:
+def test_suppressions_are_shared_and_case_insensitive(ledger: Ledger, db: Location) -> None:
     with Ledger(db) as web:
         assert web.suppress("Zed@Example.COM", source="web", reason="clicked")
         assert ledger.is_suppressed("zed@example.com")  # the sender's connection sees it at once
@@ -348,20 +364,31 @@ def test_suppressions_iterates_every_page_in_order(ledger: Ledger) -> None:
 
 
 WRITER = """
-import sys, time
+import os, sys, time
 from pathlib import Path
+from mailer.engine import Server, is_url
 from mailer.ledger import Ledger
-with Ledger(Path(sys.argv[1])) as ledger:
+where = sys.argv[1]
+password = os.environ.get("MAILER_DATABASE_PASSWORD", "")
+with Ledger(Server(where, password) if is_url(where) else Path(where)) as ledger:
     print("ready", flush=True)
     added = ledger.suppress("late@example.com", source="web")
     print("done", added, time.time(), flush=True)
 """
 
 
-def test_a_second_process_waits_for_an_open_transaction_then_writes(ledger: Ledger, db: Path) -> None:
+def test_a_second_process_waits_for_an_open_transaction_then_writes(ledger: Ledger, db: Location) -> None:
     with ledger.transaction():
         record(ledger, "a@example.com", "sent")
-        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(db)], stdout=subprocess.PIPE, text=True)
+        where, env = (
+            (db.url, {"MAILER_DATABASE_PASSWORD": db.password}) if isinstance(db, Server) else (db, {})
+        )
+        proc = subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(where)],
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **env},
+        )
         try:
             assert proc.stdout is not None
             assert proc.stdout.readline().strip() == "ready"  # opened without waiting for the lock
@@ -381,7 +408,7 @@ def test_a_second_process_waits_for_an_open_transaction_then_writes(ledger: Ledg
     assert delivery(ledger, ISSUE, "a@example.com") is not None
 
 
-def test_lock_held_past_the_timeout_is_a_mailer_error(ledger: Ledger, db: Path) -> None:
+def test_lock_held_past_the_timeout_is_a_mailer_error(ledger: Ledger, db: Location) -> None:
     with Ledger(db, timeout=0.1) as impatient, ledger.transaction():
         ledger.suppress("first@example.com", source="test")
         with pytest.raises(MailerError) as info:
@@ -397,18 +424,20 @@ def test_a_file_that_is_not_a_database_is_a_mailer_error(tmp_path: Path) -> None
     assert str(bogus) in str(info.value) and "not a mailer database" in str(info.value)
 
 
-def test_a_database_from_a_newer_mailer_is_refused(db: Path) -> None:
+def test_a_database_from_a_newer_mailer_is_refused(db: Location) -> None:
     with Ledger(db):
         pass
-    with closing(sqlite3.connect(db)) as conn:
-        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
-        conn.commit()
+    if isinstance(db, Server):
+        rows(db, "UPDATE mailer_schema SET version = ?", (SCHEMA_VERSION + 1,))
+    else:
+        rows(db, f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     with pytest.raises(MailerError, match="newer mailer"):
         Ledger(db)
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes to read-only files anyway")
-def test_a_read_only_database_is_a_mailer_error(db: Path) -> None:
+def test_a_read_only_database_is_a_mailer_error(sqlite_db: Path) -> None:
+    db = sqlite_db
     with Ledger(db):
         pass
     db.chmod(0o444)
@@ -421,7 +450,7 @@ def test_a_read_only_database_is_a_mailer_error(db: Path) -> None:
         db.chmod(0o644)
 
 
-def test_a_closed_ledger_says_so(db: Path) -> None:
+def test_a_closed_ledger_says_so(db: Location) -> None:
     led = Ledger(db)
     led.close()
     led.close()  # twice is fine

@@ -1,0 +1,161 @@
+"""Where the record lives and the engine that opens it: a SQLite file (the embedded default) or a PostgreSQL
+database (`database = "postgresql://user@host:port/name"`, for many senders or web hosts sharing one record).
+
+Ledger (ledger.py) holds the SQL and the guarantees; an engine holds what differs between the two:
+connecting, placeholders, DDL types, how a write transaction takes its lock, the schema version's home, what
+an error means to the user, and the per-issue send lock. The SQL is written once, for both: `?`
+placeholders, SQLite's DDL types (the PostgreSQL engine translates them), ON CONFLICT rather than INSERT OR
+IGNORE, no rowid.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from .errors import MailerError
+
+SCHEMES = ("postgresql://", "postgres://")
+
+
+@dataclass(frozen=True)
+class Server:
+    """A PostgreSQL database by its libpq URL; printed (str) with any password in it masked.
+
+    The password normally comes from elsewhere (the database_password setting, that is
+    MAILER_DATABASE_PASSWORD, or libpq's PGPASSWORD and ~/.pgpass): kept here, never shown.
+    """
+
+    url: str
+    password: str = field(default="", repr=False, compare=False)
+
+    def __str__(self) -> str:
+        return redact(self.url)
+
+    def __repr__(self) -> str:
+        return f"Server({str(self)!r})"
+
+
+Location = Path | Server
+
+
+def is_url(text: str) -> bool:
+    """Whether a `database` setting names a PostgreSQL server rather than a SQLite file."""
+    return text.lower().startswith(SCHEMES)
+
+
+def parse_url(text: str) -> Server:
+    """A `database` URL checked for shape (port, database name); a ValueError says what is wrong."""
+    try:
+        parts = urllib.parse.urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number in range
+    except ValueError as exc:
+        raise ValueError(f"{redact(text)!r} is not a PostgreSQL URL ({exc})") from None
+    if not parts.path.strip("/"):
+        raise ValueError(f"{redact(text)!r} names no database (postgresql://user@host:port/DATABASE)")
+    if parts.fragment:
+        raise ValueError(f"{redact(text)!r} is not a PostgreSQL URL (a '#' in it)")
+    return Server(text)
+
+
+def redact(url: str) -> str:
+    """The URL with the password (user:PASSWORD@ or ?password=) replaced by ***."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "postgresql://***"  # unparseable: any part of it might be the password
+    netloc = parts.netloc
+    userinfo, at, hostport = netloc.rpartition("@")
+    if at and ":" in userinfo:
+        netloc = f"{userinfo.partition(':')[0]}:***@{hostport}"
+    query = "&".join(
+        f"{key}=***" if key.lower() == "password" else f"{key}={value}" if sep else key
+        for key, sep, value in (pair.partition("=") for pair in parts.query.split("&") if pair)
+    )
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+class Cursor(Protocol):
+    """What Ledger uses of a cursor (sqlite3's and psycopg's both have it)."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+
+class Engine(Protocol):
+    """One connection to the record, in autocommit mode: Ledger opens and closes its transactions itself."""
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
+        """Run one statement written with `?` placeholders."""
+        ...
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        """Run one statement for many rows (in the caller's transaction)."""
+        ...
+
+    def begin(self) -> None:
+        """Open a write transaction holding the database's write lock (one writing transaction at a time)."""
+        ...
+
+    def commit(self) -> None: ...
+
+    def rollback(self) -> None: ...
+
+    @property
+    def in_transaction(self) -> bool: ...
+
+    def schema_version(self) -> int:
+        """The schema's number, 0 for an empty database."""
+        ...
+
+    def set_schema_version(self, version: int) -> None: ...
+
+    def ddl(self, statement: str) -> str:
+        """A CREATE or ALTER statement written for SQLite, in this engine's words."""
+        ...
+
+    def errors(self) -> AbstractContextManager[None]:
+        """Turn this engine's errors into a MailerError that names the database and says what it means."""
+        ...
+
+    def in_place(self) -> bool:
+        """Whether this connection still writes where the next one will read (see Ledger.in_place)."""
+        ...
+
+    def let_go_of_replaced(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def connect(where: Location, *, timeout: float, create: bool) -> Engine:
+    """Open the engine for a location: a Server is PostgreSQL (psycopg is an extra), a path is SQLite."""
+    if isinstance(where, Server):
+        try:
+            from .engine_postgresql import PostgreSQL
+        except ImportError:
+            raise MailerError(
+                f"{where}: PostgreSQL needs psycopg: pip install 'mailer-newsletter[postgresql]'"
+            ) from None
+        return PostgreSQL(where, timeout=timeout, create=create)
+    from .engine_sqlite import SQLite
+
+    return SQLite(where, timeout=timeout, create=create)
+
+
+def issue_lock(where: Location, issue_id: str) -> AbstractContextManager[None]:
+    """Hold the exclusive lock on one issue of one record for a whole send (see each engine's)."""
+    if isinstance(where, Server):
+        from .engine_postgresql import issue_lock as server_lock
+
+        return server_lock(where, issue_id)
+    from .engine_sqlite import issue_lock as file_lock
+
+    return file_lock(where, issue_id)

@@ -1,0 +1,210 @@
+"""The record in one SQLite file shared by every mailer process on one machine (the default engine).
+
+WAL lets the web app and the CLI write unsubscribes while a send runs in another process; every write
+transaction takes the write lock up front (BEGIN IMMEDIATE) and waits for it up to the busy timeout. What
+only a file has lives here: its private mode, its identity (a file replaced while open), a read-only or full
+file system, and the send lock as an flock next to it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sqlite3
+import urllib.parse
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from .errors import MailerError
+from .private import FILE_MODE, make_folder, open_new, restrict
+
+
+class SQLite:
+    """One connection to the database file (see engine.Engine)."""
+
+    def __init__(self, path: Path, *, timeout: float, create: bool) -> None:
+        """Open (with `create`, make) the file; create=False refuses a missing file instead."""
+        self.where = self.path = path
+        self._conn: sqlite3.Connection | None = None
+        if create:
+            try:
+                make_folder(path.parent)
+            except OSError as exc:
+                raise MailerError(f"{path}: cannot create the folder: {exc.strerror}") from None
+            _private_database(path)
+        self._identity = _identity(path)  # taken before SQLite opens the file: see in_place()
+        if self._identity is None and not create:
+            raise MailerError(f"{path}: the database is missing (deleted or moved?)")
+        # mode=rw: never create a file here (create=False, or one deleted since _private_database)
+        uri = f"file:{urllib.parse.quote(str(path.absolute()))}?mode={'rwc' if create else 'rw'}"
+        with self.errors():
+            # isolation_level=None: no implicit transactions; begin() issues BEGIN IMMEDIATE itself
+            self._conn = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None)
+        try:
+            with self.errors():
+                self._conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+                self._conn.execute("PRAGMA journal_mode = WAL")
+                self._conn.execute("PRAGMA synchronous = FULL")
+                self._conn.execute("PRAGMA foreign_keys = ON")
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise MailerError(f"{self.path}: the ledger is closed")
+        return self._conn
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        return self._db.execute(sql, params)
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        self._db.executemany(sql, rows)
+
+    def begin(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def commit(self) -> None:
+        self._db.execute("COMMIT")
+
+    def rollback(self) -> None:
+        self._db.rollback()
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._conn is not None and self._conn.in_transaction
+
+    def schema_version(self) -> int:
+        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    def set_schema_version(self, version: int) -> None:
+        self._db.execute(f"PRAGMA user_version = {int(version)}")
+
+    def ddl(self, statement: str) -> str:
+        return statement
+
+    @contextmanager
+    def errors(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise MailerError(f"{self.path}: {_explain(exc, self.path)}") from None
+
+    def in_place(self) -> bool:
+        """Whether the file at the path is still the one this connection opened.
+
+        A database deleted, or replaced by another file renamed over it, while open keeps taking writes
+        into the old file, which no one will read again; a writer that must not lose its write (an
+        unsubscribe) checks this after committing.
+        """
+        return self._identity is not None and _identity(self.path) == self._identity
+
+    def let_go_of_replaced(self) -> None:
+        """Empty the WAL of a database file that was replaced while open (in_place() is False).
+
+        SQLite finds the WAL by name and keeps it when the file it belongs to was unlinked; whatever opens
+        the new file next would replay the old file's last writes into it. A TRUNCATE checkpoint copies them
+        into the old file and leaves the WAL empty. If another process still has the old file open, the
+        WAL cannot be emptied: an error, and the new file is not touched.
+        """
+        with self.errors():
+            busy = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        if busy:
+            raise MailerError(
+                f"{self.path}: the database file was replaced while another mailer process had it open;"
+                " stop every mailer process, then start them again"
+            )
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _private_database(path: Path) -> None:
+    """Create the database file 0600 before SQLite does (its WAL and SHM files copy that mode)."""
+    try:
+        os.close(open_new(path))
+    except FileExistsError:
+        for suffix in ("", "-wal", "-shm"):
+            restrict(Path(f"{path}{suffix}"))
+    except OSError:
+        pass  # SQLite's own open says what is wrong, in the usual words
+
+
+def _read_only_fs(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path.parent).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def _no_space(path: Path) -> bool:
+    try:
+        fs = os.statvfs(path.parent)
+    except OSError:
+        return False
+    return fs.f_bavail * fs.f_frsize < 64 * 1024
+
+
+@contextmanager
+def issue_lock(db_path: Path, issue_id: str) -> Iterator[None]:
+    """Hold an exclusive lock on one issue of one database for a whole send.
+
+    Two sends of one issue would mail people twice, so the lock sits next to the database it guards (not in
+    a data folder: two data folders may share a database) and is taken on the resolved path. It is an flock,
+    so the kernel releases it when a send dies (kill -9).
+    """
+    folder = Path(os.path.realpath(db_path) + "-locks")
+    try:
+        make_folder(folder)
+        fd = os.open(folder / f"{issue_id}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+    except OSError as exc:
+        raise MailerError(f"{folder}: cannot create the send lock: {exc.strerror}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 100, 0).decode("utf-8", "replace").strip() or "another process"
+            raise MailerError(
+                f"{issue_id}: another send of this issue is running ({holder}); wait for it"
+            ) from None
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
+        except OSError as exc:
+            raise MailerError(f"{folder}: cannot write the send lock: {exc.strerror}") from None
+        yield
+    finally:
+        os.close(fd)  # releases the flock
+
+
+def _explain(exc: sqlite3.Error, path: Path) -> str:
+    """Say what a SQLite error means for the user."""
+    text = str(exc)
+    if "full" in text or ("disk I/O" in text and _no_space(path)):
+        return "no space left on the file system that holds it; free some and run the same command again"
+    if _read_only_fs(path):
+        return "the file system that holds it is mounted read-only; mailer needs to write to it"
+    if "locked" in text or "busy" in text:
+        return "the database is locked by another mailer process; try again when it has finished"
+    if "not a database" in text or "malformed" in text:
+        return f"not a mailer database ({text})"
+    if "readonly" in text:
+        return "the database is read-only; mailer needs to write to it and to its folder"
+    if "unable to open" in text:
+        return "cannot open the database file (check the path and permissions)"
+    if "FOREIGN KEY" in text:
+        return "no such issue: call start_issue before recording deliveries"
+    return text
