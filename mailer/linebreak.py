@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Iterator
+from functools import lru_cache
 
 WIDTH = 76
 _CJK_RANGES = (
@@ -72,31 +73,43 @@ def opens(char: str) -> bool:
     return char in _OPENING or unicodedata.category(char) in ("Ps", "Pi")
 
 
-def _wide(char: str) -> bool:
-    """CJK ideographs, kana, hangul, full-width forms and punctuation: a line may break next to them."""
-    return unicodedata.east_asian_width(char) in "WF"
+@lru_cache(maxsize=4096)
+def _char(char: str) -> tuple[int, bool, bool]:
+    """A character's width, whether no line may start with it, whether no line may end with it (the
+    wrapper asks for every character of a CJK text; unicodedata lookups per pair were half of its time)."""
+    return char_width(char), closes(char), opens(char)
 
 
-def can_break(before: str, after: str) -> bool:
-    """May a line break between these two characters (no space between them)?"""
-    if closes(after) or opens(before) or (before in _DASHES and after in _DASHES):
-        return False
-    return _wide(before) or _wide(after)
-
-
-def _pieces(text: str) -> Iterator[tuple[str, bool]]:
-    """The unbreakable pieces of a text, each with whether a space stood before it."""
+def _pieces(text: str) -> Iterator[tuple[str, bool, int]]:
+    """The unbreakable pieces of a text, each with whether a space stood before it and its width."""
     spaced = False
     for word in _SPACE_RUN.split(text):
         if not word:
             spaced = True
             continue
-        start = 0
+        if word.isascii():  # no wide character, so no break inside
+            yield word, spaced, len(word)
+            spaced = True
+            continue
+        start = used = 0
+        before, (width, _, opening) = word[0], _char(word[0])
         for i in range(1, len(word)):
-            if can_break(word[i - 1], word[i]):
-                yield word[start:i], spaced
-                start, spaced = i, False
-        yield word[start:], spaced
+            after = word[i]
+            after_width, closing, after_opening = _char(after)
+            # a break next to a wide character, unless it would start a line with closing punctuation, end
+            # one with opening punctuation, or split a "——"
+            if (
+                (width == 2 or after_width == 2)
+                and not closing
+                and not opening
+                and not (before in _DASHES and after in _DASHES)
+            ):
+                yield word[start:i], spaced, used + width
+                start, used, spaced = i, 0, False
+            else:
+                used += width
+            before, width, opening = after, after_width, after_opening
+        yield word[start:], spaced, used + width
         spaced = True
 
 
@@ -110,18 +123,18 @@ def wrap(
     them would keep the indent as spaces inside the paragraph.
     """
     lines: list[str] = []
-    prefix = indent if first is None else first
-    line, used, empty = prefix, text_width(prefix), True
+    parts: list[str] = [indent if first is None else first]  # the line so far, joined when it is full
+    used, empty = text_width(parts[0]), True
     room = width - (2 if flowed else 0)  # a flowed line may end in the text's space and the flow mark
-    for piece, spaced in _pieces(text):
+    for piece, spaced, w in _pieces(text):
         gap = " " if spaced and not empty else ""
-        w = text_width(piece)
         if not empty and used + len(gap) + w > room:
-            lines.append(line + gap + _FLOW if flowed else line)
-            line, used, gap = indent, text_width(indent), ""
-        line, used, empty = line + gap + piece, used + len(gap) + w, False
+            lines.append("".join(parts) + (gap + _FLOW if flowed else ""))
+            parts, used, gap = [indent], text_width(indent), ""
+        parts += (gap, piece)
+        used, empty = used + len(gap) + w, False
     if not empty:
-        lines.append(line)
+        lines.append("".join(parts))
     return lines
 
 
