@@ -292,12 +292,40 @@ def _summary(value: object, path: Path, text: str) -> tuple[str, ...]:
     return tuple(b for b in bullets if b)
 
 
+_LOOK = 4096  # characters from a post's start (then up to a blank line) that almost always show how it starts
+
+
 def _take_leading_h1(body: str, title: str) -> tuple[str, str]:
     """Find the first H1 before the first paragraph (badges, comments and rules may come first).
 
     It supplies a missing title and is removed when it repeats the title; return (body, its text).
+    Only the post's first few KB are parsed when they show its first block, as they almost always do.
     """
-    tokens = markdown.parse_blocks(body)  # the whole post's inline content is not needed to see its start
+    cut = body.find("\n\n", _LOOK)
+    tok = _first_block(body[: cut + 1]) if cut != -1 else None
+    if tok is None:
+        tok = _first_block(body)
+    if tok is None or tok.type != "heading_open" or tok.map is None:
+        return body, ""
+    lines = body.split("\n")
+    start, end = tok.map
+    match = _H1_TEXT.match(lines[start]) if end - start == 1 else None
+    heading = one_line(match.group(1) if match else lines[start])
+    if title and not _same(heading, title):
+        return body, ""
+    lines[start:end] = [""] * (end - start)
+    return "\n".join(lines), heading
+
+
+def _first_block(text: str) -> Token | None:
+    """The opening token of the first top-level block that is not an HTML block, a rule, a heading below H1
+    or a paragraph of images (None if there is none).
+
+    Of a body cut at a blank line, every block that starts before the cut is the one the whole body has
+    there: only a block that runs on past the cut (an HTML comment, a footnote) may hide what follows it,
+    and then there is none after it.
+    """
+    tokens = markdown.parse_blocks(text)  # the inline content is not needed to see the start
     for i, tok in enumerate(tokens):
         if tok.level != 0 or tok.type in ("html_block", "hr") or tok.type.endswith("_close"):
             continue
@@ -305,17 +333,8 @@ def _take_leading_h1(body: str, title: str) -> tuple[str, str]:
             continue
         if tok.type == "paragraph_open" and _only_images(tokens[i + 1]):
             continue
-        if tok.type != "heading_open" or tok.map is None:
-            return body, ""
-        lines = body.split("\n")
-        start, end = tok.map
-        match = _H1_TEXT.match(lines[start]) if end - start == 1 else None
-        heading = one_line(match.group(1) if match else lines[start])
-        if title and not _same(heading, title):
-            return body, ""
-        lines[start:end] = [""] * (end - start)
-        return "\n".join(lines), heading
-    return body, ""
+        return tok
+    return None
 
 
 def _only_images(inline: Token) -> bool:

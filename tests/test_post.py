@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import given
+from hypothesis import strategies as st
 
 from mailer.cli import cli
 from mailer.errors import PostError
-from mailer.post import load_post, parse_post
+from mailer.post import _LOOK, load_post, parse_post
 from tests.conftest import EXAMPLE
 
 POSTS = Path(__file__).resolve().parent / "posts"
@@ -258,3 +260,57 @@ def test_render_command_on_broken_post_exits_1_without_traceback(
     assert error_lines[0].startswith(f"Error: {path}")
     assert words in error_lines[0]
     assert "Traceback" not in result.output
+
+
+# How posts start: a block each, some of them running on past a blank line (a comment, a fence, a footnote).
+_STARTS = [
+    "# Title",
+    "# Another title",
+    "Title\n=====",
+    "## A subheading",
+    "---",
+    "<!-- a comment\n\nover a blank line -->",
+    "<!-- a comment left open",
+    "-->",
+    "<div>\nraw\n</div>",
+    "<script>\n\n# not a heading\n</script>",
+    "[![badge](https://img.shields.io/b.svg)](https://ci.example.com)",
+    "![picture](https://example.com/p.png)",
+    "Some text.",
+    "```\ncode\n\n# not a heading\n```",
+    "```\na fence left open",
+    "[^1]: a note\n\n    # its second paragraph",
+    "Text with a note[^1].",
+    "> # a quoted heading",
+    "    indented code",
+    "- item\n\n  # a heading in the item",
+    "[ref]: https://example.com/ref",
+]
+
+
+@given(
+    st.lists(st.sampled_from(_STARTS), min_size=1, max_size=8),
+    st.lists(st.sampled_from(["\n\n", "\n"]), min_size=8, max_size=8),
+    st.booleans(),
+)
+def test_the_leading_h1_is_the_same_however_much_of_the_start_is_parsed(
+    blocks: list[str], gaps: list[str], titled: bool
+) -> None:
+    """parse_post parses only a post's first few KB (up to a blank line) when they show how it starts. A
+    one-line comment in front moves where that look ends to each line of the start in turn; the title
+    and the body are those of a whole parse (the look ending inside a longer comment) every time."""
+    start = "".join(block + gap for block, gap in zip(blocks, gaps, strict=False)) + "The end.\n"
+
+    def read(filler: int) -> tuple[str, str] | str:
+        comment = "<!--" + "x" * (filler - 9) + "-->\n\n"  # `filler` characters
+        raw = ("---\ntitle: Title\n---\n" if titled else "") + comment + start
+        try:
+            post = parse_post(raw.encode(), Path("p.md"))
+        except PostError as exc:
+            return str(exc)
+        assert post.body.startswith(comment)
+        return post.title, post.body.removeprefix(comment)
+
+    whole = read(_LOOK + 100)
+    for at in [0, *(i + 1 for i, char in enumerate(start) if char == "\n")]:
+        assert read(_LOOK - at) == whole, start[:at]
