@@ -220,6 +220,19 @@ def _environment(templates_dir: Path) -> jinja2.Environment:
     )
 
 
+@lru_cache(maxsize=4)
+def _text_environment(templates_dir: Path) -> jinja2.Environment:
+    """The text part's templates: no HTML escaping. Kept, as `_environment` is, so that email.txt is
+    compiled once, not at every render (jinja2 still reloads a template whose file changed)."""
+    return jinja2.Environment(
+        loader=_environment(templates_dir).loader,
+        autoescape=False,
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        extensions=[_PersonalTags],
+    )
+
+
 def words_for(lang: str) -> dict[str, str]:
     """The footer and label words for the post's language (Chinese or English)."""
     return WORDS["zh" if lang.startswith("zh") else "en"]
@@ -277,10 +290,7 @@ def render_issue(post: Post, settings: Settings) -> Issue:
             preheader=preheader, preheader_pad=PREHEADER_PAD,
         )  # fmt: skip
         summary_lines = [line for item in post.summary for line in wrap(item, indent="  ", first="- ")]
-        text = jinja2.Environment(
-            loader=env.loader, autoescape=False, undefined=jinja2.StrictUndefined,
-            keep_trailing_newline=True, extensions=[_PersonalTags],
-        ).get_template("email.txt").render(
+        text = _text_environment(settings.templates_dir).get_template("email.txt").render(
             common, body=body_text, summary=summary_lines,
             title_rule="=" * min(text_width(post.title), WIDTH),
         )  # fmt: skip
