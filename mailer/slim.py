@@ -10,6 +10,7 @@ Outlook on Windows, which does not inherit fonts into table cells, has its own r
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 from lxml import etree
 
@@ -75,9 +76,13 @@ _CLEAR = {"transparent", "none", "inherit", "initial", "unset", "rgba(0,0,0,0)"}
 
 def declarations(style: str) -> list[tuple[str, str]]:
     """(property, value) pairs of a style attribute, in order; `;` inside quotes or url() does not split."""
+    if '"' in style or "'" in style or "(" in style:
+        parts = [match.group(1) for match in _DECLARATION.finditer(style)]
+    else:  # most styles: the same runs between semicolons, without the regex's look at each character
+        parts = style.split(";")
     out = []
-    for match in _DECLARATION.finditer(style):
-        name, colon, value = match.group(1).partition(":")
+    for part in parts:
+        name, colon, value = part.partition(":")
         if colon and name.strip():
             out.append((name.strip().lower(), value.strip()))
     return out
@@ -85,7 +90,10 @@ def declarations(style: str) -> list[tuple[str, str]]:
 
 def paints_itself(el: etree._Element) -> bool:
     """True if the element's inline style gives it a background of its own (a button, a badge, a box)."""
-    for name, value in declarations(el.get("style") or ""):
+    style = el.get("style") or ""
+    if "background" not in style.lower():  # most elements: no need to read the declarations
+        return False
+    for name, value in declarations(style):
         if name in ("background-color", "background") and value.lower().replace(" ", "") not in _CLEAR:
             return True
     return False
@@ -98,9 +106,7 @@ def slim_styles(root: etree._Element) -> None:
 
 def _walk(el: etree._Element, inherited: dict[str, str | None]) -> None:
     tag = el.tag.lower() if isinstance(el.tag, str) else ""
-    own = {name for name, tags in _OWN.items() if tag in tags}
-    if tag == "table":
-        own |= _TABLE_RESETS
+    own = _own(tag)
     style = el.get("style")
     kept: list[tuple[str, str]] = []
     passed = dict(inherited)
@@ -136,6 +142,13 @@ def _walk(el: etree._Element, inherited: dict[str, str | None]) -> None:
     for child in el:
         if isinstance(child.tag, str):
             _walk(child, passed)
+
+
+@lru_cache(maxsize=256)
+def _own(tag: str) -> frozenset[str]:
+    """The properties a tag does not inherit from its parent (the browser's stylesheet sets them)."""
+    own = {name for name, tags in _OWN.items() if tag in tags}
+    return frozenset(own | _TABLE_RESETS if tag == "table" else own)
 
 
 def _aligned(el: etree._Element, tag: str, value: str) -> bool:
