@@ -392,7 +392,10 @@ def sanitize(
     `style_scope`, are returned in findings.styles."""
     # no control character: a browser shows none, and lxml refuses to move one (`<plaintext>\x01` crashed)
     root = _fragment(_TEXT_CONTROL.sub("", fragment_html))
-    for el in list(root.iter()):
+    # held until the second pass, so lxml.html makes each element's Python object (a costly class lookup)
+    # once, not once per pass
+    first = list(root.iter())
+    for el in first:
         _remove_unshown(el, base_url, embed_label, findings, style_scope)
     for el in list(root.iter()):
         if el is root or not isinstance(el.tag, str) or not _keep_tag(el, findings):
