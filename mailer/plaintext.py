@@ -10,7 +10,7 @@ from __future__ import annotations
 import html
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from lxml import html as lhtml
 from markdown_it.token import Token
@@ -31,16 +31,16 @@ class Block:
 
 def join_blocks(blocks: Sequence[Block]) -> str:
     """One text: empty blocks dropped, a blank line between blocks, a newline between list items."""
-    out = ""
+    out: list[str] = []
     previous: Block | None = None
     for block in blocks:
         if not block.text.strip(" \n"):
             continue
         if previous is not None:
-            out += "\n" if block.item and previous.item else "\n\n"
-        out += block.text
+            out.append("\n" if block.item and previous.item else "\n\n")
+        out.append(block.text)
         previous = block
-    return out
+    return "".join(out)
 
 
 class References:
@@ -262,7 +262,7 @@ class _TextRenderer:
         for n, item in enumerate(node.children, start):
             self.item_opened = True
             marker = f"{n}. " if ordered else "- "
-            blocks += self.render(item, replace(place, lists=place.lists + 1, marker=marker))
+            blocks += self.render(item, _Place(place.quotes, place.lists + 1, marker))
         if place.lists:
             return blocks
         return [Block(join_blocks(blocks))]  # the outermost list is one block: a blank line before and after
@@ -271,7 +271,7 @@ class _TextRenderer:
         return self.children(node, place)
 
     def blockquote(self, node: _Node, place: _Place) -> list[Block]:
-        return self.children(node, replace(place, quotes=place.quotes + 1))
+        return self.children(node, _Place(place.quotes + 1, place.lists, place.marker))
 
     def code(self, node: _Node, place: _Place) -> list[Block]:
         code = node.token.content.rstrip("\n")
