@@ -21,14 +21,13 @@ import time
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from mailer.cli import cli
 from mailer.envelope import ReturnPaths
 from mailer.errors import MailerError
 from mailer.ledger import Ledger
 from mailer.mailboxes import MboxSource
 from mailer.tokens import Keyring
+from tests.command import run
 
 FIXTURES = Path(__file__).parent / "bounces"
 ISSUE = "2026-02-09"
@@ -84,11 +83,6 @@ def _maildir(root: Path, names: list[str] | None = None) -> Path:
     return folder
 
 
-def _mailer(args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
-    result = CliRunner().invoke(cli, args, env=env, catch_exceptions=False)
-    return result.exit_code, result.stdout, result.stderr
-
-
 def _suppressed(site: dict[str, str]) -> dict[str, tuple[str, str, str]]:
     with Ledger(Path(site["MAILER_DATA_DIR"]) / "mailer.db") as ledger:
         return {s.email: (s.source, s.reason, s.status) for s in ledger.suppressions()}
@@ -103,7 +97,7 @@ def test_a_maildir_of_every_format_suppresses_who_it_should_once(
     site: dict[str, str], tmp_path: Path
 ) -> None:
     folder = _maildir(tmp_path)
-    code, out, err = _mailer(["bounces", "--maildir", str(folder)], site)
+    code, out, err = run(["bounces", "--maildir", str(folder)], site)
     assert code == 0, err
     assert _suppressed(site) == SUPPRESSED
     rows = _bounce_rows(site)
@@ -118,7 +112,7 @@ def test_a_maildir_of_every_format_suppresses_who_it_should_once(
     assert not os.listdir(folder / "new")
     assert sorted(os.listdir(folder / "cur")) == sorted(f"{p.stem}.host:2,S" for p in FIXTURES.glob("*.eml"))
 
-    code, out, err = _mailer(["bounces", "--maildir", str(folder)], site)
+    code, out, err = run(["bounces", "--maildir", str(folder)], site)
     assert (code, out) == (0, "") and "no unread message" in err
     assert _bounce_rows(site) == rows
 
@@ -126,11 +120,11 @@ def test_a_maildir_of_every_format_suppresses_who_it_should_once(
 def test_a_run_stopped_before_marking_counts_nothing_twice(site: dict[str, str], tmp_path: Path) -> None:
     """Recorded, then killed before the marks: the next run reads the messages again and changes nothing."""
     folder = _maildir(tmp_path, ["postfix", "multi", "arf"])
-    assert _mailer(["bounces", "--maildir", str(folder)], site)[0] == 0
+    assert run(["bounces", "--maildir", str(folder)], site)[0] == 0
     before = (_suppressed(site), _bounce_rows(site))
     for name in os.listdir(folder / "cur"):
         os.rename(folder / "cur" / name, folder / "new" / name.split(":")[0])
-    code, out, err = _mailer(["bounces", "--maildir", str(folder), "--json"], site)
+    code, out, err = run(["bounces", "--maildir", str(folder), "--json"], site)
     assert code == 0, err
     result = json.loads(out)
     assert result["counts"]["messages"] == 3 and result["counts"]["new_reports"] == 0
@@ -164,7 +158,7 @@ def test_verp_names_the_reader_and_a_forged_signature_changes_nothing(
     (folder / "new" / "3.unsigned").write_bytes(
         unsigned.replace(b"bounces@example.org", BOUNCE_ADDRESS.encode())
     )
-    code, out, err = _mailer(["bounces", "--maildir", str(folder)], env)
+    code, out, err = run(["bounces", "--maildir", str(folder)], env)
     assert code == 0, err
     assert _suppressed(env) == {"still.here@example.com": ("dsn", "hard bounce", "5.1.1")}
     assert _bounce_rows(env) == [("still.here@example.com", "hard", ISSUE)]
@@ -180,7 +174,7 @@ def test_a_bounce_about_an_address_never_mailed_changes_nothing(site: dict[str, 
     (folder / "new" / "1.stranger").write_bytes(stranger.replace(b"<2026-02-09.", b"<2026-01-01."))
     multi = (FIXTURES / "multi.eml").read_bytes().replace(b"second.full@example.net", b"other@example.com")
     (folder / "new" / "2.multi").write_bytes(multi)
-    code, out, err = _mailer(["bounces", "--maildir", str(folder)], site)
+    code, out, err = run(["bounces", "--maildir", str(folder)], site)
     assert code == 0, err
     assert "new/1.stranger: dsn: stranger@example.com: ignored: never mailed by mailer" in out
     assert "new/2.multi: dsn: other@example.com: ignored: never mailed by mailer" in out
@@ -191,14 +185,14 @@ def test_a_bounce_about_an_address_never_mailed_changes_nothing(site: dict[str, 
 def test_an_unreadable_message_is_named_once_and_left_flagged(site: dict[str, str], tmp_path: Path) -> None:
     folder = _maildir(tmp_path, ["postfix"])
     (folder / "new" / "0.empty").write_bytes(b"")
-    code, out, err = _mailer(["bounces", "--maildir", str(folder), "-q"], site)
+    code, out, err = run(["bounces", "--maildir", str(folder), "-q"], site)
     assert (code, out) == (3, "")  # -q: nothing but what needs a person
     [line] = [line for line in err.splitlines() if "0.empty" in line]
     why = "unreadable: no header lines: not a mail message; left flagged for a person"
     assert line.endswith(f"Warning: {folder}: message new/0.empty: {why}")
     assert sorted(os.listdir(folder / "cur")) == ["0.empty:2,F", "postfix.host:2,S"]
     assert _suppressed(site) == {"gone@example.net": SUPPRESSED["gone@example.net"]}
-    code, out, err = _mailer(["bounces", "--maildir", str(folder)], site)
+    code, out, err = run(["bounces", "--maildir", str(folder)], site)
     assert code == 0 and "0.empty" not in out + err  # not tried again
 
 
@@ -211,7 +205,7 @@ def test_a_directory_or_a_pipe_in_the_maildir_is_named_once_and_the_rest_is_read
     folder = _maildir(tmp_path, ["qmail"])
     (folder / "new" / "0.dir").mkdir()
     os.mkfifo(folder / "new" / "1.pipe")
-    code, out, err = _mailer(["bounces", "--maildir", str(folder)], site)
+    code, out, err = run(["bounces", "--maildir", str(folder)], site)
     assert code == 3, err
     for name, why in (("0.dir", "Is a directory"), ("1.pipe", "not a regular file")):
         [line] = [line for line in err.splitlines() if name in line]
@@ -220,7 +214,7 @@ def test_a_directory_or_a_pipe_in_the_maildir_is_named_once_and_the_rest_is_read
     assert "Traceback" not in err
     assert sorted(os.listdir(folder / "cur")) == ["0.dir:2,F", "1.pipe:2,F", "qmail.host:2,S"]
     assert _suppressed(site) == {"ghost@example.net": ("dsn", "hard bounce", "5.1.1")}
-    code, out, err = _mailer(["bounces", "--maildir", str(folder)], site)
+    code, out, err = run(["bounces", "--maildir", str(folder)], site)
     assert code == 0 and "0.dir" not in out + err and "1.pipe" not in out + err  # not tried again
 
 
@@ -256,7 +250,7 @@ def test_an_mbox_file_is_read_and_marked_under_its_lock(site: dict[str, str], tm
         box.add((FIXTURES / f"{name}.eml").read_bytes())
     box.add(b"From: a person <someone@example.com>\nSubject: hello\nStatus: RO\n\nalready read by a person\n")
     box.close()
-    code, out, err = _mailer(["bounces", "--mbox", str(path), "--json"], site)
+    code, out, err = run(["bounces", "--mbox", str(path), "--json"], site)
     assert code == 0, err
     result = json.loads(out)
     assert result["counts"] | {} == {
@@ -268,7 +262,7 @@ def test_an_mbox_file_is_read_and_marked_under_its_lock(site: dict[str, str], tm
     assert [m.get_flags() for m in box] == ["RO", "RO", "RO", "RO", "RO"]
     assert len(box) == 5 and "qmail-send program" in box[1].get_payload()  # the messages themselves kept
     box.close()
-    code, out, err = _mailer(["bounces", "--mbox", str(path), "--json"], site)
+    code, out, err = run(["bounces", "--mbox", str(path), "--json"], site)
     assert json.loads(out)["counts"]["messages"] == 0
 
 
@@ -292,7 +286,7 @@ def test_an_mbox_file_is_read_and_marked_under_its_lock(site: dict[str, str], tm
 def test_a_bad_mailbox_is_refused_in_one_line(
     site: dict[str, str], args: list[str], env: dict[str, str], message: str
 ) -> None:
-    code, out, err = _mailer(["bounces", *args], {**site, **env})
+    code, out, err = run(["bounces", *args], {**site, **env})
     assert code == 1
     assert err.startswith("Error: ") and message in err and len(err.strip().splitlines()) == 1, err
     assert "hunter2" not in out + err and "Traceback" not in err
@@ -379,7 +373,7 @@ def test_an_imap_connection_lost_mid_pass_stops_with_exit_4(site: dict[str, str]
         "MAILER_IMAP_PASSWORD": "a-secret-password",
     }
     try:
-        code, out, err = _mailer(["bounces", "--imap"], env)
+        code, out, err = run(["bounces", "--imap"], env)
     finally:
         server.shutdown()
         server.server_close()
@@ -436,8 +430,8 @@ def test_an_imap_password_with_non_ascii_characters_logs_in(site: dict[str, str]
         "MAILER_IMAP_PASSWORD": "pässwörd-ü-secret",
     }
     try:
-        code, out, err = _mailer(["bounces", "--imap"], env)
-        wrong, out2, err2 = _mailer(["bounces", "--imap"], {**env, "MAILER_IMAP_PASSWORD": "wröng-secret"})
+        code, out, err = run(["bounces", "--imap"], env)
+        wrong, out2, err2 = run(["bounces", "--imap"], {**env, "MAILER_IMAP_PASSWORD": "wröng-secret"})
     finally:
         server.shutdown()
         server.server_close()

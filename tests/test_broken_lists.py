@@ -18,13 +18,13 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
 
 from mailer.campaign import LOOKUP_BATCH
-from mailer.cli import cli
 from mailer.csvfile import BLOCK
 from mailer.ledger import Ledger
 from tests import publisher
+from tests.command import invoke as run
 from tests.smtpd import SMTPServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,12 +56,6 @@ def env_for(port: int, tmp_path: Path) -> dict[str, str]:
         "MAILER_SMTP_TIMEOUT": "30",
         "MAILER_DATA_DIR": str(tmp_path / "state"),
     }
-
-
-def run(args: list[str], env: dict[str, str]) -> Result:
-    result = CliRunner().invoke(cli, args, env=env, catch_exceptions=False)
-    assert "Traceback" not in result.output
-    return result
 
 
 def error_lines(result: Result) -> list[str]:

@@ -23,13 +23,12 @@ from email import policy
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 from flufl.bounce import all_failures
 
-from mailer.cli import cli
 from mailer.config import load_settings
 from mailer.ledger import Ledger
 from tests import mta, record
+from tests.command import run
 from tests.conftest import EXAMPLE
 from tests.smtpd import TLSFiles, make_tls_files
 
@@ -69,11 +68,6 @@ def env(
         "MAILER_IMAP_CAFILE": str(tls.ca),
         "MAILER_IMAP_PASSWORD": mta.PASSWORD,
     }
-
-
-def _mailer(args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
-    result = CliRunner().invoke(cli, args, env=env, catch_exceptions=False)
-    return result.exit_code, result.stdout, result.stderr
 
 
 def _imap(system: mta.MailSystem, mailbox: str) -> imaplib.IMAP4:
@@ -124,7 +118,7 @@ def test_imap_over_implicit_tls_marks_seen_and_flags_the_unreadable(
         "MAILER_IMAP_PORT": str(mail_system.imaps_port),
         "MAILER_IMAP_USER": mail_system.address("tlsbox"),
     }
-    code, out, err = _mailer(["bounces", "--imap"], imap_env)
+    code, out, err = run(["bounces", "--imap"], imap_env)
     assert code == 3, err  # done, but one message was left for a person
     assert set(_suppressions(env)) == {"gone@example.net", "ghost@example.net"}
     assert "2: an auto-reply, not a bounce" not in out and "3: an auto-reply, not a bounce" in out
@@ -135,7 +129,7 @@ def test_imap_over_implicit_tls_marks_seen_and_flags_the_unreadable(
     )
     assert _search(mail_system, "tlsbox", "SEEN") == 3
     assert _search(mail_system, "tlsbox", "FLAGGED UNSEEN") == 1
-    code, out, err = _mailer(["bounces", "--imap"], imap_env)
+    code, out, err = run(["bounces", "--imap"], imap_env)
     assert (code, out) == (0, "") and "no unread message" in err
     assert mta.PASSWORD not in out + err
 
@@ -149,7 +143,7 @@ def test_imap_starttls_url_moves_what_it_read_to_the_done_folder(
     _mailed(env, ["lost.reader@example.com"])
     _append(mail_system, "starttlsbox", [(FIXTURES / "gmail.eml").read_bytes()])
     url = f"imap://{user.replace('@', '%40')}@{mta.HOST}:{mail_system.imap_port}/INBOX"
-    code, out, err = _mailer(["bounces", "--imap", url], {**env, "MAILER_IMAP_DONE_FOLDER": "Done"})
+    code, out, err = run(["bounces", "--imap", url], {**env, "MAILER_IMAP_DONE_FOLDER": "Done"})
     assert code == 0, err
     assert out.startswith("1: dsn: lost.reader@example.com hard 5.1.1")
     assert (
@@ -173,7 +167,7 @@ def test_imap_refusals_are_one_line_without_the_password(
     else:
         del bad["MAILER_IMAP_CAFILE"]
         expected = "cannot connect: the server's certificate is not trusted"
-    code, out, err = _mailer(["bounces", "--imap"], bad)
+    code, out, err = run(["bounces", "--imap"], bad)
     assert code == 1
     assert err.startswith("Error: imaps://") and expected in err and len(err.strip().splitlines()) == 1, err
     assert bad["MAILER_IMAP_PASSWORD"] not in out + err
@@ -181,7 +175,7 @@ def test_imap_refusals_are_one_line_without_the_password(
 
 def _send(post: Path, subscribers: Path, env: dict[str, str]) -> str:
     skip = ["--skip-check", "from-address", "--skip-check", "unsubscribe-url"]
-    code, _, err = _mailer(["send", str(post), "--to", str(subscribers), "--yes", "--force", *skip], env)
+    code, _, err = run(["send", str(post), "--to", str(subscribers), "--yes", "--force", *skip], env)
     assert code == 0, err
     return err
 
@@ -250,7 +244,7 @@ def test_postfix_dsn_and_a_complaint_read_over_imap_suppress_and_the_next_send_s
     assert str(dsn_msg["Delivered-To"]).startswith("bounce+")  # the signed VERP address it was mailed to
     assert all_failures(email.message_from_bytes(dsn)) == (set(), {gone.encode()})  # flufl.bounce agrees
 
-    code, out, err = _mailer(["bounces", "--json"], env)
+    code, out, err = run(["bounces", "--json"], env)
     assert code == 0, err
     assert '"suppressed": ["' + gone + '"]' in out
     source, reason, issue, status = _suppressions(env)[gone]
@@ -262,11 +256,11 @@ def test_postfix_dsn_and_a_complaint_read_over_imap_suppress_and_the_next_send_s
     with smtplib.SMTP(mta.HOST, mail_system.smtp_port, timeout=10) as smtp:
         smtp.sendmail("", [f"bounce@{DOMAIN}"], _complaint_about(carols, mail_system.address("carol")))
     _wait_for_bounces(mail_system, 2)
-    code, out, err = _mailer(["bounces"], env)
+    code, out, err = run(["bounces"], env)
     assert code == 0, err
     assert f"arf: {mail_system.address('carol')} complaint, issue 2026-02-09: suppressed" in out
     assert _suppressions(env)[mail_system.address("carol")][:3] == ("arf", "complaint", "2026-02-09")
-    code, out, err = _mailer(["bounces"], env)
+    code, out, err = run(["bounces"], env)
     assert (code, out) == (0, "")  # read once: a second run changes nothing
 
     second = tmp_path / "2026-02-10.md"

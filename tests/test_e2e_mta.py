@@ -27,13 +27,12 @@ from urllib.parse import parse_qs, urlsplit
 
 import lxml.html
 import pytest
-from click.testing import CliRunner
 
-from mailer.cli import cli
 from mailer.config import load_settings
 from mailer.ledger import Ledger
 from mailer.tokens import load_keyring
 from tests import mta
+from tests.command import run
 from tests.conftest import EXAMPLE
 
 pytestmark = pytest.mark.mta
@@ -66,15 +65,10 @@ def env(mail_system: mta.MailSystem, tmp_path: Path, monkeypatch: pytest.MonkeyP
     }
 
 
-def _mailer(args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
-    result = CliRunner().invoke(cli, args, env=env, catch_exceptions=False)
-    return result.exit_code, result.stdout, result.stderr
-
-
 def _send(post: Path, subscribers: Path, env: dict[str, str]) -> str:
     # the local Postfix delivers to example.org and the unsubscribe pages are on 127.0.0.1: both on purpose
     skip = ["--skip-check", "from-address", "--skip-check", "unsubscribe-url"]
-    code, _, err = _mailer(["send", str(post), "--to", str(subscribers), "--yes", "--force", *skip], env)
+    code, _, err = run(["send", str(post), "--to", str(subscribers), "--yes", "--force", *skip], env)
     assert code == 0, err
     return err
 
@@ -221,7 +215,7 @@ def test_send_through_postfix_read_over_imap_unsubscribe_and_send_again(
         assert web in text.get_content()
 
         # the relay changed nothing: the HTML part is exactly what `mailer render` makes for this reader
-        code, rendered, render_err = _mailer(
+        code, rendered, render_err = run(
             ["render", str(first)], {**env, "MAILER_SAMPLE_EMAIL": address, "MAILER_SAMPLE_NAME": name}
         )
         assert code == 0, render_err

@@ -26,12 +26,11 @@ from email import message_from_bytes
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
 
-from mailer.cli import cli
 from mailer.errors import SubscriberError
 from mailer.subscribers import BadRow, ReadStats, Subscriber, read_subscribers
 from tests import publisher
+from tests.command import invoke as run
 from tests.smtpd import SMTPServer
 
 LISTS = Path(__file__).resolve().parent / "lists"
@@ -49,12 +48,6 @@ def read(path: Path) -> tuple[list[Subscriber], list[BadRow], ReadStats]:
     bad: list[BadRow] = []
     stats = ReadStats()
     return list(read_subscribers(path, on_bad=bad.append, stats=stats)), bad, stats
-
-
-def run(args: list[str], env: dict[str, str]) -> Result:
-    result = CliRunner().invoke(cli, args, env=env, catch_exceptions=False)
-    assert "Traceback" not in result.output
-    return result
 
 
 def received(server: SMTPServer) -> list[str]:

@@ -6,7 +6,6 @@ SMTP must stay exactly as it was after a later outbox try-out.
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import sqlite3
@@ -15,13 +14,13 @@ from contextlib import closing
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from mailer.cli import cli
 from mailer.ledger import OUTBOX, SCHEMA_VERSION, Ledger
 from mailer.post import load_post
 from mailer.transport import OutboxTransport
 from tests import publisher
+from tests.clock import DAYTIME, today
+from tests.command import run
 from tests.record import delivery
 from tests.smtpd import SMTPServer
 
@@ -35,8 +34,8 @@ def _no_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 @pytest.fixture
 def posts(post: Path) -> Path:
-    """The posts folder holding only today's post (UTC), as the daily run finds it."""
-    day = dt.datetime.now(dt.UTC).date().isoformat()
+    """The posts folder holding only today's post (in DAYTIME), as the daily run finds it."""
+    day = today().isoformat()
     text = post.read_text(encoding="utf-8").replace("date: 2026-02-09", f"date: {day}")
     (post.parent / f"{day}.md").write_text(text, encoding="utf-8")
     post.unlink()
@@ -44,7 +43,7 @@ def posts(post: Path) -> Path:
 
 
 def outbox_env(tmp_path: Path) -> dict[str, str]:
-    return {**publisher.ENV, "MAILER_DATA_DIR": str(tmp_path / "state"), "MAILER_TIMEZONE": "UTC"}
+    return {**publisher.ENV, "MAILER_DATA_DIR": str(tmp_path / "state"), "MAILER_TIMEZONE": DAYTIME}
 
 
 def smtp_env(server: SMTPServer, tmp_path: Path) -> dict[str, str]:
@@ -55,11 +54,6 @@ def smtp_env(server: SMTPServer, tmp_path: Path) -> dict[str, str]:
         "MAILER_SMTP_SECURITY": "none",
         "MAILER_SMTP_TIMEOUT": "5",
     }
-
-
-def run(args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
-    result = CliRunner().invoke(cli, args, env=env, catch_exceptions=False)
-    return result.exit_code, result.stdout, result.stderr
 
 
 def write_list(path: Path, emails: list[str]) -> Path:
@@ -129,7 +123,7 @@ def test_an_outbox_try_out_after_the_real_send_leaves_its_record_alone(
     code, out, err = run(["status", "--json"], outbox_env(tmp_path))
     assert code == 0, err
     rows = {(i["issue"], i["destination"]): i["counts"] for i in json.loads(out)["issues"]}
-    day = dt.datetime.now(dt.UTC).date().isoformat()
+    day = today().isoformat()
     assert rows == {(day, "smtp"): {"sent": 4}, (day, "outbox"): {"sent": 3}}
 
 

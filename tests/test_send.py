@@ -17,10 +17,10 @@ from email import policy
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from mailer.cli import cli
 from mailer.ledger import Ledger
+from tests.clock import DAYTIME, today
+from tests.command import run
 from tests.publisher import env_for
 from tests.record import delivery
 from tests.smtpd import SMTPServer, TLSFiles
@@ -30,11 +30,6 @@ def write_list(path: Path, emails: list[str], extra: str = "") -> Path:
     lines = ["email,name"] + [f"{e},Reader {i}" for i, e in enumerate(emails)]
     path.write_text("\n".join(lines) + "\n" + extra, encoding="utf-8")
     return path
-
-
-def run(args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
-    result = CliRunner().invoke(cli, args, env=env, catch_exceptions=False)
-    return result.exit_code, result.stdout, result.stderr
 
 
 def recipients(server: SMTPServer) -> Counter[str]:
@@ -252,14 +247,14 @@ def test_daily_run_picks_todays_post_and_refuses_old_news(
     smtp_server: SMTPServer, tmp_path: Path, post: Path
 ) -> None:
     csv = write_list(tmp_path / "subs.csv", ["a@example.com"])
-    env = env_for(smtp_server, tmp_path, MAILER_TIMEZONE="UTC")
+    env = env_for(smtp_server, tmp_path, MAILER_TIMEZONE=DAYTIME)
     folder = post.parent
     code, _, err = run(["send", str(folder), "--to", str(csv), "--yes"], env)
-    if dt.datetime.now(dt.UTC).date() != dt.date(2026, 2, 9):
+    if today() != dt.date(2026, 2, 9):
         assert code == 0 and "nothing to send" in err
         assert smtp_server.messages == []
-    today = dt.datetime.now(dt.UTC).date()
-    todays = _dated_copy(post, today)
+    day = today()
+    todays = _dated_copy(post, day)
     code, _, err = run(["send", str(folder), "--to", str(csv), "--yes"], env)
     assert code == 0, err
     assert str(todays) in err
@@ -268,10 +263,10 @@ def test_daily_run_picks_todays_post_and_refuses_old_news(
     assert code == 0 and "already sent" in err
     assert len(smtp_server.messages) == 1
 
-    old = _dated_copy(post, today - dt.timedelta(days=3))
+    old = _dated_copy(post, day - dt.timedelta(days=3))
     code, _, err = run(["send", str(old), "--to", str(csv), "--yes"], env)
     assert code == 1 and "--force" in err
-    future = _dated_copy(post, today + dt.timedelta(days=2))
+    future = _dated_copy(post, day + dt.timedelta(days=2))
     code, _, err = run(["send", str(future), "--to", str(csv), "--yes"], env)
     assert code == 1 and "future" in err
     assert len(smtp_server.messages) == 1
@@ -577,11 +572,11 @@ def test_two_data_folders_sharing_one_database_never_send_at_once(
 def test_a_second_list_gets_the_issue_the_first_list_already_got(
     smtp_server: SMTPServer, tmp_path: Path, post: Path
 ) -> None:
-    _dated_copy(post, dt.datetime.now(dt.UTC).date())
+    _dated_copy(post, today())
     post.unlink()  # the folder holds today's post only
     list_a = write_list(tmp_path / "list-a.csv", ["a1@example.com", "both@example.com"])
     list_b = write_list(tmp_path / "list-b.csv", ["b1@example.com", "b2@example.com", "BOTH@example.com"])
-    env = env_for(smtp_server, tmp_path, MAILER_TIMEZONE="UTC")
+    env = env_for(smtp_server, tmp_path, MAILER_TIMEZONE=DAYTIME)
 
     def daily(csv: Path) -> tuple[int, str]:
         code, _, err = run(["send", str(post.parent), "--to", str(csv), "--yes"], env)

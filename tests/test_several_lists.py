@@ -18,12 +18,13 @@ from email import message_from_bytes
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
 
 from mailer.campaign import LOOKUP_BATCH
-from mailer.cli import cli
 from mailer.csvfile import BLOCK, CsvFile
 from tests import publisher
+from tests.clock import DAYTIME, today
+from tests.command import invoke as run
 from tests.smtpd import SMTPServer
 
 
@@ -32,12 +33,6 @@ def _in_tmp(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)  # no stray mailer.toml
     for name in [n for n in os.environ if n.startswith("MAILER_")]:
         monkeypatch.delenv(name)
-
-
-def run(args: list[str], env: dict[str, str]) -> Result:
-    result = CliRunner().invoke(cli, args, env=env, catch_exceptions=False)
-    assert "Traceback" not in result.output
-    return result
 
 
 def send(post: Path, lists: list[Path], env: dict[str, str], *more: str) -> Result:
@@ -142,17 +137,15 @@ def test_the_same_lists_in_another_order_mail_no_one_twice_and_have_one_key(
 def test_a_folder_send_to_the_same_lists_in_another_order_is_already_sent(
     smtp_server: SMTPServer, tmp_path: Path
 ) -> None:
-    from datetime import UTC, datetime
-
     posts = tmp_path / "posts"
     posts.mkdir()
-    today = datetime.now(UTC).date().isoformat()
+    day = today().isoformat()
     source = (Path(__file__).parent / "posts" / "english.md").read_text(encoding="utf-8")
-    source = source.replace("date: 2026-02-10", f"date: {today}")
-    (posts / f"{today}.md").write_text(source, encoding="utf-8")
+    source = source.replace("date: 2026-02-10", f"date: {day}")
+    (posts / f"{day}.md").write_text(source, encoding="utf-8")
     a = write(tmp_path / "a.csv", "email\nann@example.com\n")
     b = write(tmp_path / "b.csv", "email\nbob@example.com\n")
-    env = publisher.env_for(smtp_server, tmp_path, MAILER_TIMEZONE="UTC")
+    env = publisher.env_for(smtp_server, tmp_path, MAILER_TIMEZONE=DAYTIME)
     first = run(["send", str(posts), "--to", str(a), "--to", str(b), "--yes"], env)
     assert first.exit_code == 0, first.output
     again = run(["send", str(posts), "--to", str(b), "--to", str(a), "--yes"], env)

@@ -25,11 +25,12 @@ from pathlib import Path
 from urllib.request import Request, urlopen
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
 
-from mailer.cli import cli
 from mailer.ledger import SCHEMA_VERSION, Ledger
 from tests import publisher
+from tests.clock import DAYTIME, today
+from tests.command import invoke as run
 from tests.conftest import EXAMPLE
 from tests.smtpd import SMTPServer
 from tests.test_unsubscribe_e2e import web  # noqa: F401  (its fixture: `mailer serve` on a free port)
@@ -48,12 +49,6 @@ def _in_tmp(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 def env(tmp_path: Path) -> dict[str, str]:
     """No SMTP server: the commands that only touch the database."""
     return {**publisher.ENV, "MAILER_DATA_DIR": str(tmp_path / "state")}
-
-
-def run(args: list[str], env: dict[str, str]) -> Result:
-    result = CliRunner().invoke(cli, args, env=env, catch_exceptions=False)
-    assert "Traceback" not in result.output
-    return result
 
 
 def write(path: Path, text: str) -> Path:
@@ -323,10 +318,10 @@ def test_a_reader_added_after_a_complete_send_is_mailed_by_the_daily_rerun_and_n
 ) -> None:
     posts = tmp_path / "posts"
     posts.mkdir()
-    today = datetime.now(UTC).date().isoformat()
+    day = today().isoformat()
     source = (Path(__file__).parent / "posts" / "english.md").read_text(encoding="utf-8")
-    (posts / f"{today}.md").write_text(source.replace("date: 2026-02-10", f"date: {today}"), encoding="utf-8")
-    env = publisher.env_for(smtp_server, tmp_path, MAILER_TIMEZONE="UTC")
+    (posts / f"{day}.md").write_text(source.replace("date: 2026-02-10", f"date: {day}"), encoding="utf-8")
+    env = publisher.env_for(smtp_server, tmp_path, MAILER_TIMEZONE=DAYTIME)
     daily = ["send", str(posts), "--list", "main", "--yes"]
     run(["subscribers", "import", str(write(tmp_path / "a.csv", "email\nann@example.com\n"))], env)
     assert run(daily, env).exit_code == 0
