@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from . import DEFAULT_LIST
 from .engine import Location, Server, is_url, parse_url
 from .errors import ConfigError
 from .headers import CONTROL, normalize_email, split_mailbox
@@ -52,6 +53,7 @@ PATH_SETTINGS = frozenset(
         "bounce_maildir",
         "bounce_mbox",
         "imap_cafile",
+        "signup_welcome",
     }
 )
 OTHER_VARIABLES = frozenset({"MAILER_CONFIG"})  # MAILER_* names that are not settings
@@ -135,6 +137,14 @@ class Settings:
     postmark_webhook_user: str = ""
     postmark_webhook_password: str = ""
     mailgun_webhook_key: str = ""
+    # signup with double opt-in in `mailer serve` (docs/signup.md)
+    signup_list: str = DEFAULT_LIST  # the stored list a confirmed signup joins
+    signup_lists: str = ""  # other lists a form may name (list=NAME), comma-separated
+    signup_confirm_hours: float = 48.0  # how long a confirmation link works
+    signup_thanks_url: str = ""  # set: a signup is answered with a redirect there (the publisher's page)
+    signup_welcome: str = ""  # a post mailed to each reader who confirms
+    signup_ip_limit: int = 20  # signups an hour from one client address (0: no limit)
+    signup_address_limit: int = 3  # signups a day for one address (0: no limit)
     # images the post gives no size for are fetched once to learn it (cached in data_dir); not when offline
     offline: bool = False
 
@@ -417,7 +427,11 @@ RANGES: dict[str, tuple[float, float, str]] = {
     "soft_bounce_days": (1, 3650, "1 to 3650 days"),
     "bounce_rate_warn": (0, 100, "0 (never warn) to 100 percent"),
     "complaint_rate_warn": (0, 100, "0 (never warn) to 100 percent"),
+    "signup_confirm_hours": (1, 720, "1 to 720 hours"),
+    "signup_ip_limit": (0, 1_000_000, "0 (no limit) to 1000000"),
+    "signup_address_limit": (0, 1000, "0 (no limit) to 1000"),
 }
+_LIST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # stored.check_name's rule
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _LIST_ID = re.compile(rf"{_ATOM}(?:\.{_ATOM})+")
 _SELECTOR = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62})(?:\.[A-Za-z0-9_][A-Za-z0-9_-]{0,62})*")
@@ -505,7 +519,16 @@ def _check(s: Settings, sources: Mapping[str, str]) -> Settings:
         raise ConfigError(f"{where('imap_security')}: {s.imap_security!r} must be one of tls, starttls, none")
     if s.smtp_security not in ("starttls", "tls", "none"):
         raise ConfigError(f"{where('smtp_security')}: {s.smtp_security!r} must be one of starttls, tls, none")
-    for name in ("base_url", "web_url", "view_url"):
+    for name in ("signup_list", "signup_lists"):
+        for list_name in filter(None, (v.strip() for v in getattr(s, name).split(","))):
+            if not _LIST_NAME.fullmatch(list_name):
+                raise ConfigError(
+                    f"{where(name)}: {list_name!r} is not a list name (up to 64 letters, digits, '.', '_'"
+                    " or '-', starting with a letter or digit)"
+                )
+    if not s.signup_list.strip():
+        raise ConfigError(f"{where('signup_list')}: must name the list confirmed signups join")
+    for name in ("base_url", "web_url", "view_url", "signup_thanks_url"):
         url = getattr(s, name)
         if url and not url.startswith(("http://", "https://", "{web_url}")):
             raise ConfigError(f"{where(name)}: {url!r} must start with http:// or https://")

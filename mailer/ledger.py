@@ -22,7 +22,7 @@ from .errors import MailerError
 from .subscribers import dedupe_key
 
 T = TypeVar("T")
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 STATES = ("sending", "sent", "deferred", "failed")
 # what a person reads for each state: 'sending' is the record's name for a message whose fate is unknown
 LABELS = {"sending": "in doubt", "sent": "sent", "deferred": "deferred", "failed": "failed"}
@@ -124,6 +124,40 @@ CREATE TABLE members (
     updated_at TEXT NOT NULL,
     UNIQUE (list, email)
 );
+"""
+
+
+# Signups with double opt-in (issue 15; signup.py reads and writes them). One row per list and address: the
+# latest request, whose time its confirmation link carries (an older link no longer confirms), when that
+# link was mailed (NULL: still to mail; a serve process claims the row until claimed_until), when and from
+# where it was confirmed, the suppression it lifted, and whether a welcome is still to mail. signup_hits
+# are the requests the rate limits count, per client address and per address signed up; every serve
+# process sharing the database counts the same ones.
+_SIGNUPS = """
+CREATE TABLE signups (
+    list TEXT NOT NULL,
+    email TEXT NOT NULL,
+    address TEXT NOT NULL,
+    name TEXT NOT NULL DEFAULT '',
+    requested_at TEXT NOT NULL,
+    request_ip TEXT NOT NULL,
+    claimed_until TEXT,
+    confirm_sent_at TEXT,
+    confirm_reply TEXT NOT NULL DEFAULT '',
+    confirmed_at TEXT,
+    confirm_ip TEXT,
+    lifted TEXT NOT NULL DEFAULT '',
+    welcome_due INTEGER NOT NULL DEFAULT 0,
+    welcome_reply TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (list, email)
+);
+CREATE INDEX signups_to_mail ON signups(confirm_sent_at, welcome_due);
+CREATE TABLE signup_hits (
+    kind TEXT NOT NULL CHECK (kind IN ('ip', 'address')),
+    hit_key TEXT NOT NULL,
+    at TEXT NOT NULL
+);
+CREATE INDEX signup_hits_by_key ON signup_hits(kind, hit_key, at);
 """
 
 
@@ -284,6 +318,7 @@ class Ledger:
                     3: self._from_v3,
                     4: self._from_v4,
                     5: self._from_v5,
+                    6: self._from_v6,
                 }
                 for step in range(version, SCHEMA_VERSION):
                     upgrades[step]()  # from schema `step` to `step + 1`, in one transaction with the rest
@@ -386,6 +421,10 @@ class Ledger:
     def _from_v5(self) -> None:
         # Subscriber lists in the database (issue 15): nothing before had them, so nothing to carry over.
         self._script(_SUBSCRIBERS)
+
+    def _from_v6(self) -> None:
+        # Signups through `mailer serve` (issue 15; signup.py): nothing before had them.
+        self._script(_SIGNUPS)
 
     def reopen(self) -> Ledger:
         """Another connection to this record and destination, for another thread (one per thread)."""

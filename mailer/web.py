@@ -21,6 +21,7 @@ from markupsafe import Markup
 from .archive import archived_lang
 from .catalog import Words, words
 from .errors import MailerError
+from .signup import MAX_FORM, SignupError, read_link, read_request, safe_next, signup_lists
 from .tokens import Keyring, load_keyring
 from .wsgi import HTML, TEXT, listen, render_page, respond, security_headers, static
 
@@ -68,13 +69,13 @@ def page(t: Words, title: str, text: str = "", template: str = "web.html", **con
     return render_page(template, lang=t.lang, t=t, title=title, text=text, style=style, **context)
 
 
-def _parse_form(environ: WSGIEnvironment) -> dict[str, str]:
-    """Read a urlencoded or multipart body of at most MAX_BODY bytes into its simple fields."""
+def _parse_form(environ: WSGIEnvironment, limit: int = MAX_BODY) -> dict[str, str]:
+    """Read a urlencoded or multipart body of at most `limit` bytes into its simple fields."""
     try:
         length = int(environ.get("CONTENT_LENGTH") or 0)
     except ValueError:
         raise HTTPError(400, "bad_request.title", "bad_request.length") from None
-    if length > MAX_BODY:
+    if length > limit:
         raise HTTPError(413, "too_large.title", "too_large.text")
     body = environ["wsgi.input"].read(length) if length > 0 else b""
     ctype = environ.get("CONTENT_TYPE", "")
@@ -112,9 +113,15 @@ class UnsubscribeApp:
         self.list_name = settings.list_name or settings.from_name
         self.archive = (settings.data_dir / "archive").resolve()
         from .ledger import Ledger
+        from .signup import Mailroom, Signups
+        from .signupmail import Letters
+        from .transport import make_transport
         from .webhooks import Webhooks
 
         self.webhooks = Webhooks(settings, keyring)
+        letters = Letters(settings, keyring, lambda: self.words().lang)
+        self.mailroom = Mailroom(settings, keyring, letters, make_transport(settings, ServerLog()))
+        self.signups = Signups(settings, keyring, self.mailroom.wake)
 
         Ledger(settings.db_path).close()  # made (or checked) now: later a missing database is an error
 
@@ -155,6 +162,9 @@ class UnsubscribeApp:
             if method == "POST":
                 return self.post(query, _parse_form(environ))
             return 200, HTML, self.confirm(_first(query, "t")), []
+        if path in ("/subscribe", "/subscribe/confirm"):
+            _allow(method, "GET, HEAD, POST")
+            return self.subscribe(method, path, environ)
         if path.startswith("/webhooks/"):
             _allow(method, "POST")
             return self.webhooks.handle(path.removeprefix("/webhooks/"), environ, WEBHOOK_MAX_BODY)
@@ -218,6 +228,58 @@ class UnsubscribeApp:
             log.info("%s %s (%s)", f"{action}d", address, "one-click" if one_click else "web")
         state = "unsubscribed" if action == "unsubscribe" else "resubscribed"
         return 200, HTML, self._page(state, token, address), []
+
+    def subscribe(
+        self, method: str, path: str, environ: WSGIEnvironment
+    ) -> tuple[int, str, bytes, list[tuple[str, str]]]:
+        """The signup form and its answer, and the confirmation link's page and button (mailer/signup.py)."""
+        query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+        form = _parse_form(environ, MAX_FORM) if method == "POST" else {}
+        client = str(environ.get("REMOTE_ADDR", ""))
+        try:
+            if path == "/subscribe" and method != "POST":
+                named = _first(query, "list")
+                return (
+                    200,
+                    HTML,
+                    self._signup_page("form", list=named if named in signup_lists(self.settings) else ""),
+                    [],
+                )
+            if path == "/subscribe":
+                self.signups.request(read_request(form, self.settings), client)
+                sent = self._signup_page("sent")
+                target = safe_next(form.get("next", ""), self.settings) or self.settings.signup_thanks_url
+                return (303, HTML, sent, [("Location", target)]) if target else (200, HTML, sent, [])
+            token = form.get("t") or _first(query, "t")
+            link = read_link(self.keyring, token, self.settings.signup_confirm_hours)
+            if method != "POST":
+                return 200, HTML, self._signup_page("confirm", token=token, address=link.email), []
+            state = self.signups.confirm(link, client)
+            return 200, HTML, self._signup_page(state, address=link.email), []
+        except SignupError as exc:
+            retry = [("Retry-After", str(exc.retry_after))] if exc.retry_after else []
+            t = self.words()
+            again = self._signup_page(
+                "form", title=t[f"{exc.key}.title"], error=t.say(f"{exc.key}.text", **exc.values),
+                email=form.get("email", ""), name=form.get("name", ""), list=form.get("list", ""),
+            )  # fmt: skip
+            return exc.status, HTML, again, retry
+
+    def _signup_page(self, state: str, title: str = "", **context: Any) -> bytes:
+        t = self.words()
+        heading = (
+            title
+            or t[
+                {"form": "signup.title", "already": "signup.confirmed.title"}.get(
+                    state, f"signup.{state}.title"
+                )
+            ]
+        )
+        return page(t, heading, template="subscribe.html", state=state, list_name=self.list_name, **context)
+
+    def close(self) -> None:
+        """Let the signup mail being sent finish (the record keeps the rest for the next start)."""
+        self.mailroom.stop()
 
     def issue(self, issue_id: str) -> bytes:
         """An archived issue (the web version the send loop writes), if there is one."""
@@ -327,6 +389,11 @@ def make_server(build: Callable[[], UnsubscribeApp], host: str, port: int, threa
         connection_limit=_connection_limit(),
         channel_timeout=CHANNEL_TIMEOUT,
         cleanup_interval=CLEANUP_INTERVAL,
+        # behind a proxy on this machine (docs/unsubscribe.md) the client is the address it appends to
+        # X-Forwarded-For: what the signup limits count per client and the consent record keeps
+        trusted_proxy="127.0.0.1",
+        trusted_proxy_headers={"x-forwarded-for"},
+        trusted_proxy_count=1,
     )
     from waitress.server import BaseWSGIServer
 
@@ -347,8 +414,11 @@ def serve_until_stopped(settings: Settings, host: str, port: int, threads: int, 
     Ctrl-C; the running server's requests go to its log."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
+    built: list[UnsubscribeApp] = []
+
     def build() -> UnsubscribeApp:
-        return make_app(settings, keyring=load_keyring(settings, console=console))
+        built.append(make_app(settings, keyring=load_keyring(settings, console=console)))
+        return built[0]
 
     server = make_server(build, host, port, threads)
     shown = f"[{host}]" if ":" in host else host
@@ -361,9 +431,11 @@ def serve_until_stopped(settings: Settings, host: str, port: int, threads: int, 
         )
     console.result("Press Ctrl-C to stop.")
     try:
+        built[0].mailroom.wake()  # mail what an earlier run left queued
         server.run()  # returns on Ctrl-C, after stopping the worker threads
     finally:
         server.close()
+        built[0].close()
     console.result("Stopped.")
 
 
