@@ -158,6 +158,7 @@ CREATE TABLE signup_hits (
     at TEXT NOT NULL
 );
 CREATE INDEX signup_hits_by_key ON signup_hits(kind, hit_key, at);
+CREATE INDEX signup_hits_by_time ON signup_hits(at);
 """
 
 

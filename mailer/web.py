@@ -239,12 +239,8 @@ class UnsubscribeApp:
         try:
             if path == "/subscribe" and method != "POST":
                 named = _first(query, "list")
-                return (
-                    200,
-                    HTML,
-                    self._signup_page("form", list=named if named in signup_lists(self.settings) else ""),
-                    [],
-                )
+                shown = named if named in signup_lists(self.settings) else ""
+                return 200, HTML, self._signup_page("form", list=shown), []
             if path == "/subscribe":
                 self.signups.request(read_request(form, self.settings), client)
                 sent = self._signup_page("sent")
