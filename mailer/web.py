@@ -258,6 +258,7 @@ class UnsubscribeApp:
             again = self._signup_page(
                 "form", title=t[f"{exc.key}.title"], error=t.say(f"{exc.key}.text", **exc.values),
                 email=form.get("email", ""), name=form.get("name", ""), list=form.get("list", ""),
+                action="subscribe" if path == "/subscribe" else "../subscribe",
             )  # fmt: skip
             return exc.status, HTML, again, retry
 

@@ -22,9 +22,13 @@ import pytest
 from click.testing import CliRunner
 
 from mailer.cli import cli
+from mailer.config import Settings
+from mailer.engine import Location, Server
 from mailer.ledger import Ledger
-from mailer.signup import link_token, read_link
+from mailer.signup import Mailroom, SignupError, Signups, link_token, read_link, read_request
+from mailer.signupmail import Letters
 from mailer.tokens import Keyring
+from mailer.transport import OutboxTransport
 from tests import publisher
 from tests.conftest import EXAMPLE
 from tests.served import serving
@@ -262,7 +266,8 @@ def test_a_forged_an_expired_or_a_replaced_link_gets_a_clear_page_and_changes_no
     old = (datetime.fromisoformat(requested_at) - timedelta(hours=49)).isoformat(timespec="microseconds")
     expired = link_token(_key(site), "main", "kim@example.org", old)
     status, _, page = site.http("POST", "/subscribe/confirm", {"t": expired})
-    assert status == 410 and "This link has expired" in page and "48 hours" in page
+    assert status == 410 and "This link has expired" in page and "<strong>48</strong> hours" in page
+    assert 'action="../subscribe"' in page  # the form to sign up again posts to /subscribe
 
     # genuine and in time, but not the request the record holds: a newer link replaced it
     newer = (datetime.fromisoformat(requested_at) - timedelta(hours=1)).isoformat(timespec="microseconds")
@@ -284,12 +289,12 @@ def test_a_link_made_with_an_old_key_still_confirms_and_links_expire() -> None:
     at = datetime(2026, 2, 9, 7, tzinfo=UTC)
     token = link_token(old, "main", "ann@example.org", at.isoformat())
     assert read_link(new, token, 48, now=at + timedelta(hours=47)).email == "ann@example.org"
-    with pytest.raises(Exception, match="expired"):
+    with pytest.raises(SignupError, match="signup.expired"):
         read_link(new, token, 48, now=at + timedelta(hours=49))
-    with pytest.raises(Exception, match="does not work"):
+    with pytest.raises(SignupError, match="signup.bad_link"):
         read_link(Keyring("x" * 32), token, 48, now=at)
     # an unsubscribe token of the same key is not a confirmation link
-    with pytest.raises(Exception, match="does not work"):
+    with pytest.raises(SignupError, match="signup.bad_link"):
         read_link(new, new.sign("ann@example.org", ""), 48, now=at)
 
 
@@ -427,3 +432,65 @@ def test_a_schema_6_database_gets_the_signup_tables_and_keeps_its_lists(tmp_path
         assert ledger.rows("SELECT name FROM lists") == [("main",)]
         assert ledger.rows("SELECT count(*) FROM signups") == [(0,)]
         assert ledger.rows("PRAGMA user_version") == [(7,)]
+
+
+# --- the list's language ---------------------------------------------------------------------------------
+
+
+def test_a_chinese_list_signs_up_in_chinese_pages_and_mail(tmp_path: Path) -> None:
+    env = _env(tmp_path, MAILER_LANG="zh", MAILER_LIST_NAME="AI 日报", MAILER_SIGNUP_IP_LIMIT="0")
+    with serving(tmp_path, {}, **env) as served:
+        site = Site(tmp_path, served.port, env)
+        status, _, page = site.http("GET", "/subscribe")
+        assert status == 200 and '<html lang="zh">' in page and "邮箱地址" in page
+        status, _, page = site.sign_up("wang@example.org")
+        assert status == 200 and "请查收邮件" in page
+        status, _, page = site.sign_up("not an address")
+        assert status == 400 and "邮箱地址无效" in page
+        (confirmation,) = site.wait_for_mail(1)
+        assert confirmation["Subject"] == "请确认订阅 AI 日报"
+        text = confirmation.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+        assert "请确认你希望用 wang@example.org 接收 AI 日报" in text and "48 小时" in text
+        html = confirmation.get_body(("html",)).get_content()  # type: ignore[union-attr]
+        assert '<html lang="zh">' in html and "确认订阅" in html
+        status, _, page = site.http("GET", _link(confirmation))
+        assert status == 200 and "确认订阅" in page
+        status, _, page = site.http("POST", "/subscribe/confirm", {"t": _token(_link(confirmation))})
+        assert status == 200 and "订阅成功" in page
+
+
+# --- the record on both engines --------------------------------------------------------------------------
+
+
+def test_the_signup_record_works_on_sqlite_and_postgresql(record_at: Location, tmp_path: Path) -> None:
+    password = {"database_password": record_at.password or ""} if isinstance(record_at, Server) else {}
+    settings = Settings(
+        data_dir=tmp_path / "state",
+        database=record_at,
+        web_url=publisher.WEB_URL,
+        signup_ip_limit=3,
+        **password,
+    )
+    Ledger(settings.db_path).close()
+    keyring = Keyring("k" * 32)
+    outbox = tmp_path / "outbox"
+    room = Mailroom(settings, keyring, Letters(settings, keyring, lambda: "en"), OutboxTransport(outbox))
+    signups = Signups(settings, keyring, lambda: None)
+    ann = read_request({"email": "ann@example.org", "name": "Ann"}, settings)
+    signups.request(ann, "192.0.2.1")
+    signups.request(ann, "192.0.2.1")  # within the resend window: queues nothing
+    signups.request(None, "192.0.2.1")  # the honeypot's: counted for the client, nothing else
+    with pytest.raises(SignupError, match="signup.limit"):
+        signups.request(read_request({"email": "bob@example.org"}, settings), "192.0.2.1")
+    assert room.mail_all() == 1 and room.mail_all() == 0
+    (message,) = [
+        email.message_from_bytes(f.read_bytes(), policy=policy.default) for f in (outbox / "new").iterdir()
+    ]
+    link = read_link(keyring, _token(_link(message)), settings.signup_confirm_hours)  # type: ignore[arg-type]
+    assert signups.confirm(link, "192.0.2.9") == "confirmed"
+    assert signups.confirm(link, "192.0.2.9") == "already"
+    with Ledger(settings.db_path) as ledger:
+        assert ledger.rows("SELECT list, address, name, consent_source FROM members") == [
+            ("main", "ann@example.org", "Ann", "web signup")
+        ]
+        assert ledger.rows("SELECT confirm_ip, welcome_due FROM signups") == [("192.0.2.9", 0)]
