@@ -149,10 +149,7 @@ class DotStuffer:
         """The DATA payload of the message."""
         if isinstance(message, bytes):
             return _stuffed_whole(message)
-        shared = self._shared.get(message.shared)
-        if shared is None:
-            shared = tuple((_stuffed_piece(p), p.startswith(b"."), p.endswith(b"\n")) for p in message.shared)
-            self._shared[message.shared] = shared
+        shared = self._of(message)
         out: list[bytes] = []
         line_start = True  # a piece that begins a line and starts with "." gets the extra dot here
         for personal, (fixed, fixed_dot, fixed_ends_line) in zip(message.personal, shared, strict=True):
@@ -175,18 +172,34 @@ class DotStuffer:
             out.append(b"\r\n")
         return b"".join(out)
 
+    def plain(self, message: Message) -> bytes:
+        """The message as BDAT sends it (RFC 3030): CRLF line ends and a final CRLF, no dot doubled."""
+        data = bytes(message)
+        if isinstance(message, Pieces) and all(fixed is not None for fixed, _, _ in self._of(message)):
+            if all(_stuffed_piece(p) is not None for p in message.personal):  # no stray CR or LF
+                return data if data.endswith(b"\r\n") else data + b"\r\n"
+        return _plain_whole(data)
+
+    def _of(self, message: Pieces) -> tuple[tuple[bytes | None, bool, bool], ...]:
+        shared = self._shared.get(message.shared)
+        if shared is None:
+            shared = tuple((_stuffed_piece(p), p.startswith(b"."), p.endswith(b"\n")) for p in message.shared)
+            self._shared[message.shared] = shared
+        return shared
+
 
 def _stuffed_whole(data: bytes) -> bytes:
     """The DATA payload of whole message bytes: bare CR or LF made CRLF, line-initial dots doubled."""
+    data = _plain_whole(data).replace(b"\r\n.", b"\r\n..")
+    return b"." + data if data.startswith(b".") else data
+
+
+def _plain_whole(data: bytes) -> bytes:
+    """Whole message bytes with every bare CR or LF made CRLF and a final CRLF."""
     lines = data.count(b"\n")
     if lines != data.count(b"\r\n") or data.count(b"\r") != lines:
         data = _BARE_EOL.sub(b"\r\n", data)
-    data = data.replace(b"\r\n.", b"\r\n..")
-    if data.startswith(b"."):
-        data = b"." + data
-    if not data.endswith(b"\r\n"):
-        data += b"\r\n"
-    return data
+    return data if data.endswith(b"\r\n") else data + b"\r\n"
 
 
 def _one_line(raw: bytes | str) -> str:
@@ -257,6 +270,7 @@ class _WholeReplies:
             buf = self._buffer = bytearray()
             self._buffer_of = sock
         deadline = 0.0
+        shortened = False  # the socket's timeout cut to what is left of the deadline: restored below
         start = 0
         lines: list[bytes] = []
         try:
@@ -265,13 +279,21 @@ class _WholeReplies:
                 if end < 0:
                     if len(buf) - start > _MAX_LINE or len(buf) > _MAX_REPLY:
                         return self._unreadable(buf)
+                    now = time.monotonic()
                     if not deadline:
-                        deadline = time.monotonic() + self.reply_timeout
-                    left = deadline - time.monotonic()
+                        deadline = now + self.reply_timeout
+                    left = deadline - now
                     if left <= 0:
                         raise TimeoutError("timed out")
-                    sock.settimeout(left)
-                    chunk = sock.recv(65536)
+                    # the socket keeps `timeout` (one ioctl per change): a longer deadline (the end of a
+                    # message) is waited for in turns of it, and only its last stretch shortens it
+                    if left < self.timeout:
+                        sock.settimeout(left)
+                        shortened = True
+                    try:
+                        chunk = sock.recv(65536)
+                    except TimeoutError:
+                        continue  # the deadline, checked above, says whether to wait on
                     if not chunk:
                         raise smtplib.SMTPServerDisconnected("Connection unexpectedly closed")
                     buf += chunk
@@ -288,7 +310,7 @@ class _WholeReplies:
             self.close()
             raise
         finally:
-            if deadline and self.sock is not None:
+            if shortened and self.sock is not None:
                 sock.settimeout(self.timeout)
 
     def _unreadable(self, text: bytes | bytearray) -> tuple[int, bytes]:
@@ -394,6 +416,7 @@ class SMTPConnection(_ClosedOnExit):
         self._eight_bit = False
         self._smtputf8 = False
         self._pipelining = False
+        self._chunking = False
         self._mail_answered = False
         self.sessions = 0  # how many times this connection was (re)opened
 
@@ -414,7 +437,6 @@ class SMTPConnection(_ClosedOnExit):
         bad = _bad_address(sender) or _bad_address(recipient)
         if bad:
             return Outcome(553, f"not sent: {bad}")
-        payload = self._t.stuff(data)
         for _ in range(2):
             if self._smtp is None:
                 failure = self._connect()
@@ -422,7 +444,7 @@ class SMTPConnection(_ClosedOnExit):
                     return failure
             reused = not self._fresh
             self._fresh = False
-            outcome, stale = self._transaction(sender, recipient, data, payload, ready)
+            outcome, stale = self._transaction(sender, recipient, data, ready)
             if not (stale and reused):
                 return outcome
         return outcome
@@ -519,6 +541,8 @@ class SMTPConnection(_ClosedOnExit):
         self._mail_suffix = b" BODY=8BITMIME" if self._eight_bit else b""
         self._smtputf8 = smtp.has_extn("smtputf8")
         self._pipelining = smtp.has_extn("pipelining")
+        # BDAT only with PIPELINING: the whole message then costs one round trip (RFC 3030 4.2)
+        self._chunking = self._pipelining and smtp.has_extn("chunking")
         return None
 
     def _hello(self, smtp: _Session) -> Outcome | None:
@@ -587,12 +611,13 @@ class SMTPConnection(_ClosedOnExit):
         return self._fail(code if 400 <= code < 500 else 0, text)
 
     def _transaction(
-        self, sender: str, recipient: str, data: Message, payload: bytes, ready: Callable[[], None] | None
+        self, sender: str, recipient: str, data: Message, ready: Callable[[], None] | None
     ) -> tuple[Outcome, bool]:
-        """MAIL, RCPT, DATA for one message; also say if the session was dead or closing at MAIL."""
+        """MAIL, RCPT, DATA (or BDAT) for one message; also say if the session was dead or closing at MAIL."""
         smtp = self._smtp
         assert smtp is not None and smtp.sock is not None
         sock = smtp.sock
+        payload = self._t.stuff.plain(data) if self._chunking else self._t.stuff(data)
         suffix = self._mail_suffix
         encoding = "ascii"
         if not (sender.isascii() and recipient.isascii()):
@@ -607,6 +632,9 @@ class SMTPConnection(_ClosedOnExit):
         stage = "MAIL"
         self._mail_answered = False
         try:
+            if self._chunking:
+                stage = self._chunked(smtp, mail + rcpt, payload, ready)
+                return self._replies_to_chunks(smtp)
             if self._pipelining:
                 refused = self._pipelined(smtp, mail + rcpt + b"DATA\r\n")
                 if refused is not None:
@@ -649,7 +677,50 @@ class SMTPConnection(_ClosedOnExit):
                 text = f"in doubt: timed out after {wait} (it may have been delivered)"
                 return Outcome(0, text, in_doubt=True), False
             lost = self._fail(0, f"connection lost: {_describe(exc)}")
-            return lost, stage == "MAIL" and not self._mail_answered
+            # no reply at all on a reused session: it was dead or closing before this message
+            return lost, not self._mail_answered and (stage == "MAIL" or self._chunking)
+
+    def _chunked(self, smtp: _Session, head: bytes, payload: bytes, ready: Callable[[], None] | None) -> str:
+        """MAIL, RCPT and the message as one BDAT chunk in one write; then, once `ready` returns, the empty
+        last chunk that ends it (RFC 3030). Return the stage reached: 'END' once that is sent.
+
+        Nothing is read in between, so a message costs one round trip; a refused recipient costs the
+        transfer of a message the server throws away, which is cheaper than a second round trip for all.
+        """
+        assert smtp.sock is not None
+        smtp.sock.sendall(head + b"BDAT %d\r\n" % len(payload) + payload)
+        if ready is not None:
+            try:
+                ready()
+            except BaseException:
+                self._drop()  # no last chunk was sent: the server discards the message
+                raise
+        smtp.sock.sendall(b"BDAT 0 LAST\r\n")
+        return "END"
+
+    def _replies_to_chunks(self, smtp: _Session) -> tuple[Outcome, bool]:
+        """The outcome of MAIL, RCPT, BDAT and BDAT LAST from their four replies, read in turn; also say
+        if the session was closing at MAIL (421: no transaction, nothing delivered).
+
+        Each may take as long as the end of a message: a server may hold all its replies until it has
+        judged the message. The first refusal is the outcome; 421 or an unreadable reply ends the session.
+        """
+        smtp.reply_timeout = self._t.data_timeout
+        try:
+            refusal: tuple[str, int, bytes] | None = None
+            for stage in ("MAIL", "RCPT", "DATA", "END"):  # the first chunk stands where DATA would
+                code, msg = smtp.getreply()
+                self._mail_answered = True
+                if code == 421 or code < 100:
+                    return self._rejected(stage, code, msg, reset=False), code == 421 and stage == "MAIL"
+                wanted = code == 250 if stage == "MAIL" else 200 <= code < 300
+                if refusal is None and not wanted:
+                    refusal = (stage, code, msg)
+        finally:
+            smtp.reply_timeout = self._t.timeout
+        if refusal is not None:  # the server read the chunks and dropped the message: RSET for the next
+            return self._rejected(*refusal, reset=True), False
+        return self._rejected("END", code, msg, reset=False), False
 
     def _seven_bit(self, data: Message) -> bytes:
         """The message with 7-bit parts, for a server without 8BITMIME (RFC 6152 forbids 8-bit data there)."""
@@ -658,7 +729,7 @@ class SMTPConnection(_ClosedOnExit):
             raise TransportError(
                 f"{self._t.where}: the server does not offer 8BITMIME and this message is 8-bit"
             )
-        return self._t.stuff(build())
+        return (self._t.stuff.plain if self._chunking else self._t.stuff)(build())
 
     def _pipelined(self, smtp: _Session, commands: bytes) -> tuple[Outcome, bool] | None:
         """Send MAIL, RCPT and DATA at once (RFC 2920); None once the server says 354."""
@@ -689,6 +760,9 @@ class SMTPConnection(_ClosedOnExit):
         if code < 100:
             self._drop()
             return self._fail(0, f"unreadable reply: {_one_line(msg)}")
+        if stage == "DATA" and code < 400:  # neither 354 nor a refusal: the reply of another command
+            self._drop()
+            return self._fail(0, f"replies out of step with the commands: {code} {_one_line(msg)} to DATA")
         self._refuses_session(stage, code, msg)
         outcome = self._fail(code, _one_line(msg), stage)
         if code == 421 or code < 200:

@@ -47,6 +47,7 @@ class Received:
     session: int  # which connection (1, 2, ...) carried it
     mail_options: tuple[str, ...] = ()
     pipelined: bool = False  # DATA had already arrived when RCPT was answered (RFC 2920)
+    chunks: int = 0  # BDAT commands that carried it (RFC 3030); 0: it came with DATA
 
 
 @dataclass
@@ -202,6 +203,8 @@ class _Handler:
         session.host_name = hostname
         if self.owner.pipelining:
             responses.insert(-1, "250-PIPELINING")
+        if self.owner.chunking:
+            responses.insert(-1, "250-CHUNKING")
         if not self.owner.eightbitmime:
             responses = [r for r in responses if r[4:] != "8BITMIME"]
         return responses
@@ -261,6 +264,7 @@ class _Handler:
                     session=server.number,
                     mail_options=tuple(envelope.mail_options),
                     pipelined=server.pipelined,
+                    chunks=server.chunks,
                 )
             )
             owner._cond.notify_all()
@@ -279,6 +283,8 @@ class _FaultySMTP(SMTP):
         self.hang_up_after_reply = False
         self.reset_instead_of_reply = False
         self.pipelined = False
+        self.chunks = 0  # BDAT commands of the message being received
+        self.chunked = bytearray()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -343,6 +349,34 @@ class _FaultySMTP(SMTP):
         self._set_post_data_state()
         await self.push(status)
 
+    async def smtp_BDAT(self, arg: str) -> None:
+        """CHUNKING (RFC 3030), which aiosmtpd lacks: each chunk is read whatever the reply to it, and the
+        last one goes through the same DATA hook (and so the same faults) as a message sent with DATA."""
+        size, _, last = (arg or "").partition(" ")
+        if not self.owner.chunking or not size.isdigit() or last.upper() not in ("", "LAST"):
+            await self.push("501 5.5.4 Syntax: BDAT size [LAST]")
+            if self.transport is not None:  # the chunk's end cannot be found: nothing more can be read
+                self.transport.close()
+            return
+        chunk = await self._reader.readexactly(int(size))
+        self.chunked += chunk
+        self.chunks += 1
+        envelope = self.envelope
+        if envelope is None or envelope.mail_from is None or not envelope.rcpt_tos:
+            self.chunked.clear()
+            self.chunks = 0
+            await self.push("554 5.5.1 no valid recipients")
+            return
+        if not last:
+            await self.push(f"250 2.0.0 {len(chunk)} octets received")
+            return
+        envelope.content = envelope.original_content = bytes(self.chunked)
+        self.chunked.clear()
+        status = await self._call_handler_hook("DATA")
+        self.chunks = 0
+        self._set_post_data_state()
+        await self.push(status)
+
     async def push(self, status: Any) -> None:
         if self.reset_instead_of_reply:
             self.reset_instead_of_reply = False
@@ -389,6 +423,7 @@ class SMTPServer:
         pipelining: bool = False,
         fast_data: bool = False,
         eightbitmime: bool = True,
+        chunking: bool = False,
     ) -> None:
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
@@ -397,6 +432,7 @@ class SMTPServer:
         self._holds: list[Hold] = []
         self.users = dict(users or {})
         self.pipelining = pipelining  # advertise PIPELINING, as Postfix and Exim do
+        self.chunking = chunking  # advertise and take BDAT (RFC 3030), as Postfix, Exim and Gmail do
         self.eightbitmime = eightbitmime  # offer 8BITMIME (RFC 6152), as aiosmtpd always does
         self.fast_data = fast_data  # read DATA in chunks, for benchmarks; default is aiosmtpd's own
         kwargs: dict[str, Any] = {
@@ -578,6 +614,9 @@ class SMTPServer:
         return AuthResult(success=ok, handled=False)
 
 
+CHUNKING_EHLO = b"250-raw.test\r\n250-PIPELINING\r\n250-CHUNKING\r\n250 8BITMIME\r\n"  # Postfix's offer
+
+
 @dataclass
 class Script:
     """What a RawSMTPServer answers at each step; change its fields while the server runs."""
@@ -587,7 +626,8 @@ class Script:
     mail: bytes = b"250 2.1.0 OK\r\n"
     rcpt: bytes = b"250 2.1.5 OK\r\n"
     data: bytes = b"354 go ahead\r\n"
-    end: bytes = b"250 2.0.0 queued\r\n"
+    end: bytes = b"250 2.0.0 queued\r\n"  # also the reply to BDAT ... LAST
+    chunk: bytes = b"250 2.0.0 chunk received\r\n"  # the reply to a BDAT that is not the last (RFC 3030)
     end_delay: float = 0.0  # seconds to wait before answering the end of a message (it is kept at once)
     close_after_message: bool = False  # hang up after answering each message, without a word
     trickle: float | None = None  # EHLO answered one continuation line per `trickle` seconds, forever
@@ -705,10 +745,21 @@ class RawSMTPServer:
             with self._lock:
                 self._socks.discard(sock)
 
+    def _end(self, sock: socket.socket, received: Received) -> bool:
+        """Keep a message whose end arrived, then answer it; False when the session is to end here."""
+        with self._cond:
+            self._messages.append(received)
+            self._cond.notify_all()
+        if self.script.end_delay and self._closed.wait(self.script.end_delay):
+            return False
+        self._write(sock, self.script.end)
+        return not self.script.close_after_message
+
     def _converse(self, sock: socket.socket, reader: Any, number: int) -> None:
         script = self.script
         self._write(sock, script.greeting)
         mail_from, rcpts = "", []
+        chunked, chunks = bytearray(), 0
         while not self._closed.is_set():
             line = reader.readline()
             if not line:
@@ -734,20 +785,27 @@ class RawSMTPServer:
             elif verb == b"RCPT":
                 rcpts.append(line[8:].split(b">")[0].lstrip(b"<").decode())
                 self._write(sock, script.rcpt)
+            elif verb == b"BDAT":  # kept whatever was said to MAIL or RCPT, as a careless server might
+                size, _, last = line[5:].strip().partition(b" ")
+                chunked += reader.read(int(size))
+                chunks += 1
+                if not last:
+                    self._write(sock, script.chunk)
+                    continue
+                received = Received(mail_from, tuple(rcpts), bytes(chunked), number, chunks=chunks)
+                chunked, chunks = bytearray(), 0
+                if not self._end(sock, received):
+                    return
             elif verb == b"DATA":
                 self._write(sock, script.data)
                 if not script.data.startswith(b"354"):
                     continue
                 body = bytearray()
-                while (chunk := reader.readline()) not in (b".\r\n", b""):
+                while (chunk := reader.readline()) != b".\r\n":
+                    if not chunk:  # the client hung up before the end: no message
+                        return
                     body += chunk[1:] if chunk.startswith(b".") else chunk
-                with self._cond:
-                    self._messages.append(Received(mail_from, tuple(rcpts), bytes(body), number))
-                    self._cond.notify_all()
-                if script.end_delay and self._closed.wait(script.end_delay):
-                    return
-                self._write(sock, script.end)
-                if script.close_after_message:
+                if not self._end(sock, Received(mail_from, tuple(rcpts), bytes(body), number)):
                     return
             elif verb == b"RSET" or verb == b"NOOP":
                 self._write(sock, b"250 2.0.0 OK\r\n")

@@ -231,14 +231,14 @@ def test_a_line_starting_with_a_dot_is_doubled_on_the_wire(factory: Any) -> None
     assert all(line.startswith(b"..") for line in lines if line.startswith(b"."))
 
 
-@pytest.mark.parametrize("pipelining", [False, True], ids=["lockstep", "pipelining"])
+@pytest.mark.parametrize("offers", ["lockstep", "pipelining", "chunking"])
 def test_ready_runs_before_the_final_dot_and_can_call_the_message_off(
-    smtp_servers: Callable[..., SMTPServer], pipelining: bool
+    smtp_servers: Callable[..., SMTPServer], offers: str
 ) -> None:
     from mailer.config import Settings
     from mailer.transport import SMTPTransport
 
-    server = smtp_servers(pipelining=pipelining)
+    server = smtp_servers(pipelining=offers != "lockstep", chunking=offers == "chunking")
     settings = Settings(smtp_host=server.host, smtp_port=server.port, smtp_security="none", smtp_timeout=5.0)
     data = b"From: a@example.com\r\nTo: b@example.com\r\nSubject: hi\r\n\r\n.dot\r\nbody\r\n"
     seen: list[int] = []
@@ -248,7 +248,9 @@ def test_ready_runs_before_the_final_dot_and_can_call_the_message_off(
             "a@example.com", "b@example.com", data, ready=lambda: seen.append(len(server.messages))
         )
         assert outcome.ok and seen == [0]  # called once, while the server still had nothing
-        assert server.wait_for(1)[0].data.endswith(b"\r\n.dot\r\nbody\r\n")
+        first = server.wait_for(1)[0]
+        assert first.data.endswith(b"\r\n.dot\r\nbody\r\n")
+        assert first.chunks == (2 if offers == "chunking" else 0)  # BDAT: the message, then BDAT 0 LAST
 
         def refuse() -> None:
             raise KeyboardInterrupt

@@ -21,7 +21,7 @@ from mailer.ledger import Ledger
 from mailer.transport import Outcome, SMTPTransport, refuses_session
 from tests.publisher import env_for
 from tests.record import delivery
-from tests.smtpd import RawSMTPServer, Script, SMTPServer, TLSFiles
+from tests.smtpd import CHUNKING_EHLO, RawSMTPServer, Script, SMTPServer, TLSFiles
 from tests.test_send import _spawn, run, send_args, write_list
 
 ISSUE = "2026-02-09"
@@ -71,6 +71,7 @@ def error_lines(err: str) -> list[str]:
 # --- item 3: a refusal of the session stops the send; only a recipient's refusal fails that reader ---
 
 
+@pytest.mark.parametrize("transfer", ["DATA", "BDAT"])
 @pytest.mark.parametrize("connections", [1, 4])
 @pytest.mark.parametrize(
     "fault",
@@ -97,7 +98,10 @@ def test_a_refusal_of_the_session_stops_the_send_and_fails_no_reader(
     post: Path,
     fault: dict[str, bytes],
     connections: int,
+    transfer: str,
 ) -> None:
+    if transfer == "BDAT":  # the first chunk's reply stands where the reply to DATA would
+        fault = {("chunk" if k == "data" else k): v for k, v in fault.items()} | {"ehlo": CHUNKING_EHLO}
     server = raw_servers(**fault)
     emails, csv = readers(tmp_path, 100)
     env = env_for(server, tmp_path)
@@ -111,7 +115,7 @@ def test_a_refusal_of_the_session_stops_the_send_and_fails_no_reader(
     assert states(tmp_path, emails)["failed"] == 0  # before: 52 of 100 readers "failed"
     assert "failed, permanent" not in err
 
-    server.script = Script()  # the server is fixed
+    server.script = Script(ehlo=fault.get("ehlo", Script.ehlo))  # the server is fixed
     kept = len(server.messages)  # a 5xx at the end: the raw server had the bytes, but refused them
     code, _, err = run(args, env)
     assert code == 0, err
@@ -170,10 +174,11 @@ def test_a_reply_to_the_end_slower_than_smtp_timeout_is_waited_for(
     assert states(tmp_path, emails) == Counter({"sent": 2})
 
 
+@pytest.mark.parametrize("ehlo", [Script.ehlo, CHUNKING_EHLO], ids=["DATA", "BDAT"])
 def test_no_reply_to_the_end_is_in_doubt_and_sent_at_most_once_more(
-    raw_servers: Callable[..., RawSMTPServer], tmp_path: Path, post: Path
+    raw_servers: Callable[..., RawSMTPServer], tmp_path: Path, post: Path, ehlo: bytes
 ) -> None:
-    server = raw_servers(end_delay=60)  # keeps each message, never answers in time
+    server = raw_servers(end_delay=60, ehlo=ehlo)  # keeps each message, never answers in time
     emails, csv = readers(tmp_path, 1)
     env = env_for(server, tmp_path, MAILER_SMTP_TIMEOUT="1", MAILER_SMTP_DATA_TIMEOUT="1.5")
     code, _, err = run(send_args(post, csv), env)
@@ -184,7 +189,7 @@ def test_no_reply_to_the_end_is_in_doubt_and_sent_at_most_once_more(
     code, _, err = run(send_args(post, csv), env)  # a rerun does not send it a third time
     assert copies(server) == Counter({"user0@example.com": 2})
     assert "in doubt before (--retry-failed)" in err
-    server.script = Script()
+    server.script = Script(ehlo=ehlo)
     code, _, err = run(send_args(post, csv, "--retry-failed"), env)  # unless asked to
     assert code == 0, err
     assert copies(server) == Counter({"user0@example.com": 3})
@@ -296,6 +301,49 @@ def test_a_server_that_hangs_up_after_every_message_loses_no_one(
     assert code == 0, err
     assert copies(server) == Counter({e: 1 for e in emails})
     assert server.connections == 10
+
+
+@pytest.mark.parametrize("ehlo", [Script.ehlo, CHUNKING_EHLO], ids=["DATA", "BDAT"])
+def test_a_server_that_hangs_up_after_every_message_loses_no_one_with_either_transfer(
+    raw_servers: Callable[..., RawSMTPServer], tmp_path: Path, post: Path, ehlo: bytes
+) -> None:
+    server = raw_servers(close_after_message=True, ehlo=ehlo)
+    emails, csv = readers(tmp_path, 10)
+    code, _, err = run(send_args(post, csv, "--connections", "2"), env_for(server, tmp_path))
+    assert code == 0, err
+    assert copies(server) == Counter({e: 1 for e in emails})
+    assert states(tmp_path, emails) == Counter({"sent": 10})
+    assert {m.chunks for m in server.messages} == {2 if ehlo == CHUNKING_EHLO else 0}
+
+
+def test_chunks_taken_for_a_refused_recipient_do_not_make_the_message_sent(
+    raw_servers: Callable[..., RawSMTPServer], tmp_path: Path, post: Path
+) -> None:
+    # RCPT refused, yet the chunks and the last one answered 250, as a careless server might: the message
+    # went to no one. The refusal is the outcome, RSET ends the transaction and the session goes on in step
+    server = raw_servers(ehlo=CHUNKING_EHLO, rcpt=b"550 5.1.1 no such user\r\n")
+    emails, csv = readers(tmp_path, 3)
+    code, _, err = run(send_args(post, csv), env_for(server, tmp_path))
+    assert code == ExitStatus.INCOMPLETE, err
+    assert states(tmp_path, emails) == Counter({"failed": 3})
+    assert "550 5.1.1 no such user" in err
+    assert server.connections == 1 and len(server.messages) == 3  # one session, each message transferred
+
+
+def test_replies_out_of_step_with_pipelined_commands_never_make_a_message_sent(
+    raw_servers: Callable[..., RawSMTPServer], tmp_path: Path, post: Path
+) -> None:
+    # one reply too many to MAIL: read in step, RCPT gets MAIL's second 250 and DATA gets RCPT's 250 in
+    # place of 354. Before, that 250 was taken as the message's outcome: "sent", and nothing was sent
+    ehlo = b"250-raw.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n"
+    server = raw_servers(ehlo=ehlo, mail=b"250 2.1.0 OK\r\n250 2.1.0 OK again\r\n")
+    emails, csv = readers(tmp_path, 2)
+    env = env_for(server, tmp_path, MAILER_MAX_ATTEMPTS="2")
+    code, _, err = run(send_args(post, csv), env)
+    assert code == ExitStatus.INCOMPLETE, err
+    assert states(tmp_path, emails) == Counter({"deferred": 2})
+    assert "out of step" in err
+    assert server.messages == []
 
 
 # --- TLS breaking during a send ---

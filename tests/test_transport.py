@@ -55,10 +55,10 @@ def settings_for(server: SMTPServer, **changes: object) -> Settings:
     return Settings(**values)  # type: ignore[arg-type]
 
 
-@pytest.fixture(params=[False, True], ids=["lockstep", "pipelining"])
+@pytest.fixture(params=["lockstep", "pipelining", "chunking"])
 def server(request: pytest.FixtureRequest, smtp_servers: Callable[..., SMTPServer]) -> SMTPServer:
-    """The recording server, once without and once with PIPELINING (as Postfix offers it)."""
-    return smtp_servers(pipelining=request.param)
+    """The recording server without PIPELINING, with it, and with PIPELINING and CHUNKING (Postfix's)."""
+    return smtp_servers(pipelining=request.param != "lockstep", chunking=request.param == "chunking")
 
 
 @pytest.fixture
@@ -105,6 +105,7 @@ def test_delivers_8bit_utf8_byte_for_byte(server: SMTPServer, connect) -> None:
     assert got.rcpt_tos == ("reader@example.com",)
     assert "BODY=8BITMIME" in got.mail_options
     assert got.pipelined == server.pipelining  # MAIL, RCPT and DATA in one write only when offered
+    assert got.chunks == (2 if server.chunking else 0)  # the message, then the empty last chunk
     parsed = email.message_from_bytes(got.data, policy=email.policy.default)
     assert "你好" in parsed.get_content()
 
