@@ -35,13 +35,14 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_POST = ROOT / "examples" / "2026-02-09.md"
+RELAY_DELAY = 0.02  # seconds before each reply of bench/slowsink.py: a relay's round trip
 SMTP_SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
 SMTP_SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
 SENDER = "news@aidaily.news"  # a sender and links the pre-send checks accept, as a real send has
 BOUNCE_ADDRESS = "bounce@bounces.aidaily.news"
 WEB_URL = "https://aidaily.news/mailer"
 POSTAL_ADDRESS = "AI Daily, 9 Harbour Road, Hong Kong"
-PARTS = ("startup", "render", "build", "send", "mailmerge", "scale")
+PARTS = ("startup", "render", "build", "send", "relay", "mailmerge", "scale")
 
 
 @dataclass
@@ -79,6 +80,9 @@ class Config:
     scale_connections: int
     json_path: Path | None
     parts: set[str]
+    relay_messages: int = 400
+    relay_runs: int = 3
+    relay_connections: tuple[int, ...] = (1, 2, 4, 8)
     rows: list[Row] = field(default_factory=list)
 
 
@@ -672,6 +676,52 @@ def bench_send(cfg: Config, tmp: Path) -> dict[int, SendRun]:
     return medians
 
 
+def bench_relay(cfg: Config, tmp: Path) -> None:
+    """mailer send to a sink 20 ms away (bench/slowsink.py) at 1, 2, 4, 8 connections, with DATA and BDAT:
+    the send loop's rate (first to last delivery recorded) and the round trips each message cost."""
+    from slowsink import SlowSink
+
+    n = cfg.relay_messages
+    csv_path = tmp / f"subscribers-relay-{n}.csv"
+    write_subscribers(csv_path, n)
+    rates: dict[tuple[str, int], float] = {}
+    for transfer in ("DATA", "BDAT"):
+        sink = SlowSink(0, RELAY_DELAY, chunking=transfer == "BDAT").start()
+        try:
+            for conns in cfg.relay_connections:
+                loops: list[float] = []
+                trips: list[float] = []
+                for run in range(cfg.relay_runs):
+                    data_dir = tmp / f"relay-{transfer}-{conns}-{run}" / "state"
+                    data_dir.parent.mkdir()
+                    sink.reset()
+                    result, _ = mailer_send(sink.port, csv_path, data_dir, conns)
+                    stats = sink.reset()
+                    if result.sent != n or stats.messages != n:
+                        got = f"{result.sent} recorded, {stats.messages} taken"
+                        raise RuntimeError(f"{transfer}, {conns} connection(s): {got} of {n}")
+                    loops.append(result.loop_rate)
+                    trips.append(stats.round_trips / n)
+                    shutil.rmtree(data_dir.parent)
+                rate = rates[transfer, conns] = median(loops)
+                first = cfg.relay_connections[0]
+                one = rates[transfer, first] if conns != first else None
+                cfg.rows.append(
+                    Row(
+                        "20 ms relay",
+                        f"{transfer}, {conns} connection{'s' if conns > 1 else ''}",
+                        rate,
+                        "msg/s",
+                        f"{transfer}, {first} conn." if one else "",
+                        one,
+                        rate / one if one else None,
+                        note=f"{median(trips):.2f} round trips per message; send loop, {n:,} messages",
+                    )
+                )
+        finally:
+            sink.stop()
+
+
 def mailmerge_files(tmp: Path, port: int, count: int) -> tuple[Path, Path, Path]:
     """mailmerge's template (the same rendered issue, jinja slots), database and server config."""
     from mailer.message import make_factory
@@ -941,6 +991,7 @@ def parse(argv: Sequence[str] | None) -> Config:
     )
     p.add_argument("--full-1m", action="store_true", help="send to all 1M (about 10 minutes more)")
     p.add_argument("--scale-connections", type=int, default=4, help="connections of the 1M send (4)")
+    p.add_argument("--relay-messages", type=int, help="messages per send to the 20 ms relay (default 400)")
     p.add_argument("--only", help=f"run only these parts, comma-separated: {','.join(PARTS)}")
     p.add_argument("--json", type=Path, help="also write the rows as JSON here")
     a = p.parse_args(argv)
@@ -963,6 +1014,9 @@ def parse(argv: Sequence[str] | None) -> Config:
         scale_connections=a.scale_connections,
         json_path=a.json,
         parts=only,
+        relay_messages=a.relay_messages or (30 if a.quick else 400),
+        relay_runs=1 if a.quick else min(a.runs or 3, 3),
+        relay_connections=(1, 8) if a.quick else (1, 2, 4, 8),
     )
 
 
@@ -980,6 +1034,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "render": True,
         "build": True,
         "send": not cfg.skip_send,
+        "relay": not cfg.skip_send,
         "mailmerge": not (cfg.skip_send or cfg.skip_mailmerge),
         "scale": not cfg.skip_1m,
     }
@@ -988,6 +1043,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "render": lambda tmp: bench_render(cfg, tmp),
         "build": lambda tmp: bench_build(cfg, tmp),
         "send": lambda tmp: sends.update(bench_send(cfg, tmp)),
+        "relay": lambda tmp: bench_relay(cfg, tmp),
         "mailmerge": lambda tmp: bench_mailmerge(cfg, tmp, sends),
         "scale": lambda tmp: bench_scale(cfg, tmp, sends),
     }
