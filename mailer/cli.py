@@ -469,6 +469,38 @@ def suppressions_export(ctx: click.Context) -> None:
 
 
 @cli.group()
+def db() -> None:
+    """The record's database: create or upgrade its schema, or move a SQLite record into PostgreSQL."""
+
+
+@db.command("migrate")
+@click.pass_context
+def db_migrate(ctx: click.Context) -> None:
+    """Create the schema in the configured database (SQLite or PostgreSQL), or upgrade it to this mailer's."""
+    console = Console(stamped=False)
+    settings = settings_from(ctx, console)
+    with reported(console):
+        from .database import migrate
+
+        console.result(migrate(settings).line())
+
+
+@db.command("copy")
+@click.argument("sqlite_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.pass_context
+def db_copy(ctx: click.Context, sqlite_file: Path) -> None:
+    """Copy the SQLite record SQLITE_FILE (every table, ids kept) into the configured PostgreSQL database,
+    which must be empty; all or nothing. Stop every mailer process using either first."""
+    console = Console(stamped=False)
+    settings = settings_from(ctx, console)
+    with reported(console):
+        from .database import copy_sqlite
+
+        for line in copy_sqlite(settings, sqlite_file).lines():
+            console.result(line)
+
+
+@cli.group()
 def subscribers() -> None:
     """Subscriber lists kept in mailer's database: import, export, list, count or remove."""
 

@@ -355,14 +355,7 @@ EXPORT_COLUMNS = ("consent_date", "consent_source", "status")
 def export(ledger: Ledger, name: str, out: TextIO) -> int:
     """Write the list as CSV: email, name, every field, consent date and source, status; the rows written."""
     stored_list(ledger, name)
-    fields = [
-        row[0]
-        for row in ledger.rows(
-            "SELECT DISTINCT j.key FROM members AS m, json_each(m.fields) AS j WHERE m.list = ? ORDER BY 1",
-            (name,),
-        )
-        if row[0] not in ("email", "name", *EXPORT_COLUMNS)
-    ]
+    fields = sorted(_field_names(ledger, name) - {"email", "name", *EXPORT_COLUMNS})
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["email", "name", *fields, *EXPORT_COLUMNS])
     written = 0
@@ -383,6 +376,24 @@ def export(ledger: Ledger, name: str, out: TextIO) -> int:
         written += len(rows)
         if len(rows) < _PAGE:
             return written
+        after = rows[-1][0]
+
+
+def _field_names(ledger: Ledger, name: str) -> set[str]:
+    """Every field any member of the list has, read a page at a time (the JSON is parsed here, not by the
+    engine: SQLite and PostgreSQL spell their JSON functions differently)."""
+    names: set[str] = set()
+    after = 0
+    while True:
+        rows = ledger.rows(
+            "SELECT member_id, fields FROM members"
+            " WHERE list = ? AND member_id > ? ORDER BY member_id LIMIT ?",
+            (name, after, _PAGE),
+        )
+        for _, values in rows:
+            names.update(json.loads(values))
+        if len(rows) < _PAGE:
+            return names
         after = rows[-1][0]
 
 

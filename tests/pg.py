@@ -19,8 +19,11 @@ import socket
 import sqlite3
 import subprocess
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import pytest
 
 from mailer.engine import Server
 
@@ -42,6 +45,23 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+# Runs as the server's user: start the cluster, say so, and when stdin closes stop it (immediate: the data is
+# thrown away) and remove its folder. stdin closes when the test run ends or dies, however it dies: a killed
+# pytest leaves no server behind.
+_KEEPER = """
+"$1/pg_ctl" start -w -D "$2/data" -l "$2/log" -o "$3" >/dev/null || { cat "$2/log" >&2; exit 1; }
+echo ready
+cat >/dev/null
+"$1/pg_ctl" stop -m immediate -w -D "$2/data" >/dev/null
+rm -rf "$2"
+"""
+
+
+def _as_server_user(command: list[str]) -> list[str]:
+    """initdb and postgres refuse root: as root (CI), run them as the Debian package's `postgres` user."""
+    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
+
+
 @dataclass
 class Cluster:
     """One running cluster: `database()` makes a fresh empty database and returns where it is."""
@@ -51,41 +71,39 @@ class Cluster:
     password: str = field(default_factory=lambda: secrets.token_urlsafe(12))
     port: int = 0
     _names: itertools.count[int] = field(default_factory=itertools.count)
-
-    def _run(self, *args: str) -> None:
-        command = [str(self.bindir / args[0]), *args[1:]]
-        if os.geteuid() == 0:
-            command = ["runuser", "-u", "postgres", "--", *command]
-        done = subprocess.run(command, capture_output=True, text=True, cwd=self.root)
-        if done.returncode:
-            raise RuntimeError(f"{args[0]} failed: {done.stdout}{done.stderr}")
+    _keeper: subprocess.Popen[str] | None = None
 
     def start(self) -> Cluster:
-        if os.geteuid() == 0:
-            entry = pwd.getpwnam("postgres")
-            os.chown(self.root, entry.pw_uid, entry.pw_gid)
         secret = self.root / "password"
         secret.write_text(self.password)
-        if os.geteuid() == 0:
-            os.chown(secret, pwd.getpwnam("postgres").pw_uid, -1)
-        data, sockets = self.root / "data", self.root / "run"
+        if os.geteuid() == 0:  # the server's user owns its folder (mkdtemp made it 0700)
+            entry = pwd.getpwnam("postgres")
+            for path in (self.root, secret):
+                os.chown(path, entry.pw_uid, entry.pw_gid)
         # scram over TCP: the tests connect with a password, as a publisher's senders do
-        self._run(
-            "initdb", "-D", str(data), "-U", USER, "--pwfile", str(secret), "-E", "UTF8", "--no-locale",
-            "--auth-local=trust", "--auth-host=scram-sha-256", "--no-sync",
-        )  # fmt: skip
+        initdb = [
+            str(self.bindir / "initdb"), "-D", str(self.root / "data"), "-U", USER, "--pwfile", str(secret),
+            "-E", "UTF8", "--no-locale", "--auth-local=trust", "--auth-host=scram-sha-256", "--no-sync",
+        ]  # fmt: skip
+        done = subprocess.run(_as_server_user(initdb), capture_output=True, text=True, cwd=self.root)
         secret.unlink()
-        os.makedirs(sockets, exist_ok=True)
-        if os.geteuid() == 0:
-            os.chown(sockets, pwd.getpwnam("postgres").pw_uid, -1)
+        if done.returncode:
+            raise RuntimeError(f"initdb failed: {done.stdout}{done.stderr}")
         self.port = _free_port()
         # durability off: these databases are thrown away; a crash test kills mailer, never the server
         options = (
-            f"-p {self.port} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=off"
+            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
             " -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
             " -c shared_buffers=32MB"
         )
-        self._run("pg_ctl", "start", "-w", "-D", str(data), "-l", str(self.root / "log"), "-o", options)
+        keeper = ["sh", "-c", _KEEPER, "keeper", str(self.bindir), str(self.root), options]
+        self._keeper = subprocess.Popen(
+            _as_server_user(keeper), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=self.root
+        )
+        assert self._keeper.stdout is not None
+        if self._keeper.stdout.readline() != "ready\n":
+            self._keeper.wait()
+            raise RuntimeError("the test cluster did not start (its log is above)")
         self.admin("CREATE DATABASE empty")
         return self
 
@@ -106,8 +124,10 @@ class Cluster:
         return Server(self.url(name), password=self.password)
 
     def stop(self) -> None:
+        """Stop the server (closing the keeper's stdin) and remove its files."""
         try:
-            self._run("pg_ctl", "stop", "-m", "immediate", "-w", "-D", str(self.root / "data"))
+            if self._keeper is not None:
+                self._keeper.communicate(timeout=60)
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
 
@@ -123,3 +143,24 @@ def rows(where: Path | Server, sql: str, params: tuple[object, ...] = ()) -> lis
     with psycopg.connect(where.url, password=where.password, autocommit=True) as conn:
         cursor = conn.execute(sql.replace("?", "%s"), params)
         return [tuple(row) for row in cursor.fetchall()] if cursor.description else []
+
+
+def database_env(where: Path | Server) -> dict[str, str]:
+    """The MAILER_* variables that point mailer (a CLI run, a child process) at a test's record."""
+    if isinstance(where, Path):
+        return {"MAILER_DATABASE": str(where)}
+    return {"MAILER_DATABASE": where.url, "MAILER_DATABASE_PASSWORD": where.password}
+
+
+def location(env: Mapping[str, str]) -> Path | Server | None:
+    """The record that MAILER_DATABASE (and its password) in `env` name, or None when it is not set."""
+    where = env.get("MAILER_DATABASE")
+    if not where:
+        return None
+    if where.startswith("postgresql://"):
+        return Server(where, password=env.get("MAILER_DATABASE_PASSWORD", ""))
+    return Path(where)
+
+
+# for a test of something only a SQLite file has, in a module whose tests run on both engines
+SQLITE_ONLY = pytest.mark.parametrize("engine", ["sqlite"])

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
 from mailer.bounces import COMPLAINT, HARD, SOFT, Bounce
 from mailer.config import Settings
+from mailer.engine import Location
 from mailer.ledger import Ledger
 from mailer.policy import COMPLAINED, HARD_BOUNCE, SOFT_BOUNCES, record_bounces
 
@@ -17,8 +17,9 @@ SETTINGS = Settings(soft_bounce_limit=3, soft_bounce_days=14)
 
 
 @pytest.fixture
-def ledger(tmp_path: Path) -> Ledger:
-    with Ledger(tmp_path / "mailer.db") as opened:
+def ledger(record_at: Location) -> Ledger:
+    """The policy's tests run on both engines."""
+    with Ledger(record_at) as opened:
         yield opened  # type: ignore[misc]
 
 

@@ -18,9 +18,11 @@ from pathlib import Path
 
 import pytest
 
+from mailer.engine import Location
 from mailer.ledger import Ledger
 from tests.clock import DAYTIME, today
 from tests.command import run
+from tests.pg import database_env
 from tests.publisher import env_for
 from tests.record import delivery
 from tests.smtpd import SMTPServer, TLSFiles
@@ -296,11 +298,11 @@ def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
 @pytest.mark.slow
 @pytest.mark.parametrize("connections", [1, 3])
 def test_kill_9_mid_send_then_rerun_mails_everyone_once(
-    smtp_server: SMTPServer, tmp_path: Path, post: Path, connections: int
+    smtp_server: SMTPServer, tmp_path: Path, post: Path, connections: int, record_at: Location
 ) -> None:
     emails = [f"user{i}@example.com" for i in range(120)]
     csv = write_list(tmp_path / "subs.csv", emails)
-    env = env_for(smtp_server, tmp_path, MAILER_SMTP_TIMEOUT="120")
+    env = env_for(smtp_server, tmp_path, MAILER_SMTP_TIMEOUT="120", **database_env(record_at))
     smtp_server.delay(0.01)
     args = send_args(post, csv, "--connections", str(connections))
     held = smtp_server.hold(emails[-1])  # however late the kill comes, the send cannot have finished

@@ -11,8 +11,10 @@ from click.testing import CliRunner
 from mailer.bounces import COMPLAINT, HARD, Bounce
 from mailer.cli import cli
 from mailer.config import Settings
+from mailer.engine import Location
 from mailer.ledger import Ledger
 from mailer.policy import record_bounces
+from tests.pg import database_env
 
 AT = datetime(2026, 2, 9, 7, tzinfo=UTC)
 
@@ -22,9 +24,11 @@ def _run(env: dict[str, str], *args: str) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
-def test_the_list_shows_reason_issue_status_and_diagnostic_and_remove_reverses_one(tmp_path: Path) -> None:
-    env = {"MAILER_DATA_DIR": str(tmp_path / "state")}
-    with Ledger(tmp_path / "state" / "mailer.db") as ledger:
+def test_the_list_shows_reason_issue_status_and_diagnostic_and_remove_reverses_one(
+    tmp_path: Path, record_at: Location
+) -> None:
+    env = {"MAILER_DATA_DIR": str(tmp_path / "state"), **database_env(record_at)}
+    with Ledger(record_at) as ledger:
         dead = Bounce(
             "dead@example.org", HARD, "5.1.1", "550 5.1.1 no such user", "2026-02-09", "dsn", "d1", AT
         )
@@ -48,7 +52,7 @@ def test_the_list_shows_reason_issue_status_and_diagnostic_and_remove_reverses_o
     assert "never@example.org was not suppressed" in out
     code, out, _ = _run(env, "unsubscribe", "--undo", "spam@example.org")
     assert code == 0 and "resubscribed spam@example.org" in out and "complaint" in out
-    with Ledger(tmp_path / "state" / "mailer.db") as ledger:
+    with Ledger(record_at) as ledger:
         assert [s.email for s in ledger.suppressions()] == ["asked@example.org"]
 
     code, _, err = _run(env, "suppressions", "remove", "not an address")

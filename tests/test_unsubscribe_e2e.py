@@ -17,10 +17,12 @@ from click.testing import CliRunner
 
 from mailer.cli import cli
 from mailer.config import load_settings
+from mailer.engine import Location
 from mailer.ledger import Ledger
 from mailer.web import make_app
 from tests import publisher
 from tests.conftest import EXAMPLE
+from tests.pg import database_env
 from tests.smtpd import SMTPServer
 
 
@@ -30,10 +32,13 @@ class _Quiet(WSGIRequestHandler):
 
 
 @pytest.fixture
-def web(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, dict[str, str]]]:
-    """`mailer serve`'s app on a free port, and the environment that `send` shares with it."""
+def web(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, record_at: Location
+) -> Iterator[tuple[str, dict[str, str]]]:
+    """`mailer serve`'s app on a free port, and the environment that `send` shares with it (the record on
+    SQLite, then on PostgreSQL)."""
     monkeypatch.chdir(tmp_path)
-    env = {"MAILER_DATA_DIR": str(tmp_path / "state"), **publisher.ENV}
+    env = {"MAILER_DATA_DIR": str(tmp_path / "state"), **publisher.ENV, **database_env(record_at)}
     server: WSGIServer = make_server("127.0.0.1", 0, lambda e, s: app(e, s), handler_class=_Quiet)
     url = f"http://127.0.0.1:{server.server_port}"
     env["MAILER_WEB_URL"] = url
@@ -85,7 +90,7 @@ def test_one_click_from_a_received_message_stops_later_sends(
     )
     with urlopen(request, timeout=10) as answer:
         assert answer.status == 200
-    with Ledger(tmp_path / "state" / "mailer.db") as ledger:
+    with Ledger(load_settings(env=env).db_path) as ledger:
         assert ledger.is_suppressed("alice@example.com")
         assert not ledger.is_suppressed("bob@example.com")
 
