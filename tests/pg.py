@@ -67,6 +67,7 @@ class Cluster:
     """One running cluster: `database()` makes a fresh empty database and returns where it is."""
 
     bindir: Path
+    durable: bool = False  # the server's own fsync and synchronous_commit (bench/postgresql.py); else off
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="mailer-pg-")))
     password: str = field(default_factory=lambda: secrets.token_urlsafe(12))
     port: int = 0
@@ -90,12 +91,13 @@ class Cluster:
         if done.returncode:
             raise RuntimeError(f"initdb failed: {done.stdout}{done.stderr}")
         self.port = _free_port()
-        # durability off: these databases are thrown away; a crash test kills mailer, never the server
-        options = (
-            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
-            " -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
-            " -c shared_buffers=32MB"
-        )
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c max_connections=200"
+        if (
+            not self.durable
+        ):  # the tests' databases are thrown away; a crash test kills mailer, not the server
+            options += (
+                " -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c shared_buffers=32MB"
+            )
         keeper = ["sh", "-c", _KEEPER, "keeper", str(self.bindir), str(self.root), options]
         self._keeper = subprocess.Popen(
             _as_server_user(keeper), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=self.root
