@@ -101,6 +101,11 @@ class Engine(Protocol):
         """Run one statement for many rows (in the caller's transaction)."""
         ...
 
+    def write_batch(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Run one write for many rows in a transaction of its own, which need not exclude other writers
+        (each row's write stands alone); rows in key order, so two such batches never deadlock."""
+        ...
+
     def begin(self) -> None:
         """Open a write transaction holding the database's write lock (one writing transaction at a time)."""
         ...

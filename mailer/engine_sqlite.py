@@ -64,6 +64,16 @@ class SQLite:
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         self._db.executemany(sql, rows)
 
+    def write_batch(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self.begin()  # SQLite has one writer at a time whatever is written
+        try:
+            self._db.executemany(sql, rows)
+            self.commit()
+        except BaseException:
+            if self.in_transaction:
+                self.rollback()
+            raise
+
     def begin(self) -> None:
         self._db.execute("BEGIN IMMEDIATE")
 

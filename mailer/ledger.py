@@ -719,8 +719,12 @@ class Ledger:
             with self._errors():
                 self._db.execute(_RECORD, rows[0])
             return
-        with self.transaction(), self._errors():
-            self._db.executemany(_RECORD, rows)
+        if self._depth:
+            with self._errors():
+                self._db.executemany(_RECORD, rows)
+            return
+        with self._errors():  # each row's write stands alone: no read-then-write, so no database-wide lock
+            self._db.write_batch(_RECORD, sorted(rows, key=lambda row: row[2]))
 
     def states(self, issue_id: str, emails: Iterable[str]) -> tuple[set[str], dict[str, str]]:
         """For many addresses at once: the suppressed ones, and the delivery state of those attempted
