@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.conftest import ROOT
+from tests.pg import Cluster, database_env, rows
 
 pytestmark = pytest.mark.slow
 
@@ -215,3 +216,30 @@ def test_every_command_works_from_an_empty_folder(site: Site) -> None:
         assert status == 200 and TITLE in page
     finally:
         _stop(preview)
+
+
+def test_the_record_on_postgresql_from_the_installed_wheel(site: Site, pg_cluster: Cluster) -> None:
+    """Without the extra, a PostgreSQL URL is one line; with `mailer-newsletter[postgresql]`, a send's record
+    goes into the database (here the test cluster's: tests/pg.py)."""
+    folder = site.folder.parent / "pg-site"
+    folder.mkdir()
+    site.folder = folder
+    server = pg_cluster.database()
+    site.env.update(database_env(server))
+    try:
+        missing = site.mailer("db", "migrate", code=1)
+        assert "pip install 'mailer-newsletter[postgresql]'" in missing.stderr
+        pip = [str(site.venv / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", "-q", "install"]
+        subprocess.run([*pip, f"{site.wheel}[postgresql]"], check=True)
+        created = site.mailer("db", "migrate").stdout
+        assert created.startswith(f"{server}: created the mailer schema")
+        site.mailer("init", "news")
+        site.folder = folder / "news"
+        with open(site.folder / "subscribers.csv", "a", encoding="utf-8") as out:
+            out.writelines(f"{a},\n" for a in READERS)
+        site.mailer("send", "posts/", "--yes")  # to the outbox, the record in PostgreSQL
+        assert rows(server, "SELECT count(*) FROM deliveries WHERE state = 'sent'") == [(len(READERS),)]
+        assert not (site.folder / ".mailer" / "mailer.db").exists()
+    finally:
+        for name in database_env(server):
+            del site.env[name]
