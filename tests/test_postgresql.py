@@ -4,9 +4,11 @@ engines by the tests that take the `engine` fixture (test_ledger, test_stored, t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 from collections import Counter
@@ -25,6 +27,7 @@ from tests import publisher
 from tests.conftest import EXAMPLE
 from tests.pg import Cluster, _free_port, database_env, rows
 from tests.smtpd import SMTPServer
+from tests.test_ledger import SCHEMA_V3
 from tests.test_unsubscribe_e2e import web  # noqa: F401  (its fixture: `mailer serve` on a free port)
 
 pytestmark = pytest.mark.postgresql
@@ -156,15 +159,12 @@ def test_migrate_creates_upgrades_and_refuses_a_newer_schema(server: Server, tmp
     assert newer.exit_code == 1
     [line] = errors(newer)
     assert f"schema {SCHEMA_VERSION + 1}" in line and "upgrade mailer" in line
-    # SQLite too: a schema-5 file (no stored lists) is upgraded and says from which version
+    # SQLite too: a schema-3 file (test_ledger's, as mailer wrote it) is upgraded and says from which version
     sqlite = tmp_path / "old.db"
-    with Ledger(sqlite):
-        pass
-    rows(sqlite, "DROP TABLE members")
-    rows(sqlite, "DROP TABLE lists")
-    rows(sqlite, "PRAGMA user_version = 5")
+    with contextlib.closing(sqlite3.connect(sqlite)) as conn:
+        conn.executescript(SCHEMA_V3)
     upgraded = mailer("db", "migrate", env={"MAILER_DATABASE": str(sqlite)})
-    assert upgraded.stdout == f"{sqlite}: upgraded the schema from version 5 to {SCHEMA_VERSION}\n"
+    assert upgraded.stdout == f"{sqlite}: upgraded the schema from version 3 to {SCHEMA_VERSION}\n"
     assert rows(sqlite, "SELECT count(*) FROM members") == [(0,)]
 
 
