@@ -76,6 +76,7 @@ class Settings:
     base_url: str = ""
     web_url: str = "http://127.0.0.1:8080"
     view_url: str = "{web_url}/issues/{issue_id}"
+    subscribe_url: str = "{web_url}/subscribe"  # the footer's and archive's "subscribe"; empty for none
     unsubscribe_mailto: str = ""
     # the subscriber list `send` reads when --to is not given
     subscribers: str = ""
@@ -186,6 +187,14 @@ class Settings:
         """Every scope a genuine link may carry: today's, none, the derived id (older mailer), old ids."""
         old = [s.strip() for s in self.old_list_ids.split(",") if s.strip()]
         return tuple(dict.fromkeys([self.token_scope, "", self.effective_list_id, *old]))
+
+    @property
+    def subscribe_link(self) -> str:
+        """Where "subscribe" in a footer or archive page points; empty when there is no public address for
+        it (subscribe_url empty, or its {web_url} with web_url empty)."""
+        if not self.subscribe_url or ("{web_url}" in self.subscribe_url and not self.web_url):
+            return ""
+        return self.subscribe_url.replace("{web_url}", self.web_url.rstrip("/"))
 
     @property
     def effective_mailto(self) -> str:
@@ -528,7 +537,7 @@ def _check(s: Settings, sources: Mapping[str, str]) -> Settings:
                 )
     if not s.signup_list.strip():
         raise ConfigError(f"{where('signup_list')}: must name the list confirmed signups join")
-    for name in ("base_url", "web_url", "view_url", "signup_thanks_url"):
+    for name in ("base_url", "web_url", "view_url", "subscribe_url", "signup_thanks_url"):
         url = getattr(s, name)
         if url and not url.startswith(("http://", "https://", "{web_url}")):
             raise ConfigError(f"{where(name)}: {url!r} must start with http:// or https://")

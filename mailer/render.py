@@ -43,6 +43,9 @@ WORDS = {
         "why": "You are receiving this because you subscribed to {name}.",
         "open": "Open",
         "watch": "Watch the video on {host}",
+        "forwarded": "Forwarded to you?",
+        "subscribe": "Subscribe",
+        "space": " ",  # between the two: none in Chinese
     },
     "zh": {
         "summary": "本期要点",
@@ -51,6 +54,9 @@ WORDS = {
         "why": "你收到这封邮件，是因为你订阅了 {name}。",
         "open": "打开",
         "watch": "在 {host} 观看视频",
+        "forwarded": "朋友转发给你的？",
+        "subscribe": "订阅",
+        "space": "",
     },
 }
 SLOT_VALUE_MAX_BYTES = 600  # the wrap budget for one personalised value (URL or name)
@@ -279,6 +285,7 @@ def render_issue(post: Post, settings: Settings) -> Issue:
         "from_name": from_name,
         "postal_address": one_line(settings.postal_address),
         "unsubscribe_url": slots.field("unsubscribe_url"),
+        "subscribe_url": settings.subscribe_link,
         "subscriber": slots,
     }
     env = _environment(settings.templates_dir)

@@ -18,7 +18,7 @@ from urllib.parse import parse_qs
 
 from markupsafe import Markup
 
-from .archive import archived_lang
+from . import archive
 from .catalog import Words, words
 from .errors import MailerError
 from .signup import MAX_FORM, SignupError, read_link, read_request, safe_next, signup_lists
@@ -37,6 +37,7 @@ MAX_BODY = 64 * 1024  # forms: an unsubscribe needs a few bytes
 # An ESP's webhook may carry the bounced message's headers: SNS delivers messages of up to 256 KiB, and a
 # genuine bounce refused for its size would be retried by SNS and then lost.
 WEBHOOK_MAX_BODY = 256 * 1024
+ATOM = "application/atom+xml; charset=utf-8"
 ISSUE_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}")
 # Pages carry no script and submit only to this app; their style is inline (web.css, one request per page).
 PAGE_CSP = (
@@ -168,19 +169,24 @@ class UnsubscribeApp:
         if path.startswith("/webhooks/"):
             _allow(method, "POST")
             return self.webhooks.handle(path.removeprefix("/webhooks/"), environ, WEBHOOK_MAX_BODY)
+        if path == "/issues":  # relative: under a proxy's path prefix too
+            _allow(method, "GET, HEAD")
+            return 301, HTML, b"", [("Location", "issues/")]
+        if path == "/issues/":
+            _allow(method, "GET, HEAD")
+            return 200, HTML, archive.index_page(self.settings, self.words()), []
+        if path == "/feed.atom":
+            _allow(method, "GET, HEAD")
+            return 200, ATOM, archive.feed(self.settings, self.words()), []
         if path.startswith("/issues/"):
             _allow(method, "GET, HEAD")
-            return (
-                200,
-                HTML,
-                self.issue(path.removeprefix("/issues/")),
-                [("Content-Security-Policy", ARCHIVE_CSP)],
-            )
+            copy = archive.with_feed_link(self.settings, self.issue(path.removeprefix("/issues/")))
+            return 200, HTML, copy, [("Content-Security-Policy", ARCHIVE_CSP)]
         raise HTTPError(404, "not_found.title", "not_found.text")
 
     def words(self) -> Words:
         """The reader's language: the `lang` setting, else the newest archived issue's, else English."""
-        return words(self.settings.lang or archived_lang(self.archive) or "en")
+        return words(self.settings.lang or archive.archived_lang(self.archive) or "en")
 
     def say(self, title: str, text: str) -> bytes:
         """A page of a heading and a paragraph, both keys of the catalog."""

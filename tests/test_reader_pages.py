@@ -27,6 +27,7 @@ from tests.smtpd import HOST
 
 READER = "reader@example.org"
 LIST_NAME = {"zh": "每日简报", "en": "Daily Notes"}
+TITLE = {"zh": "四巨头6100亿美元豪赌AI 市场泼冷水蒸发9500亿市值", "en": "Four giants bet big on AI"}
 ENGLISH_POST = """---
 title: Four giants bet big on AI
 date: 2026-02-10
@@ -86,6 +87,7 @@ class Site:
         token = self.token(address)
         pages = {
             "home": self.request("GET", "/"),
+            "archive": self.request("GET", "/issues/"),
             "confirm": self.request("GET", f"/unsubscribe?t={quote(token)}"),
             "unsubscribed": self.form({"t": token, "action": "unsubscribe"}),
             "resubscribed": self.form({"t": token, "action": "resubscribe"}),
@@ -104,6 +106,7 @@ class Site:
 
 STATUS = {
     "home": 200,
+    "archive": 200,
     "confirm": 200,
     "unsubscribed": 200,
     "resubscribed": 200,
@@ -160,13 +163,14 @@ def test_every_reader_page_is_in_the_language_of_the_list(site: Site) -> None:
     assert {name: page.status for name, page in pages.items()} == STATUS
     for name, page in pages.items():
         assert page.headers["content-type"] == "text/html; charset=utf-8", name
-        assert_speaks(page, site.lang, address, LIST_NAME[site.lang])
+        assert_speaks(page, site.lang, address, LIST_NAME[site.lang], TITLE[site.lang])
+    assert TITLE[site.lang] in pages["archive"].words()
 
 
 def test_the_setting_wins_over_the_language_of_the_issues(tmp_path: Path) -> None:
     with _site(tmp_path, "en", MAILER_LANG="zh-CN") as site:
         for page in site.every_page("setting@example.org").values():
-            assert_speaks(page, "zh", "setting@example.org", LIST_NAME["en"])
+            assert_speaks(page, "zh", "setting@example.org", LIST_NAME["en"], TITLE["en"])
 
 
 def test_the_pages_follow_the_newest_issue_while_serving(tmp_path: Path) -> None:
