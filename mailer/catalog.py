@@ -17,7 +17,7 @@ from markupsafe import Markup
 
 PAGES: dict[str, dict[str, str]] = {
     "en": {
-        "home.text": "This address handles unsubscribe links for {list}.",
+        "home.text": "Past issues of {list}, and its subscribe and unsubscribe pages, are here.",
         "unsubscribe.title": "Unsubscribe",
         "unsubscribe.confirm": "Stop sending {list} to {address}?",
         "unsubscribe.button": "Unsubscribe",
@@ -49,7 +49,6 @@ PAGES: dict[str, dict[str, str]] = {
         "archive.feed": "Feed of new issues",
         "archive.link": "Past issues",
         "subscribe.link": "Subscribe",
-        "subscribe.invite": "Like what you read? Subscribe to {list}.",
         "signup.title": "Subscribe",
         "signup.invite": "Get {list} by email. We will send you a link to confirm.",
         "signup.email": "Email address",
@@ -87,7 +86,7 @@ PAGES: dict[str, dict[str, str]] = {
         " will be mailed.",
     },
     "zh": {
-        "home.text": "这里处理 {list} 的退订链接。",
+        "home.text": "这里有 {list} 的往期内容，以及订阅和退订页面。",
         "unsubscribe.title": "退订",
         "unsubscribe.confirm": "不再向 {address} 发送 {list}？",
         "unsubscribe.button": "退订",
@@ -118,7 +117,6 @@ PAGES: dict[str, dict[str, str]] = {
         "archive.feed": "新一期的订阅源",
         "archive.link": "往期",
         "subscribe.link": "订阅",
-        "subscribe.invite": "喜欢这里的内容？订阅 {list}。",
         "signup.title": "订阅",
         "signup.invite": "通过邮件接收 {list}。我们会发一个确认链接给你。",
         "signup.email": "邮箱地址",

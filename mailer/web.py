@@ -152,8 +152,7 @@ class UnsubscribeApp:
         """Route one request; return status, content type, body and extra headers."""
         if path == "/":
             _allow(method, "GET, HEAD")
-            t = self.words()
-            return 200, HTML, page(t, self.list_name, t.text("home.text", list=self.list_name)), []
+            return 200, HTML, self.home(), []
         if path == "/healthz":
             _allow(method, "GET, HEAD")
             return 200, TEXT, b"ok\n", []
@@ -183,6 +182,17 @@ class UnsubscribeApp:
             copy = archive.with_feed_link(self.settings, self.issue(path.removeprefix("/issues/")))
             return 200, HTML, copy, [("Content-Security-Policy", ARCHIVE_CSP)]
         raise HTTPError(404, "not_found.title", "not_found.text")
+
+    def home(self) -> bytes:
+        """The front page: what is here, and the way to the archive, its feed and the subscribe page."""
+        return page(
+            self.words(),
+            self.list_name,
+            template="home.html",
+            list_name=self.list_name,
+            subscribe_url=self.settings.subscribe_link,
+            feed_url=archive.feed_url(self.settings),
+        )
 
     def words(self) -> Words:
         """The reader's language: the `lang` setting, else the newest archived issue's, else English."""

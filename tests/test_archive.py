@@ -217,3 +217,12 @@ def test_an_empty_archive_says_so(tmp_path: Path) -> None:
         feed = _feed(archive)
     assert answer.status == 200 and "<li>" not in answer.text
     assert feed.findall(A + "entry") == [] and _date(feed, "updated")
+
+
+def test_the_front_page_leads_to_the_archive_and_to_subscribe(archive: Archive) -> None:
+    doc = lxml.html.document_fromstring(archive.get("/").text)
+    hrefs = [a.get("href") for a in doc.iter("a")]
+    assert f"{WEB_URL}/subscribe" in hrefs
+    assert [h for h in hrefs if archive.get(urljoin("/", h)).text == archive.get("/issues/").text] == [
+        "issues/"
+    ]

@@ -209,3 +209,20 @@ def test_an_unexpected_error_page_is_in_the_list_language(tmp_path: Path) -> Non
             server.task_dispatcher.shutdown()
         assert page.status == 500
         assert_speaks(page, lang, LIST_NAME[lang])
+
+
+@pytest.mark.parametrize("lang", ["zh", "en"])
+def test_a_busy_record_is_a_503_page_in_the_list_language(tmp_path: Path, lang: str) -> None:
+    with _site(tmp_path, lang) as site:
+        database = site.served.db
+        for leftover in database.parent.glob(database.name + "*"):
+            if leftover.is_file():  # the database, its WAL and SHM files (not the folder of send locks)
+                leftover.unlink()
+        database.mkdir()  # a folder where the database was: no SQLite can open it
+        pages = [
+            site.form({"t": site.token(READER), "action": "unsubscribe"}),
+            site.request("GET", "/issues/"),
+        ]
+    for page in pages:
+        assert page.status == 503 and page.headers["retry-after"] == "60"
+        assert_speaks(page, lang, LIST_NAME[lang])
