@@ -184,9 +184,8 @@ def _parse(text: str) -> datetime:
 class Signups:
     """Requests and confirmations, written to the database `mailer serve` runs on."""
 
-    def __init__(self, settings: Settings, keyring: Keyring, wake: Callable[[], None]) -> None:
+    def __init__(self, settings: Settings, wake: Callable[[], None]) -> None:
         self.settings = settings
-        self.keyring = keyring
         self.wake = wake
         self.welcome = bool(settings.signup_welcome)
 
@@ -238,7 +237,7 @@ class Signups:
         now = _text(_now())
         welcome = self.welcome
 
-        def write(ledger: Ledger) -> str:
+        def write(ledger: Ledger) -> tuple[str, str]:
             with ledger.transaction():
                 rows = ledger.rows(
                     "SELECT requested_at, confirmed_at, address, name FROM signups"
@@ -250,7 +249,8 @@ class Signups:
                         "SELECT 1 FROM members WHERE list = ? AND email = ?", (link.list_name, link.email)
                     )
                     used = bool(rows) and rows[0][0] == link.requested_at
-                    return "already" if used and member and not ledger.is_suppressed(link.email) else "stale"
+                    on_list = used and member and not ledger.is_suppressed(link.email)
+                    return ("already" if on_list else "stale"), ""
                 _, _, address, name = rows[0]
                 lifted = ""
                 suppression = ledger.suppression(link.email)
@@ -266,13 +266,13 @@ class Signups:
                     " WHERE list = ? AND email = ?",
                     (now, ip, lifted, int(welcome and (added or bool(lifted))), link.list_name, link.email),
                 )
-                return "confirmed" if not lifted else "confirmed (lifted)"
+                return "confirmed", lifted
 
-        state = write_in_place(self.settings.db_path, write)
-        if state.startswith("confirmed"):
-            log.info("%s: %s confirmed the signup to %s", state, link.email, link.list_name)
+        state, lifted = write_in_place(self.settings.db_path, write)
+        if state == "confirmed":
+            lifting = f", lifting its suppression ({lifted})" if lifted else ""
+            log.info("%s confirmed the signup to %s%s", link.email, link.list_name, lifting)
             self.wake()
-            return "confirmed"
         return state
 
 

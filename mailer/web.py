@@ -122,7 +122,7 @@ class UnsubscribeApp:
         self.webhooks = Webhooks(settings, keyring)
         letters = Letters(settings, keyring, lambda: self.words().lang)
         self.mailroom = Mailroom(settings, keyring, letters, make_transport(settings, ServerLog()))
-        self.signups = Signups(settings, keyring, self.mailroom.wake)
+        self.signups = Signups(settings, self.mailroom.wake)
 
         Ledger(settings.db_path).close()  # made (or checked) now: later a missing database is an error
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import email
 import re
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import closing
@@ -30,7 +32,7 @@ from mailer.signupmail import Letters
 from mailer.tokens import Keyring
 from mailer.transport import OutboxTransport
 from tests import publisher
-from tests.conftest import EXAMPLE
+from tests.conftest import EXAMPLE, ROOT
 from tests.served import serving
 
 HOST = "127.0.0.1"
@@ -475,7 +477,7 @@ def test_the_signup_record_works_on_sqlite_and_postgresql(record_at: Location, t
     keyring = Keyring("k" * 32)
     outbox = tmp_path / "outbox"
     room = Mailroom(settings, keyring, Letters(settings, keyring, lambda: "en"), OutboxTransport(outbox))
-    signups = Signups(settings, keyring, lambda: None)
+    signups = Signups(settings, lambda: None)
     ann = read_request({"email": "ann@example.org", "name": "Ann"}, settings)
     signups.request(ann, "192.0.2.1")
     signups.request(ann, "192.0.2.1")  # within the resend window: queues nothing
@@ -494,3 +496,16 @@ def test_the_signup_record_works_on_sqlite_and_postgresql(record_at: Location, t
             ("main", "ann@example.org", "Ann", "web signup")
         ]
         assert ledger.rows("SELECT confirm_ip, welcome_due FROM signups") == [("192.0.2.9", 0)]
+
+
+def test_the_signup_benchmark_runs_and_every_answer_is_the_same_status() -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "signup.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "(statuses [200])" in done.stdout
+    for kind in ("new", "subscribed", "suppressed", "waiting", "honeypot"):
+        assert re.search(rf"^{kind} +[0-9.]+ +[0-9.]+$", done.stdout, re.MULTILINE), done.stdout
