@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import os
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -323,12 +324,19 @@ class Mailroom:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._pid = 0
         self._lock = threading.Lock()
 
     def wake(self) -> None:
-        """Look at the record now (a request queued a message); starts the thread on first use."""
+        """Look at the record now (a request queued a message); starts the thread on first use.
+
+        Also in a process forked after that (a WSGI server's workers, when it built the app first): a
+        fork keeps the thread's object but not the thread.
+        """
         with self._lock:
-            if self._thread is None:
+            if self._thread is None or self._pid != os.getpid():
+                self._pid = os.getpid()
+                self._wake = threading.Event()
                 self._thread = threading.Thread(target=self._run, name="mailer-signup-mail", daemon=True)
                 self._thread.start()
         self._wake.set()

@@ -4,6 +4,7 @@ from the outbox as a reader would, the link's page and button, the next send; an
 from __future__ import annotations
 
 import email
+import os
 import re
 import sqlite3
 import subprocess
@@ -509,3 +510,34 @@ def test_the_signup_benchmark_runs_and_every_answer_is_the_same_status() -> None
     assert "(statuses [200])" in done.stdout
     for kind in ("new", "subscribed", "suppressed", "waiting", "honeypot"):
         assert re.search(rf"^{kind} +[0-9.]+ +[0-9.]+$", done.stdout, re.MULTILINE), done.stdout
+
+
+def test_a_worker_forked_after_the_app_was_built_mails_with_a_thread_of_its_own(tmp_path: Path) -> None:
+    # a WSGI server that builds the app and then forks its workers (gunicorn --preload): the fork keeps the
+    # mailing thread's object, not the thread
+    settings = Settings(data_dir=tmp_path / "state", web_url=publisher.WEB_URL)
+    Ledger(settings.db_path).close()
+    keyring = Keyring("k" * 32)
+    outbox = tmp_path / "outbox"
+    room = Mailroom(settings, keyring, Letters(settings, keyring, lambda: "en"), OutboxTransport(outbox))
+    room.wake()  # the parent's thread runs
+    pid = os.fork()
+    if pid == 0:  # the worker: only its own thread can mail now (the parent's is stopped below)
+        code = 1
+        try:
+            Signups(settings, room.wake).request(
+                read_request({"email": "kid@example.org"}, settings), "192.0.2.1"
+            )
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not (outbox / "new").is_dir():
+                time.sleep(0.02)
+            code = 0 if (outbox / "new").is_dir() else 1
+        finally:
+            os._exit(code)
+    room.stop()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    (message,) = [
+        email.message_from_bytes(f.read_bytes(), policy=policy.default) for f in (outbox / "new").iterdir()
+    ]
+    assert message["To"] == "kid@example.org"
