@@ -241,64 +241,17 @@ def send_command(
     settings = settings_from(ctx, console)
     fields: dict[str, Any] = {"command": "send", "post": str(post)}
     with reported(console, fields):
-        from . import send as sending
-        from .progress import ConsoleFeedback, report_counts, say_report, warn_rates
+        from .send import send_and_report, send_options
 
-        if test_address:
-            sent = sending.send_test(settings, post, test_address, console=console, skip_checks=skip_checks)
-            console.result(f"Test message sent to {sent.email} via {sent.via}: {sent.reply}")
-            console.emit(
-                _outcome(
-                    fields, 0, status="test", to=sent.email, via=sent.via, reply=sent.reply,
-                    message_id=sent.message_id, warnings=console.warnings,
-                )
-            )  # fmt: skip
-            return
-        options = sending.send_options(
+        options = send_options(
             settings, connections=connections, rate=rate, dry_run=dry_run, retry_failed=retry_failed,
             allow_changed=changed, allow_resend=resend,
         )  # fmt: skip
-        feedback = ConsoleFeedback(console)
-        try:
-            result = sending.send_issue(
-                settings, post, to=list(to), options=options, force=force, yes=yes, skip_checks=skip_checks,
-                console=console, feedback=feedback, stored=list_name or "",
-            )  # fmt: skip
-        except (KeyboardInterrupt, MailerError) as exc:
-            feedback.close()
-            if feedback.report is not None:
-                fields.update(counts=report_counts(feedback.report), failures=feedback.report.failures)
-            fields["warnings"] = console.warnings
-            if isinstance(exc, KeyboardInterrupt):
-                what = getattr(exc, "what", "Interrupted")
-                console.error(f"{what} after the messages in flight; run the same command again to resume.")
-            raise
-        fields.update(via=result.via, warnings=console.warnings, lists=[f.fields() for f in result.lists])
-        if result.issue is not None:
-            fields.update(issue=result.issue.issue_id, subject=result.issue.subject)
-        report = result.report
-        if report is None:
-            console.note(result.note)
-            console.emit(_outcome(fields, 0, status="nothing sent", note=result.note))
-            return
-        if not dry_run:
-            feedback.finish(report)
-        fields.update(
-            counts=report_counts(report, result.stats),
-            failures=report.failures,
-            deliverable=result.deliverable,
-        )
-        code = ExitStatus.OK if dry_run or report.complete else ExitStatus.INCOMPLETE
-        say_report(console, f"{fields['issue']}: {fields['subject']}", report, result.stats, dry_run=dry_run)
-        if result.rates is not None:
-            console.say(f"  {result.rates.line()}")
-            warn_rates(console, settings, [result.rates])
-            fields["bounces"] = result.rates.fields()
-        if result.refused:  # a dry run: list who would get it, then say that a real send would stop
-            from .checks import ChecksFailed
-
-            raise ChecksFailed(post, result.refused)
-        console.emit(_outcome(fields, code, **({"status": "dry run"} if dry_run else {})))
+        code = send_and_report(
+            settings, post, to=list(to), stored=list_name or "", test_address=test_address, options=options,
+            force=force, yes=yes, skip_checks=skip_checks, console=console, fields=fields,
+        )  # fmt: skip
+        console.emit(_outcome(fields, code))
         if code:
             sys.exit(code)
 

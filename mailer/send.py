@@ -13,13 +13,13 @@ from .campaign import Report, SendOptions, run_send
 from .checks import Check, ChecksFailed, blocking, check_issue
 from .config import Settings
 from .console import Console
-from .errors import MailerError
+from .errors import ExitStatus, MailerError
 from .ledger import SMTP, Ledger, issue_lock
 from .lists import ListFile, read_lists
 from .message import MessageFactory, make_factory
 from .post import load_post
 from .private import make_folder, write_file
-from .progress import ConsoleFeedback
+from .progress import ConsoleFeedback, report_counts, say_report, warn_rates
 from .rates import Rates, issue_rates
 from .render import Issue, render_issue
 from .schedule import check_age, require_post, resolve_post, today
@@ -331,3 +331,74 @@ def send_test(
     if not outcome.ok:
         raise MailerError(f"{email}: not delivered via {transport.description}: {outcome}")
     return TestSend(email, transport.description, str(outcome), factory.message_id(email))
+
+
+def send_and_report(
+    settings: Settings,
+    target: Path,
+    *,
+    to: list[Path],
+    stored: str,
+    test_address: str | None,
+    options: SendOptions,
+    force: bool,
+    yes: bool,
+    skip_checks: frozenset[str],
+    console: Console,
+    fields: dict[str, object],
+) -> int:
+    """`mailer send`: a test copy (send_test) or the send (send_issue), then what it did said on the console
+    and put into `fields`, the --json object's (counts, failures, lists, bounces, a status word); return the
+    exit status. A send that stops (Ctrl-C, an error) leaves in `fields` what it got done before the
+    exception goes on to the command's error report."""
+    if test_address:
+        sent = send_test(settings, target, test_address, console=console, skip_checks=skip_checks)
+        console.result(f"Test message sent to {sent.email} via {sent.via}: {sent.reply}")
+        fields.update(
+            status="test", to=sent.email, via=sent.via, reply=sent.reply, message_id=sent.message_id,
+            warnings=console.warnings,
+        )  # fmt: skip
+        return ExitStatus.OK
+    feedback = ConsoleFeedback(console)
+    try:
+        result = send_issue(
+            settings, target, to=to, options=options, force=force, yes=yes, skip_checks=skip_checks,
+            console=console, feedback=feedback, stored=stored,
+        )  # fmt: skip
+    except (KeyboardInterrupt, MailerError) as exc:
+        feedback.close()
+        if feedback.report is not None:
+            fields.update(counts=report_counts(feedback.report), failures=feedback.report.failures)
+        fields["warnings"] = console.warnings
+        if isinstance(exc, KeyboardInterrupt):
+            what = getattr(exc, "what", "Interrupted")
+            console.error(f"{what} after the messages in flight; run the same command again to resume.")
+        raise
+    fields.update(via=result.via, warnings=console.warnings, lists=[f.fields() for f in result.lists])
+    if result.issue is not None:
+        fields.update(issue=result.issue.issue_id, subject=result.issue.subject)
+    report = result.report
+    if report is None:
+        console.note(result.note)
+        fields.update(status="nothing sent", note=result.note)
+        return ExitStatus.OK
+    if not options.dry_run:
+        feedback.finish(report)
+    fields.update(
+        counts=report_counts(report, result.stats),
+        failures=report.failures,
+        deliverable=result.deliverable,
+    )
+    say_report(
+        console, f"{fields['issue']}: {fields['subject']}", report, result.stats, dry_run=options.dry_run
+    )
+    if result.rates is not None:
+        console.say(f"  {result.rates.line()}")
+        warn_rates(console, settings, [result.rates])
+        fields["bounces"] = result.rates.fields()
+    if result.refused:  # a dry run: list who would get it, then say that a real send would stop
+        raise ChecksFailed(target, result.refused)
+    if options.dry_run:
+        fields["status"] = "dry run"
+        return ExitStatus.OK
+    return ExitStatus.OK if report.complete else ExitStatus.INCOMPLETE
