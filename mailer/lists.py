@@ -17,9 +17,10 @@ from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .console import SILENT, Voice
 from .engine import Location
 from .errors import SubscriberError
-from .subscribers import BadRow, ReadStats, Seen, Subscriber, no_valid_row, read_subscribers
+from .subscribers import ReadStats, Seen, Subscriber, no_valid_row, read_subscribers
 
 
 @dataclass
@@ -132,7 +133,7 @@ class Lists:
 def read_lists(
     paths: list[Path],
     *,
-    on_bad: Callable[[BadRow], None],
+    voice: Voice = SILENT,
     count: Callable[[ListFile], Callable[[Subscriber], None]] | None = None,
     consequence: str = "nothing was sent",
 ) -> Lists:
@@ -150,7 +151,7 @@ def read_lists(
             one = ListFile(path)
             on_checked = count(one) if count is not None else None
             stream = read_subscribers(
-                path, on_bad=on_bad, stats=one.stats, on_checked=on_checked, seen=seen,
+                path, voice=voice, stats=one.stats, on_checked=on_checked, seen=seen,
                 consequence=consequence,
             )  # fmt: skip
             streams.append(stream)

@@ -25,7 +25,7 @@ from .render import Issue, render_issue
 from .schedule import check_age, require_post, resolve_post, today
 from .stopping import StopSignals
 from .stored import read_stored
-from .subscribers import BadRow, ReadStats, Subscriber
+from .subscribers import ReadStats, Subscriber
 from .transport import make_transport
 
 
@@ -213,9 +213,6 @@ def _send(
             raise MailerError(f"{path}: no such subscriber list")
     transport = make_transport(settings, console)
 
-    def bad_row(row: BadRow) -> None:
-        console.error(f"skipped: {row}")  # a reader not mailed: said even in a quiet run
-
     # The one read before the first message: the check (a broken list stops the send before the question, the
     # web copy or any message), each list's SHA-256 for the record and the count to mail from each.
     with Ledger(settings.db_path, destination=transport.destination) as ledger:
@@ -228,7 +225,7 @@ def _send(
         if stored:
             lists = read_stored(ledger, stored, count=count)
         else:
-            lists = read_lists(paths, on_bad=bad_row, count=count)
+            lists = read_lists(paths, voice=console, count=count)
         for counted in counts:
             counted.flush()
         if (

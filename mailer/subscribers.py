@@ -17,6 +17,7 @@ from types import MappingProxyType
 from typing import cast
 
 from . import listformat
+from .console import SILENT, Voice
 from .csvfile import CsvFile
 from .errors import SubscriberError
 from .headers import CONTROL_BUT_TAB, MAX_EMAIL, ascii_domain, normalize_email
@@ -156,7 +157,7 @@ class Seen:
 def read_subscribers(
     path: Path,
     *,
-    on_bad: Callable[[BadRow], None] | None = None,
+    voice: Voice = SILENT,
     stats: ReadStats | None = None,
     on_duplicate: Callable[[BadRow], None] | None = None,
     on_checked: Callable[[Subscriber], None] | None = None,
@@ -169,7 +170,8 @@ def read_subscribers(
     has no address column, no rows, a quote that swallows lines, or only rows it marks as not to be
     mailed: see csvfile and listformat); then rows are read lazily, at a flat memory cost. The check fills
     `stats.check` and hands on_checked the subscribers the stream will yield, in order (before it knows
-    the file is sound: count them, do not mail them). Duplicates go to on_duplicate, never to on_bad;
+    the file is sound: count them, do not mail them). A row without a usable address is said through
+    `voice` as it passes (`skipped: FILE:LINE: why`, an error); duplicates go to on_duplicate, never there;
     rows the list marks (an unsubscribed export, `email_disabled`) are only counted. `seen` carries the
     addresses of earlier lists; `consequence` ends a refusal (an import says "nothing was imported").
     The iterator raises FileChanged if the file changes under it, and
@@ -199,7 +201,7 @@ def read_subscribers(
     stats.expected = expected
     stats.sha256 = source.sha256
     stats.tool = form.tool
-    rows = _rows(source, form, on_bad, stats, on_duplicate, seen.streamed, consequence)
+    rows = _rows(source, form, voice, stats, on_duplicate, seen.streamed, consequence)
     next(rows)  # enters the generator's `with`, so the file is closed even if no row is ever asked for
     return cast(Generator[Subscriber, None, None], rows)
 
@@ -264,7 +266,7 @@ def _read_header(source: CsvFile) -> Layout:
 def _rows(
     source: CsvFile,
     form: Layout,
-    on_bad: Callable[[BadRow], None] | None,
+    voice: Voice,
     stats: ReadStats,
     on_duplicate: Callable[[BadRow], None] | None,
     seen: DigestSet,
@@ -286,8 +288,7 @@ def _rows(
                 stats.invalid += 1
                 bad = BadRow(path, record.first, str(exc))
                 first_bad = first_bad or bad
-                if on_bad is not None:
-                    on_bad(bad)
+                voice.error(f"skipped: {bad}")  # a reader not mailed: said even in a quiet run
                 continue
             if why:
                 stats.skipped += 1

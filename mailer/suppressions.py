@@ -13,7 +13,7 @@ see listformat) imports exactly those rows, each with the tool's reason.
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,12 +21,12 @@ from typing import TextIO
 
 from . import listformat
 from .config import Settings
-from .console import Console
+from .console import Console, Voice
 from .csvfile import CsvFile
 from .errors import MailerError, SubscriberError
 from .headers import normalize_email
 from .ledger import Ledger
-from .subscribers import BadRow, dedupe_key
+from .subscribers import dedupe_key
 
 # Header names of an address column (listformat.key), earlier names first: a subscriber list's, then
 # Mailgun's `address`, which loses to them (Mailchimp has both "Email Address" and a postal "Address").
@@ -35,7 +35,7 @@ ADDRESS_COLUMNS = (*listformat.ADDRESS, "address")
 
 @dataclass
 class ImportReport:
-    """What an import did; bad lines were passed to on_bad as they were found."""
+    """What an import did; bad lines were said as errors as they were found."""
 
     added: int = 0
     already: int = 0
@@ -55,13 +55,12 @@ class _Layout:
     rules: tuple[listformat.StatusRule, ...] = ()  # who the export says is not to be mailed
 
 
-def import_suppressions(
-    path: Path, ledger: Ledger, *, reason: str, on_bad: Callable[[BadRow], None]
-) -> ImportReport:
+def import_suppressions(path: Path, ledger: Ledger, *, reason: str, voice: Voice) -> ImportReport:
     """Suppress every address of the file in one transaction.
 
     SubscriberError, with nothing imported, if the file cannot be read whole (csvfile) or holds no
-    address at all; a line that is not an address goes to on_bad and the others are imported. From an
+    address at all; a line that is not an address is said through `voice` (`FILE:LINE: skipped: why`, an
+    error) and the others are imported. From an
     export with status columns only the rows it marks are imported, the reason saying why ("reason:
     unsubscribed (Mailchimp)"); the others are counted as kept.
     """
@@ -81,7 +80,8 @@ def import_suppressions(
                     status = _status(layout, cells)
                 except (ValueError, listformat.BadValue) as exc:
                     report.bad += 1
-                    on_bad(BadRow(path, line, f"{raw!r}: {exc}" if raw else str(exc)))
+                    why = f"{raw!r}: {exc}" if raw else str(exc)
+                    voice.error(f"{path}:{line}: skipped: {why}")
                     continue
                 if layout.rules and not status:
                     report.kept += 1
@@ -237,12 +237,10 @@ def list_suppressions(settings: Settings, console: Console) -> None:
 
 def import_file(settings: Settings, path: Path, *, reason: str, console: Console) -> ImportReport:
     """`mailer suppressions import`: import_suppressions into the record, each bad line said as an error."""
-
-    def bad(row: BadRow) -> None:
-        console.error(f"{row.path}:{row.line}: skipped: {row.reason}")
-
     with Ledger(settings.db_path) as ledger:
-        report = import_suppressions(path, ledger, reason=reason or f"imported from {path.name}", on_bad=bad)
+        report = import_suppressions(
+            path, ledger, reason=reason or f"imported from {path.name}", voice=console
+        )
     kept = (
         f"; {report.kept} still subscribed in the {report.tool} export, not imported" if report.kept else ""
     )

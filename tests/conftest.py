@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import shutil
 import signal
 import socket
@@ -21,6 +22,7 @@ from hypothesis import settings
 
 from mailer.config import Settings
 from mailer.engine import Location
+from mailer.subscribers import BadRow
 from tests.pg import Cluster, binaries
 from tests.smtpd import SMTPServer, TLSFiles, make_tls_files
 
@@ -160,3 +162,12 @@ class Heard(list[str]):
 
     def error(self, line: str) -> None:
         self.append(line)
+
+    def skipped(self) -> list[BadRow]:
+        """The rows a list reader said it skipped (`skipped: FILE:LINE: why`), as BadRow values."""
+        rows = []
+        for line in self:
+            match = re.fullmatch(r"skipped: (.+?):(\d+): (.*)", line, re.S)
+            assert match, line
+            rows.append(BadRow(Path(match[1]), int(match[2]), match[3]))
+        return rows

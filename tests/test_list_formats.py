@@ -31,6 +31,7 @@ from mailer.errors import SubscriberError
 from mailer.subscribers import BadRow, ReadStats, Subscriber, read_subscribers
 from tests import publisher
 from tests.command import invoke as run
+from tests.conftest import Heard
 from tests.smtpd import SMTPServer
 
 LISTS = Path(__file__).resolve().parent / "lists"
@@ -45,9 +46,9 @@ def _in_tmp(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 def read(path: Path) -> tuple[list[Subscriber], list[BadRow], ReadStats]:
-    bad: list[BadRow] = []
+    heard = Heard()
     stats = ReadStats()
-    return list(read_subscribers(path, on_bad=bad.append, stats=stats)), bad, stats
+    return list(read_subscribers(path, voice=heard, stats=stats)), heard.skipped(), stats
 
 
 def received(server: SMTPServer) -> list[str]:

@@ -20,7 +20,7 @@ from mailer.subscribers import (
     normalize_email,
     read_subscribers,
 )
-from tests.conftest import examples
+from tests.conftest import Heard, examples
 
 
 def write(tmp_path: Path, data: bytes | str, name: str = "list.csv") -> Path:
@@ -30,11 +30,11 @@ def write(tmp_path: Path, data: bytes | str, name: str = "list.csv") -> Path:
 
 
 def read_all(path: Path) -> tuple[list[Subscriber], list[BadRow], list[BadRow], ReadStats]:
-    bad: list[BadRow] = []
+    heard = Heard()
     dups: list[BadRow] = []
     stats = ReadStats()
-    subs = list(read_subscribers(path, on_bad=bad.append, stats=stats, on_duplicate=dups.append))
-    return subs, bad, dups, stats
+    subs = list(read_subscribers(path, voice=heard, stats=stats, on_duplicate=dups.append))
+    return subs, heard.skipped(), dups, stats
 
 
 def test_reads_header_columns_names_and_normalises_addresses(tmp_path: Path) -> None:
@@ -207,10 +207,11 @@ def test_a_header_only_list_and_a_list_without_one_good_row_are_refused(tmp_path
         == f"{header_only}: no subscribers in it, only the header line (add one reader a line)"
     )
     no_good = write(tmp_path, "email,name\nnope,A\nno@pe@example.com,B\n", "b.csv")
-    bad: list[BadRow] = []
-    rows = read_subscribers(no_good, on_bad=bad.append)
+    heard = Heard()
+    rows = read_subscribers(no_good, voice=heard)
     with pytest.raises(SubscriberError) as info:
         list(rows)  # the rows are only judged as they are read
+    bad = heard.skipped()
     assert str(info.value) == (
         f"{no_good}: none of its 2 row(s) has a valid address (line 2: {bad[0].reason}); nothing was sent"
     )
@@ -232,7 +233,7 @@ def test_an_overlong_line_is_a_bad_row(tmp_path: Path) -> None:
     assert "longer than" in bad[0].reason
 
 
-def test_on_bad_is_optional_and_stats_still_count(tmp_path: Path) -> None:
+def test_a_voice_is_optional_and_stats_still_count(tmp_path: Path) -> None:
     stats = ReadStats()
     path = write(tmp_path, "email\nbad\ngood@example.com\n")
     assert [s.email for s in read_subscribers(path, stats=stats)] == ["good@example.com"]
@@ -356,7 +357,8 @@ def test_fast_path_agrees_on_edge_cases(raw: str) -> None:
 def test_a_local_part_over_64_octets_is_a_bad_row(tmp_path: Path) -> None:
     path = tmp_path / "subs.csv"
     path.write_text(f"email\n{'a' * 64}@example.com\n{'b' * 65}@example.com\n", encoding="utf-8")
-    bad: list[str] = []
-    got = [s.email for s in read_subscribers(path, on_bad=lambda row: bad.append(str(row)))]
+    heard = Heard()
+    got = [s.email for s in read_subscribers(path, voice=heard)]
+    bad = [str(row) for row in heard.skipped()]
     assert got == [f"{'a' * 64}@example.com"]
     assert len(bad) == 1 and bad[0].startswith(f"{path}:3:") and "64" in bad[0]
