@@ -40,11 +40,6 @@ class Subscriber:
         """The case-insensitive identity used for duplicates, deliveries and suppressions."""
         return dedupe_key(self.email)
 
-    @property
-    def smtputf8(self) -> bool:
-        """Whether the address has a non-ASCII local part, which needs a server with SMTPUTF8."""
-        return not self.email.isascii()
-
 
 @dataclass(frozen=True, slots=True)
 class BadRow:
