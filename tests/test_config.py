@@ -18,9 +18,8 @@ from hypothesis import strategies as st
 from mailer.cli import cli
 from mailer.config import RANGES, Settings, load_settings, smtp_port
 from mailer.errors import ConfigError
+from tests.conftest import EXAMPLE
 
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE = ROOT / "examples" / "2026-02-09.md"
 EMPTY = Path(os.devnull)  # an empty configuration file, whatever the current folder holds
 
 

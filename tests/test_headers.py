@@ -35,10 +35,9 @@ from mailer.post import load_post
 from mailer.render import Issue, render_issue
 from mailer.tokens import Keyring
 from tests import publisher
-from tests.conftest import examples
+from tests.conftest import EXAMPLE, examples
 from tests.smtpd import SMTPServer
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "2026-02-09.md"
 BREAKS = {"Cc", "Zl", "Zp", "Cs"}  # what must never reach a header line (Cs: cannot even be encoded)
 # every Cc, Zl and Zp character, CR LF in every form, and encoded words that decode to a line break
 HOSTILE = [chr(c) for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c)) in BREAKS - {"Cs"}]

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE = ROOT / "examples" / "2026-02-09.md"
+from tests.conftest import EXAMPLE
+
 HOST = "127.0.0.1"
 
 
