@@ -69,7 +69,7 @@ _NO_TEXT = {"table", "thead", "tbody", "tfoot", "tr", "ul", "ol"}
 # in quirks mode (some webmail pages) a table starts these afresh instead of inheriting them
 _TABLE_RESETS = {"font-size", "font-weight", "font-style", "line-height", "text-align"}
 _CLASS = re.compile(r"\.(-?[_a-zA-Z][\w-]*)")
-_DECLARATION = re.compile(r"""((?:[^;"'(]|"[^"]*"|'[^']*'|\([^)]*\))+)""")
+_DECLARATION = re.compile(r"""((?:[^;"'(]+|"[^"]*"|'[^']*'|\([^)]*\))+)""")  # runs, not a char at a time
 
 _CLEAR = {"transparent", "none", "inherit", "initial", "unset", "rgba(0,0,0,0)"}
 
