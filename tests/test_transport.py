@@ -157,6 +157,11 @@ def test_any_pieces_are_stuffed_as_their_bytes(pairs: list[tuple[bytes, bytes]])
     pieces = Pieces(tuple(p for p, _ in pairs), tuple(s for _, s in pairs))
     assert stuff(pieces) == stuff(bytes(pieces))
     assert stuff(pieces) == stuff(pieces)  # and again, from the kept shared pieces
+    # BDAT's form: the same lines, no dot doubled (what a server un-stuffing DATA would have kept)
+    plain = stuff.plain(pieces)
+    assert plain == stuff.plain(bytes(pieces))
+    assert plain.endswith(b"\r\n") and plain.count(b"\n") == plain.count(b"\r\n") == plain.count(b"\r")
+    assert (b"\r\n" + stuff(pieces)).replace(b"\r\n.", b"\r\n")[2:] == plain  # each line's first dot off
 
 
 def test_reuses_one_connection_for_many_messages(server: SMTPServer, connect) -> None:
