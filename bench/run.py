@@ -543,7 +543,14 @@ def ledger_rate(db: Path, since: str = "") -> tuple[int, float]:
 
 
 def mailer_send(
-    port: int, csv_path: Path, data_dir: Path, connections: int, *, since: str = "", **kw: Any
+    port: int,
+    csv_path: Path,
+    data_dir: Path,
+    connections: int,
+    *,
+    since: str = "",
+    extra: Sequence[str] = (),
+    **kw: Any,
 ) -> tuple[SendRun, Finished]:
     cmd = [
         sys.executable,
@@ -557,6 +564,7 @@ def mailer_send(
         "--force",
         "--connections",
         str(connections),
+        *extra,
     ]
     done = run_child(cmd, env=mailer_env(port, data_dir), cwd=data_dir.parent, **kw)
     if done.rc not in (0, 130) or "Traceback" in done.stderr:
@@ -685,25 +693,31 @@ def bench_relay(cfg: Config, tmp: Path) -> None:
     csv_path = tmp / f"subscribers-relay-{n}.csv"
     write_subscribers(csv_path, n)
     rates: dict[tuple[str, int], float] = {}
+
+    def runs(sink: SlowSink, label: str, conns: int, extra: Sequence[str] = ()) -> tuple[float, float]:
+        """Median send-loop rate and round trips per message of cfg.relay_runs sends."""
+        loops: list[float] = []
+        trips: list[float] = []
+        for run in range(cfg.relay_runs):
+            data_dir = tmp / f"relay-{label}-{conns}-{run}" / "state"
+            data_dir.parent.mkdir()
+            sink.reset()
+            result, _ = mailer_send(sink.port, csv_path, data_dir, conns, extra=extra)
+            stats = sink.reset()
+            if result.sent != n or stats.messages != n:
+                got = f"{result.sent} recorded, {stats.messages} taken"
+                raise RuntimeError(f"{label}, {conns} connection(s): {got} of {n}")
+            loops.append(result.loop_rate)
+            trips.append(stats.round_trips / n)
+            shutil.rmtree(data_dir.parent)
+        return median(loops), median(trips)
+
     for transfer in ("DATA", "BDAT"):
         sink = SlowSink(0, RELAY_DELAY, chunking=transfer == "BDAT").start()
         try:
             for conns in cfg.relay_connections:
-                loops: list[float] = []
-                trips: list[float] = []
-                for run in range(cfg.relay_runs):
-                    data_dir = tmp / f"relay-{transfer}-{conns}-{run}" / "state"
-                    data_dir.parent.mkdir()
-                    sink.reset()
-                    result, _ = mailer_send(sink.port, csv_path, data_dir, conns)
-                    stats = sink.reset()
-                    if result.sent != n or stats.messages != n:
-                        got = f"{result.sent} recorded, {stats.messages} taken"
-                        raise RuntimeError(f"{transfer}, {conns} connection(s): {got} of {n}")
-                    loops.append(result.loop_rate)
-                    trips.append(stats.round_trips / n)
-                    shutil.rmtree(data_dir.parent)
-                rate = rates[transfer, conns] = median(loops)
+                rate, trips = runs(sink, transfer, conns)
+                rates[transfer, conns] = rate
                 first = cfg.relay_connections[0]
                 one = rates[transfer, first] if conns != first else None
                 cfg.rows.append(
@@ -715,11 +729,43 @@ def bench_relay(cfg: Config, tmp: Path) -> None:
                         f"{transfer}, {first} conn." if one else "",
                         one,
                         rate / one if one else None,
-                        note=f"{median(trips):.2f} round trips per message; send loop, {n:,} messages",
+                        note=f"{trips:.2f} round trips per message; send loop, {n:,} messages",
                     )
                 )
+            if transfer == "BDAT":
+                relay_workers(cfg, sink, runs)
         finally:
             sink.stop()
+
+
+def relay_workers(cfg: Config, sink: Any, runs: Callable[..., tuple[float, float]]) -> None:
+    """`send --workers 1` and `--workers 2`, 1 connection each, to the 20 ms relay, if mailer has them."""
+    helped = subprocess.run(
+        [sys.executable, "-m", "mailer", "send", "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tempfile.gettempdir(),  # as the sends run: not where a source tree's mailer/ is
+    )
+    if "--workers" not in helped.stdout:
+        cfg.rows.append(Row("20 ms relay", "BDAT, send --workers 2", None, "", note="skipped: no --workers"))
+        return
+    one, _ = runs(sink, "workers-1", 1, ["--workers", "1"])
+    two, trips = runs(sink, "workers-2", 1, ["--workers", "2"])
+    cfg.rows.append(
+        Row(
+            "20 ms relay",
+            "BDAT, 2 workers x 1 connection",
+            two,
+            "msg/s",
+            "1 worker x 1 conn.",
+            one,
+            two / one,
+            "≥ 1.8x",
+            two / one >= 1.8,
+            f"{trips:.2f} round trips per message",
+        )
+    )
 
 
 def mailmerge_files(tmp: Path, port: int, count: int) -> tuple[Path, Path, Path]:
