@@ -650,8 +650,8 @@ def bench_send(cfg: Config, tmp: Path) -> dict[int, SendRun]:
             cpu = median([r.cpu for r in ours]) / n * 1000
             ref_cpu = median([t.cpu for t in theirs]) / n * 1000
             target, met = {
-                1: ("≥ 0.55x", rate / ref_rate >= 0.55),
-                8: ("≥ 0.35x (0.5x)", rate / ref_rate >= 0.35),
+                1: ("≥ 0.8x", rate / ref_rate >= 0.8),  # issue 16 (was 0.55x)
+                8: ("≥ 0.6x", rate / ref_rate >= 0.6),  # issue 16, with --workers where it helps (was 0.35x)
             }.get(conns, ("", None))
             if n < 10_000:  # start-up weighs too much in a small send: the targets are for 10,000
                 target, met = "", None
@@ -677,6 +677,8 @@ def bench_send(cfg: Config, tmp: Path) -> dict[int, SendRun]:
                     "s",
                     "smtp-source",
                     ref_cpu,
+                    target="≤ 0.15 s" if n >= 10_000 else "",  # issue 16
+                    met=cpu <= 0.15 if n >= 10_000 else None,
                     note="whole process, start-up and render included",
                 )
             )
