@@ -119,7 +119,7 @@ class Imported:
 def import_into_list(settings: Settings, paths: list[Path], name: str, console: Console) -> Imported:
     """`mailer subscribers import`: import the files, then say per file what it did and the list's size."""
     with Ledger(settings.db_path) as ledger:
-        done = import_files(ledger, paths, name, say=console.say)
+        done = import_files(ledger, paths, name, console=console)
     for one in done.files:
         console.say(one.line())
     console.result(
@@ -129,10 +129,8 @@ def import_into_list(settings: Settings, paths: list[Path], name: str, console: 
     return done
 
 
-def import_files(
-    ledger: Ledger, paths: list[Path], list_name: str, *, say: Callable[[str], None]
-) -> Imported:
-    """Import the files into the list, all or nothing; `say` gets a line per address updated or skipped."""
+def import_files(ledger: Ledger, paths: list[Path], list_name: str, *, console: Console) -> Imported:
+    """Import the files into the list, all or nothing; the console says each address updated or skipped."""
     name = check_name(list_name)
     for path in paths:
         if not path.is_file():
@@ -144,7 +142,7 @@ def import_files(
     try:
         for one in lists.files:
             _refuse_bad_rows(one)
-        return _import(ledger, lists, name, say)
+        return _import(ledger, lists, name, console)
     finally:
         lists.close()
 
@@ -160,7 +158,7 @@ def _refuse_bad_rows(one: ListFile) -> None:
     raise SubscriberError(f"{what}{more}; nothing was imported (fix or delete the row, then import again)")
 
 
-def _import(ledger: Ledger, lists: Lists, name: str, say: Callable[[str], None]) -> Imported:
+def _import(ledger: Ledger, lists: Lists, name: str, console: Console) -> Imported:
     result = Imported(name, [])
     now = _now()
     with ledger.transaction():
@@ -173,7 +171,7 @@ def _import(ledger: Ledger, lists: Lists, name: str, say: Callable[[str], None])
             done = FileImport(one.path, one.stats.tool)
             result.files.append(done)
             while batch := list(itertools.islice(stream, _BATCH)):
-                _import_batch(ledger, name, one, batch, done, now, say)
+                _import_batch(ledger, name, one, batch, done, now, console)
             stats = one.stats
             done.rows, done.duplicates = stats.rows, stats.duplicates
             done.skipped, done.reasons = stats.skipped, dict(stats.check.reasons)
@@ -190,7 +188,7 @@ def _import_batch(
     batch: list[Subscriber],
     done: FileImport,
     now: str,
-    say: Callable[[str], None],
+    console: Console,
 ) -> None:
     path = one.path
     keys = [sub.key for sub in batch]
@@ -210,7 +208,7 @@ def _import_batch(
         key = sub.key
         if key in suppressed:
             done.suppressed += 1
-            say(f"skipped: {path}:{sub.line}: {sub.email}: on the suppression list (not imported)")
+            console.say(f"skipped: {path}:{sub.line}: {sub.email}: on the suppression list (not imported)")
             continue
         old = existing.get(key)
         values = {k: v for k, v in sub.fields.items() if k != "email"}
@@ -230,7 +228,7 @@ def _import_batch(
         merged.update(values)
         member_name = merged.pop("name")
         updated.append((sub.email, member_name, _json(merged), now, name, key))
-        say(f"updated: {path}:{sub.line}: {sub.email}: {'; '.join(changes)}")
+        console.say(f"updated: {path}:{sub.line}: {sub.email}: {'; '.join(changes)}")
     ledger.write_many(
         "INSERT INTO members (list, email, address, name, fields, consent_at, consent_source, updated_at)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
