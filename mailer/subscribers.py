@@ -154,7 +154,6 @@ def read_subscribers(
     *,
     voice: Voice = SILENT,
     stats: ReadStats | None = None,
-    on_duplicate: Callable[[BadRow], None] | None = None,
     on_checked: Callable[[Subscriber], None] | None = None,
     seen: Seen | None = None,
     consequence: str = "nothing was sent",
@@ -166,11 +165,10 @@ def read_subscribers(
     mailed: see csvfile and listformat); then rows are read lazily, at a flat memory cost. The check fills
     `stats.check` and hands on_checked the subscribers the stream will yield, in order (before it knows
     the file is sound: count them, do not mail them). A row without a usable address is said through
-    `voice` as it passes (`skipped: FILE:LINE: why`, an error); duplicates go to on_duplicate, never there;
-    rows the list marks (an unsubscribed export, `email_disabled`) are only counted. `seen` carries the
-    addresses of earlier lists; `consequence` ends a refusal (an import says "nothing was imported").
-    The iterator raises FileChanged if the file changes under it, and
-    SubscriberError at the end if no row had a valid address.
+    `voice` as it passes (`skipped: FILE:LINE: why`, an error); duplicates and rows the list marks (an
+    unsubscribed export, `email_disabled`) are only counted. `seen` carries the addresses of earlier
+    lists; `consequence` ends a refusal (an import says "nothing was imported"). The iterator raises
+    FileChanged if the file changes under it, and SubscriberError at the end if no row had a valid address.
     """
     path = Path(path)
     source = CsvFile(path, "subscriber list")
@@ -196,7 +194,7 @@ def read_subscribers(
     stats.expected = expected
     stats.sha256 = source.sha256
     stats.tool = form.tool
-    rows = _rows(source, form, voice, stats, on_duplicate, seen.streamed, consequence)
+    rows = _rows(source, form, voice, stats, seen.streamed, consequence)
     next(rows)  # enters the generator's `with`, so the file is closed even if no row is ever asked for
     return cast(Generator[Subscriber, None, None], rows)
 
@@ -263,7 +261,6 @@ def _rows(
     form: Layout,
     voice: Voice,
     stats: ReadStats,
-    on_duplicate: Callable[[BadRow], None] | None,
     seen: DigestSet,
     consequence: str,
 ) -> Iterator[Subscriber | None]:
@@ -290,9 +287,6 @@ def _rows(
                 continue
             if not seen.add(_digest(dedupe_key(subscriber.email))):
                 stats.duplicates += 1
-                if on_duplicate is not None:
-                    reason = f"{subscriber.email}: duplicate of an earlier row"
-                    on_duplicate(BadRow(path, record.first, reason))
                 continue
             stats.valid += 1
             yield subscriber

@@ -29,12 +29,11 @@ def write(tmp_path: Path, data: bytes | str, name: str = "list.csv") -> Path:
     return path
 
 
-def read_all(path: Path) -> tuple[list[Subscriber], list[BadRow], list[BadRow], ReadStats]:
+def read_all(path: Path) -> tuple[list[Subscriber], list[BadRow], ReadStats]:
     heard = Heard()
-    dups: list[BadRow] = []
     stats = ReadStats()
-    subs = list(read_subscribers(path, voice=heard, stats=stats, on_duplicate=dups.append))
-    return subs, heard.skipped(), dups, stats
+    subs = list(read_subscribers(path, voice=heard, stats=stats))
+    return subs, heard.skipped(), stats
 
 
 def test_reads_header_columns_names_and_normalises_addresses(tmp_path: Path) -> None:
@@ -44,8 +43,8 @@ def test_reads_header_columns_names_and_normalises_addresses(tmp_path: Path) -> 
         b"Alice@Example.COM,  Alice Liddell ,Oxford\r\n"
         b"bob@example.org,,\r\n" + "wang@b\u00fccher.de,\u738b\u82b3,\u4e0a\u6d77\r\n".encode(),
     )
-    subs, bad, dups, stats = read_all(path)
-    assert bad == [] and dups == []
+    subs, bad, stats = read_all(path)
+    assert bad == []
     assert [s.email for s in subs] == [
         "Alice@example.com",
         "bob@example.org",
@@ -71,7 +70,7 @@ def test_fields_are_read_only(tmp_path: Path) -> None:
 
 def test_name_column_is_optional_and_short_or_long_rows_are_accepted(tmp_path: Path) -> None:
     path = write(tmp_path, "email,city\na@example.com\nb@example.com,Rome,extra,cells\n")
-    subs, bad, _, _ = read_all(path)
+    subs, bad, _ = read_all(path)
     assert bad == []
     assert [(s.email, s.name, dict(s.fields)) for s in subs] == [
         ("a@example.com", "", {"email": "a@example.com", "city": ""}),
@@ -84,19 +83,18 @@ def test_duplicates_are_case_insensitive_yielded_once_and_counted(tmp_path: Path
         tmp_path,
         "email,name\nAnn@Example.com,First\nc@example.com,C\nann@EXAMPLE.COM,Second\nANN@example.com,Third\n",
     )
-    subs, bad, dups, stats = read_all(path)
+    subs, bad, stats = read_all(path)
     assert [(s.email, s.name) for s in subs] == [("Ann@example.com", "First"), ("c@example.com", "C")]
-    assert bad == []
-    assert [d.line for d in dups] == [4, 5]
-    assert "duplicate" in dups[0].reason
+    assert bad == []  # a duplicate is counted, not said: the send's report gives the count
+    assert [s.line for s in subs] == [2, 3]  # rows 4 and 5 were the duplicates
     assert (stats.rows, stats.valid, stats.invalid, stats.duplicates) == (4, 2, 0, 2)
 
 
 def test_an_idn_domain_and_its_punycode_are_the_same_subscriber(tmp_path: Path) -> None:
     path = write(tmp_path, "email\nx@M\u00fcnchen.de\nX@xn--mnchen-3ya.DE\n")
-    subs, _, dups, _ = read_all(path)
+    subs, _, stats = read_all(path)
     assert [s.email for s in subs] == ["x@xn--mnchen-3ya.de"]
-    assert [d.line for d in dups] == [3]
+    assert [s.line for s in subs] == [2] and stats.duplicates == 1  # row 3 was the duplicate
     assert dedupe_key("X@M\u00fcnchen.DE") == dedupe_key("x@xn--mnchen-3ya.de")
 
 
@@ -116,7 +114,7 @@ def test_bad_rows_are_reported_with_line_and_reason_and_skipped(tmp_path: Path) 
         "a@localhost,,",  # 12
         "good2@example.com,Good2,",  # 13
     ]
-    subs, bad, _, stats = read_all(write(tmp_path, "\n".join(rows) + "\n"))
+    subs, bad, stats = read_all(write(tmp_path, "\n".join(rows) + "\n"))
     assert [s.line for s in subs] == [2, 10, 13]
     assert subs[1].name == "Tab\there"
     by_line = {b.line: b.reason for b in bad}
@@ -142,7 +140,7 @@ def test_quotes_and_blank_lines_keep_physical_line_numbers(tmp_path: Path) -> No
         ",\r\n"
         "d@example.com,Dee\r\n"
     )
-    subs, bad, _, stats = read_all(write(tmp_path, data))
+    subs, bad, stats = read_all(write(tmp_path, data))
     assert [(s.email, s.line) for s in subs] == [("a@example.com", 2), ("b@example.com", 3)] + [
         ("d@example.com", 6)
     ]
@@ -220,14 +218,14 @@ def test_a_header_only_list_and_a_list_without_one_good_row_are_refused(tmp_path
 
 def test_a_stray_carriage_return_is_a_bad_row(tmp_path: Path) -> None:
     data = b"email,name\na@example.com,Car\rriage\nb@example.com,B\n"
-    subs, bad, _, _ = read_all(write(tmp_path, data))
+    subs, bad, _ = read_all(write(tmp_path, data))
     assert [s.line for s in subs] == [3]
     assert [b.line for b in bad] == [2]
 
 
 def test_an_overlong_line_is_a_bad_row(tmp_path: Path) -> None:
     data = b"email,name\na@example.com," + b"x" * (MAX_LINE + 10) + b"\nb@example.com,B\n"
-    subs, bad, _, _ = read_all(write(tmp_path, data))
+    subs, bad, _ = read_all(write(tmp_path, data))
     assert [s.line for s in subs] == [3]
     assert [b.line for b in bad] == [2]
     assert "longer than" in bad[0].reason
