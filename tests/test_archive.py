@@ -17,13 +17,16 @@ import pytest
 from click.testing import CliRunner
 
 from mailer.cli import cli
+from mailer.engine import Location
 from tests.conftest import EXAMPLE
+from tests.pg import database_env
 from tests.publisher import WEB_URL, env_for
 from tests.served import serving
 from tests.smtpd import HOST, SMTPServer
 
 A = "{http://www.w3.org/2005/Atom}"
 READER = ("zhang.wei@example.org", "Zhang Wei")
+TITLE_ZH = "四巨头6100亿美元豪赌AI 市场泼冷水蒸发9500亿市值"  # the example post's
 # the title's & and < must reach the reader as they are, escaped once, in the page and in the feed
 ENGLISH = """---
 title: Chips & <Models> weekly
@@ -70,15 +73,15 @@ def _post(root: Path, name: str, text: str) -> Path:
     return path
 
 
-def _send(root: Path, post: Path, *, outbox: bool = False, refuse: bool = False) -> None:
+def _send(root: Path, post: Path, *, outbox: bool = False, refuse: bool = False, **more: str) -> None:
     """`mailer send` of one post to the one reader: over SMTP (the server refusing them with `refuse`),
-    or to the local outbox."""
+    or to the local outbox; `more`: other settings."""
     subscribers = root / "subscribers.csv"
     subscribers.write_text(f"email,name\n{READER[0]},{READER[1]}\n", encoding="utf-8")
     with SMTPServer() as smtp:
         if refuse:
             smtp.reject(READER[0])
-        env = env_for(smtp, root)
+        env = env_for(smtp, root, **more)
         if outbox:
             env.pop("MAILER_SMTP_HOST")
         args = ["send", str(post), "--to", str(subscribers), "--yes", "--force"]
@@ -113,7 +116,7 @@ def test_the_index_lists_the_issues_that_reached_readers_newest_first(archive: A
     today = datetime.now(UTC).date().isoformat()  # the send's day, in the default time zone (UTC)
     assert _index(archive) == [
         ("2026-02-10", "Chips & <Models> weekly", today),
-        ("2026-02-09", "四巨头6100亿美元豪赌AI 市场泼冷水蒸发9500亿市值", today),
+        ("2026-02-09", TITLE_ZH, today),
     ]
     for link, title, _ in _index(archive):
         page = archive.get(urljoin("/issues/", link))
@@ -184,7 +187,7 @@ def test_the_feed_is_atom_as_rfc_4287_asks(archive: Archive) -> None:
     entries = feed.findall(A + "entry")
     # 4.1.2: each entry has one id, title, updated, and (no content) an alternate link
     titles = [_one(e, "title").text for e in entries]
-    assert titles == ["Chips & <Models> weekly", "四巨头6100亿美元豪赌AI 市场泼冷水蒸发9500亿市值"]
+    assert titles == ["Chips & <Models> weekly", TITLE_ZH]
     hrefs = [
         [link.get("href") for link in e.findall(A + "link") if link.get("rel") == "alternate"]
         for e in entries
@@ -226,3 +229,16 @@ def test_the_front_page_leads_to_the_archive_and_to_subscribe(archive: Archive) 
     assert [h for h in hrefs if archive.get(urljoin("/", h)).text == archive.get("/issues/").text] == [
         "issues/"
     ]
+
+
+def test_the_archive_reads_the_record_on_either_engine(tmp_path: Path, record_at: Location) -> None:
+    record = database_env(record_at)
+    _send(tmp_path, EXAMPLE, **record)
+    _send(tmp_path, _post(tmp_path, "2026-02-11.md", OUTBOX_ONLY), outbox=True, **record)
+    env = {"MAILER_DATA_DIR": str(tmp_path / "state"), "MAILER_WEB_URL": WEB_URL, **record}
+    with serving(tmp_path, {}, **env) as served:
+        archive = Archive(served.port, tmp_path)
+        listed = [link for link, _, _ in _index(archive)]
+        feed = _feed(archive)
+    assert listed == ["2026-02-09"]
+    assert [_one(e, "title").text for e in feed.findall(A + "entry")] == [TITLE_ZH]
