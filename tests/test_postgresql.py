@@ -311,6 +311,7 @@ def test_the_send_lock_is_shared_by_every_host_and_let_go_when_its_holder_dies(s
         pytest.fail("the lock of a killed sender was never let go")
 
 
+@pytest.mark.parametrize("engine", ["postgresql"])  # SQLite's run is test_web_abuse's
 def test_a_one_click_during_a_running_send_stops_that_readers_message(
     smtp_server: SMTPServer,
     tmp_path: Path,
