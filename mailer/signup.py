@@ -128,17 +128,22 @@ def safe_next(url: str, settings: Settings) -> str:
         return ""
     try:
         parts = urlsplit(url)
-        origin = (parts.scheme, parts.hostname, parts.port)
+        origin = _origin(url)
     except ValueError:
         return ""
     if parts.scheme not in ("http", "https") or parts.username is not None or parts.password is not None:
         return ""
     for known in (settings.base_url, settings.web_url, settings.signup_thanks_url):
-        if known:
-            k = urlsplit(known)
-            if (k.scheme, k.hostname, k.port) == origin:
-                return url
+        if known and _origin(known) == origin:
+            return url
     return ""
+
+
+def _origin(url: str) -> tuple[str, str | None, int | None]:
+    """(scheme, host, port) as a browser compares them: the scheme's own port is no port."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    return scheme, parts.hostname, parts.port or {"http": 80, "https": 443}.get(scheme)
 
 
 # --- links --------------------------------------------------------------------------------------------
@@ -379,10 +384,12 @@ class Mailroom:
     def _claim(self, ledger: Ledger) -> tuple[str, ...] | None:
         now = _now()
         oldest = _text(now - timedelta(hours=self.settings.signup_confirm_hours))
+        # welcomes due wait while no welcome post is set (unset since they were queued)
+        welcomes = " OR welcome_due = 1" if self.letters.welcome_factory is not None else ""
         rows = ledger.rows(
             "UPDATE signups SET claimed_until = ? WHERE (list, email) IN (SELECT list, email FROM signups"
             " WHERE (claimed_until IS NULL OR claimed_until < ?)"
-            " AND ((confirm_sent_at IS NULL AND requested_at > ?) OR welcome_due = 1)"
+            f" AND ((confirm_sent_at IS NULL AND requested_at > ?){welcomes})"
             " ORDER BY requested_at LIMIT 1)"
             " RETURNING list, email, address, name, requested_at, confirm_sent_at",
             (_text(now + CLAIM), _text(now), oldest),

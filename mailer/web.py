@@ -275,6 +275,7 @@ class UnsubscribeApp:
                 "form", title=t[f"{exc.key}.title"], error=t.say(f"{exc.key}.text", **exc.values),
                 email=form.get("email", ""), name=form.get("name", ""), list=form.get("list", ""),
                 action="subscribe" if path == "/subscribe" else "../subscribe",
+                next=safe_next(form.get("next", ""), self.settings),
             )  # fmt: skip
             return exc.status, HTML, again, retry
 

@@ -44,9 +44,14 @@ def site(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
 
 
 @pytest.mark.parametrize("dark", [False, True], ids=["light", "dark"])
-@pytest.mark.parametrize("which", ["archive", "unsubscribe"])
+@pytest.mark.parametrize("which", ["archive", "unsubscribe", "subscribe", "signup-error"])
 def test_a_reader_page_fits_a_phone_and_reads_well(browser: Any, site: Site, which: str, dark: bool) -> None:
-    path = "/issues/" if which == "archive" else f"/unsubscribe?t={quote(site.token(LONG_ADDRESS))}"
+    path = {
+        "archive": "/issues/",
+        "unsubscribe": f"/unsubscribe?t={quote(site.token(LONG_ADDRESS))}",
+        "subscribe": "/subscribe",
+        "signup-error": "/subscribe/confirm?t=not-a-link",  # the error and the form to sign up again
+    }[which]
     page = browser.new_page(viewport={"width": WIDTH, "height": 800})
     try:
         page.emulate_media(color_scheme="dark" if dark else "light")

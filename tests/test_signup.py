@@ -386,6 +386,7 @@ def test_two_serve_processes_share_the_per_client_limit(tmp_path: Path) -> None:
     ("next_url", "location"),
     [
         (f"{BLOG}/thanks/", f"{BLOG}/thanks/"),
+        ("https://BLOG.aidaily.news:443/thanks/", "https://BLOG.aidaily.news:443/thanks/"),  # the same origin
         ("https://evil.example/", None),
         ("//evil.example/", None),
         (f"{BLOG}@evil.example/", None),
@@ -399,6 +400,13 @@ def test_the_answer_goes_back_to_the_publishers_site_only(
 ) -> None:
     status, headers, _ = site.sign_up("ann@example.org", next=next_url)
     assert (status, headers.get("Location")) == ((303, location) if location else (200, None))
+
+
+def test_a_refused_address_keeps_the_forms_way_back(site: Site) -> None:
+    status, _, page = site.sign_up("not an address", next=f"{BLOG}/thanks/")
+    assert status == 400 and f'<input type="hidden" name="next" value="{BLOG}/thanks/">' in page
+    status, _, page = site.sign_up("not an address", next="https://evil.example/")
+    assert status == 400 and 'name="next"' not in page
 
 
 def test_a_thank_you_page_can_be_set(tmp_path: Path) -> None:
@@ -541,3 +549,26 @@ def test_a_worker_forked_after_the_app_was_built_mails_with_a_thread_of_its_own(
         email.message_from_bytes(f.read_bytes(), policy=policy.default) for f in (outbox / "new").iterdir()
     ]
     assert message["To"] == "kid@example.org"
+
+
+def test_welcomes_due_wait_while_no_welcome_post_is_set(tmp_path: Path) -> None:
+    welcome = tmp_path / "welcome.md"
+    welcome.write_text("---\ntitle: Welcome\n---\n\nHello!\n", encoding="utf-8")
+    base = Settings(data_dir=tmp_path / "state", web_url=publisher.WEB_URL, offline=True)
+    Ledger(base.db_path).close()
+    keyring, outbox = Keyring("k" * 32), tmp_path / "outbox"
+    with_welcome = base.replace(signup_welcome=str(welcome))
+    Signups(with_welcome, lambda: None).request(read_request({"email": "ann@example.org"}, base), "192.0.2.1")
+
+    def room(settings: Settings) -> Mailroom:
+        return Mailroom(settings, keyring, Letters(settings, keyring, lambda: "en"), OutboxTransport(outbox))
+
+    assert room(base).mail_all() == 1
+    (message,) = [
+        email.message_from_bytes(f.read_bytes(), policy=policy.default) for f in (outbox / "new").iterdir()
+    ]
+    link = read_link(keyring, _token(_link(message)), 48)  # type: ignore[arg-type]
+    assert Signups(with_welcome, lambda: None).confirm(link, "192.0.2.1") == "confirmed"
+    assert room(base).mail_all() == 0  # the welcome post was unset since: the welcome waits, nothing fails
+    assert room(with_welcome).mail_all() == 1
+    assert len(list((outbox / "new").iterdir())) == 2
