@@ -260,6 +260,8 @@ class Signups:
                 _, _, address, name = rows[0]
                 lifted = ""
                 suppression = ledger.suppression(link.email)
+                if suppression is not None and suppression.created_at > _parse(link.requested_at):
+                    return "stale"  # they left after asking for this link: only a newer one brings them back
                 if suppression is not None:
                     ledger.unsuppress(link.email)
                     lifted = one_line(
