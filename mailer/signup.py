@@ -388,14 +388,17 @@ class Mailroom:
         oldest = _text(now - timedelta(hours=self.settings.signup_confirm_hours))
         # welcomes due wait while no welcome post is set (unset since they were queued)
         welcomes = " OR welcome_due = 1" if self.letters.welcome_factory is not None else ""
-        rows = ledger.rows(
-            "UPDATE signups SET claimed_until = ? WHERE (list, email) IN (SELECT list, email FROM signups"
-            " WHERE (claimed_until IS NULL OR claimed_until < ?)"
-            f" AND ((confirm_sent_at IS NULL AND requested_at > ?){welcomes})"
-            " ORDER BY requested_at LIMIT 1)"
-            " RETURNING list, email, address, name, requested_at, confirm_sent_at",
-            (_text(now + CLAIM), _text(now), oldest),
-        )
+        # in a write transaction (its lock up front): on PostgreSQL two processes' lone UPDATEs both took the
+        # row their subquery had seen free, and both mailed it
+        with ledger.transaction():
+            rows = ledger.rows(
+                "UPDATE signups SET claimed_until = ? WHERE (list, email) IN (SELECT list, email FROM signups"
+                " WHERE (claimed_until IS NULL OR claimed_until < ?)"
+                f" AND ((confirm_sent_at IS NULL AND requested_at > ?){welcomes})"
+                " ORDER BY requested_at LIMIT 1)"
+                " RETURNING list, email, address, name, requested_at, confirm_sent_at",
+                (_text(now + CLAIM), _text(now), oldest),
+            )
         if not rows:
             return None
         # the kind is told here: SQLite 3.40 answered `confirm_sent_at IS NULL` wrongly in RETURNING
