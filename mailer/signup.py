@@ -411,6 +411,10 @@ class Mailroom:
             token = link_token(self.keyring, list_name, email, requested_at)
             url = f"{self.settings.web_url.rstrip('/')}/subscribe/confirm?t={token}"
             data = self.letters.confirmation(address, url)
+        elif write_in_place(self.settings.db_path, lambda ledger: ledger.is_suppressed(email)):
+            return self._record(
+                kind, "not sent: the address is suppressed since", list_name, email, requested_at
+            )
         else:
             data = self.letters.welcome(address, name)
         outcome = connection.send(self.settings.from_email, address, data)
@@ -418,6 +422,13 @@ class Mailroom:
         if not outcome.ok and not outcome.permanent:  # a temporary failure: tried again when the claim lapses
             log.warning("signup mail: %s to %s not sent yet: %s", kind, address, reply)
             return 0
+        self._record(kind, reply, list_name, email, requested_at)
+        level = logging.INFO if outcome.ok else logging.WARNING
+        log.log(level, "signup mail: %s to %s: %s", kind, address, reply)
+        return 1 if outcome.ok else 0
+
+    def _record(self, kind: str, reply: str, list_name: str, email: str, requested_at: str) -> int:
+        """Write down that the message is done with (mailed, refused for good, or not to be sent); 0."""
         done = _text(_now())
         if kind == "confirm":
             sql = "UPDATE signups SET confirm_sent_at = ?, confirm_reply = ?, claimed_until = NULL"
@@ -431,6 +442,4 @@ class Mailroom:
                 (*params, list_name, email, requested_at),
             ),
         )
-        level = logging.INFO if outcome.ok else logging.WARNING
-        log.log(level, "signup mail: %s to %s: %s", kind, address, reply)
-        return 1 if outcome.ok else 0
+        return 0

@@ -3,13 +3,27 @@ that the signup's own tests did not try, each against a running server."""
 
 from __future__ import annotations
 
+import email
 from collections.abc import Iterator
+from email import policy
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from mailer.cli import cli
+from mailer.config import Settings
+from mailer.ledger import Ledger
+from mailer.signup import Mailroom, Signups, read_link, read_request
+from mailer.signupmail import Letters
+from mailer.tokens import Keyring
+from mailer.transport import OutboxTransport
+from tests import publisher
+from tests.pg import rows as pg_rows
 from tests.served import serving
 from tests.test_signup import Site, _env, _link, _members, _token
+
+_FROM = {"from_email": "news@aidaily.news", "from_name": "AI Daily", "postal_address": "1 Main St"}
 
 
 @pytest.fixture
@@ -35,3 +49,37 @@ def test_a_link_asked_for_before_the_reader_unsubscribed_does_not_bring_them_bac
     assert site.rows("SELECT email FROM suppressions") == [("lea@example.org",)]
     assert site.rows("SELECT confirmed_at FROM signups") == [(None,)]
     assert [member[1] for member in _members(site)] == ["lea@example.org"]  # imported; not renewed
+
+
+def test_a_welcome_still_queued_when_the_reader_unsubscribes_is_not_mailed(tmp_path: Path) -> None:
+    # a welcome waits in the record while the SMTP server is down, or while serve is stopped after the
+    # click; the reader unsubscribes meanwhile (from the confirmation's list, another host, the CLI). An
+    # unsubscribe is honoured at once: the queued welcome must not go out afterwards.
+    welcome = tmp_path / "welcome.md"
+    welcome.write_text("---\ntitle: Welcome\n---\n\nHello {{ name }}!\n", encoding="utf-8")
+    settings = Settings(
+        data_dir=tmp_path / "state", web_url=publisher.WEB_URL, signup_welcome=str(welcome), **_FROM
+    )
+    Ledger(settings.db_path).close()
+    keyring = Keyring("k" * 32)
+    outbox = tmp_path / "outbox"
+    room = Mailroom(settings, keyring, Letters(settings, keyring, lambda: "en"), OutboxTransport(outbox))
+    signups = Signups(settings, keyring, lambda: None)
+    signups.request(read_request({"email": "una@example.org", "name": "Una"}, settings), "192.0.2.1")
+    assert room.mail_all() == 1
+    (confirmation,) = [email.message_from_bytes(f.read_bytes(), policy=policy.default) for f in _new(outbox)]
+    link = read_link(keyring, _token(_link(confirmation)), settings.signup_confirm_hours)  # type: ignore[arg-type]
+    assert signups.confirm(link, "192.0.2.9") == "confirmed"
+    result = CliRunner().invoke(
+        cli, ["unsubscribe", "una@example.org"], env={"MAILER_DATA_DIR": str(tmp_path / "state")}
+    )
+    assert result.exit_code == 0, result.output
+
+    assert room.mail_all() == 0
+    assert len(_new(outbox)) == 1  # the confirmation only
+    (reply,) = pg_rows(settings.db_path, "SELECT welcome_reply FROM signups WHERE welcome_due = 0")
+    assert "not sent: the address is suppressed" in str(reply[0])
+
+
+def _new(outbox: Path) -> list[Path]:
+    return sorted((outbox / "new").iterdir())
