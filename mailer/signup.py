@@ -297,7 +297,8 @@ def _hit(ledger: Ledger, kind: str, key: str, now: datetime) -> None:
 
 
 def _join(ledger: Ledger, list_name: str, email: str, address: str, name: str, now: str) -> bool:
-    """Put a confirmed address on the list, its consent renewed; True if it was not a member."""
+    """Put a confirmed address on the list, its consent renewed; True if it was not a member. A member keeps
+    the name they have: the one typed in a form may be anyone's words."""
     check_name(list_name)
     ledger.write(
         "INSERT INTO lists (name, version, created_at, changed_at) VALUES (?, 0, ?, ?)"
@@ -310,7 +311,7 @@ def _join(ledger: Ledger, list_name: str, email: str, address: str, name: str, n
         " VALUES (?, ?, ?, ?, '{}', ?, ?, ?) ON CONFLICT (list, email) DO UPDATE SET"
         " address = excluded.address, consent_at = excluded.consent_at,"
         " consent_source = excluded.consent_source, updated_at = excluded.updated_at,"
-        " name = CASE WHEN excluded.name = '' THEN members.name ELSE excluded.name END",
+        " name = CASE WHEN members.name = '' THEN excluded.name ELSE members.name END",
         (list_name, email, address, name, now, SOURCE, now),
     )
     ledger.write("UPDATE lists SET version = version + 1, changed_at = ? WHERE name = ?", (now, list_name))

@@ -83,3 +83,20 @@ def test_a_welcome_still_queued_when_the_reader_unsubscribes_is_not_mailed(tmp_p
 
 def _new(outbox: Path) -> list[Path]:
     return sorted((outbox / "new").iterdir())
+
+
+def test_a_signup_for_a_member_does_not_change_the_name_they_have(site: Site) -> None:
+    # docs/signup.md: "A reader already on the list keeps their fields; their consent is renewed". Anyone can
+    # sign up any address with any name; a member who presses the link (it only asks to confirm getting the
+    # newsletter, and does not show the name) would otherwise be greeted with a stranger's words in every
+    # issue's {{ name }}.
+    (site.root / "list.csv").write_text("email,name\nmia@example.org,Mia\n", encoding="utf-8")
+    site.cli("subscribers", "import", str(site.root / "list.csv"))
+    site.sign_up("mia@example.org", name="your account is locked, call +1 555 0100")
+    (confirmation,) = site.wait_for_mail(1)
+    assert "+1 555" not in confirmation.as_string()
+    status, _, page = site.http("POST", "/subscribe/confirm", {"t": _token(_link(confirmation))})
+    assert status == 200 and "You are subscribed" in page
+    assert [(member[1], member[2], member[3]) for member in _members(site)] == [
+        ("mia@example.org", "Mia", "web signup")
+    ]
