@@ -347,7 +347,7 @@ MAX_CONNECTIONS = 1000
 CHANNEL_TIMEOUT = 15
 CLEANUP_INTERVAL = 5
 MAX_HEADER_BYTES = 16 * 1024
-HEADER_DEADLINE = 10  # seconds from a request's first byte to the end of its headers (slowloris)
+HEADER_DEADLINE = 10  # seconds from a request's first byte to its last, headers and body (slowloris)
 
 
 def _connection_limit() -> int:
@@ -363,8 +363,8 @@ def _connection_limit() -> int:
 
 
 def _deadline_channel() -> type:
-    """Waitress's channel, closing a connection whose headers are unfinished HEADER_DEADLINE s after their
-    first byte: a client trickling a byte at a time never looks idle to channel_timeout."""
+    """Waitress's channel, closing a connection whose request (headers or body) is unfinished HEADER_DEADLINE
+    seconds after its first byte: a client trickling a byte at a time never looks idle to channel_timeout."""
     import time
 
     from waitress.channel import HTTPChannel
@@ -375,11 +375,11 @@ def _deadline_channel() -> type:
         def received(self, data: bytes) -> bool:
             now = time.monotonic()
             if self.headers_since is not None and now - self.headers_since > HEADER_DEADLINE:
-                log.info("closed a connection from %s: its request headers took too long", self.addr[0])
+                log.info("closed a connection from %s: its request took too long to arrive", self.addr[0])
                 self.will_close = True
                 return False
             done: bool = super().received(data)
-            pending = self.request is not None and not self.request.headers_finished
+            pending = self.request is not None  # a request's headers or body still coming
             self.headers_since = (self.headers_since or now) if pending else None
             return done
 
