@@ -261,7 +261,7 @@ class Signups:
                 lifted = ""
                 suppression = ledger.suppression(link.email)
                 if suppression is not None and suppression.created_at > _parse(link.requested_at):
-                    return "stale"  # they left after asking for this link: only a newer one brings them back
+                    return "stale", ""  # unsubscribed after asking for this link: a newer one is needed
                 if suppression is not None:
                     ledger.unsuppress(link.email)
                     lifted = one_line(

@@ -64,7 +64,7 @@ def test_a_welcome_still_queued_when_the_reader_unsubscribes_is_not_mailed(tmp_p
     keyring = Keyring("k" * 32)
     outbox = tmp_path / "outbox"
     room = Mailroom(settings, keyring, Letters(settings, keyring, lambda: "en"), OutboxTransport(outbox))
-    signups = Signups(settings, keyring, lambda: None)
+    signups = Signups(settings, lambda: None)
     signups.request(read_request({"email": "una@example.org", "name": "Una"}, settings), "192.0.2.1")
     assert room.mail_all() == 1
     (confirmation,) = [email.message_from_bytes(f.read_bytes(), policy=policy.default) for f in _new(outbox)]

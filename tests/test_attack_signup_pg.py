@@ -43,9 +43,7 @@ def test_two_serve_processes_claiming_at_once_mail_a_confirmation_once(
     )
     Ledger(settings.db_path).close()
     keyring = Keyring("k" * 32)
-    Signups(settings, keyring, lambda: None).request(
-        read_request({"email": "ann@example.org"}, settings), "192.0.2.1"
-    )
+    Signups(settings, lambda: None).request(read_request({"email": "ann@example.org"}, settings), "192.0.2.1")
     rooms = [
         Mailroom(settings, keyring, Letters(settings, keyring, lambda: "en"), OutboxTransport(tmp_path / n))
         for n in ("one", "two")
