@@ -58,6 +58,9 @@ ANSWERS = [
     ("web", "/healthz", 200),
     ("web", "/unsubscribe?t=bad", 400),
     ("web", "/issues/nope", 404),
+    ("web", "/issues/", 200),
+    ("web", "/issues", 301),
+    ("web", "/feed.atom", 200),
     ("web", "/nowhere", 404),
     ("preview", "/", 200),
     ("preview", "/preview.css", 200),
@@ -113,8 +116,18 @@ def test_the_preview_page_loads_only_its_own_script_style_frames_and_poll(apps: 
 
 def test_a_hostile_title_is_escaped_in_both_layouts(apps: dict[str, Any]) -> None:
     _, _, web_page = _call(apps["web"], "/")  # the list's name is the page title
+    _, _, archive_page = _call(apps["web"], "/issues/")  # and in the archive's
     _, _, preview_page = _call(apps["preview"], "/" + quote(HOSTILE))  # the 404 page echoes the path
-    for body in (web_page, preview_page):
+    for body in (web_page, archive_page, preview_page):
         text = body.decode()
         assert "<script>alert" not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text
         assert "&quot;&#x27;&amp;" in text
+
+
+def test_a_hostile_list_name_is_the_feeds_title_as_it_is(apps: dict[str, Any]) -> None:
+    from xml.etree import ElementTree as ET
+
+    _, headers, body = _call(apps["web"], "/feed.atom")
+    assert headers["Content-Type"] == "application/atom+xml; charset=utf-8"
+    assert ET.fromstring(body).findtext("{http://www.w3.org/2005/Atom}title") == HOSTILE
+    assert b"<script>" not in body
