@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from .bounces import HARD
 from .errors import MailerError, SendAborted, TransportError
@@ -132,6 +133,31 @@ class RateLimiter:
         delay = slot - now
         if delay > 0:
             self.clock.wait(delay, stop)
+
+
+class Pace(Protocol):
+    """When a connection may start its next message: RateLimiter here, or a rate shared by processes."""
+
+    def wait(self, stop: threading.Event) -> None:
+        """Block until this caller may start a message (or the send is stopping)."""
+        ...
+
+
+class Share(Protocol):
+    """A share of a send that several processes make together (workers.py): the readers come in batches
+    leased from the record, and a lease that runs out hands the rest of them to another process."""
+
+    def holds(self) -> str:
+        """'' while this process may deliver; else why not (its lease ran out), checked before each "."."""
+        ...
+
+    def settled(self, sub: Subscriber) -> None:
+        """This reader has its outcome for this run (sent, failed, skipped): its batch may be done."""
+        ...
+
+    def pace(self) -> Pace:
+        """The rate limit that holds across every process of the send."""
+        ...
 
 
 @dataclass(order=True)
@@ -282,14 +308,15 @@ class _Pool:
         ledger: Ledger,
         issue_id: str,
         connections: int,
-        rate: float,
-        clock: Clock,
+        limiter: Pace,
         stop: threading.Event | None = None,
+        share: Share | None = None,
     ) -> None:
         self.jobs: queue.Queue[_Job | None] = queue.Queue(maxsize=connections)
         self.outcomes: queue.Queue[tuple[_Job, Outcome | None, str]] = queue.Queue()
         self.stop = stop or threading.Event()  # set: stop now, calling off messages short of their "."
-        self.limiter = RateLimiter(rate, clock)
+        self.limiter = limiter
+        self.share = share
         self.transport = transport
         self.accepted = threading.Event()  # some recipient of this send was accepted: see refusals.py
         self.in_flight = 0
@@ -314,6 +341,9 @@ class _Pool:
                 raise _Unrecorded(recorder.error)
             if self.stop.is_set():
                 raise _CalledOff
+            lost = self.share.holds() if self.share is not None else ""
+            if lost:  # another process may be sending this reader now: no "." from here
+                raise _Unrecorded(lost)
 
         job: _Job | None = None
         try:
@@ -429,13 +459,39 @@ def run_send(
     return report
 
 
+def run_share(
+    *,
+    issue_id: str,
+    factory: MessageFactory,
+    transport: Transport,
+    subscribers: Iterable[Subscriber],
+    ledger: Ledger,
+    options: SendOptions,
+    feedback: Feedback,
+    signals: StopSignals,
+    share: Share,
+    report: Report,
+) -> None:
+    """One process's share of a send that several make (workers.py), counted in `report`: the send loop
+    alone, since the issue and the run are recorded, and the run finished, by the process that coordinates
+    them."""
+    loop = _Loop(ledger, issue_id, factory, transport, options, feedback, report, signals, Clock(), share)
+    loop.run(subscribers)
+
+
 HELD_LIMIT = 5  # policy refusals (5.7.x) with no one accepted that stop the send: see refusals.py
 SWITCH_INTERVAL = 0.0005  # seconds, while a send runs (see _Loop.run)
 LOOKUP_BATCH = 256  # subscribers looked up in the record per query: a fraction of a second of sending
 
 
 def _unsent(
-    ledger: Ledger, issue_id: str, subscribers: Iterable[Subscriber], report: Report, *, retry_failed: bool
+    ledger: Ledger,
+    issue_id: str,
+    subscribers: Iterable[Subscriber],
+    report: Report,
+    *,
+    retry_failed: bool,
+    share: Share | None = None,
 ) -> Iterator[Subscriber | None]:
     """The subscribers to mail, in order; None for each one skipped (suppressed, sent, failed before).
 
@@ -460,6 +516,8 @@ def _unsent(
             else:
                 yield sub
                 continue
+            if share is not None:
+                share.settled(sub)
             yield None
 
 
@@ -475,8 +533,10 @@ class _Loop:
         report: Report,
         signals: StopSignals,
         clock: Clock,
+        share: Share | None = None,
     ) -> None:
         self.ledger = ledger
+        self.share = share
         self.clock = clock
         self.signals = signals
         self.issue_id = issue_id
@@ -489,9 +549,8 @@ class _Loop:
         self.consecutive_failures = 0
         self.fatal = ""
         self.held: list[_Job] = []  # refused by policy before anyone was accepted (see refusals.py)
-        self.pool = _Pool(
-            transport, ledger, issue_id, options.connections, options.rate, clock, signals.hurry
-        )
+        limiter = share.pace() if share is not None else RateLimiter(options.rate, clock)
+        self.pool = _Pool(transport, ledger, issue_id, options.connections, limiter, signals.hurry, share)
 
     def run(self, subscribers: Iterable[Subscriber]) -> None:
         # Python's 5 ms switch interval lets a thread busy building keep the GIL from a connection
@@ -508,8 +567,9 @@ class _Loop:
         try:
             retry_failed = self.options.retry_failed
             for sub in _unsent(
-                self.ledger, self.issue_id, subscribers, self.report, retry_failed=retry_failed
-            ):
+                self.ledger, self.issue_id, subscribers, self.report, retry_failed=retry_failed,
+                share=self.share,
+            ):  # fmt: skip
                 if self.fatal:
                     break
                 if sub is None:
@@ -564,6 +624,7 @@ class _Loop:
             job = heapq.heappop(self.retries)
             if self.ledger.is_suppressed(job.sub.email):  # unsubscribed while waiting for its retry
                 self.report.suppressed += 1
+                self._settled(job)
                 continue
             self.report.retries += 1
             self._submit(job)
@@ -592,6 +653,7 @@ class _Loop:
         if outcome.ok:
             report.sent += 1
             self.consecutive_failures = 0
+            self._settled(job)
             self._release_held(drain=drain)
         else:
             self.consecutive_failures += 1
@@ -600,12 +662,14 @@ class _Loop:
                 report.failed_permanent += 1
                 report.failures[key] = report.failures.get(key, 0) + 1
                 suppressed = self._bounce(job, outcome)
+                self._settled(job)
                 self.feedback.problem(f"{job.sub.email}: {outcome}{'; suppressed' if suppressed else ''}")
             elif outcome.in_doubt and (
                 job.doubted or drain or self.fatal or job.attempt >= self.options.max_attempts
             ):  # a message in doubt is sent again at most once: each try may be a copy in the inbox
                 report.in_doubt += 1
                 report.failures[key] = report.failures.get(key, 0) + 1
+                self._settled(job)
                 self.feedback.problem(f"{job.sub.email}: {outcome}; not sent again")
             elif job.attempt >= self.options.max_attempts or drain or self.fatal:
                 if drain or self.fatal:
@@ -613,6 +677,7 @@ class _Loop:
                 else:
                     report.failed_temporary += 1
                     report.failures[key] = report.failures.get(key, 0) + 1
+                    self._settled(job)
                     gave_up = f"gave up after {job.attempt} attempts"
                     self.feedback.problem(f"{job.sub.email}: {outcome} ({gave_up})")
             else:
@@ -624,6 +689,10 @@ class _Loop:
                     f"(last: {outcome}); is the server up and the configuration right?"
                 )
         self.feedback.progress(report)
+
+    def _settled(self, job: _Job) -> None:
+        if self.share is not None:
+            self.share.settled(job.sub)
 
     def _bounce(self, job: _Job, outcome: Outcome) -> bool:
         """Record a refusal that is about the reader (refusals.py) as a bounce; True if it suppressed them."""

@@ -202,6 +202,14 @@ def render(ctx: click.Context, post: Path, output: Path | None, form: str) -> No
     "--rate", type=click.FloatRange(min=0), help="At most this many messages per second (all connections)."
 )
 @click.option(
+    "--workers",
+    type=click.IntRange(0, 64),
+    help="Send through this many worker processes (each with its --connections); see docs/workers.md.",
+)
+@click.option(
+    "--distributed", is_flag=True, help="Let `mailer worker` on other hosts join this send (docs/workers.md)."
+)
+@click.option(
     "--skip-check",
     "skip_checks",
     multiple=True,
@@ -226,6 +234,8 @@ def send_command(
     resend: bool,
     connections: int | None,
     rate: float | None,
+    workers: int | None,
+    distributed: bool,
     skip_checks: frozenset[str],
     json_mode: bool,
     quiet: bool,
@@ -237,6 +247,8 @@ def send_command(
     """
     if to and list_name:
         raise click.UsageError("--to and --list cannot be combined: import the file into the list instead")
+    if workers == 0 and not distributed:
+        raise click.UsageError("--workers 0 sends nothing here: it needs --distributed (workers elsewhere)")
     console = Console(json_mode=json_mode, quiet=quiet)
     settings = settings_from(ctx, console)
     fields: dict[str, Any] = {"command": "send", "post": str(post)}
@@ -247,13 +259,57 @@ def send_command(
             settings, connections=connections, rate=rate, dry_run=dry_run, retry_failed=retry_failed,
             allow_changed=changed, allow_resend=resend,
         )  # fmt: skip
+        crew = None
+        if workers is not None or distributed:
+            from .workers import Crew
+
+            crew = Crew(1 if workers is None else workers, distributed, loaded_from(ctx, console).file)
         code = send_and_report(
             settings, post, to=list(to), stored=list_name or "", test_address=test_address, options=options,
-            force=force, yes=yes, skip_checks=skip_checks, console=console, fields=fields,
+            force=force, yes=yes, skip_checks=skip_checks, console=console, fields=fields, crew=crew,
         )  # fmt: skip
         console.emit(_outcome(fields, code))
         if code:
             sys.exit(code)
+
+
+@cli.command()
+@click.option(
+    "--issue", "issue_id", metavar="ID", help="Join the send of this issue (default: the oldest running)."
+)
+@click.option("--connections", type=click.IntRange(1, 64), help="SMTP connections of this worker.")
+@output_options
+@offline_option
+@click.pass_context
+def worker(
+    ctx: click.Context, issue_id: str | None, connections: int | None, json_mode: bool, quiet: bool
+) -> None:
+    """Join a send started with `mailer send --distributed` (same configuration and database), until no reader
+    is left.
+
+    Exit status: 0 nothing left to send (or no send running), 1 refused, 4 stopped early, 130 Ctrl-C,
+    143 SIGTERM (also when the send's coordinator stops it).
+    """
+    console = Console(json_mode=json_mode, quiet=quiet)
+    settings = settings_from(ctx, console)
+    fields: dict[str, Any] = {"command": "worker"}
+    with reported(console, fields):
+        from .progress import ConsoleFeedback, report_counts
+        from .workers import work
+
+        done = work(
+            settings, console, ConsoleFeedback(console), issue_id=issue_id or "", connections=connections or 0
+        )
+        if done.report is None:
+            console.note(done.note)
+            console.emit(_outcome(fields, 0, status="nothing sent", note=done.note))
+            return
+        fields.update(issue=done.issue_id, batches=done.batches, takeovers=done.takeovers, lost=done.lost)
+        console.note(
+            f"{done.issue_id}: {done.report.sent} sent by this worker in {done.batches} batch(es)"
+            f" ({done.takeovers} taken over from another worker)"
+        )
+        console.emit(_outcome(fields, 0, counts=report_counts(done.report)))
 
 
 @cli.command()

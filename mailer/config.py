@@ -104,6 +104,7 @@ class Settings:
     max_attempts: int = 5
     retry_delay: float = 30.0
     max_consecutive_failures: int = 50
+    worker_lease: float = 30.0  # seconds a worker of a send holds its batch of readers unless it renews
     # DKIM
     dkim_selector: str = ""
     dkim_domain: str = ""
@@ -430,6 +431,7 @@ RANGES: dict[str, tuple[float, float, str]] = {
     "max_attempts": (1, 100, "1 to 100"),
     "retry_delay": (0, 86_400, "0 to 86400 seconds"),
     "max_consecutive_failures": (0, 1_000_000, "0 (never stop) to 1000000"),
+    "worker_lease": (1, 3600, "1 to 3600 seconds"),
     "max_age_days": (0, 36_500, "0 to 36500 days"),
     "clip_warn_bytes": (0, 100_000_000, "0 to 100000000 bytes"),
     "soft_bounce_limit": (1, 1000, "1 to 1000"),

@@ -22,7 +22,7 @@ from .errors import MailerError
 from .subscribers import dedupe_key
 
 T = TypeVar("T")
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 STATES = ("sending", "sent", "deferred", "failed")
 # what a person reads for each state: 'sending' is the record's name for a message whose fate is unknown
 LABELS = {"sending": "in doubt", "sent": "sent", "deferred": "deferred", "failed": "failed"}
@@ -159,6 +159,48 @@ CREATE TABLE signup_hits (
 );
 CREATE INDEX signup_hits_by_key ON signup_hits(kind, hit_key, at);
 CREATE INDEX signup_hits_by_time ON signup_hits(at);
+"""
+
+
+# A send made by several processes (issue 16; workers.py): the coordinator's row says what to send and how,
+# and whether the send still runs; its readers wait in numbered batches, each leased by one worker at a time
+# (lease_until in seconds since the epoch; 0: free); each worker's counts so far, for the report.
+_SENDS = """
+CREATE TABLE sends (
+    issue_id TEXT NOT NULL,
+    destination TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('running', 'stopping', 'stopped', 'done')),
+    coordinator TEXT NOT NULL,
+    alive_until DOUBLE PRECISION NOT NULL,
+    post_name TEXT NOT NULL,
+    post TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    options TEXT NOT NULL,
+    next_slot DOUBLE PRECISION NOT NULL DEFAULT 0,
+    started_at TEXT NOT NULL,
+    PRIMARY KEY (issue_id, destination)
+);
+CREATE TABLE send_batches (
+    issue_id TEXT NOT NULL,
+    destination TEXT NOT NULL,
+    batch_no INTEGER NOT NULL,
+    readers TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    done INTEGER NOT NULL DEFAULT 0,
+    owner TEXT NOT NULL DEFAULT '',
+    lease_until DOUBLE PRECISION NOT NULL DEFAULT 0,
+    PRIMARY KEY (issue_id, destination, batch_no)
+);
+CREATE INDEX send_batches_open ON send_batches(issue_id, destination, done, lease_until);
+CREATE TABLE send_workers (
+    issue_id TEXT NOT NULL,
+    destination TEXT NOT NULL,
+    worker TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('running', 'done', 'stopped')),
+    counts TEXT NOT NULL DEFAULT '{}',
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (issue_id, destination, worker)
+);
 """
 
 
@@ -320,6 +362,7 @@ class Ledger:
                     4: self._from_v4,
                     5: self._from_v5,
                     6: self._from_v6,
+                    7: self._from_v7,
                 }
                 for step in range(version, SCHEMA_VERSION):
                     upgrades[step]()  # from schema `step` to `step + 1`, in one transaction with the rest
@@ -426,6 +469,10 @@ class Ledger:
     def _from_v6(self) -> None:
         # Signups through `mailer serve` (issue 15; signup.py): nothing before had them.
         self._script(_SIGNUPS)
+
+    def _from_v7(self) -> None:
+        # Sends made by several processes (issue 16): nothing before had them, so nothing to carry over.
+        self._script(_SENDS)
 
     def reopen(self) -> Ledger:
         """Another connection to this record and destination, for another thread (one per thread)."""

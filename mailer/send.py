@@ -27,6 +27,7 @@ from .stopping import StopSignals
 from .stored import read_stored
 from .subscribers import ReadStats, Subscriber
 from .transport import make_transport
+from .workers import Crew, coordinate
 
 
 @dataclass
@@ -161,9 +162,11 @@ def send_issue(
     console: Console,
     feedback: ConsoleFeedback,
     stored: str = "",
+    crew: Crew | None = None,
 ) -> SendResult:
     """Send the issue in `target` (a post, or a folder holding today's post) to the lists in `to`, or to
-    the list kept in the database under the name `stored`.
+    the list kept in the database under the name `stored`. With a `crew`, worker processes send it
+    (workers.py).
 
     SIGTERM is handled like Ctrl-C for the whole command (see stopping.py): what systemd or docker send to
     stop a service ends the send after the messages in flight, recorded, never like a kill -9.
@@ -171,7 +174,7 @@ def send_issue(
     signals = StopSignals()
     with signals.install():
         return _send(
-            settings, target, to, stored, options, force, yes, skip_checks, console, feedback, signals
+            settings, target, to, stored, options, force, yes, skip_checks, console, feedback, signals, crew
         )
 
 
@@ -187,6 +190,7 @@ def _send(
     console: Console,
     feedback: ConsoleFeedback,
     signals: StopSignals,
+    crew: Crew | None,
 ) -> SendResult:
     post_path = resolve_post(target, settings, console)
     if post_path is None:
@@ -266,20 +270,27 @@ def _send(
         nullcontext() if options.dry_run else issue_lock(settings.db_path, issue.issue_id),
         Ledger(settings.db_path, destination=transport.destination) as ledger,
     ):
-        report = run_send(
-            issue_id=issue.issue_id,
-            content_hash=issue.post.content_hash,
-            subject=issue.subject,
-            factory=factory,
-            transport=transport,
-            subscribers=lists.subscribers,
-            ledger=ledger,
-            options=options,
-            feedback=feedback,
-            signals=signals,
-            list_key=lists.key,
-            list_path=lists.resolved,
-        )
+        if crew is not None and not options.dry_run:
+            report = coordinate(
+                ledger, issue, lists.subscribers, expected=deliverable, options=options, crew=crew,
+                settings=settings, feedback=feedback, signals=signals, list_key=lists.key,
+                list_path=lists.resolved,
+            )  # fmt: skip
+        else:
+            report = run_send(
+                issue_id=issue.issue_id,
+                content_hash=issue.post.content_hash,
+                subject=issue.subject,
+                factory=factory,
+                transport=transport,
+                subscribers=lists.subscribers,
+                ledger=ledger,
+                options=options,
+                feedback=feedback,
+                signals=signals,
+                list_key=lists.key,
+                list_path=lists.resolved,
+            )
         rates = None
         if not options.dry_run and transport.destination == SMTP:
             bounced = ledger.bounce_counts(issue.issue_id).get(issue.issue_id, {})
@@ -343,6 +354,7 @@ def send_and_report(
     skip_checks: frozenset[str],
     console: Console,
     fields: dict[str, object],
+    crew: Crew | None = None,
 ) -> int:
     """`mailer send`: a test copy (send_test) or the send (send_issue), then what it did said on the console
     and put into `fields`, the --json object's (counts, failures, lists, bounces, a status word); return the
@@ -360,7 +372,7 @@ def send_and_report(
     try:
         result = send_issue(
             settings, target, to=to, options=options, force=force, yes=yes, skip_checks=skip_checks,
-            console=console, feedback=feedback, stored=stored,
+            console=console, feedback=feedback, stored=stored, crew=crew,
         )  # fmt: skip
     except (KeyboardInterrupt, MailerError) as exc:
         feedback.close()

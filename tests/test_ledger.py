@@ -183,12 +183,14 @@ def test_a_version_3_database_is_migrated_and_its_message_ids_still_name_their_r
 
 def test_a_version_4_database_is_migrated_and_a_removal_then_forgives_soft_bounces(sqlite_db: Path) -> None:
     db = sqlite_db
-    # schema 4 is today's without the `resubscribed` table (step 4 adds only that) and the subscriber lists
-    # (step 5 adds only those) and the signups (step 6 adds only those)
+    # schema 4 is today's without the `resubscribed` table (step 4 adds only that), the subscriber lists
+    # (step 5 adds only those), the signups (step 6 adds only those) and the tables of sends made by several
+    # processes (step 7)
     with Ledger(db) as ledger:
         ledger.suppress("ann@example.org", source="dsn", reason="soft bounces")
     with closing(sqlite3.connect(db)) as conn:
-        for table in ("resubscribed", "members", "lists", "signups", "signup_hits"):
+        tables = ("resubscribed", "members", "lists", "signups", "signup_hits", "send_workers", "send_batches")
+        for table in (*tables, "sends"):
             conn.execute(f"DROP TABLE {table}")
         conn.execute("PRAGMA user_version = 4")
         conn.commit()

@@ -1,0 +1,740 @@
+"""A send made by several processes: `send --workers N` on one host, `send --distributed` + `mailer worker`.
+
+The coordinator (the `mailer send` process) reads, renders and checks as a lone send does, records the issue
+and the run, then puts the send in the record: the post's text and a fingerprint of its rendering, the send's
+options, and its readers in numbered batches. Workers (its own child processes, or `mailer worker` on other
+hosts with the same configuration) render the stored post (a host that renders it otherwise is refused),
+claim one batch at a time with a lease, and send it through the loop a lone send uses (campaign.run_share):
+a message's final "." goes only once the outcome before it on the same connection is committed, so a worker
+killed with -9 leaves at most one message per connection sent but unrecorded. Its lease then runs out and
+another worker takes the batch over; the record says who was mailed, so only those messages are repeated.
+
+A worker's lease is renewed by a thread of its own every quarter of `worker_lease`; a worker that has not
+renewed it in time (stopped, starved, cut off from the record) sends no further "." for fear of a second
+sender. The rate limit is a schedule of start times in the record that every worker reserves from in small
+chunks. The coordinator adds up the workers' counts (each writes its own to the record) and stops them: a
+signal sets the send's state to 'stopping', which every worker sees within a renewal and stops on, as on its
+own SIGTERM, after the messages in flight.
+"""
+
+from __future__ import annotations
+
+import _thread
+import hashlib
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from .campaign import Feedback, Pace, Report, SendOptions, run_share
+from .config import Settings
+from .console import Console
+from .errors import Interrupted, MailerError, SendAborted
+from .ledger import Ledger
+from .message import MessageFactory, make_factory
+from .post import parse_post
+from .render import Issue, render_issue
+from .stopping import StopSignals
+from .subscribers import Subscriber, dedupe_key
+from .transport import Transport, make_transport
+
+BATCH_MAX = 500  # readers per batch at most: what a worker repeats a state lookup for when it takes one over
+POLL = 0.2  # seconds between the coordinator's looks at the record
+# the Report fields a worker writes to the record and the coordinator adds up
+COUNTED = (
+    "sent", "already_sent", "suppressed", "failed_before", "failed_temporary", "failed_permanent",
+    "in_doubt", "in_doubt_before", "bounced", "retries", "seen",
+)  # fmt: skip
+
+
+def fingerprint(issue: Issue) -> str:
+    """What every reader's message shares, hashed: two hosts that render the post alike get the same."""
+    h = hashlib.sha256(issue.subject.encode())
+    for part in (issue.html, issue.text):
+        h.update(b"\0part")
+        for chunk in part.chunks:
+            h.update(len(chunk).to_bytes(8, "big") + chunk)
+    return h.hexdigest()
+
+
+def batch_size(readers: int, workers: int) -> int:
+    """Small enough that each worker gets several batches (a slow one holds less back), at most BATCH_MAX."""
+    return max(10, min(BATCH_MAX, -(-readers // (max(workers, 1) * 8))))
+
+
+def _me() -> str:
+    return f"{socket.gethostname()} pid {os.getpid()} {secrets.token_hex(3)}"
+
+
+# --- the coordinator ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Crew:
+    """How many processes send, and whether others may join."""
+
+    workers: int  # local worker processes this command starts
+    distributed: bool  # `mailer worker` on other hosts may join
+    config_file: Path | None = None  # the configuration the workers load (the coordinator's)
+
+
+def publish(
+    ledger: Ledger,
+    issue: Issue,
+    options: SendOptions,
+    subscribers: Iterator[Subscriber] | Any,
+    *,
+    expected: int,
+    workers: int,
+    lease: float,
+    coordinator: str,
+) -> int:
+    """Put the send in the record (replacing an earlier one of the issue that is no longer running);
+    return the number of batches. One transaction: the workers see all of it or nothing."""
+    issue_id, where = issue.issue_id, (issue.issue_id, ledger.destination)
+    size = batch_size(expected, workers)
+    stored = {
+        "connections": options.connections, "rate": options.rate, "max_attempts": options.max_attempts,
+        "retry_delay": options.retry_delay, "max_consecutive_failures": options.max_consecutive_failures,
+        "retry_failed": options.retry_failed, "lease": lease,
+    }  # fmt: skip
+    now = time.time()
+    batches = 0
+    with ledger.transaction():
+        running = ledger.rows(
+            "SELECT coordinator FROM sends WHERE issue_id = ? AND destination = ?"
+            " AND state IN ('running', 'stopping') AND alive_until > ?",
+            (*where, now),
+        )
+        if running:
+            raise MailerError(
+                f"{issue_id}: another send of this issue is running ({running[0][0]}); wait for it"
+            )
+        for table in ("send_batches", "send_workers", "sends"):
+            ledger.write(f"DELETE FROM {table} WHERE issue_id = ? AND destination = ?", where)
+        ledger.write(
+            "INSERT INTO sends (issue_id, destination, state, coordinator, alive_until, post_name, post,"
+            " fingerprint, options, started_at) VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?)",
+            (*where, coordinator, now + lease, str(issue.post.path), _post_text(issue), fingerprint(issue),
+             json.dumps(stored), _stamp()),
+        )  # fmt: skip
+        batch: list[list[Any]] = []
+        for sub in subscribers:
+            batch.append([sub.email, sub.name, dict(sub.fields)])
+            if len(batch) == size:
+                batches += _write_batch(ledger, where, batches, batch)
+                batch = []
+        if batch:
+            batches += _write_batch(ledger, where, batches, batch)
+    return batches
+
+
+def _post_text(issue: Issue) -> str:
+    try:
+        return issue.post.path.read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:  # read a moment ago: changed or gone since
+        raise MailerError(f"{issue.post.path}: cannot read the post again: {exc}") from None
+
+
+def _write_batch(ledger: Ledger, where: tuple[str, str], number: int, batch: list[list[Any]]) -> int:
+    ledger.write(
+        "INSERT INTO send_batches (issue_id, destination, batch_no, readers, size) VALUES (?, ?, ?, ?, ?)",
+        (*where, number, json.dumps(batch, ensure_ascii=False), len(batch)),
+    )
+    return 1
+
+
+def _stamp() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def coordinate(
+    ledger: Ledger,
+    issue: Issue,
+    subscribers: Iterator[Subscriber] | Any,
+    *,
+    expected: int,
+    options: SendOptions,
+    crew: Crew,
+    settings: Settings,
+    feedback: Feedback,
+    signals: StopSignals,
+    list_key: str,
+    list_path: str,
+) -> Report:
+    """Run a send through worker processes and report what they all did, as run_send reports a lone one.
+
+    Raises SendAborted when a worker stopped on a problem every worker has (the server refuses the sender,
+    the record cannot be written), and the signal's Interrupted when a signal stopped the send.
+    """
+    issue_id = issue.issue_id
+    ledger.start_issue(
+        issue_id, issue.post.content_hash, issue.subject,
+        allow_changed=options.allow_changed, allow_resend=options.allow_resend,
+    )  # fmt: skip
+    report = Report(issue_id)
+    if options.retry_failed:
+        report.reset = ledger.reset_failed(issue_id)
+    run_id = ledger.start_run(issue_id, list_key, list_path)
+    lease = settings.worker_lease
+    where = (issue_id, ledger.destination)
+    publish(
+        ledger, issue, options, subscribers, expected=expected, workers=crew.workers, lease=lease,
+        coordinator=_me(),
+    )  # fmt: skip
+    # A signal must not raise in the middle of a query here (the connection would keep a statement open and
+    # refuse the writes that stop the send): it is noted (StopSignals, as while a send is stopping) and seen
+    # at the next look.
+    signals.stopping = True
+    children = [_spawn(issue_id, crew, settings) for _ in range(crew.workers)]
+    while not signals.signum and not _finished(ledger, where, children, crew):
+        _tick(ledger, where, lease, report, feedback)
+        time.sleep(POLL)
+    interrupted = Interrupted(signals.signum) if signals.signum else None
+    if interrupted is not None:  # Ctrl-C or SIGTERM: every worker stops after its messages in flight
+        report.stopped_because = "interrupted"
+        feedback.stopping(
+            f"{interrupted.what}: stopping every worker after the messages in flight"
+            " (a second Ctrl-C or SIGTERM stops them without waiting for their replies)"
+        )
+        ledger.write("UPDATE sends SET state = 'stopping' WHERE issue_id = ? AND destination = ?", where)
+        _signal(children, signal.SIGTERM)
+        hurried = False
+        while any(c.poll() is None for c in children) or _live_leases(ledger, where):
+            if signals.hurry.is_set() and not hurried:
+                hurried = True
+                _signal(children, signal.SIGTERM)
+            _tick(ledger, where, lease, report, feedback)
+            time.sleep(POLL)
+    _last_counts(ledger, where, children, lease)
+    _tick(ledger, where, lease, report, feedback)
+    report.pending = _unsettled(ledger, issue_id, where)
+    if report.pending and not report.stopped_because:
+        report.stopped_because = (
+            f"{report.pending} reader(s) not sent: every worker stopped or died before them (their errors are"
+            " above); run the same command again to resume"
+        )
+    done = report.pending == 0 and not report.stopped_because
+    state = "done" if done else "stopped"
+    ledger.write("UPDATE sends SET state = ?, alive_until = 0 WHERE issue_id = ? AND destination = ?",
+                 (state, *where))  # fmt: skip
+    if report.complete:
+        ledger.finish_run(run_id)
+    if interrupted is not None:
+        raise interrupted
+    if report.stopped_because:
+        raise SendAborted(report.stopped_because)
+    return report
+
+
+def _spawn(issue_id: str, crew: Crew, settings: Settings) -> subprocess.Popen[bytes]:
+    """One local worker: `mailer worker` for this issue, with this command's configuration and environment.
+
+    In a session of its own, so that a Ctrl-C at the terminal reaches the coordinator alone, which passes
+    one SIGTERM on (a second would hurry the worker's stop)."""
+    env = dict(os.environ)
+    if crew.config_file is not None:
+        env["MAILER_CONFIG"] = str(crew.config_file.absolute())
+    if settings.offline:
+        env["MAILER_OFFLINE"] = "1"
+    return subprocess.Popen(
+        [sys.executable, "-m", "mailer", "worker", "--issue", issue_id, "--quiet"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,  # the coordinator's --json is the one object on stdout
+        start_new_session=True,
+    )
+
+
+def _last_counts(
+    ledger: Ledger, where: tuple[str, str], children: list[subprocess.Popen[bytes]], lease: float
+) -> None:
+    """Wait for every worker's last counts: ours until they exit, the others' for a lease at most (a worker
+    that was killed never writes them)."""
+    for child in children:
+        child.wait()
+    deadline = time.monotonic() + lease
+    while time.monotonic() < deadline and ledger.rows(
+        "SELECT 1 FROM send_workers WHERE issue_id = ? AND destination = ? AND state = 'running' LIMIT 1",
+        where,
+    ):
+        time.sleep(POLL)
+
+
+def _signal(children: list[subprocess.Popen[bytes]], signum: int) -> None:
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signum)
+
+
+def _finished(
+    ledger: Ledger, where: tuple[str, str], children: list[subprocess.Popen[bytes]], crew: Crew
+) -> bool:
+    """Every batch done; or no worker of ours left and none elsewhere holding a lease (stopped or died)."""
+    (left,) = ledger.rows(
+        "SELECT count(*) FROM send_batches WHERE issue_id = ? AND destination = ? AND done = 0", where
+    )[0]
+    if not left:
+        return True
+    if any(c.poll() is None for c in children) or not crew.workers:
+        return False
+    return not _live_leases(ledger, where)
+
+
+def _live_leases(ledger: Ledger, where: tuple[str, str]) -> bool:
+    rows = ledger.rows(
+        "SELECT 1 FROM send_batches WHERE issue_id = ? AND destination = ? AND done = 0 AND lease_until > ?"
+        " LIMIT 1",
+        (*where, time.time()),
+    )
+    return bool(rows)
+
+
+def _tick(ledger: Ledger, where: tuple[str, str], lease: float, report: Report, feedback: Feedback) -> None:
+    """Say the coordinator is alive, and show every worker's counts so far as one report."""
+    ledger.write(
+        "UPDATE sends SET alive_until = ? WHERE issue_id = ? AND destination = ?",
+        (time.time() + lease, *where),
+    )
+    rows = ledger.rows("SELECT counts FROM send_workers WHERE issue_id = ? AND destination = ?", where)
+    add_up(report, [json.loads(row[0]) for row in rows])
+    feedback.progress(report)
+
+
+def add_up(report: Report, counts: list[dict[str, Any]]) -> None:
+    """The report's counts as the sum of the workers' (what each last wrote to the record)."""
+    for name in COUNTED:
+        setattr(report, name, sum(int(c.get(name, 0)) for c in counts))
+    report.failures = {}
+    for c in counts:
+        for reason, n in c.get("failures", {}).items():
+            report.failures[reason] = report.failures.get(reason, 0) + n
+        if c.get("stopped") and not report.stopped_because:
+            report.stopped_because = c["stopped"]
+
+
+def _unsettled(ledger: Ledger, issue_id: str, where: tuple[str, str]) -> int:
+    """Readers of the batches not done who have no outcome for good in the record: not sent by this run."""
+    left = 0
+    rows = ledger.rows(
+        "SELECT readers FROM send_batches WHERE issue_id = ? AND destination = ? AND done = 0", where
+    )
+    for (readers,) in rows:
+        emails = [r[0] for r in json.loads(readers)]
+        suppressed, states = ledger.states(issue_id, emails)
+        keys = {dedupe_key(e) for e in emails}
+        left += sum(
+            1 for k in keys if k not in suppressed and states.get(k) not in ("sent", "failed", "sending")
+        )
+    return left
+
+
+# --- a worker ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the record says about a send that workers make."""
+
+    issue_id: str
+    post_name: str
+    post: str
+    fingerprint: str
+    options: dict[str, Any]
+
+
+def find_plan(ledger: Ledger, issue_id: str) -> Plan | None:
+    """The running send of the issue ('' : of any issue, the oldest) to this ledger's destination."""
+    sql = (
+        "SELECT issue_id, post_name, post, fingerprint, options FROM sends"
+        " WHERE destination = ? AND state = 'running'"
+    )
+    params: tuple[Any, ...] = (ledger.destination,)
+    if issue_id:
+        sql += " AND issue_id = ?"
+        params += (issue_id,)
+    rows = ledger.rows(sql + " ORDER BY started_at, issue_id LIMIT 1", params)
+    if not rows:
+        return None
+    issue, name, post, mark, options = rows[0]
+    return Plan(issue, name, post, mark, json.loads(options))
+
+
+@dataclass
+class WorkResult:
+    """What one worker did, for `mailer worker`'s report."""
+
+    issue_id: str = ""
+    report: Report | None = None
+    note: str = ""
+    batches: int = 0
+    takeovers: int = 0
+    lost: list[str] = field(default_factory=list)  # each time this worker lost its lease
+
+
+def work(
+    settings: Settings, console: Console, feedback: Feedback, *, issue_id: str = "", connections: int = 0
+) -> WorkResult:
+    """`mailer worker`: join the running send of the issue, send batches until none is left, report.
+
+    SIGTERM is handled like Ctrl-C (stopping.py); the coordinator's stop reaches it the same way.
+    """
+    signals = StopSignals()
+    with signals.install():
+        transport = make_transport(settings, console)
+        with Ledger(settings.db_path, create=False, destination=transport.destination) as ledger:
+            plan = find_plan(ledger, issue_id)
+            if plan is None:
+                which = f"of issue {issue_id} " if issue_id else ""
+                return WorkResult(issue_id, note=f"No send {which}is running; nothing to do.")
+            issue = render_issue(parse_post(plan.post.encode("utf-8"), Path(plan.post_name)), settings)
+            if fingerprint(issue) != plan.fingerprint:
+                raise MailerError(
+                    f"{plan.post_name}: this host renders issue {plan.issue_id} otherwise than the host that"
+                    " started the send (another mailer version, configuration or templates?); not joining"
+                )
+            factory = make_factory(issue, settings, console=console)
+            worker = _Worker(ledger, plan, factory, transport, feedback, signals, connections)
+            return worker.run()
+
+
+def _options(plan: Plan, connections: int) -> SendOptions:
+    o = plan.options
+    return SendOptions(
+        connections=connections or int(o["connections"]), rate=float(o["rate"]),
+        max_attempts=int(o["max_attempts"]), retry_delay=float(o["retry_delay"]),
+        max_consecutive_failures=int(o["max_consecutive_failures"]), retry_failed=bool(o["retry_failed"]),
+    )  # fmt: skip
+
+
+class _Worker:
+    """One worker process: rounds of the send loop over the batches it can claim, until none is left."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        plan: Plan,
+        factory: MessageFactory,
+        transport: Transport,
+        feedback: Feedback,
+        signals: StopSignals,
+        connections: int,
+    ) -> None:
+        self.ledger = ledger
+        self.plan = plan
+        self.where = (plan.issue_id, ledger.destination)
+        self.factory = factory
+        self.transport = transport
+        self.feedback = feedback
+        self.signals = signals
+        self.options = _options(plan, connections)
+        self.lease = float(plan.options["lease"])
+        self.name = _me()
+        self.reports: list[Report] = []
+        self.result = WorkResult(plan.issue_id)
+
+    def run(self) -> WorkResult:
+        ledger = self.ledger
+        ledger.write(
+            "INSERT INTO send_workers (issue_id, destination, worker, state, updated_at)"
+            " VALUES (?, ?, ?, 'running', ?)",
+            (*self.where, self.name, _stamp()),
+        )
+        keeper = _Keeper(ledger, self.where, self.name, self.lease, self.options.rate, self.counts)
+        self.keeper = keeper
+        state = "stopped"
+        self.signals.stopping = True  # between rounds a signal is noted, not raised in a query: see _round
+        try:
+            while not keeper.stopping:
+                if self.signals.signum:
+                    raise Interrupted(self.signals.signum)
+                left, free = ledger.rows(
+                    "SELECT count(*), coalesce(sum(CASE WHEN lease_until < ? THEN 1 ELSE 0 END), 0)"
+                    " FROM send_batches WHERE issue_id = ? AND destination = ? AND done = 0",
+                    (time.time(), *self.where),
+                )[0]
+                if not left:
+                    state = "done"
+                    break
+                if not free:  # every batch left is another worker's: wait for it to finish or lose it
+                    time.sleep(min(1.0, self.lease / 4))
+                    continue
+                self._round()
+            if keeper.state == "done":  # the others finished it while this one looked
+                state = "done"
+        finally:
+            keeper.close()
+            # a signal may have stopped a query of this connection half-way: the last writes take a new one
+            with ledger.reopen() as last:
+                self.release(last)
+                self.write_counts(state, last)
+        self.result.report = self.total()
+        return self.result
+
+    def _round(self) -> None:
+        self.signals.stopping = False  # in the loop a signal raises, as in a lone send
+        report = Report(self.plan.issue_id)
+        self.reports.append(report)
+        share = _Share(self, report)
+        try:
+            run_share(
+                issue_id=self.plan.issue_id, factory=self.factory, transport=self.transport,
+                subscribers=share.readers(), ledger=self.ledger, options=self.options,
+                feedback=self.feedback, signals=self.signals, share=share, report=report,
+            )  # fmt: skip
+        except SendAborted:
+            if not self.keeper.lost:
+                raise
+            self.result.lost.append(self.keeper.lost)
+            self.feedback.stopping(f"{self.keeper.lost}; taking up the batches still free")
+            report.stopped_because = ""
+            report.pending = 0  # another worker sends them now
+        self.signals.stopping = True
+        self.release(self.ledger)
+        self.keeper.lost = ""
+
+    def release(self, ledger: Ledger) -> None:
+        """Give up the leases this worker holds: its batches not done are free for anyone at once."""
+        with self.keeper.lock:
+            ledger.write(
+                "UPDATE send_batches SET lease_until = 0, owner = ''"
+                " WHERE issue_id = ? AND destination = ? AND owner = ? AND done = 0",
+                (*self.where, self.name),
+            )
+            self.keeper.held.clear()
+
+    def total(self) -> Report:
+        """This worker's counts over all its rounds."""
+        total = Report(self.plan.issue_id)
+        add_up(total, [_counts(r) for r in self.reports])
+        total.pending = sum(r.pending for r in self.reports)
+        return total
+
+    def counts(self) -> dict[str, Any]:
+        """What the record says this worker did, so far."""
+        return _counts(self.total())
+
+    def write_counts(self, state: str = "running", ledger: Ledger | None = None) -> None:
+        """Write this worker's counts to the record (the coordinator adds them up)."""
+        (ledger or self.ledger).write(
+            "UPDATE send_workers SET counts = ?, state = ?, updated_at = ?"
+            " WHERE issue_id = ? AND destination = ? AND worker = ?",
+            (json.dumps(self.counts()), state, _stamp(), *self.where, self.name),
+        )
+
+
+def _counts(report: Report) -> dict[str, Any]:
+    out: dict[str, Any] = {name: getattr(report, name) for name in COUNTED}
+    out["failures"] = dict(report.failures)
+    if report.stopped_because and report.stopped_because != "interrupted":
+        out["stopped"] = report.stopped_because
+    return out
+
+
+@dataclass
+class _Batch:
+    number: int
+    readers: list[Subscriber]
+    left: int
+
+
+class _Share:
+    """One round's share of the send (campaign.Share): claims batches as the loop asks for readers."""
+
+    def __init__(self, worker: _Worker, report: Report) -> None:
+        self.worker = worker
+        self.keeper = worker.keeper
+        self.report = report
+        self.batch_of: dict[int, _Batch] = {}  # id(subscriber) -> its batch (the loop passes the same object)
+
+    def readers(self) -> Iterator[Subscriber]:
+        """The readers of each batch claimed, one batch after the other, until none is free."""
+        while not (self.keeper.lost or self.keeper.stopping):
+            batch = self._claim()
+            if batch is None:
+                return
+            for sub in batch.readers:
+                self.batch_of[id(sub)] = batch
+                yield sub
+
+    def _claim(self) -> _Batch | None:
+        w, keeper = self.worker, self.keeper
+        ledger = w.ledger
+        with keeper.lock, ledger.transaction():
+            now = time.time()
+            rows = ledger.rows(
+                "SELECT batch_no, readers, owner FROM send_batches WHERE issue_id = ? AND destination = ?"
+                " AND done = 0 AND lease_until < ? ORDER BY batch_no LIMIT 1",
+                (*w.where, now),
+            )
+            if not rows:
+                return None
+            number, readers, owner = rows[0]
+            ledger.write(
+                "UPDATE send_batches SET owner = ?, lease_until = ?"
+                " WHERE issue_id = ? AND destination = ? AND batch_no = ?",
+                (w.name, now + w.lease, *w.where, number),
+            )
+            if not keeper.held:
+                keeper.valid_until = now + w.lease * (1 - MARGIN)
+            keeper.held.add(number)
+        w.result.batches += 1
+        w.result.takeovers += bool(owner)
+        subs = [Subscriber(e, n, MappingProxyType(f), 0) for e, n, f in json.loads(readers)]
+        return _Batch(number, subs, len(subs))
+
+    def settled(self, sub: Subscriber) -> None:
+        batch = self.batch_of.pop(id(sub), None)
+        if batch is None:
+            return
+        batch.left -= 1
+        if batch.left:
+            return
+        w = self.worker
+        with self.keeper.lock:
+            w.ledger.write(
+                "UPDATE send_batches SET done = 1, lease_until = 0"
+                " WHERE issue_id = ? AND destination = ? AND batch_no = ? AND owner = ?",
+                (*w.where, batch.number, w.name),
+            )
+            self.keeper.held.discard(batch.number)
+
+    def holds(self) -> str:
+        return self.keeper.holds()
+
+    def pace(self) -> Pace:
+        return self.keeper
+
+
+MARGIN = 0.25  # of the lease: a worker stops delivering this long before another may take its batch
+
+
+class _Keeper:
+    """A worker's own thread and connection to the record: renews its leases every quarter lease, watches
+    the send's state, writes its counts, and reserves its share of the rate limit's start times."""
+
+    def __init__(
+        self, ledger: Ledger, where: tuple[str, str], name: str, lease: float, rate: float, counts: Any
+    ) -> None:
+        self.ledger = ledger
+        self.where = where
+        self.name = name
+        self.lease = lease
+        self.interval = 1.0 / rate if rate > 0 else 0.0
+        self.chunk = max(1, int(rate / 4)) if rate > 0 else 0  # a quarter second of the rate at a time
+        self.counts = counts
+        self.lock = threading.Lock()  # the claims, the done marks and the renewals, one at a time
+        self.held: set[int] = set()
+        self.valid_until = 0.0  # wall clock: no "." after this unless renewed
+        self.lost = ""
+        self.stopping = False
+        self.state = "running"  # the send's, as last read
+        self.slots: list[float] = []
+        self.cond = threading.Condition()
+        self.wanted = False
+        self.closing = False
+        self.error = ""
+        self.thread = threading.Thread(target=self._run, name="mailer-leases", daemon=True)
+        self.thread.start()
+
+    def holds(self) -> str:
+        """'' while this worker may deliver; else why not."""
+        if self.lost:
+            return self.lost
+        if self.held and time.time() > self.valid_until:
+            self.lost = f"the lease on batches {sorted(self.held)} ran out before it was renewed"
+        return self.lost
+
+    def wait(self, stop: threading.Event) -> None:
+        """The shared rate limit: take the next start time reserved, reserving more when none is left."""
+        if not self.interval:
+            return
+        with self.cond:
+            while not self.slots and not stop.is_set() and not self.closing:
+                self.wanted = True
+                self.cond.notify_all()
+                self.cond.wait(0.5)
+            if not self.slots:
+                return
+            slot = self.slots.pop(0)
+        delay = slot - time.time()
+        if delay > 0:
+            stop.wait(delay)
+
+    def close(self) -> None:
+        with self.cond:
+            self.closing = True
+            self.cond.notify_all()
+        self.thread.join()
+
+    def _run(self) -> None:
+        try:
+            with self.ledger.reopen() as ledger:
+                due = 0.0
+                while True:
+                    with self.cond:
+                        self.cond.wait_for(lambda: self.closing or self.wanted, max(0.0, due - time.time()))
+                        if self.closing:
+                            return
+                        wanted, self.wanted = self.wanted, False
+                    if wanted:
+                        self._reserve(ledger)
+                    if time.time() >= due:
+                        self._renew(ledger)
+                        due = time.time() + self.lease / 4
+        except MailerError as exc:  # the record cannot be reached: the leases run out, no "." is sent
+            self.error = str(exc)
+
+    def _reserve(self, ledger: Ledger) -> None:
+        now = time.time()
+        span = self.chunk * self.interval
+        with ledger.transaction():
+            (end,) = ledger.rows(
+                "UPDATE sends SET next_slot = CASE WHEN next_slot > ? THEN next_slot ELSE ? END + ?"
+                " WHERE issue_id = ? AND destination = ? RETURNING next_slot",
+                (now, now, span, *self.where),
+            )[0]
+        with self.cond:
+            self.slots.extend(end - span + i * self.interval for i in range(self.chunk))
+            self.cond.notify_all()
+
+    def _renew(self, ledger: Ledger) -> None:
+        with self.lock:
+            now = time.time()
+            if self.held:
+                with ledger.transaction():
+                    kept = ledger.rows(
+                        "UPDATE send_batches SET lease_until = ? WHERE issue_id = ? AND destination = ?"
+                        " AND owner = ? AND done = 0 RETURNING batch_no",
+                        (now + self.lease, *self.where, self.name),
+                    )
+                gone = self.held - {row[0] for row in kept}
+                if gone:
+                    self.lost = f"another worker took over batches {sorted(gone)} (this one was too slow)"
+                else:  # no one else took any of them: whenever it comes, the renewal keeps them ours
+                    self.valid_until = now + self.lease * (1 - MARGIN)
+        rows = ledger.rows("SELECT state FROM sends WHERE issue_id = ? AND destination = ?", self.where)
+        state = self.state = rows[0][0] if rows else "stopped"
+        if state != "running" and not self.stopping:
+            self.stopping = True
+            if state != "done":  # the coordinator stops the send: stop as on our own SIGTERM
+                _thread.interrupt_main(signal.SIGTERM)
+        counts = json.dumps(self.counts())
+        ledger.write(
+            "UPDATE send_workers SET counts = ?, updated_at = ? WHERE issue_id = ? AND destination = ?"
+            " AND worker = ?",
+            (counts, _stamp(), *self.where, self.name),
+        )
+
+
+__all__ = ["Crew", "Interrupted", "WorkResult", "coordinate", "work"]

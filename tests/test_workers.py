@@ -1,0 +1,306 @@
+"""Sends made by several processes (issue 16 B): `send --workers N`, `send --distributed` + `mailer worker`.
+
+Real processes against a real SMTP server (tests/smtpd.py) and the real record; kills are real SIGKILLs and
+stops real SIGTERMs. Every wait is on something that happened (a message arrived, a row in the record, a
+process ended), never on a sleep.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from mailer.ledger import Ledger
+from tests.publisher import env_for
+from tests.smtpd import SMTPServer
+
+LEASE = "3"  # seconds: how long a killed worker's batch waits before another takes it over
+
+
+def write_list(path: Path, emails: list[str]) -> Path:
+    lines = ["email,name"] + [f"{e},Reader {i}" for i, e in enumerate(emails)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def recipients(server: SMTPServer) -> Counter[str]:
+    return Counter(r for m in server.messages for r in m.rcpt_tos)
+
+
+def spawn(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:
+    full = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "mailer", *args],
+        env=full,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def states(db: Path, issue: str = "2026-02-09") -> dict[str, tuple[str, int]]:
+    """Every reader's delivery in the record: (state, attempts)."""
+    with closing(sqlite3.connect(db)) as conn:
+        rows = conn.execute(
+            "SELECT email, state, attempts FROM deliveries WHERE issue_id = ? AND destination = 'smtp'",
+            (issue,),
+        ).fetchall()
+    return {email: (state, attempts) for email, state, attempts in rows}
+
+
+def test_three_workers_mail_everyone_once_and_the_report_adds_them_up(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path
+) -> None:
+    emails = [f"user{i}@example.com" for i in range(150)]
+    csv = write_list(tmp_path / "subs.csv", emails)
+    smtp_server.reject("user7@example.com")
+    env = env_for(smtp_server, tmp_path, MAILER_WORKER_LEASE=LEASE)
+    proc = spawn(
+        ["send", str(post), "--to", str(csv), "--yes", "--force", "--workers", "3", "--json"], env, tmp_path
+    )
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 3, err.decode()  # one reader failed for good
+    got = recipients(smtp_server)
+    assert got == Counter({e: 1 for e in emails if e != "user7@example.com"})
+    report = json.loads(out)
+    assert report["counts"]["sent"] == 149
+    assert report["counts"]["failed_permanent"] == 1
+    # the three workers each sent some: the sessions came from three processes
+    with closing(sqlite3.connect(tmp_path / "state" / "mailer.db")) as conn:
+        rows = conn.execute("SELECT worker, state, counts FROM send_workers").fetchall()
+    assert len(rows) == 3 and {r[1] for r in rows} == {"done"}
+    assert sum(json.loads(r[2])["sent"] for r in rows) == 149
+    assert b"Traceback" not in err
+    recorded = states(tmp_path / "state" / "mailer.db")
+    assert recorded["user7@example.com"][0] == "failed"
+    assert sorted(e for e, (s, _) in recorded.items() if s == "sent") == sorted(
+        set(emails) - {"user7@example.com"}
+    )
+    with Ledger(tmp_path / "state" / "mailer.db") as ledger:
+        assert ledger.status("2026-02-09").count("sent") == 149
+
+
+def worker_pids(db: Path) -> set[int]:
+    """The process ids of the workers registered in the record ('HOST pid N TOKEN')."""
+    try:
+        with closing(sqlite3.connect(db)) as conn:
+            rows = conn.execute("SELECT worker FROM send_workers").fetchall()
+    except sqlite3.OperationalError:  # the table is not there yet
+        return set()
+    return {int(name.split(" pid ")[1].split()[0]) for (name,) in rows}
+
+
+def wait_until(what: str, done: object, timeout: float = 120.0) -> None:
+    """Poll a condition on the record or on processes (an event outside this process: no other hook)."""
+    deadline = time.monotonic() + timeout
+    while not done():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"{what}: not within {timeout}s"
+        time.sleep(0.02)
+
+
+@pytest.mark.slow
+def test_three_workers_with_one_killed_20_times_lose_no_reader_and_repeat_only_what_was_in_flight(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path
+) -> None:
+    rng = random.Random(16)  # the kill points: the same on every run
+    emails = [f"user{i}@example.com" for i in range(600)]
+    csv = write_list(tmp_path / "subs.csv", emails)
+    rejected = {f"user{i}@example.com" for i in range(5, 600, 97)}
+    deferred_once = {f"user{i}@example.com" for i in range(11, 600, 61)}
+    for address in rejected:
+        smtp_server.reject(address)
+    for address in deferred_once:
+        smtp_server.fail(address, 451, times=1)
+    smtp_server.delay(0.005)
+    connections = 2
+    env = env_for(smtp_server, tmp_path, MAILER_WORKER_LEASE=LEASE, MAILER_SMTP_TIMEOUT="60")
+    db = tmp_path / "state" / "mailer.db"
+    coordinator = spawn(
+        ["send", str(post), "--to", str(csv), "--yes", "--force", "--distributed", "--workers", "0",
+         "--connections", str(connections)],
+        env, tmp_path,
+    )  # fmt: skip
+    workers: list[subprocess.Popen[bytes]] = []
+    finished: list[subprocess.Popen[bytes]] = []
+    said = b""  # what the workers wrote to stderr
+    try:
+        wait_until("the send in the record", lambda: _running(db))
+        workers = [spawn(["worker"], env, tmp_path) for _ in range(3)]
+        for kill in range(20):
+            target = len(smtp_server.messages) + rng.randint(5, 20)
+            smtp_server.wait_for(target, timeout=120)
+            victim = workers.pop(rng.randrange(len(workers)))
+            victim.send_signal(signal.SIGKILL)
+            said += victim.communicate(timeout=60)[1]
+            assert victim.returncode == -signal.SIGKILL, f"kill {kill}: the worker had ended already"
+            workers.append(spawn(["worker"], env, tmp_path))
+        out, err = coordinator.communicate(timeout=300)
+        for w in workers:
+            said += w.communicate(timeout=120)[1]
+            finished.append(w)
+    finally:
+        for proc in [coordinator, *workers]:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    assert coordinator.returncode == 3, err.decode()  # done, but the rejected readers failed
+    assert all(w.returncode == 0 for w in finished), said.decode()
+    assert b"Traceback" not in said + err
+    got = recipients(smtp_server)
+    assert set(got) == set(emails) - rejected  # no reader lost
+    # each kill repeats at most the messages its worker had in flight (one per connection); a live worker
+    # that lost its lease to a slow renewal says so, and may repeat as many
+    lost = said.count(b"taking up the batches still free")
+    repeats = sum(n - 1 for n in got.values())
+    assert repeats <= connections * (20 + lost), repeats
+    # every outcome recorded once: one row per reader, the attempts the server answered
+    recorded = states(db)
+    assert set(recorded) == set(emails)
+    for address, (state, attempts) in recorded.items():
+        if address in rejected:
+            assert (state, attempts) == ("failed", 1), address
+        elif address in deferred_once:
+            assert (state, attempts) == ("sent", 2), address
+        else:
+            assert (state, attempts) == ("sent", 1), address
+
+
+def _running(db: Path) -> bool:
+    try:
+        with closing(sqlite3.connect(db)) as conn:
+            return bool(conn.execute("SELECT 1 FROM sends WHERE state = 'running'").fetchall())
+    except sqlite3.OperationalError:
+        return False
+
+
+def _read_until(proc: subprocess.Popen[bytes], text: bytes, timeout: float = 60.0) -> bytes:
+    """What the process wrote to stderr up to and including `text`."""
+    import select
+
+    assert proc.stderr is not None
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while text not in seen:
+        ready, _, _ = select.select([proc.stderr], [], [], max(deadline - time.monotonic(), 0))
+        chunk = os.read(proc.stderr.fileno(), 4096) if ready else b""
+        assert chunk, f"no {text!r} on stderr within {timeout}s: {seen.decode(errors='replace')}"
+        seen += chunk
+    return seen
+
+
+@pytest.mark.slow
+def test_sigterm_on_the_coordinator_stops_every_worker_cleanly_and_a_rerun_finishes(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path
+) -> None:
+    emails = [f"user{i}@example.com" for i in range(120)]
+    csv = write_list(tmp_path / "subs.csv", emails)
+    env = env_for(smtp_server, tmp_path, MAILER_WORKER_LEASE=LEASE, MAILER_SMTP_TIMEOUT="120")
+    args = ["send", str(post), "--to", str(csv), "--yes", "--force", "--workers", "2"]
+    held = smtp_server.hold("user30@example.com")  # one worker waits there until the stop is under way
+    proc = spawn(args, env, tmp_path)
+    try:
+        assert held.reached.wait(timeout=120), "the send never reached user30"
+        db = tmp_path / "state" / "mailer.db"
+        wait_until("both workers in the record", lambda: len(worker_pids(db)) == 2)
+        pids = worker_pids(db)
+        proc.send_signal(signal.SIGTERM)
+        said = _read_until(proc, b"stopping every worker after the messages in flight")
+    finally:
+        held.release.set()
+        _, rest = proc.communicate(timeout=120)
+    err = said + rest
+    assert proc.returncode == 143, err.decode()
+    assert b"run the same command again" in err and b"Traceback" not in err
+    for pid in pids:  # the workers ended with the coordinator
+        assert not Path(f"/proc/{pid}").exists() or b"zombie" in Path(f"/proc/{pid}/status").read_bytes()
+    assert len(smtp_server.messages) < len(emails)
+    done = spawn(args, env, tmp_path)
+    _, err = done.communicate(timeout=300)
+    assert done.returncode == 0, err.decode()
+    assert recipients(smtp_server) == Counter({e: 1 for e in emails})  # a clean stop repeats no one
+
+
+def test_a_worker_joins_a_distributed_send_and_the_report_counts_its_share(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path
+) -> None:
+    emails = [f"user{i}@example.com" for i in range(60)]
+    csv = write_list(tmp_path / "subs.csv", emails)
+    env = env_for(smtp_server, tmp_path, MAILER_WORKER_LEASE=LEASE)
+    db = tmp_path / "state" / "mailer.db"
+    # no local worker: nothing is sent until the worker "on another host" joins
+    args = ["send", str(post), "--to", str(csv), "--yes", "--force", "--distributed", "--workers", "0"]
+    coordinator = spawn([*args, "--json"], env, tmp_path)
+    try:
+        wait_until("the send in the record", lambda: _running(db))
+        assert smtp_server.messages == []
+        joined = spawn(["worker", "--json"], env, tmp_path)
+        worker_out, worker_err = joined.communicate(timeout=120)
+        out, err = coordinator.communicate(timeout=120)
+    finally:
+        if coordinator.poll() is None:
+            coordinator.kill()
+    assert joined.returncode == 0, worker_err.decode()
+    assert coordinator.returncode == 0, err.decode()
+    assert recipients(smtp_server) == Counter({e: 1 for e in emails})
+    assert json.loads(worker_out)["counts"]["sent"] == 60
+    assert json.loads(out)["counts"]["sent"] == 60
+    # and a worker started when no send runs has nothing to do
+    late = spawn(["worker"], env, tmp_path)
+    _, late_err = late.communicate(timeout=60)
+    assert late.returncode == 0 and b"No send is running; nothing to do." in late_err
+
+
+def test_a_worker_that_renders_the_issue_otherwise_is_refused(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path
+) -> None:
+    csv = write_list(tmp_path / "subs.csv", ["a@example.com"])
+    env = env_for(smtp_server, tmp_path, MAILER_WORKER_LEASE=LEASE)
+    db = tmp_path / "state" / "mailer.db"
+    coordinator = spawn(
+        ["send", str(post), "--to", str(csv), "--yes", "--force", "--distributed", "--workers", "0"],
+        env, tmp_path,
+    )  # fmt: skip
+    try:
+        wait_until("the send in the record", lambda: _running(db))
+        other = {**env, "MAILER_POSTAL_ADDRESS": "Another Address 1, Elsewhere"}  # in every footer
+        odd = spawn(["worker"], other, tmp_path)
+        _, odd_err = odd.communicate(timeout=60)
+        assert odd.returncode == 1
+        assert b"renders issue 2026-02-09 otherwise than the host that started the send" in odd_err
+        assert b"Traceback" not in odd_err and smtp_server.messages == []
+        good = spawn(["worker"], env, tmp_path)
+        good.communicate(timeout=120)
+        _, err = coordinator.communicate(timeout=120)
+    finally:
+        if coordinator.poll() is None:
+            coordinator.kill()
+    assert coordinator.returncode == 0, err.decode()
+    assert recipients(smtp_server) == Counter({"a@example.com": 1})
+
+
+def test_a_schema_7_database_gets_the_tables_of_sends_with_workers(tmp_path: Path) -> None:
+    db = tmp_path / "state" / "mailer.db"
+    with Ledger(db) as ledger:
+        ledger.start_issue("2026-02-08", "h", "Old")
+        ledger.record_outcomes("2026-02-08", [("ann@example.com", "sent", 250, "ok")])
+    with closing(sqlite3.connect(db)) as conn:  # back to what schema 7's mailer wrote
+        for table in ("send_workers", "send_batches", "sends"):
+            conn.execute(f"DROP TABLE {table}")
+        conn.execute("PRAGMA user_version = 7")
+        conn.commit()
+    with Ledger(db) as ledger:
+        assert ledger.status("2026-02-08").count("sent") == 1
+        assert ledger.rows("SELECT count(*) FROM send_batches") == [(0,)]
+    with closing(sqlite3.connect(db)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 8
