@@ -21,7 +21,9 @@ from pathlib import Path
 
 import pytest
 
+from mailer.engine import Location, Server
 from mailer.ledger import Ledger
+from tests.pg import rows
 from tests.publisher import env_for
 from tests.smtpd import SMTPServer
 
@@ -49,23 +51,32 @@ def spawn(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[b
     )
 
 
-def states(db: Path, issue: str = "2026-02-09") -> dict[str, tuple[str, int]]:
+def env_at(server: SMTPServer, tmp_path: Path, record: Location, **extra: str) -> dict[str, str]:
+    """The environment of a mailer process whose record is `record` (a SQLite file or a PostgreSQL one)."""
+    env = env_for(server, tmp_path, MAILER_WORKER_LEASE=LEASE, **extra)
+    env["MAILER_DATABASE"] = record.url if isinstance(record, Server) else str(record)
+    if isinstance(record, Server):
+        env["MAILER_DATABASE_PASSWORD"] = record.password
+    return env
+
+
+def states(record: Location, issue: str = "2026-02-09") -> dict[str, tuple[str, int]]:
     """Every reader's delivery in the record: (state, attempts)."""
-    with closing(sqlite3.connect(db)) as conn:
-        rows = conn.execute(
-            "SELECT email, state, attempts FROM deliveries WHERE issue_id = ? AND destination = 'smtp'",
-            (issue,),
-        ).fetchall()
-    return {email: (state, attempts) for email, state, attempts in rows}
+    found = rows(
+        record,
+        "SELECT email, state, attempts FROM deliveries WHERE issue_id = ? AND destination = 'smtp'",
+        (issue,),
+    )
+    return {str(email): (str(state), int(attempts)) for email, state, attempts in found}  # type: ignore[call-overload]
 
 
 def test_three_workers_mail_everyone_once_and_the_report_adds_them_up(
-    smtp_server: SMTPServer, tmp_path: Path, post: Path
+    smtp_server: SMTPServer, tmp_path: Path, post: Path, record_at: Location
 ) -> None:
     emails = [f"user{i}@example.com" for i in range(150)]
     csv = write_list(tmp_path / "subs.csv", emails)
     smtp_server.reject("user7@example.com")
-    env = env_for(smtp_server, tmp_path, MAILER_WORKER_LEASE=LEASE)
+    env = env_at(smtp_server, tmp_path, record_at)
     proc = spawn(
         ["send", str(post), "--to", str(csv), "--yes", "--force", "--workers", "3", "--json"], env, tmp_path
     )
@@ -76,29 +87,26 @@ def test_three_workers_mail_everyone_once_and_the_report_adds_them_up(
     report = json.loads(out)
     assert report["counts"]["sent"] == 149
     assert report["counts"]["failed_permanent"] == 1
-    # the three workers each sent some: the sessions came from three processes
-    with closing(sqlite3.connect(tmp_path / "state" / "mailer.db")) as conn:
-        rows = conn.execute("SELECT worker, state, counts FROM send_workers").fetchall()
-    assert len(rows) == 3 and {r[1] for r in rows} == {"done"}
-    assert sum(json.loads(r[2])["sent"] for r in rows) == 149
+    # three workers, each with its counts in the record
+    workers = rows(record_at, "SELECT worker, state, counts FROM send_workers")
+    assert len(workers) == 3 and {w[1] for w in workers} == {"done"}
+    assert sum(json.loads(str(w[2]))["sent"] for w in workers) == 149
     assert b"Traceback" not in err
-    recorded = states(tmp_path / "state" / "mailer.db")
+    recorded = states(record_at)
     assert recorded["user7@example.com"][0] == "failed"
     assert sorted(e for e, (s, _) in recorded.items() if s == "sent") == sorted(
         set(emails) - {"user7@example.com"}
     )
-    with Ledger(tmp_path / "state" / "mailer.db") as ledger:
+    with Ledger(record_at) as ledger:
         assert ledger.status("2026-02-09").count("sent") == 149
 
 
-def worker_pids(db: Path) -> set[int]:
+def worker_pids(record: Location) -> set[int]:
     """The process ids of the workers registered in the record ('HOST pid N TOKEN')."""
-    try:
-        with closing(sqlite3.connect(db)) as conn:
-            rows = conn.execute("SELECT worker FROM send_workers").fetchall()
-    except sqlite3.OperationalError:  # the table is not there yet
-        return set()
-    return {int(name.split(" pid ")[1].split()[0]) for (name,) in rows}
+    return {
+        int(str(name).split(" pid ")[1].split()[0])
+        for (name,) in rows(record, "SELECT worker FROM send_workers")
+    }
 
 
 def wait_until(what: str, done: object, timeout: float = 120.0) -> None:
@@ -111,7 +119,7 @@ def wait_until(what: str, done: object, timeout: float = 120.0) -> None:
 
 @pytest.mark.slow
 def test_three_workers_with_one_killed_20_times_lose_no_reader_and_repeat_only_what_was_in_flight(
-    smtp_server: SMTPServer, tmp_path: Path, post: Path
+    smtp_server: SMTPServer, tmp_path: Path, post: Path, record_at: Location
 ) -> None:
     rng = random.Random(16)  # the kill points: the same on every run
     emails = [f"user{i}@example.com" for i in range(600)]
@@ -124,8 +132,8 @@ def test_three_workers_with_one_killed_20_times_lose_no_reader_and_repeat_only_w
         smtp_server.fail(address, 451, times=1)
     smtp_server.delay(0.005)
     connections = 2
-    env = env_for(smtp_server, tmp_path, MAILER_WORKER_LEASE=LEASE, MAILER_SMTP_TIMEOUT="60")
-    db = tmp_path / "state" / "mailer.db"
+    env = env_at(smtp_server, tmp_path, record_at, MAILER_SMTP_TIMEOUT="60")
+    db = record_at
     coordinator = spawn(
         ["send", str(post), "--to", str(csv), "--yes", "--force", "--distributed", "--workers", "0",
          "--connections", str(connections)],
@@ -164,23 +172,24 @@ def test_three_workers_with_one_killed_20_times_lose_no_reader_and_repeat_only_w
     lost = said.count(b"taking up the batches still free")
     repeats = sum(n - 1 for n in got.values())
     assert repeats <= connections * (20 + lost), repeats
-    # every outcome recorded once: one row per reader, the attempts the server answered
+    # every outcome recorded once: one row per reader; its attempts are those the server answered, but for an
+    # outcome the kill took with it (a deferral in flight, answered again when the batch was taken over)
     recorded = states(db)
     assert set(recorded) == set(emails)
     for address, (state, attempts) in recorded.items():
         if address in rejected:
             assert (state, attempts) == ("failed", 1), address
         elif address in deferred_once:
-            assert (state, attempts) == ("sent", 2), address
+            assert state == "sent" and attempts in (1, 2), address
         else:
             assert (state, attempts) == ("sent", 1), address
 
 
-def _running(db: Path) -> bool:
+def _running(record: Location) -> bool:
+    """Whether the record holds a running send (its tables exist from the coordinator's first open on)."""
     try:
-        with closing(sqlite3.connect(db)) as conn:
-            return bool(conn.execute("SELECT 1 FROM sends WHERE state = 'running'").fetchall())
-    except sqlite3.OperationalError:
+        return bool(rows(record, "SELECT 1 FROM sends WHERE state = 'running'"))
+    except Exception:  # the database is not there yet, or not made yet: sqlite3's or psycopg's error
         return False
 
 
@@ -201,19 +210,18 @@ def _read_until(proc: subprocess.Popen[bytes], text: bytes, timeout: float = 60.
 
 @pytest.mark.slow
 def test_sigterm_on_the_coordinator_stops_every_worker_cleanly_and_a_rerun_finishes(
-    smtp_server: SMTPServer, tmp_path: Path, post: Path
+    smtp_server: SMTPServer, tmp_path: Path, post: Path, record_at: Location
 ) -> None:
     emails = [f"user{i}@example.com" for i in range(120)]
     csv = write_list(tmp_path / "subs.csv", emails)
-    env = env_for(smtp_server, tmp_path, MAILER_WORKER_LEASE=LEASE, MAILER_SMTP_TIMEOUT="120")
+    env = env_at(smtp_server, tmp_path, record_at, MAILER_SMTP_TIMEOUT="120")
     args = ["send", str(post), "--to", str(csv), "--yes", "--force", "--workers", "2"]
     held = smtp_server.hold("user30@example.com")  # one worker waits there until the stop is under way
     proc = spawn(args, env, tmp_path)
     try:
         assert held.reached.wait(timeout=120), "the send never reached user30"
-        db = tmp_path / "state" / "mailer.db"
-        wait_until("both workers in the record", lambda: len(worker_pids(db)) == 2)
-        pids = worker_pids(db)
+        wait_until("both workers in the record", lambda: len(worker_pids(record_at)) == 2)
+        pids = worker_pids(record_at)
         proc.send_signal(signal.SIGTERM)
         said = _read_until(proc, b"stopping every worker after the messages in flight")
     finally:
@@ -232,12 +240,12 @@ def test_sigterm_on_the_coordinator_stops_every_worker_cleanly_and_a_rerun_finis
 
 
 def test_a_worker_joins_a_distributed_send_and_the_report_counts_its_share(
-    smtp_server: SMTPServer, tmp_path: Path, post: Path
+    smtp_server: SMTPServer, tmp_path: Path, post: Path, record_at: Location
 ) -> None:
     emails = [f"user{i}@example.com" for i in range(60)]
     csv = write_list(tmp_path / "subs.csv", emails)
-    env = env_for(smtp_server, tmp_path, MAILER_WORKER_LEASE=LEASE)
-    db = tmp_path / "state" / "mailer.db"
+    env = env_at(smtp_server, tmp_path, record_at)
+    db = record_at
     # no local worker: nothing is sent until the worker "on another host" joins
     args = ["send", str(post), "--to", str(csv), "--yes", "--force", "--distributed", "--workers", "0"]
     coordinator = spawn([*args, "--json"], env, tmp_path)
