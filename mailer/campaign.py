@@ -446,14 +446,16 @@ def run_send(
     if options.retry_failed and not options.dry_run:
         report.reset = ledger.reset_failed(issue_id)
     if options.dry_run:
-        for sub in _unsent(ledger, issue_id, subscribers, report, retry_failed=options.retry_failed):
+        for sub in _unsent(
+            ledger, issue_id, _chunked(subscribers), report, retry_failed=options.retry_failed
+        ):
             if sub is not None:
                 report.would_send += 1
                 feedback.would_send(sub)
         return report
     run_id = ledger.start_run(issue_id, list_key, list_path)  # fails on a full disk: nothing sent yet
     loop = _Loop(ledger, issue_id, factory, transport, options, feedback, report, signals, clock or Clock())
-    loop.run(subscribers)
+    loop.run(_chunked(subscribers))
     if report.complete:
         ledger.finish_run(run_id)
     return report
@@ -464,7 +466,7 @@ def run_share(
     issue_id: str,
     factory: MessageFactory,
     transport: Transport,
-    subscribers: Iterable[Subscriber],
+    batches: Iterable[list[Subscriber]],
     ledger: Ledger,
     options: SendOptions,
     feedback: Feedback,
@@ -474,9 +476,9 @@ def run_share(
 ) -> None:
     """One process's share of a send that several make (workers.py), counted in `report`: the send loop
     alone, since the issue and the run are recorded, and the run finished, by the process that coordinates
-    them."""
+    them. Each batch of readers is asked for (and so claimed) only once the one before is handed out."""
     loop = _Loop(ledger, issue_id, factory, transport, options, feedback, report, signals, Clock(), share)
-    loop.run(subscribers)
+    loop.run(batches)
 
 
 HELD_LIMIT = 5  # policy refusals (5.7.x) with no one accepted that stop the send: see refusals.py
@@ -484,10 +486,16 @@ SWITCH_INTERVAL = 0.0005  # seconds, while a send runs (see _Loop.run)
 LOOKUP_BATCH = 256  # subscribers looked up in the record per query: a fraction of a second of sending
 
 
+def _chunked(subscribers: Iterable[Subscriber]) -> Iterator[list[Subscriber]]:
+    it = iter(subscribers)
+    while batch := list(itertools.islice(it, LOOKUP_BATCH)):
+        yield batch
+
+
 def _unsent(
     ledger: Ledger,
     issue_id: str,
-    subscribers: Iterable[Subscriber],
+    batches: Iterable[list[Subscriber]],
     report: Report,
     *,
     retry_failed: bool,
@@ -498,8 +506,7 @@ def _unsent(
     The record is asked about a batch of subscribers at a time (two queries per batch, not two per
     subscriber), just before the batch is sent, so an unsubscribe made during the send still counts.
     """
-    it = iter(subscribers)
-    while batch := list(itertools.islice(it, LOOKUP_BATCH)):
+    for batch in batches:
         suppressed, states = ledger.states(issue_id, [sub.email for sub in batch])
         for sub in batch:
             report.seen += 1
@@ -552,22 +559,22 @@ class _Loop:
         limiter = share.pace() if share is not None else RateLimiter(options.rate, clock)
         self.pool = _Pool(transport, ledger, issue_id, options.connections, limiter, signals.hurry, share)
 
-    def run(self, subscribers: Iterable[Subscriber]) -> None:
+    def run(self, batches: Iterable[list[Subscriber]]) -> None:
         # Python's 5 ms switch interval lets a thread busy building keep the GIL from a connection
         # whose reply has arrived (or the recorder whose fsync returned) for that long
         interval = sys.getswitchinterval()
         sys.setswitchinterval(min(interval, SWITCH_INTERVAL))
         try:
-            self._run(subscribers)
+            self._run(batches)
         finally:
             sys.setswitchinterval(interval)
 
-    def _run(self, subscribers: Iterable[Subscriber]) -> None:
+    def _run(self, batches: Iterable[list[Subscriber]]) -> None:
         interrupted: KeyboardInterrupt | None = None
         try:
             retry_failed = self.options.retry_failed
             for sub in _unsent(
-                self.ledger, self.issue_id, subscribers, self.report, retry_failed=retry_failed,
+                self.ledger, self.issue_id, batches, self.report, retry_failed=retry_failed,
                 share=self.share,
             ):  # fmt: skip
                 if self.fatal:

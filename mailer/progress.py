@@ -14,6 +14,7 @@ from .ledger import OUTBOX, SMTP, IssueStatus, IssueSummary, Ledger
 from .post import load_post
 from .rates import Rates, issue_rates
 from .subscribers import ReadStats, Subscriber
+from .workers import under_way, under_way_line
 
 MIN_BAR = 10  # columns; on a narrower terminal the bar is left out and only the figures are shown
 
@@ -259,8 +260,11 @@ def show_status(settings: Settings, target: Path | None, console: Console) -> di
             return {"issues": [issue_fields(i, bounces) for i in issues]}
         issue_id = load_post(target).issue_id if target.exists() else target.stem
         statuses, bounces = ledger.statuses(issue_id), ledger.bounce_counts(issue_id)
+        sending = under_way(ledger, issue_id)
     if not console.quiet:
         console.result(status_text(statuses, bounces))
+        if sending is not None:
+            console.result(under_way_line(sending))
     warn_rates(console, settings, all_rates(statuses, bounces))
     records = [
         {
@@ -273,4 +277,4 @@ def show_status(settings: Settings, target: Path | None, console: Console) -> di
     ]
     # at the top: the real send's record when there is one (a try-out's only when there is not)
     main = next((r for r in records if r["destination"] == "smtp"), records[0])
-    return {**main, "destinations": records}
+    return {**main, "destinations": records, "sending": sending}

@@ -34,19 +34,20 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .campaign import Feedback, Pace, Report, SendOptions, run_share
 from .config import Settings
 from .console import Console
 from .errors import Interrupted, MailerError, SendAborted
 from .ledger import Ledger
-from .message import MessageFactory, make_factory
-from .post import parse_post
-from .render import Issue, render_issue
 from .stopping import StopSignals
 from .subscribers import Subscriber, dedupe_key
-from .transport import Transport, make_transport
+
+if TYPE_CHECKING:  # `mailer status` reads under_way() without loading the renderer
+    from .message import MessageFactory
+    from .render import Issue
+    from .transport import Transport
 
 BATCH_MAX = 500  # readers per batch at most: what a worker repeats a state lookup for when it takes one over
 POLL = 0.2  # seconds between the coordinator's looks at the record
@@ -339,6 +340,35 @@ def _unsettled(ledger: Ledger, issue_id: str, where: tuple[str, str]) -> int:
     return left
 
 
+def under_way(ledger: Ledger, issue_id: str) -> dict[str, Any] | None:
+    """A send of the issue by workers that is running or stopping (for `mailer status`), or None."""
+    found = ledger.rows(
+        "SELECT s.state, s.coordinator, s.started_at, count(b.batch_no), coalesce(sum(b.done), 0),"
+        " (SELECT count(*) FROM send_workers AS w WHERE w.issue_id = s.issue_id"
+        "  AND w.destination = s.destination AND w.state = 'running')"
+        " FROM sends AS s LEFT JOIN send_batches AS b USING (issue_id, destination)"
+        " WHERE s.issue_id = ? AND s.destination = ? AND s.state IN ('running', 'stopping')"
+        " GROUP BY s.issue_id, s.destination, s.state, s.coordinator, s.started_at",
+        (issue_id, ledger.destination),
+    )
+    if not found:
+        return None
+    state, coordinator, started, batches, done, workers = found[0]
+    return {
+        "state": state, "coordinator": coordinator, "started_at": started, "batches": int(batches),
+        "batches_done": int(done), "workers": int(workers),
+    }  # fmt: skip
+
+
+def under_way_line(send: dict[str, Any]) -> str:
+    """under_way()'s answer for a person."""
+    return (
+        f"  {'sending' if send['state'] == 'running' else 'stopping'} now: {send['workers']} worker(s),"
+        f" {send['batches_done']} of {send['batches']} batches done (coordinated by {send['coordinator']},"
+        f" since {send['started_at']})"
+    )
+
+
 # --- a worker ----------------------------------------------------------------------------------------------
 
 
@@ -389,6 +419,11 @@ def work(
 
     SIGTERM is handled like Ctrl-C (stopping.py); the coordinator's stop reaches it the same way.
     """
+    from .message import make_factory
+    from .post import parse_post
+    from .render import render_issue
+    from .transport import make_transport
+
     signals = StopSignals()
     with signals.install():
         transport = make_transport(settings, console)
@@ -489,7 +524,7 @@ class _Worker:
         try:
             run_share(
                 issue_id=self.plan.issue_id, factory=self.factory, transport=self.transport,
-                subscribers=share.readers(), ledger=self.ledger, options=self.options,
+                batches=share.batches(), ledger=self.ledger, options=self.options,
                 feedback=self.feedback, signals=self.signals, share=share, report=report,
             )  # fmt: skip
         except SendAborted:
@@ -557,15 +592,16 @@ class _Share:
         self.report = report
         self.batch_of: dict[int, _Batch] = {}  # id(subscriber) -> its batch (the loop passes the same object)
 
-    def readers(self) -> Iterator[Subscriber]:
-        """The readers of each batch claimed, one batch after the other, until none is free."""
+    def batches(self) -> Iterator[list[Subscriber]]:
+        """The readers of each batch claimed, one batch after the other, until none is free; the loop asks
+        for the next only once it has handed out the readers of this one."""
         while not (self.keeper.lost or self.keeper.stopping):
             batch = self._claim()
             if batch is None:
                 return
             for sub in batch.readers:
                 self.batch_of[id(sub)] = batch
-                yield sub
+            yield batch.readers
 
     def _claim(self) -> _Batch | None:
         w, keeper = self.worker, self.keeper

@@ -48,6 +48,7 @@ class Received:
     mail_options: tuple[str, ...] = ()
     pipelined: bool = False  # DATA had already arrived when RCPT was answered (RFC 2920)
     chunks: int = 0  # BDAT commands that carried it (RFC 3030); 0: it came with DATA
+    at: float = field(default_factory=time.time)  # when the server took it (time.time())
 
 
 @dataclass

@@ -252,6 +252,12 @@ def test_a_worker_joins_a_distributed_send_and_the_report_counts_its_share(
     try:
         wait_until("the send in the record", lambda: _running(db))
         assert smtp_server.messages == []
+        status = subprocess.run(
+            [sys.executable, "-m", "mailer", "status", str(post)], env={**os.environ, **env}, cwd=tmp_path,
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        line = "sending now: 0 worker(s), 0 of 6 batches done (coordinated by"  # 60 readers, 10 a batch
+        assert line in status.stdout, status
         joined = spawn(["worker", "--json"], env, tmp_path)
         worker_out, worker_err = joined.communicate(timeout=120)
         out, err = coordinator.communicate(timeout=120)
@@ -263,6 +269,8 @@ def test_a_worker_joins_a_distributed_send_and_the_report_counts_its_share(
     assert recipients(smtp_server) == Counter({e: 1 for e in emails})
     assert json.loads(worker_out)["counts"]["sent"] == 60
     assert json.loads(out)["counts"]["sent"] == 60
+    with Ledger(record_at) as ledger:
+        assert ledger.status("2026-02-09").count("sent") == 60
     # and a worker started when no send runs has nothing to do
     late = spawn(["worker"], env, tmp_path)
     _, late_err = late.communicate(timeout=60)
@@ -312,3 +320,35 @@ def test_a_schema_7_database_gets_the_tables_of_sends_with_workers(tmp_path: Pat
         assert ledger.rows("SELECT count(*) FROM send_batches") == [(0,)]
     with closing(sqlite3.connect(db)) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == 8
+
+
+def test_the_rate_limit_holds_across_workers(smtp_server: SMTPServer, tmp_path: Path, post: Path) -> None:
+    rate, count, workers = 10.0, 40, 2
+    emails = [f"user{i}@example.com" for i in range(count)]
+    csv = write_list(tmp_path / "subs.csv", emails)
+    env = env_for(smtp_server, tmp_path, MAILER_WORKER_LEASE=LEASE)
+    db = tmp_path / "state" / "mailer.db"
+    held = smtp_server.hold(emails[0])  # the first worker waits there until the other has a batch too
+    args = ["send", str(post), "--to", str(csv), "--yes", "--force", "--workers", str(workers)]
+    proc = spawn([*args, "--rate", str(rate)], env, tmp_path)
+    try:
+        owners = "SELECT count(DISTINCT owner) FROM send_batches WHERE owner != ''"
+        wait_until("two workers with a batch each", lambda: _running(db) and rows(db, owners) == [(2,)])
+    finally:
+        held.release.set()
+        _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err.decode()
+    assert recipients(smtp_server) == Counter({e: 1 for e in emails})
+    # One schedule of start times, `rate` a second, for both workers: the messages the server took in any
+    # span of time started in it (one slot each), or before it and were still on their way (one per
+    # connection), or on a slot a worker reserved earlier and had not used yet (each holds a quarter second's
+    # worth at most). However slow the machine, no span holds more; each worker at the full rate would.
+    at = sorted(m.at for m in smtp_server.messages)
+    slack = 1 + workers * max(1, int(rate / 4)) + workers
+    over = [
+        (j - i + 1, round(at[j] - at[i], 2))
+        for i in range(len(at))
+        for j in range(i, len(at))
+        if j - i + 1 > (at[j] - at[i]) * rate + slack
+    ]
+    assert not over, over[:5]
