@@ -189,8 +189,8 @@ def test_a_version_4_database_is_migrated_and_a_removal_then_forgives_soft_bounc
     with Ledger(db) as ledger:
         ledger.suppress("ann@example.org", source="dsn", reason="soft bounces")
     with closing(sqlite3.connect(db)) as conn:
-        tables = ("resubscribed", "members", "lists", "signups", "signup_hits", "send_workers", "send_batches")
-        for table in (*tables, "sends"):
+        tables = ("resubscribed", "members", "lists", "signups", "signup_hits")
+        for table in (*tables, "send_workers", "send_batches", "sends"):
             conn.execute(f"DROP TABLE {table}")
         conn.execute("PRAGMA user_version = 4")
         conn.commit()
