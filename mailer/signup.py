@@ -46,6 +46,11 @@ IP_WINDOW = timedelta(hours=1)  # signup_ip_limit counts the requests of one cli
 ADDRESS_WINDOW = timedelta(days=1)  # signup_address_limit counts the requests for one address over this
 CLAIM = timedelta(minutes=5)  # a serve process holds a message it mails; another takes it after this
 POLL = 5.0  # seconds between looks for mail another process queued, or a claim that lapsed
+
+# A fork waits for a mail pass to end: a child forked while a pass is inside SQLite or a socket call would
+# inherit that library's lock held by a thread it does not have, and hang at its first connect.
+_PASS = threading.Lock()
+os.register_at_fork(before=_PASS.acquire, after_in_parent=_PASS.release, after_in_child=_PASS.release)
 SOURCE = "web signup"  # the consent source of a member who confirmed
 
 
@@ -360,7 +365,8 @@ class Mailroom:
         while not self._stop.is_set():
             self._wake.clear()
             try:
-                self.mail_all()
+                with _PASS:
+                    self.mail_all()
             except MailerError as exc:
                 log.error("signup mail: %s", exc)
             except Exception:
