@@ -99,13 +99,14 @@ class Running:
         self.thread = threading.Thread(target=server.run, daemon=True)
 
     def stop(self) -> None:
-        """Close every socket from the server's own loop (run() returns when none is left), then stop its
-        worker threads."""
+        """Stop the worker threads, then close every socket from the server's own loop (run() returns when
+        none is left). In that order: a worker pulls the loop's trigger after the client has read its whole
+        answer, and a trigger closed first made that pull an EBADF in the worker thread."""
         from waitress import wasyncore
 
+        self.server.task_dispatcher.shutdown()
         self.server.trigger.pull_trigger(lambda: wasyncore.close_all(self.server._map))
         self.thread.join(timeout=5)
-        self.server.task_dispatcher.shutdown()
 
     def get(self, path: str, host: str | None = None) -> tuple[int, dict[str, str], bytes]:
         conn = HTTPConnection("127.0.0.1", self.port, timeout=10)

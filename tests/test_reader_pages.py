@@ -203,10 +203,10 @@ def test_an_unexpected_error_page_is_in_the_list_language(tmp_path: Path) -> Non
             answer = conn.getresponse()
             page = Page(answer.status, {}, answer.read().decode())
             conn.close()
-        finally:
+        finally:  # workers first: one pulls the loop's trigger after the answer is read (test_preview's stop)
+            server.task_dispatcher.shutdown()
             server.trigger.pull_trigger(lambda server=server: wasyncore.close_all(server._map))
             thread.join(timeout=10)
-            server.task_dispatcher.shutdown()
         assert page.status == 500
         assert_speaks(page, lang, LIST_NAME[lang])
 
