@@ -245,6 +245,8 @@ class Signups:
         """Confirm a genuine link's request: 'confirmed' (the address joined, or its consent was renewed),
         'already' (this link was used and the address is on the list: confirming twice is harmless), or
         'stale' (a newer link was sent, or the address left the list since: sign up again)."""
+        if link.list_name not in signup_lists(self.settings):
+            return "stale"  # the publisher closed this list to signups since the link was mailed
         now = _text(_now())
         welcome = self.welcome
 

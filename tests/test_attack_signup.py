@@ -100,3 +100,28 @@ def test_a_signup_for_a_member_does_not_change_the_name_they_have(site: Site) ->
     assert [(member[1], member[2], member[3]) for member in _members(site)] == [
         ("mia@example.org", "Mia", "web signup")
     ]
+
+
+def test_a_link_to_a_list_closed_to_signups_since_does_not_join_it(tmp_path: Path) -> None:
+    # the publisher takes a list out of signup_lists (a closed beta, a paid list); a link mailed before
+    # must not put anyone on it afterwards
+    open_to_both = Settings(
+        data_dir=tmp_path / "state", web_url=publisher.WEB_URL, signup_lists="beta", **_FROM
+    )
+    Ledger(open_to_both.db_path).close()
+    keyring = Keyring("k" * 32)
+    outbox = tmp_path / "outbox"
+    room = Mailroom(
+        open_to_both, keyring, Letters(open_to_both, keyring, lambda: "en"), OutboxTransport(outbox)
+    )
+    Signups(open_to_both, lambda: None).request(
+        read_request({"email": "bea@example.org", "list": "beta"}, open_to_both), "192.0.2.1"
+    )
+    assert room.mail_all() == 1
+    (confirmation,) = [email.message_from_bytes(f.read_bytes(), policy=policy.default) for f in _new(outbox)]
+    link = read_link(keyring, _token(_link(confirmation)), open_to_both.signup_confirm_hours)  # type: ignore[arg-type]
+    assert link is not None and link.list_name == "beta"
+    closed = open_to_both.replace(signup_lists="")
+    assert Signups(closed, lambda: None).confirm(link, "192.0.2.9") == "stale"
+    assert pg_rows(closed.db_path, "SELECT list, email FROM members") == []
+    assert Signups(open_to_both, lambda: None).confirm(link, "192.0.2.9") == "confirmed"  # the same link
