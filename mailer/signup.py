@@ -15,6 +15,7 @@ import binascii
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -46,6 +47,7 @@ IP_WINDOW = timedelta(hours=1)  # signup_ip_limit counts the requests of one cli
 ADDRESS_WINDOW = timedelta(days=1)  # signup_address_limit counts the requests for one address over this
 CLAIM = timedelta(minutes=5)  # a serve process holds a message it mails; another takes it after this
 POLL = 5.0  # seconds between looks for mail another process queued, or a claim that lapsed
+FORGET_EVERY = 600.0  # seconds between deletions of signups never confirmed whose link has expired
 
 # A fork waits for a mail pass to end: a child forked while a pass is inside SQLite or a socket call would
 # inherit that library's lock held by a thread it does not have, and hang at its first connect.
@@ -341,6 +343,7 @@ class Mailroom:
         self._thread: threading.Thread | None = None
         self._pid = 0
         self._lock = threading.Lock()
+        self._forgot_at: float | None = None
 
     def wake(self) -> None:
         """Look at the record now (a request queued a message); starts the thread on first use.
@@ -377,6 +380,7 @@ class Mailroom:
 
     def mail_all(self) -> int:
         """Mail every message due that no other process holds; how many were handed over."""
+        self._forget_expired()
         done = 0
         connection: Connection | None = None
         try:
@@ -391,6 +395,25 @@ class Mailroom:
             if connection is not None:
                 connection.close()
         return done
+
+    def _forget_expired(self) -> None:
+        """Delete the requests never confirmed whose link has expired (every FORGET_EVERY seconds at most):
+        the address, name and client address typed by anyone are kept only while their link can be used.
+        Confirmed rows stay: they are the evidence of consent."""
+        if self._forgot_at is not None and time.monotonic() - self._forgot_at < FORGET_EVERY:
+            return
+        self._forgot_at = time.monotonic()
+        oldest = _text(_now() - timedelta(hours=self.settings.signup_confirm_hours))
+
+        def forget(ledger: Ledger) -> int:
+            with ledger.transaction():
+                return ledger.write(
+                    "DELETE FROM signups WHERE confirmed_at IS NULL AND requested_at < ?", (oldest,)
+                )
+
+        forgotten = write_in_place(self.settings.db_path, forget)
+        if forgotten:
+            log.info("forgot %d signup(s) never confirmed whose link expired", forgotten)
 
     def _claim(self, ledger: Ledger) -> tuple[str, ...] | None:
         now = _now()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import email
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from email import policy
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from click.testing import CliRunner
 
 from mailer.cli import cli
 from mailer.config import Settings
+from mailer.engine import Location, Server
 from mailer.ledger import Ledger
 from mailer.signup import Mailroom, Signups, read_link, read_request
 from mailer.signupmail import Letters
@@ -125,3 +127,42 @@ def test_a_link_to_a_list_closed_to_signups_since_does_not_join_it(tmp_path: Pat
     assert Signups(closed, lambda: None).confirm(link, "192.0.2.9") == "stale"
     assert pg_rows(closed.db_path, "SELECT list, email FROM members") == []
     assert Signups(open_to_both, lambda: None).confirm(link, "192.0.2.9") == "confirmed"  # the same link
+
+
+def test_requests_never_confirmed_are_forgotten_once_their_link_expires(
+    record_at: Location, tmp_path: Path
+) -> None:
+    # anyone may type any address, name and get their client address stored; a request nobody confirmed
+    # is kept only while its link can be used. A confirmed one stays: it is the evidence of consent.
+    password = {"database_password": record_at.password or ""} if isinstance(record_at, Server) else {}
+    settings = Settings(
+        data_dir=tmp_path / "state", database=record_at, web_url=publisher.WEB_URL, **_FROM, **password
+    )
+    Ledger(settings.db_path).close()
+    keyring = Keyring("k" * 32)
+    outbox = tmp_path / "outbox"
+
+    def room() -> Mailroom:
+        return Mailroom(settings, keyring, Letters(settings, keyring, lambda: "en"), OutboxTransport(outbox))
+
+    signups = Signups(settings, lambda: None)
+    for address in ("old@example.org", "kept@example.org", "new@example.org"):
+        signups.request(read_request({"email": address, "name": "X"}, settings), "192.0.2.1")
+    assert room().mail_all() == 3
+    links = {
+        m["To"]: read_link(keyring, _token(_link(m)), settings.signup_confirm_hours)  # type: ignore[arg-type]
+        for m in (email.message_from_bytes(f.read_bytes(), policy=policy.default) for f in _new(outbox))
+    }
+    assert signups.confirm(links["kept@example.org"], "192.0.2.9") == "confirmed"  # type: ignore[arg-type]
+    hours = settings.signup_confirm_hours
+    then = (datetime.now(UTC) - timedelta(hours=hours, minutes=1)).isoformat(timespec="microseconds")
+    just = (datetime.now(UTC) - timedelta(hours=hours, minutes=-1)).isoformat(timespec="microseconds")
+    with Ledger(settings.db_path) as ledger:
+        ledger.write("UPDATE signups SET requested_at = ? WHERE email <> ?", (then, "new@example.org"))
+        ledger.write("UPDATE signups SET requested_at = ? WHERE email = ?", (just, "new@example.org"))
+    room().mail_all()
+    left = pg_rows(settings.db_path, "SELECT email, request_ip FROM signups ORDER BY email")
+    assert [tuple(row) for row in left] == [
+        ("kept@example.org", "192.0.2.1"),
+        ("new@example.org", "192.0.2.1"),
+    ]
