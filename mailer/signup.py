@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import logging
 import os
 import threading
@@ -210,14 +211,15 @@ class Signups:
         """
         now = _now()
         limits = self.settings
+        client = client_key(ip)
 
         def write(ledger: Ledger) -> bool:
             with ledger.transaction():
                 ledger.write("DELETE FROM signup_hits WHERE at < ?", (_text(now - ADDRESS_WINDOW),))
                 ip_limit = limits.signup_ip_limit
-                if ip_limit and _hits(ledger, "ip", ip, now - IP_WINDOW) >= ip_limit:
+                if ip_limit and _hits(ledger, "ip", client, now - IP_WINDOW) >= ip_limit:
                     raise SignupError(429, "signup.limit", retry_after=3600)
-                _hit(ledger, "ip", ip, now)
+                _hit(ledger, "ip", client, now)
                 if request is None:
                     return False
                 seen = _hits(ledger, "address", request.email, now - ADDRESS_WINDOW)
@@ -291,6 +293,21 @@ class Signups:
             log.info("%s confirmed the signup to %s%s", link.email, link.list_name, lifting)
             self.wake()
         return state
+
+
+def client_key(ip: str) -> str:
+    """What signup_ip_limit counts a client by: its IPv4 address, or the /64 network of its IPv6 address
+    (one host, or one home's router, is given a whole /64: counted per address it could take a new one for
+    every request)."""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:  # ::ffff:192.0.2.1 is 192.0.2.1
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
 
 
 def _hits(ledger: Ledger, kind: str, key: str, since: datetime) -> int:

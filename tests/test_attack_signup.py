@@ -16,7 +16,7 @@ from mailer.cli import cli
 from mailer.config import Settings
 from mailer.engine import Location, Server
 from mailer.ledger import Ledger
-from mailer.signup import Mailroom, Signups, read_link, read_request
+from mailer.signup import Mailroom, SignupError, Signups, read_link, read_request
 from mailer.signupmail import Letters
 from mailer.tokens import Keyring
 from mailer.transport import OutboxTransport
@@ -166,3 +166,24 @@ def test_requests_never_confirmed_are_forgotten_once_their_link_expires(
         ("kept@example.org", "192.0.2.1"),
         ("new@example.org", "192.0.2.1"),
     ]
+
+
+def test_the_per_client_limit_counts_an_ipv6_client_by_its_64(tmp_path: Path) -> None:
+    # one host (or one home's router) is given a whole /64: counted per address, it took a new address for
+    # every request and never met signup_ip_limit
+    settings = Settings(data_dir=tmp_path / "state", web_url=publisher.WEB_URL, signup_ip_limit=2, **_FROM)
+    Ledger(settings.db_path).close()
+    signups = Signups(settings, lambda: None)
+
+    def ask(n: int, ip: str) -> None:
+        signups.request(read_request({"email": f"r{n}@example.org"}, settings), ip)
+
+    ask(1, "2001:db8:1:2::1")
+    ask(2, "2001:db8:1:2:ffff::9")
+    with pytest.raises(SignupError, match="signup.limit"):
+        ask(3, "2001:db8:1:2:abcd::3")  # the same /64
+    ask(4, "2001:db8:1:3::1")  # the next /64 is another client
+    ask(5, "::ffff:192.0.2.7")
+    ask(6, "192.0.2.7")
+    with pytest.raises(SignupError, match="signup.limit"):
+        ask(7, "192.0.2.7")  # the mapped form and the plain one are one client
