@@ -25,8 +25,10 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -439,3 +441,19 @@ def send_env(system: MailSystem, folder: Path, monkeypatch: pytest.MonkeyPatch) 
         "MAILER_WEB_URL": f"http://{HOST}:{free_port()}",
         "MAILER_POSTAL_ADDRESS": publisher.POSTAL_ADDRESS,
     }
+
+
+@contextmanager
+def running(domain: str, mailboxes: Iterable[str], **options: Any) -> Iterator[MailSystem]:
+    """Postfix and Dovecot for a test module, stopped at the end even when a test fails; the module is
+    skipped where they cannot run, except in CI, where that is a failure."""
+    why = missing()
+    if why:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the MTA tests, but {why}")
+        pytest.skip(why)
+    system = MailSystem.start(domain, mailboxes, **options)
+    try:
+        yield system
+    finally:
+        system.stop()
