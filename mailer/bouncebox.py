@@ -132,19 +132,21 @@ def read_pass(
     ledger: Ledger,
     settings: Settings,
     keyring: Callable[[], Keyring],
-    say: Callable[[str], None],
-    warn: Callable[[str], None],
-    between: Callable[[], None] = lambda: None,
+    console: Console,
+    signals: StopSignals,
+    messages: list[str],
 ) -> Tally:
-    """Read every unread message of the mailbox once; `between` runs after each (a stop request ends there).
+    """Read every unread message of the mailbox once; a stop request (`signals`) ends the pass after the
+    message being read, with Interrupted.
 
-    say() gets one line per message, warn() one per message left for a person.
+    Each message gets one line on `console` (the command's result, also kept in `messages` for the --json
+    object); a message left for a person gets a warning.
     """
     tally = Tally()
     try:
         for item in source.unread():
-            _one(item, source, ledger, settings, keyring, tally, say, warn)
-            between()
+            _one(item, source, ledger, settings, keyring, tally, console, messages)
+            _stop_if_asked(signals)
     finally:
         source.close()
     return tally
@@ -157,8 +159,8 @@ def _one(
     settings: Settings,
     keyring: Callable[[], Keyring],
     tally: Tally,
-    say: Callable[[str], None],
-    warn: Callable[[str], None],
+    console: Console,
+    messages: list[str],
 ) -> None:
     tally.read += 1
     problem = item.problem
@@ -169,7 +171,7 @@ def _one(
             problem = str(exc)
     if problem:
         tally.unreadable.append(f"{item.key}: {problem}")
-        warn(f"{source.name}: message {item.key}: unreadable: {problem}; left flagged for a person")
+        _warn(console, f"{source.name}: message {item.key}: unreadable: {problem}; left flagged for a person")
         source.leave(item)
         return
     verdict = attribute(report, ledger, settings, keyring)
@@ -184,14 +186,33 @@ def _one(
             effect = "suppressed" if b.email in recorded.suppressed else "recorded"
             if not recorded.new:
                 effect = "read before"
-            say(f"{item.key}: {report.what}: {b.email} {b.kind}{status}{issue}: {effect}")
+            _say(console, messages, f"{item.key}: {report.what}: {b.email} {b.kind}{status}{issue}: {effect}")
     else:
         tally.ignored[verdict.why_none] += 1
         if verdict.why_none != NEVER_MAILED:
-            say(f"{item.key}: {_EXPLAINED.get(verdict.why_none, verdict.why_none)}")
+            _say(console, messages, f"{item.key}: {_EXPLAINED.get(verdict.why_none, verdict.why_none)}")
     for email in verdict.never_mailed:
-        say(f"{item.key}: {report.what}: {email}: ignored: never mailed by mailer")
+        _say(console, messages, f"{item.key}: {report.what}: {email}: ignored: never mailed by mailer")
     source.done(item)
+
+
+def _say(console: Console, messages: list[str], line: str) -> None:
+    """A message's line: the command's result (not with -q), and one of the --json object's messages."""
+    messages.append(line)
+    if not console.quiet:
+        console.result(line)
+
+
+def _warn(console: Console, line: str) -> None:
+    """A warning that needs a person: said even with -q."""
+    console.warnings.append(line)
+    console.error(console.stamp(f"Warning: {line}"))
+
+
+def _stop_if_asked(signals: StopSignals) -> None:
+    """Interrupted when a signal came while it only asked to stop (signals.stopping: between messages)."""
+    if signals.signum:
+        raise Interrupted(signals.signum)
 
 
 _EXPLAINED = {
@@ -297,20 +318,7 @@ def run(
             keys.append(load_keyring(settings, create=False))
         return keys[0]
 
-    def say(line: str) -> None:
-        messages.append(line)
-        if not console.quiet:
-            console.result(line)
-
-    def warn(line: str) -> None:
-        console.warnings.append(line)
-        console.error(console.stamp(f"Warning: {line}"))
-
     signals = StopSignals()
-
-    def between() -> None:
-        if signals.signum:
-            raise Interrupted(signals.signum)
 
     with signals.install(), Ledger(settings.db_path) as ledger:
         while True:
@@ -319,7 +327,7 @@ def run(
                 source = opener()
                 name = source.name
                 try:
-                    tally = read_pass(source, ledger, settings, keyring, say, warn, between)
+                    tally = read_pass(source, ledger, settings, keyring, console, signals, messages)
                 except MailerError as exc:
                     if isinstance(exc, ConfigError):
                         raise
@@ -327,12 +335,12 @@ def run(
             except MailerError as exc:
                 if every is None:
                     raise
-                warn(f"{exc}; trying again in {every:g} s")
+                _warn(console, f"{exc}; trying again in {every:g} s")
             else:
                 _add(total, tally)
                 console.note(f"{name}: {_summary(tally)}")
             signals.stopping = False
-            between()
+            _stop_if_asked(signals)
             if every is None:
                 return total
             time.sleep(every)  # a signal raises Interrupted here
