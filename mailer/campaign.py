@@ -138,6 +138,8 @@ class RateLimiter:
 class Pace(Protocol):
     """When a connection may start its next message: RateLimiter here, or a rate shared by processes."""
 
+    interval: float  # seconds between message starts; 0: no limit
+
     def wait(self, stop: threading.Event) -> None:
         """Block until this caller may start a message (or the send is stopping)."""
         ...
@@ -333,6 +335,19 @@ class _Pool:
         recorded = threading.Event()  # the outcome this connection handed over last is committed
         recorded.set()
         recorder = self.recorder
+        # the job taken from the queue while the one before was being ended, so that its commands could
+        # go out with that one's "." (Connection.send's `following`); it is this connection's next job
+        ahead: list[_Job | None] = []
+
+        def following() -> tuple[str, str] | None:
+            if ahead or self.limiter.interval or self.stop.is_set():  # a rate limit says when it starts
+                return None
+            try:
+                job = self.jobs.get_nowait()
+            except queue.Empty:
+                return None
+            ahead.append(job)
+            return None if job is None else (job.sender, job.sub.email)
 
         def ready() -> None:
             recorder.opened.wait()  # a first message waits for the record to be open: it may not be
@@ -348,7 +363,7 @@ class _Pool:
         job: _Job | None = None
         try:
             while True:
-                job = self.jobs.get()
+                job = ahead.pop() if ahead else self.jobs.get()
                 if job is None:
                     return
                 self.limiter.wait(self.stop)
@@ -356,7 +371,7 @@ class _Pool:
                     self.outcomes.put((job, None, ""))
                     continue
                 try:
-                    outcome = conn.send(job.sender, job.sub.email, job.data, ready)
+                    outcome = conn.send(job.sender, job.sub.email, job.data, ready, following)
                 except TransportError as exc:  # the server refuses us as a whole: this connection is done
                     self.outcomes.put((job, None, str(exc)))
                     return
@@ -379,6 +394,9 @@ class _Pool:
             self.outcomes.put((job, None, f"internal error: {exc!r}"))  # type: ignore[arg-type]
             raise
         finally:
+            for left in ahead:  # taken, never sent: pending, as if still queued
+                if left is not None:
+                    self.outcomes.put((left, None, ""))
             conn.close()
 
     def submit(self, job: _Job, timeout: float) -> bool:

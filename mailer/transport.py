@@ -58,17 +58,28 @@ class Outcome:
         return f"{self.code} {self.text}" if self.code else self.text
 
 
+Envelope = tuple[str, str]  # (sender, recipient) of a message: what MAIL FROM and RCPT TO carry
+
+
 class Connection(Protocol):
     """One session with the mail server (or the outbox), used by one thread for many messages."""
 
     def send(
-        self, sender: str, recipient: str, data: Message, ready: Callable[[], None] | None = None
+        self,
+        sender: str,
+        recipient: str,
+        data: Message,
+        ready: Callable[[], None] | None = None,
+        following: Callable[[], Envelope | None] | None = None,
     ) -> Outcome:
         """Deliver one message to one recipient; never raises for per-message problems.
 
         `ready`, if given, is called just before the point of no return (SMTP: the final "." of
         DATA; outbox: the rename into new/). If it raises, the message is not delivered (the SMTP
         session is dropped, so the server discards it) and the exception propagates.
+        `following`, if given, may be called after `ready` returned: it names the message the caller
+        will send next on this connection (None: none yet), whose commands may then go out with this
+        message's end. The caller's next send must be that message.
         """
         ...
 
@@ -418,6 +429,9 @@ class SMTPConnection(_ClosedOnExit):
         self._pipelining = False
         self._chunking = False
         self._mail_answered = False
+        # the message whose MAIL, RCPT and DATA went out behind the last message's "." (RFC 2920), replies
+        # not read yet: the server may have said 354 to it, so nothing but its body may follow
+        self._ahead: Envelope | None = None
         self.sessions = 0  # how many times this connection was (re)opened
 
     @property
@@ -426,14 +440,24 @@ class SMTPConnection(_ClosedOnExit):
         return self._smtp is not None
 
     def send(
-        self, sender: str, recipient: str, data: Message, ready: Callable[[], None] | None = None
+        self,
+        sender: str,
+        recipient: str,
+        data: Message,
+        ready: Callable[[], None] | None = None,
+        following: Callable[[], Envelope | None] | None = None,
     ) -> Outcome:
         """Deliver one message; reconnect once if a reused session turns out to be dead.
 
         `ready` is called after the message's body went out and before the "." that ends it: a
         caller can finish recording the previous message meanwhile, and a server delivers nothing
-        it has not seen the "." of.
+        it has not seen the "." of. With PIPELINING (and no CHUNKING), `following` is then asked for
+        the next message, and its MAIL, RCPT and DATA go out in the same write as the "." (RFC 2920
+        lets commands follow the end of data): its replies come back with this message's, so a
+        message costs one round trip, not two.
         """
+        if self._ahead is not None and self._ahead != (sender, recipient):
+            self._drop()  # commands went out for another message: only a new session is clean
         bad = _bad_address(sender) or _bad_address(recipient)
         if bad:
             return Outcome(553, f"not sent: {bad}")
@@ -444,13 +468,15 @@ class SMTPConnection(_ClosedOnExit):
                     return failure
             reused = not self._fresh
             self._fresh = False
-            outcome, stale = self._transaction(sender, recipient, data, ready)
+            outcome, stale = self._transaction(sender, recipient, data, ready, following)
             if not (stale and reused):
                 return outcome
         return outcome
 
     def close(self) -> None:
         """Say QUIT and close the socket; errors on the way out do not matter."""
+        if self._ahead is not None:  # the server may be reading a body: a QUIT would be part of it
+            self._drop()
         smtp, self._smtp = self._smtp, None
         if smtp is None:
             return
@@ -466,6 +492,7 @@ class SMTPConnection(_ClosedOnExit):
             smtp.close()
 
     def _drop(self) -> None:
+        self._ahead = None
         smtp, self._smtp = self._smtp, None
         if smtp is not None:
             smtp.close()
@@ -611,36 +638,39 @@ class SMTPConnection(_ClosedOnExit):
         return self._fail(code if 400 <= code < 500 else 0, text)
 
     def _transaction(
-        self, sender: str, recipient: str, data: Message, ready: Callable[[], None] | None
+        self,
+        sender: str,
+        recipient: str,
+        data: Message,
+        ready: Callable[[], None] | None,
+        following: Callable[[], Envelope | None] | None,
     ) -> tuple[Outcome, bool]:
         """MAIL, RCPT, DATA (or BDAT) for one message; also say if the session was dead or closing at MAIL."""
         smtp = self._smtp
         assert smtp is not None and smtp.sock is not None
         sock = smtp.sock
         payload = self._t.stuff.plain(data) if self._chunking else self._t.stuff(data)
-        suffix = self._mail_suffix
-        encoding = "ascii"
-        if not (sender.isascii() and recipient.isascii()):
-            if not self._smtputf8:
-                return Outcome(553, "not sent: address is not ASCII and the server lacks SMTPUTF8"), False
-            suffix += b" SMTPUTF8"
-            encoding = "utf-8"
+        ahead, self._ahead = self._ahead, None
+        commands = b"" if ahead is not None else self._commands(sender, recipient)
+        if commands is None:
+            return Outcome(553, "not sent: address is not ASCII and the server lacks SMTPUTF8"), False
         if not self._eight_bit and not payload.isascii():
             payload = self._seven_bit(data)
-        mail = b"MAIL FROM:<" + sender.encode(encoding) + b">" + suffix + b"\r\n"
-        rcpt = b"RCPT TO:<" + recipient.encode(encoding) + b">\r\n"
         stage = "MAIL"
         self._mail_answered = False
         try:
             if self._chunking:
-                stage = self._chunked(smtp, mail + rcpt, payload, ready)
+                stage = self._chunked(smtp, commands, payload, ready)
                 return self._replies_to_chunks(smtp)
             if self._pipelining:
-                refused = self._pipelined(smtp, mail + rcpt + b"DATA\r\n")
+                if commands:
+                    sock.sendall(commands + b"DATA\r\n")
+                refused = self._pipelined(smtp)
                 if refused is not None:
                     return refused
             else:
-                sock.sendall(mail)
+                mail, rcpt = commands.split(b"\r\n", 1)
+                sock.sendall(mail + b"\r\n")
                 code, msg = smtp.getreply()
                 if code != 250:
                     return self._rejected("MAIL", code, msg, reset=True), code == 421
@@ -661,7 +691,7 @@ class SMTPConnection(_ClosedOnExit):
                 except BaseException:
                     self._drop()  # no "." was sent: the server discards the message
                     raise
-            sock.sendall(_END)
+            sock.sendall(_END + self._next_commands(following))
             stage = "END"
             smtp.reply_timeout = self._t.data_timeout  # RFC 5321 4.5.3.2.6: 10 minutes
             try:
@@ -679,6 +709,35 @@ class SMTPConnection(_ClosedOnExit):
             lost = self._fail(0, f"connection lost: {_describe(exc)}")
             # no reply at all on a reused session: it was dead or closing before this message
             return lost, not self._mail_answered and (stage == "MAIL" or self._chunking)
+
+    def _commands(self, sender: str, recipient: str) -> bytes | None:
+        """MAIL FROM and RCPT TO for a message; None if an address needs SMTPUTF8 and the server lacks it."""
+        suffix = self._mail_suffix
+        encoding = "ascii"
+        if not (sender.isascii() and recipient.isascii()):
+            if not self._smtputf8:
+                return None
+            suffix += b" SMTPUTF8"
+            encoding = "utf-8"
+        return (
+            b"MAIL FROM:<" + sender.encode(encoding) + b">" + suffix + b"\r\n"
+            b"RCPT TO:<" + recipient.encode(encoding) + b">\r\n"
+        )
+
+    def _next_commands(self, following: Callable[[], Envelope | None] | None) -> bytes:
+        """The next message's MAIL, RCPT and DATA, to go out behind this one's "." (RFC 2920 3.1: DATA
+        ends the group); b"" without PIPELINING, with CHUNKING (BDAT costs one round trip already), or
+        when there is no next message yet or its addresses need a check of their own in send()."""
+        if following is None or not self._pipelining or self._chunking:
+            return b""
+        envelope = following()
+        if envelope is None or _bad_address(envelope[0]) or _bad_address(envelope[1]):
+            return b""
+        commands = self._commands(*envelope)
+        if commands is None:
+            return b""
+        self._ahead = envelope
+        return commands + b"DATA\r\n"
 
     def _chunked(self, smtp: _Session, head: bytes, payload: bytes, ready: Callable[[], None] | None) -> str:
         """MAIL, RCPT and the message as one BDAT chunk in one write; then, once `ready` returns, the empty
@@ -731,10 +790,8 @@ class SMTPConnection(_ClosedOnExit):
             )
         return (self._t.stuff.plain if self._chunking else self._t.stuff)(build())
 
-    def _pipelined(self, smtp: _Session, commands: bytes) -> tuple[Outcome, bool] | None:
-        """Send MAIL, RCPT and DATA at once (RFC 2920); None once the server says 354."""
-        assert smtp.sock is not None
-        smtp.sock.sendall(commands)
+    def _pipelined(self, smtp: _Session) -> tuple[Outcome, bool] | None:
+        """The replies to MAIL, RCPT and DATA sent at once (RFC 2920); None once the server says 354."""
         code, msg = smtp.getreply()
         self._mail_answered = True
         if code == 421:
@@ -872,9 +929,15 @@ class OutboxConnection(_ClosedOnExit):
         self._host = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
 
     def send(
-        self, sender: str, recipient: str, data: Message, ready: Callable[[], None] | None = None
+        self,
+        sender: str,
+        recipient: str,
+        data: Message,
+        ready: Callable[[], None] | None = None,
+        following: Callable[[], Envelope | None] | None = None,
     ) -> Outcome:
-        """Store the message with Return-Path and Delivered-To so the envelope stays visible."""
+        """Store the message with Return-Path and Delivered-To so the envelope stays visible; a file
+        costs no round trip, so `following` is never asked."""
         bad = _bad_address(sender) or _bad_address(recipient)
         if bad:
             return Outcome(553, f"not queued: {bad}")

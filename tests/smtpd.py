@@ -333,7 +333,10 @@ class _FaultySMTP(SMTP):
             searched = max(0, len(buf) - 4)
             buf += chunk
             end = buf.find(b"\r\n.\r\n", searched)
-        if end + 5 != len(buf):
+        if end + 5 != len(buf) and self.owner.pipelining:
+            # RFC 2920 3.1: the next transaction's commands may follow the end of data; they are read next
+            self._reader._buffer[:0] = buf[end + 5 :]  # type: ignore[attr-defined]
+        elif end + 5 != len(buf):
             await self.push("503 5.5.0 PIPELINING after DATA was not offered")
             self.hang_up_after_reply = False
             if self.transport is not None:
@@ -616,6 +619,7 @@ class SMTPServer:
 
 
 CHUNKING_EHLO = b"250-raw.test\r\n250-PIPELINING\r\n250-CHUNKING\r\n250 8BITMIME\r\n"  # Postfix's offer
+PIPELINING_EHLO = b"250-raw.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n"  # smtp-sink's, most ESPs'
 
 
 @dataclass
@@ -635,6 +639,10 @@ class Script:
     byte_by_byte: bool = False  # every reply written one byte per TCP packet
     starttls_then: bytes | None = None  # offer STARTTLS, answer 220, then answer the ClientHello with these
     starttls_injected: bytes = b""  # written with the 220 to STARTTLS, in the same packet (RFC 3207 5)
+    # this many ends of messages are answered only once the next command after them has arrived: a client
+    # that sends its next MAIL with the "." (RFC 2920) is answered, one that waits for the reply first waits
+    # until its own timeout
+    end_after_next: int = 0
 
 
 class RawSMTPServer:
@@ -761,8 +769,10 @@ class RawSMTPServer:
         self._write(sock, script.greeting)
         mail_from, rcpts = "", []
         chunked, chunks = bytearray(), 0
+        ahead: bytes | None = None  # a command read before the reply to the end of the message before it
         while not self._closed.is_set():
-            line = reader.readline()
+            line = ahead if ahead is not None else reader.readline()
+            ahead = None
             if not line:
                 return
             verb = line[:4].upper()
@@ -806,6 +816,9 @@ class RawSMTPServer:
                     if not chunk:  # the client hung up before the end: no message
                         return
                     body += chunk[1:] if chunk.startswith(b".") else chunk
+                if script.end_after_next > 0:
+                    script.end_after_next -= 1
+                    ahead = reader.readline()
                 if not self._end(sock, Received(mail_from, tuple(rcpts), bytes(body), number)):
                     return
             elif verb == b"RSET" or verb == b"NOOP":

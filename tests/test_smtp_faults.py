@@ -21,7 +21,7 @@ from mailer.ledger import Ledger
 from mailer.transport import Outcome, SMTPTransport, refuses_session
 from tests.publisher import env_for
 from tests.record import delivery
-from tests.smtpd import CHUNKING_EHLO, RawSMTPServer, Script, SMTPServer, TLSFiles
+from tests.smtpd import CHUNKING_EHLO, PIPELINING_EHLO, RawSMTPServer, Script, SMTPServer, TLSFiles
 from tests.test_send import _spawn, run, send_args, write_list
 
 ISSUE = "2026-02-09"
@@ -71,7 +71,7 @@ def error_lines(err: str) -> list[str]:
 # --- item 3: a refusal of the session stops the send; only a recipient's refusal fails that reader ---
 
 
-@pytest.mark.parametrize("transfer", ["DATA", "BDAT"])
+@pytest.mark.parametrize("transfer", ["DATA", "PIPELINING", "BDAT"])
 @pytest.mark.parametrize("connections", [1, 4])
 @pytest.mark.parametrize(
     "fault",
@@ -102,6 +102,8 @@ def test_a_refusal_of_the_session_stops_the_send_and_fails_no_reader(
 ) -> None:
     if transfer == "BDAT":  # the first chunk's reply stands where the reply to DATA would
         fault = {("chunk" if k == "data" else k): v for k, v in fault.items()} | {"ehlo": CHUNKING_EHLO}
+    elif transfer == "PIPELINING":  # the next message's commands go out with each "."
+        fault = fault | {"ehlo": PIPELINING_EHLO}
     server = raw_servers(**fault)
     emails, csv = readers(tmp_path, 100)
     env = env_for(server, tmp_path)
@@ -132,6 +134,27 @@ def test_a_recipients_own_refusal_fails_only_that_reader(
     assert code == ExitStatus.INCOMPLETE, err
     assert states(tmp_path, emails) == Counter({"sent": 4, "failed": 2})
     assert set(copies(smtp_server)) == set(emails) - {"user1@example.com", "user2@example.com"}
+
+
+@pytest.mark.parametrize("connections", [1, 3])
+def test_refusals_among_pipelined_messages_fail_only_their_readers(
+    smtp_servers: Callable[..., SMTPServer], tmp_path: Path, post: Path, connections: int
+) -> None:
+    # each message's MAIL, RCPT and DATA go out with the "." of the one before on its connection: a refusal
+    # among them, or a 421 to a MAIL sent that way, is still the outcome of its own reader only
+    server = smtp_servers(pipelining=True)
+    emails, csv = readers(tmp_path, 30)
+    server.reject("user3@example.com")  # 550 5.1.1 to RCPT
+    server.fail("user5@example.com", 554, at="DATA", text="message refused")  # to the end of the message
+    server.limit_per_connection(4)  # 421 to every session's 5th MAIL: it goes again on a new session
+    code, _, err = run(send_args(post, csv, "--connections", str(connections)), env_for(server, tmp_path))
+    assert code == ExitStatus.INCOMPLETE, err
+    refused = {"user3@example.com", "user5@example.com"}
+    assert states(tmp_path, emails) == Counter({"sent": 28, "failed": 2})
+    with Ledger(tmp_path / "state" / "mailer.db") as ledger:
+        assert {e for e in emails if delivery(ledger, ISSUE, e).state == "failed"} == refused  # type: ignore[union-attr]
+    assert copies(server) == Counter({e: 1 for e in emails if e not in refused})
+    assert server.connections >= 28 // 4
 
 
 @pytest.mark.parametrize(
@@ -174,7 +197,9 @@ def test_a_reply_to_the_end_slower_than_smtp_timeout_is_waited_for(
     assert states(tmp_path, emails) == Counter({"sent": 2})
 
 
-@pytest.mark.parametrize("ehlo", [Script.ehlo, CHUNKING_EHLO], ids=["DATA", "BDAT"])
+@pytest.mark.parametrize(
+    "ehlo", [Script.ehlo, PIPELINING_EHLO, CHUNKING_EHLO], ids=["DATA", "PIPELINING", "BDAT"]
+)
 def test_no_reply_to_the_end_is_in_doubt_and_sent_at_most_once_more(
     raw_servers: Callable[..., RawSMTPServer], tmp_path: Path, post: Path, ehlo: bytes
 ) -> None:
@@ -303,7 +328,9 @@ def test_a_server_that_hangs_up_after_every_message_loses_no_one(
     assert server.connections == 10
 
 
-@pytest.mark.parametrize("ehlo", [Script.ehlo, CHUNKING_EHLO], ids=["DATA", "BDAT"])
+@pytest.mark.parametrize(
+    "ehlo", [Script.ehlo, PIPELINING_EHLO, CHUNKING_EHLO], ids=["DATA", "PIPELINING", "BDAT"]
+)
 def test_a_server_that_hangs_up_after_every_message_loses_no_one_with_either_transfer(
     raw_servers: Callable[..., RawSMTPServer], tmp_path: Path, post: Path, ehlo: bytes
 ) -> None:

@@ -27,7 +27,7 @@ from mailer.transport import (
     make_transport,
 )
 from tests.conftest import Heard, examples
-from tests.smtpd import SMTPServer, TLSFiles
+from tests.smtpd import PIPELINING_EHLO, RawSMTPServer, Script, SMTPServer, TLSFiles
 
 SENDER = "news@example.com"
 PASSWORD = "pa55-w0rd-never-shown"
@@ -457,6 +457,79 @@ def test_throughput_of_30kb_messages_on_one_connection(
     with capsys.disabled():
         rate = count / elapsed
         print(f"\n  transport: {rate:.0f} msg/s of {len(data)} bytes to {options or 'aiosmtpd'}")
+
+
+def send_in_turn(conn: SMTPConnection, recipients: list[str]) -> list[Outcome]:
+    """Send one message to each recipient in order, telling the connection each time which comes next."""
+    outcomes = []
+    for i, rcpt in enumerate(recipients):
+        after = recipients[i + 1 : i + 2]
+
+        def following(after: list[str] = after) -> tuple[str, str] | None:
+            return (SENDER, after[0]) if after else None
+
+        outcomes.append(conn.send(SENDER, rcpt, message(f"to {rcpt}"), following=following))
+    return outcomes
+
+
+def test_the_next_messages_commands_go_out_with_the_end_of_this_one() -> None:
+    # the server answers the end of each of the first two messages only once the next MAIL has arrived: a
+    # client that waited for that reply before its next MAIL would wait out smtp_data_timeout (in doubt)
+    with RawSMTPServer(Script(ehlo=PIPELINING_EHLO, end_after_next=2)) as server:
+        conn = SMTPTransport(settings_for(server, smtp_data_timeout=5.0)).connect()
+        try:
+            outcomes = send_in_turn(conn, ["a@example.com", "b@example.com", "c@example.com"])
+        finally:
+            conn.close()
+        assert [(o.code, o.in_doubt) for o in outcomes] == [(250, False)] * 3, outcomes
+        got = server.messages
+        assert [m.rcpt_tos for m in got] == [("a@example.com",), ("b@example.com",), ("c@example.com",)]
+        assert [m.data for m in got] == [message(f"to {r}") for r in "abc" for r in [f"{r}@example.com"]]
+        assert server.connections == 1
+
+
+@pytest.mark.parametrize("fast_data", [False, True], ids=["aiosmtpd", "fast-server"])
+def test_refusals_among_pipelined_messages_fail_only_their_own(
+    smtp_servers: Callable[..., SMTPServer], connect, fast_data: bool
+) -> None:
+    server = smtp_servers(pipelining=True, fast_data=fast_data)
+    server.reject("b@example.com")  # 550 to RCPT, whose MAIL went out behind a's "."
+    server.fail("c@example.com", 451, times=1)  # 451 to RCPT
+    server.fail("d@example.com", 554, at="DATA", text="message refused")  # to d's end
+    server.limit_per_connection(3)  # 421 to g's MAIL, sent with f's end: g goes on a new session
+    recipients = [f"{c}@example.com" for c in "abcdefgh"]
+    outcomes = send_in_turn(connect(server), recipients)
+    said = [(o.code, o.stage) for o in outcomes]
+    assert said == [
+        (250, "END"),
+        (550, "RCPT"),
+        (451, "RCPT"),
+        (554, "END"),
+        (250, "END"),
+        (250, "END"),
+        (250, "END"),
+        (250, "END"),
+    ]
+    got = server.messages
+    assert [m.rcpt_tos[0][0] for m in got] == ["a", "e", "f", "g", "h"]
+    assert [m.data for m in got] == [message(f"to {m.rcpt_tos[0]}") for m in got]
+    assert [m.session for m in got] == [1, 1, 1, 2, 2]
+
+
+def test_a_hang_up_after_the_end_loses_the_pipelined_commands_not_the_message() -> None:
+    with RawSMTPServer(Script(ehlo=PIPELINING_EHLO, close_after_message=True)) as server:
+        conn = SMTPTransport(settings_for(server)).connect()
+        try:
+            outcomes = send_in_turn(conn, ["a@example.com", "b@example.com", "c@example.com"])
+        finally:
+            conn.close()
+        assert [o.code for o in outcomes] == [250, 250, 250], outcomes
+        assert [m.rcpt_tos for m in server.messages] == [
+            ("a@example.com",),
+            ("b@example.com",),
+            ("c@example.com",),
+        ]
+        assert server.connections == 3
 
 
 def test_outbox_writes_a_maildir_message(tmp_path: Path) -> None:
