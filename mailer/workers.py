@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 from .campaign import Feedback, Pace, Report, SendOptions, run_share
 from .config import Settings
 from .console import Console
-from .errors import Interrupted, MailerError, SendAborted
+from .errors import ExitStatus, Interrupted, MailerError, SendAborted
 from .ledger import Ledger
 from .stopping import StopSignals
 from .subscribers import Subscriber, dedupe_key
@@ -99,6 +99,7 @@ def publish(
     workers: int,
     lease: float,
     coordinator: str,
+    run_id: int,
 ) -> int:
     """Put the send in the record (replacing an earlier one of the issue that is no longer running);
     return the number of batches. One transaction: the workers see all of it or nothing."""
@@ -107,19 +108,24 @@ def publish(
     stored = {
         "connections": options.connections, "rate": options.rate, "max_attempts": options.max_attempts,
         "retry_delay": options.retry_delay, "max_consecutive_failures": options.max_consecutive_failures,
-        "retry_failed": options.retry_failed, "lease": lease,
+        "retry_failed": options.retry_failed, "lease": lease, "run": run_id,
     }  # fmt: skip
     now = time.time()
     batches = 0
     with ledger.transaction():
         running = ledger.rows(
-            "SELECT coordinator FROM sends WHERE issue_id = ? AND destination = ?"
-            " AND state IN ('running', 'stopping') AND alive_until > ?",
-            (*where, now),
+            "SELECT coordinator, alive_until, options FROM sends WHERE issue_id = ? AND destination = ?"
+            " AND state IN ('running', 'stopping')",
+            where,
         )
-        if running:
+        if running and running[0][1] > now:
             raise MailerError(
                 f"{issue_id}: another send of this issue is running ({running[0][0]}); wait for it"
+            )
+        if running and (left := _alive_workers(ledger, where, float(json.loads(running[0][2])["lease"]))):
+            raise MailerError(
+                f"{issue_id}: the send started by {running[0][0]}, which is gone, is still being finished by"
+                f" {len(left)} worker(s); they end it when no reader is left (`mailer status` shows it)"
             )
         for table in ("send_batches", "send_workers", "sends"):
             ledger.write(f"DELETE FROM {table} WHERE issue_id = ? AND destination = ?", where)
@@ -155,8 +161,8 @@ def _write_batch(ledger: Ledger, where: tuple[str, str], number: int, batch: lis
     return 1
 
 
-def _stamp() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+def _stamp(at: float | None = None) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
 
 
 def coordinate(
@@ -176,7 +182,8 @@ def coordinate(
     """Run a send through worker processes and report what they all did, as run_send reports a lone one.
 
     Raises SendAborted when a worker stopped on a problem every worker has (the server refuses the sender,
-    the record cannot be written), and the signal's Interrupted when a signal stopped the send.
+    the record cannot be written) or the local workers kept dying, and the signal's Interrupted when a signal
+    stopped the send.
     """
     issue_id = issue.issue_id
     ledger.start_issue(
@@ -191,14 +198,18 @@ def coordinate(
     where = (issue_id, ledger.destination)
     publish(
         ledger, issue, options, subscribers, expected=expected, workers=crew.workers, lease=lease,
-        coordinator=_me(),
+        coordinator=_me(), run_id=run_id,
     )  # fmt: skip
     # A signal must not raise in the middle of a query here (the connection would keep a statement open and
     # refuse the writes that stop the send): it is noted (StopSignals, as while a send is stopping) and seen
     # at the next look.
     signals.stopping = True
-    children = [_spawn(issue_id, crew, settings) for _ in range(crew.workers)]
-    while not signals.signum and not _finished(ledger, where, children, crew):
+    local = _Locals(issue_id, crew, settings, feedback, where)
+    local.start(ledger)
+    while not signals.signum:
+        local.replace_dead(ledger)
+        if _finished(ledger, where, local, crew):
+            break
         _tick(ledger, where, lease, report, feedback)
         time.sleep(POLL)
     interrupted = Interrupted(signals.signum) if signals.signum else None
@@ -209,33 +220,114 @@ def coordinate(
             " (a second Ctrl-C or SIGTERM stops them without waiting for their replies)"
         )
         ledger.write("UPDATE sends SET state = 'stopping' WHERE issue_id = ? AND destination = ?", where)
-        _signal(children, signal.SIGTERM)
+        local.signal(signal.SIGTERM)
         hurried = False
-        while any(c.poll() is None for c in children) or _live_leases(ledger, where):
+        while local.alive() or _live_leases(ledger, where):
             if signals.hurry.is_set() and not hurried:
                 hurried = True
-                _signal(children, signal.SIGTERM)
+                local.signal(signal.SIGTERM)
             _tick(ledger, where, lease, report, feedback)
             time.sleep(POLL)
-    _last_counts(ledger, where, children, lease)
+    _last_counts(ledger, where, local, lease, report, feedback)
     _tick(ledger, where, lease, report, feedback)
-    report.pending = _unsettled(ledger, issue_id, where)
-    if report.pending and not report.stopped_because:
-        report.stopped_because = (
-            f"{report.pending} reader(s) not sent: every worker stopped or died before them (their errors are"
-            " above); run the same command again to resume"
-        )
-    done = report.pending == 0 and not report.stopped_because
-    state = "done" if done else "stopped"
-    ledger.write("UPDATE sends SET state = ?, alive_until = 0 WHERE issue_id = ? AND destination = ?",
-                 (state, *where))  # fmt: skip
-    if report.complete:
-        ledger.finish_run(run_id)
+    _conclude(ledger, where, run_id, report, why=local.gave_up)
+    local.reap()  # those that sent everything waited for the end in the record: they exit now
     if interrupted is not None:
         raise interrupted
     if report.stopped_because:
         raise SendAborted(report.stopped_because)
     return report
+
+
+RESTARTS = 3  # local workers replaced in a row while the send got no further, before no more are started
+
+
+class _Locals:
+    """The coordinator's own worker processes: each one that dies while readers are left (kill -9, the OOM
+    killer, a crash) is replaced, so that the send keeps its N workers; but once RESTARTS replacements in a
+    row died before the send got any further (one more outcome recorded, one more batch done), no more are
+    started: a worker that cannot run would otherwise be started for ever."""
+
+    def __init__(
+        self, issue_id: str, crew: Crew, settings: Settings, feedback: Feedback, where: tuple[str, str]
+    ) -> None:
+        self.issue_id = issue_id
+        self.crew = crew
+        self.settings = settings
+        self.feedback = feedback
+        self.where = where
+        self.procs: list[tuple[subprocess.Popen[bytes], int]] = []  # each live one, the progress at its start
+        self.ended: list[subprocess.Popen[bytes]] = []
+        self.futile = 0  # workers that died in a row while the send got no further
+        self.gave_up = ""
+
+    def start(self, ledger: Ledger) -> None:
+        mark = _progress(ledger, self.where)
+        self.procs = [
+            (_spawn(self.issue_id, self.crew, self.settings), mark) for _ in range(self.crew.workers)
+        ]
+
+    def replace_dead(self, ledger: Ledger) -> None:
+        """Start a worker in the place of each one that died while readers are left."""
+        for one in list(self.procs):
+            proc, mark = one
+            code = proc.poll()
+            if code is None:
+                continue
+            self.procs.remove(one)
+            self.ended.append(proc)
+            # 0: nothing left; 4: a stop every worker meets (its counts say why); 130, 143: a signal to it
+            if code in (0, ExitStatus.STOPPED, ExitStatus.INTERRUPTED, ExitStatus.TERMINATED):
+                continue
+            if not _open_batches(ledger, self.where):
+                continue
+            how = (
+                f"was killed by signal {-code} ({signal.strsignal(-code)})" if code < 0 else f"exited {code}"
+            )
+            now = _progress(ledger, self.where)
+            self.futile = 0 if now > mark else self.futile + 1
+            if self.futile > RESTARTS:
+                if not self.gave_up:
+                    self.gave_up = (
+                        f"the workers on this host died {self.futile} times in a row before the send got any"
+                        f" further (the last, pid {proc.pid}, {how}); no more are started"
+                    )
+                    self.feedback.stopping(self.gave_up)
+                continue
+            new = _spawn(self.issue_id, self.crew, self.settings)
+            self.feedback.stopping(f"worker pid {proc.pid} {how}; pid {new.pid} takes its place")
+            self.procs.append((new, now))
+
+    def alive(self) -> bool:
+        return any(proc.poll() is None for proc, _ in self.procs)
+
+    def signal(self, signum: int) -> None:
+        for proc, _ in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signum)
+
+    def gone(self, worker: str) -> bool:
+        """Whether the worker of this name ('HOST pid N TOKEN') is one of ours that has ended."""
+        host = socket.gethostname()
+        return any(
+            proc.poll() is not None and worker.startswith(f"{host} pid {proc.pid} ")
+            for proc in [*self.ended, *(p for p, _ in self.procs)]
+        )
+
+    def reap(self) -> None:
+        for proc, _ in self.procs:
+            proc.wait()
+
+
+def _progress(ledger: Ledger, where: tuple[str, str]) -> int:
+    """A number that grows with every message handed to the server or answered and every batch done."""
+    (attempts,) = ledger.rows(
+        "SELECT coalesce(sum(attempts), 0) FROM deliveries WHERE issue_id = ? AND destination = ?", where
+    )[0]
+    (batches,) = ledger.rows(
+        "SELECT count(*) FROM send_batches WHERE issue_id = ? AND destination = ? AND done = 1", where
+    )[0]
+    return int(attempts) + int(batches)
 
 
 def _spawn(issue_id: str, crew: Crew, settings: Settings) -> subprocess.Popen[bytes]:
@@ -258,38 +350,40 @@ def _spawn(issue_id: str, crew: Crew, settings: Settings) -> subprocess.Popen[by
 
 
 def _last_counts(
-    ledger: Ledger, where: tuple[str, str], children: list[subprocess.Popen[bytes]], lease: float
+    ledger: Ledger, where: tuple[str, str], local: _Locals, lease: float, report: Report, feedback: Feedback
 ) -> None:
-    """Wait for every worker's last counts: ours until they exit, the others' for a lease at most (a worker
-    that was killed never writes them)."""
-    for child in children:
-        child.wait()
-    deadline = time.monotonic() + lease
-    while time.monotonic() < deadline and ledger.rows(
-        "SELECT 1 FROM send_workers WHERE issue_id = ? AND destination = ? AND state = 'running' LIMIT 1",
-        where,
-    ):
+    """Wait for every live worker's last counts (ours, until they end; the others, until their row goes a
+    lease without news, as a killed one's does), saying meanwhile that the coordinator is alive."""
+    while any(not local.gone(name) for name in _alive_workers(ledger, where, lease)):
+        _tick(ledger, where, lease, report, feedback)
         time.sleep(POLL)
 
 
-def _signal(children: list[subprocess.Popen[bytes]], signum: int) -> None:
-    for child in children:
-        if child.poll() is None:
-            child.send_signal(signum)
+def _alive_workers(ledger: Ledger, where: tuple[str, str], lease: float, but: str = "") -> list[str]:
+    """The workers that are still at the send: their row says 'running' and is younger than a lease (each
+    writes it every quarter lease)."""
+    rows = ledger.rows(
+        "SELECT worker FROM send_workers WHERE issue_id = ? AND destination = ? AND state = 'running'"
+        " AND updated_at >= ? AND worker != ?",
+        (*where, _stamp(time.time() - lease - 1), but),
+    )
+    return [row[0] for row in rows]
 
 
-def _finished(
-    ledger: Ledger, where: tuple[str, str], children: list[subprocess.Popen[bytes]], crew: Crew
-) -> bool:
+def _finished(ledger: Ledger, where: tuple[str, str], local: _Locals, crew: Crew) -> bool:
     """Every batch done; or no worker of ours left and none elsewhere holding a lease (stopped or died)."""
+    if not _open_batches(ledger, where):
+        return True
+    if local.alive() or not crew.workers:
+        return False
+    return not _live_leases(ledger, where)
+
+
+def _open_batches(ledger: Ledger, where: tuple[str, str]) -> int:
     (left,) = ledger.rows(
         "SELECT count(*) FROM send_batches WHERE issue_id = ? AND destination = ? AND done = 0", where
     )[0]
-    if not left:
-        return True
-    if any(c.poll() is None for c in children) or not crew.workers:
-        return False
-    return not _live_leases(ledger, where)
+    return int(left)
 
 
 def _live_leases(ledger: Ledger, where: tuple[str, str]) -> bool:
@@ -299,6 +393,43 @@ def _live_leases(ledger: Ledger, where: tuple[str, str]) -> bool:
         (*where, time.time()),
     )
     return bool(rows)
+
+
+def _conclude(
+    ledger: Ledger,
+    where: tuple[str, str],
+    run_id: int | None,
+    report: Report,
+    *,
+    why: str = "",
+    gone: bool = False,
+) -> bool:
+    """End the send in the record: 'done' when every reader was dealt with, else 'stopped'; and the run
+    complete when every message went out and no worker died with its last counts unwritten (a rerun finds
+    that out). With `gone`, only a send still open whose coordinator has not been heard of for a lease (a
+    worker ends it in the coordinator's place). Whether this call ended it."""
+    report.pending = _unsettled(ledger, where[0], where)
+    if report.pending and not report.stopped_because:
+        report.stopped_because = (
+            f"{report.pending} reader(s) not sent:"
+            f" {why or 'every worker stopped or died before them (their errors are above)'};"
+            " run the same command again to resume"
+        )
+    state = "done" if report.pending == 0 and not report.stopped_because else "stopped"
+    sql = "UPDATE sends SET state = ?, alive_until = 0 WHERE issue_id = ? AND destination = ?"
+    params: tuple[Any, ...] = (state, *where)
+    if gone:
+        sql += " AND state IN ('running', 'stopping') AND alive_until < ?"
+        params += (time.time(),)
+    with ledger.transaction():
+        ended = bool(ledger.rows(sql + " RETURNING state", params))
+        died = ledger.rows(
+            "SELECT 1 FROM send_workers WHERE issue_id = ? AND destination = ? AND state = 'running' LIMIT 1",
+            where,
+        )
+        if ended and report.complete and not died and run_id is not None:
+            ledger.finish_run(run_id)
+    return ended
 
 
 def _tick(ledger: Ledger, where: tuple[str, str], lease: float, report: Report, feedback: Feedback) -> None:
@@ -341,31 +472,46 @@ def _unsettled(ledger: Ledger, issue_id: str, where: tuple[str, str]) -> int:
 
 
 def under_way(ledger: Ledger, issue_id: str) -> dict[str, Any] | None:
-    """A send of the issue by workers that is running or stopping (for `mailer status`), or None."""
+    """A send of the issue by workers that is running or stopping (for `mailer status`), or None.
+
+    `coordinator_gone`: its coordinator has not been heard of for a lease (killed, its host down); its
+    workers then finish the send and the last of them ends it, or, with no worker left ("workers": 0), it
+    waits for a rerun."""
+    where = (issue_id, ledger.destination)
     found = ledger.rows(
-        "SELECT s.state, s.coordinator, s.started_at, count(b.batch_no), coalesce(sum(b.done), 0),"
-        " (SELECT count(*) FROM send_workers AS w WHERE w.issue_id = s.issue_id"
-        "  AND w.destination = s.destination AND w.state = 'running')"
-        " FROM sends AS s LEFT JOIN send_batches AS b USING (issue_id, destination)"
+        "SELECT s.state, s.coordinator, s.started_at, s.alive_until, s.options, count(b.batch_no),"
+        " coalesce(sum(b.done), 0) FROM sends AS s LEFT JOIN send_batches AS b USING (issue_id, destination)"
         " WHERE s.issue_id = ? AND s.destination = ? AND s.state IN ('running', 'stopping')"
-        " GROUP BY s.issue_id, s.destination, s.state, s.coordinator, s.started_at",
-        (issue_id, ledger.destination),
+        " GROUP BY s.issue_id, s.destination, s.state, s.coordinator, s.started_at, s.alive_until, s.options",
+        where,
     )
     if not found:
         return None
-    state, coordinator, started, batches, done, workers = found[0]
+    state, coordinator, started, alive_until, options, batches, done = found[0]
+    workers = _alive_workers(ledger, where, float(json.loads(options)["lease"]))
     return {
         "state": state, "coordinator": coordinator, "started_at": started, "batches": int(batches),
-        "batches_done": int(done), "workers": int(workers),
+        "batches_done": int(done), "workers": len(workers), "coordinator_gone": alive_until < time.time(),
     }  # fmt: skip
 
 
 def under_way_line(send: dict[str, Any]) -> str:
     """under_way()'s answer for a person."""
+    done = f"{send['batches_done']} of {send['batches']} batches done"
+    if not send["coordinator_gone"]:
+        return (
+            f"  {'sending' if send['state'] == 'running' else 'stopping'} now: {send['workers']} worker(s),"
+            f" {done} (coordinated by {send['coordinator']}, since {send['started_at']})"
+        )
+    if send["workers"]:
+        return (
+            f"  {'sending' if send['state'] == 'running' else 'stopping'} now: {send['workers']} worker(s),"
+            f" {done}; its coordinator ({send['coordinator']}) is gone: the workers finish the send and the"
+            " last one records its end"
+        )
     return (
-        f"  {'sending' if send['state'] == 'running' else 'stopping'} now: {send['workers']} worker(s),"
-        f" {send['batches_done']} of {send['batches']} batches done (coordinated by {send['coordinator']},"
-        f" since {send['started_at']})"
+        f"  stopped half-way: {done}; its coordinator ({send['coordinator']}) and every worker are gone:"
+        " run the same send command again to send the rest"
     )
 
 
@@ -381,12 +527,13 @@ class Plan:
     post: str
     fingerprint: str
     options: dict[str, Any]
+    coordinator: str
 
 
 def find_plan(ledger: Ledger, issue_id: str) -> Plan | None:
     """The running send of the issue ('' : of any issue, the oldest) to this ledger's destination."""
     sql = (
-        "SELECT issue_id, post_name, post, fingerprint, options FROM sends"
+        "SELECT issue_id, post_name, post, fingerprint, options, coordinator FROM sends"
         " WHERE destination = ? AND state = 'running'"
     )
     params: tuple[Any, ...] = (ledger.destination,)
@@ -396,8 +543,8 @@ def find_plan(ledger: Ledger, issue_id: str) -> Plan | None:
     rows = ledger.rows(sql + " ORDER BY started_at, issue_id LIMIT 1", params)
     if not rows:
         return None
-    issue, name, post, mark, options = rows[0]
-    return Plan(issue, name, post, mark, json.loads(options))
+    issue, name, post, mark, options, coordinator = rows[0]
+    return Plan(issue, name, post, mark, json.loads(options), coordinator)
 
 
 @dataclass
@@ -485,7 +632,10 @@ class _Worker:
             " VALUES (?, ?, ?, 'running', ?)",
             (*self.where, self.name, _stamp()),
         )
-        keeper = _Keeper(ledger, self.where, self.name, self.lease, self.options.rate, self.counts)
+        # the coordinator stops its own workers with a signal: the record's 'stopping' would be a second stop,
+        # which hurries (stopping.py); the others learn of the stop from the record
+        child = self.plan.coordinator.startswith(f"{socket.gethostname()} pid {os.getppid()} ")
+        keeper = _Keeper(ledger, self.where, self.name, self.lease, self.options.rate, self.counts, child)
         self.keeper = keeper
         state = "stopped"
         self.signals.stopping = True  # between rounds a signal is noted, not raised in a query: see _round
@@ -513,8 +663,40 @@ class _Worker:
             with ledger.reopen() as last:
                 self.release(last)
                 self.write_counts(state, last)
+                if state != "done":  # stopped: if the coordinator and all the others are gone, say so
+                    self.end_if_abandoned(last)
+        while state == "done" and not self.signals.signum and not self.end_if_abandoned(ledger):
+            time.sleep(
+                POLL
+            )  # nothing left: until the coordinator (or, if it is gone, this one) ends the send
         self.result.report = self.total()
         return self.result
+
+    def end_if_abandoned(self, ledger: Ledger) -> bool:
+        """Whether the send has ended in the record; if its coordinator is gone (not heard of for a lease:
+        killed, its host down) and no other worker is left, end it here, as the coordinator would have."""
+        rows = ledger.rows(
+            "SELECT state, alive_until, coordinator FROM sends WHERE issue_id = ? AND destination = ?",
+            self.where,
+        )
+        if not rows or rows[0][0] not in ("running", "stopping"):
+            return True
+        _, alive_until, coordinator = rows[0]
+        if alive_until >= time.time() or _alive_workers(ledger, self.where, self.lease, but=self.name):
+            return False
+        report = Report(self.plan.issue_id)
+        counts = ledger.rows(
+            "SELECT counts FROM send_workers WHERE issue_id = ? AND destination = ?", self.where
+        )
+        add_up(report, [json.loads(row[0]) for row in counts])
+        run = self.plan.options.get("run")
+        gone = f"its coordinator ({coordinator}) is gone"
+        if _conclude(ledger, self.where, run, report, why=f"{gone} and every worker stopped", gone=True):
+            end = report.stopped_because or f"done, {report.sent} sent in all"
+            self.feedback.stopping(
+                f"{self.plan.issue_id}: {gone}: this worker, the last, ended the send: {end}"
+            )
+        return True
 
     def _round(self) -> None:
         self.signals.stopping = False  # in the loop a signal raises, as in a lone send
@@ -660,9 +842,17 @@ class _Keeper:
     the send's state, writes its counts, and reserves its share of the rate limit's start times."""
 
     def __init__(
-        self, ledger: Ledger, where: tuple[str, str], name: str, lease: float, rate: float, counts: Any
+        self,
+        ledger: Ledger,
+        where: tuple[str, str],
+        name: str,
+        lease: float,
+        rate: float,
+        counts: Any,
+        signalled: bool,
     ) -> None:
         self.ledger = ledger
+        self.signalled = signalled  # the coordinator's stop comes as a signal, not through this thread
         self.where = where
         self.name = name
         self.lease = lease
@@ -763,7 +953,7 @@ class _Keeper:
         state = self.state = rows[0][0] if rows else "stopped"
         if state != "running" and not self.stopping:
             self.stopping = True
-            if state != "done":  # the coordinator stops the send: stop as on our own SIGTERM
+            if state != "done" and not self.signalled:  # the coordinator stops the send: as on a SIGTERM
                 _thread.interrupt_main(signal.SIGTERM)
         counts = json.dumps(self.counts())
         ledger.write(

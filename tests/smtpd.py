@@ -10,6 +10,7 @@
     server.reset_on("c@example.com")               # TCP reset instead of the reply to DATA
     server.delay(0.3)                              # wait before answering end of DATA
     held = server.hold("d@example.com")           # keep the next RCPT's reply until held.release.set()
+    server.pause(); server.resume()                # keep back every RCPT reply in between
     server.wait_for(3)                             # the first 3 messages, waiting with a deadline
     server.messages, server.connections            # what arrived, how many sessions said EHLO/HELO
 
@@ -78,6 +79,7 @@ class _State:
     delay: float = 0.0
     auth_attempts: list[tuple[str, bool]] = field(default_factory=list)
     holds: dict[str, Hold] = field(default_factory=dict)
+    gate: asyncio.Event | None = None  # while set (pause()), every RCPT reply waits for it
 
 
 @dataclass(frozen=True)
@@ -220,6 +222,9 @@ class _Handler:
     ) -> str:
         with self.owner._lock:
             hold = self.owner._state.holds.pop(address, None)
+            gate = self.owner._state.gate
+        if gate is not None:
+            await gate.wait()
         if hold is not None:
             hold.reached.set()
             await asyncio.get_running_loop().run_in_executor(None, hold.release.wait)
@@ -466,6 +471,7 @@ class SMTPServer:
         """Close every client session, then the listener and its thread."""
         for hold in self._holds:
             hold.release.set()
+        self.resume()
         loop = self._controller.loop
         if loop.is_running():
 
@@ -584,6 +590,19 @@ class SMTPServer:
         with self._lock:
             self._state.holds[address] = hold
         return hold
+
+    def pause(self) -> None:
+        """Keep back every RCPT reply from now until resume(): no message gets through meanwhile."""
+        with self._lock:
+            if self._state.gate is None:
+                self._state.gate = asyncio.Event()
+
+    def resume(self) -> None:
+        """Let the RCPT replies kept back by pause() go."""
+        with self._lock:
+            gate, self._state.gate = self._state.gate, None
+        if gate is not None:
+            self._controller.loop.call_soon_threadsafe(gate.set)
 
     def delay(self, seconds: float) -> None:
         """Wait this long before answering each end of DATA."""
