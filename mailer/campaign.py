@@ -7,6 +7,7 @@ the one message per connection that the server took but the record does not show
 
 from __future__ import annotations
 
+import collections
 import heapq
 import itertools
 import queue
@@ -302,7 +303,12 @@ def _state(outcome: Outcome) -> str:
 
 
 class _Pool:
-    """N worker threads, each with its own connection; one recorder thread writes their outcomes."""
+    """N worker threads, each with its own connection; one recorder thread writes their outcomes.
+
+    The loop hands jobs over in runs (up to HAND_OVER at a time, however many it has built while every
+    connection was busy), so that it and a connection wake each other once per run, not once per message;
+    a connection takes its next run when it needs a message and has none.
+    """
 
     def __init__(
         self,
@@ -314,9 +320,14 @@ class _Pool:
         stop: threading.Event | None = None,
         share: Share | None = None,
     ) -> None:
-        self.jobs: queue.Queue[_Job | None] = queue.Queue(maxsize=connections)
+        self.jobs: queue.Queue[list[_Job] | None] = queue.Queue(maxsize=connections)
+        self.built: list[_Job] = []  # built by the loop, not handed over yet: the next run
+        # a share claims its readers batch by batch as the loop asks for them: built ahead, they would be
+        # claimed by this process before another could take them (workers.py)
+        self.run_size = 1 if share is not None else HAND_OVER
         self.outcomes: queue.Queue[tuple[_Job, Outcome | None, str]] = queue.Queue()
         self.stop = stop or threading.Event()  # set: stop now, calling off messages short of their "."
+        self.closing = threading.Event()  # set: no new message starts; jobs held are given back undone
         self.limiter = limiter
         self.share = share
         self.transport = transport
@@ -335,19 +346,31 @@ class _Pool:
         recorded = threading.Event()  # the outcome this connection handed over last is committed
         recorded.set()
         recorder = self.recorder
-        # the job taken from the queue while the one before was being ended, so that its commands could
-        # go out with that one's "." (Connection.send's `following`); it is this connection's next job
-        ahead: list[_Job | None] = []
+        mine: collections.deque[_Job] = collections.deque()  # the run taken, in order
+        last = False  # the loop said there is no more: end once `mine` is done
+
+        def take(block: bool) -> bool:
+            """Take the next run into `mine`; False when there is none (yet, or any more)."""
+            nonlocal last
+            if last:
+                return False
+            try:
+                run = self.jobs.get(block)
+            except queue.Empty:
+                return False
+            if run is None:
+                last = True
+                return False
+            mine.extend(run)
+            return True
 
         def following() -> tuple[str, str] | None:
-            if ahead or self.limiter.interval or self.stop.is_set():  # a rate limit says when it starts
+            """The next job, whose commands may go with this one's "." (Connection.send's `following`)."""
+            if self.limiter.interval or self.stop.is_set() or self.closing.is_set():
+                return None  # a rate limit says when a message starts
+            if not mine and not take(block=False):
                 return None
-            try:
-                job = self.jobs.get_nowait()
-            except queue.Empty:
-                return None
-            ahead.append(job)
-            return None if job is None else (job.sender, job.sub.email)
+            return mine[0].sender, mine[0].sub.email
 
         def ready() -> None:
             recorder.opened.wait()  # a first message waits for the record to be open: it may not be
@@ -362,10 +385,10 @@ class _Pool:
 
         job: _Job | None = None
         try:
-            while True:
-                job = ahead.pop() if ahead else self.jobs.get()
-                if job is None:
+            while mine or take(block=True):
+                if self.closing.is_set():  # the loop is shutting down: what is held never starts
                     return
+                job = mine.popleft()
                 self.limiter.wait(self.stop)
                 if self.stop.is_set():
                     self.outcomes.put((job, None, ""))
@@ -394,31 +417,41 @@ class _Pool:
             self.outcomes.put((job, None, f"internal error: {exc!r}"))  # type: ignore[arg-type]
             raise
         finally:
-            for left in ahead:  # taken, never sent: pending, as if still queued
-                if left is not None:
-                    self.outcomes.put((left, None, ""))
+            for left in mine:  # taken, never started: pending, as if still queued
+                self.outcomes.put((left, None, ""))
             conn.close()
 
     def submit(self, job: _Job, timeout: float) -> bool:
-        """Queue a job; False when the queue stayed full for `timeout` seconds."""
-        try:
-            self.jobs.put(job, timeout=timeout)
-        except queue.Full:
+        """Add a job to the next run; False when a full run could not be handed over within `timeout`."""
+        if len(self.built) >= self.run_size and not self.hand_over(timeout):
             return False
+        self.built.append(job)
         self.in_flight += 1
+        self.hand_over(0.0)
+        return True
+
+    def hand_over(self, timeout: float) -> bool:
+        """Queue the jobs built so far as one run; False when the queue stayed full for `timeout` seconds."""
+        if self.built:
+            try:
+                self.jobs.put(self.built, block=timeout > 0, timeout=timeout or None)
+            except queue.Full:
+                return False
+            self.built = []
         return True
 
     def shutdown(self) -> list[_Job]:
         """Stop after the messages in flight; return the jobs that were queued but never sent."""
-        unsent: list[_Job] = []
+        self.closing.set()
+        unsent, self.built = self.built, []
         while True:
             try:
-                job = self.jobs.get_nowait()
+                run = self.jobs.get_nowait()
             except queue.Empty:
                 break
-            if job is not None:
-                unsent.append(job)
-                self.in_flight -= 1
+            if run is not None:
+                unsent.extend(run)
+        self.in_flight -= len(unsent)
         for _ in self.threads:
             self.jobs.put(None)
         for thread in self.threads:
@@ -502,6 +535,7 @@ def run_share(
 HELD_LIMIT = 5  # policy refusals (5.7.x) with no one accepted that stop the send: see refusals.py
 SWITCH_INTERVAL = 0.0005  # seconds, while a send runs (see _Loop.run)
 LOOKUP_BATCH = 256  # subscribers looked up in the record per query: a fraction of a second of sending
+HAND_OVER = 32  # jobs handed to a connection at once, at most: one wake-up of the loop per run
 
 
 def _chunked(subscribers: Iterable[Subscriber]) -> Iterator[list[Subscriber]]:
@@ -603,6 +637,7 @@ class _Loop:
                 self._submit(_Job(0.0, next(self.seq), sub))
             while not self.fatal and (self.pool.in_flight or self.retries):
                 self._submit_due_retries()
+                self.pool.hand_over(0.0)  # the last run built, once a connection has room for it
                 if self.pool.in_flight:
                     self._collect(0.2)
                 elif self.retries:  # nothing out: only the clock can bring the next retry
