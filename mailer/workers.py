@@ -224,7 +224,12 @@ def coordinate(
         hurried = False
         while local.alive() or _live_leases(ledger, where):
             if signals.hurry.is_set() and not hurried:
-                hurried = True
+                hurried = (
+                    True  # a second SIGTERM hurries the workers here, the send 'stopped' those elsewhere
+                )
+                ledger.write(
+                    "UPDATE sends SET state = 'stopped' WHERE issue_id = ? AND destination = ?", where
+                )
                 local.signal(signal.SIGTERM)
             _tick(ledger, where, lease, report, feedback)
             time.sleep(POLL)
@@ -864,6 +869,7 @@ class _Keeper:
         self.valid_until = 0.0  # wall clock: no "." after this unless renewed
         self.lost = ""
         self.stopping = False
+        self.hurried = False
         self.state = "running"  # the send's, as last read
         self.slots: list[float] = []
         self.cond = threading.Condition()
@@ -955,6 +961,9 @@ class _Keeper:
             self.stopping = True
             if state != "done" and not self.signalled:  # the coordinator stops the send: as on a SIGTERM
                 _thread.interrupt_main(signal.SIGTERM)
+        if state == "stopped" and not self.hurried and not self.signalled:  # its second signal: hurry
+            self.hurried = True
+            _thread.interrupt_main(signal.SIGTERM)
         counts = json.dumps(self.counts())
         ledger.write(
             "UPDATE send_workers SET counts = ?, updated_at = ? WHERE issue_id = ? AND destination = ?"

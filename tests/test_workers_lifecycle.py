@@ -321,3 +321,36 @@ def test_a_second_sigterm_on_the_coordinator_hurries_its_worker_past_a_reply_tha
     rerun = mailer(args, env, tmp_path)
     assert rerun.returncode == 0, rerun.stderr
     assert recipients(smtp_server) == Counter({e: 1 for e in emails})
+
+
+def test_a_second_ctrl_c_on_the_coordinator_hurries_a_worker_elsewhere_too(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path, record_at: Location
+) -> None:
+    emails = [f"user{i}@example.com" for i in range(30)]
+    csv = write_list(tmp_path / "subs.csv", emails)
+    env = env_at(smtp_server, tmp_path, record_at, MAILER_SMTP_TIMEOUT="600")  # no timeout ends the wait
+    args = ["send", str(post), "--to", str(csv), "--yes", "--force", "--distributed"]
+    coordinator = spawn([*args, "--workers", "0"], env, tmp_path)
+    held = smtp_server.hold("user3@example.com")
+    elsewhere: subprocess.Popen[bytes] | None = None
+    try:
+        wait_until("the send in the record", lambda: _running(record_at))
+        elsewhere = spawn(["worker", "--connections", "1"], env, tmp_path)
+        assert held.reached.wait(timeout=120), "the worker never reached user3"
+        coordinator.send_signal(signal.SIGINT)
+        said = _read_until(coordinator, b"Interrupted: stopping every worker after the messages in flight")
+        other = _read_until(elsewhere, b"Terminated (SIGTERM): stopping after the messages in flight")
+        coordinator.send_signal(signal.SIGINT)
+        other += elsewhere.communicate(timeout=120)[1]  # the reply to user3's RCPT is still held
+        _, rest = coordinator.communicate(timeout=120)
+        assert not held.release.is_set()
+    finally:
+        held.release.set()
+        finish(coordinator, *([elsewhere] if elsewhere else []))
+    assert elsewhere.returncode == 143, other.decode()
+    assert coordinator.returncode == 130, (said + rest).decode()
+    assert b"Traceback" not in said + rest + other
+    assert "user3@example.com" not in recipients(smtp_server)
+    rerun = mailer([*args, "--workers", "1"], env, tmp_path)
+    assert rerun.returncode == 0, rerun.stderr
+    assert recipients(smtp_server) == Counter({e: 1 for e in emails})
