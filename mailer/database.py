@@ -8,11 +8,14 @@ can change it meanwhile.
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import Settings
-from .engine import Location, Server, connect
+from .engine import Location, Server
 from .errors import MailerError
 from .ledger import Ledger
 
@@ -38,15 +41,8 @@ class Migrated:
 
 def migrate(settings: Settings) -> Migrated:
     """Create the schema in the configured database, or bring it up to this mailer's version."""
-    where = settings.db_path
-    engine = connect(where, timeout=30.0, create=True)
-    try:
-        with engine.errors():
-            before = engine.schema_version()
-    finally:
-        engine.close()
-    with Ledger(where) as ledger:  # opening makes or upgrades it (one transaction), or refuses a newer one
-        return Migrated(where, before, ledger.schema_version())
+    with Ledger(settings.db_path) as ledger:  # opening makes or upgrades it, or refuses a newer one
+        return Migrated(settings.db_path, ledger.found_version, ledger.schema_version())
 
 
 @dataclass
@@ -74,6 +70,8 @@ def copy_sqlite(settings: Settings, source: Path) -> Copied:
         )
     if not source.is_file():
         raise MailerError(f"{source}: no such SQLite file")
+    if _schema_of(source) == 0:  # opening it as a Ledger would write mailer's tables into it
+        raise MailerError(f"{source}: not a mailer record (no mailer tables in it); nothing copied")
     copied = Copied(source, target)
     with Ledger(source, create=False) as old, Ledger(target) as new:
         with old.transaction():  # the file holds still while it is read
@@ -96,6 +94,17 @@ def copy_sqlite(settings: Settings, source: Path) -> Copied:
                             " nothing was copied"
                         )
     return copied
+
+
+def _schema_of(source: Path) -> int | None:
+    """The file's mailer schema number (0: none), read without writing to it; None if SQLite cannot read it
+    (the Ledger that opens it next says why)."""
+    uri = f"file:{urllib.parse.quote(str(source.absolute()))}?mode=ro"
+    with contextlib.closing(sqlite3.connect(uri, uri=True)) as probe:
+        try:
+            return int(probe.execute("PRAGMA user_version").fetchone()[0])
+        except sqlite3.DatabaseError:
+            return None
 
 
 def _tables_in_order(old: Ledger) -> list[str]:

@@ -116,7 +116,10 @@ class PostgreSQL:
 
     def schema_version(self) -> int:
         with self.errors():
-            if self._db.execute("SELECT to_regclass('mailer_schema')").fetchone() == (None,):
+            # pg_tables, not to_regclass: after waiting for the write lock, to_regclass still answers from
+            # the catalog cache of before the wait, missing a schema another process made meanwhile
+            found = "SELECT count(*) FROM pg_tables WHERE schemaname = current_schema() AND tablename = %s"
+            if self._db.execute(found, ("mailer_schema",)).fetchone() == (0,):
                 return 0
             row = self._db.execute("SELECT max(version) FROM mailer_schema").fetchone()
         return int(row[0] or 0) if row else 0

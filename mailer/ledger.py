@@ -318,6 +318,7 @@ class Ledger:
         self.timeout = timeout
         self.create = create
         self._depth = 0
+        self.found_version = 0  # the schema's number before this opening made or upgraded it
         self._engine: Engine | None = None
         self._engine = connect(path, timeout=timeout, create=create)
         try:
@@ -328,9 +329,10 @@ class Ledger:
 
     def _migrate(self) -> None:
         # Read first, lock only to create: opening must not wait for a send's open transaction.
-        if self.schema_version() == SCHEMA_VERSION:
+        self.found_version = self.schema_version()
+        if self.found_version == SCHEMA_VERSION:
             return
-        self.migrate()
+        self.found_version = self.migrate()  # read again under the lock: another process may have made it
 
     def schema_version(self) -> int:
         """The schema's number as the database has it (0 for an empty one; SCHEMA_VERSION once opened)."""

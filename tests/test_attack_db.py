@@ -1,0 +1,100 @@
+"""The attack pass on `mailer db`: what a publisher's slip (the wrong file given to `db copy`) or two hosts
+starting at once (two first openings of a new PostgreSQL database) did to the record."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from mailer.engine import Server
+from mailer.engine_postgresql import WRITE_LOCK
+from mailer.ledger import SCHEMA_VERSION
+from tests import publisher
+from tests.command import invoke
+from tests.pg import Cluster, database_env, rows
+
+pytestmark = pytest.mark.postgresql
+
+
+@pytest.fixture
+def server(pg_cluster: Cluster) -> Server:
+    return pg_cluster.database()
+
+
+def _env(tmp_path: Path, server: Server) -> dict[str, str]:
+    return {**publisher.ENV, "MAILER_DATA_DIR": str(tmp_path / "state"), **database_env(server)}
+
+
+def test_copy_of_a_sqlite_file_that_is_no_mailer_record_leaves_the_file_as_it_was(
+    server: Server, tmp_path: Path
+) -> None:
+    # the publisher gives the wrong file: another program's SQLite database, or an empty file
+    other = tmp_path / "app.db"
+    with closing(sqlite3.connect(other)) as db, db:
+        db.execute("CREATE TABLE notes (body TEXT)")
+        db.execute("INSERT INTO notes VALUES ('keep me')")
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    for source in (other, empty):
+        before = source.read_bytes()
+        copied = invoke(["db", "copy", str(source)], _env(tmp_path, server))
+        assert copied.exit_code == 1, copied.output
+        [line] = copied.stderr.splitlines()
+        assert line == f"Error: {source}: not a mailer record (no mailer tables in it); nothing copied"
+        assert source.read_bytes() == before  # no mailer tables written into the publisher's file
+    assert rows(server, "SELECT count(*) FROM pg_tables WHERE schemaname = current_schema()") == [(0,)]
+
+
+def _waiting_for_the_write_lock(server: Server, count: int) -> None:
+    """Return once `count` connections wait for the record's write lock (pg_locks says so)."""
+    deadline = time.monotonic() + 60
+    waiting = threading.Event()
+    while time.monotonic() < deadline:
+        [(n,)] = rows(
+            server,
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            " AND ((classid::bigint << 32) | objid::bigint) = ?",
+            (WRITE_LOCK,),
+        )
+        if n == count:
+            return
+        waiting.wait(0.05)
+    raise AssertionError(f"{count} processes never waited for the write lock")
+
+
+def test_two_first_openings_of_a_new_postgresql_database_at_once_both_succeed(server: Server) -> None:
+    # two web hosts (or two migrates) started together against a new, empty database: each finds no
+    # schema, waits for the other to make it, and must then see it rather than make it again
+    import psycopg
+
+    env = {**os.environ, **database_env(server)}
+    with psycopg.connect(server.url, password=server.password, autocommit=True) as holder:
+        holder.execute(f"BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})")
+        migrates = [
+            subprocess.Popen(
+                [sys.executable, "-m", "mailer", "db", "migrate"],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(2)
+        ]
+        _waiting_for_the_write_lock(server, 2)
+        holder.execute("COMMIT")
+    outcomes = [(m.wait(timeout=120), *m.communicate()) for m in migrates]
+    for code, out, err in outcomes:
+        assert (code, err) == (0, ""), out
+    lines = sorted(out.strip() for _, out, _ in outcomes)
+    assert lines == [
+        f"{server}: created the mailer schema (version {SCHEMA_VERSION})",
+        f"{server}: schema {SCHEMA_VERSION}, up to date",
+    ]
