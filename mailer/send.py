@@ -272,7 +272,7 @@ def _send(
     ):
         if crew is not None and not options.dry_run:
             report = coordinate(
-                ledger, issue, lists.subscribers, expected=deliverable, options=options, crew=crew,
+                ledger, issue, factory, lists.subscribers, expected=deliverable, options=options, crew=crew,
                 settings=settings, feedback=feedback, signals=signals, list_key=lists.key,
                 list_path=lists.resolved,
             )  # fmt: skip

@@ -58,14 +58,20 @@ COUNTED = (
 )  # fmt: skip
 
 
-def fingerprint(issue: Issue) -> str:
-    """What every reader's message shares, hashed: two hosts that render the post alike get the same."""
+def fingerprint(issue: Issue, factory: MessageFactory) -> str:
+    """What every reader's message shares, hashed: two hosts that render the post alike get the same first
+    half; two that sign and address a reader's message alike (the unsubscribe key, list id and web_url, the
+    bounce address) the same second half."""
     h = hashlib.sha256(issue.subject.encode())
     for part in (issue.html, issue.text):
         h.update(b"\0part")
         for chunk in part.chunks:
             h.update(len(chunk).to_bytes(8, "big") + chunk)
-    return h.hexdigest()
+    probe = (
+        "fingerprint@mailer.invalid"  # a reader no list has: its link and return path as this host makes them
+    )
+    reader = "\0".join((factory.unsubscribe_url(probe), factory.envelope_sender(probe)))
+    return f"{h.hexdigest()} {hashlib.sha256(reader.encode()).hexdigest()}"
 
 
 def batch_size(readers: int, workers: int) -> int:
@@ -92,6 +98,7 @@ class Crew:
 def publish(
     ledger: Ledger,
     issue: Issue,
+    factory: MessageFactory,
     options: SendOptions,
     subscribers: Iterator[Subscriber] | Any,
     *,
@@ -132,8 +139,8 @@ def publish(
         ledger.write(
             "INSERT INTO sends (issue_id, destination, state, coordinator, alive_until, post_name, post,"
             " fingerprint, options, started_at) VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?)",
-            (*where, coordinator, now + lease, str(issue.post.path), _post_text(issue), fingerprint(issue),
-             json.dumps(stored), _stamp()),
+            (*where, coordinator, now + lease, str(issue.post.path), _post_text(issue),
+             fingerprint(issue, factory), json.dumps(stored), _stamp()),
         )  # fmt: skip
         batch: list[list[Any]] = []
         for sub in subscribers:
@@ -168,6 +175,7 @@ def _stamp(at: float | None = None) -> str:
 def coordinate(
     ledger: Ledger,
     issue: Issue,
+    factory: MessageFactory,
     subscribers: Iterator[Subscriber] | Any,
     *,
     expected: int,
@@ -197,7 +205,7 @@ def coordinate(
     lease = settings.worker_lease
     where = (issue_id, ledger.destination)
     publish(
-        ledger, issue, options, subscribers, expected=expected, workers=crew.workers, lease=lease,
+        ledger, issue, factory, options, subscribers, expected=expected, workers=crew.workers, lease=lease,
         coordinator=_me(), run_id=run_id,
     )  # fmt: skip
     # A signal must not raise in the middle of a query here (the connection would keep a statement open and
@@ -585,12 +593,19 @@ def work(
                 which = f"of issue {issue_id} " if issue_id else ""
                 return WorkResult(issue_id, note=f"No send {which}is running; nothing to do.")
             issue = render_issue(parse_post(plan.post.encode("utf-8"), Path(plan.post_name)), settings)
-            if fingerprint(issue) != plan.fingerprint:
+            factory = make_factory(issue, settings, console=console)
+            mine, theirs = fingerprint(issue, factory).split(), plan.fingerprint.split()
+            if mine[0] != theirs[0]:
                 raise MailerError(
                     f"{plan.post_name}: this host renders issue {plan.issue_id} otherwise than the host that"
                     " started the send (another mailer version, configuration or templates?); not joining"
                 )
-            factory = make_factory(issue, settings, console=console)
+            if mine != theirs:
+                raise MailerError(
+                    f"{plan.post_name}: this host would sign the readers' unsubscribe links of issue"
+                    f" {plan.issue_id} otherwise than the host that started the send, and the web pages would"
+                    " refuse them (another secret_key or key file, list_id, or bounce_address?); not joining"
+                )
             worker = _Worker(ledger, plan, factory, transport, feedback, signals, connections)
             return worker.run()
 

@@ -1,0 +1,56 @@
+"""The attack pass on many senders: a `mailer worker` host set up otherwise than the coordinator's.
+
+A worker renders the issue itself and signs each reader's unsubscribe link with its own key. A host whose
+key (or web_url, list id, bounce address) differs mails links that the web hosts refuse: those readers
+could not unsubscribe. Such a worker must be refused before it sends anything, as one that renders the
+post otherwise is (test_workers.py).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests.publisher import env_for
+from tests.smtpd import SMTPServer
+from tests.test_workers import LEASE, _running, recipients, spawn, wait_until, write_list
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        # another host: its own data folder, where no key was made yet (it makes one of its own)
+        {"MAILER_DATA_DIR": "{tmp}/host-b"},
+        {"MAILER_SECRET_KEY": "another-key-of-at-least-32-characters-0123456789"},
+        {"MAILER_LIST_ID": "other.list.example.net"},
+    ],
+    ids=["own-key-file", "secret_key", "list_id"],
+)
+def test_a_worker_that_would_sign_or_link_readers_otherwise_is_refused(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path, other: dict[str, str]
+) -> None:
+    csv = write_list(tmp_path / "subs.csv", ["a@example.com", "b@example.com"])
+    db = tmp_path / "state" / "mailer.db"
+    env = env_for(smtp_server, tmp_path, MAILER_WORKER_LEASE=LEASE, MAILER_DATABASE=str(db))
+    coordinator = spawn(
+        ["send", str(post), "--to", str(csv), "--yes", "--force", "--distributed", "--workers", "0"],
+        env, tmp_path,
+    )  # fmt: skip
+    try:
+        wait_until("the send in the record", lambda: _running(db))
+        odd = spawn(["worker"], {**env, **{k: v.format(tmp=tmp_path) for k, v in other.items()}}, tmp_path)
+        _, odd_err = odd.communicate(timeout=60)
+        assert odd.returncode == 1, odd_err.decode()
+        [line] = [x for x in odd_err.decode().splitlines() if x.startswith("Error: ")]
+        assert "unsubscribe links" in line and "not joining" in line, line
+        assert "Traceback" not in odd_err.decode() and smtp_server.messages == []
+        good = spawn(["worker"], env, tmp_path)
+        good.communicate(timeout=120)
+        _, err = coordinator.communicate(timeout=120)
+    finally:
+        if coordinator.poll() is None:
+            coordinator.kill()
+    assert coordinator.returncode == 0, err.decode()
+    assert recipients(smtp_server) == Counter({"a@example.com": 1, "b@example.com": 1})
