@@ -76,6 +76,13 @@ def copy_sqlite(settings: Settings, source: Path) -> Copied:
     with Ledger(source, create=False) as old, Ledger(target) as new:
         with old.transaction():  # the file holds still while it is read
             tables = _tables_in_order(old)
+            ours = {
+                row[0]
+                for row in new.rows("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")
+            }
+            for table in tables:  # only mailer's names go into SQL below: a file's table name may be SQL
+                if table not in ours:
+                    raise MailerError(f"{source}: table {table!r} is not one of mailer's; nothing copied")
             for table in tables:
                 if new.rows(f"SELECT count(*) FROM {table}")[0][0]:
                     raise MailerError(

@@ -16,7 +16,7 @@ import pytest
 
 from mailer.engine import Server
 from mailer.engine_postgresql import WRITE_LOCK
-from mailer.ledger import SCHEMA_VERSION
+from mailer.ledger import SCHEMA_VERSION, Ledger
 from tests import publisher
 from tests.command import invoke
 from tests.pg import Cluster, database_env, rows
@@ -98,3 +98,26 @@ def test_two_first_openings_of_a_new_postgresql_database_at_once_both_succeed(se
         f"{server}: created the mailer schema (version {SCHEMA_VERSION})",
         f"{server}: schema {SCHEMA_VERSION}, up to date",
     ]
+
+
+def test_copy_of_a_file_with_a_hostile_table_name_changes_nothing_in_the_target(
+    server: Server, tmp_path: Path
+) -> None:
+    # a record handed over by someone else, with a table whose name is SQL; the target already holds a
+    # record whose bounces table is empty (so the name's first statement runs and the rest would follow)
+    with Ledger(server) as ledger:
+        ledger.start_issue("2026-02-09", "hash-1", "Monday")
+        ledger.record_outcomes("2026-02-09", [("ann@example.org", "sent", 250, "ok")])
+    hostile = tmp_path / "old.db"
+    with Ledger(hostile) as ledger:
+        ledger.suppress("gone@example.org", source="web")
+    with closing(sqlite3.connect(hostile)) as db, db:
+        db.execute('CREATE TABLE "bounces; DROP TABLE deliveries; --" (a)')
+    copied = invoke(["db", "copy", str(hostile)], _env(tmp_path, server))
+    assert rows(server, "SELECT count(*) FROM pg_tables WHERE tablename = 'deliveries'") == [(1,)]
+    assert rows(server, "SELECT email, state FROM deliveries") == [("ann@example.org", "sent")]
+    assert copied.exit_code == 1, copied.output
+    [line] = copied.stderr.splitlines()
+    assert line == (
+        f"Error: {hostile}: table 'bounces; DROP TABLE deliveries; --' is not one of mailer's; nothing copied"
+    )
