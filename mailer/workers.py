@@ -20,6 +20,7 @@ own SIGTERM, after the messages in flight.
 from __future__ import annotations
 
 import _thread
+import contextlib
 import hashlib
 import json
 import os
@@ -214,12 +215,22 @@ def coordinate(
     signals.stopping = True
     local = _Locals(issue_id, crew, settings, feedback, where)
     local.start(ledger)
-    while not signals.signum:
-        local.replace_dead(ledger)
-        if _finished(ledger, where, local, crew):
-            break
-        _tick(ledger, where, lease, report, feedback)
-        time.sleep(POLL)
+    try:
+        while not signals.signum:
+            local.replace_dead(ledger)
+            if _finished(ledger, where, local, crew):
+                break
+            _tick(ledger, where, lease, report, feedback)
+            time.sleep(POLL)
+    except MailerError as exc:  # the record went away (a database restart): stopped early, as a lone send
+        local.signal(signal.SIGTERM)
+        local.reap()
+        with contextlib.suppress(MailerError), ledger.reopen() as again:  # if it is back: a rerun may start
+            again.write(
+                "UPDATE sends SET state = 'stopped', alive_until = 0 WHERE issue_id = ? AND destination = ?",
+                where,
+            )
+        raise SendAborted(f"cannot follow the send in the record: {exc}") from None
     interrupted = Interrupted(signals.signum) if signals.signum else None
     if interrupted is not None:  # Ctrl-C or SIGTERM: every worker stops after its messages in flight
         report.stopped_because = "interrupted"

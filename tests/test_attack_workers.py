@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.pg import Cluster, rows
 from tests.publisher import env_for
 from tests.smtpd import SMTPServer
-from tests.test_workers import LEASE, _running, recipients, spawn, wait_until, write_list
+from tests.test_workers import LEASE, _running, env_at, recipients, spawn, wait_until, write_list
 
 
 @pytest.mark.parametrize(
@@ -54,3 +55,38 @@ def test_a_worker_that_would_sign_or_link_readers_otherwise_is_refused(
             coordinator.kill()
     assert coordinator.returncode == 0, err.decode()
     assert recipients(smtp_server) == Counter({"a@example.com": 1, "b@example.com": 1})
+
+
+@pytest.mark.postgresql
+def test_a_send_by_workers_that_loses_the_record_exits_as_stopped_and_a_rerun_finishes(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path, pg_cluster: Cluster
+) -> None:
+    # PostgreSQL restarted (or failed over) mid-send: every connection of the send ends at once. A lone send
+    # exits 4 ("stopped early ... the record unwritable; rerun to resume", docs/sending.md); a send by workers
+    # must say the same to the cron job that runs it, not 1 ("nothing was sent")
+    server = pg_cluster.database()
+    emails = [f"user{i}@example.com" for i in range(40)]
+    csv = write_list(tmp_path / "subs.csv", emails)
+    env = env_at(smtp_server, tmp_path, server, MAILER_SMTP_TIMEOUT="120")
+    args = ["send", str(post), "--to", str(csv), "--yes", "--force", "--workers", "1"]
+    held = smtp_server.hold("user10@example.com")
+    proc = spawn(args, env, tmp_path)
+    try:
+        assert held.reached.wait(timeout=120), "the send never reached user10"
+        rows(
+            server,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+    finally:
+        held.release.set()
+        _, err = proc.communicate(timeout=120)
+    said = err.decode()
+    assert proc.returncode == 4, said
+    assert "Traceback" not in said and "Error: " in said
+    again = spawn(args, env, tmp_path)
+    _, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err.decode()
+    got = recipients(smtp_server)
+    assert set(got) == set(emails)
+    assert sum(got.values()) - len(emails) <= 1  # the one message in flight on the worker's one connection
