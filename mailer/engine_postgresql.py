@@ -199,6 +199,10 @@ def _hide(text: str, server: Server) -> str:
     return text
 
 
+# what psycopg and libpq say when a session ends under mailer (a restart, a failover, a dropped network)
+_LOST = ("connection is closed", "connection is lost", "server closed the connection", "consuming input")
+
+
 def explain(exc: psycopg.Error, server: Server) -> str:
     """Say what a PostgreSQL error means for the user, in one line, with no password in it."""
     text = _hide(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, server)
@@ -216,6 +220,8 @@ def explain(exc: psycopg.Error, server: Server) -> str:
         return "the server wants a password: set MAILER_DATABASE_PASSWORD (or PGPASSWORD, or ~/.pgpass)"
     if "does not exist" in lowered and "database" in lowered:
         return f"{text} (create it first: createdb, or CREATE DATABASE)"
+    if isinstance(exc, pgerrors.AdminShutdown) or any(words in lowered for words in _LOST):
+        return f"lost the connection to the server ({text}); it may have restarted: run the command again"
     if "connection refused" in lowered or "could not connect" in lowered or "timeout expired" in lowered:
         return f"cannot reach the PostgreSQL server ({text}); is it running, and is the host and port right?"
     if isinstance(exc, pgerrors.DiskFull):

@@ -121,3 +121,25 @@ def test_copy_of_a_file_with_a_hostile_table_name_changes_nothing_in_the_target(
     assert line == (
         f"Error: {hostile}: table 'bounces; DROP TABLE deliveries; --' is not one of mailer's; nothing copied"
     )
+
+
+def test_a_connection_the_server_ended_is_one_line_that_says_to_run_again(server: Server) -> None:
+    # a restart, a failover or an idle-connection reaper ends mailer's session under it: psycopg says only
+    # "terminating connection due to administrator command" or "the connection is closed"
+    from mailer.errors import MailerError
+
+    with Ledger(server) as ledger:
+        rows(
+            server,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        said = []
+        for _ in range(2):  # the first use reads the server's goodbye, the next finds the connection closed
+            with pytest.raises(MailerError) as lost:
+                ledger.rows("SELECT 1")
+            said.append(str(lost.value))
+    for line in said:
+        assert line.startswith(f"{server}: lost the connection to the server (")
+        assert line.endswith("); it may have restarted: run the command again")
+        assert "\n" not in line
