@@ -222,6 +222,8 @@ def explain(exc: psycopg.Error, server: Server) -> str:
         return f"{text} (create it first: createdb, or CREATE DATABASE)"
     if isinstance(exc, pgerrors.AdminShutdown) or any(words in lowered for words in _LOST):
         return f"lost the connection to the server ({text}); it may have restarted: run the command again"
+    if "invalid response to ssl negotiation" in lowered or "expected authentication request" in lowered:
+        return f"what answers at that host and port is not a PostgreSQL server ({text}); is the port right?"
     if "connection refused" in lowered or "could not connect" in lowered or "timeout expired" in lowered:
         return f"cannot reach the PostgreSQL server ({text}); is it running, and is the host and port right?"
     if isinstance(exc, pgerrors.DiskFull):

@@ -20,6 +20,7 @@ from mailer.ledger import SCHEMA_VERSION, Ledger
 from tests import publisher
 from tests.command import invoke
 from tests.pg import Cluster, database_env, rows
+from tests.smtpd import SMTPServer
 
 pytestmark = pytest.mark.postgresql
 
@@ -143,3 +144,18 @@ def test_a_connection_the_server_ended_is_one_line_that_says_to_run_again(server
         assert line.startswith(f"{server}: lost the connection to the server (")
         assert line.endswith("); it may have restarted: run the command again")
         assert "\n" not in line
+
+
+@pytest.mark.parametrize("ssl", ["", "?sslmode=disable"])
+def test_a_port_where_another_server_answers_is_one_line_that_says_so(
+    smtp_server: SMTPServer, tmp_path: Path, ssl: str
+) -> None:
+    # database set to the mail relay's port by mistake: libpq says "received invalid response to SSL
+    # negotiation: 2" or "expected authentication request from server, but received 2"
+    url = f"postgresql://mailer:pw-in-url@{smtp_server.host}:{smtp_server.port}/news{ssl}"
+    env = {**publisher.ENV, "MAILER_DATA_DIR": str(tmp_path / "state"), "MAILER_DATABASE": url}
+    result = invoke(["db", "migrate"], env)
+    assert result.exit_code == 1
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"Error: postgresql://mailer:***@{smtp_server.host}:{smtp_server.port}/news")
+    assert "is not a PostgreSQL server" in line and "pw-in-url" not in line
