@@ -1,15 +1,19 @@
 """The send rate with the record in PostgreSQL against the same send with the record in SQLite.
 
-    .venv/bin/python bench/postgresql.py              # 10,000 messages, 8 connections, median of 5
-    .venv/bin/python bench/postgresql.py --messages 2000 --runs 1 --connections 1,8
+    .venv/bin/python bench/postgresql.py              # 10,000 messages, 1 and 8 connections, median of 5
+    .venv/bin/python bench/postgresql.py --messages 3000 --runs 3 --connections 8 --workers 0,2
+    .venv/bin/python bench/postgresql.py --against /tmp/main   # also an earlier checkout, alternating
 
 Each run is `mailer send` of the example post as a fresh process to Postfix's smtp-sink on a loopback port
 (bench/run.py's sink and settings), once with the record in a SQLite file and once in a PostgreSQL database of
 a throwaway cluster started here (tests/pg.py: initdb in a temporary folder, a loopback port, stopped and
 removed at the end), alternating so both see the same machine load. Unlike the test cluster, this one keeps
-PostgreSQL's durability settings (fsync, synchronous_commit on), as a production server has them. The rate
-is messages over the wall time of the whole process; the target (issue 16) is PostgreSQL at least 0.8x SQLite
-at 8 connections.
+PostgreSQL's durability settings (fsync, synchronous_commit on), as a production server has them. With
+--against DIR, the same runs of the mailer in DIR (a checkout: `git archive REV | tar -x -C DIR`, run through
+PYTHONPATH) alternate with this one's, for a before/after under the same load. `--workers N` runs are
+`send --workers N` (N processes), 0 is a lone send. The rate is messages over the wall time of the whole
+command; CPU is the `mailer send` process's own (with workers: the coordinator's alone, so not shown). The
+target (issue 16) is PostgreSQL at least 0.8x SQLite at 8 connections.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 from bench.run import (  # noqa: E402
     CHILDREN,
     EXAMPLE_POST,
+    Finished,
     mailer_env,
     median,
     run_child,
@@ -35,28 +40,52 @@ from bench.run import (  # noqa: E402
 from tests.pg import Cluster, binaries, database_env  # noqa: E402
 
 TARGET = 0.8
+ENGINES = ("sqlite", "postgresql")
 
 
-def send(port: int, csv: Path, data_dir: Path, connections: int, extra: dict[str, str]) -> float:
-    """Seconds one `mailer send` took, start-up included."""
+def send(
+    port: int, csv: Path, data_dir: Path, connections: int, workers: int, extra: dict[str, str]
+) -> Finished:
+    """One `mailer send`, start-up included."""
     cmd = [sys.executable, "-m", "mailer", "send", str(EXAMPLE_POST), "--to", str(csv), "--yes", "--force"]
     cmd += ["--connections", str(connections)]
+    if workers:
+        cmd += ["--workers", str(workers)]
     done = run_child(cmd, env={**mailer_env(port, data_dir), **extra}, cwd=data_dir.parent)
     if done.rc != 0 or "Traceback" in done.stderr:
         raise RuntimeError(f"mailer send failed ({done.rc}):\n{done.stderr[-2000:]}")
-    return done.wall
+    return done
+
+
+def row(version: str, conns: int, workers: int, runs: dict[tuple[str, str], list[Finished]], n: int) -> str:
+    """One line of the table: each engine's median rate (and CPU per 1,000 messages), and their ratio."""
+    rate, cells = {}, []
+    for engine in ENGINES:
+        done = runs[(version, engine)]
+        rate[engine] = n / median([d.wall for d in done])
+        cpu = median([d.cpu for d in done]) * 1000 / n
+        cells.append(f"{rate[engine]:6,.0f}" + (f" ({cpu:.2f})" if not workers else ""))
+    ratio = rate["postgresql"] / rate["sqlite"]
+    met = "yes" if ratio >= TARGET else "no"
+    return (
+        f"{version:>7} | {conns:>5} | {workers:>7} | {cells[0]:>18} | {cells[1]:>22} | {ratio:.2f}x"
+        f" (≥ {TARGET}x: {met})"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--messages", type=int, default=10_000)
     p.add_argument("--runs", type=int, default=5)
-    p.add_argument("--connections", default="8")
+    p.add_argument("--connections", default="1,8")
+    p.add_argument("--workers", default="0", help="comma-separated; 0 is a lone send")
+    p.add_argument("--against", type=Path, help="a checkout of another mailer version to alternate with")
     a = p.parse_args(argv)
     bindir = binaries()
     if bindir is None:
         print("skipped: PostgreSQL is not installed (Debian package postgresql)")
         return 0
+    versions = {"this": {}} | ({"against": {"PYTHONPATH": str(a.against.resolve())}} if a.against else {})
     with tempfile.TemporaryDirectory(prefix="mailer-bench-pg-") as name:
         tmp = Path(name)
         csv = tmp / "subscribers.csv"
@@ -64,20 +93,25 @@ def main(argv: list[str] | None = None) -> int:
         cluster = Cluster(bindir, durable=True).start()
         try:
             with smtp_sink() as port:
-                print(f"{a.messages:,} messages, median of {a.runs}; msg/s, whole process")
-                print("connections | SQLite | PostgreSQL | ratio | target")
-                for conns in (int(c) for c in a.connections.split(",")):
-                    walls: dict[str, list[float]] = {"sqlite": [], "postgresql": []}
-                    for run in range(a.runs):
-                        for engine in walls:
-                            data_dir = tmp / f"{engine}-{conns}-{run}" / "state"
-                            data_dir.parent.mkdir()
-                            extra = database_env(cluster.database()) if engine == "postgresql" else {}
-                            walls[engine].append(send(port, csv, data_dir, conns, extra))
-                            shutil.rmtree(data_dir.parent)
-                    lite, pg = (a.messages / median(walls[e]) for e in ("sqlite", "postgresql"))
-                    met = "yes" if pg / lite >= TARGET else "no"
-                    print(f"{conns:>11} | {lite:6,.0f} | {pg:10,.0f} | {pg / lite:.2f}x | ≥ {TARGET}x: {met}")
+                print(f"{a.messages:,} messages, median of {a.runs}; msg/s over the whole command,")
+                print("CPU s per 1,000 messages of the mailer send process (lone sends)")
+                print("version | conns | workers | SQLite msg/s (CPU) | PostgreSQL msg/s (CPU) | ratio")
+                for workers in (int(w) for w in a.workers.split(",")):
+                    for conns in (int(c) for c in a.connections.split(",")):
+                        runs: dict[tuple[str, str], list[Finished]] = {}
+                        for run in range(a.runs):
+                            for version, env in versions.items():
+                                for engine in ENGINES:
+                                    data_dir = tmp / f"{version}-{engine}-{conns}-{workers}-{run}" / "state"
+                                    data_dir.parent.mkdir()
+                                    extra = dict(env)
+                                    if engine == "postgresql":
+                                        extra |= database_env(cluster.database())
+                                    done = send(port, csv, data_dir, conns, workers, extra)
+                                    runs.setdefault((version, engine), []).append(done)
+                                    shutil.rmtree(data_dir.parent)
+                        for version in versions:
+                            print(row(version, conns, workers, runs, a.messages))
         finally:
             CHILDREN.stop_all()
             cluster.stop()

@@ -188,23 +188,34 @@ _Record = tuple[_Job, Outcome, threading.Event]
 
 
 class _Recorder:
-    """One thread that writes every connection's outcomes to the delivery record, many per commit.
+    """Writer threads that write every connection's outcomes to the delivery record, many per commit.
 
     A worker hands its outcome over and goes on with its next message up to the final "." of DATA;
     there it waits until the outcome before is committed (Transport `ready`). So no message is
     delivered while the one before it on the same connection is unrecorded, and a crash still
-    repeats at most one message per connection, while the fsync overlaps the next message's
-    transfer and the outcomes of all connections share one commit.
+    repeats at most one message per connection, while the commit overlaps the next message's
+    transfer and the outcomes waiting when a commit starts share it.
+
+    An engine with one writer at a time (SQLite) gets one writer thread. On one that takes concurrent
+    writers (PostgreSQL, whose commit waits for the server's WAL flush), an outcome that arrives while a
+    commit is under way would wait for that commit and then its own; several writers, each with its own
+    connection, start its commit at once instead, and the server flushes concurrent commits together.
     """
 
     BATCH = 1000
 
     def __init__(
-        self, ledger: Ledger, issue_id: str, outcomes: queue.Queue[tuple[_Job, Outcome | None, str]]
+        self,
+        ledger: Ledger,
+        issue_id: str,
+        outcomes: queue.Queue[tuple[_Job, Outcome | None, str]],
+        connections: int = 1,
     ):
-        self.ledger = ledger  # the loop's; this thread writes through a connection of its own to its file
+        self.ledger = ledger  # the loop's; the writers write through connections of their own to its record
         self.issue_id = issue_id
         self.outcomes = outcomes
+        # at most one outcome per connection is waiting: more writers than connections would idle
+        self.writers = max(1, min(connections, ledger.concurrent_writers))
         self.inbox: queue.SimpleQueue[_Record | None] = queue.SimpleQueue()
         self.error = ""
         self.opened = threading.Event()  # set once the record is open here, or cannot be: no "." before
@@ -224,15 +235,41 @@ class _Recorder:
         self.outcomes.put((job, outcome, self.error))
 
     def stop(self) -> None:
-        """Commit what was handed over, then end the thread."""
+        """Commit what was handed over, then end the threads."""
         self.inbox.put(None)
         self.thread.join()
 
     def _run(self) -> None:
-        ledger: Ledger | None = None
+        ledgers: list[Ledger] = []
+        helpers: list[threading.Thread] = []
         try:
-            ledger = self.ledger.reopen()
+            for _ in range(self.writers):
+                ledgers.append(self.ledger.reopen())
             self.opened.set()
+            helpers = [
+                threading.Thread(target=self._drain, args=(own,), name=f"mailer-record-{i}", daemon=True)
+                for i, own in enumerate(ledgers[1:], 1)
+            ]
+            for helper in helpers:
+                helper.start()
+            self._drain(ledgers[0])
+        except MailerError as exc:  # the record cannot be opened: said once, by the main loop
+            self.error = self.error or f"cannot record deliveries: {exc}"
+        except BaseException as exc:  # never leave a worker waiting for a commit that will not come
+            self.error = self.error or f"cannot record deliveries: {exc!r}"
+            raise
+        finally:
+            for helper in helpers:
+                helper.join()
+            self.opened.set()  # after the error, if any, is set: a worker waiting to send sees it
+            self._fail_rest()
+            for own in ledgers:
+                own.close()
+
+    def _drain(self, ledger: Ledger) -> None:
+        """One writer: commit what is waiting, batch after batch, until stop()'s None (passed on to the
+        other writers)."""
+        try:
             stopping = False
             while not stopping:
                 item = self.inbox.get()
@@ -249,16 +286,11 @@ class _Recorder:
                         break
                     batch.append(item)
                 self._write(ledger, batch)
-        except MailerError as exc:  # the record cannot be opened: said once, by the main loop
-            self.error = self.error or f"cannot record deliveries: {exc}"
+            self.inbox.put(None)
         except BaseException as exc:  # never leave a worker waiting for a commit that will not come
             self.error = self.error or f"cannot record deliveries: {exc!r}"
+            self.inbox.put(None)
             raise
-        finally:
-            self.opened.set()  # after the error, if any, is set: a worker waiting to send sees it
-            self._fail_rest()
-            if ledger is not None:
-                ledger.close()
 
     def _write(self, ledger: Ledger, batch: list[_Record]) -> None:
         if not self.error:
@@ -333,7 +365,7 @@ class _Pool:
         self.transport = transport
         self.accepted = threading.Event()  # some recipient of this send was accepted: see refusals.py
         self.in_flight = 0
-        self.recorder = _Recorder(ledger, issue_id, self.outcomes)
+        self.recorder = _Recorder(ledger, issue_id, self.outcomes, connections)
         self.threads = [
             threading.Thread(target=self._work, name=f"mailer-conn-{i}", daemon=True)
             for i in range(connections)

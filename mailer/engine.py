@@ -93,6 +93,11 @@ class Cursor(Protocol):
 class Engine(Protocol):
     """One connection to the record, in autocommit mode: Ledger opens and closes its transactions itself."""
 
+    # How many connections' write transactions can usefully commit at once: 1 where one writer at a time
+    # holds the whole database (SQLite); more where commits of distinct rows run side by side and the
+    # server flushes them together (PostgreSQL).
+    writers: int
+
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
         """Run one statement written with `?` placeholders."""
         ...
@@ -106,8 +111,19 @@ class Engine(Protocol):
         (each row's write stands alone); rows in key order, so two such batches never deadlock."""
         ...
 
+    # What a SELECT in a begin_rows() transaction adds to lock the rows it returns and pass over those
+    # another transaction holds (" FOR UPDATE SKIP LOCKED"); "" where begin_rows() already excludes every
+    # other writer (SQLite).
+    skip_locked: str
+
     def begin(self) -> None:
-        """Open a write transaction holding the database's write lock (one writing transaction at a time)."""
+        """Open a write transaction holding the database's write lock (one writing transaction at a time),
+        for a read-then-write that must see no other writer between its read and its write."""
+        ...
+
+    def begin_rows(self) -> None:
+        """Open a write transaction that locks only the rows it writes (or selects with skip_locked), so
+        that writers of other rows go on meanwhile; SQLite has one writer at a time: begin()."""
         ...
 
     def commit(self) -> None: ...

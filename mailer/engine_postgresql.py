@@ -8,6 +8,11 @@ at once (READ COMMITTED); a commit is on disk before it returns (synchronous_com
 which is what "the record is written before the final '.'" rests on. Waiting for a lock gives up after the
 same timeout as SQLite's busy timeout. The send lock of an issue is a session-level advisory lock: the server
 lets go of it when the sender's connection ends, however the sender died.
+
+What many senders write all the time takes row locks only (begin_rows): batches of outcomes, each row standing
+alone, from several connections at once (the server flushes their commits together), and the workers'
+claims (SELECT ... FOR UPDATE SKIP LOCKED: a worker passes over a batch another is claiming), leases, done
+marks and rate-limit reservations, so senders never queue on the database-wide lock.
 """
 
 from __future__ import annotations
@@ -67,6 +72,11 @@ def _connect(server: Server, *, timeout: float, name: str) -> psycopg.Connection
 class PostgreSQL:
     """One connection to the database (see engine.Engine)."""
 
+    # commits of distinct rows run side by side and the server flushes overlapping ones together, so an
+    # outcome need not wait for a commit under way (8: a send's recorder holds at most that many connections)
+    writers = 8
+    skip_locked = " FOR UPDATE SKIP LOCKED"
+
     def __init__(self, server: Server, *, timeout: float, create: bool) -> None:
         """Connect; create=False refuses a database that has no mailer record in it yet."""
         self.where = self.server = server
@@ -103,6 +113,9 @@ class PostgreSQL:
 
     def begin(self) -> None:
         self._db.execute(f"BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})")
+
+    def begin_rows(self) -> None:
+        self._db.execute("BEGIN")  # READ COMMITTED: each statement sees what others committed before it
 
     def commit(self) -> None:
         self._db.execute("COMMIT")

@@ -24,6 +24,9 @@ from .private import FILE_MODE, make_folder, open_new, restrict
 class SQLite:
     """One connection to the database file (see engine.Engine)."""
 
+    writers = 1  # one write lock for the whole file
+    skip_locked = ""  # BEGIN IMMEDIATE: no other writer can hold a row this transaction reads
+
     def __init__(self, path: Path, *, timeout: float, create: bool) -> None:
         """Open (with `create`, make) the file; create=False refuses a missing file instead."""
         self.where = self.path = path
@@ -76,6 +79,9 @@ class SQLite:
 
     def begin(self) -> None:
         self._db.execute("BEGIN IMMEDIATE")
+
+    def begin_rows(self) -> None:
+        self.begin()  # one writer at a time whatever is written
 
     def commit(self) -> None:
         self._db.execute("COMMIT")

@@ -480,6 +480,16 @@ class Ledger:
         """Another connection to this record and destination, for another thread (one per thread)."""
         return Ledger(self.path, timeout=self.timeout, destination=self.destination)
 
+    @property
+    def skip_locked(self) -> str:
+        """What a SELECT in a rows_only transaction adds to claim rows no other transaction holds."""
+        return self._db.skip_locked
+
+    @property
+    def concurrent_writers(self) -> int:
+        """How many connections' write transactions can usefully commit at once (engine.Engine.writers)."""
+        return self._db.writers
+
     def in_place(self) -> bool:
         """Whether this connection still writes where the next one will read.
 
@@ -517,8 +527,13 @@ class Ledger:
         return self._db.errors()
 
     @contextmanager
-    def transaction(self) -> Iterator[None]:
-        """Group several calls into one commit; an exception rolls all of them back."""
+    def transaction(self, *, rows_only: bool = False) -> Iterator[None]:
+        """Group several calls into one commit; an exception rolls all of them back.
+
+        It holds the database-wide write lock, for a read-then-write that no other writer may come
+        between; rows_only=True locks only the rows it writes (or selects with `skip_locked`) where the
+        engine can (PostgreSQL), for writes that stand alone. A transaction inside another is part of it.
+        """
         if self._depth:
             self._depth += 1
             try:
@@ -529,7 +544,7 @@ class Ledger:
         db = self._db
         with db.errors():
             try:
-                db.begin()
+                db.begin_rows() if rows_only else db.begin()
             except BaseException:
                 if db.in_transaction:  # PostgreSQL: BEGIN went through, its lock did not
                     db.rollback()
@@ -552,7 +567,10 @@ class Ledger:
                     db.rollback()
                 raise
 
-    def _write(self, sql: str, params: tuple[Any, ...] = ()) -> Cursor:
+    def _write(self, sql: str, params: tuple[Any, ...] = (), rows_only: bool = False) -> Cursor:
+        if rows_only and not self._depth:  # one statement is its own transaction, locking what it writes
+            with self._errors():
+                return self._db.execute(sql, params)
         with self.transaction(), self._errors():
             return self._db.execute(sql, params)
 
@@ -560,9 +578,10 @@ class Ledger:
         """Run a query for a module that keeps its own tables here (stored.py); errors as MailerError."""
         return self._all(sql, tuple(params))
 
-    def write(self, sql: str, params: Sequence[Any] = ()) -> int:
-        """Run one write (in the open transaction(), else its own); the rows it changed."""
-        return self._write(sql, tuple(params)).rowcount
+    def write(self, sql: str, params: Sequence[Any] = (), *, rows_only: bool = False) -> int:
+        """Run one write (in the open transaction(), else its own); the rows it changed. rows_only=True:
+        on its own it locks only the rows it writes (see transaction)."""
+        return self._write(sql, tuple(params), rows_only).rowcount
 
     def write_many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         """Run one write for many rows, in one transaction."""

@@ -461,6 +461,7 @@ def _tick(ledger: Ledger, where: tuple[str, str], lease: float, report: Report, 
     ledger.write(
         "UPDATE sends SET alive_until = ? WHERE issue_id = ? AND destination = ?",
         (time.time() + lease, *where),
+        rows_only=True,
     )
     rows = ledger.rows("SELECT counts FROM send_workers WHERE issue_id = ? AND destination = ?", where)
     add_up(report, [json.loads(row[0]) for row in rows])
@@ -662,6 +663,7 @@ class _Worker:
             "INSERT INTO send_workers (issue_id, destination, worker, state, updated_at)"
             " VALUES (?, ?, ?, 'running', ?)",
             (*self.where, self.name, _stamp()),
+            rows_only=True,
         )
         # the coordinator stops its own workers with a signal: the record's 'stopping' would be a second stop,
         # which hurries (stopping.py); the others learn of the stop from the record
@@ -758,6 +760,7 @@ class _Worker:
                 "UPDATE send_batches SET lease_until = 0, owner = ''"
                 " WHERE issue_id = ? AND destination = ? AND owner = ? AND done = 0",
                 (*self.where, self.name),
+                rows_only=True,
             )
             self.keeper.held.clear()
 
@@ -778,6 +781,7 @@ class _Worker:
             "UPDATE send_workers SET counts = ?, state = ?, updated_at = ?"
             " WHERE issue_id = ? AND destination = ? AND worker = ?",
             (json.dumps(self.counts()), state, _stamp(), *self.where, self.name),
+            rows_only=True,
         )
 
 
@@ -818,22 +822,12 @@ class _Share:
 
     def _claim(self) -> _Batch | None:
         w, keeper = self.worker, self.keeper
-        ledger = w.ledger
-        with keeper.lock, ledger.transaction():
+        with keeper.lock:
             now = time.time()
-            rows = ledger.rows(
-                "SELECT batch_no, readers, owner FROM send_batches WHERE issue_id = ? AND destination = ?"
-                " AND done = 0 AND lease_until < ? ORDER BY batch_no LIMIT 1",
-                (*w.where, now),
-            )
-            if not rows:
+            found = claim(w.ledger, w.where, w.name, now + w.lease)
+            if found is None:
                 return None
-            number, readers, owner = rows[0]
-            ledger.write(
-                "UPDATE send_batches SET owner = ?, lease_until = ?"
-                " WHERE issue_id = ? AND destination = ? AND batch_no = ?",
-                (w.name, now + w.lease, *w.where, number),
-            )
+            number, readers, owner = found
             if not keeper.held:
                 keeper.valid_until = now + w.lease * (1 - MARGIN)
             keeper.held.add(number)
@@ -851,11 +845,7 @@ class _Share:
             return
         w = self.worker
         with self.keeper.lock:
-            w.ledger.write(
-                "UPDATE send_batches SET done = 1, lease_until = 0"
-                " WHERE issue_id = ? AND destination = ? AND batch_no = ? AND owner = ?",
-                (*w.where, batch.number, w.name),
-            )
+            done(w.ledger, w.where, w.name, batch.number)
             self.keeper.held.discard(batch.number)
 
     def holds(self) -> str:
@@ -863,6 +853,42 @@ class _Share:
 
     def pace(self) -> Pace:
         return self.keeper
+
+
+def claim(ledger: Ledger, where: tuple[str, str], name: str, until: float) -> tuple[int, str, str] | None:
+    """Lease the first batch not done whose lease ran out (or never was) to `name` until `until`: its number,
+    readers (JSON) and former owner ('' if none), or None when no batch is free.
+
+    On PostgreSQL the SELECT locks the row it finds and passes over rows other workers are claiming (FOR
+    UPDATE SKIP LOCKED), so workers claim side by side and never the same batch; SQLite's one writer at a
+    time does the same one claim after the other.
+    """
+    with ledger.transaction(rows_only=True):
+        rows = ledger.rows(
+            "SELECT batch_no, readers, owner FROM send_batches WHERE issue_id = ? AND destination = ?"
+            " AND done = 0 AND lease_until < ? ORDER BY batch_no LIMIT 1" + ledger.skip_locked,
+            (*where, time.time()),
+        )
+        if not rows:
+            return None
+        number, readers, owner = rows[0]
+        ledger.write(
+            "UPDATE send_batches SET owner = ?, lease_until = ?"
+            " WHERE issue_id = ? AND destination = ? AND batch_no = ?",
+            (name, until, *where, number),
+        )
+    return int(number), str(readers), str(owner)
+
+
+def done(ledger: Ledger, where: tuple[str, str], name: str, number: int) -> bool:
+    """Mark a batch done, if `name` still holds it: one row, one statement, no database-wide lock."""
+    changed = ledger.write(
+        "UPDATE send_batches SET done = 1, lease_until = 0"
+        " WHERE issue_id = ? AND destination = ? AND batch_no = ? AND owner = ?",
+        (*where, number, name),
+        rows_only=True,
+    )
+    return changed == 1
 
 
 MARGIN = 0.25  # of the lease: a worker stops delivering this long before another may take its batch
@@ -956,7 +982,7 @@ class _Keeper:
     def _reserve(self, ledger: Ledger) -> None:
         now = time.time()
         span = self.chunk * self.interval
-        with ledger.transaction():
+        with ledger.transaction(rows_only=True):  # one row: concurrent reservations queue on its lock
             (end,) = ledger.rows(
                 "UPDATE sends SET next_slot = CASE WHEN next_slot > ? THEN next_slot ELSE ? END + ?"
                 " WHERE issue_id = ? AND destination = ? RETURNING next_slot",
@@ -970,7 +996,7 @@ class _Keeper:
         with self.lock:
             now = time.time()
             if self.held:
-                with ledger.transaction():
+                with ledger.transaction(rows_only=True):
                     kept = ledger.rows(
                         "UPDATE send_batches SET lease_until = ? WHERE issue_id = ? AND destination = ?"
                         " AND owner = ? AND done = 0 RETURNING batch_no",
@@ -995,6 +1021,7 @@ class _Keeper:
             "UPDATE send_workers SET counts = ?, updated_at = ? WHERE issue_id = ? AND destination = ?"
             " AND worker = ?",
             (counts, _stamp(), *self.where, self.name),
+            rows_only=True,
         )
 
 
