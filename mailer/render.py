@@ -391,11 +391,12 @@ def inline_css(
 
 def _split(content: str, tags: list[Tag], *, html: bool) -> Part:
     content = content.replace("\r\n", "\n")
-    if html:
-        content = _CONTROL_PARAGRAPH.sub(r"\1", content)
-    else:
-        content = _CONTROL_LINE.sub(r"\1", content)
-        content = _CONTROL_OWN_LINE.sub(r"\1", _CONTROL_SPACE.sub(r"\1", content))
+    if "zqmailerctl" in content:  # without a condition's marker these passes only try every position
+        if html:
+            content = _CONTROL_PARAGRAPH.sub(r"\1", content)
+        else:
+            content = _CONTROL_LINE.sub(r"\1", content)
+            content = _CONTROL_OWN_LINE.sub(r"\1", _CONTROL_SPACE.sub(r"\1", content))
     wrapped = fold(content, html=html, cost=_cost, limit=LINE_LIMIT)
     eight_bit = wrapped is not None
     content = (wrapped if wrapped is not None else content).replace("\n", "\r\n")
