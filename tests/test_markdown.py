@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 from markdown_it import MarkdownIt
+from markdown_it.common.normalize_url import normalizeLink
 
-from mailer.markdown import parse, to_html
+from mailer.markdown import parse, parser, to_html
 from mailer.plaintext import to_text
 
 
@@ -46,3 +49,28 @@ def test_plain_text_wraps_cjk_by_width_and_keeps_urls_whole() -> None:
     lines = text.splitlines()
     assert all(len(line) <= 38 for line in lines if line.startswith("中"))  # 2 columns each, 76 wide
     assert "link[1]" in lines and f"[1] {url}" in lines  # listed at the end, never broken
+
+
+URL_PARTS = st.one_of(
+    st.sampled_from(["https://", "http://", "HTTPS://", "ftp://", "mailto:", "//", "javascript:", "https:"]),
+    st.sampled_from(
+        ["example.com", "a.b-c.io", "xn--fsq.com", "例子.测试", "EXAMPLE.COM", "host:8080", "[::1]"]
+    ),
+    st.sampled_from(
+        ["a" * 64, "b" * 63 + ".c", ".", "..", "-", "@", "user:pw@", "%", "%2F", "%zz", "~", "_"]
+    ),
+    st.sampled_from(["/", "/path/to", "?q=1&r=2", "#frag", "(x)", "*!$,;:=+", "'", '"', " ", "\\", "^", "|"]),
+    st.sampled_from(["é", "中", "\t", "\n", "<", ">", "`", "{", "}", "[", "]"]),
+    st.text(alphabet="abcXYZ019-._~/?#&=+,;:!*()$%@'", max_size=12),
+)
+
+
+@given(st.lists(URL_PARTS, max_size=8).map("".join))
+@example("https://example.com/releases/1")
+@example("https://example.com/100%zz")  # escaped: %25zz
+@example("https://example.com/é?q=a b")  # escaped: %C3%A9, %20
+@example("https://例子.测试/")  # punycode
+@example("https://" + "a" * 63 + ("." + "a" * 63) * 4 + "/x")  # a host name over 255 characters
+def test_links_are_normalized_as_markdown_it_does(url: str) -> None:
+    """mailer skips markdown-it's normalizeLink for plain links; every link still comes out as it would."""
+    assert parser().normalizeLink(url) == normalizeLink(url)
