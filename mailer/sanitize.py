@@ -7,7 +7,6 @@ top; one rule per kind applies them: tags, attributes, styles, URLs.
 
 from __future__ import annotations
 
-import html
 import re
 import unicodedata
 from collections.abc import Callable, Iterator
@@ -322,6 +321,8 @@ def _keep_tag(el: lhtml.HtmlElement, findings: Findings) -> bool:
 
 def _clean_attributes(el: lhtml.HtmlElement, tag: str, base_url: str, findings: Findings) -> None:
     """Attribute rule: the tag's own and the global attributes stay, event handlers are reported."""
+    if not el.attrib:  # most elements: nothing for the rules below to look at
+        return
     for name in list(el.attrib):
         lname = name.lower()
         if lname not in TAGS[tag] and lname not in GLOBAL_ATTRIBUTES:
@@ -406,9 +407,9 @@ def sanitize(
             _image(el, base_url, findings)
         elif tag == "table" and el.getparent() is root:
             _wrap_table(el)
-    # the wrapper's own text is decoded: `&lt;script&gt;` after a removed comment must not come back as a tag
-    out = html.escape(root.text or "", quote=False)
-    return out + "".join(lhtml.tostring(child, encoding="unicode") for child in root)
+    # serialised whole and the wrapper cut off (one call, not one per child); the wrapper's own text is
+    # escaped with the rest: `&lt;script&gt;` after a removed comment must not come back as a tag
+    return lhtml.tostring(root, encoding="unicode").removeprefix("<div>").removesuffix("</div>")
 
 
 def _fragment(fragment_html: str) -> lhtml.HtmlElement:
