@@ -390,11 +390,6 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
     return Loaded(_check(settings, sources), found, file_from, sources, warnings)
 
 
-def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
-    """The checked settings alone, for callers that show no warnings."""
-    return load_config(path, env).settings
-
-
 def _toml_value(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"

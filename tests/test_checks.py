@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from mailer.checks import Check, check_issue, has_errors
-from mailer.config import Settings, load_settings
+from mailer.config import Settings, load_config
 from mailer.post import load_post
 from mailer.render import render_issue
 from tests.conftest import EXAMPLE
@@ -64,7 +64,7 @@ def checks_for(path: Path, settings: Settings) -> dict[str, Check]:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return load_settings(write_config(tmp_path), env={})
+    return load_config(write_config(tmp_path), env={}).settings
 
 
 def test_example_passes_every_check(tmp_path: Path) -> None:
@@ -179,9 +179,9 @@ def test_sender_setup_is_an_error_only_for_real_smtp(tmp_path: Path) -> None:
     assert f"{post}: error: from-address: " in result.stdout and "example.com" in result.stdout
     assert f"{post}: warning: dkim: " in result.stdout
 
-    settings = load_settings(
+    settings = load_config(
         write_config(tmp_path, smtp_host="smtp.aidaily.news", web_url="http://10.0.0.5"), env={}
-    )
+    ).settings
     by_code = checks_for(post, settings)
     assert by_code["unsubscribe-url"].level == "error" and by_code["from-address"].level == "ok"
     assert not has_errors([c for c in by_code.values() if c.code != "unsubscribe-url"])

@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mailer.cli import cli
-from mailer.config import RANGES, Settings, load_settings, smtp_port
+from mailer.config import RANGES, Settings, load_config, smtp_port
 from mailer.errors import ConfigError
 from tests.conftest import EXAMPLE
 
@@ -25,7 +25,7 @@ EMPTY = Path(os.devnull)  # an empty configuration file, whatever the current fo
 
 def test_defaults_without_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    settings = load_settings(env={})
+    settings = load_config(env={}).settings
     assert settings.smtp_host == ""  # no SMTP: the local outbox
     assert settings.outbox_path == Path(".mailer/outbox")
     assert settings.db_path == Path(".mailer/mailer.db")
@@ -38,7 +38,7 @@ def test_environment_wins_over_the_file(tmp_path: Path) -> None:
         'from_name = "File Name"\nconnections = 2\n[smtp]\nhost = "smtp.example.com"\nsecurity = "tls"\n',
         encoding="utf-8",
     )
-    settings = load_settings(config, env={"MAILER_CONNECTIONS": "6", "MAILER_SMTP_VERIFY": "no"})
+    settings = load_config(config, env={"MAILER_CONNECTIONS": "6", "MAILER_SMTP_VERIFY": "no"}).settings
     assert settings.from_name == "File Name"
     assert settings.smtp_host == "smtp.example.com"
     assert settings.connections == 6
@@ -74,7 +74,7 @@ def test_bad_settings_are_one_line_errors(
     config = tmp_path / "mailer.toml"
     config.write_text(toml, encoding="utf-8")
     with pytest.raises(ConfigError, match=message):
-        load_settings(config, env=env)
+        load_config(config, env=env)
     result = CliRunner().invoke(
         cli, ["--config", str(config), "render", "x.md"], env={**env, "MAILER_CONFIG": None}
     )
@@ -98,12 +98,12 @@ def test_each_kind_of_setting_names_the_kind_it_wants(tmp_path: Path, toml: str,
     config = tmp_path / "mailer.toml"
     config.write_text(toml, encoding="utf-8")
     with pytest.raises(ConfigError, match=f"^{config}:1: {re.escape(message)}$"):
-        load_settings(config, env={})
+        load_config(config, env={})
 
 
 def test_an_empty_optional_path_is_unset_and_an_empty_path_is_here(tmp_path: Path) -> None:
     env = {"MAILER_DATABASE": "", "MAILER_DATA_DIR": "", "MAILER_SMTP_PORT": "2525", "MAILER_RATE": "2.5"}
-    settings = load_settings(None, env=env)
+    settings = load_config(None, env=env).settings
     assert settings.database is None and settings.data_dir == Path(".")
     assert settings.db_path == Path(".") / "mailer.db"
     assert (settings.smtp_port, settings.rate) == (2525, 2.5)
@@ -111,7 +111,7 @@ def test_an_empty_optional_path_is_unset_and_an_empty_path_is_here(tmp_path: Pat
 
 def test_missing_explicit_config_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="configuration file not found"):
-        load_settings(tmp_path / "nope.toml", env={})
+        load_config(tmp_path / "nope.toml", env={})
 
 
 def test_public_view_masks_secrets() -> None:
@@ -176,7 +176,7 @@ def test_a_number_that_is_not_one_is_refused(tmp_path: Path, toml: str) -> None:
     config = tmp_path / "mailer.toml"
     config.write_text(toml, encoding="utf-8")
     with pytest.raises(ConfigError, match="connections|smtp_timeout"):
-        load_settings(config, env={})
+        load_config(config, env={})
 
 
 def test_every_numeric_setting_has_a_range() -> None:
@@ -210,7 +210,7 @@ def test_no_setting_can_carry_a_second_header(name: str, brk: str, where: str) -
     good = HEADER_SETTINGS[name]
     value = f"{good}{brk}Bcc: x@evil.example" if where == "end" else f"{good[:3]}{brk}{good[3:]}"
     with pytest.raises(ConfigError) as caught:
-        load_settings(EMPTY, env={f"MAILER_{name.upper()}": value})
+        load_config(EMPTY, env={f"MAILER_{name.upper()}": value})
     assert name in str(caught.value) and "\n" not in str(caught.value)
 
 
@@ -220,24 +220,24 @@ def test_no_setting_can_carry_a_second_header(name: str, brk: str, where: str) -
 )
 def test_an_address_setting_holds_one_address(name: str, sep: str) -> None:
     with pytest.raises(ConfigError, match=name):
-        load_settings(EMPTY, env={f"MAILER_{name.upper()}": f"a@b.example{sep}evil@x.example"})
+        load_config(EMPTY, env={f"MAILER_{name.upper()}": f"a@b.example{sep}evil@x.example"})
 
 
 @pytest.mark.parametrize("value", ["a@b@c", "a@b.c,evil@x", "no-at-sign", "a@", "@b.example"])
 def test_a_from_email_that_is_not_one_address_is_refused(value: str) -> None:
     with pytest.raises(ConfigError, match="from_email.*not an email address"):
-        load_settings(EMPTY, env={"MAILER_FROM_EMAIL": value})
+        load_config(EMPTY, env={"MAILER_FROM_EMAIL": value})
 
 
 def test_a_postal_address_may_span_lines(tmp_path: Path) -> None:
     config = tmp_path / "mailer.toml"
     config.write_text('postal_address = """Example Media\n1 Example Street"""\n', encoding="utf-8")
-    assert load_settings(config, env={}).postal_address == "Example Media\n1 Example Street"
+    assert load_config(config, env={}).settings.postal_address == "Example Media\n1 Example Street"
 
 
 def test_the_header_settings_that_pass_are_the_ones_written() -> None:
     env = {f"MAILER_{k.upper()}": v for k, v in HEADER_SETTINGS.items()}
-    settings = load_settings(EMPTY, env=env)
+    settings = load_config(EMPTY, env=env).settings
     assert {k: str(getattr(settings, k)) for k in HEADER_SETTINGS} == HEADER_SETTINGS
 
 
@@ -294,7 +294,8 @@ def test_paths_from_variables_stay_relative_to_the_current_folder(
     config = site / "mailer.toml"
     config.write_text('outbox = "box"\ndkim_key_file = "keys/dkim.pem"\n', encoding="utf-8")
     monkeypatch.chdir(tmp_path)
-    settings = load_settings(config, env={"MAILER_DATABASE": "here.db", "MAILER_SMTP_CAFILE": "ca.pem"})
+    env = {"MAILER_DATABASE": "here.db", "MAILER_SMTP_CAFILE": "ca.pem"}
+    settings = load_config(config, env=env).settings
     assert settings.outbox_path == site / "box" and settings.dkim_key_file == str(site / "keys" / "dkim.pem")
     assert settings.data_dir == site / ".mailer"  # the default state folder belongs to the site too
     assert settings.db_path == Path("here.db") and settings.smtp_cafile == "ca.pem"

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from flufl.bounce import all_failures
 
-from mailer.config import load_settings
+from mailer.config import load_config
 from mailer.ledger import Ledger
 from tests import mta, record
 from tests.command import run
@@ -265,6 +265,6 @@ def test_postfix_dsn_and_a_complaint_read_over_imap_suppress_and_the_next_send_s
     ), err
     mail_system.wait_for({"alice": 2, "carol": 1})
     assert _search(mail_system, "bounce", "ALL") == 2  # no new bounce: gone was not mailed again
-    settings = load_settings(env=env)
+    settings = load_config(env=env).settings
     with Ledger(settings.db_path) as ledger:
         assert record.delivery(ledger, "2026-02-10", gone) is None

@@ -28,7 +28,7 @@ from urllib.parse import parse_qs, urlsplit
 import lxml.html
 import pytest
 
-from mailer.config import load_settings
+from mailer.config import load_config
 from mailer.ledger import Ledger
 from mailer.tokens import load_keyring
 from tests import mta
@@ -171,7 +171,7 @@ def test_send_through_postfix_read_over_imap_unsubscribe_and_send_again(
     assert _report(err, "sent") == len(READERS), err
 
     mail_system.wait_for({m: 1 for m in READERS})
-    settings = load_settings(env=env)
+    settings = load_config(env=env).settings
     keyring = load_keyring(settings, create=False)
     unsubscribe_prefix = env["MAILER_WEB_URL"] + "/unsubscribe?t="
     received: dict[str, EmailMessage] = {}

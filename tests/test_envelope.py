@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from mailer.cli import cli
-from mailer.config import load_settings
+from mailer.config import load_config
 from mailer.envelope import (
     ReturnPaths,
     decode_token,
@@ -53,7 +53,7 @@ def test_each_message_has_its_own_signed_return_path_that_names_its_reader(
     smtp_server = smtp_servers(pipelining=True)
     readers = ["ann@example.org", "Bo.Smith@Example.org", "cy@example.net"]
     env = _send(smtp_server, tmp_path, post, readers, MAILER_BOUNCE_ADDRESS=BOUNCE)
-    settings = load_settings(env=env)
+    settings = load_config(env=env).settings
     keyring = load_keyring(settings)
     received = smtp_server.wait_for(3)
     assert all(m.pipelined for m in received)  # one MAIL FROM per message, still pipelined
@@ -77,7 +77,7 @@ def test_without_a_bounce_address_the_sender_is_from_email_and_the_message_id_st
     smtp_server: SMTPServer, tmp_path: Path, post: Path
 ) -> None:
     env = _send(smtp_server, tmp_path, post, ["ann@example.org"])
-    settings = load_settings(env=env)
+    settings = load_config(env=env).settings
     (message,) = smtp_server.wait_for(1)
     assert message.mail_from == settings.from_email
     with Ledger(settings.db_path) as ledger:
@@ -138,7 +138,7 @@ def test_old_keys_still_open_tokens_and_only_the_bounce_address_is_read() -> Non
 )
 def test_a_bounce_address_without_room_for_the_token_is_refused(value: str, problem: str) -> None:
     with pytest.raises(ConfigError, match=problem) as caught:
-        load_settings(env={"MAILER_BOUNCE_ADDRESS": value})
+        load_config(env={"MAILER_BOUNCE_ADDRESS": value})
     assert "bounce_address" in str(caught.value)
-    ok = load_settings(env={"MAILER_BOUNCE_ADDRESS": "B" * 27 + "@Bounces.Example.com"})
+    ok = load_config(env={"MAILER_BOUNCE_ADDRESS": "B" * 27 + "@Bounces.Example.com"}).settings
     assert len(ReturnPaths(ok.bounce_address, Keyring(KEY)).address("i", "a@b.c").partition("@")[0]) == 64

@@ -18,7 +18,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from mailer.cli import cli
-from mailer.config import ConfigError, Settings, load_settings
+from mailer.config import ConfigError, Settings, load_config
 from mailer.headers import (
     CONTROL,
     CONTROL_BUT_TAB,
@@ -296,12 +296,13 @@ def test_a_message_parses_back_with_exactly_its_own_headers(
 def test_a_setting_holding_a_lone_surrogate_is_refused_in_one_line(name: str, bad: str) -> None:
     # what a non-UTF-8 byte in an environment variable becomes; it could not be encoded into a message
     with pytest.raises(ConfigError) as caught:
-        load_settings(Path(os.devnull), env={f"MAILER_{name.upper()}": f"Daily{bad}"})
+        load_config(Path(os.devnull), env={f"MAILER_{name.upper()}": f"Daily{bad}"})
     assert name in str(caught.value) and "\n" not in str(caught.value)
 
 
 def test_a_reply_to_with_a_quoted_name_is_kept_with_its_name() -> None:
-    settings = load_settings(Path(os.devnull), env={"MAILER_REPLY_TO": '"Ed, the editor" <ed@example.org>'})
+    env = {"MAILER_REPLY_TO": '"Ed, the editor" <ed@example.org>'}
+    settings = load_config(Path(os.devnull), env=env).settings
     assert split_mailbox(settings.reply_to) == ("Ed, the editor", "ed@example.org")
 
 

@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from mailer.cli import cli
-from mailer.config import load_settings
+from mailer.config import load_config
 from mailer.engine import Server, issue_lock, redact
 from mailer.engine_postgresql import _lock_key
 from mailer.errors import MailerError
@@ -343,7 +343,7 @@ def test_a_one_click_during_a_running_send_stops_that_readers_message(
         assert held.reached.wait(timeout=60), "the send never reached the held reader"
         from mailer.tokens import load_keyring, unsubscribe_url
 
-        settings = load_settings(env=env)
+        settings = load_config(env=env).settings
         token = load_keyring(settings).sign(victim, settings.token_scope)
         request = Request(unsubscribe_url(settings, token), data=b"List-Unsubscribe=One-Click", method="POST")
         with urlopen(request, timeout=10) as answer:

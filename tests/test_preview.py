@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import pytest
 from click.testing import CliRunner
 
-from mailer.config import Settings, load_settings
+from mailer.config import Settings, load_config
 from mailer.errors import MailerError
 from mailer.preview import gmail_view, make_server
 from mailer.wsgi import url
@@ -86,7 +86,7 @@ def config(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def settings(config: Path) -> Settings:
-    return load_settings(config, env={})
+    return load_config(config, env={}).settings
 
 
 class Running:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mailer.config import Settings, load_settings
+from mailer.config import Settings, load_config
 from mailer.errors import ConfigError
 from mailer.tokens import Keyring, load_keyring, unsubscribe_mailto, unsubscribe_url
 from tests.conftest import Heard
@@ -156,7 +156,7 @@ def test_configured_key_wins_over_the_key_file(tmp_path: Path) -> None:
 
 def test_key_from_the_environment(tmp_path: Path) -> None:
     env = {"MAILER_SECRET_KEY": KEY, "MAILER_DATA_DIR": str(tmp_path)}
-    ring = load_keyring(load_settings(None, env))
+    ring = load_keyring(load_config(None, env).settings)
     assert Keyring(KEY).verify(ring.sign("a@example.com", LIST), LIST) == "a@example.com"
     assert not (tmp_path / "secret.key").exists()
 

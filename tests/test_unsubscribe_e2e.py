@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from mailer.cli import cli
-from mailer.config import load_settings
+from mailer.config import load_config
 from mailer.engine import Location
 from mailer.ledger import Ledger
 from mailer.web import make_app
@@ -42,7 +42,7 @@ def web(
     server: WSGIServer = make_server("127.0.0.1", 0, lambda e, s: app(e, s), handler_class=_Quiet)
     url = f"http://127.0.0.1:{server.server_port}"
     env["MAILER_WEB_URL"] = url
-    app = make_app(load_settings(env=env))
+    app = make_app(load_config(env=env).settings)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield url, env
@@ -90,7 +90,7 @@ def test_one_click_from_a_received_message_stops_later_sends(
     )
     with urlopen(request, timeout=10) as answer:
         assert answer.status == 200
-    with Ledger(load_settings(env=env).db_path) as ledger:
+    with Ledger(load_config(env=env).settings.db_path) as ledger:
         assert ledger.is_suppressed("alice@example.com")
         assert not ledger.is_suppressed("bob@example.com")
 
