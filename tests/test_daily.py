@@ -18,6 +18,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from tests.clock import DAYTIME
+
 ROOT = Path(__file__).resolve().parent.parent
 UNITS = ROOT / "examples" / "systemd"
 UNIT_NAMES = ["mailer-send.service", "mailer-send.timer", "mailer-serve.service"]
@@ -58,16 +60,21 @@ def _environment_file(path: Path) -> dict[str, str]:
 
 @pytest.fixture
 def site(tmp_path: Path) -> Path:
-    """A site made by `mailer init` where the publisher lives (the timer's zone), with two readers."""
+    """A site made by `mailer init` where the publisher lives, with two readers.
+
+    `init` dates its sample post today in the machine's zone (written into mailer.toml) and the send looks
+    for the post dated today there: the publisher lives in DAYTIME (tests/clock.py), where midnight cannot
+    fall between the two. In the timer's zone (Asia/Shanghai) a run at 16:00 UTC sent nothing.
+    """
     folder = tmp_path / "srv" / "newsletter"
     made = subprocess.run(
         [str(MAILER), "init", str(folder)],
-        env={"PATH": "/usr/bin:/bin", "TZ": _zone()},
+        env={"PATH": "/usr/bin:/bin", "TZ": DAYTIME},
         capture_output=True,
         text=True,
     )
     assert made.returncode == 0, made.stderr
-    assert f'timezone = "{_zone()}"' in (folder / "mailer.toml").read_text(encoding="utf-8")
+    assert f'timezone = "{DAYTIME}"' in (folder / "mailer.toml").read_text(encoding="utf-8")
     with open(folder / "subscribers.csv", "a", encoding="utf-8") as out:
         out.writelines(f"{a},\n" for a in READERS)
     (folder / "secrets.env").write_text(f"MAILER_SECRET_KEY={SECRET}\n", encoding="utf-8")
