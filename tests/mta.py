@@ -32,9 +32,9 @@ from typing import Any
 
 import pytest
 
+from tests.ports import HOST, free_port, free_ports, until_started
 from tests.smtpd import TLSFiles
 
-HOST = "127.0.0.1"
 POSTFIX = Path("/usr/sbin/postfix")
 POSTCONF = Path("/usr/sbin/postconf")
 DOVECOT = Path("/usr/sbin/dovecot")
@@ -54,20 +54,6 @@ def missing() -> str:
         except KeyError:
             return f"no system user {user!r} (made by the postfix and dovecot packages)"
     return ""
-
-
-_HANDED_OUT: set[int] = set()
-
-
-def free_port() -> int:
-    """A port nothing listens on right now (the OS picks it), never the same one twice in this process."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind((HOST, 0))
-            port = int(sock.getsockname()[1])
-        if port not in _HANDED_OUT:
-            _HANDED_OUT.add(port)
-            return port
 
 
 def _wait_listening(port: int, deadline: float, what: str, log: Path) -> None:
@@ -225,17 +211,16 @@ class MailSystem:
         self,
         root: Path,
         domain: str,
-        smtp_port: int,
-        imap_port: int,
+        ports: Iterator[int],
         *,
         tls: TLSFiles | None = None,
         accept_unknown: bool = False,
     ) -> None:
         self.root = root
         self.domain = domain
-        self.smtp_port = smtp_port
-        self.imap_port = imap_port  # IMAP, with STARTTLS when tls is given
-        self.imaps_port = free_port() if tls else 0  # implicit TLS, when tls is given
+        self.smtp_port = next(ports)
+        self.imap_port = next(ports)  # IMAP, with STARTTLS when tls is given
+        self.imaps_port = next(ports) if tls else 0  # implicit TLS, when tls is given
         self.tls = tls
         self.accept_unknown = accept_unknown
         self.postfix_dir = root / "postfix-etc"
@@ -254,18 +239,37 @@ class MailSystem:
         timeout: float = 20.0,
         tls: TLSFiles | None = None,
         accept_unknown: bool = False,
+        ports: Iterator[int] | None = None,
     ) -> MailSystem:
         """Configure and start both servers in a new folder; each mailbox is local@domain.
 
         With `tls`, Dovecot offers STARTTLS on imap_port and implicit TLS on imaps_port with that
-        certificate; with `accept_unknown`, Postfix bounces mail for unknown mailboxes with a DSN.
+        certificate; with `accept_unknown`, Postfix bounces mail for unknown mailboxes with a DSN. The ports
+        are the next ones of `ports` (default: free ones); when another process took one before the server
+        bound it, both start again in a new folder on the next ones.
         """
+        taken = ports or free_ports()
+        names = list(mailboxes)
+        return until_started(
+            lambda: cls._start_in_new_folder(domain, names, taken, timeout, tls, accept_unknown)
+        )
+
+    @classmethod
+    def _start_in_new_folder(
+        cls,
+        domain: str,
+        mailboxes: list[str],
+        ports: Iterator[int],
+        timeout: float,
+        tls: TLSFiles | None,
+        accept_unknown: bool,
+    ) -> MailSystem:
         # not under pytest's tmp_path: its folders are 0700, and virtual(8) delivers as `nobody`
         root = Path(tempfile.mkdtemp(prefix="mailer-mta-"))
         root.chmod(0o755)
-        system = cls(root, domain, free_port(), free_port(), tls=tls, accept_unknown=accept_unknown)
+        system = cls(root, domain, ports, tls=tls, accept_unknown=accept_unknown)
         try:
-            system._configure(list(mailboxes))
+            system._configure(mailboxes)
             system._start(time.monotonic() + timeout)
         except BaseException:
             system.stop()
@@ -304,19 +308,20 @@ class MailSystem:
         )
 
     def _start(self, deadline: float) -> None:
-        self._run([str(POSTFIX), "-c", str(self.postfix_dir), "start"], "postfix start")
+        self._run([str(POSTFIX), "-c", str(self.postfix_dir), "start"], "postfix start", self.postfix_log)
         self._postfix_started = True
-        self._run([str(DOVECOT), "-c", str(self.dovecot_conf)], "dovecot")
+        self._run([str(DOVECOT), "-c", str(self.dovecot_conf)], "dovecot", self.dovecot_log)
         self._dovecot_started = True
         _wait_listening(self.smtp_port, deadline, "Postfix", self.postfix_log)
         _wait_listening(self.imap_port, deadline, "Dovecot", self.dovecot_log)
         if self.imaps_port:
             _wait_listening(self.imaps_port, deadline, "Dovecot (imaps)", self.dovecot_log)
 
-    def _run(self, args: list[str], what: str) -> None:
+    def _run(self, args: list[str], what: str, log: Path) -> None:
         code, output = run_on_tty(args)
         if code != 0:
-            raise RuntimeError(f"{what} failed ({code}): {output}")
+            told = log.read_text(errors="replace")[-3000:] if log.exists() else ""
+            raise RuntimeError(f"{what} failed ({code}): {output}\n{told}".strip())
 
     def stop(self) -> None:
         """Stop Postfix and Dovecot and remove the folder; safe to call more than once."""

@@ -15,17 +15,17 @@ import os
 import pwd
 import secrets
 import shutil
-import socket
 import sqlite3
 import subprocess
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from mailer.engine import Server
+from tests.ports import free_ports, until_started
 
 USER = "mailer_test"  # the role the tests connect as, with a password (so the password paths are real)
 
@@ -39,17 +39,11 @@ def binaries() -> Path | None:
     return Path(initdb).resolve().parent if initdb else None
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 # Runs as the server's user: start the cluster, say so, and when stdin closes stop it (immediate: the data is
 # thrown away) and remove its folder. stdin closes when the test run ends or dies, however it dies: a killed
 # pytest leaves no server behind.
 _KEEPER = """
-"$1/pg_ctl" start -w -D "$2/data" -l "$2/log" -o "$3" >/dev/null || { cat "$2/log" >&2; exit 1; }
+"$1/pg_ctl" start -w -D "$2/data" -l "$2/log" -o "$3" >/dev/null || exit 1
 echo ready
 cat >/dev/null
 "$1/pg_ctl" stop -m immediate -w -D "$2/data" >/dev/null
@@ -70,7 +64,8 @@ class Cluster:
     durable: bool = False  # the server's own fsync and synchronous_commit (bench/postgresql.py); else off
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="mailer-pg-")))
     password: str = field(default_factory=lambda: secrets.token_urlsafe(12))
-    port: int = 0
+    ports: Iterator[int] = field(default_factory=free_ports)  # where the server tries to listen, in turn
+    port: int = 0  # where it listens
     _names: itertools.count[int] = field(default_factory=itertools.count)
     _keeper: subprocess.Popen[str] | None = None
 
@@ -90,24 +85,38 @@ class Cluster:
         secret.unlink()
         if done.returncode:
             raise RuntimeError(f"initdb failed: {done.stdout}{done.stderr}")
-        self.port = _free_port()
-        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c max_connections=200"
+        options = f"-k {self.root} -c listen_addresses=127.0.0.1 -c max_connections=200"
         if (
             not self.durable
         ):  # the tests' databases are thrown away; a crash test kills mailer, not the server
             options += (
                 " -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c shared_buffers=32MB"
             )
-        keeper = ["sh", "-c", _KEEPER, "keeper", str(self.bindir), str(self.root), options]
+        try:
+            until_started(lambda: self._launch(options))
+        except BaseException:
+            shutil.rmtree(self.root, ignore_errors=True)
+            raise
+        self.admin("CREATE DATABASE empty")
+        return self
+
+    def _launch(self, options: str) -> None:
+        """Start the server on the next of `ports` through its keeper; RuntimeError with its log if not."""
+        self.port = next(self.ports)
+        server = f"-p {self.port} {options}"
+        keeper = ["sh", "-c", _KEEPER, "keeper", str(self.bindir), str(self.root), server]
         self._keeper = subprocess.Popen(
             _as_server_user(keeper), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=self.root
         )
         assert self._keeper.stdout is not None
-        if self._keeper.stdout.readline() != "ready\n":
-            self._keeper.wait()
-            raise RuntimeError("the test cluster did not start (its log is above)")
-        self.admin("CREATE DATABASE empty")
-        return self
+        if self._keeper.stdout.readline() == "ready\n":
+            return
+        self._keeper.communicate()
+        self._keeper = None
+        log = self.root / "log"
+        why = log.read_text(errors="replace") if log.exists() else "(no log)"
+        log.unlink(missing_ok=True)  # the next attempt's log says only what it did
+        raise RuntimeError(f"the test cluster did not start on port {self.port}; its log:\n{why}")
 
     def admin(self, sql: str) -> None:
         """Run one statement as the cluster's owner (CREATE DATABASE cannot run in a transaction)."""

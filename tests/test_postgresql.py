@@ -26,7 +26,8 @@ from mailer.errors import MailerError
 from mailer.ledger import SCHEMA_VERSION, Ledger
 from tests import publisher
 from tests.conftest import EXAMPLE
-from tests.pg import Cluster, _free_port, database_env, rows
+from tests.pg import Cluster, database_env, rows
+from tests.ports import free_port
 from tests.smtpd import SMTPServer
 from tests.test_ledger import SCHEMA_V3
 from tests.test_unsubscribe_e2e import web  # noqa: F401  (its fixture: `mailer serve` on a free port)
@@ -120,7 +121,7 @@ def test_a_bad_url_is_one_line_without_its_password(url: str, says: str) -> None
 
 
 def test_an_unreachable_server_or_a_missing_database_is_one_line(server: Server) -> None:
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     down = mailer("db", "migrate", env={"MAILER_DATABASE": f"postgresql://u:pw7@127.0.0.1:{port}/db"})
     assert down.exit_code == 1
     [line] = errors(down)
