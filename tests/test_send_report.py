@@ -17,8 +17,9 @@ import re
 from pathlib import Path
 
 from tests.command import run
+from tests.publisher import env_for
 from tests.smtpd import SMTPServer
-from tests.test_send_ux import real_send, smtp_env, write_list
+from tests.test_send_ux import real_send, write_list
 
 PIN = Path(__file__).resolve().parent / "send_pins" / "report.txt"
 
@@ -54,7 +55,7 @@ def test_the_send_report_and_its_json_are_as_pinned(
     emails = [f"user{i}@example.com" for i in range(4)]
     csv = write_list(tmp_path / "subs.csv", [*emails, "not-an-address", "USER0@example.com"])
     smtp_server.reject("user3@example.com", 550)
-    env = smtp_env(smtp_server, tmp_path)
+    env = env_for(smtp_server, tmp_path)
     refusing = {**env, "MAILER_FROM_EMAIL": "n@example.com"}
     second = post.with_name("2026-02-10.md")
     second.write_text(post.read_text(encoding="utf-8").replace("2026-02-09", "2026-02-10"), encoding="utf-8")

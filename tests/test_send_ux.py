@@ -36,20 +36,6 @@ def write_list(path: Path, emails: list[str]) -> Path:
     return path
 
 
-def smtp_env(server: SMTPServer, tmp_path: Path, **extra: str) -> dict[str, str]:
-    """A publisher's settings (they pass the checks) sending to the test's server."""
-    return {
-        **publisher.ENV,
-        "MAILER_SMTP_HOST": server.host,
-        "MAILER_SMTP_PORT": str(server.port),
-        "MAILER_SMTP_SECURITY": "none",
-        "MAILER_SMTP_TIMEOUT": "5",
-        "MAILER_DATA_DIR": str(tmp_path / "state"),
-        "MAILER_RETRY_DELAY": "0.05",
-        **extra,
-    }
-
-
 def parsed(data: bytes) -> EmailMessage:
     msg = email.message_from_bytes(data, policy=policy.default)
     assert isinstance(msg, EmailMessage)
@@ -96,7 +82,7 @@ def test_each_check_is_let_through_only_by_its_own_name(
     smtp_server: SMTPServer, tmp_path: Path, post: Path
 ) -> None:
     csv = write_list(tmp_path / "subs.csv", ["a@example.com", "b@example.com"])
-    env = smtp_env(smtp_server, tmp_path)
+    env = publisher.env_for(smtp_server, tmp_path)
     del env["MAILER_POSTAL_ADDRESS"]  # only the placeholder postal address is wrong
     code, _, err = run(real_send(post, csv, "--skip-check", "from-address"), env)
     assert code == 1 and "postal-address: " in err and "--skip-check postal-address" in err
@@ -130,7 +116,7 @@ def test_the_local_outbox_takes_the_placeholders(tmp_path: Path, post: Path) -> 
 def test_a_test_send_is_marked_has_its_own_message_id_and_is_no_delivery(
     smtp_server: SMTPServer, tmp_path: Path, post: Path
 ) -> None:
-    env = smtp_env(smtp_server, tmp_path)
+    env = publisher.env_for(smtp_server, tmp_path)
     for _ in range(2):
         code, out, err = run(["send", str(post), "--test", "me@example.org"], env)
         assert code == 0, err
@@ -166,7 +152,7 @@ def test_a_test_send_is_marked_has_its_own_message_id_and_is_no_delivery(
 def test_a_test_send_with_placeholders_goes_out_and_says_a_real_send_would_stop(
     smtp_server: SMTPServer, tmp_path: Path, post: Path
 ) -> None:
-    env = smtp_env(smtp_server, tmp_path, MAILER_FROM_EMAIL="news@example.com")
+    env = publisher.env_for(smtp_server, tmp_path, MAILER_FROM_EMAIL="news@example.com")
     code, _, err = run(["send", str(post), "--test", "me@example.org"], env)
     assert code == 0, err
     assert len(smtp_server.messages) == 1
@@ -185,7 +171,7 @@ def test_exit_codes_tell_a_script_what_happened(
 ) -> None:
     emails = [f"user{i}@example.com" for i in range(6)]
     csv = write_list(tmp_path / "subs.csv", emails)
-    env = smtp_env(smtp_server, tmp_path, MAILER_MAX_CONSECUTIVE_FAILURES="3")
+    env = publisher.env_for(smtp_server, tmp_path, MAILER_MAX_CONSECUTIVE_FAILURES="3")
     args = real_send(post, csv)
     if case == "refused":
         args = real_send(post, tmp_path / "missing.csv")
@@ -211,7 +197,7 @@ def test_json_is_one_object_on_stdout_with_counts_status_and_failures(
     emails = [f"user{i}@example.com" for i in range(5)]
     csv = write_list(tmp_path / "subs.csv", [*emails, "not-an-address", "USER0@example.com"])
     smtp_server.reject("user3@example.com", 550)
-    env = smtp_env(smtp_server, tmp_path)
+    env = publisher.env_for(smtp_server, tmp_path)
     code, out, err = run(real_send(post, csv, "--json"), env)
     assert code == 3, err
     obj = json.loads(out)  # the whole of stdout is one object
@@ -229,7 +215,8 @@ def test_json_is_one_object_on_stdout_with_counts_status_and_failures(
     assert reason.startswith("550") and count == 1
 
     code, out, _ = run(
-        real_send(post, csv, "--json"), smtp_env(smtp_server, tmp_path, MAILER_FROM_EMAIL="n@example.com")
+        real_send(post, csv, "--json"),
+        publisher.env_for(smtp_server, tmp_path, MAILER_FROM_EMAIL="n@example.com"),
     )
     assert code == 1
     refused = json.loads(out)
@@ -251,7 +238,7 @@ def test_json_is_one_object_on_stdout_with_counts_status_and_failures(
 
 def test_quiet_prints_nothing_but_errors(smtp_server: SMTPServer, tmp_path: Path, post: Path) -> None:
     csv = write_list(tmp_path / "subs.csv", ["a@example.com", "b@example.com"])
-    env = smtp_env(smtp_server, tmp_path)
+    env = publisher.env_for(smtp_server, tmp_path)
     code, out, err = run(real_send(post, csv, "-q"), env)
     assert code == 0 and len(smtp_server.messages) == 2
     assert (out, err) == ("", "")
@@ -272,7 +259,7 @@ def test_status_without_a_post_lists_every_issue_sent(
     smtp_server: SMTPServer, tmp_path: Path, post: Path
 ) -> None:
     csv = write_list(tmp_path / "subs.csv", ["a@example.com", "b@example.com", "c@example.com"])
-    env = smtp_env(smtp_server, tmp_path)
+    env = publisher.env_for(smtp_server, tmp_path)
     first_day = datetime.now().astimezone().date().isoformat()  # status shows the local time
     assert run(real_send(post, csv), env)[0] == 0
     second = post.with_name("2026-02-10.md")
@@ -312,7 +299,7 @@ def test_json_after_ctrl_c_still_says_what_was_sent(
 ) -> None:
     emails = [f"user{i}@example.com" for i in range(20)]
     csv = write_list(tmp_path / "subs.csv", emails)
-    env = {**os.environ, **smtp_env(smtp_server, tmp_path), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, **publisher.env_for(smtp_server, tmp_path), "PYTHONUNBUFFERED": "1"}
     held = smtp_server.hold("user5@example.com")  # the send is mid-way, at a known place, when Ctrl-C comes
     with subprocess.Popen(
         [sys.executable, "-m", "mailer", *real_send(post, csv, "--json")],
