@@ -265,7 +265,7 @@ class Suppression:
     source: (
         str  # 'web', 'one-click', 'manual', 'import'; for a bounce, its Bounce.source ('smtp', 'dsn', ...)
     )
-    reason: str  # free text; a bounce's is one of policy.REASONS
+    reason: str  # free text; a bounce's is policy.HARD_BOUNCE, SOFT_BOUNCES or COMPLAINED
     created_at: datetime
     issue_id: str | None = None  # the issue whose bounce or complaint caused it
     status: str = ""  # the report's enhanced status code

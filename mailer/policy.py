@@ -18,15 +18,10 @@ from .bounces import COMPLAINT, HARD, Bounce
 from .config import Settings
 from .ledger import Ledger
 
+# a bounce's suppression reason (docs/bounces.md says what each means)
 HARD_BOUNCE = "hard bounce"
 SOFT_BOUNCES = "soft bounces"
 COMPLAINED = "complaint"
-# What a suppression's reason means, for `mailer suppressions list` and docs/bounces.md
-REASONS = {
-    HARD_BOUNCE: "a server said the address does not take mail, for good (5.x.x)",
-    SOFT_BOUNCES: "messages kept bouncing for a while (4.x.x: mailbox full, server away)",
-    COMPLAINED: "the reader marked an issue as spam (a feedback-loop report or an ESP's complaint)",
-}
 
 
 @dataclass
