@@ -82,7 +82,6 @@ class Report:
     sent_to: tuple[str, ...]  # where it was delivered (Delivered-To, X-Original-To, To): the VERP address
     original_ids: tuple[str, ...]  # Message-IDs of the message it is about (quoted, In-Reply-To, References)
     return_paths: tuple[str, ...]  # that message's envelope sender, as the report quotes it
-    recognised_by: str  # "mailer" (the standard formats) or "flufl.bounce"; "" when nothing was recognised
 
 
 class Unreadable(Exception):
@@ -107,8 +106,8 @@ def read_report(raw: bytes, *, now: datetime | None = None) -> Report:
     originals = _original_ids(msg, parts)
     return_paths = _return_paths(parts)
 
-    def report(what: str, failures: Iterable[Failure] = (), by: str = "mailer") -> Report:
-        return Report(what, tuple(failures), report_id, at, sent_to, originals, return_paths, by)
+    def report(what: str, failures: Iterable[Failure] = ()) -> Report:
+        return Report(what, tuple(failures), report_id, at, sent_to, originals, return_paths)
 
     feedback = [p for p in parts if p.get_content_type() == "message/feedback-report"]
     if feedback:
@@ -119,10 +118,10 @@ def read_report(raw: bytes, *, now: datetime | None = None) -> Report:
         return report(DSN if failures else NOTICE, failures)
     if _from_mail_system(msg):
         failures = _flufl_failures(msg, parts)
-        return report(BOUNCE, failures, "flufl.bounce") if failures else report(OTHER, by="")
+        return report(BOUNCE, failures) if failures else report(OTHER)
     if _auto_reply(msg):
-        return report(AUTO_REPLY, by="")
-    return report(OTHER, by="")
+        return report(AUTO_REPLY)
+    return report(OTHER)
 
 
 # --- the standard formats ---------------------------------------------------------------------------------
