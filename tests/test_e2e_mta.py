@@ -100,14 +100,14 @@ def _wait_for_empty_queue(system: mta.MailSystem, timeout: float = 20.0) -> None
 
 
 class Serve:
-    """`mailer serve` in a subprocess on the port web_url names."""
+    """`mailer serve` in a subprocess, on the port the system gives it (one picked beforehand, as web_url's,
+    could be taken by another process before the server binds it)."""
 
     def __init__(self, env: dict[str, str], cwd: Path) -> None:
-        port = urlsplit(env["MAILER_WEB_URL"]).port
         full = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}
         full.update(env, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mailer", "serve", "--host", mta.HOST, "--port", str(port)],
+            [sys.executable, "-m", "mailer", "serve", "--host", mta.HOST, "--port", "0"],
             cwd=cwd,
             env=full,
             stdout=subprocess.PIPE,
@@ -116,11 +116,15 @@ class Serve:
         )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()  # blocks until it listens (or dies: "")
-        assert f"http://{mta.HOST}:{port}/" in line, line + self.stop()
+        found = re.search(rf"http://{re.escape(mta.HOST)}:(\d+)/", line)
+        assert found, line + self.stop()
+        self.port = int(found[1])
 
     def post(self, url: str, body: bytes) -> tuple[int, bytes]:
+        """POST to the link's path (web_url's, as in the message) on the port the server listens on."""
         parts = urlsplit(url)
-        conn = HTTPConnection(parts.hostname or "", parts.port, timeout=10)
+        assert parts.hostname == mta.HOST, url
+        conn = HTTPConnection(mta.HOST, self.port, timeout=10)
         try:
             conn.request(
                 "POST",
