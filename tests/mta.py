@@ -19,6 +19,7 @@ import imaplib
 import os
 import pty
 import pwd
+import re
 import select
 import shutil
 import socket
@@ -32,6 +33,7 @@ from typing import Any
 
 import pytest
 
+from tests.command import run
 from tests.ports import HOST, free_port, free_ports, until_started
 from tests.smtpd import TLSFiles
 
@@ -446,6 +448,21 @@ def send_env(system: MailSystem, folder: Path, monkeypatch: pytest.MonkeyPatch) 
         "MAILER_WEB_URL": f"http://{HOST}:{free_port()}",
         "MAILER_POSTAL_ADDRESS": publisher.POSTAL_ADDRESS,
     }
+
+
+def send(post: Path, subscribers: Path, env: dict[str, str]) -> str:
+    """`mailer send` of the post to the list in env's mail system (send_env); what it said on stderr."""
+    # the local Postfix delivers to example.org and the unsubscribe pages are on 127.0.0.1: both on purpose
+    skip = ["--skip-check", "from-address", "--skip-check", "unsubscribe-url"]
+    code, _, err = run(["send", str(post), "--to", str(subscribers), "--yes", "--force", *skip], env)
+    assert code == 0, err
+    return err
+
+
+def figure(err: str, label: str) -> int:
+    """A figure of the send's report (`sent  3`), 0 when the report has no such line."""
+    match = re.search(rf"^\s*{re.escape(label)}\s+(\d+)$", err, re.MULTILINE)
+    return int(match.group(1)) if match else 0
 
 
 @contextmanager

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import email
 import imaplib
-import re
 import shutil
 import smtplib
 import ssl
@@ -164,18 +163,6 @@ def test_imap_refusals_are_one_line_without_the_password(
     assert bad["MAILER_IMAP_PASSWORD"] not in out + err
 
 
-def _send(post: Path, subscribers: Path, env: dict[str, str]) -> str:
-    skip = ["--skip-check", "from-address", "--skip-check", "unsubscribe-url"]
-    code, _, err = run(["send", str(post), "--to", str(subscribers), "--yes", "--force", *skip], env)
-    assert code == 0, err
-    return err
-
-
-def _report(err: str, label: str) -> int:
-    match = re.search(rf"^\s*{re.escape(label)}\s+(\d+)$", err, re.MULTILINE)
-    return int(match.group(1)) if match else 0
-
-
 def _complaint_about(received: bytes, reader: str) -> bytes:
     """An ARF report (tests/bounces/arf.eml's layout) returning the message the reader got, as a feedback
     loop sends it: to the site's fixed report address, the whole message attached."""
@@ -224,8 +211,8 @@ def test_postfix_dsn_and_a_complaint_read_over_imap_suppress_and_the_next_send_s
     subscribers.write_text(
         f"email\n{mail_system.address('alice')}\n{gone}\n{mail_system.address('carol')}\n", encoding="utf-8"
     )
-    err = _send(first, subscribers, env)
-    assert _report(err, "sent") == 3, err  # the relay took all three: the failure comes later, by mail
+    err = mta.send(first, subscribers, env)
+    assert mta.figure(err, "sent") == 3, err  # the relay took all three: the failure comes later, by mail
 
     mail_system.wait_for({"alice": 1, "carol": 1})
     _wait_for_bounces(mail_system, 1)
@@ -258,8 +245,8 @@ def test_postfix_dsn_and_a_complaint_read_over_imap_suppress_and_the_next_send_s
     second.write_text(
         EXAMPLE.read_text(encoding="utf-8").replace("date: 2026-02-09", "date: 2026-02-10"), encoding="utf-8"
     )
-    err = _send(second, subscribers, env)
-    assert (_report(err, "sent"), _report(err, "suppressed (unsubscribed, bounced or complained)")) == (
+    err = mta.send(second, subscribers, env)
+    assert (mta.figure(err, "sent"), mta.figure(err, "suppressed (unsubscribed, bounced or complained)")) == (
         1,
         2,
     ), err

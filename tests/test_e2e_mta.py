@@ -57,19 +57,6 @@ def env(mail_system: mta.MailSystem, tmp_path: Path, monkeypatch: pytest.MonkeyP
     }
 
 
-def _send(post: Path, subscribers: Path, env: dict[str, str]) -> str:
-    # the local Postfix delivers to example.org and the unsubscribe pages are on 127.0.0.1: both on purpose
-    skip = ["--skip-check", "from-address", "--skip-check", "unsubscribe-url"]
-    code, _, err = run(["send", str(post), "--to", str(subscribers), "--yes", "--force", *skip], env)
-    assert code == 0, err
-    return err
-
-
-def _report(err: str, label: str) -> int:
-    match = re.search(rf"^\s*{re.escape(label)}\s+(\d+)$", err, re.MULTILINE)
-    return int(match.group(1)) if match else 0
-
-
 def _links(msg: EmailMessage) -> tuple[str, str]:
     """The https/http and the mailto URL of the List-Unsubscribe header."""
     links = re.findall(r"<([^<>]+)>", str(msg["List-Unsubscribe"]))
@@ -171,8 +158,8 @@ def test_send_through_postfix_read_over_imap_unsubscribe_and_send_again(
         "email,name\n" + "".join(f'{mail_system.address(m)},"{n}"\n' for m, n in READERS.items()),
         encoding="utf-8",
     )
-    err = _send(first, subscribers, env)
-    assert _report(err, "sent") == len(READERS), err
+    err = mta.send(first, subscribers, env)
+    assert mta.figure(err, "sent") == len(READERS), err
 
     mail_system.wait_for({m: 1 for m in READERS})
     settings = load_config(env=env).settings
@@ -243,8 +230,8 @@ def test_send_through_postfix_read_over_imap_unsubscribe_and_send_again(
         EXAMPLE.read_text(encoding="utf-8").replace("date: 2026-02-09", "date: 2026-02-10"),
         encoding="utf-8",
     )
-    err = _send(second, subscribers, env)
-    assert (_report(err, "sent"), _report(err, "suppressed (unsubscribed, bounced or complained)")) == (
+    err = mta.send(second, subscribers, env)
+    assert (mta.figure(err, "sent"), mta.figure(err, "suppressed (unsubscribed, bounced or complained)")) == (
         2,
         1,
     ), err
