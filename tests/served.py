@@ -13,7 +13,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from email import policy
@@ -113,17 +113,26 @@ def send_issue(
     return {k: v for k, v in env.items() if k.startswith("MAILER_")}, sent
 
 
+@dataclass
+class Listening:
+    """A running `mailer serve`: where it listens, its process, the file its stderr goes to."""
+
+    port: int
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+
 @contextmanager
-def serving(root: Path, sent: dict[str, Sent], **env: str) -> Iterator[Served]:
-    """`mailer serve` with env (and no other MAILER_* variable) on a free port, stopped with Ctrl-C."""
-    serve_env = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}
-    serve_env.update(PYTHONUNBUFFERED="1", **env)
-    log = root / "serve.log"
+def mailer_serve(cwd: Path, env: Mapping[str, str], *args: str) -> Iterator[Listening]:
+    """`mailer ARGS serve` in cwd with exactly `env`, on HOST and the port the system gives it (a port picked
+    here and handed over could be taken by another process in between), stderr into cwd/serve.log. Yields
+    once it listens; at the end it is stopped with Ctrl-C and must exit 0."""
+    log = cwd / "serve.log"
     with open(log, "wb") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "mailer", "serve", "--host", HOST, "--port", "0"],
-            cwd=root,
-            env=serve_env,
+            [sys.executable, "-m", "mailer", *args, "serve", "--host", HOST, "--port", "0"],
+            cwd=cwd,
+            env=dict(env),
             stdout=subprocess.PIPE,
             stderr=err,
         )
@@ -132,7 +141,7 @@ def serving(root: Path, sent: dict[str, Sent], **env: str) -> Iterator[Served]:
         first = proc.stdout.readline().decode()  # "Serving on http://127.0.0.1:PORT/ ..." once it listens
         match = re.search(rf"http://{re.escape(HOST)}:(\d+)/", first)
         assert match, first + log.read_text()
-        yield Served(int(match[1]), root / "state" / "mailer.db", log, sent, proc)
+        yield Listening(int(match[1]), proc, log)
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -140,8 +149,17 @@ def serving(root: Path, sent: dict[str, Sent], **env: str) -> Iterator[Served]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.communicate()
-    text = log.read_text()
-    assert proc.returncode == 0, text
+    assert proc.returncode == 0, log.read_text()
+
+
+@contextmanager
+def serving(root: Path, sent: dict[str, Sent], **env: str) -> Iterator[Served]:
+    """`mailer serve` with env (and no other MAILER_* variable) on a free port, stopped with Ctrl-C."""
+    serve_env = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}
+    serve_env.update(PYTHONUNBUFFERED="1", **env)
+    with mailer_serve(root, serve_env) as running:
+        yield Served(running.port, root / "state" / "mailer.db", running.log, sent, running.proc)
+    text = running.log.read_text()
     assert "Traceback" not in text, text
 
 

@@ -12,10 +12,7 @@ import email
 import os
 import re
 import shutil
-import signal
 import smtplib
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -34,6 +31,7 @@ from mailer.tokens import load_keyring
 from tests import mta
 from tests.command import run
 from tests.conftest import EXAMPLE
+from tests.served import mailer_serve
 
 pytestmark = pytest.mark.mta
 
@@ -86,53 +84,22 @@ def _wait_for_empty_queue(system: mta.MailSystem, timeout: float = 20.0) -> None
         time.sleep(0.1)
 
 
-class Serve:
-    """`mailer serve` in a subprocess, on the port the system gives it (one picked beforehand, as web_url's,
-    could be taken by another process before the server binds it)."""
-
-    def __init__(self, env: dict[str, str], cwd: Path) -> None:
-        full = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}
-        full.update(env, PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mailer", "serve", "--host", mta.HOST, "--port", "0"],
-            cwd=cwd,
-            env=full,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+def _press(port: int, url: str, body: bytes) -> tuple[int, bytes]:
+    """POST to the link's path (web_url's, as in the message) on the port `mailer serve` listens on."""
+    parts = urlsplit(url)
+    assert parts.hostname == mta.HOST, url
+    conn = HTTPConnection(mta.HOST, port, timeout=10)
+    try:
+        conn.request(
+            "POST",
+            f"{parts.path}?{parts.query}",
+            body=body,
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
         )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()  # blocks until it listens (or dies: "")
-        found = re.search(rf"http://{re.escape(mta.HOST)}:(\d+)/", line)
-        assert found, line + self.stop()
-        self.port = int(found[1])
-
-    def post(self, url: str, body: bytes) -> tuple[int, bytes]:
-        """POST to the link's path (web_url's, as in the message) on the port the server listens on."""
-        parts = urlsplit(url)
-        assert parts.hostname == mta.HOST, url
-        conn = HTTPConnection(mta.HOST, self.port, timeout=10)
-        try:
-            conn.request(
-                "POST",
-                f"{parts.path}?{parts.query}",
-                body=body,
-                headers={"Content-Type": "application/x-www-form-urlencoded"},
-            )
-            answer = conn.getresponse()
-            return answer.status, answer.read()
-        finally:
-            conn.close()
-
-    def stop(self) -> str:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-        try:
-            out, err = self.proc.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            out, err = self.proc.communicate()
-        return out + err
+        answer = conn.getresponse()
+        return answer.status, answer.read()
+    finally:
+        conn.close()
 
 
 def test_only_the_test_domain_is_accepted(mail_system: mta.MailSystem) -> None:
@@ -211,15 +178,14 @@ def test_send_through_postfix_read_over_imap_unsubscribe_and_send_again(
     assert _deliveries(mail_system) == Counter({mail_system.address(m): 1 for m in READERS})
 
     # bob presses "Unsubscribe" in his mail program: it POSTs to the List-Unsubscribe URL (RFC 8058)
-    serve = Serve(env, tmp_path)
-    try:
+    full = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}
+    full.update(env, PYTHONUNBUFFERED="1")
+    with mailer_serve(tmp_path, full) as serve:
         web, _ = _links(received["bob"])
-        status, page = serve.post(web, b"List-Unsubscribe=One-Click")
+        status, page = _press(serve.port, web, b"List-Unsubscribe=One-Click")
         assert status == 200, page
-        assert serve.post(web, b"List-Unsubscribe=One-Click")[0] == 200  # a second press is harmless
-    finally:
-        output = serve.stop()
-    assert "Traceback" not in output
+        assert _press(serve.port, web, b"List-Unsubscribe=One-Click")[0] == 200  # a second press is harmless
+    assert "Traceback" not in serve.log.read_text()
     with Ledger(settings.db_path) as ledger:
         assert [(s.email, s.source) for s in ledger.suppressions()] == [
             (mail_system.address("bob"), "one-click")

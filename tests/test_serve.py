@@ -7,7 +7,6 @@ import os
 import re
 import select
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import EXAMPLE
+from tests.served import mailer_serve
 
 HOST = "127.0.0.1"
 
@@ -44,30 +44,9 @@ def _mailer(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subproc
 @contextmanager
 def serving(cwd: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[int]:
     """`mailer serve` on a free port; yields the port once it listens, stops it with Ctrl-C."""
-    log = cwd / "serve.log"
-    with open(log, "wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mailer", *args, "serve", "--host", HOST, "--port", "0"],
-            cwd=cwd,
-            env=env or _env(),
-            stdout=subprocess.PIPE,
-            stderr=err,
-        )
-    try:
-        assert proc.stdout is not None
-        first = proc.stdout.readline().decode()  # "Serving on http://127.0.0.1:PORT/ ..." once it listens
-        found = re.search(rf"http://{HOST}:(\d+)/", first)
-        assert found, first + log.read_text()
-        yield int(found[1])
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0, log.read_text()
-    assert "Traceback" not in log.read_text()
+    with mailer_serve(cwd, env or _env(), *args) as running:
+        yield running.port
+    assert "Traceback" not in running.log.read_text()
 
 
 @pytest.mark.parametrize(

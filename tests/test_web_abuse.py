@@ -11,7 +11,6 @@ import base64
 import os
 import random
 import re
-import signal
 import socket
 import sqlite3
 import subprocess
@@ -37,6 +36,7 @@ from mailer.tokens import Keyring, load_keyring
 from mailer.web import CHANNEL_TIMEOUT
 from tests import publisher
 from tests.conftest import examples
+from tests.served import mailer_serve
 from tests.smtpd import SMTPServer
 
 HOST = "127.0.0.1"
@@ -147,31 +147,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         MAILER_WEB_URL="https://news.example.org",
         PYTHONUNBUFFERED="1",
     )
-    log = root / "serve.log"
-    with open(log, "wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mailer", "serve", "--host", HOST, "--port", "0"],
-            cwd=root,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=err,
-        )
-    try:
-        assert proc.stdout is not None
-        # "Serving on ..." once it listens, on the port the OS gave it: a port picked here and handed over
-        # could be taken by another process in between
-        first = proc.stdout.readline().decode()
-        match = re.search(rf"http://{re.escape(HOST)}:(\d+)/", first)
-        assert match, first + log.read_text()
-        yield Server(int(match[1]), settings, keyring, log, proc)
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0, log.read_text()
+    with mailer_serve(root, env) as running:
+        yield Server(running.port, settings, keyring, running.log, running.proc)
 
 
 # --- tokens -----------------------------------------------------------------------------------------------
