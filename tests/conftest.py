@@ -24,7 +24,7 @@ from mailer.config import Settings
 from mailer.engine import Location
 from mailer.subscribers import BadRow
 from tests.pg import Cluster, binaries
-from tests.smtpd import SMTPServer, TLSFiles, make_tls_files
+from tests.smtpd import SMTPServer, TLSFiles, make_tls_files, settings_for
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "2026-02-09.md"  # the example post: read it, or copy it to change it
@@ -108,13 +108,7 @@ def smtp_server(smtp_servers: Callable[..., SMTPServer]) -> SMTPServer:
 @pytest.fixture
 def smtp_settings(smtp_server: SMTPServer, tmp_path: Path) -> Settings:
     """Settings that send to `smtp_server` in plain text, with state under tmp_path."""
-    return Settings(
-        smtp_host=smtp_server.host,
-        smtp_port=smtp_server.port,
-        smtp_security="none",
-        smtp_timeout=5.0,
-        data_dir=tmp_path / "state",
-    )
+    return settings_for(smtp_server, data_dir=tmp_path / "state")
 
 
 @pytest.fixture(scope="session")

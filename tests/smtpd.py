@@ -35,6 +35,8 @@ from typing import Any
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
+from mailer.config import Settings
+
 HOST = "127.0.0.1"
 
 
@@ -847,3 +849,15 @@ class RawSMTPServer:
                 return
             else:
                 self._write(sock, b"502 5.5.2 not implemented\r\n")
+
+
+def settings_for(server: SMTPServer | RawSMTPServer, **changes: object) -> Settings:
+    """Settings that reach a test server in plain text (5 s timeout), with `changes` on top."""
+    values: dict[str, object] = {
+        "smtp_host": server.host,
+        "smtp_port": server.port,
+        "smtp_security": "none",
+        "smtp_timeout": 5.0,
+    }
+    values.update(changes)
+    return Settings(**values)  # type: ignore[arg-type]

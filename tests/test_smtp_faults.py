@@ -21,7 +21,15 @@ from mailer.ledger import Ledger
 from mailer.transport import Outcome, SMTPTransport, refuses_session
 from tests.publisher import env_for
 from tests.record import delivery
-from tests.smtpd import CHUNKING_EHLO, PIPELINING_EHLO, RawSMTPServer, Script, SMTPServer, TLSFiles
+from tests.smtpd import (
+    CHUNKING_EHLO,
+    PIPELINING_EHLO,
+    RawSMTPServer,
+    Script,
+    SMTPServer,
+    TLSFiles,
+    settings_for,
+)
 from tests.test_send import _spawn, run, send_args, write_list
 
 ISSUE = "2026-02-09"
@@ -242,20 +250,9 @@ def _send_in_thread(settings: Settings, recipient: str, limit: float) -> object:
     return result[0]
 
 
-def raw_settings(server: RawSMTPServer, **changes: object) -> Settings:
-    values: dict[str, object] = {
-        "smtp_host": server.host,
-        "smtp_port": server.port,
-        "smtp_security": "none",
-        "smtp_timeout": 5.0,
-    }
-    values.update(changes)
-    return Settings(**values)  # type: ignore[arg-type]
-
-
 def test_a_trickled_reply_times_out_as_a_whole(raw_servers: Callable[..., RawSMTPServer]) -> None:
     server = raw_servers(trickle=0.2)  # one "250-" line every 0.2 s, forever
-    outcome = _send_in_thread(raw_settings(server, smtp_timeout=1.0), "a@example.com", limit=60)
+    outcome = _send_in_thread(settings_for(server, smtp_timeout=1.0), "a@example.com", limit=60)
     assert isinstance(outcome, Outcome) and not outcome.ok and not outcome.permanent, outcome  # temporary
     assert "timed out" in str(outcome), outcome
 

@@ -27,7 +27,7 @@ from mailer.transport import (
     make_transport,
 )
 from tests.conftest import Heard, examples
-from tests.smtpd import PIPELINING_EHLO, RawSMTPServer, Script, SMTPServer, TLSFiles
+from tests.smtpd import PIPELINING_EHLO, RawSMTPServer, Script, SMTPServer, TLSFiles, settings_for
 
 SENDER = "news@example.com"
 PASSWORD = "pa55-w0rd-never-shown"
@@ -41,18 +41,6 @@ def message(subject: str = "Hello", body: str = "Hi there.\r\n") -> bytes:
         "Content-Transfer-Encoding: 8bit\r\n\r\n"
     )
     return (head + body).encode("utf-8")
-
-
-def settings_for(server: SMTPServer, **changes: object) -> Settings:
-    """Settings that reach `server`; plain text unless changed."""
-    values: dict[str, object] = {
-        "smtp_host": server.host,
-        "smtp_port": server.port,
-        "smtp_security": "none",
-        "smtp_timeout": 5.0,
-    }
-    values.update(changes)
-    return Settings(**values)  # type: ignore[arg-type]
 
 
 @pytest.fixture(params=["lockstep", "pipelining", "chunking"])
