@@ -3,6 +3,10 @@ the CLI tests share instead of a copy each."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 from click.testing import CliRunner, Result
 
 from mailer.cli import cli
@@ -19,3 +23,12 @@ def invoke(args: list[str], env: dict[str, str]) -> Result:
     result = CliRunner().invoke(cli, args, env=env, catch_exceptions=False)
     assert "Traceback" not in result.output
     return result
+
+
+def spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """`mailer ARGS` in a process of its own (to be signalled or killed), env on top of this one's, its
+    output in pipes."""
+    full = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "mailer", *args], env=full, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )

@@ -21,7 +21,7 @@ import pytest
 from mailer.engine import Location
 from mailer.ledger import Ledger
 from tests.clock import DAYTIME, today
-from tests.command import run
+from tests.command import run, spawn
 from tests.pg import database_env
 from tests.publisher import env_for
 from tests.record import delivery
@@ -148,7 +148,7 @@ def test_several_connections_share_the_list(smtp_server: SMTPServer, tmp_path: P
     # three connections held at their first message: the first message through comes from a fourth
     held = [smtp_server.hold(e) for e in emails[:3]]
     env = env_for(smtp_server, tmp_path, MAILER_SMTP_TIMEOUT="120")
-    proc = _spawn(send_args(post, csv, "--connections", "4"), env)
+    proc = spawn(send_args(post, csv, "--connections", "4"), env)
     try:
         assert all(h.reached.wait(timeout=60) for h in held), "three connections did not each take one"
         smtp_server.wait_for(1, timeout=60)
@@ -288,13 +288,6 @@ def _read_until(proc: subprocess.Popen[bytes], text: bytes, timeout: float) -> b
     return seen
 
 
-def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    full = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "mailer", *args], env=full, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("connections", [1, 3])
 def test_kill_9_mid_send_then_rerun_mails_everyone_once(
@@ -306,7 +299,7 @@ def test_kill_9_mid_send_then_rerun_mails_everyone_once(
     smtp_server.delay(0.01)
     args = send_args(post, csv, "--connections", str(connections))
     held = smtp_server.hold(emails[-1])  # however late the kill comes, the send cannot have finished
-    proc = _spawn(args, env)
+    proc = spawn(args, env)
     try:
         smtp_server.wait_for(30, timeout=60)
     finally:
@@ -317,7 +310,7 @@ def test_kill_9_mid_send_then_rerun_mails_everyone_once(
     before = len(smtp_server.messages)
     assert before < len(emails)
     smtp_server.delay(0)
-    done = _spawn(args, env)
+    done = spawn(args, env)
     _, err = done.communicate(timeout=120)
     assert done.returncode == 0, err.decode()
     got = recipients(smtp_server)
@@ -335,7 +328,7 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(
     env = env_for(smtp_server, tmp_path, MAILER_SMTP_TIMEOUT="120")
     args = send_args(post, csv)
     held = smtp_server.hold("user30@example.com")  # mid-send, however slow the machine, until Ctrl-C is seen
-    proc = _spawn(args, env)
+    proc = spawn(args, env)
     try:
         assert held.reached.wait(timeout=60), "the send never reached user30"
         proc.send_signal(signal.SIGINT)
@@ -347,7 +340,7 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(
     assert proc.returncode == 130, err.decode()
     assert b"run the same command again" in err
     assert b"Traceback" not in err
-    done = _spawn(args, env)
+    done = spawn(args, env)
     _, err = done.communicate(timeout=120)
     assert done.returncode == 0, err.decode()
     assert recipients(smtp_server) == Counter({e: 1 for e in emails})  # clean stop: no duplicate at all
@@ -378,7 +371,7 @@ def test_a_second_send_of_the_same_issue_waits_its_turn(
     csv = write_list(tmp_path / "subs.csv", emails)
     env = env_for(smtp_server, tmp_path, MAILER_SMTP_TIMEOUT="120")
     held = smtp_server.hold("user3@example.com")  # the first send is mid-way until the second has run
-    first = _spawn(send_args(post, csv), env)
+    first = spawn(send_args(post, csv), env)
     try:
         assert held.reached.wait(timeout=60), "the first send never reached user3"
         code, _, err = run(send_args(post, csv), env)
@@ -531,7 +524,7 @@ def test_an_unsubscribe_while_a_retry_waits_cancels_the_retry(
     smtp_server.fail("leaving@example.com", 451, times=1)
     held = smtp_server.hold("leaving@example.com")  # its 451 goes only once the unsubscribe is recorded
     env = env_for(smtp_server, tmp_path, MAILER_SMTP_TIMEOUT="120")  # the client waits for the held reply
-    proc = _spawn(send_args(post, csv), env)
+    proc = spawn(send_args(post, csv), env)
     try:
         assert held.reached.wait(timeout=60), "the send never asked for leaving@"
         code, _, err = run(["unsubscribe", "leaving@example.com"], env)
@@ -554,10 +547,10 @@ def test_two_data_folders_sharing_one_database_never_send_at_once(
     env_a = env_for(smtp_server, tmp_path, MAILER_DATA_DIR=str(tmp_path / "a"), MAILER_DATABASE=shared)
     env_b = env_for(smtp_server, tmp_path, MAILER_DATA_DIR=str(tmp_path / "b"), MAILER_DATABASE=shared)
     held = smtp_server.hold("user3@example.com")  # the first send is mid-way until the second has run
-    first = _spawn(send_args(post, csv), env_a)
+    first = spawn(send_args(post, csv), env_a)
     try:
         assert held.reached.wait(timeout=60), "the first send never reached user3"
-        second = _spawn(send_args(post, csv), env_b)  # a real second process, its own data folder
+        second = spawn(send_args(post, csv), env_b)  # a real second process, its own data folder
         _, second_err = second.communicate(timeout=120)
     finally:
         held.release.set()
@@ -635,7 +628,7 @@ def test_sigterm_stops_like_ctrl_c_and_the_rerun_mails_everyone_once(
     # and every later reader held too, so the other connections cannot finish the list before the signal
     # is taken, however slowly this machine gets to it
     gates = [smtp_server.hold(e) for e in emails[31:]]
-    proc = _spawn(args, env)
+    proc = spawn(args, env)
     try:
         assert held.reached.wait(timeout=60), "the send never reached user30"
         proc.send_signal(signal.SIGTERM)  # what systemd and docker send
@@ -652,7 +645,7 @@ def test_sigterm_stops_like_ctrl_c_and_the_rerun_mails_everyone_once(
     # those before user30, user30, and at most one more in flight on each other connection
     assert len(smtp_server.messages) <= 31 + connections - 1 < len(emails)
     smtp_server.delay(0)
-    done = _spawn(args, env)
+    done = spawn(args, env)
     _, err = done.communicate(timeout=120)
     assert done.returncode == 0, err.decode()
     assert recipients(smtp_server) == Counter({e: 1 for e in emails})  # a clean stop: no repeat at all
@@ -669,7 +662,7 @@ def test_a_second_signal_stops_without_waiting_for_replies_and_keeps_the_record(
     args = send_args(post, csv, "--connections", str(connections))
     smtp_server.delay(0.02)
     held = smtp_server.hold("user30@example.com")  # the send cannot end before the replies are held
-    proc = _spawn(args, env)
+    proc = spawn(args, env)
     try:
         assert held.reached.wait(timeout=60), "the send never reached user30"
         smtp_server.delay(600)  # from now on every reply to the final "." is held for ten minutes
@@ -693,7 +686,7 @@ def test_a_second_signal_stops_without_waiting_for_replies_and_keeps_the_record(
     # at most one per connection (the crash window); every outcome handed to the record was committed
     assert len(set(before) - recorded) <= connections
     smtp_server.delay(0)
-    done = _spawn(args, env)
+    done = spawn(args, env)
     _, err = done.communicate(timeout=120)
     assert done.returncode == 0, err.decode()
     got = recipients(smtp_server)

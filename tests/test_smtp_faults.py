@@ -19,6 +19,7 @@ from mailer.config import Settings
 from mailer.errors import ExitStatus, TransportError
 from mailer.ledger import Ledger
 from mailer.transport import Outcome, SMTPTransport, refuses_session
+from tests.command import spawn
 from tests.publisher import env_for
 from tests.record import delivery
 from tests.smtpd import (
@@ -30,7 +31,7 @@ from tests.smtpd import (
     TLSFiles,
     settings_for,
 )
-from tests.test_send import _spawn, run, send_args, write_list
+from tests.test_send import run, send_args, write_list
 
 ISSUE = "2026-02-09"
 SENDER = "news@example.com"
@@ -263,7 +264,7 @@ def test_the_first_ctrl_c_stops_a_send_stuck_on_a_trickling_server(
 ) -> None:
     server = raw_servers(trickle=2.0)  # the issue's server: a line every 2 s, smtp_timeout = 5
     _, csv = readers(tmp_path, 5)
-    proc = _spawn(send_args(post, csv), env_for(server, tmp_path, MAILER_SMTP_TIMEOUT="5"))
+    proc = spawn(send_args(post, csv), env_for(server, tmp_path, MAILER_SMTP_TIMEOUT="5"))
     try:
         deadline = time.monotonic() + 60
         while server.connections == 0:  # the send is talking to the server: the trickle has begun

@@ -15,8 +15,6 @@ import re
 import shutil
 import signal
 import sqlite3
-import subprocess
-import sys
 import tracemalloc
 from collections import Counter
 from datetime import UTC, datetime
@@ -32,6 +30,7 @@ from mailer.ledger import SCHEMA_VERSION, Ledger
 from tests import publisher
 from tests.clock import DAYTIME, today
 from tests.command import invoke as run
+from tests.command import spawn
 from tests.conftest import EXAMPLE
 from tests.pg import SQLITE_ONLY, database_env, location, rows
 from tests.smtpd import SMTPServer
@@ -84,13 +83,6 @@ def errors(result: Result) -> list[str]:
 
 def send(post: Path, env: dict[str, str], *more: str) -> Result:
     return run(["send", str(post), "--yes", "--force", *more], env)
-
-
-def spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    full = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "mailer", *args], env=full, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
 
 
 def big_list(path: Path, count: int, start: int = 0) -> Path:
