@@ -77,6 +77,15 @@ def examples(count: int) -> int:
 
 
 @pytest.fixture
+def in_tmp(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """The test runs in tmp_path with no MAILER_* variable: no stray mailer.toml or setting reaches mailer."""
+    monkeypatch.chdir(tmp_path)
+    for name in [n for n in os.environ if n.startswith("MAILER_")]:
+        monkeypatch.delenv(name)
+    return tmp_path
+
+
+@pytest.fixture
 def post(tmp_path: Path) -> Path:
     """A copy of the example post, tmp_path/posts/2026-02-09.md, that a test may edit."""
     folder = tmp_path / "posts"

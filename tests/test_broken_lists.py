@@ -32,11 +32,7 @@ SMALL_POST = ROOT / "tests" / "posts" / "english.md"
 BROKEN = 'b@example.com,"said ""stop'  # the quote that opens and never closes
 
 
-@pytest.fixture(autouse=True)
-def _in_tmp(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.chdir(tmp_path)  # no stray mailer.toml
-    for name in [n for n in os.environ if n.startswith("MAILER_")]:
-        monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("in_tmp")
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ parsed back (the .eml's header lines, the HTML with lxml) and checked, never com
 from __future__ import annotations
 
 import email
-import os
 import re
 import resource
 import subprocess
@@ -38,6 +37,7 @@ from tests import publisher
 from tests.conftest import examples
 from tests.smtpd import SMTPServer
 
+pytestmark = pytest.mark.usefixtures("in_tmp")
 SECRET = "hostile-test-key-0123456789"
 LIST_ID = "news.example.org"
 HEADERS = Counter(
@@ -218,13 +218,6 @@ def assert_nothing_sent(server: SMTPServer, data_dir: Path) -> None:
     if db.exists():
         with Ledger(db) as ledger:
             assert all(not s.counts for s in ledger.issues())
-
-
-@pytest.fixture(autouse=True)
-def _in_tmp(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.chdir(tmp_path)  # no stray mailer.toml
-    for name in [n for n in os.environ if n.startswith("MAILER_")]:
-        monkeypatch.delenv(name)
 
 
 @pytest.fixture

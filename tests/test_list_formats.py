@@ -21,7 +21,6 @@ Spreadsheets are written here: Excel's "CSV UTF-8" (a BOM), a European Excel's s
 
 from __future__ import annotations
 
-import os
 from email import message_from_bytes
 from pathlib import Path
 
@@ -38,11 +37,7 @@ LISTS = Path(__file__).resolve().parent / "lists"
 POST = Path(__file__).resolve().parent / "posts" / "english.md"
 
 
-@pytest.fixture(autouse=True)
-def _in_tmp(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.chdir(tmp_path)  # no stray mailer.toml
-    for name in [n for n in os.environ if n.startswith("MAILER_")]:
-        monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("in_tmp")
 
 
 def read(path: Path) -> tuple[list[Subscriber], list[BadRow], ReadStats]:

@@ -27,12 +27,7 @@ from tests.clock import DAYTIME, today
 from tests.command import invoke as run
 from tests.smtpd import SMTPServer
 
-
-@pytest.fixture(autouse=True)
-def _in_tmp(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.chdir(tmp_path)  # no stray mailer.toml
-    for name in [n for n in os.environ if n.startswith("MAILER_")]:
-        monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("in_tmp")
 
 
 def send(post: Path, lists: list[Path], env: dict[str, str], *more: str) -> Result:

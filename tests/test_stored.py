@@ -40,11 +40,8 @@ LISTS = Path(__file__).parent / "lists"
 
 
 @pytest.fixture(autouse=True)
-def _in_tmp(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, record_at: Location) -> None:
+def _in_tmp(in_tmp: Path, monkeypatch: pytest.MonkeyPatch, record_at: Location) -> None:
     """Each test runs on SQLite and on PostgreSQL (every mailer it runs reads MAILER_DATABASE)."""
-    monkeypatch.chdir(tmp_path)  # no stray mailer.toml
-    for name in [n for n in os.environ if n.startswith("MAILER_")]:
-        monkeypatch.delenv(name)
     for name, value in database_env(record_at).items():
         monkeypatch.setenv(name, value)
 
