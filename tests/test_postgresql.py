@@ -8,6 +8,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -27,7 +28,6 @@ from mailer.ledger import SCHEMA_VERSION, Ledger
 from tests import publisher
 from tests.conftest import EXAMPLE
 from tests.pg import Cluster, database_env, rows
-from tests.ports import free_port
 from tests.smtpd import SMTPServer
 from tests.test_ledger import SCHEMA_V3
 from tests.test_unsubscribe_e2e import web  # noqa: F401  (its fixture: `mailer serve` on a free port)
@@ -121,8 +121,10 @@ def test_a_bad_url_is_one_line_without_its_password(url: str, says: str) -> None
 
 
 def test_an_unreachable_server_or_a_missing_database_is_one_line(server: Server) -> None:
-    port = free_port()  # nothing listens there
-    down = mailer("db", "migrate", env={"MAILER_DATABASE": f"postgresql://u:pw7@127.0.0.1:{port}/db"})
+    with socket.socket() as bound:  # bound and never listening: refused, and no other process can take it
+        bound.bind(("127.0.0.1", 0))
+        port = bound.getsockname()[1]
+        down = mailer("db", "migrate", env={"MAILER_DATABASE": f"postgresql://u:pw7@127.0.0.1:{port}/db"})
     assert down.exit_code == 1
     [line] = errors(down)
     assert "cannot reach the PostgreSQL server" in line and "pw7" not in down.output
