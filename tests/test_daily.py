@@ -81,6 +81,32 @@ def site(tmp_path: Path) -> Path:
     return folder
 
 
+def _cron_job(page: str) -> tuple[dict[str, str], str, str, str]:
+    """The crontab block of docs/PAGE: its VARIABLE= lines, and its one job's minute, hour and command."""
+    docs = (ROOT / "docs" / page).read_text(encoding="utf-8")
+    [block] = re.findall(r"```cron\n(.*?)```", docs, re.DOTALL)
+    variables = dict(line.split("=", 1) for line in block.splitlines() if re.match(r"^[A-Z_]+=", line))
+    [job] = [
+        line for line in block.splitlines() if line and not line.startswith("#") and "=" not in line[:12]
+    ]
+    minute, hour, *_, command = job.split(maxsplit=5)
+    return variables, minute, hour, command
+
+
+def _run_cron(command: str, site: Path, variables: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run a crontab command as cron would for the user newsletter: sh -c in its home, cron's bare env."""
+    home = site.parent.parent
+    env = {"HOME": str(home), "LOGNAME": "newsletter", "SHELL": "/bin/sh", "PATH": "/usr/bin:/bin"}
+    return subprocess.run(
+        ["/bin/sh", "-c", _here(command, site)],
+        cwd=home,
+        env={**env, **variables},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def _outbox(site: Path) -> list[Path]:
     new = site / ".mailer" / "outbox" / "new"
     return sorted(new.iterdir()) if new.exists() else []
@@ -214,12 +240,7 @@ def test_the_bounces_service_reads_the_sites_maildir_once(site: Path) -> None:
 
 
 def test_the_cron_line_for_bounces_in_the_docs_reads_the_mailbox(site: Path) -> None:
-    docs = (ROOT / "docs" / "bounces.md").read_text(encoding="utf-8")
-    [block] = re.findall(r"```cron\n(.*?)```", docs, re.DOTALL)
-    [job] = [
-        line for line in block.splitlines() if line and not line.startswith("#") and "=" not in line[:12]
-    ]
-    minute, hour, *_, command = job.split(maxsplit=5)
+    _, minute, hour, command = _cron_job("bounces.md")
     assert (minute, hour) == ("*/15", "*") and "%" not in command
     bounces = site / "bounces"
     for sub in ("new", "cur", "tmp"):
@@ -227,46 +248,16 @@ def test_the_cron_line_for_bounces_in_the_docs_reads_the_mailbox(site: Path) -> 
     shutil.copy(ROOT / "tests" / "bounces" / "qmail.eml", bounces / "new" / "1.qmail")
     toml = site / "mailer.toml"
     toml.write_text('bounce_maildir = "bounces"\n' + toml.read_text(encoding="utf-8"), encoding="utf-8")
-    home = site.parent.parent
-    env = {"HOME": str(home), "LOGNAME": "newsletter", "SHELL": "/bin/sh", "PATH": "/usr/bin:/bin"}
-    ran = subprocess.run(
-        ["/bin/sh", "-c", _here(command, site)],
-        cwd=home,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    ran = _run_cron(command, site, {})
     assert ran.returncode == 0, ran.stderr
     assert os.listdir(bounces / "cur") == ["1.qmail:2,S"]
 
 
 def test_the_cron_line_in_the_docs_sends_todays_post(site: Path) -> None:
-    docs = (ROOT / "docs" / "sending.md").read_text(encoding="utf-8")
-    [block] = re.findall(r"```cron\n(.*?)```", docs, re.DOTALL)
-    variables = dict(line.split("=", 1) for line in block.splitlines() if re.match(r"^[A-Z_]+=", line))
-    [job] = [
-        line for line in block.splitlines() if line and not line.startswith("#") and "=" not in line[:12]
-    ]
-    minute, hour, *_, command = job.split(maxsplit=5)
+    variables, minute, hour, command = _cron_job("sending.md")
     assert variables["CRON_TZ"] == _zone() and (minute, hour) == ("0", "7")  # the docs' 07:00, one zone
     assert "%" not in command  # cron turns % into a newline
-    home = site.parent.parent
-    env = {
-        "HOME": str(home),
-        "LOGNAME": "newsletter",
-        "SHELL": "/bin/sh",
-        "PATH": "/usr/bin:/bin",
-        **variables,
-    }
-    ran = subprocess.run(
-        ["/bin/sh", "-c", _here(command, site)],
-        cwd=home,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    ran = _run_cron(command, site, variables)
     log = site / "send.log"
     said = log.read_text(encoding="utf-8") if log.exists() else f"no {log}"
     assert ran.returncode == 0 and re.search(r"sent\s+2\b", said), ran.stderr + said
