@@ -140,7 +140,7 @@ def test_a_local_worker_that_dies_as_it_starts_is_replaced_three_times_then_give
     args = ["send", str(post), "--to", str(csv), "--yes", "--force", "--workers", "1"]
     broken = mailer(args, {**env, "PYTHONPATH": str(hook), "WORKER_STARTS": str(starts)}, tmp_path)
     assert broken.returncode == 4, broken.stderr  # stopped early: rerun to resume
-    assert len(starts.read_text().split()) == 4  # the first worker and three in its place
+    assert len(starts.read_text().split()) == 4, broken.stderr  # the first worker and three in its place
     assert "the workers on this host died 4 times in a row before the send got any further" in broken.stderr
     assert "no more are started" in broken.stderr and "30 reader(s) not sent" in broken.stderr
     assert "Traceback" not in broken.stderr
