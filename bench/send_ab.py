@@ -1,0 +1,81 @@
+"""Send CPU of two mailer code trees, alternated on one machine, with smtp-source as the yardstick.
+
+    .venv/bin/python bench/send_ab.py --before /tmp/old --after . --count 5000 --rounds 4 --connections 1,4,8
+
+Each round sends `--count` messages of the example post to one smtp-sink with `smtp-source -s N`, then with
+each tree's `mailer send --connections N` (the tree put first on PYTHONPATH, this interpreter and its
+packages), in turn first (A B, B A, ...). The figures are process CPU time per 1,000 messages, start-up and
+render included, and msg/s over the whole process: the median over the rounds. Needs Debian's postfix
+(smtp-sink, smtp-source), as bench/run.py does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import run as bench  # noqa: E402  (bench/run.py: the sink, smtp-source and the send it times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--before", type=Path, required=True, help="root of the older tree (holds mailer/)")
+    parser.add_argument("--after", type=Path, default=Path(__file__).resolve().parent.parent)
+    parser.add_argument("--count", type=int, default=5000)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--connections", default="1,4,8")
+    args = parser.parse_args()
+    trees = {"before": args.before.resolve(), "after": args.after.resolve()}
+    counts = [int(c) for c in args.connections.split(",")]
+    tmp = Path(tempfile.mkdtemp(prefix="send-ab-"))
+    cpu: dict[tuple[str, int], list[float]] = {}
+    rate: dict[tuple[str, int], list[float]] = {}
+    try:
+        csv = tmp / "subs.csv"
+        bench.write_subscribers(csv, args.count)
+        message = tmp / "message.txt"
+        message.write_bytes(bench.one_message(tmp).replace(b"\r\n", b"\n"))
+        with bench.smtp_sink() as port:
+            for r in range(args.rounds):
+                for n in counts:
+                    done = bench.smtp_source(port, message, args.count, n)
+                    cpu.setdefault(("smtp-source", n), []).append(done.cpu / args.count * 1000)
+                    rate.setdefault(("smtp-source", n), []).append(args.count / done.wall)
+                    order = list(trees.items()) if r % 2 == 0 else list(trees.items())[::-1]
+                    for name, root in order:
+                        state = tmp / f"{name}-{n}-{r}" / "state"
+                        state.parent.mkdir()
+                        os.environ["PYTHONPATH"] = str(root)
+                        try:
+                            sent, _ = bench.mailer_send(port, csv, state, n)
+                        finally:
+                            del os.environ["PYTHONPATH"]
+                        if sent.sent != args.count:
+                            raise SystemExit(f"{name}: {sent.sent} of {args.count} sent")
+                        cpu.setdefault((name, n), []).append(sent.cpu / args.count * 1000)
+                        rate.setdefault((name, n), []).append(args.count / sent.wall)
+                        shutil.rmtree(state.parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"load average at the end: {os.getloadavg()[0]:.1f}")
+    print("| connections | who | CPU s per 1,000 (median) | each round | msg/s (median) |")
+    print("|---:|---|---:|---|---:|")
+    for n in counts:
+        for name in ("smtp-source", "before", "after"):
+            each = ", ".join(f"{x:.3f}" for x in cpu[(name, n)])
+            print(
+                f"| {n} | {name} | {statistics.median(cpu[(name, n)]):.3f} | {each}"
+                f" | {statistics.median(rate[(name, n)]):.0f} |"
+            )
+
+
+if __name__ == "__main__":
+    main()
