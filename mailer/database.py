@@ -3,13 +3,15 @@
 The copy is for the day a list outgrows one machine: every table of the SQLite file (whatever schema steps
 added), ids kept, into an empty PostgreSQL record, in one transaction there, so a failure (or Ctrl-C) leaves
 the target as empty as it was. It reads the file inside a write transaction of its own, so no mailer process
-can change it meanwhile.
+can change it meanwhile. The file is the publisher's backup (docs/postgresql.md): one of an older schema is
+not upgraded in place; a snapshot of it is, in a temporary folder, and the copy reads that.
 """
 
 from __future__ import annotations
 
 import contextlib
 import sqlite3
+import tempfile
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +19,7 @@ from pathlib import Path
 from .config import Settings
 from .engine import Location, Server
 from .errors import MailerError
-from .ledger import Ledger
+from .ledger import SCHEMA_VERSION, Ledger
 
 _PAGE = 5000  # rows read and written at a time
 
@@ -70,10 +72,17 @@ def copy_sqlite(settings: Settings, source: Path) -> Copied:
         )
     if not source.is_file():
         raise MailerError(f"{source}: no such SQLite file")
-    if _schema_of(source) == 0:  # opening it as a Ledger would write mailer's tables into it
+    version = _schema_of(source)
+    if version == 0:  # opening it as a Ledger would write mailer's tables into it
         raise MailerError(f"{source}: not a mailer record (no mailer tables in it); nothing copied")
     copied = Copied(source, target)
-    with Ledger(source, create=False) as old, Ledger(target) as new:
+    with contextlib.ExitStack() as stack:
+        read = source
+        if version is not None and version < SCHEMA_VERSION:  # opening it would upgrade the backup itself
+            read = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mailer-copy-"))) / source.name
+            _snapshot(source, read)
+        old = stack.enter_context(Ledger(read, create=False))
+        new = stack.enter_context(Ledger(target))
         with old.transaction():  # the file holds still while it is read
             tables = _tables_in_order(old)
             ours = {
@@ -101,6 +110,17 @@ def copy_sqlite(settings: Settings, source: Path) -> Copied:
                             " nothing was copied"
                         )
     return copied
+
+
+def _snapshot(source: Path, to: Path) -> None:
+    """A consistent copy of the SQLite file (the backup API, read-only on the source)."""
+    uri = f"file:{urllib.parse.quote(str(source.absolute()))}?mode=ro"
+    try:
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as reading:
+            with contextlib.closing(sqlite3.connect(to)) as writing:
+                reading.backup(writing)
+    except sqlite3.Error as exc:  # a full disk where the snapshot goes, a file that breaks half-way
+        raise MailerError(f"{source}: cannot copy it to upgrade the copy (file unchanged): {exc}") from None
 
 
 def _schema_of(source: Path) -> int | None:

@@ -159,3 +159,25 @@ def test_a_port_where_another_server_answers_is_one_line_that_says_so(
     [line] = result.stderr.splitlines()
     assert line.startswith(f"Error: postgresql://mailer:***@{smtp_server.host}:{smtp_server.port}/news")
     assert "is not a PostgreSQL server" in line and "pw-in-url" not in line
+
+
+def test_copy_of_a_record_of_an_older_schema_leaves_the_file_as_it_was(
+    server: Server, tmp_path: Path
+) -> None:
+    # docs/postgresql.md says to keep the SQLite file as a backup: the copy upgraded it in place (schema 1 ->
+    # SCHEMA_VERSION), so the backup no longer was the file the publisher had
+    from tests.test_ledger import SCHEMA_V1
+
+    old = tmp_path / "old.db"
+    with closing(sqlite3.connect(old)) as db:
+        db.executescript(SCHEMA_V1)
+    before = old.read_bytes()
+    copied = invoke(["db", "copy", str(old)], _env(tmp_path, server))
+    assert copied.exit_code == 0, copied.output
+    assert old.read_bytes() == before and not Path(f"{old}-wal").exists()
+    assert rows(server, "SELECT issue_id, email, state, attempts FROM deliveries ORDER BY issue_id") == [
+        ("2026-02-09", "a@example.com", "sent", 1),
+        ("2026-02-10", "a@example.com", "deferred", 2),
+    ]
+    assert rows(server, "SELECT email FROM suppressions") == [("gone@example.com",)]
+    assert not list(tmp_path.glob("mailer-copy-*"))
