@@ -648,9 +648,11 @@ class _Loop:
         # whose reply has arrived (or the recorder whose fsync returned) for that long
         interval = sys.getswitchinterval()
         sys.setswitchinterval(min(interval, SWITCH_INTERVAL))
+        self.signals.polled = True  # a signal is noted, and raised at the loop's next step (stopping.py)
         try:
             self._run(batches)
         finally:
+            self.signals.polled = False
             sys.setswitchinterval(interval)
 
     def _run(self, batches: Iterable[list[Subscriber]]) -> None:
@@ -661,6 +663,7 @@ class _Loop:
                 self.ledger, self.issue_id, batches, self.report, retry_failed=retry_failed,
                 share=self.share,
             ):  # fmt: skip
+                self.signals.raise_if_signalled()
                 if self.fatal:
                     break
                 if sub is None:
@@ -668,6 +671,7 @@ class _Loop:
                     continue
                 self._submit(_Job(0.0, next(self.seq), sub))
             while not self.fatal and (self.pool.in_flight or self.retries):
+                self.signals.raise_if_signalled()
                 self._submit_due_retries()
                 self.pool.hand_over(0.0)  # the last run built, once a connection has room for it
                 if self.pool.in_flight:
@@ -676,11 +680,13 @@ class _Loop:
                     self.clock.wait(
                         max(0.0, min(1.0, self.retries[0].due - self.clock.now())), self.pool.stop
                     )
+            self.signals.raise_if_signalled()  # one that came as the last replies did (or hurried them in)
             if self.held and not self.fatal:
                 self.fatal = self._refused_all()
             self.signals.stopping = True  # from here a signal must not raise: it would abandon the pool
         except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM (StopSignals), or Ctrl-C outside the main thread
             interrupted = exc
+            self.pool.closing.set()  # no message starts after the stop is said (shutdown() below waits)
             self.report.stopped_because = "interrupted"
             self.feedback.stopping(
                 f"{getattr(exc, 'what', 'Interrupted')}: stopping after the messages in flight"
@@ -703,6 +709,9 @@ class _Loop:
         job.data = self.factory.build_pieces(sub.email, sub.name, sub.fields)
         job.sender = self.factory.envelope_sender(sub.email)
         while not self.pool.submit(job, timeout=0.05):
+            if self.signals.signum:  # stopping: this one is not handed over
+                self.report.pending += 1
+                self.signals.raise_if_signalled()
             self._collect(0.0)
             self._submit_due_retries()
             if self.fatal:

@@ -1,7 +1,11 @@
 """How a send stops on a signal: SIGTERM (systemd, docker, kill) is handled like Ctrl-C's SIGINT.
 
 The first signal raises Interrupted in the main thread: the send loop queues nothing more, finishes the
-messages in flight, records them and exits with a resume hint (130 after SIGINT, 143 after SIGTERM). From
+messages in flight, records them and exits with a resume hint (130 after SIGINT, 143 after SIGTERM). While
+the send loop runs (`polled`), the handler only notes the signal and the loop raises Interrupted itself at
+its next step: raised by the handler, it could come out of a queue's `with lock:` between the acquire and
+the block (an exception there leaves the lock held), and the loop's shutdown then waited on that lock for
+ever (seen: a worker hung after a SIGTERM). From
 the moment the loop is stopping, a signal no longer raises (an exception there would abandon messages the
 record has not committed); a second signal hurries the stop instead: every message not yet past its final
 "." is called off, replies still out are not waited for, and what the record was handed is committed.
@@ -27,13 +31,21 @@ class StopSignals:
         self.stopping = False  # the loop is stopping (a signal, an error, or its end): signals only hurry
         self.signum = 0  # the first signal that came
         self.hurry = threading.Event()  # a second signal: call off what has not reached its final "."
+        self.polled = False  # the send loop looks at `signum` at each step: the handler must not raise
+
+    def raise_if_signalled(self) -> None:
+        """The polling loop's safe point: Interrupted if a signal came."""
+        if self.signum and self.polled:
+            raise Interrupted(self.signum)
 
     def handle(self, signum: int, frame: FrameType | None) -> None:
         """The handler of SIGINT and SIGTERM (run by Python in the main thread)."""
         if not self.stopping:
             self.stopping = True
             self.signum = signum
-            raise Interrupted(signum)
+            if not self.polled:
+                raise Interrupted(signum)
+            return
         if self.signum:
             self.hurry.set()
         else:  # the first signal, while the loop was ending by itself: let it end

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 from pathlib import Path
 from types import MappingProxyType
 
-from mailer.campaign import Clock, Feedback, SendOptions, run_send
+import pytest
+
+from mailer.campaign import Clock, Feedback, Report, SendOptions, run_send
 from mailer.config import Settings
+from mailer.errors import Interrupted
 from mailer.ledger import Ledger
 from mailer.message import make_factory
 from mailer.post import load_post
@@ -77,3 +81,49 @@ def test_the_loop_sends_records_and_retries_on_its_own_clock(
         assert cy is not None and (cy.state, cy.attempts, cy.last_code) == ("failed", 1, 550)
         assert ledger.status(ISSUE).counts == {"sent": 2, "failed": 1}
         assert not ledger.is_complete(ISSUE, "")  # one reader failed: the run is not complete
+
+
+class _SignalOnce(Feedback):
+    """Raises SIGTERM in the loop's own thread at its third outcome, then goes on: what a signal's arrival
+    at any point of the loop looks like to it."""
+
+    def __init__(self) -> None:
+        self.outcomes = 0
+        self.went_on = False
+
+    def progress(self, report: Report) -> None:
+        self.outcomes += 1
+        if self.outcomes == 3:
+            signal.raise_signal(signal.SIGTERM)  # the C handler runs now; Python's at the next call
+            _a_call()
+            self.went_on = True
+
+
+def _a_call() -> None:
+    """Any Python call: the interpreter runs a pending signal handler on entering it."""
+
+
+def test_a_signal_during_the_loop_is_raised_at_the_loop_s_next_step_not_where_it_lands(
+    smtp_server: SMTPServer, smtp_settings: Settings, post: Path, tmp_path: Path
+) -> None:
+    # The handler used to raise Interrupted wherever the main thread was. Landing inside a queue's
+    # `with lock:` after the acquire, it left the lock held, and the loop's shutdown waited on it for ever
+    # (a `mailer worker` hung after SIGTERM). Now it is noted and the loop raises it at a step of its own.
+    issue = render_issue(load_post(post), smtp_settings)
+    subscribers = [subscriber(f"reader{n}@example.com", n) for n in range(2, 42)]
+    feedback = _SignalOnce()
+    signals = StopSignals()
+    with Ledger(tmp_path / "record.db") as ledger, signals.install():
+        with pytest.raises(Interrupted) as stopped:
+            run_send(
+                issue_id=ISSUE, content_hash=issue.post.content_hash, subject=issue.subject,
+                factory=make_factory(issue, smtp_settings), transport=make_transport(smtp_settings),
+                subscribers=subscribers, ledger=ledger, options=SendOptions(connections=2),
+                feedback=feedback, signals=signals,
+            )  # fmt: skip
+        assert stopped.value.signum == signal.SIGTERM
+        assert feedback.went_on  # the handler did not raise inside the loop's own code
+        sent = sorted(rcpt for m in smtp_server.messages for rcpt in m.rcpt_tos)
+        assert 3 <= len(sent) < 40  # stopped after the messages in flight
+        assert ledger.status(ISSUE).counts == {"sent": len(sent)}  # each one recorded
+        assert not signals.polled  # outside the loop a signal raises again (the CLI's other steps)
