@@ -26,7 +26,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 @contextmanager
 def reported(console: Console, fields: dict[str, Any] | None = None) -> Iterator[None]:
-    """Turn a MailerError into its message on stderr and its exit code; Ctrl-C into 130, SIGTERM into 143.
+    """Turn a MailerError into its message on stderr and its exit code; Ctrl-C into 130, SIGTERM into 143,
+    SIGHUP into 129.
 
     With a --json console the same goes into the one JSON object, with the `fields` known so far.
     """
@@ -51,6 +52,7 @@ STATUS = {
     ExitStatus.STOPPED: "stopped",
     ExitStatus.INTERRUPTED: "interrupted",
     ExitStatus.TERMINATED: "interrupted",
+    ExitStatus.HUNG_UP: "interrupted",
 }
 
 

@@ -7,7 +7,9 @@ decided here, once.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
 from datetime import datetime
 from typing import Any, Protocol, TextIO
@@ -95,14 +97,12 @@ class Console:
     def result(self, line: str, end: str = "\n") -> None:
         """A line of the command's own output on stdout (not in JSON mode, where `emit` carries it)."""
         if not self.json_mode:
-            self.out.write(line + end)
-            self.out.flush()
+            _write(self.out, line + end)
 
     def emit(self, obj: dict[str, Any]) -> None:
         """The one JSON object a --json run prints on stdout."""
         if self.json_mode:
-            self.out.write(json.dumps(obj, ensure_ascii=False, sort_keys=True) + "\n")
-            self.out.flush()
+            _write(self.out, json.dumps(obj, ensure_ascii=False, sort_keys=True) + "\n")
 
     def stamp(self, line: str) -> str:
         """The line with the local time in front when it goes to a log file rather than a terminal."""
@@ -110,9 +110,25 @@ class Console:
             return line
         return f"{datetime.now().astimezone().isoformat(timespec='seconds')} {line}"
 
+    def draw(self, text: str) -> None:
+        """Text on stderr as it is (a progress bar redrawn in place)."""
+        _write(self.err, text)
+
     def _err(self, line: str) -> None:
-        self.err.write(line + "\n")
-        self.err.flush()
+        _write(self.err, line + "\n")
+
+
+def _write(stream: TextIO, text: str) -> None:
+    """Write and flush; a terminal that hung up (EIO) or a reader that went away (EPIPE) gets nothing more,
+    and the command goes on unheard: a send stopping after a SIGHUP must still record what it sent."""
+    try:
+        stream.write(text)
+        stream.flush()
+    except OSError:
+        with contextlib.suppress(OSError, ValueError):  # the file descriptor now goes nowhere
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, stream.fileno())
+            os.close(null)
 
 
 def _isatty(stream: TextIO) -> bool:

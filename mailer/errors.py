@@ -14,6 +14,7 @@ class ExitStatus(IntEnum):
     USAGE = 2  # click's own code for a wrong option or argument
     INCOMPLETE = 3  # the send finished but some recipients failed (rerun retries the temporary ones)
     STOPPED = 4  # the send stopped early (server down, record unwritable); rerun to resume
+    HUNG_UP = 129  # SIGHUP: the terminal closed (an ssh session dropped)
     INTERRUPTED = 130  # Ctrl-C (SIGINT)
     TERMINATED = 143  # SIGTERM (systemd, docker): 128 + 15, as a shell reports it
 
@@ -27,13 +28,15 @@ class Interrupted(KeyboardInterrupt):
 
     @property
     def exit_code(self) -> int:
-        """130 after SIGINT (Ctrl-C), 143 after SIGTERM."""
-        return ExitStatus.TERMINATED if self.signum == signal.SIGTERM else ExitStatus.INTERRUPTED
+        """128 + the signal, as a shell says: 130 after Ctrl-C (SIGINT), 143 after SIGTERM, 129 SIGHUP."""
+        return ExitStatus(128 + self.signum)
 
     @property
     def what(self) -> str:
         """How the stop is named to the user."""
-        return "Terminated (SIGTERM)" if self.signum == signal.SIGTERM else "Interrupted"
+        return {signal.SIGTERM: "Terminated (SIGTERM)", signal.SIGHUP: "Hung up (SIGHUP)"}.get(
+            signal.Signals(self.signum), "Interrupted"
+        )
 
 
 class MailerError(Exception):

@@ -58,8 +58,7 @@ class ConsoleFeedback(Feedback):
     def close(self) -> None:
         """End the bar's line so that what follows starts on a line of its own."""
         if self.tty and self.drawn:
-            self.console.err.write("\n")
-            self.console.err.flush()
+            self.console.draw("\n")
             self.drawn = False
 
     def _draw(self, report: Report) -> None:
@@ -72,8 +71,7 @@ class ConsoleFeedback(Feedback):
         eta = _clock(left / rate) if rate > 0 and left else "-"
         failed = f", {report.failed} failed" if report.failed else ""
         if self.tty:
-            self.console.err.write("\r" + self._bar_line(done, total, failed, rate, eta))
-            self.console.err.flush()
+            self.console.draw("\r" + self._bar_line(done, total, failed, rate, eta))
             self.drawn = True
         else:
             self.console.note(
@@ -92,7 +90,7 @@ class ConsoleFeedback(Feedback):
 
     def problem(self, line: str) -> None:
         if self.tty and self.drawn:
-            self.console.err.write("\n")
+            self.console.draw("\n")
             self.drawn = False
         self.console.error(self.console.stamp(f"failed: {line}"))
 

@@ -1,4 +1,6 @@
-"""How a send stops on a signal: SIGTERM (systemd, docker, kill) is handled like Ctrl-C's SIGINT.
+"""How a send stops on a signal: SIGTERM (systemd, docker, kill) and SIGHUP (the terminal closed, an ssh
+session dropped) are handled like Ctrl-C's SIGINT; by default SIGHUP would end the process at once, with a
+message the server took but the record does not show, mailed again by the rerun.
 
 The first signal raises Interrupted in the main thread: the send loop queues nothing more, finishes the
 messages in flight, records them and exits with a resume hint (130 after SIGINT, 143 after SIGTERM). While
@@ -21,7 +23,7 @@ from types import FrameType
 
 from .errors import Interrupted
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class StopSignals:
@@ -39,7 +41,7 @@ class StopSignals:
             raise Interrupted(self.signum)
 
     def handle(self, signum: int, frame: FrameType | None) -> None:
-        """The handler of SIGINT and SIGTERM (run by Python in the main thread)."""
+        """The handler of SIGINT, SIGTERM and SIGHUP (run by Python in the main thread)."""
         if not self.stopping:
             self.stopping = True
             self.signum = signum

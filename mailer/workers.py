@@ -300,8 +300,9 @@ class _Locals:
                 continue
             self.procs.remove(one)
             self.ended.append(proc)
-            # 0: nothing left; 4: a stop every worker meets (its counts say why); 130, 143: a signal to it
-            if code in (0, ExitStatus.STOPPED, ExitStatus.INTERRUPTED, ExitStatus.TERMINATED):
+            # 0: nothing left; 4: a stop every worker meets (its counts say why); 129, 130, 143: a signal
+            signalled = (ExitStatus.INTERRUPTED, ExitStatus.TERMINATED, ExitStatus.HUNG_UP)
+            if code in (0, ExitStatus.STOPPED, *signalled):
                 continue
             if not _open_batches(ledger, self.where):
                 continue

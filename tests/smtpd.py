@@ -655,6 +655,7 @@ class Script:
     end: bytes = b"250 2.0.0 queued\r\n"  # also the reply to BDAT ... LAST
     chunk: bytes = b"250 2.0.0 chunk received\r\n"  # the reply to a BDAT that is not the last (RFC 3030)
     end_delay: float = 0.0  # seconds to wait before answering the end of a message (it is kept at once)
+    end_gate: threading.Event | None = None  # set: answer the ends of messages (each is kept at once)
     close_after_message: bool = False  # hang up after answering each message, without a word
     trickle: float | None = None  # EHLO answered one continuation line per `trickle` seconds, forever
     byte_by_byte: bool = False  # every reply written one byte per TCP packet
@@ -782,6 +783,10 @@ class RawSMTPServer:
             self._cond.notify_all()
         if self.script.end_delay and self._closed.wait(self.script.end_delay):
             return False
+        gate = self.script.end_gate
+        while gate is not None and not gate.wait(0.05):
+            if self._closed.is_set():
+                return False
         self._write(sock, self.script.end)
         return not self.script.close_after_message
 
