@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import fcntl
 import os
+import resource
 import sqlite3
 import urllib.parse
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -166,6 +167,18 @@ def _read_only_fs(path: Path) -> bool:
         return False
 
 
+def _size_limit(path: Path) -> int:
+    """The file size limit (RLIMIT_FSIZE) if the database or its WAL reached it (within 64 KiB); else 0."""
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit == resource.RLIM_INFINITY:
+        return 0
+    for one in (path, path.with_name(path.name + "-wal")):
+        with suppress(OSError):
+            if one.stat().st_size >= limit - 64 * 1024:
+                return limit
+    return 0
+
+
 def _no_space(path: Path) -> bool:
     try:
         fs = os.statvfs(path.parent)
@@ -209,6 +222,12 @@ def issue_lock(db_path: Path, issue_id: str) -> Iterator[None]:
 def _explain(exc: sqlite3.Error, path: Path) -> str:
     """Say what a SQLite error means for the user."""
     text = str(exc)
+    limit = _size_limit(path)
+    if ("full" in text or "disk I/O" in text) and limit:  # EFBIG: a full disk in all but name
+        return (
+            f"a file size limit (ulimit -f, RLIMIT_FSIZE) of {limit:,} bytes stops it growing; raise the"
+            " limit and run the same command again"
+        )
     if "full" in text or ("disk I/O" in text and _no_space(path)):
         return "no space left on the file system that holds it; free some and run the same command again"
     if _read_only_fs(path):
