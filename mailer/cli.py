@@ -319,7 +319,7 @@ def worker(
 @output_options
 @click.pass_context
 def status(ctx: click.Context, post: Path | None, json_mode: bool, quiet: bool) -> None:
-    """Show what became of POST's issue (sent, pending, failed per reason); with no POST, every issue sent."""
+    """Show what became of POST's issue (sent, pending, failed; a folder: today's post); no POST: all."""
     console = Console(json_mode=json_mode, quiet=quiet)
     settings = settings_from(ctx, console)
     fields: dict[str, Any] = {"command": "status"}

@@ -13,6 +13,7 @@ from .console import Console
 from .ledger import OUTBOX, SMTP, IssueStatus, IssueSummary, Ledger
 from .post import load_post
 from .rates import Rates, issue_rates
+from .schedule import require_post
 from .subscribers import ReadStats, Subscriber
 from .workers import under_way, under_way_line
 
@@ -245,9 +246,10 @@ def warn_rates(console: Console, settings: Settings, rates: Iterable[Rates]) -> 
 
 
 def show_status(settings: Settings, target: Path | None, console: Console) -> dict[str, object]:
-    """`mailer status`: what became of the issue of `target` (a post, or its file name), or with None of
-    every issue sent, with a warning for each bounce or complaint rate too high; printed for a person (not
-    when quiet) and returned as the --json object's fields."""
+    """`mailer status`: what became of the issue of `target` (a post, its file name, or a folder: today's
+    post in it, as `send` takes it), or with None of every issue sent, with a warning for each bounce or
+    complaint rate too high; printed for a person (not when quiet) and returned as the --json object's
+    fields."""
     with Ledger(settings.db_path) as ledger:
         if target is None:
             issues, bounces = ledger.issues(), ledger.bounce_counts()
@@ -256,6 +258,8 @@ def show_status(settings: Settings, target: Path | None, console: Console) -> di
                     console.result(line)
             warn_rates(console, settings, all_rates(issues, bounces))
             return {"issues": [issue_fields(i, bounces) for i in issues]}
+        if target.is_dir():  # as `send posts/` took it: today's post of the folder
+            target = require_post(target, settings, console)
         issue_id = load_post(target).issue_id if target.exists() else target.stem
         statuses, bounces = ledger.statuses(issue_id), ledger.bounce_counts(issue_id)
         sending = under_way(ledger, issue_id)
