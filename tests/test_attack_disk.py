@@ -50,3 +50,22 @@ def test_a_file_size_limit_that_stops_the_record_growing_is_named_and_the_rerun_
     got = Counter(r for m in smtp_server.messages for r in m.rcpt_tos)
     assert set(got) == set(emails)
     assert sum(got.values()) - len(emails) <= 1  # the crash window: the one message whose commit failed
+
+
+def test_a_send_whose_log_is_on_a_full_disk_still_mails_and_records_everyone(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path
+) -> None:
+    # cron's `mailer send ... >> send.log 2>&1` with the log's disk full: every line mailer writes fails
+    # (ENOSPC; /dev/full here). The send is what matters: it must not die at its first line, nor half-way
+    emails = [f"user{i}@example.com" for i in range(30)]
+    csv = tmp_path / "subs.csv"
+    csv.write_text("email\n" + "".join(f"{e}\n" for e in emails), encoding="utf-8")
+    env = {**os.environ, **env_for(smtp_server, tmp_path)}
+    args = [sys.executable, "-m", "mailer", "send", str(post), "--to", str(csv), "--yes", "--force"]
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(args, env=env, stdout=full, stderr=full, timeout=300)
+    assert done.returncode == 0
+    assert Counter(r for m in smtp_server.messages for r in m.rcpt_tos) == Counter(emails)
+    with Ledger(tmp_path / "state" / "mailer.db") as ledger:
+        _, states = ledger.states("2026-02-09", emails)
+    assert set(states.values()) == {"sent"} and len(states) == len(emails)
