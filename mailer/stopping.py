@@ -1,6 +1,7 @@
 """How a send stops on a signal: SIGTERM (systemd, docker, kill) and SIGHUP (the terminal closed, an ssh
 session dropped) are handled like Ctrl-C's SIGINT; by default SIGHUP would end the process at once, with a
-message the server took but the record does not show, mailed again by the rerun.
+message the server took but the record does not show, mailed again by the rerun. A SIGHUP ignored when the
+command starts (nohup) stays ignored.
 
 The first signal raises Interrupted in the main thread: the send loop queues nothing more, finishes the
 messages in flight, records them and exits with a resume hint (130 after SIGINT, 143 after SIGTERM). While
@@ -59,7 +60,12 @@ class StopSignals:
         if threading.current_thread() is not threading.main_thread():
             yield self
             return
-        previous = {sig: signal.signal(sig, self.handle) for sig in SIGNALS}
+        previous = {
+            sig: signal.signal(sig, self.handle)
+            for sig in SIGNALS
+            # nohup: the publisher asked the command to outlive its terminal
+            if not (sig == signal.SIGHUP and signal.getsignal(sig) == signal.SIG_IGN)
+        }
         try:
             yield self
         finally:

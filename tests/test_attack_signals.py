@@ -121,3 +121,30 @@ def test_a_hang_up_stops_the_send_after_the_message_in_flight_and_the_rerun_mail
     finally:
         gate.set()
         server.stop()
+
+
+def test_a_send_started_under_nohup_goes_on_after_the_hang_up(tmp_path: Path, post: Path) -> None:
+    # `nohup mailer send ... &` and log out: the publisher asked the send to outlive the terminal, so the
+    # SIGHUP nohup ignores must stay ignored, not stop the send as a hang-up otherwise does
+    gate = threading.Event()
+    server = RawSMTPServer(Script(end_gate=gate)).start()
+    try:
+        env = env_for(server, tmp_path, MAILER_SMTP_TIMEOUT="120")
+        args = ["send", str(post), "--to", str(_list(tmp_path)), "--yes", "--force"]
+        proc = subprocess.Popen(
+            ["nohup", sys.executable, "-m", "mailer", *args],
+            env={**os.environ, **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            server.wait_for(1, timeout=120)  # a@ is past its "." and its reply is held
+            proc.send_signal(signal.SIGHUP)
+        finally:
+            gate.set()
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err.decode()
+        assert _recipients(server) == Counter({e: 1 for e in EMAILS})
+    finally:
+        gate.set()
+        server.stop()
