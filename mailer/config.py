@@ -84,6 +84,7 @@ class Settings:
     data_dir: Path = Path(".mailer")
     database: Path | Server | None = None  # a SQLite file, or postgresql://user@host:port/name
     database_password: str = ""  # a PostgreSQL database's password (else libpq's PGPASSWORD or ~/.pgpass)
+    database_timeout: float = 60.0  # seconds a PostgreSQL server may leave mailer without an answer
     outbox: Path | None = None
     templates_dir: Path = SHIPPED_TEMPLATES
     # signing of unsubscribe links
@@ -154,7 +155,9 @@ class Settings:
     def db_path(self) -> Location:
         """Where the record is: a SQLite file, or a PostgreSQL database with its password."""
         if isinstance(self.database, Server):
-            return dataclasses.replace(self.database, password=self.database_password)
+            return dataclasses.replace(
+                self.database, password=self.database_password, timeout=self.database_timeout
+            )
         return self.database or self.data_dir / "mailer.db"
 
     @property
@@ -427,6 +430,7 @@ RANGES: dict[str, tuple[float, float, str]] = {
     "retry_delay": (0, 86_400, "0 to 86400 seconds"),
     "max_consecutive_failures": (0, 1_000_000, "0 (never stop) to 1000000"),
     "worker_lease": (1, 3600, "1 to 3600 seconds"),
+    "database_timeout": (1, 86_400, "1 to 86400 seconds"),
     "max_age_days": (0, 36_500, "0 to 36500 days"),
     "clip_warn_bytes": (0, 100_000_000, "0 to 100000000 bytes"),
     "soft_bounce_limit": (1, 1000, "1 to 1000"),

@@ -32,6 +32,9 @@ class Server:
 
     url: str
     password: str = field(default="", repr=False, compare=False)
+    # seconds the server may leave a connection without an answer (database_timeout): a server that is
+    # stopped or cut off would otherwise hold a send for ever, or for TCP's ~15 minutes
+    timeout: float = field(default=60.0, compare=False)
 
     def __str__(self) -> str:
         return redact(self.url)

@@ -50,23 +50,51 @@ def _placeholders(sql: str) -> str:
     return sql.replace("%", "%%").replace("?", "%s")
 
 
+class _NoAnswer(psycopg.OperationalError):
+    """The server left a statement unanswered for the connection's limit: the connection was closed."""
+
+
+class _Connection(psycopg.Connection[Any]):
+    """A connection that waits for the server at most `limit` seconds at a time (database_timeout).
+
+    A server that is stopped (SIGSTOP, a hung host) or cut off keeps its sockets open: no TCP error comes,
+    for ever or for TCP's ~15 minutes of retransmissions, and a send waits with it at a message's final ".".
+    libpq's keepalives and tcp_user_timeout see a dead network but not a stopped server, whose kernel still
+    answers: so the limit is on every wait for an answer, whatever the cause.
+    """
+
+    limit = 60.0
+
+    def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
+        try:
+            return super().wait(gen, interval, self.limit if timeout is None else min(timeout, self.limit))
+        except pgerrors._WaitTimeout:  # half-way through a statement: the session is of no further use
+            self.pgconn.finish()
+            raise _NoAnswer(f"no answer from the server in {self.limit:g} s") from None
+
+
 def _connect(server: Server, *, timeout: float, name: str) -> psycopg.Connection[Any]:
+    """A connection whose waits for the server end after server.timeout; lock waits end sooner, so that a
+    lock another process holds is said as such, not as a server that does not answer."""
     options: dict[str, Any] = {}
     if server.password:
         options["password"] = server.password
+    locks = min(timeout, server.timeout / 2)
     try:
-        return psycopg.connect(
+        conn = _Connection.connect(
             server.url,
             autocommit=True,
-            connect_timeout=max(2, round(timeout)),
+            connect_timeout=max(2, round(server.timeout)),
             application_name=name,
-            options=f"-c lock_timeout={max(1, int(timeout * 1000))}",
+            options=f"-c lock_timeout={max(1, int(locks * 1000))}",
             **options,
         )
     except psycopg.Error as exc:
         raise MailerError(f"{server}: {explain(exc, server)}") from None
     except ValueError as exc:  # a URL libpq cannot read (psycopg says so before connecting)
         raise MailerError(f"{server}: not a usable PostgreSQL URL ({_hide(str(exc), server)})") from None
+    conn.limit = server.timeout
+    return conn
 
 
 class PostgreSQL:
@@ -125,7 +153,9 @@ class PostgreSQL:
 
     @property
     def in_transaction(self) -> bool:
-        return self._conn is not None and self._conn.info.transaction_status != TransactionStatus.IDLE
+        # a closed or lost session has no transaction to end (the server ended it)
+        status = self._conn.info.transaction_status if self._conn is not None else TransactionStatus.IDLE
+        return status not in (TransactionStatus.IDLE, TransactionStatus.UNKNOWN)
 
     def schema_version(self) -> int:
         with self.errors():
@@ -220,6 +250,16 @@ def explain(exc: psycopg.Error, server: Server) -> str:
     """Say what a PostgreSQL error means for the user, in one line, with no password in it."""
     text = _hide(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, server)
     lowered = text.lower()
+    if isinstance(exc, pgerrors.ConnectionTimeout):
+        return (
+            f"no answer from the server in {server.timeout:g} s while connecting (database_timeout): is it"
+            " running, reachable from this host and not overloaded?"
+        )
+    if isinstance(exc, _NoAnswer):
+        return (
+            f"{text} (database_timeout): is it stopped, overloaded or cut off from this host? Nothing more"
+            " was done; run the same command again once it answers"
+        )
     if isinstance(exc, pgerrors.LockNotAvailable):
         return "the database is locked by another mailer process; try again when it has finished"
     if isinstance(exc, pgerrors.ForeignKeyViolation):

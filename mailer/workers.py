@@ -29,6 +29,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -220,7 +221,7 @@ def coordinate(
             local.replace_dead(ledger)
             if _finished(ledger, where, local, crew):
                 break
-            _tick(ledger, where, lease, report, feedback)
+            _tick(ledger, where, lease, report, feedback, local)
             time.sleep(POLL)
     except MailerError as exc:  # the record went away (a database restart): stopped early, as a lone send
         local.signal(signal.SIGTERM)
@@ -250,10 +251,10 @@ def coordinate(
                     "UPDATE sends SET state = 'stopped' WHERE issue_id = ? AND destination = ?", where
                 )
                 local.signal(signal.SIGTERM)
-            _tick(ledger, where, lease, report, feedback)
+            _tick(ledger, where, lease, report, feedback, local)
             time.sleep(POLL)
     _last_counts(ledger, where, local, lease, report, feedback)
-    _tick(ledger, where, lease, report, feedback)
+    _tick(ledger, where, lease, report, feedback, local)
     _conclude(ledger, where, run_id, report, why=local.gave_up)
     local.reap()  # those that sent everything waited for the end in the record: they exit now
     if interrupted is not None:
@@ -282,14 +283,24 @@ class _Locals:
         self.where = where
         self.procs: list[tuple[subprocess.Popen[bytes], int]] = []  # each live one, the progress at its start
         self.ended: list[subprocess.Popen[bytes]] = []
+        self.stderr: dict[int, _Stderr] = {}  # by pid
         self.futile = 0  # workers that died in a row while the send got no further
         self.gave_up = ""
 
     def start(self, ledger: Ledger) -> None:
         mark = _progress(ledger, self.where)
-        self.procs = [
-            (_spawn(self.issue_id, self.crew, self.settings), mark) for _ in range(self.crew.workers)
-        ]
+        self.procs = [(self._spawn(), mark) for _ in range(self.crew.workers)]
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        stderr = _Stderr()
+        proc = _spawn(self.issue_id, self.crew, self.settings, stderr.file)
+        self.stderr[proc.pid] = stderr
+        return proc
+
+    def relay(self) -> None:
+        """Pass on what the workers said since the last call, but for their `Error:` lines (see _Stderr)."""
+        for stderr in self.stderr.values():
+            stderr.relay()
 
     def replace_dead(self, ledger: Ledger) -> None:
         """Start a worker in the place of each one that died while readers are left."""
@@ -309,6 +320,8 @@ class _Locals:
             how = (
                 f"was killed by signal {-code} ({signal.strsignal(-code)})" if code < 0 else f"exited {code}"
             )
+            said = self.stderr[proc.pid].relay()
+            how += f" ({said})" if said else ""
             now = _progress(ledger, self.where)
             self.futile = 0 if now > mark else self.futile + 1
             if self.futile > RESTARTS:
@@ -319,7 +332,7 @@ class _Locals:
                     )
                     self.feedback.stopping(self.gave_up)
                 continue
-            new = _spawn(self.issue_id, self.crew, self.settings)
+            new = self._spawn()
             self.feedback.stopping(f"worker pid {proc.pid} {how}; pid {new.pid} takes its place")
             self.procs.append((new, now))
 
@@ -342,6 +355,40 @@ class _Locals:
     def reap(self) -> None:
         for proc, _ in self.procs:
             proc.wait()
+        self.relay()
+        for stderr in self.stderr.values():
+            stderr.file.close()
+
+
+class _Stderr:
+    """A local worker's stderr, relayed by the coordinator to its own but for the worker's `Error:` line.
+
+    A worker that meets a failure the coordinator meets too (the record lost or not answering) says so as
+    the coordinator does: the publisher would read the same error once per process. The coordinator says it
+    once, and a worker's own error where it concerns that worker alone (in the line about its replacement).
+    A file, unlinked, not a pipe: a worker outlives a coordinator killed with -9, and would die of a pipe
+    with no reader the next time it writes.
+    """
+
+    def __init__(self) -> None:
+        self.file = tempfile.TemporaryFile()
+        self.read = 0
+        self.partial = b""
+        self.error = ""
+
+    def relay(self) -> str:
+        """Write the whole lines the worker added since the last call to this process's stderr, keeping back
+        its `Error:` line; return that line ('' while it has said none)."""
+        while chunk := os.pread(self.file.fileno(), 1 << 16, self.read):
+            self.read += len(chunk)
+            *lines, self.partial = (self.partial + chunk).split(b"\n")
+            for line in lines:
+                if line.startswith(b"Error: "):
+                    self.error = line.decode("utf-8", "replace")
+                else:
+                    sys.stderr.buffer.write(line + b"\n")
+            sys.stderr.flush()
+        return self.error
 
 
 def _progress(ledger: Ledger, where: tuple[str, str]) -> int:
@@ -355,8 +402,9 @@ def _progress(ledger: Ledger, where: tuple[str, str]) -> int:
     return int(attempts) + int(batches)
 
 
-def _spawn(issue_id: str, crew: Crew, settings: Settings) -> subprocess.Popen[bytes]:
-    """One local worker: `mailer worker` for this issue, with this command's configuration and environment.
+def _spawn(issue_id: str, crew: Crew, settings: Settings, stderr: Any) -> subprocess.Popen[bytes]:
+    """One local worker: `mailer worker` for this issue, with this command's configuration and environment,
+    its stderr to a file of the coordinator's (_Stderr).
 
     In a session of its own, so that a Ctrl-C at the terminal reaches the coordinator alone, which passes
     one SIGTERM on (a second would hurry the worker's stop)."""
@@ -370,6 +418,7 @@ def _spawn(issue_id: str, crew: Crew, settings: Settings) -> subprocess.Popen[by
         env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,  # the coordinator's --json is the one object on stdout
+        stderr=stderr,
         start_new_session=True,
     )
 
@@ -380,7 +429,7 @@ def _last_counts(
     """Wait for every live worker's last counts (ours, until they end; the others, until their row goes a
     lease without news, as a killed one's does), saying meanwhile that the coordinator is alive."""
     while any(not local.gone(name) for name in _alive_workers(ledger, where, lease)):
-        _tick(ledger, where, lease, report, feedback)
+        _tick(ledger, where, lease, report, feedback, local)
         time.sleep(POLL)
 
 
@@ -457,8 +506,12 @@ def _conclude(
     return ended
 
 
-def _tick(ledger: Ledger, where: tuple[str, str], lease: float, report: Report, feedback: Feedback) -> None:
-    """Say the coordinator is alive, and show every worker's counts so far as one report."""
+def _tick(
+    ledger: Ledger, where: tuple[str, str], lease: float, report: Report, feedback: Feedback, local: _Locals
+) -> None:
+    """Say the coordinator is alive, pass on what its workers said, and show every worker's counts so far
+    as one report."""
+    local.relay()
     ledger.write(
         "UPDATE sends SET alive_until = ? WHERE issue_id = ? AND destination = ?",
         (time.time() + lease, *where),

@@ -1,0 +1,150 @@
+"""What a send does when its PostgreSQL record stops answering, restarts or is not the one it should be.
+
+A frozen server (SIGSTOP to the postmaster and every backend) answers nothing, and the kernel keeps its
+sockets open, so no TCP error ever comes: only a limit of mailer's own ends the wait. Real processes, a
+cluster of this module's own (the test run's shared one is never frozen), real signals; every wait is on
+an event (a held RCPT, a row, a process's end), never on a sleep.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mailer.engine import Server
+from tests.pg import Cluster, binaries, rows
+from tests.smtpd import SMTPServer
+from tests.test_workers import env_at, recipients, spawn, states, wait_until, write_list
+
+pytestmark = pytest.mark.postgresql
+
+# database_timeout in these tests: seconds without an answer before mailer gives up (small, yet long enough
+# that a loaded machine's answers before the freeze come within it)
+LIMIT = "5"
+
+
+@pytest.fixture(scope="module")
+def own_cluster() -> Iterator[Cluster]:
+    """A cluster these tests may freeze without holding up any other test's database."""
+    bindir = binaries()
+    if bindir is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is not installed (scripts/test installs the Debian package postgresql)")
+        pytest.skip("PostgreSQL is not installed (Debian: apt-get install postgresql)")
+    cluster = Cluster(bindir).start()
+    yield cluster
+    cluster.stop()
+
+
+def _server_pids(cluster: Cluster) -> list[int]:
+    """The postmaster (first) and every process it started (backends, checkpointer, ...)."""
+    postmaster = int((cluster.root / "data" / "postmaster.pid").read_text().split("\n", 1)[0])
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                # the field after the parenthesised command name: state, then the parent's pid
+                fields = (entry / "stat").read_text().rpartition(")")[2].split()
+                if int(fields[1]) == postmaster:
+                    children.append(int(entry.name))
+    return [postmaster, *children]
+
+
+@contextlib.contextmanager
+def frozen(cluster: Cluster) -> Iterator[None]:
+    """The whole server stopped (SIGSTOP) until the block ends, then continued, whatever happened."""
+    pids = _server_pids(cluster)
+    try:
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        yield
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+
+def _sessions(server: Server) -> int:
+    """How many sessions the database has besides the one asking (only mailer's processes use it)."""
+    found = rows(
+        server,
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND pid <> pg_backend_pid() AND backend_type = 'client backend'",
+    )
+    return int(found[0][0])  # type: ignore[call-overload]
+
+
+@pytest.mark.parametrize(
+    ("workers", "connections"), [([], 1), (["--workers", "2"], 2)], ids=["lone", "workers"]
+)
+def test_a_frozen_database_ends_the_send_with_one_line_and_nothing_sent_unrecorded(
+    smtp_server: SMTPServer,
+    tmp_path: Path,
+    post: Path,
+    own_cluster: Cluster,
+    workers: list[str],
+    connections: int,
+) -> None:
+    # with workers: the coordinator and each worker meet the silence; the publisher reads it once
+    server = own_cluster.database()
+    emails = [f"user{i:02}@example.com" for i in range(40)]
+    csv = write_list(tmp_path / "subs.csv", emails)
+    env = env_at(smtp_server, tmp_path, server, MAILER_DATABASE_TIMEOUT=LIMIT, MAILER_SMTP_TIMEOUT="120")
+    args = ["send", str(post), "--to", str(csv), "--yes", "--force", *workers]
+    held = smtp_server.hold("user10@example.com")
+    proc = spawn(args, env, tmp_path)
+    try:
+        assert held.reached.wait(timeout=120), "the send never reached user10"
+        with frozen(own_cluster):
+            held.release.set()
+            # the whole send must end while the server is still frozen: the limit, not the server, ends it
+            _, err = proc.communicate(timeout=120)
+    finally:
+        held.release.set()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    said = err.decode()
+    assert proc.returncode not in (0, None), said
+    assert "Traceback" not in said, said
+    errors = [line for line in said.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1, said
+    assert str(server) in errors[0] and "no answer" in errors[0], errors[0]
+    assert server.password not in said
+    # nothing was sent past an outcome the record did not take: at most the message whose commit hung on
+    # each connection (user10's on the lone send's)
+    got = recipients(smtp_server)
+    recorded = {email for email, (state, _) in states(server).items() if state == "sent"}
+    assert len(set(got) - recorded) <= connections, (sorted(got), sorted(recorded))
+    assert all(n == 1 for n in got.values())
+    # the server answers again: the same command finishes the send, repeating at most that one message
+    wait_until("the frozen send's sessions ended", lambda: not _sessions(server))
+    del env["MAILER_DATABASE_TIMEOUT"]
+    again = spawn(args, env, tmp_path)
+    _, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err.decode()
+    got = recipients(smtp_server)
+    assert set(got) == set(emails)
+    assert sum(got.values()) - len(emails) <= connections
+
+
+def test_a_command_started_while_the_database_is_frozen_says_so_in_one_line(
+    tmp_path: Path, own_cluster: Cluster
+) -> None:
+    server = own_cluster.database()
+    env = {"MAILER_DATABASE": server.url, "MAILER_DATABASE_PASSWORD": server.password}
+    env["MAILER_DATABASE_TIMEOUT"] = LIMIT
+    with frozen(own_cluster):
+        proc = spawn(["db", "migrate"], env, tmp_path)
+        _, err = proc.communicate(timeout=120)  # while still frozen: the limit ends it
+    said = err.decode()
+    assert proc.returncode == 1, said
+    assert said.splitlines() == [
+        f"Error: {server}: no answer from the server in {LIMIT} s while connecting (database_timeout): is it"
+        " running, reachable from this host and not overloaded?"
+    ]
