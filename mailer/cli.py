@@ -280,17 +280,23 @@ def send_command(
     "--issue", "issue_id", metavar="ID", help="Join the send of this issue (default: the oldest running)."
 )
 @click.option("--connections", type=click.IntRange(1, 64), help="SMTP connections of this worker.")
+@click.option("--wait", is_flag=True, help="Wait for a send to start, then join it (a service's worker).")
 @output_options
 @offline_option
 @click.pass_context
 def worker(
-    ctx: click.Context, issue_id: str | None, connections: int | None, json_mode: bool, quiet: bool
+    ctx: click.Context,
+    issue_id: str | None,
+    connections: int | None,
+    wait: bool,
+    json_mode: bool,
+    quiet: bool,
 ) -> None:
     """Join a send started with `mailer send --distributed` (same configuration and database), until no reader
     is left.
 
-    Exit status: 0 nothing left to send (or no send running), 1 refused, 4 stopped early, 130 Ctrl-C,
-    143 SIGTERM (also when the send's coordinator stops it).
+    Exit status: 0 nothing left to send, 1 refused (also: no send running, without --wait), 4 stopped early,
+    130 Ctrl-C, 143 SIGTERM (also when the send's coordinator stops it).
     """
     console = Console(json_mode=json_mode, quiet=quiet)
     settings = settings_from(ctx, console)
@@ -299,13 +305,10 @@ def worker(
         from .progress import ConsoleFeedback, report_counts
         from .workers import work
 
+        feedback = ConsoleFeedback(console)
         done = work(
-            settings, console, ConsoleFeedback(console), issue_id=issue_id or "", connections=connections or 0
+            settings, console, feedback, issue_id=issue_id or "", connections=connections or 0, wait=wait
         )
-        if done.report is None:
-            console.note(done.note)
-            console.emit(_outcome(fields, 0, status="nothing sent", note=done.note))
-            return
         fields.update(issue=done.issue_id, batches=done.batches, takeovers=done.takeovers, lost=done.lost)
         console.note(
             f"{done.issue_id}: {done.report.sent} sent by this worker in {done.batches} batch(es)"

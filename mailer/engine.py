@@ -11,7 +11,7 @@ IGNORE, no rowid.
 from __future__ import annotations
 
 import urllib.parse
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,8 +174,9 @@ def connect(where: Location, *, timeout: float, create: bool) -> Engine:
     return SQLite(where, timeout=timeout, create=create)
 
 
-def issue_lock(where: Location, issue_id: str) -> AbstractContextManager[None]:
-    """Hold the exclusive lock on one issue of one record for a whole send (see each engine's)."""
+def issue_lock(where: Location, issue_id: str) -> AbstractContextManager[Callable[[], None]]:
+    """Hold the exclusive lock on one issue of one record for a whole send (see each engine's); what it
+    yields raises MailerError once the lock is lost (a PostgreSQL session ended under the sender)."""
     if isinstance(where, Server):
         from .engine_postgresql import issue_lock as server_lock
 

@@ -22,7 +22,7 @@ import hashlib
 import os
 import re
 import socket
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -202,12 +202,15 @@ def _lock_key(issue_id: str) -> int:
 
 
 @contextmanager
-def issue_lock(server: Server, issue_id: str) -> Iterator[None]:
-    """Hold an exclusive lock on one issue of one database for a whole send, on a connection of its own.
+def issue_lock(server: Server, issue_id: str) -> Iterator[Callable[[], None]]:
+    """Hold an exclusive lock on one issue of one database for a whole send, on a connection of its own;
+    yield a check that raises MailerError once the lock is lost.
 
     Senders on other machines share the database, so the lock lives in it: a session-level advisory lock,
     released by the server when the connection closes (also when the sender is killed). The connection's
-    application_name says who holds it, for the message another sender gets.
+    application_name says who holds it, for the message another sender gets. The server also lets go of it
+    when the session ends under a sender still running (a restart, a terminated backend): the check says so,
+    and a sender that makes it often (the coordinator of workers) holding the lock proves it alive.
     """
     who = f"pid {os.getpid()} on {socket.gethostname()}"
     conn = _connect(server, timeout=30.0, name=f"mailer send {who}"[:63])
@@ -228,7 +231,16 @@ def issue_lock(server: Server, issue_id: str) -> Iterator[None]:
                 )
         except psycopg.Error as exc:
             raise MailerError(f"{server}: {explain(exc, server)}") from None
-        yield
+
+        def held() -> None:
+            try:
+                conn.execute("SELECT 1")  # the session holds the lock for as long as it lives
+            except psycopg.Error as exc:
+                raise MailerError(
+                    f"{server}: lost the lock of this issue's send: {explain(exc, server)}"
+                ) from None
+
+        yield held
     finally:
         conn.close()  # ends the session: the server lets go of the lock
 

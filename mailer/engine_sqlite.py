@@ -13,7 +13,7 @@ import os
 import resource
 import sqlite3
 import urllib.parse
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -191,8 +191,9 @@ def _no_space(path: Path) -> bool:
 
 
 @contextmanager
-def issue_lock(db_path: Path, issue_id: str) -> Iterator[None]:
-    """Hold an exclusive lock on one issue of one database for a whole send.
+def issue_lock(db_path: Path, issue_id: str) -> Iterator[Callable[[], None]]:
+    """Hold an exclusive lock on one issue of one database for a whole send; yield a check that it is still
+    held (an flock is, for as long as its file stays open: the check has nothing to do).
 
     Two sends of one issue would mail people twice, so the lock sits next to the database it guards (not in
     a data folder: two data folders may share a database) and is taken on the resolved path. It is an flock,
@@ -217,7 +218,7 @@ def issue_lock(db_path: Path, issue_id: str) -> Iterator[None]:
             os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
         except OSError as exc:
             raise MailerError(f"{folder}: cannot write the send lock: {exc.strerror}") from None
-        yield
+        yield lambda: None
     finally:
         os.close(fd)  # releases the flock
 

@@ -266,15 +266,16 @@ def _send(
         console.note(f"Sending {issue.issue_id} to {deliverable:,} subscriber(s) via {transport.description}")
         feedback.start(deliverable)
 
+    lock = nullcontext(lambda: None) if options.dry_run else issue_lock(settings.db_path, issue.issue_id)
     with (
-        nullcontext() if options.dry_run else issue_lock(settings.db_path, issue.issue_id),
+        lock as held,
         Ledger(settings.db_path, destination=transport.destination) as ledger,
     ):
         if crew is not None and not options.dry_run:
             report = coordinate(
                 ledger, issue, factory, lists.subscribers, expected=deliverable, options=options, crew=crew,
                 settings=settings, feedback=feedback, signals=signals, list_key=lists.key,
-                list_path=lists.resolved,
+                list_path=lists.resolved, held=held,
             )  # fmt: skip
         else:
             report = run_send(

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import _thread
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -32,7 +33,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -82,7 +83,36 @@ def batch_size(readers: int, workers: int) -> int:
 
 
 def _me() -> str:
-    return f"{socket.gethostname()} pid {os.getpid()} {secrets.token_hex(3)}"
+    """This process's name in the record: 'HOST pid N TOKEN', the token's first half this host's (_here)."""
+    return f"{socket.gethostname()} pid {os.getpid()} {_here()}{secrets.token_hex(3)}"
+
+
+@functools.cache
+def _here() -> str:
+    """What tells this kernel boot and process namespace from any other that has the same host name (two
+    containers may): where a process of that name is one whose pid can be looked up from here."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        space = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:  # not Linux: no proof from here, the leases decide
+        return secrets.token_hex(3)
+    return hashlib.sha256(f"{boot} {space}".encode()).hexdigest()[:6]
+
+
+def _gone_from_here(name: str) -> bool:
+    """Whether the process of this name ran in this kernel and namespace and has ended: provably sends
+    nothing more (a pid is not reused within the few seconds this matters)."""
+    host, _, rest = name.partition(" pid ")
+    pid, _, token = rest.partition(" ")
+    if host != socket.gethostname() or not token.startswith(_here()) or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # alive, someone else's
+    return False
 
 
 # --- the coordinator ---------------------------------------------------------------------------------------
@@ -122,16 +152,15 @@ def publish(
     now = time.time()
     batches = 0
     with ledger.transaction():
+        # the caller holds the issue's lock, which a coordinator holds (and checks: held()) for as long as it
+        # runs: the coordinator of a send still open here is gone, however recent its last word; only its
+        # workers may be left
         running = ledger.rows(
-            "SELECT coordinator, alive_until, options FROM sends WHERE issue_id = ? AND destination = ?"
+            "SELECT coordinator, options FROM sends WHERE issue_id = ? AND destination = ?"
             " AND state IN ('running', 'stopping')",
             where,
         )
-        if running and running[0][1] > now:
-            raise MailerError(
-                f"{issue_id}: another send of this issue is running ({running[0][0]}); wait for it"
-            )
-        if running and (left := _alive_workers(ledger, where, float(json.loads(running[0][2])["lease"]))):
+        if running and (left := _alive_workers(ledger, where, float(json.loads(running[0][1])["lease"]))):
             raise MailerError(
                 f"{issue_id}: the send started by {running[0][0]}, which is gone, is still being finished by"
                 f" {len(left)} worker(s); they end it when no reader is left (`mailer status` shows it)"
@@ -188,8 +217,12 @@ def coordinate(
     signals: StopSignals,
     list_key: str,
     list_path: str,
+    held: Callable[[], None],
 ) -> Report:
     """Run a send through worker processes and report what they all did, as run_send reports a lone one.
+
+    `held` raises MailerError once this process has lost the issue's lock: it is checked at every look at
+    the record, before the coordinator says it is alive, so that holding the lock proves it alive.
 
     Raises SendAborted when a worker stopped on a problem every worker has (the server refuses the sender,
     the record cannot be written) or the local workers kept dying, and the signal's Interrupted when a signal
@@ -206,9 +239,10 @@ def coordinate(
     run_id = ledger.start_run(issue_id, list_key, list_path)
     lease = settings.worker_lease
     where = (issue_id, ledger.destination)
+    me = _me()
     publish(
         ledger, issue, factory, options, subscribers, expected=expected, workers=crew.workers, lease=lease,
-        coordinator=_me(), run_id=run_id,
+        coordinator=me, run_id=run_id,
     )  # fmt: skip
     # A signal must not raise in the middle of a query here (the connection would keep a statement open and
     # refuse the writes that stop the send): it is noted (StopSignals, as while a send is stopping) and seen
@@ -221,15 +255,16 @@ def coordinate(
             local.replace_dead(ledger)
             if _finished(ledger, where, local, crew):
                 break
-            _tick(ledger, where, lease, report, feedback, local)
+            _tick(ledger, where, lease, report, feedback, local, held)
             time.sleep(POLL)
     except MailerError as exc:  # the record went away (a database restart): stopped early, as a lone send
         local.signal(signal.SIGTERM)
         local.reap()
         with contextlib.suppress(MailerError), ledger.reopen() as again:  # if it is back: a rerun may start
-            again.write(
-                "UPDATE sends SET state = 'stopped', alive_until = 0 WHERE issue_id = ? AND destination = ?",
-                where,
+            again.write(  # its own send only: a rerun may have put its own in the record meanwhile
+                "UPDATE sends SET state = 'stopped', alive_until = 0 WHERE issue_id = ? AND destination = ?"
+                " AND coordinator = ?",
+                (*where, me),
             )
         raise SendAborted(f"cannot follow the send in the record: {exc}") from None
     interrupted = Interrupted(signals.signum) if signals.signum else None
@@ -251,10 +286,10 @@ def coordinate(
                     "UPDATE sends SET state = 'stopped' WHERE issue_id = ? AND destination = ?", where
                 )
                 local.signal(signal.SIGTERM)
-            _tick(ledger, where, lease, report, feedback, local)
+            _tick(ledger, where, lease, report, feedback, local, held)
             time.sleep(POLL)
-    _last_counts(ledger, where, local, lease, report, feedback)
-    _tick(ledger, where, lease, report, feedback, local)
+    _last_counts(ledger, where, local, lease, report, feedback, held)
+    _tick(ledger, where, lease, report, feedback, local, held)
     _conclude(ledger, where, run_id, report, why=local.gave_up)
     local.reap()  # those that sent everything waited for the end in the record: they exit now
     if interrupted is not None:
@@ -424,12 +459,18 @@ def _spawn(issue_id: str, crew: Crew, settings: Settings, stderr: Any) -> subpro
 
 
 def _last_counts(
-    ledger: Ledger, where: tuple[str, str], local: _Locals, lease: float, report: Report, feedback: Feedback
+    ledger: Ledger,
+    where: tuple[str, str],
+    local: _Locals,
+    lease: float,
+    report: Report,
+    feedback: Feedback,
+    held: Callable[[], None],
 ) -> None:
     """Wait for every live worker's last counts (ours, until they end; the others, until their row goes a
     lease without news, as a killed one's does), saying meanwhile that the coordinator is alive."""
     while any(not local.gone(name) for name in _alive_workers(ledger, where, lease)):
-        _tick(ledger, where, lease, report, feedback, local)
+        _tick(ledger, where, lease, report, feedback, local, held)
         time.sleep(POLL)
 
 
@@ -441,7 +482,8 @@ def _alive_workers(ledger: Ledger, where: tuple[str, str], lease: float, but: st
         " AND updated_at >= ? AND worker != ?",
         (*where, _stamp(time.time() - lease - 1), but),
     )
-    return [row[0] for row in rows]
+    # one of this host whose process has ended (killed, or stopped with the record unwritable) is not
+    return [row[0] for row in rows if not _gone_from_here(row[0])]
 
 
 def _finished(ledger: Ledger, where: tuple[str, str], local: _Locals, crew: Crew) -> bool:
@@ -507,10 +549,17 @@ def _conclude(
 
 
 def _tick(
-    ledger: Ledger, where: tuple[str, str], lease: float, report: Report, feedback: Feedback, local: _Locals
+    ledger: Ledger,
+    where: tuple[str, str],
+    lease: float,
+    report: Report,
+    feedback: Feedback,
+    local: _Locals,
+    held: Callable[[], None],
 ) -> None:
-    """Say the coordinator is alive, pass on what its workers said, and show every worker's counts so far
-    as one report."""
+    """Say the coordinator is alive (while it holds the issue's lock), pass on what its workers said, and
+    show every worker's counts so far as one report."""
+    held()
     local.relay()
     ledger.write(
         "UPDATE sends SET alive_until = ? WHERE issue_id = ? AND destination = ?",
@@ -630,19 +679,29 @@ def find_plan(ledger: Ledger, issue_id: str) -> Plan | None:
 class WorkResult:
     """What one worker did, for `mailer worker`'s report."""
 
-    issue_id: str = ""
-    report: Report | None = None
-    note: str = ""
+    issue_id: str
+    report: Report
     batches: int = 0
     takeovers: int = 0
     lost: list[str] = field(default_factory=list)  # each time this worker lost its lease
 
 
+WAITING = 1.0  # seconds between a waiting worker's looks for a send
+
+
 def work(
-    settings: Settings, console: Console, feedback: Feedback, *, issue_id: str = "", connections: int = 0
+    settings: Settings,
+    console: Console,
+    feedback: Feedback,
+    *,
+    issue_id: str = "",
+    connections: int = 0,
+    wait: bool = False,
 ) -> WorkResult:
     """`mailer worker`: join the running send of the issue, send batches until none is left, report.
 
+    With no send running, a MailerError that names the database (a worker pointed at another one, or
+    started before the send, must not pass for one that finished its work); with `wait`, it waits for one.
     SIGTERM is handled like Ctrl-C (stopping.py); the coordinator's stop reaches it the same way.
     """
     from .message import make_factory
@@ -654,10 +713,15 @@ def work(
     with signals.install():
         transport = make_transport(settings, console)
         with Ledger(settings.db_path, create=False, destination=transport.destination) as ledger:
+            which = f"of issue {issue_id} " if issue_id else ""
             plan = find_plan(ledger, issue_id)
+            if plan is None and wait:
+                plan = _wait_for_plan(ledger, issue_id, console, signals, which)
             if plan is None:
-                which = f"of issue {issue_id} " if issue_id else ""
-                return WorkResult(issue_id, note=f"No send {which}is running; nothing to do.")
+                raise MailerError(
+                    f"{settings.db_path}: no send {which}is running there to join (is it the database of"
+                    " the host that starts the send, and has the send started? --wait waits for one)"
+                )
             issue = render_issue(parse_post(plan.post.encode("utf-8"), Path(plan.post_name)), settings)
             factory = make_factory(issue, settings, console=console)
             mine, theirs = fingerprint(issue, factory).split(), plan.fingerprint.split()
@@ -674,6 +738,20 @@ def work(
                 )
             worker = _Worker(ledger, plan, factory, transport, feedback, signals, connections)
             return worker.run()
+
+
+def _wait_for_plan(ledger: Ledger, issue_id: str, console: Console, signals: StopSignals, which: str) -> Plan:
+    """Look for the send every WAITING seconds until it runs; a signal ends the wait (Interrupted)."""
+    console.note(f"Waiting for a send {which}to start in {ledger.path}")
+    signals.stopping = True  # a signal is noted, not raised in the middle of a query, and seen below
+    while True:
+        time.sleep(WAITING)
+        if signals.signum:
+            raise Interrupted(signals.signum)
+        plan = find_plan(ledger, issue_id)
+        if plan is not None:
+            signals.stopping = False
+            return plan
 
 
 def _options(plan: Plan, connections: int) -> SendOptions:
@@ -709,7 +787,7 @@ class _Worker:
         self.lease = float(plan.options["lease"])
         self.name = _me()
         self.reports: list[Report] = []
-        self.result = WorkResult(plan.issue_id)
+        self.result = WorkResult(plan.issue_id, Report(plan.issue_id))
 
     def run(self) -> WorkResult:
         ledger = self.ledger

@@ -148,3 +148,84 @@ def test_a_command_started_while_the_database_is_frozen_says_so_in_one_line(
         f"Error: {server}: no answer from the server in {LIMIT} s while connecting (database_timeout): is it"
         " running, reachable from this host and not overloaded?"
     ]
+
+
+def test_a_rerun_right_after_the_database_came_back_goes_ahead_at_once(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path, pg_cluster: Cluster
+) -> None:
+    # the database goes away mid-send (a restart: every session ends) and stays away while the coordinator
+    # stops, so that nothing of the send can say in the record that it ended; it comes back, and the
+    # publisher runs the same command. The issue's lock (free again) proves the old coordinator gone, and
+    # its workers, of this host, are provably gone too: the rerun must not wait for their leases (60 s)
+    server = pg_cluster.database()
+    name = server.url.rpartition("/")[2]
+    emails = [f"user{i:02}@example.com" for i in range(40)]
+    csv = write_list(tmp_path / "subs.csv", emails)
+    env = {**env_at(smtp_server, tmp_path, server, MAILER_SMTP_TIMEOUT="120"), "MAILER_WORKER_LEASE": "60"}
+    args = ["send", str(post), "--to", str(csv), "--yes", "--force", "--workers", "2"]
+    held = smtp_server.hold("user10@example.com")
+    proc = spawn(args, env, tmp_path)
+    try:
+        assert held.reached.wait(timeout=120), "the send never reached user10"
+        pg_cluster.admin(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false")
+        pg_cluster.admin(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")
+        held.release.set()
+        _, err = proc.communicate(timeout=120)
+    finally:
+        held.release.set()
+        pg_cluster.admin(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    said = err.decode()
+    assert proc.returncode == 4, said
+    assert len([line for line in said.splitlines() if line.startswith("Error: ")]) == 1, said
+    assert rows(server, "SELECT state FROM sends") == [("running",)]  # as the old send left it
+    again = spawn(args, env, tmp_path)
+    _, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err.decode()
+    got = recipients(smtp_server)
+    assert set(got) == set(emails)
+    assert sum(got.values()) - len(emails) <= 2  # the messages in flight on the two workers' connections
+
+
+def test_a_coordinator_whose_issue_lock_is_lost_stops_and_a_rerun_finishes(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path, pg_cluster: Cluster
+) -> None:
+    # the session that holds the issue's lock ends alone (an administrator's pg_terminate_backend, an idle
+    # connection cut): the server let go of the lock, so a rerun could take it; the coordinator must stop,
+    # or holding the lock would not prove that no other coordinator runs (which lets a rerun go ahead)
+    server = pg_cluster.database()
+    emails = [f"user{i:02}@example.com" for i in range(40)]
+    csv = write_list(tmp_path / "subs.csv", emails)
+    env = env_at(smtp_server, tmp_path, server, MAILER_SMTP_TIMEOUT="120")
+    args = ["send", str(post), "--to", str(csv), "--yes", "--force", "--workers", "1"]
+    held = smtp_server.hold("user10@example.com")
+    proc = spawn(args, env, tmp_path)
+    try:
+        assert held.reached.wait(timeout=120), "the send never reached user10"
+        ended = rows(
+            server,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND application_name LIKE ?",
+            ("mailer send pid %",),
+        )
+        assert ended == [(True,)]
+        held.release.set()
+        _, err = proc.communicate(timeout=120)
+    finally:
+        held.release.set()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    said = err.decode()
+    assert proc.returncode == 4, said
+    [line] = [line for line in said.splitlines() if line.startswith("Error: ")]
+    assert "lost the lock of this issue's send" in line, said
+    assert rows(server, "SELECT state FROM sends") == [("stopped",)]
+    again = spawn(args, env, tmp_path)
+    _, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err.decode()
+    got = recipients(smtp_server)
+    assert set(got) == set(emails)
+    assert sum(got.values()) - len(emails) <= 1

@@ -271,10 +271,10 @@ def test_a_worker_joins_a_distributed_send_and_the_report_counts_its_share(
     assert json.loads(out)["counts"]["sent"] == 60
     with Ledger(record_at) as ledger:
         assert ledger.status("2026-02-09").count("sent") == 60
-    # and a worker started when no send runs has nothing to do
+    # and a worker started when no send runs is refused (tests/test_worker_wait.py)
     late = spawn(["worker"], env, tmp_path)
     _, late_err = late.communicate(timeout=60)
-    assert late.returncode == 0 and b"No send is running; nothing to do." in late_err
+    assert late.returncode == 1 and b"no send is running there to join" in late_err
 
 
 def test_a_worker_that_renders_the_issue_otherwise_is_refused(
