@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from mailer.engine import Server
-from tests.pg import Cluster, binaries, rows
+from tests.pg import Cluster, rows
 from tests.smtpd import SMTPServer
 from tests.test_workers import env_at, recipients, spawn, states, wait_until, write_list
 
@@ -29,14 +29,10 @@ LIMIT = "5"
 
 
 @pytest.fixture(scope="module")
-def own_cluster() -> Iterator[Cluster]:
-    """A cluster these tests may freeze without holding up any other test's database."""
-    bindir = binaries()
-    if bindir is None:
-        if os.environ.get("CI"):
-            pytest.fail("PostgreSQL is not installed (scripts/test installs the Debian package postgresql)")
-        pytest.skip("PostgreSQL is not installed (Debian: apt-get install postgresql)")
-    cluster = Cluster(bindir).start()
+def own_cluster(pg_cluster: Cluster) -> Iterator[Cluster]:
+    """A cluster these tests may freeze without holding up any other test's database (pg_cluster's
+    binaries, and its skip where PostgreSQL is not installed)."""
+    cluster = Cluster(pg_cluster.bindir).start()
     yield cluster
     cluster.stop()
 
