@@ -257,7 +257,31 @@ def coordinate(
                 break
             _tick(ledger, where, lease, report, feedback, local, held)
             time.sleep(POLL)
-    except MailerError as exc:  # the record went away (a database restart): stopped early, as a lone send
+        interrupted = Interrupted(signals.signum) if signals.signum else None
+        if interrupted is not None:  # Ctrl-C or SIGTERM: every worker stops after its messages in flight
+            report.stopped_because = "interrupted"
+            feedback.stopping(
+                f"{interrupted.what}: stopping every worker after the messages in flight"
+                " (a second Ctrl-C or SIGTERM stops them without waiting for their replies)"
+            )
+            ledger.write("UPDATE sends SET state = 'stopping' WHERE issue_id = ? AND destination = ?", where)
+            local.signal(signal.SIGTERM)
+            hurried = False
+            while local.alive() or _live_leases(ledger, where):
+                if signals.hurry.is_set() and not hurried:
+                    hurried = (
+                        True  # a second SIGTERM hurries the workers here, the send 'stopped' those elsewhere
+                    )
+                    ledger.write(
+                        "UPDATE sends SET state = 'stopped' WHERE issue_id = ? AND destination = ?", where
+                    )
+                    local.signal(signal.SIGTERM)
+                _tick(ledger, where, lease, report, feedback, local, held)
+                time.sleep(POLL)
+        _last_counts(ledger, where, local, lease, report, feedback, held)
+        _tick(ledger, where, lease, report, feedback, local, held)
+        _conclude(ledger, where, run_id, report, why=local.gave_up)
+    except MailerError as exc:  # the record went away (a database restart) or the lock: stopped early
         local.signal(signal.SIGTERM)
         local.reap()
         with contextlib.suppress(MailerError), ledger.reopen() as again:  # if it is back: a rerun may start
@@ -267,30 +291,6 @@ def coordinate(
                 (*where, me),
             )
         raise SendAborted(f"cannot follow the send in the record: {exc}") from None
-    interrupted = Interrupted(signals.signum) if signals.signum else None
-    if interrupted is not None:  # Ctrl-C or SIGTERM: every worker stops after its messages in flight
-        report.stopped_because = "interrupted"
-        feedback.stopping(
-            f"{interrupted.what}: stopping every worker after the messages in flight"
-            " (a second Ctrl-C or SIGTERM stops them without waiting for their replies)"
-        )
-        ledger.write("UPDATE sends SET state = 'stopping' WHERE issue_id = ? AND destination = ?", where)
-        local.signal(signal.SIGTERM)
-        hurried = False
-        while local.alive() or _live_leases(ledger, where):
-            if signals.hurry.is_set() and not hurried:
-                hurried = (
-                    True  # a second SIGTERM hurries the workers here, the send 'stopped' those elsewhere
-                )
-                ledger.write(
-                    "UPDATE sends SET state = 'stopped' WHERE issue_id = ? AND destination = ?", where
-                )
-                local.signal(signal.SIGTERM)
-            _tick(ledger, where, lease, report, feedback, local, held)
-            time.sleep(POLL)
-    _last_counts(ledger, where, local, lease, report, feedback, held)
-    _tick(ledger, where, lease, report, feedback, local, held)
-    _conclude(ledger, where, run_id, report, why=local.gave_up)
     local.reap()  # those that sent everything waited for the end in the record: they exit now
     if interrupted is not None:
         raise interrupted
