@@ -202,6 +202,55 @@ def test_a_version_4_database_is_migrated_and_a_removal_then_forgives_soft_bounc
         assert conn.execute("SELECT email FROM resubscribed").fetchall() == [("ann@example.org",)]
 
 
+def _delivery_indexes(db: Location) -> dict[str, str]:
+    """The indexes of deliveries as the database has them: {name: its definition}."""
+    if isinstance(db, Server):
+        return dict(rows(db, "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'deliveries'"))
+    found = rows(db, "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'deliveries'")
+    return {name: sql for name, sql in found if sql}  # the primary key's own has no SQL
+
+
+def test_a_version_8_database_is_migrated_and_its_index_by_state_keeps_only_rows_not_sent(
+    db: Location,
+) -> None:
+    # schema 8 is today's with the index by state over every row (step 8 makes it hold only rows not sent)
+    with Ledger(db) as ledger:
+        ledger.start_issue(ISSUE, "hash-1", "Monday's post")
+        for state, who in [
+            ("sent", "a"),
+            ("sent", "b"),
+            ("failed", "c"),
+            ("deferred", "d"),
+            ("sending", "e"),
+        ]:
+            record(ledger, f"{who}@example.com", state, 550 if state == "failed" else 250)
+    rows(db, "DROP INDEX deliveries_unsent")
+    rows(db, "CREATE INDEX deliveries_by_state ON deliveries(issue_id, destination, state)")
+    if isinstance(db, Server):
+        rows(db, "UPDATE mailer_schema SET version = 8")
+    else:
+        rows(db, "PRAGMA user_version = 8")
+    with Ledger(db) as ledger:
+        assert ledger.found_version == 8
+        status = ledger.status(ISSUE)
+        assert status.counts == {"sent": 2, "failed": 1, "deferred": 1, "sending": 1}
+        assert [(g.state, g.count) for g in status.failures] == [("deferred", 1), ("failed", 1)]
+        record(ledger, "f@example.com", "sent")
+        assert ledger.reset_failed(ISSUE) == 2  # the failed one and the one in doubt
+        assert ledger.status(ISSUE).counts == {"sent": 3, "deferred": 3}
+    indexes = _delivery_indexes(db)
+    assert "deliveries_by_state" not in indexes
+    assert "state" in indexes["deliveries_unsent"] and "'sent'" in indexes["deliveries_unsent"]
+    if isinstance(db, Path):
+        assert rows(db, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+        # the rows in the index are the ones not sent: SQLite reads it for them, and it has 3 entries
+        assert rows(
+            db, "SELECT count(*) FROM deliveries INDEXED BY deliveries_unsent WHERE state != 'sent'"
+        ) == [(3,)]
+    else:
+        assert rows(db, "SELECT version FROM mailer_schema") == [(SCHEMA_VERSION,)]
+
+
 def test_delivery_states_and_attempts(ledger: Ledger) -> None:
     assert delivery(ledger, ISSUE, "ann@example.com") is None
     record(ledger, "Ann@Example.com", "sending", 0, "connection lost after the message")  # in doubt
