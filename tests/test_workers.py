@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from mailer.engine import Location, Server
-from mailer.ledger import Ledger
+from mailer.ledger import SCHEMA_VERSION, Ledger
 from tests.pg import rows
 from tests.publisher import env_for
 from tests.smtpd import SMTPServer
@@ -319,7 +319,7 @@ def test_a_schema_7_database_gets_the_tables_of_sends_with_workers(tmp_path: Pat
         assert ledger.status("2026-02-08").count("sent") == 1
         assert ledger.rows("SELECT count(*) FROM send_batches") == [(0,)]
     with closing(sqlite3.connect(db)) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 8
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
 
 
 def test_the_rate_limit_holds_across_workers(smtp_server: SMTPServer, tmp_path: Path, post: Path) -> None:
