@@ -260,12 +260,14 @@ def coordinate(
         interrupted = Interrupted(signals.signum) if signals.signum else None
         if interrupted is not None:  # Ctrl-C or SIGTERM: every worker stops after its messages in flight
             report.stopped_because = "interrupted"
+            # its own workers first: the record's write below may wait for its lock (SQLite's is the whole
+            # file's) or fail, and meanwhile they would send on after the stop was said
+            local.signal(signal.SIGTERM)
             feedback.stopping(
                 f"{interrupted.what}: stopping every worker after the messages in flight"
                 " (a second Ctrl-C or SIGTERM stops them without waiting for their replies)"
             )
             ledger.write("UPDATE sends SET state = 'stopping' WHERE issue_id = ? AND destination = ?", where)
-            local.signal(signal.SIGTERM)
             hurried = False
             while local.alive() or _live_leases(ledger, where):
                 if signals.hurry.is_set() and not hurried:
@@ -490,7 +492,9 @@ def _finished(ledger: Ledger, where: tuple[str, str], local: _Locals, crew: Crew
     """Every batch done; or no worker of ours left and none elsewhere holding a lease (stopped or died)."""
     if not _open_batches(ledger, where):
         return True
-    if local.alive() or not crew.workers:
+    # local.procs, not whether one runs: a worker started a moment ago may have died already (a loaded
+    # machine), and replace_dead has yet to replace it or give up
+    if local.procs or not crew.workers:
         return False
     return not _live_leases(ledger, where)
 

@@ -16,7 +16,8 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from contextlib import closing
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import pytest
@@ -208,31 +209,65 @@ def _read_until(proc: subprocess.Popen[bytes], text: bytes, timeout: float = 60.
     return seen
 
 
+@contextmanager
+def record_locked(record: Location) -> Iterator[None]:
+    """Hold the record's lock that the coordinator's stop writes under: SQLite's write lock (the whole
+    file's, as any other writer takes it: a `mailer serve` unsubscribe, a backup), PostgreSQL's on the send's
+    row."""
+    if isinstance(record, Path):
+        with closing(sqlite3.connect(record, isolation_level=None)) as db:
+            db.execute("BEGIN IMMEDIATE")
+            yield
+            db.execute("ROLLBACK")
+        return
+    import psycopg
+
+    with psycopg.connect(record.url, password=record.password) as conn:
+        conn.execute("SELECT 1 FROM sends FOR UPDATE")
+        yield
+        conn.rollback()
+
+
+WORKER_STOPS = b"Terminated (SIGTERM): stopping after the messages in flight"  # a local worker's line
+
+
 @pytest.mark.slow
 def test_sigterm_on_the_coordinator_stops_every_worker_cleanly_and_a_rerun_finishes(
     smtp_server: SMTPServer, tmp_path: Path, post: Path, record_at: Location
 ) -> None:
-    emails = [f"user{i}@example.com" for i in range(120)]
+    emails = [f"user{i}@example.com" for i in range(120)]  # 12 batches of 10
     csv = write_list(tmp_path / "subs.csv", emails)
     env = env_at(smtp_server, tmp_path, record_at, MAILER_SMTP_TIMEOUT="120")
-    args = ["send", str(post), "--to", str(csv), "--yes", "--force", "--workers", "2"]
-    held = smtp_server.hold("user30@example.com")  # one worker waits there until the stop is under way
+    env["MAILER_WORKER_LEASE"] = "60"  # no lease runs out while the record is locked below
+    args = ["send", str(post), "--to", str(csv), "--yes", "--force", "--workers", "2", "--connections", "1"]
+    holds = [smtp_server.hold(f"user{i}@example.com") for i in range(0, 120, 10)]  # each batch's first
     proc = spawn(args, env, tmp_path)
     try:
-        assert held.reached.wait(timeout=120), "the send never reached user30"
+        wait_until("both workers at a reader", lambda: sum(h.reached.is_set() for h in holds) == 2)
         wait_until("both workers in the record", lambda: len(worker_pids(record_at)) == 2)
         pids = worker_pids(record_at)
-        proc.send_signal(signal.SIGTERM)
-        said = _read_until(proc, b"stopping every worker after the messages in flight")
+        # Seen once under load on SQLite: the coordinator said the stop, then waited for the record's lock
+        # before passing it on, and a worker released meanwhile sent on. Its workers hear the stop while the
+        # record is locked; each says it once its loop has stopped (then no message starts).
+        with record_locked(record_at):
+            proc.send_signal(signal.SIGTERM)
+            said = _read_until(proc, b"stopping every worker after the messages in flight")
+            while said.count(WORKER_STOPS) < 2:
+                said += _read_until(proc, WORKER_STOPS, timeout=25)  # SQLite's busy timeout is 30 s
     finally:
-        held.release.set()
+        for hold in holds:
+            hold.release.set()
         _, rest = proc.communicate(timeout=120)
     err = said + rest
     assert proc.returncode == 143, err.decode()
     assert b"run the same command again" in err and b"Traceback" not in err
     for pid in pids:  # the workers ended with the coordinator
         assert not Path(f"/proc/{pid}").exists() or b"zombie" in Path(f"/proc/{pid}/status").read_bytes()
-    assert len(smtp_server.messages) < len(emails)
+    held = {f"user{i}@example.com" for i in range(0, 120, 10) if holds[i // 10].reached.is_set()}
+    assert recipients(smtp_server) == Counter(held)  # the messages in flight, and no other
+    recorded = states(record_at)
+    assert {e: recorded[e] for e in held} == {e: ("sent", 1) for e in held}
+    assert "sending" not in {state for state, _ in recorded.values()}
     done = spawn(args, env, tmp_path)
     _, err = done.communicate(timeout=300)
     assert done.returncode == 0, err.decode()
