@@ -5,20 +5,27 @@ one local worker killed at a seeded random point 20 times over the send: the coo
 place of each, no reader is lost, only the messages a killed worker had in flight arrive twice, and the record
 holds every outcome once. And a `mailer worker` on "another host", which mailer never restarts, started again
 after a kill -9 (as systemd's Restart=on-failure does): it rejoins the same send and takes the dead one's
-batch over. Real processes, real SIGKILLs; every wait is on something that happened (a message or a RCPT
-arrived, a row in the record, a process ended), never on a sleep.
+batch over; the unit docs/workers.md gives for that passes `systemd-analyze verify`. Real processes, real
+SIGKILLs; every wait is on something that happened (a message or a RCPT arrived, a row in the record, a
+process ended), never on a sleep.
 """
 
 from __future__ import annotations
 
+import configparser
 import json
 import os
 import random
+import shutil
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from mailer.engine import Location
+from mailer.errors import ExitStatus
 from mailer.ledger import Ledger
 from tests.pg import Cluster, rows
 from tests.smtpd import SMTPServer
@@ -109,3 +116,88 @@ def test_a_local_worker_killed_20_times_is_replaced_each_time_and_no_reader_is_l
     found = json.loads(status.stdout)
     mailed = len(emails) - len(rejected)
     assert (found["sending"], found["sent"], found["complete"]) == (None, mailed, True), found
+
+
+def test_a_mailer_worker_started_again_after_a_kill_rejoins_the_send_and_takes_its_batch_over(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path, record_at: Location
+) -> None:
+    emails = [f"user{i}@example.com" for i in range(100)]  # 8 batches of 13 (the last 9)
+    csv = write_list(tmp_path / "subs.csv", emails)
+    env = env_at(smtp_server, tmp_path, record_at, MAILER_SMTP_TIMEOUT="120")
+    args = ["send", str(post), "--to", str(csv), "--yes", "--force", "--distributed", "--workers", "0"]
+    coordinator = spawn([*args, "--json"], env, tmp_path)
+    held = smtp_server.hold("user20@example.com")  # in the second batch: the first worker waits there
+    workers: list[subprocess.Popen[bytes]] = []
+    try:
+        wait_until("the send in the record", lambda: _running(record_at))
+        first = spawn(["worker", "--connections", "1"], env, tmp_path)
+        workers.append(first)
+        assert held.reached.wait(timeout=120), "the worker never reached user20"
+        first.kill()  # the OOM killer, say: nothing of mailer's restarts a `mailer worker`
+        first.communicate(timeout=60)
+        [(dead,)] = rows(record_at, "SELECT worker FROM send_workers")
+        owned = {
+            b
+            for (b,) in rows(
+                record_at, "SELECT batch_no FROM send_batches WHERE owner = ? AND done = 0", (dead,)
+            )
+        }
+        assert 1 in owned, owned  # user20's, its lease still running
+        held.release.set()
+        # systemd's Restart=on-failure (docs/workers.md) starts the same command again
+        again = spawn(["worker", "--connections", "1", "--json"], env, tmp_path)
+        workers.append(again)
+        out, err = again.communicate(timeout=120)
+        report, said = coordinator.communicate(timeout=120)
+    finally:
+        held.release.set()
+        finish(coordinator, *workers)
+    assert first.returncode == -signal.SIGKILL
+    assert again.returncode == 0, err.decode()
+    assert coordinator.returncode == 0, said.decode()
+    found = json.loads(out)
+    assert found["issue"] == ISSUE and found["takeovers"] == len(owned), found  # the dead one's batches
+    [(name,)] = rows(record_at, "SELECT worker FROM send_workers WHERE worker != ?", (dead,))
+    done_by = dict(rows(record_at, "SELECT batch_no, owner FROM send_batches WHERE done = 1"))
+    assert len(done_by) == 8 and {done_by[b] for b in owned} == {name}, done_by  # taken over and done
+    got = recipients(smtp_server)
+    assert set(got) == set(emails)  # no reader lost
+    assert sum(n - 1 for n in got.values()) <= 1  # at most the message the killed one had in flight
+    assert set(states(record_at).values()) == {("sent", 1)}
+    assert rows(record_at, "SELECT state FROM sends") == [("done",)]
+
+
+def _unit() -> str:
+    """The systemd unit docs/workers.md gives for `mailer worker`."""
+    text = (Path(__file__).parent.parent / "docs" / "workers.md").read_text(encoding="utf-8")
+    section = text.split("## Keeping `mailer worker` running", 1)[1]
+    return section.split("```ini\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_systemd_unit_in_the_docs_restarts_a_dead_worker_and_no_refused_or_stopped_one(
+    tmp_path: Path,
+) -> None:
+    unit = configparser.ConfigParser(interpolation=None, comment_prefixes=("#",))
+    unit.optionxform = str  # type: ignore[assignment,method-assign]  # systemd's keys are case-sensitive
+    unit.read_string(_unit())
+    service = unit["Service"]
+    assert service["ExecStart"].endswith("/mailer worker --quiet"), service["ExecStart"]
+    assert service["Restart"] == "on-failure"  # systemd: a non-zero exit not listed below, or a signal but
+    codes = {int(c) for c in service["RestartPreventExitStatus"].split()}  # SIGHUP, SIGINT, SIGTERM, SIGPIPE
+    assert codes == {ExitStatus.ERROR, ExitStatus.USAGE}  # refused: starting again would not help
+    success = {int(c) for c in service["SuccessExitStatus"].split()}
+    assert success == {ExitStatus.INTERRUPTED, ExitStatus.TERMINATED}  # a signal's stop is not a failure
+    assert ExitStatus.STOPPED not in codes | success  # a stop every worker meets: started again, it rejoins
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        if os.environ.get("CI"):
+            pytest.fail("systemd-analyze is not installed (scripts/test installs the Debian package systemd)")
+        pytest.skip("systemd-analyze is not installed (Debian: apt-get install systemd)")
+    mailer_bin = Path(sys.executable).parent / "mailer"  # the command as a venv installs it
+    path = tmp_path / "mailer-worker.service"
+    path.write_text(_unit().replace("/srv/newsletter/.venv/bin/mailer", str(mailer_bin)), encoding="utf-8")
+    checked = subprocess.run(
+        [analyze, "verify", str(path)], capture_output=True, text=True, timeout=120, env={**os.environ,
+        "SYSTEMD_LOG_LEVEL": "warning"},
+    )  # fmt: skip
+    assert checked.returncode == 0 and checked.stderr == "" and checked.stdout == "", checked
