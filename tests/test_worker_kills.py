@@ -156,13 +156,16 @@ def test_a_mailer_worker_started_again_after_a_kill_rejoins_the_send_and_takes_i
     assert again.returncode == 0, err.decode()
     assert coordinator.returncode == 0, said.decode()
     found = json.loads(out)
-    assert found["issue"] == ISSUE and found["takeovers"] == len(owned), found  # the dead one's batches
+    # it took over the dead one's batches (and, had a starved machine made it lose its own lease, it says so
+    # and takes its own back too)
+    assert found["issue"] == ISSUE, found
+    assert found["takeovers"] == len(owned) or found["lost"] and found["takeovers"] > len(owned), found
     [(name,)] = rows(record_at, "SELECT worker FROM send_workers WHERE worker != ?", (dead,))
     done_by = dict(rows(record_at, "SELECT batch_no, owner FROM send_batches WHERE done = 1"))
     assert len(done_by) == 8 and {done_by[b] for b in owned} == {name}, done_by  # taken over and done
     got = recipients(smtp_server)
     assert set(got) == set(emails)  # no reader lost
-    assert sum(n - 1 for n in got.values()) <= 1  # at most the message the killed one had in flight
+    assert sum(n - 1 for n in got.values()) <= 1 + len(found["lost"])  # the killed one's message in flight
     assert set(states(record_at).values()) == {("sent", 1)}
     assert rows(record_at, "SELECT state FROM sends") == [("done",)]
 
