@@ -210,22 +210,27 @@ def _read_until(proc: subprocess.Popen[bytes], text: bytes, timeout: float = 60.
 
 
 @contextmanager
-def record_locked(record: Location) -> Iterator[None]:
-    """Hold the record's lock that the coordinator's stop writes under: SQLite's write lock (the whole
-    file's, as any other writer takes it: a `mailer serve` unsubscribe, a backup), PostgreSQL's on the send's
-    row."""
+def stop_write_held(record: Location) -> Iterator[None]:
+    """On PostgreSQL, hold up the coordinator's write of the send's 'stopping' state, and nothing else, until
+    the block ends (as a busy record would: a trigger makes that one UPDATE wait for an advisory lock this
+    test holds). On SQLite nothing: its lock is the whole file's, and would hold up the coordinator's every
+    write, including those before it has seen the signal."""
     if isinstance(record, Path):
-        with closing(sqlite3.connect(record, isolation_level=None)) as db:
-            db.execute("BEGIN IMMEDIATE")
-            yield
-            db.execute("ROLLBACK")
+        yield
         return
     import psycopg
 
-    with psycopg.connect(record.url, password=record.password) as conn:
-        conn.execute("SELECT 1 FROM sends FOR UPDATE")
+    with psycopg.connect(record.url, password=record.password, autocommit=True) as conn:
+        conn.execute(
+            "CREATE FUNCTION held_stop() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+            " IF NEW.state = 'stopping' THEN PERFORM pg_advisory_xact_lock(16); END IF; RETURN NEW; END $$"
+        )
+        conn.execute(
+            "CREATE TRIGGER held_stop BEFORE UPDATE ON sends FOR EACH ROW EXECUTE FUNCTION held_stop()"
+        )
+        conn.execute("SELECT pg_advisory_lock(16)")
         yield
-        conn.rollback()
+        conn.execute("SELECT pg_advisory_unlock(16)")
 
 
 WORKER_STOPS = b"Terminated (SIGTERM): stopping after the messages in flight"  # a local worker's line
@@ -238,7 +243,6 @@ def test_sigterm_on_the_coordinator_stops_every_worker_cleanly_and_a_rerun_finis
     emails = [f"user{i}@example.com" for i in range(120)]  # 12 batches of 10
     csv = write_list(tmp_path / "subs.csv", emails)
     env = env_at(smtp_server, tmp_path, record_at, MAILER_SMTP_TIMEOUT="120")
-    env["MAILER_WORKER_LEASE"] = "60"  # no lease runs out while the record is locked below
     args = ["send", str(post), "--to", str(csv), "--yes", "--force", "--workers", "2", "--connections", "1"]
     holds = [smtp_server.hold(f"user{i}@example.com") for i in range(0, 120, 10)]  # each batch's first
     proc = spawn(args, env, tmp_path)
@@ -247,9 +251,10 @@ def test_sigterm_on_the_coordinator_stops_every_worker_cleanly_and_a_rerun_finis
         wait_until("both workers in the record", lambda: len(worker_pids(record_at)) == 2)
         pids = worker_pids(record_at)
         # Seen once under load on SQLite: the coordinator said the stop, then waited for the record's lock
-        # before passing it on, and a worker released meanwhile sent on. Its workers hear the stop while the
-        # record is locked; each says it once its loop has stopped (then no message starts).
-        with record_locked(record_at):
+        # before passing it on, and this test, released by its line, let a held reply go to a worker that
+        # sent on. Its workers hear the stop while its write to the record waits; each says it once its loop
+        # has stopped (then no message starts), and only then are the replies let go.
+        with stop_write_held(record_at):
             proc.send_signal(signal.SIGTERM)
             said = _read_until(proc, b"stopping every worker after the messages in flight")
             while said.count(WORKER_STOPS) < 2:
