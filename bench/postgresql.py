@@ -12,16 +12,20 @@ PostgreSQL's durability settings (fsync, synchronous_commit on), as a production
 --against DIR, the same runs of the mailer in DIR (a checkout: `git archive REV | tar -x -C DIR`, run through
 PYTHONPATH) alternate with this one's, for a before/after under the same load. `--workers N` runs are
 `send --workers N` (N processes), 0 is a lone send. The rate is messages over the wall time of the whole
-command; CPU is the `mailer send` process's own (with workers: the coordinator's alone, so not shown). The
-target (issue 16) is PostgreSQL at least 0.8x SQLite at 8 connections.
+command; CPU is the `mailer send` process's own (with workers: the coordinator's alone, so not shown), and
+"server" the PostgreSQL cluster's for the same run (its processes' CPU, the ended backends' included: they
+share the machine's cores with the sender). The target (issue 16) is PostgreSQL at least 0.8x SQLite at 8
+connections.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,6 +47,44 @@ TARGET = 0.8
 ENGINES = ("sqlite", "postgresql")
 
 
+def postmaster(cluster: Cluster) -> int:
+    return int((cluster.root / "data" / "postmaster.pid").read_text().split()[0])
+
+
+def server_cpu(cluster: Cluster) -> float:
+    """CPU seconds the cluster has used so far: the postmaster's own and its ended children's (reaped by
+    it), and its live children's (checkpointer, WAL writer, any backend still ending)."""
+    main = postmaster(cluster)
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in [main, *_children(main)]:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:  # ended meanwhile: counted in the postmaster's children's time
+            continue
+        own = sum(int(f) for f in fields[11:13])  # utime, stime
+        total += own + (sum(int(f) for f in fields[13:15]) if pid == main else 0)  # cutime, cstime
+    return total / ticks
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return found
+
+
+def settled(cluster: Cluster, before: int) -> None:
+    """Wait (up to 5 s) until the backends of a finished send have ended, so their CPU is counted."""
+    main = postmaster(cluster)
+    deadline = time.monotonic() + 5
+    while len(_children(main)) > before and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 def send(
     port: int, csv: Path, data_dir: Path, connections: int, workers: int, extra: dict[str, str]
 ) -> Finished:
@@ -57,8 +99,16 @@ def send(
     return done
 
 
-def row(version: str, conns: int, workers: int, runs: dict[tuple[str, str], list[Finished]], n: int) -> str:
-    """One line of the table: each engine's median rate (and CPU per 1,000 messages), and their ratio."""
+def row(
+    version: str,
+    conns: int,
+    workers: int,
+    runs: dict[tuple[str, str], list[Finished]],
+    servers: dict[str, list[float]],
+    n: int,
+) -> str:
+    """One line of the table: each engine's median rate (and CPU per 1,000 messages), the PostgreSQL
+    server's CPU per 1,000, and the ratio of the rates."""
     rate, cells = {}, []
     for engine in ENGINES:
         done = runs[(version, engine)]
@@ -67,9 +117,10 @@ def row(version: str, conns: int, workers: int, runs: dict[tuple[str, str], list
         cells.append(f"{rate[engine]:6,.0f}" + (f" ({cpu:.2f})" if not workers else ""))
     ratio = rate["postgresql"] / rate["sqlite"]
     met = "yes" if ratio >= TARGET else "no"
+    server = median(servers[version]) * 1000 / n
     return (
-        f"{version:>7} | {conns:>5} | {workers:>7} | {cells[0]:>18} | {cells[1]:>22} | {ratio:.2f}x"
-        f" (≥ {TARGET}x: {met})"
+        f"{version:>7} | {conns:>5} | {workers:>7} | {cells[0]:>18} | {cells[1]:>22} | {server:6.2f} |"
+        f" {ratio:.2f}x (≥ {TARGET}x: {met})"
     )
 
 
@@ -94,11 +145,14 @@ def main(argv: list[str] | None = None) -> int:
         try:
             with smtp_sink() as port:
                 print(f"{a.messages:,} messages, median of {a.runs}; msg/s over the whole command,")
-                print("CPU s per 1,000 messages of the mailer send process (lone sends)")
-                print("version | conns | workers | SQLite msg/s (CPU) | PostgreSQL msg/s (CPU) | ratio")
+                print("CPU s per 1,000 messages of the mailer send process (lone sends) and of the server")
+                print(
+                    "version | conns | workers | SQLite msg/s (CPU) | PostgreSQL msg/s (CPU) | server | ratio"
+                )
                 for workers in (int(w) for w in a.workers.split(",")):
                     for conns in (int(c) for c in a.connections.split(",")):
                         runs: dict[tuple[str, str], list[Finished]] = {}
+                        servers: dict[str, list[float]] = {}
                         for run in range(a.runs):
                             for version, env in versions.items():
                                 for engine in ENGINES:
@@ -107,11 +161,16 @@ def main(argv: list[str] | None = None) -> int:
                                     extra = dict(env)
                                     if engine == "postgresql":
                                         extra |= database_env(cluster.database())
+                                        idle = len(_children(postmaster(cluster)))
+                                        used = server_cpu(cluster)
                                     done = send(port, csv, data_dir, conns, workers, extra)
+                                    if engine == "postgresql":
+                                        settled(cluster, idle)
+                                        servers.setdefault(version, []).append(server_cpu(cluster) - used)
                                     runs.setdefault((version, engine), []).append(done)
                                     shutil.rmtree(data_dir.parent)
                         for version in versions:
-                            print(row(version, conns, workers, runs, a.messages))
+                            print(row(version, conns, workers, runs, servers, a.messages))
         finally:
             CHILDREN.stop_all()
             cluster.stop()
