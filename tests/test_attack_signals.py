@@ -23,6 +23,9 @@ from tests.publisher import env_for
 from tests.smtpd import RawSMTPServer, Script
 
 EMAILS = ["a@example.com", "b@example.com", "c@example.com"]
+# A send started from a shell has SIGHUP's default action; the test run itself may not (nohup, a CI runner
+# that ignores it), and an ignored SIGHUP stays ignored for the send (the nohup case below)
+HUP_DEFAULT = ["env", "--default-signal=HUP"]
 
 
 def _list(tmp_path: Path) -> Path:
@@ -43,7 +46,7 @@ class _Terminal:
         self.main, side = pty.openpty()
         try:  # setsid -c: a session of its own, with this terminal as its controlling terminal
             self.proc = subprocess.Popen(
-                ["setsid", "-c", sys.executable, "-m", "mailer", *args],
+                ["setsid", "-c", *HUP_DEFAULT, sys.executable, "-m", "mailer", *args],
                 env={**os.environ, **env},
                 stdin=side,
                 stdout=side,
@@ -94,7 +97,7 @@ def test_a_hang_up_stops_the_send_after_the_message_in_flight_and_the_rerun_mail
             said = terminal.seen.decode(errors="replace")
         else:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "mailer", *args],
+                [*HUP_DEFAULT, sys.executable, "-m", "mailer", *args],
                 env={**os.environ, **env},
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
