@@ -187,13 +187,12 @@ class _CalledOff(Exception):
 class _Ticket:
     """One outcome handed to the record: `done` once committed (or once it can no longer be)."""
 
-    __slots__ = ("job", "outcome", "done", "parked")
+    __slots__ = ("job", "outcome", "done")
 
     def __init__(self, job: _Job, outcome: Outcome) -> None:
         self.job = job
         self.outcome = outcome
         self.done = False
-        self.parked: threading.Lock | None = None  # held while its connection waits: released to wake it
 
 
 class _Recorder:
@@ -211,10 +210,6 @@ class _Recorder:
     (PostgreSQL, whose commit waits for the server's WAL flush), an outcome that arrives while a commit is
     under way would wait for that commit and then its own; with several writers, each a connection of its
     own, its commit starts at once instead, and the server flushes concurrent commits together.
-
-    A connection that finds no writer free parks on a lock of its own, released by the commit that takes its
-    outcome, or, if its outcome is still waiting when a writer comes free, to commit it: one wake-up each,
-    only of those who wait (a Condition's notify_all woke every waiting connection after every commit).
     """
 
     BATCH = 1000
@@ -237,9 +232,7 @@ class _Recorder:
         self.busy = 0  # commits under way
         self.waiting: list[_Ticket] = []  # handed over, in no commit yet
         self.closed = False
-        self.lock = threading.Lock()
-        self.idle = threading.Condition(self.lock)  # stop() waits here for the commits under way
-        self.stopping = False
+        self.cond = threading.Condition(threading.Lock())
         try:  # before the first message: none may be delivered if the record cannot be written
             self.free.append(ledger.reopen())
             self.opened = 1
@@ -249,7 +242,7 @@ class _Recorder:
     def submit(self, job: _Job, outcome: Outcome) -> _Ticket:
         """Hand an outcome over; commit() the ticket before the connection's next "."."""
         ticket = _Ticket(job, outcome)
-        with self.lock:
+        with self.cond:
             if not self.closed:
                 self.waiting.append(ticket)
                 return ticket
@@ -260,56 +253,48 @@ class _Recorder:
 
     def commit(self, ticket: _Ticket) -> None:
         """Return once `ticket` is committed (or can no longer be: then `error` says why)."""
-        while True:
-            with self.lock:
-                if ticket.done:
-                    return
-                if not (self.waiting and (self.free or self.opened < self.writers)):
-                    parked = ticket.parked = threading.Lock()
-                    parked.acquire()
-                    batch: list[_Ticket] = []
-                else:
+        cond = self.cond
+        with cond:
+            while not ticket.done:
+                if self.waiting and (self.free or self.opened < self.writers):
                     batch = self.waiting[: self.BATCH]
                     del self.waiting[: self.BATCH]
                     own = self.free.pop() if self.free else None
                     if own is None:
                         self.opened += 1
                     self.busy += 1
-            if not batch:
-                parked.acquire()  # until a commit took this outcome, or a writer came free for it
-                continue
-            try:
-                own = self._write(own, batch)
-            finally:
-                with self.lock:
-                    self.busy -= 1
-                    if own is not None:
-                        self.free.append(own)
-                    else:
-                        self.opened -= 1
-                    _wake(batch)
-                    # a connection parked with its outcome still waiting commits it with the writer let go
-                    _wake([t for t in self.waiting if t.parked is not None][:1])
-                    if self.stopping:
-                        self.idle.notify_all()
+                    cond.release()
+                    try:
+                        own = self._write(own, batch)
+                    finally:
+                        cond.acquire()
+                        self.busy -= 1
+                        if own is not None:
+                            self.free.append(own)
+                        else:
+                            self.opened -= 1
+                        cond.notify_all()
+                else:
+                    cond.wait()
 
     def stop(self) -> None:
         """Commit what was handed over (after the commits under way), then close the writers."""
-        with self.lock:
-            self.stopping = True
+        with self.cond:
             while self.busy:
-                self.idle.wait()
+                self.cond.wait()
             self.closed = True
             batch, self.waiting = self.waiting, []
             own = self.free.pop() if self.free else None
+            self.busy += 1  # a connection waiting for one of these outcomes wakes below
         try:
             if batch:
                 own = self._write(own, batch)
             if own is not None:
                 self.free.append(own)
         finally:
-            with self.lock:
-                _wake(batch)
+            with self.cond:
+                self.busy -= 1
+                self.cond.notify_all()
             for own in self.free:
                 own.close()
             self.free.clear()
@@ -337,14 +322,6 @@ class _Recorder:
                 ticket.done = True
                 self.outcomes.put((ticket.job, ticket.outcome, self.error))
         return ledger
-
-
-def _wake(tickets: list[_Ticket]) -> None:
-    """Wake the connections parked on these tickets (under the recorder's lock)."""
-    for ticket in tickets:
-        if ticket.parked is not None:
-            ticket.parked.release()
-            ticket.parked = None
 
 
 _CLOSED = "cannot record deliveries: the delivery record was closed"
@@ -763,17 +740,13 @@ class _Loop:
             self._submit(job)
 
     def _collect(self, timeout: float, *, drain: bool = False) -> None:
-        """Handle the outcomes that came; with a `timeout`, wait that long for one if none has."""
-        outcomes = self.pool.outcomes
-        if timeout > 0 and outcomes.empty():
+        block = timeout > 0
+        while True:
             try:
-                job, outcome, error = outcomes.get(timeout=timeout)
+                job, outcome, error = self.pool.outcomes.get(block=block, timeout=timeout if block else None)
             except queue.Empty:
                 return
-            self.pool.in_flight -= 1
-            self._handle(job, outcome, error, drain=drain)
-        while not outcomes.empty():  # only this thread takes from the queue: no exception per call
-            job, outcome, error = outcomes.get()
+            block = False
             self.pool.in_flight -= 1
             self._handle(job, outcome, error, drain=drain)
 
