@@ -1,6 +1,6 @@
 """The send loop: skip delivered and suppressed, build, send on N connections, record, retry, report.
 
-The connection threads commit the outcomes of all connections, many per fsync. A connection sends the final
+One recorder thread commits the outcomes of all connections, many per fsync. A connection sends the final
 "." of a message only once the outcome of its previous message is committed, so a crash can repeat at most
 the one message per connection that the server took but the record does not show yet.
 """
@@ -184,32 +184,22 @@ class _CalledOff(Exception):
     """A second signal hurries the stop: a message not yet past its final "." is not delivered."""
 
 
-class _Ticket:
-    """One outcome handed to the record: `done` once committed (or once it can no longer be)."""
-
-    __slots__ = ("job", "outcome", "done")
-
-    def __init__(self, job: _Job, outcome: Outcome) -> None:
-        self.job = job
-        self.outcome = outcome
-        self.done = False
+_Record = tuple[_Job, Outcome, threading.Event]
 
 
 class _Recorder:
-    """The delivery record's writers, used by the connection threads themselves (group commit).
+    """Writer threads that write every connection's outcomes to the delivery record, many per commit.
 
-    A connection hands its outcome over (submit) and goes on with its next message up to the final "." of
-    DATA; there it makes sure that outcome is committed (commit) before it sends the ".". So no message is
-    delivered while the one before it on the same connection is unrecorded, and a crash still repeats at
-    most one message per connection. Whoever needs a commit and finds a writer free commits every outcome
-    waiting, its own and the other connections': the outcomes handed over while a commit is under way share
-    the next one, and no thread of its own has to be woken for each commit and wake the connection again
-    (two thread switches per message, a quarter of a send's CPU when a recorder thread did this).
+    A worker hands its outcome over and goes on with its next message up to the final "." of DATA;
+    there it waits until the outcome before is committed (Transport `ready`). So no message is
+    delivered while the one before it on the same connection is unrecorded, and a crash still
+    repeats at most one message per connection, while the commit overlaps the next message's
+    transfer and the outcomes waiting when a commit starts share it.
 
-    An engine with one writer at a time (SQLite) gets one writer. On one that takes concurrent writers
-    (PostgreSQL, whose commit waits for the server's WAL flush), an outcome that arrives while a commit is
-    under way would wait for that commit and then its own; with several writers, each a connection of its
-    own, its commit starts at once instead, and the server flushes concurrent commits together.
+    An engine with one writer at a time (SQLite) gets one writer thread. On one that takes concurrent
+    writers (PostgreSQL, whose commit waits for the server's WAL flush), an outcome that arrives while a
+    commit is under way would wait for that commit and then its own; several writers, each with its own
+    connection, start its commit at once instead, and the server flushes concurrent commits together.
     """
 
     BATCH = 1000
@@ -218,7 +208,7 @@ class _Recorder:
         self,
         ledger: Ledger,
         issue_id: str,
-        outcomes: queue.SimpleQueue[tuple[_Job, Outcome | None, str]],
+        outcomes: queue.Queue[tuple[_Job, Outcome | None, str]],
         connections: int = 1,
     ):
         self.ledger = ledger  # the loop's; the writers write through connections of their own to its record
@@ -226,102 +216,111 @@ class _Recorder:
         self.outcomes = outcomes
         # at most one outcome per connection is waiting: more writers than connections would idle
         self.writers = max(1, min(connections, ledger.concurrent_writers))
+        self.inbox: queue.SimpleQueue[_Record | None] = queue.SimpleQueue()
         self.error = ""
-        self.free: list[Ledger] = []  # writers open and not committing
-        self.opened = 0  # writers open (or being opened)
-        self.busy = 0  # commits under way
-        self.waiting: list[_Ticket] = []  # handed over, in no commit yet
-        self.closed = False
-        self.cond = threading.Condition(threading.Lock())
-        try:  # before the first message: none may be delivered if the record cannot be written
-            self.free.append(ledger.reopen())
-            self.opened = 1
-        except MailerError as exc:  # said once, by the main loop
-            self.error = f"cannot record deliveries: {exc}"
+        self.opened = threading.Event()  # set once the record is open here, or cannot be: no "." before
+        self._closed = False
+        self._lock = threading.Lock()
+        self.thread = threading.Thread(target=self._run, name="mailer-record", daemon=True)
+        self.thread.start()
 
-    def submit(self, job: _Job, outcome: Outcome) -> _Ticket:
-        """Hand an outcome over; commit() the ticket before the connection's next "."."""
-        ticket = _Ticket(job, outcome)
-        with self.cond:
-            if not self.closed:
-                self.waiting.append(ticket)
-                return ticket
-            self.error = self.error or _CLOSED
-        ticket.done = True  # the record is closed: the worker's next ready() raises, nothing more is sent
+    def submit(self, job: _Job, outcome: Outcome, recorded: threading.Event) -> None:
+        """Hand an outcome over; `recorded` is set once it is committed (or can no longer be)."""
+        with self._lock:
+            if not self._closed:
+                self.inbox.put((job, outcome, recorded))
+                return
+        self.error = self.error or _CLOSED
+        recorded.set()  # the recorder is gone: the worker's next ready() raises, nothing more is sent
         self.outcomes.put((job, outcome, self.error))
-        return ticket
-
-    def commit(self, ticket: _Ticket) -> None:
-        """Return once `ticket` is committed (or can no longer be: then `error` says why)."""
-        cond = self.cond
-        with cond:
-            while not ticket.done:
-                if self.waiting and (self.free or self.opened < self.writers):
-                    batch = self.waiting[: self.BATCH]
-                    del self.waiting[: self.BATCH]
-                    own = self.free.pop() if self.free else None
-                    if own is None:
-                        self.opened += 1
-                    self.busy += 1
-                    cond.release()
-                    try:
-                        own = self._write(own, batch)
-                    finally:
-                        cond.acquire()
-                        self.busy -= 1
-                        if own is not None:
-                            self.free.append(own)
-                        else:
-                            self.opened -= 1
-                        cond.notify_all()
-                else:
-                    cond.wait()
 
     def stop(self) -> None:
-        """Commit what was handed over (after the commits under way), then close the writers."""
-        with self.cond:
-            while self.busy:
-                self.cond.wait()
-            self.closed = True
-            batch, self.waiting = self.waiting, []
-            own = self.free.pop() if self.free else None
-            self.busy += 1  # a connection waiting for one of these outcomes wakes below
-        try:
-            if batch:
-                own = self._write(own, batch)
-            if own is not None:
-                self.free.append(own)
-        finally:
-            with self.cond:
-                self.busy -= 1
-                self.cond.notify_all()
-            for own in self.free:
-                own.close()
-            self.free.clear()
+        """Commit what was handed over, then end the threads."""
+        self.inbox.put(None)
+        self.thread.join()
 
-    def _write(self, ledger: Ledger | None, batch: list[_Ticket]) -> Ledger | None:
-        """Commit `batch` through `ledger` (None: open a new writer); return the writer, None if it failed."""
+    def _run(self) -> None:
+        ledgers: list[Ledger] = []
+        helpers: list[threading.Thread] = []
         try:
-            if not self.error:
-                if ledger is None:
-                    ledger = self.ledger.reopen()
-                rows = [(t.job.sub.email, _state(t.outcome), t.outcome.code, t.outcome.text) for t in batch]
+            for _ in range(self.writers):
+                ledgers.append(self.ledger.reopen())
+            self.opened.set()
+            helpers = [
+                threading.Thread(target=self._drain, args=(own,), name=f"mailer-record-{i}", daemon=True)
+                for i, own in enumerate(ledgers[1:], 1)
+            ]
+            for helper in helpers:
+                helper.start()
+            self._drain(ledgers[0])
+        except MailerError as exc:  # the record cannot be opened: said once, by the main loop
+            self.error = self.error or f"cannot record deliveries: {exc}"
+        except BaseException as exc:  # never leave a worker waiting for a commit that will not come
+            self.error = self.error or f"cannot record deliveries: {exc!r}"
+            raise
+        finally:
+            for helper in helpers:
+                helper.join()
+            self.opened.set()  # after the error, if any, is set: a worker waiting to send sees it
+            self._fail_rest()
+            for own in ledgers:
+                own.close()
+
+    def _drain(self, ledger: Ledger) -> None:
+        """One writer: commit what is waiting, batch after batch, until stop()'s None (passed on to the
+        other writers)."""
+        try:
+            stopping = False
+            while not stopping:
+                item = self.inbox.get()
+                if item is None:
+                    break
+                batch = [item]
+                while len(batch) < self.BATCH:
+                    try:
+                        item = self.inbox.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is None:
+                        stopping = True
+                        break
+                    batch.append(item)
+                self._write(ledger, batch)
+            self.inbox.put(None)
+        except BaseException as exc:  # never leave a worker waiting for a commit that will not come
+            self.error = self.error or f"cannot record deliveries: {exc!r}"
+            self.inbox.put(None)
+            raise
+
+    def _write(self, ledger: Ledger, batch: list[_Record]) -> None:
+        if not self.error:
+            rows = [(job.sub.email, _state(outcome), outcome.code, outcome.text) for job, outcome, _ in batch]
+            try:
                 ledger.record_outcomes(self.issue_id, rows)
                 if not ledger.in_place():  # one stat per commit: the record must be the file at the path
                     ledger.let_go_of_replaced()
                     raise MailerError(
                         f"{ledger.path}: the database file was replaced or deleted during the send"
                     )
-        except MailerError as exc:
-            self.error = self.error or f"cannot record deliveries: {exc}"
-        except BaseException as exc:  # never leave a connection waiting for a commit that will not come
-            self.error = self.error or f"cannot record deliveries: {exc!r}"
-            raise
-        finally:
-            for ticket in batch:
-                ticket.done = True
-                self.outcomes.put((ticket.job, ticket.outcome, self.error))
-        return ledger
+            except MailerError as exc:
+                self.error = f"cannot record deliveries: {exc}"
+        for job, outcome, recorded in batch:
+            recorded.set()
+            self.outcomes.put((job, outcome, self.error))
+
+    def _fail_rest(self) -> None:
+        with self._lock:
+            self._closed = True
+        while True:
+            try:
+                item = self.inbox.get_nowait()
+            except queue.Empty:
+                return
+            if item is not None:
+                self.error = self.error or _CLOSED
+                job, outcome, recorded = item
+                recorded.set()
+                self.outcomes.put((job, outcome, self.error))
 
 
 _CLOSED = "cannot record deliveries: the delivery record was closed"
@@ -336,7 +335,7 @@ def _state(outcome: Outcome) -> str:
 
 
 class _Pool:
-    """N worker threads, each with its own connection, writing their outcomes through one _Recorder.
+    """N worker threads, each with its own connection; one recorder thread writes their outcomes.
 
     The loop hands jobs over in runs (up to HAND_OVER at a time, however many it has built while every
     connection was busy), so that it and a connection wake each other once per run, not once per message;
@@ -358,7 +357,7 @@ class _Pool:
         # a share claims its readers batch by batch as the loop asks for them: built ahead, they would be
         # claimed by this process before another could take them (workers.py)
         self.run_size = 1 if share is not None else HAND_OVER
-        self.outcomes: queue.SimpleQueue[tuple[_Job, Outcome | None, str]] = queue.SimpleQueue()
+        self.outcomes: queue.Queue[tuple[_Job, Outcome | None, str]] = queue.Queue()
         self.stop = stop or threading.Event()  # set: stop now, calling off messages short of their "."
         self.closing = threading.Event()  # set: no new message starts; jobs held are given back undone
         self.limiter = limiter
@@ -376,15 +375,11 @@ class _Pool:
 
     def _work(self) -> None:
         conn = self.transport.connect()
+        recorded = threading.Event()  # the outcome this connection handed over last is committed
+        recorded.set()
         recorder = self.recorder
-        last_outcome: _Ticket | None = None  # the outcome this connection handed over last
         mine: collections.deque[_Job] = collections.deque()  # the run taken, in order
         last = False  # the loop said there is no more: end once `mine` is done
-
-        def committed() -> None:
-            """This connection's last outcome is committed (or can no longer be: `recorder.error`)."""
-            if last_outcome is not None and not last_outcome.done:
-                recorder.commit(last_outcome)
 
         def take(block: bool) -> bool:
             """Take the next run into `mine`; False when there is none (yet, or any more)."""
@@ -392,12 +387,9 @@ class _Pool:
             if last:
                 return False
             try:
-                run = self.jobs.get_nowait()
+                run = self.jobs.get(block)
             except queue.Empty:
-                if not block:
-                    return False
-                committed()  # the loop may be waiting for that outcome before it has more to hand out
-                run = self.jobs.get()
+                return False
             if run is None:
                 last = True
                 return False
@@ -413,7 +405,8 @@ class _Pool:
             return mine[0].sender, mine[0].sub.email
 
         def ready() -> None:
-            committed()
+            recorder.opened.wait()  # a first message waits for the record to be open: it may not be
+            recorded.wait()
             if recorder.error:
                 raise _Unrecorded(recorder.error)
             if self.stop.is_set():
@@ -428,8 +421,6 @@ class _Pool:
                 if self.closing.is_set():  # the loop is shutting down: what is held never starts
                     return
                 job = mine.popleft()
-                if self.limiter.interval:
-                    committed()  # not left waiting for a rate limit's turn
                 self.limiter.wait(self.stop)
                 if self.stop.is_set():
                     self.outcomes.put((job, None, ""))
@@ -451,15 +442,15 @@ class _Pool:
                     job.held = outcome  # the sender's problem, or the reader's: not known yet
                     self.outcomes.put((job, None, ""))
                     continue
-                committed()  # one outcome of this connection waiting for a commit at a time
-                last_outcome = recorder.submit(job, outcome)
+                recorded.wait()  # one outcome of this connection in the recorder at a time
+                recorded.clear()
+                recorder.submit(job, outcome, recorded)
         except BaseException as exc:  # never let a worker die silently: the main loop must hear of it
             self.outcomes.put((job, None, f"internal error: {exc!r}"))  # type: ignore[arg-type]
             raise
         finally:
             for left in mine:  # taken, never started: pending, as if still queued
                 self.outcomes.put((left, None, ""))
-            committed()
             conn.close()
 
     def submit(self, job: _Job, timeout: float) -> bool:
@@ -523,8 +514,8 @@ def run_send(
     """Send (or dry-run) one issue to a subscriber stream; resumable, never mailing anyone twice.
 
     `ledger` is the delivery record, opened for the transport's destination by the caller (who closes
-    it); the loop reads it in this thread, and the connection threads write it through connections of
-    their own. `list_key` names the list (a fingerprint of its contents): a run that reaches everyone on it is
+    it); the loop reads it in this thread, and a recorder thread writes it through a connection of its
+    own. `list_key` names the list (a fingerprint of its contents): a run that reaches everyone on it is
     recorded as complete for that list only.
     """
     report = Report(issue_id)
@@ -654,7 +645,7 @@ class _Loop:
 
     def run(self, batches: Iterable[list[Subscriber]]) -> None:
         # Python's 5 ms switch interval lets a thread busy building keep the GIL from a connection
-        # whose reply has arrived (or whose fsync returned) for that long
+        # whose reply has arrived (or the recorder whose fsync returned) for that long
         interval = sys.getswitchinterval()
         sys.setswitchinterval(min(interval, SWITCH_INTERVAL))
         self.signals.polled = True  # a signal is noted, and raised at the loop's next step (stopping.py)

@@ -44,11 +44,8 @@ class SQLite:
         # mode=rw: never create a file here (create=False, or one deleted since _private_database)
         uri = f"file:{urllib.parse.quote(str(path.absolute()))}?mode={'rwc' if create else 'rw'}"
         with self.errors():
-            # isolation_level=None: no implicit transactions; begin() issues BEGIN IMMEDIATE itself;
-            # check_same_thread=False: a send's connection threads take turns at one writer (campaign.py)
-            self._conn = sqlite3.connect(
-                uri, uri=True, timeout=timeout, isolation_level=None, check_same_thread=False
-            )
+            # isolation_level=None: no implicit transactions; begin() issues BEGIN IMMEDIATE itself
+            self._conn = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None)
         try:
             with self.errors():
                 self._conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")

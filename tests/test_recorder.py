@@ -1,6 +1,6 @@
 """The send loop's recorder (campaign._Recorder) on an engine that takes concurrent writers (PostgreSQL).
 
-Each connection has the commit of its previous outcome done before the final "." of its next message. With
+Each connection waits for the commit of its previous outcome before the final "." of its next message. With
 one commit at a time, an outcome that arrives while a commit is under way waits for it and then for its own;
 on PostgreSQL the recorder commits through several connections at once instead, so one slow commit holds up
 only the connections whose outcomes are in it.
@@ -16,7 +16,7 @@ from contextlib import closing
 import psycopg
 import pytest
 
-from mailer.campaign import _Job, _Recorder, _Ticket
+from mailer.campaign import _Job, _Recorder
 from mailer.ledger import Ledger
 from mailer.subscribers import Subscriber
 from mailer.transport import Outcome
@@ -29,25 +29,13 @@ def job(email: str) -> _Job:
     return _Job(0.0, 0, Subscriber(email, "", {}, 0))
 
 
-def committing(recorder: _Recorder, ticket: _Ticket) -> threading.Event:
-    """Commit `ticket` in a thread of its own; the event is set once the commit returned."""
-    done = threading.Event()
-
-    def commit() -> None:
-        recorder.commit(ticket)
-        done.set()
-
-    threading.Thread(target=commit, daemon=True).start()
-    return done
-
-
 @pytest.mark.postgresql
 def test_an_outcome_is_committed_while_another_connections_commit_waits(pg_cluster: Cluster) -> None:
     record = pg_cluster.database()
     with closing(Ledger(record)) as ledger:
         ledger.start_issue(ISSUE, "hash", "Subject")
         ledger.record_outcomes(ISSUE, [("held@example.com", "deferred", 451, "try later")])
-        outcomes: queue.SimpleQueue = queue.SimpleQueue()  # type: ignore[type-arg]
+        outcomes: queue.Queue = queue.Queue()  # type: ignore[type-arg]
         recorder = _Recorder(ledger, ISSUE, outcomes, connections=2)
         with (
             psycopg.connect(record.url, password=record.password) as holder,
@@ -55,8 +43,8 @@ def test_an_outcome_is_committed_while_another_connections_commit_waits(pg_clust
         ):
             # a transaction of the test's own holds the row the first outcome updates: its commit waits
             holder.execute("SELECT 1 FROM deliveries WHERE email = 'held@example.com' FOR UPDATE")
-            # each outcome committed by a thread of its own, as the send's connection threads do
-            held = committing(recorder, recorder.submit(job("held@example.com"), Outcome(250, "ok")))
+            held = threading.Event()
+            recorder.submit(job("held@example.com"), Outcome(250, "ok"), held)
             deadline = time.monotonic() + 30
             while not watcher.execute(
                 "SELECT 1 FROM pg_stat_activity WHERE datname = current_database()"
@@ -64,7 +52,8 @@ def test_an_outcome_is_committed_while_another_connections_commit_waits(pg_clust
             ).fetchall():
                 assert time.monotonic() < deadline, "the recorder's commit never reached the held row"
                 time.sleep(0.01)
-            free = committing(recorder, recorder.submit(job("free@example.com"), Outcome(250, "ok")))
+            free = threading.Event()
+            recorder.submit(job("free@example.com"), Outcome(250, "ok"), free)
             # one commit at a time would hold this one behind the held commit until the holder lets go
             assert free.wait(20), "an outcome waited for another connection's commit"
             assert not held.is_set()
