@@ -27,6 +27,7 @@ from mailer.config import Settings, load_config
 from mailer.errors import MailerError
 from mailer.preview import gmail_view, make_server
 from mailer.wsgi import url
+from tests.webthread import ServerThread
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -89,24 +90,13 @@ def settings(config: Path) -> Settings:
     return load_config(config, env={}).settings
 
 
-class Running:
+class Running(ServerThread):
     """A preview's waitress server, run by a thread of the test."""
 
     def __init__(self, server: Any) -> None:
-        self.server = server
+        super().__init__(server)
         self.url = url(server)
         self.port = int(server.effective_port)
-        self.thread = threading.Thread(target=server.run, daemon=True)
-
-    def stop(self) -> None:
-        """Stop the worker threads, then close every socket from the server's own loop (run() returns when
-        none is left). In that order: a worker pulls the loop's trigger after the client has read its whole
-        answer, and a trigger closed first made that pull an EBADF in the worker thread."""
-        from waitress import wasyncore
-
-        self.server.task_dispatcher.shutdown()
-        self.server.trigger.pull_trigger(lambda: wasyncore.close_all(self.server._map))
-        self.thread.join(timeout=5)
 
     def get(self, path: str, host: str | None = None) -> tuple[int, dict[str, str], bytes]:
         conn = HTTPConnection("127.0.0.1", self.port, timeout=10)
@@ -125,7 +115,6 @@ def serve(settings: Settings) -> Iterator[Any]:
 
     def start(target: Path, **changes: Any) -> Running:
         running = Running(make_server(target, settings.replace(**changes), port=0))
-        running.thread.start()
         started.append(running)
         return running
 

@@ -8,7 +8,6 @@ addresses and links it shows, no Chinese on an English one.
 from __future__ import annotations
 
 import re
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from mailer.config import Settings
 from mailer.tokens import Keyring, load_keyring
 from tests.served import Served, send_issue, serving
 from tests.smtpd import HOST
+from tests.webthread import ServerThread
 
 READER = "reader@example.org"
 LIST_NAME = {"zh": "每日简报", "en": "Daily Notes"}
@@ -183,8 +183,6 @@ def test_the_pages_follow_the_newest_issue_while_serving(tmp_path: Path) -> None
 def test_an_unexpected_error_page_is_in_the_list_language(tmp_path: Path) -> None:
     """A 500 is a bug, so none can be made to happen on purpose: dispatch is made to raise, and the real
     server (waitress, as `mailer serve` runs it) answers."""
-    from waitress import wasyncore
-
     from mailer.web import make_app, make_server
 
     def broken(*args: object) -> Any:
@@ -195,18 +193,15 @@ def test_an_unexpected_error_page_is_in_the_list_language(tmp_path: Path) -> Non
         app = make_app(settings)
         app.dispatch = broken  # type: ignore[method-assign]
         server = make_server(lambda app=app: app, HOST, 0, threads=1)  # type: ignore[misc]
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
+        running = ServerThread(server)
         try:
             conn = HTTPConnection(HOST, server.effective_port, timeout=30)
             conn.request("GET", "/")
             answer = conn.getresponse()
             page = Page(answer.status, {}, answer.read().decode())
             conn.close()
-        finally:  # workers first: one pulls the loop's trigger after the answer is read (test_preview's stop)
-            server.task_dispatcher.shutdown()
-            server.trigger.pull_trigger(lambda server=server: wasyncore.close_all(server._map))
-            thread.join(timeout=10)
+        finally:
+            running.stop()
         assert page.status == 500
         assert_speaks(page, lang, LIST_NAME[lang])
 
