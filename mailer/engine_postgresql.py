@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import os
 import re
 import socket
@@ -44,12 +45,59 @@ _DDL = [
 ]  # fmt: skip
 # More parameters than this: a statement with a list of values in it, planned for its values each time
 _LONG_LIST = 16
+# The one-row INSERT write_batch takes: its table, columns, values (`?` and constants) and what follows the
+# VALUES, which names the conflict key
+_INSERT = re.compile(
+    r"INSERT INTO (\w+) \(([^)]*)\) VALUES \(([^)]*)\)( ON CONFLICT \(([^)]*)\).*)", re.S | re.I
+)
 
 
 @functools.lru_cache(maxsize=512)
 def _placeholders(sql: str) -> str:
     """`?` placeholders as psycopg's %s (a literal % doubled)."""
     return sql.replace("%", "%%").replace("?", "%s")
+
+
+@functools.lru_cache(maxsize=16)
+def _as_batch(sql: str) -> tuple[str, tuple[str, ...], tuple[int, ...]]:
+    """A one-row `INSERT ... VALUES (?, ...) ON CONFLICT (key) ...` as one statement for any number of rows,
+    which come as one JSON array of objects (json_populate_recordset reads each value as its column's
+    type); with the columns the `?`s fill, in order, and where the key's values are among them."""
+    found = _INSERT.fullmatch(sql)
+    if found is None:
+        raise ValueError(f"write_batch takes INSERT ... VALUES (...) ON CONFLICT (...) ..., not {sql!r}")
+    table, listed, listed_values, rest, listed_key = found.groups()
+    columns = [c.strip() for c in listed.split(",")]
+    values = [v.strip() for v in listed_values.split(",")]
+    filled = tuple(c for c, v in zip(columns, values, strict=True) if v == "?")
+    picked = ", ".join(f"r.{c}" if v == "?" else v for c, v in zip(columns, values, strict=True))
+    key = tuple(filled.index(c.strip()) for c in listed_key.split(","))
+    batch = (
+        f"INSERT INTO {table} ({', '.join(columns)}) SELECT {picked}"
+        f" FROM json_populate_recordset(NULL::{table}, ?::json) AS r{rest}"
+    )
+    return _placeholders(batch), filled, key
+
+
+def _bytea(value: object) -> str:
+    """A JSON string that json_populate_recordset reads into a bytea column (its hex input)."""
+    if isinstance(value, bytes):
+        return "\\x" + value.hex()
+    raise TypeError(f"cannot write {type(value).__name__} into a batch")
+
+
+def _rounds(rows: Sequence[Sequence[Any]], key: tuple[int, ...]) -> list[list[Sequence[Any]]]:
+    """The rows as rounds in which each key comes once: a statement may write a row once (ON CONFLICT), and
+    the nth write of a key goes in the nth round, in the order given."""
+    rounds: list[list[Sequence[Any]]] = []
+    seen: dict[tuple[Any, ...], int] = {}
+    for row in rows:
+        k = tuple(row[i] for i in key)
+        n = seen[k] = seen.get(k, -1) + 1
+        if n == len(rounds):
+            rounds.append([])
+        rounds[n].append(row)
+    return rounds
 
 
 class _NoAnswer(psycopg.OperationalError):
@@ -144,17 +192,32 @@ class PostgreSQL:
             cursor.executemany(_placeholders(sql), rows)
 
     def write_batch(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        # BEGIN, the rows and COMMIT in one pipeline: one round trip (and one WAL flush) for the batch
-        db = self._db
+        # One statement for the whole batch, its own transaction: one round trip and one WAL flush, as
+        # BEGIN, a statement per row and COMMIT in a pipeline were, for a quarter less of the sender's CPU
+        # (210 against 270 µs for 2 to 4 rows: psycopg's pipeline costs more in Python than the statement)
+        batch, columns, key = _as_batch(sql)
+        rounds = _rounds(rows, key)
+        if len(rounds) == 1:
+            self._cur.execute(batch, (self._json(columns, rows),))
+            return
+        db = self._db  # a key written twice: a statement per round, in one transaction, one round trip
         try:
             with db.pipeline(), db.cursor() as cursor:
                 cursor.execute("BEGIN")
-                cursor.executemany(_placeholders(sql), rows)
+                for written in rounds:
+                    cursor.execute(batch, (self._json(columns, written),))
                 cursor.execute("COMMIT")
         except BaseException:
             if self.in_transaction:
                 self.rollback()
             raise
+
+    @staticmethod
+    def _json(columns: tuple[str, ...], rows: Sequence[Sequence[Any]]) -> str:
+        # characters as they are, not \\u escapes: they reach the server in the connection's encoding, as a
+        # lone row's text does (an escape of a character outside ASCII needs a UTF-8 database)
+        listed = [dict(zip(columns, row, strict=True)) for row in rows]
+        return json.dumps(listed, default=_bytea, ensure_ascii=False)
 
     def begin(self) -> None:
         self._db.execute(f"BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})")

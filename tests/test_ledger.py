@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from mailer.engine import Location, Server
+from mailer.envelope import Recipient, message_tag
 from mailer.errors import MailerError
 from mailer.ledger import SCHEMA_VERSION, Ledger
 from tests.pg import rows
@@ -309,6 +310,39 @@ def test_reset_failed_turns_permanent_failures_into_fresh_retries(ledger: Ledger
     assert c is not None and (c.state, c.attempts) == ("deferred", 1)
     assert ledger.reset_failed(ISSUE) == 0
     assert ledger.status(ISSUE).counts == {"deferred": 3, "sent": 1}
+
+
+def test_a_batch_of_outcomes_ends_as_the_same_outcomes_written_one_at_a_time(db: Location) -> None:
+    """A batch is one statement on PostgreSQL: a reader twice in it (an in-doubt message settled, a retry)
+    must end as the outcomes one by one do, and each row keep the tag a bounce finds its reader by."""
+    batch = [
+        ("Ann@Example.com", "sending", 0, ""),
+        ("bo@example.com", "deferred", 451, "later"),
+        ("ann@example.com", "sent", 250, "2.0.0 queued"),
+        ("cy@example.com", "sent", 250, "ok"),
+        ("bo@example.com", "failed", 550, "no such user"),
+        ("cy@example.com", "failed", 550, "too late: already sent"),
+        ("dee@example.com", "deferred", 421, "4.2.2 Postfach voll — später 📭"),
+    ]
+    with Ledger(db) as led:
+        led.start_issue(ISSUE, "hash-1", "Monday's post")
+        led.start_issue("one-by-one", "hash-2", "Monday's post, one at a time")
+        led.record_outcomes(ISSUE, batch)
+        for outcome in batch:
+            led.record_outcomes("one-by-one", [outcome])
+        for email in ("ann@example.com", "bo@example.com", "cy@example.com", "dee@example.com"):
+            a, b = delivery(led, ISSUE, email), delivery(led, "one-by-one", email)
+            assert a is not None and b is not None
+            assert (a.state, a.attempts, a.last_code, a.last_reply) == (
+                b.state,
+                b.attempts,
+                b.last_code,
+                b.last_reply,
+            ), email
+            assert led.tagged(message_tag(ISSUE, email)) == Recipient(ISSUE, email)
+        settled, retried = delivery(led, ISSUE, "ann@example.com"), delivery(led, ISSUE, "bo@example.com")
+        assert settled is not None and (settled.state, settled.attempts) == ("sent", 1)  # in doubt, then sent
+        assert retried is not None and (retried.state, retried.attempts) == ("failed", 2)
 
 
 def test_deliveries_need_a_started_issue(ledger: Ledger) -> None:
