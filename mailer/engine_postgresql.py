@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import os
 import re
 import socket
@@ -123,9 +124,31 @@ class _Connection(psycopg.Connection[Any]):
             raise _NoAnswer(f"no answer from the server in {self.limit:g} s") from None
 
 
+def _server_side(limit: float) -> str:
+    """The session's TCP settings in the server, so that the server ends a session whose client the network
+    cut off (and lets go of its locks: an issue's send lock, a worker's claimed rows) within about `limit`.
+
+    A dead network tells the server nothing: its backend waits for the next statement, on an idle socket,
+    until its TCP keepalives give up, by default after two hours and more, during which every rerun of
+    the send is refused. Here a probe goes out after `probe` seconds without a packet from the client, and
+    again every `probe` seconds, and the connection is dropped once nothing came for 5 `probe`s
+    (tcp_user_timeout, which also bounds an answer of the server's that goes unacknowledged). The last
+    packet before the network failed came at most one `probe` earlier (an answered probe), so the session
+    ends 4 to 5 `probe`s, at least `limit`, after the failure: not before the client, whose every wait ends
+    after `limit`, has given up on its own and stopped sending. A live client's kernel answers the probes
+    however busy the client is; they also keep a firewall or NAT on the way from forgetting an idle
+    connection.
+    """
+    probe = max(1, math.ceil(limit / 4))
+    return (
+        f" -c tcp_keepalives_idle={probe} -c tcp_keepalives_interval={probe} -c tcp_keepalives_count=5"
+        f" -c tcp_user_timeout={5 * probe * 1000}"
+    )
+
+
 def _connect(server: Server, *, timeout: float, name: str) -> psycopg.Connection[Any]:
-    """A connection whose waits for the server end after server.timeout; lock waits end sooner, so that a
-    lock another process holds is said as such, not as a server that does not answer."""
+    """A connection whose waits for the server end after server.timeout, as the server's for it; lock waits
+    end sooner, so that a lock another process holds is said as such, not as a server that does not answer."""
     options: dict[str, Any] = {}
     if server.password:
         options["password"] = server.password
@@ -136,7 +159,7 @@ def _connect(server: Server, *, timeout: float, name: str) -> psycopg.Connection
             autocommit=True,
             connect_timeout=max(2, round(server.timeout)),
             application_name=name,
-            options=f"-c lock_timeout={max(1, int(locks * 1000))}",
+            options=f"-c lock_timeout={max(1, int(locks * 1000))}{_server_side(server.timeout)}",
             **options,
         )
     except psycopg.Error as exc:
