@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import _thread
 import contextlib
+import ctypes
 import functools
 import hashlib
 import json
@@ -323,6 +324,10 @@ class _Locals:
         self.stderr: dict[int, _Stderr] = {}  # by pid
         self.futile = 0  # workers that died in a row while the send got no further
         self.gave_up = ""
+        # this process's stderr, for a worker to speak on once this process is gone (stop_with_coordinator)
+        self.own_stderr: int | None = None
+        with contextlib.suppress(OSError):  # no stderr to share
+            self.own_stderr = os.dup(2)
 
     def start(self, ledger: Ledger) -> None:
         mark = _progress(ledger, self.where)
@@ -330,7 +335,7 @@ class _Locals:
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         stderr = _Stderr()
-        proc = _spawn(self.issue_id, self.crew, self.settings, stderr.file)
+        proc = _spawn(self.issue_id, self.crew, self.settings, stderr.file, self.own_stderr)
         self.stderr[proc.pid] = stderr
         return proc
 
@@ -395,6 +400,9 @@ class _Locals:
         self.relay()
         for stderr in self.stderr.values():
             stderr.file.close()
+        if self.own_stderr is not None:
+            os.close(self.own_stderr)
+            self.own_stderr = None
 
 
 class _Stderr:
@@ -439,9 +447,12 @@ def _progress(ledger: Ledger, where: tuple[str, str]) -> int:
     return int(attempts) + int(batches)
 
 
-def _spawn(issue_id: str, crew: Crew, settings: Settings, stderr: Any) -> subprocess.Popen[bytes]:
+def _spawn(
+    issue_id: str, crew: Crew, settings: Settings, stderr: Any, own_stderr: int | None
+) -> subprocess.Popen[bytes]:
     """One local worker: `mailer worker` for this issue, with this command's configuration and environment,
-    its stderr to a file of the coordinator's (_Stderr).
+    its stderr to a file of the coordinator's (_Stderr), and the coordinator's own stderr (`own_stderr`)
+    for when the coordinator is gone (stop_with_coordinator).
 
     In a session of its own, so that a Ctrl-C at the terminal reaches the coordinator alone, which passes
     one SIGTERM on (a second would hurry the worker's stop)."""
@@ -450,14 +461,56 @@ def _spawn(issue_id: str, crew: Crew, settings: Settings, stderr: Any) -> subpro
         env["MAILER_CONFIG"] = str(crew.config_file.absolute())
     if settings.offline:
         env["MAILER_OFFLINE"] = "1"
+    if own_stderr is not None:
+        env[COORDINATOR] = f"{os.getpid()}:{own_stderr}"
     return subprocess.Popen(
         [sys.executable, "-m", "mailer", "worker", "--issue", issue_id, "--quiet"],
         env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,  # the coordinator's --json is the one object on stdout
         stderr=stderr,
+        pass_fds=() if own_stderr is None else (own_stderr,),
         start_new_session=True,
     )
+
+
+# a local worker's coordinator: "PID:FD", FD the coordinator's stderr, inherited
+COORDINATOR = "MAILER_COORDINATOR"
+
+
+def stop_with_coordinator(signals: StopSignals) -> None:
+    """In a worker of `send --workers N`: stop as on SIGTERM when the coordinator dies, however it dies.
+
+    The worker runs in a session of its own, so once its coordinator is killed (kill -9, the OOM killer)
+    nothing else would stop it: it would send on, out of the publisher's reach (a Ctrl-C no longer gets to
+    it), unseen (its stderr goes into a file only the coordinator read), and a rerun would be refused
+    until it ended. So the kernel signals it when its parent dies (PR_SET_PDEATHSIG; the coordinator starts
+    its workers from its main thread, whose end is what counts), and it says so on the coordinator's own
+    stderr, where its later lines go too, then stops after the messages in flight. Linux only; elsewhere
+    such a worker finishes the send, as a `mailer worker` of another host does.
+    """
+    found = os.environ.pop(COORDINATOR, "")
+    pid, _, fd = found.partition(":")
+    if not (pid.isdigit() and fd.isdigit()) or not sys.platform.startswith("linux"):
+        return
+
+    def gone(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # once
+        os.dup2(int(fd), 2)
+        os.write(
+            2,
+            f"worker pid {os.getpid()}: its coordinator (pid {pid}) is gone: stopping after the messages in"
+            " flight; run the same send command again to send the rest\n".encode(),
+        )
+        signals.handle(signal.SIGTERM, frame)
+
+    signal.signal(signal.SIGUSR1, gone)
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGUSR1)
+    if os.getppid() != int(pid):  # it died before the kernel was told
+        gone(signal.SIGUSR1, None)
+
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def _last_counts(
@@ -715,6 +768,7 @@ def work(
 
     signals = StopSignals()
     with signals.install():
+        stop_with_coordinator(signals)
         transport = make_transport(settings, console)
         with Ledger(settings.db_path, create=False, destination=transport.destination) as ledger:
             which = f"of issue {issue_id} " if issue_id else ""

@@ -1,0 +1,75 @@
+"""`send --workers N` whose coordinator is killed with -9: its workers are its children, on its host.
+
+They run in sessions of their own (a Ctrl-C at the terminal reaches the coordinator alone), so nothing
+stopped them when it died: they sent on, unseen (their stderr went into a file only the coordinator read),
+out of the publisher's reach (a Ctrl-C no longer reaches them), and a rerun was refused while they did.
+Real processes and a real SIGKILL; the waits are on held SMTP replies and on the processes' ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+from pathlib import Path
+
+from mailer.engine import Location
+from tests.smtpd import SMTPServer
+from tests.test_workers import env_at, recipients, spawn, wait_until, worker_pids, write_list
+
+
+def _alive(pid: int) -> bool:
+    """Whether the process runs (not a zombie: the workers are not this test's children to reap)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_the_workers_of_a_coordinator_killed_with_9_stop_say_so_and_a_rerun_sends_the_rest(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path, record_at: Location
+) -> None:
+    emails = [f"user{i:02}@example.com" for i in range(80)]  # 8 batches of 10 for 2 workers
+    csv = write_list(tmp_path / "subs.csv", emails)
+    env = env_at(smtp_server, tmp_path, record_at, MAILER_SMTP_TIMEOUT="120")
+    args = ["send", str(post), "--to", str(csv), "--yes", "--force", "--workers", "2", "--connections", "1"]
+    # one held reader in each batch: each worker waits at the batch it has, whichever that is
+    holds = [smtp_server.hold(f"user{i:02}@example.com") for i in range(5, 80, 10)]
+    coordinator = spawn(args, env, tmp_path)
+    pids: set[int] = set()
+    try:
+        wait_until("both workers held", lambda: sum(h.reached.is_set() for h in holds) == 2)
+        pids = worker_pids(record_at)
+        assert len(pids) == 2
+        coordinator.send_signal(signal.SIGKILL)
+        for hold in holds:
+            hold.release.set()
+        # the coordinator's stderr stays open while a worker may still speak on it
+        _, err = coordinator.communicate(timeout=120)
+        wait_until("the workers ended", lambda: not any(_alive(pid) for pid in pids), timeout=60)
+    finally:
+        for hold in holds:
+            hold.release.set()
+        for pid in pids:  # a worker left sending: not for the next test to meet
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        if coordinator.poll() is None:
+            coordinator.kill()
+            coordinator.communicate()
+    said = err.decode()
+    assert coordinator.returncode == -signal.SIGKILL
+    # each worker said, where the publisher reads, that it stopped and why
+    stopped = re.findall(r"worker pid (\d+): its coordinator \(pid (\d+)\) is gone: stopping", said)
+    assert {int(w) for w, _ in stopped} == pids, said
+    assert {int(c) for _, c in stopped} == {coordinator.pid}, said
+    assert "Traceback" not in said, said
+    # they stopped after the messages in flight: the readers after the held ones were left to the rerun
+    got = recipients(smtp_server)
+    assert len(got) < len(emails) and all(n == 1 for n in got.values()), got
+    again = spawn(args, env, tmp_path)
+    _, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err.decode()
+    got = recipients(smtp_server)
+    assert set(got) == set(emails)
+    assert sum(got.values()) - len(emails) <= 2  # a message in flight on each worker's connection
