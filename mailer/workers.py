@@ -24,6 +24,7 @@ import contextlib
 import ctypes
 import functools
 import hashlib
+import itertools
 import json
 import os
 import secrets
@@ -882,18 +883,40 @@ class _Worker:
                 state = "done"
         finally:
             keeper.close()
-            # a signal may have stopped a query of this connection half-way: the last writes take a new one
-            with ledger.reopen() as last:
-                self.release(last)
-                self.write_counts(state, last)
-                if state != "done":  # stopped: if the coordinator and all the others are gone, say so
-                    self.end_if_abandoned(last)
+            self.last_word(state)
         while state == "done" and not self.signals.signum and not self.end_if_abandoned(ledger):
             time.sleep(
                 POLL
             )  # nothing left: until the coordinator (or, if it is gone, this one) ends the send
         self.result.report = self.total()
         return self.result
+
+    def last_word(self, state: str) -> None:
+        """Free this worker's batches and write its end, on a new connection (a signal may have stopped a
+        query of this one half-way).
+
+        Until this is written, a rerun on another host must wait for this worker's lease to run out (it
+        cannot tell it from one that still sends). What stopped the worker may be the record going away for
+        a moment (a restart, a fail-over), so the write is tried again, every second, for as long as the
+        lease would have made a rerun wait anyway; a further signal gives up at once."""
+        until, before = time.monotonic() + self.lease, self.signals.signum
+        for tries in itertools.count():
+            try:
+                with self.ledger.reopen() as last:
+                    self.release(last)
+                    self.write_counts(state, last)
+                    if state != "done":  # stopped: if the coordinator and all the others are gone, say so
+                        self.end_if_abandoned(last)
+                return
+            except MailerError as exc:
+                if time.monotonic() >= until or self.signals.signum != before or self.signals.hurry.is_set():
+                    raise
+                if not tries:  # say why it waits
+                    self.feedback.stopping(
+                        f"cannot write this worker's end to the record ({exc}); trying again every second"
+                        f" for {self.lease:g} s (worker_lease), so that a rerun need not wait for the lease"
+                    )
+                time.sleep(1.0)
 
     def end_if_abandoned(self, ledger: Ledger) -> bool:
         """Whether the send has ended in the record; if its coordinator is gone (not heard of for a lease:
