@@ -584,13 +584,17 @@ def _unsent(
     *,
     retry_failed: bool,
     share: Share | None = None,
+    sending: bool = False,
 ) -> Iterator[Subscriber | None]:
     """The subscribers to mail, in order; None for each one skipped (suppressed, sent, failed before).
 
     The record is asked about a batch of subscribers at a time (two queries per batch, not two per
-    subscriber), just before the batch is sent, so an unsubscribe made during the send still counts.
+    subscriber), just before the batch is sent, so an unsubscribe made during the send still counts. When
+    `sending` (not a dry run), whether the record has room for the batch's outcomes too (Ledger.room).
     """
     for batch in batches:
+        if sending:
+            ledger.room()
         suppressed, states = ledger.states(issue_id, [sub.email for sub in batch])
         for sub in batch:
             report.seen += 1
@@ -661,7 +665,7 @@ class _Loop:
             retry_failed = self.options.retry_failed
             for sub in _unsent(
                 self.ledger, self.issue_id, batches, self.report, retry_failed=retry_failed,
-                share=self.share,
+                share=self.share, sending=True,
             ):  # fmt: skip
                 self.signals.raise_if_signalled()
                 if self.fatal:
@@ -692,6 +696,8 @@ class _Loop:
                 f"{getattr(exc, 'what', 'Interrupted')}: stopping after the messages in flight"
                 " (a second Ctrl-C or SIGTERM stops without waiting for their replies)"
             )
+        except MailerError as exc:  # a look-up in the record failed, or it has no room left: messages may
+            self.fatal = self.fatal or str(exc)  # have gone, so stopped early (exit 4) as on a failed commit
         finally:
             self.signals.stopping = True
             unsent = self.pool.shutdown()

@@ -293,6 +293,9 @@ class PostgreSQL:
     def let_go_of_replaced(self) -> None:
         pass
 
+    def room(self) -> None:
+        pass  # the server's disk is the server's to watch: a full one fails the commit, said by errors()
+
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()

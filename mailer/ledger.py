@@ -519,6 +519,13 @@ class Ledger:
         """Let go of a SQLite file that was replaced while open (in_place() is False): see the engine's."""
         self._db.let_go_of_replaced()
 
+    def room(self) -> None:
+        """Raise MailerError if the record might not take the outcomes of what a send is about to mail:
+        a SQLite file whose file system has less than engine_sqlite.ROOM free. A send asks before its first
+        message and at each look-up of the next readers, so it stops before a "." whose outcome could not
+        be committed (that reader would be mailed again by the next run)."""
+        self._db.room()
+
     def close(self) -> None:
         """Close the connection (an open transaction() is rolled back)."""
         if self._engine is not None:
@@ -678,8 +685,10 @@ class Ledger:
         """Record that a send of the issue to one list starts; return the run's id.
 
         A real write and commit before the first message goes: a database that cannot take one (a full
-        disk, a read-only file) stops the send here rather than after a message the record cannot show.
+        disk, a read-only file) stops the send here rather than after a message the record cannot show;
+        so does one with too little room left to record the send (room()).
         """
+        self.room()
         with self.transaction():
             row = self._write(
                 "INSERT INTO runs (issue_id, destination, content_hash, list_key, list_path, pid, started_at)"

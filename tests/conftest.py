@@ -13,6 +13,7 @@ import re
 import shutil
 import signal
 import socket
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from hypothesis import settings
 
 from mailer.config import Settings
 from mailer.engine import Location
+from mailer.engine_sqlite import ROOM
 from mailer.subscribers import BadRow
 from tests.pg import Cluster, binaries
 from tests.smtpd import SMTPServer, TLSFiles, make_tls_files, settings_for
@@ -91,6 +93,59 @@ def post(tmp_path: Path) -> Path:
     folder = tmp_path / "posts"
     folder.mkdir()
     return Path(shutil.copy(EXAMPLE, folder / EXAMPLE.name))
+
+
+class Disk:
+    """A small tmpfs mounted for one test: a real file system that fills up."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def fill(self) -> None:
+        """Take every free block, down to the last byte."""
+        with open(self.path / "filler", "ab", buffering=0) as out:
+            for size in (1 << 16, 4096, 1):
+                try:
+                    while True:
+                        out.write(b"\0" * size)
+                except OSError as exc:
+                    assert exc.errno == 28, exc  # ENOSPC
+
+    def leave(self, free: int) -> None:
+        """Take free blocks (into the file `filler`) until `free` bytes are left, to the block."""
+        fs = os.statvfs(self.path)
+        take = fs.f_bavail * fs.f_frsize - free
+        assert take > 0, f"{self.path}: only {fs.f_bavail * fs.f_frsize} bytes free, not more than {free}"
+        with open(self.path / "filler", "ab") as out:
+            os.posix_fallocate(out.fileno(), out.tell(), take)
+
+    def free(self) -> int:
+        """Bytes free for an unprivileged process (what mailer counts)."""
+        fs = os.statvfs(self.path)
+        return fs.f_bavail * fs.f_frsize
+
+    def read_only(self) -> None:
+        subprocess.run(["mount", "-o", "remount,ro", str(self.path)], check=True)
+
+    def read_write(self) -> None:
+        subprocess.run(["mount", "-o", "remount,rw", str(self.path)], check=True)
+
+
+@pytest.fixture
+def disk(tmp_path: Path) -> Iterator[Disk]:
+    """A tmpfs of 4 MiB more than the room a send keeps free on the record's file system (ROOM)."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root")
+    path = tmp_path / "disk"
+    path.mkdir()
+    size = f"size={(ROOM >> 10) + 4096}k"
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", size, "tmpfs", str(path)], capture_output=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield Disk(path)
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
 """The attack pass on `mailer db`: what a publisher's slip (the wrong file given to `db copy`) or two hosts
-starting at once (two first openings of a new PostgreSQL database) did to the record."""
+starting at once (two first openings of a new PostgreSQL database) did to the record; and a send whose
+session with the record ends under it."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from contextlib import closing
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from tests import publisher
 from tests.command import invoke
 from tests.pg import Cluster, database_env, rows
 from tests.smtpd import SMTPServer
+from tests.test_workers import env_at, recipients, spawn, states, write_list
 
 pytestmark = pytest.mark.postgresql
 
@@ -181,3 +184,42 @@ def test_copy_of_a_record_of_an_older_schema_leaves_the_file_as_it_was(
     ]
     assert rows(server, "SELECT email FROM suppressions") == [("gone@example.com",)]
     assert not list(tmp_path.glob("mailer-copy-*"))
+
+
+def test_a_lone_send_whose_look_up_in_the_record_fails_exits_as_stopped_and_a_rerun_finishes(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path, server: Server
+) -> None:
+    # the session a send reads the record through ends (an idle-session reaper, an administrator's
+    # pg_terminate_backend) while the one its outcomes are committed through lives on: the failure comes at
+    # the next look-up of readers, with messages already mailed. A failed commit exits 4 (stopped early,
+    # rerun to resume: docs/sending.md); this exited 1 ("nothing was sent")
+    emails = [f"user{i:03}@example.com" for i in range(400)]  # more than one look-up (LOOKUP_BATCH)
+    csv = write_list(tmp_path / "subs.csv", emails)
+    env = env_at(smtp_server, tmp_path, server, MAILER_SMTP_TIMEOUT="120")
+    args = ["send", str(post), "--to", str(csv), "--yes", "--force", "--connections", "1"]
+    held = smtp_server.hold("user010@example.com")
+    proc = spawn(args, env, tmp_path)
+    try:
+        assert held.reached.wait(timeout=120), "the send never reached user010"
+        ended = rows(
+            server,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND pid <> pg_backend_pid() AND starts_with(query, 'SELECT email, state FROM deliveries')",
+        )
+        assert ended == [(True,)]  # the look-ups' session, and only it
+    finally:
+        held.release.set()
+        _, err = proc.communicate(timeout=120)
+    said = err.decode()
+    assert proc.returncode == 4, said
+    assert "Traceback" not in said
+    [line] = [x for x in said.splitlines() if x.startswith("Error: ")]
+    assert "lost the connection to the server" in line, line
+    took = recipients(smtp_server)
+    assert 0 < len(took) < len(emails) and set(took.values()) == {1}
+    recorded = states(server)
+    assert {e for e, (state, _) in recorded.items() if state == "sent"} == set(took)  # nothing in doubt
+    again = spawn(args, env, tmp_path)
+    _, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err.decode()
+    assert recipients(smtp_server) == Counter(emails)
