@@ -29,6 +29,7 @@ from mailer.imagefetch import CACHE_NAME, CAP, Failed, fetch_size, look_up
 from mailer.imageheader import NotAnImage, Size, read_size
 from mailer.post import load_post
 from mailer.render import render_issue
+from tests.conftest import Disk
 from tests.imageserver import (
     ImageServer,
     gif,
@@ -39,7 +40,6 @@ from tests.imageserver import (
     svg,
     webp_header,
 )
-from tests.test_record import Disk, disk  # noqa: F401 (the tmpfs fixture)
 from tests.test_render_browser import browser  # noqa: F401 (one Chromium for the module)
 
 ONLINE = {"MAILER_OFFLINE": "0"}  # conftest makes every mailer offline; these tests fetch from 127.0.0.1
@@ -232,7 +232,7 @@ def test_a_definite_failure_is_remembered_not_refetched(server: ImageServer, tmp
 @pytest.mark.parametrize("fault", ["read-only", "full"])
 def test_a_cache_that_cannot_be_written_still_sizes_the_images(
     server: ImageServer,
-    disk: Disk,  # noqa: F811
+    disk: Disk,
     fault: str,
 ) -> None:
     url = server.image("/a.png", png(300, 200))
