@@ -56,6 +56,9 @@ if TYPE_CHECKING:  # `mailer status` reads under_way() without loading the rende
 
 BATCH_MAX = 500  # readers per batch at most: what a worker repeats a state lookup for when it takes one over
 POLL = 0.2  # seconds between the coordinator's looks at the record
+# seconds between the looks at the record while a send ends: the coordinator's, for its workers' last counts,
+# and theirs, for its end; a few looks each, and every one of them a wait that adds to the send's time
+ENDING = 0.05
 # the Report fields a worker writes to the record and the coordinator adds up
 COUNTED = (
     "sent", "already_sent", "suppressed", "failed_before", "failed_temporary", "failed_permanent",
@@ -527,7 +530,7 @@ def _last_counts(
     lease without news, as a killed one's does), saying meanwhile that the coordinator is alive."""
     while any(not local.gone(name) for name in _alive_workers(ledger, where, lease)):
         _tick(ledger, where, lease, report, feedback, local, held)
-        time.sleep(POLL)
+        time.sleep(ENDING)
 
 
 def _alive_workers(ledger: Ledger, where: tuple[str, str], lease: float, but: str = "") -> list[str]:
@@ -876,7 +879,7 @@ class _Worker:
                     state = "done"
                     break
                 if not free:  # every batch left is another worker's: wait for it to finish or lose it
-                    time.sleep(min(1.0, self.lease / 4))
+                    time.sleep(min(POLL, self.lease / 4))
                     continue
                 self._round()
             if keeper.state == "done":  # the others finished it while this one looked
@@ -885,9 +888,7 @@ class _Worker:
             keeper.close()
             self.last_word(state)
         while state == "done" and not self.signals.signum and not self.end_if_abandoned(ledger):
-            time.sleep(
-                POLL
-            )  # nothing left: until the coordinator (or, if it is gone, this one) ends the send
+            time.sleep(ENDING)  # nothing left: until the coordinator (or, if it is gone, this one) ends it
         self.result.report = self.total()
         return self.result
 
