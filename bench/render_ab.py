@@ -44,7 +44,8 @@ def child(runs: int, paths: list[Path]) -> dict[str, dict[str, list[float]]]:
 
     known = {f.name for f in dataclasses.fields(Settings)}
     fields = {k: v for k, v in SETTINGS.items() if k in known}
-    settings = Settings(data_dir=Path(tempfile.mkdtemp(prefix="render-ab-")), **fields)
+    # a data folder that is not made: no inlined page is kept there (mailer/inlined.py), each render inlines
+    settings = Settings(data_dir=Path(tempfile.mkdtemp(prefix="render-ab-")) / "not-made", **fields)
     spent: list[float] = []
     original = render.inline_css
 

@@ -28,6 +28,8 @@ from .fold import fold
 from .headers import one_line
 from .imagefetch import look_up
 from .images import ImageReport, fit_images
+from .inlined import FOLDER as INLINED
+from .inlined import inline_cached
 from .linebreak import WIDTH, flowed_part, text_width, wrap
 from .links import links_look_like_links
 from .plaintext import to_text
@@ -305,7 +307,11 @@ def render_issue(post: Post, settings: Settings) -> Issue:
         where = f"{getattr(exc, 'filename', None) or settings.templates_dir}"
         line = getattr(exc, "lineno", None)
         raise PostError(f"{where}{':' + str(line) if line else ''}: template error: {exc}") from None
-    root = inline_css(page, extra_css=findings.styles, keep_classes=class_names(css + media_css))
+    keep = class_names(css + media_css)
+    root = inline_cached(
+        Path(settings.data_dir) / INLINED, page, [*findings.styles, "\0", *sorted(keep)],
+        lambda: inline_css(page, extra_css=findings.styles, keep_classes=keep),
+    )  # fmt: skip
     images = fit_images(root, lambda urls: look_up(urls, settings.data_dir, offline=settings.offline))
     inlined = etree.tostring(root.getroottree(), method="html", encoding="unicode")
     return Issue(
