@@ -14,7 +14,7 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -507,6 +507,7 @@ def run_send(
     options: SendOptions,
     feedback: Feedback,
     signals: StopSignals,
+    check_lock: Callable[[], None],
     clock: Clock | None = None,
     list_key: str = "",
     list_path: str = "",
@@ -516,7 +517,8 @@ def run_send(
     `ledger` is the delivery record, opened for the transport's destination by the caller (who closes
     it); the loop reads it in this thread, and a recorder thread writes it through a connection of its
     own. `list_key` names the list (a fingerprint of its contents): a run that reaches everyone on it is
-    recorded as complete for that list only.
+    recorded as complete for that list only. `check_lock` raises MailerError once the issue's lock is lost
+    (engine.issue_lock: the caller holds it); the loop calls it before each batch and every LOCK_CHECK s.
     """
     report = Report(issue_id)
     ledger.start_issue(
@@ -537,7 +539,9 @@ def run_send(
                 feedback.would_send(sub)
         return report
     run_id = ledger.start_run(issue_id, list_key, list_path)  # fails on a full disk: nothing sent yet
-    loop = _Loop(ledger, issue_id, factory, transport, options, feedback, report, signals, clock or Clock())
+    loop = _Loop(
+        ledger, issue_id, factory, transport, options, feedback, report, signals, clock or Clock(), check_lock
+    )
     loop.run(_chunked(subscribers))
     if report.complete:
         ledger.finish_run(run_id)
@@ -560,12 +564,19 @@ def run_share(
     """One process's share of a send that several make (workers.py), counted in `report`: the send loop
     alone, since the issue and the run are recorded, and the run finished, by the process that coordinates
     them. Each batch of readers is asked for (and so claimed) only once the one before is handed out."""
-    loop = _Loop(ledger, issue_id, factory, transport, options, feedback, report, signals, Clock(), share)
+    loop = _Loop(
+        ledger, issue_id, factory, transport, options, feedback, report, signals, Clock(), _unlocked, share
+    )
     loop.run(batches)
+
+
+def _unlocked() -> None:
+    """A worker's share holds no lock of its own: the coordinator holds the issue's, and checks it."""
 
 
 HELD_LIMIT = 5  # policy refusals (5.7.x) with no one accepted that stop the send: see refusals.py
 SWITCH_INTERVAL = 0.0005  # seconds, while a send runs (see _Loop.run)
+LOCK_CHECK = 1.0  # seconds between a send's looks at its issue lock (engine.issue_lock), at most
 LOOKUP_BATCH = 256  # subscribers looked up in the record per query: a fraction of a second of sending
 HAND_OVER = 32  # jobs handed to a connection at once, at most: one wake-up of the loop per run
 
@@ -584,17 +595,17 @@ def _unsent(
     *,
     retry_failed: bool,
     share: Share | None = None,
-    sending: bool = False,
+    before_batch: Callable[[], None] | None = None,
 ) -> Iterator[Subscriber | None]:
     """The subscribers to mail, in order; None for each one skipped (suppressed, sent, failed before).
 
     The record is asked about a batch of subscribers at a time (two queries per batch, not two per
-    subscriber), just before the batch is sent, so an unsubscribe made during the send still counts. When
-    `sending` (not a dry run), whether the record has room for the batch's outcomes too (Ledger.room).
+    subscriber), just before the batch is sent, so an unsubscribe made during the send still counts.
+    `before_batch`, a real send's checks (see _Loop._before_batch), is called before each look-up.
     """
     for batch in batches:
-        if sending:
-            ledger.room()
+        if before_batch is not None:
+            before_batch()
         suppressed, states = ledger.states(issue_id, [sub.email for sub in batch])
         for sub in batch:
             report.seen += 1
@@ -628,9 +639,12 @@ class _Loop:
         report: Report,
         signals: StopSignals,
         clock: Clock,
+        check_lock: Callable[[], None],
         share: Share | None = None,
     ) -> None:
         self.ledger = ledger
+        self.check_lock = check_lock
+        self.next_lock_check = clock.now() + LOCK_CHECK
         self.share = share
         self.clock = clock
         self.signals = signals
@@ -665,9 +679,10 @@ class _Loop:
             retry_failed = self.options.retry_failed
             for sub in _unsent(
                 self.ledger, self.issue_id, batches, self.report, retry_failed=retry_failed,
-                share=self.share, sending=True,
+                share=self.share, before_batch=self._before_batch,
             ):  # fmt: skip
                 self.signals.raise_if_signalled()
+                self._still_held()
                 if self.fatal:
                     break
                 if sub is None:
@@ -676,6 +691,7 @@ class _Loop:
                 self._submit(_Job(0.0, next(self.seq), sub))
             while not self.fatal and (self.pool.in_flight or self.retries):
                 self.signals.raise_if_signalled()
+                self._still_held()
                 self._submit_due_retries()
                 self.pool.hand_over(0.0)  # the last run built, once a connection has room for it
                 if self.pool.in_flight:
@@ -709,6 +725,21 @@ class _Loop:
             raise interrupted
         if self.report.stopped_because:
             raise SendAborted(self.report.stopped_because)
+
+    def _before_batch(self) -> None:
+        """Before the record is asked about the next readers: that it has room for their outcomes, and
+        that this send still holds the issue's lock. Each time, so that no batch starts once either fails."""
+        self.ledger.room()
+        self.check_lock()
+        self.next_lock_check = self.clock.now() + LOCK_CHECK
+
+    def _still_held(self) -> None:
+        """Check the issue's lock every LOCK_CHECK seconds between batches (a slow or rate-limited send takes
+        minutes over one): once its session has ended, the server has let go of it and another send of
+        the issue may start, so this one must stop (MailerError, exit 4)."""
+        if self.clock.now() >= self.next_lock_check:
+            self.next_lock_check = self.clock.now() + LOCK_CHECK
+            self.check_lock()
 
     def _submit(self, job: _Job) -> None:
         sub = job.sub

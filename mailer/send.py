@@ -291,6 +291,7 @@ def _send(
                 signals=signals,
                 list_key=lists.key,
                 list_path=lists.resolved,
+                check_lock=held,
             )
         rates = None
         if not options.dry_run and transport.destination == SMTP:

@@ -379,6 +379,7 @@ def test_when_the_record_cannot_be_written_nothing_is_delivered(
                 options=SendOptions(connections=2),
                 feedback=feedback,
                 signals=StopSignals(),
+                check_lock=lambda: None,
             )
     report = feedback.report
     assert report is not None and report.suppressed == 1

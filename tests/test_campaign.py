@@ -68,6 +68,7 @@ def test_the_loop_sends_records_and_retries_on_its_own_clock(
             feedback=Feedback(),
             signals=StopSignals(),
             clock=clock,
+            check_lock=lambda: None,  # a SQLite record: its lock is a file lock, never lost
         )
         assert (report.sent, report.retries, report.failed_permanent, report.pending) == (2, 1, 1, 0)
         # the hour's retry delay went by on the loop's clock, not in real time
@@ -119,7 +120,7 @@ def test_a_signal_during_the_loop_is_raised_at_the_loop_s_next_step_not_where_it
                 issue_id=ISSUE, content_hash=issue.post.content_hash, subject=issue.subject,
                 factory=make_factory(issue, smtp_settings), transport=make_transport(smtp_settings),
                 subscribers=subscribers, ledger=ledger, options=SendOptions(connections=2),
-                feedback=feedback, signals=signals,
+                feedback=feedback, signals=signals, check_lock=lambda: None,
             )  # fmt: skip
         assert stopped.value.signum == signal.SIGTERM
         assert feedback.went_on  # the handler did not raise inside the loop's own code

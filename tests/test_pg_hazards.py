@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from mailer.campaign import LOOKUP_BATCH
 from mailer.engine import Server
 from tests.pg import Cluster, rows
 from tests.smtpd import SMTPServer
@@ -186,21 +187,24 @@ def test_a_rerun_right_after_the_database_came_back_goes_ahead_at_once(
     assert sum(got.values()) - len(emails) <= 2  # the messages in flight on the two workers' connections
 
 
-def test_a_coordinator_whose_issue_lock_is_lost_stops_and_a_rerun_finishes(
-    smtp_server: SMTPServer, tmp_path: Path, post: Path, pg_cluster: Cluster
+@pytest.mark.parametrize("workers", [[], ["--workers", "1"]], ids=["lone", "coordinator"])
+def test_a_send_whose_issue_lock_is_lost_stops_and_a_rerun_finishes(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path, pg_cluster: Cluster, workers: list[str]
 ) -> None:
     # the session that holds the issue's lock ends alone (an administrator's pg_terminate_backend, an idle
-    # connection cut): the server let go of the lock, so a rerun could take it; the coordinator must stop,
-    # or holding the lock would not prove that no other coordinator runs (which lets a rerun go ahead)
+    # connection cut, the server's keepalives after a partition of that connection only): the server let go
+    # of the lock, so another send of the issue could take it and mail the same readers; the send must stop,
+    # and a coordinator holding the lock proves it alive (which lets a rerun go ahead). 300 readers: past one
+    # look-up batch (256), before which a lone send always looks at its lock, so none of the second batch goes
     server = pg_cluster.database()
-    emails = [f"user{i:02}@example.com" for i in range(40)]
+    emails = [f"user{i:03}@example.com" for i in range(LOOKUP_BATCH + 44)]
     csv = write_list(tmp_path / "subs.csv", emails)
     env = env_at(smtp_server, tmp_path, server, MAILER_SMTP_TIMEOUT="120")
-    args = ["send", str(post), "--to", str(csv), "--yes", "--force", "--workers", "1"]
-    held = smtp_server.hold("user10@example.com")
+    args = ["send", str(post), "--to", str(csv), "--yes", "--force", *workers]
+    held = smtp_server.hold("user010@example.com")
     proc = spawn(args, env, tmp_path)
     try:
-        assert held.reached.wait(timeout=120), "the send never reached user10"
+        assert held.reached.wait(timeout=120), "the send never reached user010"
         ended = rows(
             server,
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database()"
@@ -219,7 +223,10 @@ def test_a_coordinator_whose_issue_lock_is_lost_stops_and_a_rerun_finishes(
     assert proc.returncode == 4, said
     [line] = [line for line in said.splitlines() if line.startswith("Error: ")]
     assert "lost the lock of this issue's send" in line, said
-    assert rows(server, "SELECT state FROM sends") == [("stopped",)]
+    if workers:
+        assert rows(server, "SELECT state FROM sends") == [("stopped",)]
+    else:  # not one reader of the second batch: it was never looked up
+        assert not set(recipients(smtp_server)) & set(emails[LOOKUP_BATCH:])
     again = spawn(args, env, tmp_path)
     _, err = again.communicate(timeout=300)
     assert again.returncode == 0, err.decode()
