@@ -398,6 +398,23 @@ class _Locals:
             for proc in [*self.ended, *(p for p, _ in self.procs)]
         )
 
+    def unsettled(self, ledger: Ledger) -> bool:
+        """Whether a worker of ours runs without having written its last counts: its row says 'running'
+        (after a lease without news too: a loaded machine may have starved it), or it has yet to join (it
+        may yet, and count). Taken for dead, its 'running' row would make the run incomplete."""
+        mine, here = f"{socket.gethostname()} pid ", _here()
+        states = {}
+        for name, state in ledger.rows(
+            "SELECT worker, state FROM send_workers WHERE issue_id = ? AND destination = ?", self.where
+        ):
+            named, _, token = name.rpartition(" ")  # 'HOST pid N TOKEN'
+            if named.startswith(mine) and token.startswith(here):
+                states[named.removeprefix(mine)] = state
+        return any(
+            proc.poll() is None and states.get(str(proc.pid), "running") == "running"
+            for proc, _ in self.procs
+        )
+
     def reap(self) -> None:
         for proc, _ in self.procs:
             proc.wait()
@@ -526,9 +543,10 @@ def _last_counts(
     feedback: Feedback,
     held: Callable[[], None],
 ) -> None:
-    """Wait for every live worker's last counts (ours, until they end; the others, until their row goes a
-    lease without news, as a killed one's does), saying meanwhile that the coordinator is alive."""
-    while any(not local.gone(name) for name in _alive_workers(ledger, where, lease)):
+    """Wait for every live worker's last counts (ours, until they end or write them, however long their row
+    has gone without news; the others, until their row goes a lease without news, as a killed one's does),
+    saying meanwhile that the coordinator is alive."""
+    while local.unsettled(ledger) or any(not local.gone(n) for n in _alive_workers(ledger, where, lease)):
         _tick(ledger, where, lease, report, feedback, local, held)
         time.sleep(ENDING)
 

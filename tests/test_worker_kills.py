@@ -27,7 +27,7 @@ import pytest
 from mailer.engine import Location
 from mailer.errors import ExitStatus
 from mailer.ledger import Ledger
-from tests.pg import Cluster, rows
+from tests.pg import rows
 from tests.smtpd import SMTPServer
 from tests.test_workers import _running, env_at, recipients, spawn, states, wait_until, write_list
 from tests.test_workers_lifecycle import finish, joined, live_workers, mailer
@@ -36,11 +36,10 @@ ISSUE = "2026-02-09"
 
 
 @pytest.mark.slow
-@pytest.mark.postgresql
 def test_a_local_worker_killed_20_times_is_replaced_each_time_and_no_reader_is_lost(
-    smtp_server: SMTPServer, tmp_path: Path, post: Path, pg_cluster: Cluster
+    smtp_server: SMTPServer, tmp_path: Path, post: Path, record_at: Location
 ) -> None:
-    record = pg_cluster.database()
+    record = record_at
     rng = random.Random(2016)  # the kill points and victims: the same on every run
     emails = [f"user{i}@example.com" for i in range(800)]
     csv = write_list(tmp_path / "subs.csv", emails)

@@ -11,15 +11,18 @@ ended), never on a sleep.
 
 from __future__ import annotations
 
+import calendar
 import json
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -28,6 +31,7 @@ from mailer.engine import Location
 from tests.pg import rows
 from tests.smtpd import Hold, SMTPServer
 from tests.test_workers import (
+    LEASE,
     _read_until,
     _running,
     env_at,
@@ -364,3 +368,80 @@ def test_a_second_ctrl_c_on_the_coordinator_hurries_a_worker_elsewhere_too(
     rerun = mailer([*args, "--workers", "1"], env, tmp_path)
     assert rerun.returncode == 0, rerun.stderr
     assert recipients(smtp_server) == Counter({e: 1 for e in emails})
+
+
+def _stopped_outside_a_write(pid: int, record: Location) -> None:
+    """SIGSTOP the process at a moment it holds no write lock on the record: on SQLite (whose lock is the
+    whole file's) a process stopped inside a write would hold up every other; a stopped PostgreSQL client
+    holds at most its own rows. Until the test's own write goes through at once, let it run and stop it
+    again."""
+    while True:
+        os.kill(pid, signal.SIGSTOP)
+        if not isinstance(record, Path):
+            return
+        with closing(sqlite3.connect(record, timeout=0, isolation_level=None)) as db:
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                db.execute("ROLLBACK")
+                return
+            except sqlite3.OperationalError:  # locked: by it, or by another process for a moment
+                pass
+        os.kill(pid, signal.SIGCONT)
+
+
+def test_a_local_worker_starved_past_its_lease_with_nothing_left_is_waited_for_and_the_run_is_complete(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path, record_at: Location
+) -> None:
+    """A worker of ours that has not written its last counts (stopped by a loaded machine past a lease, or
+    started so late that it joins after every batch is done) is waited for while it runs, not taken for a
+    dead one: else its 'running' row, left for a moment, made the send's run incomplete (found by the
+    20-kill test on SQLite: the rerun that mailed no one left the issue 'not complete')."""
+    emails = [f"user{i}@example.com" for i in range(20)]  # 2 batches of 10: the third worker gets none
+    csv = write_list(tmp_path / "subs.csv", emails)
+    env = env_at(smtp_server, tmp_path, record_at, MAILER_SMTP_TIMEOUT="120")
+    args = ["send", str(post), "--to", str(csv), "--yes", "--force", "--workers", "3", "--connections", "1"]
+    holds = [smtp_server.hold("user0@example.com"), smtp_server.hold("user10@example.com")]
+    proc = spawn(args, env, tmp_path)
+    victim = 0
+    try:
+        for hold in holds:
+            assert hold.reached.wait(timeout=120), "a worker never reached its batch's first reader"
+        wait_until("the three workers in the record", joined(record_at, 3))
+        owners = {str(o) for (o,) in rows(record_at, "SELECT owner FROM send_batches")}
+        [idle] = [n for (n,) in rows(record_at, "SELECT worker FROM send_workers") if n not in owners]
+        victim = int(str(idle).split(" pid ")[1].split()[0])
+        _stopped_outside_a_write(victim, record_at)
+        for hold in holds:
+            hold.release.set()
+        wait_until(
+            "both batches done", lambda: rows(record_at, "SELECT 1 FROM send_batches WHERE done = 0") == []
+        )
+        [(stamp,)] = rows(record_at, "SELECT updated_at FROM send_workers WHERE worker = ?", (idle,))
+        lease = float(LEASE)
+        stale = calendar.timegm(time.strptime(str(stamp), "%Y-%m-%dT%H:%M:%SZ")) + lease + 2
+        # the coordinator's looks after the row has gone a lease without news: its heartbeat (alive_until,
+        # a lease ahead of each look) three times past that, or the send ended
+        beats: set[float] = set()
+
+        def looked_past() -> bool:
+            found = rows(record_at, "SELECT state, alive_until FROM sends")
+            if found[0][0] != "running":
+                return True
+            if float(found[0][1]) > stale + lease:  # type: ignore[arg-type]
+                beats.add(float(found[0][1]))  # type: ignore[arg-type]
+            return len(beats) >= 3
+
+        wait_until("the coordinator looking past the stopped worker's lease", looked_past)
+        os.kill(victim, signal.SIGCONT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        for hold in holds:
+            hold.release.set()
+        if victim and alive(victim):
+            os.kill(victim, signal.SIGCONT)
+        finish(proc)
+    assert proc.returncode == 0, err.decode()
+    assert recipients(smtp_server) == Counter({e: 1 for e in emails})
+    assert {state for (state,) in rows(record_at, "SELECT state FROM send_workers")} == {"done"}
+    status = mailer(["status", str(post), "--json"], env, tmp_path)
+    assert json.loads(status.stdout)["complete"] is True, status.stdout
