@@ -21,8 +21,10 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import ab  # noqa: E402  (bench/ab.py: the two trees, taking turns)
 
 # Run in the child, with the tree under test first on PYTHONPATH: argv is folder, prefill, count.
 _CHILD = """
@@ -80,39 +82,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--before", type=Path, required=True, help="root of the older tree (holds mailer/)")
-    parser.add_argument("--after", type=Path, default=Path(__file__).resolve().parent.parent)
+    ab.add_trees(parser)
     parser.add_argument("--count", type=int, default=3000, help="commits timed per run")
     parser.add_argument("--prefill", type=int, default=20_000, help="readers recorded before the timed part")
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--dir", type=Path, default=None, help="where the records are made (a real disk)")
     args = parser.parse_args()
-    trees = {"before": args.before.resolve(), "after": args.after.resolve()}
-    for root in trees.values():
-        if not (root / "mailer" / "ledger.py").is_file():
-            raise SystemExit(f"{root}: not a mailer tree (no mailer/ledger.py in it)")
+    trees = ab.trees(args)
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
-    tmp = Path(tempfile.mkdtemp(prefix="record-ab-", dir=args.dir))
-    try:
+    with ab.scratch("record-ab-", args.dir) as tmp:
         for r in range(args.rounds):
-            order = list(trees.items()) if r % 2 == 0 else list(trees.items())[::-1]
-            for name, root in order:
+            for name, root in ab.turn(trees, r):
                 folder = tmp / f"{name}-{r}"
                 folder.mkdir()
                 runs[name].append(one_run(root, folder, args.prefill, args.count))
                 shutil.rmtree(folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    print(f"load average at the end: {os.getloadavg()[0]:.1f}")
-    print("| tree | CPU µs per commit (median) | each round | wall µs (median) | bytes written per commit |")
-    print("|---|---:|---|---:|---:|")
-    for name in trees:
-        cpu = [run["cpu"] for run in runs[name]]
-        print(
-            f"| {name} | {statistics.median(cpu):.1f} | {', '.join(f'{x:.0f}' for x in cpu)}"
-            f" | {statistics.median(run['wall'] for run in runs[name]):.0f}"
-            f" | {statistics.median(run['bytes'] for run in runs[name]):,.0f} |"
-        )
+    ab.table(
+        ["tree", "CPU µs per commit (median)", "each round", "wall µs (median)", "bytes written per commit"],
+        "|---|---:|---|---:|---:|",
+        [
+            [name, f"{statistics.median(run['cpu'] for run in runs[name]):.1f}",
+             ", ".join(f"{run['cpu']:.0f}" for run in runs[name]),
+             f"{statistics.median(run['wall'] for run in runs[name]):.0f}",
+             f"{statistics.median(run['bytes'] for run in runs[name]):,.0f}"]
+            for name in trees
+        ],
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -16,10 +16,10 @@ import os
 import shutil
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import ab  # noqa: E402  (bench/ab.py: the two trees, taking turns)
 import run as bench  # noqa: E402  (bench/run.py: the sink, smtp-source and the send it times)
 
 
@@ -27,18 +27,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--before", type=Path, required=True, help="root of the older tree (holds mailer/)")
-    parser.add_argument("--after", type=Path, default=Path(__file__).resolve().parent.parent)
+    ab.add_trees(parser)
     parser.add_argument("--count", type=int, default=5000)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--connections", default="1,4,8")
     args = parser.parse_args()
-    trees = {"before": args.before.resolve(), "after": args.after.resolve()}
+    trees = ab.trees(args)
     counts = [int(c) for c in args.connections.split(",")]
-    tmp = Path(tempfile.mkdtemp(prefix="send-ab-"))
     cpu: dict[tuple[str, int], list[float]] = {}
     rate: dict[tuple[str, int], list[float]] = {}
-    try:
+    with ab.scratch("send-ab-") as tmp:
         csv = tmp / "subs.csv"
         bench.write_subscribers(csv, args.count)
         message = tmp / "message.txt"
@@ -49,8 +47,7 @@ def main() -> None:
                     done = bench.smtp_source(port, message, args.count, n)
                     cpu.setdefault(("smtp-source", n), []).append(done.cpu / args.count * 1000)
                     rate.setdefault(("smtp-source", n), []).append(args.count / done.wall)
-                    order = list(trees.items()) if r % 2 == 0 else list(trees.items())[::-1]
-                    for name, root in order:
+                    for name, root in ab.turn(trees, r):
                         state = tmp / f"{name}-{n}-{r}" / "state"
                         state.parent.mkdir()
                         os.environ["PYTHONPATH"] = str(root)
@@ -63,18 +60,16 @@ def main() -> None:
                         cpu.setdefault((name, n), []).append(sent.cpu / args.count * 1000)
                         rate.setdefault((name, n), []).append(args.count / sent.wall)
                         shutil.rmtree(state.parent)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    print(f"load average at the end: {os.getloadavg()[0]:.1f}")
-    print("| connections | who | CPU s per 1,000 (median) | each round | msg/s (median) |")
-    print("|---:|---|---:|---|---:|")
-    for n in counts:
-        for name in ("smtp-source", "before", "after"):
-            each = ", ".join(f"{x:.3f}" for x in cpu[(name, n)])
-            print(
-                f"| {n} | {name} | {statistics.median(cpu[(name, n)]):.3f} | {each}"
-                f" | {statistics.median(rate[(name, n)]):.0f} |"
-            )
+    ab.table(
+        ["connections", "who", "CPU s per 1,000 (median)", "each round", "msg/s (median)"],
+        "|---:|---|---:|---|---:|",
+        [
+            [str(n), name, f"{statistics.median(cpu[(name, n)]):.3f}",
+             ", ".join(f"{x:.3f}" for x in cpu[(name, n)]), f"{statistics.median(rate[(name, n)]):.0f}"]
+            for n in counts
+            for name in ("smtp-source", "before", "after")
+        ],
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,26 +1,20 @@
-"""bench/record_ab.py (issue 16's cost of one commit of the record): two trees alternated, a row each."""
+"""bench/record_ab.py (issue 16's cost of one commit of the record): two trees alternated, a row each; and
+what both A/B scripts say of a folder that is no mailer tree."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
+import pytest
+
+from tests.bench_ab import run_ab
 from tests.conftest import ROOT
 
 
 def test_both_trees_commit_into_a_real_file_and_each_gets_its_figures(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "record_ab.py"), "--before", str(ROOT), "--count", "20",
-         "--prefill", "30", "--rounds", "2", "--dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path,
-    )  # fmt: skip
+    args = ["--before", str(ROOT), "--dir", str(tmp_path), *"--count 20 --prefill 30 --rounds 2".split()]
+    done, rows = run_ab("record_ab.py", args, tmp_path)
     assert done.returncode == 0, done.stderr
-    rows = [
-        line.split("|")[1:-1]
-        for line in done.stdout.splitlines()
-        if line.startswith("| ") and "tree" not in line
-    ]
     assert [row[0].strip() for row in rows] == ["before", "after"]
     for row in rows:
         assert len(row[2].split(",")) == 2  # one figure per round
@@ -30,12 +24,9 @@ def test_both_trees_commit_into_a_real_file_and_each_gets_its_figures(tmp_path: 
     assert list(tmp_path.iterdir()) == []  # the records made are gone
 
 
-def test_a_folder_that_is_no_tree_is_one_line_and_a_non_zero_exit(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "record_ab.py"), "--before", str(tmp_path / "no-such-tree"),
-         "--count", "5", "--prefill", "0", "--rounds", "1", "--dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path,
-    )  # fmt: skip
+@pytest.mark.parametrize("script", ["record_ab.py", "send_ab.py"])
+def test_a_folder_that_is_no_tree_is_one_line_and_a_non_zero_exit(tmp_path: Path, script: str) -> None:
+    done, _ = run_ab(script, ["--before", str(tmp_path / "no-such-tree"), "--rounds", "1"], tmp_path)
     assert done.returncode != 0
     assert (
         done.stderr.strip() == f"{tmp_path / 'no-such-tree'}: not a mailer tree (no mailer/ledger.py in it)"

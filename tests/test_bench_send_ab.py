@@ -2,29 +2,20 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.bench_ab import run_ab
 from tests.conftest import ROOT
 from tests.test_bench import HAS_POSTFIX_TOOLS
 
 
 @pytest.mark.skipif(not HAS_POSTFIX_TOOLS, reason="needs Debian postfix (smtp-sink, smtp-source)")
 def test_both_trees_send_every_message_and_each_gets_a_row_per_connection_count(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "send_ab.py"), "--before", str(ROOT), "--count", "30",
-         "--rounds", "1", "--connections", "1,2"],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path,
-    )  # fmt: skip
+    args = ["--before", str(ROOT), "--count", "30", "--rounds", "1", "--connections", "1,2"]
+    done, rows = run_ab("send_ab.py", args, tmp_path)
     assert done.returncode == 0, done.stderr
-    rows = [
-        line.split("|")[1:-1]
-        for line in done.stdout.splitlines()
-        if line.startswith("| ") and "who" not in line
-    ]
     assert [(r[0].strip(), r[1].strip()) for r in rows] == [
         (n, who) for n in ("1", "2") for who in ("smtp-source", "before", "after")
     ]
