@@ -19,6 +19,7 @@ import pytest
 from mailer.campaign import LOOKUP_BATCH
 from mailer.engine import Server
 from tests.pg import Cluster, rows
+from tests.sends import held_send, rerun_finishes
 from tests.smtpd import SMTPServer
 from tests.test_workers import env_at, recipients, spawn, states, wait_until, write_list
 
@@ -94,19 +95,10 @@ def test_a_frozen_database_ends_the_send_with_one_line_and_nothing_sent_unrecord
     csv = write_list(tmp_path / "subs.csv", emails)
     env = env_at(smtp_server, tmp_path, server, MAILER_DATABASE_TIMEOUT=LIMIT, MAILER_SMTP_TIMEOUT="120")
     args = ["send", str(post), "--to", str(csv), "--yes", "--force", *workers]
-    held = smtp_server.hold("user10@example.com")
-    proc = spawn(args, env, tmp_path)
-    try:
-        assert held.reached.wait(timeout=120), "the send never reached user10"
-        with frozen(own_cluster):
-            held.release.set()
-            # the whole send must end while the server is still frozen: the limit, not the server, ends it
-            _, err = proc.communicate(timeout=120)
-    finally:
+    with held_send(smtp_server, args, env, tmp_path) as (proc, held), frozen(own_cluster):
         held.release.set()
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        # the whole send must end while the server is still frozen: the limit, not the server, ends it
+        _, err = proc.communicate(timeout=120)
     said = err.decode()
     assert proc.returncode not in (0, None), said
     assert "Traceback" not in said, said
@@ -123,12 +115,7 @@ def test_a_frozen_database_ends_the_send_with_one_line_and_nothing_sent_unrecord
     # the server answers again: the same command finishes the send, repeating at most that one message
     wait_until("the frozen send's sessions ended", lambda: not _sessions(server))
     del env["MAILER_DATABASE_TIMEOUT"]
-    again = spawn(args, env, tmp_path)
-    _, err = again.communicate(timeout=300)
-    assert again.returncode == 0, err.decode()
-    got = recipients(smtp_server)
-    assert set(got) == set(emails)
-    assert sum(got.values()) - len(emails) <= connections
+    rerun_finishes(smtp_server, args, env, tmp_path, emails, connections)
 
 
 def test_a_command_started_while_the_database_is_frozen_says_so_in_one_line(
@@ -161,30 +148,21 @@ def test_a_rerun_right_after_the_database_came_back_goes_ahead_at_once(
     csv = write_list(tmp_path / "subs.csv", emails)
     env = {**env_at(smtp_server, tmp_path, server, MAILER_SMTP_TIMEOUT="120"), "MAILER_WORKER_LEASE": "60"}
     args = ["send", str(post), "--to", str(csv), "--yes", "--force", "--workers", "2"]
-    held = smtp_server.hold("user10@example.com")
-    proc = spawn(args, env, tmp_path)
-    try:
-        assert held.reached.wait(timeout=120), "the send never reached user10"
-        pg_cluster.admin(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false")
-        pg_cluster.admin(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")
-        held.release.set()
-        _, err = proc.communicate(timeout=120)
-    finally:
-        held.release.set()
-        pg_cluster.admin(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    with held_send(smtp_server, args, env, tmp_path) as (proc, held):
+        try:
+            pg_cluster.admin(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false")
+            pg_cluster.admin(
+                f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+            )
+            held.release.set()
+            _, err = proc.communicate(timeout=120)
+        finally:
+            pg_cluster.admin(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
     said = err.decode()
     assert proc.returncode == 4, said
     assert len([line for line in said.splitlines() if line.startswith("Error: ")]) == 1, said
     assert rows(server, "SELECT state FROM sends") == [("running",)]  # as the old send left it
-    again = spawn(args, env, tmp_path)
-    _, err = again.communicate(timeout=300)
-    assert again.returncode == 0, err.decode()
-    got = recipients(smtp_server)
-    assert set(got) == set(emails)
-    assert sum(got.values()) - len(emails) <= 2  # the messages in flight on the two workers' connections
+    rerun_finishes(smtp_server, args, env, tmp_path, emails, 2)  # in flight on the two workers' connections
 
 
 @pytest.mark.parametrize("workers", [[], ["--workers", "1"]], ids=["lone", "coordinator"])
@@ -201,10 +179,7 @@ def test_a_send_whose_issue_lock_is_lost_stops_and_a_rerun_finishes(
     csv = write_list(tmp_path / "subs.csv", emails)
     env = env_at(smtp_server, tmp_path, server, MAILER_SMTP_TIMEOUT="120")
     args = ["send", str(post), "--to", str(csv), "--yes", "--force", *workers]
-    held = smtp_server.hold("user010@example.com")
-    proc = spawn(args, env, tmp_path)
-    try:
-        assert held.reached.wait(timeout=120), "the send never reached user010"
+    with held_send(smtp_server, args, env, tmp_path, at="user010@example.com") as (proc, held):
         ended = rows(
             server,
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database()"
@@ -214,11 +189,6 @@ def test_a_send_whose_issue_lock_is_lost_stops_and_a_rerun_finishes(
         assert ended == [(True,)]
         held.release.set()
         _, err = proc.communicate(timeout=120)
-    finally:
-        held.release.set()
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     said = err.decode()
     assert proc.returncode == 4, said
     [line] = [line for line in said.splitlines() if line.startswith("Error: ")]
