@@ -17,9 +17,10 @@ import pytest
 
 from tests.netcut import cut_off
 from tests.pg import Cluster
+from tests.sends import held_send, rerun_finishes
 from tests.smtpd import SMTPServer
 from tests.test_pg_hazards import LIMIT, own_cluster  # noqa: F401 (a fixture)
-from tests.test_workers import env_at, recipients, spawn, wait_until, write_list
+from tests.test_workers import env_at, wait_until, write_list
 
 pytestmark = pytest.mark.postgresql
 
@@ -37,10 +38,11 @@ def test_a_sender_cut_off_from_the_database_lets_go_of_the_issue_lock_within_abo
     csv = write_list(tmp_path / "subs.csv", emails)
     env = env_at(smtp_server, tmp_path, server, MAILER_DATABASE_TIMEOUT=LIMIT, MAILER_SMTP_TIMEOUT="120")
     args = ["send", str(post), "--to", str(csv), "--yes", "--force", *workers]
-    held = smtp_server.hold("user10@example.com")
-    proc = spawn(args, env, tmp_path)
     # the test's own view of the server, from "another host" the partition spares
-    with psycopg.connect(server.url, password=server.password, autocommit=True) as watch:
+    with (
+        held_send(smtp_server, args, env, tmp_path) as (proc, held),
+        psycopg.connect(server.url, password=server.password, autocommit=True) as watch,
+    ):
         port = watch.execute("SELECT inet_client_port()").fetchone()
 
         def locks() -> int:
@@ -51,23 +53,16 @@ def test_a_sender_cut_off_from_the_database_lets_go_of_the_issue_lock_within_abo
             ).fetchone()
             return int(found[0]) if found else 0
 
-        try:
-            assert held.reached.wait(timeout=120), "the send never reached user10"
-            assert locks() == 1
-            assert port is not None
-            with cut_off(own_cluster.port, spared=int(port[0])):
-                cut = time.monotonic()
-                held.release.set()
-                _, err = proc.communicate(timeout=120)  # the sender's own limit ends it, still cut off
-                gave_up = time.monotonic() - cut
-                # the server alone must end the session, while the sender's host is still unreachable
-                wait_until("the server let go of the issue's lock", lambda: not locks(), timeout=40)
-                released = time.monotonic() - cut
-        finally:
+        assert locks() == 1
+        assert port is not None
+        with cut_off(own_cluster.port, spared=int(port[0])):
+            cut = time.monotonic()
             held.release.set()
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
+            _, err = proc.communicate(timeout=120)  # the sender's own limit ends it, still cut off
+            gave_up = time.monotonic() - cut
+            # the server alone must end the session, while the sender's host is still unreachable
+            wait_until("the server let go of the issue's lock", lambda: not locks(), timeout=40)
+            released = time.monotonic() - cut
     said = err.decode()
     assert proc.returncode not in (0, None), said
     assert "Traceback" not in said, said
@@ -76,9 +71,4 @@ def test_a_sender_cut_off_from_the_database_lets_go_of_the_issue_lock_within_abo
     print(f"sender gave up after {gave_up:.1f} s, the lock was let go after {released:.1f} s")
     assert released >= float(LIMIT), (gave_up, released)
     # the network is back: the same command finishes the send, repeating at most the message in flight
-    again = spawn(args, env, tmp_path)
-    _, err = again.communicate(timeout=300)
-    assert again.returncode == 0, err.decode()
-    got = recipients(smtp_server)
-    assert set(got) == set(emails)
-    assert sum(got.values()) - len(emails) <= 1
+    rerun_finishes(smtp_server, args, env, tmp_path, emails, 1)
