@@ -24,6 +24,10 @@ class Delivery:
     last_reply: str
     updated_at: datetime
 
+    def outcome(self) -> tuple[str, int, int | None, str]:
+        """All but when: what two ways of writing the same outcomes must both leave."""
+        return self.state, self.attempts, self.last_code, self.last_reply
+
 
 def delivery(ledger: Ledger, issue_id: str, email: str) -> Delivery | None:
     """The row of `email` (in its stored form) for `issue_id` at the ledger's destination; None if none."""

@@ -9,7 +9,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tests.smtpd import Hold, SMTPServer
-from tests.test_workers import recipients, spawn
+from tests.test_workers import recipients, spawn, write_list
+
+
+def forty_readers(cwd: Path, post: Path, *options: str) -> tuple[list[str], list[str]]:
+    """user00..user39@example.com in cwd/subs.csv, and the `mailer send` arguments to them (and options)."""
+    emails = [f"user{i:02}@example.com" for i in range(40)]
+    csv = write_list(cwd / "subs.csv", emails)
+    return emails, ["send", str(post), "--to", str(csv), "--yes", "--force", *options]
 
 
 @contextmanager

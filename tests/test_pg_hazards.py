@@ -19,7 +19,7 @@ import pytest
 from mailer.campaign import LOOKUP_BATCH
 from mailer.engine import Server
 from tests.pg import Cluster, rows
-from tests.sends import held_send, rerun_finishes
+from tests.sends import forty_readers, held_send, rerun_finishes
 from tests.smtpd import SMTPServer
 from tests.test_workers import env_at, recipients, spawn, states, wait_until, write_list
 
@@ -91,10 +91,8 @@ def test_a_frozen_database_ends_the_send_with_one_line_and_nothing_sent_unrecord
 ) -> None:
     # with workers: the coordinator and each worker meet the silence; the publisher reads it once
     server = own_cluster.database()
-    emails = [f"user{i:02}@example.com" for i in range(40)]
-    csv = write_list(tmp_path / "subs.csv", emails)
+    emails, args = forty_readers(tmp_path, post, *workers)
     env = env_at(smtp_server, tmp_path, server, MAILER_DATABASE_TIMEOUT=LIMIT, MAILER_SMTP_TIMEOUT="120")
-    args = ["send", str(post), "--to", str(csv), "--yes", "--force", *workers]
     with held_send(smtp_server, args, env, tmp_path) as (proc, held), frozen(own_cluster):
         held.release.set()
         # the whole send must end while the server is still frozen: the limit, not the server, ends it
@@ -144,10 +142,8 @@ def test_a_rerun_right_after_the_database_came_back_goes_ahead_at_once(
     # its workers, of this host, are provably gone too: the rerun must not wait for their leases (60 s)
     server = pg_cluster.database()
     name = server.url.rpartition("/")[2]
-    emails = [f"user{i:02}@example.com" for i in range(40)]
-    csv = write_list(tmp_path / "subs.csv", emails)
+    emails, args = forty_readers(tmp_path, post, "--workers", "2")
     env = {**env_at(smtp_server, tmp_path, server, MAILER_SMTP_TIMEOUT="120"), "MAILER_WORKER_LEASE": "60"}
-    args = ["send", str(post), "--to", str(csv), "--yes", "--force", "--workers", "2"]
     with held_send(smtp_server, args, env, tmp_path) as (proc, held):
         try:
             pg_cluster.admin(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false")

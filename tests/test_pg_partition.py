@@ -17,10 +17,10 @@ import pytest
 
 from tests.netcut import cut_off
 from tests.pg import Cluster
-from tests.sends import held_send, rerun_finishes
+from tests.sends import forty_readers, held_send, rerun_finishes
 from tests.smtpd import SMTPServer
 from tests.test_pg_hazards import LIMIT, own_cluster  # noqa: F401 (a fixture)
-from tests.test_workers import env_at, wait_until, write_list
+from tests.test_workers import env_at, wait_until
 
 pytestmark = pytest.mark.postgresql
 
@@ -34,10 +34,8 @@ def test_a_sender_cut_off_from_the_database_lets_go_of_the_issue_lock_within_abo
     workers: list[str],
 ) -> None:
     server = own_cluster.database()
-    emails = [f"user{i:02}@example.com" for i in range(40)]
-    csv = write_list(tmp_path / "subs.csv", emails)
+    emails, args = forty_readers(tmp_path, post, *workers)
     env = env_at(smtp_server, tmp_path, server, MAILER_DATABASE_TIMEOUT=LIMIT, MAILER_SMTP_TIMEOUT="120")
-    args = ["send", str(post), "--to", str(csv), "--yes", "--force", *workers]
     # the test's own view of the server, from "another host" the partition spares
     with (
         held_send(smtp_server, args, env, tmp_path) as (proc, held),

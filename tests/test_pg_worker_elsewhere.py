@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from tests.pg import Cluster
+from tests.sends import forty_readers
 from tests.smtpd import SMTPServer
-from tests.test_workers import _running, env_at, recipients, spawn, wait_until, write_list
+from tests.test_workers import _running, env_at, recipients, spawn, wait_until
 
 pytestmark = pytest.mark.postgresql
 
@@ -29,11 +30,9 @@ def test_a_worker_elsewhere_stopped_by_the_database_going_away_says_so_once_it_i
         pytest.skip("another host name for the worker needs a UTS namespace (root)")
     server = pg_cluster.database()
     name = server.url.rpartition("/")[2]
-    emails = [f"user{i:02}@example.com" for i in range(40)]
-    csv = write_list(tmp_path / "subs.csv", emails)
+    emails, args = forty_readers(tmp_path, post, "--distributed")
     # a lease the test would notice waiting for: the rerun must not need it to run out
     env = {**env_at(smtp_server, tmp_path, server, MAILER_SMTP_TIMEOUT="120"), "MAILER_WORKER_LEASE": "120"}
-    args = ["send", str(post), "--to", str(csv), "--yes", "--force", "--distributed"]
     held = smtp_server.hold("user10@example.com")
     coordinator = spawn([*args, "--workers", "0"], env, tmp_path)
     said = tmp_path / "worker.err"
