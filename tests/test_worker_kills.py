@@ -30,7 +30,7 @@ from mailer.ledger import Ledger
 from tests.pg import rows
 from tests.smtpd import SMTPServer
 from tests.test_workers import _running, env_at, recipients, spawn, states, wait_until, write_list
-from tests.test_workers_lifecycle import finish, joined, live_workers, mailer
+from tests.test_workers_lifecycle import finish, joined, kill_and_replace, live_workers, mailer
 
 ISSUE = "2026-02-09"
 
@@ -65,14 +65,8 @@ def test_a_local_worker_killed_20_times_is_replaced_each_time_and_no_reader_is_l
         for k in range(kills):
             smtp_server.wait_for(len(smtp_server.messages) + rng.randint(3, 20), timeout=120)
             victim = sorted(live_workers(record))[rng.randrange(3)]
-            os.kill(victim, signal.SIGKILL)
+            kill_and_replace(smtp_server, record, victim, joined_then=3 + k + 1, live=3)
             killed.append(victim)
-            smtp_server.pause()  # the send stands still until the replacement has joined it
-            try:
-                wait_until("a worker in the place of the killed one", joined(record, 3 + k + 1))
-                assert len(live_workers(record)) == 3, f"kill {k}: not 3 workers again"
-            finally:
-                smtp_server.resume()
         _, err = proc.communicate(timeout=300)
     finally:
         finish(proc)

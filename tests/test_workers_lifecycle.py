@@ -62,6 +62,18 @@ def joined(record: Location, count: int) -> Callable[[], bool]:
     return lambda: len(worker_pids(record)) == count
 
 
+def kill_and_replace(server: SMTPServer, record: Location, victim: int, joined_then: int, live: int) -> None:
+    """Kill a local worker with -9 and hold the send still (the server paused) until one has taken its place:
+    `joined_then` workers in all have joined the send, `live` of them running."""
+    os.kill(victim, signal.SIGKILL)
+    server.pause()
+    try:
+        wait_until("a worker in the place of the killed one", joined(record, joined_then))
+        assert len(live_workers(record)) == live, f"not {live} workers again after killing {victim}"
+    finally:
+        server.resume()
+
+
 def mailer(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "mailer", *args], env={**os.environ, **env}, cwd=cwd, capture_output=True,
@@ -98,14 +110,8 @@ def test_a_local_worker_killed_is_replaced_and_the_send_finishes_with_everyone_o
         for k in range(kills):
             smtp_server.wait_for(len(smtp_server.messages) + rng.randint(5, 25), timeout=120)
             victim = rng.choice(sorted(live_workers(record_at)))
-            os.kill(victim, signal.SIGKILL)
+            kill_and_replace(smtp_server, record_at, victim, joined_then=3 + k, live=2)
             killed.append(victim)
-            smtp_server.pause()  # the send stands still until the replacement has joined it
-            try:
-                wait_until("a worker in the place of the killed one", joined(record_at, 3 + k))
-                assert len(live_workers(record_at)) == 2  # N workers again
-            finally:
-                smtp_server.resume()
         _, err = proc.communicate(timeout=300)
     finally:
         finish(proc)
