@@ -295,8 +295,8 @@ def worker(
     """Join a send started with `mailer send --distributed` (same configuration and database), until no reader
     is left.
 
-    Exit status: 0 nothing left to send, 1 refused (also: no send running, without --wait), 4 stopped early,
-    130 Ctrl-C, 143 SIGTERM (also when the send's coordinator stops it).
+    Exit status: 0 nothing left to send, 1 refused (also: no send running, without --wait), 4 stopped early
+    (also: the record lost once reached), 130 Ctrl-C, 143 SIGTERM (also when the send's coordinator stops it).
     """
     console = Console(json_mode=json_mode, quiet=quiet)
     settings = settings_from(ctx, console)

@@ -796,7 +796,8 @@ def work(
             which = f"of issue {issue_id} " if issue_id else ""
             plan = find_plan(ledger, issue_id)
             if plan is None and wait:
-                plan = _wait_for_plan(ledger, issue_id, console, signals, which)
+                with _record_lost():
+                    plan = _wait_for_plan(ledger, issue_id, console, signals, which)
             if plan is None:
                 raise MailerError(
                     f"{settings.db_path}: no send {which}is running there to join (is it the database of"
@@ -817,7 +818,22 @@ def work(
                     " refuse them (another secret_key or key file, list_id, or bounce_address?); not joining"
                 )
             worker = _Worker(ledger, plan, factory, transport, feedback, signals, connections)
-            return worker.run()
+            with _record_lost():
+                return worker.run()
+
+
+@contextlib.contextmanager
+def _record_lost() -> Iterator[None]:
+    """A worker that reached its record and then lost it (a database restart, a fail-over, a cut network)
+    stops early, exit 4, whichever statement met the loss: a commit of the send loop's (SendAborted
+    already), or a look-up between batches, a claim, a lease, its last word. It is a failure every worker
+    meets, which a supervisor restarts it for (docs/workers.md), not a refusal (exit 1) for a person."""
+    try:
+        yield
+    except SendAborted:
+        raise
+    except MailerError as exc:
+        raise SendAborted(f"cannot follow the send in the record: {exc}") from None
 
 
 def _wait_for_plan(ledger: Ledger, issue_id: str, console: Console, signals: StopSignals, which: str) -> Plan:
@@ -902,9 +918,15 @@ class _Worker:
                 self._round()
             if keeper.state == "done":  # the others finished it while this one looked
                 state = "done"
-        finally:
+        except BaseException:
             keeper.close()
-            self.last_word(state)
+            # what stopped it is what it says (and how it exits): a last word that cannot be written either
+            # said so as it tried, and must not take the place of the first failure (or of the signal)
+            with contextlib.suppress(MailerError):
+                self.last_word(state)
+            raise
+        keeper.close()
+        self.last_word(state)
         while state == "done" and not self.signals.signum and not self.end_if_abandoned(ledger):
             time.sleep(ENDING)  # nothing left: until the coordinator (or, if it is gone, this one) ends it
         self.result.report = self.total()

@@ -67,7 +67,7 @@ def test_a_worker_elsewhere_stopped_by_the_database_going_away_says_so_once_it_i
                 proc.kill()
                 proc.wait()
     assert coordinator.returncode == 4
-    assert worker.returncode not in (0, None), said.read_text()
+    assert worker.returncode == 4, said.read_text()  # stopped early: the record lost (test_worker_exits.py)
     assert b"trying again" in said.read_bytes()
     # the publisher runs the same command at once: the worker's lease (120 s) need not run out first
     again = spawn([*args, "--workers", "1"], env, tmp_path)
