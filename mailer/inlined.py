@@ -7,15 +7,19 @@ that renders the post the coordinator rendered a moment before, and `mailer send
 preview` or a dry run rendered already: they read the result here instead.
 
 The key is the page and what else inlining takes (the post's own styles, the classes to keep), and the code
-that does it: the size and time of every module of mailer, premailer and cssutils, so that another version of
-any of them never reads what this one made. The result is stored as HTML and read back by the same parser
-on a miss as on a hit, so that every process works from the same tree. At most KEEP pages are kept.
+that does it: the size and time of every module of mailer, premailer, cssutils and cssselect (premailer's
+selector matching), and of lxml's, binary ones included (it parses and writes the page), with lxml's and the
+running libxml2's versions (a libxml2 shared with the system changes under an lxml that stays the same), so
+that another version of any of them never reads what this one made. The result is stored as HTML and read
+back by the same parser on a miss as on a hit, so that every process works from the same tree. At most KEEP
+pages are kept.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.machinery
 import importlib.util
 import os
 import tempfile
@@ -57,19 +61,24 @@ def _key(page: str, extra: Iterable[str]) -> str:
 
 @functools.cache
 def _code() -> str:
-    """What identifies the code that inlines: each module file's name, size and time of mailer, premailer
-    and cssutils (found without importing the last two, which is what a hit saves)."""
-    folders = [Path(__file__).parent]
-    for name in ("premailer", "cssutils"):
+    """What identifies the code that inlines: each module file's name, size and time of mailer, premailer,
+    cssutils, cssselect (found without importing them, which is what a hit saves) and lxml, and the
+    versions of lxml and of the libxml2 it runs with."""
+    folders = [Path(__file__).parent, Path(etree.__file__).parent]
+    for name in ("premailer", "cssutils", "cssselect"):
         spec = importlib.util.find_spec(name)
         if spec is not None and spec.origin:
             folders.append(Path(spec.origin).parent)
-    marks = []
+    marks = [f"lxml {etree.LXML_VERSION} libxml2 {etree.LIBXML_VERSION}"]
     for folder in folders:
-        for path in sorted(folder.rglob("*.py")):
-            st = path.stat()
-            marks.append(f"{path} {st.st_size} {st.st_mtime_ns}")
+        for path in sorted(folder.rglob("*")):
+            if path.name.endswith(_MODULES):
+                st = path.stat()
+                marks.append(f"{path} {st.st_size} {st.st_mtime_ns}")
     return "\n".join(marks)
+
+
+_MODULES = (".py", *importlib.machinery.EXTENSION_SUFFIXES)  # source and binary modules
 
 
 def _keep(folder: Path, path: Path, text: str) -> None:

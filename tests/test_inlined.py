@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -29,16 +30,21 @@ settings = Settings(
 )
 issue = render_issue(load_post(Path(sys.argv[3])), settings)
 html, text = [c.decode() for c in issue.html.chunks], [c.decode() for c in issue.text.chunks]
-print(json.dumps({"html": html, "text": text, "premailer": "premailer" in sys.modules}))
+from lxml import etree
+loaded = {"premailer": "premailer" in sys.modules, "lxml": etree.__file__}
+print(json.dumps({"html": html, "text": text, **loaded}))
 """
 
 
 def render_apart(
-    data_dir: Path, templates: Path = SHIPPED_TEMPLATES, post: Path = EXAMPLE
+    data_dir: Path,
+    templates: Path = SHIPPED_TEMPLATES,
+    post: Path = EXAMPLE,
+    env: dict[str, str] | None = None,
 ) -> dict[str, object]:
     done = subprocess.run(
         [sys.executable, "-c", RENDER, str(data_dir), str(templates), str(post)],
-        capture_output=True, text=True, check=True, cwd=ROOT,
+        capture_output=True, text=True, check=True, cwd=ROOT, env={**os.environ, **(env or {})},
     )  # fmt: skip
     return dict(json.loads(done.stdout))
 
@@ -85,3 +91,21 @@ def test_only_the_newest_pages_are_kept(tmp_path: Path) -> None:
     assert [f"page {n}" in one for n, one in enumerate(made)] == [True] * (KEEP + 3)
     assert len(list(tmp_path.glob("*.html"))) == KEEP
     assert not list(tmp_path.glob(".*"))  # no temporary file left
+
+
+def test_another_lxml_never_reads_what_this_one_made(tmp_path: Path) -> None:
+    """lxml parses and writes the inlined page, with its libxml2 inside (its binary modules, not .py files):
+    another build or version of it must inline anew. Here a copy of the installed lxml, first on the path,
+    as another installation of it would be; before, the key covered only mailer's, premailer's and
+    cssutils' .py files, and the copy read the page the installed lxml had made."""
+    first = render_apart(tmp_path / "state-made")  # no data folder yet: nothing kept
+    data = tmp_path / "state"
+    data.mkdir()
+    render_apart(data)
+    other = tmp_path / "other-lxml"
+    shutil.copytree(Path(etree.__file__).parent, other / "lxml")
+    again = render_apart(data, env={"PYTHONPATH": str(other)})
+    assert again["lxml"] == str(other / "lxml" / Path(etree.__file__).name)  # the copy did the work
+    assert again["premailer"] is True  # a miss: inlined anew
+    assert again["html"] == first["html"]
+    assert len(list((data / FOLDER).glob("*.html"))) == 2
