@@ -254,13 +254,14 @@ def coordinate(
     # at the next look.
     signals.stopping = True
     local = _Locals(issue_id, crew, settings, feedback, where)
+    watch = _Watch(ledger, where, lease, report, feedback, local, held)
     local.start(ledger)
     try:
         while not signals.signum:
             local.replace_dead(ledger)
             if _finished(ledger, where, local, crew):
                 break
-            _tick(ledger, where, lease, report, feedback, local, held)
+            watch.tick()
             time.sleep(POLL)
         interrupted = Interrupted(signals.signum) if signals.signum else None
         if interrupted is not None:  # Ctrl-C or SIGTERM: every worker stops after its messages in flight
@@ -283,10 +284,10 @@ def coordinate(
                         "UPDATE sends SET state = 'stopped' WHERE issue_id = ? AND destination = ?", where
                     )
                     local.signal(signal.SIGTERM)
-                _tick(ledger, where, lease, report, feedback, local, held)
+                watch.tick()
                 time.sleep(POLL)
-        _last_counts(ledger, where, local, lease, report, feedback, held)
-        _tick(ledger, where, lease, report, feedback, local, held)
+        watch.last_counts()
+        watch.tick()
         _conclude(ledger, where, run_id, report, why=local.gave_up)
     except MailerError as exc:  # the record went away (a database restart) or the lock: stopped early
         local.signal(signal.SIGTERM)
@@ -534,21 +535,45 @@ def stop_with_coordinator(signals: StopSignals) -> None:
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-def _last_counts(
-    ledger: Ledger,
-    where: tuple[str, str],
-    local: _Locals,
-    lease: float,
-    report: Report,
-    feedback: Feedback,
-    held: Callable[[], None],
-) -> None:
-    """Wait for every live worker's last counts (ours, until they end or write them, however long their row
-    has gone without news; the others, until their row goes a lease without news, as a killed one's does),
-    saying meanwhile that the coordinator is alive."""
-    while local.unsettled(ledger) or any(not local.gone(n) for n in _alive_workers(ledger, where, lease)):
-        _tick(ledger, where, lease, report, feedback, local, held)
-        time.sleep(ENDING)
+@dataclass(frozen=True)
+class _Watch:
+    """What the coordinator looks at the record with, and reports to: its send's row (`where`), its own
+    workers, and the check of the issue's lock that proves it alive."""
+
+    ledger: Ledger
+    where: tuple[str, str]
+    lease: float
+    report: Report
+    feedback: Feedback
+    local: _Locals
+    held: Callable[[], None]
+
+    def tick(self) -> None:
+        """Say the coordinator is alive (while it holds the issue's lock), pass on what its workers said, and
+        show every worker's counts so far as one report."""
+        self.held()
+        self.local.relay()
+        self.ledger.write(
+            "UPDATE sends SET alive_until = ? WHERE issue_id = ? AND destination = ?",
+            (time.time() + self.lease, *self.where),
+            rows_only=True,
+        )
+        rows = self.ledger.rows(
+            "SELECT counts FROM send_workers WHERE issue_id = ? AND destination = ?", self.where
+        )
+        add_up(self.report, [json.loads(row[0]) for row in rows])
+        self.feedback.progress(self.report)
+
+    def last_counts(self) -> None:
+        """Wait for every live worker's last counts (ours, until they end or write them, however long their
+        row has gone without news; the others, until their row goes a lease without news, as a killed one's
+        does), saying meanwhile that the coordinator is alive."""
+        local = self.local
+        while local.unsettled(self.ledger) or any(
+            not local.gone(n) for n in _alive_workers(self.ledger, self.where, self.lease)
+        ):
+            self.tick()
+            time.sleep(ENDING)
 
 
 def _alive_workers(ledger: Ledger, where: tuple[str, str], lease: float, but: str = "") -> list[str]:
@@ -625,29 +650,6 @@ def _conclude(
         if ended and report.complete and not died and run_id is not None:
             ledger.finish_run(run_id)
     return ended
-
-
-def _tick(
-    ledger: Ledger,
-    where: tuple[str, str],
-    lease: float,
-    report: Report,
-    feedback: Feedback,
-    local: _Locals,
-    held: Callable[[], None],
-) -> None:
-    """Say the coordinator is alive (while it holds the issue's lock), pass on what its workers said, and
-    show every worker's counts so far as one report."""
-    held()
-    local.relay()
-    ledger.write(
-        "UPDATE sends SET alive_until = ? WHERE issue_id = ? AND destination = ?",
-        (time.time() + lease, *where),
-        rows_only=True,
-    )
-    rows = ledger.rows("SELECT counts FROM send_workers WHERE issue_id = ? AND destination = ?", where)
-    add_up(report, [json.loads(row[0]) for row in rows])
-    feedback.progress(report)
 
 
 def add_up(report: Report, counts: list[dict[str, Any]]) -> None:
