@@ -340,7 +340,7 @@ class _Locals:
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         stderr = _Stderr()
-        proc = _spawn(self.issue_id, self.crew, self.settings, stderr.file, self.own_stderr)
+        proc = _spawn(self.issue_id, self.crew, self.settings, stderr, self.own_stderr)
         self.stderr[proc.pid] = stderr
         return proc
 
@@ -421,7 +421,7 @@ class _Locals:
             proc.wait()
         self.relay()
         for stderr in self.stderr.values():
-            stderr.file.close()
+            stderr.close()
         if self.own_stderr is not None:
             os.close(self.own_stderr)
             self.own_stderr = None
@@ -434,28 +434,44 @@ class _Stderr:
     the coordinator does: the publisher would read the same error once per process. The coordinator says it
     once, and a worker's own error where it concerns that worker alone (in the line about its replacement).
     A file, unlinked, not a pipe: a worker outlives a coordinator killed with -9, and would die of a pipe
-    with no reader the next time it writes.
+    with no reader the next time it writes. The file is open twice: the worker appends to one description
+    (`write`); the coordinator reads the other (`read`), whose offset is where the lines it passed on end,
+    and which the worker inherits too, so that once the coordinator is gone the worker passes on the rest
+    itself (stop_with_coordinator): the lines it wrote since the coordinator's last look are not lost.
     """
 
     def __init__(self) -> None:
-        self.file = tempfile.TemporaryFile()
-        self.read = 0
-        self.partial = b""
+        self.read, path = tempfile.mkstemp(prefix="mailer-worker-", suffix=".err")
+        try:
+            self.write = os.open(path, os.O_WRONLY | os.O_APPEND)
+        finally:
+            os.unlink(path)
         self.error = ""
 
     def relay(self) -> str:
         """Write the whole lines the worker added since the last call to this process's stderr, keeping back
-        its `Error:` line; return that line ('' while it has said none)."""
-        while chunk := os.pread(self.file.fileno(), 1 << 16, self.read):
-            self.read += len(chunk)
-            *lines, self.partial = (self.partial + chunk).split(b"\n")
-            for line in lines:
+        its `Error:` line; return that line ('' while it has said none). The read offset moves past them
+        only once they are written: a coordinator killed in between has them said twice, not lost."""
+        while True:
+            at = os.lseek(self.read, 0, os.SEEK_CUR)
+            chunk = os.pread(self.read, _CHUNK, at)
+            whole = chunk.rfind(b"\n") + 1 or (len(chunk) if len(chunk) == _CHUNK else 0)  # a line > _CHUNK
+            if not whole:
+                return self.error
+            for line in chunk[:whole].splitlines(keepends=True):
                 if line.startswith(b"Error: "):
-                    self.error = line.decode("utf-8", "replace")
+                    self.error = line.rstrip(b"\n").decode("utf-8", "replace")
                 else:
-                    sys.stderr.buffer.write(line + b"\n")
+                    sys.stderr.buffer.write(line)
             sys.stderr.flush()
-        return self.error
+            os.lseek(self.read, at + whole, os.SEEK_SET)
+
+    def close(self) -> None:
+        os.close(self.write)
+        os.close(self.read)
+
+
+_CHUNK = 1 << 16
 
 
 def _progress(ledger: Ledger, where: tuple[str, str]) -> int:
@@ -470,7 +486,7 @@ def _progress(ledger: Ledger, where: tuple[str, str]) -> int:
 
 
 def _spawn(
-    issue_id: str, crew: Crew, settings: Settings, stderr: Any, own_stderr: int | None
+    issue_id: str, crew: Crew, settings: Settings, stderr: _Stderr, own_stderr: int | None
 ) -> subprocess.Popen[bytes]:
     """One local worker: `mailer worker` for this issue, with this command's configuration and environment,
     its stderr to a file of the coordinator's (_Stderr), and the coordinator's own stderr (`own_stderr`)
@@ -484,19 +500,20 @@ def _spawn(
     if settings.offline:
         env["MAILER_OFFLINE"] = "1"
     if own_stderr is not None:
-        env[COORDINATOR] = f"{os.getpid()}:{own_stderr}"
+        env[COORDINATOR] = f"{os.getpid()}:{own_stderr}:{stderr.read}"
     return subprocess.Popen(
         [sys.executable, "-m", "mailer", "worker", "--issue", issue_id, "--quiet"],
         env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,  # the coordinator's --json is the one object on stdout
-        stderr=stderr,
-        pass_fds=() if own_stderr is None else (own_stderr,),
+        stderr=stderr.write,
+        pass_fds=() if own_stderr is None else (own_stderr, stderr.read),
         start_new_session=True,
     )
 
 
-# a local worker's coordinator: "PID:FD", FD the coordinator's stderr, inherited
+# a local worker's coordinator: "PID:FD:READ", FD the coordinator's stderr, READ the description of the
+# worker's own stderr file that the coordinator reads it from (_Stderr), both inherited
 COORDINATOR = "MAILER_COORDINATOR"
 
 
@@ -508,17 +525,19 @@ def stop_with_coordinator(signals: StopSignals) -> None:
     it), unseen (its stderr goes into a file only the coordinator read), and a rerun would be refused
     until it ended. So the kernel signals it when its parent dies (PR_SET_PDEATHSIG; the coordinator starts
     its workers from its main thread, whose end is what counts), and it says so on the coordinator's own
-    stderr, where its later lines go too, then stops after the messages in flight. Linux only; elsewhere
-    such a worker finishes the send, as a `mailer worker` of another host does.
+    stderr, where its later lines go too, after the lines the coordinator had yet to pass on (those of the
+    last 0.2 s: see _Stderr), then stops after the messages in flight. Linux only; elsewhere such a worker
+    finishes the send, as a `mailer worker` of another host does.
     """
-    found = os.environ.pop(COORDINATOR, "")
-    pid, _, fd = found.partition(":")
-    if not (pid.isdigit() and fd.isdigit()) or not sys.platform.startswith("linux"):
+    pid, fd, unread = (os.environ.pop(COORDINATOR, "").split(":") + ["", ""])[:3]
+    if not (pid.isdigit() and fd.isdigit() and unread.isdigit()) or not sys.platform.startswith("linux"):
         return
 
     def gone(signum: int, frame: Any) -> None:
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # once
+        _pass_on(int(unread), int(fd))
         os.dup2(int(fd), 2)
+        _pass_on(int(unread), int(fd))  # what another thread of this worker wrote in the meantime
         os.write(
             2,
             f"worker pid {os.getpid()}: its coordinator (pid {pid}) is gone: stopping after the messages in"
@@ -533,6 +552,13 @@ def stop_with_coordinator(signals: StopSignals) -> None:
 
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _pass_on(unread: int, out: int) -> None:
+    """Copy what is left to read of this worker's stderr file to `out` (the coordinator's stderr)."""
+    while chunk := os.read(unread, _CHUNK):
+        while chunk:
+            chunk = chunk[os.write(out, chunk) :]
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,11 @@ import re
 import signal
 from pathlib import Path
 
+import pytest
+
 from mailer.engine import Location
+from tests.pg import Cluster
+from tests.sends import forty_readers
 from tests.smtpd import SMTPServer
 from tests.test_workers import env_at, recipients, spawn, wait_until, worker_pids, write_list
 
@@ -73,3 +77,46 @@ def test_the_workers_of_a_coordinator_killed_with_9_stop_say_so_and_a_rerun_send
     got = recipients(smtp_server)
     assert set(got) == set(emails)
     assert sum(got.values()) - len(emails) <= 2  # a message in flight on each worker's connection
+
+
+@pytest.mark.postgresql
+def test_what_a_worker_said_just_before_its_coordinator_was_killed_reaches_the_coordinators_stderr(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path, pg_cluster: Cluster
+) -> None:
+    """The coordinator passes on its workers' lines every 0.2 s; one said since its last look was left in
+    the worker's file, which no one read once the coordinator was killed. Here the coordinator is stopped
+    (SIGSTOP: it passes nothing on), a worker then says that a reader failed, and the coordinator is killed
+    with -9: the line must still reach the coordinator's stderr, where the publisher reads. (PostgreSQL: a
+    SQLite coordinator stopped in a write would hold the whole file's lock, and the worker with it.)"""
+    server = pg_cluster.database()
+    emails, args = forty_readers(tmp_path, post, "--workers", "1", "--connections", "1")
+    env = env_at(smtp_server, tmp_path, server, MAILER_SMTP_TIMEOUT="120")
+    smtp_server.reject("user09@example.com")
+    held = smtp_server.hold("user09@example.com")
+    coordinator = spawn(args, env, tmp_path)
+    pids: set[int] = set()
+    try:
+        assert held.reached.wait(timeout=120), "the worker never reached user09"
+        pids = worker_pids(server)
+        assert len(pids) == 1
+        (pid,) = pids
+        coordinator.send_signal(signal.SIGSTOP)
+        held.release.set()
+        line = b"failed: user09@example.com"
+        wait_until("the worker said user09 failed", lambda: line in Path(f"/proc/{pid}/fd/2").read_bytes())
+        coordinator.send_signal(signal.SIGKILL)
+        _, err = coordinator.communicate(timeout=120)  # open until the worker, speaking on it, ends
+        wait_until("the worker ended", lambda: not _alive(pid), timeout=60)
+    finally:
+        held.release.set()
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        if coordinator.poll() is None:
+            coordinator.kill()
+            coordinator.communicate()
+    said = err.decode()
+    assert coordinator.returncode == -signal.SIGKILL
+    assert said.count("failed: user09@example.com") == 1, said
+    assert re.search(r"worker pid \d+: its coordinator \(pid \d+\) is gone: stopping", said), said
+    assert "Traceback" not in said, said
