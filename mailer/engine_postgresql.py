@@ -112,6 +112,14 @@ class _Connection(psycopg.Connection[Any]):
     for ever or for TCP's ~15 minutes of retransmissions, and a send waits with it at a message's final ".".
     libpq's keepalives and tcp_user_timeout see a dead network but not a stopped server, whose kernel still
     answers: so the limit is on every wait for an answer, whatever the cause.
+
+    It rests on what psycopg 3.3 gives below its documented API: wait()'s timeout, and the _WaitTimeout its
+    docstring says it raises (an internal class: "callers should handle it or convert it to a public one",
+    as here). psycopg's documented API has no limit on the wait for a statement's answer: connect_timeout
+    (ConnectionTimeout) covers connecting only; cancel() and cancel_safe(timeout) ask the server, which is
+    what does not answer; notifies(timeout) waits for notifications only; the server's statement_timeout,
+    lock_timeout and idle timeouts are the server's, and a stopped server runs none of them. A psycopg that
+    changes either fails test_pg_hazards.py's frozen-server tests (a traceback or a wait without end).
     """
 
     limit = 60.0
@@ -120,6 +128,7 @@ class _Connection(psycopg.Connection[Any]):
         try:
             return super().wait(gen, interval, self.limit if timeout is None else min(timeout, self.limit))
         except pgerrors._WaitTimeout:  # half-way through a statement: the session is of no further use
+            # (not a public name, and none does the job: see the class's docstring)
             self.pgconn.finish()
             raise _NoAnswer(f"no answer from the server in {self.limit:g} s") from None
 
