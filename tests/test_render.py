@@ -472,6 +472,23 @@ def test_table_code_quote_and_images(rich: Rendered) -> None:
     assert_inlined(rich.doc, (TEMPLATES / "email.css").read_text(encoding="utf-8"))
 
 
+def test_a_floated_image_gets_the_align_outlook_goes_by(tmp_path: Path) -> None:
+    # Outlook ignores CSS float; premailer's img align= from it is now done after inlining (render.py)
+    post = tmp_path / "floats.md"
+    post.write_text(
+        "---\ntitle: Floats\ndate: 2026-02-20\n---\n"
+        "<style>img.aside { float: left }</style>\n\n"
+        '<p><img src="https://cdn.example.com/r.png" alt="r" style="width: 90px; float: right"> right</p>\n\n'
+        '<p><img class="aside" src="https://cdn.example.com/l.png" alt="l" width="90"> left by a rule</p>\n\n'
+        '<p><img src="https://cdn.example.com/n.png" alt="n" style="float: none"> not floated</p>\n\n'
+        '<p><img src="https://cdn.example.com/p.png" alt="p"> plain</p>\n',
+        encoding="utf-8",
+    )
+    rendered = render(post, make_settings(tmp_path))
+    aligns = {img.get("alt"): img.get("align") for img in one(rendered.doc, "td.body-cell").iter("img")}
+    assert aligns == {"r": "right", "l": "left", "n": None, "p": None}
+
+
 def test_relative_links_and_images_become_absolute_with_base_url(rich: Rendered) -> None:
     hrefs = [a.get("href") for a in one(rich.doc, "td.body-cell").iter("a")]
     assert hrefs == [BASE + "archive/2026-02.html", "https://news.example.com/about", "#results"]
