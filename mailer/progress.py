@@ -15,7 +15,6 @@ from .post import load_post
 from .rates import Rates, issue_rates
 from .schedule import require_post
 from .subscribers import ReadStats, Subscriber
-from .workers import under_way, under_way_line
 
 MIN_BAR = 10  # columns; on a narrower terminal the bar is left out and only the figures are shown
 
@@ -249,7 +248,9 @@ def show_status(settings: Settings, target: Path | None, console: Console) -> di
     """`mailer status`: what became of the issue of `target` (a post, its file name, or a folder: today's
     post in it, as `send` takes it), or with None of every issue sent, with a warning for each bounce or
     complaint rate too high; printed for a person (not when quiet) and returned as the --json object's
-    fields."""
+    fields. (workers.py is imported here: a send without --workers does not need it.)"""
+    from .workers import under_way, under_way_line
+
     with Ledger(settings.db_path) as ledger:
         if target is None:
             issues, bounces = ledger.issues(), ledger.bounce_counts()

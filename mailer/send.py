@@ -8,6 +8,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .campaign import Report, SendOptions, run_send
 from .checks import Check, ChecksFailed, blocking, check_issue
@@ -24,10 +25,11 @@ from .rates import Rates, issue_rates
 from .render import Issue, render_issue
 from .schedule import check_age, require_post, resolve_post, today
 from .stopping import StopSignals
-from .stored import read_stored
 from .subscribers import ReadStats, Subscriber
 from .transport import make_transport
-from .workers import Crew, coordinate
+
+if TYPE_CHECKING:
+    from .workers import Crew
 
 
 @dataclass
@@ -227,6 +229,8 @@ def _send(
             return counts[-1].add
 
         if stored:
+            from .stored import read_stored  # a stored list only: with suppressions.py, not needed for a file
+
             lists = read_stored(ledger, stored, count=count)
         else:
             lists = read_lists(paths, voice=console, count=count)
@@ -272,6 +276,8 @@ def _send(
         Ledger(settings.db_path, destination=transport.destination) as ledger,
     ):
         if crew is not None and not options.dry_run:
+            from .workers import coordinate  # --workers only: a lone send does not import workers.py
+
             report = coordinate(
                 ledger, issue, factory, lists.subscribers, expected=deliverable, options=options, crew=crew,
                 settings=settings, feedback=feedback, signals=signals, list_key=lists.key,

@@ -1,0 +1,49 @@
+"""What a `mailer send` process imports: only what its path needs, so that it reaches its first message soon.
+
+The real command in a process of its own under `python -X importtime`, whose stderr names every module the
+process imported: inlining (premailer, cssutils and requests, which premailer imports) only when the inlined
+page is not in the data folder yet (mailer/inlined.py), the workers' and stored lists' modules only with
+--workers or a stored list, psycopg only with a postgresql:// database.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.publisher import env_for
+from tests.smtpd import SMTPServer
+
+INLINING = {"premailer", "cssutils", "requests"}
+NOT_FOR_A_LONE_SEND = {"mailer.workers", "mailer.stored", "mailer.engine_postgresql", "psycopg"}
+
+
+def imported_by_send(args: list[str], env: dict[str, str], cwd: Path) -> set[str]:
+    """The modules `mailer send ARGS` imported (it must succeed)."""
+    full = {**{k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}, **env}
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "mailer", "send", *args],
+        env=full, cwd=cwd, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return set(re.findall(r"^import time: +\d+ \| +\d+ \| +(\S+)$", done.stderr, re.M))
+
+
+def test_a_send_that_finds_its_page_inlined_imports_no_inliner(
+    smtp_server: SMTPServer, post: Path, tmp_path: Path
+) -> None:
+    env = env_for(smtp_server, tmp_path, MAILER_OFFLINE="1")
+    (tmp_path / "state").mkdir()  # the data folder, where the first send keeps the inlined page
+    for name, readers in (("a.csv", 2), ("b.csv", 3)):
+        rows = [f"{name[0]}{i}@readers.example.org" for i in range(readers)]
+        (tmp_path / name).write_text("email\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    first = imported_by_send([str(post), "--to", "a.csv", "--yes", "--force"], env, tmp_path)
+    assert INLINING <= first  # it inlined: the check sees these imports when they happen
+    assert not NOT_FOR_A_LONE_SEND & first
+    second = imported_by_send([str(post), "--to", "b.csv", "--yes", "--force"], env, tmp_path)
+    assert not (INLINING | NOT_FOR_A_LONE_SEND) & second
+    assert {"mailer.campaign", "mailer.transport", "mailer.engine_sqlite"} <= second  # and it did send
+    assert len(smtp_server.wait_for(5)) == 5
