@@ -11,18 +11,20 @@ from __future__ import annotations
 import json
 import os
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from http.client import HTTPConnection, HTTPException, HTTPResponse, HTTPSConnection
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote, urljoin, urlsplit
 
 from . import __version__
 from .imageheader import MAX_SIDE, NotAnImage, Size, read_size
 from .private import make_folder, write_file
+
+if TYPE_CHECKING:
+    from http.client import HTTPConnection, HTTPResponse
 
 BUDGET = 5.0  # seconds for all the fetches of one issue
 CAP = 512 * 1024  # bytes read from one image at most: a JPEG's size can come after a large EXIF block
@@ -201,7 +203,13 @@ def fetch_size(url: str, deadline: float) -> Size:
 
 
 def _get(url: str, deadline: float) -> tuple[str, Size | None]:
-    """One GET: (Location, None) for a redirect, ("", size) for an image."""
+    """One GET: (Location, None) for a redirect, ("", size) for an image.
+
+    The HTTP client and TLS are imported here: a rendering whose sizes are all cached (any send after the
+    first, each worker of `send --workers`) does not need them."""
+    import ssl
+    from http.client import HTTPConnection, HTTPException, HTTPSConnection
+
     try:
         parts = urlsplit(url)
         host, port = (parts.hostname or "").encode("idna").decode("ascii"), parts.port

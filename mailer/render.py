@@ -20,7 +20,6 @@ from markupsafe import Markup
 
 from . import markdown
 from .config import Settings
-from .dark import keep_own_colours
 from .embeds import embed_label
 from .errors import PostError
 from .fields import Expr, FieldError, Tag, mark_post, read_tag, rewrite_template, truthy
@@ -387,6 +386,8 @@ def inline_css(
     that no rule left in <style> uses (the template's are kept): the size is Gmail's clipping budget.
     Boxes the post paints itself keep their colours in dark mode (mailer.dark).
     """
+    from .dark import keep_own_colours  # with lxml.cssselect: on an inlined-page cache miss only
+
     premailer = _premailer_class()
     try:
         tree = etree.fromstring(page.strip(), etree.HTMLParser()).getroottree()
