@@ -3,7 +3,7 @@
 The real command in a process of its own under `python -X importtime`, whose stderr names every module the
 process imported: inlining (premailer, cssutils, requests) only when the inlined page is not in the data
 folder yet (mailer/inlined.py), the workers' and stored lists' modules only with --workers or a stored list,
-psycopg only with a postgresql:// database.
+psycopg only with a postgresql:// database; requests, which premailer imports, not at all.
 """
 
 from __future__ import annotations
@@ -14,12 +14,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.conftest import EXAMPLE, ROOT
 from tests.publisher import env_for
 from tests.smtpd import SMTPServer
 
-# what inlining imports (premailer imports requests, and with it http.client; dark.py lxml.cssselect), and
-# what else a rendering whose image sizes are all cached does not need
-INLINING = {"premailer", "cssutils", "requests", "lxml.cssselect", "http.client"}
+# what inlining imports (dark.py lxml.cssselect, cssutils urllib.request and with it http.client), and what
+# else a rendering whose image sizes are all cached does not need
+INLINING = {"premailer", "cssutils", "lxml.cssselect", "http.client"}
+# premailer imports requests for what inlining never does (render.py puts a stand-in in its place)
+NOT_EVEN_TO_INLINE = {"requests", "urllib3", "charset_normalizer"}
 NOT_FOR_A_LONE_SEND = {"mailer.workers", "mailer.stored", "mailer.engine_postgresql", "psycopg"}
 
 
@@ -44,8 +47,27 @@ def test_a_send_that_finds_its_page_inlined_imports_no_inliner(
         (tmp_path / name).write_text("email\n" + "\n".join(rows) + "\n", encoding="utf-8")
     first = imported_by_send([str(post), "--to", "a.csv", "--yes", "--force"], env, tmp_path)
     assert INLINING <= first  # it inlined: the check sees these imports when they happen
-    assert NOT_FOR_A_LONE_SEND & first == set()
+    assert (NOT_EVEN_TO_INLINE | NOT_FOR_A_LONE_SEND) & first == set()
     second = imported_by_send([str(post), "--to", "b.csv", "--yes", "--force"], env, tmp_path)
     assert (INLINING | NOT_FOR_A_LONE_SEND) & second == set()
     assert {"mailer.campaign", "mailer.transport", "mailer.engine_sqlite"} <= second  # and it did send
     assert len(smtp_server.wait_for(5)) == 5
+
+
+def test_requests_serves_a_later_use_in_the_process_that_inlined(tmp_path: Path) -> None:
+    # the stand-in render.py puts in sys.modules["requests"] imports the real one at its first use
+    code = "\n".join([
+        "import sys",
+        "from pathlib import Path",
+        "from mailer.config import Settings",
+        "from mailer.post import load_post",
+        "from mailer.render import render_issue",
+        f"settings = Settings(data_dir=Path({str(tmp_path)!r}), offline=True)",
+        f"render_issue(load_post(Path({str(EXAMPLE)!r})), settings)",
+        "stood_in = 'urllib3' not in sys.modules and 'premailer' in sys.modules",
+        "import requests",
+        "print(stood_in, requests.codes.ok, requests.Session.__module__, 'urllib3' in sys.modules)",
+    ])  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["True", "200", "requests.sessions", "True"]
