@@ -10,6 +10,7 @@ IGNORE, no rowid.
 
 from __future__ import annotations
 
+import re
 import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
@@ -53,6 +54,15 @@ def is_url(text: str) -> bool:
 
 def parse_url(text: str) -> Server:
     """A `database` URL checked for shape (port, database name); a ValueError says what is wrong."""
+    scheme, _, rest = text.partition("://")
+    authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    if rest.count("@") > 1 or "@" in rest[len(authority) :]:
+        # a password with an '@', '/', '?' or '#' of its own: libpq and urllib split such a URL at different
+        # places, and what either takes for the host or the port is a piece of the password
+        raise ValueError(
+            f"'{scheme}://...' is not a PostgreSQL URL: an '@', '/', '?' or '#' in its user or password must"
+            " be percent-encoded (%40, %2F, %3F, %23), or give the password in MAILER_DATABASE_PASSWORD"
+        )
     try:
         parts = urllib.parse.urlsplit(text)
         parts.port  # noqa: B018 - raises ValueError on a port that is not a number in range
@@ -66,20 +76,23 @@ def parse_url(text: str) -> Server:
 
 
 def redact(url: str) -> str:
-    """The URL with the password (user:PASSWORD@ or ?password=) replaced by ***."""
+    """The URL with the password (user:PASSWORD@ or ?password=) replaced by ***.
+
+    The user info ends at the URL's last '@', wherever a '/', '?' or '#' stands before it: a password
+    pasted unencoded may hold any of them (parse_url refuses such a URL, and names it through here)."""
+    scheme, _, rest = url.partition("://")
+    userinfo, at, tail = rest.rpartition("@")
+    if at and ":" in userinfo:
+        rest = f"{userinfo.partition(':')[0]}:***@{tail}"
     try:
-        parts = urllib.parse.urlsplit(url)
+        parts = urllib.parse.urlsplit(f"{scheme}://{rest}")
     except ValueError:
         return "postgresql://***"  # unparseable: any part of it might be the password
-    netloc = parts.netloc
-    userinfo, at, hostport = netloc.rpartition("@")
-    if at and ":" in userinfo:
-        netloc = f"{userinfo.partition(':')[0]}:***@{hostport}"
     query = "&".join(
         f"{key}=***" if key.lower() == "password" else f"{key}={value}" if sep else key
         for key, sep, value in (pair.partition("=") for pair in parts.query.split("&") if pair)
     )
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, query, ""))
 
 
 class Cursor(Protocol):

@@ -120,6 +120,22 @@ def test_a_bad_url_is_one_line_without_its_password(url: str, says: str) -> None
     assert says in line and "pw9" not in result.output
 
 
+@pytest.mark.parametrize("special", ["/", "?", "#", "@"])
+def test_a_password_with_a_character_the_url_must_encode_is_refused_without_showing_any_of_it(
+    special: str,
+) -> None:
+    # a generated password (base64 has '/', others '@', '?', '#') pasted into the URL unencoded: urllib and
+    # libpq then split the URL elsewhere, and whatever part they took for the port or the host was printed
+    password = f"Kx7Qz{special}Wm3Rt"
+    url = f"postgresql://mailer:{password}@127.0.0.1:5432/mailer"
+    for command in (["db", "migrate"], ["config"]):
+        result = mailer(*command, env={"MAILER_DATABASE": url})
+        assert result.exit_code == 1, result.output
+        [line] = errors(result)
+        assert "Kx7Qz" not in result.output and "Wm3Rt" not in result.output, line
+        assert "percent-encode" in line and "MAILER_DATABASE_PASSWORD" in line, line
+
+
 def test_an_unreachable_server_or_a_missing_database_is_one_line(server: Server) -> None:
     with socket.socket() as bound:  # bound and never listening: refused, and no other process can take it
         bound.bind(("127.0.0.1", 0))
