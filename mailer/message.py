@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import binascii
+import hashlib
 import secrets
 import time
 from collections.abc import Callable, Mapping
@@ -26,7 +27,7 @@ class MessageFactory:
         settings: Settings,
         *,
         sign: Callable[[str], str],
-        dkim: Callable[[bytes], bytes] | None = None,
+        dkim: DkimSigner | None = None,
         return_paths: ReturnPaths | None = None,
     ) -> None:
         self.issue = issue
@@ -40,13 +41,16 @@ class MessageFactory:
         self.boundary = boundary
         # written by hand, not with email.message: Python 3.11's folder turns a value such as
         # "=?utf-8?q?=0D=0ABcc:_x?=" into a real CR LF and so an extra header
-        static = [f"From: {mailbox(settings.from_name, settings.from_email)}"]
+        senders = [f"From: {mailbox(settings.from_name, settings.from_email)}"]
         reply_to = _reply_to(settings.reply_to)
         if reply_to:
-            static.append(f"Reply-To: {mailbox(*reply_to)}")
-        static += [
+            senders.append(f"Reply-To: {mailbox(*reply_to)}")
+        list_id = f"List-Id: {mailbox(settings.list_name or settings.from_name, settings.effective_list_id)}"
+        self._sender = [*senders, list_id]  # this host's part of every head (sender_identity)
+        static = [
+            *senders,
             f"Subject: {encode_text(issue.subject)}",
-            f"List-Id: {mailbox(settings.list_name or settings.from_name, settings.effective_list_id)}",
+            list_id,
             "List-Unsubscribe-Post: List-Unsubscribe=One-Click",
             "MIME-Version: 1.0",
             f'Content-Type: multipart/alternative; boundary="{boundary}"',
@@ -66,6 +70,14 @@ class MessageFactory:
         It carries the message's tag (envelope.message_tag), so a bounce that quotes it names the reader.
         """
         return f"<{self.issue.issue_id}.{message_tag(self.issue.issue_id, email).hex()}@{self.domain}>"
+
+    def sender_identity(self) -> str:
+        """Who every message says it is from and who vouches for it, as this host's settings make them: From,
+        Reply-To, List-Id, the Message-ID's domain and the DKIM signer. Two hosts that send one issue must
+        agree on it (workers.fingerprint): else part of the list gets mail that replies elsewhere or that
+        its provider junks (another From or no DKIM signature, DMARC)."""
+        signer = self.dkim.identity if self.dkim is not None else "no DKIM"
+        return "\n".join([*self._sender, f"Message-ID domain: {self.domain}", signer])
 
     def envelope_sender(self, email: str) -> str:
         """MAIL FROM for this subscriber's message: its own signed bounce address, else from_email."""
@@ -235,13 +247,42 @@ def _soft_end(encoded: bytes) -> bytes:
     return encoded + b"=\r\n"
 
 
-def dkim_signer(settings: Settings) -> Callable[[bytes], bytes] | None:
-    """A DKIM signer whose h= covers the headers RFC 8058 needs signed, or None when DKIM is off."""
+class DkimSigner:
+    """A DKIM signer; its `identity` (selector, domain, a digest of the key) tells one from another."""
+
+    # the headers the signature covers: RFC 8058 wants List-Unsubscribe and List-Unsubscribe-Post signed
+    HEADERS = [
+        b"from", b"to", b"subject", b"date", b"message-id", b"list-id",
+        b"list-unsubscribe", b"list-unsubscribe-post", b"mime-version", b"content-type",
+    ]  # fmt: skip
+
+    def __init__(self, key_file: str, key: bytes, selector: bytes, domain: bytes) -> None:
+        self.key_file = key_file
+        self.key = key
+        self.selector = selector
+        self.domain = domain
+        digest = hashlib.sha256(key).hexdigest()[:16]
+        self.identity = f"DKIM s={selector.decode()} d={domain.decode()} key sha256 {digest}"
+
+    def __call__(self, message: bytes) -> bytes:
+        import dkim
+
+        from .errors import ConfigError
+
+        try:
+            signature: bytes = dkim.sign(
+                message, self.selector, self.domain, self.key, include_headers=self.HEADERS
+            )
+        except dkim.DKIMException as exc:
+            raise ConfigError(f"{self.key_file}: DKIM signing failed: {exc}") from None
+        return signature.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") + message
+
+
+def dkim_signer(settings: Settings) -> DkimSigner | None:
+    """The DKIM signer of these settings, or None when DKIM is off."""
     if not settings.dkim_key_file:
         return None
     from pathlib import Path
-
-    import dkim
 
     from .errors import ConfigError
 
@@ -253,19 +294,7 @@ def dkim_signer(settings: Settings) -> Callable[[bytes], bytes] | None:
     domain = (settings.dkim_domain or settings.sender_domain).encode()
     if not selector:
         raise ConfigError("dkim_selector must be set when dkim_key_file is")
-    headers = [
-        b"from", b"to", b"subject", b"date", b"message-id", b"list-id",
-        b"list-unsubscribe", b"list-unsubscribe-post", b"mime-version", b"content-type",
-    ]  # fmt: skip
-
-    def sign(message: bytes) -> bytes:
-        try:
-            signature: bytes = dkim.sign(message, selector, domain, key, include_headers=headers)
-        except dkim.DKIMException as exc:
-            raise ConfigError(f"{settings.dkim_key_file}: DKIM signing failed: {exc}") from None
-        return signature.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") + message
-
-    return sign
+    return DkimSigner(settings.dkim_key_file, key, selector, domain)
 
 
 def make_factory(issue: Issue, settings: Settings, *, console: Voice = SILENT) -> MessageFactory:

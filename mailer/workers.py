@@ -68,18 +68,20 @@ COUNTED = (
 
 def fingerprint(issue: Issue, factory: MessageFactory) -> str:
     """What every reader's message shares, hashed: two hosts that render the post alike get the same first
-    half; two that sign and address a reader's message alike (the unsubscribe key, list id and web_url, the
-    bounce address) the same second half."""
+    part; two that say and sign who the messages are from alike (From, Reply-To, List-Id, DKIM) the same
+    second; two that sign and address a reader's message alike (the unsubscribe key, list id and web_url, the
+    bounce address) the same third."""
     h = hashlib.sha256(issue.subject.encode())
     for part in (issue.html, issue.text):
         h.update(b"\0part")
         for chunk in part.chunks:
             h.update(len(chunk).to_bytes(8, "big") + chunk)
+    sender = hashlib.sha256(factory.sender_identity().encode()).hexdigest()
     probe = (
         "fingerprint@mailer.invalid"  # a reader no list has: its link and return path as this host makes them
     )
     reader = "\0".join((factory.unsubscribe_url(probe), factory.envelope_sender(probe)))
-    return f"{h.hexdigest()} {hashlib.sha256(reader.encode()).hexdigest()}"
+    return f"{h.hexdigest()} {sender} {hashlib.sha256(reader.encode()).hexdigest()}"
 
 
 def batch_size(readers: int, workers: int) -> int:
@@ -834,16 +836,22 @@ def work(
             issue = render_issue(parse_post(plan.post.encode("utf-8"), Path(plan.post_name)), settings)
             factory = make_factory(issue, settings, console=console)
             mine, theirs = fingerprint(issue, factory).split(), plan.fingerprint.split()
-            if mine[0] != theirs[0]:
+            if len(mine) != len(theirs) or mine[0] != theirs[0]:
                 raise MailerError(
                     f"{plan.post_name}: this host renders issue {plan.issue_id} otherwise than the host that"
                     " started the send (another mailer version, configuration or templates?); not joining"
                 )
-            if mine != theirs:
+            if mine[2] != theirs[2]:
                 raise MailerError(
                     f"{plan.post_name}: this host would sign the readers' unsubscribe links of issue"
                     f" {plan.issue_id} otherwise than the host that started the send, and the web pages would"
                     " refuse them (another secret_key or key file, list_id, or bounce_address?); not joining"
+                )
+            if mine != theirs:
+                raise MailerError(
+                    f"{plan.post_name}: this host would say who issue {plan.issue_id}'s messages are from, or"
+                    " sign them, otherwise than the host that started the send (another from_email, reply_to,"
+                    " list_name, or DKIM key, selector or domain?); not joining"
                 )
             worker = _Worker(ledger, plan, factory, transport, feedback, signals, connections)
             with _record_lost():

@@ -3,7 +3,9 @@
 A worker renders the issue itself and signs each reader's unsubscribe link with its own key. A host whose
 key (or web_url, list id, bounce address) differs mails links that the web hosts refuse: those readers
 could not unsubscribe. Such a worker must be refused before it sends anything, as one that renders the
-post otherwise is (test_workers.py).
+post otherwise is (test_workers.py). So must one whose messages would say otherwise who they are from (From,
+Reply-To, List-Id) or be signed otherwise (DKIM): its share of the readers would get mail that replies
+elsewhere, or that their provider junks or rejects (DMARC).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.pg import Cluster, rows
 from tests.publisher import env_for
@@ -47,6 +51,62 @@ def test_a_worker_that_would_sign_or_link_readers_otherwise_is_refused(
         assert odd.returncode == 1, odd_err.decode()
         [line] = [x for x in odd_err.decode().splitlines() if x.startswith("Error: ")]
         assert "unsubscribe links" in line and "not joining" in line, line
+        assert "Traceback" not in odd_err.decode() and smtp_server.messages == []
+        good = spawn(["worker"], env, tmp_path)
+        good.communicate(timeout=120)
+        _, err = coordinator.communicate(timeout=120)
+    finally:
+        if coordinator.poll() is None:
+            coordinator.kill()
+    assert coordinator.returncode == 0, err.decode()
+    assert recipients(smtp_server) == Counter({"a@example.com": 1, "b@example.com": 1})
+
+
+def _dkim_key(path: Path) -> Path:
+    path.parent.mkdir(exist_ok=True)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    path.write_bytes(pem)
+    return path
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        {"MAILER_REPLY_TO": "someone-else@aidaily.news"},
+        {"MAILER_FROM_EMAIL": "editor@aidaily.news"},  # the bounce address is set: MAIL FROM stays as it was
+        {"MAILER_LIST_NAME": "Another List"},
+        {"MAILER_DKIM_KEY_FILE": ""},  # the host whose key file was not copied, its setting taken out
+        {"MAILER_DKIM_KEY_FILE": "{tmp}/other-key/dkim.pem"},  # a key of its own
+        {"MAILER_DKIM_SELECTOR": "other"},
+    ],
+    ids=["reply_to", "from_email", "list_name", "no-dkim", "other-dkim-key", "dkim_selector"],
+)
+def test_a_worker_whose_messages_would_say_or_sign_their_sender_otherwise_is_refused(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path, other: dict[str, str]
+) -> None:
+    key = _dkim_key(tmp_path / "dkim.pem")
+    _dkim_key(tmp_path / "other-key" / "dkim.pem")
+    csv = write_list(tmp_path / "subs.csv", ["a@example.com", "b@example.com"])
+    db = tmp_path / "state" / "mailer.db"
+    env = env_for(
+        smtp_server, tmp_path, MAILER_WORKER_LEASE=LEASE, MAILER_DATABASE=str(db),
+        MAILER_BOUNCE_ADDRESS="bounces@aidaily.news", MAILER_DKIM_KEY_FILE=str(key),
+        MAILER_DKIM_SELECTOR="mail",
+    )  # fmt: skip
+    coordinator = spawn(
+        ["send", str(post), "--to", str(csv), "--yes", "--force", "--distributed", "--workers", "0"],
+        env, tmp_path,
+    )  # fmt: skip
+    try:
+        wait_until("the send in the record", lambda: _running(db))
+        odd = spawn(["worker"], {**env, **{k: v.format(tmp=tmp_path) for k, v in other.items()}}, tmp_path)
+        _, odd_err = odd.communicate(timeout=60)
+        assert odd.returncode == 1, odd_err.decode()
+        [line] = [x for x in odd_err.decode().splitlines() if x.startswith("Error: ")]
+        assert "otherwise than the host that started the send" in line and "not joining" in line, line
         assert "Traceback" not in odd_err.decode() and smtp_server.messages == []
         good = spawn(["worker"], env, tmp_path)
         good.communicate(timeout=120)
