@@ -311,15 +311,23 @@ class Ledger:
     """
 
     def __init__(
-        self, path: Location, *, timeout: float = 30.0, create: bool = True, destination: str = SMTP
+        self,
+        path: Location,
+        *,
+        timeout: float = 30.0,
+        create: bool = True,
+        destination: str = SMTP,
+        upgrade: bool = True,
     ) -> None:
-        """Open (with `create`, make) the database; create=False refuses a missing one instead."""
+        """Open (with `create`, make) the database; create=False refuses a missing one instead, and
+        upgrade=False a schema older than this mailer's (a worker that joins a send an older mailer runs)."""
         if destination not in DESTINATIONS:
             raise ValueError(f"not a destination: {destination!r}")
         self.path = path
         self.destination = destination
         self.timeout = timeout
         self.create = create
+        self.upgrade = upgrade
         self._depth = 0
         self.found_version = 0  # the schema's number before this opening made or upgraded it
         self._engine: Engine | None = None
@@ -335,6 +343,12 @@ class Ledger:
         self.found_version = self.schema_version()
         if self.found_version == SCHEMA_VERSION:
             return
+        if not self.upgrade and 0 < self.found_version < SCHEMA_VERSION:
+            raise MailerError(
+                f"{self.path}: written by an older mailer (schema {self.found_version}, this one knows"
+                f" {SCHEMA_VERSION}), which may be sending from it now: not upgraded under it; run the mailer"
+                " version of the host that started the send, or `mailer db migrate` once no send runs"
+            )
         self.found_version = self.migrate()  # read again under the lock: another process may have made it
 
     def schema_version(self) -> int:

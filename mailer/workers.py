@@ -822,7 +822,10 @@ def work(
     with signals.install():
         stop_with_coordinator(signals)
         transport = make_transport(settings, console)
-        with Ledger(settings.db_path, create=False, destination=transport.destination) as ledger:
+        # a record an older mailer keeps is left as it is: its send's processes would refuse it upgraded
+        with Ledger(
+            settings.db_path, create=False, destination=transport.destination, upgrade=False
+        ) as ledger:
             which = f"of issue {issue_id} " if issue_id else ""
             plan = find_plan(ledger, issue_id)
             if plan is None and wait:

@@ -5,7 +5,9 @@ key (or web_url, list id, bounce address) differs mails links that the web hosts
 could not unsubscribe. Such a worker must be refused before it sends anything, as one that renders the
 post otherwise is (test_workers.py). So must one whose messages would say otherwise who they are from (From,
 Reply-To, List-Id) or be signed otherwise (DKIM): its share of the readers would get mail that replies
-elsewhere, or that their provider junks or rejects (DMARC).
+elsewhere, or that their provider junks or rejects (DMARC). And a worker of a newer mailer must not upgrade
+the record under a send that an older one runs: every process of that send would then be refused by the
+record ('written by a newer mailer'), mid-send, and so would the other hosts' `mailer serve`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from mailer.engine import Location
+from mailer.ledger import SCHEMA_VERSION
 from tests.pg import Cluster, rows
 from tests.publisher import env_for
 from tests.sends import held_send, rerun_finishes
@@ -116,6 +120,43 @@ def test_a_worker_whose_messages_would_say_or_sign_their_sender_otherwise_is_ref
             coordinator.kill()
     assert coordinator.returncode == 0, err.decode()
     assert recipients(smtp_server) == Counter({"a@example.com": 1, "b@example.com": 1})
+
+
+def _schema(record: Location) -> int:
+    if isinstance(record, Path):
+        return int(rows(record, "PRAGMA user_version")[0][0])  # type: ignore[call-overload]
+    return int(rows(record, "SELECT version FROM mailer_schema")[0][0])  # type: ignore[call-overload]
+
+
+def test_a_worker_of_a_newer_mailer_leaves_the_record_of_an_older_send_as_it_is(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path, record_at: Location
+) -> None:
+    csv = write_list(tmp_path / "subs.csv", ["a@example.com", "b@example.com"])
+    env = env_at(smtp_server, tmp_path, record_at)
+    coordinator = spawn(
+        ["send", str(post), "--to", str(csv), "--yes", "--force", "--distributed", "--workers", "0"],
+        env, tmp_path,
+    )  # fmt: skip
+    try:
+        wait_until("the send in the record", lambda: _running(record_at))
+        # the record as the mailer before schema 9 keeps it: the send is that older mailer's
+        older = SCHEMA_VERSION - 1
+        rows(record_at, "DROP INDEX deliveries_unsent")
+        rows(record_at, "CREATE INDEX deliveries_by_state ON deliveries(issue_id, destination, state)")
+        if isinstance(record_at, Path):
+            rows(record_at, f"PRAGMA user_version = {older}")
+        else:
+            rows(record_at, f"UPDATE mailer_schema SET version = {older}")
+        newer = spawn(["worker"], env, tmp_path)
+        _, said = newer.communicate(timeout=60)
+        assert newer.returncode == 1, said.decode()
+        [line] = [x for x in said.decode().splitlines() if x.startswith("Error: ")]
+        assert f"schema {older}" in line and "older mailer" in line and "mailer db migrate" in line, line
+        assert "Traceback" not in said.decode() and smtp_server.messages == []
+        assert _schema(record_at) == older
+    finally:
+        coordinator.kill()
+        coordinator.communicate()
 
 
 @pytest.mark.postgresql
