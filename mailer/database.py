@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import Settings
-from .engine import Location, Server
+from .engine import Location, Server, issue_lock
 from .errors import MailerError
 from .ledger import SCHEMA_VERSION, Ledger
 
@@ -82,6 +82,14 @@ def copy_sqlite(settings: Settings, source: Path) -> Copied:
             read = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mailer-copy-"))) / source.name
             _snapshot(source, read)
         old = stack.enter_context(Ledger(read, create=False))
+        for (issue_id,) in old.rows("SELECT issue_id FROM issues"):
+            # held to the end: a send that runs on the file would go on mailing into it alone, and the
+            # first send on PostgreSQL would mail again every reader it mailed after the copy
+            try:
+                stack.enter_context(issue_lock(source, issue_id))
+            except MailerError as exc:
+                said = f"{source}: in use by a send, nothing copied (stop it first): {exc}"
+                raise MailerError(said) from None
         new = stack.enter_context(Ledger(target))
         with old.transaction():  # the file holds still while it is read
             tables = _tables_in_order(old)

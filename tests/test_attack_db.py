@@ -22,6 +22,7 @@ from mailer.ledger import SCHEMA_VERSION, Ledger
 from tests import publisher
 from tests.command import invoke
 from tests.pg import Cluster, database_env, rows
+from tests.sends import forty_readers, held_send
 from tests.smtpd import SMTPServer
 from tests.test_workers import env_at, recipients, spawn, states, write_list
 
@@ -223,3 +224,24 @@ def test_a_lone_send_whose_look_up_in_the_record_fails_exits_as_stopped_and_a_re
     _, err = again.communicate(timeout=300)
     assert again.returncode == 0, err.decode()
     assert recipients(smtp_server) == Counter(emails)
+
+
+def test_copy_of_a_file_a_send_is_writing_is_refused_and_leaves_the_target_empty(
+    smtp_server: SMTPServer, server: Server, tmp_path: Path, post: Path
+) -> None:
+    # the publisher copies the record to PostgreSQL while the daily send still runs on the file: the copy
+    # would take the readers mailed so far, the send would go on mailing the rest into the file alone, and
+    # the first send on PostgreSQL would mail those again (most of the list)
+    source = tmp_path / "state" / "mailer.db"
+    _, args = forty_readers(tmp_path, post)
+    env = {**publisher.env_for(smtp_server, tmp_path), "MAILER_DATABASE": str(source)}
+    with held_send(smtp_server, args, env, tmp_path) as (proc, _):
+        copied = invoke(["db", "copy", str(source)], _env(tmp_path, server))
+        assert copied.exit_code == 1, copied.output
+        [line] = copied.stderr.splitlines()
+        assert line.startswith(f"Error: {source}: ") and "a send" in line and "running" in line, line
+        assert f"pid {proc.pid}" in line, line
+    assert rows(server, "SELECT count(*) FROM pg_tables WHERE schemaname = current_schema()") == [(0,)]
+    # once the send has ended (here: killed), the same copy goes ahead
+    assert invoke(["db", "copy", str(source)], _env(tmp_path, server)).exit_code == 0
+    assert rows(server, "SELECT count(*) FROM issues") == [(1,)]
