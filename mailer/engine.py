@@ -123,8 +123,10 @@ class Engine(Protocol):
         ...
 
     def write_batch(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        """Run one write for many rows in a transaction of its own, which need not exclude other writers
-        (each row's write stands alone); rows in key order, so two such batches never deadlock."""
+        """Run one write for one or many rows in a transaction of its own, which need not exclude other
+        writers (each row's write stands alone); rows in key order, so two such batches never deadlock. The
+        way a send's outcomes are written, one commit per message at one connection: each engine's
+        cheapest."""
         ...
 
     # What a SELECT in a begin_rows() transaction adds to lock the rows it returns and pass over those

@@ -831,13 +831,6 @@ class Ledger:
             )
             for email, state, code, reply in outcomes
         ]
-        if len(rows) == 1 and not self._depth:
-            # one statement is its own transaction, locked for writing from its start like BEGIN
-            # IMMEDIATE, and costs one call into SQLite instead of three (each of which gives up
-            # the GIL and must win it back before the next), one round trip to PostgreSQL instead of three
-            with self._errors():
-                self._db.execute(_RECORD, rows[0])
-            return
         if self._depth:
             with self._errors():
                 self._db.executemany(_RECORD, rows)

@@ -314,7 +314,9 @@ def test_reset_failed_turns_permanent_failures_into_fresh_retries(ledger: Ledger
 
 def test_a_batch_of_outcomes_ends_as_the_same_outcomes_written_one_at_a_time(db: Location) -> None:
     """A batch is one statement on PostgreSQL: a reader twice in it (an in-doubt message settled, a retry)
-    must end as the outcomes one by one do, and each row keep the tag a bounce finds its reader by."""
+    must end as the outcomes one by one do, and each row keep the tag a bounce finds its reader by; so
+    must a batch of distinct readers (one statement, no rounds) and a lone outcome (a statement of its
+    own)."""
     batch = [
         ("Ann@Example.com", "sending", 0, ""),
         ("bo@example.com", "deferred", 451, "later"),
@@ -335,6 +337,17 @@ def test_a_batch_of_outcomes_ends_as_the_same_outcomes_written_one_at_a_time(db:
             assert a is not None and b is not None
             assert a.outcome() == b.outcome(), email
             assert led.tagged(message_tag(ISSUE, email)) == Recipient(ISSUE, email)
+        distinct = [batch[i] for i in (1, 3, 6)]
+        for issue in ("distinct", "distinct-one-by-one"):
+            led.start_issue(issue, "hash-3", "Monday's post, each reader once")
+        led.record_outcomes("distinct", distinct)
+        for outcome in distinct:
+            led.record_outcomes("distinct-one-by-one", [outcome])
+        for email, state, code, reply in distinct:
+            a, b = delivery(led, "distinct", email), delivery(led, "distinct-one-by-one", email)
+            assert a is not None and b is not None
+            assert a.outcome() == b.outcome() == (state, 1, code, reply), email
+            assert led.tagged(message_tag("distinct", email)) == Recipient("distinct", email)
         settled, retried = delivery(led, ISSUE, "ann@example.com"), delivery(led, ISSUE, "bo@example.com")
         assert settled is not None and (settled.state, settled.attempts) == ("sent", 1)  # in doubt, then sent
         assert retried is not None and (retried.state, retried.attempts) == ("failed", 2)
