@@ -8,6 +8,7 @@ import os
 import re
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -175,14 +176,18 @@ def test_rate_limit_holds_across_connections(smtp_server: SMTPServer, tmp_path: 
     assert elapsed >= 10 / 20 * 0.95  # 11 starts at 20/s cannot take less than 0.5 s
 
 
-def test_server_down_stops_early_with_a_clear_message(tmp_path: Path, post: Path) -> None:
-    server = SMTPServer().start()
-    port = server.port
-    server.stop()  # nothing listens there now
+def test_server_down_stops_early_with_a_clear_message(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path
+) -> None:
     emails = [f"user{i}@example.com" for i in range(200)]
     csv = write_list(tmp_path / "subs.csv", emails)
-    env = env_for(server, tmp_path, MAILER_SMTP_PORT=str(port), MAILER_MAX_CONSECUTIVE_FAILURES="5")
-    code, _, err = run(send_args(post, csv), env)
+    # bound but never listening: every connection is refused, and no other process can take the port (as
+    # one could a stopped server's, and answer the send) while it runs
+    with socket.socket() as down:
+        down.bind(("127.0.0.1", 0))
+        port = down.getsockname()[1]
+        env = env_for(smtp_server, tmp_path, MAILER_SMTP_PORT=str(port), MAILER_MAX_CONSECUTIVE_FAILURES="5")
+        code, _, err = run(send_args(post, csv), env)
     assert code == 4  # stopped early
     assert "failures in a row" in err
     assert "Traceback" not in err
