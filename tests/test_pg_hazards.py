@@ -21,13 +21,23 @@ from mailer.engine import Server
 from tests.pg import Cluster, rows
 from tests.sends import forty_readers, held_send, rerun_finishes
 from tests.smtpd import SMTPServer
-from tests.test_workers import env_at, recipients, spawn, states, wait_until, write_list
+from tests.test_workers import (
+    _stderr_of,
+    env_at,
+    recipients,
+    spawn,
+    states,
+    wait_until,
+    worker_pids,
+    write_list,
+)
 
 pytestmark = pytest.mark.postgresql
 
 # database_timeout in these tests: seconds without an answer before mailer gives up (small, yet long enough
 # that a loaded machine's answers before the freeze come within it)
 LIMIT = "5"
+RETRYING = b"cannot write this worker's end to the record"  # a stopped worker whose record is away
 
 
 @pytest.fixture(scope="module")
@@ -145,12 +155,28 @@ def test_a_rerun_right_after_the_database_came_back_goes_ahead_at_once(
     emails, args = forty_readers(tmp_path, post, "--workers", "2")
     env = {**env_at(smtp_server, tmp_path, server, MAILER_SMTP_TIMEOUT="120"), "MAILER_WORKER_LEASE": "60"}
     with held_send(smtp_server, args, env, tmp_path) as (proc, held):
+        wait_until("both workers in the record", lambda: len(worker_pids(server)) == 2)
+        workers = worker_pids(server)
         try:
             pg_cluster.admin(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false")
             pg_cluster.admin(
                 f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
             )
             held.release.set()
+            # a worker stopped by its coordinator tries to write its end every second for a lease (60 s) and
+            # its coordinator waits for it: the further SIGTERM that ends those tries at once, to each that
+            # says it tries, leaves the record as the lease's end would, but a minute sooner
+            hurried: set[int] = set()
+
+            def ended() -> bool:
+                for pid in workers - hurried:
+                    with contextlib.suppress(OSError):  # ended already
+                        if RETRYING in _stderr_of(pid):
+                            os.kill(pid, signal.SIGTERM)
+                            hurried.add(pid)
+                return proc.poll() is not None
+
+            wait_until("the send stopped", ended)
             _, err = proc.communicate(timeout=120)
         finally:
             pg_cluster.admin(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
