@@ -201,6 +201,17 @@ def pg_cluster() -> Iterator[Cluster]:
     cluster.stop()
 
 
+@pytest.fixture(scope="session")
+def own_cluster(pg_cluster: Cluster) -> Iterator[Cluster]:
+    """A second cluster, for the tests that freeze their server or cut it off (test_pg_hazards.py,
+    test_pg_partition.py) without holding up any other test's database (pg_cluster's binaries, and its skip
+    where PostgreSQL is not installed). One for both modules: each of those tests has a database of its own
+    and leaves the server running and reachable, whatever happened (frozen(), cut_off())."""
+    cluster = Cluster(pg_cluster.bindir).start()
+    yield cluster
+    cluster.stop()
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
 def engine(request: pytest.FixtureRequest) -> str:
     """Each test that takes it runs twice: on SQLite and on PostgreSQL."""

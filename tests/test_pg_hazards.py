@@ -40,15 +40,6 @@ LIMIT = "5"
 RETRYING = b"cannot write this worker's end to the record"  # a stopped worker whose record is away
 
 
-@pytest.fixture(scope="module")
-def own_cluster(pg_cluster: Cluster) -> Iterator[Cluster]:
-    """A cluster these tests may freeze without holding up any other test's database (pg_cluster's
-    binaries, and its skip where PostgreSQL is not installed)."""
-    cluster = Cluster(pg_cluster.bindir).start()
-    yield cluster
-    cluster.stop()
-
-
 def _server_pids(cluster: Cluster) -> list[int]:
     """The postmaster (first) and every process it started (backends, checkpointer, ...)."""
     postmaster = int((cluster.root / "data" / "postmaster.pid").read_text().split("\n", 1)[0])

@@ -19,7 +19,7 @@ from tests.netcut import cut_off
 from tests.pg import Cluster
 from tests.sends import forty_readers, held_send, rerun_finishes
 from tests.smtpd import SMTPServer
-from tests.test_pg_hazards import LIMIT, own_cluster  # noqa: F401 (a fixture)
+from tests.test_pg_hazards import LIMIT
 from tests.test_workers import env_at, wait_until
 
 pytestmark = pytest.mark.postgresql
@@ -30,7 +30,7 @@ def test_a_sender_cut_off_from_the_database_lets_go_of_the_issue_lock_within_abo
     smtp_server: SMTPServer,
     tmp_path: Path,
     post: Path,
-    own_cluster: Cluster,  # noqa: F811
+    own_cluster: Cluster,
     workers: list[str],
 ) -> None:
     server = own_cluster.database()
