@@ -65,7 +65,8 @@ def parse_url(text: str) -> Server:
         )
     try:
         parts = urllib.parse.urlsplit(text)
-        parts.port  # noqa: B018 - raises ValueError on a port that is not a number in range
+        for host in parts.netloc.rpartition("@")[2].split(","):  # libpq's fail-over: several hosts
+            urllib.parse.urlsplit(f"//{host}").port  # noqa: B018 - ValueError: a port not a number in range
     except ValueError as exc:
         raise ValueError(f"{redact(text)!r} is not a PostgreSQL URL ({exc})") from None
     if not parts.path.strip("/"):

@@ -153,6 +153,23 @@ def test_an_unreachable_server_or_a_missing_database_is_one_line(server: Server)
     assert '"no_such_db" does not exist' in line
 
 
+def test_a_url_with_several_hosts_reaches_the_one_that_answers(server: Server) -> None:
+    # libpq's fail-over URL (a primary and its standby): the first host that answers is used; mailer took
+    # the hosts for one port that is not a number and refused the URL
+    here = server.url.split("@", 1)[1].split("/", 1)[0]  # 127.0.0.1:PORT
+    with socket.socket() as bound:  # bound and never listening: the host that is down
+        bound.bind(("127.0.0.1", 0))
+        down = f"127.0.0.1:{bound.getsockname()[1]}"
+        both = server.url.replace(f"@{here}/", f"@{down},{here}/")
+        done = mailer(
+            "db", "migrate", env={"MAILER_DATABASE": both, "MAILER_DATABASE_PASSWORD": server.password}
+        )
+    assert done.exit_code == 0, done.output
+    assert done.stdout == f"{both}: created the mailer schema (version {SCHEMA_VERSION})\n"
+    wrong = mailer("db", "migrate", env={"MAILER_DATABASE": server.url.replace(f"@{here}/", f"@{here},h:x/")})
+    assert wrong.exit_code == 1 and "is not a PostgreSQL URL" in wrong.stderr, wrong.output
+
+
 def test_without_psycopg_a_postgresql_url_is_one_line(server: Server) -> None:
     blocked = "import sys; sys.modules['psycopg'] = None; from mailer.cli import main; main()"
     env = {**os.environ, **database_env(server)}
