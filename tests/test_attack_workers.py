@@ -28,6 +28,35 @@ from tests.smtpd import SMTPServer
 from tests.test_workers import LEASE, _running, env_at, recipients, spawn, wait_until, write_list
 
 
+def _odd_worker_refused(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path, env: dict[str, str], other: dict[str, str], said: str
+) -> None:
+    """A distributed send of a@ and b@ to `env`'s record: a worker with `other` on top of `env` is refused
+    with an error line that has `said` in it, before it mails anyone; then one with `env` alone sends both."""
+    csv = write_list(tmp_path / "subs.csv", ["a@example.com", "b@example.com"])
+    db = Path(env["MAILER_DATABASE"])
+    coordinator = spawn(
+        ["send", str(post), "--to", str(csv), "--yes", "--force", "--distributed", "--workers", "0"],
+        env, tmp_path,
+    )  # fmt: skip
+    try:
+        wait_until("the send in the record", lambda: _running(db))
+        odd = spawn(["worker"], {**env, **{k: v.format(tmp=tmp_path) for k, v in other.items()}}, tmp_path)
+        _, odd_err = odd.communicate(timeout=60)
+        assert odd.returncode == 1, odd_err.decode()
+        [line] = [x for x in odd_err.decode().splitlines() if x.startswith("Error: ")]
+        assert said in line and "not joining" in line, line
+        assert "Traceback" not in odd_err.decode() and smtp_server.messages == []
+        good = spawn(["worker"], env, tmp_path)
+        good.communicate(timeout=120)
+        _, err = coordinator.communicate(timeout=120)
+    finally:
+        if coordinator.poll() is None:
+            coordinator.kill()
+    assert coordinator.returncode == 0, err.decode()
+    assert recipients(smtp_server) == Counter({"a@example.com": 1, "b@example.com": 1})
+
+
 @pytest.mark.parametrize(
     "other",
     [
@@ -41,29 +70,9 @@ from tests.test_workers import LEASE, _running, env_at, recipients, spawn, wait_
 def test_a_worker_that_would_sign_or_link_readers_otherwise_is_refused(
     smtp_server: SMTPServer, tmp_path: Path, post: Path, other: dict[str, str]
 ) -> None:
-    csv = write_list(tmp_path / "subs.csv", ["a@example.com", "b@example.com"])
     db = tmp_path / "state" / "mailer.db"
     env = env_for(smtp_server, tmp_path, MAILER_WORKER_LEASE=LEASE, MAILER_DATABASE=str(db))
-    coordinator = spawn(
-        ["send", str(post), "--to", str(csv), "--yes", "--force", "--distributed", "--workers", "0"],
-        env, tmp_path,
-    )  # fmt: skip
-    try:
-        wait_until("the send in the record", lambda: _running(db))
-        odd = spawn(["worker"], {**env, **{k: v.format(tmp=tmp_path) for k, v in other.items()}}, tmp_path)
-        _, odd_err = odd.communicate(timeout=60)
-        assert odd.returncode == 1, odd_err.decode()
-        [line] = [x for x in odd_err.decode().splitlines() if x.startswith("Error: ")]
-        assert "unsubscribe links" in line and "not joining" in line, line
-        assert "Traceback" not in odd_err.decode() and smtp_server.messages == []
-        good = spawn(["worker"], env, tmp_path)
-        good.communicate(timeout=120)
-        _, err = coordinator.communicate(timeout=120)
-    finally:
-        if coordinator.poll() is None:
-            coordinator.kill()
-    assert coordinator.returncode == 0, err.decode()
-    assert recipients(smtp_server) == Counter({"a@example.com": 1, "b@example.com": 1})
+    _odd_worker_refused(smtp_server, tmp_path, post, env, other, "unsubscribe links")
 
 
 def _dkim_key(path: Path) -> Path:
@@ -93,33 +102,15 @@ def test_a_worker_whose_messages_would_say_or_sign_their_sender_otherwise_is_ref
 ) -> None:
     key = _dkim_key(tmp_path / "dkim.pem")
     _dkim_key(tmp_path / "other-key" / "dkim.pem")
-    csv = write_list(tmp_path / "subs.csv", ["a@example.com", "b@example.com"])
     db = tmp_path / "state" / "mailer.db"
     env = env_for(
         smtp_server, tmp_path, MAILER_WORKER_LEASE=LEASE, MAILER_DATABASE=str(db),
         MAILER_BOUNCE_ADDRESS="bounces@aidaily.news", MAILER_DKIM_KEY_FILE=str(key),
         MAILER_DKIM_SELECTOR="mail",
     )  # fmt: skip
-    coordinator = spawn(
-        ["send", str(post), "--to", str(csv), "--yes", "--force", "--distributed", "--workers", "0"],
-        env, tmp_path,
-    )  # fmt: skip
-    try:
-        wait_until("the send in the record", lambda: _running(db))
-        odd = spawn(["worker"], {**env, **{k: v.format(tmp=tmp_path) for k, v in other.items()}}, tmp_path)
-        _, odd_err = odd.communicate(timeout=60)
-        assert odd.returncode == 1, odd_err.decode()
-        [line] = [x for x in odd_err.decode().splitlines() if x.startswith("Error: ")]
-        assert "otherwise than the host that started the send" in line and "not joining" in line, line
-        assert "Traceback" not in odd_err.decode() and smtp_server.messages == []
-        good = spawn(["worker"], env, tmp_path)
-        good.communicate(timeout=120)
-        _, err = coordinator.communicate(timeout=120)
-    finally:
-        if coordinator.poll() is None:
-            coordinator.kill()
-    assert coordinator.returncode == 0, err.decode()
-    assert recipients(smtp_server) == Counter({"a@example.com": 1, "b@example.com": 1})
+    _odd_worker_refused(
+        smtp_server, tmp_path, post, env, other, "otherwise than the host that started the send"
+    )
 
 
 def _schema(record: Location) -> int:

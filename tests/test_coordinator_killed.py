@@ -12,6 +12,7 @@ import contextlib
 import os
 import re
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ import pytest
 from mailer.engine import Location
 from tests.pg import Cluster
 from tests.sends import forty_readers
-from tests.smtpd import SMTPServer
+from tests.smtpd import Hold, SMTPServer
 from tests.test_workers import env_at, recipients, spawn, wait_until, worker_pids, write_list
 
 
@@ -29,6 +30,19 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
     except OSError:
         return False
+
+
+def _leave_nothing_running(coordinator: subprocess.Popen[bytes], pids: set[int], holds: list[Hold]) -> None:
+    """Release the held replies and kill the coordinator and any worker still there: a worker left sending
+    is not for the next test to meet."""
+    for hold in holds:
+        hold.release.set()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    if coordinator.poll() is None:
+        coordinator.kill()
+        coordinator.communicate()
 
 
 def test_the_workers_of_a_coordinator_killed_with_9_stop_say_so_and_a_rerun_sends_the_rest(
@@ -53,14 +67,7 @@ def test_the_workers_of_a_coordinator_killed_with_9_stop_say_so_and_a_rerun_send
         _, err = coordinator.communicate(timeout=120)
         wait_until("the workers ended", lambda: not any(_alive(pid) for pid in pids), timeout=60)
     finally:
-        for hold in holds:
-            hold.release.set()
-        for pid in pids:  # a worker left sending: not for the next test to meet
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
-        if coordinator.poll() is None:
-            coordinator.kill()
-            coordinator.communicate()
+        _leave_nothing_running(coordinator, pids, holds)
     said = err.decode()
     assert coordinator.returncode == -signal.SIGKILL
     # each worker said, where the publisher reads, that it stopped and why
@@ -108,13 +115,7 @@ def test_what_a_worker_said_just_before_its_coordinator_was_killed_reaches_the_c
         _, err = coordinator.communicate(timeout=120)  # open until the worker, speaking on it, ends
         wait_until("the worker ended", lambda: not _alive(pid), timeout=60)
     finally:
-        held.release.set()
-        for pid in pids:
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
-        if coordinator.poll() is None:
-            coordinator.kill()
-            coordinator.communicate()
+        _leave_nothing_running(coordinator, pids, [held])
     said = err.decode()
     assert coordinator.returncode == -signal.SIGKILL
     assert said.count("failed: user09@example.com") == 1, said
