@@ -12,6 +12,7 @@ record ('written by a newer mailer'), mid-send, and so would the other hosts' `m
 
 from __future__ import annotations
 
+import subprocess
 from collections import Counter
 from pathlib import Path
 
@@ -28,19 +29,32 @@ from tests.smtpd import SMTPServer
 from tests.test_workers import LEASE, _running, env_at, recipients, spawn, wait_until, write_list
 
 
-def _odd_worker_refused(
-    smtp_server: SMTPServer, tmp_path: Path, post: Path, env: dict[str, str], other: dict[str, str], said: str
-) -> None:
-    """A distributed send of a@ and b@ to `env`'s record: a worker with `other` on top of `env` is refused
-    with an error line that has `said` in it, before it mails anyone; then one with `env` alone sends both."""
+def _distributed_send_of_two(
+    tmp_path: Path, post: Path, env: dict[str, str], record: Location
+) -> subprocess.Popen[bytes]:
+    """`send --distributed --workers 0` of `post` to a@ and b@, once its send is in `record`: it waits for
+    workers to join."""
     csv = write_list(tmp_path / "subs.csv", ["a@example.com", "b@example.com"])
-    db = Path(env["MAILER_DATABASE"])
     coordinator = spawn(
         ["send", str(post), "--to", str(csv), "--yes", "--force", "--distributed", "--workers", "0"],
         env, tmp_path,
     )  # fmt: skip
     try:
-        wait_until("the send in the record", lambda: _running(db))
+        wait_until("the send in the record", lambda: _running(record))
+    except BaseException:
+        coordinator.kill()
+        coordinator.communicate()
+        raise
+    return coordinator
+
+
+def _odd_worker_refused(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path, env: dict[str, str], other: dict[str, str], said: str
+) -> None:
+    """A distributed send of a@ and b@ to `env`'s record: a worker with `other` on top of `env` is refused
+    with an error line that has `said` in it, before it mails anyone; then one with `env` alone sends both."""
+    coordinator = _distributed_send_of_two(tmp_path, post, env, Path(env["MAILER_DATABASE"]))
+    try:
         odd = spawn(["worker"], {**env, **{k: v.format(tmp=tmp_path) for k, v in other.items()}}, tmp_path)
         _, odd_err = odd.communicate(timeout=60)
         assert odd.returncode == 1, odd_err.decode()
@@ -122,14 +136,9 @@ def _schema(record: Location) -> int:
 def test_a_worker_of_a_newer_mailer_leaves_the_record_of_an_older_send_as_it_is(
     smtp_server: SMTPServer, tmp_path: Path, post: Path, record_at: Location
 ) -> None:
-    csv = write_list(tmp_path / "subs.csv", ["a@example.com", "b@example.com"])
     env = env_at(smtp_server, tmp_path, record_at)
-    coordinator = spawn(
-        ["send", str(post), "--to", str(csv), "--yes", "--force", "--distributed", "--workers", "0"],
-        env, tmp_path,
-    )  # fmt: skip
+    coordinator = _distributed_send_of_two(tmp_path, post, env, record_at)
     try:
-        wait_until("the send in the record", lambda: _running(record_at))
         # the record as the mailer before schema 9 keeps it: the send is that older mailer's
         older = SCHEMA_VERSION - 1
         rows(record_at, "DROP INDEX deliveries_unsent")
