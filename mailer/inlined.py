@@ -12,7 +12,8 @@ selector matching), and of lxml's, binary ones included (it parses and writes th
 running libxml2's versions (a libxml2 shared with the system changes under an lxml that stays the same), so
 that another version of any of them never reads what this one made. The result is stored as HTML and read
 back by the same parser on a miss as on a hit, so that every process works from the same tree. At most KEEP
-pages are kept.
+pages are kept. Only in a data folder that exists: a rendering (a preview, a dry run) does not make one; a
+first send renders before it makes it, and keeps the page once it has (the `keep` inline_cached returns).
 """
 
 from __future__ import annotations
@@ -39,17 +40,24 @@ def inline_cached(
     page: str,
     extra: Iterable[str],
     inline: Callable[[], etree._Element],
-) -> etree._Element:
+) -> tuple[etree._Element, Callable[[], object]]:
     """The root of `inline()`'s result, from `folder` if a process made it from the same page and code
-    before; else made now and kept there (unless the folder cannot be written: then it is only made)."""
+    before; else made now and kept there. With it, what keeps it later if it could not be kept now (no
+    data folder yet, or one that cannot be written): a send calls it once it has made its data folder."""
     key = _key(page, extra)
     path = folder / f"{key}.html"
+    keep: Callable[[], object] = _kept
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
         text = etree.tostring(inline().getroottree(), method="html", encoding="unicode")
-        _keep(folder, path, text)
-    return etree.fromstring(text, etree.HTMLParser()).getroottree().getroot()
+        if not _keep(folder, path, text):
+            keep = functools.partial(_keep, folder, path, text)
+    return etree.fromstring(text, etree.HTMLParser()).getroottree().getroot(), keep
+
+
+def _kept() -> None:
+    """The page is in the folder already."""
 
 
 def _key(page: str, extra: Iterable[str]) -> str:
@@ -81,9 +89,9 @@ def _code() -> str:
 _MODULES = (".py", *importlib.machinery.EXTENSION_SUFFIXES)  # source and binary modules
 
 
-def _keep(folder: Path, path: Path, text: str) -> None:
-    """Write atomically (a worker may read it meanwhile), then drop all but the KEEP newest. Only in a data
-    folder that exists: a rendering (a preview, a dry run) does not make one."""
+def _keep(folder: Path, path: Path, text: str) -> bool:
+    """Write atomically (a worker may read it meanwhile), then drop all but the KEEP newest; False if the
+    page could not be written (the data folder is not there)."""
     try:
         folder.mkdir(mode=FOLDER_MODE, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".", suffix=".tmp")
@@ -99,4 +107,5 @@ def _keep(folder: Path, path: Path, text: str) -> None:
         for old in kept[KEEP:]:
             old.unlink(missing_ok=True)
     except OSError:
-        pass  # a read-only or full data folder: the next rendering inlines again
+        return False  # a read-only or full data folder: the next rendering inlines again
+    return True

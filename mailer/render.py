@@ -8,7 +8,7 @@ import logging
 import re
 import sys
 import types
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -174,6 +174,8 @@ class Issue:
     findings: Findings
     lang: str
     images: ImageReport
+    # keeps the inlined page in the data folder once a send has made it (mailer/inlined.py)
+    keep_inlined: Callable[[], object]
 
     def sample_values(self, settings: Settings) -> dict[str, str]:
         """Slot values for the sample subscriber (preview, `render`)."""
@@ -310,7 +312,7 @@ def render_issue(post: Post, settings: Settings) -> Issue:
         line = getattr(exc, "lineno", None)
         raise PostError(f"{where}{':' + str(line) if line else ''}: template error: {exc}") from None
     keep = class_names(css + media_css)
-    root = inline_cached(
+    root, keep_inlined = inline_cached(
         Path(settings.data_dir) / INLINED, page, [*findings.styles, "\0", *sorted(keep)],
         lambda: inline_css(page, extra_css=findings.styles, keep_classes=keep),
     )  # fmt: skip
@@ -327,6 +329,7 @@ def render_issue(post: Post, settings: Settings) -> Issue:
         findings=findings,
         lang=post.lang,
         images=images,
+        keep_inlined=keep_inlined,
     )
 
 

@@ -267,6 +267,7 @@ def _send(
                 lists=lists.files,
             )
         write_archive(issue, factory, settings)
+        issue.keep_inlined()  # the data folder exists now, also on a first send: the workers read the page
         console.note(f"Sending {issue.issue_id} to {deliverable:,} subscriber(s) via {transport.description}")
         feedback.start(deliverable)
 

@@ -86,7 +86,7 @@ def test_only_the_newest_pages_are_kept(tmp_path: Path) -> None:
     made = []
     for n in range(KEEP + 3):
         page = f"<html><body><p>page {n}</p></body></html>"
-        root = inline_cached(tmp_path, page, [], lambda page=page: etree.fromstring(page, etree.HTMLParser()))
+        root, _ = inline_cached(tmp_path, page, [], lambda p=page: etree.fromstring(p, etree.HTMLParser()))
         made.append(etree.tostring(root, encoding="unicode"))
     assert [f"page {n}" in one for n, one in enumerate(made)] == [True] * (KEEP + 3)
     assert len(list(tmp_path.glob("*.html"))) == KEEP

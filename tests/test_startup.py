@@ -71,3 +71,29 @@ def test_requests_serves_a_later_use_in_the_process_that_inlined(tmp_path: Path)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split() == ["True", "200", "requests.sessions", "True"]
+
+
+def test_a_first_send_into_a_new_data_folder_keeps_the_page_for_its_workers(
+    smtp_server: SMTPServer, post: Path, tmp_path: Path
+) -> None:
+    # The data folder does not exist yet when the coordinator renders (a first send makes it later, with
+    # the record); the page it inlined must still be kept there, so that each worker, started after, reads
+    # it instead of inlining again. PYTHONPROFILEIMPORTTIME reaches the workers, whose stderr the
+    # coordinator passes on: one import of premailer in all, the coordinator's.
+    env = env_for(smtp_server, tmp_path, MAILER_OFFLINE="1", PYTHONPROFILEIMPORTTIME="1")
+    rows = [f"r{i}@readers.example.org" for i in range(6)]
+    (tmp_path / "subs.csv").write_text("email\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    assert not (tmp_path / "state").exists()
+    full = {**{k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}, **env}
+    done = subprocess.run(
+        [sys.executable, "-m", "mailer", "send", str(post), "--to", "subs.csv", "--yes", "--force",
+         "--workers", "2"],
+        env=full, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(smtp_server.wait_for(6)) == 6
+    inliners = re.findall(r"^import time: +\d+ \| +\d+ \| +premailer$", done.stderr, re.M)
+    workers = re.findall(r"^import time: +\d+ \| +\d+ \| +mailer\.workers$", done.stderr, re.M)
+    assert len(workers) == 3  # the coordinator and its two workers, each heard from
+    assert len(inliners) == 1
+    assert len(list((tmp_path / "state" / "inlined").glob("*.html"))) == 1
