@@ -137,8 +137,8 @@ def test_a_mailer_worker_started_again_after_a_kill_rejoins_the_send_and_takes_i
         }
         assert 1 in owned, owned  # user20's, its lease still running
         held.release.set()
-        # systemd's Restart=on-failure (docs/workers.md) starts the same command again
-        again = spawn(["worker", "--connections", "1", "--json"], env, tmp_path)
+        # systemd's Restart=on-failure (docs/workers.md) starts the unit's command again
+        again = spawn(["worker", "--wait", "--connections", "1", "--json"], env, tmp_path)
         workers.append(again)
         out, err = again.communicate(timeout=120)
         report, said = coordinator.communicate(timeout=120)
@@ -177,7 +177,9 @@ def test_the_systemd_unit_in_the_docs_restarts_a_dead_worker_and_no_refused_or_s
     unit.optionxform = str  # type: ignore[assignment,method-assign]  # systemd's keys are case-sensitive
     unit.read_string(_unit())
     service = unit["Service"]
-    assert service["ExecStart"].endswith("/mailer worker --quiet"), service["ExecStart"]
+    # --wait: started with the daily send, before it is in the record, it waits for it (without, exit 1 and
+    # not restarted: that host would send nothing)
+    assert service["ExecStart"].endswith("/mailer worker --wait --quiet"), service["ExecStart"]
     assert service["Restart"] == "on-failure"  # systemd: a non-zero exit not listed below, or a signal but
     codes = {int(c) for c in service["RestartPreventExitStatus"].split()}  # SIGHUP, SIGINT, SIGTERM, SIGPIPE
     assert codes == {ExitStatus.ERROR, ExitStatus.USAGE}  # refused: starting again would not help
