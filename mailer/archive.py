@@ -22,10 +22,13 @@ from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
 from .catalog import Words, words
+from .errors import MailerError
 from .headers import one_line
+from .private import make_folder, write_file
 
 if TYPE_CHECKING:
     from .config import Settings
+    from .ledger import Ledger
 
 _HTML_LANG = re.compile(rb"<html\b[^>]*?\slang=[\"']?([A-Za-z]{2,8}(?:-[A-Za-z0-9]{1,8})*)", re.IGNORECASE)
 _Stamp = tuple[int, int]  # (st_mtime_ns, st_size)
@@ -113,12 +116,48 @@ def sent_issues(settings: Settings) -> list[Entry]:
             " ORDER BY i.created_at DESC, i.issue_id DESC",
             (SMTP,),
         )
+        from_record(settings, ledger, [row[0] for row in rows])
     folder = settings.data_dir / "archive"
     return [
         Entry(issue_id, subject, datetime.fromisoformat(created).astimezone(UTC))
         for issue_id, subject, created in rows
         if (folder / f"{issue_id}.html").is_file()
     ]
+
+
+def from_record(settings: Settings, ledger: Ledger, issue_ids: list[str]) -> None:
+    """Write into this host's archive folder the web copies the record keeps of those of these issues it
+    lacks: sent from another host that shares the record (docs/postgresql.md), or before this data folder
+    was made. Each dated when its issue's first send started, so the newest is still the newest (the pages'
+    language), and written whole (another thread may be reading it)."""
+    folder = settings.data_dir / "archive"
+    wanted = [i for i in issue_ids if _FILE_NAME.fullmatch(i) and not (folder / f"{i}.html").is_file()]
+    for start in range(0, len(wanted), _IN_QUERY):
+        some = wanted[start : start + _IN_QUERY]
+        marks = ", ".join("?" * len(some))
+        rows = ledger.rows(
+            "SELECT w.issue_id, w.html, (SELECT min(i.created_at) FROM issues AS i WHERE i.issue_id ="
+            f" w.issue_id) FROM web_copies AS w WHERE w.issue_id IN ({marks})",
+            some,
+        )
+        for issue_id, copy, created in rows:
+            path = folder / f"{issue_id}.html"
+            tmp = folder / f".{issue_id}.{os.getpid()}.{threading.get_ident()}.tmp"
+            when = datetime.fromisoformat(created).timestamp() if created else datetime.now(UTC).timestamp()
+            try:
+                make_folder(folder)
+                write_file(tmp, bytes(copy))
+                os.utime(tmp, (when, when))
+                os.replace(tmp, path)
+            except OSError as exc:
+                tmp.unlink(missing_ok=True)
+                raise MailerError(
+                    f"{path}: cannot write the issue's web copy: {exc.strerror or exc}"
+                ) from None
+
+
+_FILE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}")  # an issue id that is a file name here
+_IN_QUERY = 500  # issue ids per IN (...) query
 
 
 def index_page(settings: Settings, t: Words) -> bytes:

@@ -22,7 +22,7 @@ from .errors import MailerError
 from .subscribers import dedupe_key
 
 T = TypeVar("T")
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 STATES = ("sending", "sent", "deferred", "failed")
 # what a person reads for each state: 'sending' is the record's name for a message whose fate is unknown
 LABELS = {"sending": "in doubt", "sent": "sent", "deferred": "deferred", "failed": "failed"}
@@ -383,6 +383,7 @@ class Ledger:
                     6: self._from_v6,
                     7: self._from_v7,
                     8: self._from_v8,
+                    9: self._from_v9,
                 }
                 for step in range(version, SCHEMA_VERSION):
                     upgrades[step]()  # from schema `step` to `step + 1`, in one transaction with the rest
@@ -504,6 +505,24 @@ class Ledger:
             "DROP INDEX IF EXISTS deliveries_by_state;"
             " CREATE INDEX IF NOT EXISTS deliveries_unsent ON deliveries(issue_id, destination, state)"
             f" WHERE {_UNSENT}"
+        )
+
+    def _from_v9(self) -> None:
+        # Each issue's web copy (archive.py), for the `mailer serve` of every host that shares the record:
+        # until now only the sending host's data folder had it. Copies written before stay on their host.
+        # (IF NOT EXISTS: the upgrade tests of older steps make their old schema from today's)
+        self._script(
+            "CREATE TABLE IF NOT EXISTS web_copies (issue_id TEXT PRIMARY KEY, html BLOB NOT NULL)"
+            " WITHOUT ROWID"
+        )
+
+    def keep_web_copy(self, issue_id: str, html: bytes) -> None:
+        """Keep the issue's web copy, which every host's `mailer serve` shows (archive.from_record)."""
+        self.write(
+            "INSERT INTO web_copies (issue_id, html) VALUES (?, ?)"
+            " ON CONFLICT (issue_id) DO UPDATE SET html = excluded.html",
+            (issue_id, html),
+            rows_only=True,
         )
 
     def reopen(self) -> Ledger:

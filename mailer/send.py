@@ -134,7 +134,8 @@ class DeliverableCount:
 
 
 def write_archive(issue: Issue, factory: MessageFactory, settings: Settings) -> Path:
-    """The web version of the issue ("view in browser"), with no one's personal unsubscribe link.
+    """The web version of the issue ("view in browser"), with no one's personal unsubscribe link, in the
+    data folder and in the record, from which the `mailer serve` of another host takes it.
 
     Written before the first message goes: a data folder that cannot take it (full, read-only, a file)
     stops the send here, with one line and nothing mailed.
@@ -142,13 +143,16 @@ def write_archive(issue: Issue, factory: MessageFactory, settings: Settings) -> 
     folder = settings.data_dir / "archive"
     path = folder / f"{issue.issue_id}.html"
     values = {"unsubscribe_url": f"mailto:{settings.effective_mailto}?subject=unsubscribe"}
+    html = issue.html.as_file(values)
     try:
         make_folder(folder)
-        write_file(path, issue.html.as_file(values))
+        write_file(path, html)
     except OSError as exc:
         raise MailerError(
             f"{path}: cannot write the issue's web copy: {exc.strerror or exc}; nothing was sent"
         ) from None
+    with Ledger(settings.db_path) as ledger:
+        ledger.keep_web_copy(issue.issue_id, html)
     return path
 
 

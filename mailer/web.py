@@ -125,6 +125,7 @@ class UnsubscribeApp:
         self.signups = Signups(settings, self.mailroom.wake)
 
         Ledger(settings.db_path).close()  # made (or checked) now: later a missing database is an error
+        archive.sent_issues(settings)  # with the copies sent from other hosts: the pages speak their language
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")  # case-sensitive (RFC 9110 9.1)
@@ -305,7 +306,14 @@ class UnsubscribeApp:
         if not ISSUE_ID.fullmatch(issue_id):
             raise not_found
         path = (self.archive / f"{issue_id}.html").resolve()
-        if path.parent != self.archive or not path.is_file():
+        if path.parent != self.archive:
+            raise not_found
+        if not path.is_file():  # sent from another host that shares the record?
+            from .ledger import Ledger
+
+            with Ledger(self.settings.db_path, create=False) as ledger:
+                archive.from_record(self.settings, ledger, [issue_id])
+        if not path.is_file():
             raise not_found
         try:
             return path.read_bytes()

@@ -248,3 +248,25 @@ def test_the_archive_reads_the_record_on_either_engine(tmp_path: Path, record_at
         feed = _feed(archive)
     assert listed == ["2026-02-09"]
     assert [_one(e, "title").text for e in feed.findall(A + "entry")] == [TITLE_ZH]
+
+
+def test_a_second_web_host_shows_the_issues_sent_from_the_first(tmp_path: Path, record_at: Location) -> None:
+    # docs/postgresql.md: two `mailer serve` behind a load balancer share the record; the send wrote its web
+    # copy in the first host's data folder only, and a reader's "View in browser" may reach either
+    record = database_env(record_at)
+    _send(tmp_path, EXAMPLE, **record)
+    second = tmp_path / "second"
+    second.mkdir()
+    seen: dict[str, list[Answer]] = {}
+    for root in (tmp_path, second):
+        env = {"MAILER_DATA_DIR": str(root / "state"), "MAILER_WEB_URL": WEB_URL, **record}
+        with serving(root, {}, **env) as served:
+            host = Archive(served.port, root)
+            # first, before anything of the archive is asked for: the pages speak the issue's language
+            paths = ["/unsubscribe?t=not-a-token", "/issues/2026-02-09", "/issues/", "/feed.atom"]
+            seen[root.name] = [host.get(path) for path in paths]
+    first, other = seen[tmp_path.name], seen[second.name]
+    assert [a.status for a in first] == [a.status for a in other] == [400, 200, 200, 200]
+    assert '<html lang="zh"' in first[0].text
+    assert [a.body for a in other] == [a.body for a in first]
+    assert TITLE_ZH in other[1].text

@@ -252,6 +252,25 @@ def test_a_version_8_database_is_migrated_and_its_index_by_state_keeps_only_rows
         assert rows(db, "SELECT version FROM mailer_schema") == [(SCHEMA_VERSION,)]
 
 
+def test_a_version_9_database_is_migrated_and_keeps_web_copies(db: Location) -> None:
+    # schema 9 is today's without the web copies, which step 9 adds (archive.from_record)
+    with Ledger(db) as ledger:
+        ledger.start_issue(ISSUE, "hash-1", "Monday's post")
+        record(ledger, "a@example.com", "sent")
+    rows(db, "DROP TABLE web_copies")
+    rows(db, "UPDATE mailer_schema SET version = 9" if isinstance(db, Server) else "PRAGMA user_version = 9")
+    with Ledger(db) as ledger:
+        assert ledger.found_version == 9
+        assert ledger.status(ISSUE).counts == {"sent": 1}
+        ledger.keep_web_copy(ISSUE, b"<p>first</p>")
+        ledger.keep_web_copy(ISSUE, b"<p>\xe5\x9b\x9b second</p>")  # a rerun's copy replaces it
+    assert [(i, bytes(h)) for i, h in rows(db, "SELECT issue_id, html FROM web_copies")] == [
+        (ISSUE, "<p>四 second</p>".encode())
+    ]
+    version = "SELECT version FROM mailer_schema" if isinstance(db, Server) else "PRAGMA user_version"
+    assert rows(db, version) == [(SCHEMA_VERSION,)]
+
+
 def test_delivery_states_and_attempts(ledger: Ledger) -> None:
     assert delivery(ledger, ISSUE, "ann@example.com") is None
     record(ledger, "Ann@Example.com", "sending", 0, "connection lost after the message")  # in doubt
