@@ -306,9 +306,14 @@ def worker(
         from .workers import work
 
         feedback = ConsoleFeedback(console)
-        done = work(
-            settings, console, feedback, issue_id=issue_id or "", connections=connections or 0, wait=wait
-        )
+        try:
+            done = work(
+                settings, console, feedback, issue_id=issue_id or "", connections=connections or 0, wait=wait
+            )
+        except BaseException:
+            feedback.close()  # what follows a progress bar starts on a line of its own
+            raise
+        feedback.finish(done.report)
         fields.update(issue=done.issue_id, batches=done.batches, takeovers=done.takeovers, lost=done.lost)
         console.note(
             f"{done.issue_id}: {done.report.sent} sent by this worker in {done.batches} batch(es)"

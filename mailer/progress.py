@@ -50,7 +50,7 @@ class ConsoleFeedback(Feedback):
     def finish(self, report: Report) -> None:
         """Draw the final state and end the bar's line; a run that went through the list ends at 100%."""
         self.report = report
-        if not report.pending and not report.stopped_because:
+        if self.total and not report.pending and not report.stopped_because:
             self.total = _done(report)  # the count made before sending may be off by readers who left since
         self._draw(report)
         self.close()
@@ -66,10 +66,13 @@ class ConsoleFeedback(Feedback):
             return
         done = _done(report)
         rate = report.rate()
+        failed = f", {report.failed} failed" if report.failed else ""
+        if not self.total:  # unknown (a worker's share of a send): no bar, no ETA
+            self._draw_count(report, done, rate, failed)
+            return
         total = max(self.total, done)
         left = total - done
         eta = _clock(left / rate) if rate > 0 and left else "-"
-        failed = f", {report.failed} failed" if report.failed else ""
         if self.tty:
             self.console.draw("\r" + self._bar_line(done, total, failed, rate, eta))
             self.drawn = True
@@ -77,6 +80,15 @@ class ConsoleFeedback(Feedback):
             self.console.note(
                 f"progress: {done}/{total} messages, {report.sent} sent{failed}, {rate:,.0f} msg/s, ETA {eta}"
             )
+
+    def _draw_count(self, report: Report, done: int, rate: float, failed: str) -> None:
+        count = f"{done} message{'' if done == 1 else 's'}"
+        if self.tty:
+            width = _columns(self.console) - 1
+            self.console.draw("\r" + f"{count}  {rate:,.0f} msg/s{failed}"[:width].ljust(width))
+            self.drawn = True
+        else:
+            self.console.note(f"progress: {count}, {report.sent} sent{failed}, {rate:,.0f} msg/s")
 
     def _bar_line(self, done: int, total: int, failed: str, rate: float, eta: str) -> str:
         frac = done / total if total else 1.0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import sqlite3
 import subprocess
@@ -314,12 +315,38 @@ def test_a_worker_joins_a_distributed_send_and_the_report_counts_its_share(
     assert recipients(smtp_server) == Counter({e: 1 for e in emails})
     assert json.loads(worker_out)["counts"]["sent"] == 60
     assert json.loads(out)["counts"]["sent"] == 60
+    # a worker does not know the size of its share: its progress gives a count, not "60/60" out of nothing
+    shares = re.findall(r"progress: (\S+) messages?,", worker_err.decode())
+    assert shares and all(s.isdigit() for s in shares), worker_err.decode()
     with Ledger(record_at) as ledger:
         assert ledger.status("2026-02-09").count("sent") == 60
     # and a worker started when no send runs is refused (tests/test_worker_wait.py)
     late = spawn(["worker"], env, tmp_path)
     _, late_err = late.communicate(timeout=60)
     assert late.returncode == 1 and b"no send is running there to join" in late_err
+
+
+def test_a_worker_on_a_terminal_counts_its_share_without_a_bar_out_of_nothing(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path
+) -> None:
+    from tests.test_send import _on_a_terminal, _redrawn
+
+    csv = write_list(tmp_path / "subs.csv", [f"user{i}@example.com" for i in range(30)])
+    env = env_at(smtp_server, tmp_path, tmp_path / "state" / "mailer.db")
+    args = ["send", str(post), "--to", str(csv), "--yes", "--force", "--distributed", "--workers", "0"]
+    coordinator = spawn(args, env, tmp_path)
+    try:
+        wait_until("the send in the record", lambda: _running(tmp_path / "state" / "mailer.db"))
+        code, screen = _on_a_terminal(["worker"], env, columns=60)
+        _, err = coordinator.communicate(timeout=120)
+        assert coordinator.returncode == 0, err.decode()
+    finally:
+        if coordinator.poll() is None:
+            coordinator.kill()
+    assert code == 0, screen
+    drawn = _redrawn(screen)
+    assert drawn and all(re.fullmatch(r"\d+ messages?  [\d,]+ msg/s *", line) for line in drawn), drawn
+    assert drawn[-1].startswith("30 messages"), drawn
 
 
 def test_a_worker_that_renders_the_issue_otherwise_is_refused(
