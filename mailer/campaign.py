@@ -154,8 +154,9 @@ class Share(Protocol):
         """'' while this process may deliver; else why not (its lease ran out), checked before each "."."""
         ...
 
-    def settled(self, sub: Subscriber) -> None:
-        """This reader has its outcome for this run (sent, failed, skipped): its batch may be done."""
+    def settled(self, sub: Subscriber, counted: str) -> None:
+        """This reader has its outcome for this run, counted as the Report field `counted` ('sent',
+        'suppressed', ...): its batch may be done, and its counts are the batch's."""
         ...
 
     def pace(self) -> Pace:
@@ -210,9 +211,11 @@ class _Recorder:
         issue_id: str,
         outcomes: queue.Queue[tuple[_Job, Outcome | None, str]],
         connections: int = 1,
+        run: int | None = None,
     ):
         self.ledger = ledger  # the loop's; the writers write through connections of their own to its record
         self.issue_id = issue_id
+        self.run = run  # the run the outcomes are recorded as
         self.outcomes = outcomes
         # at most one outcome per connection is waiting: more writers than connections would idle
         self.writers = max(1, min(connections, ledger.concurrent_writers))
@@ -296,7 +299,7 @@ class _Recorder:
         if not self.error:
             rows = [(job.sub.email, _state(outcome), outcome.code, outcome.text) for job, outcome, _ in batch]
             try:
-                ledger.record_outcomes(self.issue_id, rows)
+                ledger.record_outcomes(self.issue_id, rows, self.run)
                 if not ledger.in_place():  # one stat per commit: the record must be the file at the path
                     ledger.let_go_of_replaced()
                     raise MailerError(
@@ -351,6 +354,7 @@ class _Pool:
         limiter: Pace,
         stop: threading.Event | None = None,
         share: Share | None = None,
+        run: int | None = None,
     ) -> None:
         self.jobs: queue.Queue[list[_Job] | None] = queue.Queue(maxsize=connections)
         self.built: list[_Job] = []  # built by the loop, not handed over yet: the next run
@@ -365,7 +369,7 @@ class _Pool:
         self.transport = transport
         self.accepted = threading.Event()  # some recipient of this send was accepted: see refusals.py
         self.in_flight = 0
-        self.recorder = _Recorder(ledger, issue_id, self.outcomes, connections)
+        self.recorder = _Recorder(ledger, issue_id, self.outcomes, connections, run)
         self.threads = [
             threading.Thread(target=self._work, name=f"mailer-conn-{i}", daemon=True)
             for i in range(connections)
@@ -540,8 +544,9 @@ def run_send(
         return report
     run_id = ledger.start_run(issue_id, list_key, list_path)  # fails on a full disk: nothing sent yet
     loop = _Loop(
-        ledger, issue_id, factory, transport, options, feedback, report, signals, clock or Clock(), check_lock
-    )
+        ledger, issue_id, factory, transport, options, feedback, report, signals, clock or Clock(),
+        check_lock, run=run_id,
+    )  # fmt: skip
     loop.run(_chunked(subscribers))
     if report.complete:
         ledger.finish_run(run_id)
@@ -560,13 +565,16 @@ def run_share(
     signals: StopSignals,
     share: Share,
     report: Report,
+    run: int | None,
 ) -> None:
     """One process's share of a send that several make (workers.py), counted in `report`: the send loop
-    alone, since the issue and the run are recorded, and the run finished, by the process that coordinates
-    them. Each batch of readers is asked for (and so claimed) only once the one before is handed out."""
+    alone, since the issue and the run (`run`) are recorded, and the run finished, by the process that
+    coordinates them. Each batch of readers is asked for (and so claimed) only once the one before is handed
+    out."""
     loop = _Loop(
-        ledger, issue_id, factory, transport, options, feedback, report, signals, Clock(), _unlocked, share
-    )
+        ledger, issue_id, factory, transport, options, feedback, report, signals, Clock(), _unlocked, share,
+        run,
+    )  # fmt: skip
     loop.run(batches)
 
 
@@ -596,35 +604,50 @@ def _unsent(
     retry_failed: bool,
     share: Share | None = None,
     before_batch: Callable[[], None] | None = None,
+    run: int | None = None,
 ) -> Iterator[Subscriber | None]:
     """The subscribers to mail, in order; None for each one skipped (suppressed, sent, failed before).
 
     The record is asked about a batch of subscribers at a time (two queries per batch, not two per
     subscriber), just before the batch is sent, so an unsubscribe made during the send still counts.
     `before_batch`, a real send's checks (see _Loop._before_batch), is called before each look-up.
+
+    A reader whose outcome this run (`run`) recorded already was dealt with by another worker of the send,
+    stopped or killed half-way through the batch this one took over: not this one's to count, nor "before"
+    this run, but its batch's (Share.settled), as what that worker's outcome was.
     """
     for batch in batches:
         if before_batch is not None:
             before_batch()
-        suppressed, states = ledger.states(issue_id, [sub.email for sub in batch])
+        suppressed, states, ours = ledger.looked_up(issue_id, [sub.email for sub in batch], run)
         for sub in batch:
-            report.seen += 1
             key = sub.key
             state = states.get(key)
+            if key in ours and state in THIS_RUN:
+                if share is not None:
+                    share.settled(sub, THIS_RUN[state])
+                yield None
+                continue
+            report.seen += 1
             if key in suppressed:
-                report.suppressed += 1
+                counted = "suppressed"
             elif state == "sent":
-                report.already_sent += 1
+                counted = "already_sent"
             elif state == "failed" and not retry_failed:
-                report.failed_before += 1
+                counted = "failed_before"
             elif state == "sending" and not retry_failed:  # in doubt: it may have arrived already
-                report.in_doubt_before += 1
+                counted = "in_doubt_before"
             else:
                 yield sub
                 continue
+            setattr(report, counted, getattr(report, counted) + 1)
             if share is not None:
-                share.settled(sub)
+                share.settled(sub, counted)
             yield None
+
+
+# a reader's outcome recorded by this run, as the Report counts it
+THIS_RUN = {"sent": "sent", "failed": "failed_permanent", "sending": "in_doubt"}
 
 
 class _Loop:
@@ -641,8 +664,10 @@ class _Loop:
         clock: Clock,
         check_lock: Callable[[], None],
         share: Share | None = None,
+        run: int | None = None,
     ) -> None:
         self.ledger = ledger
+        self.run_id = run  # the outcomes are recorded as this run's
         self.check_lock = check_lock
         self.next_lock_check = clock.now() + LOCK_CHECK
         self.share = share
@@ -659,7 +684,9 @@ class _Loop:
         self.fatal = ""
         self.held: list[_Job] = []  # refused by policy before anyone was accepted (see refusals.py)
         limiter = share.pace() if share is not None else RateLimiter(options.rate, clock)
-        self.pool = _Pool(transport, ledger, issue_id, options.connections, limiter, signals.hurry, share)
+        self.pool = _Pool(
+            transport, ledger, issue_id, options.connections, limiter, signals.hurry, share, run
+        )
 
     def run(self, batches: Iterable[list[Subscriber]]) -> None:
         # Python's 5 ms switch interval lets a thread busy building keep the GIL from a connection
@@ -679,7 +706,7 @@ class _Loop:
             retry_failed = self.options.retry_failed
             for sub in _unsent(
                 self.ledger, self.issue_id, batches, self.report, retry_failed=retry_failed,
-                share=self.share, before_batch=self._before_batch,
+                share=self.share, before_batch=self._before_batch, run=self.run_id,
             ):  # fmt: skip
                 self.signals.raise_if_signalled()
                 self._still_held()
@@ -762,7 +789,7 @@ class _Loop:
             job = heapq.heappop(self.retries)
             if self.ledger.is_suppressed(job.sub.email):  # unsubscribed while waiting for its retry
                 self.report.suppressed += 1
-                self._settled(job)
+                self._settled(job, "suppressed")
                 continue
             self.report.retries += 1
             self._submit(job)
@@ -791,7 +818,7 @@ class _Loop:
         if outcome.ok:
             report.sent += 1
             self.consecutive_failures = 0
-            self._settled(job)
+            self._settled(job, "sent")
             self._release_held(drain=drain)
         else:
             self.consecutive_failures += 1
@@ -800,14 +827,14 @@ class _Loop:
                 report.failed_permanent += 1
                 report.failures[key] = report.failures.get(key, 0) + 1
                 suppressed = self._bounce(job, outcome)
-                self._settled(job)
+                self._settled(job, "failed_permanent")
                 self.feedback.problem(f"{job.sub.email}: {outcome}{'; suppressed' if suppressed else ''}")
             elif outcome.in_doubt and (
                 job.doubted or drain or self.fatal or job.attempt >= self.options.max_attempts
             ):  # a message in doubt is sent again at most once: each try may be a copy in the inbox
                 report.in_doubt += 1
                 report.failures[key] = report.failures.get(key, 0) + 1
-                self._settled(job)
+                self._settled(job, "in_doubt")
                 self.feedback.problem(f"{job.sub.email}: {outcome}; not sent again")
             elif job.attempt >= self.options.max_attempts or drain or self.fatal:
                 if drain or self.fatal:
@@ -815,7 +842,7 @@ class _Loop:
                 else:
                     report.failed_temporary += 1
                     report.failures[key] = report.failures.get(key, 0) + 1
-                    self._settled(job)
+                    self._settled(job, "failed_temporary")
                     gave_up = f"gave up after {job.attempt} attempts"
                     self.feedback.problem(f"{job.sub.email}: {outcome} ({gave_up})")
             else:
@@ -828,9 +855,9 @@ class _Loop:
                 )
         self.feedback.progress(report)
 
-    def _settled(self, job: _Job) -> None:
+    def _settled(self, job: _Job, counted: str) -> None:
         if self.share is not None:
-            self.share.settled(job.sub)
+            self.share.settled(job.sub, counted)
 
     def _bounce(self, job: _Job, outcome: Outcome) -> bool:
         """Record a refusal that is about the reader (refusals.py) as a bounce; True if it suppressed them."""

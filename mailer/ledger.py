@@ -22,7 +22,7 @@ from .errors import MailerError
 from .subscribers import dedupe_key
 
 T = TypeVar("T")
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 STATES = ("sending", "sent", "deferred", "failed")
 # what a person reads for each state: 'sending' is the record's name for a message whose fate is unknown
 LABELS = {"sending": "in doubt", "sent": "sent", "deferred": "deferred", "failed": "failed"}
@@ -279,11 +279,12 @@ _WHERE = {SMTP: "over SMTP", OUTBOX: "to the local outbox (no one mailed)"}
 
 _RECORD = (
     "INSERT INTO deliveries"
-    " (issue_id, destination, email, state, attempts, last_code, last_reply, updated_at, tag)"
-    " VALUES (?, ?, ?, ?, 1, ?, ?, ?, ?)"
+    " (issue_id, destination, email, state, attempts, last_code, last_reply, updated_at, tag, run_id)"
+    " VALUES (?, ?, ?, ?, 1, ?, ?, ?, ?, ?)"
     " ON CONFLICT (issue_id, destination, email) DO UPDATE SET state = excluded.state,"
     " attempts = deliveries.attempts + CASE WHEN deliveries.state = 'sending' THEN 0 ELSE 1 END,"
-    " last_code = excluded.last_code, last_reply = excluded.last_reply, updated_at = excluded.updated_at"
+    " last_code = excluded.last_code, last_reply = excluded.last_reply, updated_at = excluded.updated_at,"
+    " run_id = excluded.run_id"
     " WHERE deliveries.state != 'sent'"
 )
 
@@ -384,6 +385,7 @@ class Ledger:
                     7: self._from_v7,
                     8: self._from_v8,
                     9: self._from_v9,
+                    10: self._from_v10,
                 }
                 for step in range(version, SCHEMA_VERSION):
                     upgrades[step]()  # from schema `step` to `step + 1`, in one transaction with the rest
@@ -514,6 +516,16 @@ class Ledger:
         self._script(
             "CREATE TABLE IF NOT EXISTS web_copies (issue_id TEXT PRIMARY KEY, html BLOB NOT NULL)"
             " WITHOUT ROWID"
+        )
+
+    def _from_v10(self) -> None:
+        # Which run wrote a delivery's outcome (issue 16): a send by workers tells the readers mailed in this
+        # run (by a worker that stopped or died half-way through their batch) from those mailed before it;
+        # and each batch's counts, written with its done mark, so that the report adds up the batches, not
+        # the workers (a killed one's last counts die with it). Rows written before are of no run (NULL).
+        self._script(
+            "ALTER TABLE deliveries ADD COLUMN run_id INTEGER;"
+            " ALTER TABLE send_batches ADD COLUMN counts TEXT"
         )
 
     def keep_web_copy(self, issue_id: str, html: bytes) -> None:
@@ -825,8 +837,11 @@ class Ledger:
 
     # --- deliveries -------------------------------------------------------------------------------
 
-    def record_outcomes(self, issue_id: str, outcomes: Sequence[tuple[str, str, int, str]]) -> None:
-        """Record many (email, state, code, reply) outcomes in one commit: one fsync for a whole batch.
+    def record_outcomes(
+        self, issue_id: str, outcomes: Sequence[tuple[str, str, int, str]], run: int | None = None
+    ) -> None:
+        """Record many (email, state, code, reply) outcomes of the run `run` in one commit: one fsync for a
+        whole batch.
 
         The one way deliveries are written. Each outcome is an attempt, except one that settles a message
         in doubt ('sending': handed to the server, fate unknown), which was counted when it was handed
@@ -847,6 +862,7 @@ class Ledger:
                 reply,
                 now,
                 message_tag(issue_id, key),
+                run,
             )
             for email, state, code, reply in outcomes
         ]
@@ -863,9 +879,18 @@ class Ledger:
 
         Both are keyed by dedupe_key(email); one query each per call instead of two per address.
         """
+        suppressed, states, _ = self.looked_up(issue_id, emails, None)
+        return suppressed, states
+
+    def looked_up(
+        self, issue_id: str, emails: Iterable[str], run: int | None
+    ) -> tuple[set[str], dict[str, str], set[str]]:
+        """states(), and which of those attempted have their outcome from the run `run` (a send by workers:
+        another worker of the same run, stopped or killed half-way through their batch, dealt with them)."""
         keys = list(dict.fromkeys(dedupe_key(e) for e in emails))
         suppressed: set[str] = set()
         states: dict[str, str] = {}
+        ours: set[str] = set()
         for start in range(0, len(keys), _IN_BATCH):
             part = keys[start : start + _IN_BATCH]
             marks = ",".join("?" * len(part))
@@ -873,14 +898,15 @@ class Ledger:
                 row[0]
                 for row in self._all(f"SELECT email FROM suppressions WHERE email IN ({marks})", tuple(part))
             )
-            states.update(
-                self._all(
-                    "SELECT email, state FROM deliveries WHERE issue_id = ? AND destination = ?"
-                    f" AND email IN ({marks})",
-                    (issue_id, self.destination, *part),
-                )
-            )
-        return suppressed, states
+            for email, state, by in self._all(
+                "SELECT email, state, run_id FROM deliveries WHERE issue_id = ? AND destination = ?"
+                f" AND email IN ({marks})",
+                (issue_id, self.destination, *part),
+            ):
+                states[email] = state
+                if by is not None and by == run:
+                    ours.add(email)
+        return suppressed, states, ours
 
     def reset_failed(self, issue_id: str) -> int:
         """Turn permanent failures (and messages in doubt) into retries with a fresh attempt count."""

@@ -41,7 +41,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from .campaign import Feedback, Pace, Report, SendOptions, run_share
+from .campaign import THIS_RUN, Feedback, Pace, Report, SendOptions, run_share
 from .config import Settings
 from .console import Console
 from .errors import ExitStatus, Interrupted, MailerError, SendAborted
@@ -653,10 +653,10 @@ def _conclude(
     gone: bool = False,
 ) -> bool:
     """End the send in the record: 'done' when every reader was dealt with, else 'stopped'; and the run
-    complete when every message went out and no worker died with its last counts unwritten (a rerun finds
-    that out). With `gone`, only a send still open whose coordinator has not been heard of for a lease (a
-    worker ends it in the coordinator's place). Whether this call ended it."""
-    report.pending = _unsettled(ledger, where[0], where)
+    complete when every message went out. The report's counts of readers are the record's (_outcomes).
+    With `gone`, only a send still open whose coordinator has not been heard of for a lease (a worker ends
+    it in the coordinator's place). Whether this call ended it."""
+    _outcomes(ledger, where, run_id, report)
     if report.pending and not report.stopped_because:
         report.stopped_because = (
             f"{report.pending} reader(s) not sent:"
@@ -671,11 +671,7 @@ def _conclude(
         params += (time.time(),)
     with ledger.transaction():
         ended = bool(ledger.rows(sql + " RETURNING state", params))
-        died = ledger.rows(
-            "SELECT 1 FROM send_workers WHERE issue_id = ? AND destination = ? AND state = 'running' LIMIT 1",
-            where,
-        )
-        if ended and report.complete and not died and run_id is not None:
+        if ended and report.complete and run_id is not None:
             ledger.finish_run(run_id)
     return ended
 
@@ -692,28 +688,55 @@ def add_up(report: Report, counts: list[dict[str, Any]]) -> None:
             report.stopped_because = c["stopped"]
 
 
-def _unsettled(ledger: Ledger, issue_id: str, where: tuple[str, str]) -> int:
-    """Readers of the batches not done who have no outcome for good in the record: not sent by this run."""
-    left = 0
-    rows = ledger.rows(
+def _outcomes(ledger: Ledger, where: tuple[str, str], run_id: int | None, report: Report) -> None:
+    """Set the report's counts of readers (sent, already sent, suppressed, failed, in doubt, not sent) as
+    the record has them, which add up to the send's readers whoever dealt with them: a batch done has the
+    counts of the worker that finished it (written with its done mark; readers a worker stopped or killed
+    half-way through it had mailed count as this run's outcomes, see campaign._unsent); the readers of a
+    batch not done count as their state in the record says, this run's outcome or one from before it, or
+    as not sent (pending). Not the workers' own counts: a killed worker's last ones die with it."""
+    totals = dict.fromkeys(READERS, 0)
+    for (counts,) in ledger.rows(
+        "SELECT counts FROM send_batches WHERE issue_id = ? AND destination = ? AND done = 1", where
+    ):
+        for name, n in json.loads(counts or "{}").items():
+            totals[name] += int(n)
+    pending = 0
+    for (readers,) in ledger.rows(
         "SELECT readers FROM send_batches WHERE issue_id = ? AND destination = ? AND done = 0", where
-    )
-    for (readers,) in rows:
+    ):
         emails = [r[0] for r in json.loads(readers)]
-        suppressed, states = ledger.states(issue_id, emails)
-        keys = {dedupe_key(e) for e in emails}
-        left += sum(
-            1 for k in keys if k not in suppressed and states.get(k) not in ("sent", "failed", "sending")
-        )
-    return left
+        suppressed, states, ours = ledger.looked_up(where[0], emails, run_id)
+        for key in {dedupe_key(e) for e in emails}:
+            state = states.get(key)
+            if key in ours and state in THIS_RUN:
+                totals[THIS_RUN[state]] += 1
+            elif key in suppressed:
+                totals["suppressed"] += 1
+            elif state in BEFORE:
+                totals[BEFORE[state]] += 1
+            else:
+                pending += 1
+    for name, n in totals.items():
+        setattr(report, name, n)
+    report.pending = pending
+
+
+# the Report fields that count readers, each reader once (with `pending`); a state recorded before this run
+READERS = (
+    "sent", "already_sent", "suppressed", "failed_before", "failed_temporary", "failed_permanent", "in_doubt",
+    "in_doubt_before",
+)  # fmt: skip
+BEFORE = {"sent": "already_sent", "failed": "failed_before", "sending": "in_doubt_before"}
 
 
 def under_way(ledger: Ledger, issue_id: str) -> dict[str, Any] | None:
     """A send of the issue by workers that is running or stopping (for `mailer status`), or None.
 
-    `coordinator_gone`: its coordinator has not been heard of for a lease (killed, its host down); its
-    workers then finish the send and the last of them ends it, or, with no worker left ("workers": 0), it
-    waits for a rerun."""
+    `coordinator_gone`: its coordinator has not been heard of for a lease (killed, its host down), or is a
+    process of this host that has ended (it stopped on an error with the record away, so could not say so
+    there); its workers then finish the send and the last of them ends it, or, with no worker left
+    ("workers": 0), it waits for a rerun."""
     where = (issue_id, ledger.destination)
     found = ledger.rows(
         "SELECT s.state, s.coordinator, s.started_at, s.alive_until, s.options, count(b.batch_no),"
@@ -728,7 +751,8 @@ def under_way(ledger: Ledger, issue_id: str) -> dict[str, Any] | None:
     workers = _alive_workers(ledger, where, float(json.loads(options)["lease"]))
     return {
         "state": state, "coordinator": coordinator, "started_at": started, "batches": int(batches),
-        "batches_done": int(done), "workers": len(workers), "coordinator_gone": alive_until < time.time(),
+        "batches_done": int(done), "workers": len(workers),
+        "coordinator_gone": alive_until < time.time() or _gone_from_here(coordinator),
     }  # fmt: skip
 
 
@@ -1034,6 +1058,7 @@ class _Worker:
                 issue_id=self.plan.issue_id, factory=self.factory, transport=self.transport,
                 batches=share.batches(), ledger=self.ledger, options=self.options,
                 feedback=self.feedback, signals=self.signals, share=share, report=report,
+                run=self.plan.options.get("run"),
             )  # fmt: skip
         except SendAborted:
             if not self.keeper.lost:
@@ -1091,6 +1116,7 @@ class _Batch:
     number: int
     readers: list[Subscriber]
     left: int
+    counts: dict[str, int] = field(default_factory=dict)  # its readers' outcomes so far (Share.settled)
 
 
 class _Share:
@@ -1129,16 +1155,17 @@ class _Share:
         subs = [Subscriber(e, n, MappingProxyType(f), 0) for e, n, f in json.loads(readers)]
         return _Batch(number, subs, len(subs))
 
-    def settled(self, sub: Subscriber) -> None:
+    def settled(self, sub: Subscriber, counted: str) -> None:
         batch = self.batch_of.pop(id(sub), None)
         if batch is None:
             return
+        batch.counts[counted] = batch.counts.get(counted, 0) + 1
         batch.left -= 1
         if batch.left:
             return
         w = self.worker
         with self.keeper.lock:
-            done(w.ledger, w.where, w.name, batch.number)
+            done(w.ledger, w.where, w.name, batch.number, batch.counts)
             self.keeper.held.discard(batch.number)
 
     def holds(self) -> str:
@@ -1173,12 +1200,13 @@ def claim(ledger: Ledger, where: tuple[str, str], name: str, until: float) -> tu
     return int(number), str(readers), str(owner)
 
 
-def done(ledger: Ledger, where: tuple[str, str], name: str, number: int) -> bool:
-    """Mark a batch done, if `name` still holds it: one row, one statement, no database-wide lock."""
+def done(ledger: Ledger, where: tuple[str, str], name: str, number: int, counts: dict[str, int]) -> bool:
+    """Mark a batch done with its readers' outcomes (`counts`, what the report adds up), if `name` still
+    holds it: one row, one statement, no database-wide lock."""
     changed = ledger.write(
-        "UPDATE send_batches SET done = 1, lease_until = 0"
+        "UPDATE send_batches SET done = 1, lease_until = 0, counts = ?"
         " WHERE issue_id = ? AND destination = ? AND batch_no = ? AND owner = ?",
-        (*where, number, name),
+        (json.dumps(counts), *where, number, name),
         rows_only=True,
     )
     return changed == 1

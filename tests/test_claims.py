@@ -72,17 +72,18 @@ def test_a_lease_that_ran_out_is_taken_over_and_a_live_one_is_not(record_at: Loc
         assert claim(a, WHERE, "a", now - 1) == (0, json.dumps([["reader0@example.com", "", {}]]), "")
         taken = claim(b, WHERE, "b", now + 60)
         assert taken is not None and (taken[0], taken[2]) == (0, "a")  # a's lease on 0 ran out: b's now
-        assert not done(a, WHERE, "a", 0)  # a lost it: its done mark changes nothing
+        assert not done(a, WHERE, "a", 0, {"sent": 9})  # a lost it: its done mark (and counts) change nothing
         mine = claim(a, WHERE, "a", now + 60)
         assert mine is not None and mine[0] == 1
         last = claim(b, WHERE, "b", now + 60)
         assert last is not None and last[0] == 2  # a's lease on 1 is live
         assert claim(b, WHERE, "b", now + 60) is None
-        assert done(a, WHERE, "a", 1) and done(b, WHERE, "b", 0) and done(b, WHERE, "b", 2)
-    assert rows(record_at, "SELECT batch_no, done, owner FROM send_batches ORDER BY batch_no") == [
-        (0, 1, "b"),
-        (1, 1, "a"),
-        (2, 1, "b"),
+        assert done(a, WHERE, "a", 1, {"sent": 1}) and done(b, WHERE, "b", 0, {"already_sent": 1})
+        assert done(b, WHERE, "b", 2, {"suppressed": 1})
+    assert rows(record_at, "SELECT batch_no, done, owner, counts FROM send_batches ORDER BY batch_no") == [
+        (0, 1, "b", '{"already_sent": 1}'),
+        (1, 1, "a", '{"sent": 1}'),
+        (2, 1, "b", '{"suppressed": 1}'),
     ]
 
 
@@ -102,5 +103,5 @@ def test_on_postgresql_a_claim_passes_over_a_batch_being_claimed_and_waits_for_n
         with a.transaction():  # the database-wide lock, as an import or an issue's start holds it
             third = claim(b, WHERE, "b", time.time() + 60)
             assert third is not None and third[0] == 2
-            assert done(b, WHERE, "b", 2)
+            assert done(b, WHERE, "b", 2, {"sent": 1})
     assert owners(record) == {0: "a", 1: "b", 2: "b"}

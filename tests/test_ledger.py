@@ -185,14 +185,15 @@ def test_a_version_3_database_is_migrated_and_its_message_ids_still_name_their_r
 def test_a_version_4_database_is_migrated_and_a_removal_then_forgives_soft_bounces(sqlite_db: Path) -> None:
     db = sqlite_db
     # schema 4 is today's without the `resubscribed` table (step 4 adds only that), the subscriber lists
-    # (step 5 adds only those), the signups (step 6 adds only those) and the tables of sends made by several
-    # processes (step 7)
+    # (step 5 adds only those), the signups (step 6 adds only those), the tables of sends made by several
+    # processes (step 7) and the run of each delivery (step 10)
     with Ledger(db) as ledger:
         ledger.suppress("ann@example.org", source="dsn", reason="soft bounces")
     with closing(sqlite3.connect(db)) as conn:
         tables = ("resubscribed", "members", "lists", "signups", "signup_hits")
         for table in (*tables, "send_workers", "send_batches", "sends"):
             conn.execute(f"DROP TABLE {table}")
+        conn.execute("ALTER TABLE deliveries DROP COLUMN run_id")
         conn.execute("PRAGMA user_version = 4")
         conn.commit()
     with Ledger(db) as ledger:
@@ -214,7 +215,8 @@ def _delivery_indexes(db: Location) -> dict[str, str]:
 def test_a_version_8_database_is_migrated_and_its_index_by_state_keeps_only_rows_not_sent(
     db: Location,
 ) -> None:
-    # schema 8 is today's with the index by state over every row (step 8 makes it hold only rows not sent)
+    # schema 8 is today's with the index by state over every row (step 8 makes it hold only rows not sent),
+    # without the run of each delivery and the counts of each batch (step 10)
     with Ledger(db) as ledger:
         ledger.start_issue(ISSUE, "hash-1", "Monday's post")
         for state, who in [
@@ -227,6 +229,8 @@ def test_a_version_8_database_is_migrated_and_its_index_by_state_keeps_only_rows
             record(ledger, f"{who}@example.com", state, 550 if state == "failed" else 250)
     rows(db, "DROP INDEX deliveries_unsent")
     rows(db, "CREATE INDEX deliveries_by_state ON deliveries(issue_id, destination, state)")
+    rows(db, "ALTER TABLE deliveries DROP COLUMN run_id")
+    rows(db, "ALTER TABLE send_batches DROP COLUMN counts")
     if isinstance(db, Server):
         rows(db, "UPDATE mailer_schema SET version = 8")
     else:
@@ -253,11 +257,14 @@ def test_a_version_8_database_is_migrated_and_its_index_by_state_keeps_only_rows
 
 
 def test_a_version_9_database_is_migrated_and_keeps_web_copies(db: Location) -> None:
-    # schema 9 is today's without the web copies, which step 9 adds (archive.from_record)
+    # schema 9 is today's without the web copies, which step 9 adds (archive.from_record), and without the
+    # run of each delivery and the counts of each batch (step 10)
     with Ledger(db) as ledger:
         ledger.start_issue(ISSUE, "hash-1", "Monday's post")
         record(ledger, "a@example.com", "sent")
     rows(db, "DROP TABLE web_copies")
+    rows(db, "ALTER TABLE deliveries DROP COLUMN run_id")
+    rows(db, "ALTER TABLE send_batches DROP COLUMN counts")
     rows(db, "UPDATE mailer_schema SET version = 9" if isinstance(db, Server) else "PRAGMA user_version = 9")
     with Ledger(db) as ledger:
         assert ledger.found_version == 9

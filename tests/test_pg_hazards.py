@@ -31,6 +31,7 @@ from tests.test_workers import (
     worker_pids,
     write_list,
 )
+from tests.test_workers_lifecycle import mailer
 
 pytestmark = pytest.mark.postgresql
 
@@ -175,6 +176,10 @@ def test_a_rerun_right_after_the_database_came_back_goes_ahead_at_once(
     assert proc.returncode == 4, said
     assert len([line for line in said.splitlines() if line.startswith("Error: ")]) == 1, said
     assert rows(server, "SELECT state FROM sends") == [("running",)]  # as the old send left it
+    # `mailer status` says what is true, not "sending now" until the lease runs out: the coordinator and its
+    # workers, of this host, are gone
+    status = mailer(["status", str(post)], env, tmp_path)
+    assert "stopped half-way" in status.stdout and "sending now" not in status.stdout, status
     rerun_finishes(smtp_server, args, env, tmp_path, emails, 2)  # in flight on the two workers' connections
 
 

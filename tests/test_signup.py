@@ -439,6 +439,7 @@ def test_a_schema_6_database_gets_the_signup_tables_and_keeps_its_lists(tmp_path
     with closing(sqlite3.connect(db)) as conn, conn:  # back to what schema 6's mailer wrote
         for table in ("signups", "signup_hits", "send_workers", "send_batches", "sends"):  # and step 7's
             conn.execute(f"DROP TABLE {table}")
+        conn.execute("ALTER TABLE deliveries DROP COLUMN run_id")  # step 10's
         conn.execute("PRAGMA user_version = 6")
     with Ledger(db) as ledger:
         assert ledger.rows("SELECT name FROM lists") == [("main",)]

@@ -242,6 +242,7 @@ def test_a_schema_5_database_gets_the_list_tables_and_keeps_its_record(tmp_path:
         later = ("signups", "signup_hits", "send_workers", "send_batches", "sends")  # what later steps add
         for table in ("members", "lists", *later):
             conn.execute(f"DROP TABLE {table}")
+        conn.execute("ALTER TABLE deliveries DROP COLUMN run_id")  # step 10's
         conn.execute("PRAGMA user_version = 5")
     with Ledger(db) as ledger:
         assert ledger.status("2026-02-08").count("sent") == 1

@@ -98,9 +98,9 @@ def test_a_local_worker_killed_20_times_is_replaced_each_time_and_no_reader_is_l
     assert rows(record, "SELECT state FROM sends") == [("done",)]
     with Ledger(record) as ledger:
         assert ledger.status(ISSUE).count("sent") == len(emails) - len(rejected)
-    # the killed workers' last counts died with them, so the run is not recorded complete yet; the same
-    # command again finds every reader dealt with (the refused ones suppressed as hard bounces), mails no
-    # one, and records the run complete
+    # the refused readers failed in this run, so it is not recorded complete; the same command again finds
+    # every reader dealt with (the refused ones suppressed as hard bounces), mails no one, and records the
+    # run complete
     again = mailer([*args, "--connections", str(connections)], env, tmp_path)
     assert again.returncode == 0, again.stderr
     assert "Sending 2026-02-09 to 0 subscriber(s)" in again.stderr

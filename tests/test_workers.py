@@ -385,6 +385,7 @@ def test_a_schema_7_database_gets_the_tables_of_sends_with_workers(tmp_path: Pat
     with closing(sqlite3.connect(db)) as conn:  # back to what schema 7's mailer wrote
         for table in ("send_workers", "send_batches", "sends"):
             conn.execute(f"DROP TABLE {table}")
+        conn.execute("ALTER TABLE deliveries DROP COLUMN run_id")
         conn.execute("PRAGMA user_version = 7")
         conn.commit()
     with Ledger(db) as ledger:

@@ -1,0 +1,105 @@
+"""The report of a send by workers adds up to its readers, also when a batch changed hands (issue 16).
+
+A worker stopped (SIGTERM: it gives its batch back) or killed (-9: its lease runs out) half-way through a
+batch leaves readers it mailed in this run; the worker that takes the batch over must not count them as
+"already sent before", and what the killed one never wrote of its counts is in the record. Real workers,
+real signals, a real SMTP server (tests/smtpd.py), both engines; every wait is on an event (a held RCPT, a
+line on a worker's stderr, a row in the record, a process's end).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from mailer.engine import Location, Server
+from mailer.ledger import SCHEMA_VERSION, Ledger
+from tests.pg import rows
+from tests.smtpd import SMTPServer
+from tests.test_workers import (
+    WORKER_STOPS,
+    _stderr_of,
+    env_at,
+    recipients,
+    spawn,
+    wait_until,
+    write_list,
+)
+from tests.test_workers_lifecycle import finish, mailer
+
+READERS = 120  # 12 batches of 10 for two workers (workers.batch_size)
+HELD = "user25@example.com"  # the middle of batch 2: 20 to 24 are mailed before it
+
+
+def _owner(record: Location, batch: int) -> int:
+    """The pid of the worker that holds the batch ('HOST pid N TOKEN')."""
+    ((owner,),) = rows(record, "SELECT owner FROM send_batches WHERE batch_no = ?", (batch,))
+    return int(str(owner).split(" pid ")[1].split()[0])
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "kill9"])
+def test_a_batch_that_changes_hands_half_sent_is_counted_once_and_a_rerun_finds_it_sent_before(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path, record_at: Location, signum: int
+) -> None:
+    emails = [f"user{i}@example.com" for i in range(READERS)]
+    csv = write_list(tmp_path / "subs.csv", emails)
+    held = smtp_server.hold(HELD)
+    env = env_at(smtp_server, tmp_path, record_at)
+    args = ["send", str(post), "--to", str(csv), "--yes", "--force", "--workers", "2", "--json"]
+    proc = spawn(args, env, tmp_path)
+    try:
+        assert held.reached.wait(120), "the held reader never came"
+        victim = _owner(record_at, 2)
+        if signum == signal.SIGTERM:  # it stops after the message in flight, gives the rest of batch 2 back
+            os.kill(victim, signum)
+            wait_until("the worker stopping", lambda: WORKER_STOPS in _stderr_of(victim), timeout=60)
+        else:  # its lease on batch 2 runs out; the RCPT held is never answered, so that one is not mailed
+            os.kill(victim, signum)
+        held.release.set()
+        out, err = proc.communicate(timeout=300)
+    finally:
+        finish(proc)
+    said = err.decode()
+    assert proc.returncode == 0, said
+    assert recipients(smtp_server) == {e: 1 for e in emails}  # no one twice: the held one came once
+    assert _owner(record_at, 2) != victim  # the batch changed hands
+    counts = json.loads(out)["counts"]
+    assert counts["sent"] == READERS, counts
+    assert {k: n for k, n in counts.items() if n and k != "sent"} == {}, counts  # nothing "already sent"
+    # and the run is complete: the killed worker's counts it never wrote are the record's
+    status = mailer(["status", str(post), "--json"], env, tmp_path)
+    assert json.loads(status.stdout)["complete"] is True, status
+    again = mailer(args, env, tmp_path)
+    assert again.returncode == 0, again.stderr
+    counts = json.loads(again.stdout)["counts"]
+    assert (counts["sent"], counts["already_sent"]) == (0, READERS), counts
+
+
+def test_a_schema_10_record_gets_the_run_of_each_delivery_and_its_rows_count_as_before_any_run(
+    record_at: Location,
+) -> None:
+    issue = "2026-02-08"
+    with Ledger(record_at) as ledger:
+        ledger.start_issue(issue, "h", "Old")
+        ledger.record_outcomes(issue, [("ann@example.com", "sent", 250, "ok")])
+    # back to what schema 10's mailer wrote: no run of a delivery, no counts of a batch
+    rows(record_at, "ALTER TABLE deliveries DROP COLUMN run_id")
+    rows(record_at, "ALTER TABLE send_batches DROP COLUMN counts")
+    if isinstance(record_at, Server):
+        rows(record_at, "UPDATE mailer_schema SET version = 10")
+    else:
+        rows(record_at, "PRAGMA user_version = 10")
+    with Ledger(record_at) as ledger:
+        assert ledger.found_version == 10
+        run = ledger.start_run(issue, "key", "list.csv")
+        ledger.record_outcomes(issue, [("bob@example.com", "sent", 250, "ok")], run)
+        both = ["ann@example.com", "bob@example.com"]
+        found = ledger.looked_up(issue, both, run)
+        assert found == (set(), {"ann@example.com": "sent", "bob@example.com": "sent"}, {"bob@example.com"})
+        assert ledger.looked_up(issue, both, run + 1)[2] == set()  # a later run: both before it
+        assert ledger.rows("SELECT counts FROM send_batches") == []
+        assert ledger.schema_version() == SCHEMA_VERSION == 11
