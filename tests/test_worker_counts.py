@@ -65,7 +65,11 @@ def test_a_batch_that_changes_hands_half_sent_is_counted_once_and_a_rerun_finds_
         finish(proc)
     said = err.decode()
     assert proc.returncode == 0, said
-    assert recipients(smtp_server) == {e: 1 for e in emails}  # no one twice: the held one came once
+    got = recipients(smtp_server)
+    assert set(got) == set(emails)
+    # a clean stop repeats no one; a kill -9 at most the message in flight on the worker's one connection (the
+    # one before the held reader, whose end of DATA went with the held RCPT, unanswered)
+    assert sum(n - 1 for n in got.values()) <= (signum == signal.SIGKILL), got
     assert _owner(record_at, 2) != victim  # the batch changed hands
     counts = json.loads(out)["counts"]
     assert counts["sent"] == READERS, counts
