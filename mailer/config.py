@@ -148,6 +148,9 @@ class Settings:
     signup_welcome: str = ""  # a post mailed to each reader who confirms
     signup_ip_limit: int = 20  # signups an hour from one client address (0: no limit)
     signup_address_limit: int = 3  # signups a day for one address (0: no limit)
+    # how long `mailer serve` waits for a slow client before it closes the connection (docs/unsubscribe.md)
+    serve_idle_timeout: int = 15  # seconds a connection may send nothing
+    serve_request_timeout: int = 10  # seconds from a request's first byte to its last, however it trickles
     # images the post gives no size for are fetched once to learn it (cached in data_dir); not when offline
     offline: bool = False
 
@@ -440,6 +443,8 @@ RANGES: dict[str, tuple[float, float, str]] = {
     "signup_confirm_hours": (1, 720, "1 to 720 hours"),
     "signup_ip_limit": (0, 1_000_000, "0 (no limit) to 1000000"),
     "signup_address_limit": (0, 1000, "0 (no limit) to 1000"),
+    "serve_idle_timeout": (1, 3600, "1 to 3600 seconds"),
+    "serve_request_timeout": (1, 3600, "1 to 3600 seconds"),
 }
 _LIST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # stored.check_name's rule
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"

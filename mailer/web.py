@@ -354,12 +354,12 @@ def make_app(settings: Settings, *, keyring: Keyring | None = None) -> Unsubscri
 
 # Limits for facing the open internet through a reverse proxy (docs/configuration.md says what it must add).
 # Waitress stops accepting at connection_limit, so a low limit let 100 idle sockets lock out every reader;
-# a stalled client is cut off after CHANNEL_TIMEOUT seconds without a byte, checked every CLEANUP_INTERVAL.
+# a stalled client is cut off after serve_idle_timeout seconds without a byte, checked every CLEANUP_INTERVAL
+# (or more often, when that timeout is shorter), and a trickling one serve_request_timeout seconds after its
+# request's first byte (slowloris).
 MAX_CONNECTIONS = 1000
-CHANNEL_TIMEOUT = 15
 CLEANUP_INTERVAL = 5
 MAX_HEADER_BYTES = 16 * 1024
-HEADER_DEADLINE = 10  # seconds from a request's first byte to its last, headers and body (slowloris)
 
 
 def _connection_limit() -> int:
@@ -374,8 +374,8 @@ def _connection_limit() -> int:
     return MAX_CONNECTIONS if soft == resource.RLIM_INFINITY else max(10, min(MAX_CONNECTIONS, soft - 100))
 
 
-def _deadline_channel() -> type:
-    """Waitress's channel, closing a connection whose request (headers or body) is unfinished HEADER_DEADLINE
+def _deadline_channel(deadline: float) -> type:
+    """Waitress's channel, closing a connection whose request (headers or body) is unfinished `deadline`
     seconds after its first byte: a client trickling a byte at a time never looks idle to channel_timeout."""
     import time
 
@@ -386,7 +386,7 @@ def _deadline_channel() -> type:
 
         def received(self, data: bytes) -> bool:
             now = time.monotonic()
-            if self.headers_since is not None and now - self.headers_since > HEADER_DEADLINE:
+            if self.headers_since is not None and now - self.headers_since > deadline:
                 log.info("closed a connection from %s: its request took too long to arrive", self.addr[0])
                 self.will_close = True
                 return False
@@ -398,8 +398,11 @@ def _deadline_channel() -> type:
     return DeadlineChannel
 
 
-def make_server(build: Callable[[], UnsubscribeApp], host: str, port: int, threads: int) -> Any:
-    """A listening waitress server with limits fit for the internet; MailerError if it cannot listen.
+def make_server(
+    build: Callable[[], UnsubscribeApp], host: str, port: int, threads: int, limits: Settings
+) -> Any:
+    """A listening waitress server with limits fit for the internet (`limits`' serve_* timeouts);
+    MailerError if it cannot listen.
 
     It listens before `build` runs, so a bad address fails before a signing key is made.
     """
@@ -413,8 +416,8 @@ def make_server(build: Callable[[], UnsubscribeApp], host: str, port: int, threa
         max_request_body_size=WEBHOOK_MAX_BODY,  # and at most MAX_BODY outside /webhooks/
         max_request_header_size=MAX_HEADER_BYTES,
         connection_limit=_connection_limit(),
-        channel_timeout=CHANNEL_TIMEOUT,
-        cleanup_interval=CLEANUP_INTERVAL,
+        channel_timeout=limits.serve_idle_timeout,
+        cleanup_interval=min(CLEANUP_INTERVAL, limits.serve_idle_timeout),
         # behind a proxy on this machine (docs/unsubscribe.md) the client is the address it appends to
         # X-Forwarded-For: what the signup limits count per client and the consent record keeps
         trusted_proxy="127.0.0.1",
@@ -423,7 +426,7 @@ def make_server(build: Callable[[], UnsubscribeApp], host: str, port: int, threa
     )
     from waitress.server import BaseWSGIServer
 
-    channel = _deadline_channel()
+    channel = _deadline_channel(limits.serve_request_timeout)
     for listener in [server, *getattr(server, "map", {}).values()]:  # one, or one per address of the host
         if isinstance(listener, BaseWSGIServer):
             listener.channel_class = channel
@@ -446,7 +449,7 @@ def serve_until_stopped(settings: Settings, host: str, port: int, threads: int, 
         built.append(make_app(settings, keyring=load_keyring(settings, console=console)))
         return built[0]
 
-    server = make_server(build, host, port, threads)
+    server = make_server(build, host, port, threads, settings)
     shown = f"[{host}]" if ":" in host else host
     address = f"http://{shown}:{server.effective_port}/"
     console.result(f"Serving on {address} (links point to {settings.web_url})")

@@ -192,7 +192,7 @@ def test_an_unexpected_error_page_is_in_the_list_language(tmp_path: Path) -> Non
         settings = Settings(data_dir=tmp_path / lang, lang=lang, list_name=LIST_NAME[lang])
         app = make_app(settings)
         app.dispatch = broken  # type: ignore[method-assign]
-        server = make_server(lambda app=app: app, HOST, 0, threads=1)  # type: ignore[misc]
+        server = make_server(lambda app=app: app, HOST, 0, 1, settings)  # type: ignore[misc]
         running = ServerThread(server)
         try:
             conn = HTTPConnection(HOST, server.effective_port, timeout=30)

@@ -104,18 +104,24 @@ def test_healthz_answers_while_150_clients_send_their_headers_slowly(tmp_path: P
 
 
 def test_a_client_that_stops_sending_is_cut_off(tmp_path: Path) -> None:
-    """A stalled half request is closed by the server (channel timeout), not held for ever."""
-    with serving(tmp_path, env=_env(MAILER_DATA_DIR=str(tmp_path / "state"))) as port:
+    """A stalled half request is closed by the server (serve_idle_timeout), not held for ever."""
+    # 2 s instead of the default 15: the same cut, 13 s sooner (the deadline for the whole request stays
+    # 10 s, so it is the idle limit that cuts)
+    env = _env(MAILER_DATA_DIR=str(tmp_path / "state"), MAILER_SERVE_IDLE_TIMEOUT="2")
+    with serving(tmp_path, env=env) as port:
         with socket.create_connection((HOST, port), timeout=90) as sock:
             sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # no blank line: the headers never end
             started = time.monotonic()
             assert sock.recv(1024) == b""  # the server closed it
-            assert time.monotonic() - started < 60
+            # not at once, but once it had been silent for 2 s (checked every 2 s), not the default's 15
+            assert 1.5 < time.monotonic() - started < 15
 
 
 def test_a_client_that_trickles_its_headers_is_cut_off(tmp_path: Path) -> None:
-    """One header byte every 0.5 s never looks idle; the server closes it once the headers take too long."""
-    with serving(tmp_path, env=_env(MAILER_DATA_DIR=str(tmp_path / "state"))) as port:
+    """One header byte every 0.5 s never looks idle; the server closes it once the headers take too long
+    (serve_request_timeout: 2 s here instead of the default 10, the same cut 8 s sooner)."""
+    env = _env(MAILER_DATA_DIR=str(tmp_path / "state"), MAILER_SERVE_REQUEST_TIMEOUT="2")
+    with serving(tmp_path, env=env) as port:
         with socket.create_connection((HOST, port), timeout=30) as sock:
             sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
             started = time.monotonic()
@@ -134,7 +140,7 @@ def test_a_client_that_trickles_its_headers_is_cut_off(tmp_path: Path) -> None:
                     closed = True
                     break
             assert closed
-            assert time.monotonic() - started < 60
+            assert time.monotonic() - started < 10  # 2 s after the first byte, not the default's 10
         assert _healthz(port, timeout=20) == (200, b"ok\n")
 
 

@@ -33,7 +33,6 @@ from mailer.campaign import LOOKUP_BATCH
 from mailer.config import Settings
 from mailer.ledger import Ledger
 from mailer.tokens import Keyring, load_keyring
-from mailer.web import CHANNEL_TIMEOUT
 from tests import publisher
 from tests.conftest import examples
 from tests.served import mailer_serve
@@ -268,7 +267,8 @@ def test_huge_and_broken_bodies_are_refused_without_effect(server: Server) -> No
     # a gigabyte announced, none sent: answered without waiting for it (a server that waited would give up
     # only at its idle limit, after this client's read deadline, and the read would time out)
     announced = f"{head}Content-Length: 1000000000\r\n\r\n".encode()
-    assert _status(server.raw(announced, hold_open=True, timeout=CHANNEL_TIMEOUT * 2 / 3)) == 413
+    patience = server.settings.serve_idle_timeout * 2 / 3
+    assert _status(server.raw(announced, hold_open=True, timeout=patience)) == 413
     # 200 KB actually sent, one-click field first
     assert _status(server.raw(f"{head}Content-Length: {len(padded)}\r\n\r\n".encode(), then=padded)) == 413
     # the same, chunked, with no length given
