@@ -9,7 +9,9 @@ file system, and the send lock as an flock next to it.
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
+import re
 import resource
 import sqlite3
 import urllib.parse
@@ -28,6 +30,18 @@ from .private import FILE_MODE, make_folder, open_new, restrict
 # most 4.5 MiB, the log 4 MiB of it). Below it, a commit after a message's "." could fail for want of space,
 # leaving that reader unrecorded, to be mailed again by the next run.
 ROOM = 8 << 20
+
+# The row of values in a one-row `INSERT ... VALUES (...) ...`
+_VALUES = re.compile(r" VALUES (\([^)]*\))", re.I)
+
+
+@functools.lru_cache(maxsize=64)
+def _many_rows(sql: str, count: int) -> str:
+    """A one-row `INSERT ... VALUES (...) ...` for `count` rows, written in their order."""
+    found = _VALUES.search(sql)
+    if found is None:
+        raise ValueError(f"write_batch takes INSERT ... VALUES (...) ..., not {sql!r}")
+    return sql[: found.start(1)] + ", ".join([found.group(1)] * count) + sql[found.end(1) :]
 
 
 class SQLite:
@@ -77,20 +91,16 @@ class SQLite:
         self._db.executemany(sql, rows)
 
     def write_batch(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        if len(rows) == 1:
-            # one statement is its own transaction, locked for writing from its start like BEGIN
-            # IMMEDIATE, and costs one call into SQLite instead of three (each of which gives up the GIL
-            # and must win it back before the next)
-            self._db.execute(sql, rows[0])
+        # The rows as one multi-row INSERT, its own transaction, locked for writing from its start like
+        # BEGIN IMMEDIATE: one call into SQLite where BEGIN, a step per row and COMMIT made two more than
+        # the rows, each of which gives up the GIL and, at 8 connections, waits to win it back from the
+        # connection threads. Only past SQLite's limit of parameters is there more than one statement.
+        if not rows:
             return
-        self.begin()  # SQLite has one writer at a time whatever is written
-        try:
-            self._db.executemany(sql, rows)
-            self.commit()
-        except BaseException:
-            if self.in_transaction:
-                self.rollback()
-            raise
+        per = max(1, self._db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // len(rows[0]))
+        for start in range(0, len(rows), per):
+            chunk = rows[start : start + per]
+            self._db.execute(_many_rows(sql, len(chunk)), [value for row in chunk for value in row])
 
     def begin(self) -> None:
         self._db.execute("BEGIN IMMEDIATE")

@@ -379,6 +379,21 @@ def test_a_batch_of_outcomes_ends_as_the_same_outcomes_written_one_at_a_time(db:
         assert retried is not None and (retried.state, retried.attempts) == ("failed", 2)
 
 
+def test_a_batch_past_sqlites_limit_of_parameters_is_recorded_whole(db: Location) -> None:
+    """SQLite takes a batch as one multi-row INSERT of 7 parameters a row, as many as its build allows in a
+    statement (32,766 by default, 250,000 in Debian's): a batch of one row more than that must still be
+    recorded whole."""
+    with closing(sqlite3.connect(":memory:")) as probe:
+        count = probe.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // 7 + 1
+    batch = [(f"reader{i}@example.com", "sent", 250, "ok") for i in range(count)]
+    with Ledger(db) as led:
+        led.start_issue(ISSUE, "hash-1", "Monday's post")
+        led.record_outcomes(ISSUE, batch)
+        assert led.status(ISSUE).counts == {"sent": count}
+        last = delivery(led, ISSUE, f"reader{count - 1}@example.com")
+        assert last is not None and last.outcome() == ("sent", 1, 250, "ok")
+
+
 def test_deliveries_need_a_started_issue(ledger: Ledger) -> None:
     with pytest.raises(MailerError, match="start_issue"):
         record(ledger, "a@example.com", "sent", issue="never-started")
