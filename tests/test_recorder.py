@@ -35,7 +35,7 @@ def test_an_outcome_is_committed_while_another_connections_commit_waits(pg_clust
     with closing(Ledger(record)) as ledger:
         ledger.start_issue(ISSUE, "hash", "Subject")
         ledger.record_outcomes(ISSUE, [("held@example.com", "deferred", 451, "try later")])
-        outcomes: queue.Queue = queue.Queue()  # type: ignore[type-arg]
+        outcomes: queue.SimpleQueue = queue.SimpleQueue()  # type: ignore[type-arg]
         recorder = _Recorder(ledger, ISSUE, outcomes, connections=2)
         with (
             psycopg.connect(record.url, password=record.password) as holder,
@@ -43,7 +43,8 @@ def test_an_outcome_is_committed_while_another_connections_commit_waits(pg_clust
         ):
             # a transaction of the test's own holds the row the first outcome updates: its commit waits
             holder.execute("SELECT 1 FROM deliveries WHERE email = 'held@example.com' FOR UPDATE")
-            held = threading.Event()
+            held = threading.Lock()  # released by the recorder once the outcome is committed
+            held.acquire()
             recorder.submit(job("held@example.com"), Outcome(250, "ok"), held)
             deadline = time.monotonic() + 30
             while not watcher.execute(
@@ -52,13 +53,14 @@ def test_an_outcome_is_committed_while_another_connections_commit_waits(pg_clust
             ).fetchall():
                 assert time.monotonic() < deadline, "the recorder's commit never reached the held row"
                 time.sleep(0.01)
-            free = threading.Event()
+            free = threading.Lock()
+            free.acquire()
             recorder.submit(job("free@example.com"), Outcome(250, "ok"), free)
             # one commit at a time would hold this one behind the held commit until the holder lets go
-            assert free.wait(20), "an outcome waited for another connection's commit"
-            assert not held.is_set()
+            assert free.acquire(timeout=20), "an outcome waited for another connection's commit"
+            assert held.locked()
             holder.rollback()
-        assert held.wait(20)
+        assert held.acquire(timeout=20)
         recorder.stop()
         assert not recorder.error
         got = dict(ledger.rows("SELECT email, state FROM deliveries WHERE issue_id = ?", (ISSUE,)))
