@@ -577,6 +577,21 @@ class Ledger:
             self._engine.close()
             self._engine = None
 
+    @contextmanager
+    def closed_for_fork(self) -> Iterator[None]:
+        """The connection closed for the block's time, opened again after it: a process forks in the block.
+
+        SQLite keeps what a process holds of a file (its locks, the shared-memory index) in the process's
+        memory: a child that inherited a connection's, and opened its own to the file, would take the
+        parent's locks for its own. Only between transactions."""
+        if self._depth or self._db.in_transaction:
+            raise RuntimeError("closed_for_fork() inside a transaction")
+        self.close()
+        try:
+            yield
+        finally:
+            self._engine = connect(self.path, timeout=self.timeout, create=False)
+
     def __enter__(self) -> Ledger:
         return self
 

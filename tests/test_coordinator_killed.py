@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from mailer.engine import Location
-from tests.pg import Cluster
+from mailer.engine import Location, issue_lock
+from mailer.errors import MailerError
+from tests.pg import Cluster, rows
 from tests.sends import forty_readers
 from tests.smtpd import Hold, SMTPServer
 from tests.test_workers import env_at, recipients, spawn, wait_until, worker_pids, write_list
@@ -121,3 +122,41 @@ def test_what_a_worker_said_just_before_its_coordinator_was_killed_reaches_the_c
     assert said.count("failed: user09@example.com") == 1, said
     assert re.search(r"worker pid \d+: its coordinator \(pid \d+\) is gone: stopping", said), said
     assert "Traceback" not in said, said
+
+
+def _lock_free(record: Location, issue_id: str) -> bool:
+    """Whether a rerun could take the issue's lock now (the lock a send holds for its whole time)."""
+    try:
+        with issue_lock(record, issue_id):
+            return True
+    except MailerError:
+        return False
+
+
+def test_the_issue_lock_goes_with_the_coordinator_not_with_its_workers(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path, record_at: Location
+) -> None:
+    """The workers are forked from the coordinator: they must not keep what it held open (the issue's flock,
+    the PostgreSQL session that holds the issue's advisory lock), or a coordinator killed with -9 would go
+    on locking the issue for as long as its workers finish their messages in flight (or longer, a worker
+    that cannot write its end to the record). Here both workers stay in flight on held replies while the
+    lock must come free."""
+    emails = [f"user{i:02}@example.com" for i in range(80)]
+    csv = write_list(tmp_path / "subs.csv", emails)
+    env = env_at(smtp_server, tmp_path, record_at, MAILER_SMTP_TIMEOUT="120")
+    args = ["send", str(post), "--to", str(csv), "--yes", "--force", "--workers", "2", "--connections", "1"]
+    holds = [smtp_server.hold(f"user{i:02}@example.com") for i in range(5, 80, 10)]
+    coordinator = spawn(args, env, tmp_path)
+    pids: set[int] = set()
+    try:
+        wait_until("both workers held", lambda: sum(h.reached.is_set() for h in holds) == 2)
+        pids = worker_pids(record_at)
+        [(issue_id,)] = rows(record_at, "SELECT issue_id FROM sends")
+        assert not _lock_free(record_at, str(issue_id))  # the coordinator holds it
+        coordinator.send_signal(signal.SIGKILL)
+        coordinator.wait(timeout=60)
+        wait_until("the issue's lock free", lambda: _lock_free(record_at, str(issue_id)), timeout=30)
+        assert len(pids) == 2 and all(_alive(pid) for pid in pids)  # still in flight, and not holding it
+    finally:
+        _leave_nothing_running(coordinator, pids, holds)
+        coordinator.communicate(timeout=60)  # its pipes: at their end once the workers, writing to it, are

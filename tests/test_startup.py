@@ -73,18 +73,41 @@ def test_requests_serves_a_later_use_in_the_process_that_inlined(tmp_path: Path)
     assert done.stdout.split() == ["True", "200", "requests.sessions", "True"]
 
 
+# in the coordinator (its forked workers inherit it): each process that renders the page writes its pid to
+# RENDERERS, and to INLINERS if it inlines it (a miss in the data folder) instead of reading it there
+COUNT_INLINERS = """\
+import os, sys
+if sys.argv[1:2] == ["send"]:
+    import mailer.inlined as inlined
+    cached = inlined.inline_cached
+    def counted(folder, page, extra, inline):
+        def inlining():
+            with open(os.environ["INLINERS"], "a") as out:
+                out.write(f"{os.getpid()}\\n")
+            return inline()
+        with open(os.environ["RENDERERS"], "a") as out:
+            out.write(f"{os.getpid()}\\n")
+        return cached(folder, page, extra, inlining)
+    inlined.inline_cached = counted
+"""
+
+
 def test_a_first_send_into_a_new_data_folder_keeps_the_page_for_its_workers(
     smtp_server: SMTPServer, post: Path, tmp_path: Path
 ) -> None:
     # The data folder does not exist yet when the coordinator renders (a first send makes it later, with
     # the record); the page it inlined must still be kept there, so that each worker, started after, reads
-    # it instead of inlining again. PYTHONPROFILEIMPORTTIME reaches the workers, whose stderr the
-    # coordinator passes on: one import of premailer in all, the coordinator's.
-    env = env_for(smtp_server, tmp_path, MAILER_OFFLINE="1", PYTHONPROFILEIMPORTTIME="1")
+    # it instead of inlining again: three processes render the page, one inlines it, the coordinator.
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(COUNT_INLINERS, encoding="utf-8")
+    renderers, inliners = tmp_path / "renderers", tmp_path / "inliners"
+    env = env_for(smtp_server, tmp_path, MAILER_OFFLINE="1")
     rows = [f"r{i}@readers.example.org" for i in range(6)]
     (tmp_path / "subs.csv").write_text("email\n" + "\n".join(rows) + "\n", encoding="utf-8")
     assert not (tmp_path / "state").exists()
     full = {**{k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}, **env}
+    full |= {"PYTHONPATH": str(hook), "RENDERERS": str(renderers), "INLINERS": str(inliners)}
     done = subprocess.run(
         [sys.executable, "-m", "mailer", "send", str(post), "--to", "subs.csv", "--yes", "--force",
          "--workers", "2"],
@@ -92,8 +115,7 @@ def test_a_first_send_into_a_new_data_folder_keeps_the_page_for_its_workers(
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert len(smtp_server.wait_for(6)) == 6
-    inliners = re.findall(r"^import time: +\d+ \| +\d+ \| +premailer$", done.stderr, re.M)
-    workers = re.findall(r"^import time: +\d+ \| +\d+ \| +mailer\.workers$", done.stderr, re.M)
-    assert len(workers) == 3  # the coordinator and its two workers, each heard from
-    assert len(inliners) == 1
+    rendered = renderers.read_text(encoding="utf-8").split()
+    assert len(set(rendered)) == 3  # the coordinator and its two workers, each heard from
+    assert inliners.read_text(encoding="utf-8").split() == rendered[:1]  # the coordinator's, once
     assert len(list((tmp_path / "state" / "inlined").glob("*.html"))) == 1

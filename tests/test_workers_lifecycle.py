@@ -129,18 +129,19 @@ def test_a_local_worker_killed_is_replaced_and_the_send_finishes_with_everyone_o
 
 
 SITECUSTOMIZE = """\
-import os, signal, subprocess, sys
-if sys.argv[1:2] == ["worker"]:  # a host where `mailer worker` cannot run: it dies as it starts
-    with open(os.environ["WORKER_STARTS"], "a") as starts:
-        starts.write(f"{os.getpid()}\\n")
-    os.kill(os.getpid(), signal.SIGKILL)
-if sys.argv[1:2] == ["send"] and os.environ.get("LATE_COORDINATOR"):
-    class Late(subprocess.Popen):  # a loaded machine: the coordinator gets the CPU back only once the
-        def __init__(self, args, *rest, **options):  # worker it started has died (waited for, not reaped)
-            super().__init__(args, *rest, **options)
-            if "worker" in args:
-                os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOWAIT)
-    subprocess.Popen = Late
+import os, signal, sys
+if sys.argv[1:2] == ["send"]:  # the coordinator forks its workers
+    fork = os.fork
+    def dying_fork():
+        pid = fork()
+        if pid == 0:  # a host where `mailer worker` cannot run: it dies as it starts
+            with open(os.environ["WORKER_STARTS"], "a") as starts:
+                starts.write(f"{os.getpid()}\\n")
+            os.kill(os.getpid(), signal.SIGKILL)
+        if os.environ.get("LATE_COORDINATOR"):  # a loaded machine: the coordinator gets the CPU back only
+            os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)  # once its worker has died (not reaped)
+        return pid
+    os.fork = dying_fork
 """
 
 
