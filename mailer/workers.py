@@ -339,13 +339,19 @@ class _Locals:
 
     def start(self, ledger: Ledger) -> None:
         mark = _progress(ledger, self.where)
-        self.procs = [(self._spawn(ledger), mark) for _ in range(self.crew.workers)]
+        for _ in range(self.crew.workers):
+            self._spawn(ledger, mark)
 
-    def _spawn(self, ledger: Ledger) -> _Forked:
+    def _spawn(self, ledger: Ledger, mark: int) -> _Forked:
+        """Start a worker, followed (in procs) from the fork on: if the record cannot be reached again
+        after it, the coordinator stops it with the others."""
         stderr = _Stderr()
-        proc = _spawn(self.issue_id, self.crew, self.settings, stderr, self.own_stderr, ledger)
-        self.stderr[proc.pid] = stderr
-        return proc
+
+        def started(proc: _Forked) -> None:
+            self.stderr[proc.pid] = stderr
+            self.procs.append((proc, mark))
+
+        return _spawn(self.issue_id, self.crew, self.settings, stderr, self.own_stderr, ledger, started)
 
     def relay(self) -> None:
         """Pass on what the workers said since the last call, but for their `Error:` lines (see _Stderr)."""
@@ -382,9 +388,8 @@ class _Locals:
                     )
                     self.feedback.stopping(self.gave_up)
                 continue
-            new = self._spawn(ledger)
+            new = self._spawn(ledger, now)
             self.feedback.stopping(f"worker pid {proc.pid} {how}; pid {new.pid} takes its place")
-            self.procs.append((new, now))
 
     def alive(self) -> bool:
         return any(proc.poll() is None for proc, _ in self.procs)
@@ -489,7 +494,13 @@ def _progress(ledger: Ledger, where: tuple[str, str]) -> int:
 
 
 def _spawn(
-    issue_id: str, crew: Crew, settings: Settings, stderr: _Stderr, own_stderr: int | None, ledger: Ledger
+    issue_id: str,
+    crew: Crew,
+    settings: Settings,
+    stderr: _Stderr,
+    own_stderr: int | None,
+    ledger: Ledger,
+    started: Callable[[_Forked], None],
 ) -> _Forked:
     """One local worker: `mailer worker` for this issue, with this command's configuration and environment,
     its stderr to a file of the coordinator's (_Stderr), and the coordinator's own stderr (`own_stderr`)
@@ -523,7 +534,9 @@ def _spawn(
         pid = os.fork()
         if pid == 0:
             _become_worker(argv, env, stderr.write, keep)
-    return _Forked(pid)
+        proc = _Forked(pid)
+        started(proc)  # before the record is reconnected, which may fail (the database gone meanwhile)
+    return proc
 
 
 def _become_worker(argv: list[str], env: dict[str, str], stderr: int, keep: set[int]) -> NoReturn:
