@@ -174,6 +174,15 @@ def rows(where: Path | Server, sql: str, params: tuple[object, ...] = ()) -> lis
         return [tuple(row) for row in cursor.fetchall()] if cursor.description else []
 
 
+def set_schema_version(where: Path | Server, version: int) -> None:
+    """Mark the record as of schema `version`, where each engine keeps it (a test that makes an older or a
+    newer mailer's record)."""
+    if isinstance(where, Path):
+        rows(where, f"PRAGMA user_version = {int(version)}")
+    else:
+        rows(where, "UPDATE mailer_schema SET version = ?", (version,))
+
+
 def database_env(where: Path | Server) -> dict[str, str]:
     """The MAILER_* variables that point mailer (a CLI run, a child process) at a test's record."""
     if isinstance(where, Path):

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from mailer.engine import Location
 from mailer.ledger import SCHEMA_VERSION
-from tests.pg import Cluster, rows
+from tests.pg import Cluster, rows, set_schema_version
 from tests.publisher import env_for
 from tests.sends import held_send, rerun_finishes
 from tests.smtpd import SMTPServer
@@ -143,10 +143,7 @@ def test_a_worker_of_a_newer_mailer_leaves_the_record_of_an_older_send_as_it_is(
         older = SCHEMA_VERSION - 1
         rows(record_at, "ALTER TABLE deliveries DROP COLUMN run_id")
         rows(record_at, "ALTER TABLE send_batches DROP COLUMN counts")
-        if isinstance(record_at, Path):
-            rows(record_at, f"PRAGMA user_version = {older}")
-        else:
-            rows(record_at, f"UPDATE mailer_schema SET version = {older}")
+        set_schema_version(record_at, older)
         newer = spawn(["worker"], env, tmp_path)
         _, said = newer.communicate(timeout=60)
         assert newer.returncode == 1, said.decode()

@@ -13,6 +13,8 @@ import os
 import re
 import signal
 import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -46,29 +48,52 @@ def _leave_nothing_running(coordinator: subprocess.Popen[bytes], pids: set[int],
         coordinator.communicate()
 
 
+@dataclass
+class _Held:
+    """A `send --workers 2` whose two workers are each held in flight on a reader's reply."""
+
+    emails: list[str]
+    args: list[str]
+    env: dict[str, str]
+    coordinator: subprocess.Popen[bytes]
+    holds: list[Hold]
+    pids: set[int] = field(default_factory=set)
+
+
+@contextlib.contextmanager
+def _two_workers_held(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path, record: Location
+) -> Iterator[_Held]:
+    """80 readers, 8 batches of 10, one held reader in each: each worker waits at the batch it has, whichever
+    that is. What is left running at the end is stopped (_leave_nothing_running)."""
+    emails = [f"user{i:02}@example.com" for i in range(80)]
+    csv = write_list(tmp_path / "subs.csv", emails)
+    env = env_at(smtp_server, tmp_path, record, MAILER_SMTP_TIMEOUT="120")
+    args = ["send", str(post), "--to", str(csv), "--yes", "--force", "--workers", "2", "--connections", "1"]
+    holds = [smtp_server.hold(f"user{i:02}@example.com") for i in range(5, 80, 10)]
+    held = _Held(emails, args, env, spawn(args, env, tmp_path), holds)
+    try:
+        wait_until("both workers held", lambda: sum(h.reached.is_set() for h in holds) == 2)
+        held.pids = worker_pids(record)
+        assert len(held.pids) == 2
+        yield held
+    finally:
+        _leave_nothing_running(held.coordinator, held.pids, holds)
+        # its pipes (a test may have only waited for it): at their end once the workers, writing to it, are
+        held.coordinator.communicate(timeout=60)
+
+
 def test_the_workers_of_a_coordinator_killed_with_9_stop_say_so_and_a_rerun_sends_the_rest(
     smtp_server: SMTPServer, tmp_path: Path, post: Path, record_at: Location
 ) -> None:
-    emails = [f"user{i:02}@example.com" for i in range(80)]  # 8 batches of 10 for 2 workers
-    csv = write_list(tmp_path / "subs.csv", emails)
-    env = env_at(smtp_server, tmp_path, record_at, MAILER_SMTP_TIMEOUT="120")
-    args = ["send", str(post), "--to", str(csv), "--yes", "--force", "--workers", "2", "--connections", "1"]
-    # one held reader in each batch: each worker waits at the batch it has, whichever that is
-    holds = [smtp_server.hold(f"user{i:02}@example.com") for i in range(5, 80, 10)]
-    coordinator = spawn(args, env, tmp_path)
-    pids: set[int] = set()
-    try:
-        wait_until("both workers held", lambda: sum(h.reached.is_set() for h in holds) == 2)
-        pids = worker_pids(record_at)
-        assert len(pids) == 2
+    with _two_workers_held(smtp_server, tmp_path, post, record_at) as held:
+        coordinator, pids = held.coordinator, held.pids
         coordinator.send_signal(signal.SIGKILL)
-        for hold in holds:
+        for hold in held.holds:
             hold.release.set()
         # the coordinator's stderr stays open while a worker may still speak on it
         _, err = coordinator.communicate(timeout=120)
         wait_until("the workers ended", lambda: not any(_alive(pid) for pid in pids), timeout=60)
-    finally:
-        _leave_nothing_running(coordinator, pids, holds)
     said = err.decode()
     assert coordinator.returncode == -signal.SIGKILL
     # each worker said, where the publisher reads, that it stopped and why
@@ -78,13 +103,13 @@ def test_the_workers_of_a_coordinator_killed_with_9_stop_say_so_and_a_rerun_send
     assert "Traceback" not in said, said
     # they stopped after the messages in flight: the readers after the held ones were left to the rerun
     got = recipients(smtp_server)
-    assert len(got) < len(emails) and all(n == 1 for n in got.values()), got
-    again = spawn(args, env, tmp_path)
+    assert len(got) < len(held.emails) and all(n == 1 for n in got.values()), got
+    again = spawn(held.args, held.env, tmp_path)
     _, err = again.communicate(timeout=300)
     assert again.returncode == 0, err.decode()
     got = recipients(smtp_server)
-    assert set(got) == set(emails)
-    assert sum(got.values()) - len(emails) <= 2  # a message in flight on each worker's connection
+    assert set(got) == set(held.emails)
+    assert sum(got.values()) - len(held.emails) <= 2  # a message in flight on each worker's connection
 
 
 @pytest.mark.postgresql
@@ -141,22 +166,10 @@ def test_the_issue_lock_goes_with_the_coordinator_not_with_its_workers(
     on locking the issue for as long as its workers finish their messages in flight (or longer, a worker
     that cannot write its end to the record). Here both workers stay in flight on held replies while the
     lock must come free."""
-    emails = [f"user{i:02}@example.com" for i in range(80)]
-    csv = write_list(tmp_path / "subs.csv", emails)
-    env = env_at(smtp_server, tmp_path, record_at, MAILER_SMTP_TIMEOUT="120")
-    args = ["send", str(post), "--to", str(csv), "--yes", "--force", "--workers", "2", "--connections", "1"]
-    holds = [smtp_server.hold(f"user{i:02}@example.com") for i in range(5, 80, 10)]
-    coordinator = spawn(args, env, tmp_path)
-    pids: set[int] = set()
-    try:
-        wait_until("both workers held", lambda: sum(h.reached.is_set() for h in holds) == 2)
-        pids = worker_pids(record_at)
+    with _two_workers_held(smtp_server, tmp_path, post, record_at) as held:
         [(issue_id,)] = rows(record_at, "SELECT issue_id FROM sends")
         assert not _lock_free(record_at, str(issue_id))  # the coordinator holds it
-        coordinator.send_signal(signal.SIGKILL)
-        coordinator.wait(timeout=60)
+        held.coordinator.send_signal(signal.SIGKILL)
+        held.coordinator.wait(timeout=60)
         wait_until("the issue's lock free", lambda: _lock_free(record_at, str(issue_id)), timeout=30)
-        assert len(pids) == 2 and all(_alive(pid) for pid in pids)  # still in flight, and not holding it
-    finally:
-        _leave_nothing_running(coordinator, pids, holds)
-        coordinator.communicate(timeout=60)  # its pipes: at their end once the workers, writing to it, are
+        assert all(_alive(pid) for pid in held.pids)  # still in flight, and not holding it

@@ -20,7 +20,7 @@ from mailer.engine import Location, Server
 from mailer.envelope import Recipient, message_tag
 from mailer.errors import MailerError
 from mailer.ledger import SCHEMA_VERSION, Ledger
-from tests.pg import rows
+from tests.pg import rows, set_schema_version
 from tests.record import delivery
 
 ISSUE = "2026-02-09"
@@ -231,10 +231,7 @@ def test_a_version_8_database_is_migrated_and_its_index_by_state_keeps_only_rows
     rows(db, "CREATE INDEX deliveries_by_state ON deliveries(issue_id, destination, state)")
     rows(db, "ALTER TABLE deliveries DROP COLUMN run_id")
     rows(db, "ALTER TABLE send_batches DROP COLUMN counts")
-    if isinstance(db, Server):
-        rows(db, "UPDATE mailer_schema SET version = 8")
-    else:
-        rows(db, "PRAGMA user_version = 8")
+    set_schema_version(db, 8)
     with Ledger(db) as ledger:
         assert ledger.found_version == 8
         status = ledger.status(ISSUE)
@@ -265,7 +262,7 @@ def test_a_version_9_database_is_migrated_and_keeps_web_copies(db: Location) -> 
     rows(db, "DROP TABLE web_copies")
     rows(db, "ALTER TABLE deliveries DROP COLUMN run_id")
     rows(db, "ALTER TABLE send_batches DROP COLUMN counts")
-    rows(db, "UPDATE mailer_schema SET version = 9" if isinstance(db, Server) else "PRAGMA user_version = 9")
+    set_schema_version(db, 9)
     with Ledger(db) as ledger:
         assert ledger.found_version == 9
         assert ledger.status(ISSUE).counts == {"sent": 1}
@@ -561,10 +558,7 @@ def test_a_file_that_is_not_a_database_is_a_mailer_error(tmp_path: Path) -> None
 def test_a_database_from_a_newer_mailer_is_refused(db: Location) -> None:
     with Ledger(db):
         pass
-    if isinstance(db, Server):
-        rows(db, "UPDATE mailer_schema SET version = ?", (SCHEMA_VERSION + 1,))
-    else:
-        rows(db, f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    set_schema_version(db, SCHEMA_VERSION + 1)
     with pytest.raises(MailerError, match="newer mailer"):
         Ledger(db)
 

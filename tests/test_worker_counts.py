@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from mailer.engine import Location, Server
+from mailer.engine import Location
 from mailer.ledger import SCHEMA_VERSION, Ledger
-from tests.pg import rows
+from tests.pg import rows, set_schema_version
 from tests.smtpd import SMTPServer
 from tests.test_workers import (
     WORKER_STOPS,
@@ -100,10 +100,7 @@ def test_a_schema_10_record_gets_the_run_of_each_delivery_and_its_rows_count_as_
     # back to what schema 10's mailer wrote: no run of a delivery, no counts of a batch
     rows(record_at, "ALTER TABLE deliveries DROP COLUMN run_id")
     rows(record_at, "ALTER TABLE send_batches DROP COLUMN counts")
-    if isinstance(record_at, Server):
-        rows(record_at, "UPDATE mailer_schema SET version = 10")
-    else:
-        rows(record_at, "PRAGMA user_version = 10")
+    set_schema_version(record_at, 10)
     with Ledger(record_at) as ledger:
         assert ledger.found_version == 10
         run = ledger.start_run(issue, "key", "list.csv")
