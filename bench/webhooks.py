@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import secrets
 import signal
 import statistics
 import subprocess
@@ -104,6 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 MAILER_DATA_DIR=str(root / "state"),
                 MAILER_SES_TOPIC_ARNS=aws.TOPIC,
                 MAILER_SNS_HOSTS=fake.host,
+                MAILER_SECRET_KEY=secrets.token_urlsafe(32),  # the record holds sent issues: no key made
                 PYTHONUNBUFFERED="1",
             )
             proc = subprocess.Popen(

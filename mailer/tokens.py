@@ -142,7 +142,8 @@ class Keyring:
         return prepared
 
 
-def _key_file_path(settings: Settings) -> Path:
+def key_file(settings: Settings) -> Path:
+    """Where the signing key is kept when `secret_key` is not set."""
     return settings.data_dir / KEY_FILE
 
 
@@ -210,7 +211,7 @@ def load_keyring(
             )
     if settings.secret_key:
         return Keyring(settings.secret_key, old)
-    path = _key_file_path(settings)
+    path = key_file(settings)
     if not path.exists():
         if not create:
             raise ConfigError(

@@ -20,16 +20,16 @@ from markupsafe import Markup
 
 from . import archive
 from .catalog import Words, words
-from .errors import MailerError
+from .errors import ConfigError, MailerError
 from .signup import MAX_FORM, SignupError, read_link, read_request, safe_next, signup_lists
-from .tokens import Keyring, load_keyring
+from .tokens import Keyring, key_file, load_keyring
 from .wsgi import HTML, TEXT, listen, render_page, respond, security_headers, static
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
     from .config import Settings
-    from .console import Console
+    from .console import Console, Voice
 
 log = logging.getLogger("mailer.web")
 
@@ -349,7 +349,26 @@ class ServerLog:
 
 def make_app(settings: Settings, *, keyring: Keyring | None = None) -> UnsubscribeApp:
     """Build the WSGI app, loading (or making) the same signing key that `mailer send` uses."""
-    return UnsubscribeApp(settings, keyring or load_keyring(settings, console=ServerLog()))
+    return UnsubscribeApp(settings, keyring or signing_keyring(settings, ServerLog()))
+
+
+def signing_keyring(settings: Settings, console: Voice) -> Keyring:
+    """The key the unsubscribe links were signed with, as load_keyring finds it; but never a key made here
+    for a record that holds sent issues: their links were signed with a key this host does not have (a
+    second web host set up without it, a lost key file), and every reader's unsubscribe would be refused."""
+    path = key_file(settings)
+    if not settings.secret_key and not path.exists():
+        from .ledger import Ledger
+
+        with Ledger(settings.db_path) as ledger:
+            sent = ledger.rows("SELECT 1 FROM deliveries WHERE state = 'sent' LIMIT 1")
+        if sent:
+            raise ConfigError(
+                f"{path}: no signing key here, but {settings.db_path} holds issues sent with one, whose"
+                " unsubscribe links a new key would refuse: copy the key file from the host that sent them,"
+                " or set secret_key (the same on every host)"
+            )
+    return load_keyring(settings, console=console)
 
 
 # Limits for facing the open internet through a reverse proxy (docs/configuration.md says what it must add).
@@ -446,7 +465,7 @@ def serve_until_stopped(settings: Settings, host: str, port: int, threads: int, 
     built: list[UnsubscribeApp] = []
 
     def build() -> UnsubscribeApp:
-        built.append(make_app(settings, keyring=load_keyring(settings, console=console)))
+        built.append(make_app(settings, keyring=signing_keyring(settings, console)))
         return built[0]
 
     server = make_server(build, host, port, threads, settings)

@@ -3,7 +3,11 @@ them after real sends (to the test's SMTP server, to the outbox, and one every r
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -256,7 +260,8 @@ def test_a_second_web_host_shows_the_issues_sent_from_the_first(tmp_path: Path, 
     record = database_env(record_at)
     _send(tmp_path, EXAMPLE, **record)
     second = tmp_path / "second"
-    second.mkdir()
+    (second / "state").mkdir(parents=True)
+    shutil.copy2(tmp_path / "state" / "secret.key", second / "state" / "secret.key")  # docs/postgresql.md
     seen: dict[str, list[Answer]] = {}
     for root in (tmp_path, second):
         env = {"MAILER_DATA_DIR": str(root / "state"), "MAILER_WEB_URL": WEB_URL, **record}
@@ -270,3 +275,20 @@ def test_a_second_web_host_shows_the_issues_sent_from_the_first(tmp_path: Path, 
     assert '<html lang="zh"' in first[0].text
     assert [a.body for a in other] == [a.body for a in first]
     assert TITLE_ZH in other[1].text
+
+
+def test_a_second_web_host_without_the_signing_key_refuses_to_start(
+    tmp_path: Path, record_at: Location
+) -> None:
+    # it would make a key of its own, and refuse every unsubscribe link the sending host signed
+    record = database_env(record_at)
+    _send(tmp_path, EXAMPLE, **record)
+    key = tmp_path / "second" / "state" / "secret.key"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}
+    env.update(MAILER_DATA_DIR=str(key.parent), MAILER_WEB_URL=WEB_URL, **record)
+    args = [sys.executable, "-m", "mailer", "serve", "--port", "0"]
+    refused = subprocess.run(args, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1, refused.stderr
+    [line] = refused.stderr.strip().splitlines()
+    assert line.startswith(f"Error: {key}: no signing key here") and "copy the key file" in line, line
+    assert not key.exists()
