@@ -174,6 +174,13 @@ def rows(where: Path | Server, sql: str, params: tuple[object, ...] = ()) -> lis
         return [tuple(row) for row in cursor.fetchall()] if cursor.description else []
 
 
+def without_runs_of_deliveries(where: Path | Server) -> None:
+    """Take away what schema step 10 -> 11 added (each delivery's run, each batch's counts), for a test that
+    makes the record of a mailer before it."""
+    rows(where, "ALTER TABLE deliveries DROP COLUMN run_id")
+    rows(where, "ALTER TABLE send_batches DROP COLUMN counts")
+
+
 def set_schema_version(where: Path | Server, version: int) -> None:
     """Mark the record as of schema `version`, where each engine keeps it (a test that makes an older or a
     newer mailer's record)."""

@@ -20,7 +20,7 @@ from mailer.engine import Location, Server
 from mailer.envelope import Recipient, message_tag
 from mailer.errors import MailerError
 from mailer.ledger import SCHEMA_VERSION, Ledger
-from tests.pg import rows, set_schema_version
+from tests.pg import rows, set_schema_version, without_runs_of_deliveries
 from tests.record import delivery
 
 ISSUE = "2026-02-09"
@@ -229,8 +229,7 @@ def test_a_version_8_database_is_migrated_and_its_index_by_state_keeps_only_rows
             record(ledger, f"{who}@example.com", state, 550 if state == "failed" else 250)
     rows(db, "DROP INDEX deliveries_unsent")
     rows(db, "CREATE INDEX deliveries_by_state ON deliveries(issue_id, destination, state)")
-    rows(db, "ALTER TABLE deliveries DROP COLUMN run_id")
-    rows(db, "ALTER TABLE send_batches DROP COLUMN counts")
+    without_runs_of_deliveries(db)
     set_schema_version(db, 8)
     with Ledger(db) as ledger:
         assert ledger.found_version == 8
@@ -260,8 +259,7 @@ def test_a_version_9_database_is_migrated_and_keeps_web_copies(db: Location) -> 
         ledger.start_issue(ISSUE, "hash-1", "Monday's post")
         record(ledger, "a@example.com", "sent")
     rows(db, "DROP TABLE web_copies")
-    rows(db, "ALTER TABLE deliveries DROP COLUMN run_id")
-    rows(db, "ALTER TABLE send_batches DROP COLUMN counts")
+    without_runs_of_deliveries(db)
     set_schema_version(db, 9)
     with Ledger(db) as ledger:
         assert ledger.found_version == 9
