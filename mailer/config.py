@@ -14,7 +14,6 @@ import json
 import math
 import os
 import re
-import tomllib
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -361,6 +360,8 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
     warnings: list[str] = []
     found: Path | None = None
     if path.is_file() or (path.exists() and not path.is_dir()):
+        import tomllib  # with a file only: a configuration from MAILER_* variables alone does not parse TOML
+
         found = path
         try:
             text = path.read_text(encoding="utf-8")

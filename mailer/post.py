@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -151,6 +150,8 @@ def _split_front_matter(text: str, path: Path) -> tuple[dict[str, object], str, 
 
 
 def _toml_front_matter(text: str, path: Path) -> tuple[dict[str, object], str, int]:
+    import tomllib  # for `+++` front matter only: a YAML post does not parse TOML
+
     end = _TOML_FENCE.search(text, text.find("\n") + 1 if "\n" in text else len(text))
     if not _TOML_FENCE.match(text) or end is None:
         raise PostError(f"{path}:1: the front matter has no closing `+++` line")
