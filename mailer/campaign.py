@@ -154,9 +154,19 @@ class Share(Protocol):
         """'' while this process may deliver; else why not (its lease ran out), checked before each "."."""
         ...
 
-    def settled(self, sub: Subscriber, counted: str) -> None:
+    def settled(self, sub: Subscriber, counted: str, reason: str = "") -> None:
         """This reader has its outcome for this run, counted as the Report field `counted` ('sent',
-        'suppressed', ...): its batch may be done, and its counts are the batch's."""
+        'suppressed', ...): its batch may be done, and its counts are the batch's. `reason`: why it was
+        given up after its retries ('failed_temporary'), which the record's deliveries do not tell from a
+        retry still to come."""
+        ...
+
+    def retried(self, sub: Subscriber) -> None:
+        """This reader is tried again (counted in its batch's `retries`)."""
+        ...
+
+    def given_up(self, sub: Subscriber) -> bool:
+        """Whether a worker of this run gave this reader up after its retries: its batch says so."""
         ...
 
     def pace(self) -> Pace:
@@ -616,7 +626,8 @@ def _unsent(
 
     A reader whose outcome this run (`run`) recorded already was dealt with by another worker of the send,
     stopped or killed half-way through the batch this one took over: not this one's to count, nor "before"
-    this run, but its batch's (Share.settled), as what that worker's outcome was.
+    this run, but its batch's (Share.settled), as what that worker's outcome was; one it gave up after its
+    retries ('deferred' in the record, and in the batch's given-up list) stays given up.
     """
     for batch in batches:
         if before_batch is not None:
@@ -628,6 +639,10 @@ def _unsent(
             if key in ours and state in THIS_RUN:
                 if share is not None:
                     share.settled(sub, THIS_RUN[state])
+                yield None
+                continue
+            if key in ours and state == "deferred" and share is not None and share.given_up(sub):
+                share.settled(sub, "failed_temporary")  # given up by a worker that gave the batch back
                 yield None
                 continue
             report.seen += 1
@@ -794,6 +809,8 @@ class _Loop:
                 self._settled(job, "suppressed")
                 continue
             self.report.retries += 1
+            if self.share is not None:
+                self.share.retried(job.sub)
             self._submit(job)
 
     def _collect(self, timeout: float, *, drain: bool = False) -> None:
@@ -844,7 +861,7 @@ class _Loop:
                 else:
                     report.failed_temporary += 1
                     report.failures[key] = report.failures.get(key, 0) + 1
-                    self._settled(job, "failed_temporary")
+                    self._settled(job, "failed_temporary", key)
                     gave_up = f"gave up after {job.attempt} attempts"
                     self.feedback.problem(f"{job.sub.email}: {outcome} ({gave_up})")
             else:
@@ -857,9 +874,9 @@ class _Loop:
                 )
         self.feedback.progress(report)
 
-    def _settled(self, job: _Job, counted: str) -> None:
+    def _settled(self, job: _Job, counted: str, reason: str = "") -> None:
         if self.share is not None:
-            self.share.settled(job.sub, counted)
+            self.share.settled(job.sub, counted, reason)
 
     def _bounce(self, job: _Job, outcome: Outcome) -> bool:
         """Record a refusal that is about the reader (refusals.py) as a bounce; True if it suppressed them."""

@@ -12,9 +12,9 @@ another worker takes the batch over; the record says who was mailed, so only tho
 A worker's lease is renewed by a thread of its own every quarter of `worker_lease`; a worker that has not
 renewed it in time (stopped, starved, cut off from the record) sends no further "." for fear of a second
 sender. The rate limit is a schedule of start times in the record that every worker reserves from in small
-chunks. The coordinator adds up the workers' counts (each writes its own to the record) and stops them: a
-signal sets the send's state to 'stopping', which every worker sees within a renewal and stops on, as on its
-own SIGTERM, after the messages in flight.
+chunks. The coordinator counts the readers from the batches in the record (each batch's holder writes its
+counts there, see _Tally) and stops the workers: a signal sets the send's state to 'stopping', which every
+worker sees within a renewal and stops on, as on its own SIGTERM, after the messages in flight.
 """
 
 from __future__ import annotations
@@ -60,7 +60,8 @@ POLL = 0.2  # seconds between the coordinator's looks at the record
 # seconds between the looks at the record while a send ends: the coordinator's, for its workers' last counts,
 # and theirs, for its end; a few looks each, and every one of them a wait that adds to the send's time
 ENDING = 0.05
-# the Report fields a worker writes to the record and the coordinator adds up
+# the Report fields a worker writes to the record (send_workers: its own share, and why it stopped, which the
+# coordinator reads; the send's counts it takes from the batches)
 COUNTED = (
     "sent", "already_sent", "suppressed", "failed_before", "failed_temporary", "failed_permanent",
     "in_doubt", "in_doubt_before", "bounced", "retries", "seen",
@@ -661,12 +662,13 @@ class _Watch:
     local: _Locals
     held: Callable[[], None]
     said: list[float] = field(default_factory=lambda: [0.0])  # when it last said it is alive
+    tally: _Tally = field(default_factory=lambda: _Tally())
 
     def tick(self) -> None:
         """Say the coordinator is alive (while it holds the issue's lock), every quarter lease as a worker
         renews its leases: a commit at every look would take the record's write lock from the workers'
         outcomes five times a second; pass on what its workers said, and show every worker's counts so far
-        as one report."""
+        as one report, its readers' counts from the batches in the record (_Tally)."""
         self.held()
         self.local.relay()
         now = time.time()
@@ -680,7 +682,9 @@ class _Watch:
         rows = self.ledger.rows(
             "SELECT counts FROM send_workers WHERE issue_id = ? AND destination = ?", self.where
         )
-        add_up(self.report, [json.loads(row[0]) for row in rows])
+        add_up(self.report, [json.loads(row[0]) for row in rows])  # why a worker stopped, if one did
+        for name, n in self.tally.read(self.ledger, self.where).items():
+            setattr(self.report, name, n)
         self.feedback.progress(self.report)
 
     def last_counts(self) -> None:
@@ -693,6 +697,55 @@ class _Watch:
         ):
             self.tick()
             time.sleep(ENDING)
+
+
+class _Tally:
+    """The live count of a send's readers, from the record: the counts of the batches done, and those so far
+    of the batches claimed and not done (written by their holders with each lease renewal, and as a holder
+    gives one back). Each reader is in one batch and counted there once, by whoever holds it last (the next
+    holder counts the readers dealt with before it from the record's outcomes, campaign._unsent), and only
+    once its outcome is in the record: the count never passes the record's and never counts a reader twice;
+    it lags it by at most a quarter lease of a batch's holder, and by nothing once a batch is done.
+
+    Cheap at every look: the batches done are added up once each (those below the first batch not done,
+    `frontier`, are folded into `base`); a look reads the batches done since the last one, and the few
+    claimed and not done (an index range: done = 0 and lease_until > 0), not the readers of the send."""
+
+    def __init__(self) -> None:
+        self.frontier = 0
+        self.base = dict.fromkeys(READERS, 0)
+        self.folded: set[int] = set()  # batches done at or above the frontier, in `base` already
+
+    def read(self, ledger: Ledger, where: tuple[str, str]) -> dict[str, int]:
+        """The readers' counts now. The batches done first, then those open: a batch done in between is in
+        neither, never in both (on PostgreSQL each statement sees the record of its own moment)."""
+        skip = sorted(self.folded)
+        finished = ledger.rows(
+            "SELECT batch_no, counts FROM send_batches WHERE issue_id = ? AND destination = ? AND done = 1"
+            " AND batch_no >= ?" + (f" AND batch_no NOT IN ({','.join('?' * len(skip))})" if skip else ""),
+            (*where, self.frontier, *skip),
+        )
+        for number, counts in finished:
+            _add(self.base, counts)
+            self.folded.add(int(number))
+        while self.frontier in self.folded:
+            self.folded.remove(self.frontier)
+            self.frontier += 1
+        now = dict(self.base)
+        for (counts,) in ledger.rows(
+            "SELECT counts FROM send_batches WHERE issue_id = ? AND destination = ? AND done = 0"
+            " AND lease_until > 0",
+            where,
+        ):
+            _add(now, counts)
+        return now
+
+
+def _add(totals: dict[str, int], counts: str | None) -> None:
+    """Add a batch's counts of readers (its JSON in the record) to `totals`."""
+    found = json.loads(counts or "{}")
+    for name in READERS:
+        totals[name] += int(found.get(name, 0))
 
 
 def _alive_workers(ledger: Ledger, where: tuple[str, str], lease: float, but: str = "") -> list[str]:
@@ -785,23 +838,35 @@ def _outcomes(ledger: Ledger, where: tuple[str, str], run_id: int | None, report
     counts of the worker that finished it (written with its done mark; readers a worker stopped or killed
     half-way through it had mailed count as this run's outcomes, see campaign._unsent); the readers of a
     batch not done count as their state in the record says, this run's outcome or one from before it, or
-    as not sent (pending). Not the workers' own counts: a killed worker's last ones die with it."""
+    as not sent (pending), but for one given up after its retries (the batch's counts say so). Not the
+    workers' own counts: a killed worker's last ones die with it. So are the retries (the batches'), the
+    failure reasons and the readers refused for good and suppressed (_failures)."""
     totals = dict.fromkeys(READERS, 0)
+    given_up: list[str] = []
+    retries = 0
     for (counts,) in ledger.rows(
         "SELECT counts FROM send_batches WHERE issue_id = ? AND destination = ? AND done = 1", where
     ):
-        for name, n in json.loads(counts or "{}").items():
-            totals[name] += int(n)
+        _add(totals, counts)
+        found = json.loads(counts or "{}")
+        retries += int(found.get("retries", 0))
+        given_up += found.get("given_up", {}).values()
     pending = 0
-    for (readers,) in ledger.rows(
-        "SELECT readers FROM send_batches WHERE issue_id = ? AND destination = ? AND done = 0", where
+    for readers, counts in ledger.rows(
+        "SELECT readers, counts FROM send_batches WHERE issue_id = ? AND destination = ? AND done = 0", where
     ):
         emails = [r[0] for r in json.loads(readers)]
+        found = json.loads(counts or "{}")
+        retries += int(found.get("retries", 0))
+        gave_up = found.get("given_up", {})
         suppressed, states, ours = ledger.looked_up(where[0], emails, run_id)
         for key in {dedupe_key(e) for e in emails}:
             state = states.get(key)
             if key in ours and state in THIS_RUN:
                 totals[THIS_RUN[state]] += 1
+            elif key in ours and state == "deferred" and key in gave_up:
+                totals["failed_temporary"] += 1
+                given_up.append(gave_up[key])
             elif key in suppressed:
                 totals["suppressed"] += 1
             elif state in BEFORE:
@@ -811,6 +876,34 @@ def _outcomes(ledger: Ledger, where: tuple[str, str], run_id: int | None, report
     for name, n in totals.items():
         setattr(report, name, n)
     report.pending = pending
+    report.retries = retries
+    _failures(ledger, where, run_id, report, given_up)
+
+
+def _failures(
+    ledger: Ledger, where: tuple[str, str], run_id: int | None, report: Report, given_up: list[str]
+) -> None:
+    """The report's failure reasons and bounces as the record has them: this run's deliveries that failed
+    for good or were left in doubt, by reply (as the send loop names them: str(Outcome)), the readers given
+    up (`given_up`, their batches' reasons), and of those failed, the ones suppressed (refused as readers)."""
+    report.failures = {}
+    for reason in given_up:
+        report.failures[reason] = report.failures.get(reason, 0) + 1
+    if run_id is None:
+        return
+    for code, reply, n in ledger.rows(
+        "SELECT last_code, last_reply, count(*) FROM deliveries WHERE issue_id = ? AND destination = ?"
+        " AND state IN ('failed', 'sending') AND run_id = ? GROUP BY last_code, last_reply",
+        (*where, run_id),
+    ):
+        reason = (f"{code} {reply}" if code else str(reply))[:120]
+        report.failures[reason] = report.failures.get(reason, 0) + int(n)
+    ((bounced,),) = ledger.rows(
+        "SELECT count(*) FROM deliveries AS d JOIN suppressions AS s ON s.email = d.email"
+        " WHERE d.issue_id = ? AND d.destination = ? AND d.state = 'failed' AND d.run_id = ?",
+        (*where, run_id),
+    )
+    report.bounced = int(bounced)
 
 
 # the Report fields that count readers, each reader once (with `pending`); a state recorded before this run
@@ -1164,14 +1257,15 @@ class _Worker:
 
     def release(self, ledger: Ledger) -> None:
         """Give up the leases this worker holds: its batches not done are free for anyone at once."""
-        with self.keeper.lock:
+        with self.keeper.lock, ledger.transaction(rows_only=True):
+            write_partial(ledger, self.where, self.name, self.keeper.batches)
             ledger.write(
-                "UPDATE send_batches SET lease_until = 0, owner = ''"
+                "UPDATE send_batches SET lease_until = ?, owner = ''"
                 " WHERE issue_id = ? AND destination = ? AND owner = ? AND done = 0",
-                (*self.where, self.name),
-                rows_only=True,
+                (GIVEN_BACK, *self.where, self.name),
             )
             self.keeper.held.clear()
+            self.keeper.batches.clear()
 
     def total(self) -> Report:
         """This worker's counts over all its rounds."""
@@ -1204,10 +1298,28 @@ def _counts(report: Report) -> dict[str, Any]:
 
 @dataclass
 class _Batch:
+    """A batch claimed, and what its holders did with it so far: what the record keeps in its `counts`, as
+    its holder writes them (with every lease renewal, as it gives the batch back, with its done mark) and the
+    next holder takes them up (the retries and readers given up; the readers' counts it makes again from the
+    record's outcomes, see campaign._unsent)."""
+
     number: int
     readers: list[Subscriber]
     left: int
     counts: dict[str, int] = field(default_factory=dict)  # its readers' outcomes so far (Share.settled)
+    retries: int = 0
+    given_up: dict[str, str] = field(default_factory=dict)  # reader (dedupe key) -> its last failure
+
+    @classmethod
+    def taken(cls, number: int, readers: str, counts: str) -> _Batch:
+        subs = [Subscriber(e, n, MappingProxyType(f), 0) for e, n, f in json.loads(readers)]
+        before = json.loads(counts or "{}")
+        given_up = dict(before.get("given_up", {}))
+        return cls(number, subs, len(subs), {}, int(before.get("retries", 0)), given_up)
+
+    def record(self) -> dict[str, Any]:
+        """Its counts as the record keeps them (copies: the loop's thread adds to them meanwhile)."""
+        return {**dict(self.counts), "retries": self.retries, "given_up": dict(self.given_up)}
 
 
 class _Share:
@@ -1237,27 +1349,39 @@ class _Share:
             found = claim(w.ledger, w.where, w.name, now + w.lease)
             if found is None:
                 return None
-            number, readers, owner = found
+            number, readers, owner, counts = found
             if not keeper.held:
                 keeper.valid_until = now + w.lease * (1 - MARGIN)
             keeper.held.add(number)
+            batch = keeper.batches[number] = _Batch.taken(number, readers, counts)
         w.result.batches += 1
         w.result.takeovers += bool(owner)
-        subs = [Subscriber(e, n, MappingProxyType(f), 0) for e, n, f in json.loads(readers)]
-        return _Batch(number, subs, len(subs))
+        return batch
 
-    def settled(self, sub: Subscriber, counted: str) -> None:
+    def settled(self, sub: Subscriber, counted: str, reason: str = "") -> None:
         batch = self.batch_of.pop(id(sub), None)
         if batch is None:
             return
         batch.counts[counted] = batch.counts.get(counted, 0) + 1
+        if reason:
+            batch.given_up[sub.key] = reason
         batch.left -= 1
         if batch.left:
             return
         w = self.worker
         with self.keeper.lock:
-            done(w.ledger, w.where, w.name, batch.number, batch.counts)
+            done(w.ledger, w.where, w.name, batch.number, batch.record())
             self.keeper.held.discard(batch.number)
+            self.keeper.batches.pop(batch.number, None)
+
+    def retried(self, sub: Subscriber) -> None:
+        batch = self.batch_of.get(id(sub))
+        if batch is not None:
+            batch.retries += 1
+
+    def given_up(self, sub: Subscriber) -> bool:
+        batch = self.batch_of.get(id(sub))
+        return batch is not None and sub.key in batch.given_up
 
     def holds(self) -> str:
         return self.keeper.holds()
@@ -1266,9 +1390,12 @@ class _Share:
         return self.keeper
 
 
-def claim(ledger: Ledger, where: tuple[str, str], name: str, until: float) -> tuple[int, str, str] | None:
+def claim(
+    ledger: Ledger, where: tuple[str, str], name: str, until: float
+) -> tuple[int, str, str, str] | None:
     """Lease the first batch not done whose lease ran out (or never was) to `name` until `until`: its number,
-    readers (JSON) and former owner ('' if none), or None when no batch is free.
+    readers (JSON), former owner ('' if none) and counts so far (JSON, '' if none: see _Batch), or None
+    when no batch is free.
 
     On PostgreSQL the SELECT locks the row it finds and passes over rows other workers are claiming (FOR
     UPDATE SKIP LOCKED), so workers claim side by side and never the same batch; SQLite's one writer at a
@@ -1276,22 +1403,22 @@ def claim(ledger: Ledger, where: tuple[str, str], name: str, until: float) -> tu
     """
     with ledger.transaction(rows_only=True):
         rows = ledger.rows(
-            "SELECT batch_no, readers, owner FROM send_batches WHERE issue_id = ? AND destination = ?"
+            "SELECT batch_no, readers, owner, counts FROM send_batches WHERE issue_id = ? AND destination = ?"
             " AND done = 0 AND lease_until < ? ORDER BY batch_no LIMIT 1" + ledger.skip_locked,
             (*where, time.time()),
         )
         if not rows:
             return None
-        number, readers, owner = rows[0]
+        number, readers, owner, counts = rows[0]
         ledger.write(
             "UPDATE send_batches SET owner = ?, lease_until = ?"
             " WHERE issue_id = ? AND destination = ? AND batch_no = ?",
             (name, until, *where, number),
         )
-    return int(number), str(readers), str(owner)
+    return int(number), str(readers), str(owner), str(counts or "")
 
 
-def done(ledger: Ledger, where: tuple[str, str], name: str, number: int, counts: dict[str, int]) -> bool:
+def done(ledger: Ledger, where: tuple[str, str], name: str, number: int, counts: dict[str, Any]) -> bool:
     """Mark a batch done with its readers' outcomes (`counts`, what the report adds up), if `name` still
     holds it: one row, one statement, no database-wide lock."""
     changed = ledger.write(
@@ -1302,6 +1429,21 @@ def done(ledger: Ledger, where: tuple[str, str], name: str, number: int, counts:
     )
     return changed == 1
 
+
+def write_partial(ledger: Ledger, where: tuple[str, str], name: str, batches: dict[int, _Batch]) -> None:
+    """Write the counts so far of the batches `name` holds (for the live count, and for whoever takes one of
+    them over), in the caller's transaction."""
+    for batch in list(batches.values()):
+        ledger.write(
+            "UPDATE send_batches SET counts = ? WHERE issue_id = ? AND destination = ? AND batch_no = ?"
+            " AND owner = ? AND done = 0",
+            (json.dumps(batch.record()), *where, batch.number, name),
+        )
+
+
+# the lease_until of a batch given back: free at once (it is in the past), and told from one never claimed
+# (0), whose counts are none, so that the live count reads only the batches claimed (_Tally)
+GIVEN_BACK = 1.0
 
 MARGIN = 0.25  # of the lease: a worker stops delivering this long before another may take its batch
 
@@ -1330,6 +1472,7 @@ class _Keeper:
         self.counts = counts
         self.lock = threading.Lock()  # the claims, the done marks and the renewals, one at a time
         self.held: set[int] = set()
+        self.batches: dict[int, _Batch] = {}  # those held, by number: their counts go to the record
         self.valid_until = 0.0  # wall clock: no "." after this unless renewed
         self.lost = ""
         self.stopping = False
@@ -1414,6 +1557,7 @@ class _Keeper:
                         " AND owner = ? AND done = 0 RETURNING batch_no",
                         (now + self.lease, *self.where, self.name),
                     )
+                    write_partial(ledger, self.where, self.name, self.batches)
                 gone = self.held - {row[0] for row in kept}
                 if gone:
                     self.lost = f"another worker took over batches {sorted(gone)} (this one was too slow)"
