@@ -554,7 +554,8 @@ def run_send(
                 report.would_send += 1
                 feedback.would_send(sub)
         return report
-    run_id = ledger.start_run(issue_id, list_key, list_path)  # fails on a full disk: nothing sent yet
+    # fails on a full disk: nothing sent yet
+    run_id = ledger.start_run(issue_id, list_key, list_path, factory.key_mark)
     loop = _Loop(
         ledger, issue_id, factory, transport, options, feedback, report, signals, clock or Clock(),
         check_lock, run=run_id,

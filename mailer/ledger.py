@@ -22,7 +22,7 @@ from .errors import MailerError
 from .subscribers import dedupe_key
 
 T = TypeVar("T")
-SCHEMA_VERSION = 11
+SCHEMA_VERSION = 12
 STATES = ("sending", "sent", "deferred", "failed")
 # what a person reads for each state: 'sending' is the record's name for a message whose fate is unknown
 LABELS = {"sending": "in doubt", "sent": "sent", "deferred": "deferred", "failed": "failed"}
@@ -386,6 +386,7 @@ class Ledger:
                     8: self._from_v8,
                     9: self._from_v9,
                     10: self._from_v10,
+                    11: self._from_v11,
                 }
                 for step in range(version, SCHEMA_VERSION):
                     upgrades[step]()  # from schema `step` to `step + 1`, in one transaction with the rest
@@ -526,6 +527,16 @@ class Ledger:
         self._script(
             "ALTER TABLE deliveries ADD COLUMN run_id INTEGER;"
             " ALTER TABLE send_batches ADD COLUMN counts TEXT"
+        )
+
+    def _from_v11(self) -> None:
+        # The mark of the key each run signed its readers' links with (keymarks.py), so that a host with
+        # another key stops instead of mailing links the other hosts refuse. Runs before have none: the next
+        # send's run gives the record its first. (IF NOT EXISTS: the upgrade tests of older steps make their
+        # old schema from today's)
+        self._script(
+            "CREATE TABLE IF NOT EXISTS key_marks (run_id BIGINT PRIMARY KEY, mark TEXT NOT NULL)"
+            " WITHOUT ROWID"
         )
 
     def keep_web_copy(self, issue_id: str, html: bytes) -> None:
@@ -741,8 +752,9 @@ class Ledger:
                 " subscribers (was the file renamed?); pass --resend to mail it again under the new name"
             )
 
-    def start_run(self, issue_id: str, list_key: str, list_path: str) -> int:
-        """Record that a send of the issue to one list starts; return the run's id.
+    def start_run(self, issue_id: str, list_key: str, list_path: str, key_mark: str = "") -> int:
+        """Record that a send of the issue to one list starts, signing with the key of `key_mark` (when
+        given: keymarks.py); return the run's id.
 
         A real write and commit before the first message goes: a database that cannot take one (a full
         disk, a read-only file) stops the send here rather than after a message the record cannot show;
@@ -758,6 +770,8 @@ class Ledger:
             ).fetchone()
             if row is None:
                 raise MailerError(f"no issue {issue_id!r}: call start_issue before start_run")
+            if key_mark:
+                self._write("INSERT INTO key_marks (run_id, mark) VALUES (?, ?)", (row[0], key_mark))
             return int(row[0])
 
     def finish_run(self, run_id: int) -> None:

@@ -14,7 +14,7 @@ from .console import SILENT, Voice
 from .envelope import ReturnPaths, message_tag
 from .headers import NAME_MAX, encode_text, mailbox, normalize_email, one_line, split_mailbox
 from .render import Issue, Part
-from .tokens import load_keyring, unsubscribe_mailto, unsubscribe_url
+from .tokens import Keyring, load_keyring, unsubscribe_mailto, unsubscribe_url
 from .transport import Pieces
 
 
@@ -29,8 +29,10 @@ class MessageFactory:
         sign: Callable[[str], str],
         dkim: DkimSigner | None = None,
         return_paths: ReturnPaths | None = None,
+        key_mark: str = "",
     ) -> None:
         self.issue = issue
+        self.key_mark = key_mark  # the mark of the key `sign` uses, which the record keeps (keymarks.py)
         self.settings = settings
         self.sign = sign
         self.dkim = dkim
@@ -297,9 +299,12 @@ def dkim_signer(settings: Settings) -> DkimSigner | None:
     return DkimSigner(settings.dkim_key_file, key, selector, domain)
 
 
-def make_factory(issue: Issue, settings: Settings, *, console: Voice = SILENT) -> MessageFactory:
-    """The factory with the shared unsubscribe key (made on first use, said through `console`) and DKIM."""
-    keyring = load_keyring(settings, console=console)
+def make_factory(
+    issue: Issue, settings: Settings, *, console: Voice = SILENT, keyring: Keyring | None = None
+) -> MessageFactory:
+    """The factory with the shared unsubscribe key (`keyring`, checked against the record by keymarks.py;
+    else as load_keyring finds it, made on first use and said through `console`) and DKIM."""
+    keyring = keyring or load_keyring(settings, console=console)
     list_id = settings.token_scope
     return_paths = ReturnPaths(settings.bounce_address, keyring) if settings.bounce_address else None
     return MessageFactory(
@@ -308,4 +313,5 @@ def make_factory(issue: Issue, settings: Settings, *, console: Voice = SILENT) -
         sign=lambda email: keyring.sign(email, list_id),
         dkim=dkim_signer(settings),
         return_paths=return_paths,
+        key_mark=keyring.marks[0],
     )

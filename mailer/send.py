@@ -15,6 +15,7 @@ from .checks import Check, ChecksFailed, blocking, check_issue
 from .config import Settings
 from .console import Console
 from .errors import ExitStatus, MailerError
+from .keymarks import sending_keyring
 from .ledger import SMTP, Ledger, issue_lock
 from .lists import ListFile, read_lists
 from .message import MessageFactory, make_factory
@@ -79,13 +80,6 @@ def send_options(
         allow_changed=allow_changed,
         allow_resend=allow_resend,
     )
-
-
-def prepare(post_path: Path, settings: Settings, console: Console) -> tuple[Issue, MessageFactory]:
-    """Render the issue once and make the per-subscriber message factory."""
-    issue = render_issue(load_post(post_path), settings)
-    factory = make_factory(issue, settings, console=console)
-    return issue, factory
 
 
 def warn_checks(issue: Issue, checks: list[Check], console: Console, skip: frozenset[str]) -> None:
@@ -203,7 +197,7 @@ def _send(
         return SendResult(
             None, None, ReadStats(), f"No post dated {today(settings)} in {target}; nothing to send."
         )
-    issue, factory = prepare(post_path, settings, console)
+    issue = render_issue(load_post(post_path), settings)  # once: each reader's message is made from it
     checks = check_issue(issue, settings)  # `mailer check`'s own checks
     refused = blocking(checks, skip_checks)
     if refused and not options.dry_run:
@@ -226,6 +220,9 @@ def _send(
     # The one read before the first message: the check (a broken list stops the send before the question, the
     # web copy or any message), each list's SHA-256 for the record and the count to mail from each.
     with Ledger(settings.db_path, destination=transport.destination) as ledger:
+        # the key the record says the readers' links were signed with, before one is made or a list read
+        keyring = sending_keyring(settings, ledger, console) if transport.destination == SMTP else None
+        factory = make_factory(issue, settings, console=console, keyring=keyring)
         counts: list[DeliverableCount] = []
 
         def count(one: ListFile) -> Callable[[Subscriber], None]:

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from .config import Settings
 
 SALT = b"mailer.unsubscribe"
+MARK_LABEL = b"mailer.key-mark"  # what a key's mark is the HMAC of (keymarks.py)
+MARK_LENGTH = 16  # hex digits: enough to tell keys apart, and nothing of a key to guess from
 KEY_FILE = "secret.key"
 MIN_KEY_LENGTH = 16
 MAC_BYTES = 16
@@ -65,7 +67,7 @@ class _Signer:
 class Keyring:
     """The current signing key and the old ones that still verify."""
 
-    __slots__ = ("_signers", "_keys", "_sealers")
+    __slots__ = ("_signers", "_keys", "_sealers", "marks")
 
     def __init__(self, current: str | bytes, old: Iterable[str | bytes] = ()) -> None:
         keys = [current, *old]
@@ -77,6 +79,8 @@ class Keyring:
         self._keys = [k.encode("utf-8") if isinstance(k, str) else bytes(k) for k in keys]
         self._signers = [_Signer(k) for k in self._keys]
         self._sealers: dict[bytes, list[hmac.HMAC]] = {}
+        # each key's mark, the current key's first: the record keeps it, never the key (keymarks.py)
+        self.marks = [hmac.new(k, MARK_LABEL, hashlib.sha256).hexdigest()[:MARK_LENGTH] for k in self._keys]
 
     def __repr__(self) -> str:
         return f"<Keyring with {len(self._signers)} key(s)>"

@@ -20,9 +20,9 @@ from markupsafe import Markup
 
 from . import archive
 from .catalog import Words, words
-from .errors import ConfigError, MailerError
+from .errors import MailerError
 from .signup import MAX_FORM, SignupError, read_link, read_request, safe_next, signup_lists
-from .tokens import Keyring, key_file, load_keyring
+from .tokens import Keyring
 from .wsgi import HTML, TEXT, listen, render_page, respond, security_headers, static
 
 if TYPE_CHECKING:
@@ -353,22 +353,14 @@ def make_app(settings: Settings, *, keyring: Keyring | None = None) -> Unsubscri
 
 
 def signing_keyring(settings: Settings, console: Voice) -> Keyring:
-    """The key the unsubscribe links were signed with, as load_keyring finds it; but never a key made here
-    for a record that holds sent issues: their links were signed with a key this host does not have (a
-    second web host set up without it, a lost key file), and every reader's unsubscribe would be refused."""
-    path = key_file(settings)
-    if not settings.secret_key and not path.exists():
-        from .ledger import Ledger
+    """The keys the unsubscribe links were signed with: the record's key among them (keymarks.py), and never a
+    key made here for a record that holds sent issues (a second web host set up without it, a lost key
+    file): every reader's unsubscribe would be refused."""
+    from .keymarks import serving_keyring
+    from .ledger import Ledger
 
-        with Ledger(settings.db_path) as ledger:
-            sent = ledger.rows("SELECT 1 FROM deliveries WHERE state = 'sent' LIMIT 1")
-        if sent:
-            raise ConfigError(
-                f"{path}: no signing key here, but {settings.db_path} holds issues sent with one, whose"
-                " unsubscribe links a new key would refuse: copy the key file from the host that sent them,"
-                " or set secret_key (the same on every host)"
-            )
-    return load_keyring(settings, console=console)
+    with Ledger(settings.db_path) as ledger:
+        return serving_keyring(settings, ledger, console)
 
 
 # Limits for facing the open internet through a reverse proxy (docs/configuration.md says what it must add).

@@ -245,7 +245,7 @@ def coordinate(
     report = Report(issue_id)
     if options.retry_failed:
         report.reset = ledger.reset_failed(issue_id)
-    run_id = ledger.start_run(issue_id, list_key, list_path)
+    run_id = ledger.start_run(issue_id, list_key, list_path, factory.key_mark)
     lease = settings.worker_lease
     where = (issue_id, ledger.destination)
     me = _me()
@@ -1021,6 +1021,7 @@ def work(
     started before the send, must not pass for one that finished its work); with `wait`, it waits for one.
     SIGTERM is handled like Ctrl-C (stopping.py); the coordinator's stop reaches it the same way.
     """
+    from .keymarks import joining_keyring
     from .message import make_factory
     from .post import parse_post
     from .render import render_issue
@@ -1045,7 +1046,8 @@ def work(
                     " the host that starts the send, and has the send started? --wait waits for one)"
                 )
             issue = render_issue(parse_post(plan.post.encode("utf-8"), Path(plan.post_name)), settings)
-            factory = make_factory(issue, settings, console=console)
+            keyring = joining_keyring(settings, ledger, plan.options.get("run"), console)
+            factory = make_factory(issue, settings, console=console, keyring=keyring)
             mine, theirs = fingerprint(issue, factory).split(), plan.fingerprint.split()
             if len(mine) != len(theirs) or mine[0] != theirs[0]:
                 raise MailerError(

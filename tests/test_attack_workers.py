@@ -75,7 +75,7 @@ def _odd_worker_refused(
 @pytest.mark.parametrize(
     "other",
     [
-        # another host: its own data folder, where no key was made yet (it makes one of its own)
+        # another host: its own data folder, without the key file (none is made for it: keymarks.py)
         {"MAILER_DATA_DIR": "{tmp}/host-b"},
         {"MAILER_SECRET_KEY": "another-key-of-at-least-32-characters-0123456789"},
         {"MAILER_LIST_ID": "other.list.example.net"},

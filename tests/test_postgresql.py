@@ -270,6 +270,7 @@ def test_copy_moves_every_table_with_its_ids_and_the_copy_works_on(
         "MAILER_SMTP_HOST": smtp_server.host,
         "MAILER_SMTP_PORT": str(smtp_server.port),
         "MAILER_SMTP_SECURITY": "none",
+        "MAILER_SECRET_KEY": "the-key-of-the-host-that-sent-them",  # the record holds sent issues
     }
     post = shutil.copy(EXAMPLE, tmp_path / "2026-02-09.md")
     args = ["send", str(post), "--list", "main", "--yes", "--force", "--changed"]  # not the copied hash

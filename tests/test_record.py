@@ -141,7 +141,8 @@ def test_a_data_folder_that_cannot_take_the_web_copy_is_one_line_and_no_message(
         disk.read_only()
     else:
         env["MAILER_DATA_DIR"] = str(tmp_path / "state-file")
-        env["MAILER_SECRET_KEY"] = "k" * 40  # no key file to read: the archive is the first write
+        # no key file to read (the first send's key instead): the archive is the first write
+        env["MAILER_SECRET_KEY"] = (data_dir / "secret.key").read_text().strip()
         (tmp_path / "state-file").write_text("a file where the data folder should be\n")
     post = post_named(tmp_path, "2026-02-09.md")
     code, out = send(post, csv, env)
