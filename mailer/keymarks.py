@@ -36,9 +36,10 @@ class RecordKey:
 
 def record_key(ledger: Ledger) -> RecordKey | None:
     """The record's key: the mark of the latest run over SMTP that kept one (None: no such run yet)."""
+    # CROSS JOIN: SQLite reads the marks newest first and stops at the first over SMTP, not every run
     found = ledger.rows(
-        "SELECT k.mark, r.issue_id FROM key_marks AS k JOIN runs AS r USING (run_id)"
-        " WHERE r.destination = 'smtp' ORDER BY k.run_id DESC LIMIT 1"
+        "SELECT k.mark, r.issue_id FROM key_marks AS k CROSS JOIN runs AS r"
+        " WHERE r.run_id = k.run_id AND r.destination = 'smtp' ORDER BY k.run_id DESC LIMIT 1"
     )
     return RecordKey(str(found[0][0]), str(found[0][1])) if found else None
 
