@@ -66,7 +66,7 @@ def _loaded(
     if not settings.secret_key and not path.exists():
         if known is not None:
             used = f"links signed with a key (mark {known.mark}, issue {known.issue_id})"
-        elif ledger.rows("SELECT 1 FROM deliveries WHERE state = 'sent' LIMIT 1"):
+        elif ledger.rows("SELECT 1 FROM deliveries WHERE destination = 'smtp' AND state = 'sent' LIMIT 1"):
             used = "issues sent with a key"
         else:
             return load_keyring(settings, console=console)
