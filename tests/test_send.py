@@ -549,8 +549,10 @@ def test_two_data_folders_sharing_one_database_never_send_at_once(
     emails = [f"user{i}@example.com" for i in range(40)]
     csv = write_list(tmp_path / "subs.csv", emails)
     shared = str(tmp_path / "shared" / "mailer.db")
+    key = "one-key-for-both-data-folders"  # each made its own before keymarks.py stopped the second
     env_a = env_for(smtp_server, tmp_path, MAILER_DATA_DIR=str(tmp_path / "a"), MAILER_DATABASE=shared)
     env_b = env_for(smtp_server, tmp_path, MAILER_DATA_DIR=str(tmp_path / "b"), MAILER_DATABASE=shared)
+    env_a["MAILER_SECRET_KEY"] = env_b["MAILER_SECRET_KEY"] = key
     held = smtp_server.hold("user3@example.com")  # the first send is mid-way until the second has run
     first = spawn(send_args(post, csv), env_a)
     try:
