@@ -15,7 +15,10 @@ PYTHONPATH) alternate with this one's, for a before/after under the same load. `
 `send --workers N` (N processes), 0 is a lone send. The rate is messages over the wall time of the whole
 command; CPU is the `mailer send` process's own (with workers: the coordinator's alone, so not shown), and
 "server" the PostgreSQL cluster's for the same run (its processes' CPU, the ended backends' included: they
-share the machine's cores with the sender). The target (issue 16) is PostgreSQL at least 0.8x SQLite at 8
+share the machine's cores with the sender); "commits" the database's committed transactions and "flushes"
+the cluster's WAL syncs per 1,000 messages (pg_stat_database, pg_stat_wal, once the send's sessions ended):
+each commit is a round trip and the server's work beyond its rows, and waits for a flush, which the server
+makes one at a time for every commit waiting. The target (issue 16) is PostgreSQL at least 0.8x SQLite at 8
 connections.
 """
 
@@ -86,6 +89,19 @@ def settled(cluster: Cluster, before: int) -> None:
         time.sleep(0.02)
 
 
+def commits(cluster: Cluster, database: str) -> tuple[int, int]:
+    """The transactions committed in one database and the cluster's WAL flushes so far (a session's are
+    counted once it ends)."""
+    import psycopg
+
+    with psycopg.connect(cluster.url("postgres"), password=cluster.password, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT xact_commit, (SELECT wal_sync FROM pg_stat_wal) FROM pg_stat_database WHERE datname = %s",
+            (database,),
+        ).fetchone()
+        return int(row[0]), int(row[1])
+
+
 def make_record(port: int, data_dir: Path, extra: dict[str, str]) -> None:
     """`mailer db migrate` before the timed send (a publisher's sends find the record made): PostgreSQL's
     CREATE TABLEs, a WAL flush each, took ~0.8 s more than SQLite's on the loaded machine, a twentieth of a
@@ -117,10 +133,11 @@ def row(
     workers: int,
     runs: dict[tuple[str, str], list[Finished]],
     servers: dict[str, list[float]],
+    committed: dict[str, list[tuple[int, int]]],
     n: int,
 ) -> str:
     """One line of the table: each engine's median rate (and CPU per 1,000 messages), the PostgreSQL
-    server's CPU per 1,000, and the ratio of the rates."""
+    server's CPU, commits and WAL flushes per 1,000, and the ratio of the rates."""
     rate, cells = {}, []
     for engine in ENGINES:
         done = runs[(version, engine)]
@@ -130,8 +147,10 @@ def row(
     ratio = rate["postgresql"] / rate["sqlite"]
     met = "yes" if ratio >= TARGET else "no"
     server = median(servers[version]) * 1000 / n
+    commit, flush = (median([c[i] for c in committed[version]]) * 1000 / n for i in (0, 1))
     return (
         f"{version:>7} | {conns:>5} | {workers:>7} | {cells[0]:>18} | {cells[1]:>22} | {server:6.2f} |"
+        f" {commit:7,.0f} | {flush:7,.0f} |"
         f" {ratio:.2f}x (≥ {TARGET}x: {met})"
     )
 
@@ -159,12 +178,14 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{a.messages:,} messages, median of {a.runs}; msg/s over the whole command,")
                 print("CPU s per 1,000 messages of the mailer send process (lone sends) and of the server")
                 print(
-                    "version | conns | workers | SQLite msg/s (CPU) | PostgreSQL msg/s (CPU) | server | ratio"
+                    "version | conns | workers | SQLite msg/s (CPU) | PostgreSQL msg/s (CPU) | server |"
+                    " commits | flushes | ratio"
                 )
                 for workers in (int(w) for w in a.workers.split(",")):
                     for conns in (int(c) for c in a.connections.split(",")):
                         runs: dict[tuple[str, str], list[Finished]] = {}
                         servers: dict[str, list[float]] = {}
+                        committed: dict[str, list[tuple[int, int]]] = {}
                         for run in range(a.runs):
                             for version, env in versions.items():
                                 for engine in ENGINES:
@@ -172,19 +193,24 @@ def main(argv: list[str] | None = None) -> int:
                                     data_dir.parent.mkdir()
                                     extra = dict(env)
                                     if engine == "postgresql":
-                                        extra |= database_env(cluster.database())
+                                        database = cluster.database()
+                                        extra |= database_env(database)
                                     make_record(port, data_dir, extra)
                                     if engine == "postgresql":
+                                        name = database.url.rpartition("/")[2]
                                         idle = len(_children(postmaster(cluster)))
-                                        used = server_cpu(cluster)
+                                        used, before = server_cpu(cluster), commits(cluster, name)
                                     done = send(port, csv, data_dir, conns, workers, extra)
                                     if engine == "postgresql":
                                         settled(cluster, idle)
                                         servers.setdefault(version, []).append(server_cpu(cluster) - used)
+                                        after = commits(cluster, name)
+                                        made = (after[0] - before[0], after[1] - before[1])
+                                        committed.setdefault(version, []).append(made)
                                     runs.setdefault((version, engine), []).append(done)
                                     shutil.rmtree(data_dir.parent)
                         for version in versions:
-                            print(row(version, conns, workers, runs, servers, a.messages))
+                            print(row(version, conns, workers, runs, servers, committed, a.messages))
         finally:
             CHILDREN.stop_all()
             cluster.stop()
