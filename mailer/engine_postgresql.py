@@ -36,7 +36,7 @@ from psycopg import pq
 from psycopg.pq import TransactionStatus
 
 from .engine import Server
-from .errors import MailerError
+from .errors import MailerError, NotUpYet
 
 # The key of the database-wide write lock (advisory keys are per database): "mailer" in ASCII.
 WRITE_LOCK = 0x6D61696C6572
@@ -204,7 +204,8 @@ def _connect(server: Server, *, timeout: float, name: str) -> _Connection:
             **options,
         )
     except psycopg.Error as exc:
-        raise MailerError(f"{server}: {explain(exc, server)}") from None
+        said = f"{server}: {explain(exc, server)}"
+        raise (NotUpYet(said) if _not_up(exc) else MailerError(said)) from None
     except ValueError as exc:  # a URL libpq cannot read (psycopg says so before connecting)
         raise MailerError(f"{server}: not a usable PostgreSQL URL ({_hide(str(exc), server)})") from None
     conn.limit = server.timeout
@@ -462,6 +463,27 @@ def _hide(text: str, server: Server) -> str:
 
 # what psycopg and libpq say when a session ends under mailer (a restart, a failover, a dropped network)
 _LOST = ("connection is closed", "connection is lost", "server closed the connection", "consuming input")
+
+
+# What libpq says when no server answers there yet (a host booting, a server starting or restarting, a
+# network not up), as against what a person must mend: a password, a database's name, a host name's typo
+_NOT_UP = (
+    "connection refused", "the database system is starting up", "the database system is shutting down",
+    "the database system is in recovery mode", "the database system is not yet accepting connections",
+    "no route to host", "network is unreachable", "temporary failure in name resolution", "timeout expired",
+)  # fmt: skip
+
+
+_REFUSED = ("password", "does not exist", "no pg_hba.conf entry", "authentication")
+
+
+def _not_up(exc: psycopg.Error) -> bool:
+    """Whether a failure to connect may mend itself once the server is up (NotUpYet). libpq tries each
+    address of a host name in turn and says what each did: one that answered and refused is what counts."""
+    text = str(exc).lower()
+    if any(words in text for words in _REFUSED):
+        return False
+    return isinstance(exc, pgerrors.ConnectionTimeout) or any(words in text for words in _NOT_UP)
 
 
 def explain(exc: psycopg.Error, server: Server) -> str:

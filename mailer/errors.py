@@ -71,6 +71,11 @@ class TransportError(MailerError):
     """The mail server cannot be reached or refuses us as a whole (not a single recipient)."""
 
 
+class NotUpYet(MailerError):
+    """The record's server does not answer yet (not running, starting up, not reachable): unlike a wrong
+    password or a missing database, waiting may mend it (`mailer worker --wait` at boot)."""
+
+
 class SendAborted(MailerError):
     """A send stopped early; rerunning the same command resumes it."""
 

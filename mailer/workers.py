@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from .campaign import THIS_RUN, Feedback, Pace, Report, SendOptions, run_share
 from .config import Settings
 from .console import Console
-from .errors import ExitStatus, Interrupted, MailerError, SendAborted
+from .errors import ExitStatus, Interrupted, MailerError, NotUpYet, SendAborted
 from .ledger import Ledger
 from .stopping import StopSignals
 from .subscribers import Subscriber, dedupe_key
@@ -1032,9 +1032,10 @@ def work(
         stop_with_coordinator(signals)
         transport = make_transport(settings, console)
         # a record an older mailer keeps is left as it is: its send's processes would refuse it upgraded
-        with Ledger(
-            settings.db_path, create=False, destination=transport.destination, upgrade=False
-        ) as ledger:
+        record = functools.partial(
+            Ledger, settings.db_path, create=False, destination=transport.destination, upgrade=False
+        )
+        with _reach(record, console) if wait else record() as ledger:
             which = f"of issue {issue_id} " if issue_id else ""
             plan = find_plan(ledger, issue_id)
             if plan is None and wait:
@@ -1069,6 +1070,29 @@ def work(
             worker = _Worker(ledger, plan, factory, transport, feedback, signals, connections)
             with _record_lost():
                 return worker.run()
+
+
+REACH_FIRST, REACH_MOST = 1.0, 15.0  # seconds between a waiting worker's tries to reach its record: doubled
+
+
+def _reach(record: Callable[[], Ledger], console: Console) -> Ledger:
+    """The record, once its server answers: a worker started with the host (a service at boot) may start
+    before its database, and must send once it is up, not exit for a person to restart it. A server that
+    answers and refuses (a wrong password, no such database) is not waited for: record() raises that.
+
+    A signal ends the wait at once: StopSignals raises it, in the sleep or the try (nothing is held yet)."""
+    delay = REACH_FIRST
+    while True:
+        try:
+            return record()
+        except NotUpYet as exc:
+            if delay == REACH_FIRST:  # said once: the journal of a host that booted first is not flooded
+                console.note(
+                    f"Waiting for the database to answer ({exc}); trying again, at least every"
+                    f" {REACH_MOST:g} s"
+                )
+            time.sleep(delay)
+            delay = min(2 * delay, REACH_MOST)
 
 
 @contextlib.contextmanager
