@@ -196,9 +196,23 @@ def pg_cluster() -> Iterator[Cluster]:
         if os.environ.get("CI"):
             pytest.fail("PostgreSQL is not installed (scripts/test installs the Debian package postgresql)")
         pytest.skip("PostgreSQL is not installed (Debian: apt-get install postgresql)")
-    cluster = Cluster(bindir).start()
+    cluster = Cluster(bindir, ahead=True).start()
+    _CLUSTERS.append(cluster)
     yield cluster
+    _CLUSTERS.remove(cluster)
     cluster.stop()
+
+
+_CLUSTERS: list[Cluster] = []  # pg_cluster, once a test has started it
+
+
+@pytest.fixture(autouse=True)
+def _drop_databases() -> Iterator[None]:
+    """After each test (and the fixtures it used: this one ends last), the test cluster drops the databases
+    the test had (Cluster.drop_handed)."""
+    yield
+    for cluster in _CLUSTERS:
+        cluster.drop_handed()
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,7 @@ import sqlite3
 import subprocess
 import tempfile
 from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,12 +64,16 @@ class Cluster:
 
     bindir: Path
     durable: bool = False  # the server's own fsync and synchronous_commit (bench/postgresql.py); else off
+    ahead: bool = False  # database() makes the next database in the background (the test run's cluster)
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="mailer-pg-")))
     password: str = field(default_factory=lambda: secrets.token_urlsafe(12))
     ports: Iterator[int] = field(default_factory=free_ports)  # where the server tries to listen, in turn
     port: int = 0  # where it listens
     _names: itertools.count[int] = field(default_factory=itertools.count)
     _keeper: subprocess.Popen[str] | None = None
+    _maker: ThreadPoolExecutor | None = None
+    _next: Future[str] | None = None
+    _handed: list[str] = field(default_factory=list)  # by database() since drop_handed() (with `ahead`)
 
     def start(self) -> Cluster:
         secret = self.root / "password"
@@ -130,10 +135,33 @@ class Cluster:
         return f"postgresql://{USER}@127.0.0.1:{self.port}/{name}"
 
     def database(self) -> Server:
-        """A fresh, empty database, with the password mailer is given (MAILER_DATABASE_PASSWORD)."""
+        """A fresh, empty database, with the password mailer is given (MAILER_DATABASE_PASSWORD).
+
+        With `ahead`, each is made while the test before it runs (and the next one is started now): a copy of
+        the template took 150-1,700 ms (median 784) at load 10, for each of ~150 tests a run."""
+        if not self.ahead:
+            return Server(self.url(self._make()), password=self.password)
+        if self._maker is None:
+            self._maker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="next-database")
+        name = self._next.result() if self._next is not None else self._make()
+        self._next = self._maker.submit(self._make)
+        self._handed.append(name)
+        return Server(self.url(name), password=self.password)
+
+    def drop_handed(self) -> None:
+        """Drop the databases handed out since the last call (the test that had them has ended and its
+        processes with it), in the background. Their files, all removed at once as the cluster stopped,
+        took 25 s for 120 databases (1.4 GB) at load 21; and files removed within seconds are mostly never
+        written to the disk at all (the server does not fsync here)."""
+        names, self._handed = self._handed, []
+        for name in names:
+            assert self._maker is not None
+            self._maker.submit(self.admin, f"DROP DATABASE {name} WITH (FORCE)")
+
+    def _make(self) -> str:
         name = f"t{next(self._names)}"
         self.admin(f"CREATE DATABASE {name} TEMPLATE empty")
-        return Server(self.url(name), password=self.password)
+        return name
 
     def stop(self) -> None:
         """Stop the server (closing the keeper's stdin) and remove its files.
@@ -141,6 +169,8 @@ class Cluster:
         On a loaded machine an immediate stop has been seen to outlast pg_ctl's own 60 s wait (several
         clusters and suites at once): the data is thrown away anyway, so the server is then killed outright
         rather than failing the test whose teardown this is."""
+        if self._maker is not None:  # the database made ahead is not needed: let it be made, then stop
+            self._maker.shutdown(wait=True)
         try:
             if self._keeper is not None:
                 try:
