@@ -158,6 +158,13 @@ def test_three_workers_with_one_killed_20_times_lose_no_reader_and_repeat_only_w
             said += victim.communicate(timeout=60)[1]
             assert victim.returncode == -signal.SIGKILL, f"kill {kill}: the worker had ended already"
             workers.append(spawn(["worker"], env, tmp_path))
+        # a worker started after the send ended would find none to join (exit 1): the last ones start while
+        # the server holds every reply back, so the send cannot end before each live worker has joined it
+        smtp_server.pause()
+        try:
+            wait_until("every live worker joined", lambda: {w.pid for w in workers} <= worker_pids(db))
+        finally:
+            smtp_server.resume()
         out, err = coordinator.communicate(timeout=300)
         for w in workers:
             said += w.communicate(timeout=120)[1]
