@@ -8,7 +8,9 @@ try-out mails no one); a web copy holds no one's personal data (send.write_archi
 
 from __future__ import annotations
 
+import contextlib
 import html
+import logging
 import os
 import re
 import threading
@@ -22,7 +24,6 @@ from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
 from .catalog import Words, words
-from .errors import MailerError
 from .headers import one_line
 from .private import make_folder, write_file
 
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from .config import Settings
     from .ledger import Ledger
 
+log = logging.getLogger("mailer.web")
 _HTML_LANG = re.compile(rb"<html\b[^>]*?\slang=[\"']?([A-Za-z]{2,8}(?:-[A-Za-z0-9]{1,8})*)", re.IGNORECASE)
 _Stamp = tuple[int, int]  # (st_mtime_ns, st_size)
 ATOM = "http://www.w3.org/2005/Atom"
@@ -121,7 +123,7 @@ def sent_issues(settings: Settings) -> list[Entry]:
     return [
         Entry(issue_id, subject, datetime.fromisoformat(created).astimezone(UTC))
         for issue_id, subject, created in rows
-        if (folder / f"{issue_id}.html").is_file()
+        if (folder / f"{issue_id}.html").is_file() or (folder, issue_id) in _unwritable
     ]
 
 
@@ -129,9 +131,16 @@ def from_record(settings: Settings, ledger: Ledger, issue_ids: list[str]) -> Non
     """Write into this host's archive folder the web copies the record keeps of those of these issues it
     lacks: sent from another host that shares the record (docs/postgresql.md), or before this data folder
     was made. Each dated when its issue's first send started, so the newest is still the newest (the pages'
-    language), and written whole (another thread may be reading it)."""
+    language), and written whole (another thread may be reading it).
+
+    A folder that cannot take a copy (mounted read-only, full) is said once in the log, and the copy is shown
+    from the record (kept_copy) instead: a web host of a read-only container still shows every issue."""
     folder = settings.data_dir / "archive"
-    wanted = [i for i in issue_ids if _FILE_NAME.fullmatch(i) and not (folder / f"{i}.html").is_file()]
+    wanted = [
+        i
+        for i in issue_ids
+        if _FILE_NAME.fullmatch(i) and (folder, i) not in _unwritable and not (folder / f"{i}.html").is_file()
+    ]
     for start in range(0, len(wanted), _IN_QUERY):
         some = wanted[start : start + _IN_QUERY]
         marks = ", ".join("?" * len(some))
@@ -150,12 +159,26 @@ def from_record(settings: Settings, ledger: Ledger, issue_ids: list[str]) -> Non
                 os.utime(tmp, (when, when))
                 os.replace(tmp, path)
             except OSError as exc:
-                tmp.unlink(missing_ok=True)
-                raise MailerError(
-                    f"{path}: cannot write the issue's web copy: {exc.strerror or exc}"
-                ) from None
+                with contextlib.suppress(OSError):
+                    tmp.unlink(missing_ok=True)
+                _unwritable.add((folder, issue_id))
+                log.warning(
+                    "%s: cannot write the issue's web copy: %s; showing it from the record",
+                    path,
+                    exc.strerror or exc,
+                )
 
 
+def kept_copy(settings: Settings, ledger: Ledger, issue_id: str) -> bytes | None:
+    """The record's web copy of an issue this host's archive folder could not take (from_record)."""
+    if (settings.data_dir / "archive", issue_id) not in _unwritable:
+        return None
+    rows = ledger.rows("SELECT html FROM web_copies WHERE issue_id = ?", (issue_id,))
+    return bytes(rows[0][0]) if rows else None
+
+
+# (archive folder, issue id) of the copies this process could not write there, shown from the record
+_unwritable: set[tuple[Path, str]] = set()
 _FILE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}")  # an issue id that is a file name here
 _IN_QUERY = 500  # issue ids per IN (...) query
 

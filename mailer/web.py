@@ -313,6 +313,9 @@ class UnsubscribeApp:
 
             with Ledger(self.settings.db_path, create=False) as ledger:
                 archive.from_record(self.settings, ledger, [issue_id])
+                kept = archive.kept_copy(self.settings, ledger, issue_id)  # a folder that cannot take it
+            if kept is not None:
+                return kept
         if not path.is_file():
             raise not_found
         try:
