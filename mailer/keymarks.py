@@ -68,6 +68,8 @@ def _loaded(
             used = f"links signed with a key (mark {known.mark}, issue {known.issue_id})"
         elif ledger.rows("SELECT 1 FROM deliveries WHERE destination = 'smtp' AND state = 'sent' LIMIT 1"):
             used = "issues sent with a key"
+        elif ledger.rows("SELECT 1 FROM signups LIMIT 1"):  # confirmation links signed with one (signup.py)
+            used = "signups whose confirmation links were signed with a key"
         else:
             return load_keyring(settings, console=console)
         raise ConfigError(
