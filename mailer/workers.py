@@ -259,8 +259,8 @@ def coordinate(
     signals.stopping = True
     local = _Locals(issue_id, crew, settings, feedback, where)
     watch = _Watch(ledger, where, lease, report, feedback, local, held)
-    local.start(ledger)
     try:
+        local.start(ledger)  # the record lost after a fork: the workers forked so far are stopped below
         while not signals.signum:
             local.replace_dead(ledger)
             if _finished(ledger, where, local, crew):
