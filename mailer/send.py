@@ -267,16 +267,25 @@ def _send(
                 deliverable,
                 lists=lists.files,
             )
-        write_archive(issue, factory, settings)
-        issue.keep_inlined()  # the data folder exists now, also on a first send: the workers read the page
-        console.note(f"Sending {issue.issue_id} to {deliverable:,} subscriber(s) via {transport.description}")
-        feedback.start(deliverable)
 
     lock = nullcontext(lambda: None) if options.dry_run else issue_lock(settings.db_path, issue.issue_id)
     with (
         lock as held,
         Ledger(settings.db_path, destination=transport.destination) as ledger,
     ):
+        if not options.dry_run:
+            # the record's refusals (the post changed since it was sent, or renamed) before the web copy is
+            # replaced: the readers who got the issue see what they were sent when they "view in browser"
+            ledger.start_issue(
+                issue.issue_id, issue.post.content_hash, issue.subject,
+                allow_changed=options.allow_changed, allow_resend=options.allow_resend,
+            )  # fmt: skip
+            write_archive(issue, factory, settings)
+            issue.keep_inlined()  # the data folder exists now, also on a first send: the workers read it
+            console.note(
+                f"Sending {issue.issue_id} to {deliverable:,} subscriber(s) via {transport.description}"
+            )
+            feedback.start(deliverable)
         if crew is not None and not options.dry_run:
             from .workers import coordinate  # --workers only: a lone send does not import workers.py
 

@@ -145,7 +145,7 @@ def test_a_data_folder_that_cannot_take_the_web_copy_is_one_line_and_no_message(
         env["MAILER_SECRET_KEY"] = (data_dir / "secret.key").read_text().strip()
         (tmp_path / "state-file").write_text("a file where the data folder should be\n")
     post = post_named(tmp_path, "2026-02-09.md")
-    code, out = send(post, csv, env)
+    code, out = send(post, csv, env, "--resend")  # the same post under another name: not refused for that
     assert code == 1, out
     lines = error_lines(out)
     assert len(lines) == 1 and "Traceback" not in out, out
