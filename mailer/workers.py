@@ -164,12 +164,20 @@ def publish(
         # the caller holds the issue's lock, which a coordinator holds (and checks: held()) for as long as it
         # runs: the coordinator of a send still open here is gone, however recent its last word; only its
         # workers may be left
+        # ... or a stopped one whose workers elsewhere have yet to hear of the stop (within LOOK seconds)
         running = ledger.rows(
-            "SELECT coordinator, options FROM sends WHERE issue_id = ? AND destination = ?"
-            " AND state IN ('running', 'stopping')",
+            "SELECT coordinator, options, state FROM sends WHERE issue_id = ? AND destination = ?"
+            " AND state IN ('running', 'stopping', 'stopped')",
             where,
         )
         if running and (left := _alive_workers(ledger, where, float(json.loads(running[0][1])["lease"]))):
+            if running[0][2] == "stopped":
+                raise MailerError(
+                    f"{issue_id}: the send started by {running[0][0]} was stopped, and {len(left)} of its"
+                    " worker(s) have yet to write that they stopped (each does within seconds, after its"
+                    " messages in flight; one that went silent, once its lease runs out); run the command"
+                    " again then"
+                )
             raise MailerError(
                 f"{issue_id}: the send started by {running[0][0]}, which is gone, is still being finished by"
                 f" {len(left)} worker(s); they end it when no reader is left (`mailer status` shows it)"
@@ -279,7 +287,10 @@ def coordinate(
             )
             ledger.write("UPDATE sends SET state = 'stopping' WHERE issue_id = ? AND destination = ?", where)
             hurried = False
-            while local.alive() or _live_leases(ledger, where):
+            # and the workers elsewhere, until each has said its last word (they look at the send's state
+            # every LOOK seconds): a rerun, or `mailer status` on any host, then finds none still at it,
+            # rather than waiting for their leases; one that went silent counts until its lease runs out
+            while local.alive() or _live_leases(ledger, where) or _alive_workers(ledger, where, lease):
                 if signals.hurry.is_set() and not hurried:
                     hurried = (
                         True  # a second SIGTERM hurries the workers here, the send 'stopped' those elsewhere
@@ -1177,11 +1188,14 @@ class _Worker:
             while not keeper.stopping:
                 if self.signals.signum:
                     raise Interrupted(self.signals.signum)
-                left, free = ledger.rows(
-                    "SELECT count(*), coalesce(sum(CASE WHEN lease_until < ? THEN 1 ELSE 0 END), 0)"
+                left, free, running = ledger.rows(
+                    "SELECT count(*), coalesce(sum(CASE WHEN lease_until < ? THEN 1 ELSE 0 END), 0), (SELECT"
+                    " count(*) FROM sends WHERE issue_id = ? AND destination = ? AND state = 'running')"
                     " FROM send_batches WHERE issue_id = ? AND destination = ? AND done = 0",
-                    (time.time(), *self.where),
+                    (time.time(), *self.where, *self.where),
                 )[0]
+                if left and not running:  # stopped by its coordinator: as on its signal (or the keeper's)
+                    raise Interrupted(signal.SIGTERM)
                 if not left:
                     state = "done"
                     break
@@ -1421,7 +1435,8 @@ def claim(
 ) -> tuple[int, str, str, str] | None:
     """Lease the first batch not done whose lease ran out (or never was) to `name` until `until`: its number,
     readers (JSON), former owner ('' if none) and counts so far (JSON, '' if none: see _Batch), or None
-    when no batch is free.
+    when no batch is free or the send no longer runs (its coordinator stopped it: no batch is begun after
+    the stop, whenever the worker hears of it).
 
     On PostgreSQL the SELECT locks the row it finds and passes over rows other workers are claiming (FOR
     UPDATE SKIP LOCKED), so workers claim side by side and never the same batch; SQLite's one writer at a
@@ -1430,8 +1445,10 @@ def claim(
     with ledger.transaction(rows_only=True):
         rows = ledger.rows(
             "SELECT batch_no, readers, owner, counts FROM send_batches WHERE issue_id = ? AND destination = ?"
-            " AND done = 0 AND lease_until < ? ORDER BY batch_no LIMIT 1" + ledger.skip_locked,
-            (*where, time.time()),
+            " AND done = 0 AND lease_until < ? AND EXISTS (SELECT 1 FROM sends WHERE sends.issue_id = ?"
+            " AND sends.destination = ? AND sends.state = 'running') ORDER BY batch_no LIMIT 1"
+            + ledger.skip_locked,
+            (*where, time.time(), *where),
         )
         if not rows:
             return None
@@ -1472,6 +1489,7 @@ def write_partial(ledger: Ledger, where: tuple[str, str], name: str, batches: di
 GIVEN_BACK = 1.0
 
 MARGIN = 0.25  # of the lease: a worker stops delivering this long before another may take its batch
+LOOK = 1.0  # seconds between a worker's looks at its send's state (a stop, an end); at most a quarter lease
 
 
 class _Keeper:
@@ -1545,10 +1563,12 @@ class _Keeper:
     def _run(self) -> None:
         try:
             with self.ledger.reopen() as ledger:
-                due = 0.0
+                due = look = 0.0
                 while True:
                     with self.cond:
-                        self.cond.wait_for(lambda: self.closing or self.wanted, max(0.0, due - time.time()))
+                        self.cond.wait_for(
+                            lambda: self.closing or self.wanted, max(0.0, min(due, look) - time.time())
+                        )
                         if self.closing:
                             return
                         wanted, self.wanted = self.wanted, False
@@ -1557,6 +1577,9 @@ class _Keeper:
                     if time.time() >= due:
                         self._renew(ledger)
                         due = time.time() + self.lease / 4
+                    if time.time() >= look:
+                        self._look(ledger)
+                        look = time.time() + min(LOOK, self.lease / 4)
         except MailerError as exc:  # the record cannot be reached: the leases run out, no "." is sent
             self.error = str(exc)
 
@@ -1572,6 +1595,19 @@ class _Keeper:
         with self.cond:
             self.slots.extend(end - span + i * self.interval for i in range(self.chunk))
             self.cond.notify_all()
+
+    def _look(self, ledger: Ledger) -> None:
+        """Follow the send's state: a stop of the coordinator's stops this worker within LOOK seconds (its
+        messages in flight finished), not at the next renewal, a quarter lease away, while it went on."""
+        rows = ledger.rows("SELECT state FROM sends WHERE issue_id = ? AND destination = ?", self.where)
+        state = self.state = rows[0][0] if rows else "stopped"
+        if state != "running" and not self.stopping:
+            self.stopping = True
+            if state != "done" and not self.signalled:  # the coordinator stops the send: as on a SIGTERM
+                _thread.interrupt_main(signal.SIGTERM)
+        if state == "stopped" and not self.hurried and not self.signalled:  # its second signal: hurry
+            self.hurried = True
+            _thread.interrupt_main(signal.SIGTERM)
 
     def _renew(self, ledger: Ledger) -> None:
         with self.lock:
@@ -1589,15 +1625,6 @@ class _Keeper:
                     self.lost = f"another worker took over batches {sorted(gone)} (this one was too slow)"
                 else:  # no one else took any of them: whenever it comes, the renewal keeps them ours
                     self.valid_until = now + self.lease * (1 - MARGIN)
-        rows = ledger.rows("SELECT state FROM sends WHERE issue_id = ? AND destination = ?", self.where)
-        state = self.state = rows[0][0] if rows else "stopped"
-        if state != "running" and not self.stopping:
-            self.stopping = True
-            if state != "done" and not self.signalled:  # the coordinator stops the send: as on a SIGTERM
-                _thread.interrupt_main(signal.SIGTERM)
-        if state == "stopped" and not self.hurried and not self.signalled:  # its second signal: hurry
-            self.hurried = True
-            _thread.interrupt_main(signal.SIGTERM)
         counts = json.dumps(self.counts())
         ledger.write(
             "UPDATE send_workers SET counts = ?, updated_at = ? WHERE issue_id = ? AND destination = ?"
