@@ -23,8 +23,13 @@ WHERE = ("2026-02-09", "smtp")
 
 
 def fill(record: Location, batches: int) -> None:
-    """A send's batches, one reader each, none claimed yet."""
+    """A running send's batches, one reader each, none claimed yet."""
     with closing(Ledger(record)) as ledger, ledger.transaction():
+        ledger.write(
+            "INSERT INTO sends (issue_id, destination, state, coordinator, alive_until, post_name, post,"
+            " fingerprint, options, started_at) VALUES (?, ?, 'running', 'c', 0, 'p', '', '', '{}', '')",
+            WHERE,
+        )
         for n in range(batches):
             ledger.write(
                 "INSERT INTO send_batches (issue_id, destination, batch_no, readers, size)"
@@ -85,6 +90,18 @@ def test_a_lease_that_ran_out_is_taken_over_and_a_live_one_is_not(record_at: Loc
         (1, 1, "a", '{"sent": 1}'),
         (2, 1, "b", '{"suppressed": 1}'),
     ]
+
+
+def test_no_batch_of_a_send_that_no_longer_runs_is_claimed(record_at: Location) -> None:
+    # a worker that has yet to hear of its coordinator's stop begins no batch after it
+    fill(record_at, 2)
+    with closing(Ledger(record_at)) as a:
+        assert claim(a, WHERE, "a", time.time() + 60) is not None
+        for state in ("stopping", "stopped", "done"):
+            rows(record_at, "UPDATE sends SET state = ?", (state,))
+            assert claim(a, WHERE, "a", time.time() + 60) is None, state
+        rows(record_at, "UPDATE sends SET state = 'running'")
+        assert claim(a, WHERE, "a", time.time() + 60) is not None  # the same batch: it was free
 
 
 @pytest.mark.postgresql
