@@ -26,6 +26,7 @@ from zoneinfo import ZoneInfo
 from .catalog import Words, words
 from .headers import one_line
 from .private import make_folder, write_file
+from .webcopies import FILE_NAME as _FILE_NAME
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -179,7 +180,6 @@ def kept_copy(settings: Settings, ledger: Ledger, issue_id: str) -> bytes | None
 
 # (archive folder, issue id) of the copies this process could not write there, shown from the record
 _unwritable: set[tuple[Path, str]] = set()
-_FILE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}")  # an issue id that is a file name here
 _IN_QUERY = 500  # issue ids per IN (...) query
 
 

@@ -28,6 +28,7 @@ from .schedule import check_age, require_post, resolve_post, today
 from .stopping import StopSignals
 from .subscribers import ReadStats, Subscriber
 from .transport import make_transport
+from .webcopies import to_record
 
 if TYPE_CHECKING:
     from .workers import Crew
@@ -147,6 +148,7 @@ def write_archive(issue: Issue, factory: MessageFactory, settings: Settings) -> 
         ) from None
     with Ledger(settings.db_path) as ledger:
         ledger.keep_web_copy(issue.issue_id, html)
+        to_record(settings, ledger)  # and those of the issues sent before the record kept them
     return path
 
 

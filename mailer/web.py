@@ -23,6 +23,7 @@ from .catalog import Words, words
 from .errors import MailerError
 from .signup import MAX_FORM, SignupError, read_link, read_request, safe_next, signup_lists
 from .tokens import Keyring
+from .webcopies import to_record
 from .wsgi import HTML, TEXT, listen, render_page, respond, security_headers, static
 
 if TYPE_CHECKING:
@@ -124,7 +125,9 @@ class UnsubscribeApp:
         self.mailroom = Mailroom(settings, keyring, letters, make_transport(settings, ServerLog()))
         self.signups = Signups(settings, self.mailroom.wake)
 
-        Ledger(settings.db_path).close()  # made (or checked) now: later a missing database is an error
+        # made (or checked) now: later a missing database is an error
+        with Ledger(settings.db_path) as ledger:
+            to_record(settings, ledger)  # the copies only this host has, for the other hosts
         archive.sent_issues(settings)  # with the copies sent from other hosts: the pages speak their language
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:

@@ -23,7 +23,7 @@ from click.testing import CliRunner
 from mailer.cli import cli
 from mailer.engine import Location
 from tests.conftest import EXAMPLE
-from tests.pg import database_env
+from tests.pg import database_env, rows
 from tests.publisher import WEB_URL, env_for
 from tests.served import serving
 from tests.smtpd import HOST, SMTPServer
@@ -292,3 +292,35 @@ def test_a_second_web_host_without_the_signing_key_refuses_to_start(
     [line] = refused.stderr.strip().splitlines()
     assert line.startswith(f"Error: {key}: no signing key here") and "copy the key file" in line, line
     assert not key.exists()
+
+
+@pytest.mark.parametrize("shares", ["serve", "send"])
+def test_an_issue_sent_before_the_record_kept_web_copies_reaches_the_other_hosts_from_the_one_that_has_it(
+    tmp_path: Path, record_at: Location, shares: str
+) -> None:
+    # a record upgraded past schema step 9 -> 10 keeps no web copy of the issues sent before: the sending
+    # host's data folder alone has it. Its `serve` or next send puts it into the record, no folder copied
+    record = database_env(record_at)
+    _send(tmp_path, EXAMPLE, **record)
+    rows(record_at, "DELETE FROM web_copies")  # as a mailer before step 10 left it
+    second = tmp_path / "second"
+    (second / "state").mkdir(parents=True)
+    shutil.copy2(tmp_path / "state" / "secret.key", second / "state" / "secret.key")  # docs/postgresql.md
+
+    def second_host_shows() -> int:
+        env = {"MAILER_DATA_DIR": str(second / "state"), "MAILER_WEB_URL": WEB_URL, **record}
+        with serving(second, {}, **env) as served:
+            return Archive(served.port, second).get("/issues/2026-02-09").status
+
+    assert second_host_shows() == 404  # what a reader's "View in browser" met there
+    if shares == "serve":  # the first host's web server starts (a restart, an upgrade)
+        env = {"MAILER_DATA_DIR": str(tmp_path / "state"), "MAILER_WEB_URL": WEB_URL, **record}
+        with serving(tmp_path, {}, **env) as served:
+            assert Archive(served.port, tmp_path).get("/issues/2026-02-09").status == 200
+    else:  # the first host sends its next issue
+        _send(tmp_path, _post(tmp_path, "2026-02-10.md", ENGLISH), **record)
+    copy = (tmp_path / "state" / "archive" / "2026-02-09.html").read_bytes()
+    assert [bytes(html) for (html,) in rows(record_at, "SELECT html FROM web_copies WHERE issue_id = ?",
+            ("2026-02-09",))] == [copy]  # fmt: skip
+    assert second_host_shows() == 200
+    assert (second / "state" / "archive" / "2026-02-09.html").read_bytes() == copy
