@@ -169,3 +169,14 @@ def sent_and_served(root: Path, readers: list[str], **env: str) -> Iterator[Serv
     settings, sent = send_issue(root, readers)
     with serving(root, sent, **settings, **env) as served:
         yield served
+
+
+def refuses_for_want_of_a_key(env: dict[str, str], cwd: Path, key: Path) -> None:
+    """`mailer serve` with `env` (a data folder without the key file `key`, on a record whose readers hold
+    signed links) stops at once with one line saying so and what to do, and makes no key."""
+    args = [sys.executable, "-m", "mailer", "serve", "--port", "0"]
+    refused = subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1, refused.stderr
+    [line] = refused.stderr.strip().splitlines()
+    assert line.startswith(f"Error: {key}: no signing key here") and "copy the key file" in line, line
+    assert not key.exists()

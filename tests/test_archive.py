@@ -6,8 +6,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,7 +23,7 @@ from mailer.engine import Location
 from tests.conftest import EXAMPLE
 from tests.pg import database_env, rows
 from tests.publisher import WEB_URL, env_for
-from tests.served import serving
+from tests.served import refuses_for_want_of_a_key, serving
 from tests.smtpd import HOST, SMTPServer
 
 A = "{http://www.w3.org/2005/Atom}"
@@ -286,12 +284,7 @@ def test_a_second_web_host_without_the_signing_key_refuses_to_start(
     key = tmp_path / "second" / "state" / "secret.key"
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}
     env.update(MAILER_DATA_DIR=str(key.parent), MAILER_WEB_URL=WEB_URL, **record)
-    args = [sys.executable, "-m", "mailer", "serve", "--port", "0"]
-    refused = subprocess.run(args, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
-    assert refused.returncode == 1, refused.stderr
-    [line] = refused.stderr.strip().splitlines()
-    assert line.startswith(f"Error: {key}: no signing key here") and "copy the key file" in line, line
-    assert not key.exists()
+    refuses_for_want_of_a_key(env, tmp_path, key)
 
 
 @pytest.mark.parametrize("shares", ["serve", "send"])

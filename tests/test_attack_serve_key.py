@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 from mailer.engine import Location
 from tests.pg import database_env
-from tests.served import serving
+from tests.served import refuses_for_want_of_a_key, serving
 from tests.test_signup import Site, _env
 
 
@@ -27,9 +25,4 @@ def test_a_second_web_host_without_the_key_refuses_to_start_once_confirmation_li
     key = tmp_path / "second" / "state" / "secret.key"
     clean = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}
     second = {**clean, **_env(tmp_path / "second", **record)}
-    args = [sys.executable, "-m", "mailer", "serve", "--port", "0"]
-    refused = subprocess.run(args, env=second, cwd=tmp_path, capture_output=True, text=True, timeout=60)
-    assert refused.returncode == 1, refused.stderr
-    [line] = refused.stderr.strip().splitlines()
-    assert line.startswith(f"Error: {key}: no signing key here") and "copy the key file" in line, line
-    assert not key.exists()
+    refuses_for_want_of_a_key(second, tmp_path, key)
