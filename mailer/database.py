@@ -100,13 +100,13 @@ def copy_sqlite(settings: Settings, source: Path) -> Copied:
             for table in tables:  # only mailer's names go into SQL below: a file's table name may be SQL
                 if table not in ours:
                     raise MailerError(f"{source}: table {table!r} is not one of mailer's; nothing copied")
-            for table in tables:
-                if new.rows(f"SELECT count(*) FROM {table}")[0][0]:
-                    raise MailerError(
-                        f"{target}: already holds a record (table {table} has rows); db copy fills only an"
-                        " empty database (make a new one, or drop this one's tables)"
-                    )
-            with new.transaction():
+            with new.transaction():  # looked at under the write lock: a copy from another host waits here
+                for table in tables:
+                    if new.rows(f"SELECT count(*) FROM {table}")[0][0]:
+                        raise MailerError(
+                            f"{target}: already holds a record (table {table} has rows); db copy fills only"
+                            " an empty database (make a new one, or drop this one's tables)"
+                        )
                 for table in tables:
                     copied.tables[table] = _copy_table(old, new, table)
                 _continue_ids(new)

@@ -246,3 +246,45 @@ def test_copy_of_a_file_a_send_is_writing_is_refused_and_leaves_the_target_empty
     # once the send has ended (here: killed), the same copy goes ahead
     assert invoke(["db", "copy", str(source)], _env(tmp_path, server)).exit_code == 0
     assert rows(server, "SELECT count(*) FROM issues") == [(1,)]
+
+
+def test_two_copies_into_one_empty_database_at_once_leave_one_record_and_refuse_the_other(
+    server: Server, tmp_path: Path
+) -> None:
+    # two hosts each copy their own SQLite record into the new shared database at the same moment: both find
+    # it empty before either has written. One holds a suppression, the other a stored list: no table has rows
+    # of both, so the count after the copy matched and the second copy added its rows to the first's (two
+    # records in one, exit 0 for both), where it must be refused as a copy into a database with a record
+    import psycopg
+
+    a, b = tmp_path / "a.db", tmp_path / "b.db"
+    with Ledger(a) as ledger:
+        ledger.suppress("gone@example.org", source="web")
+    readers = write_list(tmp_path / "readers.csv", ["ann@example.org"])
+    env = {**os.environ, **_env(tmp_path, server)}
+    assert invoke(["subscribers", "import", str(readers)], {**env, "MAILER_DATABASE": str(b)}).exit_code == 0
+    assert invoke(["db", "migrate"], env).exit_code == 0  # the schema there: neither opening locks
+    with psycopg.connect(server.url, password=server.password, autocommit=True) as holder:
+        holder.execute(f"BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})")
+        copies = [
+            subprocess.Popen(
+                [sys.executable, "-m", "mailer", "db", "copy", str(source)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for source in (a, b)
+        ]
+        _waiting_for_the_write_lock(server, 2)
+        holder.execute("COMMIT")
+    outcomes = {c.wait(timeout=120): c.communicate() for c in copies}
+    assert sorted(outcomes) == [0, 1], outcomes
+    first = a if f"copied {a} to " in outcomes[0][0] else b
+    [line] = outcomes[1][1].splitlines()
+    assert line.startswith(f"Error: {server}: already holds a record (table "), line
+    suppressed, members = (
+        rows(server, "SELECT count(*) FROM suppressions")[0][0],
+        rows(server, "SELECT count(*) FROM members")[0][0],
+    )
+    assert (suppressed, members) == ((1, 0) if first == a else (0, 1))
