@@ -514,8 +514,6 @@ class _Pool:
 def run_send(
     *,
     issue_id: str,
-    content_hash: str,
-    subject: str,
     factory: MessageFactory,
     transport: Transport,
     subscribers: Iterable[Subscriber],
@@ -535,15 +533,9 @@ def run_send(
     own. `list_key` names the list (a fingerprint of its contents): a run that reaches everyone on it is
     recorded as complete for that list only. `check_lock` raises MailerError once the issue's lock is lost
     (engine.issue_lock: the caller holds it); the loop calls it before each batch and every LOCK_CHECK s.
+    The caller has recorded the issue (Ledger.start_issue, with its refusals of a changed or renamed post).
     """
     report = Report(issue_id)
-    ledger.start_issue(
-        issue_id,
-        content_hash,
-        subject,
-        allow_changed=options.allow_changed,
-        allow_resend=options.allow_resend,
-    )
     if options.retry_failed and not options.dry_run:
         report.reset = ledger.reset_failed(issue_id)
     if options.dry_run:

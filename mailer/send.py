@@ -275,13 +275,14 @@ def _send(
         lock as held,
         Ledger(settings.db_path, destination=transport.destination) as ledger,
     ):
+        # the record's refusals (the post changed since it was sent, or renamed), once, on every path (a dry
+        # run says so too), and before the web copy is replaced: the readers who got the issue see what they
+        # were sent when they "view in browser"
+        ledger.start_issue(
+            issue.issue_id, issue.post.content_hash, issue.subject,
+            allow_changed=options.allow_changed, allow_resend=options.allow_resend,
+        )  # fmt: skip
         if not options.dry_run:
-            # the record's refusals (the post changed since it was sent, or renamed) before the web copy is
-            # replaced: the readers who got the issue see what they were sent when they "view in browser"
-            ledger.start_issue(
-                issue.issue_id, issue.post.content_hash, issue.subject,
-                allow_changed=options.allow_changed, allow_resend=options.allow_resend,
-            )  # fmt: skip
             write_archive(issue, factory, settings)
             issue.keep_inlined()  # the data folder exists now, also on a first send: the workers read it
             console.note(
@@ -299,8 +300,6 @@ def _send(
         else:
             report = run_send(
                 issue_id=issue.issue_id,
-                content_hash=issue.post.content_hash,
-                subject=issue.subject,
                 factory=factory,
                 transport=transport,
                 subscribers=lists.subscribers,

@@ -238,6 +238,7 @@ def coordinate(
 ) -> Report:
     """Run a send through worker processes and report what they all did, as run_send reports a lone one.
 
+    The caller has recorded the issue (Ledger.start_issue), as for run_send.
     `held` raises MailerError once this process has lost the issue's lock: it is checked at every look at
     the record, before the coordinator says it is alive, so that holding the lock proves it alive.
 
@@ -246,10 +247,6 @@ def coordinate(
     stopped the send.
     """
     issue_id = issue.issue_id
-    ledger.start_issue(
-        issue_id, issue.post.content_hash, issue.subject,
-        allow_changed=options.allow_changed, allow_resend=options.allow_resend,
-    )  # fmt: skip
     report = Report(issue_id)
     if options.retry_failed:
         report.reset = ledger.reset_failed(issue_id)

@@ -47,7 +47,9 @@ def test_a_second_web_host_whose_data_folder_is_read_only_still_shows_the_issues
     assert len(said) == 1 and said[0].endswith("Read-only file system; showing it from the record"), said
 
 
-@pytest.mark.parametrize("workers", [[], ["--workers", "1"]], ids=["lone", "workers"])
+@pytest.mark.parametrize(
+    "workers", [[], ["--workers", "1"], ["--dry-run"]], ids=["lone", "workers", "dry-run"]
+)
 def test_a_send_refused_because_the_post_changed_leaves_the_web_copy_its_readers_got(
     tmp_path: Path, record_at: Location, workers: list[str]
 ) -> None:

@@ -56,10 +56,9 @@ def test_the_loop_sends_records_and_retries_on_its_own_clock(
     clock = FakeClock()
     subscribers = [subscriber(f"{who}@example.com", n) for n, who in enumerate(("ann", "bo", "cy"), 2)]
     with Ledger(tmp_path / "record.db") as ledger:
+        ledger.start_issue(ISSUE, issue.post.content_hash, issue.subject)
         report = run_send(
             issue_id=ISSUE,
-            content_hash=issue.post.content_hash,
-            subject=issue.subject,
             factory=make_factory(issue, smtp_settings),
             transport=make_transport(smtp_settings),
             subscribers=subscribers,
@@ -115,9 +114,10 @@ def test_a_signal_during_the_loop_is_raised_at_the_loop_s_next_step_not_where_it
     feedback = _SignalOnce()
     signals = StopSignals()
     with Ledger(tmp_path / "record.db") as ledger, signals.install():
+        ledger.start_issue(ISSUE, issue.post.content_hash, issue.subject)
         with pytest.raises(Interrupted) as stopped:
             run_send(
-                issue_id=ISSUE, content_hash=issue.post.content_hash, subject=issue.subject,
+                issue_id=ISSUE,
                 factory=make_factory(issue, smtp_settings), transport=make_transport(smtp_settings),
                 subscribers=subscribers, ledger=ledger, options=SendOptions(connections=2),
                 feedback=feedback, signals=signals, check_lock=lambda: None,
