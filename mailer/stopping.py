@@ -67,6 +67,9 @@ class StopSignals:
             if not (sig == signal.SIGHUP and signal.getsignal(sig) == signal.SIG_IGN)
         }
         try:
+            # a worker forked by its coordinator starts with them blocked (workers._held): taken from now on,
+            # one sent since the fork among them (elsewhere nothing was blocked, and this changes nothing)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
             yield self
         finally:
             for sig, handler in previous.items():

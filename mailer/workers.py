@@ -47,7 +47,7 @@ from .config import Settings
 from .console import Console
 from .errors import ExitStatus, Interrupted, MailerError, NotUpYet, SendAborted
 from .ledger import Ledger
-from .stopping import StopSignals
+from .stopping import SIGNALS, StopSignals
 from .subscribers import Subscriber, dedupe_key
 
 if TYPE_CHECKING:  # `mailer status` reads under_way() without loading the renderer
@@ -540,19 +540,41 @@ def _spawn(
             stream.flush()
     gc.collect()  # a connection to the record left for the collector is closed here, not carried over
     with ledger.closed_for_fork():
-        pid = os.fork()
-        if pid == 0:
-            _become_worker(argv, env, stderr.write, keep)
-        proc = _Forked(pid)
-        started(proc)  # before the record is reconnected, which may fail (the database gone meanwhile)
+        # the stop signals wait (pending) across the fork: in the child until the worker's own handlers
+        # are in place (StopSignals.install unblocks them), in the coordinator until it follows the child
+        with _held(SIGNALS):
+            pid = os.fork()
+            if pid == 0:
+                _become_worker(argv, env, stderr.write, keep)
+            proc = _Forked(pid)
+            started(proc)  # before the record is reconnected, which may fail (the database gone meanwhile)
     return proc
 
 
+@contextlib.contextmanager
+def _held(signals: tuple[signal.Signals, ...]) -> Iterator[None]:
+    """Block these signals in this thread for the block: one that comes meanwhile waits, pending, and is
+    handled as the block ends (a forked child inherits the mask, and keeps them blocked until it unblocks).
+
+    Without it a SIGTERM or SIGINT that reached a worker between the fork and its own handlers ran the
+    coordinator's handler copied into it, which only noted it (the worker then sent on, out of reach), or,
+    after the child's reset of the handlers, killed it without its clean stop."""
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
 def _become_worker(argv: list[str], env: dict[str, str], stderr: int, keep: set[int]) -> NoReturn:
-    """In the forked child: be a `mailer worker` process as one started anew would be, then end."""
+    """In the forked child: be a `mailer worker` process as one started anew would be, then end.
+
+    The stop signals are blocked (_held) until the worker's StopSignals are installed: one sent meanwhile
+    (the coordinator's SIGTERM, a Ctrl-C at the terminal before setsid) waits for them, and stops the worker
+    cleanly (exit 130, 143) rather than killing it or being noted by the coordinator's handler and lost."""
     code: Any = 1
     try:
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # the coordinator's handlers: not ours
+        for signum in SIGNALS:  # the coordinator's handlers: not ours (a blocked signal stays pending)
             signal.signal(signum, signal.SIG_DFL)
         os.setsid()
         null = os.open(os.devnull, os.O_RDWR)
