@@ -380,7 +380,8 @@ class Mailroom:
         """Let the message being mailed finish, then end the thread."""
         self._stop.set()
         self._wake.set()
-        if self._thread is not None:
+        # one whose start a Ctrl-C cut short never ran (and cannot be joined); one starting sees the stop
+        if self._thread is not None and self._thread.is_alive():
             self._thread.join(timeout)
 
     def _run(self) -> None:

@@ -467,18 +467,22 @@ def serve_until_stopped(settings: Settings, host: str, port: int, threads: int, 
         return built[0]
 
     server = make_server(build, host, port, threads, settings)
-    shown = f"[{host}]" if ":" in host else host
-    address = f"http://{shown}:{server.effective_port}/"
-    console.result(f"Serving on {address} (links point to {settings.web_url})")
-    if not settings.web_url.startswith("https://"):
-        console.note(
-            f"Note: web_url is {settings.web_url}; set it to the public https:// address of this"
-            " server so the links in messages reach it (mail clients need https for one-click)."
-        )
-    console.result("Press Ctrl-C to stop.")
+    # from here on a Ctrl-C is the stop that "Press Ctrl-C to stop." asks for, wherever it lands: in the
+    # server's loop (which returns, its threads stopped) or before it (KeyboardInterrupt); "Stopped.", exit 0
     try:
+        shown = f"[{host}]" if ":" in host else host
+        address = f"http://{shown}:{server.effective_port}/"
+        console.result(f"Serving on {address} (links point to {settings.web_url})")
+        if not settings.web_url.startswith("https://"):
+            console.note(
+                f"Note: web_url is {settings.web_url}; set it to the public https:// address of this"
+                " server so the links in messages reach it (mail clients need https for one-click)."
+            )
+        console.result("Press Ctrl-C to stop.")
         built[0].mailroom.wake()  # mail what an earlier run left queued
-        server.run()  # returns on Ctrl-C, after stopping the worker threads
+        server.run()
+    except KeyboardInterrupt:
+        pass
     finally:
         server.close()
         built[0].close()
