@@ -12,6 +12,7 @@ outbox mails no one, so its runs neither are checked nor count.
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -24,6 +25,9 @@ if TYPE_CHECKING:
     from .ledger import Ledger
 
 ROTATE = "to change keys on purpose, see docs/unsubscribe.md"
+_STOPS = (
+    "a send, worker or serve from here stops: copy the key file from a host that holds it, or set secret_key"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,26 +61,35 @@ def _source(settings: Settings) -> str:
     return "secret_key" if settings.secret_key else str(key_file(settings))
 
 
+def _held_links(settings: Settings, ledger: Ledger, known: RecordKey | None) -> str | None:
+    """What of the record a key made here would break (None: nothing, so one may be made)."""
+    if settings.secret_key or key_file(settings).exists():
+        return None
+    if known is not None:
+        return f"links signed with a key (mark {known.mark}, issue {known.issue_id})"
+    if ledger.rows("SELECT 1 FROM deliveries WHERE destination = 'smtp' AND state = 'sent' LIMIT 1"):
+        return "issues sent with a key"
+    if ledger.rows("SELECT 1 FROM signups LIMIT 1"):  # confirmation links signed with one (signup.py)
+        return "signups whose confirmation links were signed with a key"
+    return None
+
+
+def _no_key(settings: Settings, ledger: Ledger, used: str) -> str:
+    return (
+        f"{key_file(settings)}: no signing key here, but {ledger.path} holds {used}, whose unsubscribe links"
+        " a new key would refuse: copy the key file from the host that sent them, or set secret_key (the"
+        " same on every host)"
+    )
+
+
 def _loaded(
     settings: Settings, ledger: Ledger, known: RecordKey | None, console: Voice, then: str
 ) -> Keyring:
     """This host's keys; a key is made only for a record that has signed no link with one (else one line
     ending in `then`: what did not happen)."""
-    path = key_file(settings)
-    if not settings.secret_key and not path.exists():
-        if known is not None:
-            used = f"links signed with a key (mark {known.mark}, issue {known.issue_id})"
-        elif ledger.rows("SELECT 1 FROM deliveries WHERE destination = 'smtp' AND state = 'sent' LIMIT 1"):
-            used = "issues sent with a key"
-        elif ledger.rows("SELECT 1 FROM signups LIMIT 1"):  # confirmation links signed with one (signup.py)
-            used = "signups whose confirmation links were signed with a key"
-        else:
-            return load_keyring(settings, console=console)
-        raise ConfigError(
-            f"{path}: no signing key here, but {ledger.path} holds {used}, whose unsubscribe links a new key"
-            " would refuse: copy the key file from the host that sent them, or set secret_key (the same on"
-            f" every host){then}"
-        )
+    used = _held_links(settings, ledger, known)
+    if used is not None:
+        raise ConfigError(_no_key(settings, ledger, used) + then)
     return load_keyring(settings, console=console)
 
 
@@ -92,6 +105,39 @@ def sending_keyring(settings: Settings, ledger: Ledger, console: Voice) -> Keyri
             f" host (copy the key file, or set secret_key); {ROTATE}; nothing sent"
         )
     return keyring
+
+
+def showing_keyring(settings: Settings, ledger: Ledger, console: Voice) -> Keyring:
+    """The keys of a copy that reaches no reader (`render`, `preview`, a try-out in the outbox): this host's,
+    never one made for a record that has signed links (a throwaway key in memory instead), with a warning
+    whenever the copy's links would be refused elsewhere, where a send would stop."""
+    known = record_key(ledger)
+    used = _held_links(settings, ledger, known)
+    if used is not None:
+        console.warn(
+            f"{_no_key(settings, ledger, used)}; the links in this copy are signed with a throwaway key and"
+            " would be refused"
+        )
+        return Keyring(secrets.token_urlsafe(32))
+    keyring = load_keyring(settings, console=console)
+    if known is not None and known.mark not in keyring.marks:
+        console.warn(
+            f"{_source(settings)}: this host's signing key (mark {keyring.marks[0]}) is not the one"
+            f" {ledger.path} says the readers' links were signed with (mark {known.mark}, issue"
+            f" {known.issue_id}): the links in this copy would be refused elsewhere, and a send from here"
+            " stops; use the same key on every host (copy the key file, or set secret_key)"
+        )
+    return keyring
+
+
+def keyring_for(settings: Settings, ledger: Ledger, destination: str, console: Voice) -> Keyring:
+    """The keys a send (or its test copy) to `destination` signs with: over SMTP the record's, checked;
+    into the outbox, which mails no one, as a copy for the publisher's eyes."""
+    from .ledger import SMTP
+
+    if destination == SMTP:
+        return sending_keyring(settings, ledger, console)
+    return showing_keyring(settings, ledger, console)
 
 
 def joining_keyring(settings: Settings, ledger: Ledger, run_id: int | None, console: Voice) -> Keyring:
@@ -120,3 +166,38 @@ def serving_keyring(settings: Settings, ledger: Ledger, console: Voice) -> Keyri
             f" every host (copy the key file, or set secret_key); {ROTATE}"
         )
     return keyring
+
+
+def key_status(settings: Settings, ledger: Ledger, console: Voice) -> tuple[str, bool, dict[str, object]]:
+    """`mailer status`'s word on the signing key, read without making one: a line, whether this host can sign
+    and serve the record's links (a record that has signed none: whether it has a key or may make one), and
+    the --json fields."""
+    known = record_key(ledger)
+    record = f"the record's is mark {known.mark} (issue {known.issue_id})" if known else "none recorded yet"
+    fields: dict[str, object] = {
+        "record_mark": known.mark if known else None,
+        "record_issue": known.issue_id if known else None,
+        "host_marks": [],
+        "holds_record_key": None,
+    }
+    if not settings.secret_key and not key_file(settings).exists():
+        none = f"Signing key: {record}; this host has none ({key_file(settings)})"
+        if _held_links(settings, ledger, known) is None:
+            return f"{none}: the first send or serve makes one", True, fields
+        fields["holds_record_key"] = False
+        return f"{none}, and none is made for a record with signed links: {_STOPS}", False, fields
+    try:
+        keyring = load_keyring(settings, create=False, console=console)
+    except ConfigError as exc:
+        return f"Signing key: {record}; this host's cannot be used: {exc}", False, fields
+    fields["host_marks"] = keyring.marks
+    where = f"{_source(settings)}, mark {keyring.marks[0]}"
+    if known is None:
+        return f"Signing key: {record}; this host signs with {where}", True, fields
+    fields["holds_record_key"] = known.mark in keyring.marks
+    if keyring.marks[0] == known.mark:
+        return f"Signing key: {record}; this host signs with it ({where})", True, fields
+    if known.mark in keyring.marks:
+        rotated = f"holds it in old_secret_keys and signs with {where}: its next send makes that the record's"
+        return f"Signing key: {record}; this host {rotated}", True, fields
+    return f"Signing key: {record}; this host's is not it ({where}): {_STOPS}", False, fields

@@ -261,16 +261,19 @@ def show_status(settings: Settings, target: Path | None, console: Console) -> di
     post in it, as `send` takes it), or with None of every issue sent, with a warning for each bounce or
     complaint rate too high; printed for a person (not when quiet) and returned as the --json object's
     fields. (workers.py is imported here: a send without --workers does not need it.)"""
+    from .keymarks import key_status
     from .workers import under_way, under_way_line
 
     with Ledger(settings.db_path) as ledger:
+        key_line, key_held, key = key_status(settings, ledger, console)
         if target is None:
             issues, bounces = ledger.issues(), ledger.bounce_counts()
             if not console.quiet:
                 for line in issue_table(issues, bounces):
                     console.result(line)
             warn_rates(console, settings, all_rates(issues, bounces))
-            return {"issues": [issue_fields(i, bounces) for i in issues]}
+            _say_key(console, key_line, key_held)
+            return {"issues": [issue_fields(i, bounces) for i in issues], "signing_key": key}
         if target.is_dir():  # as `send posts/` took it: today's post of the folder
             target = require_post(target, settings, console)
         issue_id = load_post(target).issue_id if target.exists() else target.stem
@@ -281,6 +284,7 @@ def show_status(settings: Settings, target: Path | None, console: Console) -> di
         if sending is not None:
             console.result(under_way_line(sending))
     warn_rates(console, settings, all_rates(statuses, bounces))
+    _say_key(console, key_line, key_held)
     records = [
         {
             **issue_fields(st, bounces),
@@ -292,4 +296,13 @@ def show_status(settings: Settings, target: Path | None, console: Console) -> di
     ]
     # at the top: the real send's record when there is one (a try-out's only when there is not)
     main = next((r for r in records if r["destination"] == "smtp"), records[0])
-    return {**main, "destinations": records, "sending": sending}
+    return {**main, "destinations": records, "sending": sending, "signing_key": key}
+
+
+def _say_key(console: Console, line: str, held: bool) -> None:
+    """The signing key's line of `mailer status`: a warning when this host cannot sign or serve the links."""
+    if held:
+        if not console.quiet:
+            console.result(line)
+    else:
+        console.warn(line)

@@ -12,6 +12,8 @@ from .checks import post_warnings
 from .config import Settings
 from .console import Console
 from .errors import MailerError
+from .keymarks import showing_keyring
+from .ledger import Ledger
 from .message import make_factory
 from .post import load_post
 from .render import render_issue
@@ -21,13 +23,16 @@ from .schedule import require_post
 def render_sample(target: Path, settings: Settings, form: str, console: Console, output: Path | None) -> None:
     """Render the post in `target` (a folder: today's) for the sample subscriber; print it or write `output`.
 
-    The pre-send checks about the post that do not pass are warnings on the way.
+    The pre-send checks about the post that do not pass are warnings on the way, and so are links that the
+    record's key would not verify (keymarks.showing_keyring).
     """
     post = require_post(target, settings, console)
     issue = render_issue(load_post(post), settings)
     for warning in post_warnings(issue, settings):
         console.warn(warning)
-    factory = make_factory(issue, settings, console=console)
+    with Ledger(settings.db_path) as ledger:  # the links as a send would sign them, and no key made for them
+        keyring = showing_keyring(settings, ledger, console)
+    factory = make_factory(issue, settings, console=console, keyring=keyring)
     if form == "eml":
         data = factory.build(settings.sample_email, settings.sample_name)
     else:

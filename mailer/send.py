@@ -15,7 +15,7 @@ from .checks import Check, ChecksFailed, blocking, check_issue
 from .config import Settings
 from .console import Console
 from .errors import ExitStatus, MailerError
-from .keymarks import sending_keyring
+from .keymarks import keyring_for
 from .ledger import SMTP, Ledger, issue_lock
 from .lists import ListFile, read_lists
 from .message import MessageFactory, make_factory
@@ -223,7 +223,7 @@ def _send(
     # web copy or any message), each list's SHA-256 for the record and the count to mail from each.
     with Ledger(settings.db_path, destination=transport.destination) as ledger:
         # the key the record says the readers' links were signed with, before one is made or a list read
-        keyring = sending_keyring(settings, ledger, console) if transport.destination == SMTP else None
+        keyring = keyring_for(settings, ledger, transport.destination, console)
         factory = make_factory(issue, settings, console=console, keyring=keyring)
         counts: list[DeliverableCount] = []
 
@@ -327,7 +327,8 @@ def send_test(
 
     The subject carries `test_subject_prefix`, the Message-ID is new each time (never the one the real
     issue will have, which a mail provider would then drop as a duplicate), the unsubscribe link is the
-    test address's own, and nothing is recorded: a later real send still mails that address.
+    test address's own, signed with the record's key as the send's will be (keymarks.py), and nothing is
+    recorded: a later real send still mails that address.
     """
     from .headers import normalize_email
 
@@ -337,6 +338,9 @@ def send_test(
         raise MailerError(f"{address}: not a valid address: {exc}") from None
     post_path = require_post(target, settings, console)
     issue = render_issue(load_post(post_path), settings)
+    transport = make_transport(settings, console)
+    with Ledger(settings.db_path) as ledger:  # its links are signed as the real send's will be
+        keyring = keyring_for(settings, ledger, transport.destination, console)
     checks = check_issue(issue, settings)
     warn_checks(issue, checks, console, skip_checks)
     for c in blocking(checks, skip_checks):
@@ -347,8 +351,7 @@ def send_test(
         issue_id=f"{issue.issue_id}.test-{secrets.token_hex(4)}",
         subject=settings.test_subject_prefix + issue.subject,
     )
-    factory = make_factory(test_issue, settings, console=console)
-    transport = make_transport(settings, console)
+    factory = make_factory(test_issue, settings, console=console, keyring=keyring)
     conn = transport.connect()
     try:
         outcome = conn.send(

@@ -32,6 +32,8 @@ from tests.test_workers import _running, env_at, finish_with_a_worker, recipient
 FIRST_KEY = "first-signing-key-0123456789abcdef"
 SECOND_KEY = "second-signing-key-fedcba9876543210"
 READERS = ["ann@example.org", "bob@example.org"]
+# the rotation docs/unsubscribe.md gives: the new key, the old one kept to verify
+ROTATED = {"MAILER_SECRET_KEY": SECOND_KEY, "MAILER_OLD_SECRET_KEYS": FIRST_KEY}
 
 
 def _post(folder: Path, day: int) -> Path:
@@ -177,9 +179,7 @@ def test_a_rotated_key_keeps_old_links_working_and_hosts_without_it_stop(
 ) -> None:
     host = _host(tmp_path, "host")
     assert _send(tmp_path, host, record_at, smtp_server, 9, MAILER_SECRET_KEY=FIRST_KEY).exit_code == 0
-    # the rotation docs/unsubscribe.md gives: the new key, the old one kept to verify
-    rotated = {"MAILER_SECRET_KEY": SECOND_KEY, "MAILER_OLD_SECRET_KEYS": FIRST_KEY}
-    result = _send(tmp_path, host, record_at, smtp_server, 10, **rotated)
+    result = _send(tmp_path, host, record_at, smtp_server, 10, **ROTATED)
     assert result.exit_code == 0, result.output
     # a host still on the old key only: its sends' links would not be the record's key's, and its serve
     # would refuse the new links: both stop
@@ -192,7 +192,7 @@ def test_a_rotated_key_keeps_old_links_working_and_hosts_without_it_stop(
     assert line.startswith("Error: secret_key: this host's signing keys"), line
     assert Counter(m.rcpt_tos[0] for m in smtp_server.messages) == Counter(READERS * 2)
     # the rotated web host takes the links of both issues
-    with mailer_serve(tmp_path, _serve_env(host, record_at, **rotated)) as served:
+    with mailer_serve(tmp_path, _serve_env(host, record_at, **ROTATED)) as served:
         assert _one_click(served.port, _token(smtp_server, "ann@example.org", 0)) == 200
         assert _one_click(served.port, _token(smtp_server, "bob@example.org", 1)) == 200
     with Ledger(record_at) as ledger:

@@ -269,7 +269,8 @@ def test_status_without_a_post_lists_every_issue_sent(
 
     code, out, err = run(["status"], env)
     assert code == 0, err
-    header, *rows = out.splitlines()
+    header, *rows, key = out.splitlines()
+    assert key.startswith("Signing key: the record's is mark ") and key.endswith(")"), key
     assert header.split() == [
         "first", "sent", "issue", "to", "sent", "failed", "bounced", "complaints", "complete", "title"
     ]  # fmt: skip
@@ -291,7 +292,8 @@ def test_status_without_a_post_lists_every_issue_sent(
     ]
 
     code, out, _ = run(["status"], {"MAILER_DATA_DIR": str(tmp_path / "empty")})
-    assert code == 0 and out == "No issue has been sent yet.\n"
+    assert code == 0 and out.startswith("No issue has been sent yet.\nSigning key: none recorded yet;"), out
+    assert not (tmp_path / "empty" / "secret.key").exists()
 
 
 def test_json_after_ctrl_c_still_says_what_was_sent(

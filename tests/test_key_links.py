@@ -1,0 +1,149 @@
+"""Every command that makes links signs them as the record says, not only send, worker and serve: a test copy
+(`send --test`) is refused where a send would be, and a copy for the publisher's eyes (`render`, `preview`, a
+try-out in the outbox) never makes a key for a record that has signed links and says when its links would be
+refused elsewhere (keymarks.py).
+
+Each "host" is a data folder of its own on one record (SQLite file or PostgreSQL database); real CLI runs and
+the test's SMTP server.
+"""
+
+from __future__ import annotations
+
+import re
+from email import message_from_bytes, policy
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+from click.testing import CliRunner, Result
+
+from mailer.cli import cli
+from mailer.config import load_config
+from mailer.engine import Location
+from mailer.preview import Preview, Rendered
+from mailer.tokens import Keyring
+from tests.conftest import Heard
+from tests.pg import database_env
+from tests.publisher import env_for
+from tests.smtpd import SMTPServer
+from tests.test_key_marks import FIRST_KEY, READERS, ROTATED, SECOND_KEY, _host, _post, _refused, _send
+
+TESTER = "editor@example.org"
+
+
+def _env(
+    tmp_path: Path, state: Path, record: Location, smtp: SMTPServer | None, **more: str
+) -> dict[str, str]:
+    """The settings of the host whose data folder is `state`; without `smtp`, it sends into the outbox."""
+    env = {**env_for(smtp or _Nowhere(), tmp_path, **database_env(record), **more)}
+    env["MAILER_DATA_DIR"] = str(state)
+    if smtp is None:
+        del env["MAILER_SMTP_HOST"]
+    return env
+
+
+class _Nowhere:
+    """No SMTP server: the settings send into the local outbox."""
+
+    host = ""
+    port = 0
+
+
+def _run(args: list[str], env: dict[str, str]) -> Result:
+    return CliRunner().invoke(cli, args, env=env)
+
+
+def _token(message: bytes) -> str:
+    """The token of a message's one-click unsubscribe link."""
+    header = str(message_from_bytes(message, policy=policy.default)["List-Unsubscribe"])
+    return parse_qs(urlsplit(re.findall(r"<(https://[^>]+)>", header)[0]).query)["t"][0]
+
+
+def _verifies(key: str, token: str) -> bool:
+    """Whether a `mailer serve` holding `key` (and no list_id set) would take the token."""
+    return Keyring(key).verify(token, "") is not None
+
+
+def test_a_test_copy_from_a_host_without_the_records_key_is_refused_and_makes_no_key(
+    tmp_path: Path, smtp_server: SMTPServer, record_at: Location
+) -> None:
+    first = _host(tmp_path, "first", key=FIRST_KEY)
+    assert _send(tmp_path, first, record_at, smtp_server, 9).exit_code == 0
+    post = str(_post(tmp_path / "posts", 10))
+    keyless = _host(tmp_path, "keyless")
+    result = _run(["send", post, "--test", TESTER], _env(tmp_path, keyless, record_at, smtp_server))
+    _refused(result, f"{keyless / 'secret.key'}: no signing key here", "copy the key file", "nothing sent")
+    assert not (keyless / "secret.key").exists()
+    other = _host(tmp_path, "other", key=SECOND_KEY)
+    result = _run(["send", post, "--test", TESTER], _env(tmp_path, other, record_at, smtp_server))
+    _refused(result, f"{other / 'secret.key'}: this host's signing key", "issue 2026-02-09", "nothing sent")
+    assert len(smtp_server.messages) == len(READERS)
+    # with the record's key the test copy goes, and its link is one the other hosts take
+    result = _run(
+        ["send", post, "--test", TESTER],
+        _env(tmp_path, keyless, record_at, smtp_server, MAILER_SECRET_KEY=FIRST_KEY),
+    )
+    assert result.exit_code == 0, result.output
+    [copy] = [m for m in smtp_server.messages if m.rcpt_tos == (TESTER,)]
+    assert _verifies(FIRST_KEY, _token(copy.data)) and not _verifies(SECOND_KEY, _token(copy.data))
+    assert not (keyless / "secret.key").exists()
+
+
+def test_a_test_copy_during_a_rotation_signs_with_the_new_key(
+    tmp_path: Path, smtp_server: SMTPServer, record_at: Location
+) -> None:
+    post = str(_post(tmp_path / "posts", 10))
+    host = _host(tmp_path, "host")
+    assert _send(tmp_path, host, record_at, smtp_server, 9, MAILER_SECRET_KEY=FIRST_KEY).exit_code == 0
+    result = _run(["send", post, "--test", TESTER], _env(tmp_path, host, record_at, smtp_server, **ROTATED))
+    assert result.exit_code == 0, result.output
+    [copy] = [m for m in smtp_server.messages if m.rcpt_tos == (TESTER,)]
+    assert _verifies(SECOND_KEY, _token(copy.data)) and not _verifies(FIRST_KEY, _token(copy.data))
+
+
+def test_render_and_an_outbox_try_out_on_a_host_without_the_key_make_none_and_say_so(
+    tmp_path: Path, smtp_server: SMTPServer, record_at: Location
+) -> None:
+    first = _host(tmp_path, "first", key=FIRST_KEY)
+    assert _send(tmp_path, first, record_at, smtp_server, 9).exit_code == 0
+    post = _post(tmp_path / "posts", 10)
+    keyless = _host(tmp_path, "keyless")
+    env = _env(tmp_path, keyless, record_at, None)
+    rendered = _run(["render", str(post), "--eml", "-o", str(tmp_path / "copy.eml")], env)
+    assert rendered.exit_code == 0, rendered.output
+    warning = f"Warning: {keyless / 'secret.key'}: no signing key here"
+    assert warning in rendered.output and "signed with a throwaway key" in rendered.output
+    assert not _verifies(FIRST_KEY, _token((tmp_path / "copy.eml").read_bytes()))
+    subscribers = tmp_path / "outbox-readers.csv"
+    subscribers.write_text("email\ncat@example.org\n", encoding="utf-8")
+    tried = _run(["send", str(post), "--to", str(subscribers), "--yes", "--force"], env)
+    assert tried.exit_code == 0, tried.output
+    assert warning in tried.output and "signed with a throwaway key" in tried.output
+    assert not (keyless / "secret.key").exists()
+    # a key of its own: the copy is signed with it, and the warning says the links would be refused
+    other = _host(tmp_path, "other", key=SECOND_KEY)
+    rendered = _run(["render", str(post), "--eml"], _env(tmp_path, other, record_at, None))
+    assert rendered.exit_code == 0, rendered.output
+    assert f"Warning: {other / 'secret.key'}: this host's signing key" in rendered.output
+    assert "the links in this copy would be refused elsewhere" in rendered.output
+    # the record's key: no warning, and the links are the ones the readers get
+    env = _env(tmp_path, keyless, record_at, None, MAILER_SECRET_KEY=FIRST_KEY)
+    rendered = _run(["render", str(post), "--eml", "-o", str(tmp_path / "good.eml")], env)
+    assert rendered.exit_code == 0 and "secret" not in rendered.output, rendered.output
+    assert _verifies(FIRST_KEY, _token((tmp_path / "good.eml").read_bytes()))
+
+
+def test_the_preview_on_a_host_without_the_key_makes_none_and_says_so(
+    in_tmp: Path, tmp_path: Path, smtp_server: SMTPServer, record_at: Location
+) -> None:
+    first = _host(tmp_path, "first", key=FIRST_KEY)
+    assert _send(tmp_path, first, record_at, smtp_server, 9).exit_code == 0
+    post = _post(tmp_path / "posts", 10)
+    keyless = _host(tmp_path, "keyless")
+    settings = load_config(env=_env(tmp_path, keyless, record_at, None)).settings
+    heard = Heard()
+    shown = Preview(post, settings, console=heard).render(post.name)
+    assert isinstance(shown, Rendered), shown
+    assert not _verifies(FIRST_KEY, _token(shown.eml))
+    [line] = heard
+    assert line.startswith(f"{keyless / 'secret.key'}: no signing key here"), line
+    assert not (keyless / "secret.key").exists()
