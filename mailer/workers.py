@@ -947,10 +947,12 @@ BEFORE = {"sent": "already_sent", "failed": "failed_before", "sending": "in_doub
 def under_way(ledger: Ledger, issue_id: str) -> dict[str, Any] | None:
     """A send of the issue by workers that is running or stopping (for `mailer status`), or None.
 
-    `coordinator_gone`: its coordinator has not been heard of for a lease (killed, its host down), or is a
-    process of this host that has ended (it stopped on an error with the record away, so could not say so
-    there); its workers then finish the send and the last of them ends it, or, with no worker left
-    ("workers": 0), it waits for a rerun."""
+    `coordinator_heard_ago`: the seconds since its coordinator last said it is alive (it does every quarter
+    `lease`, on its host's clock); `coordinator_gone`: that is more than a lease ago (killed, its host down,
+    and no word since: until then it may be only slow or stopped, and may yet send), or it is a process of
+    this host that has ended (it stopped on an error with the record away, so could not say so there); its
+    workers then finish the send and the last of them ends it, or, with no worker left ("workers": 0), it
+    waits for a rerun."""
     where = (issue_id, ledger.destination)
     found = ledger.rows(
         "SELECT s.state, s.coordinator, s.started_at, s.alive_until, s.options, count(b.batch_no),"
@@ -962,31 +964,41 @@ def under_way(ledger: Ledger, issue_id: str) -> dict[str, Any] | None:
     if not found:
         return None
     state, coordinator, started, alive_until, options, batches, done = found[0]
-    workers = _alive_workers(ledger, where, float(json.loads(options)["lease"]))
+    lease = float(json.loads(options)["lease"])
+    workers = _alive_workers(ledger, where, lease)
+    heard_ago = max(0.0, time.time() - (float(alive_until) - lease))  # a clock ahead of ours: 0, not less
     return {
         "state": state, "coordinator": coordinator, "started_at": started, "batches": int(batches),
-        "batches_done": int(done), "workers": len(workers),
+        "batches_done": int(done), "workers": len(workers), "lease": lease,
+        "coordinator_heard_ago": round(heard_ago, 1),
         "coordinator_gone": alive_until < time.time() or _gone_from_here(coordinator),
     }  # fmt: skip
 
 
 def under_way_line(send: dict[str, Any]) -> str:
-    """under_way()'s answer for a person."""
+    """under_way()'s answer for a person: with how long ago the coordinator last said it is alive, and the
+    lease after which it is taken for gone, so that a silent one shows as such before its lease runs out."""
     done = f"{send['batches_done']} of {send['batches']} batches done"
+    heard = f"last heard from {send['coordinator_heard_ago']:.0f} s ago"
+    lease = f"{send['lease']:g} s"
+    doing = "sending" if send["state"] == "running" else "stopping"
     if not send["coordinator_gone"]:
         return (
-            f"  {'sending' if send['state'] == 'running' else 'stopping'} now: {send['workers']} worker(s),"
-            f" {done} (coordinated by {send['coordinator']}, since {send['started_at']})"
+            f"  {doing} now: {send['workers']} worker(s), {done} (coordinated by {send['coordinator']}, since"
+            f" {send['started_at']}; {heard}: it says so every {send['lease'] / 4:g} s, and is taken for gone"
+            f" after {lease} without a word)"
         )
+    late = send["coordinator_heard_ago"] > send["lease"]
+    why = f"past its {lease} lease" if late else "its process here ended"
+    who = f"its coordinator ({send['coordinator']}; {heard}, {why})"
     if send["workers"]:
         return (
-            f"  {'sending' if send['state'] == 'running' else 'stopping'} now: {send['workers']} worker(s),"
-            f" {done}; its coordinator ({send['coordinator']}) is gone: the workers finish the send and the"
-            " last one records its end"
+            f"  {doing} now: {send['workers']} worker(s), {done}; {who} is gone: the workers finish the send"
+            " and the last one records its end"
         )
     return (
-        f"  stopped half-way: {done}; its coordinator ({send['coordinator']}) and every worker are gone:"
-        " run the same send command again to send the rest"
+        f"  stopped half-way: {done}; {who} and every worker are gone: run the same send command again to"
+        " send the rest"
     )
 
 
