@@ -13,8 +13,8 @@ The calls every source uses:
   no bounce_address is set. `keyring = tokens.load_keyring(settings, create=False)`.
 - `envelope.from_message_id(ledger, message_id) -> Recipient | None`: the same from a Message-ID a DSN
   quotes, for sites without a bounce address (unsigned: anyone who saw the message can quote it).
-- `envelope.ReturnPaths(bounce_address, keyring).address(issue_id, email)`: the encoder the send uses
-  (MessageFactory.envelope_sender).
+- `envelope.ReturnPaths(bounce_address, keyring).address(message_tag(issue_id, email))`: the encoder the
+  send uses (MessageFactory.envelope_sender).
 """
 
 from __future__ import annotations

@@ -58,9 +58,9 @@ class ReturnPaths:
         self._local = local + "+"
         self._domain = "@" + domain
 
-    def address(self, issue_id: str, email: str) -> str:
-        """`bounce+TOKEN@domain` for this issue's message to this reader."""
-        tag = message_tag(issue_id, email)
+    def address(self, tag: bytes) -> str:
+        """`bounce+TOKEN@domain` for the message of this tag (message_tag: the caller has it already, for
+        the message's Message-ID)."""
         return self._local + encode_token(tag, self._keyring) + self._domain
 
 

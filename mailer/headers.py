@@ -145,7 +145,11 @@ def _encoded_words(text: str) -> list[str]:
 def _needs_encoding(text: str) -> bool:
     # "=?" would be decoded by the reader as an encoded word (and by Python 3.11's own folder,
     # which then wrote a decoded CR LF into the header): such text is encoded like non-ASCII
-    return not text.isascii() or "=?" in text or any(len(word) > 70 for word in text.split(" "))
+    return (
+        not text.isascii()
+        or "=?" in text
+        or (len(text) > 70 and any(len(word) > 70 for word in text.split(" ")))  # most names: no split
+    )
 
 
 def encode_display_name(name: str) -> str:

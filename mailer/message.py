@@ -38,7 +38,8 @@ class MessageFactory:
         self.dkim = dkim
         self.return_paths = return_paths
         self.domain = settings.sender_domain
-        self._date_cache: tuple[int, bytes] = (0, b"")
+        self._date_cache: tuple[int, str] = (0, "")
+        self._last_tag: tuple[str, bytes] = ("", b"")  # the last reader's (address, message tag)
         boundary = "==mailer-" + secrets.token_hex(12)
         self.boundary = boundary
         # written by hand, not with email.message: Python 3.11's folder turns a value such as
@@ -71,7 +72,15 @@ class MessageFactory:
 
         It carries the message's tag (envelope.message_tag), so a bounce that quotes it names the reader.
         """
-        return f"<{self.issue.issue_id}.{message_tag(self.issue.issue_id, email).hex()}@{self.domain}>"
+        return f"<{self.issue.issue_id}.{self._tag(email).hex()}@{self.domain}>"
+
+    def _tag(self, email: str) -> bytes:
+        """The tag of this issue's message to `email`: one BLAKE2b for the reader's Message-ID and envelope
+        sender, which a send asks for one after the other."""
+        last = self._last_tag  # one read: another thread may replace it meanwhile
+        if last[0] != email:
+            last = self._last_tag = (email, message_tag(self.issue.issue_id, email))
+        return last[1]
 
     def sender_identity(self) -> str:
         """Who every message says it is from and who vouches for it, as this host's settings make them: From,
@@ -85,7 +94,7 @@ class MessageFactory:
         """MAIL FROM for this subscriber's message: its own signed bounce address, else from_email."""
         if self.return_paths is None:
             return self.settings.from_email
-        return self.return_paths.address(self.issue.issue_id, email)
+        return self.return_paths.address(self._tag(email))
 
     def unsubscribe_url(self, email: str) -> str:
         """The subscriber's own unsubscribe link."""
@@ -154,29 +163,22 @@ class MessageFactory:
 
     def _head(self, email: str, name: str, fields: Mapping[str, str] | None) -> tuple[bytes, dict[str, str]]:
         token = self.sign(email)
-        values = {k: one_line(v)[:200] for k, v in (fields or {}).items()}
-        values["name"] = one_line(name)[:NAME_MAX]
+        values = {k: one_line(v)[:200] for k, v in fields.items()} if fields else {}
+        values["name"] = name = one_line(name)[:NAME_MAX]
         values["email"] = email
         values["unsubscribe_url"] = url = unsubscribe_url(self.settings, token)
-        to = mailbox(values["name"], email)
-        head = b"".join(
-            (
-                self._static_headers,
-                f"To: {to}\r\n".encode(),
-                b"Date: ",
-                self._date(),
-                f"\r\nMessage-ID: {self.message_id(email)}\r\n".encode(),
-                f"List-Unsubscribe: <{url}>,\r\n <{unsubscribe_mailto(self.settings, token)}>\r\n".encode(),
-                b"\r\n",
-            )
+        head = (  # one string, encoded once
+            f"To: {mailbox(name, email)}\r\nDate: {self._date()}\r\nMessage-ID: {self.message_id(email)}\r\n"
+            f"List-Unsubscribe: <{url}>,\r\n <{unsubscribe_mailto(self.settings, token)}>\r\n\r\n"
         )
-        return head, values
+        return self._static_headers + head.encode(), values
 
-    def _date(self) -> bytes:
+    def _date(self) -> str:
+        date = self._date_cache  # one read: another thread may replace it meanwhile
         now = int(time.time())
-        if self._date_cache[0] != now:
-            self._date_cache = (now, formatdate(now, localtime=True).encode("ascii"))
-        return self._date_cache[1]
+        if date[0] != now:
+            date = self._date_cache = (now, formatdate(now, localtime=True))
+        return date[1]
 
 
 def _reply_to(value: str) -> tuple[str, str] | None:

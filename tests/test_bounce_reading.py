@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from mailer.envelope import ReturnPaths
+from mailer.envelope import ReturnPaths, message_tag
 from mailer.errors import MailerError
 from mailer.ledger import Ledger
 from mailer.mailboxes import MboxSource
@@ -146,9 +146,11 @@ def test_verp_names_the_reader_and_a_forged_signature_changes_nothing(
     site: dict[str, str], tmp_path: Path
 ) -> None:
     env = {**site, "MAILER_BOUNCE_ADDRESS": BOUNCE_ADDRESS}
-    genuine = ReturnPaths(BOUNCE_ADDRESS, Keyring(SECRET)).address(ISSUE, "still.here@example.com")
+    genuine = ReturnPaths(BOUNCE_ADDRESS, Keyring(SECRET)).address(
+        message_tag(ISSUE, "still.here@example.com")
+    )
     forged = ReturnPaths(BOUNCE_ADDRESS, Keyring("an-attackers-guess-of-the-key-000")).address(
-        ISSUE, "gone@example.net"
+        message_tag(ISSUE, "gone@example.net")
     )
     folder = _maildir(tmp_path, [])
     # the reader forwards to another address, which bounced: the VERP address still names the reader

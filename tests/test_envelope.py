@@ -113,7 +113,7 @@ def test_a_forged_or_altered_token_names_no_one() -> None:
 def test_old_keys_still_open_tokens_and_only_the_bounce_address_is_read() -> None:
     old = Keyring(OLD_KEY)
     tag = message_tag("2026-02-09", "ann@example.org")
-    address = ReturnPaths(BOUNCE, old).address("2026-02-09", "ann@example.org")
+    address = ReturnPaths(BOUNCE, old).address(tag)
     rotated = Keyring(KEY, [OLD_KEY])
     assert return_path_tag(address, BOUNCE, rotated) == tag
     assert return_path_tag(address, BOUNCE, Keyring(KEY)) is None  # the old key forgotten
@@ -141,4 +141,7 @@ def test_a_bounce_address_without_room_for_the_token_is_refused(value: str, prob
         load_config(env={"MAILER_BOUNCE_ADDRESS": value})
     assert "bounce_address" in str(caught.value)
     ok = load_config(env={"MAILER_BOUNCE_ADDRESS": "B" * 27 + "@Bounces.Example.com"}).settings
-    assert len(ReturnPaths(ok.bounce_address, Keyring(KEY)).address("i", "a@b.c").partition("@")[0]) == 64
+    assert (
+        len(ReturnPaths(ok.bounce_address, Keyring(KEY)).address(message_tag("i", "a@b.c")).partition("@")[0])
+        == 64
+    )
