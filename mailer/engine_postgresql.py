@@ -257,6 +257,29 @@ class PostgreSQL:
         with self._db.cursor() as cursor:
             cursor.executemany(_placeholders(sql), rows)
 
+    def keyed(
+        self,
+        table: str,
+        columns: Sequence[str],
+        where: str,
+        params: Sequence[Any],
+        key: str,
+        keys: Sequence[str],
+    ) -> list[Any]:
+        # The keys as one array, each looked up on its own through the table's index (a LATERAL subquery
+        # with a LIMIT is never turned into a join, so never into a scan of the table), and planned for
+        # the values each time (not prepared: a plan made once, on a table still small, is kept as it
+        # grows). An IN list of 256 cost the server 8.7-9.3 ms against 2.8-2.9 ms this way (deliveries
+        # and suppressions, 20,000 deliveries, load 12), and the sender 3.5 against 1.9 ms: most of it
+        # the planning of one comparison per value, which `key = ANY(?)` planned for its values pays too
+        # (8.2-8.7 ms), and which a prepared ANY or IN list avoids by comparing every row with each value.
+        picked = "".join(f", t.{c}" for c in columns)
+        sql = (
+            f"SELECT u.k{picked} FROM unnest(?::text[]) AS u(k), LATERAL (SELECT {', '.join(columns) or 1}"
+            f" FROM {table} WHERE {where} AND {key} = u.k LIMIT 1) AS t"
+        )
+        return self._cur.execute(_placeholders(sql), (list(keys), *params), prepare=False).fetchall()
+
     def write_batch(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         # One statement for the whole batch, its own transaction: one round trip and one WAL flush, as
         # BEGIN, a statement per row and COMMIT in a pipeline were, for a quarter less of the sender's CPU

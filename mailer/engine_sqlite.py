@@ -90,6 +90,20 @@ class SQLite:
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         self._db.executemany(sql, rows)
 
+    def keyed(
+        self,
+        table: str,
+        columns: Sequence[str],
+        where: str,
+        params: Sequence[Any],
+        key: str,
+        keys: Sequence[str],
+    ) -> list[Any]:
+        picked = "".join(f", {c}" for c in columns)
+        marks = ",".join("?" * len(keys))
+        sql = f"SELECT {key}{picked} FROM {table} WHERE {where} AND {key} IN ({marks})"
+        return self._db.execute(sql, (*params, *keys)).fetchall()
+
     def write_batch(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         # The rows as one multi-row INSERT, its own transaction, locked for writing from its start like
         # BEGIN IMMEDIATE: one call into SQLite where BEGIN, a step per row and COMMIT made two more than

@@ -922,16 +922,19 @@ class Ledger:
         ours: set[str] = set()
         for start in range(0, len(keys), _IN_BATCH):
             part = keys[start : start + _IN_BATCH]
-            marks = ",".join("?" * len(part))
-            suppressed.update(
-                row[0]
-                for row in self._all(f"SELECT email FROM suppressions WHERE email IN ({marks})", tuple(part))
-            )
-            for email, state, by in self._all(
-                "SELECT email, state, run_id FROM deliveries WHERE issue_id = ? AND destination = ?"
-                f" AND email IN ({marks})",
-                (issue_id, self.destination, *part),
-            ):
+            with self._errors():
+                suppressed.update(
+                    row[0] for row in self._db.keyed("suppressions", (), "TRUE", (), "email", part)
+                )
+                found = self._db.keyed(
+                    "deliveries",
+                    ("state", "run_id"),
+                    "issue_id = ? AND destination = ?",
+                    (issue_id, self.destination),
+                    "email",
+                    part,
+                )
+            for email, state, by in found:
                 states[email] = state
                 if by is not None and by == run:
                     ours.add(email)

@@ -19,7 +19,7 @@ import pytest
 from mailer.engine import Location, Server
 from mailer.envelope import Recipient, message_tag
 from mailer.errors import MailerError
-from mailer.ledger import SCHEMA_VERSION, Ledger
+from mailer.ledger import OUTBOX, SCHEMA_VERSION, Ledger
 from tests.pg import rows, set_schema_version, without_runs_of_deliveries
 from tests.record import delivery
 
@@ -387,6 +387,37 @@ def test_a_batch_past_sqlites_limit_of_parameters_is_recorded_whole(db: Location
         assert led.status(ISSUE).counts == {"sent": count}
         last = delivery(led, ISSUE, f"reader{count - 1}@example.com")
         assert last is not None and last.outcome() == ("sent", 1, 250, "ok")
+
+
+def test_a_lookup_of_many_readers_finds_each_ones_state_of_this_issue_and_destination_only(
+    db: Location,
+) -> None:
+    """The send's per-batch lookup (each engine's own SQL: Engine.keyed), over more readers than one query
+    takes: every reader's state of this issue and destination, whoever is suppressed, and which outcomes
+    this run wrote; nothing of another issue's or destination's record, nor of readers not asked for."""
+    readers = [f"r{i:04d}@example.com" for i in range(1200)]
+    states = ("sent", "failed", "deferred", "sending")
+    with Ledger(db) as ledger, Ledger(db, destination=OUTBOX) as outbox:
+        ledger.start_issue(ISSUE, "hash-1", "Monday's post")
+        ledger.start_issue("2026-02-16", "hash-2", "The next post")
+        outbox.start_issue(ISSUE, "hash-1", "Monday's post")
+        run = ledger.start_run(ISSUE, "list", "list.csv")
+        wanted = {reader: states[i % 4] for i, reader in enumerate(readers) if i % 5}  # every 5th: none
+        ledger.record_outcomes(ISSUE, [(r, s, 250, "ok") for r, s in wanted.items() if int(r[1:5]) < 900])
+        late = [(r, s, 250, "ok") for r, s in wanted.items() if int(r[1:5]) >= 900]
+        ledger.record_outcomes(ISSUE, late, run)
+        unasked = ["zz@example.com", "r1200@example.com"]
+        ledger.record_outcomes(ISSUE, [(r, "sent", 250, "ok") for r in unasked], run)
+        never = [r for r in readers if r not in wanted]
+        ledger.record_outcomes("2026-02-16", [(r, "sent", 250, "ok") for r in never])
+        outbox.record_outcomes(ISSUE, [(r, "sent", 250, "ok") for r in never])
+        for reader in readers[::7] + ["zz@example.com"]:
+            ledger.suppress(reader, source="test")
+        asked = [r.upper() if i % 3 == 0 else r for i, r in enumerate(readers)] + readers[:10]
+        suppressed, found, ours = ledger.looked_up(ISSUE, asked, run)
+    assert found == wanted
+    assert suppressed == set(readers[::7])
+    assert ours == {r for r in wanted if int(r[1:5]) >= 900}
 
 
 def test_deliveries_need_a_started_issue(ledger: Ledger) -> None:
