@@ -8,7 +8,6 @@ try-out mails no one); a web copy holds no one's personal data (send.write_archi
 
 from __future__ import annotations
 
-import contextlib
 import html
 import logging
 import os
@@ -25,12 +24,10 @@ from zoneinfo import ZoneInfo
 
 from .catalog import Words, words
 from .headers import one_line
-from .private import make_folder, write_file
-from .webcopies import FILE_NAME as _FILE_NAME
 
 if TYPE_CHECKING:
     from .config import Settings
-    from .ledger import Ledger
+    from .hostcopies import HostCopies
 
 log = logging.getLogger("mailer.web")
 _HTML_LANG = re.compile(rb"<html\b[^>]*?\slang=[\"']?([A-Za-z]{2,8}(?:-[A-Za-z0-9]{1,8})*)", re.IGNORECASE)
@@ -106,9 +103,9 @@ class Entry:
     sent_at: datetime  # when its first send started (UTC); never changes, so the feed's ids and dates hold
 
 
-def sent_issues(settings: Settings) -> list[Entry]:
+def sent_issues(settings: Settings, copies: HostCopies) -> list[Entry]:
     """The issues that reached at least one reader (not try-outs to the outbox), newest first, each with a
-    web copy to show."""
+    web copy to show: this host's files brought to the record's copies first."""
     from .ledger import SMTP, Ledger
 
     with Ledger(settings.db_path, create=False) as ledger:
@@ -119,76 +116,20 @@ def sent_issues(settings: Settings) -> list[Entry]:
             " ORDER BY i.created_at DESC, i.issue_id DESC",
             (SMTP,),
         )
-        from_record(settings, ledger, [row[0] for row in rows])
-    folder = settings.data_dir / "archive"
+        shown = copies.refresh(ledger, [row[0] for row in rows])
     return [
         Entry(issue_id, subject, datetime.fromisoformat(created).astimezone(UTC))
         for issue_id, subject, created in rows
-        if (folder / f"{issue_id}.html").is_file() or (folder, issue_id) in _unwritable
+        if issue_id in shown
     ]
 
 
-def from_record(settings: Settings, ledger: Ledger, issue_ids: list[str]) -> None:
-    """Write into this host's archive folder the web copies the record keeps of those of these issues it
-    lacks: sent from another host that shares the record (docs/postgresql.md), or before this data folder
-    was made. Each dated when its issue's first send started, so the newest is still the newest (the pages'
-    language), and written whole (another thread may be reading it).
-
-    A folder that cannot take a copy (mounted read-only, full) is said once in the log, and the copy is shown
-    from the record (kept_copy) instead: a web host of a read-only container still shows every issue."""
-    folder = settings.data_dir / "archive"
-    wanted = [
-        i
-        for i in issue_ids
-        if _FILE_NAME.fullmatch(i) and (folder, i) not in _unwritable and not (folder / f"{i}.html").is_file()
-    ]
-    for start in range(0, len(wanted), _IN_QUERY):
-        some = wanted[start : start + _IN_QUERY]
-        marks = ", ".join("?" * len(some))
-        rows = ledger.rows(
-            "SELECT w.issue_id, w.html, (SELECT min(i.created_at) FROM issues AS i WHERE i.issue_id ="
-            f" w.issue_id) FROM web_copies AS w WHERE w.issue_id IN ({marks})",
-            some,
-        )
-        for issue_id, copy, created in rows:
-            path = folder / f"{issue_id}.html"
-            tmp = folder / f".{issue_id}.{os.getpid()}.{threading.get_ident()}.tmp"
-            when = datetime.fromisoformat(created).timestamp() if created else datetime.now(UTC).timestamp()
-            try:
-                make_folder(folder)
-                write_file(tmp, bytes(copy))
-                os.utime(tmp, (when, when))
-                os.replace(tmp, path)
-            except OSError as exc:
-                with contextlib.suppress(OSError):
-                    tmp.unlink(missing_ok=True)
-                _unwritable.add((folder, issue_id))
-                log.warning(
-                    "%s: cannot write the issue's web copy: %s; showing it from the record",
-                    path,
-                    exc.strerror or exc,
-                )
-
-
-def kept_copy(settings: Settings, ledger: Ledger, issue_id: str) -> bytes | None:
-    """The record's web copy of an issue this host's archive folder could not take (from_record)."""
-    if (settings.data_dir / "archive", issue_id) not in _unwritable:
-        return None
-    rows = ledger.rows("SELECT html FROM web_copies WHERE issue_id = ?", (issue_id,))
-    return bytes(rows[0][0]) if rows else None
-
-
-# (archive folder, issue id) of the copies this process could not write there, shown from the record
-_unwritable: set[tuple[Path, str]] = set()
-_IN_QUERY = 500  # issue ids per IN (...) query
-
-
-def index_page(settings: Settings, t: Words) -> bytes:
+def index_page(settings: Settings, t: Words, copies: HostCopies) -> bytes:
     """/issues/: every sent issue, newest first, with its title and the day it went out."""
     from .web import page
 
     zone = ZoneInfo(settings.timezone)
-    issues = [(e.issue_id, e.title, e.sent_at.astimezone(zone).date()) for e in sent_issues(settings)]
+    issues = [(e.issue_id, e.title, e.sent_at.astimezone(zone).date()) for e in sent_issues(settings, copies)]
     list_name = settings.list_name or settings.from_name
     return page(
         t,
@@ -221,9 +162,9 @@ def with_feed_link(settings: Settings, copy: bytes) -> bytes:
     return copy if head_end < 0 else copy[:head_end] + link + copy[head_end:]
 
 
-def feed(settings: Settings, t: Words) -> bytes:
+def feed(settings: Settings, t: Words, copies: HostCopies) -> bytes:
     """The Atom feed (RFC 4287) of the newest sent issues, with absolute links from web_url."""
-    entries = sent_issues(settings)[:FEED_ENTRIES]
+    entries = sent_issues(settings, copies)[:FEED_ENTRIES]
     base = settings.web_url.rstrip("/")
     scope = settings.effective_list_id
     list_name = settings.list_name or settings.from_name

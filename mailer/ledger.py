@@ -20,9 +20,10 @@ from .engine import issue_lock as issue_lock
 from .envelope import Recipient, message_tag
 from .errors import MailerError
 from .subscribers import dedupe_key
+from .webcopies import digest
 
 T = TypeVar("T")
-SCHEMA_VERSION = 12
+SCHEMA_VERSION = 13
 STATES = ("sending", "sent", "deferred", "failed")
 # what a person reads for each state: 'sending' is the record's name for a message whose fate is unknown
 LABELS = {"sending": "in doubt", "sent": "sent", "deferred": "deferred", "failed": "failed"}
@@ -387,6 +388,7 @@ class Ledger:
                     9: self._from_v9,
                     10: self._from_v10,
                     11: self._from_v11,
+                    12: self._from_v12,
                 }
                 for step in range(version, SCHEMA_VERSION):
                     upgrades[step]()  # from schema `step` to `step + 1`, in one transaction with the rest
@@ -539,14 +541,41 @@ class Ledger:
             " WITHOUT ROWID"
         )
 
-    def keep_web_copy(self, issue_id: str, html: bytes) -> None:
-        """Keep the issue's web copy, which every host's `mailer serve` shows (archive.from_record)."""
-        self.write(
-            "INSERT INTO web_copies (issue_id, html) VALUES (?, ?)"
-            " ON CONFLICT (issue_id) DO UPDATE SET html = excluded.html",
-            (issue_id, html),
-            rows_only=True,
+    def _from_v12(self) -> None:
+        # The digest of each web copy (webcopies.py), beside it, so that every host's `mailer serve` sees
+        # that its file of an issue is not the record's copy (replaced by a send with --changed on another
+        # host) by reading 64 characters per issue, not the copies. A table of its own: read whole, at most
+        # once a second, it is what a serve asks the record for each issue page. (IF NOT EXISTS: the
+        # upgrade tests of older steps make their old schema from today's)
+        self._script(
+            "CREATE TABLE IF NOT EXISTS web_copy_digests (issue_id TEXT PRIMARY KEY"
+            " REFERENCES web_copies(issue_id) ON DELETE CASCADE, digest TEXT NOT NULL) WITHOUT ROWID"
         )
+        lacking = self._all(
+            "SELECT issue_id FROM web_copies AS w"
+            " WHERE NOT EXISTS (SELECT 1 FROM web_copy_digests AS d WHERE d.issue_id = w.issue_id)"
+        )
+        for (issue_id,) in lacking:  # one copy in memory at a time
+            (html,) = self._one("SELECT html FROM web_copies WHERE issue_id = ?", (issue_id,))
+            self._write(
+                "INSERT INTO web_copy_digests (issue_id, digest) VALUES (?, ?)",
+                (issue_id, digest(bytes(html))),
+            )
+
+    def keep_web_copy(self, issue_id: str, html: bytes, *, replace: bool = True) -> None:
+        """Keep the issue's web copy, which every host's `mailer serve` shows (hostcopies.py), and its
+        digest; replace=False keeps the one the record has, if any."""
+        on_conflict = "DO UPDATE SET html = excluded.html" if replace else "DO NOTHING"
+        with self.transaction(rows_only=True):
+            if self._write(
+                f"INSERT INTO web_copies (issue_id, html) VALUES (?, ?) ON CONFLICT (issue_id) {on_conflict}",
+                (issue_id, html),
+            ).rowcount:
+                self._write(
+                    "INSERT INTO web_copy_digests (issue_id, digest) VALUES (?, ?)"
+                    " ON CONFLICT (issue_id) DO UPDATE SET digest = excluded.digest",
+                    (issue_id, digest(html)),
+                )
 
     def reopen(self) -> Ledger:
         """Another connection to this record and destination, for another thread (one per thread)."""

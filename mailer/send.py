@@ -20,7 +20,6 @@ from .ledger import SMTP, Ledger, issue_lock
 from .lists import ListFile, read_lists
 from .message import MessageFactory, make_factory
 from .post import load_post
-from .private import make_folder, write_file
 from .progress import ConsoleFeedback, report_counts, say_report, warn_rates
 from .rates import Rates, issue_rates
 from .render import Issue, render_issue
@@ -28,7 +27,7 @@ from .schedule import check_age, require_post, resolve_post, today
 from .stopping import StopSignals
 from .subscribers import ReadStats, Subscriber
 from .transport import make_transport
-from .webcopies import to_record
+from .webcopies import to_record, write_copy
 
 if TYPE_CHECKING:
     from .workers import Crew
@@ -140,8 +139,7 @@ def write_archive(issue: Issue, factory: MessageFactory, settings: Settings) -> 
     values = {"unsubscribe_url": f"mailto:{settings.effective_mailto}?subject=unsubscribe"}
     html = issue.html.as_file(values)
     try:
-        make_folder(folder)
-        write_file(path, html)
+        write_copy(path, html)
     except OSError as exc:
         raise MailerError(
             f"{path}: cannot write the issue's web copy: {exc.strerror or exc}; nothing was sent"

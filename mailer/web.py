@@ -21,6 +21,7 @@ from markupsafe import Markup
 from . import archive
 from .catalog import Words, words
 from .errors import MailerError
+from .hostcopies import HostCopies
 from .signup import MAX_FORM, SignupError, read_link, read_request, safe_next, signup_lists
 from .tokens import Keyring
 from .webcopies import to_record
@@ -128,7 +129,10 @@ class UnsubscribeApp:
         # made (or checked) now: later a missing database is an error
         with Ledger(settings.db_path) as ledger:
             to_record(settings, ledger)  # the copies only this host has, for the other hosts
-        archive.sent_issues(settings)  # with the copies sent from other hosts: the pages speak their language
+        self.copies = HostCopies(settings)
+        archive.sent_issues(
+            settings, self.copies
+        )  # with the copies from other hosts: the pages speak their language
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")  # case-sensitive (RFC 9110 9.1)
@@ -181,10 +185,10 @@ class UnsubscribeApp:
             return 301, HTML, b"", [("Location", "issues/")]
         if path == "/issues/":
             _allow(method, "GET, HEAD")
-            return 200, HTML, archive.index_page(self.settings, self.words()), []
+            return 200, HTML, archive.index_page(self.settings, self.words(), self.copies), []
         if path == "/feed.atom":
             _allow(method, "GET, HEAD")
-            return 200, ATOM, archive.feed(self.settings, self.words()), []
+            return 200, ATOM, archive.feed(self.settings, self.words(), self.copies), []
         if path.startswith("/issues/"):
             _allow(method, "GET, HEAD")
             copy = archive.with_feed_link(self.settings, self.issue(path.removeprefix("/issues/")))
@@ -304,27 +308,16 @@ class UnsubscribeApp:
         self.mailroom.stop()
 
     def issue(self, issue_id: str) -> bytes:
-        """An archived issue (the web version the send loop writes), if there is one."""
+        """An issue's web copy as its last send kept it in the record (or a file put there by hand)."""
         not_found = HTTPError(404, "not_found.title", "no_issue.text")
         if not ISSUE_ID.fullmatch(issue_id):
             raise not_found
-        path = (self.archive / f"{issue_id}.html").resolve()
-        if path.parent != self.archive:
+        if (self.archive / f"{issue_id}.html").resolve().parent != self.archive:
             raise not_found
-        if not path.is_file():  # sent from another host that shares the record?
-            from .ledger import Ledger
-
-            with Ledger(self.settings.db_path, create=False) as ledger:
-                archive.from_record(self.settings, ledger, [issue_id])
-                kept = archive.kept_copy(self.settings, ledger, issue_id)  # a folder that cannot take it
-            if kept is not None:
-                return kept
-        if not path.is_file():
+        copy = self.copies.show(issue_id)  # the record's, written here if this host's file is not it
+        if copy is None:
             raise not_found
-        try:
-            return path.read_bytes()
-        except OSError:
-            raise not_found from None
+        return copy
 
 
 def _first(query: dict[str, list[str]], name: str) -> str:

@@ -5,6 +5,7 @@ Each test that takes `db` runs on both engines (SQLite and PostgreSQL); `sqlite_
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sqlite3
 import subprocess
@@ -258,6 +259,7 @@ def test_a_version_9_database_is_migrated_and_keeps_web_copies(db: Location) -> 
     with Ledger(db) as ledger:
         ledger.start_issue(ISSUE, "hash-1", "Monday's post")
         record(ledger, "a@example.com", "sent")
+    rows(db, "DROP TABLE web_copy_digests")  # step 12 -> 13's, which names the copies
     rows(db, "DROP TABLE web_copies")
     without_runs_of_deliveries(db)
     set_schema_version(db, 9)
@@ -271,6 +273,32 @@ def test_a_version_9_database_is_migrated_and_keeps_web_copies(db: Location) -> 
     ]
     version = "SELECT version FROM mailer_schema" if isinstance(db, Server) else "PRAGMA user_version"
     assert rows(db, version) == [(SCHEMA_VERSION,)]
+
+
+def test_a_version_12_database_gets_the_digest_of_each_web_copy(db: Location) -> None:
+    # schema 12 is today's without the digests beside the web copies (step 12 -> 13): every host's serve
+    # tells its file of an issue from the record's copy by them (hostcopies.py)
+    with Ledger(db) as ledger:
+        ledger.keep_web_copy(ISSUE, b"<p>first</p>")
+        ledger.keep_web_copy("2026-02-10", "<p>\u56db</p>".encode())
+    rows(db, "DROP TABLE web_copy_digests")
+    set_schema_version(db, 12)
+    with Ledger(db) as ledger:
+        assert ledger.found_version == 12
+        assert sorted(ledger.rows("SELECT issue_id, digest FROM web_copy_digests")) == [
+            (ISSUE, hashlib.sha256(b"<p>first</p>").hexdigest()),
+            ("2026-02-10", hashlib.sha256(b"<p>\xe5\x9b\x9b</p>").hexdigest()),
+        ]
+        ledger.keep_web_copy("2026-02-10", b"<p>replaced</p>")  # a send with --changed
+        # a host's older copy, put into the record by its serve: the record's stays
+        ledger.keep_web_copy(ISSUE, b"<p>not kept</p>", replace=False)
+    both = (
+        "SELECT w.issue_id, w.html, d.digest FROM web_copies AS w JOIN web_copy_digests AS d USING (issue_id)"
+    )
+    assert sorted((i, bytes(h), d) for i, h, d in rows(db, both)) == [
+        (ISSUE, b"<p>first</p>", hashlib.sha256(b"<p>first</p>").hexdigest()),
+        ("2026-02-10", b"<p>replaced</p>", hashlib.sha256(b"<p>replaced</p>").hexdigest()),
+    ]
 
 
 def test_delivery_states_and_attempts(ledger: Ledger) -> None:

@@ -1,0 +1,168 @@
+"""This host's archive folder kept to the record's web copies, for `mailer serve` (web.py, archive.py).
+
+Every host's serve shows the record's copy of an issue: the one the last send of it kept, from whichever host
+(a send with --changed replaces it for all of them). A host keeps the copies as files in its data
+folder (data_dir/archive/ID.html) and shows its file when the file's digest is the record's; a copy it lacks,
+or whose file differs, it writes there from the record first, whole (a reader being shown the old file
+meanwhile gets all of it). The record's digests are read at most once every FRESH seconds however many
+requests come: a bot walking unknown issue ids costs the record one query a second, not a connection each.
+
+A folder that cannot take a copy (mounted read-only, full) is said once in the log, and the copy is shown from
+the record instead: a web host of a read-only container still shows every issue as last sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from .webcopies import FILE_NAME, digest, write_copy
+
+if TYPE_CHECKING:
+    from .config import Settings
+    from .ledger import Ledger
+
+log = logging.getLogger("mailer.web")
+FRESH = 1.0  # seconds a reading of the record's digests is trusted: a send's new copy shows within this
+_IN_QUERY = 500  # issue ids per IN (...) query
+_Stamp = tuple[int, int, int]  # a file's (st_ino, st_mtime_ns, st_size): a file replaced or rewritten differs
+_DIGESTS = "SELECT issue_id, digest FROM web_copy_digests"
+# each copy with when its issue's first send started, the date its file gets (the newest is the newest issue)
+_COPIES = (
+    "SELECT w.issue_id, w.html, (SELECT min(i.created_at) FROM issues AS i WHERE i.issue_id = w.issue_id)"
+    " FROM web_copies AS w WHERE w.issue_id IN ({})"
+)
+
+
+class HostCopies:
+    """The web copies this host shows; one per `mailer serve` process, shared by its threads."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.folder = settings.data_dir / "archive"
+        self._reading = threading.Lock()  # one reading of the digests at a time; others wait for it
+        self._digests: dict[str, str] = {}  # the record's digest of each issue's copy
+        self._read_at: float | None = None  # time.monotonic() when that reading started
+        self._failing = False  # the last try to read them met a record that did not answer
+        self._files: dict[str, tuple[_Stamp, str]] = {}  # the digest of this host's file of an issue
+        self._unwritable: set[str] = set()  # issues the folder could not take: shown from the record
+
+    def digests(self, ledger: Ledger | None = None) -> dict[str, str]:
+        """The digest of each issue's copy in the record, read again (through `ledger`, else a connection of
+        its own) once the last reading is FRESH seconds old, by one thread while the others go on with it.
+
+        A record that does not answer leaves the last reading in use until the next try (the log says
+        so once): the issues keep being shown from this host's files, and no request waits for it."""
+        if self._read_at is not None and time.monotonic() - self._read_at < FRESH:
+            return self._digests
+        if not self._reading.acquire(blocking=self._read_at is None):  # no reading yet: wait for the first
+            return self._digests
+        try:
+            started = time.monotonic()
+            if self._read_at is None or started - self._read_at >= FRESH:
+                self._read(ledger)
+                self._read_at = started
+            return self._digests
+        finally:
+            self._reading.release()
+
+    def _read(self, ledger: Ledger | None) -> None:
+        from .errors import MailerError
+        from .ledger import Ledger
+
+        try:
+            if ledger is None:
+                with Ledger(self.settings.db_path, create=False) as own:
+                    rows = own.rows(_DIGESTS)
+            else:
+                rows = ledger.rows(_DIGESTS)
+        except MailerError as exc:
+            if self._read_at is None:  # nothing to go on with
+                raise
+            if not self._failing:
+                log.warning(
+                    "the record's web copies not read: %s; showing this host's copies as they were", exc
+                )
+            self._failing = True
+            return
+        if self._failing:
+            log.info("the record's web copies read again")
+        self._digests, self._failing = dict(rows), False
+
+    def show(self, issue_id: str) -> bytes | None:
+        """The web copy to show for an issue (a file name): the record's, else a file put in the folder by
+        hand (docs/archive.md); None when neither is there."""
+        wanted = self.digests().get(issue_id)
+        try:
+            here: bytes | None = (self.folder / f"{issue_id}.html").read_bytes()
+        except OSError:
+            here = None
+        if wanted is None or (here is not None and digest(here) == wanted):
+            return here
+        from .ledger import Ledger
+
+        with Ledger(self.settings.db_path, create=False) as ledger:
+            for found, html, created in ledger.rows(_COPIES.format("?"), (issue_id,)):
+                copy = bytes(html)
+                self._keep(found, copy, created)
+                return copy
+        return here  # taken out of the record since its digest was read
+
+    def refresh(self, ledger: Ledger, issue_ids: list[str]) -> set[str]:
+        """Bring this host's files of these issues to the record's copies; the issues it can show."""
+        digests = self.digests(ledger)
+        stale = [
+            i
+            for i in issue_ids
+            if i in digests
+            and i not in self._unwritable
+            and FILE_NAME.fullmatch(i)
+            and self._file(i) != digests[i]
+        ]
+        for start in range(0, len(stale), _IN_QUERY):
+            some = stale[start : start + _IN_QUERY]
+            for issue_id, html, created in ledger.rows(_COPIES.format(", ".join("?" * len(some))), some):
+                self._keep(issue_id, bytes(html), created)
+        return {
+            i
+            for i in issue_ids
+            if FILE_NAME.fullmatch(i) and (i in digests or (self.folder / f"{i}.html").is_file())
+        }
+
+    def _file(self, issue_id: str) -> str | None:
+        """The digest of this host's file of the issue (None: none), hashed again only once it changed."""
+        path = self.folder / f"{issue_id}.html"
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        known = self._files.get(issue_id)
+        if known and known[0] == stamp:
+            return known[1]
+        try:
+            found = digest(path.read_bytes())
+        except OSError:
+            return None
+        self._files[issue_id] = (stamp, found)
+        return found
+
+    def _keep(self, issue_id: str, copy: bytes, created: str | None) -> None:
+        """Write the record's copy as this host's file of the issue, whole (renamed over the old one)."""
+        self._digests[issue_id] = digest(copy)  # what the record has now, which the reading may predate
+        if issue_id in self._unwritable:
+            return
+        path = self.folder / f"{issue_id}.html"
+        when = datetime.fromisoformat(created).timestamp() if created else None
+        try:
+            write_copy(path, copy, when)
+        except OSError as exc:
+            self._unwritable.add(issue_id)
+            log.warning(
+                "%s: cannot write the issue's web copy: %s; showing it from the record",
+                path,
+                exc.strerror or exc,
+            )
