@@ -17,6 +17,9 @@ ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
+# How long a browser test waits for what a page shows after a server renders a post (conftest's `browser`
+# makes it Playwright's default): the example's render alone took seconds at load 15-29, where 8 s ran out
+WAIT_MS = 60_000
 
 # Every element with text of its own: its WCAG contrast ratio against the nearest element that paints a
 # background (what the text is actually on), and whether it is a button (a link shown as a box).

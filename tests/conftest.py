@@ -26,6 +26,7 @@ from mailer.config import Settings
 from mailer.engine import Location
 from mailer.engine_sqlite import ROOM
 from mailer.subscribers import BadRow
+from tests.chromium import ARGS, CHROMIUM, WAIT_MS
 from tests.pg import Cluster, binaries
 from tests.smtpd import SMTPServer, TLSFiles, make_tls_files, settings_for
 
@@ -224,6 +225,25 @@ def own_cluster(pg_cluster: Cluster) -> Iterator[Cluster]:
     cluster = Cluster(pg_cluster.bindir).start()
     yield cluster
     cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """One headless Chromium (Debian's, driven by Playwright) for each module of browser tests; missing, the
+    tests are skipped, or fail under CI. Playwright's checks wait up to WAIT_MS, not their own 5 s."""
+    if not CHROMIUM.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} is missing (CI is set, so the browser tests must run)")
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium fonts-noto-cjk)")
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=WAIT_MS)
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])

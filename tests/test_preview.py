@@ -5,7 +5,6 @@ from __future__ import annotations
 import email
 import email.policy
 import json
-import os
 import queue
 import re
 import shutil
@@ -27,13 +26,9 @@ from mailer.config import Settings, load_config
 from mailer.errors import MailerError
 from mailer.preview import gmail_view, make_server
 from mailer.wsgi import url
+from tests.chromium import WAIT_MS
 from tests.webthread import ServerThread
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run",
-]  # fmt: skip
 TITLE = "四巨头6100亿美元豪赌AI 市场泼冷水蒸发9500亿市值"  # the example's front-matter title
 CONFIG = {
     "from_name": "AI Daily",
@@ -44,22 +39,6 @@ CONFIG = {
     "sample_name": "Wang Fang",
     "sample_email": "fang@aidaily.news",
 }
-WAIT_MS = 8000  # generous deadline for the page to notice an edit (it polls every 500 ms)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    """One headless Chromium for the whole module."""
-    if not CHROMIUM.exists():
-        if os.environ.get("CI"):
-            pytest.fail("/usr/bin/chromium is missing (apt-get install chromium)")
-        pytest.skip("/usr/bin/chromium is missing")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture
@@ -72,6 +51,7 @@ def page(browser: Any) -> Iterator[Any]:
         route.continue_() if host == "127.0.0.1" else route.abort()
 
     context.route("**/*", local_only)
+    context.set_default_timeout(WAIT_MS)  # loads and clicks wait as long as the checks: a render under load
     page = context.new_page()
     yield page
     context.close()
@@ -153,7 +133,7 @@ def test_the_page_and_every_view_run_under_their_csp_without_a_violation(
         page.click(f"#tab-{key}")
         expect(page.locator(f"#tab-{key}")).to_have_attribute("aria-selected", "true")
     expect(page.frame_locator("#frame-gmail").locator("h1")).to_have_text(TITLE)
-    with page.expect_response(lambda r: r.url.endswith("/__version"), timeout=WAIT_MS):  # a poll got through
+    with page.expect_response(lambda r: r.url.endswith("/__version")):  # a poll got through
         pass
     assert page.evaluate("() => getComputedStyle(document.querySelector('.bar')).position") == "sticky"
     assert violations == []
@@ -260,7 +240,7 @@ def test_editing_the_post_or_a_template_refreshes_the_page(
     post.write_text(
         text.replace(f"title: {TITLE}", "title: Edited while the preview is open"), encoding="utf-8"
     )
-    expect(page.locator("#subject")).to_have_text("Edited while the preview is open", timeout=WAIT_MS)
+    expect(page.locator("#subject")).to_have_text("Edited while the preview is open")
     phone_title = page.frame_locator("#frame-phone").locator("h1").first
     expect(phone_title).to_have_text("Edited while the preview is open")
     assert page.evaluate("window.__before_edit") is None  # the page reloaded; nobody restarted anything
@@ -274,7 +254,7 @@ def test_editing_the_post_or_a_template_refreshes_the_page(
         encoding="utf-8",
     )
     expect(page.frame_locator("#frame-phone").locator("#template-marker")).to_have_text(
-        "From the edited template", timeout=WAIT_MS
+        "From the edited template"
     )
 
 
@@ -291,7 +271,7 @@ def test_a_broken_post_shows_its_error_and_comes_back(page: Any, serve: Any, pos
     lines[2] = "date: [2026-02-09"  # an unclosed YAML list on line 3 of the file
     post.write_text("\n".join(lines), encoding="utf-8")
 
-    expect(page.locator("#error")).to_be_visible(timeout=WAIT_MS)
+    expect(page.locator("#error")).to_be_visible()
     assert page.locator("#error-file").inner_text() == str(post)
     assert page.locator("#error-line").inner_text() in ("3", "4")  # YAML reports where it noticed
     assert "YAML" in page.locator("#error-what").inner_text()
@@ -303,7 +283,7 @@ def test_a_broken_post_shows_its_error_and_comes_back(page: Any, serve: Any, pos
     assert running.get(f"/p/{post.name}/html")[0] == 500
 
     post.write_text(good, encoding="utf-8")
-    expect(page.locator("#subject")).to_have_text(TITLE, timeout=WAIT_MS)
+    expect(page.locator("#subject")).to_have_text(TITLE)
     expect(page.frame_locator("#frame-desktop").locator("h1")).to_have_text(TITLE)
     assert page.locator("#error").count() == 0
 
@@ -362,7 +342,7 @@ def test_folder_index_lists_posts_newest_first(page: Any, serve: Any, tmp_path: 
     assert "YAML" in page.locator(".posts li", has_text="c.md").inner_text()
 
     (folder / "d.md").write_text("---\ntitle: Just added\ndate: 2026-03-01\n---\nNewest.\n", encoding="utf-8")
-    expect(page.locator(".posts li a").nth(1)).to_have_text("Just added", timeout=WAIT_MS)
+    expect(page.locator(".posts li a").nth(1)).to_have_text("Just added")
 
     page.click("text=January")
     expect(page.locator("#subject")).to_have_text("January")
@@ -388,7 +368,7 @@ def test_what_the_page_echoes_is_escaped(page: Any, serve: Any, tmp_path: Path) 
     assert page.evaluate("window.pwned") is None and page.title() != "pwned"
 
     post.write_text("---\ndate: '<b>not a date</b>'\ntitle: x\n---\nHi.\n", encoding="utf-8")
-    expect(page.locator("#error")).to_be_visible(timeout=WAIT_MS)
+    expect(page.locator("#error")).to_be_visible()
     assert "<b>not a date</b>" in page.locator("#error-message").inner_text()
     assert page.locator("#error b").count() == 0
 

@@ -14,27 +14,13 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.chromium import ARGS, CHROMIUM, CONTRAST
+from tests.chromium import CONTRAST
 from tests.test_reader_pages import Site, _site
 
 pytestmark = pytest.mark.browser
 WIDTH = 375
 # an address with no place to break, as long as a real one gets: the page must wrap it, not scroll
 LONG_ADDRESS = "firstname.middlename.lastname.department.team" + "@subdomain.example-organisation.org"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"{CHROMIUM} is missing (CI is set, so the browser test must run)")
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium fonts-noto-cjk)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture(scope="module", params=["zh", "en"])

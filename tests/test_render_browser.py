@@ -18,18 +18,12 @@ import pytest
 from mailer.config import Settings
 from mailer.post import load_post
 from mailer.render import render_issue
-from tests.chromium import ARGS, CHROMIUM, CONTRAST, text_contrasts
+from tests.chromium import CONTRAST, text_contrasts
 from tests.conftest import EXAMPLE, ROOT
 
 pytestmark = pytest.mark.browser
 
 UNSUBSCRIBE = "https://news.example.com/mailer/unsubscribe?t=sample"
-
-
-def _unavailable(reason: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason} (CI is set, so the browser test must run)")
-    pytest.skip(reason)
 
 
 def placeholder(width: int, height: int, label: str) -> bytes:
@@ -61,23 +55,6 @@ def email_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     files["email"].write_text(html, encoding="utf-8")
     files["no-style"].write_text(plain, encoding="utf-8")
     return files
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    """One Chromium for the whole module."""
-    if not CHROMIUM.exists():
-        _unavailable(f"{CHROMIUM} is missing (apt-get install chromium fonts-noto-cjk)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _unavailable("playwright is not installed (pip install -e '.[test]')")
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 @pytest.fixture(scope="module")

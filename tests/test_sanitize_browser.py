@@ -15,9 +15,6 @@ import pytest
 from mailer.config import Settings
 from mailer.post import parse_post
 from mailer.render import render_issue
-from tests import test_render_browser
-
-browser = test_render_browser.browser  # the fixture: one Chromium for the module
 
 pytestmark = pytest.mark.browser
 
