@@ -382,6 +382,7 @@ class _Locals:
                 continue
             if not _open_batches(ledger, self.where):
                 continue
+            _free_batches_of(ledger, self.where, proc.pid)
             how = (
                 f"was killed by signal {-code} ({signal.strsignal(-code)})" if code < 0 else f"exited {code}"
             )
@@ -442,6 +443,20 @@ class _Locals:
         if self.own_stderr is not None:
             os.close(self.own_stderr)
             self.own_stderr = None
+
+
+def _free_batches_of(ledger: Ledger, where: tuple[str, str], pid: int) -> None:
+    """Give back the batches a worker of ours held when it died without giving them back itself (kill -9,
+    the OOM killer, a crash), for the others to take at once rather than once its lease runs out: reaped, it
+    provably sends nothing more. What it wrote of their counts stays with them (its retries, the readers it
+    gave up); the next holder counts their readers from the record (campaign._unsent)."""
+    name = f"{socket.gethostname()} pid {pid} {_here()}"  # 'HOST pid N TOKEN', the token's first half ours
+    ledger.write(
+        "UPDATE send_batches SET lease_until = ?, owner = '' WHERE issue_id = ? AND destination = ?"
+        " AND done = 0 AND substr(owner, 1, ?) = ?",
+        (GIVEN_BACK, *where, len(name), name),
+        rows_only=True,
+    )
 
 
 class _Stderr:
