@@ -1385,9 +1385,9 @@ def _counts(report: Report) -> dict[str, Any]:
 @dataclass
 class _Batch:
     """A batch claimed, and what its holders did with it so far: what the record keeps in its `counts`, as
-    its holder writes them (with every lease renewal, as it gives the batch back, with its done mark) and the
-    next holder takes them up (the retries and readers given up; the readers' counts it makes again from the
-    record's outcomes, see campaign._unsent)."""
+    its holder writes them (with every lease renewal, as it gives a reader up or the batch back, with its
+    done mark) and the next holder takes them up (the retries and readers given up; the readers' counts it
+    makes again from the record's outcomes, see campaign._unsent)."""
 
     number: int
     readers: list[Subscriber]
@@ -1452,9 +1452,13 @@ class _Share:
         if reason:
             batch.given_up[sub.key] = reason
         batch.left -= 1
-        if batch.left:
-            return
         w = self.worker
+        if batch.left:
+            if reason:  # given up: written at once, so that a holder killed before its next renewal leaves
+                # the reader given up for the next one (a rare write: only after a reader's last retry)
+                with self.keeper.lock, w.ledger.transaction(rows_only=True):
+                    write_partial(w.ledger, w.where, w.name, {batch.number: batch})
+            return
         with self.keeper.lock:
             done(w.ledger, w.where, w.name, batch.number, batch.record())
             self.keeper.held.discard(batch.number)
