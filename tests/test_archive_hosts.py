@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +19,7 @@ from click.testing import CliRunner
 
 from mailer.cli import cli
 from mailer.engine import Location, Server
+from tests.conftest import Disk
 from tests.pg import database_env, rows, set_schema_version
 from tests.publisher import WEB_URL, env_for
 from tests.served import Served, serving
@@ -83,6 +85,27 @@ def _shown_when(host: Archive, path: str, words: str) -> Answer:
         time.sleep(0.05)
 
 
+@contextmanager
+def _readers(host: Archive, count: int) -> Iterator[list[Answer]]:
+    """`count` readers asking for the issue over and over until the block ends; every answer they got."""
+    seen: list[Answer] = []
+    done = threading.Event()
+
+    def read() -> None:
+        while not done.is_set():
+            seen.append(host.get(f"/issues/{ISSUE}"))
+
+    threads = [threading.Thread(target=read) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    try:
+        yield seen
+    finally:
+        done.set()
+        for thread in threads:
+            thread.join()
+
+
 def _record_copy(record_at: Location) -> bytes:
     [(html,)] = rows(record_at, "SELECT html FROM web_copies WHERE issue_id = ?", (ISSUE,))
     return bytes(html)  # type: ignore[arg-type]
@@ -91,16 +114,20 @@ def _record_copy(record_at: Location) -> bytes:
 def test_a_corrected_issue_replaces_the_older_copy_on_every_host_while_they_serve(hosts: Hosts) -> None:
     # readers behind a load balancer must not meet two versions: the second host wrote the first copy into
     # its own folder when a reader asked for it, and must show the corrected one without a restart
+    # Readers keep asking for it meanwhile: each must get one copy whole, the first or the corrected, never
+    # a file half written (the host replaces its file while other threads of it read it)
     kept = hosts.second / "state" / "archive" / f"{ISSUE}.html"
     with _serve(hosts.second, hosts.record) as (host, _):
         before = host.get(f"/issues/{ISSUE}")
         assert before.status == 200 and "As first sent." in before.text
         assert b"As first sent." in kept.read_bytes()
-        _send_corrected(hosts)
-        after = _shown_when(host, f"/issues/{ISSUE}", "With the typo mended.")
+        with _readers(host, 4) as seen:
+            _send_corrected(hosts)
+            after = _shown_when(host, f"/issues/{ISSUE}", "With the typo mended.")
         index, feed = host.get("/issues/"), host.get("/feed.atom")
     assert after.status == 200 and "With the typo mended." in after.text, after
     assert "As first sent." not in after.text
+    assert seen and {(a.status, a.body) for a in seen} <= {(200, before.body), (200, after.body)}
     copy = _record_copy(hosts.at)
     assert (hosts.first / "state" / "archive" / f"{ISSUE}.html").read_bytes() == copy
     assert kept.read_bytes() == copy
@@ -165,3 +192,29 @@ def test_a_bot_walking_unknown_issue_ids_gets_404s_without_a_connection_to_the_r
     assert shown.status == 200 and "As first sent." in shown.text
     assert index.status == 503  # the index needs the record: a load balancer's health check says so too
     assert len(said) <= 1, said  # said once however many requests met it (none if all came within a second)
+
+
+def test_a_read_only_host_holding_the_older_copy_shows_the_corrected_one_from_the_record(
+    hosts: Hosts, disk: Disk
+) -> None:
+    # a web host of a read-only container whose image holds the issue's first copy cannot replace its file:
+    # it must still show the record's corrected copy, and say once why it shows it from the record
+    state = disk.path / "state"
+    shutil.copytree(hosts.first / "state" / "archive", state / "archive")
+    shutil.copy2(hosts.first / "state" / "secret.key", state / "secret.key")
+    _send_corrected(hosts)
+    disk.read_only()
+    try:
+        env = {"MAILER_DATA_DIR": str(state), "MAILER_WEB_URL": WEB_URL, **hosts.record}
+        with serving(hosts.second, {}, **env) as served:
+            host = Archive(served.port, hosts.second)
+            answers = [host.get(path) for path in (f"/issues/{ISSUE}", "/issues/", f"/issues/{ISSUE}")]
+    finally:
+        disk.read_write()
+    assert [a.status for a in answers] == [200, 200, 200]
+    for page in (answers[0], answers[2]):
+        assert "With the typo mended." in page.text and "As first sent." not in page.text
+    assert "Sent once, corrected" in answers[1].text
+    assert b"As first sent." in (state / "archive" / f"{ISSUE}.html").read_bytes()  # left as it was
+    said = [line for line in served.log_lines() if "web copy" in line]
+    assert len(said) == 1 and said[0].endswith("Read-only file system; showing it from the record"), said
