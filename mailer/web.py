@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Iterable
+import signal
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from email.message import Message
 from email.parser import BytesParser
 from email.policy import HTTP
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
@@ -20,7 +23,7 @@ from markupsafe import Markup
 
 from . import archive
 from .catalog import Words, words
-from .errors import MailerError
+from .errors import Interrupted, MailerError
 from .hostcopies import HostCopies
 from .signup import MAX_FORM, SignupError, read_link, read_request, safe_next, signup_lists
 from .tokens import Keyring
@@ -448,9 +451,25 @@ def make_server(
     return server
 
 
+@contextmanager
+def _terminated_like_ctrl_c() -> Iterator[None]:
+    """SIGTERM (`systemctl stop`, `docker stop`) stops `serve` as Ctrl-C does, not killing it mid-way: the
+    signup message being mailed is finished and recorded (killed after the server took it, it would be
+    mailed again once its claim lapsed)."""
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise Interrupted(signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def serve_until_stopped(settings: Settings, host: str, port: int, threads: int, console: Console) -> None:
     """`mailer serve`: listen, make the app (and the signing key, said through `console`), serve until
-    Ctrl-C; the running server's requests go to its log."""
+    Ctrl-C or SIGTERM; the running server's requests go to its log."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
     built: list[UnsubscribeApp] = []
@@ -459,26 +478,27 @@ def serve_until_stopped(settings: Settings, host: str, port: int, threads: int, 
         built.append(make_app(settings, keyring=signing_keyring(settings, console)))
         return built[0]
 
-    server = make_server(build, host, port, threads, settings)
-    # from here on a Ctrl-C is the stop that "Press Ctrl-C to stop." asks for, wherever it lands: in the
-    # server's loop (which returns, its threads stopped) or before it (KeyboardInterrupt); "Stopped.", exit 0
-    try:
-        shown = f"[{host}]" if ":" in host else host
-        address = f"http://{shown}:{server.effective_port}/"
-        console.result(f"Serving on {address} (links point to {settings.web_url})")
-        if not settings.web_url.startswith("https://"):
-            console.note(
-                f"Note: web_url is {settings.web_url}; set it to the public https:// address of this"
-                " server so the links in messages reach it (mail clients need https for one-click)."
-            )
-        console.result("Press Ctrl-C to stop.")
-        built[0].mailroom.wake()  # mail what an earlier run left queued
-        server.run()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.close()
-        built[0].close()
+    with _terminated_like_ctrl_c():
+        server = make_server(build, host, port, threads, settings)
+        # from here on a Ctrl-C (or SIGTERM) is the stop that "Press Ctrl-C to stop." asks for, wherever it
+        # lands: in the server's loop (which returns, its threads stopped) or before it; "Stopped.", exit 0
+        try:
+            shown = f"[{host}]" if ":" in host else host
+            address = f"http://{shown}:{server.effective_port}/"
+            console.result(f"Serving on {address} (links point to {settings.web_url})")
+            if not settings.web_url.startswith("https://"):
+                console.note(
+                    f"Note: web_url is {settings.web_url}; set it to the public https:// address of this"
+                    " server so the links in messages reach it (mail clients need https for one-click)."
+                )
+            console.result("Press Ctrl-C to stop.")
+            built[0].mailroom.wake()  # mail what an earlier run left queued
+            server.run()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.close()
+            built[0].close()
     console.result("Stopped.")
 
 

@@ -188,13 +188,13 @@ def test_an_old_link_still_unsubscribes_after_from_email_changes(tmp_path: Path)
     assert listed.returncode == 0 and "reader@example.net" in listed.stdout, listed.stdout + listed.stderr
 
 
-# Runs `mailer serve` with a SIGINT (a Ctrl-C) sent by the process to itself at the first call of the named
-# function after "Serving on ..." is said: at that point of the start every time, not wherever a Ctrl-C
-# sent from outside happens to land
-CTRL_C_AT = """
+# Runs `mailer serve` with a signal (SIGINT: a Ctrl-C; SIGTERM: systemctl stop) sent by the process to itself
+# at the first call of the named function after "Serving on ..." is said: at that point of the start (or of
+# the server's loop: waitress's `poll2`) every time, not wherever a signal sent from outside happens to land
+SIGNAL_AT = """
 import os, signal, sys
 from mailer.cli import main
-target, armed = sys.argv.pop(1), []
+signum, target, armed = getattr(signal, sys.argv.pop(1)), sys.argv.pop(1), []
 def watch(frame, event, arg):
     code = frame.f_code
     if event != "call":
@@ -203,20 +203,32 @@ def watch(frame, event, arg):
         armed.append(True)
     elif armed and code.co_qualname == target:
         sys.setprofile(None)
-        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signum)
 sys.setprofile(watch)
 main()
 """
 
 
-@pytest.mark.parametrize("at", ["Mailroom.wake", "Thread.start", "BaseWSGIServer.run"])
-def test_a_ctrl_c_between_serving_on_and_the_server_s_loop_stops_it_cleanly(tmp_path: Path, at: str) -> None:
-    # "Serving on ..." then "Press Ctrl-C to stop.": a Ctrl-C from then on is the stop it asks for. Before,
-    # one that came before the server's loop took it was "Interrupted." and exit 130 (the tests that stop a
-    # serve as soon as it said where it listens expect 0); one as the signup mail's thread was being started
-    # left a thread not started, which the stop then joined: a traceback ("cannot join thread before it is
-    # started")
-    args = [sys.executable, "-c", CTRL_C_AT, at, "serve", "--host", HOST, "--port", "0"]
+@pytest.mark.parametrize(
+    ("signame", "at"),
+    [
+        ("SIGINT", "Mailroom.wake"),
+        ("SIGINT", "Thread.start"),
+        ("SIGINT", "BaseWSGIServer.run"),
+        ("SIGTERM", "Mailroom.wake"),
+        ("SIGTERM", "poll2"),
+    ],
+)
+def test_a_ctrl_c_or_sigterm_once_serving_stops_it_cleanly_wherever_it_lands(
+    tmp_path: Path, signame: str, at: str
+) -> None:
+    # "Serving on ..." then "Press Ctrl-C to stop.": a Ctrl-C from then on is the stop it asks for, and so is
+    # a SIGTERM (systemctl stop). Before, a Ctrl-C that came before the server's loop took it was
+    # "Interrupted." and exit 130 (the tests that stop a serve as soon as it said where it listens expect 0);
+    # one as the signup mail's thread was being started left a thread not started, which the stop then
+    # joined: a traceback ("cannot join thread before it is started"); a SIGTERM killed it outright (-15),
+    # the signup message being mailed cut off
+    args = [sys.executable, "-c", SIGNAL_AT, signame, at, "serve", "--host", HOST, "--port", "0"]
     done = subprocess.run(args, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120)
     assert "Traceback" not in done.stderr, done.stderr
     assert done.returncode == 0, done.stdout + done.stderr
