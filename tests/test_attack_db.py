@@ -206,7 +206,7 @@ def test_a_lone_send_whose_look_up_in_the_record_fails_exits_as_stopped_and_a_re
             server,
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database()"
             " AND pid <> pg_backend_pid()"
-            " AND starts_with(query, 'SELECT email, state, run_id FROM deliveries')",
+            " AND strpos(query, 'LATERAL (SELECT state, run_id FROM deliveries') > 0",  # Engine.keyed's
         )
         assert ended == [(True,)]  # the look-ups' session, and only it
     finally:
