@@ -40,7 +40,6 @@ from tests.imageserver import (
     svg,
     webp_header,
 )
-from tests.test_render_browser import browser  # noqa: F401 (one Chromium for the module)
 
 ONLINE = {"MAILER_OFFLINE": "0"}  # conftest makes every mailer offline; these tests fetch from 127.0.0.1
 
@@ -385,7 +384,7 @@ def test_the_offline_setting_fetches_nothing(server: ImageServer, tmp_path: Path
 @pytest.mark.browser
 @pytest.mark.parametrize("width", [600, 375])
 def test_in_chromium_small_images_stay_small_and_large_ones_fit(
-    browser: Any,  # noqa: F811
+    browser: Any,
     server: ImageServer,
     tmp_path: Path,
     width: int,
