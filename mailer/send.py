@@ -281,6 +281,15 @@ def _send(
             allow_changed=options.allow_changed, allow_resend=options.allow_resend,
         )  # fmt: skip
         if not options.dry_run:
+            # an earlier send of the issue by workers (only the holder of the issue's lock puts one in the
+            # record); a send by workers looks at it as it puts its own there
+            if crew is None and ledger.rows(
+                "SELECT 1 FROM sends WHERE issue_id = ? AND destination = ?",
+                (issue.issue_id, ledger.destination),
+            ):
+                from .workers import take_over  # not imported by a lone send otherwise: ~15 ms
+
+                take_over(ledger, issue.issue_id)
             write_archive(issue, factory, settings)
             issue.keep_inlined()  # the data folder exists now, also on a first send: the workers read it
             console.note(

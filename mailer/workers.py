@@ -151,7 +151,7 @@ def publish(
 ) -> int:
     """Put the send in the record (replacing an earlier one of the issue that is no longer running);
     return the number of batches. One transaction: the workers see all of it or nothing."""
-    issue_id, where = issue.issue_id, (issue.issue_id, ledger.destination)
+    where = (issue.issue_id, ledger.destination)
     size = batch_size(expected, workers)
     stored = {
         "connections": options.connections, "rate": options.rate, "max_attempts": options.max_attempts,
@@ -161,29 +161,7 @@ def publish(
     now = time.time()
     batches = 0
     with ledger.transaction():
-        # the caller holds the issue's lock, which a coordinator holds (and checks: held()) for as long as it
-        # runs: the coordinator of a send still open here is gone, however recent its last word; only its
-        # workers may be left
-        # ... or a stopped one whose workers elsewhere have yet to hear of the stop (within LOOK seconds)
-        running = ledger.rows(
-            "SELECT coordinator, options, state FROM sends WHERE issue_id = ? AND destination = ?"
-            " AND state IN ('running', 'stopping', 'stopped')",
-            where,
-        )
-        if running and (left := _alive_workers(ledger, where, float(json.loads(running[0][1])["lease"]))):
-            if running[0][2] == "stopped":
-                raise MailerError(
-                    f"{issue_id}: the send started by {running[0][0]} was stopped, and {len(left)} of its"
-                    " worker(s) have yet to write that they stopped (each does within seconds, after its"
-                    " messages in flight; one that went silent, once its lease runs out); run the command"
-                    " again then"
-                )
-            raise MailerError(
-                f"{issue_id}: the send started by {running[0][0]}, which is gone, is still being finished by"
-                f" {len(left)} worker(s); they end it when no reader is left (`mailer status` shows it)"
-            )
-        for table in ("send_batches", "send_workers", "sends"):
-            ledger.write(f"DELETE FROM {table} WHERE issue_id = ? AND destination = ?", where)
+        _take_over(ledger, where)
         ledger.write(
             "INSERT INTO sends (issue_id, destination, state, coordinator, alive_until, post_name, post,"
             " fingerprint, options, started_at) VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?)",
@@ -199,6 +177,41 @@ def publish(
         if batch:
             batches += _write_batch(ledger, where, batches, batch)
     return batches
+
+
+def take_over(ledger: Ledger, issue_id: str) -> None:
+    """Before a lone send of the issue (its caller holds the issue's lock): refuse while workers of an earlier
+    send by workers still mail its readers, else take that send out of the record, so that a `mailer worker`
+    started meanwhile (systemd restarting one) does not join it and mail beside this send."""
+    with ledger.transaction():
+        _take_over(ledger, (issue_id, ledger.destination))
+
+
+def _take_over(ledger: Ledger, where: tuple[str, str]) -> None:
+    # the caller holds the issue's lock, which a coordinator holds (and checks: held()) for as long as it
+    # runs: the coordinator of a send still open here is gone, however recent its last word; only its
+    # workers may be left
+    # ... or a stopped one whose workers elsewhere have yet to hear of the stop (within LOOK seconds)
+    issue_id = where[0]
+    running = ledger.rows(
+        "SELECT coordinator, options, state FROM sends WHERE issue_id = ? AND destination = ?"
+        " AND state IN ('running', 'stopping', 'stopped')",
+        where,
+    )
+    if running and (left := _alive_workers(ledger, where, float(json.loads(running[0][1])["lease"]))):
+        if running[0][2] == "stopped":
+            raise MailerError(
+                f"{issue_id}: the send started by {running[0][0]} was stopped, and {len(left)} of its"
+                " worker(s) have yet to write that they stopped (each does within seconds, after its"
+                " messages in flight; one that went silent, once its lease runs out); run the command"
+                " again then"
+            )
+        raise MailerError(
+            f"{issue_id}: the send started by {running[0][0]}, which is gone, is still being finished by"
+            f" {len(left)} worker(s); they end it when no reader is left (`mailer status` shows it)"
+        )
+    for table in ("send_batches", "send_workers", "sends"):
+        ledger.write(f"DELETE FROM {table} WHERE issue_id = ? AND destination = ?", where)
 
 
 def _post_text(issue: Issue) -> str:

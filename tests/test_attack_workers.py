@@ -193,3 +193,86 @@ def test_a_send_by_workers_that_loses_the_record_exits_as_stopped_and_a_rerun_fi
     rerun_finishes(
         smtp_server, args, env, tmp_path, emails, 1
     )  # the one in flight on the worker's connection
+
+
+@pytest.mark.slow
+def test_a_lone_rerun_while_the_workers_of_a_gone_coordinator_still_send_is_refused(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path, record_at: Location
+) -> None:
+    # the host of a `--distributed` send dies; its `mailer worker` elsewhere goes on with the readers (as
+    # docs/workers.md says it should). The daily cron on another host runs the plain command, no --workers:
+    # it took the issue's lock, free now, and mailed the readers the worker was mailing, a second time
+    emails = [f"user{i}@example.com" for i in range(80)]
+    csv = write_list(tmp_path / "subs.csv", emails)
+    env = env_at(smtp_server, tmp_path, record_at, MAILER_SMTP_TIMEOUT="120")
+    args = ["send", str(post), "--to", str(csv), "--yes", "--force"]
+    coordinator = spawn([*args, "--distributed", "--workers", "0"], env, tmp_path)
+    held = smtp_server.hold("user45@example.com")  # the worker waits there while the coordinator dies
+    worker = None
+    try:
+        wait_until("the send in the record", lambda: _running(record_at))
+        worker = spawn(["worker"], env, tmp_path)
+        assert held.reached.wait(timeout=120), "the worker never reached user45"
+        coordinator.kill()
+        coordinator.communicate(timeout=60)
+        before = recipients(smtp_server)
+        lone = spawn(args, env, tmp_path)
+        _, err = lone.communicate(timeout=120)
+        assert lone.returncode == 1, err.decode()
+        [line] = [x for x in err.decode().splitlines() if x.startswith("Error: ")]
+        assert "which is gone, is still being finished by 1 worker(s)" in line, line
+        assert "Traceback" not in err.decode() and recipients(smtp_server) == before
+        held.release.set()
+        _, said = worker.communicate(timeout=120)
+        assert worker.returncode == 0, said.decode()
+    finally:
+        held.release.set()
+        for proc in (coordinator, worker):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    assert recipients(smtp_server) == Counter({e: 1 for e in emails})
+
+
+@pytest.mark.slow
+def test_a_worker_started_during_a_lone_rerun_of_a_dead_send_by_workers_does_not_join_the_dead_one(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path, record_at: Location
+) -> None:
+    # every process of a `--distributed` send is killed; the publisher reruns the plain command, which goes
+    # ahead; meanwhile systemd starts `mailer worker` again. It joined the dead send, still 'running' in the
+    # record, and mailed its readers beside the rerun, which holds the issue's lock but was not in that send
+    emails = [f"user{i}@example.com" for i in range(80)]
+    csv = write_list(tmp_path / "subs.csv", emails)
+    env = env_at(smtp_server, tmp_path, record_at, MAILER_SMTP_TIMEOUT="120")
+    args = ["send", str(post), "--to", str(csv), "--yes", "--force"]
+    coordinator = spawn([*args, "--distributed", "--workers", "0"], env, tmp_path)
+    held = smtp_server.hold("user45@example.com")
+    procs = [coordinator]
+    try:
+        wait_until("the send in the record", lambda: _running(record_at))
+        procs.append(spawn(["worker"], env, tmp_path))
+        assert held.reached.wait(timeout=120), "the worker never reached user45"
+        for proc in procs:  # the whole send dies
+            proc.kill()
+            proc.communicate(timeout=60)
+        held = smtp_server.hold("user60@example.com")  # the rerun waits there
+        lone = spawn(args, env, tmp_path)
+        procs.append(lone)
+        assert held.reached.wait(timeout=120), "the rerun never reached user60"
+        late = spawn(["worker"], env, tmp_path)
+        procs.append(late)
+        _, said = late.communicate(timeout=120)
+        assert late.returncode == 1, said.decode()
+        [line] = [x for x in said.decode().splitlines() if x.startswith("Error: ")]
+        assert "no send is running there to join" in line and "Traceback" not in said.decode(), line
+        held.release.set()
+        _, err = lone.communicate(timeout=120)
+        assert lone.returncode == 0, err.decode()
+    finally:
+        held.release.set()
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    # user45's message died before its "." (its RCPT reply held): no one is mailed twice
+    assert recipients(smtp_server) == Counter({e: 1 for e in emails})
