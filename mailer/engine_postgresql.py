@@ -414,6 +414,18 @@ class PostgreSQL:
     def in_place(self) -> bool:
         return True  # a server's database cannot be swapped under an open connection as a file can
 
+    def senders(self) -> list[str]:
+        """See engine.Engine: the sessions of this database that hold a send's lock (issue_lock names)."""
+        me = f"pid {os.getpid()} on {socket.gethostname()}"
+        found = self.execute(
+            "SELECT DISTINCT a.application_name FROM pg_locks AS l JOIN pg_stat_activity AS a USING (pid)"
+            " WHERE l.locktype = 'advisory' AND l.granted AND l.database = a.datid"
+            " AND a.datname = current_database() AND a.application_name LIKE ?",
+            ("mailer send %",),
+        ).fetchall()
+        holders = [name.removeprefix("mailer send ") for (name,) in found]
+        return [who for who in holders if who != me[:51]]  # as issue_lock names it, in 63 characters
+
     def let_go_of_replaced(self) -> None:
         pass
 

@@ -171,6 +171,29 @@ class SQLite:
         """
         return self._identity is not None and _identity(self.path) == self._identity
 
+    def senders(self) -> list[str]:
+        """See engine.Engine: the lock files next to the file that another process holds."""
+        folder = Path(os.path.realpath(self.path) + "-locks")
+        try:
+            locks = sorted(folder.glob("*.lock"))
+        except OSError:
+            return []
+        held = []
+        for lock in locks:
+            try:
+                fd = os.open(lock, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 100, 0).decode("utf-8", "replace").strip() or "another process"
+                if holder != f"pid {os.getpid()}":
+                    held.append(holder)
+            finally:
+                os.close(fd)
+        return held
+
     def let_go_of_replaced(self) -> None:
         """Empty the WAL of a database file that was replaced while open (in_place() is False).
 

@@ -371,6 +371,13 @@ class Ledger:
                     f"{self.path}: written by a newer mailer (schema {version}, this one knows"
                     f" {SCHEMA_VERSION}); upgrade mailer"
                 )
+            if 0 < version < SCHEMA_VERSION and (senders := self._senders()):
+                raise MailerError(
+                    f"{self.path}: written by an older mailer (schema {version}, this one knows"
+                    f" {SCHEMA_VERSION}), whose send runs on it now ({senders[0]}): not upgraded under it"
+                    " (that send's own processes and the older web hosts would be refused mid-send); run"
+                    " this again once it has ended"
+                )
             if version < SCHEMA_VERSION:
                 self._script(_SUPPRESSIONS)
                 if version == 0:
@@ -395,6 +402,10 @@ class Ledger:
                 with self._errors():
                     self._db.set_schema_version(SCHEMA_VERSION)
         return before
+
+    def _senders(self) -> list[str]:
+        with self._errors():
+            return self._db.senders()
 
     def _script(self, script: str) -> None:
         # statement by statement, each in the engine's DDL words: executescript() would commit first
