@@ -173,9 +173,8 @@ class SQLite:
 
     def senders(self) -> list[str]:
         """See engine.Engine: the lock files next to the file that another process holds."""
-        folder = Path(os.path.realpath(self.path) + "-locks")
         try:
-            locks = sorted(folder.glob("*.lock"))
+            locks = sorted(_locks(self.path).glob("*.lock"))
         except OSError:
             return []
         held = []
@@ -187,8 +186,7 @@ class SQLite:
             try:
                 fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = os.pread(fd, 100, 0).decode("utf-8", "replace").strip() or "another process"
-                if holder != f"pid {os.getpid()}":
+                if (holder := _holder(fd)) != f"pid {os.getpid()}":
                     held.append(holder)
             finally:
                 os.close(fd)
@@ -267,6 +265,16 @@ def _no_space(path: Path) -> bool:
     return fs.f_bavail * fs.f_frsize < 64 * 1024
 
 
+def _locks(db_path: Path) -> Path:
+    """The folder of the send locks of a database file, next to it (issue_lock)."""
+    return Path(os.path.realpath(db_path) + "-locks")
+
+
+def _holder(fd: int) -> str:
+    """Who holds the send lock open at `fd`, as its holder wrote it there."""
+    return os.pread(fd, 100, 0).decode("utf-8", "replace").strip() or "another process"
+
+
 @contextmanager
 def issue_lock(db_path: Path, issue_id: str) -> Iterator[Callable[[], None]]:
     """Hold an exclusive lock on one issue of one database for a whole send; yield a check that it is still
@@ -276,7 +284,7 @@ def issue_lock(db_path: Path, issue_id: str) -> Iterator[Callable[[], None]]:
     a data folder: two data folders may share a database) and is taken on the resolved path. It is an flock,
     so the kernel releases it when a send dies (kill -9).
     """
-    folder = Path(os.path.realpath(db_path) + "-locks")
+    folder = _locks(db_path)
     try:
         make_folder(folder)
         fd = os.open(folder / f"{issue_id}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
@@ -286,9 +294,8 @@ def issue_lock(db_path: Path, issue_id: str) -> Iterator[Callable[[], None]]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 100, 0).decode("utf-8", "replace").strip() or "another process"
             raise MailerError(
-                f"{issue_id}: another send of this issue is running ({holder}); wait for it"
+                f"{issue_id}: another send of this issue is running ({_holder(fd)}); wait for it"
             ) from None
         try:
             os.ftruncate(fd, 0)
