@@ -7,22 +7,13 @@ to migrate before restarting the senders; the record now holds mailer to it."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 from mailer.engine import Location, Server, issue_lock
 from mailer.ledger import SCHEMA_VERSION, Ledger
 from tests import publisher
 from tests.pg import database_env, rows, set_schema_version
-
-
-def _mailer(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    """`mailer ARGS` in a process of its own: the send's lock below is this process's."""
-    return subprocess.run(
-        [sys.executable, "-m", "mailer", *args], env={**os.environ, **env}, cwd=cwd, capture_output=True,
-        text=True, timeout=120,
-    )  # fmt: skip
+from tests.test_workers_lifecycle import mailer
 
 
 def _schema(record: Location) -> int:
@@ -42,14 +33,14 @@ def test_an_upgrade_while_an_older_mailers_send_runs_waits_for_its_end(
     env = {**publisher.ENV, "MAILER_DATA_DIR": str(tmp_path / "state"), **database_env(record_at)}
     with issue_lock(record_at, "2026-02-10"):  # the older mailer's send of the next issue holds its lock
         for command in (["db", "migrate"], ["status"]):  # `status`: any command that opens the record
-            done = _mailer(command, env, tmp_path)
+            done = mailer(command, env, tmp_path)
             assert done.returncode == 1, done
             [line] = done.stderr.splitlines()
             assert line.startswith(f"Error: {record_at}: written by an older mailer (schema {older}, "), line
             assert f"whose send runs on it now (pid {os.getpid()}" in line, line
             assert line.endswith("run this again once it has ended"), line
             assert _schema(record_at) == older
-    done = _mailer(["db", "migrate"], env, tmp_path)  # the send has ended
+    done = mailer(["db", "migrate"], env, tmp_path)  # the send has ended
     assert (done.returncode, done.stderr) == (0, "")
     assert done.stdout.strip() == f"{record_at}: upgraded the schema from version {older} to {SCHEMA_VERSION}"
     assert rows(record_at, "SELECT email, state FROM deliveries") == [("ann@example.org", "sent")]

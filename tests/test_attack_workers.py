@@ -25,7 +25,7 @@ from mailer.ledger import SCHEMA_VERSION
 from tests.pg import Cluster, rows, set_schema_version, without_runs_of_deliveries
 from tests.publisher import env_for
 from tests.sends import held_send, rerun_finishes
-from tests.smtpd import SMTPServer
+from tests.smtpd import Hold, SMTPServer
 from tests.test_workers import (
     LEASE,
     _running,
@@ -36,6 +36,7 @@ from tests.test_workers import (
     wait_until,
     write_list,
 )
+from tests.test_workers_lifecycle import finish
 
 
 def _distributed_send_of_two(
@@ -195,6 +196,28 @@ def test_a_send_by_workers_that_loses_the_record_exits_as_stopped_and_a_rerun_fi
     )  # the one in flight on the worker's connection
 
 
+def _worker_at_user45(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path, record: Location
+) -> tuple[list[str], list[str], dict[str, str], list[subprocess.Popen[bytes]], Hold]:
+    """A `send --distributed --workers 0` of `post` to 80 readers and one `mailer worker`, held at user45's
+    RCPT: (the readers, the plain send command, its environment, [coordinator, worker], the hold)."""
+    emails = [f"user{i}@example.com" for i in range(80)]
+    csv = write_list(tmp_path / "subs.csv", emails)
+    env = env_at(smtp_server, tmp_path, record, MAILER_SMTP_TIMEOUT="120")
+    args = ["send", str(post), "--to", str(csv), "--yes", "--force"]
+    procs = [spawn([*args, "--distributed", "--workers", "0"], env, tmp_path)]
+    held = smtp_server.hold("user45@example.com")
+    try:
+        wait_until("the send in the record", lambda: _running(record))
+        procs.append(spawn(["worker"], env, tmp_path))
+        assert held.reached.wait(timeout=120), "the worker never reached user45"
+    except BaseException:
+        held.release.set()
+        finish(*procs)
+        raise
+    return emails, args, env, procs, held
+
+
 @pytest.mark.slow
 def test_a_lone_rerun_while_the_workers_of_a_gone_coordinator_still_send_is_refused(
     smtp_server: SMTPServer, tmp_path: Path, post: Path, record_at: Location
@@ -202,17 +225,8 @@ def test_a_lone_rerun_while_the_workers_of_a_gone_coordinator_still_send_is_refu
     # the host of a `--distributed` send dies; its `mailer worker` elsewhere goes on with the readers (as
     # docs/workers.md says it should). The daily cron on another host runs the plain command, no --workers:
     # it took the issue's lock, free now, and mailed the readers the worker was mailing, a second time
-    emails = [f"user{i}@example.com" for i in range(80)]
-    csv = write_list(tmp_path / "subs.csv", emails)
-    env = env_at(smtp_server, tmp_path, record_at, MAILER_SMTP_TIMEOUT="120")
-    args = ["send", str(post), "--to", str(csv), "--yes", "--force"]
-    coordinator = spawn([*args, "--distributed", "--workers", "0"], env, tmp_path)
-    held = smtp_server.hold("user45@example.com")  # the worker waits there while the coordinator dies
-    worker = None
+    emails, args, env, (coordinator, worker), held = _worker_at_user45(smtp_server, tmp_path, post, record_at)
     try:
-        wait_until("the send in the record", lambda: _running(record_at))
-        worker = spawn(["worker"], env, tmp_path)
-        assert held.reached.wait(timeout=120), "the worker never reached user45"
         coordinator.kill()
         coordinator.communicate(timeout=60)
         before = recipients(smtp_server)
@@ -227,10 +241,7 @@ def test_a_lone_rerun_while_the_workers_of_a_gone_coordinator_still_send_is_refu
         assert worker.returncode == 0, said.decode()
     finally:
         held.release.set()
-        for proc in (coordinator, worker):
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-                proc.communicate()
+        finish(coordinator, worker)
     assert recipients(smtp_server) == Counter({e: 1 for e in emails})
 
 
@@ -241,17 +252,8 @@ def test_a_worker_started_during_a_lone_rerun_of_a_dead_send_by_workers_does_not
     # every process of a `--distributed` send is killed; the publisher reruns the plain command, which goes
     # ahead; meanwhile systemd starts `mailer worker` again. It joined the dead send, still 'running' in the
     # record, and mailed its readers beside the rerun, which holds the issue's lock but was not in that send
-    emails = [f"user{i}@example.com" for i in range(80)]
-    csv = write_list(tmp_path / "subs.csv", emails)
-    env = env_at(smtp_server, tmp_path, record_at, MAILER_SMTP_TIMEOUT="120")
-    args = ["send", str(post), "--to", str(csv), "--yes", "--force"]
-    coordinator = spawn([*args, "--distributed", "--workers", "0"], env, tmp_path)
-    held = smtp_server.hold("user45@example.com")
-    procs = [coordinator]
+    emails, args, env, procs, held = _worker_at_user45(smtp_server, tmp_path, post, record_at)
     try:
-        wait_until("the send in the record", lambda: _running(record_at))
-        procs.append(spawn(["worker"], env, tmp_path))
-        assert held.reached.wait(timeout=120), "the worker never reached user45"
         for proc in procs:  # the whole send dies
             proc.kill()
             proc.communicate(timeout=60)
@@ -270,9 +272,6 @@ def test_a_worker_started_during_a_lone_rerun_of_a_dead_send_by_workers_does_not
         assert lone.returncode == 0, err.decode()
     finally:
         held.release.set()
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
+        finish(*procs)
     # user45's message died before its "." (its RCPT reply held): no one is mailed twice
     assert recipients(smtp_server) == Counter({e: 1 for e in emails})
