@@ -350,9 +350,11 @@ def _join(ledger: Ledger, list_name: str, email: str, address: str, name: str, n
 class Mailroom:
     """A thread that mails the confirmations and welcomes the record holds, one claimed row at a time."""
 
-    def __init__(self, settings: Settings, keyring: Keyring, letters: Letters, transport: Transport) -> None:
+    def __init__(
+        self, settings: Settings, keys: Callable[[], Keyring], letters: Letters, transport: Transport
+    ) -> None:
         self.settings = settings
-        self.keyring = keyring
+        self.keys = keys  # the serve's, as they are now (servedkeys.py)
         self.letters = letters
         self.transport = transport
         self._wake = threading.Event()
@@ -458,7 +460,7 @@ class Mailroom:
     def _mail(self, connection: Connection, list_name: str, email: str, address: str, name: str,
               requested_at: str, kind: str) -> int:  # fmt: skip
         if kind == "confirm":
-            token = link_token(self.keyring, list_name, email, requested_at)
+            token = link_token(self.keys(), list_name, email, requested_at)
             url = f"{self.settings.web_url.rstrip('/')}/subscribe/confirm?t={token}"
             data = self.letters.confirmation(address, url)
         elif write_in_place(self.settings.db_path, lambda ledger: ledger.is_suppressed(email)):

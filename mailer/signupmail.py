@@ -64,7 +64,7 @@ def _qp(text: str) -> bytes:
 class Letters:
     """Builds the signup messages; the welcome post is rendered once, when the app starts."""
 
-    def __init__(self, settings: Settings, keyring: Keyring, lang: Callable[[], str]) -> None:
+    def __init__(self, settings: Settings, keys: Callable[[], Keyring], lang: Callable[[], str]) -> None:
         self.settings = settings
         self.lang = lang
         self.list_name = one_line(settings.list_name or settings.from_name)
@@ -80,7 +80,7 @@ class Letters:
             issue = render_issue(load_post(Path(settings.signup_welcome)), settings)
             scope = settings.token_scope
             self.welcome_factory = MessageFactory(
-                issue, settings, sign=lambda email: keyring.sign(email, scope), dkim=self.dkim
+                issue, settings, sign=lambda email: keys().sign(email, scope), dkim=self.dkim
             )
 
     def confirmation(self, address: str, url: str) -> bytes:

@@ -135,6 +135,11 @@ class Keyring:
             found |= hmac.compare_digest(h.digest()[: len(mac)], mac)
         return found
 
+    def keeping(self, before: Keyring) -> Keyring:
+        """These keys, signing with the current one, and every key of `before` still verifying (a running
+        `mailer serve` that takes a replaced key file: servedkeys.py)."""
+        return Keyring(self._keys[0], [*self._keys[1:], *(k for k in before._keys if k not in self._keys)])
+
     def _prepared(self, purpose: bytes) -> list[hmac.HMAC]:
         prepared = self._sealers.get(purpose)
         if prepared is None:

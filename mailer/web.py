@@ -25,7 +25,7 @@ from . import archive
 from .catalog import Words, words
 from .errors import Interrupted, MailerError
 from .hostcopies import HostCopies
-from .signup import MAX_FORM, SignupError, read_link, read_request, safe_next, signup_lists
+from .signup import MAX_FORM, Link, SignupError, read_link, read_request, safe_next, signup_lists
 from .tokens import Keyring
 from .webcopies import to_record
 from .wsgi import HTML, TEXT, listen, render_page, respond, security_headers, static
@@ -114,7 +114,9 @@ class UnsubscribeApp:
 
     def __init__(self, settings: Settings, keyring: Keyring) -> None:
         self.settings = settings
-        self.keyring = keyring
+        from .servedkeys import ServedKeys
+
+        self.keys = ServedKeys(settings, keyring, ServerLog())  # a replaced key file is taken while serving
         self.scopes = settings.accepted_token_scopes
         self.list_name = settings.list_name or settings.from_name
         self.archive = (settings.data_dir / "archive").resolve()
@@ -124,9 +126,9 @@ class UnsubscribeApp:
         from .transport import make_transport
         from .webhooks import Webhooks
 
-        self.webhooks = Webhooks(settings, keyring)
-        letters = Letters(settings, keyring, lambda: self.words().lang)
-        self.mailroom = Mailroom(settings, keyring, letters, make_transport(settings, ServerLog()))
+        self.webhooks = Webhooks(settings, self.keys)
+        letters = Letters(settings, self.keys, lambda: self.words().lang)
+        self.mailroom = Mailroom(settings, self.keys, letters, make_transport(settings, ServerLog()))
         self.signups = Signups(settings, self.mailroom.wake)
 
         # made (or checked) now: later a missing database is an error
@@ -166,10 +168,13 @@ class UnsubscribeApp:
             return 200, HTML, self.home(), []
         if path == "/healthz":
             _allow(method, "GET, HEAD")
-            # a host cut off from the record answers every click with 503: a load balancer must hear so
+            # a host cut off from the record answers every click with 503, and one without the record's
+            # signing key refuses them (servedkeys.py): a load balancer must hear so
             from .ledger import Ledger
 
-            Ledger(self.settings.db_path, create=False).close()
+            with Ledger(self.settings.db_path, create=False) as ledger:
+                if self.keys.check(ledger) is not None:
+                    return 503, TEXT, b"this host does not hold the record's signing key (see its log)\n", []
             return 200, TEXT, b"ok\n", []
         if path == "/unsubscribe":
             _allow(method, "GET, HEAD, POST")
@@ -219,7 +224,9 @@ class UnsubscribeApp:
         return page(t, t[title], t[text])
 
     def _address(self, token: str) -> str:
-        address = self.keyring.verify(token, *self.scopes)
+        address = self.keys().verify(token, *self.scopes)
+        if address is None and self.keys.reread():  # signed with the key of a key file replaced since
+            address = self.keys().verify(token, *self.scopes)
         if address is None:
             raise HTTPError(400, "bad_link.title", "bad_link.text")
         return address
@@ -278,7 +285,7 @@ class UnsubscribeApp:
                 target = safe_next(form.get("next", ""), self.settings) or self.settings.signup_thanks_url
                 return (303, HTML, sent, [("Location", target)]) if target else (200, HTML, sent, [])
             token = form.get("t") or _first(query, "t")
-            link = read_link(self.keyring, token, self.settings.signup_confirm_hours)
+            link = self._link(token)
             if method != "POST":
                 return 200, HTML, self._signup_page("confirm", token=token, address=link.email), []
             state = self.signups.confirm(link, client)
@@ -293,6 +300,15 @@ class UnsubscribeApp:
                 next=safe_next(form.get("next", ""), self.settings),
             )  # fmt: skip
             return exc.status, HTML, again, retry
+
+    def _link(self, token: str) -> Link:
+        """The signup a confirmation link is for (SignupError: none, or no longer)."""
+        try:
+            return read_link(self.keys(), token, self.settings.signup_confirm_hours)
+        except SignupError:
+            if not self.keys.reread():  # signed with the key of a key file replaced since?
+                raise
+        return read_link(self.keys(), token, self.settings.signup_confirm_hours)
 
     def _signup_page(self, state: str, title: str = "", **context: Any) -> bytes:
         t = self.words()

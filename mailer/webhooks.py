@@ -16,6 +16,7 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -87,9 +88,9 @@ class Refused(Exception):
 class Webhooks:
     """The /webhooks/<esp> endpoints; an ESP without settings has no endpoint (404)."""
 
-    def __init__(self, settings: Settings, keyring: Keyring) -> None:
+    def __init__(self, settings: Settings, keys: Callable[[], Keyring]) -> None:
         self.settings = settings
-        self.keyring = keyring  # opens the signed envelope senders (VERP) that ESPs quote
+        self.keys = keys  # open the signed envelope senders (VERP) that ESPs quote: the serve's, as they are
         topics = frozenset(filter(None, (t.strip() for t in settings.ses_topic_arns.split(","))))
         self.sns = sns.Verifier(topics, settings.sns_hosts) if topics else None
         auth = f"{settings.postmark_webhook_user}:{settings.postmark_webhook_password}"
@@ -158,7 +159,7 @@ class Webhooks:
         for report in reports:
             found = None
             if report.return_path:
-                found = from_return_path(ledger, self.settings, self.keyring, report.return_path)
+                found = from_return_path(ledger, self.settings, self.keys(), report.return_path)
             if found is None and report.message_id:
                 found = from_message_id(ledger, report.message_id)
             if found is not None and found.email == report.email:

@@ -65,7 +65,9 @@ def test_a_welcome_still_queued_when_the_reader_unsubscribes_is_not_mailed(tmp_p
     Ledger(settings.db_path).close()
     keyring = Keyring("k" * 32)
     outbox = tmp_path / "outbox"
-    room = Mailroom(settings, keyring, Letters(settings, keyring, lambda: "en"), OutboxTransport(outbox))
+    room = Mailroom(
+        settings, lambda: keyring, Letters(settings, lambda: keyring, lambda: "en"), OutboxTransport(outbox)
+    )
     signups = Signups(settings, lambda: None)
     signups.request(read_request({"email": "una@example.org", "name": "Una"}, settings), "192.0.2.1")
     assert room.mail_all() == 1
@@ -114,7 +116,10 @@ def test_a_link_to_a_list_closed_to_signups_since_does_not_join_it(tmp_path: Pat
     keyring = Keyring("k" * 32)
     outbox = tmp_path / "outbox"
     room = Mailroom(
-        open_to_both, keyring, Letters(open_to_both, keyring, lambda: "en"), OutboxTransport(outbox)
+        open_to_both,
+        lambda: keyring,
+        Letters(open_to_both, lambda: keyring, lambda: "en"),
+        OutboxTransport(outbox),
     )
     Signups(open_to_both, lambda: None).request(
         read_request({"email": "bea@example.org", "list": "beta"}, open_to_both), "192.0.2.1"
@@ -143,7 +148,12 @@ def test_requests_never_confirmed_are_forgotten_once_their_link_expires(
     outbox = tmp_path / "outbox"
 
     def room() -> Mailroom:
-        return Mailroom(settings, keyring, Letters(settings, keyring, lambda: "en"), OutboxTransport(outbox))
+        return Mailroom(
+            settings,
+            lambda: keyring,
+            Letters(settings, lambda: keyring, lambda: "en"),
+            OutboxTransport(outbox),
+        )
 
     signups = Signups(settings, lambda: None)
     for address in ("old@example.org", "kept@example.org", "new@example.org"):

@@ -45,7 +45,12 @@ def test_two_serve_processes_claiming_at_once_mail_a_confirmation_once(
     keyring = Keyring("k" * 32)
     Signups(settings, lambda: None).request(read_request({"email": "ann@example.org"}, settings), "192.0.2.1")
     rooms = [
-        Mailroom(settings, keyring, Letters(settings, keyring, lambda: "en"), OutboxTransport(tmp_path / n))
+        Mailroom(
+            settings,
+            lambda: keyring,
+            Letters(settings, lambda: keyring, lambda: "en"),
+            OutboxTransport(tmp_path / n),
+        )
         for n in ("one", "two")
     ]
     mailed: list[int] = []

@@ -487,7 +487,9 @@ def test_the_signup_record_works_on_sqlite_and_postgresql(record_at: Location, t
     Ledger(settings.db_path).close()
     keyring = Keyring("k" * 32)
     outbox = tmp_path / "outbox"
-    room = Mailroom(settings, keyring, Letters(settings, keyring, lambda: "en"), OutboxTransport(outbox))
+    room = Mailroom(
+        settings, lambda: keyring, Letters(settings, lambda: keyring, lambda: "en"), OutboxTransport(outbox)
+    )
     signups = Signups(settings, lambda: None)
     ann = read_request({"email": "ann@example.org", "name": "Ann"}, settings)
     signups.request(ann, "192.0.2.1")
@@ -533,7 +535,9 @@ def test_a_worker_forked_after_the_app_was_built_mails_with_a_thread_of_its_own(
     Ledger(settings.db_path).close()
     keyring = Keyring("k" * 32)
     outbox = tmp_path / "outbox"
-    room = Mailroom(settings, keyring, Letters(settings, keyring, lambda: "en"), OutboxTransport(outbox))
+    room = Mailroom(
+        settings, lambda: keyring, Letters(settings, lambda: keyring, lambda: "en"), OutboxTransport(outbox)
+    )
     room.wake()  # the parent's thread runs
     pid = os.fork()
     if pid == 0:  # the worker: only its own thread can mail now (the parent's is stopped below)
@@ -567,8 +571,8 @@ def test_a_fork_while_the_mail_thread_runs_never_hangs_the_child(tmp_path: Path)
     keyring = Keyring("k" * 32)
     hung = 0
     for _ in range(50):
-        letters = Letters(settings, keyring, lambda: "en")
-        room = Mailroom(settings, keyring, letters, OutboxTransport(tmp_path))
+        letters = Letters(settings, lambda: keyring, lambda: "en")
+        room = Mailroom(settings, lambda: keyring, letters, OutboxTransport(tmp_path))
         room.wake()
         pid = os.fork()
         if pid == 0:
@@ -598,7 +602,12 @@ def test_welcomes_due_wait_while_no_welcome_post_is_set(tmp_path: Path) -> None:
     Signups(with_welcome, lambda: None).request(read_request({"email": "ann@example.org"}, base), "192.0.2.1")
 
     def room(settings: Settings) -> Mailroom:
-        return Mailroom(settings, keyring, Letters(settings, keyring, lambda: "en"), OutboxTransport(outbox))
+        return Mailroom(
+            settings,
+            lambda: keyring,
+            Letters(settings, lambda: keyring, lambda: "en"),
+            OutboxTransport(outbox),
+        )
 
     assert room(base).mail_all() == 1
     (message,) = [
