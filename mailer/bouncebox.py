@@ -25,12 +25,13 @@ from .config import Settings
 from .console import Console
 from .envelope import Recipient, from_message_id, return_path_tag
 from .errors import ConfigError, ExitStatus, Interrupted, MailerError
+from .keymarks import reading_keyring
 from .ledger import Ledger
 from .mailboxes import ImapSource, Item, MaildirSource, MboxSource, Source, imap_account
 from .policy import record_bounces
 from .reports import ARF, AUTO_REPLY, BOUNCE, DSN, NOTICE, Failure, Report, Unreadable, read_report
 from .stopping import StopSignals
-from .tokens import Keyring, load_keyring
+from .tokens import Keyring
 
 SOURCES = {DSN: "dsn", BOUNCE: "dsn", ARF: "arf"}  # Bounce.source of each kind of report
 FORGED = "forged"
@@ -313,9 +314,9 @@ def run(
     total = Tally()
     keys: list[Keyring] = []
 
-    def keyring() -> Keyring:
+    def keyring() -> Keyring:  # the record's key, checked on the first signed bounce (keymarks.py)
         if not keys:
-            keys.append(load_keyring(settings, create=False))
+            keys.append(reading_keyring(settings, ledger, console))
         return keys[0]
 
     signals = StopSignals()

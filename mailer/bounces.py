@@ -10,7 +10,7 @@ The calls every source uses:
   (report_id, address): a report read twice counts once) and suppresses by the policy; one transaction.
 - `envelope.from_return_path(ledger, settings, keyring, address) -> Recipient | None`: the (issue_id, email)
   a VERP address `bounce+TOKEN@domain` names; None when the token's signature is wrong (a forged bounce) or
-  no bounce_address is set. `keyring = tokens.load_keyring(settings, create=False)`.
+  no bounce_address is set. `keyring = keymarks.reading_keyring(settings, ledger, console)`.
 - `envelope.from_message_id(ledger, message_id) -> Recipient | None`: the same from a Message-ID a DSN
   quotes, for sites without a bounce address (unsigned: anyone who saw the message can quote it).
 - `envelope.ReturnPaths(bounce_address, keyring).address(message_tag(issue_id, email))`: the encoder the

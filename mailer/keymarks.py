@@ -154,18 +154,38 @@ def joining_keyring(settings: Settings, ledger: Ledger, run_id: int | None, cons
     return keyring
 
 
-def serving_keyring(settings: Settings, ledger: Ledger, console: Voice) -> Keyring:
-    """The keys a `mailer serve` verifies with: the record's key must be among them."""
-    known = record_key(ledger)
-    keyring = _loaded(settings, ledger, known, console, "")
+def _holding(
+    settings: Settings, ledger: Ledger, known: RecordKey | None, keyring: Keyring, so: str, then: str
+) -> Keyring:
+    """`keyring`, if the record's key is among its keys (else one line: `so`, what would go wrong, ending in
+    `then`, what did not happen)."""
     if known is not None and known.mark not in keyring.marks:
         raise ConfigError(
             f"{_source(settings)}: this host's signing keys (marks {', '.join(keyring.marks)}) do not"
             f" include the one {ledger.path} says the readers' links were signed with (mark {known.mark},"
-            f" issue {known.issue_id}), so every unsubscribe from them would be refused: use the same key on"
-            f" every host (copy the key file, or set secret_key); {ROTATE}"
+            f" issue {known.issue_id}), so {so}: use the same key on every host (copy the key file, or set"
+            f" secret_key); {ROTATE}{then}"
         )
     return keyring
+
+
+def serving_keyring(settings: Settings, ledger: Ledger, console: Voice) -> Keyring:
+    """The keys a `mailer serve` verifies with: the record's key must be among them."""
+    known = record_key(ledger)
+    keyring = _loaded(settings, ledger, known, console, "")
+    return _holding(settings, ledger, known, keyring, "every unsubscribe from them would be refused", "")
+
+
+def reading_keyring(settings: Settings, ledger: Ledger, console: Voice) -> Keyring:
+    """The keys `mailer bounces` opens the signed envelope senders (VERP) with: the record's key must be
+    among them, or every genuine bounce would be read as forged and marked read; none is made here."""
+    known = record_key(ledger)
+    used = _held_links(settings, ledger, known)
+    if used is not None:
+        raise ConfigError(_no_key(settings, ledger, used) + "; no bounce read")
+    keyring = load_keyring(settings, create=False, console=console)
+    so = "every bounce to the envelope senders signed with it would be taken for a forgery"
+    return _holding(settings, ledger, known, keyring, so, "; no bounce read")
 
 
 def key_status(settings: Settings, ledger: Ledger, console: Voice) -> tuple[str, bool, dict[str, object]]:

@@ -169,6 +169,33 @@ def test_verp_names_the_reader_and_a_forged_signature_changes_nothing(
     assert len(os.listdir(folder / "cur")) == 3  # read and marked: a forged report is not read again
 
 
+def test_a_host_without_the_records_key_reads_no_bounce_rather_than_take_them_for_forged(
+    site: dict[str, str], tmp_path: Path
+) -> None:
+    """`mailer bounces` on a host whose key is not the one the record says the send signed with stops before
+    the first signed bounce is marked read (before: every genuine one was "forged; nothing changed")."""
+    env = {**site, "MAILER_BOUNCE_ADDRESS": BOUNCE_ADDRESS}
+    with Ledger(Path(site["MAILER_DATA_DIR"]) / "mailer.db") as ledger:
+        ledger.start_run(ISSUE, "list", "subscribers.csv", key_mark=Keyring(SECRET).marks[0])
+    genuine = ReturnPaths(BOUNCE_ADDRESS, Keyring(SECRET)).address(
+        message_tag(ISSUE, "still.here@example.com")
+    )
+    folder = _maildir(tmp_path, [])
+    (folder / "new" / "1.genuine").write_bytes(_dsn_to(genuine, "forwarded@elsewhere.example", "<g@mx>"))
+    other = {**env, "MAILER_SECRET_KEY": "another-hosts-signing-key-0123456789"}
+    keyless = {k: v for k, v in env.items() if k != "MAILER_SECRET_KEY"}
+    for host, start in [(other, "secret_key: this host's signing keys"), (keyless, "no signing key")]:
+        code, out, err = run(["bounces", "--maildir", str(folder)], host)
+        assert code == 1 and out == "", out
+        [line] = err.splitlines()
+        assert line.startswith("Error: ") and start in line and line.endswith("no bounce read"), line
+        assert os.listdir(folder / "new") == ["1.genuine"] and _bounce_rows(env) == []
+    assert not (Path(site["MAILER_DATA_DIR"]) / "secret.key").exists()
+    code, out, err = run(["bounces", "--maildir", str(folder)], env)
+    assert code == 0, err
+    assert _suppressed(env) == {"still.here@example.com": ("dsn", "hard bounce", "5.1.1")}
+
+
 def test_a_bounce_about_an_address_never_mailed_changes_nothing(site: dict[str, str], tmp_path: Path) -> None:
     """The bounce mailbox may also get other mail's bounces: a stranger is not suppressed (a reader is)."""
     folder = _maildir(tmp_path, [])
