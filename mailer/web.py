@@ -469,18 +469,20 @@ def make_server(
 
 @contextmanager
 def _terminated_like_ctrl_c() -> Iterator[None]:
-    """SIGTERM (`systemctl stop`, `docker stop`) stops `serve` as Ctrl-C does, not killing it mid-way: the
-    signup message being mailed is finished and recorded (killed after the server took it, it would be
-    mailed again once its claim lapsed)."""
+    """SIGTERM (`systemctl stop`, `docker stop`) and SIGHUP (the terminal closed) stop `serve` as Ctrl-C does,
+    not killing it mid-way: the signup message being mailed is finished and recorded (killed after the
+    server took it, it would be mailed again once its claim lapsed). A SIGHUP ignored (`nohup`) stays so."""
 
     def stop(signum: int, frame: FrameType | None) -> None:
         raise Interrupted(signum)
 
-    previous = signal.signal(signal.SIGTERM, stop)
+    taken = [signal.SIGTERM] + ([signal.SIGHUP] if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN else [])
+    previous = {sig: signal.signal(sig, stop) for sig in taken}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def serve_until_stopped(settings: Settings, host: str, port: int, threads: int, console: Console) -> None:

@@ -217,13 +217,14 @@ main()
         ("SIGINT", "BaseWSGIServer.run"),
         ("SIGTERM", "Mailroom.wake"),
         ("SIGTERM", "poll2"),
+        ("SIGHUP", "poll2"),  # the terminal it ran in closed
     ],
 )
 def test_a_ctrl_c_or_sigterm_once_serving_stops_it_cleanly_wherever_it_lands(
     tmp_path: Path, signame: str, at: str
 ) -> None:
     # "Serving on ..." then "Press Ctrl-C to stop.": a Ctrl-C from then on is the stop it asks for, and so is
-    # a SIGTERM (systemctl stop). Before, a Ctrl-C that came before the server's loop took it was
+    # a SIGTERM (systemctl stop) or a SIGHUP. Before, a Ctrl-C that came before the server's loop took it was
     # "Interrupted." and exit 130 (the tests that stop a serve as soon as it said where it listens expect 0);
     # one as the signup mail's thread was being started left a thread not started, which the stop then
     # joined: a traceback ("cannot join thread before it is started"); a SIGTERM killed it outright (-15),
