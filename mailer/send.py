@@ -242,6 +242,9 @@ def _send(
             and target.is_dir()
             and not options.retry_failed
             and ledger.is_complete(issue.issue_id, lists.key)
+            # a post changed since is not "already sent": start_issue refuses it, or with --changed keeps it
+            # as the web copy every host shows
+            and ledger.status(issue.issue_id).content_hash == issue.post.content_hash
         ):
             where = "" if transport.destination == SMTP else " (to the local outbox)"
             note = f"{post_path}: already sent to {lists.named}{where}; nothing to do."

@@ -601,6 +601,33 @@ def test_a_second_list_gets_the_issue_the_first_list_already_got(
     assert recipients(smtp_server) == Counter({e: 1 for e in [*everyone, "late@example.com"]})
 
 
+def test_a_daily_run_of_a_post_corrected_after_its_issue_went_to_everyone_is_not_already_sent(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path
+) -> None:
+    """The folder's corrected post is not the issue the record holds as sent: without --changed the send
+    says so (exit 1), with it the correction becomes the web copy every host serves; none mailed twice."""
+    today_post = _dated_copy(post, today())
+    post.unlink()  # the folder holds today's post only
+    csv = write_list(tmp_path / "subs.csv", ["a@example.com", "b@example.com"])
+    env = env_for(smtp_server, tmp_path, MAILER_TIMEZONE=DAYTIME)
+    daily = ["send", str(today_post.parent), "--to", str(csv), "--yes"]
+    assert run(daily, env)[0] == 0
+    web_copy = tmp_path / "state" / "archive" / f"{today().isoformat()}.html"
+    assert "A corrected line" not in web_copy.read_text(encoding="utf-8")
+    today_post.write_text(today_post.read_text(encoding="utf-8") + "\nA corrected line.\n", encoding="utf-8")
+
+    code, _, err = run(daily, env)
+    assert code == 1, err
+    assert "the post changed since it was first sent to 2 subscribers; pass --changed" in err
+    assert "already sent" not in err and "A corrected line" not in web_copy.read_text(encoding="utf-8")
+    code, _, err = run([*daily, "--changed"], env)
+    assert code == 0, err
+    assert "A corrected line" in web_copy.read_text(encoding="utf-8")
+    assert recipients(smtp_server) == Counter({"a@example.com": 1, "b@example.com": 1})
+    code, _, err = run([*daily, "--changed"], env)  # the correction kept: now it is done
+    assert code == 0 and f"already sent to {csv}; nothing to do" in err
+
+
 def test_a_renamed_post_is_refused_unless_resend_is_given(
     smtp_server: SMTPServer, tmp_path: Path, post: Path
 ) -> None:
