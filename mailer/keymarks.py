@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .console import Voice
-from .errors import ConfigError
+from .errors import ConfigError, MailerError
 from .tokens import Keyring, key_file, load_keyring
 
 if TYPE_CHECKING:
@@ -127,6 +127,31 @@ def showing_keyring(settings: Settings, ledger: Ledger, console: Voice) -> Keyri
             f" {known.issue_id}): the links in this copy would be refused elsewhere, and a send from here"
             " stops; use the same key on every host (copy the key file, or set secret_key)"
         )
+    return keyring
+
+
+def copy_keyring(settings: Settings, console: Voice) -> Keyring:
+    """The keys of a copy that reaches no reader (`render`, `preview`), asked of the record only if there is
+    one: a copy makes no record (a SQLite file not there yet has no marks: this host's key, as a first send
+    would make it), nor upgrades one, and a record it cannot read does not stop it: said, and signed with
+    this host's key, or a throwaway one where it has none (a key made then might not be the record's)."""
+    from pathlib import Path
+
+    from .ledger import Ledger
+
+    if isinstance(settings.db_path, Path) and not settings.db_path.exists():
+        return load_keyring(settings, console=console)
+    try:
+        with Ledger(settings.db_path, create=False, upgrade=False) as ledger:
+            return showing_keyring(settings, ledger, console)
+    except MailerError as exc:
+        unread = f"{exc}; the links in this copy are not checked against the record's key"
+    try:
+        keyring = load_keyring(settings, create=False, console=console)
+    except ConfigError:
+        console.warn(f"{unread}, and this host has no key: they are signed with a throwaway one")
+        return Keyring(secrets.token_urlsafe(32))
+    console.warn(unread)
     return keyring
 
 

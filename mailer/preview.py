@@ -196,16 +196,14 @@ class Preview:
             return Broken(version, path, message)
 
     def _build(self, path: Path, version: str) -> Rendered:
-        from .keymarks import showing_keyring
-        from .ledger import Ledger
+        from .keymarks import copy_keyring
         from .message import make_factory
         from .post import load_post
         from .render import render_issue
 
         settings = self.settings
         issue = render_issue(load_post(path), settings)
-        with Ledger(settings.db_path) as ledger:  # the links as a send would sign them, no key made for them
-            keyring = showing_keyring(settings, ledger, self.console)
+        keyring = copy_keyring(settings, self.console)  # the links as a send would sign them
         factory = make_factory(issue, settings, console=self.console, keyring=keyring)
         eml = factory.build(settings.sample_email, settings.sample_name)  # the path of `render --eml`
         message = email.message_from_bytes(eml, policy=email.policy.default)

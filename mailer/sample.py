@@ -12,8 +12,7 @@ from .checks import post_warnings
 from .config import Settings
 from .console import Console
 from .errors import MailerError
-from .keymarks import showing_keyring
-from .ledger import Ledger
+from .keymarks import copy_keyring
 from .message import make_factory
 from .post import load_post
 from .render import render_issue
@@ -24,14 +23,13 @@ def render_sample(target: Path, settings: Settings, form: str, console: Console,
     """Render the post in `target` (a folder: today's) for the sample subscriber; print it or write `output`.
 
     The pre-send checks about the post that do not pass are warnings on the way, and so are links that the
-    record's key would not verify (keymarks.showing_keyring).
+    record's key would not verify (keymarks.copy_keyring).
     """
     post = require_post(target, settings, console)
     issue = render_issue(load_post(post), settings)
     for warning in post_warnings(issue, settings):
         console.warn(warning)
-    with Ledger(settings.db_path) as ledger:  # the links as a send would sign them, and no key made for them
-        keyring = showing_keyring(settings, ledger, console)
+    keyring = copy_keyring(settings, console)  # the links as a send would sign them
     factory = make_factory(issue, settings, console=console, keyring=keyring)
     if form == "eml":
         data = factory.build(settings.sample_email, settings.sample_name)

@@ -22,7 +22,8 @@ from mailer.engine import Location
 from mailer.preview import Preview, Rendered
 from mailer.tokens import Keyring
 from tests.conftest import Heard
-from tests.pg import database_env
+from tests.pg import Server, database_env
+from tests.ports import free_port
 from tests.publisher import env_for
 from tests.smtpd import SMTPServer
 from tests.test_key_marks import FIRST_KEY, READERS, ROTATED, SECOND_KEY, _host, _post, _refused, _send
@@ -147,3 +148,28 @@ def test_the_preview_on_a_host_without_the_key_makes_none_and_says_so(
     [line] = heard
     assert line.startswith(f"{keyless / 'secret.key'}: no signing key here"), line
     assert not (keyless / "secret.key").exists()
+
+
+def test_a_copy_makes_no_record_and_one_out_of_reach_does_not_stop_it(tmp_path: Path) -> None:
+    # `render` and `preview` ask the record for its key only when there is one: they made a SQLite file
+    # in a folder that had none, and stopped with the error of a PostgreSQL record they could not reach
+    state = _host(tmp_path, "fresh")
+    missing = tmp_path / "no-record" / "mailer.db"
+    post = _post(tmp_path / "posts", 10)
+    rendered = _run(["render", str(post), "--eml"], _env(tmp_path, state, missing, None))
+    assert rendered.exit_code == 0, rendered.output
+    assert not missing.parent.exists()
+    assert "the record" not in rendered.output and "throwaway" not in rendered.output, rendered.output
+    nowhere = Server(f"postgresql://mailer@127.0.0.1:{free_port()}/mailer", password="pw-not-shown")
+    keyless = _host(tmp_path, "keyless")
+    copy = tmp_path / "copy.eml"
+    rendered = _run(["render", str(post), "--eml", "-o", str(copy)], _env(tmp_path, keyless, nowhere, None))
+    assert rendered.exit_code == 0, rendered.output
+    assert "not checked against the record's key" in rendered.output, rendered.output
+    assert "signed with a throwaway one" in rendered.output and "pw-not-shown" not in rendered.output
+    assert not (keyless / "secret.key").exists() and not _verifies(FIRST_KEY, _token(copy.read_bytes()))
+    env = _env(tmp_path, keyless, nowhere, None, MAILER_SECRET_KEY=FIRST_KEY)
+    rendered = _run(["render", str(post), "--eml", "-o", str(copy)], env)
+    assert rendered.exit_code == 0, rendered.output
+    assert "not checked against the record's key" in rendered.output and "throwaway" not in rendered.output
+    assert _verifies(FIRST_KEY, _token(copy.read_bytes()))
