@@ -255,6 +255,11 @@ class IssueStatus(IssueSummary):
         ]
         if self.completed_at is not None:
             lines.append(f"  complete since {self.completed_at.isoformat(sep=' ', timespec='seconds')}")
+        else:  # the counts alone read as done: the record holds only the readers a send reached
+            lines.append(
+                "  not complete: no send of this version has gone through its whole list (one is running,"
+                " or it stopped early: run the same send command again to finish)"
+            )
         for group in self.failures:
             code = "no reply" if group.code is None else str(group.code)
             lines.append(f"  {group.count} {LABELS[group.state]}: {code} {group.reply}".rstrip())

@@ -194,6 +194,14 @@ def test_server_down_stops_early_with_a_clear_message(
     with Ledger(tmp_path / "state" / "mailer.db") as ledger:
         status = ledger.status("2026-02-09")
     assert status.counts.get("sent", 0) == 0
+    # `mailer status` says the issue is unfinished: its counts alone ("nothing yet", or "24 sent (24 in
+    # all)" for a list of 4,000 stopped by a Ctrl-C) read as a send that is done
+    code, out, _ = run(["status", str(post)], env)
+    assert code == 0 and "not complete" in out and "run the same send command again" in out, out
+    code, out, err = run(send_args(post, csv), env_for(smtp_server, tmp_path))
+    assert code == 0, err
+    code, out, _ = run(["status", str(post)], env)
+    assert "complete since" in out and "not complete" not in out, out
 
 
 def test_bad_rows_are_reported_and_do_not_stop_the_send(
