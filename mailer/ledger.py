@@ -778,6 +778,7 @@ class Ledger:
                     raise MailerError(
                         f"issue {issue_id}: the post changed since it was first sent to {mailed}"
                         " subscribers; pass --changed to send the new version to those not yet mailed"
+                        " (none if the list was done) and make it the issue's web copy"
                     )
             self._write(
                 "UPDATE issues SET content_hash = ?, subject = ? WHERE issue_id = ? AND destination = ?",

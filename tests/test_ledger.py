@@ -467,7 +467,8 @@ def test_start_issue_changed_post_rule(ledger: Ledger) -> None:
         ledger.start_issue(ISSUE, "hash-3", "Monday's post, fixed again")
     assert str(info.value) == (
         f"issue {ISSUE}: the post changed since it was first sent to 3 subscribers;"
-        " pass --changed to send the new version to those not yet mailed"
+        " pass --changed to send the new version to those not yet mailed (none if the list was done)"
+        " and make it the issue's web copy"
     )
     assert ledger.status(ISSUE).content_hash == "hash-2"
 
