@@ -23,6 +23,7 @@ from .errors import MailerError, SendAborted, TransportError
 from .ledger import Ledger
 from .message import MessageFactory
 from .policy import record_bounces
+from .recheck import Recheck
 from .refusals import POLICY, judge, refusal_bounce
 from .stopping import StopSignals
 from .subscribers import Subscriber
@@ -97,6 +98,9 @@ class Feedback:
 
     def stopping(self, line: str) -> None:
         """A signal stops the send: said at once, since the messages in flight may take a while."""
+
+    def suppressed_meanwhile(self, email: str) -> None:
+        """A reader looked up earlier in the send was suppressed since: no message of theirs starts now."""
 
 
 class Clock:
@@ -185,6 +189,8 @@ class _Job:
     doubted: bool = field(compare=False, default=False)  # an earlier attempt was in doubt
     # refused by policy (5.7.x) before any recipient of this send was accepted: not recorded, held
     held: Outcome | None = field(compare=False, default=None)
+    key: str = field(compare=False, default="")  # the reader's dedupe_key, as the suppressions know it
+    suppressed: bool = field(compare=False, default=False)  # suppressed after its look-up: not started
 
 
 class _Unrecorded(Exception):
@@ -365,11 +371,13 @@ class _Pool:
         issue_id: str,
         connections: int,
         limiter: Pace,
+        recheck: Recheck,
         stop: threading.Event | None = None,
         share: Share | None = None,
         run: int | None = None,
     ) -> None:
         self.jobs: queue.Queue[list[_Job] | None] = queue.Queue(maxsize=connections)
+        self.recheck = recheck
         self.built: list[_Job] = []  # built by the loop, not handed over yet: the next run
         # a share claims its readers batch by batch as the loop asks for them: built ahead, they would be
         # claimed by this process before another could take them (workers.py)
@@ -394,8 +402,15 @@ class _Pool:
         conn = self.transport.connect()
         unrecorded = threading.Lock()  # held while this connection's last outcome is not committed yet
         recorder = self.recorder
+        starts = self.recheck.starts
         mine: collections.deque[_Job] = collections.deque()  # the run taken, in order
         last = False  # the loop said there is no more: end once `mine` is done
+        ahead: _Job | None = None  # named by following(): its MAIL FROM went out with the "." before
+
+        def skip(job: _Job) -> None:
+            """Suppressed since its look-up: given back unstarted, counted by the loop."""
+            job.suppressed = True
+            self.outcomes.put((job, None, ""))
 
         def take(block: bool) -> bool:
             """Take the next run into `mine`; False when there is none (yet, or any more)."""
@@ -414,11 +429,17 @@ class _Pool:
 
         def following() -> tuple[str, str] | None:
             """The next job, whose commands may go with this one's "." (Connection.send's `following`)."""
+            nonlocal ahead
             if self.limiter.interval or self.stop.is_set() or self.closing.is_set():
                 return None  # a rate limit says when a message starts
-            if not mine and not take(block=False):
-                return None
-            return mine[0].sender, mine[0].sub.email
+            while True:
+                if not mine and not take(block=False):
+                    return None
+                if starts(mine[0].key):
+                    break
+                skip(mine.popleft())
+            ahead = mine[0]
+            return ahead.sender, ahead.sub.email
 
         def ready() -> None:
             recorder.opened.wait()  # a first message waits for the record to be open: it may not be
@@ -441,6 +462,9 @@ class _Pool:
                 self.limiter.wait(self.stop)
                 if self.stop.is_set():
                     self.outcomes.put((job, None, ""))
+                    continue
+                if job is not ahead and not starts(job.key):
+                    skip(job)
                     continue
                 try:
                     outcome = conn.send(job.sender, job.sub.email, job.data, ready, following)
@@ -610,12 +634,15 @@ def _unsent(
     share: Share | None = None,
     before_batch: Callable[[], None] | None = None,
     run: int | None = None,
+    recheck: Recheck | None = None,
 ) -> Iterator[Subscriber | None]:
     """The subscribers to mail, in order; None for each one skipped (suppressed, sent, failed before).
 
     The record is asked about a batch of subscribers at a time (two queries per batch, not two per
     subscriber), just before the batch is sent, so an unsubscribe made during the send still counts.
     `before_batch`, a real send's checks (see _Loop._before_batch), is called before each look-up.
+    `recheck` (a real send's) asks again about the batch's readers while they wait (recheck.py): one
+    suppressed since the look-up is counted as suppressed here, or skipped where their message starts.
 
     A reader whose outcome this run (`run`) recorded already was dealt with by another worker of the send,
     stopped or killed half-way through the batch this one took over: not this one's to count, nor "before"
@@ -626,8 +653,12 @@ def _unsent(
         if before_batch is not None:
             before_batch()
         suppressed, states, ours = ledger.looked_up(issue_id, [sub.email for sub in batch], run)
-        for sub in batch:
-            key = sub.key
+        keys = [sub.key for sub in batch]
+        late: set[str] = set()
+        if recheck is not None:
+            recheck.looked_up([key for key in keys if key not in suppressed])
+            late = recheck.late
+        for sub, key in zip(batch, keys, strict=True):
             state = states.get(key)
             if key in ours and state in THIS_RUN:
                 if share is not None:
@@ -639,7 +670,7 @@ def _unsent(
                 yield None
                 continue
             report.seen += 1
-            if key in suppressed:
+            if key in suppressed or key in late:
                 counted = "suppressed"
             elif state == "sent":
                 counted = "already_sent"
@@ -694,8 +725,9 @@ class _Loop:
         self.fatal = ""
         self.held: list[_Job] = []  # refused by policy before anyone was accepted (see refusals.py)
         limiter = share.pace() if share is not None else RateLimiter(options.rate, clock)
+        self.recheck = Recheck(ledger, clock.now)
         self.pool = _Pool(
-            transport, ledger, issue_id, options.connections, limiter, signals.hurry, share, run
+            transport, ledger, issue_id, options.connections, limiter, self.recheck, signals.hurry, share, run
         )
 
     def run(self, batches: Iterable[list[Subscriber]]) -> None:
@@ -716,7 +748,7 @@ class _Loop:
             retry_failed = self.options.retry_failed
             for sub in _unsent(
                 self.ledger, self.issue_id, batches, self.report, retry_failed=retry_failed,
-                share=self.share, before_batch=self._before_batch, run=self.run_id,
+                share=self.share, before_batch=self._before_batch, run=self.run_id, recheck=self.recheck,
             ):  # fmt: skip
                 self.signals.raise_if_signalled()
                 self._still_held()
@@ -782,6 +814,8 @@ class _Loop:
         sub = job.sub
         job.data = self.factory.build_pieces(sub.email, sub.name, sub.fields)
         job.sender = self.factory.envelope_sender(sub.email)
+        job.key = sub.key
+        self.recheck.waiting.add(job.key)
         while not self.pool.submit(job, timeout=0.05):
             if self.signals.signum:  # stopping: this one is not handed over
                 self.report.pending += 1
@@ -807,6 +841,9 @@ class _Loop:
             self._submit(job)
 
     def _collect(self, timeout: float, *, drain: bool = False) -> None:
+        if not drain:
+            for email in self.recheck.refresh():
+                self.feedback.suppressed_meanwhile(email)
         block = timeout > 0
         while True:
             try:
@@ -823,6 +860,11 @@ class _Loop:
             self.fatal = error
         if job.held is not None:
             self._hold(job, drain=drain)
+            return
+        if job.suppressed:
+            report.suppressed += 1
+            self._settled(job, "suppressed")
+            self.feedback.progress(report)
             return
         if outcome is None:
             report.pending += 1

@@ -969,9 +969,7 @@ class Ledger:
         for start in range(0, len(keys), _IN_BATCH):
             part = keys[start : start + _IN_BATCH]
             with self._errors():
-                suppressed.update(
-                    row[0] for row in self._db.keyed("suppressions", (), "TRUE", (), "email", part)
-                )
+                suppressed.update(self._suppressed(part))
                 found = self._db.keyed(
                     "deliveries",
                     ("state", "run_id"),
@@ -985,6 +983,18 @@ class Ledger:
                 if by is not None and by == run:
                     ours.add(email)
         return suppressed, states, ours
+
+    def suppressed_among(self, keys: Iterable[str]) -> set[str]:
+        """Which of these addresses (dedupe_key'd) are suppressed now: one indexed query per _IN_BATCH."""
+        keys = list(keys)
+        found: set[str] = set()
+        for start in range(0, len(keys), _IN_BATCH):
+            with self._errors():
+                found.update(self._suppressed(keys[start : start + _IN_BATCH]))
+        return found
+
+    def _suppressed(self, keys: list[str]) -> list[str]:
+        return [row[0] for row in self._db.keyed("suppressions", (), "TRUE", (), "email", keys)]
 
     def reset_failed(self, issue_id: str) -> int:
         """Turn permanent failures (and messages in doubt) into retries with a fresh attempt count."""

@@ -101,10 +101,21 @@ class ConsoleFeedback(Feedback):
         return f"[{'#' * filled}{'.' * (room - filled)}]{figures}"
 
     def problem(self, line: str) -> None:
+        self._own_line()
+        self.console.error(self.console.stamp(f"failed: {line}"))
+
+    def suppressed_meanwhile(self, email: str) -> None:
+        self._own_line()
+        # said even with --quiet, as a failed reader is: a send by workers runs them quiet, and the
+        # coordinator passes on what they say
+        why = "unsubscribed, bounced or complained"
+        self.console.error(self.console.stamp(f"{email}: suppressed during the send ({why}); not mailed"))
+
+    def _own_line(self) -> None:
+        """End the bar's line (on a terminal) so that a line said now stands on its own."""
         if self.tty and self.drawn:
             self.console.draw("\n")
             self.drawn = False
-        self.console.error(self.console.stamp(f"failed: {line}"))
 
     def would_send(self, subscriber: Subscriber) -> None:
         self.console.result(subscriber.email)

@@ -1,0 +1,57 @@
+"""Readers suppressed after the send looked them up: found again at most once a second, never mailed.
+
+The send loop asks the record about a batch of readers just before mailing them (campaign._unsent), then
+builds their messages and hands them to the connections some way ahead. An unsubscribe (on any host), a
+bounce or a complaint recorded after that look-up would not be seen by the look-up alone: under a held
+reply or a rate limit the gap lasts minutes. So the loop asks again, once a second at most, about the
+readers looked up and not started yet (one indexed query on the suppressions' key, a few hundred
+addresses), and a connection checks each message against what it found just before its MAIL FROM goes
+out. No clock of another host is read: the question is which of these readers are suppressed now.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .ledger import Ledger
+
+EVERY = 1.0  # seconds between two looks at the suppressions, at most
+
+
+class Recheck:
+    """What the loop (one thread) and the connections (their own threads) share about late suppressions.
+
+    The connections only add to and read sets of strings, which the GIL keeps whole; the record is read
+    by the loop's thread alone, through its own ledger.
+    """
+
+    def __init__(self, ledger: Ledger, now: Callable[[], float]) -> None:
+        self.ledger = ledger
+        self.now = now
+        self.due = now() + EVERY
+        self.batch: list[str] = []  # the keys of the batch looked up last: some are not handed out yet
+        self.waiting: set[str] = set()  # keys of messages handed out, not started
+        self.late: set[str] = set()  # keys found suppressed since their look-up
+
+    def looked_up(self, keys: list[str]) -> None:
+        """A batch was just looked up: its readers are asked about again until they start."""
+        self.batch = keys
+
+    def starts(self, key: str) -> bool:
+        """A connection is about to start this reader's message: False if it must not (suppressed)."""
+        self.waiting.discard(key)
+        return key not in self.late
+
+    def refresh(self) -> list[str]:
+        """Once EVERY seconds: the readers not started yet who were suppressed since their look-up,
+        newly found (the loop says so; their messages are then skipped where they start)."""
+        now = self.now()
+        if now < self.due:
+            return []
+        self.due = now + EVERY
+        asked = (set(self.batch) | set(self.waiting)) - self.late
+        if not asked:
+            return []
+        found = self.ledger.suppressed_among(asked)
+        self.late |= found
+        return sorted(found)

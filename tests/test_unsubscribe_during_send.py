@@ -1,0 +1,114 @@
+"""An unsubscribe made while a send runs keeps that reader's message from starting, however far ahead the
+send looked the reader up and built the message (campaign._unsent, HAND_OVER; recheck.py).
+
+The attack pass's finding: 200 readers at one connection, the server holding its reply at reader 3, and
+`mailer unsubscribe` of readers 8, 60, 100 and 199 meanwhile: all four were mailed, since the send had
+looked the first 256 up before the unsubscribe. Here the send must say that it found each of them
+suppressed (the line is the test's sign that the send saw the unsubscribe: no sleep), then, once the reply
+goes, mail everyone else once and none of them, count them as suppressed, and leave a record that a rerun
+finds complete.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import subprocess
+import time
+from pathlib import Path
+
+from mailer.engine import Location
+from mailer.workers import batch_size
+from tests.pg import rows
+from tests.smtpd import SMTPServer
+from tests.test_workers import env_at, recipients, spawn, write_list
+
+READERS = [f"reader{i:03}@example.com" for i in range(200)]
+
+
+def _said(proc: subprocess.Popen[bytes], emails: list[str], timeout: float = 120.0) -> bytes:
+    """What the send wrote to stderr until it said of each of `emails` that it found them suppressed."""
+    assert proc.stderr is not None
+    wanted = [f"{email}: suppressed during the send".encode() for email in emails]
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while not all(line in seen for line in wanted):
+        ready, _, _ = select.select([proc.stderr], [], [], max(deadline - time.monotonic(), 0))
+        chunk = os.read(proc.stderr.fileno(), 65536) if ready else b""
+        assert chunk, f"the send did not see every unsubscribe within {timeout}s: {seen.decode()}"
+        seen += chunk
+    return seen
+
+
+def _unsubscribe_while_held(
+    smtp_server: SMTPServer,
+    tmp_path: Path,
+    post: Path,
+    record: Location,
+    options: list[str],
+    held_at: list[int],
+    victims: list[int],
+    seen: list[int],
+) -> None:
+    """`mailer send` of READERS with `options`, the replies to the readers `held_at` held; meanwhile `mailer
+    unsubscribe` of the `victims`, of whom the send must say it found those it had looked up (`seen`)."""
+    env = env_at(smtp_server, tmp_path, record, MAILER_SMTP_TIMEOUT="120")  # the held replies take a while
+    csv = write_list(tmp_path / "subs.csv", READERS)
+    holds = [smtp_server.hold(READERS[i]) for i in held_at]
+    send = spawn(["send", str(post), "--to", str(csv), "--yes", "--force", *options], env, tmp_path)
+    try:
+        for hold in holds:
+            assert hold.reached.wait(timeout=120), "the send never reached a held reader"
+        unsubscribe = spawn(["unsubscribe", *(READERS[i] for i in victims)], env, tmp_path)
+        out, err = unsubscribe.communicate(timeout=120)
+        assert unsubscribe.returncode == 0, err.decode()
+        said = _said(send, [READERS[i] for i in seen])
+        for hold in holds:
+            hold.release.set()
+        _, rest = send.communicate(timeout=300)
+    finally:
+        for hold in holds:
+            hold.release.set()
+        if send.poll() is None:
+            send.kill()
+            send.communicate()
+    err_text = (said + rest).decode()
+    assert send.returncode == 0, err_text
+    assert "Traceback" not in err_text
+    kept = {READERS[i] for i in victims}
+    assert recipients(smtp_server) == {r: 1 for r in READERS if r not in kept}
+    counted = rf"suppressed \(unsubscribed, bounced or complained\)\s+{len(victims)}\n"
+    assert re.search(counted, err_text), err_text
+    # the record holds no delivery of theirs, and a rerun finds nothing left to send
+    delivered = {str(email) for (email,) in rows(record, "SELECT email FROM deliveries")}
+    assert delivered == set(READERS) - kept
+    again = spawn(["send", str(post), "--to", str(csv), "--yes", "--force"], env, tmp_path)
+    _, again_err = again.communicate(timeout=120)
+    assert again.returncode == 0, again_err.decode()
+    assert sum(recipients(smtp_server).values()) == len(READERS) - len(kept)
+
+
+def test_readers_unsubscribed_while_the_send_waits_are_not_mailed(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path, record_at: Location
+) -> None:
+    """One connection held at reader 3: reader 8 is in the connection's hand, 60 in the queue, 100 and 199
+    in the batch looked up but not handed out yet."""
+    victims = [8, 60, 100, 199]
+    _unsubscribe_while_held(
+        smtp_server, tmp_path, post, record_at, ["--connections", "1"], [3], victims, victims
+    )
+
+
+def test_readers_unsubscribed_while_the_workers_wait_are_not_mailed(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path, record_at: Location
+) -> None:
+    """Two workers of one connection each, each held in a batch of its own: readers of those batches built
+    or looked up are found again; those of later batches are looked up after the unsubscribe."""
+    size = batch_size(len(READERS), 2)
+    held = [3, size + 3]
+    seen = [5, size - 1, size + 5, 2 * size - 1]
+    victims = [*seen, len(READERS) - 1]
+    _unsubscribe_while_held(
+        smtp_server, tmp_path, post, record_at, ["--workers", "2", "--connections", "1"], held, victims, seen
+    )
