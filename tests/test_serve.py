@@ -195,6 +195,7 @@ SIGNAL_AT = """
 import os, signal, sys
 from mailer.cli import main
 signum, target, armed = getattr(signal, sys.argv.pop(1)), sys.argv.pop(1), []
+signal.signal(signal.SIGHUP, signal.SIG_DFL)  # as in a terminal: a test run under nohup ignores it
 def watch(frame, event, arg):
     code = frame.f_code
     if event != "call":
