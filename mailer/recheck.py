@@ -30,26 +30,31 @@ class Recheck:
         self.now = now
         self.due = now() + EVERY
         self.batch: list[str] = []  # the keys of the batch looked up last: some are not handed out yet
+        self.started: set[str] = set()  # keys of that batch whose message started: not asked about again
         self.waiting: set[str] = set()  # keys of messages handed out, not started
         self.late: set[str] = set()  # keys found suppressed since their look-up
 
     def looked_up(self, keys: list[str]) -> None:
         """A batch was just looked up: its readers are asked about again until they start."""
         self.batch = keys
+        self.started = set()
 
     def starts(self, key: str) -> bool:
         """A connection is about to start this reader's message: False if it must not (suppressed)."""
         self.waiting.discard(key)
+        self.started.add(key)
         return key not in self.late
 
     def refresh(self) -> list[str]:
         """Once EVERY seconds: the readers not started yet who were suppressed since their look-up,
-        newly found (the loop says so; their messages are then skipped where they start)."""
+        newly found (the loop says so; their messages are then skipped where they start). One mailed
+        already (who may unsubscribe from that very message), or refused, is not asked about: a retry
+        waits again, and is asked about until it starts."""
         now = self.now()
         if now < self.due:
             return []
         self.due = now + EVERY
-        asked = (set(self.batch) | set(self.waiting)) - self.late
+        asked = (set(self.batch) - self.started | set(self.waiting)) - self.late
         if not asked:
             return []
         found = self.ledger.suppressed_among(asked)
