@@ -27,7 +27,8 @@ def test_readers_mailed_or_refused_before_they_were_suppressed_are_not_said_unma
     csv = write_list(tmp_path / "subs.csv", READERS)
     smtp_server.reject(READERS[50])
     hold = smtp_server.hold(READERS[100])
-    send = spawn(["send", str(post), "--to", str(csv), "--yes", "--force", "--connections", "1"], env, tmp_path)
+    options = ["--yes", "--force", "--connections", "1"]
+    send = spawn(["send", str(post), "--to", str(csv), *options], env, tmp_path)
     said = b""
     try:
         assert hold.reached.wait(timeout=120), "the send never reached the held reader"
