@@ -6,7 +6,9 @@ The attack pass's finding: 200 readers at one connection, the server holding its
 looked the first 256 up before the unsubscribe. Here the send must say that it found each of them
 suppressed (the line is the test's sign that the send saw the unsubscribe: no sleep), then, once the reply
 goes, mail everyone else once and none of them, count them as suppressed, and leave a record that a rerun
-finds complete.
+finds complete. The same with `--rate` (each message then waits for its start time in the connection's
+hand, and is checked after the wait), with `--workers`, and with `--distributed`, where a `mailer worker`
+started apart from the send does the sending and says what it found.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from mailer.engine import Location
 from mailer.workers import batch_size
 from tests.pg import rows
 from tests.smtpd import SMTPServer
-from tests.test_workers import env_at, recipients, spawn, write_list
+from tests.test_workers import _running, env_at, recipients, spawn, wait_until, write_list
 
 READERS = [f"reader{i:03}@example.com" for i in range(200)]
 
@@ -50,29 +52,42 @@ def _unsubscribe_while_held(
     held_at: list[int],
     victims: list[int],
     seen: list[int],
+    *,
+    joined: bool = False,
 ) -> None:
     """`mailer send` of READERS with `options`, the replies to the readers `held_at` held; meanwhile `mailer
-    unsubscribe` of the `victims`, of whom the send must say it found those it had looked up (`seen`)."""
+    unsubscribe` of the `victims`, of whom the send must say it found those it had looked up (`seen`).
+    `joined`: the send is `--distributed` with no worker of its own, and a `mailer worker` joins it: the
+    worker says what it found, the send reports."""
     env = env_at(smtp_server, tmp_path, record, MAILER_SMTP_TIMEOUT="120")  # the held replies take a while
     csv = write_list(tmp_path / "subs.csv", READERS)
     holds = [smtp_server.hold(READERS[i]) for i in held_at]
     send = spawn(["send", str(post), "--to", str(csv), "--yes", "--force", *options], env, tmp_path)
+    sender = send
     try:
+        if joined:
+            wait_until("the send in the record", lambda: _running(record))
+            sender = spawn(["worker"], env, tmp_path)
         for hold in holds:
             assert hold.reached.wait(timeout=120), "the send never reached a held reader"
         unsubscribe = spawn(["unsubscribe", *(READERS[i] for i in victims)], env, tmp_path)
         out, err = unsubscribe.communicate(timeout=120)
         assert unsubscribe.returncode == 0, err.decode()
-        said = _said(send, [READERS[i] for i in seen])
+        said = _said(sender, [READERS[i] for i in seen])
         for hold in holds:
             hold.release.set()
         _, rest = send.communicate(timeout=300)
+        if sender is not send:
+            _, worker_rest = sender.communicate(timeout=120)
+            assert sender.returncode == 0, (said + worker_rest).decode()
+            said = b""  # the worker's words: the report is the send's
     finally:
         for hold in holds:
             hold.release.set()
-        if send.poll() is None:
-            send.kill()
-            send.communicate()
+        for proc in {send, sender}:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
     err_text = (said + rest).decode()
     assert send.returncode == 0, err_text
     assert "Traceback" not in err_text
@@ -112,3 +127,27 @@ def test_readers_unsubscribed_while_the_workers_wait_are_not_mailed(
     _unsubscribe_while_held(
         smtp_server, tmp_path, post, record_at, ["--workers", "2", "--connections", "1"], held, victims, seen
     )
+
+
+def test_readers_unsubscribed_while_a_rate_limited_send_waits_are_not_mailed(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path, record_at: Location
+) -> None:
+    """`--rate`: no MAIL FROM goes early behind the "." before; each message starts once the shared schedule
+    lets it, and is checked against the late suppressions after that wait, not before."""
+    victims = [8, 60, 100, 199]
+    _unsubscribe_while_held(
+        smtp_server, tmp_path, post, record_at, ["--connections", "1", "--rate", "200"], [3], victims, victims
+    )
+
+
+def test_readers_unsubscribed_while_a_joined_worker_waits_are_not_mailed(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path, record_at: Location
+) -> None:
+    """`send --distributed --workers 0` and a `mailer worker` joining it, under a rate limit shared through
+    the record: the worker, held in its first batch, finds the readers of that batch again; those of later
+    batches are looked up after the unsubscribe. The send's report counts all of them."""
+    size = batch_size(len(READERS), 0)
+    seen = [8, size - 1]
+    victims = [*seen, size + 5, len(READERS) - 1]
+    options = ["--distributed", "--workers", "0", "--connections", "1", "--rate", "200"]
+    _unsubscribe_while_held(smtp_server, tmp_path, post, record_at, options, [3], victims, seen, joined=True)
