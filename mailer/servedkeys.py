@@ -2,7 +2,9 @@
 
 A key changed on another host (a send that signs with a new key, which becomes the record's: keymarks.py)
 would leave a serve started before it refusing every new link until someone restarts it. So the serve takes
-its key file when it was replaced (one stat when a link does not verify, and on every /healthz): the new key
+its key file when it changed (read again when a link, a signup confirmation or a webhook's signed envelope
+sender does not verify, and on every /healthz; the content compared, not the stat: a file rewritten in place
+with the same size within one tick of the file system's clock looks unchanged to stat): the new key
 signs from then on, and the keys it held keep verifying until it restarts, so no link already sent breaks.
 Keys come only from this host's key file and settings, never from the record (it keeps marks, not keys): no
 token verifies that none of this host's keys signed. A record whose key this host does not hold even then is
@@ -12,7 +14,7 @@ a host that would refuse their links.
 
 from __future__ import annotations
 
-import os
+import errno
 import threading
 from typing import TYPE_CHECKING
 
@@ -26,13 +28,12 @@ if TYPE_CHECKING:
     from .ledger import Ledger
 
 
-def _stamp(settings: Settings) -> tuple[int, int, int, int] | None:
-    """What tells a replaced key file from the one read: device, inode, change time, size (None: no file)."""
+def _seen(settings: Settings) -> bytes | int:
+    """The key file as it is now: its bytes, or the error number it cannot be read with (ENOENT: gone)."""
     try:
-        st = os.stat(key_file(settings))
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size
+        return key_file(settings).read_bytes()
+    except OSError as exc:
+        return exc.errno or errno.EIO
 
 
 class ServedKeys:
@@ -42,7 +43,7 @@ class ServedKeys:
         self.settings = settings
         self._keyring = keyring
         self._voice = voice
-        self._stamp = None if settings.secret_key else _stamp(settings)
+        self._seen = b"" if settings.secret_key else _seen(settings)
         self._lock = threading.Lock()
         self._missing: str | None = None  # the record's mark last said to be missing here
 
@@ -50,20 +51,20 @@ class ServedKeys:
         return self._keyring
 
     def reread(self) -> bool:
-        """Take the key file if it was replaced since it was read (True: the keys changed); one stat if not.
+        """Take the key file if it changed since it was read (True: the keys changed); one read if not.
         A key set in `secret_key` is read at start only."""
-        if self.settings.secret_key or _stamp(self.settings) == self._stamp:
+        if self.settings.secret_key or _seen(self.settings) == self._seen:
             return False
         with self._lock:
-            stamp = _stamp(self.settings)
-            if stamp == self._stamp:
+            seen = _seen(self.settings)
+            if seen == self._seen:
                 return False  # another thread took it
-            self._stamp = stamp  # a file that cannot be used is said once, not on every request
+            self._seen = seen  # a file that cannot be used is said once, not on every request
             before = self._keyring
             path = key_file(self.settings)
             marks = ", ".join(before.marks)
             kept = f"still signing with mark {before.marks[0]}, verifying with marks {marks}"
-            if stamp is None:
+            if seen == errno.ENOENT:
                 self._voice.error(f"{path}: the signing key file is gone; {kept} (a restart would stop)")
                 return False
             try:

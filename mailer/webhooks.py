@@ -16,7 +16,6 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -33,7 +32,7 @@ if TYPE_CHECKING:
     from .config import Settings
     from .ledger import Ledger
     from .policy import Recorded
-    from .tokens import Keyring
+    from .servedkeys import ServedKeys
 
 log = logging.getLogger("mailer.webhooks")
 
@@ -88,7 +87,7 @@ class Refused(Exception):
 class Webhooks:
     """The /webhooks/<esp> endpoints; an ESP without settings has no endpoint (404)."""
 
-    def __init__(self, settings: Settings, keys: Callable[[], Keyring]) -> None:
+    def __init__(self, settings: Settings, keys: ServedKeys) -> None:
         self.settings = settings
         self.keys = keys  # open the signed envelope senders (VERP) that ESPs quote: the serve's, as they are
         topics = frozenset(filter(None, (t.strip() for t in settings.ses_topic_arns.split(","))))
@@ -160,6 +159,8 @@ class Webhooks:
             found = None
             if report.return_path:
                 found = from_return_path(ledger, self.settings, self.keys(), report.return_path)
+                if found is None and self.keys.reread():  # signed with the key of a key file replaced since
+                    found = from_return_path(ledger, self.settings, self.keys(), report.return_path)
             if found is None and report.message_id:
                 found = from_message_id(ledger, report.message_id)
             if found is not None and found.email == report.email:

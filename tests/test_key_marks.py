@@ -100,12 +100,15 @@ def _token(smtp: SMTPServer, reader: str, nth: int) -> str:
 
 
 def _one_click(port: int, token: str) -> int:
+    form = "application/x-www-form-urlencoded"
+    return posted(port, f"/unsubscribe?t={token}", b"List-Unsubscribe=One-Click", form)
+
+
+def posted(port: int, path: str, body: bytes, content_type: str) -> int:
+    """The status of a POST to the serve listening on `port`."""
     conn = HTTPConnection(HOST, port, timeout=60)
     try:
-        conn.request(
-            "POST", f"/unsubscribe?t={token}", body=b"List-Unsubscribe=One-Click",
-            headers={"Content-Type": "application/x-www-form-urlencoded"},
-        )  # fmt: skip
+        conn.request("POST", path, body=body, headers={"Content-Type": content_type})
         answer = conn.getresponse()
         answer.read()
         return answer.status

@@ -9,13 +9,17 @@ server, a real `mailer serve`, real HTTP requests.
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
+import time
 from pathlib import Path
 
 from mailer.engine import Location
 from mailer.ledger import Ledger
 from mailer.tokens import Keyring
-from tests.served import mailer_serve
+from tests.pg import rows
+from tests.served import BOUNCE_ADDRESS, mailer_serve
 from tests.smtpd import SMTPServer
 from tests.test_key_marks import (
     FIRST_KEY,
@@ -26,10 +30,13 @@ from tests.test_key_marks import (
     _send,
     _serve_env,
     _token,
+    posted,
 )
 from tests.test_serve import _healthz
+from tests.test_webhooks_esp import MAILGUN_KEY, mailgun_signature
 
 FORGED_KEY = "a-key-no-host-of-this-list-holds"
+SAME_SIZE_KEY = "other-signing-key-0123456789abcdef"  # FIRST_KEY's length
 
 
 def _replace_key_file(state: Path, key: str) -> None:
@@ -103,3 +110,68 @@ def test_a_serve_given_its_key_in_settings_says_a_rotation_elsewhere_needs_a_res
     with mailer_serve(tmp_path, _serve_env(web, record_at, **ROTATED)) as served:
         assert _healthz(served.port, 60) == (200, b"ok\n")
         assert _one_click(served.port, _token(smtp_server, "bob@example.org", 1)) == 200
+
+
+def _rewrite_in_place(key_file: Path, key: str) -> None:
+    """The key file's bytes overwritten in the same file, its size and times kept: what a rewrite in place
+    within one tick of a coarse file-system clock looks like to stat."""
+    before = key_file.stat()
+    with open(key_file, "r+b") as out:
+        out.write(key.encode() + b"\n")
+    os.utime(key_file, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = key_file.stat()
+    stamp = (after.st_dev, after.st_ino, after.st_size, after.st_mtime_ns)
+    assert stamp == (before.st_dev, before.st_ino, before.st_size, before.st_mtime_ns)
+
+
+def test_a_key_file_rewritten_in_place_with_the_same_size_and_time_is_taken(
+    tmp_path: Path, smtp_server: SMTPServer, record_at: Location
+) -> None:
+    assert len(SAME_SIZE_KEY) == len(FIRST_KEY)
+    sender = _host(tmp_path, "sender")
+    assert _send(tmp_path, sender, record_at, smtp_server, 9, MAILER_SECRET_KEY=FIRST_KEY).exit_code == 0
+    web = _host(tmp_path, "web", key=FIRST_KEY)
+    rotated = {"MAILER_SECRET_KEY": SAME_SIZE_KEY, "MAILER_OLD_SECRET_KEYS": FIRST_KEY}
+    with mailer_serve(tmp_path, _serve_env(web, record_at)) as served:
+        assert _send(tmp_path, sender, record_at, smtp_server, 10, **rotated).exit_code == 0
+        new_link = _token(smtp_server, "ann@example.org", 1)
+        assert _one_click(served.port, new_link) == 400
+        _rewrite_in_place(web / "secret.key", SAME_SIZE_KEY)
+        assert _one_click(served.port, new_link) == 200
+        assert _healthz(served.port, 60) == (200, b"ok\n")
+        assert len(_lines(served.log, "the signing key file was replaced")) == 1
+        assert _one_click(served.port, _token(smtp_server, "bob@example.org", 0)) == 200  # the old key's
+    with Ledger(record_at) as ledger:
+        assert [ledger.is_suppressed(r) for r in ("ann@example.org", "bob@example.org")] == [True, True]
+
+
+def _mailgun_bounce(port: int, reader: str, return_path: str) -> int:
+    """A signed Mailgun "failed" event about `reader` that quotes only the envelope sender (no Message-ID), so
+    that the signed envelope sender alone can say which issue it is about."""
+    data = {
+        "event": "failed", "severity": "permanent", "reason": "bounce", "id": secrets.token_urlsafe(16),
+        "timestamp": time.time(), "recipient": reader, "envelope": {"sender": return_path},
+        "delivery-status": {"code": 550, "message": "5.1.1 The email account does not exist."},
+    }  # fmt: skip
+    body = json.dumps({"signature": mailgun_signature(MAILGUN_KEY), "event-data": data})
+    return posted(port, "/webhooks/mailgun", body.encode(), "application/json")
+
+
+def test_a_webhook_bounce_signed_with_a_replaced_key_file_takes_it(
+    tmp_path: Path, smtp_server: SMTPServer, record_at: Location
+) -> None:
+    bounces = {"MAILER_BOUNCE_ADDRESS": BOUNCE_ADDRESS}
+    sender = _host(tmp_path, "sender")
+    first = _send(tmp_path, sender, record_at, smtp_server, 9, MAILER_SECRET_KEY=FIRST_KEY, **bounces)
+    assert first.exit_code == 0, first.output
+    web = _host(tmp_path, "web", key=FIRST_KEY)
+    env = _serve_env(web, record_at, MAILER_MAILGUN_WEBHOOK_KEY=MAILGUN_KEY, **bounces)
+    with mailer_serve(tmp_path, env) as served:
+        assert _send(tmp_path, sender, record_at, smtp_server, 10, **ROTATED, **bounces).exit_code == 0
+        [ann_new] = [m.mail_from for m in smtp_server.messages if m.rcpt_tos == ("ann@example.org",)][1:]
+        _replace_key_file(web, SECOND_KEY)  # the publisher copies the new key over; no link clicked since
+        assert _mailgun_bounce(served.port, "ann@example.org", ann_new) == 200
+        [taken] = _lines(served.log, "the signing key file was replaced")
+        assert "WARNING" in taken, taken
+    kept = rows(record_at, "SELECT email, kind, issue_id FROM bounces")
+    assert kept == [("ann@example.org", "hard", "2026-02-10")]
