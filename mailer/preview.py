@@ -203,7 +203,8 @@ class Preview:
 
         settings = self.settings
         issue = render_issue(load_post(path), settings)
-        keyring = copy_keyring(settings, self.console)  # the links as a send would sign them
+        heard = _KeyWarnings(self.console)
+        keyring = copy_keyring(settings, heard)  # the links as a send would sign them
         factory = make_factory(issue, settings, console=self.console, keyring=keyring)
         eml = factory.build(settings.sample_email, settings.sample_name)  # the path of `render --eml`
         message = email.message_from_bytes(eml, policy=email.policy.default)
@@ -221,8 +222,27 @@ class Preview:
             text=parts["plain"],
             headers=[(k, str(v)) for k, v in message.items()],
             raw_headers=eml[: end if end >= 0 else len(eml)].decode("utf-8", "replace"),
-            checks=check_issue(issue, settings),
+            checks=[*check_issue(issue, settings), *(Check("warning", "signing-key", w) for w in heard)],
         )
+
+
+class _KeyWarnings(list[str]):
+    """The console's voice that also keeps its warnings: what the terminal says of the copy's signing key
+    (a throwaway key, or one the record does not hold: links that would be refused) the page says too."""
+
+    def __init__(self, console: Voice) -> None:
+        super().__init__()
+        self.console = console
+
+    def note(self, line: str) -> None:
+        self.console.note(line)
+
+    def warn(self, line: str) -> None:
+        self.append(line)
+        self.console.warn(line)
+
+    def error(self, line: str) -> None:
+        self.console.error(line)
 
 
 # status, body, content type and the headers beyond the shared ones

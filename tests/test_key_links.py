@@ -9,8 +9,10 @@ the test's SMTP server.
 
 from __future__ import annotations
 
+import html
 import re
 from email import message_from_bytes, policy
+from http.client import HTTPConnection
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -19,7 +21,7 @@ from click.testing import CliRunner, Result
 from mailer.cli import cli
 from mailer.config import load_config
 from mailer.engine import Location
-from mailer.preview import Preview, Rendered
+from mailer.preview import make_server
 from mailer.tokens import Keyring
 from tests.conftest import Heard
 from tests.pg import Server, database_env
@@ -27,6 +29,7 @@ from tests.ports import free_port
 from tests.publisher import env_for
 from tests.smtpd import SMTPServer
 from tests.test_key_marks import FIRST_KEY, READERS, ROTATED, SECOND_KEY, _host, _post, _refused, _send
+from tests.webthread import ServerThread
 
 TESTER = "editor@example.org"
 
@@ -142,12 +145,31 @@ def test_the_preview_on_a_host_without_the_key_makes_none_and_says_so(
     keyless = _host(tmp_path, "keyless")
     settings = load_config(env=_env(tmp_path, keyless, record_at, None)).settings
     heard = Heard()
-    shown = Preview(post, settings, console=heard).render(post.name)
-    assert isinstance(shown, Rendered), shown
-    assert not _verifies(FIRST_KEY, _token(shown.eml))
+    running = ServerThread(make_server(post, settings, console=heard))
+    try:
+        page = _get(running.server.effective_port, f"/p/{post.name}/").decode()
+        eml = _get(running.server.effective_port, f"/p/{post.name}/message.eml")
+    finally:
+        running.stop()
+    assert not _verifies(FIRST_KEY, _token(eml))
     [line] = heard
     assert line.startswith(f"{keyless / 'secret.key'}: no signing key here"), line
+    assert "signed with a throwaway key and would be refused" in line, line
+    # the page says it too, among the checks, as the terminal does
+    [shown] = re.findall(r'<li class="check warning" data-code="signing-key">(.*?)</li>', page)
+    assert html.escape(line, quote=False) in shown, shown
     assert not (keyless / "secret.key").exists()
+
+
+def _get(port: int, path: str) -> bytes:
+    conn = HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        conn.request("GET", path)
+        answer = conn.getresponse()
+        assert answer.status == 200, answer.status
+        return answer.read()
+    finally:
+        conn.close()
 
 
 def test_a_copy_makes_no_record_and_one_out_of_reach_does_not_stop_it(tmp_path: Path) -> None:
