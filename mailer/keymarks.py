@@ -208,7 +208,10 @@ def reading_keyring(settings: Settings, ledger: Ledger, console: Voice) -> Keyri
     used = _held_links(settings, ledger, known)
     if used is not None:
         raise ConfigError(_no_key(settings, ledger, used) + "; no bounce read")
-    keyring = load_keyring(settings, create=False, console=console)
+    try:
+        keyring = load_keyring(settings, create=False, console=console)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc}; no bounce read") from None
     so = "every bounce to the envelope senders signed with it would be taken for a forgery"
     return _holding(settings, ledger, known, keyring, so, "; no bounce read")
 
@@ -228,7 +231,13 @@ def key_status(settings: Settings, ledger: Ledger, console: Voice) -> tuple[str,
     if not settings.secret_key and not key_file(settings).exists():
         none = f"Signing key: {record}; this host has none ({key_file(settings)})"
         if _held_links(settings, ledger, known) is None:
-            return f"{none}: the first send or serve makes one", True, fields
+            made = "a key made here would not be theirs"
+            return (
+                f"{none}: the first send or serve here makes one; if another host sends or serves this"
+                f" record, copy its key file here instead ({made})",
+                True,
+                fields,
+            )
         fields["holds_record_key"] = False
         return f"{none}, and none is made for a record with signed links: {_STOPS}", False, fields
     try:

@@ -224,7 +224,8 @@ def load_keyring(
     if not path.exists():
         if not create:
             raise ConfigError(
-                f"no signing key: set MAILER_SECRET_KEY or run `mailer serve` once to create {path}"
+                f"{path}: no signing key here: copy the key file from the host that sends (its first send"
+                " makes one), or set secret_key (the same on every host)"
             )
         if _create_key_file(path):
             console.note(

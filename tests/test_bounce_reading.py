@@ -196,6 +196,30 @@ def test_a_host_without_the_records_key_reads_no_bounce_rather_than_take_them_fo
     assert _suppressed(env) == {"still.here@example.com": ("dsn", "hard bounce", "5.1.1")}
 
 
+def test_a_host_without_a_key_on_a_record_that_names_none_is_told_to_copy_the_senders(
+    site: dict[str, str], tmp_path: Path
+) -> None:
+    """A bounce host set up before the first send (its record empty: no key named yet) and without a key: a
+    key it made would open none of the bounces the sending host's key signed, so it is told to copy that
+    host's key file (it said to run `mailer serve` once, which makes a key of its own). `site` for its
+    clean environment; this host's data folder is another."""
+    state = tmp_path / "bounce-host"
+    with Ledger(state / "mailer.db"):
+        pass  # the shared record, empty
+    signed = ReturnPaths(BOUNCE_ADDRESS, Keyring(SECRET)).address(
+        message_tag(ISSUE, "still.here@example.com")
+    )
+    folder = _maildir(tmp_path, [])
+    (folder / "new" / "1.signed").write_bytes(_dsn_to(signed, "still.here@example.com", "<s@mx>"))
+    env = {"MAILER_DATA_DIR": str(state), "MAILER_BOUNCE_ADDRESS": BOUNCE_ADDRESS}
+    code, out, err = run(["bounces", "--maildir", str(folder)], env)
+    assert code == 1 and out == "", out
+    [line] = err.splitlines()
+    assert line.startswith(f"Error: {state / 'secret.key'}: no signing key here: copy the key file"), line
+    assert "set secret_key" in line and line.endswith("; no bounce read") and "serve" not in line, line
+    assert os.listdir(folder / "new") == ["1.signed"] and not (state / "secret.key").exists()
+
+
 def test_a_bounce_about_an_address_never_mailed_changes_nothing(site: dict[str, str], tmp_path: Path) -> None:
     """The bounce mailbox may also get other mail's bounces: a stranger is not suppressed (a reader is)."""
     folder = _maildir(tmp_path, [])

@@ -37,6 +37,11 @@ def test_status_shows_the_records_key_and_whether_this_host_holds_it(
     out, err, key = _status(_env(tmp_path, first, record_at, smtp_server))
     assert "Signing key: none recorded yet; this host signs with" in out and err == "", err
     assert key["record_mark"] is None and key["holds_record_key"] is None and len(key["host_marks"]) == 1
+    keyless = _host(tmp_path, "keyless")  # a second host on the record, set up before its first send
+    out, err, key = _status(_env(tmp_path, keyless, record_at, smtp_server))
+    line = f"Signing key: none recorded yet; this host has none ({keyless / 'secret.key'})"
+    assert line in out and "if another host sends or serves this record, copy its key file here" in out
+    assert key["host_marks"] == [] and not (keyless / "secret.key").exists()
 
     assert _send(tmp_path, first, record_at, smtp_server, 9).exit_code == 0
     [(mark,)] = rows(record_at, "SELECT mark FROM key_marks")
@@ -45,7 +50,6 @@ def test_status_shows_the_records_key_and_whether_this_host_holds_it(
     assert key == {"record_mark": mark, "record_issue": "2026-02-09", "host_marks": [mark],
                    "holds_record_key": True}  # fmt: skip
 
-    keyless = _host(tmp_path, "keyless")
     out, err, key = _status(_env(tmp_path, keyless, record_at, smtp_server))
     assert "Signing key" not in out
     assert f"Warning: Signing key: the record's is mark {mark} (issue 2026-02-09); this host has none" in err

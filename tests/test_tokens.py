@@ -162,8 +162,9 @@ def test_key_from_the_environment(tmp_path: Path) -> None:
 
 
 def test_no_key_and_create_false_is_an_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="MAILER_SECRET_KEY"):
+    with pytest.raises(ConfigError, match="copy the key file from the host that sends") as refused:
         load_keyring(Settings(data_dir=tmp_path), create=False)
+    assert "set secret_key" in str(refused.value) and "mailer serve" not in str(refused.value)
     assert not (tmp_path / "secret.key").exists()
 
 
