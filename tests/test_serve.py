@@ -7,6 +7,7 @@ import os
 import re
 import select
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -236,3 +237,37 @@ def test_a_ctrl_c_or_sigterm_once_serving_stops_it_cleanly_wherever_it_lands(
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.startswith("Serving on http://127.0.0.1:"), done.stdout
     assert done.stdout.endswith("Stopped.\n"), done.stdout
+
+
+def _signals(pid: int, field: str) -> set[int]:
+    """The signals /proc says a process ignores (SigIgn) or catches (SigCgt): what the kernel holds."""
+    status = Path(f"/proc/{pid}/status").read_text(encoding="ascii")
+    found = re.search(rf"^{field}:\s*([0-9a-f]+)$", status, re.M)
+    assert found, status
+    mask = int(found[1], 16)
+    return {n for n in range(1, 65) if mask >> (n - 1) & 1}
+
+
+def test_a_serve_started_under_nohup_keeps_ignoring_the_hang_up(tmp_path: Path) -> None:
+    # `nohup mailer serve &` then logging out: serve takes SIGTERM (and a SIGHUP at its default) to stop as
+    # Ctrl-C does, but a SIGHUP ignored when it started stays ignored, as the publisher asked
+    args = ["nohup", sys.executable, "-m", "mailer", "serve", "--host", HOST, "--port", "0"]
+    proc = subprocess.Popen(args, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline().decode()  # said with its stop signals in place
+        match = re.search(rf"http://{re.escape(HOST)}:(\d+)/", first)
+        assert match, first
+        caught = _signals(proc.pid, "SigCgt")
+        assert signal.SIGHUP in _signals(proc.pid, "SigIgn") and signal.SIGHUP not in caught
+        assert signal.SIGTERM in caught
+        proc.send_signal(signal.SIGHUP)  # an ignored signal is dropped as it is sent
+        assert _healthz(int(match[1]), 60) == (200, b"ok\n")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0 and "Traceback" not in err.decode(), err
+    assert out.decode().endswith("Press Ctrl-C to stop.\nStopped.\n"), out
