@@ -3,14 +3,14 @@
     .venv/bin/python bench/workers_ab.py --before /tmp/old --messages 5000 --rounds 3
     .venv/bin/python bench/workers_ab.py --before /tmp/old --engines sqlite --workers 0,2 --relay 0
 
-Each round runs, for each engine (SQLite; PostgreSQL in a throwaway cluster, as bench/postgresql.py) and
-each `--workers` count (0: a lone send), `mailer send --connections C` of the example post to `--messages`
-generated readers on one smtp-sink, once per tree (the tree put first on PYTHONPATH), in turn first (A B,
-B A, ...); then `--relay` messages to bench/slowsink.py (every reply 20 ms late) with 1 and 2 workers of one
-connection each. Figures: msg/s over the whole command (start-up, render and the workers' start included),
-and CPU seconds per 1,000 messages of the command and every worker it started (wait4 of the command counts
-the workers it reaped), the median over the rounds; and the load average meanwhile, since the machine is
-shared. Needs Debian's postfix (smtp-sink) and, for the PostgreSQL rows, its server.
+Each round runs, for each engine (SQLite; PostgreSQL in a throwaway cluster, as bench/postgresql.py) and each
+`--workers` count (0: a lone send), `mailer send --connections C` of the example post to `--messages`
+generated readers on one smtp-sink, once per tree (the tree put first on PYTHONPATH), in turn first (A B, B A,
+...); then `--relay` messages to bench/slowsink.py (every reply 20 ms late) with 1 and 2 workers of one
+connection each, the record in each engine. Figures: msg/s over the whole command (start-up, render and the
+workers' start included), and CPU seconds per 1,000 messages of the command and every worker it started (wait4
+of the command counts the workers it reaped), the median over the rounds; and the load average meanwhile,
+since the machine is shared. Needs Debian's postfix (smtp-sink) and, for the PostgreSQL rows, its server.
 """
 
 from __future__ import annotations
@@ -58,12 +58,12 @@ def main() -> None:
     cluster = Cluster(bindir, durable=True).start() if bindir else None
 
     def one(key: tuple[str, ...], run: int, root: Path, port: int, csv: Path, n: int, conns: int) -> None:
-        """One send of this key (engine or "relay", workers, tree), timed into rate and cpu."""
-        engine, workers = key[0], int(key[1])
+        """One send of this key (engine or "relay ENGINE", workers, tree), timed into rate and cpu."""
+        engine, workers = key[0].removeprefix("relay "), int(key[1])
         data_dir = tmp / f"{'-'.join(key)}-{run}" / "state"
         data_dir.parent.mkdir()
         extra = {"PYTHONPATH": str(root)}
-        if engine == "postgresql":  # the relay's sends keep their record in SQLite
+        if engine == "postgresql":
             assert cluster is not None
             extra |= database_env(cluster.database())
         make_record(port, data_dir, extra)
@@ -88,10 +88,11 @@ def main() -> None:
                             for name, root in order:
                                 key = (engine, str(workers), name)
                                 one(key, r, root, port, csv, a.messages, a.connections)
-                    if sink is not None:
+                    for engine in engines if sink is not None else ():
                         for workers in (1, 2):
                             for name, root in order:
-                                one(("relay", str(workers), name), r, root, sink.port, relay_csv, a.relay, 1)
+                                key = (f"relay {engine}", str(workers), name)
+                                one(key, r, root, sink.port, relay_csv, a.relay, 1)
             finally:
                 if sink is not None:
                     sink.stop()
