@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from mailer.engine import Location
 from mailer.ledger import Ledger
 from mailer.subscribers import dedupe_key
 from tests.pg import rows
@@ -41,3 +42,11 @@ def delivery(ledger: Ledger, issue_id: str, email: str) -> Delivery | None:
         return None
     state, attempts, code, reply, updated = found[0]
     return Delivery(str(state), int(attempts), code, str(reply), datetime.fromisoformat(str(updated)))
+
+
+def ann_mailed(record: Location) -> None:
+    """Make `record` (a SQLite file or PostgreSQL database) hold one issue, 2026-02-09, sent to
+    ann@example.org: the least a record the tests upgrade, copy or attack must hold."""
+    with Ledger(record) as ledger:
+        ledger.start_issue("2026-02-09", "hash-1", "Monday")
+        ledger.record_outcomes("2026-02-09", [("ann@example.org", "sent", 250, "ok")])

@@ -22,6 +22,7 @@ from mailer.ledger import SCHEMA_VERSION, Ledger
 from tests import publisher
 from tests.command import invoke
 from tests.pg import Cluster, database_env, rows
+from tests.record import ann_mailed
 from tests.sends import forty_readers, held_send
 from tests.smtpd import SMTPServer
 from tests.test_workers import env_at, recipients, spawn, states, write_list
@@ -110,9 +111,7 @@ def test_copy_of_a_file_with_a_hostile_table_name_changes_nothing_in_the_target(
 ) -> None:
     # a record handed over by someone else, with a table whose name is SQL; the target already holds a
     # record whose bounces table is empty (so the name's first statement runs and the rest would follow)
-    with Ledger(server) as ledger:
-        ledger.start_issue("2026-02-09", "hash-1", "Monday")
-        ledger.record_outcomes("2026-02-09", [("ann@example.org", "sent", 250, "ok")])
+    ann_mailed(server)
     hostile = tmp_path / "old.db"
     with Ledger(hostile) as ledger:
         ledger.suppress("gone@example.org", source="web")

@@ -10,9 +10,10 @@ import os
 from pathlib import Path
 
 from mailer.engine import Location, Server, issue_lock
-from mailer.ledger import SCHEMA_VERSION, Ledger
+from mailer.ledger import SCHEMA_VERSION
 from tests import publisher
 from tests.pg import database_env, rows, set_schema_version
+from tests.record import ann_mailed
 from tests.test_workers_lifecycle import mailer
 
 
@@ -24,9 +25,7 @@ def _schema(record: Location) -> int:
 def test_an_upgrade_while_an_older_mailers_send_runs_waits_for_its_end(
     tmp_path: Path, record_at: Location
 ) -> None:
-    with Ledger(record_at) as ledger:
-        ledger.start_issue("2026-02-09", "hash-1", "Monday")
-        ledger.record_outcomes("2026-02-09", [("ann@example.org", "sent", 250, "ok")])
+    ann_mailed(record_at)
     older = SCHEMA_VERSION - 1
     set_schema_version(record_at, older)  # the record as the mailer before the last step keeps it, as far as
     # this test goes (the step's tables are there already: it makes them IF NOT EXISTS)
