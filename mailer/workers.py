@@ -108,12 +108,17 @@ def _here() -> str:
     return hashlib.sha256(f"{boot} {space}".encode()).hexdigest()[:6]
 
 
+def _beside(name: str) -> bool:
+    """Whether the process of this name runs (or ran) in this kernel and namespace: on this host's clock."""
+    host, _, rest = name.partition(" pid ")
+    return host == socket.gethostname() and rest.partition(" ")[2].startswith(_here())
+
+
 def _gone_from_here(name: str) -> bool:
     """Whether the process of this name ran in this kernel and namespace and has ended: provably sends
     nothing more (a pid is not reused within the few seconds this matters)."""
-    host, _, rest = name.partition(" pid ")
-    pid, _, token = rest.partition(" ")
-    if host != socket.gethostname() or not token.startswith(_here()) or not pid.isdigit():
+    pid = name.partition(" pid ")[2].partition(" ")[0]
+    if not _beside(name) or not pid.isdigit():
         return False
     try:
         os.kill(int(pid), 0)
@@ -1091,6 +1096,7 @@ def work(
     started before the send, must not pass for one that finished its work); with `wait`, it waits for one.
     SIGTERM is handled like Ctrl-C (stopping.py); the coordinator's stop reaches it the same way.
     """
+    from .clocks import check_clock, clock_offset
     from .keymarks import joining_keyring
     from .message import make_factory
     from .post import parse_post
@@ -1116,6 +1122,10 @@ def work(
                     f"{settings.db_path}: no send {which}is running there to join (is it the database of"
                     " the host that starts the send, and has the send started? --wait waits for one)"
                 )
+            if not _beside(plan.coordinator):  # one of its host shares its clock (a worker it forked)
+                with _record_lost():
+                    off = clock_offset(ledger)
+                check_clock(off, ledger.path, float(plan.options["lease"]), MARGIN, "not joining")
             issue = render_issue(parse_post(plan.post.encode("utf-8"), Path(plan.post_name)), settings)
             keyring = joining_keyring(settings, ledger, plan.options.get("run"), console)
             factory = make_factory(issue, settings, console=console, keyring=keyring)
