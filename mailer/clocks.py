@@ -1,18 +1,21 @@
-"""This host's clock against the PostgreSQL server's, for a send shared by hosts (workers.py).
+"""This host's clock against the coordinator's of a send shared by hosts (workers.py), through the record's
+PostgreSQL server, which both can ask the time.
 
 A batch's lease is a time on its holder's clock, which a worker on another host compares with its own: one
 whose clock is ahead by most of a lease takes over batches that a live worker is still sending, and the
 readers of the overlap get the issue twice (seen: 19 of 300 with a lease of 8 s and a worker 7 s ahead).
-So a coordinator of a --distributed send and every `mailer worker` first read the server's clock, and
-refuse to start when theirs is further off it than half the lease's margin (any two hosts within that are
-within the margin of each other, which the leases leave between a worker's last "." and a takeover).
-The round trip is no part of the difference: only a server time outside the span the query took counts.
-A SQLite record is one host's, whose processes share one clock.
+So the coordinator puts its clock's offset from the server's in the record with the send, and a `mailer
+worker` of another host refuses to join when its own offset differs from that by more than half the
+leases' margin (any two hosts within that of the coordinator are within the margin of each other, which
+the leases leave between a worker's last "." and a takeover). The workers beside the coordinator share
+its clock. An offset leaves out the time the query took: only a server time outside that span counts, so
+a slow query makes no false refusal. A SQLite record is one host's, whose processes share one clock.
 """
 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from .engine import Location, Server
 from .errors import MailerError
@@ -32,16 +35,20 @@ def clock_offset(ledger: Ledger) -> float | None:
     return before - server if server < before else after - server if server > after else 0.0
 
 
-def check_clock(off: float | None, where: Location, lease: float, margin: float, refused: str) -> None:
-    """MailerError (ending with `refused`) if this host's clock is further than margin/2 of the lease off
-    the record's server's (`off`, clock_offset's)."""
+def check_clock(
+    off: float | None, coordinator: str, options: dict[str, Any], where: Location, margin: float
+) -> None:
+    """MailerError if this host's clock (`off`, clock_offset's) is further than margin/2 of the lease off
+    the clock of the send's coordinator (its offset in the send's `options`; none from an older mailer: 0)."""
+    lease = float(options["lease"])
     limit = lease * margin / 2
-    if off is None or abs(off) <= limit:
+    apart = 0.0 if off is None else off - float(options.get("clock", 0.0))
+    if abs(apart) <= limit:
         return
     raise MailerError(
-        f"this host's clock is {abs(off):.1f} s {'ahead of' if off > 0 else 'behind'} the clock of the"
-        f" record's server ({where}): the workers of a send compare their batches' leases on their own"
-        f" hosts' clocks, and with more than {limit:g} s between them one could take over batches another"
-        f" is still sending (worker_lease {lease:g} s); set this host's time right (NTP), then start again;"
-        f" {refused}"
+        f"this host's clock is {abs(apart):.1f} s {'ahead of' if apart > 0 else 'behind'} the clock of the"
+        f" send's coordinator ({coordinator}; both read against the record's server, {where}): the workers"
+        f" of a send compare their batches' leases on their own hosts' clocks, and with more than {limit:g} s"
+        " between them one could take over batches another is still sending (worker_lease"
+        f" {lease:g} s); set the time of this host or of the coordinator's right (NTP); not joining"
     )

@@ -43,6 +43,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from .campaign import THIS_RUN, Feedback, Pace, Report, SendOptions, run_share
+from .clocks import check_clock, clock_offset
 from .config import Settings
 from .console import Console
 from .errors import ExitStatus, Interrupted, MailerError, NotUpYet, SendAborted
@@ -153,15 +154,18 @@ def publish(
     lease: float,
     coordinator: str,
     run_id: int,
+    clock: float,
 ) -> int:
     """Put the send in the record (replacing an earlier one of the issue that is no longer running);
-    return the number of batches. One transaction: the workers see all of it or nothing."""
+    return the number of batches. One transaction: the workers see all of it or nothing. `clock`: how
+    far the coordinator's clock is ahead of the record's server's (clocks.py)."""
     where = (issue.issue_id, ledger.destination)
     size = batch_size(expected, workers)
     stored = {
         "connections": options.connections, "rate": options.rate, "max_attempts": options.max_attempts,
         "retry_delay": options.retry_delay, "max_consecutive_failures": options.max_consecutive_failures,
         "retry_failed": options.retry_failed, "lease": lease, "run": run_id,
+        "clock": clock,
     }  # fmt: skip
     now = time.time()
     batches = 0
@@ -274,7 +278,7 @@ def coordinate(
     me = _me()
     publish(
         ledger, issue, factory, options, subscribers, expected=expected, workers=crew.workers, lease=lease,
-        coordinator=me, run_id=run_id,
+        coordinator=me, run_id=run_id, clock=clock_offset(ledger) or 0.0,
     )  # fmt: skip
     # A signal must not raise in the middle of a query here (the connection would keep a statement open and
     # refuse the writes that stop the send): it is noted (StopSignals, as while a send is stopping) and seen
@@ -1096,7 +1100,6 @@ def work(
     started before the send, must not pass for one that finished its work); with `wait`, it waits for one.
     SIGTERM is handled like Ctrl-C (stopping.py); the coordinator's stop reaches it the same way.
     """
-    from .clocks import check_clock, clock_offset
     from .keymarks import joining_keyring
     from .message import make_factory
     from .post import parse_post
@@ -1125,7 +1128,7 @@ def work(
             if not _beside(plan.coordinator):  # one of its host shares its clock (a worker it forked)
                 with _record_lost():
                     off = clock_offset(ledger)
-                check_clock(off, ledger.path, float(plan.options["lease"]), MARGIN, "not joining")
+                check_clock(off, plan.coordinator, plan.options, ledger.path, MARGIN)
             issue = render_issue(parse_post(plan.post.encode("utf-8"), Path(plan.post_name)), settings)
             keyring = joining_keyring(settings, ledger, plan.options.get("run"), console)
             factory = make_factory(issue, settings, console=console, keyring=keyring)
