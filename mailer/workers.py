@@ -815,13 +815,15 @@ def _add(totals: dict[str, int], counts: str | None) -> None:
         totals[name] += int(found.get(name, 0))
 
 
-def _alive_workers(ledger: Ledger, where: tuple[str, str], lease: float, but: str = "") -> list[str]:
+def _alive_workers(
+    ledger: Ledger, where: tuple[str, str], lease: float, but: str = "", now: float | None = None
+) -> list[str]:
     """The workers that are still at the send: their row says 'running' and is younger than a lease (each
-    writes it every quarter lease)."""
+    writes it every quarter lease) at `now` (this host's time if None)."""
     rows = ledger.rows(
         "SELECT worker FROM send_workers WHERE issue_id = ? AND destination = ? AND state = 'running'"
         " AND updated_at >= ? AND worker != ?",
-        (*where, _stamp(time.time() - lease - 1), but),
+        (*where, _stamp((time.time() if now is None else now) - lease - 1), but),
     )
     # one of this host whose process has ended (killed, or stopped with the record unwritable) is not
     return [row[0] for row in rows if not _gone_from_here(row[0])]
@@ -1002,13 +1004,15 @@ def under_way(ledger: Ledger, issue_id: str) -> dict[str, Any] | None:
         return None
     state, coordinator, started, alive_until, options, batches, done = found[0]
     lease = float(json.loads(options)["lease"])
-    workers = _alive_workers(ledger, where, lease)
-    heard_ago = max(0.0, time.time() - (float(alive_until) - lease))  # a clock ahead of ours: 0, not less
+    # now on the coordinator's clock, which its word and its workers' are written on: this host's may be off
+    now = time.time() - (clock_offset(ledger) or 0.0) + float(json.loads(options).get("clock", 0.0))
+    workers = _alive_workers(ledger, where, lease, now=now)
+    heard_ago = max(0.0, now - (float(alive_until) - lease))  # a clock ahead of its: 0, not less
     return {
         "state": state, "coordinator": coordinator, "started_at": started, "batches": int(batches),
         "batches_done": int(done), "workers": len(workers), "lease": lease,
         "coordinator_heard_ago": round(heard_ago, 1),
-        "coordinator_gone": alive_until < time.time() or _gone_from_here(coordinator),
+        "coordinator_gone": alive_until < now or _gone_from_here(coordinator),
     }  # fmt: skip
 
 

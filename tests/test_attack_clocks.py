@@ -11,6 +11,7 @@ test's; the other host is a host name and pid namespace of the worker's own.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -62,7 +63,7 @@ def _joins(
     if os.geteuid() != 0:
         pytest.skip("another host name and pid namespace for the worker need root")
     emails, args = forty_readers(tmp_path, post, "--distributed", "--workers", "1", "--connections", "1")
-    env = env_at(smtp_server, tmp_path, server)
+    env = env_at(smtp_server, tmp_path, server, MAILER_SMTP_TIMEOUT="120")  # the held reply takes a while
     coordinating = _skewed(env, tmp_path / "coordinator", coordinator)
     with held_send(smtp_server, args, coordinating, tmp_path) as (proc, held):
         joining = elsewhere(["worker"], _skewed(env, tmp_path / "worker", worker), tmp_path)
@@ -105,3 +106,23 @@ def test_a_send_by_workers_of_one_host_is_not_refused_for_its_clock(
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err.decode()
     assert recipients(smtp_server) == Counter(emails)
+
+
+def test_status_on_a_host_whose_clock_is_ahead_reads_the_coordinator_as_alive(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path, pg_cluster: Cluster
+) -> None:
+    """`mailer status` 600 s ahead of a live send's coordinator (lease 60 s: a loaded machine does not
+    starve either process for that long) called it gone 600 s ago, and its worker too: it reads their words
+    on their clock."""
+    server: Server = pg_cluster.database()
+    _, args = forty_readers(tmp_path, post, "--distributed", "--workers", "1", "--connections", "1")
+    env = {**env_at(smtp_server, tmp_path, server, MAILER_SMTP_TIMEOUT="120"), "MAILER_WORKER_LEASE": "60"}
+    with held_send(smtp_server, args, env, tmp_path):
+        status = spawn(["status", str(post), "--json"], _skewed(env, tmp_path / "ahead", 600.0), tmp_path)
+        out, err = status.communicate(timeout=120)
+    assert status.returncode == 0, err.decode()
+    sending = json.loads(out)["sending"]
+    assert sending is not None, out.decode()
+    assert sending["coordinator_gone"] is False, sending
+    assert sending["coordinator_heard_ago"] < 60, sending
+    assert sending["workers"] == 1, sending
