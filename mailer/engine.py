@@ -194,6 +194,18 @@ class Engine(Protocol):
         its lock says who holds it ('pid N' or 'pid N on HOST')."""
         ...
 
+    def hold_worker(self, name: str) -> bool:
+        """Hold, for as long as this connection lives, the lock that says the send's worker `name` is alive
+        (PostgreSQL: a shared session-level advisory lock, which the server lets go of when the session
+        ends, also when the worker is killed); whether the engine has such locks (SQLite, one host: no, a
+        worker's pid tells there)."""
+        ...
+
+    def held_workers(self, names: Sequence[str]) -> set[str] | None:
+        """Which of the workers named hold their lock (hold_worker) on some connection now; None where the
+        engine has no such locks."""
+        ...
+
     def let_go_of_replaced(self) -> None: ...
 
     def close(self) -> None: ...

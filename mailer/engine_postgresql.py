@@ -426,6 +426,27 @@ class PostgreSQL:
         holders = [name.removeprefix("mailer send ") for (name,) in found]
         return [who for who in holders if who != me[:51]]  # as issue_lock names it, in 63 characters
 
+    def hold_worker(self, name: str) -> bool:
+        """See engine.Engine. Shared: every session of the worker holds it, so it is free only once all of
+        them have ended; no one takes it exclusively, so this never waits."""
+        self.execute("SELECT pg_advisory_lock_shared(?, ?)", (_WORKERS, _worker_key(name)))
+        return True
+
+    def held_workers(self, names: Sequence[str]) -> set[str] | None:
+        """See engine.Engine: from pg_locks, which any session may read."""
+        if not names:
+            return set()
+        held = {
+            int(key)
+            for (key,) in self.execute(
+                "SELECT objid::bigint FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2"
+                " AND classid::bigint = ? AND database = (SELECT oid FROM pg_database"
+                " WHERE datname = current_database())",
+                (_WORKERS,),
+            ).fetchall()
+        }
+        return {name for name in names if _worker_key(name) in held}
+
     def let_go_of_replaced(self) -> None:
         pass
 
@@ -436,6 +457,17 @@ class PostgreSQL:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+# The first of the two keys of a send worker's lock (hold_worker): a lock of two int4 keys is never the same
+# lock as an issue's, of one bigint key (issue_lock)
+_WORKERS = 0x6D6C7772
+
+
+def _worker_key(name: str) -> int:
+    """The second key of a worker's lock: 31 bits of a hash of its name. Two live workers of one key would
+    make a dead one of them look alive: its batches then wait for its lease, as before these locks."""
+    return int.from_bytes(hashlib.sha256(f"mailer worker {name}".encode()).digest()[:4], "big") & 0x7FFFFFFF
 
 
 def _lock_key(issue_id: str) -> int:

@@ -192,6 +192,12 @@ class SQLite:
                 os.close(fd)
         return held
 
+    def hold_worker(self, name: str) -> bool:
+        return False  # see engine.Engine: a SQLite file has its senders on one host, where a pid tells
+
+    def held_workers(self, names: Sequence[str]) -> set[str] | None:
+        return None
+
     def let_go_of_replaced(self) -> None:
         """Empty the WAL of a database file that was replaced while open (in_place() is False).
 

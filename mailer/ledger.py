@@ -336,6 +336,7 @@ class Ledger:
         self.create = create
         self.upgrade = upgrade
         self._depth = 0
+        self._worker = ""  # the send worker whose lock this connection holds (hold_worker), its copies too
         self.found_version = 0  # the schema's number before this opening made or upgraded it
         self._engine: Engine | None = None
         self._engine = connect(path, timeout=timeout, create=create)
@@ -594,8 +595,32 @@ class Ledger:
                 )
 
     def reopen(self) -> Ledger:
-        """Another connection to this record and destination, for another thread (one per thread)."""
-        return Ledger(self.path, timeout=self.timeout, destination=self.destination)
+        """Another connection to this record and destination, for another thread (one per thread); it
+        holds the worker's lock this one holds (hold_worker)."""
+        other = Ledger(self.path, timeout=self.timeout, destination=self.destination)
+        if self._worker:
+            try:
+                other.hold_worker(self._worker)
+            except BaseException:
+                other.close()
+                raise
+        return other
+
+    def hold_worker(self, name: str) -> bool:
+        """Hold the lock that says the send's worker `name` is alive on this connection and every one
+        reopen() makes of it, so that the lock is free once the worker's last session has ended (killed,
+        or cut off from the record, where it commits no outcome, so sends no further "."); whether the
+        engine has such locks (PostgreSQL; SQLite's senders share one host, where a pid tells)."""
+        with self._errors():
+            held = self._db.hold_worker(name)
+        if held:
+            self._worker = name
+        return held
+
+    def held_workers(self, names: Sequence[str]) -> set[str] | None:
+        """Which of the workers named hold their lock now (hold_worker); None where the engine cannot tell."""
+        with self._errors():
+            return self._db.held_workers(names)
 
     @property
     def skip_locked(self) -> str:

@@ -309,7 +309,7 @@ def coordinate(
             # and the workers elsewhere, until each has said its last word (they look at the send's state
             # every LOOK seconds): a rerun, or `mailer status` on any host, then finds none still at it,
             # rather than waiting for their leases; one that went silent counts until its lease runs out
-            while local.alive() or _live_leases(ledger, where) or _alive_workers(ledger, where, lease):
+            while local.alive() or _others_at_it(ledger, where, lease):
                 if signals.hurry.is_set() and not hurried:
                     hurried = (
                         True  # a second SIGTERM hurries the workers here, the send 'stopped' those elsewhere
@@ -471,10 +471,11 @@ def _free_batches_of(ledger: Ledger, where: tuple[str, str], pid: int) -> None:
     """Give back the batches a worker of ours held when it died without giving them back itself (kill -9,
     the OOM killer, a crash), for the others to take at once rather than once its lease runs out: reaped, it
     provably sends nothing more. What it wrote of their counts stays with them (its retries, the readers it
-    gave up); the next holder counts their readers from the record (campaign._unsent)."""
+    gave up), and its name as their owner: the next holder takes them over from it and counts their readers
+    from the record at once (_Share._take_over)."""
     name = f"{socket.gethostname()} pid {pid} {_here()}"  # 'HOST pid N TOKEN', the token's first half ours
     ledger.write(
-        "UPDATE send_batches SET lease_until = ?, owner = '' WHERE issue_id = ? AND destination = ?"
+        "UPDATE send_batches SET lease_until = ? WHERE issue_id = ? AND destination = ?"
         " AND done = 0 AND substr(owner, 1, ?) = ?",
         (GIVEN_BACK, *where, len(name), name),
         rows_only=True,
@@ -819,14 +820,50 @@ def _alive_workers(
     ledger: Ledger, where: tuple[str, str], lease: float, but: str = "", now: float | None = None
 ) -> list[str]:
     """The workers that are still at the send: their row says 'running' and is younger than a lease (each
-    writes it every quarter lease) at `now` (this host's time if None)."""
+    writes it every quarter lease) at `now` (this host's time if None), and no sign says it has ended (_dead,
+    _gone_from_here)."""
     rows = ledger.rows(
-        "SELECT worker FROM send_workers WHERE issue_id = ? AND destination = ? AND state = 'running'"
+        "SELECT worker, counts FROM send_workers WHERE issue_id = ? AND destination = ? AND state = 'running'"
         " AND updated_at >= ? AND worker != ?",
         (*where, _stamp((time.time() if now is None else now) - lease - 1), but),
     )
+    dead = _dead(ledger, rows)
     # one of this host whose process has ended (killed, or stopped with the record unwritable) is not
-    return [row[0] for row in rows if not _gone_from_here(row[0])]
+    return [name for name, _ in rows if name not in dead and not _gone_from_here(name)]
+
+
+def _dead(ledger: Ledger, workers: list[Any]) -> set[str]:
+    """Those of the (name, counts) of workers that have ended, on any host, as the record's engine tells
+    (PostgreSQL): each holds its lock on every session it has (Ledger.hold_worker, and its counts say so),
+    and the server lets go of it once the last of them has ended, at once when the process dies (kill -9,
+    a crash: the kernel closes its sockets). One whose host vanished (a power cut, a network cut) keeps its
+    sessions until the server notices, and its lease decides. A worker alive whose sessions all ended (an
+    administrator, the server's keepalives) commits no outcome, so sends no further "." than the one per
+    connection a kill -9 leaves: taken for dead, it repeats no more than one killed would."""
+    marked = [name for name, counts in workers if json.loads(counts or "{}").get("held")]
+    held = ledger.held_workers(marked)
+    return set() if held is None else set(marked) - held
+
+
+def _free_dead(ledger: Ledger, where: tuple[str, str]) -> None:
+    """End the leases of workers that have ended (_dead), for the others to take their batches over at once
+    rather than once the leases run out (the coordinator does so for its own, _free_batches_of). The owner
+    stays: the next holder takes the batch over from it (WorkResult.takeovers)."""
+    if ledger.held_workers(()) is None:  # the engine cannot tell: the leases decide
+        return
+    holders = ledger.rows(
+        "SELECT DISTINCT w.worker, w.counts FROM send_batches AS b JOIN send_workers AS w"
+        " ON w.issue_id = b.issue_id AND w.destination = b.destination AND w.worker = b.owner"
+        " WHERE b.issue_id = ? AND b.destination = ? AND b.done = 0 AND b.lease_until > ?",
+        (*where, time.time()),
+    )
+    for name in sorted(_dead(ledger, holders)):
+        ledger.write(
+            "UPDATE send_batches SET lease_until = ? WHERE issue_id = ? AND destination = ? AND owner = ?"
+            " AND done = 0",
+            (GIVEN_BACK, *where, name),
+            rows_only=True,
+        )
 
 
 def _finished(ledger: Ledger, where: tuple[str, str], local: _Locals, crew: Crew) -> bool:
@@ -837,7 +874,14 @@ def _finished(ledger: Ledger, where: tuple[str, str], local: _Locals, crew: Crew
     # machine), and replace_dead has yet to replace it or give up
     if local.procs or not crew.workers:
         return False
+    _free_dead(ledger, where)
     return not _live_leases(ledger, where)
+
+
+def _others_at_it(ledger: Ledger, where: tuple[str, str], lease: float) -> bool:
+    """Whether a worker that may still send holds a batch, or has yet to write that it stopped."""
+    _free_dead(ledger, where)
+    return _live_leases(ledger, where) or bool(_alive_workers(ledger, where, lease))
 
 
 def _open_batches(ledger: Ledger, where: tuple[str, str]) -> int:
@@ -928,25 +972,47 @@ def _outcomes(ledger: Ledger, where: tuple[str, str], run_id: int | None, report
         found = json.loads(counts or "{}")
         retries += int(found.get("retries", 0))
         gave_up = found.get("given_up", {})
-        suppressed, states, ours = ledger.looked_up(where[0], emails, run_id)
-        for key in {dedupe_key(e) for e in emails}:
-            state = states.get(key)
-            if key in ours and state in THIS_RUN:
-                totals[THIS_RUN[state]] += 1
-            elif key in ours and state == "deferred" and key in gave_up:
-                totals["failed_temporary"] += 1
+        counted, _ = _counted(ledger, where, run_id, emails, gave_up)
+        for key, name in counted.items():
+            totals[name] += 1
+            if name == "failed_temporary":
                 given_up.append(gave_up[key])
-            elif key in suppressed:
-                totals["suppressed"] += 1
-            elif state in BEFORE:
-                totals[BEFORE[state]] += 1
-            else:
-                pending += 1
+        pending += len({dedupe_key(e) for e in emails}) - len(counted)
     for name, n in totals.items():
         setattr(report, name, n)
     report.pending = pending
     report.retries = retries
     _failures(ledger, where, run_id, report, given_up)
+
+
+def _counted(
+    ledger: Ledger,
+    where: tuple[str, str],
+    run_id: int | None,
+    emails: list[str],
+    given_up: dict[str, str],
+    retry_failed: bool = False,
+) -> tuple[dict[str, str], int]:
+    """How the send counts each reader of a batch the record has an answer for now (dedupe key -> a READERS
+    name), as the send loop does (campaign._unsent): this run's outcome, or given up after its retries
+    (`given_up`, the batch's), suppressed, or what a run before this one did; not those still to be mailed.
+    And how many of those are to be tried again: refused for now in this run (by a holder before)."""
+    suppressed, states, ours = ledger.looked_up(where[0], emails, run_id)
+    counted = {}
+    again = 0
+    for key in {dedupe_key(e) for e in emails}:
+        state = states.get(key)
+        if key in ours and state in THIS_RUN:
+            counted[key] = THIS_RUN[state]
+        elif key in ours and state == "deferred" and key in given_up:
+            counted[key] = "failed_temporary"
+        elif key in suppressed:
+            counted[key] = "suppressed"
+        elif state == "sent" or (state in BEFORE and not retry_failed):
+            counted[key] = BEFORE[str(state)]
+        elif key in ours and state == "deferred":
+            again += 1
+    return counted, again
 
 
 def _failures(
@@ -1242,15 +1308,18 @@ class _Worker:
         self.options = _options(plan, connections)
         self.lease = float(plan.options["lease"])
         self.name = _me()
+        self.held = False  # whether it holds its lock in the record (_dead)
         self.reports: list[Report] = []
         self.result = WorkResult(plan.issue_id, Report(plan.issue_id))
 
     def run(self) -> WorkResult:
         ledger = self.ledger
+        # before its row and its first claim: until its last session ends, no one takes it for dead (_dead)
+        self.held = ledger.hold_worker(self.name)
         ledger.write(
-            "INSERT INTO send_workers (issue_id, destination, worker, state, updated_at)"
-            " VALUES (?, ?, ?, 'running', ?)",
-            (*self.where, self.name, _stamp()),
+            "INSERT INTO send_workers (issue_id, destination, worker, state, counts, updated_at)"
+            " VALUES (?, ?, ?, 'running', ?, ?)",
+            (*self.where, self.name, json.dumps(self.counts()), _stamp()),
             rows_only=True,
         )
         # the coordinator stops its own workers with a signal: the record's 'stopping' would be a second stop,
@@ -1277,6 +1346,7 @@ class _Worker:
                     break
                 if not free:  # every batch left is another worker's: wait for it to finish or lose it
                     time.sleep(min(POLL, self.lease / 4))
+                    _free_dead(ledger, self.where)
                     continue
                 self._round()
             if keeper.state == "done":  # the others finished it while this one looked
@@ -1391,8 +1461,8 @@ class _Worker:
         return total
 
     def counts(self) -> dict[str, Any]:
-        """What the record says this worker did, so far."""
-        return _counts(self.total())
+        """What the record says this worker did, so far, and whether it holds its lock (_dead)."""
+        return {**_counts(self.total()), **({"held": True} if self.held else {})}
 
     def write_counts(self, state: str = "running", ledger: Ledger | None = None) -> None:
         """Write this worker's counts to the record (the coordinator adds them up)."""
@@ -1425,6 +1495,8 @@ class _Batch:
     counts: dict[str, int] = field(default_factory=dict)  # its readers' outcomes so far (Share.settled)
     retries: int = 0
     given_up: dict[str, str] = field(default_factory=dict)  # reader (dedupe key) -> its last failure
+    # readers counted in `counts` as the batch was taken over (_Share.take_over): settled, not counted again
+    counted: set[str] = field(default_factory=set)
 
     @classmethod
     def taken(cls, number: int, readers: str, counts: str) -> _Batch:
@@ -1470,15 +1542,38 @@ class _Share:
                 keeper.valid_until = now + w.lease * (1 - MARGIN)
             keeper.held.add(number)
             batch = keeper.batches[number] = _Batch.taken(number, readers, counts)
+            if owner or counts:  # held before (a holder's name or counts stay with a batch)
+                self._take_over(batch)
         w.result.batches += 1
         w.result.takeovers += bool(owner)
         return batch
+
+    def _take_over(self, batch: _Batch) -> None:
+        """Count the readers of a batch that had another holder as the record has them, and write that at
+        once (the caller holds the keeper's lock: no renewal comes between): the live count (_Tally) would
+        show the counts that holder last wrote (a killed one's lag its outcomes) until this one's next
+        renewal, and a renewal that came before the loop counted them would show none. A reader the other
+        refused for now in this run, and this one tries again, is a retry of the batch's from here."""
+        w = self.worker
+        emails = [sub.email for sub in batch.readers]
+        counted, again = _counted(
+            w.ledger, w.where, w.plan.options.get("run"), emails, batch.given_up, w.options.retry_failed
+        )
+        for name in counted.values():
+            batch.counts[name] = batch.counts.get(name, 0) + 1
+        batch.counted = set(counted)
+        batch.retries += again
+        with w.ledger.transaction(rows_only=True):
+            write_partial(w.ledger, w.where, w.name, {batch.number: batch})
 
     def settled(self, sub: Subscriber, counted: str, reason: str = "") -> None:
         batch = self.batch_of.pop(id(sub), None)
         if batch is None:
             return
-        batch.counts[counted] = batch.counts.get(counted, 0) + 1
+        if sub.key in batch.counted:  # counted as the batch was taken over
+            batch.counted.discard(sub.key)
+        else:
+            batch.counts[counted] = batch.counts.get(counted, 0) + 1
         if reason:
             batch.given_up[sub.key] = reason
         batch.left -= 1
@@ -1495,9 +1590,14 @@ class _Share:
             self.keeper.batches.pop(batch.number, None)
 
     def retried(self, sub: Subscriber) -> None:
+        """Counted in the record as the retry starts (a rare write: after a reader was refused for now and
+        its retry delay has passed), so that a holder killed before its next renewal leaves it counted."""
         batch = self.batch_of.get(id(sub))
         if batch is not None:
-            batch.retries += 1
+            w = self.worker
+            with self.keeper.lock, w.ledger.transaction(rows_only=True):
+                batch.retries += 1
+                write_partial(w.ledger, w.where, w.name, {batch.number: batch})
 
     def given_up(self, sub: Subscriber) -> bool:
         batch = self.batch_of.get(id(sub))

@@ -44,9 +44,10 @@ def test_a_sender_cut_off_from_the_database_lets_go_of_the_issue_lock_within_abo
         port = watch.execute("SELECT inet_client_port()").fetchone()
 
         def locks() -> int:
-            """Advisory locks held in this database: the issue's (a write lock lasts a transaction)."""
+            """Advisory locks of one key held in this database: the issue's (a write lock lasts a
+            transaction; a worker's own locks have two keys)."""
             found = watch.execute(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1"
                 " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
             ).fetchone()
             return int(found[0]) if found else 0
