@@ -227,8 +227,9 @@ class IssueSummary:
     subject: str
     content_hash: str
     created_at: datetime
-    completed_at: datetime | None  # the last send of this version that reached a whole list
+    completed_at: datetime | None  # when the list was finished (None: no send of this version finished it)
     counts: dict[str, int]
+    changed_at: datetime | None = None  # when this version was first sent, if an earlier one was (--changed)
 
     @property
     def total(self) -> int:
@@ -255,6 +256,12 @@ class IssueStatus(IssueSummary):
         ]
         if self.completed_at is not None:
             lines.append(f"  complete since {self.completed_at.isoformat(sep=' ', timespec='seconds')}")
+        if self.changed_at is not None:
+            when = self.changed_at.isoformat(sep=" ", timespec="seconds")
+            lines.append(
+                f"  the post changed {when} (--changed): this version is the web copy, and readers mailed"
+                " before then got the earlier one"
+            )
         else:  # the counts alone read as done: the record holds only the readers a send reached
             lines.append(
                 "  not complete: no send of this version has gone through its whole list (one is running,"
@@ -887,6 +894,7 @@ class Ledger:
                     s.created_at,
                     s.completed_at,
                     s.counts,
+                    s.changed_at,
                     [FailureGroup(state, code, reply, n) for state, code, reply, n in groups],
                 )
             )
@@ -900,10 +908,21 @@ class Ledger:
         """One issue's summaries (one per destination), or every issue's when None."""
         # The rows not sent per state from their index, 'sent' the rest of the issue's rows (see _from_v8)
         one, params = ("", ()) if issue_id is None else (" AND issue_id = ?", (issue_id,))
+        # complete: a run of the issue's version finished its list; since the last finished run that dealt
+        # with a reader (one with none left to mail, such as a --changed correction of a finished list, does
+        # not move it), else the first finished; changed: the first run of this version, after another's
+        runs = "FROM runs AS r WHERE r.issue_id = i.issue_id AND r.destination = i.destination"
+        dealt = (
+            "SELECT 1 FROM deliveries AS d WHERE d.issue_id = r.issue_id AND d.destination = r.destination"
+        )
+        earlier = "SELECT 1 FROM runs AS o WHERE o.issue_id = i.issue_id AND o.destination = i.destination"
         rows = self._all(
             "SELECT i.issue_id, i.destination, i.subject, i.content_hash, i.created_at,"
-            " (SELECT max(r.completed_at) FROM runs AS r WHERE r.issue_id = i.issue_id"
-            "  AND r.destination = i.destination AND r.content_hash = i.content_hash),"
+            f" (SELECT max(r.completed_at) {runs} AND r.content_hash = i.content_hash),"
+            f" coalesce((SELECT max(r.completed_at) {runs} AND r.completed_at IS NOT NULL"
+            f"  AND EXISTS ({dealt} AND d.run_id = r.run_id)), (SELECT min(r.completed_at) {runs})),"
+            f" (SELECT min(r.started_at) {runs} AND r.content_hash = i.content_hash"
+            f"  AND EXISTS ({earlier} AND o.content_hash != i.content_hash AND o.run_id < r.run_id)),"
             " (SELECT count(*) FROM deliveries AS d WHERE d.issue_id = i.issue_id"
             "  AND d.destination = i.destination)"
             f" FROM issues AS i WHERE TRUE{one}"
@@ -918,7 +937,7 @@ class Ledger:
         ):
             unsent.setdefault((issue, destination), {})[state] = n
         out: list[IssueSummary] = []
-        for issue, destination, subject, content_hash, created, completed, total in rows:
+        for issue, destination, subject, content_hash, created, complete, since, changed, total in rows:
             counts = unsent.get((issue, destination), {})
             if total > sum(counts.values()):
                 counts["sent"] = total - sum(counts.values())
@@ -929,8 +948,9 @@ class Ledger:
                     subject,
                     content_hash,
                     _time(created),
-                    _time(completed) if completed else None,
+                    _time(since) if complete else None,
                     counts,
+                    _time(changed) if changed else None,
                 )
             )
         return out

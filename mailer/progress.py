@@ -237,6 +237,7 @@ def issue_fields(summary: IssueSummary, bounces: Mapping[str, Mapping[str, int]]
         "first_sent": summary.created_at.isoformat(timespec="seconds"),
         "completed_at": summary.completed_at.isoformat(timespec="seconds") if summary.completed_at else None,
         "complete": summary.completed_at is not None,
+        "changed_at": summary.changed_at.isoformat(timespec="seconds") if summary.changed_at else None,
         "counts": dict(summary.counts),
         "sent": summary.count("sent"),
         "failed": summary.count("failed") + summary.count("deferred"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import email
+import json
 import os
 import re
 import select
@@ -23,7 +24,7 @@ from mailer.engine import Location
 from mailer.ledger import Ledger
 from tests.clock import DAYTIME, today
 from tests.command import run, spawn
-from tests.pg import database_env
+from tests.pg import database_env, rows
 from tests.publisher import env_for
 from tests.record import delivery
 from tests.smtpd import SMTPServer, TLSFiles
@@ -628,10 +629,23 @@ def test_a_daily_run_of_a_post_corrected_after_its_issue_went_to_everyone_is_not
     assert code == 1, err
     assert "the post changed since it was first sent to 2 subscribers; pass --changed" in err
     assert "already sent" not in err and "A corrected line" not in web_copy.read_text(encoding="utf-8")
+    # the list was finished an hour ago; the correction mails no one, and `status` keeps that time
+    finished = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)).replace(microsecond=0)
+    rows(tmp_path / "state" / "mailer.db", "UPDATE runs SET completed_at = ?", (finished.isoformat(),))
     code, _, err = run([*daily, "--changed"], env)
     assert code == 0, err
     assert "A corrected line" in web_copy.read_text(encoding="utf-8")
     assert recipients(smtp_server) == Counter({"a@example.com": 1, "b@example.com": 1})
+    [(_, changed)] = rows(tmp_path / "state" / "mailer.db", "SELECT run_id, started_at FROM runs")[1:]
+    code, out, _ = run(["status", str(today_post)], env)
+    shown = f"complete since {finished.isoformat(sep=' ')}"
+    assert code == 0 and shown in out, out
+    corrected = dt.datetime.fromisoformat(str(changed)).isoformat(sep=" ", timespec="seconds")
+    assert f"the post changed {corrected} (--changed): this version is the web copy" in out, out
+    code, out, _ = run(["status", str(today_post), "--json"], env)
+    fields = json.loads(out)
+    assert fields["completed_at"] == finished.isoformat(), fields
+    assert fields["changed_at"] == corrected.replace(" ", "T"), fields
     code, _, err = run([*daily, "--changed"], env)  # the correction kept: now it is done
     assert code == 0 and f"already sent to {csv}; nothing to do" in err
 
