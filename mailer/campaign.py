@@ -190,6 +190,7 @@ class _Job:
     # refused by policy (5.7.x) before any recipient of this send was accepted: not recorded, held
     held: Outcome | None = field(compare=False, default=None)
     key: str = field(compare=False, default="")  # the reader's dedupe_key, as the suppressions know it
+    tag: bytes = field(compare=False, default=b"")  # the message's tag (envelope.message_tag), for the record
     suppressed: bool = field(compare=False, default=False)  # suppressed after its look-up: not started
 
 
@@ -318,7 +319,7 @@ class _Recorder:
         if not self.error:
             rows = [(job.sub.email, _state(outcome), outcome.code, outcome.text) for job, outcome, _ in batch]
             try:
-                ledger.record_outcomes(self.issue_id, rows, self.run)
+                ledger.record_outcomes(self.issue_id, rows, self.run, tags=[job.tag for job, _, _ in batch])
                 if not ledger.in_place():  # one stat per commit: the record must be the file at the path
                     ledger.let_go_of_replaced()
                     raise MailerError(
@@ -814,6 +815,7 @@ class _Loop:
         sub = job.sub
         job.data = self.factory.build_pieces(sub.email, sub.name, sub.fields)
         job.sender = self.factory.envelope_sender(sub.email)
+        job.tag = self.factory.tag(sub.email)  # made for the two lines above: the record takes it as it is
         job.key = sub.key
         self.recheck.waiting.add(job.key)
         while not self.pool.submit(job, timeout=0.05):

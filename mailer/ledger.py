@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from .bounces import Bounce
 from .engine import Cursor, Engine, Location, connect
 from .engine import issue_lock as issue_lock
-from .envelope import Recipient, message_tag
+from .envelope import TAG_BYTES, Recipient, message_tag
 from .errors import MailerError
 from .subscribers import dedupe_key
 from .webcopies import digest
@@ -958,7 +958,12 @@ class Ledger:
     # --- deliveries -------------------------------------------------------------------------------
 
     def record_outcomes(
-        self, issue_id: str, outcomes: Sequence[tuple[str, str, int, str]], run: int | None = None
+        self,
+        issue_id: str,
+        outcomes: Sequence[tuple[str, str, int, str]],
+        run: int | None = None,
+        *,
+        tags: Sequence[bytes] = (),
     ) -> None:
         """Record many (email, state, code, reply) outcomes of the run `run` in one commit: one fsync for a
         whole batch.
@@ -967,10 +972,15 @@ class Ledger:
         in doubt ('sending': handed to the server, fate unknown), which was counted when it was handed
         over. A delivery already recorded as sent is left as it is, so one odd row cannot roll back the
         records of messages that went out, nor anyone be recorded as not mailed who was.
+
+        `tags`, the outcomes' message tags in their order, are taken as they are where the caller made them
+        already (a send's message factory makes each reader's once, for the Message-ID); else made here.
         """
         for _, state, _, _ in outcomes:
             if state not in ("sent", "deferred", "failed", "sending"):
                 raise ValueError(f"not an outcome state: {state!r}")
+        if tags and (len(tags) != len(outcomes) or any(len(tag) != TAG_BYTES for tag in tags)):
+            raise ValueError(f"not a message tag for each of the {len(outcomes)} outcomes")
         now = _now()
         rows = [
             (
@@ -981,10 +991,10 @@ class Ledger:
                 code,
                 reply,
                 now,
-                message_tag(issue_id, key),
+                tags[i] if tags else message_tag(issue_id, key),
                 run,
             )
-            for email, state, code, reply in outcomes
+            for i, (email, state, code, reply) in enumerate(outcomes)
         ]
         if self._depth:
             with self._errors():

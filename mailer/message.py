@@ -72,11 +72,11 @@ class MessageFactory:
 
         It carries the message's tag (envelope.message_tag), so a bounce that quotes it names the reader.
         """
-        return f"<{self.issue.issue_id}.{self._tag(email).hex()}@{self.domain}>"
+        return f"<{self.issue.issue_id}.{self.tag(email).hex()}@{self.domain}>"
 
-    def _tag(self, email: str) -> bytes:
-        """The tag of this issue's message to `email`: one BLAKE2b for the reader's Message-ID and envelope
-        sender, which a send asks for one after the other."""
+    def tag(self, email: str) -> bytes:
+        """The tag of this issue's message to `email`: one BLAKE2b for the reader's Message-ID, envelope
+        sender and delivery record, which a send asks for one after the other."""
         last = self._last_tag  # one read: another thread may replace it meanwhile
         if last[0] != email:
             last = self._last_tag = (email, message_tag(self.issue.issue_id, email))
@@ -94,7 +94,7 @@ class MessageFactory:
         """MAIL FROM for this subscriber's message: its own signed bounce address, else from_email."""
         if self.return_paths is None:
             return self.settings.from_email
-        return self.return_paths.address(self._tag(email))
+        return self.return_paths.address(self.tag(email))
 
     def unsubscribe_url(self, email: str) -> str:
         """The subscriber's own unsubscribe link."""

@@ -17,6 +17,7 @@ import psycopg
 import pytest
 
 from mailer.campaign import _Job, _Recorder
+from mailer.envelope import message_tag
 from mailer.ledger import Ledger
 from mailer.subscribers import Subscriber
 from mailer.transport import Outcome
@@ -26,7 +27,7 @@ ISSUE = "2026-02-09"
 
 
 def job(email: str) -> _Job:
-    return _Job(0.0, 0, Subscriber(email, "", {}, 0))
+    return _Job(0.0, 0, Subscriber(email, "", {}, 0), tag=message_tag(ISSUE, email))
 
 
 @pytest.mark.postgresql
