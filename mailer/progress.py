@@ -77,22 +77,21 @@ class ConsoleFeedback(Feedback):
             self.console.draw("\r" + self._bar_line(done, total, failed, rate, eta))
             self.drawn = True
         else:
-            self.console.note(
-                f"progress: {done}/{total} messages, {report.sent} sent{failed}, {rate:,.0f} msg/s, ETA {eta}"
-            )
+            speed = f"{_per_second(rate)} msg/s, ETA {eta}"
+            self.console.note(f"progress: {done}/{total} messages, {report.sent} sent{failed}, {speed}")
 
     def _draw_count(self, report: Report, done: int, rate: float, failed: str) -> None:
         count = f"{done} message{'' if done == 1 else 's'}"
         if self.tty:
             width = _columns(self.console) - 1
-            self.console.draw("\r" + f"{count}  {rate:,.0f} msg/s{failed}"[:width].ljust(width))
+            self.console.draw("\r" + f"{count}  {_per_second(rate)} msg/s{failed}"[:width].ljust(width))
             self.drawn = True
         else:
-            self.console.note(f"progress: {count}, {report.sent} sent{failed}, {rate:,.0f} msg/s")
+            self.console.note(f"progress: {count}, {report.sent} sent{failed}, {_per_second(rate)} msg/s")
 
     def _bar_line(self, done: int, total: int, failed: str, rate: float, eta: str) -> str:
         frac = done / total if total else 1.0
-        figures = f" {done}/{total} {frac:4.0%}  {rate:,.0f} msg/s  ETA {eta}{failed}"
+        figures = f" {done}/{total} {frac:4.0%}  {_per_second(rate)} msg/s  ETA {eta}{failed}"
         width = _columns(self.console) - 1  # the last column would wrap the line on some terminals
         room = width - len(figures) - 2
         if room < MIN_BAR:
@@ -136,6 +135,12 @@ def _columns(console: Console) -> int:
         return 80
 
 
+def _per_second(rate: float) -> str:
+    """A rate as a person reads it: whole numbers from 10 up, one decimal below (a --rate 0.5 send read
+    "0 msg/s" while it sent, and "1 msg/s" at 0.6)."""
+    return f"{rate:,.0f}" if rate >= 9.95 else f"{rate:.1f}"
+
+
 def _clock(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
@@ -158,6 +163,7 @@ REPORT_ROWS = (
     ("in_doubt_before", "in doubt before (--retry-failed)"),
     ("pending", "not sent (stopped early)"),
 )
+LABEL_WIDTH = max(len(label) for _, label in REPORT_ROWS)  # each count in one column, under the longest label
 
 
 def report_counts(report: Report, stats: ReadStats | None = None) -> dict[str, int]:
@@ -178,11 +184,11 @@ def report_lines(heading: str, report: Report, stats: ReadStats, *, dry_run: boo
         if key in ("sent", "would_send") and key != first:
             continue
         if counts[key] or key == first:
-            lines.append(f"  {label:<44}{counts[key]:>9}")
+            lines.append(f"  {label:<{LABEL_WIDTH}}{counts[key]:>9}")
     for reason, count in sorted(report.failures.items(), key=lambda kv: -kv[1])[:10]:
         lines.append(f"    {count:>6} x {reason}")
     if not dry_run and report.sent:
-        lines.append(f"  {report.rate():,.0f} msg/s")
+        lines.append(f"  {_per_second(report.rate())} msg/s")
     return lines
 
 

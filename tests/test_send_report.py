@@ -28,7 +28,7 @@ def masked(text: str, tmp_path: Path, port: int) -> str:
     text = text.replace(str(tmp_path), "TMP").replace(f"127.0.0.1:{port}", "127.0.0.1:PORT")
     text = re.sub(r"(?m)^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d ", "T ", text)
     text = re.sub(r"(?m)^T progress: .*\n", "", text)
-    text = re.sub(r"\d[\d,]* msg/s", "N msg/s", text)
+    text = re.sub(r"\d[\d,.]* msg/s", "N msg/s", text)
     text = re.sub(r"No post dated \d{4}-\d\d-\d\d", "No post dated DAY", text)
     text = re.sub(r"<2026-02-09\.test-[^>]+>", "<MESSAGE-ID>", text)
     return without_post_warnings(text)

@@ -363,7 +363,7 @@ def test_a_worker_on_a_terminal_counts_its_share_without_a_bar_out_of_nothing(
             coordinator.kill()
     assert code == 0, screen
     drawn = _redrawn(screen)
-    assert drawn and all(re.fullmatch(r"\d+ messages?  [\d,]+ msg/s *", line) for line in drawn), drawn
+    assert drawn and all(re.fullmatch(r"\d+ messages?  [\d,.]+ msg/s *", line) for line in drawn), drawn
     assert drawn[-1].startswith("30 messages"), drawn
 
 

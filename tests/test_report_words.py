@@ -1,0 +1,55 @@
+"""The send's words as a publisher reads them: the rate of a slow (--rate) send, and the report's columns.
+
+A `--rate 2` send printed "1 msg/s" and "0 msg/s" while it sent half a message a second (the rate was
+rounded to a whole number), and the report's "suppressed (unsubscribed, bounced or complained)" row, longer
+than the labels' column, pushed its count four columns right of the others. Found sending from the wheel
+(stop 27). The real CLI, a real SMTP server (tests/smtpd.py), a reader unsubscribed with `mailer unsubscribe`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.command import run
+from tests.publisher import env_for
+from tests.smtpd import SMTPServer
+from tests.test_send import recipients, send_args, write_list
+
+RATE = 2.0  # messages a second at most: the send's rate is below 10, where a whole number says too little
+
+
+@pytest.fixture(autouse=True)
+def _no_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+
+
+def test_a_slow_sends_rate_has_a_decimal_and_the_reports_counts_line_up(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path
+) -> None:
+    readers = [f"user{i}@example.com" for i in range(4)]
+    gone = "gone@example.com"
+    csv = write_list(tmp_path / "subs.csv", [*readers, gone])
+    env = env_for(smtp_server, tmp_path)
+    code, _, err = run(["unsubscribe", gone], env)
+    assert code == 0, err
+    code, _, err = run(send_args(post, csv, "--rate", str(RATE)), env)
+    assert code == 0, err
+    assert sorted(recipients(smtp_server)) == readers
+
+    last = re.findall(r"progress: 4/4 messages, 4 sent, ([\d,.]+) msg/s", err)
+    own = re.findall(r"^  ([\d,.]+) msg/s$", err, re.MULTILINE)
+    assert last and len(own) == 1, err
+    for figure in [*last, *own]:  # at most the rate asked for, with its decimal
+        assert re.fullmatch(r"\d\.\d", figure), err
+        assert 0 < float(figure) <= RATE * 4 / 3 + 0.05, err  # 4 messages, the first at once: >= 1.5 s
+
+    report = err[err.index("2026-02-09: ") :].splitlines()[1:]
+    rows = {line.strip().rsplit(" ", 1)[0].strip(): line for line in report if re.search(r"\s\d+$", line)}
+    assert set(rows) == {"sent", "suppressed (unsubscribed, bounced or complained)"}, report
+    assert rows["sent"].endswith(" 4") and rows["suppressed (unsubscribed, bounced or complained)"].endswith(
+        " 1"
+    )
+    assert len({len(line) for line in rows.values()}) == 1, report  # every count ends in the same column
