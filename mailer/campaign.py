@@ -102,6 +102,9 @@ class Feedback:
     def suppressed_meanwhile(self, email: str) -> None:
         """A reader looked up earlier in the send was suppressed since: no message of theirs starts now."""
 
+    def subscribed_again(self, email: str) -> None:
+        """A reader suppressed_meanwhile() was said of is not suppressed any more: mailed after all."""
+
 
 class Clock:
     """The send loop's time: when a retry falls due, when the rate limit lets a message start.
@@ -643,7 +646,7 @@ def _unsent(
     subscriber), just before the batch is sent, so an unsubscribe made during the send still counts.
     `before_batch`, a real send's checks (see _Loop._before_batch), is called before each look-up.
     `recheck` (a real send's) asks again about the batch's readers while they wait (recheck.py): one
-    suppressed since the look-up is counted as suppressed here, or skipped where their message starts.
+    suppressed since the look-up is held back by the loop, or where their message starts.
 
     A reader whose outcome this run (`run`) recorded already was dealt with by another worker of the send,
     stopped or killed half-way through the batch this one took over: not this one's to count, nor "before"
@@ -655,10 +658,8 @@ def _unsent(
             before_batch()
         suppressed, states, ours = ledger.looked_up(issue_id, [sub.email for sub in batch], run)
         keys = [sub.key for sub in batch]
-        late: set[str] = set()
         if recheck is not None:
             recheck.looked_up([key for key in keys if key not in suppressed])
-            late = recheck.late
         for sub, key in zip(batch, keys, strict=True):
             state = states.get(key)
             if key in ours and state in THIS_RUN:
@@ -671,7 +672,7 @@ def _unsent(
                 yield None
                 continue
             report.seen += 1
-            if key in suppressed or key in late:
+            if key in suppressed:
                 counted = "suppressed"
             elif state == "sent":
                 counted = "already_sent"
@@ -725,6 +726,7 @@ class _Loop:
         self.consecutive_failures = 0
         self.fatal = ""
         self.held: list[_Job] = []  # refused by policy before anyone was accepted (see refusals.py)
+        self.parked: list[_Job] = []  # suppressed when their turn came: asked about again at the end
         limiter = share.pace() if share is not None else RateLimiter(options.rate, clock)
         self.recheck = Recheck(ledger, clock.now)
         self.pool = _Pool(
@@ -758,10 +760,17 @@ class _Loop:
                 if sub is None:
                     self.feedback.progress(self.report)
                     continue
+                late = self.recheck.late  # empty but for readers suppressed since their look-up
+                if late and sub.key in late and not self.recheck.starts(sub.key):
+                    self.parked.append(_Job(0.0, next(self.seq), sub))  # suppressed since its look-up
+                    continue
                 self._submit(_Job(0.0, next(self.seq), sub))
-            while not self.fatal and (self.pool.in_flight or self.retries):
+            while not self.fatal and (self.pool.in_flight or self.retries or self.parked):
                 self.signals.raise_if_signalled()
                 self._still_held()
+                if self.parked and not self.pool.in_flight:
+                    self._unpark()
+                    continue
                 self._submit_due_retries()
                 self.pool.hand_over(0.0)  # the last run built, once a connection has room for it
                 if self.pool.in_flight:
@@ -789,6 +798,9 @@ class _Loop:
             unsent = self.pool.shutdown()
             self._collect(0.0, drain=True)
             self.report.pending += len(unsent) + len(self.retries) + len(self.held)
+            for job in self.parked:  # suppressed when last asked about
+                self.report.suppressed += 1
+                self._settled(job, "suppressed")
         if self.fatal and not self.report.stopped_because:
             self.report.stopped_because = self.fatal
         if interrupted is not None:
@@ -834,8 +846,7 @@ class _Loop:
         while self.retries and self.retries[0].due <= now and not self.fatal:
             job = heapq.heappop(self.retries)
             if self.ledger.is_suppressed(job.sub.email):  # unsubscribed while waiting for its retry
-                self.report.suppressed += 1
-                self._settled(job, "suppressed")
+                self.parked.append(job)
                 continue
             self.report.retries += 1
             if self.share is not None:
@@ -844,8 +855,11 @@ class _Loop:
 
     def _collect(self, timeout: float, *, drain: bool = False) -> None:
         if not drain:
-            for email in self.recheck.refresh():
+            gone, back = self.recheck.refresh()
+            for email in gone:
                 self.feedback.suppressed_meanwhile(email)
+            for email in back:
+                self.feedback.subscribed_again(email)
         block = timeout > 0
         while True:
             try:
@@ -864,9 +878,8 @@ class _Loop:
             self._hold(job, drain=drain)
             return
         if job.suppressed:
-            report.suppressed += 1
-            self._settled(job, "suppressed")
-            self.feedback.progress(report)
+            job.suppressed = False
+            self.parked.append(job)
             return
         if outcome is None:
             report.pending += 1
@@ -910,6 +923,26 @@ class _Loop:
                     f"(last: {outcome}); is the server up and the configuration right?"
                 )
         self.feedback.progress(report)
+
+    def _unpark(self) -> None:
+        """Nothing is out: ask once more about the readers who were suppressed when their turn came. Those
+        subscribed again since are mailed now, once (no message of theirs went in this send; a worker's
+        batch stays open until then); the rest are counted as suppressed."""
+        still = self.ledger.suppressed_among({job.sub.key for job in self.parked})
+        parked, self.parked = self.parked, []
+        self.recheck.back({job.sub.key for job in parked} - still)
+        for job in parked:
+            if job.sub.key in still:
+                self.report.suppressed += 1
+                self._settled(job, "suppressed")
+                continue
+            self.feedback.subscribed_again(job.sub.email)
+            if job.attempt > 1:  # it was waiting for a retry when it was suppressed
+                self.report.retries += 1
+                if self.share is not None:
+                    self.share.retried(job.sub)
+            self._submit(job)
+        self.feedback.progress(self.report)
 
     def _settled(self, job: _Job, counted: str, reason: str = "") -> None:
         if self.share is not None:

@@ -110,6 +110,10 @@ class ConsoleFeedback(Feedback):
         why = "unsubscribed, bounced or complained"
         self.console.error(self.console.stamp(f"{email}: suppressed during the send ({why}); not mailed"))
 
+    def subscribed_again(self, email: str) -> None:
+        self._own_line()
+        self.console.error(self.console.stamp(f"{email}: subscribed again during the send; mailed after all"))
+
     def _own_line(self) -> None:
         """End the bar's line (on a terminal) so that a line said now stands on its own."""
         if self.tty and self.drawn:

@@ -151,3 +151,86 @@ def test_readers_unsubscribed_while_a_joined_worker_waits_are_not_mailed(
     victims = [*seen, size + 5, len(READERS) - 1]
     options = ["--distributed", "--workers", "0", "--connections", "1", "--rate", "200"]
     _unsubscribe_while_held(smtp_server, tmp_path, post, record_at, options, [3], victims, seen, joined=True)
+
+
+def _say(env: dict[str, str], cwd: Path, *args: str) -> None:
+    """`mailer ARGS`, which must succeed."""
+    proc = spawn(list(args), env, cwd)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err.decode()
+
+
+def _leave_and_come_back(
+    smtp_server: SMTPServer,
+    tmp_path: Path,
+    post: Path,
+    record: Location,
+    options: list[str],
+    at: list[int],
+    *,
+    joined: bool = False,
+) -> None:
+    """`mailer send` of READERS with `options` (`joined`: and a `mailer worker` joining it), held at reader
+    at[0]: readers at[1], at[2] and at[3] unsubscribe, and the sender says so; at[3] comes back at once
+    (before its turn), at[1] only once the send is held again at reader at[4] (its turn has passed: found
+    suppressed then, not mailed then). The send mails at[1] and at[3] once each before it ends, and not
+    at[2]; its report counts at[2] alone as suppressed; a rerun mails no one."""
+    first, back_late, stays, back_soon, second = (READERS[i] for i in at)
+    env = env_at(smtp_server, tmp_path, record, MAILER_SMTP_TIMEOUT="120")
+    csv = write_list(tmp_path / "subs.csv", READERS)
+    holds = [smtp_server.hold(first), smtp_server.hold(second)]
+    args = ["send", str(post), "--to", str(csv), "--yes", "--force"]
+    send = spawn([*args, *options], env, tmp_path)
+    sender = send
+    try:
+        if joined:
+            wait_until("the send in the record", lambda: _running(record))
+            sender = spawn(["worker"], env, tmp_path)
+        assert holds[0].reached.wait(timeout=120), f"the send never reached {first}"
+        _say(env, tmp_path, "unsubscribe", back_late, stays, back_soon)
+        said = _said(sender, [back_late, stays, back_soon])
+        _say(env, tmp_path, "unsubscribe", "--undo", back_soon)
+        holds[0].release.set()
+        assert holds[1].reached.wait(timeout=120), f"the send never reached {second}"
+        _say(env, tmp_path, "unsubscribe", "--undo", back_late)
+        holds[1].release.set()
+        _, rest = send.communicate(timeout=300)
+        if sender is not send:
+            _, worker_rest = sender.communicate(timeout=120)
+            assert sender.returncode == 0, worker_rest.decode()
+            said += worker_rest
+    finally:
+        for hold in holds:
+            hold.release.set()
+        for proc in {send, sender}:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    err_text = rest.decode()
+    assert send.returncode == 0, err_text
+    assert recipients(smtp_server) == {r: 1 for r in READERS if r != stays}
+    assert re.search(r"suppressed \(unsubscribed, bounced or complained\)\s+1\n", err_text), err_text
+    assert f"{back_late}: subscribed again during the send" in (said + rest).decode()
+    again = spawn(args, env, tmp_path)
+    _, again_err = again.communicate(timeout=120)
+    assert again.returncode == 0, again_err.decode()
+    assert sum(recipients(smtp_server).values()) == len(READERS) - 1
+
+
+def test_a_reader_who_leaves_and_comes_back_during_the_send_is_mailed_once(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path, record_at: Location
+) -> None:
+    """One connection, held at reader 3 and then at 150: 60 comes back after its turn, 120 before it."""
+    _leave_and_come_back(
+        smtp_server, tmp_path, post, record_at, ["--connections", "1"], [3, 60, 100, 120, 150]
+    )
+
+
+def test_a_reader_who_leaves_and_comes_back_while_a_joined_worker_sends_is_mailed_once(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path, record_at: Location
+) -> None:
+    """A `mailer worker` joining a `--distributed` send, held at reader 3 and then at 20 of its first batch:
+    8 comes back after its turn (the worker keeps that batch until it has asked about 8 again, at the end of
+    its share), 15 before it."""
+    options = ["--distributed", "--workers", "0", "--connections", "1"]
+    _leave_and_come_back(smtp_server, tmp_path, post, record_at, options, [3, 8, 12, 15, 20], joined=True)
