@@ -8,6 +8,7 @@ the one message per connection that the server took but the record does not show
 from __future__ import annotations
 
 import collections
+import contextlib
 import heapq
 import itertools
 import queue
@@ -580,7 +581,11 @@ def run_send(
         ledger, issue_id, factory, transport, options, feedback, report, signals, clock or Clock(),
         check_lock, run=run_id,
     )  # fmt: skip
-    loop.run(_chunked(subscribers))
+    try:
+        loop.run(_chunked(subscribers))
+    finally:  # stopped early too: what it found so far (a record that failed under it takes no count)
+        with contextlib.suppress(MailerError):
+            ledger.count_run(run_id, report.suppressed)
     if report.complete:
         ledger.finish_run(run_id)
     return report

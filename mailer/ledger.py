@@ -23,7 +23,7 @@ from .subscribers import dedupe_key
 from .webcopies import digest
 
 T = TypeVar("T")
-SCHEMA_VERSION = 13
+SCHEMA_VERSION = 14
 STATES = ("sending", "sent", "deferred", "failed")
 # what a person reads for each state: 'sending' is the record's name for a message whose fate is unknown
 LABELS = {"sending": "in doubt", "sent": "sent", "deferred": "deferred", "failed": "failed"}
@@ -230,6 +230,9 @@ class IssueSummary:
     completed_at: datetime | None  # when the list was finished (None: no send of this version finished it)
     counts: dict[str, int]
     changed_at: datetime | None = None  # when this version was first sent, if an earlier one was (--changed)
+    # readers the last run of this version that ended (not killed) found suppressed and did not mail, as its
+    # report counted them; None: no such run (the runs before schema 14 were not counted)
+    suppressed: int | None = None
 
     @property
     def total(self) -> int:
@@ -254,18 +257,23 @@ class IssueStatus(IssueSummary):
             f"{self.issue_id}: {self.subject}",
             f"  {_WHERE[self.destination]}: {counts} ({self.total} in all)",
         ]
+        if self.suppressed:
+            lines.append(
+                f"  {self.suppressed} suppressed (unsubscribed, bounced or complained): not mailed, as the"
+                " last send of it found them"
+            )
         if self.completed_at is not None:
             lines.append(f"  complete since {self.completed_at.isoformat(sep=' ', timespec='seconds')}")
+        else:  # the counts alone read as done: the record holds only the readers a send reached
+            lines.append(
+                "  not complete: no send of this version has gone through its whole list (one is running,"
+                " or it stopped early: run the same send command again to finish)"
+            )
         if self.changed_at is not None:
             when = self.changed_at.isoformat(sep=" ", timespec="seconds")
             lines.append(
                 f"  the post changed {when} (--changed): this version is the web copy, and readers mailed"
                 " before then got the earlier one"
-            )
-        else:  # the counts alone read as done: the record holds only the readers a send reached
-            lines.append(
-                "  not complete: no send of this version has gone through its whole list (one is running,"
-                " or it stopped early: run the same send command again to finish)"
             )
         for group in self.failures:
             code = "no reply" if group.code is None else str(group.code)
@@ -409,6 +417,7 @@ class Ledger:
                     10: self._from_v10,
                     11: self._from_v11,
                     12: self._from_v12,
+                    13: self._from_v13,
                 }
                 for step in range(version, SCHEMA_VERSION):
                     upgrades[step]()  # from schema `step` to `step + 1`, in one transaction with the rest
@@ -585,6 +594,16 @@ class Ledger:
                 "INSERT INTO web_copy_digests (issue_id, digest) VALUES (?, ?)",
                 (issue_id, digest(bytes(html))),
             )
+
+    def _from_v13(self) -> None:
+        # How many readers each run found suppressed and so did not mail, as its report counted them
+        # (also those suppressed while it ran: recheck.py), so that `mailer status` says what the report
+        # said. Written as the run ends; runs before, and one killed, have none. (IF NOT EXISTS: the upgrade
+        # tests of older steps make their old schema from today's)
+        self._script(
+            "CREATE TABLE IF NOT EXISTS run_counts (run_id BIGINT PRIMARY KEY, suppressed INTEGER NOT NULL)"
+            " WITHOUT ROWID"
+        )
 
     def keep_web_copy(self, issue_id: str, html: bytes, *, replace: bool = True) -> None:
         """Keep the issue's web copy, which every host's `mailer serve` shows (hostcopies.py), and its
@@ -856,6 +875,15 @@ class Ledger:
         """Note that a run reached everyone on its list it could, so the daily run need not look again."""
         self._write("UPDATE runs SET completed_at = ? WHERE run_id = ?", (_now(), run_id))
 
+    def count_run(self, run_id: int, suppressed: int) -> None:
+        """Keep how many readers the run found suppressed (its report's count), for `mailer status`."""
+        self._write(
+            "INSERT INTO run_counts (run_id, suppressed) VALUES (?, ?)"
+            " ON CONFLICT (run_id) DO UPDATE SET suppressed = excluded.suppressed",
+            (run_id, suppressed),
+            rows_only=True,
+        )
+
     def is_complete(self, issue_id: str, list_key: str) -> bool:
         """Whether a run of the issue's current version finished for this list (the same list key)."""
         row = self._one(
@@ -895,6 +923,7 @@ class Ledger:
                     s.completed_at,
                     s.counts,
                     s.changed_at,
+                    s.suppressed,
                     [FailureGroup(state, code, reply, n) for state, code, reply, n in groups],
                 )
             )
@@ -924,7 +953,10 @@ class Ledger:
             f" (SELECT min(r.started_at) {runs} AND r.content_hash = i.content_hash"
             f"  AND EXISTS ({earlier} AND o.content_hash != i.content_hash AND o.run_id < r.run_id)),"
             " (SELECT count(*) FROM deliveries AS d WHERE d.issue_id = i.issue_id"
-            "  AND d.destination = i.destination)"
+            "  AND d.destination = i.destination),"
+            " (SELECT c.suppressed FROM runs AS r JOIN run_counts AS c USING (run_id)"
+            "  WHERE r.issue_id = i.issue_id AND r.destination = i.destination"
+            "  AND r.content_hash = i.content_hash ORDER BY r.run_id DESC LIMIT 1)"
             f" FROM issues AS i WHERE TRUE{one}"
             " ORDER BY i.created_at DESC, i.issue_id DESC, i.destination DESC",
             params,
@@ -937,7 +969,18 @@ class Ledger:
         ):
             unsent.setdefault((issue, destination), {})[state] = n
         out: list[IssueSummary] = []
-        for issue, destination, subject, content_hash, created, complete, since, changed, total in rows:
+        for (
+            issue,
+            destination,
+            subject,
+            content_hash,
+            created,
+            complete,
+            since,
+            changed,
+            total,
+            suppressed,
+        ) in rows:
             counts = unsent.get((issue, destination), {})
             if total > sum(counts.values()):
                 counts["sent"] = total - sum(counts.values())
@@ -951,6 +994,7 @@ class Ledger:
                     _time(since) if complete else None,
                     counts,
                     _time(changed) if changed else None,
+                    suppressed,
                 )
             )
         return out

@@ -251,6 +251,7 @@ def issue_fields(summary: IssueSummary, bounces: Mapping[str, Mapping[str, int]]
         "counts": dict(summary.counts),
         "sent": summary.count("sent"),
         "failed": summary.count("failed") + summary.count("deferred"),
+        "suppressed": summary.suppressed,
         "bounces": issue_rates(summary, bounces.get(summary.issue_id, {})).fields(),
     }
 

@@ -928,6 +928,8 @@ def _conclude(
         params += (time.time(),)
     with ledger.transaction():
         ended = bool(ledger.rows(sql + " RETURNING state", params))
+        if ended and run_id is not None:
+            ledger.count_run(run_id, report.suppressed)
         if ended and report.complete and run_id is not None:
             ledger.finish_run(run_id)
     return ended

@@ -13,6 +13,7 @@ started apart from the send does the sending and says what it found.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import select
@@ -21,8 +22,9 @@ import time
 from pathlib import Path
 
 from mailer.engine import Location
+from mailer.ledger import SCHEMA_VERSION, Ledger
 from mailer.workers import batch_size
-from tests.pg import rows
+from tests.pg import rows, set_schema_version
 from tests.smtpd import SMTPServer
 from tests.test_workers import _running, env_at, recipients, spawn, wait_until, write_list
 
@@ -95,6 +97,7 @@ def _unsubscribe_while_held(
     assert recipients(smtp_server) == {r: 1 for r in READERS if r not in kept}
     counted = rf"suppressed \(unsubscribed, bounced or complained\)\s+{len(victims)}\n"
     assert re.search(counted, err_text), err_text
+    _status_counts(env, tmp_path, post, len(victims))
     # the record holds no delivery of theirs, and a rerun finds nothing left to send
     delivered = {str(email) for (email,) in rows(record, "SELECT email FROM deliveries")}
     assert delivered == set(READERS) - kept
@@ -151,6 +154,18 @@ def test_readers_unsubscribed_while_a_joined_worker_waits_are_not_mailed(
     victims = [*seen, size + 5, len(READERS) - 1]
     options = ["--distributed", "--workers", "0", "--connections", "1", "--rate", "200"]
     _unsubscribe_while_held(smtp_server, tmp_path, post, record_at, options, [3], victims, seen, joined=True)
+
+
+def _status_counts(env: dict[str, str], cwd: Path, post: Path, suppressed: int) -> None:
+    """`mailer status POST`, as text and as --json, counts the readers suppressed as the send's report did."""
+    status = spawn(["status", str(post), "--json"], env, cwd)
+    out, err = status.communicate(timeout=120)
+    assert status.returncode == 0, err.decode()
+    assert json.loads(out)["suppressed"] == suppressed
+    status = spawn(["status", str(post)], env, cwd)
+    out, err = status.communicate(timeout=120)
+    assert status.returncode == 0, err.decode()
+    assert f"  {suppressed} suppressed (unsubscribed, bounced or complained): not mailed" in out.decode()
 
 
 def _say(env: dict[str, str], cwd: Path, *args: str) -> None:
@@ -211,6 +226,7 @@ def _leave_and_come_back(
     assert recipients(smtp_server) == {r: 1 for r in READERS if r != stays}
     assert re.search(r"suppressed \(unsubscribed, bounced or complained\)\s+1\n", err_text), err_text
     assert f"{back_late}: subscribed again during the send" in (said + rest).decode()
+    _status_counts(env, tmp_path, post, 1)
     again = spawn(args, env, tmp_path)
     _, again_err = again.communicate(timeout=120)
     assert again.returncode == 0, again_err.decode()
@@ -234,3 +250,27 @@ def test_a_reader_who_leaves_and_comes_back_while_a_joined_worker_sends_is_maile
     its share), 15 before it."""
     options = ["--distributed", "--workers", "0", "--connections", "1"]
     _leave_and_come_back(smtp_server, tmp_path, post, record_at, options, [3, 8, 12, 15, 20], joined=True)
+
+
+def test_a_record_of_schema_13_keeps_its_runs_and_counts_the_next_ones(
+    tmp_path: Path, record_at: Location
+) -> None:
+    """Schema step 14 (run_counts) from a record of 13 with an issue sent and a run in it: the upgrade keeps
+    both; status has no count for the old run (None, no line), and one for a run counted after."""
+    with Ledger(record_at) as ledger:
+        ledger.start_issue("2026-02-09", "hash-1", "Monday")
+        old_run = ledger.start_run("2026-02-09", "list-1", "subs.csv")
+        ledger.record_outcomes("2026-02-09", [("ann@example.org", "sent", 250, "ok")], old_run)
+        ledger.finish_run(old_run)
+    rows(record_at, "DROP TABLE run_counts")
+    set_schema_version(record_at, 13)
+    with Ledger(record_at) as ledger:
+        assert ledger.schema_version() == SCHEMA_VERSION
+        [before] = ledger.statuses("2026-02-09")
+        assert (before.count("sent"), before.suppressed, before.completed_at is not None) == (1, None, True)
+        assert "suppressed" not in before.format()
+        assert "complete since" in before.format() and "not complete" not in before.format()
+        new_run = ledger.start_run("2026-02-09", "list-1", "subs.csv")
+        ledger.count_run(new_run, 3)
+        [after] = ledger.statuses("2026-02-09")
+        assert (after.count("sent"), after.suppressed) == (1, 3)
