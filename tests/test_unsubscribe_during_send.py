@@ -22,10 +22,13 @@ import time
 from pathlib import Path
 
 from mailer.engine import Location
+from mailer.envelope import ReturnPaths, message_tag
 from mailer.ledger import SCHEMA_VERSION, Ledger
+from mailer.tokens import Keyring
 from mailer.workers import batch_size
 from tests.pg import rows, set_schema_version
 from tests.smtpd import SMTPServer
+from tests.test_bounce_reading import _dsn_to
 from tests.test_workers import _running, env_at, recipients, spawn, wait_until, write_list
 
 READERS = [f"reader{i:03}@example.com" for i in range(200)]
@@ -274,3 +277,47 @@ def test_a_record_of_schema_13_keeps_its_runs_and_counts_the_next_ones(
         ledger.count_run(new_run, 3)
         [after] = ledger.statuses("2026-02-09")
         assert (after.count("sent"), after.suppressed) == (1, 3)
+
+
+def test_a_reader_whose_bounce_is_read_while_the_send_waits_is_not_mailed(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path, record_at: Location
+) -> None:
+    """A bounce suppresses as an unsubscribe does: held at reader 3, `mailer bounces` reads a hard bounce
+    of the issue before, signed for reader 60 (its VERP address); the send says so and does not mail 60."""
+    bounce_address = "bounce@bounces.aidaily.news"
+    secret = "during-the-send-test-secret-key-0123456789"
+    env = env_at(
+        smtp_server, tmp_path, record_at, MAILER_SMTP_TIMEOUT="120", MAILER_SECRET_KEY=secret,
+        MAILER_BOUNCE_ADDRESS=bounce_address,
+    )  # fmt: skip
+    victim = READERS[60]
+    with Ledger(record_at) as ledger:  # the issue before went to the reader
+        ledger.start_issue("2026-02-08", "hash-0", "Sunday")
+        ledger.record_outcomes("2026-02-08", [(victim, "sent", 250, "ok")])
+    folder = tmp_path / "bounces"
+    for sub in ("new", "cur", "tmp"):
+        (folder / sub).mkdir(parents=True)
+    signed = ReturnPaths(bounce_address, Keyring(secret)).address(message_tag("2026-02-08", victim))
+    (folder / "new" / "1.bounce").write_bytes(_dsn_to(signed, victim, "<b@mx>"))
+    csv = write_list(tmp_path / "subs.csv", READERS)
+    hold = smtp_server.hold(READERS[3])
+    send = spawn(
+        ["send", str(post), "--to", str(csv), "--yes", "--force", "--connections", "1"], env, tmp_path
+    )
+    try:
+        assert hold.reached.wait(timeout=120), "the send never reached reader 3"
+        _say(env, tmp_path, "bounces", "--maildir", str(folder))
+        said = _said(send, [victim])
+        hold.release.set()
+        _, rest = send.communicate(timeout=300)
+    finally:
+        hold.release.set()
+        if send.poll() is None:
+            send.kill()
+            send.communicate()
+    err_text = (said + rest).decode()
+    assert send.returncode == 0, err_text
+    assert recipients(smtp_server) == {r: 1 for r in READERS if r != victim}
+    assert re.search(r"suppressed \(unsubscribed, bounced or complained\)\s+1\n", err_text), err_text
+    assert rows(record_at, "SELECT email, reason FROM suppressions") == [(victim, "hard bounce")]
+    _status_counts(env, tmp_path, post, 1)
