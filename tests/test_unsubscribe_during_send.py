@@ -19,6 +19,8 @@ import re
 import select
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from mailer.engine import Location
@@ -27,7 +29,7 @@ from mailer.ledger import SCHEMA_VERSION, Ledger
 from mailer.tokens import Keyring
 from mailer.workers import batch_size
 from tests.pg import rows, set_schema_version
-from tests.smtpd import SMTPServer
+from tests.smtpd import Hold, SMTPServer
 from tests.test_bounce_reading import _dsn_to
 from tests.test_workers import _running, env_at, recipients, spawn, wait_until, write_list
 
@@ -46,6 +48,43 @@ def _said(proc: subprocess.Popen[bytes], emails: list[str], timeout: float = 120
         assert chunk, f"the send did not see every unsubscribe within {timeout}s: {seen.decode()}"
         seen += chunk
     return seen
+
+
+@contextmanager
+def _sending(
+    args: list[str],
+    env: dict[str, str],
+    cwd: Path,
+    record: Location,
+    holds: list[Hold],
+    *,
+    joined: bool = False,
+) -> Iterator[tuple[subprocess.Popen[bytes], subprocess.Popen[bytes]]]:
+    """`mailer ARGS` and, `joined`, a `mailer worker` joining its send once it is in the record: (the send,
+    the process that sends). After the block the held replies go and a process still running is killed."""
+    procs = [spawn(args, env, cwd)]
+    try:
+        if joined:
+            wait_until("the send in the record", lambda: _running(record))
+            procs.append(spawn(["worker"], env, cwd))
+        yield procs[0], procs[-1]
+    finally:
+        for hold in holds:
+            hold.release.set()
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+
+
+def _ended(send: subprocess.Popen[bytes], sender: subprocess.Popen[bytes]) -> tuple[bytes, bytes]:
+    """Once both have ended: what the send, and what a joined worker (which must exit 0), said since."""
+    _, rest = send.communicate(timeout=300)
+    if sender is send:
+        return rest, b""
+    _, worker_rest = sender.communicate(timeout=120)
+    assert sender.returncode == 0, worker_rest.decode()
+    return rest, worker_rest
 
 
 def _unsubscribe_while_held(
@@ -67,33 +106,18 @@ def _unsubscribe_while_held(
     env = env_at(smtp_server, tmp_path, record, MAILER_SMTP_TIMEOUT="120")  # the held replies take a while
     csv = write_list(tmp_path / "subs.csv", READERS)
     holds = [smtp_server.hold(READERS[i]) for i in held_at]
-    send = spawn(["send", str(post), "--to", str(csv), "--yes", "--force", *options], env, tmp_path)
-    sender = send
-    try:
-        if joined:
-            wait_until("the send in the record", lambda: _running(record))
-            sender = spawn(["worker"], env, tmp_path)
+    args = ["send", str(post), "--to", str(csv), "--yes", "--force", *options]
+    with _sending(args, env, tmp_path, record, holds, joined=joined) as (send, sender):
         for hold in holds:
             assert hold.reached.wait(timeout=120), "the send never reached a held reader"
-        unsubscribe = spawn(["unsubscribe", *(READERS[i] for i in victims)], env, tmp_path)
-        out, err = unsubscribe.communicate(timeout=120)
-        assert unsubscribe.returncode == 0, err.decode()
+        _say(env, tmp_path, "unsubscribe", *(READERS[i] for i in victims))
         said = _said(sender, [READERS[i] for i in seen])
         for hold in holds:
             hold.release.set()
-        _, rest = send.communicate(timeout=300)
-        if sender is not send:
-            _, worker_rest = sender.communicate(timeout=120)
-            assert sender.returncode == 0, (said + worker_rest).decode()
-            said = b""  # the worker's words: the report is the send's
-    finally:
-        for hold in holds:
-            hold.release.set()
-        for proc in {send, sender}:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
-    err_text = (said + rest).decode()
+        rest, _ = _ended(send, sender)
+    err_text = (
+        (said if sender is send else b"") + rest
+    ).decode()  # a worker's words: the report is the send's
     assert send.returncode == 0, err_text
     assert "Traceback" not in err_text
     kept = {READERS[i] for i in victims}
@@ -198,12 +222,7 @@ def _leave_and_come_back(
     csv = write_list(tmp_path / "subs.csv", READERS)
     holds = [smtp_server.hold(first), smtp_server.hold(second)]
     args = ["send", str(post), "--to", str(csv), "--yes", "--force"]
-    send = spawn([*args, *options], env, tmp_path)
-    sender = send
-    try:
-        if joined:
-            wait_until("the send in the record", lambda: _running(record))
-            sender = spawn(["worker"], env, tmp_path)
+    with _sending([*args, *options], env, tmp_path, record, holds, joined=joined) as (send, sender):
         assert holds[0].reached.wait(timeout=120), f"the send never reached {first}"
         _say(env, tmp_path, "unsubscribe", back_late, stays, back_soon)
         said = _said(sender, [back_late, stays, back_soon])
@@ -212,18 +231,8 @@ def _leave_and_come_back(
         assert holds[1].reached.wait(timeout=120), f"the send never reached {second}"
         _say(env, tmp_path, "unsubscribe", "--undo", back_late)
         holds[1].release.set()
-        _, rest = send.communicate(timeout=300)
-        if sender is not send:
-            _, worker_rest = sender.communicate(timeout=120)
-            assert sender.returncode == 0, worker_rest.decode()
-            said += worker_rest
-    finally:
-        for hold in holds:
-            hold.release.set()
-        for proc in {send, sender}:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
+        rest, worker_rest = _ended(send, sender)
+    said += worker_rest
     err_text = rest.decode()
     assert send.returncode == 0, err_text
     assert recipients(smtp_server) == {r: 1 for r in READERS if r != stays}
@@ -301,20 +310,13 @@ def test_a_reader_whose_bounce_is_read_while_the_send_waits_is_not_mailed(
     (folder / "new" / "1.bounce").write_bytes(_dsn_to(signed, victim, "<b@mx>"))
     csv = write_list(tmp_path / "subs.csv", READERS)
     hold = smtp_server.hold(READERS[3])
-    send = spawn(
-        ["send", str(post), "--to", str(csv), "--yes", "--force", "--connections", "1"], env, tmp_path
-    )
-    try:
+    args = ["send", str(post), "--to", str(csv), "--yes", "--force", "--connections", "1"]
+    with _sending(args, env, tmp_path, record_at, [hold]) as (send, _):
         assert hold.reached.wait(timeout=120), "the send never reached reader 3"
         _say(env, tmp_path, "bounces", "--maildir", str(folder))
         said = _said(send, [victim])
         hold.release.set()
-        _, rest = send.communicate(timeout=300)
-    finally:
-        hold.release.set()
-        if send.poll() is None:
-            send.kill()
-            send.communicate()
+        rest, _ = _ended(send, send)
     err_text = (said + rest).decode()
     assert send.returncode == 0, err_text
     assert recipients(smtp_server) == {r: 1 for r in READERS if r != victim}
