@@ -42,6 +42,8 @@ def reported(console: Console, fields: dict[str, Any] | None = None) -> Iterator
         what = getattr(exc, "what", "Interrupted")
         code = getattr(exc, "exit_code", ExitStatus.INTERRUPTED)
         console.error(f"{what}.")
+        if getattr(exc, "resume", False):
+            console.error("Stopped after the messages in flight; run the same command again to resume.")
         console.emit(_outcome(fields, code, error=what))
         sys.exit(code)
 

@@ -20,11 +20,13 @@ class ExitStatus(IntEnum):
 
 
 class Interrupted(KeyboardInterrupt):
-    """A signal stopped the command; `send` stops after the messages in flight and records them."""
+    """A signal stopped the command; `send` stops after the messages in flight and records them, and says
+    how to resume (`resume`) after the stop is named."""
 
-    def __init__(self, signum: int) -> None:
+    def __init__(self, signum: int, *, resume: bool = False) -> None:
         super().__init__(signum)
         self.signum = signum
+        self.resume = resume
 
     @property
     def exit_code(self) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
+import signal
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from .campaign import Report, SendOptions, run_send
 from .checks import Check, ChecksFailed, blocking, check_issue
 from .config import Settings
 from .console import Console
-from .errors import ExitStatus, MailerError
+from .errors import ExitStatus, Interrupted, MailerError
 from .keymarks import keyring_for
 from .ledger import SMTP, Ledger, issue_lock
 from .lists import ListFile, read_lists
@@ -412,9 +413,8 @@ def send_and_report(
         if feedback.report is not None:
             fields.update(counts=report_counts(feedback.report), failures=feedback.report.failures)
         fields["warnings"] = console.warnings
-        if isinstance(exc, KeyboardInterrupt):
-            what = getattr(exc, "what", "Interrupted")
-            console.error(f"{what} after the messages in flight; run the same command again to resume.")
+        if isinstance(exc, KeyboardInterrupt):  # named first (cli.reported), then how to resume
+            raise Interrupted(getattr(exc, "signum", signal.SIGINT), resume=True) from None
         raise
     fields.update(via=result.via, warnings=console.warnings, lists=[f.fields() for f in result.lists])
     if result.issue is not None:

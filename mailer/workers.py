@@ -429,6 +429,7 @@ class _Locals:
     def signal(self, signum: int) -> None:
         for proc, _ in self.procs:
             if proc.poll() is None:
+                self.stderr[proc.pid].passed_on = Interrupted(signum).what.encode()
                 proc.send_signal(signum)
 
     def gone(self, worker: str) -> bool:
@@ -483,11 +484,15 @@ def _free_batches_of(ledger: Ledger, where: tuple[str, str], pid: int) -> None:
 
 
 class _Stderr:
-    """A local worker's stderr, relayed by the coordinator to its own but for the worker's `Error:` line.
+    """A local worker's stderr, relayed by the coordinator to its own but for the worker's `Error:` line, and
+    its lines that name the stop its coordinator passed on.
 
     A worker that meets a failure the coordinator meets too (the record lost or not answering) says so as
     the coordinator does: the publisher would read the same error once per process. The coordinator says it
     once, and a worker's own error where it concerns that worker alone (in the line about its replacement).
+    So with a stop: after a Ctrl-C the coordinator says it stops every worker, and each worker's
+    "Terminated (SIGTERM): stopping ..." and "Terminated (SIGTERM)." would only repeat it (a worker
+    signalled by someone else still says so).
     A file, unlinked, not a pipe: a worker outlives a coordinator killed with -9, and would die of a pipe
     with no reader the next time it writes. The file is open twice: the worker appends to one description
     (`write`); the coordinator reads the other (`read`), whose offset is where the lines it passed on end,
@@ -502,6 +507,7 @@ class _Stderr:
         finally:
             os.unlink(path)
         self.error = ""
+        self.passed_on = b""  # the name of the signal the coordinator passed on (Interrupted.what)
 
     def relay(self) -> str:
         """Write the whole lines the worker added since the last call to this process's stderr, keeping back
@@ -516,10 +522,17 @@ class _Stderr:
             for line in chunk[:whole].splitlines(keepends=True):
                 if line.startswith(b"Error: "):
                     self.error = line.rstrip(b"\n").decode("utf-8", "replace")
-                else:
+                elif not self._echoes_the_stop(line):
                     sys.stderr.buffer.write(line)
             sys.stderr.flush()
             os.lseek(self.read, at + whole, os.SEEK_SET)
+
+    def _echoes_the_stop(self, line: bytes) -> bool:
+        """Whether the line (past its time stamp) only names the stop the coordinator passed on."""
+        if not self.passed_on:
+            return False
+        text = line.split(b" ", 1)[-1] if line[:1].isdigit() else line
+        return text.startswith(self.passed_on + b":") or text.rstrip() == self.passed_on + b"."
 
     def close(self) -> None:
         os.close(self.write)

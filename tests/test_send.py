@@ -699,7 +699,8 @@ def test_sigterm_stops_like_ctrl_c_and_the_rerun_mails_everyone_once(
     err = said + rest
     assert proc.returncode == 143, err.decode()
     assert recipients(smtp_server)["user30@example.com"] == 1  # the message in flight was finished
-    assert b"Terminated (SIGTERM) after the messages in flight; run the same command again" in err
+    resume = b"Stopped after the messages in flight; run the same command again to resume."
+    assert err.splitlines()[-2:] == [b"Terminated (SIGTERM).", resume], err  # the stop, then what to do
     assert b"Traceback" not in err
     # those before user30, user30, and at most one more in flight on each other connection
     assert len(smtp_server.messages) <= 31 + connections - 1 < len(emails)

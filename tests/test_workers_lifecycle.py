@@ -32,8 +32,10 @@ from tests.pg import rows
 from tests.smtpd import Hold, SMTPServer
 from tests.test_workers import (
     LEASE,
+    WORKER_STOPS,
     _read_until,
     _running,
+    _stderr_of,
     env_at,
     recipients,
     spawn,
@@ -264,6 +266,12 @@ def test_a_send_whose_coordinator_and_workers_all_died_is_said_so_and_a_rerun_fi
     assert "now:" not in status.stdout and "half-way" not in status.stdout
 
 
+def took_the_stop(pid: int) -> None:
+    """Wait until the coordinator's own worker `pid` has taken the SIGTERM its coordinator passed on: it says
+    so in its stderr, a file the coordinator relays but for that (its own line said it for every worker)."""
+    wait_until(f"worker pid {pid} stopping", lambda: WORKER_STOPS in _stderr_of(pid))
+
+
 def reached(holds: list[Hold], but: Hold) -> bool:
     return any(h.reached.is_set() for h in holds if h is not but)
 
@@ -284,11 +292,11 @@ def test_ctrl_c_on_the_coordinator_stops_its_own_worker_and_one_elsewhere_after_
         elsewhere = spawn(["worker", "--connections", "1"], env, tmp_path)
         wait_until("the other worker at a reader too", lambda: reached(holds, holds[0]))
         wait_until("both workers in the record", lambda: len(worker_pids(record_at)) == 2)
+        [local] = worker_pids(record_at) - {elsewhere.pid}
         coordinator.send_signal(signal.SIGINT)
-        # the coordinator's line, then its own worker's (the coordinator passes a SIGTERM on)
-        said = _read_until(coordinator, b"Terminated (SIGTERM): stopping after the messages in flight")
-        assert b"Interrupted: stopping every worker after the messages in flight" in said
-        other = _read_until(elsewhere, b"Terminated (SIGTERM): stopping after the messages in flight")
+        said = _read_until(coordinator, b"Interrupted: stopping every worker after the messages in flight")
+        took_the_stop(local)
+        other = _read_until(elsewhere, WORKER_STOPS)
         for hold in holds:
             hold.release.set()
         _, rest = coordinator.communicate(timeout=120)
@@ -300,7 +308,9 @@ def test_ctrl_c_on_the_coordinator_stops_its_own_worker_and_one_elsewhere_after_
     err = (said + rest).decode()
     assert coordinator.returncode == 130, err
     assert elsewhere.returncode == 143, other.decode()
-    assert "run the same command again" in err and b"Traceback" not in said + rest + other
+    assert "Terminated (SIGTERM)" not in err and b"Traceback" not in said + rest + other
+    resume = "Stopped after the messages in flight; run the same command again to resume."
+    assert err.splitlines()[-2:] == ["Interrupted.", resume], err  # the stop named, then what to do
     held = {f"user{i}@example.com" for i in range(0, 80, 10) if holds[i // 10].reached.is_set()}
     got = recipients(smtp_server)
     assert len(held) == 2 and held <= set(got)  # the messages in flight went out and are recorded
@@ -325,10 +335,10 @@ def test_a_second_sigterm_on_the_coordinator_hurries_its_worker_past_a_reply_tha
     proc = spawn(args, env, tmp_path)
     try:
         assert held.reached.wait(timeout=120), "the worker never reached user3"
+        [local] = worker_pids(record_at)
         proc.send_signal(signal.SIGTERM)
-        said = _read_until(
-            proc, b"Terminated (SIGTERM): stopping after the messages in flight"
-        )  # its worker's
+        said = _read_until(proc, b"Terminated (SIGTERM): stopping every worker after the messages in flight")
+        took_the_stop(local)  # the second SIGTERM the coordinator passes on must come after its first
         proc.send_signal(signal.SIGTERM)
         _, rest = proc.communicate(timeout=120)  # the reply to user3's RCPT is still held
         assert not held.release.is_set()
@@ -360,7 +370,7 @@ def test_a_second_ctrl_c_on_the_coordinator_hurries_a_worker_elsewhere_too(
         assert held.reached.wait(timeout=120), "the worker never reached user3"
         coordinator.send_signal(signal.SIGINT)
         said = _read_until(coordinator, b"Interrupted: stopping every worker after the messages in flight")
-        other = _read_until(elsewhere, b"Terminated (SIGTERM): stopping after the messages in flight")
+        other = _read_until(elsewhere, WORKER_STOPS)
         coordinator.send_signal(signal.SIGINT)
         other += elsewhere.communicate(timeout=120)[1]  # the reply to user3's RCPT is still held
         _, rest = coordinator.communicate(timeout=120)
