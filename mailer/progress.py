@@ -22,13 +22,14 @@ MIN_BAR = 10  # columns; on a narrower terminal the bar is left out and only the
 class ConsoleFeedback(Feedback):
     """Progress on the console's stderr: redrawn in place on a tty, a log line every few seconds otherwise.
 
-    `total` is the deliverable count found before sending (0: unknown); the bar counts messages dealt with
-    (sent or failed) out of it.
+    `total` is the deliverable count found before sending (None: unknown, a worker's share); the bar counts
+    messages dealt with (sent or failed) out of it. A send with nothing to deliver draws nothing: its report
+    says so, where "progress: 0 messages" lines said nothing to a rerun's log.
     """
 
     def __init__(self, console: Console, *, interval: float | None = None) -> None:
         self.console = console
-        self.total = 0
+        self.total: int | None = None
         self.tty = console.tty and not console.quiet
         self.interval = interval if interval is not None else (0.2 if self.tty else 5.0)
         self.last = 0.0
@@ -67,8 +68,10 @@ class ConsoleFeedback(Feedback):
         done = _done(report)
         rate = report.rate()
         failed = f", {report.failed} failed" if report.failed else ""
-        if not self.total:  # unknown (a worker's share of a send): no bar, no ETA
+        if self.total is None:  # unknown (a worker's share of a send): no bar, no ETA
             self._draw_count(report, done, rate, failed)
+            return
+        if not (self.total or done):
             return
         total = max(self.total, done)
         left = total - done

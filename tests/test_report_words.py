@@ -53,3 +53,20 @@ def test_a_slow_sends_rate_has_a_decimal_and_the_reports_counts_line_up(
         " 1"
     )
     assert len({len(line) for line in rows.values()}) == 1, report  # every count ends in the same column
+
+
+def test_a_rerun_with_nothing_left_draws_no_progress(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path
+) -> None:
+    """A rerun of a finished send (cron's second try, a --changed send after the list was done) has nothing
+    to deliver: its log had "progress: 0 messages, 0 sent, 0 msg/s" twice, a count of nothing, before the
+    report."""
+    csv = write_list(tmp_path / "subs.csv", ["ann@example.com", "bob@example.com"])
+    env = env_for(smtp_server, tmp_path)
+    code, _, err = run(send_args(post, csv), env)
+    assert code == 0 and "progress: 2/2 messages, 2 sent" in err, err
+    code, _, err = run(send_args(post, csv), env)
+    assert code == 0, err
+    assert "progress" not in err, err
+    assert re.search(r"^  already sent before +2$", err, re.MULTILINE), err
+    assert sorted(recipients(smtp_server)) == ["ann@example.com", "bob@example.com"]
