@@ -162,6 +162,7 @@ REPORT_ROWS = (
     ("invalid", "invalid rows"),
     ("duplicates", "duplicates"),
     ("skipped", "not to be mailed, as the list says"),
+    ("retries", "tries again after a temporary refusal"),
     ("failed_temporary", "failed, temporary (will retry on rerun)"),
     ("failed_permanent", "failed, permanent"),
     ("bounced", "  of which suppressed (refused as readers)"),
