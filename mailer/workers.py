@@ -207,7 +207,11 @@ def _take_over(ledger: Ledger, where: tuple[str, str]) -> None:
         " AND state IN ('running', 'stopping', 'stopped')",
         where,
     )
-    if running and (left := _alive_workers(ledger, where, float(json.loads(running[0][1])["lease"]))):
+    left: list[str] = []
+    if running:
+        options = json.loads(running[0][1])
+        left = _alive_workers(ledger, where, float(options["lease"]), now=_their_now(ledger, options))
+    if left:
         if running[0][2] == "stopped":
             raise MailerError(
                 f"{issue_id}: the send started by {running[0][0]} was stopped, and {len(left)} of its"
@@ -829,6 +833,12 @@ def _add(totals: dict[str, int], counts: str | None) -> None:
         totals[name] += int(found.get(name, 0))
 
 
+def _their_now(ledger: Ledger, options: dict[str, Any]) -> float:
+    """The time now on the clock of the coordinator of the send of these `options`, which its word and its
+    workers' are written on: this host's may be off it (clocks.py)."""
+    return time.time() - (clock_offset(ledger) or 0.0) + float(options.get("clock", 0.0))
+
+
 def _alive_workers(
     ledger: Ledger, where: tuple[str, str], lease: float, but: str = "", now: float | None = None
 ) -> list[str]:
@@ -1085,8 +1095,7 @@ def under_way(ledger: Ledger, issue_id: str) -> dict[str, Any] | None:
         return None
     state, coordinator, started, alive_until, options, batches, done = found[0]
     lease = float(json.loads(options)["lease"])
-    # now on the coordinator's clock, which its word and its workers' are written on: this host's may be off
-    now = time.time() - (clock_offset(ledger) or 0.0) + float(json.loads(options).get("clock", 0.0))
+    now = _their_now(ledger, json.loads(options))
     workers = _alive_workers(ledger, where, lease, now=now)
     heard_ago = max(0.0, now - (float(alive_until) - lease))  # a clock ahead of its: 0, not less
     return {

@@ -24,7 +24,7 @@ from mailer.engine import Server
 from tests.pg import Cluster, rows
 from tests.sends import forty_readers, held_send
 from tests.smtpd import SMTPServer
-from tests.test_workers import env_at, recipients, spawn
+from tests.test_workers import _running, env_at, recipients, spawn, wait_until
 
 pytestmark = pytest.mark.postgresql
 
@@ -126,3 +126,39 @@ def test_status_on_a_host_whose_clock_is_ahead_reads_the_coordinator_as_alive(
     assert sending["coordinator_gone"] is False, sending
     assert sending["coordinator_heard_ago"] < 60, sending
     assert sending["workers"] == 1, sending
+
+
+def test_a_lone_rerun_on_a_host_whose_clock_is_ahead_is_refused_while_a_worker_still_sends(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path, pg_cluster: Cluster
+) -> None:
+    """The host of a --distributed send dies; its `mailer worker` goes on. The plain command on a host 600 s
+    ahead (lease 60 s) took the worker for dead, as its last word was 600 s old on that clock, and went
+    ahead beside it; it must be refused as on a host in step (test_attack_workers)."""
+    server: Server = pg_cluster.database()
+    emails, args = forty_readers(tmp_path, post)
+    env = {**env_at(smtp_server, tmp_path, server, MAILER_SMTP_TIMEOUT="120"), "MAILER_WORKER_LEASE": "60"}
+    held = smtp_server.hold("user25@example.com")
+    coordinator = spawn([*args, "--distributed", "--workers", "0"], env, tmp_path)
+    wait_until("the send in the record", lambda: _running(server))
+    worker = spawn(["worker"], env, tmp_path)
+    try:
+        assert held.reached.wait(timeout=120), "the worker never reached user25"
+        coordinator.kill()
+        coordinator.communicate(timeout=60)
+        before = recipients(smtp_server)
+        lone = spawn(args, _skewed(env, tmp_path / "ahead", 600.0), tmp_path)
+        _, err = lone.communicate(timeout=120)
+        assert lone.returncode == 1, err.decode()
+        [line] = [x for x in err.decode().splitlines() if x.startswith("Error: ")]
+        assert "which is gone, is still being finished by 1 worker(s)" in line, line
+        assert recipients(smtp_server) == before
+        held.release.set()
+        _, said = worker.communicate(timeout=120)
+        assert worker.returncode == 0, said.decode()
+    finally:
+        held.release.set()
+        for proc in (coordinator, worker):
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    assert recipients(smtp_server) == Counter(emails)
