@@ -8,7 +8,8 @@ meanwhile gets all of it). The record's digests are read at most once every FRES
 requests come: a bot walking unknown issue ids costs the record one query a second, not a connection each.
 
 A folder that cannot take a copy (mounted read-only, full) is said once in the log, and the copy is shown from
-the record instead: a web host of a read-only container still shows every issue as last sent.
+the record instead: a web host of a read-only container still shows every issue as last sent. The folder is
+tried again RETRY seconds later, so a disk that was freed or remounted takes the copy without a restart.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mailer.web")
 FRESH = 1.0  # seconds a reading of the record's digests is trusted: a send's new copy shows within this
+RETRY = 5.0  # seconds before a folder that could not take a copy is tried again (not at each view)
 _IN_QUERY = 500  # issue ids per IN (...) query
 _Stamp = tuple[int, int, int]  # a file's (st_ino, st_mtime_ns, st_size): a file replaced or rewritten differs
 _DIGESTS = "SELECT issue_id, digest FROM web_copy_digests"
@@ -48,7 +50,7 @@ class HostCopies:
         self._read_at: float | None = None  # time.monotonic() when that reading started
         self._failing = False  # the last try to read them met a record that did not answer
         self._files: dict[str, tuple[_Stamp, str]] = {}  # the digest of this host's file of an issue
-        self._unwritable: set[str] = set()  # issues the folder could not take: shown from the record
+        self._unwritable: dict[str, float] = {}  # issue -> when (monotonic) the folder could not take it
 
     def digests(self, ledger: Ledger | None = None) -> dict[str, str]:
         """The digest of each issue's copy in the record, read again (through `ledger`, else a connection of
@@ -117,10 +119,7 @@ class HostCopies:
         stale = [
             i
             for i in issue_ids
-            if i in digests
-            and i not in self._unwritable
-            and FILE_NAME.fullmatch(i)
-            and self._file(i) != digests[i]
+            if i in digests and self._writable(i) and FILE_NAME.fullmatch(i) and self._file(i) != digests[i]
         ]
         for start in range(0, len(stale), _IN_QUERY):
             some = stale[start : start + _IN_QUERY]
@@ -153,16 +152,25 @@ class HostCopies:
     def _keep(self, issue_id: str, copy: bytes, created: str | None) -> None:
         """Write the record's copy as this host's file of the issue, whole (renamed over the old one)."""
         self._digests[issue_id] = digest(copy)  # what the record has now, which the reading may predate
-        if issue_id in self._unwritable:
+        if not self._writable(issue_id):
             return
         path = self.folder / f"{issue_id}.html"
         when = datetime.fromisoformat(created).timestamp() if created else None
         try:
             write_copy(path, copy, when)
         except OSError as exc:
-            self._unwritable.add(issue_id)
-            log.warning(
-                "%s: cannot write the issue's web copy: %s; showing it from the record",
-                path,
-                exc.strerror or exc,
-            )
+            if issue_id not in self._unwritable:  # said once, not at each try
+                log.warning(
+                    "%s: cannot write the issue's web copy: %s; showing it from the record",
+                    path,
+                    exc.strerror or exc,
+                )
+            self._unwritable[issue_id] = time.monotonic()
+            return
+        if self._unwritable.pop(issue_id, None) is not None:
+            log.info("%s: the issue's web copy written again", path)
+
+    def _writable(self, issue_id: str) -> bool:
+        """Whether to try writing the issue's copy: never failed, or failed RETRY seconds ago or more."""
+        failed = self._unwritable.get(issue_id)
+        return failed is None or time.monotonic() - failed >= RETRY
