@@ -35,10 +35,14 @@ class ConsoleFeedback(Feedback):
         self.last = 0.0
         self.drawn = False
         self.report: Report | None = None  # the last state seen: what a send that stopped got done
+        self.limit = 0.0  # messages per second at most (--rate), 0: no limit
 
-    def start(self, total: int) -> None:
-        """The deliverable count, known once the list was read through before the first message."""
+    def start(self, total: int, limit: float = 0.0) -> None:
+        """The deliverable count, known once the list was read through before the first message, and the
+        send's --rate (0: none): the rate shown is never above it (right after the first message, which
+        starts at once, a --rate 0.5 send said "3 msg/s, ETA 0:00:15" for a minute and a quarter)."""
         self.total = total
+        self.limit = limit
 
     def progress(self, report: Report) -> None:
         self.report = report
@@ -66,7 +70,7 @@ class ConsoleFeedback(Feedback):
         if self.console.quiet:
             return
         done = _done(report)
-        rate = report.rate()
+        rate = min(report.rate(), self.limit) if self.limit else report.rate()
         failed = f", {report.failed} failed" if report.failed else ""
         if self.total is None:  # unknown (a worker's share of a send): no bar, no ETA
             self._draw_count(report, done, rate, failed)

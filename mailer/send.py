@@ -299,7 +299,7 @@ def _send(
             console.note(
                 f"Sending {issue.issue_id} to {deliverable:,} subscriber(s) via {transport.description}"
             )
-            feedback.start(deliverable)
+            feedback.start(deliverable, options.rate)
         if crew is not None and not options.dry_run:
             from .workers import coordinate  # --workers only: a lone send does not import workers.py
 

@@ -72,3 +72,21 @@ def test_a_rerun_with_nothing_left_draws_no_progress(
     assert "progress" not in err, err
     assert re.search(r"^  already sent before +2$", err, re.MULTILINE), err
     assert sorted(recipients(smtp_server)) == ["ann@example.com", "bob@example.com"]
+
+
+def test_a_slow_sends_live_rate_is_never_above_its_rate(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path
+) -> None:
+    """The first message starts at once, so right after it the measured rate is many a second: a --rate 0.5
+    send said "3 msg/s, ETA 0:00:15" at its first line, for a send of a minute and a quarter."""
+    csv = write_list(tmp_path / "subs.csv", [f"user{i}@example.com" for i in range(3)])
+    env = env_for(smtp_server, tmp_path)
+    code, _, err = run(send_args(post, csv, "--rate", "1"), env)
+    assert code == 0, err
+    lines = re.findall(r"progress: (\d+)/3 messages, \d+ sent, ([\d.]+) msg/s, ETA (\S+)", err)
+    assert lines and lines[0][0] == "1", err  # the first message's line is drawn at once
+    for done, rate, eta in lines:
+        assert float(rate) <= 1.0, err
+        if int(done) < 3:  # 3 - done messages left at one a second at most
+            hours, minutes, seconds = (int(part) for part in eta.split(":"))
+            assert hours * 3600 + minutes * 60 + seconds >= 3 - int(done) - 1, err
