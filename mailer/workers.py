@@ -402,16 +402,21 @@ class _Locals:
                 continue
             self.procs.remove(one)
             self.ended.append(proc)
-            # 0: nothing left; 4: a stop every worker meets (its counts say why); 129, 130, 143: a signal
+            # 0: nothing left; 4: a stop every worker meets (its counts say why); 129, 130, 143: a signal,
+            # ours (passed on: the send stops) or from outside the send (an admin's kill: it is replaced)
             signalled = (ExitStatus.INTERRUPTED, ExitStatus.TERMINATED, ExitStatus.HUNG_UP)
-            if code in (0, ExitStatus.STOPPED, *signalled):
+            ours = bool(self.stderr[proc.pid].passed_on)
+            if code in (0, ExitStatus.STOPPED) or code in signalled and ours:
                 continue
             if not _open_batches(ledger, self.where):
                 continue
             _free_batches_of(ledger, self.where, proc.pid)
-            how = (
-                f"was killed by signal {-code} ({signal.strsignal(-code)})" if code < 0 else f"exited {code}"
-            )
+            if code < 0:
+                how = f"was killed by signal {-code} ({signal.strsignal(-code)})"
+            elif code in signalled:
+                how = f"was stopped by {signal.Signals(code - 128).name} from outside the send"
+            else:
+                how = f"exited {code}"
             said = self.stderr[proc.pid].relay()
             how += f" ({said})" if said else ""
             now = _progress(ledger, self.where)

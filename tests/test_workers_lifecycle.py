@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from mailer.engine import Location
-from tests.pg import rows
+from tests.pg import SQLITE_ONLY, rows
 from tests.smtpd import Hold, SMTPServer
 from tests.test_workers import (
     LEASE,
@@ -128,6 +128,33 @@ def test_a_local_worker_killed_is_replaced_and_the_send_finishes_with_everyone_o
     assert sum(n - 1 for n in got.values()) <= connections * kills  # only what a killed one had in flight
     assert set(states(record_at).values()) == {("sent", 1)}  # every outcome recorded once
     assert rows(record_at, "SELECT state FROM sends") == [("done",)]
+
+
+@SQLITE_ONLY  # the coordinator's own processes: the record's engine plays no part
+def test_a_local_worker_stopped_by_a_sigterm_from_outside_is_replaced_and_no_reader_mailed_twice(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path, record_at: Location
+) -> None:
+    # an admin's `kill PID` of one worker (not the coordinator): the worker stops after its message in flight
+    # (exit 143), and the send goes on with a worker in its place. --rate 20 keeps 110 readers for the rest
+    # of the send, at least 5 s, whatever the load: the coordinator sees the stop while batches are open
+    emails = [f"user{i}@example.com" for i in range(120)]
+    csv = write_list(tmp_path / "subs.csv", emails)
+    env = env_at(smtp_server, tmp_path, record_at)
+    args = ["send", str(post), "--to", str(csv), "--yes", "--force", "--workers", "2", "--rate", "20"]
+    proc = spawn([*args, "--connections", "1"], env, tmp_path)
+    try:
+        smtp_server.wait_for(10, timeout=120)
+        victim = sorted(live_workers(record_at))[0]
+        os.kill(victim, signal.SIGTERM)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        finish(proc)
+    said = err.decode()
+    assert proc.returncode == 0, said
+    assert f"worker pid {victim} was stopped by SIGTERM from outside the send; pid " in said, said
+    assert said.count("takes its place") == 1, said
+    assert recipients(smtp_server) == Counter({e: 1 for e in emails})  # a clean stop repeats no one
+    assert set(states(record_at).values()) == {("sent", 1)}
 
 
 SITECUSTOMIZE = """\
