@@ -312,7 +312,7 @@ def test_a_worker_joins_a_distributed_send_and_the_report_counts_its_share(
     db = record_at
     # no local worker: nothing is sent until the worker "on another host" joins
     args = ["send", str(post), "--to", str(csv), "--yes", "--force", "--distributed", "--workers", "0"]
-    coordinator = spawn([*args, "--json"], env, tmp_path)
+    coordinator = spawn([*args, "--json", "--rate", "40"], env, tmp_path)
     try:
         wait_until("the send in the record", lambda: _running(db))
         assert smtp_server.messages == []
@@ -336,6 +336,10 @@ def test_a_worker_joins_a_distributed_send_and_the_report_counts_its_share(
     # a worker does not know the size of its share: its progress gives a count, not "60/60" out of nothing
     shares = re.findall(r"progress: (\S+) messages?,", worker_err.decode())
     assert shares and all(s.isdigit() for s in shares), worker_err.decode()
+    # its report's rate is over the whole of its share: at most the send's --rate 40 (60 messages take at
+    # least 59/40 s; the first goes at once), not 60 over the moment its report was made
+    rates = re.findall(r"([\d,.]+) msg/s", worker_err.decode())
+    assert rates and float(rates[-1].replace(",", "")) <= 41, worker_err.decode()
     with Ledger(record_at) as ledger:
         assert ledger.status("2026-02-09").count("sent") == 60
     # and a worker started when no send runs is refused (tests/test_worker_wait.py)
