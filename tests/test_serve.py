@@ -253,8 +253,9 @@ def test_a_serve_started_under_nohup_keeps_ignoring_the_hang_up(tmp_path: Path) 
     # Ctrl-C does, but a SIGHUP ignored when it started stays ignored, as the publisher asked
     args = ["nohup", sys.executable, "-m", "mailer", "serve", "--host", HOST, "--port", "0"]
     # unbuffered: a buffered readline() may take the next line too, and communicate() reads past that buffer
-    out_pipe = subprocess.PIPE
-    proc = subprocess.Popen(args, cwd=tmp_path, env=_env(), stdout=out_pipe, stderr=out_pipe, bufsize=0)
+    proc = subprocess.Popen(
+        args, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0
+    )
     try:
         assert proc.stdout is not None
         first = proc.stdout.readline().decode()  # said with its stop signals in place
