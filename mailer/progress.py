@@ -70,7 +70,7 @@ class ConsoleFeedback(Feedback):
         if self.console.quiet:
             return
         done = _done(report)
-        rate = min(report.rate(), self.limit) if self.limit else report.rate()
+        rate = shown_rate(report, self.limit)
         failed = f", {report.failed} failed" if report.failed else ""
         if self.total is None:  # unknown (a worker's share of a send): no bar, no ETA
             self._draw_count(report, done, rate, failed)
@@ -187,7 +187,16 @@ def report_counts(report: Report, stats: ReadStats | None = None) -> dict[str, i
     return counts
 
 
-def report_lines(heading: str, report: Report, stats: ReadStats, *, dry_run: bool) -> list[str]:
+def shown_rate(report: Report, limit: float) -> float:
+    """The send's rate as progress and report show it: never above `limit` (--rate; 0: none). The first
+    message goes at once, so n messages at --rate r are out (n - 1) / r after the start: 4 at 2 a second
+    read "2.6 msg/s" in the report."""
+    return min(report.rate(), limit) if limit else report.rate()
+
+
+def report_lines(
+    heading: str, report: Report, stats: ReadStats, *, dry_run: bool, limit: float = 0.0
+) -> list[str]:
     """The final report for a person: the counts that are not zero and the commonest failure reasons."""
     counts = report_counts(report, stats)
     first = "would_send" if dry_run else "sent"
@@ -200,13 +209,15 @@ def report_lines(heading: str, report: Report, stats: ReadStats, *, dry_run: boo
     for reason, count in sorted(report.failures.items(), key=lambda kv: -kv[1])[:10]:
         lines.append(f"    {count:>6} x {reason}")
     if not dry_run and report.sent:
-        lines.append(f"  {_per_second(report.rate())} msg/s")
+        lines.append(f"  {_per_second(shown_rate(report, limit))} msg/s")
     return lines
 
 
-def say_report(console: Console, heading: str, report: Report, stats: ReadStats, *, dry_run: bool) -> None:
+def say_report(
+    console: Console, heading: str, report: Report, stats: ReadStats, *, dry_run: bool, limit: float = 0.0
+) -> None:
     """The final report on stderr; in a quiet run only when something was not delivered, as errors."""
-    lines = report_lines(heading, report, stats, dry_run=dry_run)
+    lines = report_lines(heading, report, stats, dry_run=dry_run, limit=limit)
     if console.quiet:
         if not dry_run and not report.complete:
             for line in lines:

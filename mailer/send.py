@@ -431,9 +431,8 @@ def send_and_report(
         failures=report.failures,
         deliverable=result.deliverable,
     )
-    say_report(
-        console, f"{fields['issue']}: {fields['subject']}", report, result.stats, dry_run=options.dry_run
-    )
+    heading = f"{fields['issue']}: {fields['subject']}"
+    say_report(console, heading, report, result.stats, dry_run=options.dry_run, limit=options.rate)
     if result.rates is not None:
         console.say(f"  {result.rates.line()}")
         warn_rates(console, settings, [result.rates])
