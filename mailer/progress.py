@@ -229,7 +229,8 @@ def say_report(
 
 
 def issue_table(issues: list[IssueSummary], bounces: Mapping[str, Mapping[str, int]]) -> list[str]:
-    """`mailer status` without a post: every issue sent, newest first, one line each.
+    """`mailer status` without a post: every issue sent, newest first, one line each, with the readers its
+    last send found suppressed (as `status POST` and the --json give them).
 
     `bounces` are the bounce counts by issue and kind (Ledger.bounce_counts): hard bounces and complaints are
     shown with their rates (rates.py).
@@ -239,18 +240,20 @@ def issue_table(issues: list[IssueSummary], bounces: Mapping[str, Mapping[str, i
     width = max(len(i.issue_id) for i in issues)
     head = f"{'first sent':<16}  {'issue':<{width}}  {'to':<6}"
     lines = [
-        f"{head}  {'sent':>7}  {'failed':>7}  {'bounced':>13}  {'complaints':>13}  {'complete':<8}  title"
+        f"{head}  {'sent':>7}  {'failed':>7}  {'suppressed':>10}  {'bounced':>13}  {'complaints':>13}"
+        f"  {'complete':<8}  title"
     ]
     for i in issues:
         when = i.created_at.astimezone().strftime("%Y-%m-%d %H:%M")
         failed = i.count("failed") + i.count("deferred")
         done = "yes" if i.completed_at else "no"
+        suppressed = "-" if i.suppressed is None else str(i.suppressed)  # a send killed: no count
         r = issue_rates(i, bounces.get(i.issue_id, {}))
         bounced = f"{r.hard} {r.bounce_rate:5.2f}%" if r.mailed else "-"
         complained = f"{r.complaints} {r.complaint_rate:5.2f}%" if r.mailed else "-"
         lines.append(
             f"{when:<16}  {i.issue_id:<{width}}  {i.destination:<6}  {i.count('sent'):>7}  {failed:>7}"
-            f"  {bounced:>13}  {complained:>13}  {done:<8}  {i.subject}"
+            f"  {suppressed:>10}  {bounced:>13}  {complained:>13}  {done:<8}  {i.subject}"
         )
     if any(i.destination == OUTBOX for i in issues):
         lines.append("(to outbox: a try-out in the local outbox, no one was mailed; smtp: real sends)")

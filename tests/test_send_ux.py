@@ -258,9 +258,12 @@ def test_quiet_prints_nothing_but_errors(smtp_server: SMTPServer, tmp_path: Path
 def test_status_without_a_post_lists_every_issue_sent(
     smtp_server: SMTPServer, tmp_path: Path, post: Path
 ) -> None:
-    csv = write_list(tmp_path / "subs.csv", ["a@example.com", "b@example.com", "c@example.com"])
+    csv = write_list(
+        tmp_path / "subs.csv", ["a@example.com", "b@example.com", "c@example.com", "d@example.com"]
+    )
     env = publisher.env_for(smtp_server, tmp_path)
     first_day = datetime.now().astimezone().date().isoformat()  # status shows the local time
+    assert run(["unsubscribe", "d@example.com"], env)[0] == 0
     assert run(real_send(post, csv), env)[0] == 0
     second = post.with_name("2026-02-10.md")
     second.write_text("---\ntitle: The second issue\ndate: 2026-02-10\n---\nBody.\n", encoding="utf-8")
@@ -272,23 +275,25 @@ def test_status_without_a_post_lists_every_issue_sent(
     header, *rows, key = out.splitlines()
     assert key.startswith("Signing key: the record's is mark ") and key.endswith(")"), key
     assert header.split() == [
-        "first", "sent", "issue", "to", "sent", "failed", "bounced", "complaints", "complete", "title"
+        "first", "sent", "issue", "to", "sent", "failed", "suppressed", "bounced", "complaints", "complete",
+        "title",
     ]  # fmt: skip
     assert len(rows) == 2
     newest, oldest = (row.split() for row in rows)
-    # c@ refused with 550 5.1.1: a hard bounce, 1 of 3 messages
-    assert newest[2:12] == ["2026-02-10", "smtp", "2", "1", "1", "33.33%", "0", "0.00%", "no", "The"]
+    # c@ refused with 550 5.1.1: a hard bounce, 1 of 3 messages; d@ unsubscribed, not mailed by either (the
+    # column the --json's "suppressed" and `status POST` had, and the table had not)
+    assert newest[2:13] == ["2026-02-10", "smtp", "2", "1", "1", "1", "33.33%", "0", "0.00%", "no", "The"]
     assert rows[0].endswith("The second issue")
-    assert oldest[2:11] == ["2026-02-09", "smtp", "3", "0", "0", "0.00%", "0", "0.00%", "yes"]
+    assert oldest[2:12] == ["2026-02-09", "smtp", "3", "0", "1", "0", "0.00%", "0", "0.00%", "yes"]
     # the date both were sent (today; the day after too if midnight came between the two sends)
     days = {first_day, datetime.now().astimezone().date().isoformat()}
     assert {newest[0], oldest[0]} <= days and newest[0] >= oldest[0]
 
     code, out, _ = run(["status", "--json"], env)
     issues = json.loads(out)["issues"]
-    assert [(i["issue"], i["sent"], i["failed"], i["complete"]) for i in issues] == [
-        ("2026-02-10", 2, 1, False),
-        ("2026-02-09", 3, 0, True),
+    assert [(i["issue"], i["sent"], i["failed"], i["suppressed"], i["complete"]) for i in issues] == [
+        ("2026-02-10", 2, 1, 1, False),
+        ("2026-02-09", 3, 0, 1, True),
     ]
 
     code, out, _ = run(["status"], {"MAILER_DATA_DIR": str(tmp_path / "empty")})
