@@ -447,6 +447,15 @@ class PostgreSQL:
         }
         return {name for name in names if _worker_key(name) in held}
 
+    def issue_locked(self, issue_id: str) -> bool | None:
+        """See engine.Engine: from pg_locks, which any session may read. The server lets go of the lock once
+        the holder's session has ended, at once when the process dies on a host that stays up."""
+        held = "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1"
+        # a bigint key is kept as its high and low halves; shifted back (the bits as they were) it is the key
+        key = "(classid::bigint << 32) | objid::bigint = ?"
+        here = "database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        return bool(self.execute(f"{held} AND {key} AND {here}", (_lock_key(issue_id),)).fetchall())
+
     def let_go_of_replaced(self) -> None:
         pass
 

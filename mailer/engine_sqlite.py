@@ -198,6 +198,9 @@ class SQLite:
     def held_workers(self, names: Sequence[str]) -> set[str] | None:
         return None
 
+    def issue_locked(self, issue_id: str) -> bool | None:
+        return None  # see engine.Engine
+
     def let_go_of_replaced(self) -> None:
         """Empty the WAL of a database file that was replaced while open (in_place() is False).
 

@@ -648,6 +648,11 @@ class Ledger:
         with self._errors():
             return self._db.held_workers(names)
 
+    def issue_locked(self, issue_id: str) -> bool | None:
+        """Whether a send of the issue holds its lock now (issue_lock); None where the engine cannot tell."""
+        with self._errors():
+            return self._db.issue_locked(issue_id)
+
     @property
     def skip_locked(self) -> str:
         """What a SELECT in a rows_only transaction adds to claim rows no other transaction holds."""

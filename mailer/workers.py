@@ -935,12 +935,14 @@ def _conclude(
     report: Report,
     *,
     why: str = "",
-    gone: bool = False,
+    gone: str = "",
+    ended: bool = False,
 ) -> bool:
     """End the send in the record: 'done' when every reader was dealt with, else 'stopped'; and the run
     complete when every message went out. The report's counts of readers are the record's (_outcomes).
-    With `gone`, only a send still open whose coordinator has not been heard of for a lease (a worker ends
-    it in the coordinator's place). Whether this call ended it."""
+    With `gone` (a worker ends it in the coordinator's place), only a send still open of that coordinator,
+    which has not been heard of for a lease, or, `ended`, whose session has ended (_coordinator_ended).
+    Whether this call ended it."""
     _outcomes(ledger, where, run_id, report)
     if report.pending and not report.stopped_because:
         report.stopped_because = (
@@ -952,7 +954,10 @@ def _conclude(
     sql = "UPDATE sends SET state = ?, alive_until = 0 WHERE issue_id = ? AND destination = ?"
     params: tuple[Any, ...] = (state, *where)
     if gone:
-        sql += " AND state IN ('running', 'stopping') AND alive_until < ?"
+        sql += " AND state IN ('running', 'stopping') AND coordinator = ?"
+        params += (gone,)
+    if gone and not ended:
+        sql += " AND alive_until < ?"
         params += (time.time(),)
     with ledger.transaction():
         ended = bool(ledger.rows(sql + " RETURNING state", params))
@@ -1085,9 +1090,9 @@ def under_way(ledger: Ledger, issue_id: str) -> dict[str, Any] | None:
     `coordinator_heard_ago`: the seconds since its coordinator last said it is alive (it does every quarter
     `lease`, on its host's clock); `coordinator_gone`: that is more than a lease ago (killed, its host down,
     and no word since: until then it may be only slow or stopped, and may yet send), or it is a process of
-    this host that has ended (it stopped on an error with the record away, so could not say so there); its
-    workers then finish the send and the last of them ends it, or, with no worker left ("workers": 0), it
-    waits for a rerun."""
+    this host that has ended (it stopped on an error with the record away, so could not say so there), or
+    its session with the record has ended (_coordinator_ended); its workers then finish the send and the
+    last of them ends it, or, with no worker left ("workers": 0), it waits for a rerun."""
     where = (issue_id, ledger.destination)
     found = ledger.rows(
         "SELECT s.state, s.coordinator, s.started_at, s.alive_until, s.options, count(b.batch_no),"
@@ -1107,8 +1112,19 @@ def under_way(ledger: Ledger, issue_id: str) -> dict[str, Any] | None:
         "state": state, "coordinator": coordinator, "started_at": started, "batches": int(batches),
         "batches_done": int(done), "workers": len(workers), "lease": lease,
         "coordinator_heard_ago": round(heard_ago, 1),
-        "coordinator_gone": alive_until < now or _gone_from_here(coordinator),
+        "coordinator_gone": alive_until < now or _gone_from_here(coordinator)
+        or _coordinator_ended(ledger, issue_id),
     }  # fmt: skip
+
+
+def _coordinator_ended(ledger: Ledger, issue_id: str) -> bool:
+    """Whether the coordinator of the issue's send has ended, on any host, as the record's engine tells
+    (PostgreSQL): it holds the issue's lock from before it puts the send in the record until it has ended
+    it there (send.py, issue_lock), and the server lets go of the lock once its session has ended, at once
+    when the process dies on a host that stays up (kill -9, the OOM killer: the kernel closes its sockets).
+    One stopped (kill -STOP, a paused VM) or whose host vanished keeps its session: its lease decides. One
+    whose session ended under it stops at its next look (`lost the lock`), before it says it is alive."""
+    return ledger.issue_locked(issue_id) is False
 
 
 def under_way_line(send: dict[str, Any]) -> str:
@@ -1125,7 +1141,8 @@ def under_way_line(send: dict[str, Any]) -> str:
             f" after {lease} without a word)"
         )
     late = send["coordinator_heard_ago"] > send["lease"]
-    why = f"past its {lease} lease" if late else "its process here ended"
+    here = _beside(send["coordinator"])
+    why = f"past its {lease} lease" if late else "its process here ended" if here else "its session ended"
     who = f"its coordinator ({send['coordinator']}; {heard}, {why})"
     if send["workers"]:
         return (
@@ -1423,7 +1440,8 @@ class _Worker:
 
     def end_if_abandoned(self, ledger: Ledger) -> bool:
         """Whether the send has ended in the record; if its coordinator is gone (not heard of for a lease:
-        killed, its host down) and no other worker is left, end it here, as the coordinator would have."""
+        killed, its host down; or its session ended, _coordinator_ended) and no other worker is left, end
+        it here, as the coordinator would have."""
         rows = ledger.rows(
             "SELECT state, alive_until, coordinator FROM sends WHERE issue_id = ? AND destination = ?",
             self.where,
@@ -1431,7 +1449,10 @@ class _Worker:
         if not rows or rows[0][0] not in ("running", "stopping"):
             return True
         _, alive_until, coordinator = rows[0]
-        if alive_until >= time.time() or _alive_workers(ledger, self.where, self.lease, but=self.name):
+        ended = _coordinator_ended(ledger, self.where[0])
+        if (alive_until >= time.time() and not ended) or _alive_workers(
+            ledger, self.where, self.lease, but=self.name
+        ):
             return False
         report = Report(self.plan.issue_id)
         counts = ledger.rows(
@@ -1440,7 +1461,8 @@ class _Worker:
         add_up(report, [json.loads(row[0]) for row in counts])
         run = self.plan.options.get("run")
         gone = f"its coordinator ({coordinator}) is gone"
-        if _conclude(ledger, self.where, run, report, why=f"{gone} and every worker stopped", gone=True):
+        why = f"{gone} and every worker stopped"
+        if _conclude(ledger, self.where, run, report, why=why, gone=coordinator, ended=ended):
             end = report.stopped_because or f"done, {report.sent} sent in all"
             self.feedback.stopping(
                 f"{self.plan.issue_id}: {gone}: this worker, the last, ended the send: {end}"
