@@ -94,6 +94,9 @@ class Feedback:
     def problem(self, line: str) -> None:
         """A failed address or a reply worth a line of its own."""
 
+    def preparing(self, what: str) -> None:
+        """Before any message can start: what the send is doing meanwhile (its workers starting)."""
+
     def would_send(self, subscriber: Subscriber) -> None:
         """Dry run: this subscriber would get the issue."""
 

@@ -36,6 +36,7 @@ class ConsoleFeedback(Feedback):
         self.drawn = False
         self.report: Report | None = None  # the last state seen: what a send that stopped got done
         self.limit = 0.0  # messages per second at most (--rate), 0: no limit
+        self.prepared = ""  # what preparing() said last
 
     def start(self, total: int, limit: float = 0.0) -> None:
         """The deliverable count, known once the list was read through before the first message, and the
@@ -105,6 +106,20 @@ class ConsoleFeedback(Feedback):
             return figures.strip()[:width]
         filled = int(frac * room)
         return f"[{'#' * filled}{'.' * (room - filled)}]{figures}"
+
+    def preparing(self, what: str) -> None:
+        """Said where the progress will be, once: under load the workers of a send take 10-14 s to start,
+        which a bar at "0/N, 0.0 msg/s, ETA -" did not explain."""
+        if self.console.quiet or what == self.prepared:
+            return
+        self.prepared = what
+        line = f"0/{self.total} messages: {what}" if self.total is not None else what
+        if self.tty:
+            width = _columns(self.console) - 1
+            self.console.draw("\r" + line[:width].ljust(width))
+            self.drawn = True
+        else:
+            self.console.note(f"progress: {line}")
 
     def problem(self, line: str) -> None:
         self._own_line()

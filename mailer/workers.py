@@ -289,8 +289,14 @@ def coordinate(
     # at the next look.
     signals.stopping = True
     local = _Locals(issue_id, crew, settings, feedback, where)
-    watch = _Watch(ledger, where, lease, report, feedback, local, held)
+    # until a worker has joined (its process started, the post read and rendered: seconds under load)
+    plural = "" if crew.workers == 1 else "s"
+    waiting = (
+        f"starting {crew.workers} worker{plural}" if crew.workers else "waiting for a `mailer worker` to join"
+    )
+    watch = _Watch(ledger, where, lease, report, feedback, local, held, waiting)
     try:
+        feedback.preparing(waiting)
         local.start(ledger)  # the record lost after a fork: the workers forked so far are stopped below
         while not signals.signum:
             local.replace_dead(ledger)
@@ -751,6 +757,7 @@ class _Watch:
     feedback: Feedback
     local: _Locals
     held: Callable[[], None]
+    waiting: str  # what the send waits for until a worker has joined, said instead of its progress
     said: list[float] = field(default_factory=lambda: [0.0])  # when it last said it is alive
     tally: _Tally = field(default_factory=lambda: _Tally())
 
@@ -775,7 +782,10 @@ class _Watch:
         add_up(self.report, [json.loads(row[0]) for row in rows])  # why a worker stopped, if one did
         for name, n in self.tally.read(self.ledger, self.where).items():
             setattr(self.report, name, n)
-        self.feedback.progress(self.report)
+        if rows:
+            self.feedback.progress(self.report)
+        else:  # no worker has joined yet
+            self.feedback.preparing(self.waiting)
 
     def last_counts(self) -> None:
         """Wait for every live worker's last counts (ours, until they end or write them, however long their

@@ -333,6 +333,8 @@ def test_a_worker_joins_a_distributed_send_and_the_report_counts_its_share(
     assert recipients(smtp_server) == Counter({e: 1 for e in emails})
     assert json.loads(worker_out)["counts"]["sent"] == 60
     assert json.loads(out)["counts"]["sent"] == 60
+    # until the worker joined, the coordinator's log said what it waited for (tests/test_worker_start.py)
+    assert "progress: 0/60 messages: waiting for a `mailer worker` to join\n" in err.decode(), err.decode()
     # a worker does not know the size of its share: its progress gives a count, not "60/60" out of nothing
     shares = re.findall(r"progress: (\S+) messages?,", worker_err.decode())
     assert shares and all(s.isdigit() for s in shares), worker_err.decode()
