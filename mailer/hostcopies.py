@@ -8,7 +8,8 @@ meanwhile gets all of it). The record's digests are read at most once every FRES
 requests come: a bot walking unknown issue ids costs the record one query a second, not a connection each.
 
 A folder that cannot take a copy (mounted read-only, full) is said once in the log, and the copy is shown from
-the record instead: a web host of a read-only container still shows every issue as last sent. The folder is
+the record instead: a web host of a read-only container still shows every issue as last sent. The copy is then
+held in memory (the HELD last ones), so that its next views cost the record no connection. The folder is
 tried again RETRY seconds later, so a disk that was freed or remounted takes the copy without a restart.
 """
 
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("mailer.web")
 FRESH = 1.0  # seconds a reading of the record's digests is trusted: a send's new copy shows within this
 RETRY = 5.0  # seconds before a folder that could not take a copy is tried again (not at each view)
+HELD = 64  # copies held in memory while the folder cannot take them: some 50 kB each
 _IN_QUERY = 500  # issue ids per IN (...) query
 _Stamp = tuple[int, int, int]  # a file's (st_ino, st_mtime_ns, st_size): a file replaced or rewritten differs
 _DIGESTS = "SELECT issue_id, digest FROM web_copy_digests"
@@ -51,6 +53,8 @@ class HostCopies:
         self._failing = False  # the last try to read them met a record that did not answer
         self._files: dict[str, tuple[_Stamp, str]] = {}  # the digest of this host's file of an issue
         self._unwritable: dict[str, float] = {}  # issue -> when (monotonic) the folder could not take it
+        self._held: dict[str, tuple[str, bytes, str | None]] = {}  # issue -> digest, copy, created (_hold)
+        self._holding = threading.Lock()
 
     def digests(self, ledger: Ledger | None = None) -> dict[str, str]:
         """The digest of each issue's copy in the record, read again (through `ledger`, else a connection of
@@ -104,6 +108,10 @@ class HostCopies:
             here = None
         if wanted is None or (here is not None and digest(here) == wanted):
             return here
+        held = self._held.get(issue_id)
+        if held is not None and held[0] == wanted:  # the folder could not take it: no connection each view
+            self._keep(issue_id, held[1], held[2])  # tried again once RETRY has passed
+            return held[1]
         from .ledger import Ledger
 
         with Ledger(self.settings.db_path, create=False) as ledger:
@@ -150,9 +158,11 @@ class HostCopies:
         return found
 
     def _keep(self, issue_id: str, copy: bytes, created: str | None) -> None:
-        """Write the record's copy as this host's file of the issue, whole (renamed over the old one)."""
-        self._digests[issue_id] = digest(copy)  # what the record has now, which the reading may predate
+        """Write the record's copy as this host's file of the issue, whole (renamed over the old one); a
+        copy the folder cannot take is held in memory instead."""
+        found = self._digests[issue_id] = digest(copy)  # the record's now, which the reading may predate
         if not self._writable(issue_id):
+            self._hold(issue_id, found, copy, created)
             return
         path = self.folder / f"{issue_id}.html"
         when = datetime.fromisoformat(created).timestamp() if created else None
@@ -166,9 +176,20 @@ class HostCopies:
                     exc.strerror or exc,
                 )
             self._unwritable[issue_id] = time.monotonic()
+            self._hold(issue_id, found, copy, created)
             return
+        with self._holding:
+            self._held.pop(issue_id, None)
         if self._unwritable.pop(issue_id, None) is not None:
             log.info("%s: the issue's web copy written again", path)
+
+    def _hold(self, issue_id: str, found: str, copy: bytes, created: str | None) -> None:
+        """Keep a copy the folder could not take, the HELD newest such (the oldest dropped first)."""
+        with self._holding:
+            self._held.pop(issue_id, None)
+            self._held[issue_id] = (found, copy, created)
+            while len(self._held) > HELD:
+                del self._held[next(iter(self._held))]
 
     def _writable(self, issue_id: str) -> bool:
         """Whether to try writing the issue's copy: never failed, or failed RETRY seconds ago or more."""

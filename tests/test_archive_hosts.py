@@ -211,6 +211,8 @@ def test_a_read_only_host_holding_the_older_copy_shows_the_corrected_one_from_th
             host = Archive(served.port, hosts.second)
             answers = [host.get(path) for path in (f"/issues/{ISSUE}", "/issues/", f"/issues/{ISSUE}")]
             assert b"As first sent." in kept.read_bytes()  # left as it was
+            with _record_gone(hosts.at):  # the copy is held, not fetched again: each view opened a connection
+                held = [host.get(f"/issues/{ISSUE}") for _ in range(3)]
             said = [line for line in served.log_lines() if "web copy" in line]
             # the folder writable again (remounted, freed): a view a few seconds later writes the record's
             # copy there, with no restart, and the log says so
@@ -222,8 +224,8 @@ def test_a_read_only_host_holding_the_older_copy_shows_the_corrected_one_from_th
             again = [line for line in served.log_lines() if "web copy" in line]
     finally:
         disk.read_write()
-    assert [a.status for a in answers] == [200, 200, 200]
-    for page in (answers[0], answers[2]):
+    assert [a.status for a in answers + held] == [200] * 6
+    for page in (answers[0], answers[2], *held):
         assert "With the typo mended." in page.text and "As first sent." not in page.text
     assert "Sent once, corrected" in answers[1].text
     assert len(said) == 1 and said[0].endswith("Read-only file system; showing it from the record"), said
