@@ -180,6 +180,11 @@ class Share(Protocol):
         """Whether a worker of this run gave this reader up after its retries: its batch says so."""
         ...
 
+    def tried(self, sub: Subscriber) -> int:
+        """How many attempts this run made at this reader before this process took its batch over (a holder
+        stopped or killed after a refusal for now): its next attempt is the one after them."""
+        ...
+
     def pace(self) -> Pace:
         """The rate limit that holds across every process of the send."""
         ...
@@ -770,9 +775,9 @@ class _Loop:
                     continue
                 late = self.recheck.late  # empty but for readers suppressed since their look-up
                 if late and sub.key in late and not self.recheck.starts(sub.key):
-                    self.parked.append(_Job(0.0, next(self.seq), sub))  # suppressed since its look-up
+                    self.parked.append(self._first(sub))  # suppressed since its look-up
                     continue
-                self._submit(_Job(0.0, next(self.seq), sub))
+                self._submit(self._first(sub))
             while not self.fatal and (self.pool.in_flight or self.retries or self.parked):
                 self.signals.raise_if_signalled()
                 self._still_held()
@@ -830,6 +835,10 @@ class _Loop:
         if self.clock.now() >= self.next_lock_check:
             self.next_lock_check = self.clock.now() + LOCK_CHECK
             self.check_lock()
+
+    def _first(self, sub: Subscriber) -> _Job:
+        """The reader's first job in this process: its attempt counts on from a holder of its batch before."""
+        return _Job(0.0, next(self.seq), sub, 1 + (self.share.tried(sub) if self.share is not None else 0))
 
     def _submit(self, job: _Job) -> None:
         sub = job.sub

@@ -1076,7 +1076,7 @@ def _failures(
         " AND state IN ('failed', 'sending') AND run_id = ? GROUP BY last_code, last_reply",
         (*where, run_id),
     ):
-        reason = (f"{code} {reply}" if code else str(reply))[:120]
+        reason = _reason(code, reply)
         report.failures[reason] = report.failures.get(reason, 0) + int(n)
     ((bounced,),) = ledger.rows(
         "SELECT count(*) FROM deliveries AS d JOIN suppressions AS s ON s.email = d.email"
@@ -1084,6 +1084,12 @@ def _failures(
         (*where, run_id),
     )
     report.bounced = int(bounced)
+
+
+def _reason(code: object, reply: object) -> str:
+    """A failure as the send loop names it (str(Outcome), cut as the report's keys are) from the record's
+    last code and reply."""
+    return (f"{code} {reply}" if code else str(reply))[:120]
 
 
 # the Report fields that count readers, each reader once (with `pending`); a state recorded before this run
@@ -1548,9 +1554,10 @@ def _counts(report: Report) -> dict[str, Any]:
 @dataclass
 class _Batch:
     """A batch claimed, and what its holders did with it so far: what the record keeps in its `counts`, as
-    its holder writes them (with every lease renewal, as it gives a reader up or the batch back, with its
-    done mark) and the next holder takes them up (the retries and readers given up; the readers' counts it
-    makes again from the record's outcomes, see campaign._unsent)."""
+    its holder writes them (as it claims it, with every lease renewal, as it gives a reader up or the batch
+    back, with its done mark) and the next holder takes them up (the retries, the readers given up and each
+    reader's attempts before this run; the readers' counts it makes again from the record's outcomes, see
+    campaign._unsent)."""
 
     number: int
     readers: list[Subscriber]
@@ -1558,19 +1565,27 @@ class _Batch:
     counts: dict[str, int] = field(default_factory=dict)  # its readers' outcomes so far (Share.settled)
     retries: int = 0
     given_up: dict[str, str] = field(default_factory=dict)  # reader (dedupe key) -> its last failure
-    # readers counted in `counts` as the batch was taken over (_Share.take_over): settled, not counted again
+    # reader (dedupe key) -> the record's attempts before this run, as the batch was first claimed: a next
+    # holder counts this run's from them (the record's attempts count every run's)
+    before: dict[str, int] = field(default_factory=dict)
+    # readers counted in `counts` as the batch was taken over (_Share._take_over): settled, not counted again
     counted: set[str] = field(default_factory=set)
+    tried: dict[str, int] = field(default_factory=dict)  # reader -> this run's attempts by holders before
 
     @classmethod
     def taken(cls, number: int, readers: str, counts: str) -> _Batch:
         subs = [Subscriber(e, n, MappingProxyType(f), 0) for e, n, f in json.loads(readers)]
         before = json.loads(counts or "{}")
         given_up = dict(before.get("given_up", {}))
-        return cls(number, subs, len(subs), {}, int(before.get("retries", 0)), given_up)
+        attempts = dict(before.get("attempts_before", {}))
+        return cls(number, subs, len(subs), {}, int(before.get("retries", 0)), given_up, attempts)
 
     def record(self) -> dict[str, Any]:
         """Its counts as the record keeps them (copies: the loop's thread adds to them meanwhile)."""
-        return {**dict(self.counts), "retries": self.retries, "given_up": dict(self.given_up)}
+        return {
+            **dict(self.counts), "retries": self.retries, "given_up": dict(self.given_up),
+            "attempts_before": dict(self.before),
+        }  # fmt: skip
 
 
 class _Share:
@@ -1600,12 +1615,12 @@ class _Share:
             found = claim(w.ledger, w.where, w.name, now + w.lease)
             if found is None:
                 return None
-            number, readers, owner, counts = found
+            number, readers, owner, counts, fresh = found
             if not keeper.held:
                 keeper.valid_until = now + w.lease * (1 - MARGIN)
             keeper.held.add(number)
             batch = keeper.batches[number] = _Batch.taken(number, readers, counts)
-            if owner or counts:  # held before (a holder's name or counts stay with a batch)
+            if not fresh:  # held before (a holder's name or counts stay with a batch)
                 self._take_over(batch)
         w.result.batches += 1
         w.result.takeovers += bool(owner)
@@ -1616,9 +1631,11 @@ class _Share:
         once (the caller holds the keeper's lock: no renewal comes between): the live count (_Tally) would
         show the counts that holder last wrote (a killed one's lag its outcomes) until this one's next
         renewal, and a renewal that came before the loop counted them would show none. A reader the other
-        refused for now in this run, and this one tries again, is a retry of the batch's from here."""
+        refused for now in this run, and this one tries again, is a retry of the batch's from here, its
+        attempt counting on from the attempts this run made (_tried_before)."""
         w = self.worker
         emails = [sub.email for sub in batch.readers]
+        _tried_before(w.ledger, w.where, w.plan.options.get("run"), batch, w.options.max_attempts)
         counted, again = _counted(
             w.ledger, w.where, w.plan.options.get("run"), emails, batch.given_up, w.options.retry_failed
         )
@@ -1666,6 +1683,10 @@ class _Share:
         batch = self.batch_of.get(id(sub))
         return batch is not None and sub.key in batch.given_up
 
+    def tried(self, sub: Subscriber) -> int:
+        batch = self.batch_of.get(id(sub))
+        return batch.tried.get(sub.key, 0) if batch is not None else 0
+
     def holds(self) -> str:
         return self.keeper.holds()
 
@@ -1673,13 +1694,38 @@ class _Share:
         return self.keeper
 
 
+def _tried_before(
+    ledger: Ledger, where: tuple[str, str], run_id: int | None, batch: _Batch, max_attempts: int
+) -> None:
+    """The attempts this run made at each reader of a batch taken over that is refused for now and not given
+    up (the record's attempts since the batch was first claimed): one tried `max_attempts` times is given up
+    with its last reply, as its holder would have written had it lived or had the record taken that write;
+    the others are tried on from the attempt after them (Share.tried). Before, such a reader was tried
+    `max_attempts` times more by each holder."""
+    keys = [sub.key for sub in batch.readers if sub.key not in batch.given_up]
+    if run_id is None or not keys:
+        return
+    marks = ", ".join("?" * len(keys))
+    for key, attempts, code, reply in ledger.rows(
+        "SELECT email, attempts, last_code, last_reply FROM deliveries WHERE issue_id = ? AND destination = ?"
+        f" AND run_id = ? AND state = 'deferred' AND email IN ({marks})",
+        (*where, run_id, *keys),
+    ):
+        made = int(attempts) - batch.before.get(str(key), 0)
+        if made >= max_attempts:
+            batch.given_up[str(key)] = _reason(code, reply)
+        else:
+            batch.tried[str(key)] = max(made, 1)
+
+
 def claim(
     ledger: Ledger, where: tuple[str, str], name: str, until: float
-) -> tuple[int, str, str, str] | None:
+) -> tuple[int, str, str, str, bool] | None:
     """Lease the first batch not done whose lease ran out (or never was) to `name` until `until`: its number,
-    readers (JSON), former owner ('' if none) and counts so far (JSON, '' if none: see _Batch), or None
-    when no batch is free or the send no longer runs (its coordinator stopped it: no batch is begun after
-    the stop, whenever the worker hears of it).
+    readers (JSON), former owner ('' if none), counts (JSON: see _Batch) and whether it was never claimed
+    before; or None when no batch is free or the send no longer runs (its coordinator stopped it: no batch
+    is begun after the stop, whenever the worker hears of it). A batch never claimed gets the record's
+    attempts of its readers so far in its counts (`attempts_before`): this run's are the attempts since.
 
     On PostgreSQL the SELECT locks the row it finds and passes over rows other workers are claiming (FOR
     UPDATE SKIP LOCKED), so workers claim side by side and never the same batch; SQLite's one writer at a
@@ -1696,12 +1742,27 @@ def claim(
         if not rows:
             return None
         number, readers, owner, counts = rows[0]
+        fresh = not (owner or counts)
+        if fresh:
+            emails = [dedupe_key(r[0]) for r in json.loads(readers)]
+            counts = json.dumps({"attempts_before": _attempts(ledger, where, emails)})
         ledger.write(
-            "UPDATE send_batches SET owner = ?, lease_until = ?"
+            "UPDATE send_batches SET owner = ?, lease_until = ?, counts = ?"
             " WHERE issue_id = ? AND destination = ? AND batch_no = ?",
-            (name, until, *where, number),
+            (name, until, counts, *where, number),
         )
-    return int(number), str(readers), str(owner), str(counts or "")
+    return int(number), str(readers), str(owner), str(counts or ""), fresh
+
+
+def _attempts(ledger: Ledger, where: tuple[str, str], keys: list[str]) -> dict[str, int]:
+    """The record's attempts of these readers (dedupe keys) that have any, every run's."""
+    marks = ", ".join("?" * len(keys))
+    found = ledger.rows(
+        "SELECT email, attempts FROM deliveries WHERE issue_id = ? AND destination = ? AND attempts > 0"
+        f" AND email IN ({marks})",
+        (*where, *keys),
+    )
+    return {str(key): int(n) for key, n in found}
 
 
 def done(ledger: Ledger, where: tuple[str, str], name: str, number: int, counts: dict[str, Any]) -> bool:

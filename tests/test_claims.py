@@ -74,7 +74,8 @@ def test_a_lease_that_ran_out_is_taken_over_and_a_live_one_is_not(record_at: Loc
     fill(record_at, 3)
     with closing(Ledger(record_at)) as a, closing(Ledger(record_at)) as b:
         now = time.time()
-        assert claim(a, WHERE, "a", now - 1) == (0, json.dumps([["reader0@example.com", "", {}]]), "", "")
+        fresh = (0, json.dumps([["reader0@example.com", "", {}]]), "", '{"attempts_before": {}}', True)
+        assert claim(a, WHERE, "a", now - 1) == fresh
         taken = claim(b, WHERE, "b", now + 60)
         assert taken is not None and (taken[0], taken[2]) == (0, "a")  # a's lease on 0 ran out: b's now
         assert not done(a, WHERE, "a", 0, {"sent": 9})  # a lost it: its done mark (and counts) change nothing
