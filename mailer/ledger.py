@@ -1101,10 +1101,13 @@ class Ledger:
         return [row[0] for row in self._db.keyed("suppressions", (), "TRUE", (), "email", keys)]
 
     def reset_failed(self, issue_id: str) -> int:
-        """Turn permanent failures (and messages in doubt) into retries with a fresh attempt count."""
+        """Turn permanent failures (and messages in doubt) into retries with a fresh attempt count; not those
+        of readers suppressed since (a hard bounce suppresses its reader): the send skips them, and they
+        stayed 'deferred' with their 550, which `status` called a temporary failure."""
         cursor = self._write(
             "UPDATE deliveries SET state = 'deferred', attempts = 0, updated_at = ?"
-            f" WHERE issue_id = ? AND destination = ? AND {_UNSENT} AND state IN ('failed', 'sending')",
+            f" WHERE issue_id = ? AND destination = ? AND {_UNSENT} AND state IN ('failed', 'sending')"
+            " AND email NOT IN (SELECT s.email FROM suppressions AS s)",
             (_now(), issue_id, self.destination),
         )
         return cursor.rowcount

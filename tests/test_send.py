@@ -128,6 +128,13 @@ def test_temporary_failures_are_retried_and_permanent_ones_recorded(
     smtp_server.fail("user2@example.com", 250, times=0)  # the server now takes it
     code, _, err = run(send_args(post, csv, "--retry-failed"), env)
     assert code == 0 and recipients(smtp_server)["user2@example.com"] == 0, err
+    # and stays failed in the record: it was turned into a retry left undone, and `status` said
+    # "1 deferred: 550 5.1.1 ...", a temporary failure with a permanent reply
+    with Ledger(tmp_path / "state" / "mailer.db") as ledger:
+        failed = delivery(ledger, "2026-02-09", "user2@example.com")
+        assert failed is not None and failed.state == "failed", failed
+    code, out, _ = run(["status", str(post)], env)
+    assert code == 0 and "1 failed: 550 5.1.1" in out and "deferred" not in out, out
     # ...until the suppression is removed
     assert run(["suppressions", "remove", "user2@example.com"], env)[0] == 0
     code, _, err = run(send_args(post, csv, "--retry-failed"), env)
