@@ -36,6 +36,8 @@ def reported(console: Console, fields: dict[str, Any] | None = None) -> Iterator
         yield
     except MailerError as exc:
         console.error(f"Error: {exc}")
+        if exc.resume:
+            console.error("Stopped early; once that is mended, run the same command again to resume.")
         console.emit(_outcome(fields, exc.exit_code, error=str(exc), **exc.details()))
         sys.exit(exc.exit_code)
     except KeyboardInterrupt as exc:

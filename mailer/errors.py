@@ -45,6 +45,7 @@ class MailerError(Exception):
     """An error a user can fix; its text names the file, line or address and what is wrong."""
 
     exit_code: int = ExitStatus.ERROR
+    resume = False  # a send stopped early (exit 4): the CLI says how to resume after the error's line
 
     def details(self) -> dict[str, object]:
         """What a --json run adds to its object besides the one-line message."""

@@ -80,7 +80,7 @@ class ConsoleFeedback(Feedback):
             return
         total = max(self.total, done)
         left = total - done
-        eta = _clock(left / rate) if rate > 0 and left else "-"
+        eta = _clock(left / rate) if rate > 0 and left and not report.stopped_because else "-"
         if self.tty:
             self.console.draw("\r" + self._bar_line(done, total, failed, rate, eta))
             self.drawn = True

@@ -409,12 +409,16 @@ def send_and_report(
             console=console, feedback=feedback, stored=stored, crew=crew,
         )  # fmt: skip
     except (KeyboardInterrupt, MailerError) as exc:
+        stopped = isinstance(exc, MailerError) and exc.exit_code == ExitStatus.STOPPED
+        if stopped and feedback.report is not None:  # a log's last line said "0/11" when 3 had been sent
+            feedback.finish(feedback.report)
         feedback.close()
         if feedback.report is not None:
             fields.update(counts=report_counts(feedback.report), failures=feedback.report.failures)
         fields["warnings"] = console.warnings
         if isinstance(exc, KeyboardInterrupt):  # named first (cli.reported), then how to resume
             raise Interrupted(getattr(exc, "signum", signal.SIGINT), resume=True) from None
+        exc.resume = stopped and "the same command again" not in str(exc)  # unless it says so (a full disk)
         raise
     fields.update(via=result.via, warnings=console.warnings, lists=[f.fields() for f in result.lists])
     if result.issue is not None:

@@ -125,6 +125,13 @@ def test_a_refusal_of_the_session_stops_the_send_and_fails_no_reader(
     assert reply in line and "refuses this session" in line
     assert states(tmp_path, emails)["failed"] == 0  # before: 52 of 100 readers "failed"
     assert "failed, permanent" not in err
+    # the log's last progress line has the counts at the stop (it said "0/100" with readers mailed since),
+    # and after the error, how to resume
+    # (none drawn when the first message's reply stopped it)
+    last = ([""] + [line for line in err.splitlines() if " progress: " in line])[-1]
+    sent = states(tmp_path, emails)["sent"]
+    assert (last, sent) == ("", 0) or f" {sent} sent, " in last and "ETA -" in last, err
+    assert err.endswith("\nStopped early; once that is mended, run the same command again to resume.\n"), err
 
     server.script = Script(ehlo=fault.get("ehlo", Script.ehlo))  # the server is fixed
     kept = len(server.messages)  # a 5xx at the end: the raw server had the bytes, but refused them
