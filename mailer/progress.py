@@ -110,7 +110,7 @@ class ConsoleFeedback(Feedback):
     def preparing(self, what: str) -> None:
         """Said where the progress will be, once: under load the workers of a send take 10-14 s to start,
         which a bar at "0/N, 0.0 msg/s, ETA -" did not explain."""
-        if self.console.quiet or what == self.prepared:
+        if self.console.quiet or what == self.prepared or self.total == 0:  # 0: nothing to deliver, no line
             return
         self.prepared = what
         line = f"0/{self.total} messages: {what}" if self.total is not None else what

@@ -50,3 +50,7 @@ def test_a_log_says_it_once_before_the_progress_lines(
     said = [line.split(" ", 1)[1] for line in err.splitlines() if " progress: " in line]
     assert said[0] == "progress: 0/20 messages: starting 2 workers", err
     assert said.count(said[0]) == 1 and said[-1].startswith("progress: 20/20 messages, 20 sent, "), err
+    # a rerun with no one left draws nothing, as a lone send's (it said "progress: 0/0 messages: starting 2
+    # workers")
+    code, _, err = run(send_args(post, csv, "--workers", "2"), env)
+    assert code == 0 and "Sending 2026-02-09 to 0 subscriber(s)" in err and "progress:" not in err, err
