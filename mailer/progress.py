@@ -37,6 +37,7 @@ class ConsoleFeedback(Feedback):
         self.report: Report | None = None  # the last state seen: what a send that stopped got done
         self.limit = 0.0  # messages per second at most (--rate), 0: no limit
         self.prepared = ""  # what preparing() said last
+        self.shown: tuple[int, ...] = ()  # the figures of the last line drawn (_figures)
 
     def start(self, total: int, limit: float = 0.0) -> None:
         """The deliverable count, known once the list was read through before the first message, and the
@@ -61,6 +62,11 @@ class ConsoleFeedback(Feedback):
         self._draw(report)
         self.close()
 
+    def stopped(self) -> None:
+        """A send stopped early: its counts at the stop drawn once more, unless the last line had them."""
+        if self.report is not None and self.shown != _figures(self.report):
+            self.finish(self.report)
+
     def close(self) -> None:
         """End the bar's line so that what follows starts on a line of its own."""
         if self.tty and self.drawn:
@@ -70,6 +76,7 @@ class ConsoleFeedback(Feedback):
     def _draw(self, report: Report) -> None:
         if self.console.quiet:
             return
+        self.shown = _figures(report)
         done = _done(report)
         rate = shown_rate(report, self.limit)
         failed = f", {report.failed} failed" if report.failed else ""
@@ -152,6 +159,11 @@ class ConsoleFeedback(Feedback):
 
 def _done(report: Report) -> int:
     return report.sent + report.failed
+
+
+def _figures(report: Report) -> tuple[int, ...]:
+    """What a progress line counts."""
+    return report.sent, report.failed
 
 
 def _columns(console: Console) -> int:

@@ -410,8 +410,8 @@ def send_and_report(
         )  # fmt: skip
     except (KeyboardInterrupt, MailerError) as exc:
         stopped = isinstance(exc, MailerError) and exc.exit_code == ExitStatus.STOPPED
-        if stopped and feedback.report is not None:  # a log's last line said "0/11" when 3 had been sent
-            feedback.finish(feedback.report)
+        if stopped:  # a log's last line said "0/11" when 3 had been sent
+            feedback.stopped()
         feedback.close()
         if feedback.report is not None:
             fields.update(counts=report_counts(feedback.report), failures=feedback.report.failures)

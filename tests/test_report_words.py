@@ -8,11 +8,15 @@ than the labels' column, pushed its count four columns right of the others. Foun
 
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
 
 import pytest
 
+from mailer.campaign import Report
+from mailer.console import Console
+from mailer.progress import ConsoleFeedback
 from tests.command import run
 from tests.publisher import env_for
 from tests.smtpd import SMTPServer
@@ -90,3 +94,21 @@ def test_a_slow_sends_live_rate_is_never_above_its_rate(
         if int(done) < 3:  # 3 - done messages left at one a second at most
             hours, minutes, seconds = (int(part) for part in eta.split(":"))
             assert hours * 3600 + minutes * 60 + seconds >= 3 - int(done) - 1, err
+
+
+def test_a_stopped_send_draws_its_counts_once_more_only_when_they_moved() -> None:
+    # a send stopped early (exit 4) draws its counts at the stop (f6e0816); one stopped before any reader
+    # was dealt with said "progress: 0/30 messages, 0 sent, 0.0 msg/s, ETA -" twice in a row
+    console = Console()
+    console.err = io.StringIO()  # a log, not a terminal
+    feedback = ConsoleFeedback(console)
+    feedback.start(30)
+    report = Report("2026-02-09")
+    feedback.progress(report)
+    report.stopped_because = "stopped after 5 failures in a row"
+    feedback.stopped()
+    report.sent = 3
+    feedback.stopped()
+    said = [line.split(" ", 1)[1] for line in console.err.getvalue().splitlines()]
+    assert said[0] == "progress: 0/30 messages, 0 sent, 0.0 msg/s, ETA -", said
+    assert len(said) == 2 and re.fullmatch(r"progress: 3/30 messages, 3 sent, [\d.,]+ msg/s, ETA -", said[1])
