@@ -810,10 +810,10 @@ class _Loop:
             self.signals.stopping = True
             unsent = self.pool.shutdown()
             self._collect(0.0, drain=True)
-            self.report.pending += len(unsent) + len(self.retries) + len(self.held)
-            for job in self.parked:  # suppressed when last asked about
-                self.report.suppressed += 1
-                self._settled(job, "suppressed")
+            # and the readers found suppressed at their turn, not asked about again (_unpark): not sent, and
+            # not settled, so that a worker's batch stays open for the one that takes it over to ask (or the
+            # rerun): one may have subscribed again since
+            self.report.pending += len(unsent) + len(self.retries) + len(self.held) + len(self.parked)
         if self.fatal and not self.report.stopped_because:
             self.report.stopped_because = self.fatal
         if interrupted is not None:
@@ -837,8 +837,12 @@ class _Loop:
             self.check_lock()
 
     def _first(self, sub: Subscriber) -> _Job:
-        """The reader's first job in this process: its attempt counts on from a holder of its batch before."""
-        return _Job(0.0, next(self.seq), sub, 1 + (self.share.tried(sub) if self.share is not None else 0))
+        return _Job(0.0, next(self.seq), sub, self._first_attempt(sub))
+
+    def _first_attempt(self, sub: Subscriber) -> int:
+        """The reader's first attempt in this process: it counts on from a holder of its batch before (its
+        retry counted as this one took the batch over)."""
+        return 1 + (self.share.tried(sub) if self.share is not None else 0)
 
     def _submit(self, job: _Job) -> None:
         sub = job.sub
@@ -954,7 +958,7 @@ class _Loop:
                 self._settled(job, "suppressed")
                 continue
             self.feedback.subscribed_again(job.sub.email)
-            if job.attempt > 1:  # it was waiting for a retry when it was suppressed
+            if job.attempt > self._first_attempt(job.sub):  # it was waiting for a retry of this process's
                 self.report.retries += 1
                 if self.share is not None:
                     self.share.retried(job.sub)
