@@ -30,6 +30,20 @@ def trees(args: argparse.Namespace) -> dict[str, Path]:
     return found
 
 
+def send_args(
+    doc: str | None, *, count: int, rounds: int, connections: str
+) -> tuple[argparse.Namespace, dict[str, Path], list[int]]:
+    """The command line of a benchmark that sends with both trees: the two trees, --count messages,
+    --rounds, and the --connections counts (comma-separated), with these defaults."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_trees(parser)
+    parser.add_argument("--count", type=int, default=count)
+    parser.add_argument("--rounds", type=int, default=rounds)
+    parser.add_argument("--connections", default=connections)
+    args = parser.parse_args()
+    return args, trees(args), [int(c) for c in args.connections.split(",")]
+
+
 def turn(named: dict[str, Path], r: int) -> list[tuple[str, Path]]:
     """The trees in the order round `r` runs them: as named when r is even, reversed when odd."""
     order = list(named.items())

@@ -11,7 +11,6 @@ render included, and msg/s over the whole process: the median over the rounds. N
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import statistics
@@ -24,16 +23,7 @@ import run as bench  # noqa: E402  (bench/run.py: the sink, smtp-source and the 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ab.add_trees(parser)
-    parser.add_argument("--count", type=int, default=5000)
-    parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--connections", default="1,4,8")
-    args = parser.parse_args()
-    trees = ab.trees(args)
-    counts = [int(c) for c in args.connections.split(",")]
+    args, trees, counts = ab.send_args(__doc__, count=5000, rounds=4, connections="1,4,8")
     cpu: dict[tuple[str, int], list[float]] = {}
     rate: dict[tuple[str, int], list[float]] = {}
     with ab.scratch("send-ab-") as tmp:
