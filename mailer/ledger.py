@@ -959,7 +959,8 @@ class Ledger:
             f"  AND EXISTS ({earlier} AND o.content_hash != i.content_hash AND o.run_id < r.run_id)),"
             " (SELECT count(*) FROM deliveries AS d WHERE d.issue_id = i.issue_id"
             "  AND d.destination = i.destination),"
-            " (SELECT c.suppressed FROM runs AS r JOIN run_counts AS c USING (run_id)"
+            # the last send's count: none (null) if it kept none (killed), not the count of a send before it
+            " (SELECT c.suppressed FROM runs AS r LEFT JOIN run_counts AS c USING (run_id)"
             "  WHERE r.issue_id = i.issue_id AND r.destination = i.destination"
             "  AND r.content_hash = i.content_hash ORDER BY r.run_id DESC LIMIT 1)"
             f" FROM issues AS i WHERE TRUE{one}"
