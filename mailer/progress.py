@@ -109,8 +109,8 @@ class ConsoleFeedback(Feedback):
         figures = f" {done}/{total} {frac:4.0%}  {_per_second(rate)} msg/s  ETA {eta}{failed}"
         width = _columns(self.console) - 1  # the last column would wrap the line on some terminals
         room = width - len(figures) - 2
-        if room < MIN_BAR:
-            return figures.strip()[:width]
+        if room < MIN_BAR:  # padded: a shorter line (the ETA gone to "-") must cover the one before
+            return figures.strip()[:width].ljust(width)
         filled = int(frac * room)
         return f"[{'#' * filled}{'.' * (room - filled)}]{figures}"
 
