@@ -106,7 +106,8 @@ class DeliverableCount:
         self.ledger = ledger
         self.issue_id = issue_id
         self.list = one
-        self.done = {"sent"} if retry_failed else {"sent", "failed"}
+        # as the send decides (campaign._unsent): failed for good and in doubt are left for --retry-failed
+        self.done = {"sent"} if retry_failed else {"sent", "failed", "sending"}
         self.batch: list[Subscriber] = []
 
     def add(self, subscriber: Subscriber) -> None:

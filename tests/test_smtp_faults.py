@@ -230,6 +230,8 @@ def test_no_reply_to_the_end_is_in_doubt_and_sent_at_most_once_more(
     code, _, err = run(send_args(post, csv), env)  # a rerun does not send it a third time
     assert copies(server) == Counter({"user0@example.com": 2})
     assert "in doubt before (--retry-failed)" in err
+    # and does not count it as one to mail ("Sending ... to 1 subscriber(s)", "progress: 0/1" and 0 sent)
+    assert " to 0 subscriber(s) via " in err and "progress:" not in err, err
     server.script = Script(ehlo=ehlo)
     code, _, err = run(send_args(post, csv, "--retry-failed"), env)  # unless asked to
     assert code == 0, err
