@@ -227,6 +227,9 @@ def test_no_reply_to_the_end_is_in_doubt_and_sent_at_most_once_more(
     assert copies(server) == Counter({"user0@example.com": 2})  # the first try and one retry, no more
     assert "in doubt" in err and "not sent again" in err
     assert states(tmp_path, emails) == Counter({"sending": 1})  # neither sent nor failed
+    # the table of every issue counts it among those not delivered: it said "0 sent, 0 failed"
+    code, out, _ = run(["status"], env)
+    assert code == 0 and out.splitlines()[1].split()[4:6] == ["0", "1"], out
     code, _, err = run(send_args(post, csv), env)  # a rerun does not send it a third time
     assert copies(server) == Counter({"user0@example.com": 2})
     assert "in doubt before (--retry-failed)" in err
