@@ -265,9 +265,11 @@ class IssueStatus(IssueSummary):
         if self.completed_at is not None:
             lines.append(f"  complete since {self.completed_at.isoformat(sep=' ', timespec='seconds')}")
         else:  # the counts alone read as done: the record holds only the readers a send reached
+            failed = self.count("deferred") + self.count("failed")  # a send that met one does not finish
+            why = f"{failed} reader(s) failed (below), " if failed else ""
             lines.append(
-                "  not complete: no send of this version has gone through its whole list (one is running,"
-                " or it stopped early: run the same send command again to finish)"
+                f"  not complete: no send of this version has mailed its whole list ({why}one is running,"
+                " or it stopped early): run the same send command again to finish"
             )
         if self.changed_at is not None:
             when = self.changed_at.isoformat(sep=" ", timespec="seconds")
