@@ -63,7 +63,8 @@ class ConsoleFeedback(Feedback):
         self.close()
 
     def stopped(self) -> None:
-        """A send stopped early: its counts at the stop drawn once more, unless the last line had them."""
+        """A send stopped early or by a signal: its counts at the stop drawn once more, unless the last line
+        had them."""
         if self.report is not None and self.shown != _figures(self.report):
             self.finish(self.report)
 

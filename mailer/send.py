@@ -411,7 +411,7 @@ def send_and_report(
         )  # fmt: skip
     except (KeyboardInterrupt, MailerError) as exc:
         stopped = isinstance(exc, MailerError) and exc.exit_code == ExitStatus.STOPPED
-        if stopped:  # a log's last line said "0/11" when 3 had been sent
+        if stopped or isinstance(exc, KeyboardInterrupt):  # a log's last line said "1/80" with 31 sent
             feedback.stopped()
         feedback.close()
         if feedback.report is not None:

@@ -717,6 +717,11 @@ def test_sigterm_stops_like_ctrl_c_and_the_rerun_mails_everyone_once(
     resume = b"Stopped after the messages in flight; run the same command again to resume."
     assert err.splitlines()[-2:] == [b"Terminated (SIGTERM).", resume], err  # the stop, then what to do
     assert b"Traceback" not in err
+    # the log's last progress line has the counts at the stop (it said "1/80 messages, 1 sent" with 31 sent)
+    with Ledger(tmp_path / "state" / "mailer.db") as ledger:
+        sent = sum(1 for e in emails if (d := delivery(ledger, "2026-02-09", e)) and d.state == "sent")
+    last = [line for line in err.decode().splitlines() if " progress: " in line][-1]
+    assert f"/80 messages, {sent} sent, " in last, err
     # those before user30, user30, and at most one more in flight on each other connection
     assert len(smtp_server.messages) <= 31 + connections - 1 < len(emails)
     smtp_server.delay(0)
