@@ -332,7 +332,10 @@ def coordinate(
                 time.sleep(POLL)
         watch.last_counts()
         watch.tick()
+        stopped = report.stopped_because  # a worker's, or the Ctrl-C's
         _conclude(ledger, where, run_id, report, why=local.gave_up)
+        if stopped and not report.stopped_because:
+            feedback.stopping(f"a worker stopped early ({stopped}); the others dealt with every reader")
     except MailerError as exc:  # the record went away (a database restart) or the lock: stopped early
         local.signal(signal.SIGTERM)
         local.reap()
@@ -954,6 +957,9 @@ def _conclude(
     which has not been heard of for a lease, or, `ended`, whose session has ended (_coordinator_ended).
     Whether this call ended it."""
     _outcomes(ledger, where, run_id, report)
+    if not report.pending and report.stopped_because != "interrupted":
+        # a worker's own stop (a failure the others did not meet, see coordinate): the others dealt with all
+        report.stopped_because = ""
     if report.pending and not report.stopped_because:
         report.stopped_because = (
             f"{report.pending} reader(s) not sent:"

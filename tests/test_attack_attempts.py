@@ -21,14 +21,14 @@ from tests.test_workers_lifecycle import mailer
 READERS = 60  # 6 batches of 10 for two workers (workers.batch_size)
 REFUSED = "user22@example.com"  # in batch 2: refused for now (450) at every try
 
-MARKED = '%"given_up": {"' + REFUSED + "%"  # (SQL LIKE) counts that mark REFUSED given up
-RETRIED = '%"retries": 1%'  # (SQL LIKE) counts as a batch's first retry starts
+MARKED = 'NEW.counts LIKE \'%"given_up": {"' + REFUSED + "%'"  # counts that mark REFUSED given up
+RETRIED = "NEW.counts LIKE '%\"retries\": 1%'"  # counts as a batch's first retry starts
 
 
-def refuse(record: Location, like: str) -> None:
+def refuse(record: Location, when: str) -> None:
     """From now on the record notes the first holder of batch 2 (as it claims it) and refuses every write
-    of its to the batch's counts that are LIKE `like`: as a full disk would refuse that write and no other.
-    A table and two triggers, in each engine's words."""
+    of its to a batch where `when` (SQL on the row as written, NEW): as a full disk would refuse that write
+    and no other. A table and two triggers, in each engine's words."""
     if isinstance(record, Path):
         sql = [
             "CREATE TABLE IF NOT EXISTS refusing (owner TEXT)",
@@ -37,12 +37,12 @@ def refuse(record: Location, like: str) -> None:
             "CREATE TRIGGER note_owner AFTER UPDATE OF counts ON send_batches WHEN NEW.batch_no = 2"
             " AND NOT EXISTS (SELECT 1 FROM refusing) BEGIN INSERT INTO refusing VALUES (NEW.owner); END",
             "DROP TRIGGER IF EXISTS refuse",
-            f"CREATE TRIGGER refuse BEFORE UPDATE OF counts ON send_batches WHEN NEW.counts LIKE '{like}'"
+            f"CREATE TRIGGER refuse BEFORE UPDATE ON send_batches WHEN {when}"
             " AND NEW.owner IN (SELECT owner FROM refusing)"
             " BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END",
         ]
     else:
-        like = like.replace("%", "%%")  # not psycopg's placeholders
+        when = when.replace("%", "%%")  # not psycopg's placeholders
         sql = [
             "CREATE TABLE IF NOT EXISTS refusing (owner text)",
             "DELETE FROM refusing",
@@ -52,10 +52,10 @@ def refuse(record: Location, like: str) -> None:
             "CREATE OR REPLACE TRIGGER note_owner AFTER UPDATE OF counts ON send_batches FOR EACH ROW"
             " EXECUTE FUNCTION note_owner()",
             "CREATE OR REPLACE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
-            f" IF NEW.counts LIKE '{like}' AND NEW.owner IN (SELECT owner FROM refusing) THEN RAISE EXCEPTION"
+            f" IF {when} AND NEW.owner IN (SELECT owner FROM refusing) THEN RAISE EXCEPTION"
             " 'could not extend file: No space left on device' USING ERRCODE = '53100'; END IF; RETURN NEW;"
             " END $$",
-            "CREATE OR REPLACE TRIGGER refuse BEFORE UPDATE OF counts ON send_batches FOR EACH ROW"
+            "CREATE OR REPLACE TRIGGER refuse BEFORE UPDATE ON send_batches FOR EACH ROW"
             " EXECUTE FUNCTION refuse()",
         ]
     for statement in sql:
