@@ -112,3 +112,17 @@ def test_a_stopped_send_draws_its_counts_once_more_only_when_they_moved() -> Non
     said = [line.split(" ", 1)[1] for line in console.err.getvalue().splitlines()]
     assert said[0] == "progress: 0/30 messages, 0 sent, 0.0 msg/s, ETA -", said
     assert len(said) == 2 and re.fullmatch(r"progress: 3/30 messages, 3 sent, [\d.,]+ msg/s, ETA -", said[1])
+
+
+def test_the_eta_is_never_nothing_while_messages_are_left() -> None:
+    # 10 left at about 20 a second: half a second, which the ETA cut down to "0:00:00"
+    console = Console()
+    console.err = io.StringIO()
+    feedback = ConsoleFeedback(console)
+    feedback.start(30)
+    report = Report("2026-02-09", sent=20)
+    report.started -= 1.0
+    feedback.progress(report)
+    [line] = console.err.getvalue().splitlines()
+    eta = re.fullmatch(r"\S+ progress: 20/30 messages, 20 sent, [\d.]+ msg/s, ETA (\S+)", line)
+    assert eta and eta[1] != "0:00:00", line
