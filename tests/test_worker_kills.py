@@ -182,7 +182,7 @@ def test_the_systemd_unit_in_the_docs_restarts_a_dead_worker_and_no_refused_or_s
     service = unit["Service"]
     # --wait: started with the daily send, before it is in the record, it waits for it (without, exit 1 and
     # not restarted: that host would send nothing)
-    assert service["ExecStart"].endswith("/mailer worker --wait --quiet"), service["ExecStart"]
+    assert service["ExecStart"].endswith("/mailer worker --wait"), service["ExecStart"]
     assert service["Restart"] == "on-failure"  # systemd: a non-zero exit not listed below, or a signal but
     codes = {int(c) for c in service["RestartPreventExitStatus"].split()}  # SIGHUP, SIGINT, SIGTERM, SIGPIPE
     assert codes == {ExitStatus.ERROR, ExitStatus.USAGE}  # refused: starting again would not help

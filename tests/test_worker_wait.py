@@ -7,8 +7,11 @@ Real processes, the real record on both engines; every wait is on a line, a row 
 
 from __future__ import annotations
 
+import configparser
+import shlex
 import signal
 import subprocess
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -17,6 +20,7 @@ import pytest
 from mailer.engine import Location, Server
 from tests.pg import database_env
 from tests.smtpd import SMTPServer
+from tests.test_worker_kills import _unit
 from tests.test_workers import _running, env_at, recipients, spawn, wait_until, write_list
 
 
@@ -81,3 +85,28 @@ def test_a_worker_with_no_send_in_its_database_fails_naming_it_and_one_that_wait
     assert early.returncode == 0, early_err.decode()
     assert coordinator.returncode == 0, err.decode()
     assert recipients(smtp_server) == Counter({e: 1 for e in emails})
+
+
+def test_the_worker_of_the_docs_systemd_unit_says_in_its_journal_where_it_waits(
+    smtp_server: SMTPServer, tmp_path: Path
+) -> None:
+    """The unit of docs/workers.md ran `mailer worker --wait --quiet`: its journal said nothing while it
+    waited, neither the database it looks in nor that the database does not answer (as the docs promise)."""
+    unit = configparser.ConfigParser(interpolation=None, comment_prefixes=("#",))
+    unit.optionxform = str  # type: ignore[assignment,method-assign]  # systemd's keys are case-sensitive
+    unit.read_string(_unit())
+    command = shlex.split(unit["Service"]["ExecStart"])
+    assert command[0].endswith("/mailer"), command
+    record = tmp_path / "state" / "mailer.db"
+    env = env_at(smtp_server, tmp_path, record)
+    _migrated(env, tmp_path)  # no send in it: the service waits
+    service = spawn(command[1:], env, tmp_path)
+    silent = threading.Timer(60, service.send_signal, (signal.SIGTERM,))  # ends one that never says it
+    silent.start()
+    try:
+        assert f"Waiting for a send to start in {record}" in _waiting(service)
+    finally:
+        silent.cancel()
+        service.send_signal(signal.SIGTERM)  # systemctl stop
+        service.communicate(timeout=60)
+    assert service.returncode == 143
