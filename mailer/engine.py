@@ -149,6 +149,20 @@ class Engine(Protocol):
     # other writer (SQLite).
     skip_locked: str
 
+    # SQL for the record's time now, in seconds since the epoch, the one clock on which every host's leases
+    # and words of a send by workers are written and compared (workers.py): a PostgreSQL server's, whatever
+    # each host's clock says; a SQLite file's one host's. The same throughout one statement.
+    now: str
+    # SQL for that time less `?` seconds (its one parameter), as text: '%Y-%m-%dT%H:%M:%SZ'
+    stamp: str
+
+    def lease_clock(self) -> float:
+        """Seconds on the clock this process follows its own leases on between the statements that write
+        them: where they are on the server's clock (PostgreSQL), the time elapsed here (time.monotonic), which
+        no step of this host's clock moves; where on this host's (SQLite), that clock, which moves the leases
+        and their holders alike."""
+        ...
+
     def begin(self) -> None:
         """Open a write transaction holding the database's write lock (one writing transaction at a time),
         for a read-then-write that must see no other writer between its read and its write."""

@@ -26,6 +26,7 @@ import os
 import re
 import select
 import socket
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -219,6 +220,11 @@ class PostgreSQL:
     # outcome need not wait for a commit under way (8: a send's recorder holds at most that many connections)
     writers = 8
     skip_locked = " FOR UPDATE SKIP LOCKED"
+    now = "extract(epoch FROM statement_timestamp())::float8"
+    stamp = (
+        "to_char((statement_timestamp() - make_interval(secs => ?)) AT TIME ZONE 'UTC',"
+        """ 'YYYY-MM-DD"T"HH24:MI:SS"Z"')"""
+    )
 
     def __init__(self, server: Server, *, timeout: float, create: bool) -> None:
         """Connect; create=False refuses a database that has no mailer record in it yet."""
@@ -446,6 +452,9 @@ class PostgreSQL:
             ).fetchall()
         }
         return {name for name in names if _worker_key(name) in held}
+
+    def lease_clock(self) -> float:
+        return time.monotonic()  # see engine.Engine
 
     def issue_locked(self, issue_id: str) -> bool | None:
         """See engine.Engine: from pg_locks, which any session may read. The server lets go of the lock once

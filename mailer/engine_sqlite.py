@@ -14,6 +14,7 @@ import os
 import re
 import resource
 import sqlite3
+import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -49,6 +50,8 @@ class SQLite:
 
     writers = 1  # one write lock for the whole file
     skip_locked = ""  # BEGIN IMMEDIATE: no other writer can hold a row this transaction reads
+    now = "((julianday('now') - 2440587.5) * 86400.0)"  # this host's clock, to the millisecond
+    stamp = "strftime('%Y-%m-%dT%H:%M:%SZ', 'now', '-' || ? || ' seconds')"
 
     def __init__(self, path: Path, *, timeout: float, create: bool) -> None:
         """Open (with `create`, make) the file; create=False refuses a missing file instead."""
@@ -197,6 +200,9 @@ class SQLite:
 
     def held_workers(self, names: Sequence[str]) -> set[str] | None:
         return None
+
+    def lease_clock(self) -> float:
+        return time.time()  # see engine.Engine
 
     def issue_locked(self, issue_id: str) -> bool | None:
         return None  # see engine.Engine

@@ -656,6 +656,20 @@ class Ledger:
             return self._db.issue_locked(issue_id)
 
     @property
+    def now(self) -> str:
+        """SQL for the record's time now, in seconds since the epoch (engine.Engine.now)."""
+        return self._db.now
+
+    @property
+    def stamp(self) -> str:
+        """SQL for the record's time less `?` seconds, as '%Y-%m-%dT%H:%M:%SZ' (engine.Engine.stamp)."""
+        return self._db.stamp
+
+    def lease_clock(self) -> float:
+        """Seconds on the clock this process follows its leases on (engine.Engine.lease_clock)."""
+        return self._db.lease_clock()
+
+    @property
     def skip_locked(self) -> str:
         """What a SELECT in a rows_only transaction adds to claim rows no other transaction holds."""
         return self._db.skip_locked

@@ -11,10 +11,14 @@ another worker takes the batch over; the record says who was mailed, so only tho
 
 A worker's lease is renewed by a thread of its own every quarter of `worker_lease`; a worker that has not
 renewed it in time (stopped, starved, cut off from the record) sends no further "." for fear of a second
-sender. The rate limit is a schedule of start times in the record that every worker reserves from in small
-chunks. The coordinator counts the readers from the batches in the record (each batch's holder writes its
-counts there, see _Tally) and stops the workers: a signal sets the send's state to 'stopping', which every
-worker sees within a renewal and stops on, as on its own SIGTERM, after the messages in flight.
+sender. Every time two processes compare (a lease, a word that one is alive, the rate limit's schedule) is
+the record's, in its SQL (Ledger.now, Ledger.stamp: the PostgreSQL server's clock), so that no host's clock,
+off or stepped during the send, makes a live worker's batch look free; a holder follows its own lease on
+the time elapsed where it runs (Ledger.lease_clock). The rate limit is a schedule of start times in the
+record that every worker reserves from in small chunks. The coordinator counts the readers from the
+batches in the record (each batch's holder writes its counts there, see _Tally) and stops the workers: a
+signal sets the send's state to 'stopping', which every worker sees within a renewal and stops on, as on its
+own SIGTERM, after the messages in flight.
 """
 
 from __future__ import annotations
@@ -43,7 +47,6 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from .campaign import THIS_RUN, Feedback, Pace, Report, SendOptions, run_share
-from .clocks import check_clock, clock_offset
 from .config import Settings
 from .console import Console
 from .errors import ExitStatus, Interrupted, MailerError, NotUpYet, SendAborted
@@ -110,7 +113,7 @@ def _here() -> str:
 
 
 def _beside(name: str) -> bool:
-    """Whether the process of this name runs (or ran) in this kernel and namespace: on this host's clock."""
+    """Whether the process of this name runs (or ran) in this kernel and namespace."""
     host, _, rest = name.partition(" pid ")
     return host == socket.gethostname() and rest.partition(" ")[2].startswith(_here())
 
@@ -154,28 +157,25 @@ def publish(
     lease: float,
     coordinator: str,
     run_id: int,
-    clock: float,
 ) -> int:
     """Put the send in the record (replacing an earlier one of the issue that is no longer running);
-    return the number of batches. One transaction: the workers see all of it or nothing. `clock`: how
-    far the coordinator's clock is ahead of the record's server's (clocks.py)."""
+    return the number of batches. One transaction: the workers see all of it or nothing."""
     where = (issue.issue_id, ledger.destination)
     size = batch_size(expected, workers)
     stored = {
         "connections": options.connections, "rate": options.rate, "max_attempts": options.max_attempts,
         "retry_delay": options.retry_delay, "max_consecutive_failures": options.max_consecutive_failures,
         "retry_failed": options.retry_failed, "lease": lease, "run": run_id,
-        "clock": clock,
     }  # fmt: skip
-    now = time.time()
     batches = 0
     with ledger.transaction():
         _take_over(ledger, where)
         ledger.write(
             "INSERT INTO sends (issue_id, destination, state, coordinator, alive_until, post_name, post,"
-            " fingerprint, options, started_at) VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?)",
-            (*where, coordinator, now + lease, str(issue.post.path), _post_text(issue),
-             fingerprint(issue, factory), json.dumps(stored), _stamp()),
+            f" fingerprint, options, started_at) VALUES (?, ?, 'running', ?, {ledger.now} + ?, ?, ?, ?, ?,"
+            f" {ledger.stamp})",
+            (*where, coordinator, lease, str(issue.post.path), _post_text(issue),
+             fingerprint(issue, factory), json.dumps(stored), 0.0),
         )  # fmt: skip
         batch: list[list[Any]] = []
         for sub in subscribers:
@@ -210,7 +210,7 @@ def _take_over(ledger: Ledger, where: tuple[str, str]) -> None:
     left: list[str] = []
     if running:
         options = json.loads(running[0][1])
-        left = _alive_workers(ledger, where, float(options["lease"]), now=_their_now(ledger, options))
+        left = _alive_workers(ledger, where, float(options["lease"]))
     if left:
         if running[0][2] == "stopped":
             raise MailerError(
@@ -240,10 +240,6 @@ def _write_batch(ledger: Ledger, where: tuple[str, str], number: int, batch: lis
         (*where, number, json.dumps(batch, ensure_ascii=False), len(batch)),
     )
     return 1
-
-
-def _stamp(at: float | None = None) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
 
 
 def coordinate(
@@ -282,7 +278,7 @@ def coordinate(
     me = _me()
     publish(
         ledger, issue, factory, options, subscribers, expected=expected, workers=crew.workers, lease=lease,
-        coordinator=me, run_id=run_id, clock=clock_offset(ledger) or 0.0,
+        coordinator=me, run_id=run_id,
     )  # fmt: skip
     # A signal must not raise in the middle of a query here (the connection would keep a statement open and
     # refuse the writes that stop the send): it is noted (StopSignals, as while a send is stopping) and seen
@@ -761,7 +757,7 @@ class _Watch:
     local: _Locals
     held: Callable[[], None]
     waiting: str  # what the send waits for until a worker has joined, said instead of its progress
-    said: list[float] = field(default_factory=lambda: [0.0])  # when it last said it is alive
+    said: list[float] = field(default_factory=lambda: [time.monotonic()])  # when it last said it is alive
     tally: _Tally = field(default_factory=lambda: _Tally())
 
     def tick(self) -> None:
@@ -771,11 +767,12 @@ class _Watch:
         as one report, its readers' counts from the batches in the record (_Tally)."""
         self.held()
         self.local.relay()
-        now = time.time()
+        now = time.monotonic()
         if now >= self.said[0] + self.lease / 4:
             self.ledger.write(
-                "UPDATE sends SET alive_until = ? WHERE issue_id = ? AND destination = ?",
-                (now + self.lease, *self.where),
+                f"UPDATE sends SET alive_until = {self.ledger.now} + ?"
+                " WHERE issue_id = ? AND destination = ?",
+                (self.lease, *self.where),
                 rows_only=True,
             )
             self.said[0] = now
@@ -851,22 +848,14 @@ def _add(totals: dict[str, int], counts: str | None) -> None:
         totals[name] += int(found.get(name, 0))
 
 
-def _their_now(ledger: Ledger, options: dict[str, Any]) -> float:
-    """The time now on the clock of the coordinator of the send of these `options`, which its word and its
-    workers' are written on: this host's may be off it (clocks.py)."""
-    return time.time() - (clock_offset(ledger) or 0.0) + float(options.get("clock", 0.0))
-
-
-def _alive_workers(
-    ledger: Ledger, where: tuple[str, str], lease: float, but: str = "", now: float | None = None
-) -> list[str]:
+def _alive_workers(ledger: Ledger, where: tuple[str, str], lease: float, but: str = "") -> list[str]:
     """The workers that are still at the send: their row says 'running' and is younger than a lease (each
-    writes it every quarter lease) at `now` (this host's time if None), and no sign says it has ended (_dead,
+    writes it every quarter lease), on the record's clock, and no sign says it has ended (_dead,
     _gone_from_here)."""
     rows = ledger.rows(
         "SELECT worker, counts FROM send_workers WHERE issue_id = ? AND destination = ? AND state = 'running'"
-        " AND updated_at >= ? AND worker != ?",
-        (*where, _stamp((time.time() if now is None else now) - lease - 1), but),
+        f" AND updated_at >= {ledger.stamp} AND worker != ?",
+        (*where, lease + 1.0, but),
     )
     dead = _dead(ledger, rows)
     # one of this host whose process has ended (killed, or stopped with the record unwritable) is not
@@ -895,8 +884,8 @@ def _free_dead(ledger: Ledger, where: tuple[str, str]) -> None:
     holders = ledger.rows(
         "SELECT DISTINCT w.worker, w.counts FROM send_batches AS b JOIN send_workers AS w"
         " ON w.issue_id = b.issue_id AND w.destination = b.destination AND w.worker = b.owner"
-        " WHERE b.issue_id = ? AND b.destination = ? AND b.done = 0 AND b.lease_until > ?",
-        (*where, time.time()),
+        f" WHERE b.issue_id = ? AND b.destination = ? AND b.done = 0 AND b.lease_until > {ledger.now}",
+        where,
     )
     for name in sorted(_dead(ledger, holders)):
         ledger.write(
@@ -934,9 +923,9 @@ def _open_batches(ledger: Ledger, where: tuple[str, str]) -> int:
 
 def _live_leases(ledger: Ledger, where: tuple[str, str]) -> bool:
     rows = ledger.rows(
-        "SELECT 1 FROM send_batches WHERE issue_id = ? AND destination = ? AND done = 0 AND lease_until > ?"
-        " LIMIT 1",
-        (*where, time.time()),
+        "SELECT 1 FROM send_batches WHERE issue_id = ? AND destination = ? AND done = 0"
+        f" AND lease_until > {ledger.now} LIMIT 1",
+        where,
     )
     return bool(rows)
 
@@ -973,8 +962,7 @@ def _conclude(
         sql += " AND state IN ('running', 'stopping') AND coordinator = ?"
         params += (gone,)
     if gone and not ended:
-        sql += " AND alive_until < ?"
-        params += (time.time(),)
+        sql += f" AND alive_until < {ledger.now}"
     with ledger.transaction():
         ended = bool(ledger.rows(sql + " RETURNING state", params))
         if ended and run_id is not None:
@@ -1110,31 +1098,31 @@ def under_way(ledger: Ledger, issue_id: str) -> dict[str, Any] | None:
     """A send of the issue by workers that is running or stopping (for `mailer status`), or None.
 
     `coordinator_heard_ago`: the seconds since its coordinator last said it is alive (it does every quarter
-    `lease`, on its host's clock); `coordinator_gone`: that is more than a lease ago (killed, its host down,
+    `lease`, on the record's clock); `coordinator_gone`: that is more than a lease ago (killed, its host down,
     and no word since: until then it may be only slow or stopped, and may yet send), or it is a process of
     this host that has ended (it stopped on an error with the record away, so could not say so there), or
     its session with the record has ended (_coordinator_ended); its workers then finish the send and the
     last of them ends it, or, with no worker left ("workers": 0), it waits for a rerun."""
     where = (issue_id, ledger.destination)
     found = ledger.rows(
-        "SELECT s.state, s.coordinator, s.started_at, s.alive_until, s.options, count(b.batch_no),"
-        " coalesce(sum(b.done), 0) FROM sends AS s LEFT JOIN send_batches AS b USING (issue_id, destination)"
+        f"SELECT s.state, s.coordinator, s.started_at, s.alive_until - {ledger.now}, s.options,"
+        " count(b.batch_no), coalesce(sum(b.done), 0)"
+        " FROM sends AS s LEFT JOIN send_batches AS b USING (issue_id, destination)"
         " WHERE s.issue_id = ? AND s.destination = ? AND s.state IN ('running', 'stopping')"
         " GROUP BY s.issue_id, s.destination, s.state, s.coordinator, s.started_at, s.alive_until, s.options",
         where,
     )
     if not found:
         return None
-    state, coordinator, started, alive_until, options, batches, done = found[0]
+    state, coordinator, started, left, options, batches, done = found[0]
     lease = float(json.loads(options)["lease"])
-    now = _their_now(ledger, json.loads(options))
-    workers = _alive_workers(ledger, where, lease, now=now)
-    heard_ago = max(0.0, now - (float(alive_until) - lease))  # a clock ahead of its: 0, not less
+    workers = _alive_workers(ledger, where, lease)
+    heard_ago = max(0.0, lease - float(left))
     return {
         "state": state, "coordinator": coordinator, "started_at": started, "batches": int(batches),
         "batches_done": int(done), "workers": len(workers), "lease": lease,
         "coordinator_heard_ago": round(heard_ago, 1),
-        "coordinator_gone": alive_until < now or _gone_from_here(coordinator)
+        "coordinator_gone": left < 0 or _gone_from_here(coordinator)
         or _coordinator_ended(ledger, issue_id),
     }  # fmt: skip
 
@@ -1263,10 +1251,6 @@ def work(
                     f"{settings.db_path}: no send {which}is running there to join (is it the database of"
                     " the host that starts the send, and has the send started? --wait waits for one)"
                 )
-            if not _beside(plan.coordinator):  # one of its host shares its clock (a worker it forked)
-                with _record_lost():
-                    off = clock_offset(ledger)
-                check_clock(off, plan.coordinator, plan.options, ledger.path, MARGIN)
             issue = render_issue(parse_post(plan.post.encode("utf-8"), Path(plan.post_name)), settings)
             keyring = joining_keyring(settings, ledger, plan.options.get("run"), console)
             factory = make_factory(issue, settings, console=console, keyring=keyring)
@@ -1386,8 +1370,8 @@ class _Worker:
         self.held = ledger.hold_worker(self.name)
         ledger.write(
             "INSERT INTO send_workers (issue_id, destination, worker, state, counts, updated_at)"
-            " VALUES (?, ?, ?, 'running', ?, ?)",
-            (*self.where, self.name, json.dumps(self.counts()), _stamp()),
+            f" VALUES (?, ?, ?, 'running', ?, {ledger.stamp})",
+            (*self.where, self.name, json.dumps(self.counts()), 0.0),
             rows_only=True,
         )
         # the coordinator stops its own workers with a signal: the record's 'stopping' would be a second stop,
@@ -1402,10 +1386,11 @@ class _Worker:
                 if self.signals.signum:
                     raise Interrupted(self.signals.signum)
                 left, free, running = ledger.rows(
-                    "SELECT count(*), coalesce(sum(CASE WHEN lease_until < ? THEN 1 ELSE 0 END), 0), (SELECT"
-                    " count(*) FROM sends WHERE issue_id = ? AND destination = ? AND state = 'running')"
-                    " FROM send_batches WHERE issue_id = ? AND destination = ? AND done = 0",
-                    (time.time(), *self.where, *self.where),
+                    "SELECT count(*), coalesce(sum(CASE WHEN lease_until < "
+                    f"{ledger.now} THEN 1 ELSE 0 END), 0), (SELECT count(*) FROM sends WHERE issue_id = ?"
+                    " AND destination = ? AND state = 'running') FROM send_batches WHERE issue_id = ?"
+                    " AND destination = ? AND done = 0",
+                    (*self.where, *self.where),
                 )[0]
                 if left and not running:  # stopped by its coordinator: as on its signal (or the keeper's)
                     raise Interrupted(signal.SIGTERM)
@@ -1465,16 +1450,15 @@ class _Worker:
         killed, its host down; or its session ended, _coordinator_ended) and no other worker is left, end
         it here, as the coordinator would have."""
         rows = ledger.rows(
-            "SELECT state, alive_until, coordinator FROM sends WHERE issue_id = ? AND destination = ?",
+            f"SELECT state, CASE WHEN alive_until >= {ledger.now} THEN 1 ELSE 0 END, coordinator FROM sends"
+            " WHERE issue_id = ? AND destination = ?",
             self.where,
         )
         if not rows or rows[0][0] not in ("running", "stopping"):
             return True
-        _, alive_until, coordinator = rows[0]
+        _, heard, coordinator = rows[0]
         ended = _coordinator_ended(ledger, self.where[0])
-        if (alive_until >= time.time() and not ended) or _alive_workers(
-            ledger, self.where, self.lease, but=self.name
-        ):
+        if (heard and not ended) or _alive_workers(ledger, self.where, self.lease, but=self.name):
             return False
         report = Report(self.plan.issue_id)
         counts = ledger.rows(
@@ -1541,10 +1525,11 @@ class _Worker:
 
     def write_counts(self, state: str = "running", ledger: Ledger | None = None) -> None:
         """Write this worker's counts to the record (the coordinator adds them up)."""
-        (ledger or self.ledger).write(
-            "UPDATE send_workers SET counts = ?, state = ?, updated_at = ?"
+        db = ledger or self.ledger
+        db.write(
+            f"UPDATE send_workers SET counts = ?, state = ?, updated_at = {db.stamp}"
             " WHERE issue_id = ? AND destination = ? AND worker = ?",
-            (json.dumps(self.counts()), state, _stamp(), *self.where, self.name),
+            (json.dumps(self.counts()), state, 0.0, *self.where, self.name),
             rows_only=True,
         )
 
@@ -1617,8 +1602,8 @@ class _Share:
     def _claim(self) -> _Batch | None:
         w, keeper = self.worker, self.keeper
         with keeper.lock:
-            now = time.time()
-            found = claim(w.ledger, w.where, w.name, now + w.lease)
+            now = w.ledger.lease_clock()  # before the lease is written: it ends no sooner than a lease after
+            found = claim(w.ledger, w.where, w.name, w.lease)
             if found is None:
                 return None
             number, readers, owner, counts, fresh = found
@@ -1725,9 +1710,10 @@ def _tried_before(
 
 
 def claim(
-    ledger: Ledger, where: tuple[str, str], name: str, until: float
+    ledger: Ledger, where: tuple[str, str], name: str, lease: float
 ) -> tuple[int, str, str, str, bool] | None:
-    """Lease the first batch not done whose lease ran out (or never was) to `name` until `until`: its number,
+    """Lease the first batch not done whose lease ran out (or never was) to `name` for `lease` seconds, both
+    on the record's clock (Ledger.now: no host's clock, which may be off or stepped, decides): its number,
     readers (JSON), former owner ('' if none), counts (JSON: see _Batch) and whether it was never claimed
     before; or None when no batch is free or the send no longer runs (its coordinator stopped it: no batch
     is begun after the stop, whenever the worker hears of it). A batch never claimed gets the record's
@@ -1740,10 +1726,10 @@ def claim(
     with ledger.transaction(rows_only=True):
         rows = ledger.rows(
             "SELECT batch_no, readers, owner, counts FROM send_batches WHERE issue_id = ? AND destination = ?"
-            " AND done = 0 AND lease_until < ? AND EXISTS (SELECT 1 FROM sends WHERE sends.issue_id = ?"
-            " AND sends.destination = ? AND sends.state = 'running') ORDER BY batch_no LIMIT 1"
-            + ledger.skip_locked,
-            (*where, time.time(), *where),
+            f" AND done = 0 AND lease_until < {ledger.now} AND EXISTS (SELECT 1 FROM sends"
+            " WHERE sends.issue_id = ? AND sends.destination = ? AND sends.state = 'running')"
+            " ORDER BY batch_no LIMIT 1" + ledger.skip_locked,
+            (*where, *where),
         )
         if not rows:
             return None
@@ -1753,9 +1739,9 @@ def claim(
             emails = [dedupe_key(r[0]) for r in json.loads(readers)]
             counts = json.dumps({"attempts_before": _attempts(ledger, where, emails)})
         ledger.write(
-            "UPDATE send_batches SET owner = ?, lease_until = ?, counts = ?"
+            f"UPDATE send_batches SET owner = ?, lease_until = {ledger.now} + ?, counts = ?"
             " WHERE issue_id = ? AND destination = ? AND batch_no = ?",
-            (name, until, counts, *where, number),
+            (name, lease, counts, *where, number),
         )
     return int(number), str(readers), str(owner), str(counts or ""), fresh
 
@@ -1827,7 +1813,7 @@ class _Keeper:
         self.lock = threading.Lock()  # the claims, the done marks and the renewals, one at a time
         self.held: set[int] = set()
         self.batches: dict[int, _Batch] = {}  # those held, by number: their counts go to the record
-        self.valid_until = 0.0  # wall clock: no "." after this unless renewed
+        self.valid_until = 0.0  # on ledger.lease_clock(): no "." after this unless renewed
         self.lost = ""
         self.stopping = False
         self.hurried = False
@@ -1844,7 +1830,7 @@ class _Keeper:
         """'' while this worker may deliver; else why not."""
         if self.lost:
             return self.lost
-        if self.held and time.time() > self.valid_until:
+        if self.held and self.ledger.lease_clock() > self.valid_until:
             self.lost = f"the lease on batches {sorted(self.held)} ran out before it was renewed"
         return self.lost
 
@@ -1860,7 +1846,7 @@ class _Keeper:
             if not self.slots:
                 return
             slot = self.slots.pop(0)
-        delay = slot - time.time()
+        delay = slot - self.ledger.lease_clock()
         if delay > 0:
             stop.wait(delay)
 
@@ -1873,37 +1859,40 @@ class _Keeper:
     def _run(self) -> None:
         try:
             with self.ledger.reopen() as ledger:
-                due = look = 0.0
+                due = look = time.monotonic()  # paced on the time elapsed here: no clock step delays them
                 while True:
                     with self.cond:
                         self.cond.wait_for(
-                            lambda: self.closing or self.wanted, max(0.0, min(due, look) - time.time())
+                            lambda: self.closing or self.wanted, max(0.0, min(due, look) - time.monotonic())
                         )
                         if self.closing:
                             return
                         wanted, self.wanted = self.wanted, False
                     if wanted:
                         self._reserve(ledger)
-                    if time.time() >= due:
+                    if time.monotonic() >= due:
                         self._renew(ledger)
-                        due = time.time() + self.lease / 4
-                    if time.time() >= look:
+                        due = time.monotonic() + self.lease / 4
+                    if time.monotonic() >= look:
                         self._look(ledger)
-                        look = time.time() + min(LOOK, self.lease / 4)
+                        look = time.monotonic() + min(LOOK, self.lease / 4)
         except MailerError as exc:  # the record cannot be reached: the leases run out, no "." is sent
             self.error = str(exc)
 
     def _reserve(self, ledger: Ledger) -> None:
-        now = time.time()
+        """Reserve the next chunk of start times: on the record's clock, kept here as times of
+        ledger.lease_clock() no sooner than they come there (measured from after the statement)."""
         span = self.chunk * self.interval
+        now = ledger.now
         with ledger.transaction(rows_only=True):  # one row: concurrent reservations queue on its lock
-            (end,) = ledger.rows(
-                "UPDATE sends SET next_slot = CASE WHEN next_slot > ? THEN next_slot ELSE ? END + ?"
-                " WHERE issue_id = ? AND destination = ? RETURNING next_slot",
-                (now, now, span, *self.where),
+            end, then = ledger.rows(
+                f"UPDATE sends SET next_slot = CASE WHEN next_slot > {now} THEN next_slot ELSE {now} END + ?"
+                f" WHERE issue_id = ? AND destination = ? RETURNING next_slot, {now}",
+                (span, *self.where),
             )[0]
+        here = ledger.lease_clock() - float(then)
         with self.cond:
-            self.slots.extend(end - span + i * self.interval for i in range(self.chunk))
+            self.slots.extend(here + end - span + i * self.interval for i in range(self.chunk))
             self.cond.notify_all()
 
     def _look(self, ledger: Ledger) -> None:
@@ -1921,13 +1910,13 @@ class _Keeper:
 
     def _renew(self, ledger: Ledger) -> None:
         with self.lock:
-            now = time.time()
+            now = ledger.lease_clock()  # before the lease is written: it ends no sooner than a lease after
             if self.held:
                 with ledger.transaction(rows_only=True):
                     kept = ledger.rows(
-                        "UPDATE send_batches SET lease_until = ? WHERE issue_id = ? AND destination = ?"
-                        " AND owner = ? AND done = 0 RETURNING batch_no",
-                        (now + self.lease, *self.where, self.name),
+                        f"UPDATE send_batches SET lease_until = {ledger.now} + ? WHERE issue_id = ?"
+                        " AND destination = ? AND owner = ? AND done = 0 RETURNING batch_no",
+                        (self.lease, *self.where, self.name),
                     )
                     write_partial(ledger, self.where, self.name, self.batches)
                 gone = self.held - {row[0] for row in kept}
@@ -1937,9 +1926,9 @@ class _Keeper:
                     self.valid_until = now + self.lease * (1 - MARGIN)
         counts = json.dumps(self.counts())
         ledger.write(
-            "UPDATE send_workers SET counts = ?, updated_at = ? WHERE issue_id = ? AND destination = ?"
-            " AND worker = ?",
-            (counts, _stamp(), *self.where, self.name),
+            f"UPDATE send_workers SET counts = ?, updated_at = {ledger.stamp} WHERE issue_id = ?"
+            " AND destination = ? AND worker = ?",
+            (counts, 0.0, *self.where, self.name),
             rows_only=True,
         )
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from contextlib import closing
 
 import pytest
@@ -54,7 +53,7 @@ def test_workers_claiming_at_once_never_get_the_same_batch(record_at: Location) 
             with closing(Ledger(record_at)) as ledger:
                 start.wait()
                 mine = got.setdefault(name, [])
-                while (found := claim(ledger, WHERE, name, time.time() + 60)) is not None:
+                while (found := claim(ledger, WHERE, name, 60)) is not None:
                     mine.append(found[0])
         except BaseException as exc:
             errors.append(exc)
@@ -73,17 +72,16 @@ def test_workers_claiming_at_once_never_get_the_same_batch(record_at: Location) 
 def test_a_lease_that_ran_out_is_taken_over_and_a_live_one_is_not(record_at: Location) -> None:
     fill(record_at, 3)
     with closing(Ledger(record_at)) as a, closing(Ledger(record_at)) as b:
-        now = time.time()
         fresh = (0, json.dumps([["reader0@example.com", "", {}]]), "", '{"attempts_before": {}}', True)
-        assert claim(a, WHERE, "a", now - 1) == fresh
-        taken = claim(b, WHERE, "b", now + 60)
+        assert claim(a, WHERE, "a", -1) == fresh
+        taken = claim(b, WHERE, "b", 60)
         assert taken is not None and (taken[0], taken[2]) == (0, "a")  # a's lease on 0 ran out: b's now
         assert not done(a, WHERE, "a", 0, {"sent": 9})  # a lost it: its done mark (and counts) change nothing
-        mine = claim(a, WHERE, "a", now + 60)
+        mine = claim(a, WHERE, "a", 60)
         assert mine is not None and mine[0] == 1
-        last = claim(b, WHERE, "b", now + 60)
+        last = claim(b, WHERE, "b", 60)
         assert last is not None and last[0] == 2  # a's lease on 1 is live
-        assert claim(b, WHERE, "b", now + 60) is None
+        assert claim(b, WHERE, "b", 60) is None
         assert done(a, WHERE, "a", 1, {"sent": 1}) and done(b, WHERE, "b", 0, {"already_sent": 1})
         assert done(b, WHERE, "b", 2, {"suppressed": 1})
     assert rows(record_at, "SELECT batch_no, done, owner, counts FROM send_batches ORDER BY batch_no") == [
@@ -97,12 +95,12 @@ def test_no_batch_of_a_send_that_no_longer_runs_is_claimed(record_at: Location) 
     # a worker that has yet to hear of its coordinator's stop begins no batch after it
     fill(record_at, 2)
     with closing(Ledger(record_at)) as a:
-        assert claim(a, WHERE, "a", time.time() + 60) is not None
+        assert claim(a, WHERE, "a", 60) is not None
         for state in ("stopping", "stopped", "done"):
             rows(record_at, "UPDATE sends SET state = ?", (state,))
-            assert claim(a, WHERE, "a", time.time() + 60) is None, state
+            assert claim(a, WHERE, "a", 60) is None, state
         rows(record_at, "UPDATE sends SET state = 'running'")
-        assert claim(a, WHERE, "a", time.time() + 60) is not None  # the same batch: it was free
+        assert claim(a, WHERE, "a", 60) is not None  # the same batch: it was free
 
 
 @pytest.mark.postgresql
@@ -114,12 +112,12 @@ def test_on_postgresql_a_claim_passes_over_a_batch_being_claimed_and_waits_for_n
     # b gives up on a lock after 2 s: a claim that queued behind a's transaction would fail, not pass
     with closing(Ledger(record)) as a, closing(Ledger(record, timeout=2)) as b:
         with a.transaction(rows_only=True):
-            first = claim(a, WHERE, "a", time.time() + 60)  # a holds batch 0's row, not yet committed
-            second = claim(b, WHERE, "b", time.time() + 60)
+            first = claim(a, WHERE, "a", 60)  # a holds batch 0's row, not yet committed
+            second = claim(b, WHERE, "b", 60)
         assert first is not None and second is not None
         assert (first[0], second[0]) == (0, 1)
         with a.transaction():  # the database-wide lock, as an import or an issue's start holds it
-            third = claim(b, WHERE, "b", time.time() + 60)
+            third = claim(b, WHERE, "b", 60)
             assert third is not None and third[0] == 2
             assert done(b, WHERE, "b", 2, {"sent": 1})
     assert owners(record) == {0: "a", 1: "b", 2: "b"}
