@@ -397,10 +397,12 @@ def _unsubscribe_url(settings: Settings, live: bool) -> Check:
 def _postal_address(settings: Settings, live: bool) -> Check:
     if not settings.postal_address.strip() or settings.postal_address == DEFAULT_POSTAL_ADDRESS:
         suffix = "" if live else " (fine for the local outbox)"
+        # `mailer init` writes the placeholder into mailer.toml: "not set" sent one to a line that is set
+        what = "is still the placeholder" if settings.postal_address.strip() else "is not set"
         return Check(
             "error" if live else "warning",
             "postal-address",
-            f"postal_address is not set: the footer needs a real one (CAN-SPAM){suffix}",
+            f"postal_address {what}: the footer needs a real one (CAN-SPAM){suffix}",
             "set postal_address to the sender's real postal address",
         )
     return Check("ok", "postal-address", "the footer has a postal address")

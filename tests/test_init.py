@@ -102,6 +102,8 @@ def test_mailer_check_flags_every_placeholder_and_stops_a_real_send(site: Path) 
     assert outbox.exit_code == 0, outbox.output  # placeholders are fine for the local outbox
     flagged = set(re.findall(r": warning: ([a-z-]+):", outbox.output))
     assert {"from-address", "unsubscribe-url", "postal-address"} <= flagged, outbox.output
+    # the file sets it (to the placeholder): it said "postal_address is not set"
+    assert "postal-address: postal_address is still the placeholder: " in outbox.output, outbox.output
     live = run("check", post, env={"MAILER_SMTP_HOST": "127.0.0.1"})
     assert live.exit_code == 1
     assert {"from-address", "unsubscribe-url"} <= set(re.findall(r": error: ([a-z-]+):", live.output))
