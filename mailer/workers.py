@@ -388,6 +388,7 @@ class _Locals:
         stderr = _Stderr()
 
         def started(proc: _Forked) -> None:
+            stderr.pid = proc.pid
             self.stderr[proc.pid] = stderr
             self.procs.append((proc, mark))
 
@@ -506,7 +507,8 @@ class _Stderr:
     once, and a worker's own error where it concerns that worker alone (in the line about its replacement).
     So with a stop: after a Ctrl-C the coordinator says it stops every worker, and each worker's
     "Terminated (SIGTERM): stopping ..." and "Terminated (SIGTERM)." would only repeat it (a worker
-    signalled by someone else still says so).
+    signalled by someone else still says so, named: `worker pid 4242: Terminated (SIGTERM).` read alone in
+    the coordinator's log as the end of the send, which went on).
     A file, unlinked, not a pipe: a worker outlives a coordinator killed with -9, and would die of a pipe
     with no reader the next time it writes. The file is open twice: the worker appends to one description
     (`write`); the coordinator reads the other (`read`), whose offset is where the lines it passed on end,
@@ -522,6 +524,7 @@ class _Stderr:
             os.unlink(path)
         self.error = ""
         self.passed_on = b""  # the name of the signal the coordinator passed on (Interrupted.what)
+        self.pid = 0  # the worker's, once forked
 
     def relay(self) -> str:
         """Write the whole lines the worker added since the last call to this process's stderr, keeping back
@@ -537,16 +540,20 @@ class _Stderr:
                 if line.startswith(b"Error: "):
                     self.error = line.rstrip(b"\n").decode("utf-8", "replace")
                 elif not self._echoes_the_stop(line):
-                    sys.stderr.buffer.write(line)
+                    sys.stderr.buffer.write(self._named(line))
             sys.stderr.flush()
             os.lseek(self.read, at + whole, os.SEEK_SET)
 
     def _echoes_the_stop(self, line: bytes) -> bool:
         """Whether the line (past its time stamp) only names the stop the coordinator passed on."""
-        if not self.passed_on:
-            return False
-        text = line.split(b" ", 1)[-1] if line[:1].isdigit() else line
-        return text.startswith(self.passed_on + b":") or text.rstrip() == self.passed_on + b"."
+        return bool(self.passed_on) and _names_stop(_unstamped(line)[1], self.passed_on)
+
+    def _named(self, line: bytes) -> bytes:
+        """The line, with the worker named in front of its words if they name a stop of its own."""
+        stamp, text = _unstamped(line)
+        if any(_names_stop(text, Interrupted(signum).what.encode()) for signum in SIGNALS):
+            return stamp + f"worker pid {self.pid}: ".encode() + text
+        return line
 
     def close(self) -> None:
         os.close(self.write)
@@ -554,6 +561,19 @@ class _Stderr:
 
 
 _CHUNK = 1 << 16
+
+
+def _unstamped(line: bytes) -> tuple[bytes, bytes]:
+    """A worker's line as its time stamp with the space after it (empty on a line with none) and the rest."""
+    if line[:1].isdigit():
+        stamp, _, text = line.partition(b" ")
+        return stamp + b" ", text
+    return b"", line
+
+
+def _names_stop(text: bytes, what: bytes) -> bool:
+    """Whether the words are a send's own lines of its stop by a signal named `what` (Interrupted.what)."""
+    return text.startswith(what + b":") or text.rstrip() == what + b"."
 
 
 def _progress(ledger: Ledger, where: tuple[str, str]) -> int:

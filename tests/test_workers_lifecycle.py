@@ -15,6 +15,7 @@ import calendar
 import json
 import os
 import random
+import re
 import signal
 import sqlite3
 import subprocess
@@ -153,6 +154,10 @@ def test_a_local_worker_stopped_by_a_sigterm_from_outside_is_replaced_and_no_rea
     assert proc.returncode == 0, said
     assert f"worker pid {victim} was stopped by SIGTERM from outside the send; pid " in said, said
     assert said.count("takes its place") == 1, said
+    # the worker's own words of its stop name it: the log said 'Terminated (SIGTERM).' alone, as if the send
+    # had ended, and then went on
+    assert f"worker pid {victim}: Terminated (SIGTERM)." in said, said
+    assert not [line for line in said.splitlines() if re.match(r"(\d{4}-\S+ )?Terminated", line)], said
     assert recipients(smtp_server) == Counter({e: 1 for e in emails})  # a clean stop repeats no one
     assert set(states(record_at).values()) == {("sent", 1)}
 
