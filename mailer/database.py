@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .config import Settings
 from .engine import Location, Server, issue_lock
-from .errors import MailerError
+from .errors import MailerError, SendRunning
 from .ledger import SCHEMA_VERSION, Ledger
 
 _PAGE = 5000  # rows read and written at a time
@@ -87,9 +87,9 @@ def copy_sqlite(settings: Settings, source: Path) -> Copied:
             # first send on PostgreSQL would mail again every reader it mailed after the copy
             try:
                 stack.enter_context(issue_lock(source, issue_id))
-            except MailerError as exc:
-                said = f"{source}: in use by a send, nothing copied (stop it first): {exc}"
-                raise MailerError(said) from None
+            except SendRunning as exc:  # its own words ('another send ...; wait for it') are a second send's
+                running = f"a send of {exc.issue_id} is running on it ({exc.holder})"
+                raise MailerError(f"{source}: {running}; nothing copied: stop it first") from None
         new = stack.enter_context(Ledger(target))
         with old.transaction():  # the file holds still while it is read
             tables = _tables_in_order(old)

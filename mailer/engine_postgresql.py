@@ -37,7 +37,7 @@ from psycopg import pq
 from psycopg.pq import TransactionStatus
 
 from .engine import Server
-from .errors import MailerError, NotUpYet
+from .errors import MailerError, NotUpYet, SendRunning
 
 # The key of the database-wide write lock (advisory keys are per database): "mailer" in ASCII.
 WRITE_LOCK = 0x6D61696C6572
@@ -518,9 +518,7 @@ def issue_lock(server: Server, issue_id: str) -> Iterator[Callable[[], None]]:
                     ((key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF),
                 ).fetchone()
                 holder = row[0].removeprefix("mailer send ") if row and row[0] else "another process"
-                raise MailerError(
-                    f"{issue_id}: another send of this issue is running ({holder}); wait for it"
-                )
+                raise SendRunning(issue_id, holder)
         except psycopg.Error as exc:
             raise MailerError(f"{server}: {explain(exc, server)}") from None
 

@@ -21,7 +21,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from .errors import MailerError
+from .errors import MailerError, SendRunning
 from .private import FILE_MODE, make_folder, open_new, restrict
 
 # What a send keeps free on the file system under the record, checked before its first message and at each
@@ -309,9 +309,7 @@ def issue_lock(db_path: Path, issue_id: str) -> Iterator[Callable[[], None]]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise MailerError(
-                f"{issue_id}: another send of this issue is running ({_holder(fd)}); wait for it"
-            ) from None
+            raise SendRunning(issue_id, _holder(fd)) from None
         try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)

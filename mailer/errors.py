@@ -64,6 +64,15 @@ class SubscriberError(MailerError):
     """A subscriber list or suppression file as a whole cannot be read (a single bad row is not an error)."""
 
 
+class SendRunning(MailerError):
+    """Another process's send of the issue holds its lock (issue_lock); `holder` names it ('pid 4242')."""
+
+    def __init__(self, issue_id: str, holder: str) -> None:
+        super().__init__(f"{issue_id}: another send of this issue is running ({holder}); wait for it")
+        self.issue_id = issue_id
+        self.holder = holder
+
+
 class FileChanged(MailerError):
     """A list changed on disk while it was being read: stopped there; rerunning reads it again and resumes."""
 

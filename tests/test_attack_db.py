@@ -241,6 +241,9 @@ def test_copy_of_a_file_a_send_is_writing_is_refused_and_leaves_the_target_empty
         [line] = copied.stderr.splitlines()
         assert line.startswith(f"Error: {source}: ") and "a send" in line and "running" in line, line
         assert f"pid {proc.pid}" in line, line
+        # it said '... nothing copied (stop it first): 2026-02-09: another send of this issue is running (pid
+        # N); wait for it': the send lock's words, for a copy that no send of its own waits on
+        assert "wait for it" not in line and "another send" not in line, line
     assert rows(server, "SELECT count(*) FROM pg_tables WHERE schemaname = current_schema()") == [(0,)]
     # once the send has ended (here: killed), the same copy goes ahead
     assert invoke(["db", "copy", str(source)], _env(tmp_path, server)).exit_code == 0
