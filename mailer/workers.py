@@ -329,7 +329,7 @@ def coordinate(
         watch.last_counts()
         watch.tick()
         stopped = report.stopped_because  # a worker's, or the Ctrl-C's
-        _conclude(ledger, where, run_id, report, why=local.gave_up)
+        _conclude(ledger, where, run_id, report, options.max_attempts, why=local.gave_up)
         if stopped and not report.stopped_because:
             feedback.stopping(f"a worker stopped early ({stopped}); the others dealt with every reader")
     except MailerError as exc:  # the record went away (a database restart) or the lock: stopped early
@@ -955,6 +955,7 @@ def _conclude(
     where: tuple[str, str],
     run_id: int | None,
     report: Report,
+    max_attempts: int,
     *,
     why: str = "",
     gone: str = "",
@@ -965,7 +966,7 @@ def _conclude(
     With `gone` (a worker ends it in the coordinator's place), only a send still open of that coordinator,
     which has not been heard of for a lease, or, `ended`, whose session has ended (_coordinator_ended).
     Whether this call ended it."""
-    _outcomes(ledger, where, run_id, report)
+    _outcomes(ledger, where, run_id, report, max_attempts)
     if not report.pending and report.stopped_because != "interrupted":
         # a worker's own stop (a failure the others did not meet, see coordinate): the others dealt with all
         report.stopped_because = ""
@@ -1004,13 +1005,16 @@ def add_up(report: Report, counts: list[dict[str, Any]]) -> None:
             report.stopped_because = c["stopped"]
 
 
-def _outcomes(ledger: Ledger, where: tuple[str, str], run_id: int | None, report: Report) -> None:
+def _outcomes(
+    ledger: Ledger, where: tuple[str, str], run_id: int | None, report: Report, max_attempts: int
+) -> None:
     """Set the report's counts of readers (sent, already sent, suppressed, failed, in doubt, not sent) as
     the record has them, which add up to the send's readers whoever dealt with them: a batch done has the
     counts of the worker that finished it (written with its done mark; readers a worker stopped or killed
     half-way through it had mailed count as this run's outcomes, see campaign._unsent); the readers of a
     batch not done count as their state in the record says, this run's outcome or one from before it, or
-    as not sent (pending), but for one given up after its retries (the batch's counts say so). Not the
+    as not sent (pending), but for one given up after its retries (the batch's counts say so, or the record's
+    `max_attempts` attempts in this run when its holder stopped before it could write that). Not the
     workers' own counts: a killed worker's last ones die with it. So are the retries (the batches'), the
     failure reasons and the readers refused for good and suppressed (_failures)."""
     totals = dict.fromkeys(READERS, 0)
@@ -1028,9 +1032,10 @@ def _outcomes(ledger: Ledger, where: tuple[str, str], run_id: int | None, report
         "SELECT readers, counts FROM send_batches WHERE issue_id = ? AND destination = ? AND done = 0", where
     ):
         emails = [r[0] for r in json.loads(readers)]
-        found = json.loads(counts or "{}")
-        retries += int(found.get("retries", 0))
-        gave_up = found.get("given_up", {})
+        batch = _Batch.taken(0, readers, counts)
+        retries += batch.retries
+        _tried_before(ledger, where, run_id, batch, max_attempts)
+        gave_up = batch.given_up
         counted, _ = _counted(ledger, where, run_id, emails, gave_up)
         for key, name in counted.items():
             totals[name] += 1
@@ -1488,7 +1493,8 @@ class _Worker:
         run = self.plan.options.get("run")
         gone = f"its coordinator ({coordinator}) is gone"
         why = f"{gone} and every worker stopped"
-        if _conclude(ledger, self.where, run, report, why=why, gone=coordinator, ended=ended):
+        attempts = self.options.max_attempts
+        if _conclude(ledger, self.where, run, report, attempts, why=why, gone=coordinator, ended=ended):
             end = report.stopped_because or f"done, {report.sent} sent in all"
             self.feedback.stopping(
                 f"{self.plan.issue_id}: {gone}: this worker, the last, ended the send: {end}"

@@ -96,3 +96,27 @@ def test_a_reader_given_up_whose_mark_the_record_refused_is_not_tried_again_by_t
     assert recipients(smtp_server) == {e: 1 for e in emails if e != REFUSED}
     counts = {k: n for k, n in json.loads(again.stdout)["counts"].items() if n}
     assert counts == {"already_sent": READERS - 1, "failed_temporary": 1, "retries": 1}, counts
+
+
+def test_a_reader_given_up_in_a_batch_no_one_took_over_counts_as_failed_not_as_not_sent(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path, record_at: Location
+) -> None:
+    """The lone worker's mark of REFUSED given up is refused: it stops, and no one takes its batch over
+    before the send ends stopped. REFUSED had its `max_attempts` (2): the report counts it failed for now,
+    as the next holder would have, not among those not sent."""
+    emails = [f"user{i}@example.com" for i in range(READERS)]
+    csv = write_list(tmp_path / "subs.csv", emails)
+    smtp_server.reject(REFUSED, 450)
+    env = env_at(smtp_server, tmp_path, record_at, MAILER_MAX_ATTEMPTS="2")
+    assert mailer(["db", "migrate"], env, tmp_path).returncode == 0
+    refuse(record_at, MARKED)
+    args = ["send", str(post), "--to", str(csv), "--yes", "--force", "--workers", "1", "--json"]
+    sent = mailer(args, env, tmp_path)
+    assert "Traceback" not in sent.stderr, sent.stderr
+    assert "cannot write this worker's end to the record" in sent.stderr  # the refusal happened
+    assert states(record_at)[REFUSED] == ("deferred", 2)
+    report = json.loads(sent.stdout)
+    counts = report["counts"]
+    assert counts["failed_temporary"] == 1, (counts, sent.stderr)
+    assert report["failures"] == {f"450 4.2.0 try again later <{REFUSED}>": 1}, report["failures"]
+    assert counts["sent"] + counts["pending"] == READERS - 1, counts
