@@ -81,6 +81,34 @@ def _local_getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
 socket.getaddrinfo = _local_getaddrinfo
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Share the tests out among scripts/test's processes (pytest-xdist, `--dist loadgroup`): each test goes
+    to whichever process is free, but tests that share one thing stay in one process: a module's tests whose
+    fixture is made once per module (a Chromium, a wheel, a running server), those of the second PostgreSQL
+    cluster (own_cluster), and Postfix with Dovecot (tests/mta.py). The tests marked slow go first, so that
+    none of them starts last while the other processes have nothing left to do."""
+    for item in items:
+        group = _shared_by(item)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+def _shared_by(item: pytest.Item) -> str | None:
+    """The name of what `item` shares with other tests and must not be made again in another process."""
+    if item.get_closest_marker("mta"):
+        return "mta"
+    if not isinstance(item, pytest.Function):
+        return None
+    if "own_cluster" in item.fixturenames:
+        return "own_cluster"
+    defs = item._fixtureinfo.name2fixturedefs.values()
+    if any(fixture.scope in ("module", "class") for chain in defs for fixture in chain):
+        return item.nodeid.split("::", 1)[0]
+    return None
+
+
 def examples(count: int) -> int:
     """A property test's own example count (set low where each example is slow): ten times it when deep."""
     return count * 10 if PROFILE == "deep" else count
