@@ -12,7 +12,6 @@ import contextlib
 import heapq
 import itertools
 import queue
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -629,7 +628,6 @@ def _unlocked() -> None:
 
 
 HELD_LIMIT = 5  # policy refusals (5.7.x) with no one accepted that stop the send: see refusals.py
-SWITCH_INTERVAL = 0.0005  # seconds, while a send runs (see _Loop.run)
 LOCK_CHECK = 1.0  # seconds between a send's looks at its issue lock (engine.issue_lock), at most
 LOOKUP_BATCH = 256  # subscribers looked up in the record per query: a fraction of a second of sending
 HAND_OVER = 32  # jobs handed to a connection at once, at most: one wake-up of the loop per run
@@ -747,16 +745,11 @@ class _Loop:
         )
 
     def run(self, batches: Iterable[list[Subscriber]]) -> None:
-        # Python's 5 ms switch interval lets a thread busy building keep the GIL from a connection
-        # whose reply has arrived (or the recorder whose fsync returned) for that long
-        interval = sys.getswitchinterval()
-        sys.setswitchinterval(min(interval, SWITCH_INTERVAL))
         self.signals.polled = True  # a signal is noted, and raised at the loop's next step (stopping.py)
         try:
             self._run(batches)
         finally:
             self.signals.polled = False
-            sys.setswitchinterval(interval)
 
     def _run(self, batches: Iterable[list[Subscriber]]) -> None:
         interrupted: KeyboardInterrupt | None = None
