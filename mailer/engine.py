@@ -158,9 +158,9 @@ class Engine(Protocol):
 
     def lease_clock(self) -> float:
         """Seconds on the clock this process follows its own leases on between the statements that write
-        them: where they are on the server's clock (PostgreSQL), the time elapsed here (time.monotonic), which
-        no step of this host's clock moves; where on this host's (SQLite), that clock, which moves the leases
-        and their holders alike."""
+        them: where they are on the server's clock (PostgreSQL), the time elapsed here (CLOCK_BOOTTIME), which
+        no step of this host's clock moves and which counts a suspend of the host; where on this host's
+        (SQLite), that clock, which moves the leases and their holders alike."""
         ...
 
     def begin(self) -> None:

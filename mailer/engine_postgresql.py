@@ -454,7 +454,7 @@ class PostgreSQL:
         return {name for name in names if _worker_key(name) in held}
 
     def lease_clock(self) -> float:
-        return time.monotonic()  # see engine.Engine
+        return time.clock_gettime(_ELAPSED)  # see engine.Engine
 
     def issue_locked(self, issue_id: str) -> bool | None:
         """See engine.Engine: from pg_locks, which any session may read. The server lets go of the lock once
@@ -476,6 +476,12 @@ class PostgreSQL:
             self._conn.close()
             self._conn = None
 
+
+# The time elapsed on this host, which no step of its clock moves: CLOCK_BOOTTIME counts a suspend of the
+# host too (a laptop's lid, `systemctl suspend`), which CLOCK_MONOTONIC (time.monotonic) leaves out: a holder
+# that followed its lease on that clock woke from a suspend past its lease taking the lease for its own and
+# mailed again the readers of a batch taken over meanwhile (tests/test_attack_clocks.py)
+_ELAPSED = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)  # Linux; elsewhere the monotonic clock
 
 # The first of the two keys of a send worker's lock (hold_worker): a lock of two int4 keys is never the same
 # lock as an issue's, of one bigint key (issue_lock)

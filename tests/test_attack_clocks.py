@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
+from subprocess import Popen
 
 import pytest
 
@@ -72,6 +75,45 @@ def _batches(server: Server, sql: str, *params: object) -> list[tuple[object, ..
 LEASE = 10.0  # seconds: a holder whose renewals stall loses its batches' leases within the test's time
 
 
+def _shared_send(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path, pg_cluster: Cluster, hook: str
+) -> tuple[Server, list[str], list[str], dict[str, str], dict[str, str]]:
+    """A --distributed send of forty readers (one local worker, one connection, lease LEASE) on PostgreSQL:
+    its record, readers, arguments and environment, and that environment with `hook` as sitecustomize."""
+    if os.geteuid() != 0:
+        pytest.skip("another host name and pid namespace for the worker need root")
+    server: Server = pg_cluster.database()
+    emails, args = forty_readers(tmp_path, post, "--distributed", "--workers", "1", "--connections", "1")
+    env = {
+        **env_at(smtp_server, tmp_path, server, MAILER_SMTP_TIMEOUT="120"),
+        "MAILER_WORKER_LEASE": f"{LEASE:g}",
+    }
+    (tmp_path / "hook").mkdir()
+    (tmp_path / "hook" / "sitecustomize.py").write_text(hook)
+    return server, emails, args, env, {**env, "PYTHONPATH": str(tmp_path / "hook")}
+
+
+def _both_end_each_reader_once(
+    smtp_server: SMTPServer, proc: Popen[bytes], joining: Popen[bytes], emails: list[str]
+) -> None:
+    """The coordinator and the joined worker exit 0, and every reader got the issue once."""
+    _, err = proc.communicate(timeout=300)
+    _, said = joining.communicate(timeout=120)
+    assert proc.returncode == 0, err.decode()
+    assert joining.returncode == 0, said.decode()
+    assert recipients(smtp_server) == Counter(emails)
+
+
+def _joined(server: Server, env: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:
+    """A `mailer worker` of another host, once it has joined the send held at user10 and sent its share
+    (batches 2 and 3; the local worker sent batch 0 and holds batch 1)."""
+    joining = elsewhere(["worker"], env, cwd)
+    shares = lambda: joining.poll() is not None or len(_batches(server, "done = 1")) == 3  # noqa: E731
+    wait_until("batches 0, 2 and 3 done", shares)
+    assert joining.poll() is None, joining.communicate()[1].decode()  # it joined, and sent its share
+    return joining
+
+
 @pytest.mark.parametrize(
     ("stepped", "seconds", "when"),
     [("worker", 600.0, "as-it-joins"), ("worker", 600.0, "mid-send"), ("holder", -600.0, "mid-send")],
@@ -89,20 +131,11 @@ def test_a_clock_stepped_on_either_host_makes_no_batch_of_a_live_worker_change_h
     1 over (its lease ran out long ago on that clock) and mailed user10-19, which the holder, once its reply
     came, mailed again; 600 s ahead as it joined, it was refused; the holder stepped back renewed nothing
     for 600 s (its renewals were timed on that clock) while it took its lease for good for 600 s more."""
-    if os.geteuid() != 0:
-        pytest.skip("another host name and pid namespace for the worker need root")
-    server: Server = pg_cluster.database()
-    emails, args = forty_readers(tmp_path, post, "--distributed", "--workers", "1", "--connections", "1")
-    env = {
-        **env_at(smtp_server, tmp_path, server, MAILER_SMTP_TIMEOUT="120"),
-        "MAILER_WORKER_LEASE": f"{LEASE:g}",
-    }
     mark = tmp_path / "stepped"
     if when == "as-it-joins":
         mark.touch()
-    (tmp_path / "hook").mkdir()
-    (tmp_path / "hook" / "sitecustomize.py").write_text(STEPPED.format(seconds=seconds, mark=str(mark)))
-    skewed = {**env, "PYTHONPATH": str(tmp_path / "hook")}
+    hook = STEPPED.format(seconds=seconds, mark=str(mark))
+    server, emails, args, env, skewed = _shared_send(smtp_server, tmp_path, post, pg_cluster, hook)
     looks: set[object] = set()
 
     def looked() -> bool:
@@ -118,20 +151,13 @@ def test_a_clock_stepped_on_either_host_makes_no_batch_of_a_live_worker_change_h
         return len(looks) >= 2 or bool(_batches(server, "batch_no = 1 AND done = 1"))
 
     with held_send(smtp_server, args, skewed if stepped == "holder" else env, tmp_path) as (proc, held):
-        joining = elsewhere(["worker"], skewed if stepped == "worker" else env, tmp_path)
-        shares = lambda: joining.poll() is not None or len(_batches(server, "done = 1")) == 3  # noqa: E731
-        wait_until("batches 0, 2 and 3 done", shares)
-        assert joining.poll() is None, joining.communicate()[1].decode()  # it joined, and sent its share
+        joining = _joined(server, skewed if stepped == "worker" else env, tmp_path)
         mark.touch()
         wait = LEASE + 1 if stepped == "holder" else 0.0
         (since,) = rows(server, "SELECT clock_timestamp() + make_interval(secs => ?)", (wait,))[0]
         wait_until("the joined worker looking for a free batch since", looked)
         held.release.set()
-        _, err = proc.communicate(timeout=300)
-        _, said = joining.communicate(timeout=120)
-    assert proc.returncode == 0, err.decode()
-    assert joining.returncode == 0, said.decode()
-    assert recipients(smtp_server) == Counter(emails)  # each once
+        _both_end_each_reader_once(smtp_server, proc, joining, emails)
     ((_, owner),) = _batches(server, "batch_no = 1")
     assert not str(owner).startswith("elsewhere "), owner  # its live holder's to the end
 
@@ -203,3 +229,58 @@ def test_a_lone_rerun_on_a_host_whose_clock_is_ahead_is_refused_while_a_worker_s
                 proc.kill()
                 proc.communicate()
     assert recipients(smtp_server) == Counter(emails)
+
+
+SUSPENDED = """\
+import time
+
+_real = time.monotonic
+_slept: list[float] = []
+
+
+def _monotonic() -> float:
+    # CLOCK_MONOTONIC leaves out the time the host was suspended: from the mark on, by what it says
+    if not _slept:
+        try:
+            with open({mark!r}) as fh:
+                _slept.append(float(fh.read()))
+        except (OSError, ValueError):
+            return _real()
+    return _real() - _slept[0]
+
+
+time.monotonic = _monotonic
+"""
+
+
+def test_a_holder_whose_host_was_suspended_past_its_lease_sends_nothing_of_a_batch_taken_over(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path, pg_cluster: Cluster
+) -> None:
+    """The host of a --distributed send is suspended (a laptop's lid, `systemctl suspend`: the coordinator
+    and its local worker, which holds batch 1 at user10's RCPT, stop together) past its lease, while a
+    `mailer worker` elsewhere sends batches 2 and 3, then takes batch 1 over and sends it. The host resumes
+    and the held reply comes: the holder must send nothing more of batch 1. A suspend cannot be made here:
+    the host's processes are stopped (SIGSTOP), and on their resumption their time.monotonic() leaves the
+    pause out, as CLOCK_MONOTONIC leaves out a suspend. Before: its lease followed on that clock, the holder
+    took its lease for good and mailed user10-19 again."""
+    mark = tmp_path / "slept"
+    hook = SUSPENDED.format(mark=str(mark))
+    server, emails, args, env, suspending = _shared_send(smtp_server, tmp_path, post, pg_cluster, hook)
+    with held_send(smtp_server, args, suspending, tmp_path) as (proc, held):
+        joining = _joined(server, env, tmp_path)
+        ((holder,),) = rows(
+            server, "SELECT worker FROM send_workers WHERE worker NOT LIKE ?", ("elsewhere %",)
+        )
+        host = [proc.pid, int(str(holder).split(" pid ")[1].split()[0])]
+        started = time.monotonic()
+        for pid in host:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            wait_until("batch 1 taken over and done", lambda: _batches(server, "batch_no = 1 AND done = 1"))
+        finally:
+            (tmp_path / "slept.new").write_text(str(time.monotonic() - started))
+            (tmp_path / "slept.new").rename(mark)
+            for pid in host:
+                os.kill(pid, signal.SIGCONT)
+        held.release.set()
+        _both_end_each_reader_once(smtp_server, proc, joining, emails)
