@@ -753,6 +753,7 @@ class _Loop:
 
     def _run(self, batches: Iterable[list[Subscriber]]) -> None:
         interrupted: KeyboardInterrupt | None = None
+        through = False  # every reader handed out: a signal from here stops only the messages in flight
         try:
             retry_failed = self.options.retry_failed
             for sub in _unsent(
@@ -771,6 +772,7 @@ class _Loop:
                     self.parked.append(self._first(sub))  # suppressed since its look-up
                     continue
                 self._submit(self._first(sub))
+            through = not self.fatal
             while not self.fatal and (self.pool.in_flight or self.retries or self.parked):
                 self.signals.raise_if_signalled()
                 self._still_held()
@@ -807,6 +809,16 @@ class _Loop:
             # not settled, so that a worker's batch stays open for the one that takes it over to ask (or the
             # rerun): one may have subscribed again since
             self.report.pending += len(unsent) + len(self.retries) + len(self.held) + len(self.parked)
+        to_the_end = through and not self.report.pending and not self.signals.hurry.is_set()
+        if interrupted is not None and to_the_end and not self.fatal and self.share is None:
+            # every reader was dealt with, no reply called off: the send went to its end, whatever the
+            # signal asked (a worker's stop is its coordinator's to tell: others may hold readers still)
+            self.report.stopped_because = ""
+            self.feedback.stopping(
+                f"{getattr(interrupted, 'what', 'Interrupted')}: the signal came after the last message had"
+                " started; every reader was dealt with, so the send went to its end"
+            )
+            interrupted = None
         if self.fatal and not self.report.stopped_because:
             self.report.stopped_because = self.fatal
         if interrupted is not None:

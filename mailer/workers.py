@@ -329,8 +329,15 @@ def coordinate(
         watch.last_counts()
         watch.tick()
         stopped = report.stopped_because  # a worker's, or the Ctrl-C's
-        _conclude(ledger, where, run_id, report, options.max_attempts, why=local.gave_up)
-        if stopped and not report.stopped_because:
+        hurried = signals.hurry.is_set()  # a second signal: replies called off, a stop whatever is left
+        _conclude(ledger, where, run_id, report, options.max_attempts, why=local.gave_up, hurried=hurried)
+        if interrupted is not None and not report.stopped_because:
+            feedback.stopping(
+                f"{interrupted.what}: the signal came after the last message had started; every reader was"
+                " dealt with, so the send went to its end"
+            )
+            interrupted = None
+        elif stopped and not report.stopped_because:
             feedback.stopping(f"a worker stopped early ({stopped}); the others dealt with every reader")
     except MailerError as exc:  # the record went away (a database restart) or the lock: stopped early
         local.signal(signal.SIGTERM)
@@ -960,15 +967,18 @@ def _conclude(
     why: str = "",
     gone: str = "",
     ended: bool = False,
+    hurried: bool = False,
 ) -> bool:
     """End the send in the record: 'done' when every reader was dealt with, else 'stopped'; and the run
     complete when every message went out. The report's counts of readers are the record's (_outcomes).
     With `gone` (a worker ends it in the coordinator's place), only a send still open of that coordinator,
     which has not been heard of for a lease, or, `ended`, whose session has ended (_coordinator_ended).
+    `hurried`: a stop that called replies off stays one, even with every reader dealt with.
     Whether this call ended it."""
     _outcomes(ledger, where, run_id, report, max_attempts)
-    if not report.pending and report.stopped_because != "interrupted":
-        # a worker's own stop (a failure the others did not meet, see coordinate): the others dealt with all
+    if not report.pending and not hurried:
+        # a worker's own stop (a failure the others did not meet), or a signal that came as the last
+        # replies did (see coordinate): every reader was dealt with, no reply called off
         report.stopped_because = ""
     if report.pending and not report.stopped_because:
         report.stopped_because = (
