@@ -61,8 +61,9 @@ class ChecksFailed(MailerError):
             lines.append(f"  {c.code}: {c.message}")
             if c.fix:
                 lines.append(f"    fix: {c.fix}")
-        names = " ".join(f"--skip-check {c.code}" for c in failed)
-        lines.append(f"  To send anyway, skip each on purpose: {names}")
+        names = " ".join(f"--skip-check {c.code}" for c in failed if c.code in BLOCKING_CODES)
+        if names:  # a key that cannot sign (dkim) is no choice to make: only its fix lets the send go
+            lines.append(f"  To send anyway, skip each on purpose: {names}")
         super().__init__("\n".join(lines))
 
     def details(self) -> dict[str, object]:
@@ -413,6 +414,13 @@ def _dkim(settings: Settings, live: bool) -> list[Check]:
         if not live:
             return []
         return [Check("warning", "dkim", "no DKIM signing (set dkim_key_file): inboxes junk unsigned mail")]
+    from .dkimsign import dkim_signer
+
+    try:
+        dkim_signer(settings)  # the key read and parsed as a send would, so that "ok" means it signs
+    except MailerError as exc:
+        fix = "an unencrypted RSA key of 2048 bits in PEM (docs/configuration.md), or no dkim_key_file"
+        return [Check("error", "dkim", str(exc), fix)]
     domain = (settings.dkim_domain or settings.sender_domain).lower()
     sender = settings.sender_domain
     if sender != domain and not sender.endswith("." + domain):

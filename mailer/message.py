@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import binascii
-import hashlib
 import secrets
 import time
 from collections.abc import Callable, Mapping
@@ -11,6 +10,7 @@ from email.utils import formatdate
 
 from .config import Settings
 from .console import SILENT, Voice
+from .dkimsign import DkimSigner, dkim_signer
 from .envelope import ReturnPaths, message_tag
 from .headers import NAME_MAX, encode_text, mailbox, normalize_email, one_line, split_mailbox
 from .render import Issue, Part
@@ -249,56 +249,6 @@ def _soft_end(encoded: bytes) -> bytes:
             cut -= 1
         encoded = encoded[:cut] + b"=\r\n" + encoded[cut:]
     return encoded + b"=\r\n"
-
-
-class DkimSigner:
-    """A DKIM signer; its `identity` (selector, domain, a digest of the key) tells one from another."""
-
-    # the headers the signature covers: RFC 8058 wants List-Unsubscribe and List-Unsubscribe-Post signed
-    HEADERS = [
-        b"from", b"to", b"subject", b"date", b"message-id", b"list-id",
-        b"list-unsubscribe", b"list-unsubscribe-post", b"mime-version", b"content-type",
-    ]  # fmt: skip
-
-    def __init__(self, key_file: str, key: bytes, selector: bytes, domain: bytes) -> None:
-        self.key_file = key_file
-        self.key = key
-        self.selector = selector
-        self.domain = domain
-        digest = hashlib.sha256(key).hexdigest()[:16]
-        self.identity = f"DKIM s={selector.decode()} d={domain.decode()} key sha256 {digest}"
-
-    def __call__(self, message: bytes) -> bytes:
-        import dkim
-
-        from .errors import ConfigError
-
-        try:
-            signature: bytes = dkim.sign(
-                message, self.selector, self.domain, self.key, include_headers=self.HEADERS
-            )
-        except dkim.DKIMException as exc:
-            raise ConfigError(f"{self.key_file}: DKIM signing failed: {exc}") from None
-        return signature.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") + message
-
-
-def dkim_signer(settings: Settings) -> DkimSigner | None:
-    """The DKIM signer of these settings, or None when DKIM is off."""
-    if not settings.dkim_key_file:
-        return None
-    from pathlib import Path
-
-    from .errors import ConfigError
-
-    try:
-        key = Path(settings.dkim_key_file).read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"{settings.dkim_key_file}: cannot read the DKIM key: {exc.strerror}") from None
-    selector = settings.dkim_selector.encode()
-    domain = (settings.dkim_domain or settings.sender_domain).encode()
-    if not selector:
-        raise ConfigError("dkim_selector must be set when dkim_key_file is")
-    return DkimSigner(settings.dkim_key_file, key, selector, domain)
 
 
 def make_factory(

@@ -68,7 +68,7 @@ class Letters:
         self.settings = settings
         self.lang = lang
         self.list_name = one_line(settings.list_name or settings.from_name)
-        from .message import dkim_signer
+        from .dkimsign import dkim_signer
 
         self.dkim = dkim_signer(settings)
         self.welcome_factory: MessageFactory | None = None
