@@ -12,7 +12,7 @@ from typing import Any
 
 import dkim
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from hypothesis import example, given
@@ -41,15 +41,14 @@ def key_pair(tmp_path: Path) -> tuple[Path, bytes]:
     return path, record
 
 
-def test_signed_messages_verify_and_cover_the_unsubscribe_headers(
-    smtp_server: SMTPServer, tmp_path: Path, key_pair: tuple[Path, bytes], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.chdir(tmp_path)
-    key_file, record = key_pair
+def _send(
+    smtp_server: SMTPServer, tmp_path: Path, key_file: Path, readers: str
+) -> tuple[Result, dict[str, str], Path]:
+    """`mailer send` of the example post to these CSV rows, signed with this key: its result, env and post."""
     post = tmp_path / "2026-02-09.md"
     shutil.copy(EXAMPLE, post)
     csv = tmp_path / "subs.csv"
-    csv.write_text("email,name\nalice@example.com,Alice\nwang@example.cn,王芳\n", encoding="utf-8")
+    csv.write_text("email,name\n" + readers, encoding="utf-8")
     env = {
         "MAILER_SMTP_HOST": smtp_server.host,
         "MAILER_SMTP_PORT": str(smtp_server.port),
@@ -60,6 +59,15 @@ def test_signed_messages_verify_and_cover_the_unsubscribe_headers(
         "MAILER_DKIM_SELECTOR": "mail",
     }
     result = CliRunner().invoke(cli, ["send", str(post), "--to", str(csv), "--yes", "--force"], env=env)
+    return result, env, post
+
+
+def test_signed_messages_verify_and_cover_the_unsubscribe_headers(
+    smtp_server: SMTPServer, tmp_path: Path, key_pair: tuple[Path, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    key_file, record = key_pair
+    result, _, _ = _send(smtp_server, tmp_path, key_file, "alice@example.com,Alice\nwang@example.cn,王芳\n")
     assert result.exit_code == 0, result.output
     assert len(smtp_server.messages) == 2
 
@@ -192,20 +200,7 @@ def test_a_key_that_cannot_sign_stops_the_send_before_anyone_is_mailed(
 ) -> None:
     key_file = tmp_path / "dkim.pem"
     _key_file(key_file, kind)
-    post = tmp_path / "2026-02-09.md"
-    shutil.copy(EXAMPLE, post)
-    csv = tmp_path / "subs.csv"
-    csv.write_text("email,name\nalice@example.com,Alice\n", encoding="utf-8")
-    env = {
-        "MAILER_SMTP_HOST": smtp_server.host,
-        "MAILER_SMTP_PORT": str(smtp_server.port),
-        "MAILER_SMTP_SECURITY": "none",
-        "MAILER_DATA_DIR": str(tmp_path / "state"),
-        **publisher.ENV,
-        "MAILER_DKIM_KEY_FILE": str(key_file),
-        "MAILER_DKIM_SELECTOR": "mail",
-    }
-    result = CliRunner().invoke(cli, ["send", str(post), "--to", str(csv), "--yes", "--force"], env=env)
+    result, env, post = _send(smtp_server, tmp_path, key_file, "alice@example.com,Alice\n")
     assert result.exit_code != 0
     assert f"{key_file}: {said}" in result.output, result.output
     assert "Traceback" not in result.output and not smtp_server.messages
