@@ -499,6 +499,13 @@ def _lock_key(issue_id: str) -> int:
     return int.from_bytes(hashlib.sha256(f"mailer send {issue_id}".encode()).digest()[:8], "big", signed=True)
 
 
+# A session's own hold of an issue's lock (issue_lock): a bigint key is kept as its high and low halves
+_OWN_LOCK = (
+    "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1"
+    " AND pid = pg_backend_pid() AND (classid::bigint << 32) | objid::bigint = %s"
+)
+
+
 @contextmanager
 def issue_lock(server: Server, issue_id: str) -> Iterator[Callable[[], None]]:
     """Hold an exclusive lock on one issue of one database for a whole send, on a connection of its own;
@@ -530,11 +537,19 @@ def issue_lock(server: Server, issue_id: str) -> Iterator[Callable[[], None]]:
 
         def held() -> None:
             try:
-                conn.execute("SELECT 1")  # the session holds the lock for as long as it lives
+                # this session's own entry in pg_locks, not merely an open connection: behind a pooler that
+                # hands the connection another server session (transaction mode, unsupported) the lock is
+                # gone though every statement still answers
+                found = conn.execute(_OWN_LOCK, (key,)).fetchone()
             except psycopg.Error as exc:
                 raise MailerError(
                     f"{server}: lost the lock of this issue's send: {explain(exc, server)}"
                 ) from None
+            if found is None:
+                raise MailerError(
+                    f"{server}: lost the lock of this issue's send: this connection's server session no"
+                    " longer holds it (a connection pooler in transaction mode? see docs/postgresql.md)"
+                )
 
         yield held
     finally:
