@@ -221,8 +221,8 @@ class Engine(Protocol):
         ...
 
     def issue_locked(self, issue_id: str) -> bool | None:
-        """Whether a session holds the issue's lock now (issue_lock: the coordinator of a send holds it for
-        as long as it runs); None where another host cannot tell (SQLite: one host, a pid tells there)."""
+        """Whether a send holds the issue's lock now (issue_lock: a send, lone or the coordinator of workers,
+        holds it for as long as it runs); None where the engine cannot tell."""
         ...
 
     def let_go_of_replaced(self) -> None: ...

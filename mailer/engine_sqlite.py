@@ -205,7 +205,22 @@ class SQLite:
         return time.time()  # see engine.Engine
 
     def issue_locked(self, issue_id: str) -> bool | None:
-        return None  # see engine.Engine
+        """See engine.Engine: whether a process holds the issue's lock file (issue_lock), looked at without
+        creating it (a reader may not write the folder). The kernel lets go of an flock when its holder
+        dies."""
+        try:
+            fd = os.open(_locks(self.path) / f"{issue_id}.lock", os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False  # no send of the issue ever took it on this file
+        except OSError:
+            return None  # it cannot be read here: cannot tell
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
 
     def let_go_of_replaced(self) -> None:
         """Empty the WAL of a database file that was replaced while open (in_place() is False).

@@ -250,8 +250,9 @@ class IssueStatus(IssueSummary):
 
     failures: list[FailureGroup] = field(default_factory=list)
 
-    def format(self) -> str:
-        """Render the status as a few lines for the terminal."""
+    def format(self, running: bool | None) -> str:
+        """Render the status as a few lines for the terminal; `running`: whether a send of the issue holds
+        its lock now (Ledger.issue_locked), so that one not complete reads as under way or as stopped."""
         counts = ", ".join(f"{self.count(s)} {LABELS[s]}" for s in STATES if self.count(s)) or "nothing yet"
         lines = [
             f"{self.issue_id}: {self.subject}",
@@ -264,12 +265,15 @@ class IssueStatus(IssueSummary):
             )
         if self.completed_at is not None:
             lines.append(f"  complete since {self.completed_at.isoformat(sep=' ', timespec='seconds')}")
-        else:  # the counts alone read as done: the record holds only the readers a send reached
+        elif running:  # the counts alone read as done: the record holds only the readers a send reached
+            lines.append("  not complete: a send of it is running now")
+        else:
             failed = self.count("deferred") + self.count("failed")  # a send that met one does not finish
             why = f"{failed} reader(s) failed (below), " if failed else ""
+            now = "it stopped early" if running is False else "one is running, or it stopped early"
             lines.append(
-                f"  not complete: no send of this version has mailed its whole list ({why}one is running,"
-                " or it stopped early): run the same send command again to finish"
+                f"  not complete: no send of this version has mailed its whole list ({why}{now}):"
+                " run the same send command again to finish"
             )
         if self.changed_at is not None:
             when = self.changed_at.isoformat(sep=" ", timespec="seconds")

@@ -319,11 +319,14 @@ def all_rates(issues: Iterable[IssueSummary], bounces: Mapping[str, Mapping[str,
     return [issue_rates(i, bounces.get(i.issue_id, {})) for i in issues if i.destination == SMTP]
 
 
-def status_text(statuses: list[IssueStatus], bounces: Mapping[str, Mapping[str, int]]) -> str:
-    """`mailer status POST`: each destination's record, and over SMTP the issue's bounces and complaints."""
+def status_text(
+    statuses: list[IssueStatus], bounces: Mapping[str, Mapping[str, int]], running: bool | None
+) -> str:
+    """`mailer status POST`: each destination's record, and over SMTP the issue's bounces and complaints;
+    `running`: whether a send of the issue runs now (IssueStatus.format)."""
     blocks = []
     for st in statuses:
-        block = st.format()
+        block = st.format(running)
         if st.destination == SMTP:
             block += "\n  " + issue_rates(st, bounces.get(st.issue_id, {})).line()
         blocks.append(block)
@@ -359,9 +362,9 @@ def show_status(settings: Settings, target: Path | None, console: Console) -> di
             target = require_post(target, settings, console)
         issue_id = load_post(target).issue_id if target.exists() else target.stem
         statuses, bounces = ledger.statuses(issue_id), ledger.bounce_counts(issue_id)
-        sending = under_way(ledger, issue_id)
+        sending, running = under_way(ledger, issue_id), ledger.issue_locked(issue_id)
     if not console.quiet:
-        console.result(status_text(statuses, bounces))
+        console.result(status_text(statuses, bounces, running))
         if sending is not None:
             console.result(under_way_line(sending))
     warn_rates(console, settings, all_rates(statuses, bounces))
@@ -377,7 +380,7 @@ def show_status(settings: Settings, target: Path | None, console: Console) -> di
     ]
     # at the top: the real send's record when there is one (a try-out's only when there is not)
     main = next((r for r in records if r["destination"] == "smtp"), records[0])
-    return {**main, "destinations": records, "sending": sending, "signing_key": key}
+    return {**main, "destinations": records, "sending": sending, "running": running, "signing_key": key}
 
 
 def _say_key(console: Console, line: str, held: bool) -> None:
