@@ -494,7 +494,7 @@ def test_status_groups_failures_and_issues_lists_newest_first(ledger: Ledger) ->
         ("failed", 550, "5.1.1 no such user", 3),
         ("deferred", 452, "4.2.2 mailbox full", 1),
     ]
-    text = status.format()
+    text = status.format(False)
     assert "3 failed: 550 5.1.1 no such user" in text and "6 in all" in text
     assert "1 in doubt" in text and "sending" not in text  # the record's word is not the reader's
 
