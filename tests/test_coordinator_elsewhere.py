@@ -1,8 +1,9 @@
 """`mailer status` and `mailer worker` on a send whose coordinator, on another host, was killed with -9.
 
-With a SQLite record nothing on this host can prove such a coordinator gone: only its silence in the record,
-and only once it has lasted a lease (before that it may be stopped, or starved, and wake up). So `mailer
-status` says how long ago it last said it is alive, and calls it gone past its lease. On PostgreSQL the
+With a SQLite record (one host, one kernel) the coordinator's flock on the issue's lock file tells a killed
+one gone at once; one stopped (kill -STOP) under another host name holds its lock, and nothing proves it gone
+but its silence in the record, once it has lasted a lease (before that it may wake up). So `mailer status`
+says how long ago it last said it is alive, and calls it gone past its lease. On PostgreSQL the
 coordinator's session holds the issue's lock (issue_lock) for as long as it runs, and the server lets go of
 it once the killed process's sockets close: `mailer status` calls it gone at once, and a `mailer worker`
 finishes the send and ends it at once, instead of waiting for a lease of 600 s. The coordinator runs under
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -35,8 +37,11 @@ LEASE = 10.0  # seconds: long enough for a status right after the kill, short en
 HEARD = re.compile(r"last heard from (\d+) s ago")
 
 
-def _killed_elsewhere(args: list[str], env: dict[str, str], cwd: Path, record: Location) -> float:
-    """`mailer ARGS` under the host name 'elsewhere', killed with -9 once its send is in the record; when."""
+def _killed_elsewhere(
+    args: list[str], env: dict[str, str], cwd: Path, record: Location, how: signal.Signals = signal.SIGKILL
+) -> tuple[float, subprocess.Popen[bytes]]:
+    """`mailer ARGS` under the host name 'elsewhere', sent `how` (kill -9, or SIGSTOP) once its send is in
+    the record; when, and the process (the caller kills a stopped one)."""
     if os.geteuid() != 0:
         pytest.skip("another host name for the coordinator needs a UTS namespace (root)")
     with (cwd / "coordinator.err").open("wb") as err:
@@ -47,19 +52,34 @@ def _killed_elsewhere(args: list[str], env: dict[str, str], cwd: Path, record: L
         )  # fmt: skip
     try:
         wait_until("the send in the record", lambda: _running(record))
+    except BaseException:
+        coordinator.kill()
+        coordinator.wait()
+        raise
+    coordinator.send_signal(how)
+    if how == signal.SIGKILL:
+        coordinator.wait()
+    return time.time(), coordinator  # it said nothing after this
+
+
+def test_a_coordinator_stopped_elsewhere_shows_how_long_it_has_been_silent_and_is_gone_past_its_lease(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path
+) -> None:
+    record_at = tmp_path / "state" / "mailer.db"  # SQLite: its lock held, the lease alone tells
+    _, args = forty_readers(tmp_path, post, "--distributed", "--workers", "0")
+    env = {**env_at(smtp_server, tmp_path, record_at), "MAILER_WORKER_LEASE": f"{LEASE:g}"}
+    stopped, coordinator = _killed_elsewhere(args, env, tmp_path, record_at, signal.SIGSTOP)
+    try:
+        _silent_then_gone(post, env, tmp_path, record_at, stopped)
     finally:
         coordinator.kill()
         coordinator.wait()
-    return time.time()  # it said nothing after this
 
 
-def test_a_coordinator_killed_elsewhere_shows_how_long_it_has_been_silent_and_is_gone_past_its_lease(
-    smtp_server: SMTPServer, tmp_path: Path, post: Path
+def _silent_then_gone(
+    post: Path, env: dict[str, str], tmp_path: Path, record_at: Path, killed: float
 ) -> None:
-    record_at = tmp_path / "state" / "mailer.db"  # SQLite: the lease alone tells, on another host
-    _, args = forty_readers(tmp_path, post, "--distributed", "--workers", "0")
-    env = {**env_at(smtp_server, tmp_path, record_at), "MAILER_WORKER_LEASE": f"{LEASE:g}"}
-    killed = _killed_elsewhere(args, env, tmp_path, record_at)
+    """status on a coordinator silent since `killed`: within its lease not called gone, past it gone."""
 
     before = time.time()
     status = mailer(["status", str(post)], env, tmp_path)
@@ -95,7 +115,7 @@ def test_on_postgresql_a_coordinator_killed_elsewhere_is_gone_at_once_and_a_work
     server = pg_cluster.database()
     emails, args = forty_readers(tmp_path, post, "--distributed", "--workers", "0")
     env = {**env_at(smtp_server, tmp_path, server), "MAILER_WORKER_LEASE": "600"}
-    killed = _killed_elsewhere(args, env, tmp_path, server)
+    killed, _ = _killed_elsewhere(args, env, tmp_path, server)
 
     def sending() -> dict[str, object]:
         found: dict[str, object] = json.loads(mailer(["status", str(post), "--json"], env, tmp_path).stdout)
