@@ -303,6 +303,7 @@ def coordinate(
         interrupted = Interrupted(signals.signum) if signals.signum else None
         if interrupted is not None:  # Ctrl-C or SIGTERM: every worker stops after its messages in flight
             report.stopped_because = "interrupted"
+            watch.ending[0] = True
             # its own workers first: the record's write below may wait for its lock (SQLite's is the whole
             # file's) or fail, and meanwhile they would send on after the stop was said
             local.signal(signal.SIGTERM)
@@ -786,6 +787,9 @@ class _Watch:
     waiting: str  # what the send waits for until a worker has joined, said instead of its progress
     said: list[float] = field(default_factory=lambda: [time.monotonic()])  # when it last said it is alive
     tally: _Tally = field(default_factory=lambda: _Tally())
+    # once a signal stopped the send: no progress drawn until the counts at the end (the record lags its
+    # workers' last replies by up to a quarter lease: "0/10 messages, 0 sent" came right before "10/10")
+    ending: list[bool] = field(default_factory=lambda: [False])
 
     def tick(self) -> None:
         """Say the coordinator is alive (while it holds the issue's lock), every quarter lease as a worker
@@ -809,6 +813,8 @@ class _Watch:
         add_up(self.report, [json.loads(row[0]) for row in rows])  # why a worker stopped, if one did
         for name, n in self.tally.read(self.ledger, self.where).items():
             setattr(self.report, name, n)
+        if self.ending[0]:
+            return
         if rows:
             self.feedback.progress(self.report)
         else:  # no worker has joined yet

@@ -8,6 +8,7 @@ A real SMTP server (tests/smtpd.py) holds the last reader's reply until the Ctrl
 from __future__ import annotations
 
 import json
+import re
 import signal
 from collections import Counter
 from pathlib import Path
@@ -42,6 +43,11 @@ def ctrl_c_at_the_last_reply(
     assert proc.returncode == 0, err
     assert LATE in err, err
     assert "run the same command again" not in err, err
+    # no count from before the last replies drawn after the stop is said: the coordinator's first look then
+    # drew "progress: 0/10 messages, 0 sent" (its workers' counts not yet in the record) before "10/10"
+    after = err.split("after the messages in flight (a second", 1)[1]
+    drawn = re.findall(r"progress: (\d+)/(\d+) messages", after)
+    assert drawn and all(done == str(readers) for done, _ in drawn), after
     assert recipients(server) == Counter({e: 1 for e in emails})
     status = mailer(["status", str(post), "--json"], env, tmp_path)
     assert json.loads(status.stdout)["complete"] is True, status.stdout
