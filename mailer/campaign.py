@@ -63,6 +63,9 @@ class Report:
     retries: int = 0
     reset: int = 0
     pending: int = 0  # not sent because the run stopped early
+    # accepted by the server, but the write of that outcome failed (the record went away): counted in
+    # `pending`, not `sent`, as the record has them; the rerun mails them again
+    unrecorded: int = 0
     seen: int = 0
     started: float = field(default_factory=time.monotonic)
     stopped_because: str = ""
@@ -327,7 +330,8 @@ class _Recorder:
             raise
 
     def _write(self, ledger: Ledger, batch: list[_Record]) -> None:
-        if not self.error:
+        error = self.error  # given with each outcome of the batch: set, it says the record does not hold it
+        if not error:
             rows = [(job.sub.email, _state(outcome), outcome.code, outcome.text) for job, outcome, _ in batch]
             try:
                 ledger.record_outcomes(self.issue_id, rows, self.run, tags=[job.tag for job, _, _ in batch])
@@ -337,10 +341,11 @@ class _Recorder:
                         f"{ledger.path}: the database file was replaced or deleted during the send"
                     )
             except MailerError as exc:
-                self.error = f"cannot record deliveries: {exc}"
+                error = f"cannot record deliveries: {exc}"
+                self.error = self.error or error
         for job, outcome, unrecorded in batch:
             unrecorded.release()
-            self.outcomes.put((job, outcome, self.error))
+            self.outcomes.put((job, outcome, error))
 
     def _fail_rest(self) -> None:
         with self._lock:
@@ -821,6 +826,11 @@ class _Loop:
             interrupted = None
         if self.fatal and not self.report.stopped_because:
             self.report.stopped_because = self.fatal
+        if self.report.unrecorded and self.report.stopped_because:
+            self.report.stopped_because += (
+                f"; {self.report.unrecorded} message(s) accepted by the server are not in the record (its"
+                " write failed), so not counted as sent: the rerun mails those readers again"
+            )
         if interrupted is not None:
             raise interrupted
         if self.report.stopped_because:
@@ -902,6 +912,11 @@ class _Loop:
             self.fatal = error
         if job.held is not None:
             self._hold(job, drain=drain)
+            return
+        if outcome is not None and error:  # its write failed: the record does not hold it, as for the rerun
+            report.pending += 1
+            report.unrecorded += outcome.ok
+            self.feedback.progress(report)
             return
         if job.suppressed:
             job.suppressed = False

@@ -9,6 +9,7 @@ an event (a held RCPT, a row, a process's end), never on a sleep.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 from collections.abc import Iterator
@@ -215,4 +216,39 @@ def test_a_send_whose_issue_lock_is_lost_stops_and_a_rerun_finishes(
         assert rows(server, "SELECT state FROM sends") == [("stopped",)]
     else:  # not one reader of the second batch: it was never looked up
         assert not set(recipients(smtp_server)) & set(emails[LOOKUP_BATCH:])
+    rerun_finishes(smtp_server, args, env, tmp_path, emails, 1)
+
+
+def test_a_send_whose_record_goes_away_reports_as_sent_only_what_the_record_holds(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path, pg_cluster: Cluster
+) -> None:
+    # the server ends every session of the send and takes no new one (a restart, as seen from the send) while
+    # the reply to user10 is out: the message is accepted, and its outcome's write fails, so the record never
+    # holds it (the rerun mails that reader again): the report counts it apart, and its "sent" is the
+    # record's, which `mailer status` shows
+    server = pg_cluster.database()
+    name = server.url.rpartition("/")[2]
+    emails, args = forty_readers(tmp_path, post)
+    env = env_at(smtp_server, tmp_path, server, MAILER_SMTP_TIMEOUT="120")
+    with held_send(smtp_server, args, env, tmp_path) as (proc, held):
+        try:
+            pg_cluster.admin(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false")
+            pg_cluster.admin(
+                f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+            )
+            held.release.set()
+            _, err = proc.communicate(timeout=120)
+        finally:
+            pg_cluster.admin(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
+    said = err.decode()
+    assert proc.returncode == 4, said
+    recorded = [email for email, (state, _) in states(server).items() if state == "sent"]
+    assert "user10@example.com" in recipients(smtp_server) and "user10@example.com" not in recorded
+    # the counts at the stop, the send's last progress line, are the record's (11 sent, before)
+    last = [line for line in said.splitlines() if "progress: " in line][-1]
+    assert f"/40 messages, {len(recorded)} sent," in last, said
+    [error] = [line for line in said.splitlines() if line.startswith("Error: ")]
+    assert "1 message(s) accepted by the server are not in the record" in error, said
+    status = mailer(["status", str(post), "--json"], env, tmp_path)
+    assert json.loads(status.stdout)["sent"] == len(recorded), status.stdout
     rerun_finishes(smtp_server, args, env, tmp_path, emails, 1)
