@@ -185,6 +185,12 @@ def publish(
                 batch = []
         if batch:
             batches += _write_batch(ledger, where, batches, batch)
+        # alive for a lease from here: stamped at the INSERT only, a publishing longer than a lease left
+        # `mailer status` calling a live coordinator gone until its first word, a quarter lease later
+        ledger.write(
+            f"UPDATE sends SET alive_until = {ledger.now} + ? WHERE issue_id = ? AND destination = ?",
+            (lease, *where),
+        )
     return batches
 
 
