@@ -269,10 +269,11 @@ class IssueStatus(IssueSummary):
             lines.append("  not complete: a send of it is running now")
         else:
             failed = self.count("deferred") + self.count("failed")  # a send that met one does not finish
-            why = f"{failed} reader(s) failed (below), " if failed else ""
-            now = "it stopped early" if running is False else "one is running, or it stopped early"
+            why = f"{failed} reader(s) failed (below), or " if failed else ""
+            now = "" if running is None else " and none runs now"  # None: the engine cannot tell
+            how = "one stopped early" if running is False else "one is running, or it stopped early"
             lines.append(
-                f"  not complete: no send of this version has mailed its whole list ({why}{now}):"
+                f"  not complete: no send of this version has mailed its whole list{now} ({why}{how}):"
                 " run the same send command again to finish"
             )
         if self.changed_at is not None:

@@ -17,7 +17,7 @@ from tests.test_workers import env_at
 from tests.test_workers_lifecycle import mailer
 
 RUNNING = "not complete: a send of it is running now"
-STOPPED = "(it stopped early): run the same send command again to finish"
+STOPPED = "and none runs now (one stopped early): run the same send command again to finish"
 
 
 def test_status_says_a_send_runs_only_while_it_does(
@@ -33,5 +33,5 @@ def test_status_says_a_send_runs_only_while_it_does(
         proc.kill()  # kill -9, its reply still held: it stopped early
         proc.communicate(timeout=60)
     stopped = mailer(["status", str(post)], env, tmp_path).stdout
-    assert STOPPED in stopped and "running" not in stopped, stopped
+    assert STOPPED in stopped and "running now" not in stopped, stopped
     assert json.loads(mailer(["status", str(post), "--json"], env, tmp_path).stdout)["running"] is False
