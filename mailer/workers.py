@@ -1199,7 +1199,13 @@ def under_way_line(send: dict[str, Any]) -> str:
         )
     late = send["coordinator_heard_ago"] > send["lease"]
     here = _beside(send["coordinator"])
-    why = f"past its {lease} lease" if late else "its process here ended" if here else "its session ended"
+    why = (
+        f"past its {lease} lease"
+        if late
+        else "its process here ended"
+        if here
+        else "it no longer holds the issue's lock"
+    )
     who = f"its coordinator ({send['coordinator']}; {heard}, {why})"
     if send["workers"]:
         return (
@@ -1494,8 +1500,8 @@ class _Worker:
 
     def end_if_abandoned(self, ledger: Ledger) -> bool:
         """Whether the send has ended in the record; if its coordinator is gone (not heard of for a lease:
-        killed, its host down; or its session ended, _coordinator_ended) and no other worker is left, end
-        it here, as the coordinator would have."""
+        killed, its host down; or it let go of the issue's lock, _coordinator_ended) and no other worker is
+        left, end it here, as the coordinator would have."""
         rows = ledger.rows(
             f"SELECT state, CASE WHEN alive_until >= {ledger.now} THEN 1 ELSE 0 END, coordinator FROM sends"
             " WHERE issue_id = ? AND destination = ?",

@@ -124,7 +124,7 @@ def test_on_postgresql_a_coordinator_killed_elsewhere_is_gone_at_once_and_a_work
     wait_until("status calling the killed coordinator gone", lambda: sending()["coordinator_gone"], 60)
     text = mailer(["status", str(post)], env, tmp_path).stdout
     assert re.search(r"stopped half-way: 0 of \d+ batches done; its coordinator \(elsewhere pid ", text), text
-    assert ", its session ended) and every worker are gone: run the same send" in text, text
+    assert ", it no longer holds the issue's lock) and every worker are gone: run the same send" in text, text
     heard = HEARD.search(text)
     assert heard and int(heard[1]) <= time.time() - killed + 1, text
 
