@@ -1889,18 +1889,27 @@ class _Keeper:
         return self.lost
 
     def wait(self, stop: threading.Event) -> None:
-        """The shared rate limit: take the next start time reserved, reserving more when none is left."""
+        """The shared rate limit: take the next start time reserved, reserving more when none is left.
+
+        A start time more than an interval gone is dropped, as a lone send's limiter does: a worker held up
+        (its server slow to answer) must not send the start times it missed back to back, on top of the
+        other workers' messages on schedule."""
         if not self.interval:
             return
         with self.cond:
-            while not self.slots and not stop.is_set() and not self.closing:
+            while True:
+                now = self.ledger.lease_clock()
+                while self.slots and self.slots[0] < now - self.interval:
+                    self.slots.pop(0)
+                if self.slots or stop.is_set() or self.closing:
+                    break
                 self.wanted = True
                 self.cond.notify_all()
                 self.cond.wait(0.5)
             if not self.slots:
                 return
             slot = self.slots.pop(0)
-        delay = slot - self.ledger.lease_clock()
+        delay = slot - now
         if delay > 0:
             stop.wait(delay)
 
