@@ -828,8 +828,9 @@ class _Loop:
             self.report.stopped_because = self.fatal
         if self.report.unrecorded and self.report.stopped_because:
             self.report.stopped_because += (
-                f"; {self.report.unrecorded} message(s) accepted by the server are not in the record (its"
-                " write failed), so not counted as sent: the rerun mails those readers again"
+                f"; {self.report.unrecorded} message(s) accepted by the server may not be in the record (its"
+                " write failed or got no answer), so not counted as sent here: `mailer status` says what the"
+                " record holds, and the rerun mails again any reader it does not"
             )
         if interrupted is not None:
             raise interrupted
