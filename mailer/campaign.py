@@ -12,6 +12,7 @@ import contextlib
 import heapq
 import itertools
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -363,6 +364,17 @@ class _Recorder:
 
 
 _CLOSED = "cannot record deliveries: the delivery record was closed"
+UNRECORDED = re.compile(r"(\d+) message\(s\) accepted by the server may not be in the record")
+
+
+def unrecorded_words(count: int) -> str:
+    """What a send that stopped says of its messages whose outcome's write failed (UNRECORDED finds the
+    count in a worker's error line, for its coordinator to add up)."""
+    return (
+        f"{count} message(s) accepted by the server may not be in the record (its write failed or got no"
+        " answer), so not counted as sent here: `mailer status` says what the record holds, and the rerun"
+        " mails again any reader it does not"
+    )
 
 
 def _state(outcome: Outcome) -> str:
@@ -827,11 +839,7 @@ class _Loop:
         if self.fatal and not self.report.stopped_because:
             self.report.stopped_because = self.fatal
         if self.report.unrecorded and self.report.stopped_because:
-            self.report.stopped_because += (
-                f"; {self.report.unrecorded} message(s) accepted by the server may not be in the record (its"
-                " write failed or got no answer), so not counted as sent here: `mailer status` says what the"
-                " record holds, and the rerun mails again any reader it does not"
-            )
+            self.report.stopped_because += f"; {unrecorded_words(self.report.unrecorded)}"
         if interrupted is not None:
             raise interrupted
         if self.report.stopped_because:

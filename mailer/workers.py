@@ -46,7 +46,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from .campaign import THIS_RUN, Feedback, Pace, Report, SendOptions, run_share
+from .campaign import THIS_RUN, UNRECORDED, Feedback, Pace, Report, SendOptions, run_share, unrecorded_words
 from .config import Settings
 from .console import Console
 from .errors import ExitStatus, Interrupted, MailerError, NotUpYet, SendAborted
@@ -355,13 +355,20 @@ def coordinate(
                 " AND coordinator = ?",
                 (*where, me),
             )
-        raise SendAborted(f"cannot follow the send in the record: {exc}") from None
+        raise SendAborted(f"cannot follow the send in the record: {exc}{_unrecorded(local)}") from None
     local.reap()  # those that sent everything waited for the end in the record: they exit now
     if interrupted is not None:
         raise interrupted
     if report.stopped_because:
-        raise SendAborted(report.stopped_because)
+        raise SendAborted(report.stopped_because + _unrecorded(local))
     return report
+
+
+def _unrecorded(local: _Locals) -> str:
+    """What the coordinator's error adds of the local workers' messages that may not be in the record (their
+    own error lines, which said so, are held back): the rerun may mail those readers again."""
+    count = local.unrecorded()
+    return f"; the workers: {unrecorded_words(count)}" if count else ""
 
 
 RESTARTS = 3  # local workers replaced in a row while the send got no further, before no more are started
@@ -485,6 +492,11 @@ class _Locals:
             proc.poll() is None and states.get(str(proc.pid), "running") == "running"
             for proc, _ in self.procs
         )
+
+    def unrecorded(self) -> int:
+        """How many messages the servers accepted whose outcome the workers could not write, as their
+        `Error:` lines (held back from the publisher, see _Stderr) say."""
+        return sum(int(m[1]) for stderr in self.stderr.values() if (m := UNRECORDED.search(stderr.error)))
 
     def reap(self) -> None:
         for proc, _ in self.procs:
