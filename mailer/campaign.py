@@ -966,6 +966,12 @@ class _Loop:
                     self.feedback.problem(f"{job.sub.email}: {outcome} ({gave_up})")
             else:
                 heapq.heappush(self.retries, self._retry(job, outcome))
+                if (
+                    outcome.in_doubt
+                ):  # a reader who may get two copies: said by name, as one not sent again is
+                    self.feedback.problem(
+                        f"{job.sub.email}: {outcome}; sent again once (the first may have arrived)"
+                    )
             limit = self.options.max_consecutive_failures
             if limit and self.consecutive_failures >= limit and not self.fatal:
                 self.fatal = (
