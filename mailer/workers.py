@@ -91,8 +91,17 @@ def fingerprint(issue: Issue, factory: MessageFactory) -> str:
 
 
 def batch_size(readers: int, workers: int) -> int:
-    """Small enough that each worker gets several batches (a slow one holds less back), at most BATCH_MAX."""
+    """The first batches' size: small enough that each worker gets several batches (a slow one holds less
+    back), at most BATCH_MAX."""
     return max(10, min(BATCH_MAX, -(-readers // (max(workers, 1) * 8))))
+
+
+def tail_size(size: int, left: int, workers: int) -> int:
+    """The next batch's size with `left` readers still to put in batches: `size` until the last quarter or
+    so, then shrinking (each 1/(2 x workers) of what is left, at least 10), so that the workers end
+    together: with equal batches to the end, one worker sent its last batch alone while the others had
+    none left (0.13 s of a 2-worker send of 5,000 messages at 8 connections, a tenth of its send loop)."""
+    return max(10, min(size, -(-left // (2 * max(workers, 1)))))
 
 
 def _me() -> str:
@@ -178,11 +187,13 @@ def publish(
              fingerprint(issue, factory), json.dumps(stored), 0.0),
         )  # fmt: skip
         batch: list[list[Any]] = []
+        put, cap = 0, size
         for sub in subscribers:
             batch.append([sub.email, sub.name, dict(sub.fields)])
-            if len(batch) == size:
+            if len(batch) == cap:
                 batches += _write_batch(ledger, where, batches, batch)
-                batch = []
+                put += cap
+                batch, cap = [], tail_size(size, expected - put, workers)
         if batch:
             batches += _write_batch(ledger, where, batches, batch)
         # alive for a lease from here: stamped at the INSERT only, a publishing longer than a lease left

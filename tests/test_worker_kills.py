@@ -117,7 +117,7 @@ def test_a_local_worker_killed_20_times_is_replaced_each_time_and_no_reader_is_l
 def test_a_mailer_worker_started_again_after_a_kill_rejoins_the_send_and_takes_its_batch_over(
     smtp_server: SMTPServer, tmp_path: Path, post: Path, record_at: Location
 ) -> None:
-    emails = [f"user{i}@example.com" for i in range(100)]  # 8 batches of 13 (the last 9)
+    emails = [f"user{i}@example.com" for i in range(100)]  # 6 batches of 13, then 11, 10, 1 (tail_size)
     csv = write_list(tmp_path / "subs.csv", emails)
     env = env_at(smtp_server, tmp_path, record_at, MAILER_SMTP_TIMEOUT="120")
     args = ["send", str(post), "--to", str(csv), "--yes", "--force", "--distributed", "--workers", "0"]
@@ -158,7 +158,7 @@ def test_a_mailer_worker_started_again_after_a_kill_rejoins_the_send_and_takes_i
     assert found["takeovers"] == len(owned) or found["lost"] and found["takeovers"] > len(owned), found
     [(name,)] = rows(record_at, "SELECT worker FROM send_workers WHERE worker != ?", (dead,))
     done_by = dict(rows(record_at, "SELECT batch_no, owner FROM send_batches WHERE done = 1"))
-    assert len(done_by) == 8 and {done_by[b] for b in owned} == {name}, done_by  # taken over and done
+    assert len(done_by) == 9 and {done_by[b] for b in owned} == {name}, done_by  # taken over and done
     got = recipients(smtp_server)
     assert set(got) == set(emails)  # no reader lost
     assert sum(n - 1 for n in got.values()) <= 1 + len(found["lost"])  # the killed one's message in flight

@@ -477,3 +477,27 @@ def _faster_than(rate: float, server: SMTPServer, connections: int) -> list[tupl
         for j in range(i, len(at))
         if j - i + 1 > (at[j] - at[i]) * rate + slack
     ][:5]
+
+
+def test_the_last_batches_shrink_so_that_the_workers_end_together(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path, record_at: Location
+) -> None:
+    """A send's batches are of one size until its last quarter or so, then each smaller than the one before
+    (workers.tail_size), down to 10 readers: the worker that takes the last one does not send it alone for
+    as long as a whole batch takes while the others have none left. Every reader is in one batch."""
+    emails = [f"user{i}@example.com" for i in range(400)]
+    csv = write_list(tmp_path / "subs.csv", emails)
+    env = env_at(smtp_server, tmp_path, record_at)
+    proc = spawn(["send", str(post), "--to", str(csv), "--yes", "--force", "--workers", "2"], env, tmp_path)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err.decode()
+    assert recipients(smtp_server) == Counter(emails)
+    found = rows(record_at, "SELECT batch_no, readers FROM send_batches ORDER BY batch_no")
+    sizes = [len(json.loads(str(readers))) for _, readers in found]
+    put = [email for _, readers in found for email, _, _ in json.loads(str(readers))]
+    assert sorted(put) == sorted(emails)
+    first = sizes[0]
+    assert first == 25  # 400 readers, 2 workers: 8 batches each at first (workers.batch_size)
+    assert sizes == sorted(sizes, reverse=True), sizes
+    assert sizes[-2] == 10 and sizes[-1] <= 10, sizes
+    assert sum(1 for size in sizes if size == first) < len(sizes) - 4, sizes
