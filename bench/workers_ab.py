@@ -8,9 +8,11 @@ Each round runs, for each engine (SQLite; PostgreSQL in a throwaway cluster, as 
 generated readers on one smtp-sink, once per tree (the tree put first on PYTHONPATH), in turn first (A B, B A,
 ...); then `--relay` messages to bench/slowsink.py (every reply 20 ms late) with 1 and 2 workers of one
 connection each, the record in each engine. Figures: msg/s over the whole command (start-up, render and the
-workers' start included), and CPU seconds per 1,000 messages of the command and every worker it started (wait4
-of the command counts the workers it reaped), the median over the rounds; and the load average meanwhile,
-since the machine is shared. Needs Debian's postfix (smtp-sink) and, for the PostgreSQL rows, its server.
+workers' start included), and smtp-source -s C sending the same message as often to the same sink in each
+round, the reference of issue 16's targets; CPU seconds per 1,000 messages of the command and every worker
+it started (wait4 of the command counts the workers it reaped), the median over the rounds; and the load
+average meanwhile, since the machine is shared. Needs Debian's postfix (smtp-sink, smtp-source) and, for
+the PostgreSQL rows, its server.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from slowsink import SlowSink  # noqa: E402
 
 from bench.postgresql import make_record, send  # noqa: E402
-from bench.run import CHILDREN, smtp_sink, write_subscribers  # noqa: E402
+from bench.run import CHILDREN, one_message, smtp_sink, smtp_source, write_subscribers  # noqa: E402
 from tests.pg import Cluster, binaries, database_env  # noqa: E402
 
 
@@ -76,6 +78,8 @@ def main() -> None:
     try:
         csv = tmp / "readers.csv"
         write_subscribers(csv, a.messages)
+        message = tmp / "message.txt"
+        message.write_bytes(one_message(tmp).replace(b"\r\n", b"\n"))  # smtp-source adds CRLF to each line
         relay_csv = tmp / "relay.csv"
         write_subscribers(relay_csv, a.relay)
         with smtp_sink() as port:
@@ -83,6 +87,10 @@ def main() -> None:
             try:
                 for r in range(a.rounds):
                     order = list(trees.items()) if r % 2 == 0 else list(trees.items())[::-1]
+                    done = smtp_source(port, message, a.messages, a.connections)
+                    key = ("smtp-source", f"-s {a.connections}", "")
+                    rate.setdefault(key, []).append(a.messages / done.wall)
+                    cpu.setdefault(key, []).append(done.cpu / a.messages * 1000)
                     for engine in engines:
                         for workers in (int(w) for w in a.workers.split(",")):
                             for name, root in order:
