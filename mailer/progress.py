@@ -196,7 +196,7 @@ REPORT_ROWS = (
     ("invalid", "invalid rows"),
     ("duplicates", "duplicates"),
     ("skipped", "not to be mailed, as the list says"),
-    ("retries", "tries again (a temporary refusal, or no reply to the end)"),
+    ("retries", "tries again (a temporary refusal or no reply)"),
     ("failed_temporary", "failed, temporary (will retry on rerun)"),
     ("failed_permanent", "failed, permanent"),
     ("bounced", "  of which suppressed (refused as readers)"),
