@@ -1967,14 +1967,20 @@ class _Keeper:
 
     def _reserve(self, ledger: Ledger) -> None:
         """Reserve the next chunk of start times: on the record's clock, kept here as times of
-        ledger.lease_clock() no sooner than they come there (measured from after the statement)."""
+        ledger.lease_clock() no sooner than they come there (measured from after the statement).
+
+        Each worker holds at most one chunk ahead, so the next free time is never further off than a chunk
+        per worker; one that is was reserved before the record's clock was stepped back, and is dropped for
+        now: else every worker would wait out the step (ten minutes back held a send ten minutes)."""
         span = self.chunk * self.interval
         now = ledger.now
+        workers = "(SELECT COUNT(*) FROM send_workers WHERE issue_id = ? AND destination = ?)"
         with ledger.transaction(rows_only=True):  # one row: concurrent reservations queue on its lock
             end, then = ledger.rows(
-                f"UPDATE sends SET next_slot = CASE WHEN next_slot > {now} THEN next_slot ELSE {now} END + ?"
+                f"UPDATE sends SET next_slot = CASE WHEN next_slot > {now}"
+                f" AND next_slot <= {now} + ? * (1 + {workers}) THEN next_slot ELSE {now} END + ?"
                 f" WHERE issue_id = ? AND destination = ? RETURNING next_slot, {now}",
-                (span, *self.where),
+                (span, *self.where, span, *self.where),
             )[0]
         here = ledger.lease_clock() - float(then)
         with self.cond:
