@@ -7,9 +7,9 @@ A send of N readers is put in a record as `mailer send --workers 2` puts it (bat
 their readers as JSON), on each engine (SQLite in a temporary folder; PostgreSQL in a throwaway cluster of
 tests/pg.py with the server's durability settings on). Then the send is played forward in steps, as workers
 make it: each step marks the next batches done with their counts and leaves two claimed with counts so far
-(and one given back). At each step the coordinator's look (workers._Tally.read) is timed, wall and this
+(and one given back). At each step the coordinator's look (tally.SendTally.read) is timed, wall and this
 process's CPU, and checked against the counts put in. For comparison, the look that reads every reader of
-the batches not done (what the final report does once, workers._outcomes) is timed at the first step, when
+the batches not done (what the final report does once, tally._outcomes) is timed at the first step, when
 they are all not done. The look runs every 0.2 s (workers.POLL) during a send.
 """
 
@@ -29,7 +29,8 @@ sys.path.insert(0, str(ROOT))
 from mailer.campaign import Report  # noqa: E402
 from mailer.engine import Location  # noqa: E402
 from mailer.ledger import Ledger  # noqa: E402
-from mailer.workers import GIVEN_BACK, READERS, _outcomes, _Tally, batch_size  # noqa: E402
+from mailer.workers import GIVEN_BACK, batch_size  # noqa: E402
+from mailer.workers.tally import READERS, SendTally, _outcomes  # noqa: E402
 from tests.pg import Cluster, binaries  # noqa: E402
 
 ISSUE = "2026-02-09"
@@ -65,7 +66,7 @@ def play(
 ) -> list[tuple[float, float]]:
     """Each step: the next batches done (sent: their size), two claimed with 7 sent each, one given back
     with 3; then `looks` looks timed. Returns (wall ms, CPU ms) per look."""
-    tally = _Tally()
+    tally = SendTally()
     sizes = dict(
         ledger.rows("SELECT batch_no, size FROM send_batches WHERE issue_id = ? AND destination = ?", where)
     )

@@ -161,7 +161,7 @@ class Pace(Protocol):
 
 
 class Share(Protocol):
-    """A share of a send that several processes make together (workers.py): the readers come in batches
+    """A share of a send that several processes make together (workers/): the readers come in batches
     leased from the record, and a lease that runs out hands the rest of them to another process."""
 
     def holds(self) -> str:
@@ -409,7 +409,7 @@ class _Pool:
         self.recheck = recheck
         self.built: list[_Job] = []  # built by the loop, not handed over yet: the next run
         # a share claims its readers batch by batch as the loop asks for them: built ahead, they would be
-        # claimed by this process before another could take them (workers.py)
+        # claimed by this process before another could take them (workers.worker)
         self.run_size = 1 if share is not None else HAND_OVER
         self.outcomes: queue.SimpleQueue[tuple[_Job, Outcome | None, str]] = queue.SimpleQueue()
         self.stop = stop or threading.Event()  # set: stop now, calling off messages short of their "."
@@ -629,7 +629,7 @@ def run_share(
     report: Report,
     run: int | None,
 ) -> None:
-    """One process's share of a send that several make (workers.py), counted in `report`: the send loop
+    """One process's share of a send that several make (workers.worker), counted in `report`: the send loop
     alone, since the issue and the run (`run`) are recorded, and the run finished, by the process that
     coordinates them. Each batch of readers is asked for (and so claimed) only once the one before is handed
     out."""

@@ -308,7 +308,7 @@ def worker(
     fields: dict[str, Any] = {"command": "worker"}
     with reported(console, fields):
         from .progress import ConsoleFeedback, report_counts
-        from .workers import work
+        from .workers.worker import work
 
         feedback = ConsoleFeedback(console)
         try:

@@ -150,7 +150,7 @@ class Engine(Protocol):
     skip_locked: str
 
     # SQL for the record's time now, in seconds since the epoch, the one clock on which every host's leases
-    # and words of a send by workers are written and compared (workers.py): a PostgreSQL server's, whatever
+    # and words of a send by workers are written and compared (workers/): a PostgreSQL server's, whatever
     # each host's clock says; a SQLite file's one host's. The same throughout one statement.
     now: str
     # SQL for that time less `?` seconds (its one parameter), as text: '%Y-%m-%dT%H:%M:%SZ'

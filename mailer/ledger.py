@@ -166,7 +166,7 @@ CREATE INDEX signup_hits_by_time ON signup_hits(at);
 """
 
 
-# A send made by several processes (issue 16; workers.py): the coordinator's row says what to send and how,
+# A send made by several processes (issue 16; workers/): the coordinator's row says what to send and how,
 # and whether the send still runs; its readers wait in numbered batches, each leased by one worker at a time
 # (lease_until in seconds since the epoch; 0: free); each worker's counts so far, for the report.
 _SENDS = """

@@ -344,9 +344,9 @@ def show_status(settings: Settings, target: Path | None, console: Console) -> di
     """`mailer status`: what became of the issue of `target` (a post, its file name, or a folder: today's
     post in it, as `send` takes it), or with None of every issue sent, with a warning for each bounce or
     complaint rate too high; printed for a person (not when quiet) and returned as the --json object's
-    fields. (workers.py is imported here: a send without --workers does not need it.)"""
+    fields. (workers.tally is imported here: a send without --workers does not need it.)"""
     from .keymarks import key_status
-    from .workers import under_way, under_way_line
+    from .workers.tally import under_way, under_way_line
 
     with Ledger(settings.db_path) as ledger:
         key_line, key_held, key = key_status(settings, ledger, console)

@@ -168,7 +168,7 @@ def send_issue(
 ) -> SendResult:
     """Send the issue in `target` (a post, or a folder holding today's post) to the lists in `to`, or to
     the list kept in the database under the name `stored`. With a `crew`, worker processes send it
-    (workers.py).
+    (workers/).
 
     SIGTERM is handled like Ctrl-C for the whole command (see stopping.py): what systemd or docker send to
     stop a service ends the send after the messages in flight, recorded, never like a kill -9.
@@ -292,7 +292,7 @@ def _send(
                 "SELECT 1 FROM sends WHERE issue_id = ? AND destination = ?",
                 (issue.issue_id, ledger.destination),
             ):
-                from .workers import take_over  # not imported by a lone send otherwise: ~15 ms
+                from .workers.coordinator import take_over  # not imported by a lone send otherwise: ~15 ms
 
                 take_over(ledger, issue.issue_id)
             write_archive(issue, factory, settings)
@@ -302,7 +302,7 @@ def _send(
             )
             feedback.start(deliverable, options.rate)
         if crew is not None and not options.dry_run:
-            from .workers import coordinate  # --workers only: a lone send does not import workers.py
+            from .workers.coordinator import coordinate  # --workers only: a lone send does not import it
 
             report = coordinate(
                 ledger, issue, factory, lists.subscribers, expected=deliverable, options=options, crew=crew,

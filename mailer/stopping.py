@@ -67,7 +67,7 @@ class StopSignals:
             if not (sig == signal.SIGHUP and signal.getsignal(sig) == signal.SIG_IGN)
         }
         try:
-            # a worker forked by its coordinator starts with them blocked (workers._held): taken from now on,
+            # a worker forked by its coordinator starts with them blocked (workers/local.py): taken from now,
             # one sent since the fork among them (elsewhere nothing was blocked, and this changes nothing)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
             yield self

@@ -1,4 +1,4 @@
-"""Attacks on the coordinator's forks (workers._spawn): the record lost at the moment it forks its workers."""
+"""Attacks on the coordinator's forks (workers/local.py): the record lost as it forks its workers."""
 
 from __future__ import annotations
 

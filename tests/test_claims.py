@@ -1,4 +1,4 @@
-"""Workers' claims on the batches of a send (workers.claim, workers.done), on SQLite and on PostgreSQL.
+"""Workers' claims on the batches of a send (workers/worker.py), on SQLite and on PostgreSQL.
 
 A claim leases one batch to one worker: two workers never hold the same batch, a lease that ran out is taken
 over, and on PostgreSQL claims lock rows (SELECT ... FOR UPDATE SKIP LOCKED), not the whole database, so
@@ -15,7 +15,7 @@ import pytest
 
 from mailer.engine import Location
 from mailer.ledger import Ledger
-from mailer.workers import claim, done
+from mailer.workers.worker import claim, done
 from tests.pg import Cluster, rows
 
 WHERE = ("2026-02-09", "smtp")

@@ -19,7 +19,9 @@ from mailer.message import make_factory
 from mailer.post import load_post
 from mailer.render import render_issue
 from mailer.subscribers import Subscriber
-from mailer.workers import _me, publish, under_way
+from mailer.workers.alive import my_name
+from mailer.workers.coordinator import publish
+from mailer.workers.tally import under_way
 from tests.test_campaign import subscriber
 from tests.test_workers import wait_until
 
@@ -42,7 +44,7 @@ def test_a_coordinator_is_alive_for_a_lease_after_a_publishing_longer_than_its_l
         run_id = ledger.start_run(issue.issue_id, "subs", "subs.csv")
         publish(
             ledger, issue, make_factory(issue, smtp_settings), SendOptions(), slow_list(), expected=2,
-            workers=1, lease=LEASE, coordinator=_me(), run_id=run_id,
+            workers=1, lease=LEASE, coordinator=my_name(), run_id=run_id,
         )  # fmt: skip
         sending = under_way(ledger, issue.issue_id)
     assert sending is not None and sending["coordinator_gone"] is False, sending

@@ -1,4 +1,4 @@
-"""A stop signal that reaches a worker of `send --workers N` as the coordinator forks it (workers._spawn).
+"""A stop signal that reaches a worker of `send --workers N` as the coordinator forks it (workers/local.py).
 
 The signal is sent by the child itself from an at-fork hook (os.register_at_fork, set up before mailer
 runs): it lands at the first instant of the worker's life, before any of mailer's code runs there, on every
