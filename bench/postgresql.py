@@ -20,16 +20,25 @@ the cluster's WAL syncs per 1,000 messages (pg_stat_database, pg_stat_wal, once 
 each commit is a round trip and the server's work beyond its rows, and waits for a flush, which the server
 makes one at a time for every commit waiting. The target (issue 16) is PostgreSQL at least 0.8x SQLite at 8
 connections.
+
+--db-delay MS puts a relay of this script's between mailer and the cluster that holds every chunk of bytes
+MS milliseconds each way: a database a round trip of 2 x MS away (a LAN, another zone), where each commit
+costs that round trip more than on the same host. (`tc netem` would do it in the kernel; this machine's
+kernel has no netem.) The relay runs in this process, outside the sender's and the server's CPU figures.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,6 +111,54 @@ def commits(cluster: Cluster, database: str) -> tuple[int, int]:
         return int(row[0]), int(row[1])
 
 
+async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float) -> None:
+    """Pass each chunk on `delay` seconds after it came, in order."""
+    loop = asyncio.get_running_loop()
+    chunks: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+    async def later() -> None:
+        while True:
+            due, chunk = await chunks.get()
+            if (wait := due - loop.time()) > 0:
+                await asyncio.sleep(wait)
+            if not chunk:
+                writer.close()
+                return
+            writer.write(chunk)
+            await writer.drain()
+
+    sending = asyncio.create_task(later())
+    try:
+        while chunk := await reader.read(1 << 16):
+            chunks.put_nowait((loop.time() + delay, chunk))
+    finally:
+        chunks.put_nowait((loop.time() + delay, b""))
+        await sending
+
+
+@contextlib.contextmanager
+def delayed(port: int, ms: float) -> Iterator[int]:
+    """A loopback port that relays to `port`, each chunk held `ms` ms each way (0: `port` itself)."""
+    if not ms:
+        yield port
+        return
+    loop = asyncio.new_event_loop()
+
+    async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", port)
+        with contextlib.suppress(OSError):
+            await asyncio.gather(_pump(reader, up_writer, ms / 1000), _pump(up_reader, writer, ms / 1000))
+
+    server = loop.run_until_complete(asyncio.start_server(client, "127.0.0.1", 0))
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+
+
 def make_record(port: int, data_dir: Path, extra: dict[str, str]) -> None:
     """`mailer db migrate` before the timed send (a publisher's sends find the record made): PostgreSQL's
     CREATE TABLEs, a WAL flush each, took ~0.8 s more than SQLite's on the loaded machine, a twentieth of a
@@ -165,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--connections", default="1,8")
     p.add_argument("--workers", default="0", help="comma-separated; 0 is a lone send")
     p.add_argument("--against", type=Path, help="a checkout of another mailer version to alternate with")
+    p.add_argument("--db-delay", type=float, default=0.0, help="ms each chunk to and from the database waits")
     a = p.parse_args(argv)
     bindir = binaries()
     if bindir is None:
@@ -177,8 +235,9 @@ def main(argv: list[str] | None = None) -> int:
         write_subscribers(csv, a.messages)
         cluster = Cluster(bindir, durable=True).start()
         try:
-            with smtp_sink() as port:
-                print(f"{a.messages:,} messages, median of {a.runs}; msg/s over the whole command,")
+            with smtp_sink() as port, delayed(cluster.port, a.db_delay) as db_port:
+                away = f"; the database {2 * a.db_delay:g} ms away" if a.db_delay else ""
+                print(f"{a.messages:,} messages, median of {a.runs}{away}; msg/s over the whole command,")
                 print("CPU s per 1,000 messages of the mailer send process (lone sends) and of the server")
                 print(
                     "version | conns | workers | SQLite msg/s (CPU) | PostgreSQL msg/s (CPU) | server |"
@@ -198,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
                                     if engine == "postgresql":
                                         database = cluster.database()
                                         extra |= database_env(database)
+                                        extra["MAILER_DATABASE"] = database.url.replace(
+                                            f":{cluster.port}/", f":{db_port}/"
+                                        )
                                     make_record(port, data_dir, extra)
                                     if engine == "postgresql":
                                         name = database.url.rpartition("/")[2]
