@@ -54,8 +54,11 @@ class Check:
 class ChecksFailed(MailerError):
     """A send refused before its first message: each failed check with its fix, and how to skip it."""
 
-    def __init__(self, post: object, failed: list[Check]) -> None:
+    def __init__(self, post: object, failed: list[Check], also: str = "") -> None:
+        """`also`: why the post would be refused next, once the checks pass (its date), said now rather
+        than after the publisher has skipped or fixed each check."""
         self.failed = failed
+        self.also = also
         lines = [f"{post}: not sending: {len(failed)} pre-send check(s) failed"]
         for c in failed:
             lines.append(f"  {c.code}: {c.message}")
@@ -64,10 +67,15 @@ class ChecksFailed(MailerError):
         names = " ".join(f"--skip-check {c.code}" for c in failed if c.code in BLOCKING_CODES)
         if names:  # a key that cannot sign (dkim) is no choice to make: only its fix lets the send go
             lines.append(f"  To send anyway, skip each on purpose: {names}")
+        if also:
+            lines.append(f"  And the post's date: {also}")
         super().__init__("\n".join(lines))
 
     def details(self) -> dict[str, object]:
-        return {"failed_checks": [dataclasses.asdict(c) for c in self.failed]}
+        found: dict[str, object] = {"failed_checks": [dataclasses.asdict(c) for c in self.failed]}
+        if self.also:
+            found["also_refused"] = self.also
+        return found
 
 
 def blocking(checks: list[Check], skip: frozenset[str] | set[str] = frozenset()) -> list[Check]:

@@ -71,18 +71,20 @@ def _date_from_name(path: Path) -> dt.date | None:
         return None
 
 
-def check_age(post: Post, settings: Settings, day: dt.date) -> None:
-    """Refuse yesterday's news from a late cron job, and tomorrow's post sent early; --force skips this."""
+def age_refusal(post: Post, settings: Settings, day: dt.date) -> str:
+    """Why a post is refused for its date ('' if it is not): yesterday's news from a late cron job, or
+    tomorrow's post sent early; --force skips this."""
     if post.date is None:
-        return
+        return ""
     age = (day - post.date).days
     if age > settings.max_age_days:
-        raise MailerError(
-            f"{post.path}: dated {post.date}, {age} days ago (today is {day} in {settings.timezone}); "
+        return (
+            f"dated {post.date}, {age} days ago (today is {day} in {settings.timezone}); "
             f"posts older than {settings.max_age_days} day(s) need --force"
         )
     if age < 0:
-        raise MailerError(
-            f"{post.path}: dated {post.date}, in the future (today is {day} in {settings.timezone}); "
+        return (
+            f"dated {post.date}, in the future (today is {day} in {settings.timezone}); "
             "pass --force to send it now"
         )
+    return ""

@@ -24,7 +24,7 @@ from .post import load_post
 from .progress import ConsoleFeedback, report_counts, say_report, warn_rates
 from .rates import Rates, issue_rates
 from .render import Issue, render_issue
-from .schedule import check_age, require_post, resolve_post, today
+from .schedule import age_refusal, require_post, resolve_post, today
 from .stopping import StopSignals
 from .subscribers import ReadStats, Subscriber
 from .transport import make_transport
@@ -202,15 +202,14 @@ def _send(
     issue = render_issue(load_post(post_path), settings)  # once: each reader's message is made from it
     checks = check_issue(issue, settings)  # `mailer check`'s own checks
     refused = blocking(checks, skip_checks)
-    if refused and not options.dry_run:
-        raise ChecksFailed(post_path, refused)
-    if not options.dry_run and not force:
-        try:
-            check_age(issue.post, settings, today(settings))
-        except MailerError as exc:
-            if settings.smtp_host:
-                raise
-            console.note(f"Note: {exc}; the local outbox mails no one, so going ahead")
+    too_old = "" if options.dry_run or force else age_refusal(issue.post, settings, today(settings))
+    if too_old and not settings.smtp_host:
+        console.note(f"Note: {post_path}: {too_old}; the local outbox mails no one, so going ahead")
+        too_old = ""
+    if refused and not options.dry_run:  # with the date's refusal, if any: all that stops it, said at once
+        raise ChecksFailed(post_path, refused, also=too_old)
+    if too_old:
+        raise MailerError(f"{post_path}: {too_old}")
     paths = to or ([Path(settings.subscribers)] if settings.subscribers and not stored else [])
     if not paths and not stored:
         raise MailerError("no subscriber list: pass --to FILE or set `subscribers` in mailer.toml")

@@ -78,6 +78,31 @@ def test_a_config_with_only_the_smtp_host_mails_no_one(
     assert smtp_server.messages == []
 
 
+def test_an_old_post_that_fails_a_check_is_told_both_at_once(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path
+) -> None:
+    # the example post is dated 2026-02-09: without --force a real send refuses it too. Before, the error
+    # named only the checks to skip; done, the next try was refused for the date (two tries to learn it)
+    csv = write_list(tmp_path / "subs.csv", ["a@example.com"])
+    env = publisher.env_for(smtp_server, tmp_path, MAILER_MAX_AGE_DAYS="1")
+    del env["MAILER_POSTAL_ADDRESS"]
+    args = ["send", str(post), "--to", str(csv), "--yes"]
+    code, _, err = run(args, env)
+    assert code == 1 and "--skip-check postal-address" in err, err
+    lines = err.split("not sending: 1 pre-send check(s) failed", 1)[1].splitlines()
+    assert lines[-1].startswith("  And the post's date: dated 2026-02-09, "), err
+    assert lines[-1].endswith("posts older than 1 day(s) need --force"), err
+    code, out, _ = run([*args, "--json"], env)
+    assert code == 1 and json.loads(out)["also_refused"].endswith("need --force")
+    code, _, err = run([*args, "--skip-check", "postal-address"], env)  # what the first error said
+    assert code == 1 and err.strip().endswith("need --force") and "pre-send check" not in err, err
+    code, _, err = run([*args, "--force"], env)  # --force alone: the check is still named, the date not
+    assert code == 1 and "--skip-check postal-address" in err and "post's date" not in err, err
+    code, _, err = run([*args, "--skip-check", "postal-address", "--force"], env)
+    assert code == 0, err
+    assert [r for m in smtp_server.messages for r in m.rcpt_tos] == ["a@example.com"]
+
+
 def test_each_check_is_let_through_only_by_its_own_name(
     smtp_server: SMTPServer, tmp_path: Path, post: Path
 ) -> None:
