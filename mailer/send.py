@@ -438,7 +438,7 @@ def send_and_report(
     heading = f"{fields['issue']}: {fields['subject']}"
     say_report(console, heading, report, result.stats, dry_run=options.dry_run, limit=options.rate)
     if result.rates is not None:
-        console.say(f"  {result.rates.line()}")
+        console.say(f"  the issue so far, every send to it: {result.rates.line()}")  # not this run alone
         warn_rates(console, settings, [result.rates])
         fields["bounces"] = result.rates.fields()
     if result.refused:  # a dry run: list who would get it, then say that a real send would stop
