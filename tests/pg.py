@@ -69,6 +69,7 @@ class Cluster:
     password: str = field(default_factory=lambda: secrets.token_urlsafe(12))
     ports: Iterator[int] = field(default_factory=free_ports)  # where the server tries to listen, in turn
     port: int = 0  # where it listens
+    env: dict[str, str] = field(default_factory=dict)  # more of the server's environment (libfaketime's)
     _names: itertools.count[int] = field(default_factory=itertools.count)
     _keeper: subprocess.Popen[str] | None = None
     _maker: ThreadPoolExecutor | None = None
@@ -112,7 +113,12 @@ class Cluster:
         server = f"-p {self.port} {options}"
         keeper = ["sh", "-c", _KEEPER, "keeper", str(self.bindir), str(self.root), server]
         self._keeper = subprocess.Popen(
-            _as_server_user(keeper), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=self.root
+            _as_server_user(keeper),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=self.root,
+            env={**os.environ, **self.env},
         )
         assert self._keeper.stdout is not None
         if self._keeper.stdout.readline() == "ready\n":

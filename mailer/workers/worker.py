@@ -580,6 +580,8 @@ def write_partial(ledger: Ledger, where: tuple[str, str], name: str, batches: di
 
 
 MARGIN = 0.25  # of the lease: a worker stops delivering this long before another may take its batch
+# seconds: a step back of the record's clock by more than this starts the rate limit's schedule again
+STEPPED = 1.0
 LOOK = 1.0  # seconds between a worker's looks at its send's state (a stop, an end); at most a quarter lease
 
 
@@ -614,6 +616,7 @@ class _Keeper:
         self.hurried = False
         self.state = "running"  # the send's, as last read
         self.slots: list[float] = []
+        self.reserved: tuple[float, float] | None = None  # the last reservation: (record's time, lease_clock)
         self.cond = threading.Condition()
         self.wanted = False
         self.closing = False
@@ -687,20 +690,27 @@ class _Keeper:
         """Reserve the next chunk of start times: on the record's clock, kept here as times of
         ledger.lease_clock() no sooner than they come there (measured from after the statement).
 
-        Each worker holds at most one chunk ahead, so the next free time is never further off than a chunk
-        per worker; one that is was reserved before the record's clock was stepped back, and is dropped for
-        now: else every worker would wait out the step (ten minutes back held a send ten minutes)."""
+        The record's clock stepped back since this worker's last reservation (its time now earlier than
+        that one's plus the time elapsed here, less STEPPED) makes the schedule start again from now: the
+        next free start time was reserved on the clock before the step, and every worker would otherwise
+        wait out the step (ten minutes back held a send ten minutes). Each worker that reserved before the
+        step starts it again once: at most a chunk of start times each sent early."""
         span = self.chunk * self.interval
         now = ledger.now
-        workers = "(SELECT COUNT(*) FROM send_workers WHERE issue_id = ? AND destination = ?)"
+        if self.reserved:
+            then, at = self.reserved
+            floor = then + (ledger.lease_clock() - at) - STEPPED
+        else:
+            floor = 0.0  # its first: nothing to compare with (the record's time is seconds since 1970)
         with ledger.transaction(rows_only=True):  # one row: concurrent reservations queue on its lock
             end, then = ledger.rows(
-                f"UPDATE sends SET next_slot = CASE WHEN next_slot > {now}"
-                f" AND next_slot <= {now} + ? * (1 + {workers}) THEN next_slot ELSE {now} END + ?"
-                f" WHERE issue_id = ? AND destination = ? RETURNING next_slot, {now}",
-                (span, *self.where, span, *self.where),
+                f"UPDATE sends SET next_slot = CASE WHEN {now} >= ? AND next_slot > {now} THEN next_slot"
+                f" ELSE {now} END + ? WHERE issue_id = ? AND destination = ? RETURNING next_slot, {now}",
+                (floor, span, *self.where),
             )[0]
-        here = ledger.lease_clock() - float(then)
+        at = ledger.lease_clock()
+        self.reserved = (float(then), at)
+        here = at - float(then)
         with self.cond:
             self.slots.extend(here + end - span + i * self.interval for i in range(self.chunk))
             self.cond.notify_all()
