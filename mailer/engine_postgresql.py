@@ -223,8 +223,11 @@ def _same_host(conn: psycopg.Connection[Any]) -> bool:
     (1.4 outcomes a commit) 0.68-0.77x and 0.71x; 1 writer did as well quiet but loses when commits slow, as
     then no outcome can start a commit beside the one under way. To a server 1 ms away the round trip is
     what counts: 8 writers sent 1.6x one writer's rate (docs/benchmarks.md)."""
-    with socket.socket(fileno=os.dup(conn.pgconn.socket)) as end:
-        return end.family == socket.AF_UNIX or _local_peer(end.getpeername()[0], end.getsockname()[0])
+    try:
+        with socket.socket(fileno=os.dup(conn.pgconn.socket)) as end:
+            return end.family == socket.AF_UNIX or _local_peer(end.getpeername()[0], end.getsockname()[0])
+    except (OSError, psycopg.Error):  # the connection went as it was made: the first statement will say so
+        return False
 
 
 def _local_peer(peer: str, own: str) -> bool:

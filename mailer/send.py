@@ -47,6 +47,7 @@ class SendResult:
     refused: list[Check] = field(default_factory=list)  # dry run: the errors that would stop a real send
     lists: list[ListFile] = field(default_factory=list)  # what was read from each list
     rates: Rates | None = None  # after a send over SMTP: the issue's bounces and complaints so far
+    too_old: str = ""  # dry run: why a real send would refuse the post for its date (schedule.age_refusal)
 
 
 @dataclass(frozen=True)
@@ -202,14 +203,14 @@ def _send(
     issue = render_issue(load_post(post_path), settings)  # once: each reader's message is made from it
     checks = check_issue(issue, settings)  # `mailer check`'s own checks
     refused = blocking(checks, skip_checks)
-    too_old = "" if options.dry_run or force else age_refusal(issue.post, settings, today(settings))
-    if too_old and not settings.smtp_host:
-        console.note(f"Note: {post_path}: {too_old}; the local outbox mails no one, so going ahead")
-        too_old = ""
+    dated = "" if force else age_refusal(issue.post, settings, today(settings))
+    too_old = dated if settings.smtp_host else ""  # the local outbox mails no one: its date stops nothing
     if refused and not options.dry_run:  # with the date's refusal, if any: all that stops it, said at once
         raise ChecksFailed(post_path, refused, also=too_old)
-    if too_old:
+    if too_old and not options.dry_run:
         raise MailerError(f"{post_path}: {too_old}")
+    if dated and not too_old and not options.dry_run:
+        console.note(f"Note: {post_path}: {dated}; the local outbox mails no one, so going ahead")
     paths = to or ([Path(settings.subscribers)] if settings.subscribers and not stored else [])
     if not paths and not stored:
         raise MailerError("no subscriber list: pass --to FILE or set `subscribers` in mailer.toml")
@@ -327,8 +328,9 @@ def _send(
             bounced = ledger.bounce_counts(issue.issue_id).get(issue.issue_id, {})
             rates = issue_rates(ledger.status(issue.issue_id), bounced)
     return SendResult(
-        issue, report, lists.totals(), "", transport.description, deliverable, refused, lists.files, rates
-    )
+        issue, report, lists.totals(), "", transport.description, deliverable, refused, lists.files, rates,
+        too_old,
+    )  # fmt: skip
 
 
 def send_test(
@@ -442,7 +444,9 @@ def send_and_report(
         warn_rates(console, settings, [result.rates])
         fields["bounces"] = result.rates.fields()
     if result.refused:  # a dry run: list who would get it, then say that a real send would stop
-        raise ChecksFailed(target, result.refused)
+        raise ChecksFailed(target, result.refused, also=result.too_old)
+    if result.too_old:  # a dry run of a post a real send would refuse for its date: said, not an error
+        console.note(f"Note: {target}: a real send would stop: {result.too_old}")
     if options.dry_run:
         fields["status"] = "dry run"
         return ExitStatus.OK

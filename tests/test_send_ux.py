@@ -96,11 +96,33 @@ def test_an_old_post_that_fails_a_check_is_told_both_at_once(
     assert code == 1 and json.loads(out)["also_refused"].endswith("need --force")
     code, _, err = run([*args, "--skip-check", "postal-address"], env)  # what the first error said
     assert code == 1 and err.strip().endswith("need --force") and "pre-send check" not in err, err
+    code, _, err = run([*args, "--dry-run"], env)  # a dry run says all that a real send would stop on
+    assert code == 1 and "\n  And the post's date: dated 2026-02-09, " in err, err
+    code, _, err = run([*args, "--dry-run", "--skip-check", "postal-address"], env)
+    assert code == 0 and "a real send would stop: dated 2026-02-09, " in err, err  # the date alone: said
     code, _, err = run([*args, "--force"], env)  # --force alone: the check is still named, the date not
     assert code == 1 and "--skip-check postal-address" in err and "post's date" not in err, err
     code, _, err = run([*args, "--skip-check", "postal-address", "--force"], env)
     assert code == 0, err
     assert [r for m in smtp_server.messages for r in m.rcpt_tos] == ["a@example.com"]
+
+
+def test_the_outbox_refusing_an_old_post_for_a_check_does_not_say_it_goes_ahead(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path
+) -> None:
+    # with no smtp_host the date stops nothing ("going ahead"), but a link that is relative stops even the
+    # outbox; the note came first, then the refusal: "going ahead" and "not sending" for one send
+    csv = write_list(tmp_path / "subs.csv", ["a@example.com"])
+    env = publisher.env_for(smtp_server, tmp_path, MAILER_MAX_AGE_DAYS="1")
+    del env["MAILER_SMTP_HOST"]
+    text = post.read_text(encoding="utf-8")
+    post.write_text(text.replace("\n# ", "\n[relative](/about/)\n\n# ", 1), encoding="utf-8")
+    code, _, err = run(["send", str(post), "--to", str(csv), "--yes"], env)
+    assert code == 1 and "relative-urls: " in err and "going ahead" not in err, err
+    assert "post's date" not in err  # the outbox would not refuse it for that
+    post.write_text(text, encoding="utf-8")
+    code, _, err = run(["send", str(post), "--to", str(csv), "--yes"], env)
+    assert code == 0 and "the local outbox mails no one, so going ahead" in err, err
 
 
 def test_each_check_is_let_through_only_by_its_own_name(
