@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from mailer.engine import Location
+from mailer.workers.worker import _stepped_back
 from tests.pg import Cluster, binaries
 from tests.smtpd import SMTPServer
 from tests.test_workers import _faster_than, env_at, recipients, spawn, wait_until, write_list
@@ -45,6 +46,19 @@ def test_the_rate_holds_with_several_connections_per_worker(
     assert proc.returncode == 0, err.decode()
     assert recipients(smtp_server) == Counter({e: 1 for e in emails})
     assert not _faster_than(rate, smtp_server, workers * connections)
+
+
+def test_a_slewed_record_clock_is_no_step_back_and_a_stepped_one_is() -> None:
+    # a record clock that NTP slews runs slow, never back: chrony slews by up to 8.3%. The first rule (the
+    # record's time less than the last one's plus the time elapsed here, less 1 s) took that for a step once
+    # 12 s passed between a worker's reservations (--workers 3 --rate 0.2: 15 of 30 messages in 35.8 s
+    # where the rate allows 12.2; the adversarial pass, under libfaketime "x0.917")
+    then, at = 1_796_000_000.0, 50.0
+    for elapsed in (0.5, 16.4, 600.0, 3600.0):
+        slewed = then + elapsed * (1 - 0.083)
+        assert slewed >= _stepped_back(then, at, at + elapsed), elapsed
+    for elapsed, back in ((0.1, 1.5), (10.0, 2.5), (100.0, 600.0)):
+        assert then + elapsed - back < _stepped_back(then, at, at + elapsed), (elapsed, back)
 
 
 @pytest.fixture

@@ -580,8 +580,18 @@ def write_partial(ledger: Ledger, where: tuple[str, str], name: str, batches: di
 
 
 MARGIN = 0.25  # of the lease: a worker stops delivering this long before another may take its batch
-# seconds: a step back of the record's clock by more than this starts the rate limit's schedule again
+# a step back of the record's clock: by more than STEPPED seconds plus SLEW of the time since a worker's last
+# reservation (NTP slews a clock by 0.05% at most, chrony by up to 8.3%: a slewed clock is not stepped)
 STEPPED = 1.0
+SLEW = 0.1
+
+
+def _stepped_back(then: float, at: float, now: float) -> float:
+    """The earliest the record's clock may read at `now` (time.monotonic()) unless it was stepped back
+    since it read `then` at `at`."""
+    return then + (now - at) * (1 - SLEW) - STEPPED
+
+
 LOOK = 1.0  # seconds between a worker's looks at its send's state (a stop, an end); at most a quarter lease
 
 
@@ -615,8 +625,10 @@ class _Keeper:
         self.stopping = False
         self.hurried = False
         self.state = "running"  # the send's, as last read
+        # start times on time.monotonic() (no step of any wall clock moves them); the last reservation as
+        # (the record's time, time.monotonic()) to tell a step back of the record's clock (_reserve)
         self.slots: list[float] = []
-        self.reserved: tuple[float, float] | None = None  # the last reservation: (record's time, lease_clock)
+        self.reserved: tuple[float, float] | None = None
         self.cond = threading.Condition()
         self.wanted = False
         self.closing = False
@@ -642,7 +654,7 @@ class _Keeper:
             return
         with self.cond:
             while True:
-                now = self.ledger.lease_clock()
+                now = time.monotonic()
                 while self.slots and self.slots[0] < now - self.interval:
                     self.slots.pop(0)
                 if self.slots or stop.is_set() or self.closing:
@@ -688,27 +700,23 @@ class _Keeper:
 
     def _reserve(self, ledger: Ledger) -> None:
         """Reserve the next chunk of start times: on the record's clock, kept here as times of
-        ledger.lease_clock() no sooner than they come there (measured from after the statement).
+        time.monotonic() no sooner than they come there (measured from after the statement).
 
-        The record's clock stepped back since this worker's last reservation (its time now earlier than
-        that one's plus the time elapsed here, less STEPPED) makes the schedule start again from now: the
-        next free start time was reserved on the clock before the step, and every worker would otherwise
-        wait out the step (ten minutes back held a send ten minutes). Each worker that reserved before the
-        step starts it again once: at most a chunk of start times each sent early."""
+        The record's clock stepped back since this worker's last reservation makes the schedule start
+        again from now (_stepped_back): the next free start time was reserved on the clock before the
+        step, and every worker would otherwise wait out the step (ten minutes back held a send ten
+        minutes). Each worker that reserved before the step starts it again once: at most a chunk of start
+        times each sent early."""
         span = self.chunk * self.interval
         now = ledger.now
-        if self.reserved:
-            then, at = self.reserved
-            floor = then + (ledger.lease_clock() - at) - STEPPED
-        else:
-            floor = 0.0  # its first: nothing to compare with (the record's time is seconds since 1970)
+        floor = _stepped_back(*self.reserved, time.monotonic()) if self.reserved else 0.0
         with ledger.transaction(rows_only=True):  # one row: concurrent reservations queue on its lock
             end, then = ledger.rows(
                 f"UPDATE sends SET next_slot = CASE WHEN {now} >= ? AND next_slot > {now} THEN next_slot"
                 f" ELSE {now} END + ? WHERE issue_id = ? AND destination = ? RETURNING next_slot, {now}",
                 (floor, span, *self.where),
             )[0]
-        at = ledger.lease_clock()
+        at = time.monotonic()
         self.reserved = (float(then), at)
         here = at - float(then)
         with self.cond:
