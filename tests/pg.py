@@ -112,13 +112,15 @@ class Cluster:
         self.port = next(self.ports)
         server = f"-p {self.port} {options}"
         keeper = ["sh", "-c", _KEEPER, "keeper", str(self.bindir), str(self.root), server]
+        # `env` after the switch to the server's user: a preloaded library (libfaketime) is then loaded by
+        # that user's processes only, whose shared memory a root process could not open
+        extra = ["env", *(f"{name}={value}" for name, value in self.env.items())] if self.env else []
         self._keeper = subprocess.Popen(
-            _as_server_user(keeper),
+            _as_server_user([*extra, *keeper]),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
             cwd=self.root,
-            env={**os.environ, **self.env},
         )
         assert self._keeper.stdout is not None
         if self._keeper.stdout.readline() == "ready\n":

@@ -12,7 +12,9 @@ Now a worker starts the schedule again only when the record's clock went back si
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pwd
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -81,6 +83,15 @@ def stepped_cluster(tmp_path: Path) -> Iterator[tuple[Cluster, Path]]:
         yield cluster, offset
     finally:
         cluster.stop()
+        for left in Path("/dev/shm").glob("*faketime_*"):  # what libfaketime leaves of the killed server's
+            with contextlib.suppress(OSError):
+                if left.stat().st_uid == _server_uid():
+                    left.unlink()
+
+
+def _server_uid() -> int:
+    """The uid the test cluster's processes run as (tests/pg.py: `postgres` under root)."""
+    return pwd.getpwnam("postgres").pw_uid if os.geteuid() == 0 else os.geteuid()
 
 
 @pytest.mark.postgresql
