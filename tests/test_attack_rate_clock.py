@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from mailer.engine import Location
-from mailer.workers.worker import _stepped_back
+from mailer.workers.worker import _step_floor
 from tests.pg import Cluster, binaries
 from tests.smtpd import SMTPServer
 from tests.test_workers import _faster_than, env_at, recipients, spawn, wait_until, write_list
@@ -58,9 +58,9 @@ def test_a_slewed_record_clock_is_no_step_back_and_a_stepped_one_is() -> None:
     then, at = 1_796_000_000.0, 50.0
     for elapsed in (0.5, 16.4, 600.0, 3600.0):
         slewed = then + elapsed * (1 - 0.083)
-        assert slewed >= _stepped_back(then, at, at + elapsed), elapsed
+        assert slewed >= _step_floor(then, at, at + elapsed), elapsed
     for elapsed, back in ((0.1, 1.5), (10.0, 2.5), (100.0, 600.0)):
-        assert then + elapsed - back < _stepped_back(then, at, at + elapsed), (elapsed, back)
+        assert then + elapsed - back < _step_floor(then, at, at + elapsed), (elapsed, back)
 
 
 @pytest.fixture

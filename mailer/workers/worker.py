@@ -586,7 +586,7 @@ STEPPED = 1.0
 SLEW = 0.1
 
 
-def _stepped_back(then: float, at: float, now: float) -> float:
+def _step_floor(then: float, at: float, now: float) -> float:
     """The earliest the record's clock may read at `now` (time.monotonic()) unless it was stepped back
     since it read `then` at `at`."""
     return then + (now - at) * (1 - SLEW) - STEPPED
@@ -702,14 +702,14 @@ class _Keeper:
         """Reserve the next chunk of start times: on the record's clock, kept here as times of
         time.monotonic() no sooner than they come there (measured from after the statement).
 
-        The record's clock stepped back since this worker's last reservation makes the schedule start
-        again from now (_stepped_back): the next free start time was reserved on the clock before the
-        step, and every worker would otherwise wait out the step (ten minutes back held a send ten
+        The record's clock stepped back since this worker's last reservation (its time below _step_floor)
+        makes the schedule start again from now: the next free start time was reserved on the clock before
+        the step, and every worker would otherwise wait out the step (ten minutes back held a send ten
         minutes). Each worker that reserved before the step starts it again once: at most a chunk of start
         times each sent early."""
         span = self.chunk * self.interval
         now = ledger.now
-        floor = _stepped_back(*self.reserved, time.monotonic()) if self.reserved else 0.0
+        floor = _step_floor(*self.reserved, time.monotonic()) if self.reserved else 0.0
         with ledger.transaction(rows_only=True):  # one row: concurrent reservations queue on its lock
             end, then = ledger.rows(
                 f"UPDATE sends SET next_slot = CASE WHEN {now} >= ? AND next_slot > {now} THEN next_slot"
