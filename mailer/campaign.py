@@ -841,6 +841,8 @@ class _Loop:
         if self.report.unrecorded and self.report.stopped_because:
             self.report.stopped_because += f"; {unrecorded_words(self.report.unrecorded)}"
         if interrupted is not None:
+            if self.report.unrecorded:  # said too when a signal stops it: its lines name no failure
+                self.feedback.stopping(unrecorded_words(self.report.unrecorded))
             raise interrupted
         if self.report.stopped_because:
             raise SendAborted(self.report.stopped_because)

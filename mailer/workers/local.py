@@ -155,7 +155,7 @@ class LocalWorkers:
     def unrecorded(self) -> int:
         """How many messages the servers accepted whose outcome the workers could not write, as their
         `Error:` lines (held back from the publisher, see _Stderr) say."""
-        return sum(int(m[1]) for stderr in self.stderr.values() if (m := UNRECORDED.search(stderr.error)))
+        return sum(stderr.unrecorded for stderr in self.stderr.values())
 
     def reap(self) -> None:
         for proc, _ in self.procs:
@@ -209,6 +209,9 @@ class _Stderr:
         finally:
             os.unlink(path)
         self.error = ""
+        # what its last line that said so counts of messages that may not be in the record: its `Error:` line,
+        # or one said as a signal stopped it (the coordinator's, as the record went away)
+        self.unrecorded = 0
         self.passed_on = b""  # the name of the signal the coordinator passed on (Interrupted.what)
         self.pid = 0  # the worker's, once forked
 
@@ -223,6 +226,8 @@ class _Stderr:
             if not whole:
                 return self.error
             for line in chunk[:whole].splitlines(keepends=True):
+                if said := UNRECORDED.search(line.decode("utf-8", "replace")):
+                    self.unrecorded = int(said[1])
                 if line.startswith(b"Error: "):
                     self.error = line.rstrip(b"\n").decode("utf-8", "replace")
                 elif not self._echoes_the_stop(line):
