@@ -227,6 +227,33 @@ def test_a_send_whose_issue_lock_is_lost_stops_and_a_rerun_finishes(
     rerun_finishes(smtp_server, args, env, tmp_path, emails, 1)
 
 
+def test_a_send_stopped_by_a_signal_as_its_record_goes_away_says_what_may_not_be_in_it(
+    smtp_server: SMTPServer, tmp_path: Path, post: Path, pg_cluster: Cluster
+) -> None:
+    # a SIGTERM (a coordinator's to its worker, or systemd's) reaches the send while the reply to user10 is
+    # out and the record is gone: the message in flight is accepted, its outcome's write fails, and the
+    # send stops for the signal: it said nothing of that message, which the rerun mails again
+    server = pg_cluster.database()
+    name = server.url.rpartition("/")[2]
+    emails, args = forty_readers(tmp_path, post)
+    env = env_at(smtp_server, tmp_path, server, MAILER_SMTP_TIMEOUT="120")
+    with held_send(smtp_server, args, env, tmp_path) as (proc, held):
+        try:
+            pg_cluster.admin(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false")
+            pg_cluster.admin(
+                f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+            )
+            proc.send_signal(signal.SIGTERM)
+            held.release.set()
+            _, err = proc.communicate(timeout=120)
+        finally:
+            pg_cluster.admin(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
+    said = err.decode()
+    assert "Traceback" not in said, said
+    assert "user10@example.com" in recipients(smtp_server), said
+    assert "1 message(s) accepted by the server may not be in the record" in said, said
+
+
 @pytest.mark.parametrize("workers", [[], ["--workers", "2"]], ids=["lone", "workers"])
 def test_a_send_whose_record_goes_away_reports_as_sent_only_what_the_record_holds(
     smtp_server: SMTPServer, tmp_path: Path, post: Path, pg_cluster: Cluster, workers: list[str]
