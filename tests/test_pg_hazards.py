@@ -127,6 +127,19 @@ def test_a_frozen_database_ends_the_send_with_one_line_and_nothing_sent_unrecord
     rerun_finishes(smtp_server, args, env, tmp_path, emails, connections)
 
 
+@contextlib.contextmanager
+def record_away(cluster: Cluster, server: Server) -> Iterator[None]:
+    """The server ends every session of the database and takes no new one (a restart, as the send sees it),
+    until the block ends."""
+    name = server.url.rpartition("/")[2]
+    cluster.admin(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false")
+    try:
+        cluster.admin(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")
+        yield
+    finally:
+        cluster.admin(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
+
+
 def test_a_command_started_while_the_database_is_frozen_says_so_in_one_line(
     tmp_path: Path, own_cluster: Cluster
 ) -> None:
@@ -152,17 +165,12 @@ def test_a_rerun_right_after_the_database_came_back_goes_ahead_at_once(
     # publisher runs the same command. The issue's lock (free again) proves the old coordinator gone, and
     # its workers, of this host, are provably gone too: the rerun must not wait for their leases (60 s)
     server = pg_cluster.database()
-    name = server.url.rpartition("/")[2]
     emails, args = forty_readers(tmp_path, post, "--workers", "2")
     env = {**env_at(smtp_server, tmp_path, server, MAILER_SMTP_TIMEOUT="120"), "MAILER_WORKER_LEASE": "60"}
     with held_send(smtp_server, args, env, tmp_path) as (proc, held):
         wait_until("both workers in the record", lambda: len(worker_pids(server)) == 2)
         workers = worker_pids(server)
-        try:
-            pg_cluster.admin(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false")
-            pg_cluster.admin(
-                f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
-            )
+        with record_away(pg_cluster, server):
             held.release.set()
             # a worker stopped by its coordinator tries to write its end every second for a lease (60 s) and
             # its coordinator waits for it: the further SIGTERM that ends those tries at once, to each that
@@ -179,8 +187,6 @@ def test_a_rerun_right_after_the_database_came_back_goes_ahead_at_once(
 
             wait_until("the send stopped", ended)
             _, err = proc.communicate(timeout=120)
-        finally:
-            pg_cluster.admin(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
     said = err.decode()
     assert proc.returncode == 4, said
     assert len([line for line in said.splitlines() if line.startswith("Error: ")]) == 1, said
@@ -234,20 +240,13 @@ def test_a_send_stopped_by_a_signal_as_its_record_goes_away_says_what_may_not_be
     # out and the record is gone: the message in flight is accepted, its outcome's write fails, and the
     # send stops for the signal: it said nothing of that message, which the rerun mails again
     server = pg_cluster.database()
-    name = server.url.rpartition("/")[2]
     emails, args = forty_readers(tmp_path, post)
     env = env_at(smtp_server, tmp_path, server, MAILER_SMTP_TIMEOUT="120")
     with held_send(smtp_server, args, env, tmp_path) as (proc, held):
-        try:
-            pg_cluster.admin(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false")
-            pg_cluster.admin(
-                f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
-            )
+        with record_away(pg_cluster, server):
             proc.send_signal(signal.SIGTERM)
             held.release.set()
             _, err = proc.communicate(timeout=120)
-        finally:
-            pg_cluster.admin(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
     said = err.decode()
     assert "Traceback" not in said, said
     assert "user10@example.com" in recipients(smtp_server), said
@@ -263,19 +262,12 @@ def test_a_send_whose_record_goes_away_reports_as_sent_only_what_the_record_hold
     # holds it (the rerun mails that reader again): the report counts it apart, and its "sent" is the
     # record's, which `mailer status` shows
     server = pg_cluster.database()
-    name = server.url.rpartition("/")[2]
     emails, args = forty_readers(tmp_path, post, *workers)
     env = env_at(smtp_server, tmp_path, server, MAILER_SMTP_TIMEOUT="120")
     with held_send(smtp_server, args, env, tmp_path) as (proc, held):
-        try:
-            pg_cluster.admin(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false")
-            pg_cluster.admin(
-                f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
-            )
+        with record_away(pg_cluster, server):
             held.release.set()
             _, err = proc.communicate(timeout=120)
-        finally:
-            pg_cluster.admin(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
     said = err.decode()
     assert proc.returncode == 4, said
     recorded = [email for email, (state, _) in states(server).items() if state == "sent"]
