@@ -11,13 +11,17 @@ import collections
 import contextlib
 import heapq
 import itertools
+import os
 import queue
 import re
+import selectors
+import smtplib
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from .bounces import HARD
 from .errors import MailerError, SendAborted, TransportError
@@ -28,7 +32,7 @@ from .recheck import Recheck
 from .refusals import POLICY, judge, refusal_bounce
 from .stopping import StopSignals
 from .subscribers import Subscriber
-from .transport import Message, Outcome, Transport
+from .transport import CONNECT, GATE, Connection, Message, Outcome, Step, Steps, Transport, Wire, take_reply
 
 
 @dataclass(frozen=True)
@@ -135,19 +139,15 @@ class RateLimiter:
         self.interval = 1.0 / rate if rate > 0 else 0.0
         self.clock = clock
         self.next = clock.now()
-        self.lock = threading.Lock()
 
-    def wait(self, stop: threading.Event) -> None:
-        """Block until this caller may start a message (or the send is stopping)."""
+    def delay(self) -> float | None:
+        """Seconds until the caller may start a message, that start time taken (0: at once)."""
         if not self.interval:
-            return
-        with self.lock:
-            now = self.clock.now()
-            slot = max(now, self.next)
-            self.next = slot + self.interval
-        delay = slot - now
-        if delay > 0:
-            self.clock.wait(delay, stop)
+            return 0.0
+        now = self.clock.now()
+        slot = max(now, self.next)
+        self.next = slot + self.interval
+        return slot - now
 
 
 class Pace(Protocol):
@@ -155,8 +155,10 @@ class Pace(Protocol):
 
     interval: float  # seconds between message starts; 0: no limit
 
-    def wait(self, stop: threading.Event) -> None:
-        """Block until this caller may start a message (or the send is stopping)."""
+    def delay(self) -> float | None:
+        """Seconds until the caller may start a message, that start time taken (0: at once); None when
+        there is none to take yet (more are being reserved): ask again shortly. Called by the pool's
+        driver, which must not wait."""
         ...
 
 
@@ -244,8 +246,10 @@ class _Recorder:
         outcomes: queue.SimpleQueue[tuple[_Job, Outcome | None, str]],
         connections: int = 1,
         run: int | None = None,
+        wake: Callable[[], None] = lambda: None,
     ):
         self.ledger = ledger  # the loop's; the writers write through connections of their own to its record
+        self.wake = wake  # told of each commit (and of the record opened): the pool's driver looks again
         self.issue_id = issue_id
         self.run = run  # the run the outcomes are recorded as
         self.outcomes = outcomes
@@ -269,8 +273,9 @@ class _Recorder:
                 self.inbox.put((job, outcome, unrecorded))
                 return
         self.error = self.error or _CLOSED
-        unrecorded.release()  # the recorder is gone: the worker's next ready() raises, nothing more is sent
+        unrecorded.release()  # the recorder is gone: the next ready() raises, nothing more is sent
         self.outcomes.put((job, outcome, self.error))
+        self.wake()
 
     def stop(self) -> None:
         """Commit what was handed over, then end the threads."""
@@ -288,6 +293,7 @@ class _Recorder:
                 threading.Thread(target=self._drain, args=(own,), name=f"mailer-record-{i}", daemon=True)
                 for i, own in enumerate(ledgers[1:], 1)
             ]
+            self.wake()
             for helper in helpers:
                 helper.start()
             self._drain(ledgers[0])
@@ -299,8 +305,9 @@ class _Recorder:
         finally:
             for helper in helpers:
                 helper.join()
-            self.opened.set()  # after the error, if any, is set: a worker waiting to send sees it
+            self.opened.set()  # after the error, if any, is set: a connection waiting to send sees it
             self._fail_rest()
+            self.wake()
             for own in ledgers:
                 own.close()
 
@@ -347,6 +354,7 @@ class _Recorder:
         for job, outcome, unrecorded in batch:
             unrecorded.release()
             self.outcomes.put((job, outcome, error))
+        self.wake()
 
     def _fail_rest(self) -> None:
         with self._lock:
@@ -385,11 +393,55 @@ def _state(outcome: Outcome) -> str:
     return "failed" if outcome.permanent else "deferred"
 
 
+class _Lane:
+    """One connection as the pool's driver runs it: its session, the run of jobs it took, and what its
+    message's steps (Connection.steps) wait for."""
+
+    __slots__ = (
+        "conn", "unrecorded", "mine", "job", "ahead", "steps", "step", "value", "error", "wire", "out",
+        "read_for", "deadline", "write_by", "broken", "start_at", "timer", "opened", "held", "ended",
+    )  # fmt: skip
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.unrecorded = threading.Lock()  # held while its last outcome is not committed yet
+        self.mine: collections.deque[_Job] = collections.deque()  # the run taken, in order
+        self.job: _Job | None = None  # the message under way
+        self.ahead: _Job | None = None  # named by following(): its MAIL FROM went out with the "." before
+        self.steps: Steps | None = None
+        self.step: Step | None = None  # what the steps wait for; None: they run on
+        self.value: Any = None  # what to send into the steps next
+        self.error: BaseException | None = None  # or to throw in
+        self.wire: Wire | None = None  # the session's socket, as registered with the selector
+        self.out = bytearray()  # written by the steps, not taken by the socket yet
+        self.read_for = 0.0  # the seconds the reply waited for may take, once the output is out
+        self.deadline = 0.0  # when the reply waited for is late (0: not waiting for one)
+        self.write_by = 0.0  # when output that is not taken is late (0: none waiting)
+        self.broken: OSError | None = None  # the socket failed: said to the steps' next read or write
+        self.start_at: float | None = None  # the rate limit's start time for its next message, if reserved
+        self.timer = 0.0  # when to look again: that start time, or when to ask for one again (0: no need)
+        self.opened: tuple[Outcome | None, BaseException | None] | None = None  # and what came of it
+        self.held: tuple[_Job, Outcome] | None = None  # an outcome waiting for the one before's commit
+        self.ended = False
+
+
+_NEVER = float("inf")
+_POLL = 0.25  # seconds between the driver's looks at the stop when nothing else wakes it
+_ASK_AGAIN = 0.02  # seconds before a start time is asked for again when none was reserved yet
+_WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+
+
 class _Pool:
-    """N worker threads, each with its own connection; one recorder thread writes their outcomes.
+    """N connections driven by one thread through a selector; one recorder thread writes their outcomes.
+
+    Each connection's message runs as steps (transport.Step): the driver writes what they write, reads
+    their replies, holds them at the GATE until the outcome of that connection's message before is
+    committed, and opens sessions in threads of their own (a slow server's handshake holds no other
+    connection). One thread for all sockets, where a thread per connection handed the GIL and each
+    other's work back and forth several times a message (docs/benchmarks.md).
 
     The loop hands jobs over in runs (up to HAND_OVER at a time, however many it has built while every
-    connection was busy), so that it and a connection wake each other once per run, not once per message;
+    connection was busy), so that it and the driver wake each other once per run, not once per message;
     a connection takes its next run when it needs a message and has none.
     """
 
@@ -416,111 +468,25 @@ class _Pool:
         self.closing = threading.Event()  # set: no new message starts; jobs held are given back undone
         self.limiter = limiter
         self.share = share
-        self.transport = transport
         self.accepted = threading.Event()  # some recipient of this send was accepted: see refusals.py
         self.in_flight = 0
-        self.recorder = _Recorder(ledger, issue_id, self.outcomes, connections, run)
-        self.threads = [
-            threading.Thread(target=self._work, name=f"mailer-conn-{i}", daemon=True)
-            for i in range(connections)
-        ]
-        for thread in self.threads:
-            thread.start()
+        self.last = False  # the loop said there is no more (the driver's)
+        self.live = connections  # connections not ended yet
+        self.due = _NEVER  # the soonest time a connection wants a look at (_timer)
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self.lanes = [_Lane(transport.connect()) for _ in range(connections)]
+        self.recorder = _Recorder(ledger, issue_id, self.outcomes, connections, run, wake=self.wake)
+        self.driver = threading.Thread(target=self._drive, name="mailer-send", daemon=True)
+        self.driver.start()
 
-    def _work(self) -> None:
-        conn = self.transport.connect()
-        unrecorded = threading.Lock()  # held while this connection's last outcome is not committed yet
-        recorder = self.recorder
-        starts = self.recheck.starts
-        mine: collections.deque[_Job] = collections.deque()  # the run taken, in order
-        last = False  # the loop said there is no more: end once `mine` is done
-        ahead: _Job | None = None  # named by following(): its MAIL FROM went out with the "." before
-
-        def skip(job: _Job) -> None:
-            """Suppressed since its look-up: given back unstarted, counted by the loop."""
-            job.suppressed = True
-            self.outcomes.put((job, None, ""))
-
-        def take(block: bool) -> bool:
-            """Take the next run into `mine`; False when there is none (yet, or any more)."""
-            nonlocal last
-            if last:
-                return False
-            try:
-                run = self.jobs.get(block)
-            except queue.Empty:
-                return False
-            if run is None:
-                last = True
-                return False
-            mine.extend(run)
-            return True
-
-        def following() -> tuple[str, str] | None:
-            """The next job, whose commands may go with this one's "." (Connection.send's `following`)."""
-            nonlocal ahead
-            if self.limiter.interval or self.stop.is_set() or self.closing.is_set():
-                return None  # a rate limit says when a message starts
-            while True:
-                if not mine and not take(block=False):
-                    return None
-                if starts(mine[0].key):
-                    break
-                skip(mine.popleft())
-            ahead = mine[0]
-            return ahead.sender, ahead.sub.email
-
-        def ready() -> None:
-            recorder.opened.wait()  # a first message waits for the record to be open: it may not be
-            unrecorded.acquire()  # wait for the commit of the outcome before
-            unrecorded.release()
-            if recorder.error:
-                raise _Unrecorded(recorder.error)
-            if self.stop.is_set():
-                raise _CalledOff
-            lost = self.share.holds() if self.share is not None else ""
-            if lost:  # another process may be sending this reader now: no "." from here
-                raise _Unrecorded(lost)
-
-        job: _Job | None = None
-        try:
-            while mine or take(block=True):
-                if self.closing.is_set():  # the loop is shutting down: what is held never starts
-                    return
-                job = mine.popleft()
-                self.limiter.wait(self.stop)
-                if self.stop.is_set():
-                    self.outcomes.put((job, None, ""))
-                    continue
-                if job is not ahead and not starts(job.key):
-                    skip(job)
-                    continue
-                try:
-                    outcome = conn.send(job.sender, job.sub.email, job.data, ready, following)
-                except TransportError as exc:  # the server refuses us as a whole: this connection is done
-                    self.outcomes.put((job, None, str(exc)))
-                    return
-                except _Unrecorded as exc:
-                    self.outcomes.put((job, None, str(exc)))
-                    return
-                except _CalledOff:
-                    self.outcomes.put((job, None, ""))
-                    return
-                if outcome.ok:
-                    self.accepted.set()
-                elif not self.accepted.is_set() and judge(outcome) == POLICY:
-                    job.held = outcome  # the sender's problem, or the reader's: not known yet
-                    self.outcomes.put((job, None, ""))
-                    continue
-                unrecorded.acquire()  # one outcome of this connection in the recorder at a time
-                recorder.submit(job, outcome, unrecorded)
-        except BaseException as exc:  # never let a worker die silently: the main loop must hear of it
-            self.outcomes.put((job, None, f"internal error: {exc!r}"))  # type: ignore[arg-type]
-            raise
-        finally:
-            for left in mine:  # taken, never started: pending, as if still queued
-                self.outcomes.put((left, None, ""))
-            conn.close()
+    def wake(self) -> None:
+        """Have the driver look at every connection: a commit, a run handed over, a stop."""
+        with contextlib.suppress(BlockingIOError):  # full: it has not read the wake-ups before this one
+            os.write(self._wake_w, b"\0")
 
     def submit(self, job: _Job, timeout: float) -> bool:
         """Add a job to the next run; False when a full run could not be handed over within `timeout`."""
@@ -539,6 +505,7 @@ class _Pool:
             except queue.Full:
                 return False
             self.built = []
+            self.wake()
         return True
 
     def shutdown(self) -> list[_Job]:
@@ -553,15 +520,348 @@ class _Pool:
             if run is not None:
                 unsent.extend(run)
         self.in_flight -= len(unsent)
-        for _ in self.threads:
-            self.jobs.put(None)
-        for thread in self.threads:
-            # a hurried stop (self.stop) does not wait for replies still out: those messages are in doubt,
-            # the crash window; every outcome already handed to the recorder is still committed below
-            while thread.is_alive() and not self.stop.is_set():
-                thread.join(0.05)
+        self.jobs.put(None)
+        self.wake()
+        # a hurried stop (self.stop) does not wait for replies still out: those messages are in doubt, the
+        # crash window; every outcome already handed to the recorder is still committed below
+        while self.driver.is_alive() and not self.stop.is_set():
+            self.driver.join(0.05)
         self.recorder.stop()
+        if not self.driver.is_alive():  # no one writes to the pipe any more (no session is being opened)
+            os.close(self._wake_r)
+            os.close(self._wake_w)
         return unsent
+
+    # The driver's thread from here on.
+
+    def _drive(self) -> None:
+        """Run every connection's messages until each has none left.
+
+        After a wait, only the connections whose sockets are ready are looked at, unless a wake-up (a
+        commit, a run handed over, a stop), a timer or the wait's end asks for a look at every one."""
+        selector, lanes = self.selector, self.lanes
+        try:
+            while self.live:
+                now = time.monotonic()
+                events = selector.select(min(_POLL, max(0.0, self.due - now)))
+                everyone = not events
+                for key, mask in events:
+                    lane = key.data
+                    if lane is None:
+                        with contextlib.suppress(BlockingIOError):
+                            os.read(self._wake_r, 4096)
+                        everyone = True
+                        continue
+                    if mask & selectors.EVENT_WRITE:
+                        self._flush(lane)
+                    if mask & selectors.EVENT_READ:
+                        self._read(lane)
+                now = time.monotonic()
+                if now >= self.due:
+                    everyone = True
+                    self.due = min(
+                        [at for lane in lanes for at in (lane.deadline, lane.write_by, lane.timer) if at]
+                        or [_NEVER]
+                    )
+                for lane in lanes if everyone else [key.data for key, _ in events]:
+                    if not lane.ended:
+                        self._step(lane, now)
+        except BaseException as exc:  # never leave the loop waiting for outcomes that will not come
+            for lane in lanes:
+                if not lane.ended:
+                    self._end(lane, f"internal error: {exc!r}")
+            raise
+        finally:
+            self.selector.close()
+
+    def _timer(self, at: float) -> float:
+        """Note a time a connection wants a look at (a deadline, a start time); return it."""
+        if at < self.due:
+            self.due = at
+        return at
+
+    def _step(self, lane: _Lane, now: float) -> None:
+        """Take the connection as far as it can go without waiting."""
+        while True:
+            if lane.held is not None:  # an outcome that waits for the commit of the one before
+                if not lane.unrecorded.acquire(blocking=False):
+                    return
+                job, outcome = lane.held
+                lane.held = None
+                self.recorder.submit(job, outcome, lane.unrecorded)
+            if lane.steps is None and not self._start(lane, now):
+                return
+            step = lane.step
+            if step is not None:
+                if step is GATE:
+                    if not self.recorder.opened.is_set() or not lane.unrecorded.acquire(blocking=False):
+                        return
+                    lane.unrecorded.release()
+                elif step is CONNECT:
+                    if lane.opened is None:
+                        return
+                    (lane.value, lane.error), lane.opened = lane.opened, None
+                elif not self._reply(lane, now):
+                    return
+                lane.step = None
+            self._advance(lane)
+            if lane.ended:
+                return
+
+    def _start(self, lane: _Lane, now: float) -> bool:
+        """Start the connection's next message (False: none can start now)."""
+        while True:
+            if not lane.mine and not self._take(lane):
+                if self.last or self.closing.is_set():
+                    self._end(lane, "")
+                return False
+            if self.closing.is_set():  # the loop is shutting down: what is held never starts
+                self._end(lane, "")
+                return False
+            if self.stop.is_set():
+                self.outcomes.put((lane.mine.popleft(), None, ""))
+                continue
+            if self.limiter.interval:
+                if lane.start_at is None:
+                    if now < lane.timer:
+                        return False
+                    wait = self.limiter.delay()
+                    if wait is None:  # none reserved yet, more are asked for
+                        lane.timer = self._timer(now + _ASK_AGAIN)
+                        return False
+                    lane.start_at = lane.timer = self._timer(now + wait)
+                if now < lane.start_at:
+                    return False
+                lane.start_at, lane.timer = None, 0.0
+            job = lane.mine.popleft()
+            if job is not lane.ahead and not self.recheck.starts(job.key):
+                self._skip(job)
+                continue
+            lane.job = job
+            lane.steps = lane.conn.steps(
+                job.sender, job.sub.email, job.data, lambda: self._ready(lane), lambda: self._following(lane)
+            )
+            lane.value = lane.error = None
+            return True
+
+    def _take(self, lane: _Lane) -> bool:
+        """Take the next run into the connection's jobs; False when there is none (yet, or any more)."""
+        if self.last:
+            return False
+        try:
+            run = self.jobs.get_nowait()
+        except queue.Empty:
+            return False
+        if run is None:
+            self.last = True
+            return False
+        lane.mine.extend(run)
+        return True
+
+    def _skip(self, job: _Job) -> None:
+        """Suppressed since its look-up: given back unstarted, counted by the loop."""
+        job.suppressed = True
+        self.outcomes.put((job, None, ""))
+
+    def _following(self, lane: _Lane) -> tuple[str, str] | None:
+        """The next job, whose commands may go with this one's "." (Connection.send's `following`)."""
+        if self.limiter.interval or self.stop.is_set() or self.closing.is_set():
+            return None  # a rate limit says when a message starts
+        while True:
+            if not lane.mine and not self._take(lane):
+                return None
+            if self.recheck.starts(lane.mine[0].key):
+                break
+            self._skip(lane.mine.popleft())
+        lane.ahead = lane.mine[0]
+        return lane.ahead.sender, lane.ahead.sub.email
+
+    def _ready(self, lane: _Lane) -> None:
+        """Past the GATE, just before the "." (Connection.send's `ready`): nothing stands in its way."""
+        if self.recorder.error:
+            raise _Unrecorded(self.recorder.error)
+        if self.stop.is_set():
+            raise _CalledOff
+        lost = self.share.holds() if self.share is not None else ""
+        if lost:  # another process may be sending this reader now: no "." from here
+            raise _Unrecorded(lost)
+
+    def _advance(self, lane: _Lane) -> None:
+        """Run the message's steps to the next one that waits; on its outcome, hand it over."""
+        steps, job = lane.steps, lane.job
+        assert steps is not None and job is not None
+        try:
+            while True:
+                value, error = lane.value, lane.error
+                lane.value = lane.error = None
+                step = steps.send(value) if error is None else steps.throw(error)
+                if lane.conn.wire() is not lane.wire:
+                    self._follow_session(lane)
+                if isinstance(step, bytes):
+                    if not self._write(lane, step):
+                        lane.error = lane.broken
+                    continue
+                if step is CONNECT:
+                    self._open(lane)
+                elif not isinstance(step, str):  # a reply, within `step` seconds once the output is out
+                    lane.read_for = float(step)
+                    lane.deadline = self._timer(time.monotonic() + lane.read_for) if not lane.out else 0.0
+                lane.step = step
+                return
+        except StopIteration as done:
+            outcome: Outcome = done.value
+        except (TransportError, _Unrecorded) as exc:  # the server refuses us as a whole, or the record
+            self._end(lane, str(exc), job)
+            return
+        except _CalledOff:
+            self._end(lane, "", job)
+            return
+        except Exception as exc:  # never let a connection fail silently: the loop must hear of it
+            self._end(lane, f"internal error: {exc!r}", job)
+            return
+        finally:
+            if lane.conn.wire() is not lane.wire:
+                self._follow_session(lane)
+        lane.steps = lane.job = None
+        if outcome.ok:
+            if not self.accepted.is_set():  # set() alone takes a Condition's lock each time
+                self.accepted.set()
+        elif not self.accepted.is_set() and judge(outcome) == POLICY:
+            job.held = outcome  # the sender's problem, or the reader's: not known yet
+            self.outcomes.put((job, None, ""))
+            return
+        lane.held = (job, outcome)  # to the recorder once the outcome before is committed (_step)
+
+    def _open(self, lane: _Lane) -> None:
+        """Open a session for the connection in a thread of its own: a slow handshake holds no other."""
+
+        def run() -> None:
+            try:
+                lane.opened = (lane.conn.open_session(), None)
+            except BaseException as exc:  # TransportError above all: thrown into the steps
+                lane.opened = (None, exc)
+            self.wake()
+
+        threading.Thread(target=run, name="mailer-open", daemon=True).start()
+
+    def _follow_session(self, lane: _Lane) -> None:
+        """Register the connection's socket once its session changed (opened, dropped)."""
+        wire = lane.conn.wire()
+        if lane.wire is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(lane.wire.sock)
+        lane.wire, lane.broken = wire, None
+        lane.out.clear()
+        lane.deadline = lane.write_by = 0.0
+        if wire is not None:
+            wire.sock.setblocking(False)
+            self.selector.register(wire.sock, selectors.EVENT_READ, lane)
+
+    def _write(self, lane: _Lane, data: bytes) -> bool:
+        """Send what the steps write, keeping what the socket does not take yet; False if it failed."""
+        if lane.broken is not None or lane.wire is None:
+            lane.broken = lane.broken or smtplib.SMTPServerDisconnected("Connection unexpectedly closed")
+            return False
+        if lane.out:
+            lane.out += data
+            return True
+        try:
+            sent = lane.wire.sock.send(data)
+        except _WOULD_BLOCK:
+            sent = 0
+        except OSError as exc:
+            self._broken(lane, exc)
+            return False
+        if sent < len(data):
+            lane.out += data[sent:]
+            lane.write_by = self._timer(time.monotonic() + lane.wire.timeout)
+            self.selector.modify(lane.wire.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, lane)
+        return True
+
+    def _flush(self, lane: _Lane) -> None:
+        wire = lane.wire
+        if wire is None or not lane.out:
+            return
+        try:
+            sent = wire.sock.send(lane.out)
+        except _WOULD_BLOCK:
+            return
+        except OSError as exc:
+            self._broken(lane, exc)
+            return
+        del lane.out[:sent]
+        lane.write_by = self._timer(time.monotonic() + wire.timeout) if lane.out else 0.0
+        if not lane.out:
+            self.selector.modify(wire.sock, selectors.EVENT_READ, lane)
+            if isinstance(lane.step, float | int) and not lane.deadline:
+                lane.deadline = self._timer(time.monotonic() + lane.read_for)
+
+    def _read(self, lane: _Lane) -> None:
+        wire = lane.wire
+        if wire is None:
+            return
+        try:
+            chunk = wire.sock.recv(65536)
+            while isinstance(wire.sock, ssl.SSLSocket) and wire.sock.pending():
+                chunk += wire.sock.recv(65536)
+        except _WOULD_BLOCK:
+            return
+        except OSError as exc:
+            self._broken(lane, exc)
+            return
+        if not chunk:
+            self._broken(lane, smtplib.SMTPServerDisconnected("Connection unexpectedly closed"))
+            return
+        wire.buffer += chunk
+
+    def _broken(self, lane: _Lane, exc: OSError) -> None:
+        """The socket failed or the server hung up: said to the steps' next read or write; no more looks
+        at it (a closed connection is always readable)."""
+        lane.broken = lane.broken or exc
+        if lane.wire is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(lane.wire.sock)
+
+    def _reply(self, lane: _Lane, now: float) -> bool:
+        """Whether the reply the steps wait for is in (or will not come): sent into them."""
+        wire = lane.wire
+        reply = take_reply(wire.buffer) if wire is not None else None
+        if reply is not None:
+            if reply[0] < 0:
+                lane.conn.cut()  # what follows cannot be trusted to line up with the commands
+            lane.value = reply
+        elif wire is None:
+            lane.error = smtplib.SMTPServerDisconnected("please run connect() first")
+        elif lane.broken is not None:
+            lane.error = lane.broken
+        elif (lane.deadline and now >= lane.deadline) or (lane.write_by and now >= lane.write_by):
+            lane.error = TimeoutError("timed out")
+        else:
+            return False
+        lane.deadline = lane.write_by = 0.0
+        return True
+
+    def _end(self, lane: _Lane, error: str, job: _Job | None = None) -> None:
+        """The connection is done: its message (if one was under way, with `error`: '' but for a failure that
+        stops the send) and its jobs never started go back to the loop; its session is closed."""
+        lane.ended = True
+        self.live -= 1
+        lane.steps = None
+        if job is not None:
+            self.outcomes.put((job, None, error))
+        for left in lane.mine:  # taken, never started: pending, as if still queued
+            self.outcomes.put((left, None, ""))
+        lane.mine.clear()
+        if lane.held is not None:  # its outcome waits for the commit before: it is committed after it
+            job, outcome = lane.held
+            lane.held = None
+            lane.unrecorded.acquire()
+            self.recorder.submit(job, outcome, lane.unrecorded)
+        if lane.wire is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(lane.wire.sock)
+            lane.wire = None
+        lane.conn.close()
 
 
 def run_send(

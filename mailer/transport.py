@@ -18,11 +18,11 @@ import smtplib
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol, Self
+from typing import Any, Protocol, Self
 
 from .config import Settings, smtp_port
 from .console import SILENT, Voice
@@ -60,6 +60,17 @@ class Outcome:
 
 Envelope = tuple[str, str]  # (sender, recipient) of a message: what MAIL FROM and RCPT TO carry
 
+# What a connection's steps (Connection.steps) ask of whoever drives them, one at a time: CONNECT, open a
+# session (the driver sends back open_session()'s result, or throws its exception in); GATE, wait until
+# `ready` may be called without waiting (the outcome of the message before is committed); bytes, write
+# them; a float, read the next reply within that many seconds (sent back as (code, text); an OSError,
+# TimeoutError at the deadline, is thrown in). send() drives them itself, one connection in one thread;
+# the send loop's pool drives every connection's from one thread (campaign._Pool).
+CONNECT = "connect"
+GATE = "gate"
+Step = str | bytes | float
+Steps = Generator[Step, Any, "Outcome"]
+
 
 class Connection(Protocol):
     """One session with the mail server (or the outbox), used by one thread for many messages."""
@@ -83,9 +94,42 @@ class Connection(Protocol):
         """
         ...
 
+    def steps(
+        self,
+        sender: str,
+        recipient: str,
+        data: Message,
+        ready: Callable[[], None] | None = None,
+        following: Callable[[], Envelope | None] | None = None,
+    ) -> Steps:
+        """send() as steps for a driver (see Step): `ready` then only checks, it may not wait."""
+        ...
+
+    def wire(self) -> Wire | None:
+        """The open session's socket, for a driver to read and write it; None without one."""
+        ...
+
+    def open_session(self) -> Outcome | None:
+        """What a CONNECT step asks for: open a session; None once open, else why not."""
+        ...
+
+    def cut(self) -> None:
+        """Close the session's socket as a failed read does (after an unreadable reply)."""
+        ...
+
     def close(self) -> None:
         """End the session politely; safe to call twice."""
         ...
+
+
+@dataclass(slots=True)
+class Wire:
+    """An open session as its driver sees it: the socket, the bytes read from it that no reply took yet
+    (take_reply), and the seconds a write may stall."""
+
+    sock: socket.socket
+    buffer: bytearray
+    timeout: float
 
 
 class Transport(Protocol):
@@ -253,6 +297,36 @@ _MAX_REPLY = 64 * 1024  # octets in one whole reply
 _REPLY_LINE = re.compile(rb"[2-5][0-9][0-9](?:[ -]|\r?\n)")
 
 
+def take_reply(buf: bytearray) -> tuple[int, bytes] | None:
+    """The first whole reply in `buf` as (code, text), taken out of it; None while it is not all there.
+
+    What is not an SMTP reply (no three-digit code, a line or reply too long) is code -1 with the start of
+    it as text: nothing after it can be trusted to line up with the commands, so the session must end.
+    """
+    end = buf.find(b"\n")
+    if end >= 0 and buf[3:4] == b" " and end <= _MAX_LINE:  # one line, as most replies are
+        line = bytes(buf[: end + 1])
+        if _REPLY_LINE.match(line):
+            del buf[: end + 1]
+            return int(line[:3]), line[4:].strip(b" \t\r\n")
+    start = 0
+    lines: list[bytes] = []
+    while True:
+        end = buf.find(b"\n", start)
+        if end < 0:
+            if len(buf) - start > _MAX_LINE or len(buf) > _MAX_REPLY:
+                return -1, bytes(buf[:200]).strip()
+            return None
+        line = bytes(buf[start : end + 1])
+        start = end + 1
+        if not _REPLY_LINE.match(line):
+            return -1, line[:200].strip()
+        lines.append(line[4:].strip(b" \t\r\n"))
+        if line[3:4] != b"-":
+            del buf[:start]
+            return int(line[:3]), b"\n".join(lines)
+
+
 class _WholeReplies:
     """Read each SMTP reply with one deadline for the whole reply.
 
@@ -271,62 +345,50 @@ class _WholeReplies:
 
     close: Callable[[], None]
 
+    def buffer(self) -> bytearray:
+        """The bytes read from the socket that no reply took yet (a new one for a new socket or TLS layer)."""
+        if self._buffer is None or self._buffer_of is not self.sock:
+            self._buffer = bytearray()
+            self._buffer_of = self.sock
+        return self._buffer
+
     def getreply(self) -> tuple[int, bytes]:
         """The next reply as (code, text); OSError (TimeoutError at the deadline) if it does not come."""
         sock = self.sock
         if sock is None:
             raise smtplib.SMTPServerDisconnected("please run connect() first")
-        buf = self._buffer
-        if buf is None or self._buffer_of is not sock:  # a new connection or a new TLS layer
-            buf = self._buffer = bytearray()
-            self._buffer_of = sock
+        buf = self.buffer()
         deadline = 0.0
         shortened = False  # the socket's timeout cut to what is left of the deadline: restored below
-        start = 0
-        lines: list[bytes] = []
         try:
-            while True:
-                end = buf.find(b"\n", start)
-                if end < 0:
-                    if len(buf) - start > _MAX_LINE or len(buf) > _MAX_REPLY:
-                        return self._unreadable(buf)
-                    now = time.monotonic()
-                    if not deadline:
-                        deadline = now + self.reply_timeout
-                    left = deadline - now
-                    if left <= 0:
-                        raise TimeoutError("timed out")
-                    # the socket keeps `timeout` (one ioctl per change): a longer deadline (the end of a
-                    # message) is waited for in turns of it, and only its last stretch shortens it
-                    if left < self.timeout:
-                        sock.settimeout(left)
-                        shortened = True
-                    try:
-                        chunk = sock.recv(65536)
-                    except TimeoutError:
-                        continue  # the deadline, checked above, says whether to wait on
-                    if not chunk:
-                        raise smtplib.SMTPServerDisconnected("Connection unexpectedly closed")
-                    buf += chunk
-                    continue
-                line = bytes(buf[start : end + 1])
-                start = end + 1
-                if not _REPLY_LINE.match(line):
-                    return self._unreadable(line)
-                lines.append(line[4:].strip(b" \t\r\n"))
-                if line[3:4] != b"-":
-                    del buf[:start]
-                    return int(line[:3]), b"\n".join(lines)
+            while (reply := take_reply(buf)) is None:
+                now = time.monotonic()
+                if not deadline:
+                    deadline = now + self.reply_timeout
+                left = deadline - now
+                if left <= 0:
+                    raise TimeoutError("timed out")
+                # the socket keeps `timeout` (one ioctl per change): a longer deadline (the end of a
+                # message) is waited for in turns of it, and only its last stretch shortens it
+                if left < self.timeout:
+                    sock.settimeout(left)
+                    shortened = True
+                try:
+                    chunk = sock.recv(65536)
+                except TimeoutError:
+                    continue  # the deadline, checked above, says whether to wait on
+                if not chunk:
+                    raise smtplib.SMTPServerDisconnected("Connection unexpectedly closed")
+                buf += chunk
         except OSError:
             self.close()
             raise
         finally:
             if shortened and self.sock is not None:
                 sock.settimeout(self.timeout)
-
-    def _unreadable(self, text: bytes | bytearray) -> tuple[int, bytes]:
-        self.close()  # what follows cannot be trusted to line up with our commands
-        return -1, bytes(text[:200]).strip()
+        if reply[0] < 0:
+            self.close()  # what follows cannot be trusted to line up with our commands
+        return reply
 
 
 class _SMTP(_WholeReplies, smtplib.SMTP):
@@ -422,6 +484,7 @@ class SMTPConnection(_ClosedOnExit):
     def __init__(self, transport: SMTPTransport) -> None:
         self._t = transport
         self._smtp: _Session | None = None
+        self._wire: Wire | None = None  # the open session's, for a driver (wire())
         self._fresh = False  # no message sent yet on the current session
         self._mail_suffix = b""
         self._eight_bit = False
@@ -456,6 +519,17 @@ class SMTPConnection(_ClosedOnExit):
         lets commands follow the end of data): its replies come back with this message's, so a
         message costs one round trip, not two.
         """
+        return self._drive(self.steps(sender, recipient, data, ready, following))
+
+    def steps(
+        self,
+        sender: str,
+        recipient: str,
+        data: Message,
+        ready: Callable[[], None] | None = None,
+        following: Callable[[], Envelope | None] | None = None,
+    ) -> Steps:
+        """send() as steps (see Step), for send() itself or a driver of many connections."""
         if self._ahead is not None and self._ahead != (sender, recipient):
             self._drop()  # commands went out for another message: only a new session is clean
         bad = _bad_address(sender) or _bad_address(recipient)
@@ -463,21 +537,62 @@ class SMTPConnection(_ClosedOnExit):
             return Outcome(553, f"not sent: {bad}")
         for _ in range(2):
             if self._smtp is None:
-                failure = self._connect()
+                failure = yield CONNECT
                 if failure is not None:
                     return failure
             reused = not self._fresh
             self._fresh = False
-            outcome, stale = self._transaction(sender, recipient, data, ready, following)
+            outcome, stale = yield from self._transaction(sender, recipient, data, ready, following)
             if not (stale and reused):
                 return outcome
         return outcome
+
+    def _drive(self, steps: Steps) -> Outcome:
+        """Run a message's steps here, in this thread, waiting on the socket for each."""
+        value: Any = None
+        error: Exception | None = None
+        while True:
+            try:
+                step = steps.send(value) if error is None else steps.throw(error)
+            except StopIteration as done:
+                return done.value
+            value, error = None, None
+            if step is CONNECT:
+                value = self.open_session()
+                continue
+            if step is GATE:  # `ready` waits itself
+                continue
+            smtp = self._smtp
+            try:
+                if smtp is None or smtp.sock is None:
+                    raise smtplib.SMTPServerDisconnected("Connection unexpectedly closed")
+                if isinstance(step, bytes):
+                    smtp.sock.sendall(step)
+                    continue
+                smtp.reply_timeout = float(step)
+                try:
+                    value = smtp.getreply()
+                finally:
+                    smtp.reply_timeout = self._t.timeout
+            except OSError as exc:
+                error = exc
+
+    def wire(self) -> Wire | None:
+        """The open session's socket and unread bytes, for a driver of many connections: the same object
+        for as long as the session lasts (the driver asks after each step)."""
+        return self._wire
+
+    def cut(self) -> None:
+        """Close the socket as a failed or unreadable read does; the steps then drop the session."""
+        self._wire = None
+        if self._smtp is not None:
+            self._smtp.close()
 
     def close(self) -> None:
         """Say QUIT and close the socket; errors on the way out do not matter."""
         if self._ahead is not None:  # the server may be reading a body: a QUIT would be part of it
             self._drop()
-        smtp, self._smtp = self._smtp, None
+        smtp, self._smtp, self._wire = self._smtp, None, None
         if smtp is None:
             return
         try:
@@ -493,15 +608,16 @@ class SMTPConnection(_ClosedOnExit):
 
     def _drop(self) -> None:
         self._ahead = None
-        smtp, self._smtp = self._smtp, None
+        smtp, self._smtp, self._wire = self._smtp, None, None
         if smtp is not None:
             smtp.close()
 
     def _fail(self, code: int, text: str, stage: str = "") -> Outcome:
         return Outcome(code, self._t.scrub(text), stage=stage)
 
-    def _connect(self) -> Outcome | None:
-        """Open, secure and authenticate a session; None on success, else why not."""
+    def open_session(self) -> Outcome | None:
+        """Open, secure and authenticate a session; None on success, else why not (a refusal of the
+        session as a whole, or a certificate that fails, raises TransportError)."""
         t = self._t
         smtp: _SMTP | _SMTP_SSL
         if t.security == "tls":
@@ -526,6 +642,8 @@ class SMTPConnection(_ClosedOnExit):
             smtp.close()
             return failure
         self._smtp = smtp
+        assert smtp.sock is not None
+        self._wire = Wire(smtp.sock, smtp.buffer(), t.timeout)
         self._fresh = True
         self.sessions += 1
         return None
@@ -644,11 +762,9 @@ class SMTPConnection(_ClosedOnExit):
         data: Message,
         ready: Callable[[], None] | None,
         following: Callable[[], Envelope | None] | None,
-    ) -> tuple[Outcome, bool]:
+    ) -> Generator[Step, Any, tuple[Outcome, bool]]:
         """MAIL, RCPT, DATA (or BDAT) for one message; also say if the session was dead or closing at MAIL."""
-        smtp = self._smtp
-        assert smtp is not None and smtp.sock is not None
-        sock = smtp.sock
+        t = self._t
         payload = self._t.stuff.plain(data) if self._chunking else self._t.stuff(data)
         ahead, self._ahead = self._ahead, None
         commands = b"" if ahead is not None else self._commands(sender, recipient)
@@ -660,45 +776,36 @@ class SMTPConnection(_ClosedOnExit):
         self._mail_answered = False
         try:
             if self._chunking:
-                stage = self._chunked(smtp, commands, payload, ready)
-                return self._replies_to_chunks(smtp)
+                stage = yield from self._chunked(commands, payload, ready)
+                return (yield from self._replies_to_chunks())
             if self._pipelining:
                 if commands:
-                    sock.sendall(commands + b"DATA\r\n")
-                refused = self._pipelined(smtp)
+                    yield commands + b"DATA\r\n"
+                refused = yield from self._pipelined()
                 if refused is not None:
                     return refused
             else:
                 mail, rcpt = commands.split(b"\r\n", 1)
-                sock.sendall(mail + b"\r\n")
-                code, msg = smtp.getreply()
+                yield mail + b"\r\n"
+                code, msg = yield t.timeout
                 if code != 250:
-                    return self._rejected("MAIL", code, msg, reset=True), code == 421
+                    return (yield from self._rejected("MAIL", code, msg, reset=True)), code == 421
                 stage = "RCPT"
-                sock.sendall(rcpt)
-                code, msg = smtp.getreply()
+                yield rcpt
+                code, msg = yield t.timeout
                 if not 200 <= code < 300:
-                    return self._rejected("RCPT", code, msg, reset=True), False
-                sock.sendall(b"DATA\r\n")
-                code, msg = smtp.getreply()
+                    return (yield from self._rejected("RCPT", code, msg, reset=True)), False
+                yield b"DATA\r\n"
+                code, msg = yield t.timeout
                 if code != 354:
-                    return self._rejected("DATA", code, msg, reset=True), False
+                    return (yield from self._rejected("DATA", code, msg, reset=True)), False
             stage = "DATA"
-            sock.sendall(payload)
-            if ready is not None:
-                try:
-                    ready()
-                except BaseException:
-                    self._drop()  # no "." was sent: the server discards the message
-                    raise
-            sock.sendall(_END + self._next_commands(following))
+            yield payload
+            yield from self._gate(ready)
+            yield _END + self._next_commands(following)
             stage = "END"
-            smtp.reply_timeout = self._t.data_timeout  # RFC 5321 4.5.3.2.6: 10 minutes
-            try:
-                code, msg = smtp.getreply()
-            finally:
-                smtp.reply_timeout = self._t.timeout
-            return self._rejected("END", code, msg, reset=False), False
+            code, msg = yield t.data_timeout  # RFC 5321 4.5.3.2.6: 10 minutes
+            return (yield from self._rejected("END", code, msg, reset=False)), False
         except OSError as exc:
             self._drop()
             if stage == "END" and isinstance(exc, TimeoutError):
@@ -739,47 +846,52 @@ class SMTPConnection(_ClosedOnExit):
         self._ahead = envelope
         return commands + b"DATA\r\n"
 
-    def _chunked(self, smtp: _Session, head: bytes, payload: bytes, ready: Callable[[], None] | None) -> str:
+    def _gate(self, ready: Callable[[], None] | None) -> Generator[Step, Any, None]:
+        """Just before the point of no return: wait for the GATE, then `ready`; if it raises, hang up
+        (nothing that ends the message was sent: the server discards it)."""
+        if ready is None:
+            return
+        yield GATE
+        try:
+            ready()
+        except BaseException:
+            self._drop()
+            raise
+
+    def _chunked(
+        self, head: bytes, payload: bytes, ready: Callable[[], None] | None
+    ) -> Generator[Step, Any, str]:
         """MAIL, RCPT and the message as one BDAT chunk in one write; then, once `ready` returns, the empty
         last chunk that ends it (RFC 3030). Return the stage reached: 'END' once that is sent.
 
         Nothing is read in between, so a message costs one round trip; a refused recipient costs the
         transfer of a message the server throws away, which is cheaper than a second round trip for all.
         """
-        assert smtp.sock is not None
-        smtp.sock.sendall(head + b"BDAT %d\r\n" % len(payload) + payload)
-        if ready is not None:
-            try:
-                ready()
-            except BaseException:
-                self._drop()  # no last chunk was sent: the server discards the message
-                raise
-        smtp.sock.sendall(b"BDAT 0 LAST\r\n")
+        yield head + b"BDAT %d\r\n" % len(payload) + payload
+        yield from self._gate(ready)
+        yield b"BDAT 0 LAST\r\n"
         return "END"
 
-    def _replies_to_chunks(self, smtp: _Session) -> tuple[Outcome, bool]:
+    def _replies_to_chunks(self) -> Generator[Step, Any, tuple[Outcome, bool]]:
         """The outcome of MAIL, RCPT, BDAT and BDAT LAST from their four replies, read in turn; also say
         if the session was closing at MAIL (421: no transaction, nothing delivered).
 
         Each may take as long as the end of a message: a server may hold all its replies until it has
         judged the message. The first refusal is the outcome; 421 or an unreadable reply ends the session.
         """
-        smtp.reply_timeout = self._t.data_timeout
-        try:
-            refusal: tuple[str, int, bytes] | None = None
-            for stage in ("MAIL", "RCPT", "DATA", "END"):  # the first chunk stands where DATA would
-                code, msg = smtp.getreply()
-                self._mail_answered = True
-                if code == 421 or code < 100:
-                    return self._rejected(stage, code, msg, reset=False), code == 421 and stage == "MAIL"
-                wanted = code == 250 if stage == "MAIL" else 200 <= code < 300
-                if refusal is None and not wanted:
-                    refusal = (stage, code, msg)
-        finally:
-            smtp.reply_timeout = self._t.timeout
+        refusal: tuple[str, int, bytes] | None = None
+        for stage in ("MAIL", "RCPT", "DATA", "END"):  # the first chunk stands where DATA would
+            code, msg = yield self._t.data_timeout
+            self._mail_answered = True
+            if code == 421 or code < 100:
+                outcome = yield from self._rejected(stage, code, msg, reset=False)
+                return outcome, code == 421 and stage == "MAIL"
+            wanted = code == 250 if stage == "MAIL" else 200 <= code < 300
+            if refusal is None and not wanted:
+                refusal = (stage, code, msg)
         if refusal is not None:  # the server read the chunks and dropped the message: RSET for the next
-            return self._rejected(*refusal, reset=True), False
-        return self._rejected("END", code, msg, reset=False), False
+            return (yield from self._rejected(*refusal, reset=True)), False
+        return (yield from self._rejected("END", code, msg, reset=False)), False
 
     def _seven_bit(self, data: Message) -> bytes:
         """The message with 7-bit parts, for a server without 8BITMIME (RFC 6152 forbids 8-bit data there)."""
@@ -790,17 +902,17 @@ class SMTPConnection(_ClosedOnExit):
             )
         return (self._t.stuff.plain if self._chunking else self._t.stuff)(build())
 
-    def _pipelined(self, smtp: _Session) -> tuple[Outcome, bool] | None:
+    def _pipelined(self) -> Generator[Step, Any, tuple[Outcome, bool] | None]:
         """The replies to MAIL, RCPT and DATA sent at once (RFC 2920); None once the server says 354."""
-        code, msg = smtp.getreply()
+        code, msg = yield self._t.timeout
         self._mail_answered = True
         if code == 421:
-            return self._rejected("MAIL", code, msg, reset=False), True
+            return (yield from self._rejected("MAIL", code, msg, reset=False)), True
         first_refusal = None if code == 250 else ("MAIL", code, msg)
         for stage, wanted in (("RCPT", range(200, 300)), ("DATA", range(354, 355))):
-            code, msg = smtp.getreply()
+            code, msg = yield self._t.timeout
             if code == 421:
-                return self._rejected(stage, code, msg, reset=False), False
+                return (yield from self._rejected(stage, code, msg, reset=False)), False
             if first_refusal is None and code not in wanted:
                 first_refusal = (stage, code, msg)
         if first_refusal is None:
@@ -810,9 +922,9 @@ class SMTPConnection(_ClosedOnExit):
             stage, code, msg = first_refusal
             self._refuses_session(stage, code, msg)
             return self._fail(code, _one_line(msg), stage), False
-        return self._rejected(*first_refusal, reset=True), False
+        return (yield from self._rejected(*first_refusal, reset=True)), False
 
-    def _rejected(self, stage: str, code: int, msg: bytes, *, reset: bool) -> Outcome:
+    def _rejected(self, stage: str, code: int, msg: bytes, *, reset: bool) -> Generator[Step, Any, Outcome]:
         """Turn a reply into an Outcome; forget the session on 421, reset the transaction after a refusal."""
         if code < 100:
             self._drop()
@@ -825,7 +937,7 @@ class SMTPConnection(_ClosedOnExit):
         if code == 421 or code < 200:
             self._drop()
         elif reset and not outcome.ok:
-            self._reset()
+            yield from self._reset()
         return outcome
 
     def _refuses_session(self, stage: str, code: int, msg: bytes) -> None:
@@ -840,12 +952,10 @@ class SMTPConnection(_ClosedOnExit):
                 )
             )
 
-    def _reset(self) -> None:
-        smtp = self._smtp
-        assert smtp is not None and smtp.sock is not None
+    def _reset(self) -> Generator[Step, Any, None]:
         try:
-            smtp.sock.sendall(b"RSET\r\n")
-            code, _ = smtp.getreply()
+            yield b"RSET\r\n"
+            code, _ = yield self._t.timeout
         except OSError:
             code = 0
         if code != 250:
@@ -899,8 +1009,11 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+_NOT_IN_ADDRESS = re.compile("[\r\n<>\0]")
+
+
 def _bad_address(address: str) -> str:
-    if not address or any(c in address for c in "\r\n<>\0"):
+    if not address or _NOT_IN_ADDRESS.search(address):
         return f"{address!r} is not a usable envelope address"
     return ""
 
@@ -938,6 +1051,22 @@ class OutboxConnection(_ClosedOnExit):
     ) -> Outcome:
         """Store the message with Return-Path and Delivered-To so the envelope stays visible; a file
         costs no round trip, so `following` is never asked."""
+        steps = self.steps(sender, recipient, data, ready, following)
+        try:
+            while True:
+                steps.send(None)  # only a GATE is asked, and `ready` waits itself
+        except StopIteration as done:
+            return done.value
+
+    def steps(
+        self,
+        sender: str,
+        recipient: str,
+        data: Message,
+        ready: Callable[[], None] | None = None,
+        following: Callable[[], Envelope | None] | None = None,
+    ) -> Steps:
+        """send() as steps for a driver: a file is written at once, so the only one is the GATE."""
         bad = _bad_address(sender) or _bad_address(recipient)
         if bad:
             return Outcome(553, f"not queued: {bad}")
@@ -957,6 +1086,7 @@ class OutboxConnection(_ClosedOnExit):
                 fh.write(data)
             final = self.path / "new" / name
             if ready is not None:
+                yield GATE
                 try:
                     ready()
                 except BaseException:
@@ -966,6 +1096,15 @@ class OutboxConnection(_ClosedOnExit):
         except OSError as exc:
             raise TransportError(f"{self.path}: cannot write to the outbox: {exc.strerror or exc}") from None
         return Outcome(250, f"queued in outbox as {final}")
+
+    def wire(self) -> None:
+        """No socket: a driver only runs the steps."""
+
+    def open_session(self) -> None:
+        """Nothing to open: the outbox asks for no CONNECT."""
+
+    def cut(self) -> None:
+        """No socket to close."""
 
     def close(self) -> None:
         """Nothing to close; present for symmetry with SMTP."""

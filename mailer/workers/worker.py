@@ -644,30 +644,27 @@ class _Keeper:
             self.lost = f"the lease on batches {sorted(self.held)} ran out before it was renewed"
         return self.lost
 
-    def wait(self, stop: threading.Event) -> None:
-        """The shared rate limit: take the next start time reserved, reserving more when none is left.
+    def delay(self) -> float | None:
+        """The shared rate limit: seconds until the next start time reserved, taken; None when none is left
+        (more are asked for: the caller asks again shortly).
 
         A start time more than an interval gone is dropped, as a lone send's limiter does: a worker held up
         (its server slow to answer) must not send the start times it missed back to back, on top of the
         other workers' messages on schedule."""
         if not self.interval:
-            return
+            return 0.0
         with self.cond:
-            while True:
-                now = time.monotonic()
-                while self.slots and self.slots[0] < now - self.interval:
-                    self.slots.pop(0)
-                if self.slots or stop.is_set() or self.closing:
-                    break
+            now = time.monotonic()
+            while self.slots and self.slots[0] < now - self.interval:
+                self.slots.pop(0)
+            if not self.slots:
+                if self.closing:
+                    return 0.0
                 self.wanted = True
                 self.cond.notify_all()
-                self.cond.wait(0.5)
-            if not self.slots:
-                return
+                return None
             slot = self.slots.pop(0)
-        delay = slot - now
-        if delay > 0:
-            stop.wait(delay)
+        return max(0.0, slot - now)
 
     def close(self) -> None:
         with self.cond:
