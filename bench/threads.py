@@ -69,7 +69,9 @@ def one_send(
         del os.environ["PYTHONPATH"], os.environ["BENCH_THREADS_OUT"]
     kinds: Figures = defaultdict(lambda: [0.0, 0.0, 0.0])
     for name, cpu, voluntary, involuntary in json.loads(out.read_text()):
-        kind = kinds[re.sub(r"-\d+$", "", name)]  # mailer-conn-3 -> mailer-conn, mailer-record-1 -> ...
+        # mailer-record-1 -> mailer-record; a session's opener (mailer-open) is the connections' work, as the
+        # thread that drives them (mailer-send) is; an older tree's thread per connection is mailer-conn-N
+        kind = kinds[re.sub(r"-\d+$", "", name).replace("mailer-open", "mailer-send")]
         kind[0] += cpu
         kind[1] += voluntary
         kind[2] += involuntary

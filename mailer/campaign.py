@@ -559,8 +559,14 @@ class _Pool:
                 now = time.monotonic()
                 if now >= self.due:
                     everyone = True
+                    # the times still to come: one gone by waits on something else (a commit, a wake-up)
                     self.due = min(
-                        [at for lane in lanes for at in (lane.deadline, lane.write_by, lane.timer) if at]
+                        [
+                            at
+                            for lane in lanes
+                            for at in (lane.deadline, lane.write_by, lane.timer)
+                            if at > now
+                        ]
                         or [_NEVER]
                     )
                 for lane in lanes if everyone else [key.data for key, _ in events]:
@@ -569,7 +575,7 @@ class _Pool:
         except BaseException as exc:  # never leave the loop waiting for outcomes that will not come
             for lane in lanes:
                 if not lane.ended:
-                    self._end(lane, f"internal error: {exc!r}")
+                    self._end(lane, f"internal error: {exc!r}", lane.job)
             raise
         finally:
             self.selector.close()

@@ -18,7 +18,7 @@ def test_each_kind_of_thread_gets_its_cpu_and_switches_per_message(tmp_path: Pat
     done, rows = run_ab("threads.py", args, tmp_path)
     assert done.returncode == 0, done.stderr
     cells = [[cell.strip() for cell in row] for row in rows]
-    kinds = ["mailer-conn", "mailer-record", "main", "process"]
+    kinds = ["mailer-record", "mailer-send", "main", "process"]
     assert [row[:3] for row in cells] == [
         [n, tree, kind] for n in ("1", "2") for tree in ("before", "after") for kind in kinds
     ]

@@ -716,9 +716,8 @@ class _Keeper:
         at = time.monotonic()
         self.reserved = (float(then), at)
         here = at - float(then)
-        with self.cond:
+        with self.cond:  # the send's driver takes them (delay()), asking again until they are here
             self.slots.extend(here + end - span + i * self.interval for i in range(self.chunk))
-            self.cond.notify_all()
 
     def _look(self, ledger: Ledger) -> None:
         """Follow the send's state: a stop of the coordinator's stops this worker within LOOK seconds (its
