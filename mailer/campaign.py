@@ -399,7 +399,7 @@ class _Lane:
 
     __slots__ = (
         "conn", "unrecorded", "mine", "job", "ahead", "steps", "step", "value", "error", "wire", "out",
-        "read_for", "deadline", "write_by", "broken", "start_at", "timer", "opened", "held", "ended",
+        "deadline", "broken", "start_at", "timer", "opened", "held", "ended",
     )  # fmt: skip
 
     def __init__(self, conn: Connection) -> None:
@@ -414,9 +414,7 @@ class _Lane:
         self.error: BaseException | None = None  # or to throw in
         self.wire: Wire | None = None  # the session's socket, as registered with the selector
         self.out = bytearray()  # written by the steps, not taken by the socket yet
-        self.read_for = 0.0  # the seconds the reply waited for may take, once the output is out
-        self.deadline = 0.0  # when the reply waited for is late (0: not waiting for one)
-        self.write_by = 0.0  # when output that is not taken is late (0: none waiting)
+        self.deadline = 0.0  # when the write or reply waited for is late (0: not waiting for one)
         self.broken: OSError | None = None  # the socket failed: said to the steps' next read or write
         self.start_at: float | None = None  # the rate limit's start time for its next message, if reserved
         self.timer = 0.0  # when to look again: that start time, or when to ask for one again (0: no need)
@@ -426,6 +424,7 @@ class _Lane:
 
 
 _NEVER = float("inf")
+_WRITING = "writing"  # what a connection's steps wait for while the socket takes the rest of a write
 _POLL = 0.25  # seconds between the driver's looks at the stop when nothing else wakes it
 _ASK_AGAIN = 0.02  # seconds before a start time is asked for again when none was reserved yet
 _WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
@@ -561,13 +560,7 @@ class _Pool:
                     everyone = True
                     # the times still to come: one gone by waits on something else (a commit, a wake-up)
                     self.due = min(
-                        [
-                            at
-                            for lane in lanes
-                            for at in (lane.deadline, lane.write_by, lane.timer)
-                            if at > now
-                        ]
-                        or [_NEVER]
+                        [at for lane in lanes for at in (lane.deadline, lane.timer) if at > now] or [_NEVER]
                     )
                 for lane in lanes if everyone else [key.data for key, _ in events]:
                     if not lane.ended:
@@ -607,6 +600,9 @@ class _Pool:
                     if lane.opened is None:
                         return
                     (lane.value, lane.error), lane.opened = lane.opened, None
+                elif step is _WRITING:
+                    if not self._written(lane, now):
+                        return
                 elif not self._reply(lane, now):
                     return
                 lane.step = None
@@ -706,12 +702,14 @@ class _Pool:
                 if isinstance(step, bytes):
                     if not self._write(lane, step):
                         lane.error = lane.broken
-                    continue
-                if step is CONNECT:
+                        continue
+                    if not lane.out:  # all of it taken: the steps go on
+                        continue
+                    step = _WRITING  # the rest goes as the socket takes it; the steps wait, as sendall does
+                elif step is CONNECT:
                     self._open(lane)
-                elif not isinstance(step, str):  # a reply, within `step` seconds once the output is out
-                    lane.read_for = float(step)
-                    lane.deadline = self._timer(time.monotonic() + lane.read_for) if not lane.out else 0.0
+                elif not isinstance(step, str):  # a reply, within `step` seconds
+                    lane.deadline = self._timer(time.monotonic() + float(step))
                 lane.step = step
                 return
         except StopIteration as done:
@@ -758,7 +756,7 @@ class _Pool:
                 self.selector.unregister(lane.wire.sock)
         lane.wire, lane.broken = wire, None
         lane.out.clear()
-        lane.deadline = lane.write_by = 0.0
+        lane.deadline = 0.0
         if wire is not None:
             wire.sock.setblocking(False)
             self.selector.register(wire.sock, selectors.EVENT_READ, lane)
@@ -780,7 +778,7 @@ class _Pool:
             return False
         if sent < len(data):
             lane.out += data[sent:]
-            lane.write_by = self._timer(time.monotonic() + lane.wire.timeout)
+            lane.deadline = self._timer(time.monotonic() + lane.wire.timeout)
             self.selector.modify(lane.wire.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, lane)
         return True
 
@@ -796,11 +794,10 @@ class _Pool:
             self._broken(lane, exc)
             return
         del lane.out[:sent]
-        lane.write_by = self._timer(time.monotonic() + wire.timeout) if lane.out else 0.0
-        if not lane.out:
+        if lane.out:  # it took some: the write may stall again for as long
+            lane.deadline = self._timer(time.monotonic() + wire.timeout)
+        else:
             self.selector.modify(wire.sock, selectors.EVENT_READ, lane)
-            if isinstance(lane.step, float | int) and not lane.deadline:
-                lane.deadline = self._timer(time.monotonic() + lane.read_for)
 
     def _read(self, lane: _Lane) -> None:
         wire = lane.wire
@@ -840,11 +837,22 @@ class _Pool:
             lane.error = smtplib.SMTPServerDisconnected("please run connect() first")
         elif lane.broken is not None:
             lane.error = lane.broken
-        elif (lane.deadline and now >= lane.deadline) or (lane.write_by and now >= lane.write_by):
+        elif lane.deadline and now >= lane.deadline:
             lane.error = TimeoutError("timed out")
         else:
             return False
-        lane.deadline = lane.write_by = 0.0
+        lane.deadline = 0.0
+        return True
+
+    def _written(self, lane: _Lane, now: float) -> bool:
+        """Whether the write the steps wait for is done (or failed, or stalled past the timeout)."""
+        if lane.broken is not None:
+            lane.error = lane.broken
+        elif lane.out and now >= lane.deadline:
+            lane.error = TimeoutError("timed out")
+        elif lane.out:
+            return False
+        lane.deadline = 0.0
         return True
 
     def _end(self, lane: _Lane, error: str, job: _Job | None = None) -> None:

@@ -665,6 +665,10 @@ class Script:
     # that sends its next MAIL with the "." (RFC 2920) is answered, one that waits for the reply first waits
     # until its own timeout
     end_after_next: int = 0
+    stall_body: bool = False  # after its 354 it reads nothing more (small receive buffers): writes stall
+    # the session of this number (1: the first accepted) greets only once `greeting_gate` is set
+    held_greeting: int = 0
+    greeting_gate: threading.Event = field(default_factory=threading.Event)
 
 
 class RawSMTPServer:
@@ -679,6 +683,8 @@ class RawSMTPServer:
         self.script = script or Script()
         self.host = HOST
         self._listener = socket.create_server((HOST, 0))
+        if self.script.stall_body:  # the sessions' windows stay small: a client's write stalls sooner
+            self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         self.port = self._listener.getsockname()[1]
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
@@ -796,6 +802,10 @@ class RawSMTPServer:
 
     def _converse(self, sock: socket.socket, reader: Any, number: int) -> None:
         script = self.script
+        if number == script.held_greeting:
+            while not script.greeting_gate.wait(0.05):
+                if self._closed.is_set():
+                    return
         self._write(sock, script.greeting)
         mail_from, rcpts = "", []
         chunked, chunks = bytearray(), 0
@@ -841,6 +851,9 @@ class RawSMTPServer:
                 self._write(sock, script.data)
                 if not script.data.startswith(b"354"):
                     continue
+                if script.stall_body:
+                    self._closed.wait()
+                    return
                 body = bytearray()
                 while (chunk := reader.readline()) != b".\r\n":
                     if not chunk:  # the client hung up before the end: no message

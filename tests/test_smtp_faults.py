@@ -358,6 +358,49 @@ def test_a_server_that_hangs_up_after_every_message_loses_no_one_with_either_tra
     assert {m.chunks for m in server.messages} == {2 if ehlo == CHUNKING_EHLO else 0}
 
 
+def test_a_session_slow_to_open_holds_no_other_connection(
+    raw_servers: Callable[..., RawSMTPServer], tmp_path: Path, post: Path
+) -> None:
+    # one thread drives every connection of a send; the second session's greeting is held until the first
+    # session has delivered five messages: opened where the others are driven, it would hold them all
+    server = raw_servers(ehlo=PIPELINING_EHLO, held_greeting=2)
+    emails, csv = readers(tmp_path, 20)
+    proc = spawn(send_args(post, csv, "--connections", "2"), env_for(server, tmp_path))
+    try:
+        first = server.wait_for(5, timeout=60)
+    finally:
+        server.script.greeting_gate.set()
+        _, err = proc.communicate(timeout=120)
+    assert {m.session for m in first} == {1}
+    assert proc.returncode == 0, err.decode()
+    assert copies(server) == Counter({e: 1 for e in emails})
+    assert states(tmp_path, emails) == Counter({"sent": 20})
+
+
+def test_a_server_that_stops_reading_a_message_times_out_the_write(
+    raw_servers: Callable[..., RawSMTPServer], tmp_path: Path
+) -> None:
+    # a message of 7 MB (a post of 3.5 MB, its HTML and text parts) outgrows what the sockets take; the
+    # server reads nothing after its 354: the write must give up after smtp_timeout, as a blocking one did,
+    # and the message is not in doubt (its end never left), not wait for ever
+    server = raw_servers(ehlo=PIPELINING_EHLO, stall_body=True)
+    lines = "\n".join(f"{n:07d} " + "mailer " * 9 for n in range(50_000))
+    big = tmp_path / "posts" / f"{ISSUE}.md"
+    big.parent.mkdir()
+    big.write_text(f"---\ntitle: Big\ndate: {ISSUE}\nsummary: |\n  - one\n---\n\n## A\n\n```\n{lines}\n```\n")
+    emails, csv = readers(tmp_path, 1)
+    env = env_for(server, tmp_path, MAILER_SMTP_TIMEOUT="2", MAILER_MAX_ATTEMPTS="1")
+    proc = spawn(send_args(big, csv, "--skip-check", "html-size"), env)
+    try:
+        _, said = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    code, err = proc.returncode, said.decode()
+    assert code != 0, err
+    assert "user0@example.com: connection lost: timed out (gave up after 1 attempts)" in err, err
+    assert server.messages == [] and states(tmp_path, emails) == Counter({"deferred": 1})
+
+
 def test_chunks_taken_for_a_refused_recipient_do_not_make_the_message_sent(
     raw_servers: Callable[..., RawSMTPServer], tmp_path: Path, post: Path
 ) -> None:
