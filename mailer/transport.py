@@ -65,7 +65,7 @@ Envelope = tuple[str, str]  # (sender, recipient) of a message: what MAIL FROM a
 # `ready` may be called without waiting (the outcome of the message before is committed); bytes, write
 # them; a float, read the next reply within that many seconds (sent back as (code, text); an OSError,
 # TimeoutError at the deadline, is thrown in). send() drives them itself, one connection in one thread;
-# the send loop's pool drives every connection's from one thread (campaign._Pool).
+# the send loop's pool drives every connection's from one thread (pool.Pool).
 CONNECT = "connect"
 GATE = "gate"
 Step = str | bytes | float

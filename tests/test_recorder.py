@@ -1,4 +1,4 @@
-"""The send loop's recorder (campaign._Recorder) on an engine that takes concurrent writers (PostgreSQL).
+"""The send loop's recorder (pool.Recorder) on an engine that takes concurrent writers (PostgreSQL).
 
 Each connection waits for the commit of its previous outcome before the final "." of its next message. With
 one commit at a time, an outcome that arrives while a commit is under way waits for it and then for its own;
@@ -16,9 +16,9 @@ from contextlib import closing
 import psycopg
 import pytest
 
-from mailer.campaign import _Job, _Recorder
 from mailer.envelope import message_tag
 from mailer.ledger import Ledger
+from mailer.pool import Job, Recorder
 from mailer.subscribers import Subscriber
 from mailer.transport import Outcome
 from tests.pg import Cluster
@@ -26,8 +26,8 @@ from tests.pg import Cluster
 ISSUE = "2026-02-09"
 
 
-def job(email: str) -> _Job:
-    return _Job(0.0, 0, Subscriber(email, "", {}, 0), tag=message_tag(ISSUE, email))
+def job(email: str) -> Job:
+    return Job(0.0, 0, Subscriber(email, "", {}, 0), tag=message_tag(ISSUE, email))
 
 
 @pytest.mark.postgresql
@@ -37,7 +37,7 @@ def test_an_outcome_is_committed_while_another_connections_commit_waits(pg_clust
         ledger.start_issue(ISSUE, "hash", "Subject")
         ledger.record_outcomes(ISSUE, [("held@example.com", "deferred", 451, "try later")])
         outcomes: queue.SimpleQueue = queue.SimpleQueue()  # type: ignore[type-arg]
-        recorder = _Recorder(ledger, ISSUE, outcomes, connections=2)
+        recorder = Recorder(ledger, ISSUE, outcomes, connections=2)
         with (
             psycopg.connect(record.url, password=record.password) as holder,
             psycopg.connect(record.url, password=record.password, autocommit=True) as watcher,

@@ -18,11 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..campaign import Feedback, Pace, Report, SendOptions, run_share
+from ..campaign import Feedback, Report, SendOptions, run_share
 from ..config import Settings
 from ..console import Console
 from ..errors import Interrupted, MailerError, NotUpYet, SendAborted
 from ..ledger import Ledger
+from ..pool import Pace
 from ..stopping import StopSignals
 from ..subscribers import Subscriber, dedupe_key
 from . import ENDING, GIVEN_BACK, POLL, fingerprint
