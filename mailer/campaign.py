@@ -633,8 +633,15 @@ class _Loop:
         self.feedback.progress(self.report)
 
     def _settled(self, job: Job, counted: str, reason: str = "") -> None:
-        if self.share is not None:
+        """Tell a share (its batch may be done: a write to the record). A record gone meanwhile stops the
+        send, as a failed look-up does; it must not cut short the counting of the outcomes still to come
+        (the stop's own, whose count of messages that may not be in the record the rerun needs)."""
+        if self.share is None:
+            return
+        try:
             self.share.settled(job.sub, counted, reason)
+        except MailerError as exc:
+            self.fatal = self.fatal or str(exc)
 
     def _bounce(self, job: Job, outcome: Outcome) -> bool:
         """Record a refusal that is about the reader (refusals.py) as a bounce; True if it suppressed them."""

@@ -9,9 +9,9 @@ from types import MappingProxyType
 
 import pytest
 
-from mailer.campaign import Clock, Feedback, Report, SendOptions, run_send
+from mailer.campaign import Clock, Feedback, RateLimiter, Report, SendOptions, run_send, run_share
 from mailer.config import Settings
-from mailer.errors import Interrupted
+from mailer.errors import Interrupted, MailerError
 from mailer.ledger import Ledger
 from mailer.message import make_factory
 from mailer.post import load_post
@@ -128,3 +128,72 @@ def test_a_signal_during_the_loop_is_raised_at_the_loop_s_next_step_not_where_it
         assert 3 <= len(sent) < 40  # stopped after the messages in flight
         assert ledger.status(ISSUE).counts == {"sent": len(sent)}  # each one recorded
         assert not signals.polled  # outside the loop a signal raises again (the CLI's other steps)
+
+
+class _ShareOfAGoneRecord:
+    """A worker's share (campaign.Share) whose record goes away once `gone` is set: its writes, as a batch
+    is settled, raise what a lost database connection raises."""
+
+    def __init__(self) -> None:
+        self.gone = False
+        self.settled_after = 0
+
+    def holds(self) -> str:
+        return ""
+
+    def settled(self, sub: Subscriber, counted: str, reason: str = "") -> None:
+        if self.gone:
+            self.settled_after += 1
+            raise MailerError("postgresql://record: lost the connection to the server")
+
+    def retried(self, sub: Subscriber) -> None:
+        """No retry in this test."""
+
+    def given_up(self, sub: Subscriber) -> bool:
+        return False
+
+    def tried(self, sub: Subscriber) -> int:
+        return 0
+
+    def pace(self) -> RateLimiter:
+        return RateLimiter(0, Clock())
+
+
+class _SignalThenGone(_SignalOnce):
+    """SIGTERM at the third outcome, and the share's record gone from then on."""
+
+    def __init__(self, share: _ShareOfAGoneRecord) -> None:
+        super().__init__()
+        self.share = share
+
+    def progress(self, report: Report) -> None:
+        if self.outcomes == 2:
+            self.share.gone = True
+        super().progress(report)
+
+
+def test_a_share_whose_record_goes_away_while_the_loop_stops_still_counts_every_outcome(
+    smtp_server: SMTPServer, smtp_settings: Settings, post: Path, tmp_path: Path
+) -> None:
+    # a worker stopped by its coordinator's SIGTERM drains the outcomes of its messages in flight; the first
+    # settled there wrote to a record that had gone away, and its MailerError cut the drain short: the
+    # outcomes after it went uncounted (among them, in a real send, the messages accepted that the record
+    # does not hold, whose count the worker says for the rerun), and the stop said the record's error,
+    # not the signal
+    issue = render_issue(load_post(post), smtp_settings)
+    subscribers = [subscriber(f"reader{n}@example.com", n) for n in range(2, 42)]
+    share = _ShareOfAGoneRecord()
+    signals = StopSignals()
+    report = Report(ISSUE)
+    with Ledger(tmp_path / "record.db") as ledger, signals.install():
+        ledger.start_issue(ISSUE, issue.post.content_hash, issue.subject)
+        with pytest.raises(Interrupted):
+            run_share(
+                issue_id=ISSUE, factory=make_factory(issue, smtp_settings),
+                transport=make_transport(smtp_settings), batches=[subscribers], ledger=ledger,
+                options=SendOptions(connections=4), feedback=_SignalThenGone(share), signals=signals,
+                share=share, report=report, run=None,
+            )  # fmt: skip
+    delivered = sum(len(m.rcpt_tos) for m in smtp_server.messages)
+    assert share.settled_after >= 1
+    assert report.sent == delivered  # every message the server took, counted
