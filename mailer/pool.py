@@ -261,7 +261,7 @@ class Lane:
         self.broken: OSError | None = None  # the socket failed: said to the steps' next read or write
         self.start_at: float | None = None  # the rate limit's start time for its next message, if reserved
         self.timer = 0.0  # when to look again: that start time, or when to ask for one again (0: no need)
-        self.opened: tuple[Outcome | None, BaseException | None] | None = None  # and what came of it
+        self.opened: tuple[Outcome | None, BaseException | None] | None = None  # how opening a session went
         self.held: tuple[Job, Outcome] | None = None  # an outcome waiting for the one before's commit
         self.ended = False
 
@@ -606,13 +606,10 @@ class Pool:
             self.selector.register(wire.sock, selectors.EVENT_READ, lane)
 
     def _write(self, lane: Lane, data: bytes) -> bool:
-        """Send what the steps write, keeping what the socket does not take yet; False if it failed."""
+        """Send what the steps write, keeping what the socket does not take yet (_flush); False: it failed."""
         if lane.broken is not None or lane.wire is None:
             lane.broken = lane.broken or smtplib.SMTPServerDisconnected("Connection unexpectedly closed")
             return False
-        if lane.out:
-            lane.out += data
-            return True
         try:
             sent = lane.wire.sock.send(data)
         except _WOULD_BLOCK:
@@ -627,6 +624,7 @@ class Pool:
         return True
 
     def _flush(self, lane: Lane) -> None:
+        """The socket takes more of a write: each time it does, the write has its timeout again."""
         wire = lane.wire
         if wire is None or not lane.out:
             return
@@ -644,22 +642,23 @@ class Pool:
             self.selector.modify(wire.sock, selectors.EVENT_READ, lane)
 
     def _read(self, lane: Lane) -> None:
+        """Add what the socket has to the bytes no reply took yet (a TLS layer's decrypted rest too, which
+        the selector cannot see)."""
         wire = lane.wire
         if wire is None:
             return
         try:
             chunk = wire.sock.recv(65536)
+            if not chunk:
+                self._broken(lane, smtplib.SMTPServerDisconnected("Connection unexpectedly closed"))
+                return
+            wire.buffer += chunk
             while isinstance(wire.sock, ssl.SSLSocket) and wire.sock.pending():
-                chunk += wire.sock.recv(65536)
+                wire.buffer += wire.sock.recv(65536)
         except _WOULD_BLOCK:
             return
         except OSError as exc:
             self._broken(lane, exc)
-            return
-        if not chunk:
-            self._broken(lane, smtplib.SMTPServerDisconnected("Connection unexpectedly closed"))
-            return
-        wire.buffer += chunk
 
     def _broken(self, lane: Lane, exc: OSError) -> None:
         """The socket failed or the server hung up: said to the steps' next read or write; no more looks
