@@ -1,11 +1,14 @@
-"""What the send loop could cost with one thread driving every connection (a prototype, not mailer's loop).
+"""The floor of a send with one thread driving every connection: a bare prototype against `mailer send`.
 
     .venv/bin/python bench/select_floor.py --count 10000 --connections 1,8 --rounds 3
 
-mailer's send runs a thread per connection, a recorder thread and the loop's thread: at 8 connections that is
-ten threads handing the GIL and each other's work back and forth (about 8 context switches per message). This
-script sends the same messages the other way, to the same smtp-sink: one thread drives every connection's
-non-blocking socket through a selector, and a recorder thread commits the outcomes in batches
+mailer's send ran a thread per connection, a recorder thread and the loop's thread: at 8 connections, ten
+threads handing the GIL and each other's work back and forth (about 8 context switches per message). This
+prototype measured the other shape, which mailer's send has had since (pool.Pool: one thread drives the
+connections, the loop builds in its own, a recorder thread commits); it stays as the floor of that shape, what
+the send costs without its loop, its checks and its SMTP rules. It sends the same messages to the same
+smtp-sink: one thread drives every connection's non-blocking socket through a selector, builds each message
+there, and a recorder thread commits the outcomes in batches
 (`Ledger.record_outcomes`, SQLite with synchronous=FULL) and hands each committed batch back with one byte
 on a pipe. The parts are mailer's own: the rendered example post, `MessageFactory.build_pieces`, the VERP
 sender, `DotStuffer`, the per-batch lookup of `Ledger.states`. The guarantee is kept: a connection's "."
