@@ -237,8 +237,8 @@ def outcome_state(outcome: Outcome) -> str:
 
 
 class Lane:
-    """One connection as the pool's driver runs it: its session, the run of jobs it took, and what its
-    message's steps (Connection.steps) wait for."""
+    """One connection as the pool's driver runs it: its session, the jobs it took (the next one, and the one
+    whose commands went ahead), and what its message's steps (Connection.steps) wait for."""
 
     __slots__ = (
         "conn", "unrecorded", "mine", "job", "ahead", "steps", "step", "value", "error", "wire", "out",
@@ -248,7 +248,7 @@ class Lane:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self.unrecorded = threading.Lock()  # held while its last outcome is not committed yet
-        self.mine: collections.deque[Job] = collections.deque()  # the run taken, in order
+        self.mine: collections.deque[Job] = collections.deque()  # taken, in order
         self.job: Job | None = None  # the message under way
         self.ahead: Job | None = None  # named by following(): its MAIL FROM went out with the "." before
         self.steps: Steps | None = None
@@ -284,7 +284,7 @@ class Pool:
 
     The loop hands jobs over in runs (up to HAND_OVER at a time, however many it has built while every
     connection was busy), so that it and the driver wake each other once per run, not once per message;
-    a connection takes its next run when it needs a message and has none.
+    the driver gives them to the connections one at a time, as each needs its next.
     """
 
     def __init__(
@@ -314,6 +314,7 @@ class Pool:
         self.accepted = threading.Event()  # some recipient of this send was accepted: see refusals.py
         self.in_flight = 0
         self.last = False  # the loop said there is no more (the driver's)
+        self.waiting: collections.deque[Job] = collections.deque()  # a run taken, not yet any connection's
         self.live = connections  # connections not ended yet
         self.due = _NEVER  # the soonest time a connection wants a look at (_timer)
         self._wake_r, self._wake_w = os.pipe()
@@ -491,17 +492,23 @@ class Pool:
             return True
 
     def _take(self, lane: Lane) -> bool:
-        """Take the next run into the connection's jobs; False when there is none (yet, or any more)."""
-        if self.last:
-            return False
-        try:
-            run = self.jobs.get_nowait()
-        except queue.Empty:
-            return False
-        if run is None:
-            self.last = True
-            return False
-        lane.mine.extend(run)
+        """Take the next job for the connection; False when there is none (yet, or any more).
+
+        One job at a time from the run handed over, so that every connection has its share to the end: a
+        whole run of 32 for one connection left the others idle at the end of a send (at 8 connections to a
+        server 20 ms away, 400 messages went at 5.9 times one connection's rate, not 8)."""
+        if not self.waiting:
+            if self.last:
+                return False
+            try:
+                run = self.jobs.get_nowait()
+            except queue.Empty:
+                return False
+            if run is None:
+                self.last = True
+                return False
+            self.waiting.extend(run)
+        lane.mine.append(self.waiting.popleft())
         return True
 
     def _skip(self, job: Job) -> None:
@@ -706,9 +713,12 @@ class Pool:
         lane.steps = None
         if job is not None:
             self.outcomes.put((job, None, error))
-        for left in lane.mine:  # taken, never started: pending, as if still queued
-            self.outcomes.put((left, None, ""))
+        left = [*lane.mine, *(self.waiting if not self.live else ())]
+        for never in left:  # taken, never started: pending, as if still queued
+            self.outcomes.put((never, None, ""))
         lane.mine.clear()
+        if not self.live:
+            self.waiting.clear()
         if lane.held is not None:  # its outcome waits for the commit before: it is committed after it
             job, outcome = lane.held
             lane.held = None
