@@ -559,7 +559,15 @@ class Pool:
                     step = _WRITING  # the rest goes as the socket takes it; the steps wait, as sendall does
                 elif step is CONNECT:
                     self._open(lane)
+                elif step is GATE:
+                    if self.recorder.opened.is_set() and lane.unrecorded.acquire(blocking=False):
+                        lane.unrecorded.release()  # open already: on at once
+                        continue
                 elif not isinstance(step, str):  # a reply, within `step` seconds
+                    reply = take_reply(lane.wire.buffer) if lane.wire is not None else None
+                    if reply is not None and reply[0] >= 0:  # here already (pipelined): on at once
+                        lane.value = reply
+                        continue
                     lane.deadline = self._timer(time.monotonic() + float(step))
                 lane.step = step
                 return
