@@ -320,6 +320,11 @@ class Pool:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
+        # the pipe is closed by whichever ends last, shutdown() or the driver (after a hurried stop the
+        # driver goes on until its replies came), and wake() never writes to it once it is closed
+        self._pipe = threading.Lock()
+        self._ended = {"shutdown": False, "driver": False}
+        self._closers: list[threading.Thread] = []  # the connections' QUITs, said at once (_end)
         self.selector = selectors.DefaultSelector()
         self.selector.register(self._wake_r, selectors.EVENT_READ, None)
         self.lanes = [Lane(transport.connect()) for _ in range(connections)]
@@ -329,8 +334,19 @@ class Pool:
 
     def wake(self) -> None:
         """Have the driver look at every connection: a commit, a run handed over, a stop."""
-        with contextlib.suppress(BlockingIOError):  # full: it has not read the wake-ups before this one
-            os.write(self._wake_w, b"\0")
+        with self._pipe:
+            if all(self._ended.values()):
+                return
+            with contextlib.suppress(BlockingIOError):  # full: it has not read the wake-ups before this one
+                os.write(self._wake_w, b"\0")
+
+    def _done(self, who: str) -> None:
+        """`who` ('shutdown', 'driver') is done with the pipe; the last of the two closes it."""
+        with self._pipe:
+            self._ended[who] = True
+            if all(self._ended.values()):
+                os.close(self._wake_r)
+                os.close(self._wake_w)
 
     def submit(self, job: Job, timeout: float) -> bool:
         """Add a job to the next run; False when a full run could not be handed over within `timeout`."""
@@ -371,9 +387,7 @@ class Pool:
         while self.driver.is_alive() and not self.stop.is_set():
             self.driver.join(0.05)
         self.recorder.stop()
-        if not self.driver.is_alive():  # no one writes to the pipe any more (no session is being opened)
-            os.close(self._wake_r)
-            os.close(self._wake_w)
+        self._done("shutdown")
         return unsent
 
     # The driver's thread from here on.
@@ -416,7 +430,10 @@ class Pool:
                     self._end(lane, f"internal error: {exc!r}", lane.job)
             raise
         finally:
+            for closer in self._closers:
+                closer.join()
             self.selector.close()
+            self._done("driver")  # no session is being opened: each one's thread has been heard from
 
     def _timer(self, at: float) -> float:
         """Note a time a connection wants a look at (a deadline, a start time); return it."""
@@ -736,4 +753,8 @@ class Pool:
             with contextlib.suppress(KeyError, ValueError):
                 self.selector.unregister(lane.wire.sock)
             lane.wire = None
-        lane.conn.close()
+        # QUIT and its reply (up to 5 s) in a thread, as each connection's own thread said it: one after
+        # another, 8 connections to a server slow to answer QUIT took 40 s
+        closer = threading.Thread(target=lane.conn.close, name="mailer-close", daemon=True)
+        closer.start()
+        self._closers.append(closer)
