@@ -69,9 +69,11 @@ def one_send(
         del os.environ["PYTHONPATH"], os.environ["BENCH_THREADS_OUT"]
     kinds: Figures = defaultdict(lambda: [0.0, 0.0, 0.0])
     for name, cpu, voluntary, involuntary in json.loads(out.read_text()):
-        # mailer-record-1 -> mailer-record; a session's opener (mailer-open) is the connections' work, as the
-        # thread that drives them (mailer-send) is; an older tree's thread per connection is mailer-conn-N
-        kind = kinds[re.sub(r"-\d+$", "", name).replace("mailer-open", "mailer-send")]
+        # mailer-record-1 -> mailer-record; a session's opener and closer (mailer-open, mailer-close) are the
+        # connections' work, as the thread that drives them (mailer-send) is; an older tree's thread per
+        # connection is mailer-conn-N
+        kind_name = re.sub(r"-\d+$", "", name)
+        kind = kinds["mailer-send" if kind_name in ("mailer-open", "mailer-close") else kind_name]
         kind[0] += cpu
         kind[1] += voluntary
         kind[2] += involuntary
