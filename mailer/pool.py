@@ -271,6 +271,9 @@ _WRITING = "writing"  # what a connection's steps wait for while the socket take
 _POLL = 0.25  # seconds between the driver's looks at the stop when nothing else wakes it
 _ASK_AGAIN = 0.02  # seconds before a start time is asked for again when none was reserved yet
 _WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+# bytes a session's buffer may hold unread: a socket is read whatever its connection waits for (a start time,
+# the GATE), and a server that talks on must not fill the memory (a reply is at most 64 KB: transport.py)
+_UNREAD_MOST = 256 * 1024
 
 
 class Pool:
@@ -691,6 +694,9 @@ class Pool:
             return
         except OSError as exc:
             self._broken(lane, exc)
+            return
+        if len(wire.buffer) > _UNREAD_MOST:  # more than any reply: read no more (the steps read what is here)
+            self._broken(lane, OSError(0, "the server sent more than any reply holds"))
 
     def _broken(self, lane: Lane, exc: OSError) -> None:
         """The socket failed or the server hung up: said to the steps' next read or write; no more looks

@@ -181,6 +181,7 @@ class Behaviour:
     read_body: bool = True  # False: after 354 (or at BDAT) stop reading, for ever
     quit_gate: threading.Event | None = None  # set: answer QUIT (each QUIT is counted as it arrives)
     end_gate: threading.Event | None = None  # set: answer the ends of messages
+    flood: int = 0  # bytes of junk to push after the reply to each message, while the client says nothing
     # after EHLO, read nothing more; once the client's writes are stalled (client_stalled), write these
     # replies (to the MAIL and RCPT it sent) and then say nothing and read nothing, for ever
     late_replies: bytes | None = None
@@ -206,6 +207,7 @@ class StallServer:
         self.ends = 0  # messages whose final "." arrived
         self.stalled = 0  # sessions that stopped reading a body
         self.quits = 0  # QUIT commands that arrived
+        self.flooded: list[int] = []  # per flood: the bytes of junk the client took before it spoke again
         self.socks: list[socket.socket] = []
         self.threads: list[threading.Thread] = []
 
@@ -319,8 +321,28 @@ class StallServer:
                     if self.closed.is_set():
                         return
                 sock.sendall(b"250 2.0.0 queued\r\n")
+                if b.flood:
+                    self._flood(sock, b.flood)
             else:
                 sock.sendall(b"502 5.5.2 no\r\n")
+
+    def _flood(self, sock: socket.socket, most: int) -> None:
+        """Push junk until the client speaks again (or `most` bytes went); count what it took meanwhile."""
+        junk, sent = b"x" * 65536, 0
+        sock.setblocking(False)
+        try:
+            while sent < most and not self.closed.is_set():
+                readable, writable, _ = select.select([sock], [sock], [], 0.05)
+                if readable:
+                    break  # the client spoke (its next command) or hung up
+                if writable:  # else the client reads nothing: its buffers are full
+                    with contextlib.suppress(BlockingIOError):
+                        sent += sock.send(junk)
+        finally:
+            sock.setblocking(True)
+        with self.lock:
+            self.flooded.append(sent)
+            self.lock.notify_all()
 
 
 EHLO = {
@@ -471,3 +493,21 @@ def test_the_sessions_of_a_send_say_quit_together_not_one_after_another(
         quit_gate.set()
         thread.join(60)
     assert done["sent"].report.sent == 30
+
+
+def test_a_server_that_talks_while_its_connection_waits_does_not_fill_the_memory(
+    servers: Callable[..., StallServer], tmp_path: Path, post: Path
+) -> None:
+    # After the reply to a message this server keeps sending junk while the connection waits for its next
+    # start (a rate limit; the same at the GATE or between runs). A thread per connection read nothing while
+    # it waited: the junk stayed in the kernel's buffers (a few MB) and the next reply read was unreadable.
+    # The driver reads whatever a socket has, whatever its connection waits for, into the session's buffer:
+    # 2.8 GB and a core at 100% in 3 s of loopback, until the next reply is read.
+    most = 256 << 20
+    server = servers(flood=most)
+    sent = send(settings_for(server), post, tmp_path / "record.db", ["ann@example.com", "bo@example.com"],
+                SendOptions(rate=1.0, max_attempts=1))  # fmt: skip
+    assert server.flooded and server.flooded[0] < most, "the flood never ended"
+    took = server.flooded[0] >> 20
+    assert took < 64, f"the client took {took} MB of junk while it waited"
+    assert sent.report.sent >= 1, sent.problems
